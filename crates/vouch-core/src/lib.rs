@@ -1,0 +1,20 @@
+//! Pure domain types and rules of vouch.
+//!
+//! - [`SpiffeId`] and [`TrustDomain`]: the names of identities, per the SPIFFE-ID standard.
+//! - [`Selector`] and [`Selectors`]: facts about workloads and nodes.
+//! - [`Entry`]: registration entries and the subset matching rule.
+//! - [`ttl`]: lifetime and rotation arithmetic.
+//!
+//! This crate does no I/O, has no async code and never reads a clock: time is a parameter.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod entry;
+pub mod selector;
+pub mod spiffe_id;
+pub mod ttl;
+
+pub use entry::{matching_entries, DnsName, Entry, EntryError, EntryId, EntrySpec, MatchOutcome};
+pub use selector::{Selector, SelectorError, Selectors};
+pub use spiffe_id::{IdError, SpiffeId, TrustDomain};

@@ -1,0 +1,104 @@
+//! Lifetime and rotation arithmetic. Time is always a parameter, never read from a clock here.
+
+use std::time::{Duration, SystemTime};
+
+/// Default X509-SVID lifetime.
+pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
+/// Default JWT-SVID lifetime.
+pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(300);
+/// Default signing CA lifetime.
+pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
+/// A CA must live at least this many times the longest SVID it signs, so that it can sign full-length
+/// SVIDs for most of its life and rotate well before they would be cut short.
+pub const CA_TTL_TO_SVID_TTL: u32 = 6;
+/// How far NotBefore is back-dated, to tolerate clock skew between nodes.
+pub const BACKDATE: Duration = Duration::from_secs(30);
+
+/// The lifetime a credential actually gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Start of validity (back-dated by [`BACKDATE`]).
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// Whether the issuer's remaining life cut the requested lifetime short.
+    pub capped: bool,
+}
+
+/// The lifetime of a credential requested at `now` for `ttl`, capped by the issuer's `issuer_not_after`.
+/// Returns `None` when the issuer has already expired.
+pub fn lifetime(now: SystemTime, ttl: Duration, issuer_not_after: SystemTime) -> Option<Lifetime> {
+    if issuer_not_after <= now {
+        return None;
+    }
+    let wanted = now + ttl;
+    let not_after = wanted.min(issuer_not_after);
+    Some(Lifetime {
+        not_before: now.checked_sub(BACKDATE).unwrap_or(now),
+        not_after,
+        capped: not_after < wanted,
+    })
+}
+
+/// When a credential valid from `not_before` to `not_after` should be replaced: at half its life,
+/// moved earlier by `jitter` (a fraction in `0.0..=1.0` of a tenth of the life) so that a fleet does not
+/// renew in lock step.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    let half = life / 2;
+    let spread = life.mul_f64(jitter.clamp(0.0, 1.0) / 10.0);
+    not_before + half.saturating_sub(spread)
+}
+
+/// Whether a credential should be renewed at `now`.
+pub fn should_renew(not_before: SystemTime, not_after: SystemTime, jitter: f64, now: SystemTime) -> bool {
+    now >= renew_at(not_before, not_after, jitter)
+}
+
+/// Unix seconds of a time (negative before 1970).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The time at unix seconds `secs` (clamped at the epoch for negative values).
+pub fn from_unix_seconds(secs: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn lifetime_is_capped_by_issuer_and_says_so() {
+        let l = lifetime(t(1000), Duration::from_secs(3600), t(100_000)).unwrap();
+        assert_eq!((l.not_before, l.not_after, l.capped), (t(970), t(4600), false));
+        let l = lifetime(t(1000), Duration::from_secs(3600), t(2000)).unwrap();
+        assert_eq!((l.not_after, l.capped), (t(2000), true));
+        assert!(lifetime(t(1000), Duration::from_secs(1), t(1000)).is_none());
+    }
+
+    #[test]
+    fn renewal_at_half_life_with_jitter() {
+        assert_eq!(renew_at(t(0), t(3600), 0.0), t(1800));
+        assert_eq!(renew_at(t(0), t(3600), 1.0), t(1440));
+        assert_eq!(renew_at(t(0), t(3600), 7.0), t(1440), "jitter is clamped");
+        assert!(!should_renew(t(0), t(3600), 0.0, t(1799)));
+        assert!(should_renew(t(0), t(3600), 0.0, t(1800)));
+        assert_eq!(renew_at(t(10), t(5), 0.0), t(10), "an inverted range renews at once");
+    }
+
+    #[test]
+    fn unix_seconds_round_trip() {
+        assert_eq!(unix_seconds(t(42)), 42);
+        assert_eq!(from_unix_seconds(42), t(42));
+        assert_eq!(from_unix_seconds(-5), t(0));
+    }
+}
