@@ -1,1 +1,59 @@
+//! Keys and signing for vouch: the one crypto module of the project.
+//!
+//! - [`x509`]: CA certificates and X509-SVIDs (SPIFFE X509-SVID standard), CSR verification.
+//! - [`jwt`]: JWT-SVIDs (SPIFFE JWT-SVID standard): minting and strict validation.
+//! - [`bundle`]: SPIFFE bundles as JWKS (SPIFFE Trust Domain and Bundle standard).
+//! - [`authority`]: a trust domain's roots, signing CAs and JWT keys, and their rotation.
+//! - [`seal`]: private keys at rest, sealed with AES-256-GCM under a key-encryption key.
+//!
+//! All cryptography is aws-lc-rs; private keys live in zeroizing memory.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod authority;
+pub mod bundle;
+pub mod jwt;
+pub mod keys;
+pub mod pem;
+pub mod seal;
+pub mod x509;
+
+pub use authority::{Authority, AuthorityConfig, AuthorityState, IssuedX509, KeyState, KeySummary};
+pub use bundle::Bundle;
+pub use jwt::{JwtError, JwtSvidClaims, MintedJwt};
+pub use keys::{KeyAlg, KeyUse, SigningKey};
+pub use seal::Kek;
+pub use x509::{verify_csr, verify_csr_pem_or_der, Ca, CsrPublicKey, X509Svid};
+
+/// Errors of the CA crate. Messages never contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A cryptographic primitive failed (should not happen with valid inputs).
+    #[error("cryptographic operation failed: {0}")]
+    Crypto(&'static str),
+    /// A key could not be loaded or does not fit.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// A sealed key could not be opened: wrong key-encryption key, or the data was altered.
+    #[error("cannot open sealed key `{0}`: wrong key-encryption key, or the stored data was altered")]
+    Unseal(String),
+    /// A certificate could not be parsed or used.
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    /// A CSR was refused.
+    #[error("invalid CSR: {0}")]
+    InvalidCsr(String),
+    /// A bundle document was refused.
+    #[error("invalid bundle: {0}")]
+    InvalidBundle(String),
+    /// Stored authority state is inconsistent.
+    #[error("invalid stored authority state: {0}")]
+    InvalidState(String),
+    /// A signing request was refused.
+    #[error("{0}")]
+    Refused(String),
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}

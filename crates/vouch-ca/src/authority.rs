@@ -1,0 +1,649 @@
+//! The authority of one trust domain: its root CA(s), signing CA(s) and JWT keys, their rotation, the
+//! bundle they publish, and the minting of SVIDs.
+//!
+//! Rotation follows prepare -> publish -> activate -> retire. A key is prepared at half its life and
+//! published in the bundle at once (roots and JWT keys; signing CAs are not in the bundle, only in
+//! chains); it becomes active at five sixths of its predecessor's life, so validators have known it
+//! for a third of a life before anything it signs appears; the predecessor is retired and stays in the
+//! bundle until its own end, because everything it signed is capped to end by then.
+//!
+//! Everything here is a pure function of its inputs and `now`: the server owns the clock and storage.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use vouch_core::{ttl, DnsName, SpiffeId, TrustDomain};
+use zeroize::Zeroizing;
+
+use crate::bundle::Bundle;
+use crate::jwt::{self, JwtError, JwtPublicKey, JwtSvidClaims, MintedJwt};
+use crate::keys::{random_id, sha256, KeyAlg, KeyUse, SigningKey};
+use crate::seal::Kek;
+use crate::x509::{Ca, CsrPublicKey, X509Svid};
+use crate::CaError;
+
+/// Settings of an authority.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// Algorithm of every key vouch generates.
+    pub key_alg: KeyAlg,
+    /// Lifetime of a self-signed root CA.
+    pub root_ttl: Duration,
+    /// Lifetime of a signing (intermediate) CA.
+    pub ca_ttl: Duration,
+    /// Lifetime of a JWT signing key.
+    pub jwt_key_ttl: Duration,
+    /// `iss` claim of JWT-SVIDs, when set.
+    pub jwt_issuer: Option<String>,
+    /// `spiffe_refresh_hint` of the bundle.
+    pub refresh_hint: Duration,
+}
+
+impl AuthorityConfig {
+    /// Defaults for `trust_domain`: P-256, root 1 year, signing CA 24 h, JWT keys 24 h.
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            key_alg: KeyAlg::EcP256,
+            root_ttl: Duration::from_secs(365 * 24 * 3600),
+            ca_ttl: ttl::DEFAULT_CA_TTL,
+            jwt_key_ttl: ttl::DEFAULT_CA_TTL,
+            jwt_issuer: None,
+            refresh_hint: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where a key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Generated and (for roots and JWT keys) published, not yet used to sign.
+    Prepared,
+    /// Signs now.
+    Active,
+    /// Replaced; kept published until its end so what it signed still validates.
+    Retired,
+}
+
+struct RootSlot {
+    id: String,
+    state: KeyState,
+    ca: Ca,
+    upstream: bool,
+}
+
+struct IntermediateSlot {
+    id: String,
+    state: KeyState,
+    ca: Ca,
+    root_id: String,
+}
+
+struct JwtSlot {
+    kid: String,
+    state: KeyState,
+    key: SigningKey,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+/// An X509-SVID with the chain to present with it.
+#[derive(Debug, Clone)]
+pub struct IssuedX509 {
+    /// The leaf.
+    pub svid: X509Svid,
+    /// Intermediates between the leaf and a bundle root (DER), leaf not included.
+    pub intermediates: Vec<Vec<u8>>,
+}
+
+/// A summary of one key, for listings (no key material).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeySummary {
+    /// `root`, `intermediate` or `jwt`.
+    pub kind: &'static str,
+    /// Key id.
+    pub id: String,
+    /// Life-cycle state.
+    pub state: KeyState,
+    /// Start of validity (unix seconds).
+    pub not_before: i64,
+    /// End of validity (unix seconds).
+    pub not_after: i64,
+}
+
+/// The authority of a trust domain.
+pub struct Authority {
+    config: AuthorityConfig,
+    roots: Vec<RootSlot>,
+    intermediates: Vec<IntermediateSlot>,
+    jwt_keys: Vec<JwtSlot>,
+    sequence: u64,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").field("trust_domain", &self.config.trust_domain).finish_non_exhaustive()
+    }
+}
+
+fn phase(not_before: SystemTime, not_after: SystemTime, num: u32, den: u32) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + life / den * num
+}
+
+fn prepare_at(nb: SystemTime, na: SystemTime) -> SystemTime {
+    phase(nb, na, 1, 2)
+}
+
+fn activate_at(nb: SystemTime, na: SystemTime) -> SystemTime {
+    phase(nb, na, 5, 6)
+}
+
+fn upstream_id(ca: &Ca) -> String {
+    format!("upstream-{}", hex::encode(&sha256(ca.der())[..8]))
+}
+
+impl Authority {
+    /// A new authority with no keys yet; [`Authority::tick`] creates them. With `upstream`, that CA is
+    /// the root and is never rotated by vouch.
+    pub fn new(config: AuthorityConfig, upstream: Option<Ca>) -> Self {
+        let roots = upstream
+            .map(|ca| vec![RootSlot { id: upstream_id(&ca), state: KeyState::Active, ca, upstream: true }])
+            .unwrap_or_default();
+        Self { config, roots, intermediates: Vec::new(), jwt_keys: Vec::new(), sequence: 0 }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthorityConfig {
+        &self.config
+    }
+
+    /// Creates missing keys and advances rotation as of `now`. Returns whether anything changed (the
+    /// caller then persists the state).
+    pub fn tick(&mut self, now: SystemTime) -> Result<bool, CaError> {
+        let published_before = self.published_ids();
+        let mut changed = self.tick_roots(now)?;
+        changed |= self.tick_intermediates(now)?;
+        changed |= self.tick_jwt(now)?;
+        if self.published_ids() != published_before {
+            self.sequence += 1;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn published_ids(&self) -> Vec<String> {
+        self.roots.iter().map(|r| r.id.clone()).chain(self.jwt_keys.iter().map(|k| k.kid.clone())).collect()
+    }
+
+    fn new_root(&self, now: SystemTime) -> Result<RootSlot, CaError> {
+        let id = random_id()?;
+        let key = SigningKey::generate(self.config.key_alg, KeyUse::X509)?;
+        let ca = Ca::self_signed_root(
+            &self.config.trust_domain,
+            key,
+            &id[..8],
+            backdated(now),
+            now + self.config.root_ttl,
+        )?;
+        Ok(RootSlot { id, state: KeyState::Prepared, ca, upstream: false })
+    }
+
+    fn tick_roots(&mut self, now: SystemTime) -> Result<bool, CaError> {
+        let mut changed = false;
+        let before = self.roots.len();
+        self.roots.retain(|r| r.ca.not_after() > now || r.upstream);
+        changed |= self.roots.len() != before;
+        if self.roots.iter().any(|r| r.upstream) {
+            return Ok(changed);
+        }
+        let active = self.roots.iter().position(|r| r.state == KeyState::Active);
+        let Some(active) = active else {
+            // First start, or every root expired while the server was down: start over.
+            let mut root = self.new_root(now)?;
+            root.state = KeyState::Active;
+            self.roots.push(root);
+            return Ok(true);
+        };
+        let (nb, na) = (self.roots[active].ca.not_before(), self.roots[active].ca.not_after());
+        let prepared = self.roots.iter().position(|r| r.state == KeyState::Prepared);
+        match prepared {
+            None if now >= prepare_at(nb, na) => {
+                let root = self.new_root(now)?;
+                self.roots.push(root);
+                changed = true;
+            }
+            Some(p) if now >= activate_at(nb, na) => {
+                self.roots[active].state = KeyState::Retired;
+                self.roots[p].state = KeyState::Active;
+                changed = true;
+            }
+            _ => {}
+        }
+        Ok(changed)
+    }
+
+    fn new_intermediate(&self, now: SystemTime) -> Result<IntermediateSlot, CaError> {
+        let root = self
+            .roots
+            .iter()
+            .find(|r| r.state == KeyState::Active)
+            .ok_or_else(|| CaError::Refused("no active root CA".into()))?;
+        if root.ca.not_after() <= now {
+            return Err(CaError::Refused("the upstream root CA has expired; install a new one".into()));
+        }
+        let id = random_id()?;
+        let key = SigningKey::generate(self.config.key_alg, KeyUse::X509)?;
+        let ca = root.ca.sign_intermediate(
+            &self.config.trust_domain,
+            key,
+            &id[..8],
+            backdated(now),
+            now + self.config.ca_ttl,
+        )?;
+        Ok(IntermediateSlot { id, state: KeyState::Prepared, ca, root_id: root.id.clone() })
+    }
+
+    fn tick_intermediates(&mut self, now: SystemTime) -> Result<bool, CaError> {
+        let roots: Vec<&str> = self.roots.iter().map(|r| r.id.as_str()).collect();
+        let before = self.intermediates.len();
+        // Signing CAs are never published, so a replaced one can go at once; an expired one, or one
+        // whose root is gone, is useless.
+        self.intermediates.retain(|i| {
+            i.state != KeyState::Retired && i.ca.not_after() > now && roots.contains(&i.root_id.as_str())
+        });
+        let mut changed = self.intermediates.len() != before;
+        let Some(active) = self.intermediates.iter().position(|i| i.state == KeyState::Active) else {
+            // Promote a prepared one if there is one, else make one.
+            if let Some(p) = self.intermediates.iter().position(|i| i.state == KeyState::Prepared) {
+                self.intermediates[p].state = KeyState::Active;
+            } else {
+                let mut ca = self.new_intermediate(now)?;
+                ca.state = KeyState::Active;
+                self.intermediates.push(ca);
+            }
+            return Ok(true);
+        };
+        let (nb, na) =
+            (self.intermediates[active].ca.not_before(), self.intermediates[active].ca.not_after());
+        match self.intermediates.iter().position(|i| i.state == KeyState::Prepared) {
+            None if now >= prepare_at(nb, na) => {
+                let ca = self.new_intermediate(now)?;
+                self.intermediates.push(ca);
+                changed = true;
+            }
+            Some(p) if now >= activate_at(nb, na) => {
+                self.intermediates[active].state = KeyState::Retired;
+                self.intermediates[p].state = KeyState::Active;
+                self.intermediates.retain(|i| i.state != KeyState::Retired);
+                changed = true;
+            }
+            _ => {}
+        }
+        Ok(changed)
+    }
+
+    fn new_jwt_key(&self, now: SystemTime) -> Result<JwtSlot, CaError> {
+        Ok(JwtSlot {
+            kid: random_id()?,
+            state: KeyState::Prepared,
+            key: SigningKey::generate(self.config.key_alg, KeyUse::Jws)?,
+            not_before: x509_seconds(now),
+            not_after: x509_seconds(now + self.config.jwt_key_ttl),
+        })
+    }
+
+    fn tick_jwt(&mut self, now: SystemTime) -> Result<bool, CaError> {
+        let before = self.jwt_keys.len();
+        self.jwt_keys.retain(|k| k.not_after > now);
+        let mut changed = self.jwt_keys.len() != before;
+        let Some(active) = self.jwt_keys.iter().position(|k| k.state == KeyState::Active) else {
+            if let Some(p) = self.jwt_keys.iter().position(|k| k.state == KeyState::Prepared) {
+                self.jwt_keys[p].state = KeyState::Active;
+            } else {
+                let mut key = self.new_jwt_key(now)?;
+                key.state = KeyState::Active;
+                self.jwt_keys.push(key);
+            }
+            return Ok(true);
+        };
+        let (nb, na) = (self.jwt_keys[active].not_before, self.jwt_keys[active].not_after);
+        match self.jwt_keys.iter().position(|k| k.state == KeyState::Prepared) {
+            None if now >= prepare_at(nb, na) => {
+                let key = self.new_jwt_key(now)?;
+                self.jwt_keys.push(key);
+                changed = true;
+            }
+            Some(p) if now >= activate_at(nb, na) => {
+                self.jwt_keys[active].state = KeyState::Retired;
+                self.jwt_keys[p].state = KeyState::Active;
+                changed = true;
+            }
+            _ => {}
+        }
+        Ok(changed)
+    }
+
+    /// When [`Authority::tick`] next has something to do: the earliest prepare, activate or expiry
+    /// time of any key.
+    pub fn next_tick(&self) -> Option<SystemTime> {
+        let mut times = Vec::new();
+        let mut add = |nb: SystemTime, na: SystemTime, state: KeyState| {
+            match state {
+                KeyState::Active => {
+                    times.push(prepare_at(nb, na));
+                    times.push(activate_at(nb, na));
+                }
+                KeyState::Prepared | KeyState::Retired => {}
+            }
+            times.push(na);
+        };
+        for r in self.roots.iter().filter(|r| !r.upstream) {
+            add(r.ca.not_before(), r.ca.not_after(), r.state);
+        }
+        for i in &self.intermediates {
+            add(i.ca.not_before(), i.ca.not_after(), i.state);
+        }
+        for k in &self.jwt_keys {
+            add(k.not_before, k.not_after, k.state);
+        }
+        times.into_iter().min()
+    }
+
+    /// The bundle: every root and JWT key that is prepared, active or retired but not yet expired.
+    pub fn bundle(&self) -> Bundle {
+        Bundle {
+            trust_domain: self.config.trust_domain.clone(),
+            x509_authorities: self.roots.iter().map(|r| r.ca.der().to_vec()).collect(),
+            jwt_authorities: self.jwt_public_keys(),
+            sequence: self.sequence,
+            refresh_hint: Some(self.config.refresh_hint.as_secs()),
+        }
+    }
+
+    fn jwt_public_keys(&self) -> BTreeMap<String, JwtPublicKey> {
+        self.jwt_keys
+            .iter()
+            .map(|k| {
+                let key = JwtPublicKey::Ec {
+                    crv: k.key.alg().jwk_crv().into(),
+                    point: k.key.public_point().to_vec(),
+                };
+                (k.kid.clone(), key)
+            })
+            .collect()
+    }
+
+    /// The bundle's sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Signs an X509-SVID with the active signing CA.
+    pub fn mint_x509(
+        &self,
+        spiffe_id: &SpiffeId,
+        dns_names: &[DnsName],
+        public_key: &CsrPublicKey,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedX509, CaError> {
+        self.check_domain(spiffe_id)?;
+        let ca = self
+            .intermediates
+            .iter()
+            .find(|i| i.state == KeyState::Active)
+            .ok_or_else(|| CaError::Refused("no active signing CA".into()))?;
+        let svid = ca.ca.sign_svid(spiffe_id, dns_names, public_key, ttl, now)?;
+        Ok(IssuedX509 { svid, intermediates: vec![ca.ca.der().to_vec()] })
+    }
+
+    /// Signs a JWT-SVID with the active JWT key.
+    pub fn mint_jwt(
+        &self,
+        spiffe_id: &SpiffeId,
+        audiences: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<MintedJwt, CaError> {
+        self.check_domain(spiffe_id)?;
+        if spiffe_id.is_trust_domain_id() {
+            return Err(CaError::Refused(format!("`{spiffe_id}` names a trust domain, not a workload")));
+        }
+        let key = self
+            .jwt_keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .ok_or_else(|| CaError::Refused("no active JWT key".into()))?;
+        jwt::mint(
+            &key.key,
+            &key.kid,
+            spiffe_id,
+            audiences,
+            self.config.jwt_issuer.as_deref(),
+            ttl,
+            key.not_after,
+            now,
+        )
+    }
+
+    /// Validates a JWT-SVID of this trust domain against the current bundle.
+    pub fn validate_jwt(
+        &self,
+        token: &str,
+        audience: &str,
+        now: SystemTime,
+    ) -> Result<JwtSvidClaims, JwtError> {
+        jwt::validate(token, &self.jwt_public_keys(), &self.config.trust_domain, audience, now)
+    }
+
+    fn check_domain(&self, id: &SpiffeId) -> Result<(), CaError> {
+        if id.trust_domain() != &self.config.trust_domain {
+            return Err(CaError::Refused(format!(
+                "`{id}` is not in trust domain `{}`",
+                self.config.trust_domain
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every key with its state, for listings.
+    pub fn keys(&self) -> Vec<KeySummary> {
+        let s = ttl::unix_seconds;
+        let roots = self.roots.iter().map(|r| KeySummary {
+            kind: "root",
+            id: r.id.clone(),
+            state: r.state,
+            not_before: s(r.ca.not_before()),
+            not_after: s(r.ca.not_after()),
+        });
+        let ints = self.intermediates.iter().map(|i| KeySummary {
+            kind: "intermediate",
+            id: i.id.clone(),
+            state: i.state,
+            not_before: s(i.ca.not_before()),
+            not_after: s(i.ca.not_after()),
+        });
+        let jwts = self.jwt_keys.iter().map(|k| KeySummary {
+            kind: "jwt",
+            id: k.kid.clone(),
+            state: k.state,
+            not_before: s(k.not_before),
+            not_after: s(k.not_after),
+        });
+        roots.chain(ints).chain(jwts).collect()
+    }
+
+    /// The state to persist: certificates and public facts in clear, private keys sealed with `kek`
+    /// (the record id is the sealing context). An upstream root is not exported: it is loaded from its
+    /// files at every start.
+    pub fn export(&self, kek: &Kek) -> Result<AuthorityState, CaError> {
+        let seal = |id: &str, key: &SigningKey| -> Result<String, CaError> {
+            Ok(STANDARD.encode(kek.seal(id, key.pkcs8())?))
+        };
+        let mut keys = Vec::new();
+        for r in self.roots.iter().filter(|r| !r.upstream) {
+            keys.push(KeyRecord {
+                kind: RecordKind::Root,
+                id: r.id.clone(),
+                state: r.state,
+                alg: r.ca.key().alg(),
+                cert: Some(STANDARD.encode(r.ca.der())),
+                parent: None,
+                not_before: ttl::unix_seconds(r.ca.not_before()),
+                not_after: ttl::unix_seconds(r.ca.not_after()),
+                sealed_key: seal(&r.id, r.ca.key())?,
+            });
+        }
+        for i in &self.intermediates {
+            keys.push(KeyRecord {
+                kind: RecordKind::Intermediate,
+                id: i.id.clone(),
+                state: i.state,
+                alg: i.ca.key().alg(),
+                cert: Some(STANDARD.encode(i.ca.der())),
+                parent: Some(i.root_id.clone()),
+                not_before: ttl::unix_seconds(i.ca.not_before()),
+                not_after: ttl::unix_seconds(i.ca.not_after()),
+                sealed_key: seal(&i.id, i.ca.key())?,
+            });
+        }
+        for k in &self.jwt_keys {
+            keys.push(KeyRecord {
+                kind: RecordKind::Jwt,
+                id: k.kid.clone(),
+                state: k.state,
+                alg: k.key.alg(),
+                cert: None,
+                parent: None,
+                not_before: ttl::unix_seconds(k.not_before),
+                not_after: ttl::unix_seconds(k.not_after),
+                sealed_key: seal(&k.kid, &k.key)?,
+            });
+        }
+        Ok(AuthorityState { trust_domain: self.config.trust_domain.clone(), sequence: self.sequence, keys })
+    }
+
+    /// Rebuilds an authority from persisted state, opening the keys with `kek`.
+    pub fn import(
+        config: AuthorityConfig,
+        state: AuthorityState,
+        kek: &Kek,
+        upstream: Option<Ca>,
+    ) -> Result<Self, CaError> {
+        if state.trust_domain != config.trust_domain {
+            return Err(CaError::InvalidState(format!(
+                "the stored keys belong to trust domain `{}`, but the configuration says `{}`",
+                state.trust_domain, config.trust_domain
+            )));
+        }
+        let mut authority = Self::new(config, upstream);
+        authority.sequence = state.sequence;
+        for rec in state.keys {
+            let sealed = STANDARD
+                .decode(rec.sealed_key.as_bytes())
+                .map_err(|_| CaError::InvalidState(format!("key `{}` is not base64", rec.id)))?;
+            let pkcs8: Zeroizing<Vec<u8>> = kek.open(&rec.id, &sealed)?;
+            let cert = || -> Result<Vec<u8>, CaError> {
+                let text = rec.cert.as_deref().ok_or_else(|| {
+                    CaError::InvalidState(format!("key `{}` lacks its certificate", rec.id))
+                })?;
+                STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|_| CaError::InvalidState(format!("certificate of `{}` is not base64", rec.id)))
+            };
+            match rec.kind {
+                RecordKind::Root => {
+                    let key = SigningKey::from_pkcs8(rec.alg, KeyUse::X509, pkcs8)?;
+                    let ca = Ca::from_parts(cert()?, key)?;
+                    authority.roots.push(RootSlot { id: rec.id, state: rec.state, ca, upstream: false });
+                }
+                RecordKind::Intermediate => {
+                    let key = SigningKey::from_pkcs8(rec.alg, KeyUse::X509, pkcs8)?;
+                    let ca = Ca::from_parts(cert()?, key)?;
+                    let root_id = rec.parent.unwrap_or_default();
+                    authority.intermediates.push(IntermediateSlot {
+                        id: rec.id,
+                        state: rec.state,
+                        ca,
+                        root_id,
+                    });
+                }
+                RecordKind::Jwt => {
+                    let key = SigningKey::from_pkcs8(rec.alg, KeyUse::Jws, pkcs8)?;
+                    authority.jwt_keys.push(JwtSlot {
+                        kid: rec.id,
+                        state: rec.state,
+                        key,
+                        not_before: ttl::from_unix_seconds(rec.not_before),
+                        not_after: ttl::from_unix_seconds(rec.not_after),
+                    });
+                }
+            }
+        }
+        Ok(authority)
+    }
+}
+
+/// CA certificates are back-dated like SVIDs, so an SVID's back-dated start lies within its CA's life.
+fn backdated(now: SystemTime) -> SystemTime {
+    now.checked_sub(ttl::BACKDATE).unwrap_or(now)
+}
+
+fn x509_seconds(t: SystemTime) -> SystemTime {
+    crate::x509::whole_seconds(t)
+}
+
+/// What kind of key a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A self-signed root CA.
+    Root,
+    /// A signing CA under a root.
+    Intermediate,
+    /// A JWT signing key.
+    Jwt,
+}
+
+/// One persisted key. The private key is sealed; nothing else here is secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// Kind.
+    pub kind: RecordKind,
+    /// Id (the `kid` for JWT keys).
+    pub id: String,
+    /// Life-cycle state.
+    pub state: KeyState,
+    /// Algorithm.
+    pub alg: KeyAlg,
+    /// The certificate (base64 DER) of a CA.
+    pub cert: Option<String>,
+    /// The root id of a signing CA.
+    pub parent: Option<String>,
+    /// Start of validity (unix seconds).
+    pub not_before: i64,
+    /// End of validity (unix seconds).
+    pub not_after: i64,
+    /// The PKCS#8 private key sealed under the KEK (base64).
+    pub sealed_key: String,
+}
+
+/// Everything an authority persists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityState {
+    /// The trust domain the keys belong to.
+    pub trust_domain: TrustDomain,
+    /// Bundle sequence number.
+    pub sequence: u64,
+    /// The keys.
+    pub keys: Vec<KeyRecord>,
+}

@@ -1,0 +1,329 @@
+//! X.509: CA certificates and X509-SVIDs (SPIFFE X509-SVID standard, sections 4 and 5).
+//!
+//! Every SVID has exactly one URI SAN (its SPIFFE ID), `cA=false`, a critical key usage with
+//! digitalSignature only, and EKU serverAuth + clientAuth. Its lifetime never passes its signer's.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use vouch_core::{ttl, DnsName, SpiffeId, TrustDomain};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::keys::{random_bytes, SigningKey};
+use crate::CaError;
+
+/// Largest CSR accepted, in bytes; a P-256 or RSA-4096 CSR is far smaller.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// Truncates a time to whole seconds, the precision of X.509 validity.
+pub fn whole_seconds(t: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+}
+
+/// A CA certificate with its signing key, able to sign certificates.
+pub struct Ca {
+    der: Vec<u8>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    issuer: Issuer<'static, SigningKey>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("not_after", &self.not_after).finish_non_exhaustive()
+    }
+}
+
+fn serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = random_bytes::<16>()?;
+    // Positive, and without a leading zero byte, so every serial is exactly 16 bytes of DER.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn uri_san(id: &str) -> Result<SanType, CaError> {
+    Ok(SanType::URI(id.try_into().map_err(|_| CaError::Crypto("URI SAN encoding failed"))?))
+}
+
+fn ca_params(
+    td: &TrustDomain,
+    common_name: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    path_len: Option<u8>,
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "vouch");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.serial_number = Some(serial()?);
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // The SPIFFE standard recommends the trust domain's ID as the URI SAN of signing certificates.
+    params.subject_alt_names = vec![uri_san(td.id().as_str())?];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// Facts read back from a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// Whether basicConstraints says cA=true.
+    pub is_ca: bool,
+    /// The URI SANs.
+    pub uris: Vec<String>,
+    /// The raw subject public key (EC point or RSA key), for matching against a private key.
+    pub public_key: Vec<u8>,
+    /// The full SubjectPublicKeyInfo DER.
+    pub spki_der: Vec<u8>,
+}
+
+/// Parses a DER certificate and reads the facts vouch relies on.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
+    let (rest, cert) = X509Certificate::from_der(der)
+        .map_err(|e| CaError::InvalidCertificate(format!("not a DER certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(CaError::InvalidCertificate("trailing bytes after the certificate".into()));
+    }
+    let to_time = |t: x509_parser::time::ASN1Time| {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+    };
+    let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    let uris = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(CertInfo {
+        not_before: to_time(cert.validity().not_before),
+        not_after: to_time(cert.validity().not_after),
+        is_ca,
+        uris,
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+        spki_der: cert.public_key().raw.to_vec(),
+    })
+}
+
+impl Ca {
+    /// Creates a self-signed root CA for `td`.
+    pub fn self_signed_root(
+        td: &TrustDomain,
+        key: SigningKey,
+        label: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Self, CaError> {
+        let (not_before, not_after) = (whole_seconds(not_before), whole_seconds(not_after));
+        let params = ca_params(td, format!("vouch root CA {td} {label}"), not_before, not_after, None)?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self { der: cert.der().to_vec(), not_before, not_after, issuer: Issuer::new(params, key) })
+    }
+
+    /// Creates an intermediate (signing) CA under `self`. Its validity is cut to `self`'s.
+    pub fn sign_intermediate(
+        &self,
+        td: &TrustDomain,
+        key: SigningKey,
+        label: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Self, CaError> {
+        let not_before = whole_seconds(not_before).max(self.not_before);
+        let not_after = whole_seconds(not_after).min(self.not_after);
+        let params = ca_params(td, format!("vouch signing CA {td} {label}"), not_before, not_after, Some(0))?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Self { der: cert.der().to_vec(), not_before, not_after, issuer: Issuer::new(params, key) })
+    }
+
+    /// Loads a CA from its certificate and key, checking that they belong together and that the
+    /// certificate is a CA.
+    pub fn from_parts(der: Vec<u8>, key: SigningKey) -> Result<Self, CaError> {
+        let info = cert_info(&der)?;
+        if !info.is_ca {
+            return Err(CaError::InvalidCertificate(
+                "the certificate is not a CA (basicConstraints cA is not true)".into(),
+            ));
+        }
+        if info.public_key != key.public_point() {
+            return Err(CaError::InvalidKey("the private key does not belong to the CA certificate".into()));
+        }
+        let issuer = Issuer::from_ca_cert_der(&der.as_slice().into(), key)?;
+        Ok(Self { der, not_before: info.not_before, not_after: info.not_after, issuer })
+    }
+
+    /// The certificate, DER.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// Start of validity.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// End of validity.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// The private key.
+    pub fn key(&self) -> &SigningKey {
+        self.issuer.key()
+    }
+
+    /// Signs an X509-SVID for `spiffe_id` over `public_key`, valid from `now` for `ttl` but never past
+    /// this CA's end. The result says whether the lifetime was cut short.
+    pub fn sign_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        dns_names: &[DnsName],
+        public_key: &CsrPublicKey,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<X509Svid, CaError> {
+        if spiffe_id.is_trust_domain_id() {
+            return Err(CaError::Refused(format!("`{spiffe_id}` names a trust domain, not a workload")));
+        }
+        let life = ttl::lifetime(whole_seconds(now), ttl, self.not_after)
+            .ok_or_else(|| CaError::Refused("the signing CA has expired".into()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "vouch");
+        params.distinguished_name = dn;
+        params.serial_number = Some(serial()?);
+        params.not_before = life.not_before.max(self.not_before).into();
+        params.not_after = life.not_after.into();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let mut sans = vec![uri_san(spiffe_id.as_str())?];
+        for name in dns_names {
+            sans.push(SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|_| CaError::Refused(format!("bad DNS name `{}`", name.as_str())))?,
+            ));
+        }
+        params.subject_alt_names = sans;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&public_key.spki, &self.issuer)?;
+        Ok(X509Svid {
+            cert_der: cert.der().to_vec(),
+            not_before: life.not_before.max(self.not_before),
+            not_after: life.not_after,
+            capped: life.capped,
+        })
+    }
+}
+
+/// A freshly signed X509-SVID (the leaf only; the chain comes from the authority).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X509Svid {
+    /// Leaf certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// Whether the CA's remaining life cut the requested lifetime short.
+    pub capped: bool,
+}
+
+/// The public key of a CSR whose signature has been checked.
+#[derive(Debug, Clone)]
+pub struct CsrPublicKey {
+    spki: rcgen::SubjectPublicKeyInfo,
+}
+
+impl CsrPublicKey {
+    /// Wraps a SubjectPublicKeyInfo (DER) of an allowed type: EC P-256 or P-384, RSA of 2048 to 8192
+    /// bits, or Ed25519.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, CaError> {
+        use x509_parser::public_key::PublicKey;
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der)
+            .map_err(|_| CaError::InvalidCsr("the public key is not valid DER".into()))?;
+        match spki.parsed() {
+            Ok(PublicKey::EC(_)) => {
+                let curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.as_oid().ok())
+                    .map(|o| o.to_id_string())
+                    .unwrap_or_default();
+                if curve != "1.2.840.10045.3.1.7" && curve != "1.3.132.0.34" {
+                    return Err(CaError::InvalidCsr("EC keys must be on P-256 or P-384".into()));
+                }
+            }
+            Ok(PublicKey::RSA(rsa)) => {
+                let bits = rsa.key_size();
+                if !(2048..=8192).contains(&bits) {
+                    return Err(CaError::InvalidCsr(format!(
+                        "RSA keys must have 2048 to 8192 bits, not {bits}"
+                    )));
+                }
+            }
+            Ok(PublicKey::Unknown(_)) if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => {}
+            _ => {
+                return Err(CaError::InvalidCsr(
+                    "unsupported key type: use EC P-256/P-384, RSA or Ed25519".into(),
+                ))
+            }
+        }
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(der)
+            .map_err(|e| CaError::InvalidCsr(format!("unsupported public key: {e}")))?;
+        Ok(Self { spki })
+    }
+}
+
+/// Parses a PKCS#10 CSR (DER), checks its self-signature, and returns its public key.
+///
+/// The subject and requested extensions of the CSR are ignored: the SPIFFE ID, DNS names and key
+/// usages come from the registration entry, never from what the requester asks for.
+pub fn verify_csr(der: &[u8]) -> Result<CsrPublicKey, CaError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    if der.len() > MAX_CSR_BYTES {
+        return Err(CaError::InvalidCsr(format!("larger than {MAX_CSR_BYTES} bytes")));
+    }
+    let (rest, csr) = X509CertificationRequest::from_der(der)
+        .map_err(|_| CaError::InvalidCsr("not a DER PKCS#10 certificate request".into()))?;
+    if !rest.is_empty() {
+        return Err(CaError::InvalidCsr("trailing bytes after the request".into()));
+    }
+    csr.verify_signature()
+        .map_err(|_| CaError::InvalidCsr("its signature does not verify with its own public key".into()))?;
+    CsrPublicKey::from_spki_der(csr.certification_request_info.subject_pki.raw)
+}
+
+/// Parses a CSR given as PEM (`CERTIFICATE REQUEST`) or DER.
+pub fn verify_csr_pem_or_der(input: &[u8]) -> Result<CsrPublicKey, CaError> {
+    if input.starts_with(b"-----") {
+        let text = std::str::from_utf8(input).map_err(|_| CaError::InvalidCsr("PEM is not UTF-8".into()))?;
+        let der = crate::pem::decode_one(text, &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"])
+            .ok_or_else(|| CaError::InvalidCsr("no `CERTIFICATE REQUEST` PEM block".into()))?;
+        verify_csr(&der)
+    } else {
+        verify_csr(input)
+    }
+}
