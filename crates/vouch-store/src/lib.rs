@@ -1,1 +1,132 @@
+//! Persistence for vouch.
+//!
+//! [`Store`] is the one interface the server uses. It speaks in domain types and makes no SQLite
+//! assumptions (no rowids, no SQL in its signatures), so a PostgreSQL implementation can follow
+//! without touching callers. [`SqliteStore`] is the embedded default. The [`conformance`] suite
+//! (feature `conformance`) states the contract every implementation must meet.
+//!
+//! Secrets never reach the store in plaintext: join tokens are kept as SHA-256 hashes, and the
+//! authority's private keys arrive already sealed.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod sqlite;
+
+use async_trait::async_trait;
+use vouch_core::{Entry, EntryId, Selector, SpiffeId};
+
+pub use sqlite::SqliteStore;
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An entry with this id already exists.
+    #[error("an entry with id `{0}` already exists")]
+    EntryExists(String),
+    /// No entry with this id.
+    #[error("no entry with id `{0}`")]
+    EntryNotFound(String),
+    /// The entry changed since it was read (optimistic concurrency).
+    #[error("entry `{id}` was changed concurrently (expected revision {expected}); read it again and retry")]
+    RevisionConflict {
+        /// Entry id.
+        id: String,
+        /// The revision the caller based its change on.
+        expected: u64,
+    },
+    /// A join token with this hash already exists.
+    #[error("join token already exists")]
+    TokenExists,
+    /// Stored data could not be decoded (corruption or a newer schema).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// Filters for listing entries; all given conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    /// Only entries with this SPIFFE ID.
+    pub spiffe_id: Option<SpiffeId>,
+    /// Only entries under this parent.
+    pub parent_id: Option<SpiffeId>,
+    /// Only entries that require this selector.
+    pub selector: Option<Selector>,
+}
+
+impl EntryFilter {
+    /// Whether `entry` passes the filter.
+    pub fn accepts(&self, entry: &Entry) -> bool {
+        self.spiffe_id.as_ref().is_none_or(|id| &entry.spiffe_id == id)
+            && self.parent_id.as_ref().is_none_or(|id| &entry.parent_id == id)
+            && self.selector.as_ref().is_none_or(|s| entry.selectors.iter().any(|x| x == s))
+    }
+}
+
+/// A join token as stored: only its hash, never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    /// Unix seconds of creation.
+    pub created_at: i64,
+    /// Unix seconds after which it is refused.
+    pub expires_at: i64,
+    /// The agent SPIFFE ID the token was made for, when one was chosen.
+    pub agent_id: Option<SpiffeId>,
+    /// Unix seconds of its single use.
+    pub used_at: Option<i64>,
+}
+
+/// What happened when a join token was presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenUse {
+    /// Valid: it is now marked used.
+    Consumed(JoinTokenRecord),
+    /// No such token.
+    Unknown,
+    /// The token expired (it stays unused).
+    Expired,
+    /// The token was already used once.
+    AlreadyUsed,
+}
+
+/// The persistence interface of the server.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates entries atomically: all or none. Fails with [`StoreError::EntryExists`] if any id
+    /// is taken.
+    async fn create_entries(&self, entries: &[Entry]) -> Result<(), StoreError>;
+
+    /// One entry by id.
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<Entry>, StoreError>;
+
+    /// Entries passing `filter`, ordered by id.
+    async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, StoreError>;
+
+    /// Replaces an entry whose stored revision is `entry.revision - 1`.
+    async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError>;
+
+    /// Deletes an entry and returns it.
+    async fn delete_entry(&self, id: &EntryId) -> Result<Entry, StoreError>;
+
+    /// Stores a new join token.
+    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
+
+    /// Atomically checks and uses a join token: a token can be consumed exactly once.
+    async fn consume_join_token(&self, hash: &str, now: i64) -> Result<TokenUse, StoreError>;
+
+    /// The persisted authority state (JSON with sealed keys), if any.
+    async fn load_authority(&self) -> Result<Option<String>, StoreError>;
+
+    /// Replaces the persisted authority state.
+    async fn save_authority(&self, state: &str) -> Result<(), StoreError>;
+
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,154 @@
+//! The contract of [`Store`], as executable checks. Every implementation runs [`run`] on a fresh,
+//! empty store in its own tests; a failed check panics with what was expected.
+
+use std::sync::Arc;
+
+use vouch_core::{Entry, EntryId, EntrySpec, Selector, SpiffeId, TrustDomain};
+
+use crate::{EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
+
+fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
+    let td = TrustDomain::new("example.org").expect("valid trust domain");
+    let spec = EntrySpec {
+        id: None,
+        spiffe_id: td.id_with_path(path).expect("valid path"),
+        parent_id: td.id_with_path(parent).expect("valid parent"),
+        selectors: selectors.iter().map(|s| Selector::parse(s).expect("valid selector")).collect(),
+        x509_svid_ttl: Some(600),
+        jwt_svid_ttl: None,
+        dns_names: vec![],
+        hint: "h".into(),
+        admin: false,
+        federates_with: vec![],
+        expires_at: None,
+        owner: "team-a".into(),
+        purpose: "tests".into(),
+    };
+    Entry::create(spec, EntryId::new(id).expect("valid id"), &td, 1000).expect("valid entry")
+}
+
+/// Runs every check against `store`, which must be empty.
+pub async fn run(store: Arc<dyn Store>) {
+    entries_round_trip(&*store).await;
+    batch_is_atomic(&*store).await;
+    updates_use_revisions(&*store).await;
+    join_tokens_are_single_use(store.clone()).await;
+    authority_state(&*store).await;
+    store.ping().await.expect("ping");
+}
+
+async fn entries_round_trip(store: &dyn Store) {
+    let a = entry("a", "/web", "/agent/1", &["unix:uid:1000"]);
+    let b = entry("b", "/db", "/agent/2", &["unix:uid:1000", "docker:label:app:db"]);
+    store.create_entries(&[a.clone(), b.clone()]).await.expect("create");
+    assert_eq!(store.get_entry(&a.id).await.expect("get"), Some(a.clone()), "an entry reads back unchanged");
+    assert_eq!(store.get_entry(&EntryId::new("zz").unwrap()).await.expect("get"), None);
+    assert_eq!(
+        store.list_entries(&EntryFilter::default()).await.expect("list"),
+        vec![a.clone(), b.clone()],
+        "ordered by id"
+    );
+    let by_parent = EntryFilter { parent_id: Some(b.parent_id.clone()), ..Default::default() };
+    assert_eq!(store.list_entries(&by_parent).await.expect("list"), vec![b.clone()]);
+    let by_id = EntryFilter { spiffe_id: Some(a.spiffe_id.clone()), ..Default::default() };
+    assert_eq!(store.list_entries(&by_id).await.expect("list"), vec![a.clone()]);
+    let by_sel =
+        EntryFilter { selector: Some(Selector::parse("docker:label:app:db").unwrap()), ..Default::default() };
+    assert_eq!(store.list_entries(&by_sel).await.expect("list"), vec![b.clone()]);
+    let none = EntryFilter {
+        spiffe_id: Some(SpiffeId::parse("spiffe://example.org/nope").unwrap()),
+        ..Default::default()
+    };
+    assert!(store.list_entries(&none).await.expect("list").is_empty());
+    assert!(
+        matches!(store.create_entries(&[a.clone()]).await, Err(StoreError::EntryExists(id)) if id == "a")
+    );
+    assert_eq!(store.delete_entry(&a.id).await.expect("delete"), a);
+    assert!(matches!(store.delete_entry(&a.id).await, Err(StoreError::EntryNotFound(_))));
+    store.delete_entry(&b.id).await.expect("delete");
+    assert!(store.list_entries(&EntryFilter::default()).await.expect("list").is_empty());
+}
+
+async fn batch_is_atomic(store: &dyn Store) {
+    let existing = entry("x", "/x", "/agent/1", &["unix:uid:1"]);
+    store.create_entries(&[existing.clone()]).await.expect("create");
+    let batch = [entry("y", "/y", "/agent/1", &["unix:uid:2"]), existing.clone()];
+    assert!(matches!(store.create_entries(&batch).await, Err(StoreError::EntryExists(_))));
+    assert_eq!(
+        store.get_entry(&EntryId::new("y").unwrap()).await.expect("get"),
+        None,
+        "a failed batch creates nothing"
+    );
+    store.delete_entry(&existing.id).await.expect("delete");
+}
+
+async fn updates_use_revisions(store: &dyn Store) {
+    let td = TrustDomain::new("example.org").unwrap();
+    let e = entry("u", "/u", "/agent/1", &["unix:uid:1"]);
+    store.create_entries(&[e.clone()]).await.expect("create");
+    let mut spec: EntrySpec = serde_json::from_value(serde_json::json!({
+        "spiffe_id": "spiffe://example.org/u2", "parent_id": "spiffe://example.org/agent/9", "selectors": ["unix:uid:2"]
+    }))
+    .unwrap();
+    spec.hint = "new".into();
+    let e1 = e.updated(spec.clone(), &td, 2000).unwrap();
+    store.update_entry(&e1).await.expect("update");
+    assert_eq!(store.get_entry(&e.id).await.unwrap(), Some(e1.clone()));
+    let by_parent = EntryFilter { parent_id: Some(e1.parent_id.clone()), ..Default::default() };
+    assert_eq!(
+        store.list_entries(&by_parent).await.unwrap(),
+        vec![e1.clone()],
+        "indexed columns follow updates"
+    );
+    // A second update based on the old revision loses.
+    let stale = e.updated(spec.clone(), &td, 2001).unwrap();
+    assert!(matches!(
+        store.update_entry(&stale).await,
+        Err(StoreError::RevisionConflict { expected: 0, .. })
+    ));
+    let missing = entry("missing", "/m", "/agent/1", &["unix:uid:1"]).updated(spec, &td, 2000).unwrap();
+    assert!(matches!(store.update_entry(&missing).await, Err(StoreError::EntryNotFound(_))));
+    store.delete_entry(&e.id).await.unwrap();
+}
+
+async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
+    let rec = |hash: &str, expires_at| JoinTokenRecord {
+        hash: hash.into(),
+        created_at: 100,
+        expires_at,
+        agent_id: Some(SpiffeId::parse("spiffe://example.org/agent/join/n1").unwrap()),
+        used_at: None,
+    };
+    store.create_join_token(&rec("h1", 1000)).await.expect("create token");
+    assert!(matches!(store.create_join_token(&rec("h1", 1000)).await, Err(StoreError::TokenExists)));
+    store.create_join_token(&rec("h2", 500)).await.expect("create token");
+    assert_eq!(store.consume_join_token("nope", 200).await.unwrap(), TokenUse::Unknown);
+    assert_eq!(store.consume_join_token("h2", 500).await.unwrap(), TokenUse::Expired);
+    match store.consume_join_token("h1", 200).await.unwrap() {
+        TokenUse::Consumed(r) => assert_eq!(r, JoinTokenRecord { used_at: Some(200), ..rec("h1", 1000) }),
+        other => panic!("expected consumption, got {other:?}"),
+    }
+    assert_eq!(store.consume_join_token("h1", 201).await.unwrap(), TokenUse::AlreadyUsed);
+
+    // Racing consumers: exactly one wins.
+    store.create_join_token(&rec("race", 1000)).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move { s.consume_join_token("race", 300).await.unwrap() }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), TokenUse::Consumed(_)) {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "a join token is consumed exactly once under concurrency");
+}
+
+async fn authority_state(store: &dyn Store) {
+    assert_eq!(store.load_authority().await.unwrap(), None);
+    store.save_authority("{\"v\":1}").await.unwrap();
+    store.save_authority("{\"v\":2}").await.unwrap();
+    assert_eq!(store.load_authority().await.unwrap().as_deref(), Some("{\"v\":2}"));
+}

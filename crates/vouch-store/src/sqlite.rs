@@ -1,0 +1,335 @@
+//! The embedded SQLite store: one file in the data directory, WAL journal, schema migrations by
+//! `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use vouch_core::{Entry, EntryId, SpiffeId};
+
+use crate::{EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
+
+/// Schema migrations, applied in order; `user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: entries, join tokens, authority state.
+    "CREATE TABLE entries (
+        id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX entries_spiffe_id ON entries (spiffe_id);
+    CREATE INDEX entries_parent_id ON entries (parent_id);
+    CREATE TABLE join_tokens (
+        hash TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        agent_id TEXT,
+        used_at INTEGER
+    );
+    CREATE TABLE authority (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        state TEXT NOT NULL
+    );",
+];
+
+/// SQLite implementation of [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn decode_entry(data: &str) -> Result<Entry, StoreError> {
+    serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("entry: {e}")))
+}
+
+fn encode_entry(entry: &Entry) -> Result<String, StoreError> {
+    serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations. The file is made
+    /// readable by its owner only.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        restrict_permissions(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database (tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        // WAL lets readers proceed during writes; NORMAL sync is durable across application crashes
+        // and loses at most the last transactions on power loss, the usual WAL trade-off.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {version} is newer than this vouch ({}); upgrade vouch",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute_batch(sql).map_err(backend)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` on the connection on a blocking thread, so SQLite never stalls the async runtime.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard =
+                conn.lock().map_err(|_| StoreError::Backend("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| StoreError::Backend(format!("cannot restrict permissions of {}: {e}", path.display())))
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let rows: Vec<(String, String, String, u64, String)> = entries
+            .iter()
+            .map(|e| {
+                Ok((
+                    e.id.to_string(),
+                    e.spiffe_id.to_string(),
+                    e.parent_id.to_string(),
+                    e.revision,
+                    encode_entry(e)?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            for (id, spiffe_id, parent_id, revision, data) in &rows {
+                let r = tx.execute(
+                    "INSERT INTO entries (id, spiffe_id, parent_id, revision, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, spiffe_id, parent_id, revision, data],
+                );
+                match r {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                        return Err(StoreError::EntryExists(id.clone()));
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<Entry>, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let data: Option<String> = conn
+                .query_row("SELECT data FROM entries WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            data.as_deref().map(decode_entry).transpose()
+        })
+        .await
+    }
+
+    async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, StoreError> {
+        let filter = filter.clone();
+        self.with(move |conn| {
+            // The indexed columns narrow the scan; the filter itself decides.
+            let spiffe = filter.spiffe_id.as_ref().map(SpiffeId::to_string);
+            let parent = filter.parent_id.as_ref().map(SpiffeId::to_string);
+            let mut stmt = conn
+                .prepare(
+                    "SELECT data FROM entries
+                     WHERE (?1 IS NULL OR spiffe_id = ?1) AND (?2 IS NULL OR parent_id = ?2)
+                     ORDER BY id",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![spiffe, parent], |r| r.get::<_, String>(0)).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let entry = decode_entry(&row.map_err(backend)?)?;
+                if filter.accepts(&entry) {
+                    out.push(entry);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError> {
+        let id = entry.id.to_string();
+        let expected = entry
+            .revision
+            .checked_sub(1)
+            .ok_or_else(|| StoreError::RevisionConflict { id: id.clone(), expected: 0 })?;
+        let row =
+            (entry.spiffe_id.to_string(), entry.parent_id.to_string(), entry.revision, encode_entry(entry)?);
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let current: Option<u64> = tx
+                .query_row("SELECT revision FROM entries WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            match current {
+                None => return Err(StoreError::EntryNotFound(id)),
+                Some(rev) if rev != expected => return Err(StoreError::RevisionConflict { id, expected }),
+                Some(_) => {}
+            }
+            tx.execute(
+                "UPDATE entries SET spiffe_id = ?2, parent_id = ?3, revision = ?4, data = ?5 WHERE id = ?1",
+                params![id, row.0, row.1, row.2, row.3],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_entry(&self, id: &EntryId) -> Result<Entry, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let data: Option<String> = tx
+                .query_row("SELECT data FROM entries WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let Some(data) = data else { return Err(StoreError::EntryNotFound(id)) };
+            tx.execute("DELETE FROM entries WHERE id = ?1", [&id]).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            decode_entry(&data)
+        })
+        .await
+    }
+
+    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+        let t = token.clone();
+        self.with(move |conn| {
+            let r = conn.execute(
+                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.hash, t.created_at, t.expires_at, t.agent_id.as_ref().map(SpiffeId::to_string), t.used_at],
+            );
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(StoreError::TokenExists)
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn consume_join_token(&self, hash: &str, now: i64) -> Result<TokenUse, StoreError> {
+        let hash = hash.to_owned();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let row = tx
+                .query_row(
+                    "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = ?1",
+                    [&hash],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some((created_at, expires_at, agent_id, used_at)) = row else { return Ok(TokenUse::Unknown) };
+            if used_at.is_some() {
+                return Ok(TokenUse::AlreadyUsed);
+            }
+            if expires_at <= now {
+                return Ok(TokenUse::Expired);
+            }
+            tx.execute("UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1", params![hash, now])
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            let agent_id = agent_id
+                .map(|s| {
+                    SpiffeId::parse(&s).map_err(|e| StoreError::Corrupt(format!("join token agent id: {e}")))
+                })
+                .transpose()?;
+            Ok(TokenUse::Consumed(JoinTokenRecord {
+                hash,
+                created_at,
+                expires_at,
+                agent_id,
+                used_at: Some(now),
+            }))
+        })
+        .await
+    }
+
+    async fn load_authority(&self) -> Result<Option<String>, StoreError> {
+        self.with(|conn| {
+            conn.query_row("SELECT state FROM authority WHERE singleton = 1", [], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn save_authority(&self, state: &str) -> Result<(), StoreError> {
+        let state = state.to_owned();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO authority (singleton, state) VALUES (1, ?1)
+                 ON CONFLICT (singleton) DO UPDATE SET state = excluded.state",
+                [&state],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend)).await
+    }
+}
