@@ -61,7 +61,7 @@ async fn entries_round_trip(store: &dyn Store) {
     };
     assert!(store.list_entries(&none).await.expect("list").is_empty());
     assert!(
-        matches!(store.create_entries(&[a.clone()]).await, Err(StoreError::EntryExists(id)) if id == "a")
+        matches!(store.create_entries(std::slice::from_ref(&a)).await, Err(StoreError::EntryExists(id)) if id == "a")
     );
     assert_eq!(store.delete_entry(&a.id).await.expect("delete"), a);
     assert!(matches!(store.delete_entry(&a.id).await, Err(StoreError::EntryNotFound(_))));
@@ -71,7 +71,7 @@ async fn entries_round_trip(store: &dyn Store) {
 
 async fn batch_is_atomic(store: &dyn Store) {
     let existing = entry("x", "/x", "/agent/1", &["unix:uid:1"]);
-    store.create_entries(&[existing.clone()]).await.expect("create");
+    store.create_entries(std::slice::from_ref(&existing)).await.expect("create");
     let batch = [entry("y", "/y", "/agent/1", &["unix:uid:2"]), existing.clone()];
     assert!(matches!(store.create_entries(&batch).await, Err(StoreError::EntryExists(_))));
     assert_eq!(
@@ -85,7 +85,7 @@ async fn batch_is_atomic(store: &dyn Store) {
 async fn updates_use_revisions(store: &dyn Store) {
     let td = TrustDomain::new("example.org").unwrap();
     let e = entry("u", "/u", "/agent/1", &["unix:uid:1"]);
-    store.create_entries(&[e.clone()]).await.expect("create");
+    store.create_entries(std::slice::from_ref(&e)).await.expect("create");
     let mut spec: EntrySpec = serde_json::from_value(serde_json::json!({
         "spiffe_id": "spiffe://example.org/u2", "parent_id": "spiffe://example.org/agent/9", "selectors": ["unix:uid:2"]
     }))
