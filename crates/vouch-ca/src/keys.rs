@@ -175,6 +175,41 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// A key generated for a workload that cannot make its own (admin minting): its public half for the
+/// certificate and its PKCS#8 DER, which is handed out once and never stored.
+pub struct WorkloadKey {
+    /// The public key, ready for signing.
+    pub public: crate::x509::CsrPublicKey,
+    /// The private key, PKCS#8 DER.
+    pub pkcs8: Zeroizing<Vec<u8>>,
+}
+
+impl WorkloadKey {
+    /// Generates a P-256 key.
+    pub fn generate() -> Result<Self, CaError> {
+        let key = SigningKey::generate(KeyAlg::EcP256, KeyUse::X509)?;
+        let spki = p256_spki_der(key.public_point());
+        Ok(Self { public: crate::x509::CsrPublicKey::from_spki_der(&spki)?, pkcs8: key.pkcs8().clone() })
+    }
+
+    /// The private key as PEM (`PRIVATE KEY`).
+    pub fn pkcs8_pem(&self) -> Zeroizing<String> {
+        Zeroizing::new(crate::pem::encode("PRIVATE KEY", &self.pkcs8))
+    }
+}
+
+/// The SubjectPublicKeyInfo DER of a P-256 public point.
+fn p256_spki_der(point: &[u8]) -> Vec<u8> {
+    // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { 0 unused bits, point } }
+    const PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(point);
+    der
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ pub mod x509;
 pub use authority::{Authority, AuthorityConfig, AuthorityState, IssuedX509, KeyState, KeySummary};
 pub use bundle::Bundle;
 pub use jwt::{JwtError, JwtSvidClaims, MintedJwt};
-pub use keys::{KeyAlg, KeyUse, SigningKey};
+pub use keys::{KeyAlg, KeyUse, SigningKey, WorkloadKey};
 pub use seal::Kek;
 pub use x509::{verify_csr, verify_csr_pem_or_der, Ca, CsrPublicKey, X509Svid};
 

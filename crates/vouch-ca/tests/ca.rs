@@ -408,3 +408,15 @@ fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+#[test]
+fn generated_workload_keys_sign_valid_svids() {
+    let a = authority(start());
+    let wk = vouch_ca::WorkloadKey::generate().unwrap();
+    let issued = a.mint_x509(&id("/legacy"), &[], &wk.public, Duration::from_secs(60), start()).unwrap();
+    let info = vouch_ca::x509::cert_info(&issued.svid.cert_der).unwrap();
+    // The certificate carries the generated key's public half.
+    let kp = rcgen::KeyPair::from_pem(&wk.pkcs8_pem()).unwrap();
+    assert_eq!(info.public_key, kp.public_key_raw());
+    assert!(wk.pkcs8_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+}

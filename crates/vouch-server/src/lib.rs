@@ -1,1 +1,336 @@
+//! The vouch server: the trust domain's CA, the registry of entries, join tokens, and the HTTP/JSON
+//! admin API on a local Unix socket and on TCP with mTLS.
+//!
+//! [`Server::start`] does everything `vouch server run` does and returns a handle, so tests run the
+//! real server in process as well as through the binary.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod state;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::ServiceExt as _;
+use vouch_ca::Kek;
+use vouch_store::{SqliteStore, Store};
+
+use crate::auth::Caller;
+pub use crate::config::Config;
+pub use crate::state::{AppState, Clock, SystemClock};
+
+/// The OpenAPI description of the admin API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Why the server could not start (or a background step failed).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problem.
+    #[error("{0}")]
+    Config(String),
+    /// I/O problem, with the path or address involved.
+    #[error("{0}")]
+    Io(String),
+    /// Store problem.
+    #[error("store: {0}")]
+    Store(String),
+    /// Key or certificate problem.
+    #[error("{0}")]
+    Ca(#[from] vouch_ca::CaError),
+    /// TLS set-up problem.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+impl From<vouch_store::StoreError> for StartError {
+    fn from(e: vouch_store::StoreError) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
+/// The API router with authentication and metrics layered on.
+pub fn app(state: Arc<AppState>) -> Router {
+    api::router(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(state, auth::count_statuses))
+}
+
+/// The effective uid of this process (the owner of `/proc/self`).
+pub fn own_uid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
+/// Loads the key-encryption key: from `env_kek` (base64) if given, else from the configured file;
+/// creates the file on first start. Refuses to create a new one when keys are already stored, since
+/// they could never be opened again.
+pub fn load_or_create_kek(
+    config: &Config,
+    env_kek: Option<&str>,
+    have_state: bool,
+) -> Result<Kek, StartError> {
+    if let Some(text) = env_kek {
+        return Kek::from_base64(text).map_err(|e| StartError::Config(format!("VOUCH_KEK: {e}")));
+    }
+    let path = &config.kek_file;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077).unwrap_or(0);
+            if mode != 0 {
+                tracing::warn!(path = %path.display(), "the key-encryption key file is readable by others; chmod 600 it");
+            }
+            Kek::from_base64(&text).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if have_state {
+                return Err(StartError::Config(format!(
+                    "the key-encryption key {} is missing but the database holds sealed keys: restore the file or set VOUCH_KEK",
+                    path.display()
+                )));
+            }
+            let (kek, text) = Kek::generate()?;
+            write_private(path, text.as_bytes())?;
+            tracing::info!(path = %path.display(), "created a new key-encryption key; back it up with the database");
+            Ok(kek)
+        }
+        Err(e) => Err(StartError::Io(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), StartError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StartError::Io(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(data).map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StartError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StartError::Io(format!("cannot create data directory {}: {e}", dir.display())))
+}
+
+/// A running server.
+pub struct Server {
+    /// Shared state (for in-process tests and benchmarks).
+    pub state: Arc<AppState>,
+    /// The admin socket path.
+    pub admin_socket: PathBuf,
+    /// The bound mTLS address, if the listener is on.
+    pub tcp_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("admin_socket", &self.admin_socket)
+            .field("tcp_addr", &self.tcp_addr)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Starts the server: data directory, KEK, store, authority, listeners and the rotation loop.
+    /// `env_kek` is the `VOUCH_KEK` value, if set.
+    pub async fn start(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        env_kek: Option<&str>,
+    ) -> Result<Self, StartError> {
+        create_private_dir(&config.data_dir)?;
+        let db = config.data_dir.join("vouch.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+        let have_state = store.load_authority().await?.is_some();
+        let kek = load_or_create_kek(&config, env_kek, have_state)?;
+        let state = AppState::open(config.clone(), store, kek, clock, own_uid()).await?;
+        let app = app(state.clone());
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let unix = bind_admin_socket(&config.admin_socket).await?;
+        tasks.push(tokio::spawn(serve_unix(unix, app.clone(), rx.clone())));
+
+        let mut tcp_addr = None;
+        if let Some(addr) = config.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Io(format!("cannot listen on {addr}: {e}")))?;
+            let bound = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+            let tls = tls::server_config(state.server_cert.clone(), state.client_verifier.clone())
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            tasks.push(tokio::spawn(serve_tls(listener, acceptor, app.clone(), rx.clone())));
+            // Written so scripts and tests can find a port chosen with `:0`.
+            let addr_file = config.data_dir.join("server.addr");
+            std::fs::write(&addr_file, format!("{bound}\n"))
+                .map_err(|e| StartError::Io(format!("cannot write {}: {e}", addr_file.display())))?;
+            tcp_addr = Some(bound);
+        }
+        tasks.push(tokio::spawn(rotation_loop(state.clone(), rx)));
+        tracing::info!(
+            trust_domain = %config.trust_domain,
+            admin_socket = %config.admin_socket.display(),
+            listen = ?tcp_addr,
+            bundle_sequence = state.with_authority(|a| a.sequence()),
+            "vouch server ready"
+        );
+        Ok(Self { state, admin_socket: config.admin_socket, tcp_addr, shutdown, tasks })
+    }
+
+    /// Stops accepting connections and background work, and removes the admin socket.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.admin_socket);
+    }
+}
+
+async fn bind_admin_socket(path: &Path) -> Result<UnixListener, StartError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(StartError::Io(format!(
+                "another server is listening on {}; stop it or choose another admin_socket",
+                path.display()
+            )));
+        }
+        // A stale socket from a server that did not shut down cleanly.
+        std::fs::remove_file(path)
+            .map_err(|e| StartError::Io(format!("cannot remove stale {}: {e}", path.display())))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| StartError::Io(format!("cannot bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| StartError::Io(format!("cannot restrict {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+/// Serves HTTP/1.1 on one connection with `caller` attached to every request.
+async fn serve_connection<I>(io: I, app: Router, caller: Caller)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(caller.clone());
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(Duration::from_secs(10))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+async fn serve_unix(listener: UnixListener, app: Router, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // The kernel's word on who connected; fail closed if it cannot be read.
+                    let Ok(cred) = stream.peer_cred() else {
+                        tracing::warn!("admin socket: cannot read peer credentials; connection dropped");
+                        continue;
+                    };
+                    tokio::spawn(serve_connection(stream, app.clone(), Caller::Local { uid: cred.uid() }));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let acceptor = acceptor.clone();
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = %e);
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let caller = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                            // The chain was verified during the handshake; read its SPIFFE ID.
+                            Some(cert) => match tls::spiffe_id_of(cert) {
+                                Ok(id) => Caller::Svid(id),
+                                Err(_) => Caller::Anonymous,
+                            },
+                            None => Caller::Anonymous,
+                        };
+                        serve_connection(tls, app, caller).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn rotation_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let wait = match state.tick().await {
+            Ok(next) => next
+                .duration_since(state.now())
+                .unwrap_or_default()
+                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            Err(e) => {
+                tracing::error!(error = %e, "key rotation failed; retrying");
+                Duration::from_secs(10)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! The HTTP/JSON admin API (described in `openapi.json`, served at `/v1/openapi.json`).
+//!
+//! Handlers parse requests into domain types at the edge, call the store and the authority, and
+//! audit every change and issuance. Authentication happens before any handler runs (see
+//! [`crate::auth`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use vouch_core::{ttl, DnsName, Entry, EntryId, EntrySpec, Selector, SpiffeId};
+use vouch_store::{EntryFilter, JoinTokenRecord};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+type AppResult<T> = Result<T, ApiError>;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most entries in one batch.
+pub const MAX_BATCH: usize = 1000;
+/// Default join token lifetime.
+pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
+/// Longest join token lifetime.
+pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 86400);
+
+/// A JSON body whose parse errors become 400 answers that quote the parser (field, line, column).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::bad_request("the body must be JSON with `Content-Type: application/json`"))
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// The API router. Authentication is layered on by the caller of this function.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/bundle", get(bundle))
+        .route("/v1/authority/keys", get(authority_keys))
+        .route("/v1/entries", post(create_entry).get(list_entries))
+        .route("/v1/entries/batch", post(batch_create_entries))
+        .route("/v1/entries/{id}", get(get_entry).put(update_entry).delete(delete_entry))
+        .route("/v1/join-tokens", post(create_join_token))
+        .route("/v1/svids/x509", post(mint_x509))
+        .route("/v1/svids/jwt", post(mint_jwt))
+        .route("/v1/svids/jwt/validate", post(validate_jwt))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "readiness: store unavailable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response();
+    }
+    let now = state.now();
+    let ready = state.with_authority(|a| {
+        a.keys().iter().any(|k| k.state == vouch_ca::KeyState::Active && k.not_after > ttl::unix_seconds(now))
+    });
+    if ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no active signing keys\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let seq = state.with_authority(|a| a.sequence());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(seq)).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleQuery {
+    format: Option<String>,
+}
+
+async fn bundle(State(state): State<Arc<AppState>>, Query(q): Query<BundleQuery>) -> AppResult<Response> {
+    let b = state.with_authority(|a| a.bundle());
+    match q.format.as_deref() {
+        None | Some("jwks") => {
+            let body = b.to_jwks()?;
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        Some("pem") => Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], b.x509_pem()).into_response()),
+        Some(other) => {
+            Err(ApiError::bad_request(format!("format `{other}` is not supported; use `jwks` or `pem`")))
+        }
+    }
+}
+
+async fn authority_keys(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let (keys, seq) = state.with_authority(|a| (a.keys(), a.sequence()));
+    Json(serde_json::json!({"trust_domain": state.config.trust_domain, "bundle_sequence": seq, "keys": keys}))
+}
+
+fn now_secs(state: &AppState) -> i64 {
+    ttl::unix_seconds(state.now())
+}
+
+fn new_entry(state: &AppState, spec: EntrySpec) -> AppResult<Entry> {
+    let id = match &spec.id {
+        Some(id) => id.clone(),
+        None => EntryId::new(&vouch_ca::keys::random_id()?).map_err(|e| ApiError::internal("entry id", e))?,
+    };
+    Entry::create(spec, id, &state.config.trust_domain, now_secs(state))
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn create_entry(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(spec): ApiJson<EntrySpec>,
+) -> AppResult<(StatusCode, Json<Entry>)> {
+    let entry = new_entry(&state, spec)?;
+    state.store.create_entries(std::slice::from_ref(&entry)).await?;
+    tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, admin = entry.admin);
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    entries: Vec<EntrySpec>,
+}
+
+#[derive(Serialize)]
+struct EntryList {
+    entries: Vec<Entry>,
+}
+
+async fn batch_create_entries(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> AppResult<(StatusCode, Json<EntryList>)> {
+    if req.entries.is_empty() || req.entries.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!("entries: a batch holds 1 to {MAX_BATCH} entries")));
+    }
+    let mut entries = Vec::with_capacity(req.entries.len());
+    for (i, spec) in req.entries.into_iter().enumerate() {
+        entries.push(
+            new_entry(&state, spec)
+                .map_err(|e| ApiError::bad_request(format!("entries[{i}]: {}", e.message)))?,
+        );
+    }
+    // All or nothing: the store creates the batch in one transaction.
+    state.store.create_entries(&entries).await?;
+    for e in &entries {
+        tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %e.id, spiffe_id = %e.spiffe_id, admin = e.admin);
+    }
+    Ok((StatusCode::CREATED, Json(EntryList { entries })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    spiffe_id: Option<String>,
+    parent_id: Option<String>,
+    selector: Option<String>,
+}
+
+async fn list_entries(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> AppResult<Json<EntryList>> {
+    let id = |field: &str, v: Option<String>| {
+        v.map(|s| SpiffeId::parse(&s).map_err(|e| ApiError::bad_request(format!("{field} `{s}`: {e}"))))
+            .transpose()
+    };
+    let filter = EntryFilter {
+        spiffe_id: id("spiffe_id", q.spiffe_id)?,
+        parent_id: id("parent_id", q.parent_id)?,
+        selector: q
+            .selector
+            .map(|s| Selector::parse(&s).map_err(|e| ApiError::bad_request(format!("selector: {e}"))))
+            .transpose()?,
+    };
+    Ok(Json(EntryList { entries: state.store.list_entries(&filter).await? }))
+}
+
+fn parse_entry_id(id: &str) -> AppResult<EntryId> {
+    EntryId::new(id).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn get_entry(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AppResult<Json<Entry>> {
+    let id = parse_entry_id(&id)?;
+    state
+        .store
+        .get_entry(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))
+}
+
+async fn update_entry(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(spec): ApiJson<EntrySpec>,
+) -> AppResult<Json<Entry>> {
+    let id = parse_entry_id(&id)?;
+    if spec.id.as_ref().is_some_and(|s| s != &id) {
+        return Err(ApiError::bad_request(
+            "id: the body's id differs from the id in the path; ids cannot change",
+        ));
+    }
+    let current = state
+        .store
+        .get_entry(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))?;
+    let updated = current
+        .updated(spec, &state.config.trust_domain, now_secs(&state))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    state.store.update_entry(&updated).await?;
+    tracing::info!(target: "vouch::audit", event = "entry.update", %caller, entry_id = %id, spiffe_id = %updated.spiffe_id, revision = updated.revision);
+    Ok(Json(updated))
+}
+
+async fn delete_entry(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> AppResult<Json<Entry>> {
+    let id = parse_entry_id(&id)?;
+    let entry = state.store.delete_entry(&id).await?;
+    tracing::info!(target: "vouch::audit", event = "entry.delete", %caller, entry_id = %id, spiffe_id = %entry.spiffe_id);
+    Ok(Json(entry))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenRequest {
+    /// Seconds; default 600.
+    ttl: Option<u64>,
+    /// The agent ID the token will attest as.
+    agent_id: Option<SpiffeId>,
+}
+
+#[derive(Serialize)]
+struct JoinTokenResponse {
+    token: String,
+    expires_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<SpiffeId>,
+}
+
+async fn create_join_token(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<JoinTokenRequest>,
+) -> AppResult<(StatusCode, Json<JoinTokenResponse>)> {
+    let ttl = req.ttl.map(Duration::from_secs).unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
+    if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+        return Err(ApiError::bad_request(format!(
+            "ttl: must be 1 to {} seconds",
+            MAX_JOIN_TOKEN_TTL.as_secs()
+        )));
+    }
+    if let Some(id) = &req.agent_id {
+        if id.trust_domain() != &state.config.trust_domain || id.is_trust_domain_id() {
+            return Err(ApiError::bad_request(format!(
+                "agent_id: `{id}` must be a SPIFFE ID with a path in trust domain `{}`",
+                state.config.trust_domain
+            )));
+        }
+    }
+    // 128 random bits; only the hash is stored, the token itself is returned once.
+    let token = vouch_ca::keys::random_id()?;
+    let now = now_secs(&state);
+    let expires_at = now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let record = JoinTokenRecord {
+        hash: hex_sha256(&token),
+        created_at: now,
+        expires_at,
+        agent_id: req.agent_id.clone(),
+        used_at: None,
+    };
+    state.store.create_join_token(&record).await?;
+    tracing::info!(target: "vouch::audit", event = "join_token.create", %caller, token_hash_prefix = &record.hash[..12], expires_at);
+    Ok((StatusCode::CREATED, Json(JoinTokenResponse { token, expires_at, agent_id: req.agent_id })))
+}
+
+/// Hex SHA-256, the stored form of join tokens.
+pub fn hex_sha256(text: &str) -> String {
+    vouch_ca::keys::sha256(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintX509Request {
+    spiffe_id: SpiffeId,
+    /// PEM CSR; without it the server generates a key and returns it once.
+    csr: Option<String>,
+    /// Seconds; the server default when absent.
+    ttl: Option<u64>,
+    #[serde(default)]
+    dns_names: Vec<DnsName>,
+}
+
+#[derive(Serialize)]
+struct MintX509Response {
+    spiffe_id: SpiffeId,
+    /// Leaf first, then intermediates, PEM.
+    cert_chain_pem: String,
+    /// Only when the server generated the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_key_pem: Option<String>,
+    bundle_pem: String,
+    expires_at: i64,
+    /// Whether the signing CA's remaining life cut the lifetime short.
+    capped: bool,
+}
+
+fn requested_ttl(
+    ttl: Option<u64>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+    field: &str,
+) -> AppResult<Duration> {
+    match ttl {
+        None => Ok(default),
+        Some(s) if s >= min.as_secs() && s <= max.as_secs() => Ok(Duration::from_secs(s)),
+        Some(s) => Err(ApiError::bad_request(format!(
+            "{field}: {s}s is outside {}s..={}s",
+            min.as_secs(),
+            max.as_secs()
+        ))),
+    }
+}
+
+async fn mint_x509(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<MintX509Request>,
+) -> AppResult<Json<MintX509Response>> {
+    let started = Instant::now();
+    let result = mint_x509_inner(&state, req).await;
+    match &result {
+        Ok(r) => {
+            state.metrics.x509_issued.fetch_add(1, Ordering::Relaxed);
+            state.metrics.x509_latency.observe(started.elapsed());
+            tracing::info!(target: "vouch::audit", event = "svid.x509.mint", %caller, spiffe_id = %r.spiffe_id, expires_at = r.expires_at, capped = r.capped, generated_key = r.private_key_pem.is_some());
+        }
+        Err(e) => {
+            state.metrics.issuance_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(target: "vouch::audit", event = "svid.x509.refused", %caller, reason = %e.message);
+        }
+    }
+    result.map(Json)
+}
+
+async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<MintX509Response> {
+    use vouch_core::entry::{MAX_DNS_NAMES, MAX_X509_SVID_TTL, MIN_X509_SVID_TTL};
+    let ttl =
+        requested_ttl(req.ttl, state.config.x509_svid_ttl, MIN_X509_SVID_TTL, MAX_X509_SVID_TTL, "ttl")?;
+    if req.dns_names.len() > MAX_DNS_NAMES {
+        return Err(ApiError::bad_request(format!("dns_names: at most {MAX_DNS_NAMES} are allowed")));
+    }
+    let (public, generated) = match &req.csr {
+        Some(csr) => (vouch_ca::verify_csr_pem_or_der(csr.as_bytes())?, None),
+        None => {
+            let key = vouch_ca::WorkloadKey::generate()?;
+            (key.public.clone(), Some(key))
+        }
+    };
+    let now = state.now();
+    let (issued, bundle) = state.with_authority(|a| {
+        a.mint_x509(&req.spiffe_id, &req.dns_names, &public, ttl, now).map(|i| (i, a.bundle().x509_pem()))
+    })?;
+    let mut chain = vouch_ca::pem::encode("CERTIFICATE", &issued.svid.cert_der);
+    for der in &issued.intermediates {
+        chain.push_str(&vouch_ca::pem::encode("CERTIFICATE", der));
+    }
+    Ok(MintX509Response {
+        spiffe_id: req.spiffe_id,
+        cert_chain_pem: chain,
+        private_key_pem: generated.map(|k| k.pkcs8_pem().to_string()),
+        bundle_pem: bundle,
+        expires_at: ttl::unix_seconds(issued.svid.not_after),
+        capped: issued.svid.capped,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintJwtRequest {
+    spiffe_id: SpiffeId,
+    audience: Vec<String>,
+    ttl: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct MintJwtResponse {
+    spiffe_id: SpiffeId,
+    token: String,
+    expires_at: i64,
+    capped: bool,
+}
+
+async fn mint_jwt(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<MintJwtRequest>,
+) -> AppResult<Json<MintJwtResponse>> {
+    use vouch_core::entry::{MAX_JWT_SVID_TTL, MIN_JWT_SVID_TTL};
+    let started = Instant::now();
+    let result = (|| {
+        let ttl =
+            requested_ttl(req.ttl, state.config.jwt_svid_ttl, MIN_JWT_SVID_TTL, MAX_JWT_SVID_TTL, "ttl")?;
+        let now = state.now();
+        let minted = state.with_authority(|a| a.mint_jwt(&req.spiffe_id, &req.audience, ttl, now))?;
+        Ok::<_, ApiError>(minted)
+    })();
+    match result {
+        Ok(m) => {
+            state.metrics.jwt_issued.fetch_add(1, Ordering::Relaxed);
+            state.metrics.jwt_latency.observe(started.elapsed());
+            tracing::info!(target: "vouch::audit", event = "svid.jwt.mint", %caller, spiffe_id = %req.spiffe_id, audience = ?req.audience, expires_at = m.expires_at);
+            Ok(Json(MintJwtResponse {
+                spiffe_id: req.spiffe_id,
+                token: m.token,
+                expires_at: m.expires_at,
+                capped: m.capped,
+            }))
+        }
+        Err(e) => {
+            state.metrics.issuance_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(target: "vouch::audit", event = "svid.jwt.refused", %caller, reason = %e.message);
+            Err(e)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidateJwtRequest {
+    token: String,
+    audience: String,
+}
+
+async fn validate_jwt(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<ValidateJwtRequest>,
+) -> AppResult<Json<vouch_ca::JwtSvidClaims>> {
+    let now = state.now();
+    state
+        .with_authority(|a| a.validate_jwt(&req.token, &req.audience, now))
+        .map(Json)
+        .map_err(|e| ApiError::bad_request(format!("token rejected: {e}")))
+}

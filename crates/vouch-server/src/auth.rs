@@ -1,0 +1,107 @@
+//! Who is calling, and whether they may. Two doors lead to the admin API:
+//!
+//! - the local Unix socket (mode 0600): the peer's uid, read from the kernel (SO_PEERCRED), must be
+//!   root, the server's own uid, or listed in `server.admin_uids`;
+//! - TCP with mTLS: the client's X509-SVID must chain to the bundle, and its SPIFFE ID must belong to
+//!   an entry marked `admin = true`.
+//!
+//! Refusals say which condition failed.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use vouch_core::SpiffeId;
+use vouch_store::EntryFilter;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The authenticated caller of a request, set by the listener that accepted the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A local process on the admin socket, with its uid as the kernel reports it.
+    Local {
+        /// Peer uid.
+        uid: u32,
+    },
+    /// A TLS client that presented a valid X509-SVID.
+    Svid(SpiffeId),
+    /// A TLS client without a certificate.
+    Anonymous,
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Local { uid } => write!(f, "local:uid:{uid}"),
+            Caller::Svid(id) => write!(f, "{id}"),
+            Caller::Anonymous => f.write_str("anonymous"),
+        }
+    }
+}
+
+/// Paths anyone who can reach the listener may read: nothing secret, and needed by probes and by
+/// clients that bootstrap trust.
+const PUBLIC_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/v1/bundle", "/v1/openapi.json"];
+
+/// Middleware: lets a request through only if its caller may use the admin API.
+pub async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if PUBLIC_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let caller = req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous);
+    match check(&state, &caller).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            state.metrics.auth_denied.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "vouch::audit", event = "admin.denied", %caller, path = %req.uri().path(), reason = %e.message);
+            e.into_response()
+        }
+    }
+}
+
+async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    match caller {
+        Caller::Local { uid } => {
+            if *uid == 0 || *uid == state.own_uid || state.config.admin_uids.contains(uid) {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden(format!(
+                    "uid {uid} may not use the admin socket: run as root or as the server's user (uid {}), or add {uid} to server.admin_uids",
+                    state.own_uid
+                )))
+            }
+        }
+        Caller::Svid(id) => {
+            let filter = EntryFilter { spiffe_id: Some(id.clone()), ..Default::default() };
+            let entries = state.store.list_entries(&filter).await?;
+            let now = vouch_core::ttl::unix_seconds(state.now());
+            if entries.iter().any(|e| e.admin && !e.is_expired(now)) {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden(format!(
+                    "`{id}` is not an admin: no entry for this SPIFFE ID has admin = true"
+                )))
+            }
+        }
+        Caller::Anonymous => Err(ApiError::unauthenticated(
+            "a client certificate is required: present the X509-SVID of an entry with admin = true",
+        )),
+    }
+}
+
+/// Middleware: counts answers by status class.
+pub async fn count_statuses(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if status.is_client_error() {
+        state.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+    } else if status.is_server_error() {
+        state.metrics.server_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}

@@ -1,0 +1,388 @@
+//! Server configuration: versioned TOML with unknown fields refused, every setting overridable by a
+//! `VOUCH_...` environment variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vouch_ca::KeyAlg;
+use vouch_core::{ttl, TrustDomain};
+
+/// The configuration format this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown fields.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The path.
+        path: PathBuf,
+        /// What the parser said (names the field and line).
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// A duration written as `90s`, `5m`, `1h` or `7d` (or a bare number of seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// Parses the text form.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (num, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => text.split_at(i),
+            None => (text, "s"),
+        };
+        let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 90s, 5m, 1h or 7d"))?;
+        let mult = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return Err(format!("`{text}` has unknown unit `{unit}`; use s, m, h or d")),
+        };
+        n.checked_mul(mult)
+            .map(|s| Self(Duration::from_secs(s)))
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Self(Duration::from_secs(s))),
+            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    version: Option<u32>,
+    trust_domain: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    server: FileServer,
+    #[serde(default)]
+    ca: FileCa,
+    #[serde(default)]
+    log: FileLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    admin_socket: Option<PathBuf>,
+    listen: Option<String>,
+    admin_uids: Option<Vec<u32>>,
+    dns_names: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileCa {
+    key_alg: Option<KeyAlg>,
+    root_ttl: Option<HumanDuration>,
+    ca_ttl: Option<HumanDuration>,
+    jwt_key_ttl: Option<HumanDuration>,
+    x509_svid_ttl: Option<HumanDuration>,
+    jwt_svid_ttl: Option<HumanDuration>,
+    jwt_issuer: Option<String>,
+    upstream_cert: Option<PathBuf>,
+    upstream_key: Option<PathBuf>,
+    kek_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The effective server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The trust domain served.
+    pub trust_domain: TrustDomain,
+    /// Where the database, KEK and sockets live.
+    pub data_dir: PathBuf,
+    /// The admin Unix socket.
+    pub admin_socket: PathBuf,
+    /// The mTLS listener, if any (`127.0.0.1:0` picks a free port).
+    pub listen: Option<SocketAddr>,
+    /// Uids besides root and the server's own that may use the admin socket.
+    pub admin_uids: Vec<u32>,
+    /// DNS names in the server's own certificate.
+    pub dns_names: Vec<String>,
+    /// Algorithm of generated keys.
+    pub key_alg: KeyAlg,
+    /// Self-signed root lifetime.
+    pub root_ttl: Duration,
+    /// Signing CA lifetime.
+    pub ca_ttl: Duration,
+    /// JWT key lifetime.
+    pub jwt_key_ttl: Duration,
+    /// Default X509-SVID lifetime.
+    pub x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime.
+    pub jwt_svid_ttl: Duration,
+    /// `iss` of JWT-SVIDs.
+    pub jwt_issuer: Option<String>,
+    /// Upstream root CA certificate and key (PEM files).
+    pub upstream: Option<(PathBuf, PathBuf)>,
+    /// The key-encryption key file.
+    pub kek_file: PathBuf,
+    /// Log level filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Where environment overrides come from; a function so tests need not touch the process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Config {
+    /// Loads the configuration: defaults, then the file (if given), then `VOUCH_*` variables.
+    pub fn load(path: Option<&Path>, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.into(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse { path: p.into(), message: e.to_string() })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::build(file, env)
+    }
+
+    /// Parses configuration text (tests and `--config -`).
+    pub fn from_toml(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let file = toml::from_str::<FileConfig>(text)
+            .map_err(|e| ConfigError::Parse { path: "<text>".into(), message: e.to_string() })?;
+        Self::build(file, env)
+    }
+
+    fn build(file: FileConfig, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        if let Some(v) = file.version {
+            if v != CONFIG_VERSION {
+                return Err(ConfigError::Invalid(format!(
+                    "version {v} is not supported; this vouch reads version {CONFIG_VERSION}"
+                )));
+            }
+        }
+        let dur = |name: &str,
+                   file_value: Option<HumanDuration>,
+                   default: Duration|
+         -> Result<Duration, ConfigError> {
+            match env(name) {
+                Some(text) => HumanDuration::parse(&text)
+                    .map(|d| d.0)
+                    .map_err(|e| ConfigError::Invalid(format!("{name}: {e}"))),
+                None => Ok(file_value.map(|d| d.0).unwrap_or(default)),
+            }
+        };
+        let td_text = env("VOUCH_TRUST_DOMAIN").or(file.trust_domain).unwrap_or_else(|| "example.org".into());
+        let trust_domain = TrustDomain::new(&td_text)
+            .map_err(|e| ConfigError::Invalid(format!("trust_domain `{td_text}`: {e}")))?;
+        let data_dir =
+            env("VOUCH_DATA_DIR").map(PathBuf::from).or(file.data_dir).unwrap_or_else(|| "vouch-data".into());
+        let admin_socket = env("VOUCH_ADMIN_SOCKET")
+            .map(PathBuf::from)
+            .or(file.server.admin_socket)
+            .unwrap_or_else(|| data_dir.join("admin.sock"));
+        let listen_text = env("VOUCH_LISTEN").or(file.server.listen);
+        let listen = match listen_text.as_deref() {
+            None | Some("") | Some("off") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::Invalid(format!("listen `{text}` is not an address like 127.0.0.1:8443"))
+            })?),
+        };
+        let key_alg = file.ca.key_alg.unwrap_or(KeyAlg::EcP256);
+        let x509_svid_ttl = dur("VOUCH_X509_SVID_TTL", file.ca.x509_svid_ttl, ttl::DEFAULT_X509_SVID_TTL)?;
+        let jwt_svid_ttl = dur("VOUCH_JWT_SVID_TTL", file.ca.jwt_svid_ttl, ttl::DEFAULT_JWT_SVID_TTL)?;
+        let ca_ttl = dur("VOUCH_CA_TTL", file.ca.ca_ttl, ttl::DEFAULT_CA_TTL)?;
+        let jwt_key_ttl = dur("VOUCH_JWT_KEY_TTL", file.ca.jwt_key_ttl, ca_ttl)?;
+        let root_ttl = dur("VOUCH_ROOT_TTL", file.ca.root_ttl, Duration::from_secs(365 * 86400))?;
+        let factor = ttl::CA_TTL_TO_SVID_TTL;
+        if ca_ttl < x509_svid_ttl * factor {
+            return Err(ConfigError::Invalid(format!(
+                "ca_ttl ({}s) must be at least {factor}x x509_svid_ttl ({}s), so SVIDs are not cut short by CA rotation",
+                ca_ttl.as_secs(),
+                x509_svid_ttl.as_secs()
+            )));
+        }
+        if jwt_key_ttl < jwt_svid_ttl * factor {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_key_ttl ({}s) must be at least {factor}x jwt_svid_ttl ({}s)",
+                jwt_key_ttl.as_secs(),
+                jwt_svid_ttl.as_secs()
+            )));
+        }
+        if root_ttl < ca_ttl * 2 {
+            return Err(ConfigError::Invalid("root_ttl must be at least twice ca_ttl".into()));
+        }
+        if x509_svid_ttl < vouch_core::entry::MIN_X509_SVID_TTL
+            || jwt_svid_ttl < vouch_core::entry::MIN_JWT_SVID_TTL
+        {
+            return Err(ConfigError::Invalid(
+                "x509_svid_ttl must be at least 60s and jwt_svid_ttl at least 10s".into(),
+            ));
+        }
+        let upstream = match (file.ca.upstream_cert, file.ca.upstream_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("ca.upstream_cert and ca.upstream_key go together".into())),
+        };
+        let log_format = match env("VOUCH_LOG_FORMAT").or(file.log.format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!("log.format `{other}`: use `text` or `json`")))
+            }
+        };
+        let dns_names = file.server.dns_names.unwrap_or_else(|| vec!["localhost".into()]);
+        for name in &dns_names {
+            vouch_core::DnsName::new(name)
+                .map_err(|e| ConfigError::Invalid(format!("server.dns_names: {e}")))?;
+        }
+        Ok(Self {
+            trust_domain,
+            kek_file: file.ca.kek_file.unwrap_or_else(|| data_dir.join("kek")),
+            data_dir,
+            admin_socket,
+            listen,
+            admin_uids: file.server.admin_uids.unwrap_or_default(),
+            dns_names,
+            key_alg,
+            root_ttl,
+            ca_ttl,
+            jwt_key_ttl,
+            x509_svid_ttl,
+            jwt_svid_ttl,
+            jwt_issuer: env("VOUCH_JWT_ISSUER").or(file.ca.jwt_issuer),
+            upstream,
+            log_level: env("VOUCH_LOG").or(file.log.level).unwrap_or_else(|| "info".into()),
+            log_format,
+        })
+    }
+
+    /// The authority settings derived from this configuration.
+    pub fn authority_config(&self) -> vouch_ca::AuthorityConfig {
+        let mut c = vouch_ca::AuthorityConfig::new(self.trust_domain.clone());
+        c.key_alg = self.key_alg;
+        c.root_ttl = self.root_ttl;
+        c.ca_ttl = self.ca_ttl;
+        c.jwt_key_ttl = self.jwt_key_ttl;
+        c.jwt_issuer = self.jwt_issuer.clone();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_toml("", &no_env).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "example.org");
+        assert_eq!(c.admin_socket, PathBuf::from("vouch-data/admin.sock"));
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.ca_ttl, Duration::from_secs(86400));
+        assert!(c.listen.is_none());
+    }
+
+    #[test]
+    fn file_and_env() {
+        let text = r#"
+            version = 1
+            trust_domain = "prod.example"
+            data_dir = "/tmp/x"
+            [server]
+            listen = "127.0.0.1:0"
+            [ca]
+            x509_svid_ttl = "10m"
+            ca_ttl = "2h"
+        "#;
+        let env = |k: &str| (k == "VOUCH_TRUST_DOMAIN").then(|| "env.example".to_string());
+        let c = Config::from_toml(text, &env).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "env.example", "env wins over the file");
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(600));
+        assert_eq!(c.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.kek_file, PathBuf::from("/tmp/x/kek"));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases = [
+            ("trust_domian = \"x\"", "unknown field `trust_domian`"),
+            ("version = 2", "version 2 is not supported"),
+            ("trust_domain = \"Bad\"", "trust_domain `Bad`"),
+            ("[server]\nlisten = \"nope\"", "not an address"),
+            ("[ca]\nx509_svid_ttl = \"5h\"", "at least 6x"),
+            ("[ca]\nx509_svid_ttl = \"5y\"", "unknown unit"),
+            ("[ca]\nupstream_cert = \"a\"", "go together"),
+            ("[log]\nformat = \"xml\"", "use `text` or `json`"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        let env = |k: &str| (k == "VOUCH_JWT_SVID_TTL").then(|| "abc".to_string());
+        assert!(Config::from_toml("", &env).unwrap_err().to_string().contains("VOUCH_JWT_SVID_TTL"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(HumanDuration::parse("90").unwrap().0, Duration::from_secs(90));
+        assert_eq!(HumanDuration::parse("2d").unwrap().0, Duration::from_secs(172800));
+        assert!(HumanDuration::parse("").is_err());
+        assert!(HumanDuration::parse("h").is_err());
+        assert!(HumanDuration::parse("99999999999999999999d").is_err());
+    }
+}

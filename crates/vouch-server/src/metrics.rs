@@ -1,0 +1,137 @@
+//! Prometheus metrics, rendered by hand in the text exposition format (no registry dependency).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+
+/// A latency histogram.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}le=\"{bound}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces =
+            if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.trim_end_matches(',')) };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// The server's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    /// X509-SVIDs issued.
+    pub x509_issued: AtomicU64,
+    /// JWT-SVIDs issued.
+    pub jwt_issued: AtomicU64,
+    /// Issuance requests refused or failed.
+    pub issuance_errors: AtomicU64,
+    /// API requests answered with 4xx.
+    pub client_errors: AtomicU64,
+    /// API requests answered with 5xx.
+    pub server_errors: AtomicU64,
+    /// Requests refused by authentication or authorization.
+    pub auth_denied: AtomicU64,
+    /// X509-SVID issuance latency.
+    pub x509_latency: Histogram,
+    /// JWT-SVID issuance latency.
+    pub jwt_latency: Histogram,
+}
+
+impl Metrics {
+    /// The text exposition.
+    pub fn render(&self, bundle_sequence: u64) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        counter(&mut out, "vouch_x509_svids_issued_total", "X509-SVIDs issued.", &self.x509_issued);
+        counter(&mut out, "vouch_jwt_svids_issued_total", "JWT-SVIDs issued.", &self.jwt_issued);
+        counter(
+            &mut out,
+            "vouch_issuance_errors_total",
+            "Issuance requests refused or failed.",
+            &self.issuance_errors,
+        );
+        counter(
+            &mut out,
+            "vouch_api_client_errors_total",
+            "API answers with status 4xx.",
+            &self.client_errors,
+        );
+        counter(
+            &mut out,
+            "vouch_api_server_errors_total",
+            "API answers with status 5xx.",
+            &self.server_errors,
+        );
+        counter(
+            &mut out,
+            "vouch_auth_denied_total",
+            "Requests refused by authentication or authorization.",
+            &self.auth_denied,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vouch_issuance_seconds Issuance latency.\n# TYPE vouch_issuance_seconds histogram"
+        );
+        self.x509_latency.render(&mut out, "vouch_issuance_seconds", "kind=\"x509\",");
+        self.jwt_latency.render(&mut out, "vouch_issuance_seconds", "kind=\"jwt\",");
+        let _ = writeln!(
+            out,
+            "# HELP vouch_bundle_sequence Sequence number of the trust bundle.\n# TYPE vouch_bundle_sequence gauge\nvouch_bundle_sequence {bundle_sequence}"
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.x509_issued.fetch_add(3, Ordering::Relaxed);
+        m.x509_latency.observe(Duration::from_micros(700));
+        let text = m.render(7);
+        assert!(text.contains("vouch_x509_svids_issued_total 3"));
+        assert!(text.contains("vouch_issuance_seconds_bucket{kind=\"x509\",le=\"0.0005\"} 0"));
+        assert!(text.contains("vouch_issuance_seconds_bucket{kind=\"x509\",le=\"0.001\"} 1"));
+        assert!(text.contains("vouch_issuance_seconds_count{kind=\"x509\"} 1"));
+        assert!(text.contains("vouch_bundle_sequence 7"));
+    }
+}

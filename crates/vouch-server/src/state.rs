@@ -1,0 +1,165 @@
+//! The server's shared state: configuration, store, the authority under a lock, and the clock.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use vouch_ca::{Authority, AuthorityState, Ca, Kek, KeyUse, SigningKey, WorkloadKey};
+use vouch_core::SpiffeId;
+use vouch_store::Store;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::tls::{Anchors, ServerCert, SvidClientVerifier};
+use crate::StartError;
+
+/// Where the server reads the time. Time is a parameter so tests can control it.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Everything request handlers share.
+pub struct AppState {
+    /// Effective configuration.
+    pub config: Config,
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+    /// The effective uid of the server process (may use the admin socket).
+    pub own_uid: u32,
+    authority: RwLock<Authority>,
+    kek: Kek,
+    clock: Arc<dyn Clock>,
+    /// The server's own certificate for the mTLS listener.
+    pub server_cert: Arc<ServerCert>,
+    server_cert_renew_at: RwLock<SystemTime>,
+    /// Client certificate verification, following the bundle.
+    pub client_verifier: Arc<SvidClientVerifier>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("trust_domain", &self.config.trust_domain).finish_non_exhaustive()
+    }
+}
+
+/// The SPIFFE ID of the server itself (its mTLS certificate).
+pub fn server_spiffe_id(config: &Config) -> SpiffeId {
+    // "/vouch/server" is a valid path, so this cannot fail for a valid trust domain.
+    config.trust_domain.id_with_path("/vouch/server").unwrap_or_else(|_| config.trust_domain.id())
+}
+
+fn load_upstream(config: &Config) -> Result<Option<Ca>, StartError> {
+    let Some((cert_path, key_path)) = &config.upstream else { return Ok(None) };
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| StartError::Config(format!("cannot read {}: {e}", p.display())))
+    };
+    let cert_pem = read(cert_path)?;
+    let key_pem = zeroize::Zeroizing::new(read(key_path)?);
+    let der = vouch_ca::pem::decode_one(&cert_pem, &["CERTIFICATE"])
+        .ok_or_else(|| StartError::Config(format!("{} has no CERTIFICATE block", cert_path.display())))?;
+    let key = SigningKey::from_pem(&key_pem, KeyUse::X509)
+        .map_err(|e| StartError::Config(format!("{}: {e}", key_path.display())))?;
+    let ca = Ca::from_parts(der, key).map_err(|e| StartError::Config(format!("upstream CA: {e}")))?;
+    Ok(Some(ca))
+}
+
+impl AppState {
+    /// Loads the authority from the store (or creates it on first start), brings its keys up to date
+    /// and persists any change.
+    pub async fn open(
+        config: Config,
+        store: Arc<dyn Store>,
+        kek: Kek,
+        clock: Arc<dyn Clock>,
+        own_uid: u32,
+    ) -> Result<Arc<Self>, StartError> {
+        let upstream = load_upstream(&config)?;
+        let authority = match store.load_authority().await? {
+            Some(json) => {
+                let state: AuthorityState = serde_json::from_str(&json)
+                    .map_err(|e| StartError::Store(format!("stored authority state is unreadable: {e}")))?;
+                Authority::import(config.authority_config(), state, &kek, upstream)?
+            }
+            None => Authority::new(config.authority_config(), upstream),
+        };
+        let state = Arc::new(Self {
+            config,
+            store,
+            metrics: Metrics::default(),
+            own_uid,
+            authority: RwLock::new(authority),
+            kek,
+            clock,
+            server_cert: Arc::new(ServerCert::default()),
+            server_cert_renew_at: RwLock::new(SystemTime::UNIX_EPOCH),
+            client_verifier: Arc::new(SvidClientVerifier::default()),
+        });
+        state.tick().await?;
+        Ok(state)
+    }
+
+    /// The current time.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// Runs `f` with the authority (read access; signing needs no more).
+    pub fn with_authority<R>(&self, f: impl FnOnce(&Authority) -> R) -> R {
+        let guard = self.authority.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    /// Advances key rotation, persists changes, refreshes TLS anchors and renews the server's own
+    /// certificate when due. Returns when the next tick is needed.
+    pub async fn tick(&self) -> Result<SystemTime, StartError> {
+        let now = self.now();
+        let (exported, next, bundle_roots) = {
+            let mut a = self.authority.write().unwrap_or_else(|p| p.into_inner());
+            let changed = a.tick(now)?;
+            let exported = if changed { Some(a.export(&self.kek)?) } else { None };
+            (exported, a.next_tick(), a.bundle().x509_authorities)
+        };
+        if let Some(state) = exported {
+            let json = serde_json::to_string(&state).map_err(|e| StartError::Store(e.to_string()))?;
+            self.store.save_authority(&json).await?;
+            tracing::info!(target: "vouch::audit", event = "authority.rotate", sequence = self.with_authority(|a| a.sequence()), "trust bundle or signing keys changed");
+        }
+        // Cheap (a few certificates), so done on every tick rather than tracking what changed.
+        self.client_verifier.set_anchors(Anchors::from_der(&bundle_roots));
+        let renew_at = self.renew_server_cert_if_due(now)?;
+        let next = next.unwrap_or(now + Duration::from_secs(60)).min(renew_at);
+        Ok(next)
+    }
+
+    fn renew_server_cert_if_due(&self, now: SystemTime) -> Result<SystemTime, StartError> {
+        let due = *self.server_cert_renew_at.read().unwrap_or_else(|p| p.into_inner());
+        if now < due {
+            return Ok(due);
+        }
+        let key = WorkloadKey::generate()?;
+        let names: Vec<vouch_core::DnsName> =
+            self.config.dns_names.iter().filter_map(|n| vouch_core::DnsName::new(n).ok()).collect();
+        let id = server_spiffe_id(&self.config);
+        let issued =
+            self.with_authority(|a| a.mint_x509(&id, &names, &key.public, self.config.x509_svid_ttl, now))?;
+        let mut chain = vec![issued.svid.cert_der.clone()];
+        chain.extend(issued.intermediates);
+        self.server_cert.set(chain, &key.pkcs8).map_err(|e| StartError::Tls(e.to_string()))?;
+        let renew_at = vouch_core::ttl::renew_at(issued.svid.not_before, issued.svid.not_after, 0.0);
+        *self.server_cert_renew_at.write().unwrap_or_else(|p| p.into_inner()) = renew_at;
+        Ok(renew_at)
+    }
+}
