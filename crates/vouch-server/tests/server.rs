@@ -1,0 +1,520 @@
+//! Integration tests of the server: handlers through tower `oneshot` (no sockets), and the real
+//! listeners (admin socket, mTLS) started in process. One test binary for the crate.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+use vouch_server::auth::Caller;
+use vouch_server::client::{AdminClient, ClientError};
+use vouch_server::{AppState, Clock, Config, Server};
+use vouch_store::{SqliteStore, Store};
+
+/// A clock the test moves by hand.
+struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    fn new() -> Arc<Self> {
+        Arc::new(Self(Mutex::new(SystemTime::now())))
+    }
+    fn advance(&self, d: Duration) {
+        *self.0.lock().unwrap() += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn config(dir: &Path, listen: bool) -> Config {
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"{}\"\n",
+        dir.display(),
+        if listen { "127.0.0.1:0" } else { "off" }
+    );
+    Config::from_toml(&text, &no_env).unwrap()
+}
+
+async fn state_in_memory(clock: Arc<dyn Clock>) -> Arc<AppState> {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let (kek, _) = vouch_ca::Kek::generate().unwrap();
+    AppState::open(config(dir.path(), false), store, kek, clock, 4242).await.unwrap()
+}
+
+/// Sends one request through the full app (auth included) as `caller`.
+async fn call(
+    state: &Arc<AppState>,
+    caller: Caller,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let mut req = req.body(Body::from(body.unwrap_or("").to_owned())).unwrap();
+    req.extensions_mut().insert(caller);
+    let resp = vouch_server::app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, v)
+}
+
+const ROOT: Caller = Caller::Local { uid: 0 };
+
+async fn entry_count(state: &Arc<AppState>) -> usize {
+    let (s, v) = call(state, ROOT, "GET", "/v1/entries", None).await;
+    assert_eq!(s, StatusCode::OK);
+    v["entries"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_with_reasons_and_change_nothing() {
+    let state = state_in_memory(ManualClock::new()).await;
+    let good = r#"{"spiffe_id":"spiffe://example.org/web","parent_id":"spiffe://example.org/agent/a","selectors":["unix:uid:1"]}"#;
+    let cases: &[(&str, &str, &str, StatusCode, &str)] = &[
+        ("POST", "/v1/entries", "{not json", StatusCode::BAD_REQUEST, "JSON"),
+        (
+            "POST",
+            "/v1/entries",
+            r#"{"spiffe_id":"spiffe://example.org/web","parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"],"colour":"red"}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown field `colour`",
+        ),
+        (
+            "POST",
+            "/v1/entries",
+            r#"{"spiffe_id":"spiffe://example.org/web/","parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"]}"#,
+            StatusCode::BAD_REQUEST,
+            "path must not end with `/`",
+        ),
+        (
+            "POST",
+            "/v1/entries",
+            r#"{"spiffe_id":"http://example.org/web","parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"]}"#,
+            StatusCode::BAD_REQUEST,
+            "must start with `spiffe://`",
+        ),
+        (
+            "POST",
+            "/v1/entries",
+            r#"{"spiffe_id":"spiffe://example.org/web","parent_id":"spiffe://example.org/a","selectors":[]}"#,
+            StatusCode::BAD_REQUEST,
+            "at least one selector",
+        ),
+        (
+            "POST",
+            "/v1/entries",
+            r#"{"spiffe_id":"spiffe://example.org/web","parent_id":"spiffe://example.org/a","selectors":["nocolon"]}"#,
+            StatusCode::BAD_REQUEST,
+            "type:value",
+        ),
+        (
+            "POST",
+            "/v1/entries",
+            r#"{"spiffe_id":"spiffe://other.org/web","parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"]}"#,
+            StatusCode::BAD_REQUEST,
+            "not in trust domain",
+        ),
+        (
+            "POST",
+            "/v1/entries",
+            r#"{"parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"]}"#,
+            StatusCode::BAD_REQUEST,
+            "missing field `spiffe_id`",
+        ),
+        ("POST", "/v1/entries/batch", r#"{"entries":[]}"#, StatusCode::BAD_REQUEST, "1 to 1000"),
+        (
+            "POST",
+            "/v1/entries/batch",
+            &format!(
+                r#"{{"entries":[{good},{{"spiffe_id":"spiffe://example.org/x","parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"],"x509_svid_ttl":1}}]}}"#
+            ),
+            StatusCode::BAD_REQUEST,
+            "entries[1]: x509_svid_ttl",
+        ),
+        ("GET", "/v1/entries?spiffe_id=nope", "", StatusCode::BAD_REQUEST, "spiffe_id `nope`"),
+        ("GET", "/v1/entries/bad%20id", "", StatusCode::BAD_REQUEST, "entry id"),
+        ("GET", "/v1/entries/missing", "", StatusCode::NOT_FOUND, "no entry with id `missing`"),
+        ("DELETE", "/v1/entries/missing", "", StatusCode::NOT_FOUND, "no entry"),
+        ("POST", "/v1/join-tokens", r#"{"ttl":0}"#, StatusCode::BAD_REQUEST, "ttl"),
+        (
+            "POST",
+            "/v1/join-tokens",
+            r#"{"agent_id":"spiffe://other.org/a"}"#,
+            StatusCode::BAD_REQUEST,
+            "agent_id",
+        ),
+        (
+            "POST",
+            "/v1/svids/x509",
+            r#"{"spiffe_id":"spiffe://example.org/w","csr":"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid CSR",
+        ),
+        (
+            "POST",
+            "/v1/svids/x509",
+            r#"{"spiffe_id":"spiffe://other.org/w"}"#,
+            StatusCode::BAD_REQUEST,
+            "not in trust domain",
+        ),
+        (
+            "POST",
+            "/v1/svids/x509",
+            r#"{"spiffe_id":"spiffe://example.org/w","ttl":5}"#,
+            StatusCode::BAD_REQUEST,
+            "ttl: 5s",
+        ),
+        (
+            "POST",
+            "/v1/svids/jwt",
+            r#"{"spiffe_id":"spiffe://example.org/w","audience":[]}"#,
+            StatusCode::BAD_REQUEST,
+            "at least one audience",
+        ),
+        (
+            "POST",
+            "/v1/svids/jwt/validate",
+            r#"{"token":"a.b.c","audience":"x"}"#,
+            StatusCode::BAD_REQUEST,
+            "token rejected",
+        ),
+        ("GET", "/v1/bundle?format=xml", "", StatusCode::BAD_REQUEST, "`jwks` or `pem`"),
+    ];
+    for (method, path, body, want_status, want_text) in cases {
+        let (status, v) = call(&state, ROOT, method, path, (!body.is_empty()).then_some(*body)).await;
+        assert_eq!(status, *want_status, "{method} {path} {body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(want_text), "{method} {path}: {msg:?} should contain {want_text:?}");
+    }
+    assert_eq!(entry_count(&state).await, 0, "no bad request created anything");
+    // Wrong content type.
+    let req = Request::builder().method("POST").uri("/v1/entries").body(Body::from(good)).unwrap();
+    let mut req = req;
+    req.extensions_mut().insert(ROOT);
+    let resp = vouch_server::app(state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(entry_count(&state).await, 0);
+}
+
+#[tokio::test]
+async fn entry_lifecycle_and_batch_atomicity() {
+    let state = state_in_memory(ManualClock::new()).await;
+    let body = r#"{"id":"web","spiffe_id":"spiffe://example.org/web","parent_id":"spiffe://example.org/agent/a","selectors":["unix:uid:1","docker:label:app:web"],"owner":"team-web","purpose":"frontend"}"#;
+    let (s, e) = call(&state, ROOT, "POST", "/v1/entries", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    assert_eq!(
+        (e["id"].as_str(), e["revision"].as_u64(), e["owner"].as_str()),
+        (Some("web"), Some(0), Some("team-web"))
+    );
+    let (s, v) = call(&state, ROOT, "POST", "/v1/entries", Some(body)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = call(&state, ROOT, "GET", "/v1/entries?selector=docker:label:app:web", None).await;
+    assert_eq!((s, v["entries"].as_array().unwrap().len()), (StatusCode::OK, 1));
+    let update = r#"{"spiffe_id":"spiffe://example.org/web2","parent_id":"spiffe://example.org/agent/a","selectors":["unix:uid:2"]}"#;
+    let (s, v) = call(&state, ROOT, "PUT", "/v1/entries/web", Some(update)).await;
+    assert_eq!(
+        (s, v["revision"].as_u64(), v["spiffe_id"].as_str()),
+        (StatusCode::OK, Some(1), Some("spiffe://example.org/web2"))
+    );
+    let wrong_id = r#"{"id":"other","spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/a","selectors":["unix:uid:2"]}"#;
+    assert_eq!(call(&state, ROOT, "PUT", "/v1/entries/web", Some(wrong_id)).await.0, StatusCode::BAD_REQUEST);
+    // A batch whose second entry collides with an existing id creates nothing.
+    let batch = r#"{"entries":[{"id":"new1","spiffe_id":"spiffe://example.org/n","parent_id":"spiffe://example.org/a","selectors":["unix:uid:3"]},{"id":"web","spiffe_id":"spiffe://example.org/n","parent_id":"spiffe://example.org/a","selectors":["unix:uid:3"]}]}"#;
+    assert_eq!(call(&state, ROOT, "POST", "/v1/entries/batch", Some(batch)).await.0, StatusCode::CONFLICT);
+    assert_eq!(entry_count(&state).await, 1);
+    let (s, v) = call(&state, ROOT, "DELETE", "/v1/entries/web", None).await;
+    assert_eq!((s, v["id"].as_str()), (StatusCode::OK, Some("web")));
+    assert_eq!(entry_count(&state).await, 0);
+}
+
+#[tokio::test]
+async fn admin_socket_uid_rules() {
+    let state = state_in_memory(ManualClock::new()).await;
+    for allowed in [0, 4242] {
+        assert_eq!(
+            call(&state, Caller::Local { uid: allowed }, "GET", "/v1/entries", None).await.0,
+            StatusCode::OK
+        );
+    }
+    let (s, v) = call(&state, Caller::Local { uid: 1000 }, "GET", "/v1/entries", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(v["error"]["message"].as_str().unwrap().contains("uid 1000 may not use the admin socket"));
+    // Public endpoints need nothing.
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/bundle", "/v1/openapi.json"] {
+        assert_eq!(call(&state, Caller::Anonymous, "GET", path, None).await.0, StatusCode::OK, "{path}");
+    }
+    let (_, metrics) = call(&state, Caller::Anonymous, "GET", "/metrics", None).await;
+    assert!(metrics.as_str().unwrap().contains("vouch_auth_denied_total 1"));
+}
+
+#[tokio::test]
+async fn minting_and_metrics() {
+    let state = state_in_memory(ManualClock::new()).await;
+    let (s, v) = call(
+        &state,
+        ROOT,
+        "POST",
+        "/v1/svids/x509",
+        Some(r#"{"spiffe_id":"spiffe://example.org/w","dns_names":["w.example.org"]}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["private_key_pem"].as_str().unwrap().contains("BEGIN PRIVATE KEY"));
+    assert_eq!(
+        v["cert_chain_pem"].as_str().unwrap().matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf and signing CA"
+    );
+    let (s, v) = call(
+        &state,
+        ROOT,
+        "POST",
+        "/v1/svids/jwt",
+        Some(r#"{"spiffe_id":"spiffe://example.org/w","audience":["db"],"ttl":60}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let body = json!({"token": token, "audience": "db"}).to_string();
+    let (s, claims) = call(&state, ROOT, "POST", "/v1/svids/jwt/validate", Some(&body)).await;
+    assert_eq!((s, claims["sub"].as_str()), (StatusCode::OK, Some("spiffe://example.org/w")));
+    let body = json!({"token": token, "audience": "web"}).to_string();
+    let (s, v) = call(&state, ROOT, "POST", "/v1/svids/jwt/validate", Some(&body)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("audience `web`"));
+    let (_, m) = call(&state, ROOT, "GET", "/metrics", None).await;
+    let m = m.as_str().unwrap();
+    assert!(m.contains("vouch_x509_svids_issued_total 1"), "{m}");
+    assert!(m.contains("vouch_jwt_svids_issued_total 1"));
+    assert!(m.contains("vouch_issuance_seconds_count{kind=\"x509\"} 1"));
+}
+
+#[tokio::test]
+async fn rotation_with_a_test_clock_keeps_minted_svids_valid() {
+    let clock = ManualClock::new();
+    let state = state_in_memory(clock.clone()).await;
+    let seq0 = state.with_authority(|a| a.sequence());
+    let mut tokens = Vec::new();
+    for _ in 0..60 {
+        clock.advance(Duration::from_secs(1800));
+        state.tick().await.unwrap();
+        let (s, v) = call(
+            &state,
+            ROOT,
+            "POST",
+            "/v1/svids/jwt",
+            Some(r#"{"spiffe_id":"spiffe://example.org/w","audience":["db"],"ttl":300}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        tokens.push(v["token"].as_str().unwrap().to_owned());
+        let body = json!({"token": tokens.last().unwrap(), "audience": "db"}).to_string();
+        assert_eq!(call(&state, ROOT, "POST", "/v1/svids/jwt/validate", Some(&body)).await.0, StatusCode::OK);
+    }
+    assert!(
+        state.with_authority(|a| a.sequence()) >= seq0 + 2,
+        "JWT keys prepared and retired over 30 hours"
+    );
+    // Rotation was persisted.
+    let stored: Value = serde_json::from_str(&state.store.load_authority().await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored["sequence"].as_u64(), Some(state.with_authority(|a| a.sequence())));
+}
+
+#[test]
+fn openapi_describes_every_route() {
+    let doc: Value = serde_json::from_str(vouch_server::OPENAPI).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/healthz", &["get"][..]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/v1/openapi.json", &["get"]),
+        ("/v1/bundle", &["get"]),
+        ("/v1/authority/keys", &["get"]),
+        ("/v1/entries", &["get", "post"]),
+        ("/v1/entries/batch", &["post"]),
+        ("/v1/entries/{id}", &["get", "put", "delete"]),
+        ("/v1/join-tokens", &["post"]),
+        ("/v1/svids/x509", &["post"]),
+        ("/v1/svids/jwt", &["post"]),
+        ("/v1/svids/jwt/validate", &["post"]),
+    ] {
+        for m in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(*m)).is_some(),
+                "{m} {path} missing from openapi.json"
+            );
+        }
+    }
+    assert_eq!(paths.len(), 13, "a route in openapi.json that the test does not know");
+}
+
+/// Starts a real server with both listeners in a temp dir.
+async fn start(dir: &Path) -> Server {
+    Server::start(config(dir, true), Arc::new(vouch_server::SystemClock), None).await.unwrap()
+}
+
+async fn mint_files(admin: &AdminClient, id: &str) -> (String, String, String) {
+    let v: Value = admin.call("POST", "/v1/svids/x509", Some(&json!({"spiffe_id": id}))).await.unwrap();
+    let s = |k: &str| v[k].as_str().unwrap().to_owned();
+    (s("cert_chain_pem"), s("private_key_pem"), s("bundle_pem"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_listener_accepts_only_admin_svids() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.tcp_addr.unwrap().to_string();
+    assert_eq!(std::fs::read_to_string(dir.path().join("server.addr")).unwrap().trim(), addr);
+    let local = AdminClient::unix(&server.admin_socket);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&server.admin_socket).unwrap().permissions().mode() & 0o777, 0o600);
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+
+    let (alice_chain, alice_key, bundle) = mint_files(&local, "spiffe://example.org/admin/alice").await;
+    let (bob_chain, bob_key, _) = mint_files(&local, "spiffe://example.org/bob").await;
+    let admin_entry = json!({"spiffe_id": "spiffe://example.org/admin/alice", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:alice"], "admin": true});
+    let _: Value = local.call("POST", "/v1/entries", Some(&admin_entry)).await.unwrap();
+    let bob_entry = json!({"spiffe_id": "spiffe://example.org/bob", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:user:bob"]});
+    let _: Value = local.call("POST", "/v1/entries", Some(&bob_entry)).await.unwrap();
+
+    // No certificate: 401 with what to do.
+    let anon = AdminClient::tls(&addr, &td, &bundle, None).unwrap();
+    match anon.call::<Value>("GET", "/v1/entries", None).await {
+        Err(ClientError::Api { status: 401, message, .. }) => {
+            assert!(message.contains("client certificate is required"), "{message}")
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // Public endpoint over TLS without a certificate works (bootstrap).
+    assert_eq!(anon.request("GET", "/healthz", None).await.unwrap().0, 200);
+
+    // A valid SVID that is not an admin: 403 naming the SPIFFE ID.
+    let bob = AdminClient::tls(&addr, &td, &bundle, Some((&bob_chain, &bob_key))).unwrap();
+    match bob.call::<Value>("GET", "/v1/entries", None).await {
+        Err(ClientError::Api { status: 403, message, .. }) => {
+            assert!(message.contains("`spiffe://example.org/bob` is not an admin"), "{message}")
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    // The admin SVID works.
+    let alice = AdminClient::tls(&addr, &td, &bundle, Some((&alice_chain, &alice_key))).unwrap();
+    let v: Value = alice.call("GET", "/v1/entries", None).await.unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2);
+
+    // A certificate from another CA does not even complete the handshake.
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign = start(foreign_dir.path()).await;
+    let (f_chain, f_key, _) =
+        mint_files(&AdminClient::unix(&foreign.admin_socket), "spiffe://example.org/admin/alice").await;
+    let mallory = AdminClient::tls(&addr, &td, &bundle, Some((&f_chain, &f_key))).unwrap();
+    assert!(matches!(
+        mallory.call::<Value>("GET", "/v1/entries", None).await,
+        Err(ClientError::Connect { .. } | ClientError::Protocol(_))
+    ));
+    // And a client that trusts the wrong bundle refuses our server.
+    let (_, _, foreign_bundle) =
+        mint_files(&AdminClient::unix(&foreign.admin_socket), "spiffe://example.org/x").await;
+    let confused = AdminClient::tls(&addr, &td, &foreign_bundle, Some((&alice_chain, &alice_key))).unwrap();
+    assert!(matches!(
+        confused.call::<Value>("GET", "/v1/entries", None).await,
+        Err(ClientError::Connect { .. })
+    ));
+    foreign.shutdown().await;
+    server.shutdown().await;
+}
+
+/// The scalar of a P-256 PKCS#8 key (the 32 bytes after `version 1, OCTET STRING(32)`).
+fn p256_scalar(pkcs8: &[u8]) -> Vec<u8> {
+    let marker = [0x02, 0x01, 0x01, 0x04, 0x20];
+    let at = pkcs8.windows(5).position(|w| w == marker).expect("ECPrivateKey inside PKCS#8") + 5;
+    pkcs8[at..at + 32].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_entries_and_keys_and_the_database_holds_no_plaintext_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let client = AdminClient::unix(&server.admin_socket);
+    let e = json!({"id": "keep", "spiffe_id": "spiffe://example.org/keep", "parent_id": "spiffe://example.org/a", "selectors": ["unix:uid:7"]});
+    let _: Value = client.call("POST", "/v1/entries", Some(&e)).await.unwrap();
+    let token: Value = client.call("POST", "/v1/join-tokens", Some(&json!({}))).await.unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let (_, bundle_before) = client.request("GET", "/v1/bundle", None).await.unwrap();
+    let stored = server.state.store.load_authority().await.unwrap().unwrap();
+    server.shutdown().await;
+
+    // Every private key, unsealed with the KEK from its file, must not appear in the database files.
+    let kek = vouch_ca::Kek::from_base64(&std::fs::read_to_string(dir.path().join("kek")).unwrap()).unwrap();
+    let state: vouch_ca::AuthorityState = serde_json::from_str(&stored).unwrap();
+    let mut db_bytes = Vec::new();
+    for name in ["vouch.db", "vouch.db-wal"] {
+        if let Ok(b) = std::fs::read(dir.path().join(name)) {
+            db_bytes.extend(b);
+        }
+    }
+    assert!(db_bytes.len() > 4096);
+    use base64::Engine as _;
+    assert_eq!(state.keys.len(), 3, "root, signing CA and JWT key");
+    for rec in &state.keys {
+        let sealed = base64::engine::general_purpose::STANDARD.decode(&rec.sealed_key).unwrap();
+        let pkcs8 = kek.open(&rec.id, &sealed).unwrap();
+        let scalar = p256_scalar(&pkcs8);
+        assert!(
+            !db_bytes.windows(32).any(|w| w == scalar.as_slice()),
+            "key {} in plaintext in the database",
+            rec.id
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&pkcs8);
+        assert!(!db_bytes.windows(b64.len()).any(|w| w == b64.as_bytes()));
+    }
+    assert!(!db_bytes.windows(token.len()).any(|w| w == token.as_bytes()), "join tokens are stored hashed");
+
+    let server = start(dir.path()).await;
+    let client = AdminClient::unix(&server.admin_socket);
+    let (_, bundle_after) = client.request("GET", "/v1/bundle", None).await.unwrap();
+    assert_eq!(bundle_before, bundle_after, "same CA and JWT keys after a restart");
+    let v: Value = client.call("GET", "/v1/entries/keep", None).await.unwrap();
+    assert_eq!(v["spiffe_id"], "spiffe://example.org/keep");
+
+    // A wrong KEK is refused with a clear error rather than silently replacing the CA.
+    server.shutdown().await;
+    let (_, other_kek) = vouch_ca::Kek::generate().unwrap();
+    let err = Server::start(config(dir.path(), false), Arc::new(vouch_server::SystemClock), Some(&other_kek))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("wrong key-encryption key"), "{err}");
+    std::fs::remove_file(dir.path().join("kek")).unwrap();
+    let err = Server::start(config(dir.path(), false), Arc::new(vouch_server::SystemClock), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("key-encryption key") && err.to_string().contains("missing"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let err = Server::start(config(dir.path(), false), Arc::new(vouch_server::SystemClock), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("another server is listening"), "{err}");
+    server.shutdown().await;
+}
