@@ -1,0 +1,315 @@
+//! End-to-end tests of the `vouch` binary: a real server process, driven by the real CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VOUCH: &str = env!("CARGO_BIN_EXE_vouch");
+
+struct ServerProcess {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    fn start(dir: &Path) -> Self {
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = Command::new(VOUCH)
+            .args(["server", "run"])
+            .env("VOUCH_DATA_DIR", dir.join("data"))
+            .env("VOUCH_LISTEN", "127.0.0.1:0")
+            .env("VOUCH_TRUST_DOMAIN", "example.org")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Self { child, dir: dir.to_owned() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if server.vouch(&["healthcheck"]).status.success() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "server did not become ready: {}",
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("data/admin.sock")
+    }
+
+    fn vouch(&self, args: &[&str]) -> Output {
+        Command::new(VOUCH)
+            .args(args)
+            .env("VOUCH_ADMIN_SOCKET", self.socket())
+            .env_remove("VOUCH_OUTPUT")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.vouch(args);
+        assert!(out.status.success(), "vouch {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects exit code 1; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.vouch(args);
+        assert_eq!(out.status.code(), Some(1), "vouch {args:?}: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn stop(mut self) {
+        let st = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(st.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "server exit status {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!self.socket().exists(), "socket removed on shutdown");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn entries_tokens_bundle_and_svids_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+
+    let created = json(&server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/payments",
+        "--parent-id",
+        "spiffe://example.org/agent/n1",
+        "-s",
+        "docker:label:app:payments",
+        "-s",
+        "container:image-id:sha256:abc",
+        "--x509-ttl",
+        "10m",
+        "--owner",
+        "team-pay",
+        "-o",
+        "json",
+    ]));
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["x509_svid_ttl"], 600);
+    assert_eq!(created["selectors"].as_array().unwrap().len(), 2);
+
+    let table = server.ok(&["entry", "list"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("spiffe://example.org/payments") && table.contains(&id));
+    let filtered =
+        json(&server.ok(&["entry", "list", "--selector", "docker:label:app:payments", "-o", "json"]));
+    assert_eq!(filtered["entries"].as_array().unwrap().len(), 1);
+    let none =
+        json(&server.ok(&["entry", "list", "--parent-id", "spiffe://example.org/agent/zz", "-o", "json"]));
+    assert!(none["entries"].as_array().unwrap().is_empty());
+
+    let updated = json(&server.ok(&["entry", "update", &id, "--hint", "primary", "-o", "json"]));
+    assert_eq!((updated["hint"].as_str(), updated["revision"].as_u64()), (Some("primary"), Some(1)));
+    assert_eq!(updated["owner"], "team-pay", "fields not given stay as they were");
+    assert!(server.ok(&["entry", "show", &id]).contains("primary"));
+
+    // Errors: exit 1 and a message that names the rule.
+    let err = server.fails(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/a/",
+        "--parent-id",
+        "spiffe://example.org/p",
+        "-s",
+        "unix:uid:1",
+    ]);
+    assert!(err.contains("path must not end with `/`"), "{err}");
+    let err = server.fails(&["entry", "create", "--parent-id", "spiffe://example.org/p", "-s", "unix:uid:1"]);
+    assert!(err.contains("--spiffe-id is required"), "{err}");
+    let err = server.fails(&["entry", "show", "nope"]);
+    assert!(err.contains("no entry with id `nope`"), "{err}");
+    // Usage errors exit 2.
+    assert_eq!(server.vouch(&["entry", "frobnicate"]).status.code(), Some(2));
+
+    // Batch from a file, all or none.
+    let batch = tmp.path().join("batch.json");
+    std::fs::write(&batch, r#"{"entries":[{"spiffe_id":"spiffe://example.org/b1","parent_id":"spiffe://example.org/p","selectors":["unix:uid:1"]},{"spiffe_id":"spiffe://example.org/b2","parent_id":"spiffe://example.org/p","selectors":[]}]}"#).unwrap();
+    let err = server.fails(&["entry", "create", "--file", batch.to_str().unwrap()]);
+    assert!(err.contains("entries[1]: selectors"), "{err}");
+    assert_eq!(json(&server.ok(&["entry", "list", "-o", "json"]))["entries"].as_array().unwrap().len(), 1);
+
+    let token = server.ok(&["token", "create", "--ttl", "5m"]);
+    assert_eq!(token.trim().len(), 32);
+
+    let pem = server.ok(&["bundle", "show"]);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let jwks = json(&server.ok(&["bundle", "show", "--format", "jwks"]));
+    assert!(jwks["spiffe_sequence"].as_u64().unwrap() >= 1);
+
+    // An X509-SVID written to files verifies with openssl against the written bundle.
+    let out = tmp.path().join("svid");
+    server.ok(&[
+        "svid",
+        "mint",
+        "x509",
+        "--spiffe-id",
+        "spiffe://example.org/payments",
+        "--dns",
+        "pay.internal",
+        "--write",
+        out.to_str().unwrap(),
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(out.join("svid.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    let chain = std::fs::read_to_string(out.join("svid.pem")).unwrap();
+    let split = chain.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    std::fs::write(out.join("leaf.pem"), &chain[..split]).unwrap();
+    std::fs::write(out.join("intermediate.pem"), &chain[split..]).unwrap();
+    let verify = Command::new("openssl")
+        .current_dir(&out)
+        .args(["verify", "-CAfile", "bundle.pem", "-untrusted", "intermediate.pem", "leaf.pem"])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let json_out =
+        json(&server.ok(&["svid", "mint", "x509", "--spiffe-id", "spiffe://example.org/x", "-o", "json"]));
+    assert!(json_out.get("private_key_pem").is_none(), "private keys are never printed");
+
+    let jwt = server.ok(&[
+        "svid",
+        "mint",
+        "jwt",
+        "--spiffe-id",
+        "spiffe://example.org/payments",
+        "-a",
+        "db",
+        "--ttl",
+        "60",
+    ]);
+    assert_eq!(jwt.trim().split('.').count(), 3);
+
+    // Remote administration over mTLS with an admin SVID.
+    server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/admin/ops",
+        "--parent-id",
+        "spiffe://example.org/vouch/server",
+        "-s",
+        "vouch:admin:ops",
+        "--admin",
+        "true",
+    ]);
+    let adm = tmp.path().join("admin");
+    server.ok(&[
+        "svid",
+        "mint",
+        "x509",
+        "--spiffe-id",
+        "spiffe://example.org/admin/ops",
+        "--write",
+        adm.to_str().unwrap(),
+    ]);
+    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
+    let remote = |cert: &str, key: &str| {
+        Command::new(VOUCH)
+            .args(["entry", "list", "-o", "json", "--server", &addr])
+            .arg("--bundle")
+            .arg(adm.join("bundle.pem"))
+            .arg("--cert")
+            .arg(adm.join(cert))
+            .arg("--key")
+            .arg(adm.join(key))
+            .output()
+            .unwrap()
+    };
+    let out_remote = remote("svid.pem", "svid.key");
+    assert!(out_remote.status.success(), "{}", String::from_utf8_lossy(&out_remote.stderr));
+    assert_eq!(json(&String::from_utf8_lossy(&out_remote.stdout))["entries"].as_array().unwrap().len(), 2);
+    // A non-admin SVID is refused with the reason.
+    let user = tmp.path().join("user");
+    server.ok(&[
+        "svid",
+        "mint",
+        "x509",
+        "--spiffe-id",
+        "spiffe://example.org/payments",
+        "--write",
+        user.to_str().unwrap(),
+    ]);
+    std::fs::copy(user.join("svid.pem"), adm.join("user.pem")).unwrap();
+    std::fs::copy(user.join("svid.key"), adm.join("user.key")).unwrap();
+    let refused = remote("user.pem", "user.key");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not an admin"));
+
+    let deleted = server.ok(&["entry", "delete", &id]);
+    assert!(deleted.contains("deleted entry"));
+
+    // Restart: same bundle.
+    let bundle_before = server.ok(&["bundle", "show", "--format", "jwks"]);
+    server.stop();
+    let unreachable = Command::new(VOUCH)
+        .args(["healthcheck", "--socket"])
+        .arg(tmp.path().join("data/admin.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("is `vouch server run` running"));
+    let server = ServerProcess::start(tmp.path());
+    assert_eq!(server.ok(&["bundle", "show", "--format", "jwks"]), bundle_before);
+    let log = std::fs::read_to_string(tmp.path().join("server.log")).unwrap();
+    assert!(!log.contains(token.trim()), "the join token never reaches the log");
+    assert!(!log.contains("PRIVATE KEY"));
+    server.stop();
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("vouch.toml");
+    std::fs::write(&cfg, "version = 1\ntrust_domian = \"example.org\"\n").unwrap();
+    let out = Command::new(VOUCH).args(["server", "run", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `trust_domian`"), "{err}");
+    let out = Command::new(VOUCH)
+        .args(["server", "run", "--config"])
+        .arg(tmp.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn help_explains_commands() {
+    let out = Command::new(VOUCH).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["server", "entry", "token", "bundle", "svid", "healthcheck"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+    let out = Command::new(VOUCH).args(["entry", "create", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("repeat for several, all must match"));
+}
