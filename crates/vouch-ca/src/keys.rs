@@ -83,10 +83,14 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Generates a fresh key.
     pub fn generate(alg: KeyAlg, usage: KeyUse) -> Result<Self, CaError> {
-        let rng = SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(alg.x509_signing(), &rng)
-            .map_err(|_| CaError::Crypto("key generation failed"))?;
-        Self::from_pkcs8(alg, usage, Zeroizing::new(doc.as_ref().to_vec()))
+        let signing = match usage {
+            KeyUse::X509 => alg.x509_signing(),
+            KeyUse::Jws => alg.jws_signing(),
+        };
+        // Generated directly (not parsed back from PKCS#8), which saves a scalar multiplication.
+        let pair = EcdsaKeyPair::generate(signing).map_err(|_| CaError::Crypto("key generation failed"))?;
+        let pkcs8 = pair.to_pkcs8v1().map_err(|_| CaError::Crypto("key export failed"))?;
+        Ok(Self { alg, pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()), pair, rng: SystemRandom::new() })
     }
 
     /// Loads a key from PKCS#8 DER.
@@ -188,26 +192,14 @@ impl WorkloadKey {
     /// Generates a P-256 key.
     pub fn generate() -> Result<Self, CaError> {
         let key = SigningKey::generate(KeyAlg::EcP256, KeyUse::X509)?;
-        let spki = p256_spki_der(key.public_point());
-        Ok(Self { public: crate::x509::CsrPublicKey::from_spki_der(&spki)?, pkcs8: key.pkcs8().clone() })
+        let public = crate::x509::CsrPublicKey::p256(key.public_point().to_vec());
+        Ok(Self { public, pkcs8: key.pkcs8().clone() })
     }
 
     /// The private key as PEM (`PRIVATE KEY`).
     pub fn pkcs8_pem(&self) -> Zeroizing<String> {
         Zeroizing::new(crate::pem::encode("PRIVATE KEY", &self.pkcs8))
     }
-}
-
-/// The SubjectPublicKeyInfo DER of a P-256 public point.
-fn p256_spki_der(point: &[u8]) -> Vec<u8> {
-    // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { 0 unused bits, point } }
-    const PREFIX: [u8; 26] = [
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
-        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    let mut der = PREFIX.to_vec();
-    der.extend_from_slice(point);
-    der
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ impl Ca {
         }
         params.subject_alt_names = sans;
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&public_key.spki, &self.issuer)?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
         Ok(X509Svid {
             cert_der: cert.der().to_vec(),
             not_before: life.not_before.max(self.not_before),
@@ -250,20 +250,38 @@ pub struct X509Svid {
     pub capped: bool,
 }
 
-/// The public key of a CSR whose signature has been checked.
+/// The public key of a CSR whose signature has been checked (or of a key vouch generated), of a
+/// type vouch accepts.
 #[derive(Debug, Clone)]
 pub struct CsrPublicKey {
-    spki: rcgen::SubjectPublicKeyInfo,
+    alg: &'static rcgen::SignatureAlgorithm,
+    /// The subjectPublicKey bits: an EC point, a PKCS#1 RSA key, or an Ed25519 key.
+    key: Vec<u8>,
+}
+
+impl rcgen::PublicKeyData for CsrPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.key
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
 }
 
 impl CsrPublicKey {
+    /// A P-256 public key from its uncompressed point.
+    pub(crate) fn p256(point: Vec<u8>) -> Self {
+        Self { alg: &rcgen::PKCS_ECDSA_P256_SHA256, key: point }
+    }
+
     /// Wraps a SubjectPublicKeyInfo (DER) of an allowed type: EC P-256 or P-384, RSA of 2048 to 8192
     /// bits, or Ed25519.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, CaError> {
         use x509_parser::public_key::PublicKey;
         let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der)
             .map_err(|_| CaError::InvalidCsr("the public key is not valid DER".into()))?;
-        match spki.parsed() {
+        // The algorithm a certificate's SubjectPublicKeyInfo will name for this key.
+        let alg: &'static rcgen::SignatureAlgorithm = match spki.parsed() {
             Ok(PublicKey::EC(_)) => {
                 let curve = spki
                     .algorithm
@@ -272,8 +290,10 @@ impl CsrPublicKey {
                     .and_then(|p| p.as_oid().ok())
                     .map(|o| o.to_id_string())
                     .unwrap_or_default();
-                if curve != "1.2.840.10045.3.1.7" && curve != "1.3.132.0.34" {
-                    return Err(CaError::InvalidCsr("EC keys must be on P-256 or P-384".into()));
+                match curve.as_str() {
+                    "1.2.840.10045.3.1.7" => &rcgen::PKCS_ECDSA_P256_SHA256,
+                    "1.3.132.0.34" => &rcgen::PKCS_ECDSA_P384_SHA384,
+                    _ => return Err(CaError::InvalidCsr("EC keys must be on P-256 or P-384".into())),
                 }
             }
             Ok(PublicKey::RSA(rsa)) => {
@@ -283,17 +303,18 @@ impl CsrPublicKey {
                         "RSA keys must have 2048 to 8192 bits, not {bits}"
                     )));
                 }
+                &rcgen::PKCS_RSA_SHA256
             }
-            Ok(PublicKey::Unknown(_)) if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => {}
+            Ok(PublicKey::Unknown(_)) if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => {
+                &rcgen::PKCS_ED25519
+            }
             _ => {
                 return Err(CaError::InvalidCsr(
                     "unsupported key type: use EC P-256/P-384, RSA or Ed25519".into(),
                 ))
             }
-        }
-        let spki = rcgen::SubjectPublicKeyInfo::from_der(der)
-            .map_err(|e| CaError::InvalidCsr(format!("unsupported public key: {e}")))?;
-        Ok(Self { spki })
+        };
+        Ok(Self { alg, key: spki.subject_public_key.data.to_vec() })
     }
 }
 

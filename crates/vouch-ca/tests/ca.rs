@@ -190,6 +190,32 @@ fn openssl_verifies_svids_against_the_bundle() {
     assert!(text.contains("CA:FALSE"), "{text}");
     assert!(text.contains("TLS Web Server Authentication, TLS Web Client Authentication"), "{text}");
 
+    // After the signing CA and JWT key rotate (21 h later, past five sixths of the 24 h CA life), a new
+    // SVID chains through the new signing CA, and openssl accepts both the old and the new one with
+    // the bundle of that moment.
+    let mut a = a;
+    let later = now + Duration::from_secs(21 * 3600);
+    a.tick(now + Duration::from_secs(13 * 3600)).unwrap();
+    a.tick(later).unwrap();
+    let rotated = a.mint_x509(&id("/payments"), &[], &pk, Duration::from_secs(600), later).unwrap();
+    assert_ne!(rotated.intermediates, issued.intermediates, "the signing CA rotated");
+    std::fs::write(dir.path().join("leaf2.pem"), pem::encode("CERTIFICATE", &rotated.svid.cert_der)).unwrap();
+    std::fs::write(dir.path().join("chain2.pem"), pem::encode("CERTIFICATE", &rotated.intermediates[0]))
+        .unwrap();
+    std::fs::write(dir.path().join("bundle2.pem"), a.bundle().x509_pem()).unwrap();
+    let at = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
+    let verify_at = |leaf: &str, chain: &str, t: SystemTime| {
+        Command::new("openssl")
+            .current_dir(dir.path())
+            .args(["verify", "-attime", &at(t), "-CAfile", "bundle2.pem", "-untrusted", chain, leaf])
+            .output()
+            .unwrap()
+    };
+    let out = verify_at("leaf2.pem", "chain2.pem", later + Duration::from_secs(60));
+    assert!(out.status.success(), "rotated CA: {}", String::from_utf8_lossy(&out.stderr));
+    let out = verify_at("leaf.pem", "chain.pem", now + Duration::from_secs(60));
+    assert!(out.status.success(), "old SVID with the new bundle: {}", String::from_utf8_lossy(&out.stderr));
+
     // Another trust domain's bundle does not verify it.
     let other = Authority::new(AuthorityConfig::new(TrustDomain::new("other.org").unwrap()), None);
     let mut other = other;

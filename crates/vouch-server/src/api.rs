@@ -144,6 +144,7 @@ async fn create_entry(
 ) -> AppResult<(StatusCode, Json<Entry>)> {
     let entry = new_entry(&state, spec)?;
     state.store.create_entries(std::slice::from_ref(&entry)).await?;
+    state.entries_changed();
     tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, admin = entry.admin);
     Ok((StatusCode::CREATED, Json(entry)))
 }
@@ -176,6 +177,7 @@ async fn batch_create_entries(
     }
     // All or nothing: the store creates the batch in one transaction.
     state.store.create_entries(&entries).await?;
+    state.entries_changed();
     for e in &entries {
         tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %e.id, spiffe_id = %e.spiffe_id, admin = e.admin);
     }
@@ -244,6 +246,7 @@ async fn update_entry(
         .updated(spec, &state.config.trust_domain, now_secs(&state))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.update_entry(&updated).await?;
+    state.entries_changed();
     tracing::info!(target: "vouch::audit", event = "entry.update", %caller, entry_id = %id, spiffe_id = %updated.spiffe_id, revision = updated.revision);
     Ok(Json(updated))
 }
@@ -255,6 +258,7 @@ async fn delete_entry(
 ) -> AppResult<Json<Entry>> {
     let id = parse_entry_id(&id)?;
     let entry = state.store.delete_entry(&id).await?;
+    state.entries_changed();
     tracing::info!(target: "vouch::audit", event = "entry.delete", %caller, entry_id = %id, spiffe_id = %entry.spiffe_id);
     Ok(Json(entry))
 }
@@ -397,9 +401,7 @@ async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<Mi
         }
     };
     let now = state.now();
-    let (issued, bundle) = state.with_authority(|a| {
-        a.mint_x509(&req.spiffe_id, &req.dns_names, &public, ttl, now).map(|i| (i, a.bundle().x509_pem()))
-    })?;
+    let issued = state.with_authority(|a| a.mint_x509(&req.spiffe_id, &req.dns_names, &public, ttl, now))?;
     let mut chain = vouch_ca::pem::encode("CERTIFICATE", &issued.svid.cert_der);
     for der in &issued.intermediates {
         chain.push_str(&vouch_ca::pem::encode("CERTIFICATE", der));
@@ -408,7 +410,7 @@ async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<Mi
         spiffe_id: req.spiffe_id,
         cert_chain_pem: chain,
         private_key_pem: generated.map(|k| k.pkcs8_pem().to_string()),
-        bundle_pem: bundle,
+        bundle_pem: state.bundle_pem().to_string(),
         expires_at: ttl::unix_seconds(issued.svid.not_after),
         capped: issued.svid.capped,
     })

@@ -15,7 +15,6 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use vouch_core::SpiffeId;
-use vouch_store::EntryFilter;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -77,10 +76,7 @@ async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
             }
         }
         Caller::Svid(id) => {
-            let filter = EntryFilter { spiffe_id: Some(id.clone()), ..Default::default() };
-            let entries = state.store.list_entries(&filter).await?;
-            let now = vouch_core::ttl::unix_seconds(state.now());
-            if entries.iter().any(|e| e.admin && !e.is_expired(now)) {
+            if state.is_admin(id).await? {
                 Ok(())
             } else {
                 Err(ApiError::forbidden(format!(

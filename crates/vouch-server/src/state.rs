@@ -12,6 +12,11 @@ use crate::metrics::Metrics;
 use crate::tls::{Anchors, ServerCert, SvidClientVerifier};
 use crate::StartError;
 
+/// How long a cached admin set is trusted without a local entry write.
+pub const ADMIN_CACHE_TTL: Duration = Duration::from_secs(5);
+
+type AdminSet = std::collections::HashMap<SpiffeId, i64>;
+
 /// Where the server reads the time. Time is a parameter so tests can control it.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
@@ -44,6 +49,10 @@ pub struct AppState {
     /// The server's own certificate for the mTLS listener.
     pub server_cert: Arc<ServerCert>,
     server_cert_renew_at: RwLock<SystemTime>,
+    /// Admin SPIFFE IDs (with the latest expiry of their admin entries), cached for the mTLS check.
+    admins: RwLock<Option<(SystemTime, Arc<AdminSet>)>>,
+    /// The X.509 part of the bundle as PEM, refreshed on every tick; issuance answers carry it.
+    bundle_pem: RwLock<Arc<str>>,
     /// Client certificate verification, following the bundle.
     pub client_verifier: Arc<SvidClientVerifier>,
 }
@@ -105,6 +114,8 @@ impl AppState {
             clock,
             server_cert: Arc::new(ServerCert::default()),
             server_cert_renew_at: RwLock::new(SystemTime::UNIX_EPOCH),
+            bundle_pem: RwLock::new(Arc::from("")),
+            admins: RwLock::new(None),
             client_verifier: Arc::new(SvidClientVerifier::default()),
         });
         state.tick().await?;
@@ -120,6 +131,42 @@ impl AppState {
     pub fn with_authority<R>(&self, f: impl FnOnce(&Authority) -> R) -> R {
         let guard = self.authority.read().unwrap_or_else(|p| p.into_inner());
         f(&guard)
+    }
+
+    /// Whether `id` belongs to an unexpired entry with `admin = true`. The set is cached: entry
+    /// writes through this server clear it at once ([`AppState::entries_changed`]); changes made
+    /// elsewhere (another replica) are seen within [`ADMIN_CACHE_TTL`].
+    pub async fn is_admin(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
+        let now = self.now();
+        let cached = self.admins.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let set = match cached {
+            Some((built, set)) if now.duration_since(built).unwrap_or(Duration::MAX) < ADMIN_CACHE_TTL => set,
+            _ => {
+                let mut set = AdminSet::new();
+                for e in self.store.list_entries(&vouch_store::EntryFilter::default()).await? {
+                    if e.admin {
+                        let until = e.expires_at.unwrap_or(i64::MAX);
+                        let slot = set.entry(e.spiffe_id).or_insert(until);
+                        *slot = (*slot).max(until);
+                    }
+                }
+                let set = Arc::new(set);
+                *self.admins.write().unwrap_or_else(|p| p.into_inner()) = Some((now, set.clone()));
+                set
+            }
+        };
+        let now_secs = vouch_core::ttl::unix_seconds(now);
+        Ok(set.get(id).is_some_and(|until| *until > now_secs))
+    }
+
+    /// Drops cached facts derived from entries; called after every entry write.
+    pub fn entries_changed(&self) {
+        *self.admins.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The bundle's X.509 authorities as PEM, as of the last tick.
+    pub fn bundle_pem(&self) -> Arc<str> {
+        self.bundle_pem.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Advances key rotation, persists changes, refreshes TLS anchors and renews the server's own
@@ -139,6 +186,8 @@ impl AppState {
         }
         // Cheap (a few certificates), so done on every tick rather than tracking what changed.
         self.client_verifier.set_anchors(Anchors::from_der(&bundle_roots));
+        let pem: String = bundle_roots.iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", d)).collect();
+        *self.bundle_pem.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(pem);
         let renew_at = self.renew_server_cert_if_due(now)?;
         let next = next.unwrap_or(now + Duration::from_secs(60)).min(renew_at);
         Ok(next)

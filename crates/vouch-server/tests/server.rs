@@ -419,6 +419,19 @@ async fn mtls_listener_accepts_only_admin_svids() {
     let v: Value = alice.call("GET", "/v1/entries", None).await.unwrap();
     assert_eq!(v["entries"].as_array().unwrap().len(), 2);
 
+    // Revoking admin takes effect on the next request (the admin cache is cleared on entry writes).
+    let entries: Value =
+        local.call("GET", "/v1/entries?spiffe_id=spiffe://example.org/admin/alice", None).await.unwrap();
+    let alice_id = entries["entries"][0]["id"].as_str().unwrap().to_owned();
+    let demoted = json!({"spiffe_id": "spiffe://example.org/admin/alice", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:alice"], "admin": false});
+    let _: Value = local.call("PUT", &format!("/v1/entries/{alice_id}"), Some(&demoted)).await.unwrap();
+    assert!(matches!(
+        alice.call::<Value>("GET", "/v1/entries", None).await,
+        Err(ClientError::Api { status: 403, .. })
+    ));
+    let _: Value = local.call("PUT", &format!("/v1/entries/{alice_id}"), Some(&admin_entry)).await.unwrap();
+    let _: Value = alice.call("GET", "/v1/entries", None).await.unwrap();
+
     // A certificate from another CA does not even complete the handshake.
     let foreign_dir = tempfile::tempdir().unwrap();
     let foreign = start(foreign_dir.path()).await;

@@ -1,0 +1,316 @@
+//! Issuance over HTTP: vouch's admin API against OpenBao's `pki/issue`, each with a fresh P-256 key
+//! and certificate per request, 8 concurrent keep-alive clients, same machine, same run.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use vouch_server::client::AdminClient;
+
+struct Options {
+    vouch: PathBuf,
+    bao_addr: Option<String>,
+    bao_token: String,
+    seconds: u64,
+    clients: usize,
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut o =
+        Options { vouch: PathBuf::new(), bao_addr: None, bao_token: "root".into(), seconds: 10, clients: 8 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().ok_or_else(|| anyhow!("{a} needs a value"));
+        match a.as_str() {
+            "--vouch" => o.vouch = PathBuf::from(val()?),
+            "--bao-addr" => o.bao_addr = Some(val()?),
+            "--bao-token" => o.bao_token = val()?,
+            "--seconds" => o.seconds = val()?.parse()?,
+            "--clients" => o.clients = val()?.parse()?,
+            other => bail!("unknown option {other}"),
+        }
+    }
+    if o.vouch.as_os_str().is_empty() {
+        bail!("--vouch BIN is required");
+    }
+    Ok(o)
+}
+
+/// Latencies of one run.
+struct Run {
+    count: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        let idx = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(idx).copied().unwrap_or_default()
+    }
+    fn print(&self, name: &str) {
+        println!(
+            "  {name:<34} {:>8.0} certs/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} certificates)",
+            self.rate(),
+            self.percentile(0.50).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+            self.count
+        );
+    }
+}
+
+/// Runs `clients` workers (tasks on the one client thread), each calling `one` in a loop until the
+/// deadline.
+async fn load<F, Fut>(clients: usize, seconds: u64, make: impl Fn() -> F) -> Result<Run>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut one = make();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                one().await?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Ok(Run { count: latencies.len(), elapsed, latencies })
+}
+
+struct VouchProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for VouchProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_vouch(bin: &PathBuf) -> Result<(VouchProcess, AdminClient, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let child = Command::new(bin)
+        .args(["server", "run"])
+        .env("VOUCH_DATA_DIR", &data)
+        .env("VOUCH_LISTEN", "127.0.0.1:0")
+        .env("VOUCH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let proc = VouchProcess { child, _dir: dir };
+    let local = AdminClient::unix(data.join("admin.sock"));
+    for _ in 0..400 {
+        if local.request("GET", "/readyz", None).await.map(|r| r.0 == 200).unwrap_or(false) {
+            return Ok((proc, local, data));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("vouch server did not become ready")
+}
+
+/// Issues X509-SVIDs through `client`, one keep-alive connection per worker.
+async fn vouch_load(o: &Options, client: &AdminClient, body: Arc<Value>) -> Result<Run> {
+    load(o.clients, o.seconds, || {
+        let client = client.clone();
+        let body = body.clone();
+        // Each worker calls its closure sequentially, so this lock is never contended.
+        let conn = Arc::new(tokio::sync::Mutex::new(None::<vouch_server::client::Connection>));
+        move || {
+            let client = client.clone();
+            let body = body.clone();
+            let conn = conn.clone();
+            async move {
+                let mut guard = conn.lock().await;
+                if guard.is_none() {
+                    *guard = Some(client.connect().await?);
+                }
+                let c = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
+                let (status, bytes) = c.request("POST", "/v1/svids/x509", Some(&body)).await?;
+                check_vouch(status, &bytes)
+            }
+        }
+    })
+    .await
+}
+
+async fn vouch_runs(o: &Options) -> Result<(Run, Run)> {
+    let (_proc, local, data) = start_vouch(&o.vouch).await?;
+    let body = Arc::new(json!({"spiffe_id": "spiffe://example.org/bench/web"}));
+    let unix = vouch_load(o, &local, body.clone()).await?;
+
+    // Over mTLS with an admin SVID.
+    let admin = json!({"spiffe_id": "spiffe://example.org/admin/bench", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:bench"], "admin": true});
+    let _: Value = local.call("POST", "/v1/entries", Some(&admin)).await?;
+    let svid: Value = local
+        .call("POST", "/v1/svids/x509", Some(&json!({"spiffe_id": "spiffe://example.org/admin/bench"})))
+        .await?;
+    let addr = std::fs::read_to_string(data.join("server.addr"))?.trim().to_owned();
+    let td = vouch_core::TrustDomain::new("example.org")?;
+    let text = |k: &str| svid[k].as_str().unwrap_or_default().to_owned();
+    let tls = AdminClient::tls(
+        &addr,
+        &td,
+        &text("bundle_pem"),
+        Some((&text("cert_chain_pem"), &text("private_key_pem"))),
+    )?;
+    let mtls = vouch_load(o, &tls, body).await?;
+    Ok((unix, mtls))
+}
+
+fn check_vouch(status: u16, bytes: &[u8]) -> Result<()> {
+    if status != 200 {
+        bail!("vouch answered {status}: {}", String::from_utf8_lossy(bytes));
+    }
+    check_issued(bytes)
+}
+
+/// Both systems' answers get the same cheap check: a certificate and a private key are in the body.
+fn check_issued(body: &[u8]) -> Result<()> {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    if !has(b"BEGIN CERTIFICATE") || !has(b"PRIVATE KEY") {
+        bail!("answer lacks a certificate or key: {}", String::from_utf8_lossy(body));
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 keep-alive connection (OpenBao's dev server speaks plain HTTP on loopback).
+struct PlainConn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl PlainConn {
+    async fn connect(addr: &str) -> Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { sender, host: addr.to_owned() })
+    }
+
+    async fn call(&mut self, method: &str, path: &str, token: &str, body: &Value) -> Result<(u16, Bytes)> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("x-vault-token", token)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.into_body().collect().await?.to_bytes()))
+    }
+}
+
+async fn openbao_run(o: &Options, url: &str) -> Result<Run> {
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let token = o.bao_token.clone();
+    let mut c = PlainConn::connect(&addr).await?;
+    // PKI engine with an EC P-256 root and a role that issues SPIFFE-style certificates without
+    // storing them (vouch does not store issued certificates either).
+    let setup: [(&str, Value); 4] = [
+        ("/v1/sys/mounts/pki", json!({"type": "pki"})),
+        ("/v1/sys/mounts/pki/tune", json!({"max_lease_ttl": "87600h"})),
+        (
+            "/v1/pki/root/generate/internal",
+            json!({"common_name": "example.org", "ttl": "8760h", "key_type": "ec", "key_bits": 256}),
+        ),
+        (
+            "/v1/pki/roles/svid",
+            json!({"allow_any_name": true, "allowed_uri_sans": "spiffe://*", "key_type": "ec", "key_bits": 256, "ttl": "1h", "no_store": true, "require_cn": false}),
+        ),
+    ];
+    for (path, body) in setup {
+        let (status, v) = c.call("POST", path, &token, &body).await?;
+        if !(200..300).contains(&status) {
+            bail!("OpenBao {path} answered {status}: {}", String::from_utf8_lossy(&v));
+        }
+    }
+    let body =
+        Arc::new(json!({"uri_sans": "spiffe://example.org/bench/web", "ttl": "1h", "common_name": "web"}));
+    load(o.clients, o.seconds, || {
+        let addr = addr.clone();
+        let token = token.clone();
+        let body = body.clone();
+        let shared = Arc::new(tokio::sync::Mutex::new(None::<PlainConn>));
+        move || {
+            let addr = addr.clone();
+            let token = token.clone();
+            let body = body.clone();
+            let shared = shared.clone();
+            async move {
+                let mut guard = shared.lock().await;
+                if guard.is_none() {
+                    *guard = Some(PlainConn::connect(&addr).await?);
+                }
+                let c = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
+                let (status, v) = c.call("POST", "/v1/pki/issue/svid", &token, &body).await?;
+                if status != 200 {
+                    bail!("OpenBao pki/issue answered {status}: {}", String::from_utf8_lossy(&v));
+                }
+                check_issued(&v)
+            }
+        }
+    })
+    .await
+}
+
+/// The `api` subcommand.
+pub fn run(args: &[String]) -> Result<()> {
+    let o = options(args)?;
+    // One load-generator thread (like `wrk -t1 -c8`): the client should cost as little CPU as possible,
+    // so the servers, not the client, are what is measured. Both systems get the same client.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        println!(
+            "X509-SVID issuance over HTTP, fresh P-256 key + certificate per request, {} clients, {} s each:",
+            o.clients, o.seconds
+        );
+        let (unix, mtls) = vouch_runs(&o).await?;
+        mtls.print("vouch admin API (TCP + mTLS)");
+        unix.print("vouch admin API (Unix socket)");
+        match &o.bao_addr {
+            Some(url) => {
+                let bao = openbao_run(&o, url).await?;
+                bao.print("OpenBao pki/issue (plain HTTP)");
+                let ratio = mtls.rate() / bao.rate();
+                println!("  ratio vouch (mTLS) / OpenBao: {ratio:.1}x (target >= 10x)");
+                println!(
+                    "RESULT api_vs_openbao={ratio:.2} {}",
+                    if ratio >= 10.0 { "PASS" } else { "BELOW TARGET" }
+                );
+            }
+            None => println!("  OpenBao not measured (no --bao-addr); bench/run starts one"),
+        }
+        Ok(())
+    })
+}
