@@ -472,20 +472,7 @@ async fn entry(command: EntryCommand, connect: &Connect) -> Result<ExitCode> {
             let current: Value = client.call("GET", &path, None).await?;
             let mut spec = serde_json::Map::new();
             // The current entry's settable fields, then the flags over them.
-            for k in [
-                "spiffe_id",
-                "parent_id",
-                "selectors",
-                "x509_svid_ttl",
-                "jwt_svid_ttl",
-                "dns_names",
-                "hint",
-                "admin",
-                "federates_with",
-                "expires_at",
-                "owner",
-                "purpose",
-            ] {
+            for k in output::SETTABLE_FIELDS {
                 if let Some(v) = current.get(k).filter(|v| !v.is_null()) {
                     spec.insert(k.into(), v.clone());
                 }

@@ -68,6 +68,22 @@ pub fn print_entries(output: Output, v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The fields of an entry an administrator sets (the API's `EntrySpec`, less the id).
+pub const SETTABLE_FIELDS: [&str; 12] = [
+    "spiffe_id",
+    "parent_id",
+    "selectors",
+    "x509_svid_ttl",
+    "jwt_svid_ttl",
+    "dns_names",
+    "hint",
+    "admin",
+    "federates_with",
+    "expires_at",
+    "owner",
+    "purpose",
+];
+
 /// Prints one entry.
 pub fn print_entry(output: Output, e: &Value) -> Result<()> {
     if let Output::Json = output {
@@ -86,23 +102,8 @@ pub fn print_entry(output: Output, e: &Value) -> Result<()> {
             .join(", "),
         other => other.to_string(),
     };
-    for k in [
-        "id",
-        "spiffe_id",
-        "parent_id",
-        "selectors",
-        "x509_svid_ttl",
-        "jwt_svid_ttl",
-        "dns_names",
-        "admin",
-        "hint",
-        "federates_with",
-        "expires_at",
-        "owner",
-        "purpose",
-        "revision",
-        "created_at",
-    ] {
+    let fields = std::iter::once("id").chain(SETTABLE_FIELDS).chain(["revision", "created_at"]);
+    for k in fields {
         println!("{k:<15} {}", field(k));
     }
     Ok(())
