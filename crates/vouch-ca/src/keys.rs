@@ -166,6 +166,22 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], CaError> {
     Ok(buf)
 }
 
+/// SHA-256 of everything `reader` yields, read in chunks (for files of any size).
+pub fn sha256_reader(mut reader: impl std::io::Read) -> std::io::Result<[u8; 32]> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Ok(out)
+}
+
 /// A random identifier of 16 bytes as 32 hex characters (entry ids, key ids, JWT ids).
 pub fn random_id() -> Result<String, CaError> {
     Ok(hex::encode(random_bytes::<16>()?))

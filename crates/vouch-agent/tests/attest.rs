@@ -1,0 +1,116 @@
+//! Workload attestation of real processes over a real Unix socket.
+
+use std::io::Read as _;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vouch_agent::attest::{attest_peer, attest_socket, AttestError, PeerProcess, UnixAttestor};
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    let digest = vouch_ca::keys::sha256_reader(std::fs::File::open(path).unwrap()).unwrap();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn has(sel: &vouch_core::Selectors, s: &str) -> bool {
+    sel.iter().any(|x| x.to_string() == s)
+}
+
+#[test]
+fn attests_this_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let _client = UnixStream::connect(&path).unwrap();
+    let (server_side, _) = listener.accept().unwrap();
+    let a = attest_socket(&server_side, &UnixAttestor::default()).unwrap();
+    assert_eq!(a.pid, std::process::id() as i32);
+    let exe = std::env::current_exe().unwrap();
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    assert!(has(&a.selectors, &format!("unix:uid:{uid}")), "{:?}", a.selectors);
+    assert!(has(&a.selectors, &format!("unix:path:{}", exe.display())), "{:?}", a.selectors);
+    assert!(has(&a.selectors, &format!("unix:sha256:{}", sha256_hex(&exe))));
+    if uid == 0 {
+        assert!(has(&a.selectors, "unix:user:root"));
+    }
+}
+
+/// A Python process, dropped to uid/gid 65534 by setpriv, connects and waits; the agent sees the
+/// kernel's view of it: its uid, the real python binary and that binary's hash.
+#[test]
+fn attests_another_user_and_binary() {
+    if !nix_is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let script = format!(
+        "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect({:?}); print('ok', flush=True); time.sleep(30)",
+        path.display().to_string()
+    );
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) and python3 are installed");
+    let (conn, _) = listener.accept().unwrap();
+    let mut ok = [0u8; 2];
+    child.stdout.as_mut().unwrap().read_exact(&mut ok).unwrap();
+    let a = attest_socket(&conn, &UnixAttestor::default()).unwrap();
+    assert_eq!(a.pid, child.id() as i32);
+    assert!(has(&a.selectors, "unix:uid:65534"), "{:?}", a.selectors);
+    assert!(has(&a.selectors, "unix:gid:65534"));
+    assert!(has(&a.selectors, "unix:user:nobody"));
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    assert!(has(&a.selectors, &format!("unix:path:{}", python.display())), "{:?}", a.selectors);
+    assert!(has(&a.selectors, &format!("unix:sha256:{}", sha256_hex(&python))));
+    assert!(!a.selectors.iter().any(|s| s.value().starts_with("supplementary_gid:")), "groups were cleared");
+
+    // Pinned, then the process dies: whatever was read about it is no longer trusted.
+    let peer = PeerProcess::of_socket(&conn, std::path::Path::new("/proc")).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(matches!(peer.check_unchanged(std::path::Path::new("/proc")), Err(AttestError::PidReused(_))));
+    assert!(attest_peer(&peer, &UnixAttestor::default()).is_err(), "fail closed");
+}
+
+/// A caller that connected and exited before the agent looked gets nothing.
+#[test]
+fn a_caller_that_is_gone_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let script = format!(
+        "import socket; s=socket.socket(socket.AF_UNIX); s.connect({:?})",
+        path.display().to_string()
+    );
+    let status = Command::new("python3").args(["-c", &script]).status().unwrap();
+    assert!(status.success());
+    let (conn, _) = listener.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let err = attest_socket(&conn, &UnixAttestor::default()).unwrap_err();
+    assert!(matches!(err, AttestError::ProcessGone(_) | AttestError::PidReused(_)), "{err}");
+}
+
+/// A fake /proc whose files are broken: every failure is an error, never partial selectors.
+#[test]
+fn unreadable_proc_files_fail_closed() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let etc = tempfile::tempdir().unwrap();
+    let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
+    assert!(matches!(unix.selectors(4242, 0, 0), Err(AttestError::ProcessGone(4242))));
+    let p = proc_root.path().join("4242");
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(p.join("status"), "Uid:\tgarbage\n").unwrap();
+    assert!(matches!(unix.selectors(4242, 0, 0), Err(AttestError::Proc { what: "status", .. })));
+    std::fs::write(p.join("status"), "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n").unwrap();
+    assert!(matches!(unix.selectors(4242, 0, 0), Err(AttestError::Proc { what: "exe", .. })));
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
