@@ -11,7 +11,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use vouch_server::client::AdminClient;
+use vouch_client::AdminClient;
 
 struct Options {
     vouch: PathBuf,
@@ -140,7 +140,7 @@ async fn vouch_load(o: &Options, client: &AdminClient, body: Arc<Value>) -> Resu
         let client = client.clone();
         let body = body.clone();
         // Each worker calls its closure sequentially, so this lock is never contended.
-        let conn = Arc::new(tokio::sync::Mutex::new(None::<vouch_server::client::Connection>));
+        let conn = Arc::new(tokio::sync::Mutex::new(None::<vouch_client::Connection>));
         move || {
             let client = client.clone();
             let body = body.clone();

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
+use vouch_client::AdminClient;
 use vouch_core::TrustDomain;
-use vouch_server::client::AdminClient;
 use vouch_server::config::HumanDuration;
 
 use crate::output::{print_entries, print_entry, Output};
@@ -369,7 +369,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (status, body) = connect.client()?.request("GET", path, None).await?;
             if status != 200 {
-                vouch_server::client::decode::<Value>(status, &body)?;
+                vouch_client::decode::<Value>(status, &body)?;
             }
             print!("{}", String::from_utf8_lossy(&body));
             Ok(ExitCode::SUCCESS)

@@ -10,8 +10,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
+use vouch_client::{AdminClient, ClientError};
 use vouch_server::auth::Caller;
-use vouch_server::client::{AdminClient, ClientError};
 use vouch_server::{AppState, Clock, Config, Server};
 use vouch_store::{SqliteStore, Store};
 

@@ -1,0 +1,10 @@
+//! Talking to a vouch server: the admin/agent API client over the local Unix socket or mTLS, and the
+//! SPIFFE-aware TLS verification every component shares.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod tls;
+
+pub use client::{decode, AdminClient, ClientError, Connection};
