@@ -199,7 +199,59 @@ where
     Ok(Connection { sender, host })
 }
 
+/// The lines of a streaming answer (newline-delimited JSON).
+pub struct LineStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl LineStream {
+    /// The next complete line, without its newline; `None` when the stream ends.
+    pub async fn next_line(&mut self) -> Option<Result<String, ClientError>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let rest = self.buf.split_off(pos + 1);
+                let mut line = std::mem::replace(&mut self.buf, rest);
+                line.pop();
+                return Some(
+                    String::from_utf8(line)
+                        .map_err(|_| ClientError::Protocol("stream line is not UTF-8".into())),
+                );
+            }
+            // A line this long is not something the server sends; refuse to buffer without bound.
+            if self.buf.len() > MAX_LINE_BYTES {
+                return Some(Err(ClientError::Protocol("stream line too long".into())));
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+                Err(e) => return Some(Err(ClientError::Protocol(e.to_string()))),
+            }
+        }
+    }
+}
+
+/// Longest line accepted on a stream (a snapshot of many entries is one line).
+pub const MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
+
 impl Connection {
+    /// Sends a request whose answer is a stream of lines; returns the status and the line reader.
+    pub async fn stream(&mut self, method: &str, path: &str) -> Result<(u16, LineStream), ClientError> {
+        let proto = |e: String| ClientError::Protocol(e);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| proto(e.to_string()))?;
+        self.sender.ready().await.map_err(|e| proto(e.to_string()))?;
+        let resp = self.sender.send_request(req).await.map_err(|e| proto(e.to_string()))?;
+        Ok((resp.status().as_u16(), LineStream { body: resp.into_body(), buf: Vec::new() }))
+    }
+
     /// Sends one request on this connection.
     pub async fn request(
         &mut self,

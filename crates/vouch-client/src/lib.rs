@@ -7,4 +7,4 @@
 pub mod client;
 pub mod tls;
 
-pub use client::{decode, AdminClient, ClientError, Connection};
+pub use client::{decode, AdminClient, ClientError, Connection, LineStream};

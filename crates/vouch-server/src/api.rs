@@ -20,7 +20,7 @@ use vouch_store::{EntryFilter, JoinTokenRecord};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Event};
 
 type AppResult<T> = Result<T, ApiError>;
 
@@ -66,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/svids/x509", post(mint_x509))
         .route("/v1/svids/jwt", post(mint_jwt))
         .route("/v1/svids/jwt/validate", post(validate_jwt))
+        .merge(crate::agent_api::router())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -124,11 +125,11 @@ async fn authority_keys(State(state): State<Arc<AppState>>) -> Json<serde_json::
     Json(serde_json::json!({"trust_domain": state.config.trust_domain, "bundle_sequence": seq, "keys": keys}))
 }
 
-fn now_secs(state: &AppState) -> i64 {
+pub(crate) fn now_secs(state: &AppState) -> i64 {
     ttl::unix_seconds(state.now())
 }
 
-fn new_entry(state: &AppState, spec: EntrySpec) -> AppResult<Entry> {
+pub(crate) fn new_entry(state: &AppState, spec: EntrySpec) -> AppResult<Entry> {
     let id = match &spec.id {
         Some(id) => id.clone(),
         None => EntryId::new(&vouch_ca::keys::random_id()?).map_err(|e| ApiError::internal("entry id", e))?,
@@ -144,7 +145,7 @@ async fn create_entry(
 ) -> AppResult<(StatusCode, Json<Entry>)> {
     let entry = new_entry(&state, spec)?;
     state.store.create_entries(std::slice::from_ref(&entry)).await?;
-    state.entries_changed();
+    state.publish(Event::EntryUpserted { entry: Box::new(entry.clone()), previous_parent: None });
     tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, admin = entry.admin);
     Ok((StatusCode::CREATED, Json(entry)))
 }
@@ -177,7 +178,9 @@ async fn batch_create_entries(
     }
     // All or nothing: the store creates the batch in one transaction.
     state.store.create_entries(&entries).await?;
-    state.entries_changed();
+    for e in &entries {
+        state.publish(Event::EntryUpserted { entry: Box::new(e.clone()), previous_parent: None });
+    }
     for e in &entries {
         tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %e.id, spiffe_id = %e.spiffe_id, admin = e.admin);
     }
@@ -246,7 +249,10 @@ async fn update_entry(
         .updated(spec, &state.config.trust_domain, now_secs(&state))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.update_entry(&updated).await?;
-    state.entries_changed();
+    state.publish(Event::EntryUpserted {
+        entry: Box::new(updated.clone()),
+        previous_parent: Some(current.parent_id),
+    });
     tracing::info!(target: "vouch::audit", event = "entry.update", %caller, entry_id = %id, spiffe_id = %updated.spiffe_id, revision = updated.revision);
     Ok(Json(updated))
 }
@@ -258,7 +264,7 @@ async fn delete_entry(
 ) -> AppResult<Json<Entry>> {
     let id = parse_entry_id(&id)?;
     let entry = state.store.delete_entry(&id).await?;
-    state.entries_changed();
+    state.publish(Event::EntryDeleted { id: entry.id.clone(), parent: entry.parent_id.clone() });
     tracing::info!(target: "vouch::audit", event = "entry.delete", %caller, entry_id = %id, spiffe_id = %entry.spiffe_id);
     Ok(Json(entry))
 }
@@ -347,7 +353,7 @@ struct MintX509Response {
     capped: bool,
 }
 
-fn requested_ttl(
+pub(crate) fn requested_ttl(
     ttl: Option<u64>,
     default: Duration,
     min: Duration,

@@ -53,7 +53,17 @@ pub async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: N
         return next.run(req).await;
     }
     let caller = req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous);
-    match check(&state, &caller).await {
+    let path = req.uri().path();
+    // Node attestation: the join token (or other evidence) in the body is the credential.
+    if path.starts_with("/v1/agent/attest/") {
+        return next.run(req).await;
+    }
+    let decision = if path.starts_with("/v1/agent/") {
+        check_agent(&state, &caller).await
+    } else {
+        check(&state, &caller).await
+    };
+    match decision {
         Ok(()) => next.run(req).await,
         Err(e) => {
             state.metrics.auth_denied.fetch_add(1, Ordering::Relaxed);
@@ -87,6 +97,23 @@ async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
         Caller::Anonymous => Err(ApiError::unauthenticated(
             "a client certificate is required: present the X509-SVID of an entry with admin = true",
         )),
+    }
+}
+
+/// An agent call: the caller's SVID must belong to an attested agent that is not banned. An evicted
+/// agent has no record, so its still-valid SVID no longer works and it must attest again.
+async fn check_agent(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    let Caller::Svid(id) = caller else {
+        return Err(ApiError::unauthenticated(
+            "agent calls need the agent's X509-SVID as client certificate",
+        ));
+    };
+    match state.store.get_agent(id).await? {
+        Some(a) if !a.banned => Ok(()),
+        Some(_) => Err(ApiError::forbidden(format!("agent `{id}` is banned"))),
+        None => Err(ApiError::forbidden(format!(
+            "`{id}` is not an attested agent (evicted, or never attested): attest again"
+        ))),
     }
 }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent_api;
 pub mod api;
 pub mod auth;
 pub mod config;

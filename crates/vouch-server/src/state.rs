@@ -12,6 +12,27 @@ use crate::metrics::Metrics;
 use crate::tls::{Anchors, ServerCert, SvidClientVerifier};
 use crate::StartError;
 
+/// A change that connected agents must hear about at once.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An entry was created or updated (`previous_parent` is its parent before an update).
+    EntryUpserted {
+        /// The entry as it is now.
+        entry: Box<vouch_core::Entry>,
+        /// Its parent before the change, if it existed.
+        previous_parent: Option<SpiffeId>,
+    },
+    /// An entry was deleted.
+    EntryDeleted {
+        /// Its id.
+        id: vouch_core::EntryId,
+        /// Its parent.
+        parent: SpiffeId,
+    },
+    /// The trust bundle changed.
+    BundleChanged,
+}
+
 /// How long a cached admin set is trusted without a local entry write.
 pub const ADMIN_CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -55,6 +76,8 @@ pub struct AppState {
     bundle_pem: RwLock<Arc<str>>,
     /// Client certificate verification, following the bundle.
     pub client_verifier: Arc<SvidClientVerifier>,
+    /// Changes pushed to connected agents.
+    pub events: tokio::sync::broadcast::Sender<Event>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -117,6 +140,7 @@ impl AppState {
             bundle_pem: RwLock::new(Arc::from("")),
             admins: RwLock::new(None),
             client_verifier: Arc::new(SvidClientVerifier::default()),
+            events: tokio::sync::broadcast::channel(4096).0,
         });
         state.tick().await?;
         Ok(state)
@@ -159,9 +183,13 @@ impl AppState {
         Ok(set.get(id).is_some_and(|until| *until > now_secs))
     }
 
-    /// Drops cached facts derived from entries; called after every entry write.
-    pub fn entries_changed(&self) {
-        *self.admins.write().unwrap_or_else(|p| p.into_inner()) = None;
+    /// Announces a change: drops cached facts derived from entries and pushes it to agents.
+    pub fn publish(&self, event: Event) {
+        if !matches!(event, Event::BundleChanged) {
+            *self.admins.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        // No receivers (no agent connected) is not an error.
+        let _ = self.events.send(event);
     }
 
     /// The bundle's X.509 authorities as PEM, as of the last tick.
@@ -183,6 +211,7 @@ impl AppState {
             let json = serde_json::to_string(&state).map_err(|e| StartError::Store(e.to_string()))?;
             self.store.save_authority(&json).await?;
             tracing::info!(target: "vouch::audit", event = "authority.rotate", sequence = self.with_authority(|a| a.sequence()), "trust bundle or signing keys changed");
+            self.publish(Event::BundleChanged);
         }
         // Cheap (a few certificates), so done on every tick rather than tracking what changed.
         self.client_verifier.set_anchors(Anchors::from_der(&bundle_roots));

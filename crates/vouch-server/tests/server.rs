@@ -355,6 +355,14 @@ fn openapi_describes_every_route() {
         ("/v1/svids/x509", &["post"]),
         ("/v1/svids/jwt", &["post"]),
         ("/v1/svids/jwt/validate", &["post"]),
+        ("/v1/agent/attest/join-token", &["post"]),
+        ("/v1/agent/renew", &["post"]),
+        ("/v1/agent/sync", &["get"]),
+        ("/v1/agent/sign", &["post"]),
+        ("/v1/agent/jwt", &["post"]),
+        ("/v1/agents", &["get"]),
+        ("/v1/agents/evict", &["post"]),
+        ("/v1/agents/ban", &["post"]),
     ] {
         for m in methods {
             assert!(
@@ -363,7 +371,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 13, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 21, "a route in openapi.json that the test does not know");
 }
 
 /// Starts a real server with both listeners in a temp dir.
@@ -529,5 +537,168 @@ async fn a_second_server_on_the_same_socket_is_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("another server is listening"), "{err}");
+    server.shutdown().await;
+}
+
+/// A CSR for a fresh P-256 key, and the key as PKCS#8 PEM.
+fn csr_and_key() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap();
+    (csr, key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.tcp_addr.unwrap().to_string();
+    let local = AdminClient::unix(&server.admin_socket);
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let (_, bundle_pem) = local.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
+    let bundle_pem = String::from_utf8(bundle_pem.to_vec()).unwrap();
+    let anon = AdminClient::tls(&addr, &td, &bundle_pem, None).unwrap();
+
+    // Join token: attest once; the second use, an unknown and an expired token are refused.
+    let t: Value = local
+        .call("POST", "/v1/join-tokens", Some(&json!({"agent_id": "spiffe://example.org/agent/node-1"})))
+        .await
+        .unwrap();
+    let token = t["token"].as_str().unwrap().to_owned();
+    let (csr, key) = csr_and_key();
+    let svid: Value = anon
+        .call("POST", "/v1/agent/attest/join-token", Some(&json!({"token": token, "csr": csr})))
+        .await
+        .unwrap();
+    assert_eq!(svid["spiffe_id"], "spiffe://example.org/agent/node-1");
+    assert!(svid["bundle_jwks"]["keys"].as_array().unwrap().len() >= 2);
+    for (tok, want) in
+        [(token.as_str(), "already used"), ("0123456789abcdef0123456789abcdef", "unknown token")]
+    {
+        match anon
+            .call::<Value>("POST", "/v1/agent/attest/join-token", Some(&json!({"token": tok, "csr": csr})))
+            .await
+        {
+            Err(ClientError::Api { status: 401, message, .. }) => {
+                assert!(message.contains(want), "{message}")
+            }
+            other => panic!("expected 401, got {other:?}"),
+        }
+    }
+    let agent =
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((svid["cert_chain_pem"].as_str().unwrap(), &key)))
+            .unwrap();
+    let agents: Value = local.call("GET", "/v1/agents", None).await.unwrap();
+    assert_eq!(agents["agents"][0]["attestation"], "join_token");
+
+    // The sync stream: a snapshot, then each change as it happens.
+    let mut conn = agent.connect().await.unwrap();
+    let (status, mut lines) = conn.stream("GET", "/v1/agent/sync").await.unwrap();
+    assert_eq!(status, 200);
+    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (first["type"].as_str(), first["entries"].as_array().map(Vec::len)),
+        (Some("snapshot"), Some(0))
+    );
+    let other = json!({"id": "other", "spiffe_id": "spiffe://example.org/elsewhere", "parent_id": "spiffe://example.org/agent/node-2", "selectors": ["unix:uid:1"]});
+    let _: Value = local.call("POST", "/v1/entries", Some(&other)).await.unwrap();
+    let mine = json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/agent/node-1", "selectors": ["unix:uid:1000"], "dns_names": ["web.internal"], "x509_svid_ttl": 600});
+    let started = std::time::Instant::now();
+    let _: Value = local.call("POST", "/v1/entries", Some(&mine)).await.unwrap();
+    let upsert: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "pushed, not polled");
+    assert_eq!(
+        (upsert["type"].as_str(), upsert["entry"]["id"].as_str()),
+        (Some("upsert"), Some("web")),
+        "entries of other agents are not sent"
+    );
+
+    // Signing: our entry yes (with its DNS name and TTL), another agent's entry no.
+    let (csr2, _) = csr_and_key();
+    let signed: Value = agent
+        .call("POST", "/v1/agent/sign", Some(&json!({"requests": [{"entry_id": "web", "csr": csr2}]})))
+        .await
+        .unwrap();
+    let chain = signed["svids"][0]["cert_chain_pem"].as_str().unwrap();
+    let leaf = vouch_ca::pem::decode_one(chain, &["CERTIFICATE"]).unwrap();
+    let info = vouch_ca::x509::cert_info(&leaf).unwrap();
+    assert_eq!(info.uris, ["spiffe://example.org/web"]);
+    let life = info.not_after.duration_since(info.not_before).unwrap().as_secs();
+    assert!((600..=631).contains(&life), "entry TTL used (plus back-dating): {life}");
+    match agent
+        .call::<Value>(
+            "POST",
+            "/v1/agent/sign",
+            Some(&json!({"requests": [{"entry_id": "other", "csr": csr2}]})),
+        )
+        .await
+    {
+        Err(ClientError::Api { status: 403, message, .. }) => {
+            assert!(message.contains("not parented to"), "{message}")
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let jwt: Value = agent
+        .call("POST", "/v1/agent/jwt", Some(&json!({"entry_id": "web", "audience": ["db"]})))
+        .await
+        .unwrap();
+    assert_eq!(jwt["spiffe_id"], "spiffe://example.org/web");
+    // The admin API is not for agents, and agent calls are not for admins.
+    assert!(matches!(
+        agent.call::<Value>("GET", "/v1/entries", None).await,
+        Err(ClientError::Api { status: 403, .. })
+    ));
+    assert!(matches!(
+        local.call::<Value>("POST", "/v1/agent/sign", Some(&json!({"requests": []}))).await,
+        Err(ClientError::Api { status: 401, .. })
+    ));
+
+    // Delete reaches the stream too.
+    let _: Value = local.call("DELETE", "/v1/entries/web", None).await.unwrap();
+    let del: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!((del["type"].as_str(), del["id"].as_str()), (Some("delete"), Some("web")));
+
+    // Evicted: the SVID stops working. Banned: a new token does not help.
+    let _: Value = local
+        .call("POST", "/v1/agents/evict", Some(&json!({"spiffe_id": "spiffe://example.org/agent/node-1"})))
+        .await
+        .unwrap();
+    match agent
+        .call::<Value>("POST", "/v1/agent/jwt", Some(&json!({"entry_id": "web", "audience": ["db"]})))
+        .await
+    {
+        Err(ClientError::Api { status: 403, message, .. }) => {
+            assert!(message.contains("attest again"), "{message}")
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let _: Value = local
+        .call("POST", "/v1/agents/ban", Some(&json!({"spiffe_id": "spiffe://example.org/agent/node-1"})))
+        .await
+        .unwrap();
+    let t: Value = local
+        .call("POST", "/v1/join-tokens", Some(&json!({"agent_id": "spiffe://example.org/agent/node-1"})))
+        .await
+        .unwrap();
+    match anon
+        .call::<Value>("POST", "/v1/agent/attest/join-token", Some(&json!({"token": t["token"], "csr": csr})))
+        .await
+    {
+        Err(ClientError::Api { status: 403, message, .. }) => {
+            assert!(message.contains("banned"), "{message}")
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    // An expired token.
+    let t: Value = local.call("POST", "/v1/join-tokens", Some(&json!({"ttl": 1}))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    match anon
+        .call::<Value>("POST", "/v1/agent/attest/join-token", Some(&json!({"token": t["token"], "csr": csr})))
+        .await
+    {
+        Err(ClientError::Api { status: 401, message, .. }) => {
+            assert!(message.contains("expired"), "{message}")
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
     server.shutdown().await;
 }

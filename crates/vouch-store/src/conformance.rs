@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vouch_core::{Entry, EntryId, EntrySpec, Selector, SpiffeId, TrustDomain};
 
-use crate::{EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
+use crate::{AgentRecord, EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
 
 fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
     let td = TrustDomain::new("example.org").expect("valid trust domain");
@@ -34,6 +34,7 @@ pub async fn run(store: Arc<dyn Store>) {
     updates_use_revisions(&*store).await;
     join_tokens_are_single_use(store.clone()).await;
     authority_state(&*store).await;
+    agents(&*store).await;
     store.ping().await.expect("ping");
 }
 
@@ -151,4 +152,27 @@ async fn authority_state(store: &dyn Store) {
     store.save_authority("{\"v\":1}").await.unwrap();
     store.save_authority("{\"v\":2}").await.unwrap();
     assert_eq!(store.load_authority().await.unwrap().as_deref(), Some("{\"v\":2}"));
+}
+
+async fn agents(store: &dyn Store) {
+    let id = SpiffeId::parse("spiffe://example.org/agent/join_token/n1").unwrap();
+    let mut a = AgentRecord {
+        spiffe_id: id.clone(),
+        attestation: "join_token".into(),
+        selectors: [Selector::parse("join_token:abc").unwrap()].into_iter().collect(),
+        created_at: 10,
+        last_seen: 10,
+        svid_expires_at: 3610,
+        banned: false,
+    };
+    assert_eq!(store.get_agent(&id).await.unwrap(), None);
+    store.upsert_agent(&a).await.unwrap();
+    assert_eq!(store.get_agent(&id).await.unwrap(), Some(a.clone()));
+    a.banned = true;
+    a.last_seen = 20;
+    store.upsert_agent(&a).await.unwrap();
+    assert_eq!(store.list_agents().await.unwrap(), vec![a.clone()], "upsert replaces");
+    assert!(store.delete_agent(&id).await.unwrap());
+    assert!(!store.delete_agent(&id).await.unwrap());
+    assert!(store.list_agents().await.unwrap().is_empty());
 }

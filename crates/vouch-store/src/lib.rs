@@ -16,7 +16,7 @@ pub mod conformance;
 mod sqlite;
 
 use async_trait::async_trait;
-use vouch_core::{Entry, EntryId, Selector, SpiffeId};
+use vouch_core::{Entry, EntryId, Selector, Selectors, SpiffeId};
 
 pub use sqlite::SqliteStore;
 
@@ -83,6 +83,25 @@ pub struct JoinTokenRecord {
     pub used_at: Option<i64>,
 }
 
+/// A node agent known to the server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentRecord {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// How it attested (`join_token`, `x509pop`, `k8s_psat`).
+    pub attestation: String,
+    /// Node selectors from attestation.
+    pub selectors: Selectors,
+    /// Unix seconds of first attestation.
+    pub created_at: i64,
+    /// Unix seconds of the last attestation or renewal.
+    pub last_seen: i64,
+    /// Expiry of its current SVID (unix seconds).
+    pub svid_expires_at: i64,
+    /// A banned agent may not attest again under this ID.
+    pub banned: bool,
+}
+
 /// What happened when a join token was presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenUse {
@@ -120,6 +139,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Atomically checks and uses a join token: a token can be consumed exactly once.
     async fn consume_join_token(&self, hash: &str, now: i64) -> Result<TokenUse, StoreError>;
+
+    /// Creates or replaces an agent.
+    async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+
+    /// One agent.
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Every agent, ordered by SPIFFE ID.
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Removes an agent (eviction: it must attest again); returns whether it existed.
+    async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError>;
 
     /// The persisted authority state (JSON with sealed keys), if any.
     async fn load_authority(&self) -> Result<Option<String>, StoreError>;

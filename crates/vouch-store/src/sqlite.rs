@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
-use crate::{EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
+use crate::{AgentRecord, EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -32,6 +32,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE authority (
         singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
         state TEXT NOT NULL
+    );",
+    // 2: node agents.
+    "CREATE TABLE agents (
+        spiffe_id TEXT PRIMARY KEY,
+        data TEXT NOT NULL
     );",
 ];
 
@@ -302,6 +307,58 @@ impl Store for SqliteStore {
                 agent_id,
                 used_at: Some(now),
             }))
+        })
+        .await
+    }
+
+    async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        let id = agent.spiffe_id.to_string();
+        let data = serde_json::to_string(agent).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO agents (spiffe_id, data) VALUES (?1, ?2)
+                 ON CONFLICT (spiffe_id) DO UPDATE SET data = excluded.data",
+                params![id, data],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let data: Option<String> = conn
+                .query_row("SELECT data FROM agents WHERE spiffe_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            data.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("agent: {e}"))))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT data FROM agents ORDER BY spiffe_id").map_err(backend)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let data = row.map_err(backend)?;
+                out.push(
+                    serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("agent: {e}")))?,
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            Ok(conn.execute("DELETE FROM agents WHERE spiffe_id = ?1", [&id]).map_err(backend)? > 0)
         })
         .await
     }

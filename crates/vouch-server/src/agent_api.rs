@@ -1,0 +1,421 @@
+//! The agent side of the API, on the same mTLS listener as the admin API:
+//!
+//! - `POST /v1/agent/attest/join-token`: node attestation with a single-use join token and a CSR;
+//!   answers the agent SVID (anyone may call it: the token is the credential);
+//! - `POST /v1/agent/renew`: a new agent SVID for a new CSR (caller: an attested agent);
+//! - `GET /v1/agent/sync`: a stream of newline-delimited JSON: first a snapshot of the entries this
+//!   agent may serve and the bundle, then only changes as they happen (no polling);
+//! - `POST /v1/agent/sign`: X509-SVIDs for a batch of CSRs, one per entry;
+//! - `POST /v1/agent/jwt`: a JWT-SVID for an entry (the agent never holds a JWT signing key).
+//!
+//! Admins list, evict (must re-attest) and ban (may not re-attest) agents under `/v1/agents`.
+//! An agent may only obtain SVIDs for entries whose parent is its own SPIFFE ID.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper::body::{Bytes, Frame};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use vouch_core::{ttl, Entry, EntryId, Selector, SpiffeId};
+use vouch_store::{AgentRecord, EntryFilter, TokenUse};
+
+use crate::api::{hex_sha256, now_secs, requested_ttl, ApiJson};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::{AppState, Event};
+
+type AppResult<T> = Result<T, ApiError>;
+
+/// Most CSRs in one signing batch.
+pub const MAX_SIGN_BATCH: usize = 500;
+/// Interval of keep-alive lines on the sync stream.
+pub const SYNC_PING: Duration = Duration::from_secs(15);
+
+pub(crate) fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/agent/attest/join-token", post(attest_join_token))
+        .route("/v1/agent/renew", post(renew))
+        .route("/v1/agent/sync", get(sync))
+        .route("/v1/agent/sign", post(sign))
+        .route("/v1/agent/jwt", post(jwt))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/evict", post(evict_agent))
+        .route("/v1/agents/ban", post(ban_agent))
+}
+
+/// The SPIFFE ID of an agent attested with a join token.
+fn join_token_agent_id(state: &AppState, hash: &str, chosen: Option<SpiffeId>) -> AppResult<SpiffeId> {
+    match chosen {
+        Some(id) => Ok(id),
+        None => state
+            .config
+            .trust_domain
+            .id_with_path(&format!("/agent/join_token/{}", &hash[..16]))
+            .map_err(|e| ApiError::internal("agent id", e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenAttestation {
+    token: String,
+    /// PEM CSR of the agent's own key.
+    csr: String,
+}
+
+/// An agent SVID and the bundle, as answered to attestation and renewal.
+#[derive(Serialize)]
+struct AgentSvid {
+    spiffe_id: SpiffeId,
+    cert_chain_pem: String,
+    bundle_jwks: serde_json::Value,
+    expires_at: i64,
+}
+
+fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &str) -> AppResult<(AgentSvid, i64)> {
+    let public = vouch_ca::verify_csr_pem_or_der(csr.as_bytes())?;
+    let now = state.now();
+    let (issued, jwks) = state.with_authority(|a| {
+        a.mint_x509(id, &[], &public, state.config.x509_svid_ttl, now)
+            .and_then(|i| Ok((i, a.bundle().to_jwks()?)))
+    })?;
+    let mut chain = vouch_ca::pem::encode("CERTIFICATE", &issued.svid.cert_der);
+    for der in &issued.intermediates {
+        chain.push_str(&vouch_ca::pem::encode("CERTIFICATE", der));
+    }
+    let expires_at = ttl::unix_seconds(issued.svid.not_after);
+    let bundle_jwks = serde_json::from_str(&jwks).map_err(|e| ApiError::internal("bundle", e))?;
+    Ok((AgentSvid { spiffe_id: id.clone(), cert_chain_pem: chain, bundle_jwks, expires_at }, expires_at))
+}
+
+async fn attest_join_token(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<JoinTokenAttestation>,
+) -> AppResult<Json<AgentSvid>> {
+    let hash = hex_sha256(&req.token);
+    let now = now_secs(&state);
+    let refuse = |reason: &str| {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "join_token", token_hash_prefix = &hash[..12], reason);
+        ApiError::unauthenticated(format!("join token refused: {reason}"))
+    };
+    // Check the CSR before spending the token, so a malformed request does not burn it.
+    vouch_ca::verify_csr_pem_or_der(req.csr.as_bytes())?;
+    let record = match state.store.consume_join_token(&hash, now).await? {
+        TokenUse::Consumed(r) => r,
+        TokenUse::Unknown => return Err(refuse("unknown token")),
+        TokenUse::Expired => {
+            return Err(refuse("the token has expired; create a new one with `vouch token create`"))
+        }
+        TokenUse::AlreadyUsed => {
+            return Err(refuse("the token was already used; join tokens are single use, create a new one"))
+        }
+    };
+    let id = join_token_agent_id(&state, &hash, record.agent_id)?;
+    if let Some(existing) = state.store.get_agent(&id).await? {
+        if existing.banned {
+            tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", agent = %id, reason = "banned");
+            return Err(ApiError::forbidden(format!(
+                "agent `{id}` is banned; an admin must delete the ban first"
+            )));
+        }
+    }
+    let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
+    let selector = Selector::new("join_token", &hash[..16]).map_err(|e| ApiError::internal("selector", e))?;
+    state
+        .store
+        .upsert_agent(&AgentRecord {
+            spiffe_id: id.clone(),
+            attestation: "join_token".into(),
+            selectors: [selector].into_iter().collect(),
+            created_at: now,
+            last_seen: now,
+            svid_expires_at: expires_at,
+            banned: false,
+        })
+        .await?;
+    tracing::info!(target: "vouch::audit", event = "agent.attest", method = "join_token", agent = %id, expires_at);
+    Ok(Json(svid))
+}
+
+/// The calling agent's SPIFFE ID (the auth layer has checked it is an active agent).
+fn agent_of(caller: &Caller) -> AppResult<SpiffeId> {
+    match caller {
+        Caller::Svid(id) => Ok(id.clone()),
+        _ => Err(ApiError::forbidden("only attested agents may call /v1/agent/")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewRequest {
+    csr: String,
+}
+
+async fn renew(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<RenewRequest>,
+) -> AppResult<Json<AgentSvid>> {
+    let id = agent_of(&caller)?;
+    let mut record = state
+        .store
+        .get_agent(&id)
+        .await?
+        .ok_or_else(|| ApiError::forbidden(format!("`{id}` is not an agent")))?;
+    let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
+    record.last_seen = now_secs(&state);
+    record.svid_expires_at = expires_at;
+    state.store.upsert_agent(&record).await?;
+    tracing::info!(target: "vouch::audit", event = "agent.renew", agent = %id, expires_at);
+    Ok(Json(svid))
+}
+
+/// One line of the sync stream.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum SyncLine<'a> {
+    Snapshot { entries: &'a [Entry], bundle: serde_json::Value },
+    Upsert { entry: &'a Entry },
+    Delete { id: &'a EntryId },
+    Bundle { bundle: serde_json::Value },
+    Ping,
+}
+
+fn line(l: &SyncLine<'_>) -> Bytes {
+    let mut v = serde_json::to_vec(l).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn bundle_json(state: &AppState) -> serde_json::Value {
+    state
+        .with_authority(|a| a.bundle().to_jwks())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+async fn snapshot(state: &AppState, agent: &SpiffeId) -> Result<Bytes, ApiError> {
+    let filter = EntryFilter { parent_id: Some(agent.clone()), ..Default::default() };
+    let entries = state.store.list_entries(&filter).await?;
+    Ok(line(&SyncLine::Snapshot { entries: &entries, bundle: bundle_json(state) }))
+}
+
+/// A response body fed by a channel, so a task can push lines as events happen.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+async fn sync(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> AppResult<Response> {
+    let agent = agent_of(&caller)?;
+    // Subscribe before reading the snapshot, so no change can fall between the two.
+    let mut events = state.events.subscribe();
+    let first = snapshot(&state, &agent).await?;
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tracing::info!(target: "vouch::audit", event = "agent.sync.open", agent = %agent);
+    tokio::spawn(async move {
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        let mut ping = tokio::time::interval(SYNC_PING);
+        ping.tick().await;
+        loop {
+            let out = tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(Event::EntryUpserted { entry, previous_parent }) => {
+                        if entry.parent_id == agent {
+                            Some(line(&SyncLine::Upsert { entry: &entry }))
+                        } else if previous_parent.as_ref() == Some(&agent) {
+                            Some(line(&SyncLine::Delete { id: &entry.id }))
+                        } else {
+                            None
+                        }
+                    }
+                    Ok(Event::EntryDeleted { id, parent }) => (parent == agent).then(|| line(&SyncLine::Delete { id: &id })),
+                    Ok(Event::BundleChanged) => Some(line(&SyncLine::Bundle { bundle: bundle_json(&state) })),
+                    // Too far behind to replay: start over with a fresh snapshot.
+                    Err(broadcast::error::RecvError::Lagged(_)) => snapshot(&state, &agent).await.ok(),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = ping.tick() => Some(line(&SyncLine::Ping)),
+            };
+            if let Some(bytes) = out {
+                if tx.send(bytes).await.is_err() {
+                    break; // the agent went away
+                }
+            }
+        }
+        tracing::info!(target: "vouch::audit", event = "agent.sync.close", agent = %agent);
+    });
+    let body = axum::body::Body::new(ChannelBody(rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Loads an entry and checks that `agent` may serve it.
+async fn entry_for_agent(state: &AppState, agent: &SpiffeId, id: &EntryId) -> AppResult<Entry> {
+    let entry = state
+        .store
+        .get_entry(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))?;
+    if &entry.parent_id != agent {
+        return Err(ApiError::forbidden(format!("entry `{id}` is not parented to `{agent}`")));
+    }
+    if entry.is_expired(now_secs(state)) {
+        return Err(ApiError::forbidden(format!("entry `{id}` has expired")));
+    }
+    Ok(entry)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignRequest {
+    requests: Vec<SignItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignItem {
+    entry_id: EntryId,
+    csr: String,
+}
+
+#[derive(Serialize)]
+struct SignedSvid {
+    entry_id: EntryId,
+    spiffe_id: SpiffeId,
+    cert_chain_pem: String,
+    expires_at: i64,
+}
+
+async fn sign(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<SignRequest>,
+) -> AppResult<Json<serde_json::Value>> {
+    let agent = agent_of(&caller)?;
+    if req.requests.is_empty() || req.requests.len() > MAX_SIGN_BATCH {
+        return Err(ApiError::bad_request(format!("requests: a batch holds 1 to {MAX_SIGN_BATCH} CSRs")));
+    }
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(req.requests.len());
+    for (i, item) in req.requests.iter().enumerate() {
+        let entry = entry_for_agent(&state, &agent, &item.entry_id).await?;
+        let public = vouch_ca::verify_csr_pem_or_der(item.csr.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("requests[{i}]: {e}")))?;
+        let svid_ttl = entry.x509_svid_ttl.map(Duration::from_secs).unwrap_or(state.config.x509_svid_ttl);
+        let now = state.now();
+        let issued = state
+            .with_authority(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
+        let mut chain = vouch_ca::pem::encode("CERTIFICATE", &issued.svid.cert_der);
+        for der in &issued.intermediates {
+            chain.push_str(&vouch_ca::pem::encode("CERTIFICATE", der));
+        }
+        let expires_at = ttl::unix_seconds(issued.svid.not_after);
+        tracing::info!(target: "vouch::audit", event = "svid.x509.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, expires_at, capped = issued.svid.capped);
+        out.push(SignedSvid {
+            entry_id: entry.id,
+            spiffe_id: entry.spiffe_id,
+            cert_chain_pem: chain,
+            expires_at,
+        });
+    }
+    state.metrics.x509_issued.fetch_add(out.len() as u64, Ordering::Relaxed);
+    state.metrics.x509_latency.observe(started.elapsed());
+    Ok(Json(json!({ "svids": out })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentJwtRequest {
+    entry_id: EntryId,
+    audience: Vec<String>,
+}
+
+async fn jwt(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<AgentJwtRequest>,
+) -> AppResult<Json<serde_json::Value>> {
+    use vouch_core::entry::{MAX_JWT_SVID_TTL, MIN_JWT_SVID_TTL};
+    let agent = agent_of(&caller)?;
+    let entry = entry_for_agent(&state, &agent, &req.entry_id).await?;
+    let jwt_ttl = requested_ttl(
+        entry.jwt_svid_ttl,
+        state.config.jwt_svid_ttl,
+        MIN_JWT_SVID_TTL,
+        MAX_JWT_SVID_TTL,
+        "jwt_svid_ttl",
+    )?;
+    let now = state.now();
+    let minted = state.with_authority(|a| a.mint_jwt(&entry.spiffe_id, &req.audience, jwt_ttl, now))?;
+    state.metrics.jwt_issued.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(target: "vouch::audit", event = "svid.jwt.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, audience = ?req.audience, expires_at = minted.expires_at);
+    Ok(Json(json!({"spiffe_id": entry.spiffe_id, "token": minted.token, "expires_at": minted.expires_at})))
+}
+
+async fn list_agents(State(state): State<Arc<AppState>>) -> AppResult<Json<serde_json::Value>> {
+    Ok(Json(json!({ "agents": state.store.list_agents().await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentRef {
+    spiffe_id: SpiffeId,
+}
+
+async fn evict_agent(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<AgentRef>,
+) -> AppResult<Json<serde_json::Value>> {
+    if !state.store.delete_agent(&req.spiffe_id).await? {
+        return Err(ApiError::not_found(format!("no agent `{}`", req.spiffe_id)));
+    }
+    tracing::info!(target: "vouch::audit", event = "agent.evict", %caller, agent = %req.spiffe_id);
+    Ok(Json(json!({"evicted": req.spiffe_id})))
+}
+
+async fn ban_agent(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<AgentRef>,
+) -> AppResult<(StatusCode, Json<serde_json::Value>)> {
+    let now = now_secs(&state);
+    let mut record = state.store.get_agent(&req.spiffe_id).await?.unwrap_or(AgentRecord {
+        spiffe_id: req.spiffe_id.clone(),
+        attestation: "none".into(),
+        selectors: Default::default(),
+        created_at: now,
+        last_seen: now,
+        svid_expires_at: 0,
+        banned: true,
+    });
+    record.banned = true;
+    state.store.upsert_agent(&record).await?;
+    tracing::info!(target: "vouch::audit", event = "agent.ban", %caller, agent = %req.spiffe_id);
+    Ok((StatusCode::OK, Json(json!({"banned": req.spiffe_id}))))
+}
