@@ -2,11 +2,199 @@
 //!
 //! - [`attest`]: workload attestation — who is calling the agent's socket (peer pid pinned with a
 //!   pidfd, `/proc`, cgroup), as `unix:` selectors and a container reference.
+//! - [`identity`]: the agent's own identity (join-token attestation, renewal, kept on disk 0600).
+//! - [`sync`]: the push stream of entries from the server.
+//! - [`state`]: entries, bundle and the SVIDs held for workloads (keys generated on the node).
+//! - [`workload_api`]: the SPIFFE Workload API on a Unix socket.
 //!
-//! Still to come (issue 3): node attestation and sync with the server, container runtime selectors
-//! (Docker, containerd, Kubernetes), the SVID cache and the SPIFFE Workload API.
+//! Still to come (issue 3): x509pop and Kubernetes PSAT node attestation, container runtime
+//! selectors (Docker, containerd, Kubernetes), `vouch agent explain`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod attest;
+pub mod config;
+pub mod identity;
+pub mod state;
+pub mod sync;
+pub mod workload_api;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+
+pub use crate::config::AgentConfig;
+use crate::identity::AgentIdentity;
+use crate::state::AgentState;
+use crate::workload_api::{WorkloadApi, WorkloadConn};
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Configuration or start-up problem, with what to do.
+    #[error("{0}")]
+    Config(String),
+    /// A file or socket problem.
+    #[error("{0}")]
+    Io(String),
+    /// The server answered something unexpected.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// The server refused or could not be reached.
+    #[error("{0}")]
+    Server(#[from] vouch_client::ClientError),
+}
+
+/// A running agent.
+pub struct Agent {
+    /// Shared state.
+    pub state: Arc<AgentState>,
+    /// The Workload API socket.
+    pub socket: PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("socket", &self.socket).finish_non_exhaustive()
+    }
+}
+
+fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| AgentError::Io(format!("cannot create {}: {e}", dir.display())))
+}
+
+async fn obtain_identity(config: &AgentConfig) -> Result<AgentIdentity, AgentError> {
+    if let Some(id) = AgentIdentity::load(&config.data_dir, &config.trust_domain, SystemTime::now())? {
+        tracing::info!(agent = %id.spiffe_id, "reusing the saved agent SVID; no attestation needed");
+        return Ok(id);
+    }
+    let token = config.join_token.as_deref().ok_or_else(|| {
+        AgentError::Config("no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token".into())
+    })?;
+    let bundle_path = config.bundle.as_ref().ok_or_else(|| {
+        AgentError::Config("the first attestation needs the server's bundle to trust it: pass --bundle (from `vouch bundle show`)".into())
+    })?;
+    let bundle_pem = std::fs::read_to_string(bundle_path)
+        .map_err(|e| AgentError::Config(format!("cannot read bundle {}: {e}", bundle_path.display())))?;
+    let id =
+        AgentIdentity::attest_join_token(&config.server, &config.trust_domain, &bundle_pem, token).await?;
+    tracing::info!(agent = %id.spiffe_id, "attested with a join token");
+    Ok(id)
+}
+
+impl Agent {
+    /// Starts the agent: identity (saved or attested), sync, rotation, and the Workload API socket.
+    pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        create_dir(&config.data_dir, 0o700)?;
+        let identity = obtain_identity(&config).await?;
+        identity.save(&config.data_dir)?;
+        let state = AgentState::new(config.clone(), identity, attest::UnixAttestor::default())?;
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = vec![tokio::spawn(sync::run(state.clone(), rx.clone()))];
+        tasks.push(tokio::spawn(maintenance(state.clone(), rx.clone())));
+
+        if let Some(dir) = config.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_dir(dir, 0o755)?;
+        }
+        if config.socket.exists() {
+            if tokio::net::UnixStream::connect(&config.socket).await.is_ok() {
+                return Err(AgentError::Io(format!("another agent is serving {}", config.socket.display())));
+            }
+            let _ = std::fs::remove_file(&config.socket);
+        }
+        let listener = UnixListener::bind(&config.socket)
+            .map_err(|e| AgentError::Io(format!("cannot bind {}: {e}", config.socket.display())))?;
+        // World-connectable on purpose: attestation, not file modes, decides who gets what.
+        std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| AgentError::Io(format!("cannot set mode of {}: {e}", config.socket.display())))?;
+        let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConn, std::io::Error>>(64);
+        let accept_state = state.clone();
+        let mut accept_shutdown = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let conn = WorkloadConn::new(stream, &accept_state);
+                            if conn_tx.send(Ok(conn)).await.is_err() { break; }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "workload socket accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = accept_shutdown.changed() => break,
+                }
+            }
+        }));
+        let service = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone()));
+        let mut serve_shutdown = rx;
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
+                    let _ = serve_shutdown.changed().await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "Workload API server stopped");
+            }
+        }));
+        tracing::info!(agent = %state.agent_id(), socket = %config.socket.display(), "vouch agent ready");
+        Ok(Self { state, socket: config.socket, shutdown, tasks })
+    }
+
+    /// Stops the agent and removes its socket.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Rotates workload SVIDs at their renewal times and renews the agent's own SVID at half life.
+async fn maintenance(state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let now = SystemTime::now();
+        if let Err(e) = state.rotate_due(now).await {
+            tracing::warn!(error = %e, "SVID rotation failed; retrying (cached SVIDs stay in use until they expire)");
+        }
+        if now >= state.identity_renew_at() {
+            match state.identity().renew(&state.config.server).await {
+                Ok(id) => {
+                    let saved = id.save(&state.config.data_dir);
+                    match saved.and_then(|()| state.set_identity(id)) {
+                        Ok(()) => tracing::info!("renewed the agent SVID"),
+                        Err(e) => tracing::warn!(error = %e, "cannot store the renewed agent SVID"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "agent SVID renewal failed; retrying"),
+            }
+        }
+        let until_identity = state.identity_renew_at().duration_since(now).unwrap_or_default();
+        let wait = state
+            .next_rotation_in(now, Duration::from_secs(5))
+            .min(until_identity)
+            .max(Duration::from_millis(200));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

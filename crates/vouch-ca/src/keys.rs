@@ -212,6 +212,31 @@ impl WorkloadKey {
         Ok(Self { public, pkcs8: key.pkcs8().clone() })
     }
 
+    /// A PKCS#10 CSR (DER) signed by this key, with an empty subject and no extensions: vouch takes
+    /// only the public key from a CSR.
+    pub fn csr_der(&self) -> Result<Vec<u8>, CaError> {
+        let key = SigningKey::from_pkcs8(KeyAlg::EcP256, KeyUse::X509, self.pkcs8.clone())?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        Ok(params.serialize_request(&key)?.der().to_vec())
+    }
+
+    /// The same CSR as PEM.
+    pub fn csr_pem(&self) -> Result<String, CaError> {
+        Ok(crate::pem::encode("CERTIFICATE REQUEST", &self.csr_der()?))
+    }
+
+    /// Loads a key from PKCS#8 PEM (a key this type wrote).
+    pub fn from_pkcs8_pem(pem_text: &str) -> Result<Self, CaError> {
+        let der = Zeroizing::new(
+            crate::pem::decode_one(pem_text, &["PRIVATE KEY"])
+                .ok_or_else(|| CaError::InvalidKey("no `PRIVATE KEY` PEM block".into()))?,
+        );
+        let key = SigningKey::from_pkcs8(KeyAlg::EcP256, KeyUse::X509, der)?;
+        let public = crate::x509::CsrPublicKey::p256(key.public_point().to_vec());
+        Ok(Self { public, pkcs8: key.pkcs8().clone() })
+    }
+
     /// The private key as PEM (`PRIVATE KEY`).
     pub fn pkcs8_pem(&self) -> Zeroizing<String> {
         Zeroizing::new(crate::pem::encode("PRIVATE KEY", &self.pkcs8))

@@ -446,3 +446,16 @@ fn generated_workload_keys_sign_valid_svids() {
     assert_eq!(info.public_key, kp.public_key_raw());
     assert!(wk.pkcs8_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
 }
+
+#[test]
+fn workload_key_csrs_verify_and_keys_reload() {
+    let wk = vouch_ca::WorkloadKey::generate().unwrap();
+    let public = verify_csr(&wk.csr_der().unwrap()).unwrap();
+    let a = authority(start());
+    let issued = a.mint_x509(&id("/w"), &[], &public, Duration::from_secs(60), start()).unwrap();
+    let again = vouch_ca::WorkloadKey::from_pkcs8_pem(&wk.pkcs8_pem()).unwrap();
+    let info = vouch_ca::x509::cert_info(&issued.svid.cert_der).unwrap();
+    let kp = rcgen::KeyPair::from_pem(&again.pkcs8_pem()).unwrap();
+    assert_eq!(info.public_key, kp.public_key_raw());
+    assert!(vouch_ca::verify_csr_pem_or_der(wk.csr_pem().unwrap().as_bytes()).is_ok());
+}

@@ -233,8 +233,9 @@ async fn bind_admin_socket(path: &Path) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
-/// Serves HTTP/1.1 on one connection with `caller` attached to every request.
-async fn serve_connection<I>(io: I, app: Router, caller: Caller)
+/// Serves HTTP/1.1 on one connection with `caller` attached to every request, until the peer closes
+/// it or the server shuts down (which also ends long-lived streams such as agent sync).
+async fn serve_connection<I>(io: I, app: Router, caller: Caller, mut shutdown: watch::Receiver<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -242,13 +243,15 @@ where
         req.extensions_mut().insert(caller.clone());
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(Duration::from_secs(10))
         .timer(hyper_util::rt::TokioTimer::new())
-        .serve_connection(TokioIo::new(io), service)
-        .await
-    {
-        tracing::debug!(error = %e, "connection ended with an error");
+        .serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        result = conn => if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        },
+        _ = shutdown.changed() => {}
     }
 }
 
@@ -262,7 +265,7 @@ async fn serve_unix(listener: UnixListener, app: Router, mut shutdown: watch::Re
                         tracing::warn!("admin socket: cannot read peer credentials; connection dropped");
                         continue;
                     };
-                    tokio::spawn(serve_connection(stream, app.clone(), Caller::Local { uid: cred.uid() }));
+                    tokio::spawn(serve_connection(stream, app.clone(), Caller::Local { uid: cred.uid() }, shutdown.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin socket accept failed");
@@ -286,6 +289,7 @@ async fn serve_tls(
                 Ok((stream, peer)) => {
                     let acceptor = acceptor.clone();
                     let app = app.clone();
+                    let conn_shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => tls,
@@ -303,7 +307,7 @@ async fn serve_tls(
                             },
                             None => Caller::Anonymous,
                         };
-                        serve_connection(tls, app, caller).await;
+                        serve_connection(tls, app, caller, conn_shutdown).await;
                     });
                 }
                 Err(e) => {

@@ -1,0 +1,81 @@
+//! Agent configuration: versioned TOML with unknown fields refused; every setting also from a
+//! `VOUCH_AGENT_...` environment variable.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use vouch_core::TrustDomain;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("agent config: {0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    version: Option<u32>,
+    trust_domain: Option<String>,
+    server: Option<String>,
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    join_token: Option<String>,
+    bundle: Option<PathBuf>,
+}
+
+/// The effective agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// The server's mTLS address (`host:port`).
+    pub server: String,
+    /// Where the agent keeps its key, SVID and bundle.
+    pub data_dir: PathBuf,
+    /// The Workload API socket.
+    pub socket: PathBuf,
+    /// A join token for the first attestation.
+    pub join_token: Option<String>,
+    /// The bundle (PEM) that bootstraps trust in the server on first start.
+    pub bundle: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Defaults, then the file (if any), then `VOUCH_AGENT_*` variables through `env`.
+    pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let file: FileConfig = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))?;
+                toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        if file.version.is_some_and(|v| v != 1) {
+            return Err(ConfigError("version must be 1".into()));
+        }
+        let td =
+            env("VOUCH_AGENT_TRUST_DOMAIN").or(file.trust_domain).unwrap_or_else(|| "example.org".into());
+        let trust_domain =
+            TrustDomain::new(&td).map_err(|e| ConfigError(format!("trust_domain `{td}`: {e}")))?;
+        let server = env("VOUCH_AGENT_SERVER").or(file.server).ok_or_else(|| {
+            ConfigError("server is required: the server's mTLS address, e.g. 127.0.0.1:8443".into())
+        })?;
+        let data_dir = env("VOUCH_AGENT_DATA_DIR")
+            .map(PathBuf::from)
+            .or(file.data_dir)
+            .unwrap_or_else(|| "vouch-agent-data".into());
+        let socket = env("VOUCH_AGENT_SOCKET")
+            .map(PathBuf::from)
+            .or(file.socket)
+            .unwrap_or_else(|| data_dir.join("api.sock"));
+        Ok(Self {
+            trust_domain,
+            server,
+            socket,
+            join_token: env("VOUCH_AGENT_JOIN_TOKEN").or(file.join_token),
+            bundle: env("VOUCH_AGENT_BUNDLE").map(PathBuf::from).or(file.bundle),
+            data_dir,
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! The SPIFFE Workload API on the agent's Unix socket (SPIFFE Workload API standard).
+//!
+//! Every request must carry the `workload.spiffe.io: true` metadata, else `InvalidArgument`. The
+//! caller is attested on every call from the process pinned when it connected; a caller with no
+//! matching entry gets `PermissionDenied` with the message "no identity issued", which clients key
+//! on. Streams send the complete state first and again whenever it changes (rotation, entry or bundle
+//! change).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+use vouch_core::{Entry, SpiffeId};
+use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use vouch_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
+    X509svidResponse,
+};
+
+use crate::attest::{attest_peer, PeerProcess};
+use crate::state::AgentState;
+
+/// The message of `PermissionDenied` when nothing matches; SPIFFE clients recognise it.
+pub const NO_IDENTITY: &str = "no identity issued";
+
+/// The pinned peer of a connection (or why it could not be pinned).
+#[derive(Clone)]
+pub struct PeerInfo(pub Arc<Result<PeerProcess, String>>);
+
+/// A connection on the Workload API socket with its peer pinned at accept time.
+pub struct WorkloadConn {
+    inner: UnixStream,
+    peer: PeerInfo,
+}
+
+impl WorkloadConn {
+    /// Pins the peer of a freshly accepted connection.
+    pub fn new(inner: UnixStream, state: &AgentState) -> Self {
+        let peer = PeerProcess::of_socket(&inner, state.unix.proc_root()).map_err(|e| e.to_string());
+        Self { inner, peer: PeerInfo(Arc::new(peer)) }
+    }
+}
+
+impl Connected for WorkloadConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for WorkloadConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WorkloadConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The Workload API service.
+pub struct WorkloadApi {
+    state: Arc<AgentState>,
+}
+
+impl WorkloadApi {
+    /// The service over `state`.
+    pub fn new(state: Arc<AgentState>) -> Self {
+        Self { state }
+    }
+}
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get(vouch_proto::SECURITY_HEADER).and_then(|v| v.to_str().ok()) {
+        Some("true") => Ok(()),
+        _ => Err(Status::invalid_argument("security header missing from request")),
+    }
+}
+
+fn peer_of<T>(req: &Request<T>) -> PeerInfo {
+    req.extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .unwrap_or_else(|| PeerInfo(Arc::new(Err("no peer information on the connection".into()))))
+}
+
+/// Attests the caller and returns the entries it is entitled to; `PermissionDenied` otherwise.
+fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Result<Vec<Entry>, Status> {
+    let pinned = match &*peer.0 {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(target: "vouch::audit", event = "workload.attest.failed", reason = %e);
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+    };
+    let attestation = attest_peer(pinned, &state.unix).map_err(|e| {
+        tracing::info!(target: "vouch::audit", event = "workload.attest.failed", pid = pinned.pid, reason = %e);
+        Status::permission_denied(NO_IDENTITY)
+    })?;
+    let entries = state.matching(&attestation.selectors, now);
+    if entries.is_empty() {
+        tracing::info!(target: "vouch::audit", event = "workload.no_identity", pid = pinned.pid, selectors = attestation.selectors.len());
+        return Err(Status::permission_denied(NO_IDENTITY));
+    }
+    Ok(entries)
+}
+
+fn concat(ders: &[Vec<u8>]) -> Vec<u8> {
+    ders.concat()
+}
+
+fn td_key(state: &AgentState) -> String {
+    state.config.trust_domain.id().to_string()
+}
+
+async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidResponse, Status> {
+    let now = SystemTime::now();
+    let entries = entitled(state, peer, now)?;
+    let svids = state.x509_svids(&entries, now).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot obtain X509-SVIDs");
+        Status::unavailable("cannot obtain an X509-SVID from the vouch server right now; retry")
+    })?;
+    let bundle = concat(&state.bundle().x509_authorities);
+    Ok(X509svidResponse {
+        svids: svids
+            .iter()
+            .map(|s| X509svid {
+                spiffe_id: s.spiffe_id.to_string(),
+                x509_svid: concat(&s.chain_der),
+                x509_svid_key: s.key_der.to_vec(),
+                bundle: bundle.clone(),
+                hint: s.hint.clone(),
+            })
+            .collect(),
+        crl: Vec::new(),
+        federated_bundles: HashMap::new(),
+    })
+}
+
+fn x509_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<X509BundlesResponse, Status> {
+    entitled(state, peer, SystemTime::now())?;
+    let bundles = HashMap::from([(td_key(state), concat(&state.bundle().x509_authorities))]);
+    Ok(X509BundlesResponse { crl: Vec::new(), bundles })
+}
+
+fn jwt_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<JwtBundlesResponse, Status> {
+    entitled(state, peer, SystemTime::now())?;
+    let mut jwt_only = (*state.bundle()).clone();
+    jwt_only.x509_authorities.clear();
+    let jwks = jwt_only.to_jwks().map_err(|_| Status::internal("cannot encode the JWT bundle"))?;
+    Ok(JwtBundlesResponse { bundles: HashMap::from([(td_key(state), jwks.into_bytes())]) })
+}
+
+type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A stream that sends `first`, then `build()`'s answer again whenever the agent state changes and
+/// the answer differs; an error answer ends the stream. `changes` must have been subscribed before
+/// `first` was built, so that no change can fall between the two.
+fn watch_stream<T, F, Fut>(
+    state: Arc<AgentState>,
+    peer: PeerInfo,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    first: T,
+    build: F,
+) -> StreamOf<T>
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: Fn(Arc<AgentState>, PeerInfo) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Status>> + Send,
+{
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        if tx.send(Ok(first.clone())).await.is_err() {
+            return;
+        }
+        let mut last = first;
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = tx.closed() => break,
+            }
+            match build(state.clone(), peer.clone()).await {
+                Ok(next) if next == last => {}
+                Ok(next) => {
+                    if tx.send(Ok(next.clone())).await.is_err() {
+                        break;
+                    }
+                    last = next;
+                }
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = StreamOf<X509svidResponse>;
+    type FetchX509BundlesStream = StreamOf<X509BundlesResponse>;
+    type FetchJWTBundlesStream = StreamOf<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        check_header(&req)?;
+        let peer = peer_of(&req);
+        let changes = self.state.watch();
+        let first = x509_response(&self.state, &peer).await?;
+        let stream = watch_stream(self.state.clone(), peer, changes, first, |s, p| async move {
+            x509_response(&s, &p).await
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_header(&req)?;
+        let peer = peer_of(&req);
+        let changes = self.state.watch();
+        let first = x509_bundles_response(&self.state, &peer)?;
+        let stream = watch_stream(self.state.clone(), peer, changes, first, |s, p| async move {
+            x509_bundles_response(&s, &p)
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let peer = peer_of(&req);
+        let body = req.into_inner();
+        if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let now = SystemTime::now();
+        let mut entries = entitled(&self.state, &peer, now)?;
+        if !body.spiffe_id.is_empty() {
+            let wanted = SpiffeId::parse(&body.spiffe_id)
+                .map_err(|e| Status::invalid_argument(format!("spiffe_id `{}`: {e}", body.spiffe_id)))?;
+            entries.retain(|e| e.spiffe_id == wanted);
+            if entries.is_empty() {
+                return Err(Status::permission_denied(NO_IDENTITY));
+            }
+        }
+        let mut svids = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let token = self.state.jwt(e, &body.audience, now).await.map_err(|err| {
+                tracing::warn!(error = %err, "cannot obtain a JWT-SVID");
+                Status::unavailable("cannot obtain a JWT-SVID from the vouch server right now; retry")
+            })?;
+            svids.push(Jwtsvid { spiffe_id: e.spiffe_id.to_string(), svid: token, hint: e.hint.clone() });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_header(&req)?;
+        let peer = peer_of(&req);
+        let changes = self.state.watch();
+        let first = jwt_bundles_response(&self.state, &peer)?;
+        let stream = watch_stream(self.state.clone(), peer, changes, first, |s, p| async move {
+            jwt_bundles_response(&s, &p)
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let body = req.into_inner();
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if body.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let bundle = self.state.bundle();
+        let claims = vouch_ca::jwt::validate(
+            &body.svid,
+            &bundle.jwt_authorities,
+            &bundle.trust_domain,
+            &body.audience,
+            SystemTime::now(),
+        )
+        .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+        // Every claim of the (now verified) payload, SPIFFE-required or not.
+        let payload = body.svid.split('.').nth(1).unwrap_or_default();
+        let json: serde_json::Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let fields = match json {
+            serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), to_prost(v))).collect(),
+            _ => BTreeMap::new(),
+        };
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: claims.sub.to_string(),
+            claims: Some(prost_types::Struct { fields }),
+        }))
+    }
+}
+
+fn to_prost(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => {
+            Kind::ListValue(prost_types::ListValue { values: a.iter().map(to_prost).collect() })
+        }
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_prost(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

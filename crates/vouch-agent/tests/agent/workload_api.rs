@@ -1,0 +1,281 @@
+//! A real server and agent in process; workloads are this test process (attested by uid and binary
+//! path) talking to the agent's socket with the independent `spiffe` crate and a raw gRPC client.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vouch_agent::{Agent, AgentConfig};
+use vouch_client::AdminClient;
+use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use vouch_proto::workload::{X509svidRequest, X509svidResponse};
+use vouch_server::{Config, Server};
+
+const AGENT_ID: &str = "spiffe://example.org/agent/test-node";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_server(dir: &Path, port: u16) -> Server {
+    let text = format!("version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n", dir.display());
+    let config = Config::from_toml(&text, &|_| None).unwrap();
+    Server::start(config, Arc::new(vouch_server::SystemClock), None).await.unwrap()
+}
+
+struct Stack {
+    _dir: tempfile::TempDir,
+    server: Option<Server>,
+    server_dir: PathBuf,
+    port: u16,
+    agent: Option<Agent>,
+    agent_config: AgentConfig,
+    admin: AdminClient,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server_dir = dir.path().join("server");
+        let port = free_port();
+        let server = start_server(&server_dir, port).await;
+        let admin = AdminClient::unix(&server.admin_socket);
+        let token: Value =
+            admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": AGENT_ID}))).await.unwrap();
+        let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, &pem).unwrap();
+        let agent_dir = dir.path().join("agent");
+        let env = |k: &str| match k {
+            "VOUCH_AGENT_SERVER" => Some(format!("127.0.0.1:{port}")),
+            "VOUCH_AGENT_DATA_DIR" => Some(agent_dir.display().to_string()),
+            "VOUCH_AGENT_JOIN_TOKEN" => token["token"].as_str().map(str::to_owned),
+            "VOUCH_AGENT_BUNDLE" => Some(bundle.display().to_string()),
+            _ => None,
+        };
+        let agent_config = AgentConfig::load(None, &env).unwrap();
+        let agent = Agent::start(agent_config.clone()).await.unwrap();
+        let stack = Self {
+            _dir: dir,
+            server: Some(server),
+            server_dir,
+            port,
+            agent: Some(agent),
+            agent_config,
+            admin,
+        };
+        stack.wait_connected().await;
+        stack
+    }
+
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().unwrap()
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix:{}", self.agent().socket.display())
+    }
+
+    async fn wait_connected(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.agent().state.connected() {
+            assert!(Instant::now() < deadline, "agent did not sync with the server");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An entry for this very test process, parented to the agent.
+    async fn entry_for_me(&self, id: &str, path: &str, extra: Value) -> Value {
+        let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut body = json!({"id": id, "spiffe_id": format!("spiffe://example.org{path}"), "parent_id": AGENT_ID,
+            "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{}", exe.display())]});
+        if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(x.clone());
+        }
+        self.admin.call("POST", "/v1/entries", Some(&body)).await.unwrap()
+    }
+
+    async fn wait_entries(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.agent().state.entries().len() != n {
+            assert!(Instant::now() < deadline, "agent did not receive the entries");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A raw gRPC client of the agent socket, to send requests the SPIFFE clients never would.
+async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+fn with_header<T>(body: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    req.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+    req
+}
+
+fn ids(resp: &X509svidResponse) -> Vec<String> {
+    resp.svids.iter().map(|s| s.spiffe_id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spiffe_clients_get_identities_and_streams_follow_changes() {
+    let stack = Stack::start().await;
+    let client = spiffe::WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+
+    // Nothing registered for this process yet.
+    let err = client.fetch_x509_svid().await.unwrap_err().to_string();
+    assert!(err.contains("no identity issued"), "{err}");
+
+    // A request without the security header is refused as InvalidArgument.
+    let mut raw = raw_client(&stack.agent().socket).await;
+    let status = raw.fetch_x509svid(tonic::Request::new(X509svidRequest {})).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (tonic::Code::PermissionDenied, "no identity issued"));
+
+    stack.entry_for_me("a-web", "/web", json!({"hint": "primary"})).await;
+    stack.wait_entries(1).await;
+
+    // The independent Rust client: X509-SVID, bundles, JWT-SVID, validation.
+    let svid = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/web");
+    assert_eq!(svid.hint(), Some("primary"));
+    assert_eq!(svid.cert_chain().len(), 2, "leaf and signing CA");
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    assert_eq!(bundles.get(&td).unwrap().authorities().len(), 1);
+    let jwt = client.fetch_jwt_svid(["db"], None).await.unwrap();
+    assert_eq!(jwt.spiffe_id().to_string(), "spiffe://example.org/web");
+    assert_eq!(jwt.audience(), ["db"]);
+    let validated = client.validate_jwt_token("db", jwt.token()).await.unwrap();
+    assert_eq!(validated.spiffe_id().to_string(), "spiffe://example.org/web");
+    assert!(client.validate_jwt_token("web", jwt.token()).await.is_err(), "wrong audience");
+    let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
+    assert!(jwt_bundles.get(&td).unwrap().jwt_authorities().count() >= 1);
+
+    // The chain verifies against the bundle the agent hands out (webpki via our own check).
+    let anchors: Vec<Vec<u8>> =
+        bundles.get(&td).unwrap().authorities().iter().map(|c| c.as_ref().to_vec()).collect();
+    let chain: Vec<rustls_pki_types::CertificateDer> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| rustls_pki_types::CertificateDer::from(c.as_ref().to_vec()))
+        .collect();
+    let id = vouch_client::tls::verify_svid(
+        &vouch_client::tls::Anchors::from_der(&anchors),
+        &chain[0],
+        &chain[1..],
+        rustls_pki_types::UnixTime::now(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(id.to_string(), "spiffe://example.org/web");
+
+    // A waiting stream receives a new entry at once: no poll interval.
+    let mut stream = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(ids(&first), ["spiffe://example.org/web"]);
+    let started = Instant::now();
+    stack.entry_for_me("b-api", "/api", json!({})).await;
+    let second =
+        tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    let latency = started.elapsed();
+    assert_eq!(ids(&second), ["spiffe://example.org/web", "spiffe://example.org/api"]);
+    assert!(latency < Duration::from_secs(1), "new entry reached the stream in {latency:?}");
+    assert_eq!(first.svids[0].x509_svid, second.svids[0].x509_svid, "unchanged SVIDs are not re-issued");
+
+    // Deleting the entries ends the stream with PermissionDenied.
+    let _: Value = stack.admin.call("DELETE", "/v1/entries/a-web", None).await.unwrap();
+    let third =
+        tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(ids(&third), ["spiffe://example.org/api"]);
+    let _: Value = stack.admin.call("DELETE", "/v1/entries/b-api", None).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap_err();
+    assert_eq!(end.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_receive_rotated_svids_before_expiry() {
+    let stack = Stack::start().await;
+    stack.entry_for_me("rot", "/rotating", json!({"x509_svid_ttl": 60})).await;
+    stack.wait_entries(1).await;
+    let mut raw = raw_client(&stack.agent().socket).await;
+    let mut stream = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let leaf = |r: &X509svidResponse| {
+        let chain = &r.svids[0].x509_svid;
+        vouch_ca::x509::cert_info(&chain[..cert_len(chain)]).unwrap()
+    };
+    let old = leaf(&first);
+    // Half of 60 s (minus up to 10% jitter) later, the stream carries a new SVID.
+    let next =
+        tokio::time::timeout(Duration::from_secs(45), stream.message()).await.unwrap().unwrap().unwrap();
+    let new = leaf(&next);
+    assert_ne!(new.public_key, old.public_key, "a new key");
+    assert!(std::time::SystemTime::now() < old.not_after, "rotated before the old SVID expired");
+    assert!(new.not_after > old.not_after);
+}
+
+/// Length of the first DER element (the leaf) in a concatenated chain.
+fn cert_len(der: &[u8]) -> usize {
+    match der.get(1) {
+        Some(&0x82) => 4 + ((der[2] as usize) << 8 | der[3] as usize),
+        Some(&0x81) => 3 + der[2] as usize,
+        Some(&n) => 2 + n as usize,
+        None => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_svids_survive_a_server_outage_and_the_agent_reconnects_and_restarts() {
+    let mut stack = Stack::start().await;
+    stack.entry_for_me("c", "/cached", json!({})).await;
+    stack.wait_entries(1).await;
+    let client = spiffe::WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    let before = client.fetch_x509_svid().await.unwrap();
+
+    stack.server.take().unwrap().shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.agent().state.connected() {
+        assert!(Instant::now() < deadline, "agent did not notice the server went away");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(during.cert_chain()[0].as_ref(), before.cert_chain()[0].as_ref(), "served from the cache");
+
+    stack.server = Some(start_server(&stack.server_dir, stack.port).await);
+    stack.wait_connected().await;
+
+    // An agent restart reuses its saved SVID: no join token needed (the token was single use).
+    stack.agent.take().unwrap().shutdown().await;
+    let mut config = stack.agent_config.clone();
+    config.join_token = None;
+    stack.agent = Some(Agent::start(config).await.unwrap());
+    stack.wait_connected().await;
+    stack.wait_entries(1).await;
+    let client = spiffe::WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    assert_eq!(
+        client.fetch_x509_svid().await.unwrap().spiffe_id().to_string(),
+        "spiffe://example.org/cached"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let key = stack.agent_config.data_dir.join("agent.key");
+    assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+}
