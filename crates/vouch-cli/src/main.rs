@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod output;
 
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct Connect {
+pub(crate) struct Connect {
     /// Admin socket of a local server.
     #[arg(long, env = "VOUCH_ADMIN_SOCKET", default_value = "vouch-data/admin.sock", global = true)]
     socket: PathBuf,
@@ -52,7 +53,7 @@ struct Connect {
 }
 
 impl Connect {
-    fn client(&self) -> Result<AdminClient> {
+    pub(crate) fn client(&self) -> Result<AdminClient> {
         let Some(addr) = &self.server else { return Ok(AdminClient::unix(&self.socket)) };
         let td = TrustDomain::new(&self.trust_domain)
             .with_context(|| format!("--trust-domain `{}`", self.trust_domain))?;
@@ -106,6 +107,14 @@ enum Command {
         command: SvidCommand,
         #[command(flatten)]
         connect: Connect,
+    },
+    /// Run the node agent, call its Workload API, manage agents.
+    Agent {
+        #[command(subcommand)]
+        command: agent::AgentCommand,
+        /// Output format.
+        #[arg(long, short = 'o', env = "VOUCH_OUTPUT", value_enum, default_value_t = Output::Table, global = true)]
+        output: Output,
     },
     /// Exit 0 if the server is ready, 1 otherwise.
     Healthcheck {
@@ -375,6 +384,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Svid { command: SvidCommand::Mint { kind }, connect } => mint(kind, &connect).await,
+        Command::Agent { command, output } => agent::run(command, output).await,
         Command::Healthcheck { connect } => {
             let (status, body) = connect.client()?.request("GET", "/readyz", None).await?;
             let text = String::from_utf8_lossy(&body);
@@ -389,32 +399,45 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn init_logging(config: &vouch_server::Config) {
+fn init_logging_for(config: &vouch_server::Config) {
+    init_logging(&config.log_level, config.log_format == vouch_server::config::LogFormat::Json);
+}
+
+/// Logs to stderr, without colours when stderr is not a terminal.
+pub(crate) fn init_logging(level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let level = std::env::var("VOUCH_LOG").ok().filter(|l| !l.is_empty()).unwrap_or_else(|| level.to_owned());
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match config.log_format {
-        vouch_server::config::LogFormat::Json => builder.json().init(),
-        vouch_server::config::LogFormat::Text => builder.init(),
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 
-async fn server_run(args: ServerRun) -> Result<ExitCode> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let config = vouch_server::Config::load(args.config.as_deref(), &env)?;
-    init_logging(&config);
-    let kek = env("VOUCH_KEK");
-    let server =
-        vouch_server::Server::start(config, Arc::new(vouch_server::SystemClock), kek.as_deref()).await?;
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn wait_for_signal() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    Ok(())
+}
+
+async fn server_run(args: ServerRun) -> Result<ExitCode> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let config = vouch_server::Config::load(args.config.as_deref(), &env)?;
+    init_logging_for(&config);
+    let kek = env("VOUCH_KEK");
+    let server =
+        vouch_server::Server::start(config, Arc::new(vouch_server::SystemClock), kek.as_deref()).await?;
+    wait_for_signal().await?;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)

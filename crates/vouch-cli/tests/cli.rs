@@ -313,3 +313,28 @@ fn help_explains_commands() {
     let out = Command::new(VOUCH).args(["entry", "create", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("repeat for several, all must match"));
 }
+
+#[test]
+fn agent_commands_explain_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(VOUCH)
+        .args(["agent", "api", "fetch", "x509", "--socket"])
+        .arg(format!("unix://{}", tmp.path().join("none.sock").display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `vouch agent run` running"));
+    let out = Command::new(VOUCH)
+        .args(["agent", "run", "--server", "127.0.0.1:1", "--data-dir"])
+        .arg(tmp.path().join("agent"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no join token was given") && err.contains("vouch token create"), "{err}");
+    let out = Command::new(VOUCH).args(["agent", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "api", "list", "evict", "ban"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+}

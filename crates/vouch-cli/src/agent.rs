@@ -1,0 +1,327 @@
+//! `vouch agent ...`: run the agent, call its Workload API as a workload would, and manage agents
+//! on the server.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use vouch_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
+
+use crate::output::Output;
+use crate::Connect;
+
+/// Agent subcommands.
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Run the agent in the foreground until SIGINT or SIGTERM.
+    Run(AgentRun),
+    /// Call the Workload API on the agent socket, as a workload would.
+    Api {
+        #[command(subcommand)]
+        command: ApiCommand,
+        /// The agent socket (also `SPIFFE_ENDPOINT_SOCKET`, e.g. unix:///run/vouch/api.sock).
+        #[arg(
+            long,
+            env = "SPIFFE_ENDPOINT_SOCKET",
+            default_value = "vouch-agent-data/api.sock",
+            global = true
+        )]
+        socket: String,
+    },
+    /// List the agents known to the server.
+    List {
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Evict an agent: its SVID stops working and it must attest again.
+    Evict {
+        /// The agent's SPIFFE ID.
+        spiffe_id: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Ban an agent: it may not attest again under this SPIFFE ID.
+    Ban {
+        /// The agent's SPIFFE ID.
+        spiffe_id: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+/// `vouch agent run` options; each also from a `VOUCH_AGENT_*` variable or the config file.
+#[derive(Args)]
+pub struct AgentRun {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', env = "VOUCH_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The server's mTLS address (host:port).
+    #[arg(long)]
+    server: Option<String>,
+    /// Trust domain.
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Where the agent keeps its key (0600), SVID and bundle.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The Workload API socket to serve.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Join token for the first attestation (from `vouch token create`).
+    #[arg(long)]
+    join_token: Option<String>,
+    /// The server's bundle (PEM) to trust on first start (from `vouch bundle show`).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+}
+
+/// Workload API calls.
+#[derive(Subcommand)]
+pub enum ApiCommand {
+    /// Fetch SVIDs.
+    Fetch {
+        #[command(subcommand)]
+        kind: FetchKind,
+    },
+    /// Validate a JWT-SVID through the agent.
+    Validate {
+        /// The audience the token must carry.
+        #[arg(long, short = 'a')]
+        audience: String,
+        /// The token.
+        token: String,
+    },
+}
+
+/// What to fetch.
+#[derive(Subcommand)]
+pub enum FetchKind {
+    /// X509-SVIDs (and the bundle).
+    X509 {
+        /// Write svid.pem, svid.key (0600) and bundle.pem of the default SVID here.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// A JWT-SVID.
+    Jwt {
+        /// Audience; repeatable.
+        #[arg(long = "audience", short = 'a', required = true)]
+        audiences: Vec<String>,
+        /// Only this SPIFFE ID (when the workload has several).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
+}
+
+/// Runs an agent subcommand.
+pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
+    match command {
+        AgentCommand::Run(args) => agent_run(args).await,
+        AgentCommand::Api { command, socket } => api(command, &socket, output).await,
+        AgentCommand::List { connect } => {
+            let v: Value = connect.client()?.call("GET", "/v1/agents", None).await?;
+            match connect.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => {
+                    println!("{:<50} {:<12} {:<8} SVID EXPIRES", "SPIFFE ID", "ATTESTATION", "BANNED");
+                    for a in v["agents"].as_array().cloned().unwrap_or_default() {
+                        println!(
+                            "{:<50} {:<12} {:<8} {}",
+                            a["spiffe_id"].as_str().unwrap_or_default(),
+                            a["attestation"].as_str().unwrap_or_default(),
+                            a["banned"].as_bool().unwrap_or_default(),
+                            a["svid_expires_at"]
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Evict { spiffe_id, connect } => {
+            let _: Value = connect
+                .client()?
+                .call("POST", "/v1/agents/evict", Some(&json!({"spiffe_id": spiffe_id})))
+                .await?;
+            println!("evicted {spiffe_id}; it must attest again");
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Ban { spiffe_id, connect } => {
+            let _: Value = connect
+                .client()?
+                .call("POST", "/v1/agents/ban", Some(&json!({"spiffe_id": spiffe_id})))
+                .await?;
+            println!("banned {spiffe_id}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn agent_run(args: AgentRun) -> Result<ExitCode> {
+    let env = |k: &str| {
+        let flag = match k {
+            "VOUCH_AGENT_SERVER" => args.server.clone(),
+            "VOUCH_AGENT_TRUST_DOMAIN" => args.trust_domain.clone(),
+            "VOUCH_AGENT_DATA_DIR" => args.data_dir.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_SOCKET" => args.socket.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_JOIN_TOKEN" => args.join_token.clone(),
+            "VOUCH_AGENT_BUNDLE" => args.bundle.as_ref().map(|p| p.display().to_string()),
+            _ => None,
+        };
+        flag.or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    };
+    let config = vouch_agent::AgentConfig::load(args.config.as_deref(), &env)?;
+    crate::init_logging("info", false);
+    let agent = vouch_agent::Agent::start(config).await?;
+    crate::wait_for_signal().await?;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn socket_path(endpoint: &str) -> PathBuf {
+    let p = endpoint.strip_prefix("unix://").or_else(|| endpoint.strip_prefix("unix:")).unwrap_or(endpoint);
+    PathBuf::from(p)
+}
+
+async fn connect(endpoint: &str) -> Result<SpiffeWorkloadApiClient<tonic::transport::Channel>> {
+    let path = socket_path(endpoint);
+    if !path.exists() {
+        bail!(
+            "no agent socket at {} (is `vouch agent run` running? set --socket or SPIFFE_ENDPOINT_SOCKET)",
+            path.display()
+        );
+    }
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .context("cannot connect to the agent socket")?;
+    Ok(SpiffeWorkloadApiClient::new(channel))
+}
+
+fn request<T>(body: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    req.metadata_mut()
+        .insert(vouch_proto::SECURITY_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+    req
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("the agent refused: {} ({:?}); `vouch agent explain` will say why", s.message(), s.code())
+}
+
+/// Splits a concatenation of DER certificates.
+fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while der.len() > 4 && der[0] == 0x30 {
+        let (len, hdr) = match der[1] {
+            0x82 => ((der[2] as usize) << 8 | der[3] as usize, 4),
+            0x81 => (der[2] as usize, 3),
+            n if n < 0x80 => (n as usize, 2),
+            _ => break,
+        };
+        let end = (hdr + len).min(der.len());
+        out.push(der[..end].to_vec());
+        der = &der[end..];
+    }
+    out
+}
+
+fn write_svid(dir: &Path, chain: &[u8], key: &[u8], bundle: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let pem =
+        |ders: Vec<Vec<u8>>| ders.iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", d)).collect::<String>();
+    std::fs::write(dir.join("svid.pem"), pem(split_der(chain)))?;
+    std::fs::write(dir.join("bundle.pem"), pem(split_der(bundle)))?;
+    let path = dir.join("svid.key");
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    f.write_all(vouch_ca::pem::encode("PRIVATE KEY", key).as_bytes())?;
+    Ok(())
+}
+
+async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<ExitCode> {
+    let mut client = connect(endpoint).await?;
+    match command {
+        ApiCommand::Fetch { kind: FetchKind::X509 { write } } => {
+            let mut stream =
+                client.fetch_x509svid(request(X509svidRequest {})).await.map_err(status_error)?.into_inner();
+            let resp =
+                stream.message().await.map_err(status_error)?.context("the agent closed the stream")?;
+            let first = resp.svids.first().context("the agent sent no SVID")?;
+            if let Some(dir) = &write {
+                write_svid(dir, &first.x509_svid, &first.x509_svid_key, &first.bundle)?;
+            }
+            let list: Vec<Value> = resp
+                .svids
+                .iter()
+                .map(|s| {
+                    let leaf = split_der(&s.x509_svid).into_iter().next().unwrap_or_default();
+                    let expires = vouch_ca::x509::cert_info(&leaf)
+                        .map(|i| vouch_core::ttl::unix_seconds(i.not_after))
+                        .unwrap_or(0);
+                    json!({"spiffe_id": s.spiffe_id, "hint": s.hint, "expires_at": expires})
+                })
+                .collect();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&json!({"svids": list}))?),
+                Output::Table => {
+                    for s in &list {
+                        println!(
+                            "{}  expires_at {}{}",
+                            s["spiffe_id"].as_str().unwrap_or_default(),
+                            s["expires_at"],
+                            s["hint"]
+                                .as_str()
+                                .filter(|h| !h.is_empty())
+                                .map(|h| format!("  hint {h}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    if let Some(dir) = &write {
+                        println!("wrote {}/svid.pem, svid.key and bundle.pem", dir.display());
+                    }
+                }
+            }
+        }
+        ApiCommand::Fetch { kind: FetchKind::Jwt { audiences, spiffe_id } } => {
+            let body = JwtsvidRequest { audience: audiences, spiffe_id: spiffe_id.unwrap_or_default() };
+            let resp = client.fetch_jwtsvid(request(body)).await.map_err(status_error)?.into_inner();
+            match output {
+                Output::Json => {
+                    let list: Vec<Value> = resp
+                        .svids
+                        .iter()
+                        .map(|s| json!({"spiffe_id": s.spiffe_id, "token": s.svid, "hint": s.hint}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&json!({"svids": list}))?);
+                }
+                Output::Table => {
+                    for s in &resp.svids {
+                        println!("{}", s.svid);
+                    }
+                }
+            }
+        }
+        ApiCommand::Validate { audience, token } => {
+            let resp = client
+                .validate_jwtsvid(request(ValidateJwtsvidRequest { audience, svid: token }))
+                .await
+                .map_err(|s| anyhow::anyhow!("token rejected: {}", s.message()))?
+                .into_inner();
+            println!("valid: {}", resp.spiffe_id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
