@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod attest;
+pub mod authority_fix;
 pub mod config;
 pub mod identity;
 pub mod state;

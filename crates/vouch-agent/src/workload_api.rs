@@ -39,17 +39,34 @@ pub const NO_IDENTITY: &str = "no identity issued";
 #[derive(Clone)]
 pub struct PeerInfo(pub Arc<Result<PeerProcess, String>>);
 
-/// A connection on the Workload API socket with its peer pinned at accept time.
+/// A connection on the Workload API socket with its peer pinned at accept time. The gRPC server
+/// reads it through [`crate::authority_fix`], which lets gRPC C-core clients (py-spiffe) in.
 pub struct WorkloadConn {
-    inner: UnixStream,
+    inner: tokio::io::DuplexStream,
     peer: PeerInfo,
 }
 
+/// Buffer between the socket and the gRPC server.
+const PIPE_BYTES: usize = 256 * 1024;
+
 impl WorkloadConn {
-    /// Pins the peer of a freshly accepted connection.
-    pub fn new(inner: UnixStream, state: &AgentState) -> Self {
-        let peer = PeerProcess::of_socket(&inner, state.unix.proc_root()).map_err(|e| e.to_string());
-        Self { inner, peer: PeerInfo(Arc::new(peer)) }
+    /// Pins the peer of a freshly accepted connection and starts the byte pumps.
+    pub fn new(stream: UnixStream, state: &AgentState) -> Self {
+        let peer = PeerProcess::of_socket(&stream, state.unix.proc_root()).map_err(|e| e.to_string());
+        let (server_side, pump_side) = tokio::io::duplex(PIPE_BYTES);
+        let (pump_rd, pump_wr) = tokio::io::split(pump_side);
+        let (client_rd, mut client_wr) = stream.into_split();
+        tokio::spawn(async move {
+            if let Err(e) = crate::authority_fix::filter_client_to_server(client_rd, pump_wr).await {
+                tracing::debug!(error = %e, "workload connection dropped");
+            }
+        });
+        tokio::spawn(async move {
+            let mut pump_rd = pump_rd;
+            let _ = tokio::io::copy(&mut pump_rd, &mut client_wr).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_wr).await;
+        });
+        Self { inner: server_side, peer: PeerInfo(Arc::new(peer)) }
     }
 }
 

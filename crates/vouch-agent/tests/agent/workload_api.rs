@@ -279,3 +279,43 @@ async fn cached_svids_survive_a_server_outage_and_the_agent_reconnects_and_resta
     let key = stack.agent_config.data_dir.join("agent.key");
     assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+/// The independent Python client (py-spiffe from PyPI), unchanged, as a real workload process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_spiffe_client_gets_identities() {
+    let stack = Stack::start().await;
+    let python = String::from_utf8(
+        std::process::Command::new("python3")
+            .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+            .output()
+            .expect("python3 is installed")
+            .stdout,
+    )
+    .unwrap();
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let entry = json!({"id": "py", "spiffe_id": "spiffe://example.org/python", "parent_id": AGENT_ID,
+        "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{}", python.trim())]});
+    let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await.unwrap();
+    stack.wait_entries(1).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/py_spiffe_client.py");
+    let out = tokio::process::Command::new(python.trim())
+        .arg(&script)
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", stack.agent().socket.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py-spiffe failed (is `pip install spiffe==0.3.2` done?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["x509_spiffe_id"], "spiffe://example.org/python");
+    assert_eq!(v["chain_length"], 2);
+    assert_eq!(v["x509_bundle"], true);
+    assert_eq!(v["jwt_spiffe_id"], "spiffe://example.org/python");
+    assert_eq!(v["jwt_audience"], json!(["db"]));
+    assert_eq!(v["validated_spiffe_id"], "spiffe://example.org/python");
+    assert_eq!(v["jwt_bundle"], true);
+    assert_eq!(v["wrong_audience_rejected"], true);
+}

@@ -1,0 +1,363 @@
+//! Interoperability with gRPC C-core clients (Python, Ruby, C++ — including py-spiffe) on the Unix
+//! socket.
+//!
+//! Since gRPC 1.57 those clients send the percent-encoded socket path as the HTTP/2 `:authority`
+//! (for example `run%2Fvouch%2Fapi.sock`). The HTTP/2 stack vouch uses (h2) rejects such a request
+//! with `RST_STREAM(PROTOCOL_ERROR)` because `%` is not allowed in a host. The authority means nothing
+//! on a Unix socket, so the agent rewrites an invalid one to `localhost` before h2 sees it.
+//!
+//! How: the bytes from the client pass through a frame parser. Request header blocks (HEADERS plus
+//! CONTINUATION frames) are decoded with HPACK, keeping the client's dynamic table in step, and
+//! re-encoded as literal fields without indexing, so the re-encoded side shares no table state with
+//! h2. Every other frame, and the whole direction towards the client, is forwarded untouched.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// The smallest maximum frame size every HTTP/2 peer accepts; re-encoded blocks are split to fit.
+const MAX_FRAME: usize = 16_384;
+/// Largest header block accepted from a client before giving up on the connection.
+const MAX_BLOCK: usize = 256 * 1024;
+
+/// Whether `value` is acceptable to h2 as an authority.
+fn valid_authority(value: &[u8]) -> bool {
+    !value.is_empty() && value.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~:[]@!$&'()*+,;=".contains(b))
+}
+
+/// Appends an HPACK integer with an `n`-bit prefix (RFC 7541, section 5.1).
+fn encode_int(out: &mut Vec<u8>, first_byte_flags: u8, n: u8, mut value: usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first_byte_flags | value as u8);
+        return;
+    }
+    out.push(first_byte_flags | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// Encodes headers as literal fields without indexing, with literal names and no Huffman coding
+/// (RFC 7541, section 6.2.2).
+pub fn encode_literal_block(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.push(0x00);
+        encode_int(&mut out, 0x00, 7, name.len());
+        out.extend_from_slice(name);
+        encode_int(&mut out, 0x00, 7, value.len());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// Decodes a client header block, fixes `:authority`, and re-encodes it.
+pub fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io::Result<Vec<u8>> {
+    let mut headers = decoder
+        .decode(block)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad HPACK block: {e:?}")))?;
+    for (name, value) in &mut headers {
+        if name.as_slice() == b":authority" && !valid_authority(value) {
+            *value = b"localhost".to_vec();
+        }
+    }
+    Ok(encode_literal_block(&headers))
+}
+
+fn frame_header(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; 9] {
+    let l = (len as u32).to_be_bytes();
+    let s = stream.to_be_bytes();
+    [l[1], l[2], l[3], kind, flags, s[0], s[1], s[2], s[3]]
+}
+
+/// Writes a header block as HEADERS plus as many CONTINUATION frames as needed.
+async fn write_block<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    stream: u32,
+    end_stream: bool,
+    priority: Option<[u8; 5]>,
+    block: &[u8],
+) -> io::Result<()> {
+    let prio_len = if priority.is_some() { 5 } else { 0 };
+    let first_len = block.len().min(MAX_FRAME - prio_len);
+    let (first, mut rest) = block.split_at(first_len);
+    let mut flags = if end_stream { END_STREAM } else { 0 };
+    if priority.is_some() {
+        flags |= PRIORITY;
+    }
+    if rest.is_empty() {
+        flags |= END_HEADERS;
+    }
+    let mut out = Vec::with_capacity(9 + prio_len + first.len());
+    out.extend_from_slice(&frame_header(prio_len + first.len(), HEADERS, flags, stream));
+    if let Some(p) = priority {
+        out.extend_from_slice(&p);
+    }
+    out.extend_from_slice(first);
+    w.write_all(&out).await?;
+    while !rest.is_empty() {
+        let n = rest.len().min(MAX_FRAME);
+        let (chunk, tail) = rest.split_at(n);
+        let flags = if tail.is_empty() { END_HEADERS } else { 0 };
+        w.write_all(&frame_header(n, CONTINUATION, flags, stream)).await?;
+        w.write_all(chunk).await?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// Copies an HTTP/2 byte stream from a client to the server side, rewriting request header blocks.
+/// Returns when the client closes; an error means the connection should be dropped.
+pub async fn filter_client_to_server<R, W>(mut r: R, mut w: W) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut preface = [0u8; 24];
+    r.read_exact(&mut preface).await?;
+    w.write_all(&preface).await?;
+    if &preface != PREFACE {
+        // Not HTTP/2 with prior knowledge: pass it on and let the server refuse it.
+        tokio::io::copy(&mut r, &mut w).await?;
+        return Ok(());
+    }
+    let mut decoder = loona_hpack::Decoder::new();
+    // A header block in progress: stream, END_STREAM, priority, fragment.
+    let mut pending: Option<(u32, bool, Option<[u8; 5]>, Vec<u8>)> = None;
+    let mut head = [0u8; 9];
+    loop {
+        match r.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return w.shutdown().await,
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload).await?;
+        match kind {
+            HEADERS => {
+                if pending.is_some() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "HEADERS inside an unfinished header block",
+                    ));
+                }
+                let mut start = 0;
+                let mut end = payload.len();
+                if flags & PADDED != 0 {
+                    let pad = *payload
+                        .first()
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty padded frame"))?
+                        as usize;
+                    start = 1;
+                    end = end
+                        .checked_sub(pad)
+                        .filter(|e| *e >= start)
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad padding"))?;
+                }
+                let priority = if flags & PRIORITY != 0 {
+                    let p: [u8; 5] = payload
+                        .get(start..start + 5)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short priority"))?;
+                    start += 5;
+                    Some(p)
+                } else {
+                    None
+                };
+                let fragment = payload
+                    .get(start..end)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad HEADERS frame"))?
+                    .to_vec();
+                pending = Some((stream, flags & END_STREAM != 0, priority, fragment));
+            }
+            CONTINUATION => match &mut pending {
+                Some((s, _, _, block)) if *s == stream => {
+                    block.extend_from_slice(&payload);
+                    if block.len() > MAX_BLOCK {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "header block too large"));
+                    }
+                }
+                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected CONTINUATION")),
+            },
+            _ => {
+                if pending.is_some() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "frame inside an unfinished header block",
+                    ));
+                }
+                w.write_all(&head).await?;
+                w.write_all(&payload).await?;
+                continue;
+            }
+        }
+        if flags & END_HEADERS != 0 {
+            if let Some((s, end_stream, priority, block)) = pending.take() {
+                let rewritten = rewrite_block(&mut decoder, &block)?;
+                write_block(&mut w, s, end_stream, priority, &rewritten).await?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = frame_header(payload.len(), kind, flags, stream).to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// Parses frames back and decodes every header block with a fresh decoder.
+    fn decode_output(bytes: &[u8]) -> (Vec<Vec<(Vec<u8>, Vec<u8>)>>, Vec<(u8, u8, u32, Vec<u8>)>) {
+        let mut blocks = Vec::new();
+        let mut frames = Vec::new();
+        let mut dec = loona_hpack::Decoder::new();
+        let mut rest = &bytes[24..];
+        let mut block = Vec::new();
+        while rest.len() >= 9 {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            let (kind, flags) = (rest[3], rest[4]);
+            let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]);
+            let payload = rest[9..9 + len].to_vec();
+            rest = &rest[9 + len..];
+            if kind == HEADERS || kind == CONTINUATION {
+                let start = if kind == HEADERS && flags & PRIORITY != 0 { 5 } else { 0 };
+                block.extend_from_slice(&payload[start..]);
+                if flags & END_HEADERS != 0 {
+                    blocks.push(dec.decode(&block).unwrap());
+                    block.clear();
+                }
+            }
+            frames.push((kind, flags, stream, payload));
+        }
+        (blocks, frames)
+    }
+
+    async fn run(input: Vec<u8>) -> Vec<u8> {
+        let mut out = Vec::new();
+        filter_client_to_server(&input[..], &mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn rewrites_percent_encoded_authority_and_keeps_the_rest() {
+        let mut enc = loona_hpack::Encoder::new();
+        let req = |path: &str, auth: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+            vec![
+                (b":method".to_vec(), b"POST".to_vec()),
+                (b":scheme".to_vec(), b"http".to_vec()),
+                (b":path".to_vec(), path.as_bytes().to_vec()),
+                (b":authority".to_vec(), auth.as_bytes().to_vec()),
+                (b"workload.spiffe.io".to_vec(), b"true".to_vec()),
+            ]
+        };
+        let r1 = req("/SpiffeWorkloadAPI/FetchX509SVID", "run%2Fvouch%2Fapi.sock");
+        let r2 = req("/SpiffeWorkloadAPI/FetchJWTSVID", "run%2Fvouch%2Fapi.sock");
+        // The encoder indexes fields, so the second block refers to the first one's table entries:
+        // the filter must keep the client's table in step.
+        let b1 = enc.encode(r1.iter().map(|(n, v)| (&n[..], &v[..])));
+        let b2 = enc.encode(r2.iter().map(|(n, v)| (&n[..], &v[..])));
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[]));
+        // First block split over HEADERS + CONTINUATION, with padding.
+        let (h, c) = b1.split_at(b1.len() / 2);
+        let mut padded = vec![3u8];
+        padded.extend_from_slice(h);
+        padded.extend_from_slice(&[0, 0, 0]);
+        input.extend(frame(HEADERS, PADDED, 1, &padded));
+        input.extend(frame(CONTINUATION, END_HEADERS, 1, c));
+        input.extend(frame(0x0, END_STREAM, 1, b"\0\0\0\0\0"));
+        input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &b2));
+        let out = run(input).await;
+        assert_eq!(&out[..24], PREFACE);
+        let (blocks, frames) = decode_output(&out);
+        assert_eq!(blocks.len(), 2);
+        for (block, want) in blocks.iter().zip([&r1, &r2]) {
+            let mut expected = want.clone();
+            expected[3].1 = b"localhost".to_vec();
+            assert_eq!(block, &expected);
+        }
+        let kinds: Vec<(u8, u8, u32)> = frames.iter().map(|(k, f, s, _)| (*k, *f, *s)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (0x4, 0, 0),
+                (HEADERS, END_HEADERS, 1),
+                (0x0, END_STREAM, 1),
+                (HEADERS, END_HEADERS | END_STREAM, 3)
+            ]
+        );
+        assert_eq!(frames[2].3, b"\0\0\0\0\0", "DATA untouched");
+    }
+
+    #[tokio::test]
+    async fn valid_authorities_are_kept_and_big_blocks_are_split() {
+        let mut enc = loona_hpack::Encoder::new();
+        let big = "x".repeat(40_000);
+        let headers = [
+            (b":authority".to_vec(), b"localhost:8080".to_vec()),
+            (b"x-big".to_vec(), big.as_bytes().to_vec()),
+        ];
+        let block = enc.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS | PRIORITY,
+            5,
+            &[[0, 0, 0, 0, 16].as_slice(), &block].concat(),
+        ));
+        let out = run(input).await;
+        let (blocks, frames) = decode_output(&out);
+        assert_eq!(blocks[0], headers.to_vec());
+        assert!(frames.len() >= 3, "split over CONTINUATION frames");
+        assert!(frames.iter().all(|f| f.3.len() <= MAX_FRAME));
+        assert_eq!(frames[0].1 & PRIORITY, PRIORITY);
+    }
+
+    #[tokio::test]
+    async fn protocol_violations_drop_the_connection() {
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(CONTINUATION, END_HEADERS, 1, b"x"));
+        let mut out = Vec::new();
+        assert!(filter_client_to_server(&input[..], &mut out).await.is_err());
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff]));
+        assert!(filter_client_to_server(&input[..], &mut Vec::new()).await.is_err(), "undecodable HPACK");
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, PADDED | END_HEADERS, 1, &[9, 1]));
+        assert!(
+            filter_client_to_server(&input[..], &mut Vec::new()).await.is_err(),
+            "padding longer than the frame"
+        );
+        // Not HTTP/2: passed through for the server to refuse.
+        let junk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nmore bytes".to_vec();
+        assert_eq!(run(junk.clone()).await, junk);
+    }
+
+    #[test]
+    fn integers_use_continuation_bytes() {
+        let mut v = Vec::new();
+        encode_int(&mut v, 0, 7, 1337);
+        assert_eq!(v, [127, 0xba, 0x09]);
+        let mut v = Vec::new();
+        encode_int(&mut v, 0, 7, 10);
+        assert_eq!(v, [10]);
+    }
+}
