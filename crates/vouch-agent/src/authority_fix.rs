@@ -27,6 +27,14 @@ const MAX_FRAME: usize = 16_384;
 /// Largest header block accepted from a client before giving up on the connection.
 const MAX_BLOCK: usize = 256 * 1024;
 
+/// A header block whose CONTINUATION frames are still arriving.
+struct PendingBlock {
+    stream: u32,
+    end_stream: bool,
+    priority: Option<[u8; 5]>,
+    fragment: Vec<u8>,
+}
+
 /// Whether `value` is acceptable to h2 as an authority.
 fn valid_authority(value: &[u8]) -> bool {
     !value.is_empty() && value.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~:[]@!$&'()*+,;=".contains(b))
@@ -133,8 +141,7 @@ where
         return Ok(());
     }
     let mut decoder = loona_hpack::Decoder::new();
-    // A header block in progress: stream, END_STREAM, priority, fragment.
-    let mut pending: Option<(u32, bool, Option<[u8; 5]>, Vec<u8>)> = None;
+    let mut pending: Option<PendingBlock> = None;
     let mut head = [0u8; 9];
     loop {
         match r.read_exact(&mut head).await {
@@ -182,12 +189,13 @@ where
                     .get(start..end)
                     .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad HEADERS frame"))?
                     .to_vec();
-                pending = Some((stream, flags & END_STREAM != 0, priority, fragment));
+                pending =
+                    Some(PendingBlock { stream, end_stream: flags & END_STREAM != 0, priority, fragment });
             }
             CONTINUATION => match &mut pending {
-                Some((s, _, _, block)) if *s == stream => {
-                    block.extend_from_slice(&payload);
-                    if block.len() > MAX_BLOCK {
+                Some(p) if p.stream == stream => {
+                    p.fragment.extend_from_slice(&payload);
+                    if p.fragment.len() > MAX_BLOCK {
                         return Err(io::Error::new(io::ErrorKind::InvalidData, "header block too large"));
                     }
                 }
@@ -206,9 +214,9 @@ where
             }
         }
         if flags & END_HEADERS != 0 {
-            if let Some((s, end_stream, priority, block)) = pending.take() {
-                let rewritten = rewrite_block(&mut decoder, &block)?;
-                write_block(&mut w, s, end_stream, priority, &rewritten).await?;
+            if let Some(p) = pending.take() {
+                let rewritten = rewrite_block(&mut decoder, &p.fragment)?;
+                write_block(&mut w, p.stream, p.end_stream, p.priority, &rewritten).await?;
             }
         }
     }
@@ -224,8 +232,12 @@ mod tests {
         v
     }
 
+    type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+    /// Kind, flags, stream, payload.
+    type Frame = (u8, u8, u32, Vec<u8>);
+
     /// Parses frames back and decodes every header block with a fresh decoder.
-    fn decode_output(bytes: &[u8]) -> (Vec<Vec<(Vec<u8>, Vec<u8>)>>, Vec<(u8, u8, u32, Vec<u8>)>) {
+    fn decode_output(bytes: &[u8]) -> (Vec<Headers>, Vec<Frame>) {
         let mut blocks = Vec::new();
         let mut frames = Vec::new();
         let mut dec = loona_hpack::Decoder::new();
