@@ -6,11 +6,13 @@
 //!   (one ECDSA P-256 verify of the CSR + one sign per SVID), and JWT-SVID mint/validate rates.
 //! - `api --vouch BIN [--bao-addr URL --bao-token T]`: X509-SVID issuance over HTTP with a fresh
 //!   P-256 key per certificate, 8 concurrent clients, against OpenBao's `pki/issue`.
+//! - `agent --vouch BIN`: Workload API latency, entry propagation and agent memory per SVID.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+mod agent;
 mod api;
 
 fn main() -> Result<()> {
@@ -18,6 +20,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("issuance") => issuance(),
         Some("api") => api::run(&args[1..]),
+        Some("agent") => agent::run(&args[1..]),
         _ => bail!(
             "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N]"
         ),

@@ -19,6 +19,9 @@ use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
 use crate::AgentError;
 
+/// CSRs per signing request (the server accepts up to 500).
+const SIGN_BATCH: usize = 500;
+
 /// An X509-SVID held for an entry.
 pub struct CachedSvid {
     /// The entry it was issued for.
@@ -227,8 +230,16 @@ impl AgentState {
         Ok(entries.iter().filter_map(|e| svids.get(&e.id).cloned()).collect())
     }
 
-    /// Signs fresh keys for `entries` through the server and caches the SVIDs.
+    /// Signs fresh keys for `entries` through the server, in batches the server accepts.
     async fn sign(&self, entries: &[Entry]) -> Result<(), AgentError> {
+        for chunk in entries.chunks(SIGN_BATCH) {
+            self.sign_batch(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Signs one batch and caches the SVIDs.
+    async fn sign_batch(&self, entries: &[Entry]) -> Result<(), AgentError> {
         let mut keys = Vec::with_capacity(entries.len());
         let mut requests = Vec::with_capacity(entries.len());
         for e in entries {

@@ -7,16 +7,24 @@ use vouch_core::{Selector, Selectors};
 use super::procfs::{parse_id_names, parse_status};
 use super::AttestError;
 
+/// A file's identity as the kernel reports it: device, inode, size, modification and change times.
+/// If any of these differ, the file may have changed and is hashed again.
+type FileKey = (u64, u64, u64, i64, i64, i64, i64);
+
+/// Most executables whose hashes are remembered.
+const MAX_HASHES: usize = 4096;
+
 /// Reads unix facts of processes from a proc file system and the host's user and group databases.
 #[derive(Debug, Clone)]
 pub struct UnixAttestor {
     proc_root: PathBuf,
     etc_root: PathBuf,
+    hashes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<FileKey, [u8; 32]>>>,
 }
 
 impl Default for UnixAttestor {
     fn default() -> Self {
-        Self { proc_root: "/proc".into(), etc_root: "/etc".into() }
+        Self::with_roots("/proc", "/etc")
     }
 }
 
@@ -27,7 +35,26 @@ fn sel(kind_value: &str, value: impl std::fmt::Display) -> Option<Selector> {
 impl UnixAttestor {
     /// An attestor reading other roots (tests).
     pub fn with_roots(proc_root: impl Into<PathBuf>, etc_root: impl Into<PathBuf>) -> Self {
-        Self { proc_root: proc_root.into(), etc_root: etc_root.into() }
+        Self { proc_root: proc_root.into(), etc_root: etc_root.into(), hashes: Default::default() }
+    }
+
+    /// SHA-256 of the open executable, from the cache when the file's identity is unchanged.
+    fn exe_hash(&self, file: std::fs::File) -> std::io::Result<[u8; 32]> {
+        use std::os::unix::fs::MetadataExt;
+        // Metadata of the open file, so the key and the hashed bytes describe the same file.
+        let m = file.metadata()?;
+        let key = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+        let cache = || self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = cache().get(&key) {
+            return Ok(*h);
+        }
+        let h = vouch_ca::keys::sha256_reader(file)?;
+        let mut c = cache();
+        if c.len() >= MAX_HASHES {
+            c.clear();
+        }
+        c.insert(key, h);
+        Ok(h)
     }
 
     /// The proc root.

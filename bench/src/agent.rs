@@ -1,0 +1,348 @@
+//! Agent benchmarks against issue 3's targets, on real `vouch server` and `vouch agent` processes:
+//!
+//! - Workload API latency from the agent's cache (FetchX509SVID to the first message, FetchJWTSVID)
+//!   with 1, 100 and 1,000 concurrent clients, each on its own connection;
+//! - propagation of a new entry: to a waiting workload stream (the agent also gets the new SVID
+//!   signed), and to 100 agents simulated as clients of the real sync protocol;
+//! - agent memory per held X509-SVID with 10,000 entries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::{json, Value};
+use vouch_client::AdminClient;
+use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use vouch_proto::workload::{JwtsvidRequest, X509svidRequest};
+
+const AGENT_ID: &str = "spiffe://example.org/agent/bench";
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn channel(socket: &Path) -> Result<SpiffeWorkloadApiClient<tonic::transport::Channel>> {
+    let path = socket.to_owned();
+    let ch = tonic::transport::Endpoint::try_from("http://localhost")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(SpiffeWorkloadApiClient::new(ch).max_decoding_message_size(usize::MAX))
+}
+
+fn req<T>(body: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut()
+        .insert(vouch_proto::SECURITY_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+    r
+}
+
+struct Stack {
+    _dir: tempfile::TempDir,
+    _server: Proc,
+    agent: Proc,
+    admin: AdminClient,
+    socket: PathBuf,
+    addr: String,
+    bundle_pem: String,
+}
+
+async fn start(vouch: &Path) -> Result<Stack> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("server");
+    let server = Proc(
+        Command::new(vouch)
+            .args(["server", "run"])
+            .env("VOUCH_DATA_DIR", &data)
+            .env("VOUCH_LISTEN", "127.0.0.1:0")
+            .env("VOUCH_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let admin = AdminClient::unix(data.join("admin.sock"));
+    for _ in 0..400 {
+        if admin.request("GET", "/readyz", None).await.map(|r| r.0 == 200).unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let addr =
+        std::fs::read_to_string(data.join("server.addr")).context("server did not start")?.trim().to_owned();
+    let token: Value = admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": AGENT_ID}))).await?;
+    let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await?;
+    let bundle_pem = String::from_utf8(pem.to_vec())?;
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, &bundle_pem)?;
+    let agent_dir = dir.path().join("agent");
+    let agent = Proc(
+        Command::new(vouch)
+            .args([
+                "agent",
+                "run",
+                "--server",
+                &addr,
+                "--join-token",
+                token["token"].as_str().unwrap_or_default(),
+            ])
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .arg("--bundle")
+            .arg(&bundle)
+            .env("VOUCH_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let socket = agent_dir.join("api.sock");
+    for _ in 0..400 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if !socket.exists() {
+        bail!("agent did not start");
+    }
+    Ok(Stack { _dir: dir, _server: server, agent, admin, socket, addr, bundle_pem })
+}
+
+/// Selectors that match this benchmark process.
+fn my_selectors() -> Result<Vec<String>> {
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
+    Ok(vec![format!("unix:uid:{uid}"), format!("unix:path:{}", std::env::current_exe()?.display())])
+}
+
+async fn latency(
+    stack: &Stack,
+    clients: usize,
+    seconds: u64,
+    jwt: bool,
+) -> Result<(f64, Duration, Duration)> {
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(channel(&stack.socket).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut c in conns {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if jwt {
+                    c.fetch_jwtsvid(req(JwtsvidRequest {
+                        audience: vec!["bench".into()],
+                        spiffe_id: String::new(),
+                    }))
+                    .await
+                    .map_err(|s| anyhow!("FetchJWTSVID: {s}"))?;
+                } else {
+                    let mut s = c
+                        .fetch_x509svid(req(X509svidRequest {}))
+                        .await
+                        .map_err(|s| anyhow!("FetchX509SVID: {s}"))?
+                        .into_inner();
+                    s.message()
+                        .await
+                        .map_err(|s| anyhow!("stream: {s}"))?
+                        .ok_or_else(|| anyhow!("empty stream"))?;
+                }
+                lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    Ok((rate, percentile(&all, 0.5), percentile(&all, 0.99)))
+}
+
+async fn propagation_to_stream(stack: &Stack, rounds: usize) -> Result<Vec<Duration>> {
+    let mut c = channel(&stack.socket).await?;
+    let mut stream = c.fetch_x509svid(req(X509svidRequest {})).await?.into_inner();
+    let mut have = stream.message().await?.map(|m| m.svids.len()).unwrap_or(0);
+    let mut out = Vec::new();
+    for i in 0..rounds {
+        let entry = json!({"spiffe_id": format!("spiffe://example.org/bench/prop-{i}"), "parent_id": AGENT_ID, "selectors": my_selectors()?});
+        let t = Instant::now();
+        let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await?;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await??
+                .ok_or_else(|| anyhow!("stream ended"))?;
+            if m.svids.len() > have {
+                have = m.svids.len();
+                break;
+            }
+        }
+        out.push(t.elapsed());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// 100 agents attest with join tokens and open sync streams; one batch creates an entry for each;
+/// the time until each agent has its entry.
+async fn propagation_to_agents(stack: &Stack, n: usize) -> Result<Vec<Duration>> {
+    let td = vouch_core::TrustDomain::new("example.org")?;
+    let anon = AdminClient::tls(&stack.addr, &td, &stack.bundle_pem, None)?;
+    let mut streams = Vec::new();
+    for i in 0..n {
+        let id = format!("spiffe://example.org/agent/sim-{i}");
+        let t: Value = stack.admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": id}))).await?;
+        let key = vouch_ca::WorkloadKey::generate()?;
+        let svid: Value = anon
+            .call(
+                "POST",
+                "/v1/agent/attest/join-token",
+                Some(&json!({"token": t["token"], "csr": key.csr_pem()?})),
+            )
+            .await?;
+        let client = AdminClient::tls(
+            &stack.addr,
+            &td,
+            &stack.bundle_pem,
+            Some((svid["cert_chain_pem"].as_str().unwrap_or_default(), &key.pkcs8_pem())),
+        )?;
+        let mut conn = client.connect().await?;
+        let (status, mut lines) = conn.stream("GET", "/v1/agent/sync").await?;
+        if status != 200 {
+            bail!("sync answered {status}");
+        }
+        lines.next_line().await.ok_or_else(|| anyhow!("no snapshot"))??;
+        streams.push((conn, lines));
+    }
+    let entries: Vec<Value> = (0..n)
+        .map(|i| json!({"spiffe_id": format!("spiffe://example.org/sim-workload-{i}"), "parent_id": format!("spiffe://example.org/agent/sim-{i}"), "selectors": ["unix:uid:4242"]}))
+        .collect();
+    let start = Instant::now();
+    let waits: Vec<_> = streams
+        .into_iter()
+        .map(|(conn, mut lines)| {
+            tokio::spawn(async move {
+                let _conn = conn;
+                loop {
+                    let line = lines.next_line().await.ok_or_else(|| anyhow!("stream ended"))??;
+                    if line.contains("\"upsert\"") {
+                        return Ok::<_, anyhow::Error>(start.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
+    let _: Value = stack.admin.call("POST", "/v1/entries/batch", Some(&json!({"entries": entries}))).await?;
+    let mut out = Vec::new();
+    for w in waits {
+        out.push(tokio::time::timeout(Duration::from_secs(10), w).await???);
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn memory(stack: &Stack, n: usize) -> Result<(u64, u64, u64)> {
+    let base = rss_kib(stack.agent.0.id());
+    for chunk in 0..n.div_ceil(1000) {
+        let entries: Vec<Value> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| json!({"spiffe_id": format!("spiffe://example.org/bench/mem-{i}"), "parent_id": AGENT_ID, "selectors": my_selectors().unwrap_or_default()}))
+            .collect();
+        let _: Value =
+            stack.admin.call("POST", "/v1/entries/batch", Some(&json!({"entries": entries}))).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_entries = rss_kib(stack.agent.0.id());
+    let mut c = channel(&stack.socket).await?;
+    let mut s = c.fetch_x509svid(req(X509svidRequest {})).await?.into_inner();
+    let m = s.message().await?.ok_or_else(|| anyhow!("no answer"))?;
+    if m.svids.len() < n {
+        bail!("expected {n} SVIDs, got {}", m.svids.len());
+    }
+    drop((s, c, m));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok((base, with_entries, rss_kib(stack.agent.0.id())))
+}
+
+/// The `agent` subcommand.
+pub fn run(args: &[String]) -> Result<()> {
+    let mut vouch = PathBuf::new();
+    let mut seconds = 5u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--vouch" => vouch = PathBuf::from(it.next().ok_or_else(|| anyhow!("--vouch needs a value"))?),
+            "--seconds" => seconds = it.next().ok_or_else(|| anyhow!("--seconds needs a value"))?.parse()?,
+            other => bail!("unknown option {other}"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let stack = start(&vouch).await?;
+        let entry = json!({"spiffe_id": "spiffe://example.org/bench/web", "parent_id": AGENT_ID, "selectors": my_selectors()?});
+        let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Warm the cache (first fetch signs, first JWT is minted by the server).
+        latency(&stack, 1, 1, false).await?;
+        latency(&stack, 1, 1, true).await?;
+        println!("Workload API latency from the agent's cache ({seconds} s each, each client on its own connection):");
+        let mut x509_p99_at_100 = Duration::ZERO;
+        for clients in [1usize, 100, 1000] {
+            let (rate, p50, p99) = latency(&stack, clients, seconds, false).await?;
+            if clients == 100 {
+                x509_p99_at_100 = p99;
+            }
+            println!("  FetchX509SVID {clients:>5} clients: {rate:>8.0}/s  p50 {:>6.3} ms  p99 {:>6.3} ms", ms(p50), ms(p99));
+            let (rate, p50, p99) = latency(&stack, clients, seconds, true).await?;
+            println!("  FetchJWTSVID  {clients:>5} clients: {rate:>8.0}/s  p50 {:>6.3} ms  p99 {:>6.3} ms", ms(p50), ms(p99));
+        }
+        let prop = propagation_to_stream(&stack, 20).await?;
+        println!("Entry propagation (entry create -> new SVID on a waiting workload stream, 20 rounds):");
+        println!("  p50 {:.1} ms  p99 {:.1} ms  (SPIRE: 5 s agent poll, 30-60 s observed)", ms(percentile(&prop, 0.5)), ms(percentile(&prop, 0.99)));
+        let agents = propagation_to_agents(&stack, 100).await?;
+        println!("Entry propagation to 100 agents (one batch, an entry for each; real sync protocol):");
+        println!("  p50 {:.1} ms  p99 {:.1} ms  all {:.1} ms", ms(percentile(&agents, 0.5)), ms(percentile(&agents, 0.99)), ms(*agents.last().unwrap_or(&Duration::ZERO)));
+        let n = 10_000;
+        let (base, entries, svids) = memory(&stack, n).await?;
+        println!("Agent memory (RSS) with {n} entries:");
+        println!("  idle {base} KiB, with entries {entries} KiB, with {n} SVIDs held {svids} KiB");
+        println!("  per entry {:.2} KiB, per held SVID {:.2} KiB (SPIRE reports about 3 KB per SVID)",
+            (entries.saturating_sub(base)) as f64 / n as f64, (svids.saturating_sub(entries)) as f64 / n as f64);
+        let ok = x509_p99_at_100 < Duration::from_millis(1) && percentile(&prop, 0.99) < Duration::from_secs(1) && percentile(&agents, 0.99) < Duration::from_secs(1);
+        println!("RESULT agent x509_p99_100={:.3}ms propagation_p99={:.1}ms agents_p99={:.1}ms {}", ms(x509_p99_at_100), ms(percentile(&prop, 0.99)), ms(percentile(&agents, 0.99)), if ok { "PASS" } else { "BELOW TARGET" });
+        Ok(())
+    })
+}
