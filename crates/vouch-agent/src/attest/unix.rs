@@ -79,8 +79,7 @@ impl UnixAttestor {
         // path has since been replaced or lies in another mount namespace.
         let file =
             std::fs::File::open(dir.join("exe")).map_err(|_| AttestError::Proc { pid, what: "exe" })?;
-        let digest =
-            vouch_ca::keys::sha256_reader(file).map_err(|_| AttestError::Proc { pid, what: "exe" })?;
+        let digest = self.exe_hash(file).map_err(|_| AttestError::Proc { pid, what: "exe" })?;
 
         let mut out = Selectors::new();
         let mut add = |s: Option<Selector>| {

@@ -114,3 +114,28 @@ fn unreadable_proc_files_fail_closed() {
 fn nix_is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
 }
+
+/// The executable's hash is cached, but a changed file is hashed again.
+#[test]
+fn exe_hash_follows_changes_to_the_binary() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let etc = tempfile::tempdir().unwrap();
+    let bin = proc_root.path().join("program");
+    std::fs::write(&bin, b"version one").unwrap();
+    let p = proc_root.path().join("77");
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(p.join("status"), "Uid:\t5\t5\t5\t5\nGid:\t5\t5\t5\t5\nGroups:\t\n").unwrap();
+    std::os::unix::fs::symlink(&bin, p.join("exe")).unwrap();
+    let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
+    let hash_of = |s: &vouch_core::Selectors| {
+        s.iter().find(|x| x.value().starts_with("sha256:")).unwrap().value().to_owned()
+    };
+    let first = hash_of(&unix.selectors(77, 5, 5).unwrap());
+    assert_eq!(first, format!("sha256:{}", sha256_hex(&bin)));
+    assert_eq!(hash_of(&unix.selectors(77, 5, 5).unwrap()), first, "cached");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&bin, b"version two, longer").unwrap();
+    let second = hash_of(&unix.selectors(77, 5, 5).unwrap());
+    assert_ne!(second, first);
+    assert_eq!(second, format!("sha256:{}", sha256_hex(&bin)));
+}
