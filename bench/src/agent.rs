@@ -143,11 +143,14 @@ fn my_selectors() -> Result<Vec<String>> {
     Ok(vec![format!("unix:uid:{uid}"), format!("unix:path:{}", std::env::current_exe()?.display())])
 }
 
+/// Runs `clients` clients for `seconds`: back to back (`pace` = None, the closed-loop maximum), or
+/// each sending one request every `pace` (open loop: latency under a steady load).
 async fn latency(
     stack: &Stack,
     clients: usize,
     seconds: u64,
     jwt: bool,
+    pace: Option<Duration>,
 ) -> Result<(f64, Duration, Duration)> {
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -159,7 +162,15 @@ async fn latency(
     for mut c in conns {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut ticker = pace.map(|p| {
+                let mut i = tokio::time::interval(p);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            });
             while Instant::now() < deadline {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
                 let t = Instant::now();
                 if jwt {
                     c.fetch_jwtsvid(req(JwtsvidRequest {
@@ -316,18 +327,27 @@ pub fn run(args: &[String]) -> Result<()> {
         let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Warm the cache (first fetch signs, first JWT is minted by the server).
-        latency(&stack, 1, 1, false).await?;
-        latency(&stack, 1, 1, true).await?;
+        latency(&stack, 1, 1, false, None).await?;
+        latency(&stack, 1, 1, true, None).await?;
         println!("Workload API latency from the agent's cache ({seconds} s each, each client on its own connection):");
+        println!("  closed loop (every client sends its next request as soon as the last is answered):");
+        for clients in [1usize, 100, 1000] {
+            for (name, jwt) in [("FetchX509SVID", false), ("FetchJWTSVID ", true)] {
+                let (rate, p50, p99) = latency(&stack, clients, seconds, jwt, None).await?;
+                println!("    {name} {clients:>5} clients: {rate:>8.0}/s  p50 {:>7.3} ms  p99 {:>7.3} ms", ms(p50), ms(p99));
+            }
+        }
+        let pace = Duration::from_millis(100);
+        println!("  steady load (every client sends one request per {} ms):", pace.as_millis());
         let mut x509_p99_at_100 = Duration::ZERO;
         for clients in [1usize, 100, 1000] {
-            let (rate, p50, p99) = latency(&stack, clients, seconds, false).await?;
-            if clients == 100 {
-                x509_p99_at_100 = p99;
+            for (name, jwt) in [("FetchX509SVID", false), ("FetchJWTSVID ", true)] {
+                let (rate, p50, p99) = latency(&stack, clients, seconds, jwt, Some(pace)).await?;
+                if clients == 100 && !jwt {
+                    x509_p99_at_100 = p99;
+                }
+                println!("    {name} {clients:>5} clients: {rate:>8.0}/s  p50 {:>7.3} ms  p99 {:>7.3} ms", ms(p50), ms(p99));
             }
-            println!("  FetchX509SVID {clients:>5} clients: {rate:>8.0}/s  p50 {:>6.3} ms  p99 {:>6.3} ms", ms(p50), ms(p99));
-            let (rate, p50, p99) = latency(&stack, clients, seconds, true).await?;
-            println!("  FetchJWTSVID  {clients:>5} clients: {rate:>8.0}/s  p50 {:>6.3} ms  p99 {:>6.3} ms", ms(p50), ms(p99));
         }
         let prop = propagation_to_stream(&stack, 20).await?;
         println!("Entry propagation (entry create -> new SVID on a waiting workload stream, 20 rounds):");

@@ -20,6 +20,23 @@ pub struct UnixAttestor {
     proc_root: PathBuf,
     etc_root: PathBuf,
     hashes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<FileKey, [u8; 32]>>>,
+    names: std::sync::Arc<std::sync::Mutex<NameCache>>,
+}
+
+type IdNames = std::sync::Arc<std::collections::HashMap<u32, String>>;
+
+/// `/etc/passwd` and `/etc/group` as read last, with the identities of the files they came from.
+#[derive(Debug, Default)]
+struct NameCache {
+    key: Option<(FileKey, FileKey)>,
+    users: IdNames,
+    groups: IdNames,
+}
+
+fn file_key(path: &Path) -> Option<FileKey> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
 }
 
 impl Default for UnixAttestor {
@@ -35,7 +52,27 @@ fn sel(kind_value: &str, value: impl std::fmt::Display) -> Option<Selector> {
 impl UnixAttestor {
     /// An attestor reading other roots (tests).
     pub fn with_roots(proc_root: impl Into<PathBuf>, etc_root: impl Into<PathBuf>) -> Self {
-        Self { proc_root: proc_root.into(), etc_root: etc_root.into(), hashes: Default::default() }
+        Self {
+            proc_root: proc_root.into(),
+            etc_root: etc_root.into(),
+            hashes: Default::default(),
+            names: Default::default(),
+        }
+    }
+
+    /// Users and groups by id, re-read only when either file changed.
+    fn names(&self) -> (IdNames, IdNames) {
+        let (pw, gr) = (self.etc_root.join("passwd"), self.etc_root.join("group"));
+        let key = file_key(&pw).zip(file_key(&gr));
+        let mut cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if key.is_none() || cache.key != key {
+            cache.users =
+                std::sync::Arc::new(parse_id_names(&std::fs::read_to_string(&pw).unwrap_or_default()));
+            cache.groups =
+                std::sync::Arc::new(parse_id_names(&std::fs::read_to_string(&gr).unwrap_or_default()));
+            cache.key = key;
+        }
+        (cache.users.clone(), cache.groups.clone())
     }
 
     /// SHA-256 of the open executable, from the cache when the file's identity is unchanged.
@@ -70,10 +107,7 @@ impl UnixAttestor {
         let status_text =
             std::fs::read_to_string(dir.join("status")).map_err(|_| AttestError::ProcessGone(pid))?;
         let status = parse_status(&status_text).ok_or(AttestError::Proc { pid, what: "status" })?;
-        let users =
-            parse_id_names(&std::fs::read_to_string(self.etc_root.join("passwd")).unwrap_or_default());
-        let groups =
-            parse_id_names(&std::fs::read_to_string(self.etc_root.join("group")).unwrap_or_default());
+        let (users, groups) = self.names();
         let exe = std::fs::read_link(dir.join("exe")).map_err(|_| AttestError::Proc { pid, what: "exe" })?;
         // Hash the binary through /proc/<pid>/exe: that is the file the process runs, even when the
         // path has since been replaced or lies in another mount namespace.
