@@ -159,11 +159,13 @@ async fn latency(
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for mut c in conns {
+    for (n, mut c) in conns.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            // Spread the clients' phases over the interval, as independent workloads would be.
             let mut ticker = pace.map(|p| {
-                let mut i = tokio::time::interval(p);
+                let offset = p.mul_f64(n as f64 / clients as f64);
+                let mut i = tokio::time::interval_at(tokio::time::Instant::now() + offset, p);
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 i
             });
