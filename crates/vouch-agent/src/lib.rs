@@ -7,8 +7,10 @@
 //! - [`state`]: entries, bundle and the SVIDs held for workloads (keys generated on the node).
 //! - [`workload_api`]: the SPIFFE Workload API on a Unix socket.
 //!
+//! - [`explain`]: why a process does or does not get an identity (`vouch agent explain --pid N`).
+//!
 //! Still to come (issue 3): x509pop and Kubernetes PSAT node attestation, container runtime
-//! selectors (Docker, containerd, Kubernetes), `vouch agent explain`.
+//! selectors (Docker, containerd, Kubernetes).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,6 +18,7 @@
 pub mod attest;
 pub mod authority_fix;
 pub mod config;
+pub mod explain;
 pub mod identity;
 pub mod state;
 pub mod sync;
@@ -140,6 +143,20 @@ impl Agent {
                     },
                     _ = accept_shutdown.changed() => break,
                 }
+            }
+        }));
+        let admin_path = config.data_dir.join("admin.sock");
+        let _ = std::fs::remove_file(&admin_path);
+        let admin = UnixListener::bind(&admin_path)
+            .map_err(|e| AgentError::Io(format!("cannot bind {}: {e}", admin_path.display())))?;
+        std::fs::set_permissions(&admin_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| AgentError::Io(format!("cannot set mode of {}: {e}", admin_path.display())))?;
+        let admin_state = state.clone();
+        let mut admin_shutdown = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = explain::serve(admin, admin_state) => {}
+                _ = admin_shutdown.changed() => {}
             }
         }));
         let service = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone()));

@@ -31,6 +31,16 @@ pub enum AgentCommand {
         )]
         socket: String,
     },
+    /// Why a process does or does not get an identity: the selectors the agent finds for it and, for
+    /// every entry the agent knows, whether it matched or which selectors were missing.
+    Explain {
+        /// The process to explain.
+        #[arg(long)]
+        pid: i32,
+        /// The agent's admin socket.
+        #[arg(long, env = "VOUCH_AGENT_ADMIN_SOCKET", default_value = "vouch-agent-data/admin.sock")]
+        admin_socket: PathBuf,
+    },
     /// List the agents known to the server.
     List {
         #[command(flatten)]
@@ -121,6 +131,7 @@ pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
     match command {
         AgentCommand::Run(args) => agent_run(args).await,
         AgentCommand::Api { command, socket } => api(command, &socket, output).await,
+        AgentCommand::Explain { pid, admin_socket } => explain(pid, &admin_socket, output).await,
         AgentCommand::List { connect } => {
             let v: Value = connect.client()?.call("GET", "/v1/agents", None).await?;
             match connect.output {
@@ -323,5 +334,61 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
             println!("valid: {}", resp.spiffe_id);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn explain(pid: i32, socket: &Path, output: Output) -> Result<ExitCode> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
+        format!("cannot reach the agent admin socket {} (is `vouch agent run` running? run as root or the agent's user)", socket.display())
+    })?;
+    stream.write_all(format!("{{\"explain\": {pid}}}\n").as_bytes()).await?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(stream).read_line(&mut line).await?;
+    let v: Value = serde_json::from_str(&line).context("unexpected answer from the agent")?;
+    if let Output::Json = output {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if v.get("entries").is_none() {
+        bail!("{}", v["error"].as_str().unwrap_or("the agent refused"));
+    }
+    println!(
+        "process {pid} (agent {}{})",
+        v["agent_id"].as_str().unwrap_or_default(),
+        if v["connected"] == true { "" } else { ", not connected to the server: entries may be stale" }
+    );
+    if let Some(e) = v["error"].as_str() {
+        println!("attestation failed: {e}");
+        println!("=> no identity: fix the reason above");
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(c) = v["container"].as_str() {
+        println!("cgroup suggests container {c} (not confirmed with the runtime; gives no selectors yet)");
+    }
+    println!("selectors:");
+    for s in v["selectors"].as_array().cloned().unwrap_or_default() {
+        println!("  {}", s.as_str().unwrap_or_default());
+    }
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    println!("entries ({}):", entries.len());
+    let mut matched = 0;
+    for e in &entries {
+        let outcome = e["outcome"].as_str().unwrap_or_default();
+        if outcome == "matched" {
+            matched += 1;
+        }
+        println!(
+            "  {:<34} {:<45} {}",
+            e["id"].as_str().unwrap_or_default(),
+            e["spiffe_id"].as_str().unwrap_or_default(),
+            outcome
+        );
+    }
+    if matched == 0 {
+        println!("=> no identity issued: no entry matched");
+        return Ok(ExitCode::from(1));
+    }
+    println!("=> {matched} identit{}", if matched == 1 { "y" } else { "ies" });
     Ok(ExitCode::SUCCESS)
 }

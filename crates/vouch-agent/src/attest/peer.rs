@@ -62,6 +62,19 @@ impl PeerProcess {
         Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), pidfd, start_time })
     }
 
+    /// Pins a process by pid (for `vouch agent explain`): its effective ids come from
+    /// `/proc/<pid>/status` instead of a socket.
+    pub fn of_pid(pid: i32, proc_root: &Path) -> Result<Self, AttestError> {
+        let raw = rustix::process::Pid::from_raw(pid).ok_or(AttestError::ProcessGone(pid))?;
+        let pidfd: OwnedFd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+            .map_err(|_| AttestError::ProcessGone(pid))?;
+        let start_time = read_start_time(proc_root, pid)?;
+        let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
+            .map_err(|_| AttestError::ProcessGone(pid))?;
+        let ids = super::procfs::parse_status(&status).ok_or(AttestError::Proc { pid, what: "status" })?;
+        Ok(Self { pid, uid: ids.uid, gid: ids.gid, pidfd, start_time })
+    }
+
     /// Fails unless the pinned process is still alive and is still the one behind `pid`. Called
     /// after everything about the process has been read: if it has exited (and the pid may now
     /// belong to someone else), what was read cannot be trusted.

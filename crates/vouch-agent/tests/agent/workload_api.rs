@@ -319,3 +319,44 @@ async fn python_spiffe_client_gets_identities() {
     assert_eq!(v["jwt_bundle"], true);
     assert_eq!(v["wrong_audience_rejected"], true);
 }
+
+/// `explain` over the agent's admin socket: the selectors found and, per entry, why it matched or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_which_selector_is_missing() {
+    let stack = Stack::start().await;
+    stack.entry_for_me("yes", "/matching", json!({})).await;
+    let payments = json!({"id": "no", "spiffe_id": "spiffe://example.org/payments", "parent_id": AGENT_ID,
+        "selectors": ["docker:label:app:payments", format!("unix:uid:{}", std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap())]});
+    let _: Value = stack.admin.call("POST", "/v1/entries", Some(&payments)).await.unwrap();
+    stack.wait_entries(2).await;
+    let ask = |pid: i64| {
+        let socket = stack.agent_config.data_dir.join("admin.sock");
+        async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+            s.write_all(format!("{{\"explain\": {pid}}}\n").as_bytes()).await.unwrap();
+            let mut line = String::new();
+            tokio::io::BufReader::new(s).read_line(&mut line).await.unwrap();
+            serde_json::from_str::<Value>(&line).unwrap()
+        }
+    };
+    let v = ask(std::process::id() as i64).await;
+    assert!(v["error"].is_null(), "{v}");
+    let exe = std::env::current_exe().unwrap();
+    assert!(v["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s == &json!(format!("unix:path:{}", exe.display()))));
+    let outcome = |id: &str| {
+        v["entries"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap()["outcome"].clone()
+    };
+    assert_eq!(outcome("yes"), "matched");
+    assert_eq!(outcome("no"), "missing selector docker:label:app:payments");
+    let gone = ask(i32::MAX as i64).await;
+    assert!(gone["error"].as_str().unwrap().contains("no longer exists"), "{gone}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        std::fs::metadata(stack.agent_config.data_dir.join("admin.sock")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
