@@ -206,3 +206,22 @@ impl Bundle {
         self.x509_authorities.iter().map(|d| crate::pem::encode("CERTIFICATE", d)).collect()
     }
 }
+
+/// The signing keys of a plain JWKS document (for example a Kubernetes cluster's service-account
+/// issuer): every RSA or EC key with a `kid`, except keys marked `use: enc`.
+pub fn jwks_keys(json_text: &str) -> Result<BTreeMap<String, JwtPublicKey>, CaError> {
+    let jwks: Jwks = serde_json::from_str(json_text)
+        .map_err(|e| CaError::InvalidBundle(format!("not a JWKS document: {e}")))?;
+    let mut out = BTreeMap::new();
+    for key in &jwks.keys {
+        if key.get("use").and_then(Value::as_str) == Some("enc") {
+            continue;
+        }
+        let kid = str_member(key, "kid")?;
+        out.insert(kid.to_owned(), jwt_key_of_jwk(key)?);
+    }
+    if out.is_empty() {
+        return Err(CaError::InvalidBundle("the JWKS has no signing keys".into()));
+    }
+    Ok(out)
+}

@@ -314,15 +314,13 @@ pub fn peek_kid(token: &str) -> Option<String> {
     header.kid
 }
 
-/// Validates a JWT-SVID against `keys` (kid -> key, from the bundle of `trust_domain`) for
-/// `audience` at `now`.
-pub fn validate(
+/// Verifies a compact JWS against `keys` (kid -> key) with the same algorithm rules as JWT-SVIDs
+/// (no `none`, no HMAC, key type must fit `alg`, no `crit`, `typ` JWT/JOSE if present) and returns
+/// the `kid` and the claims. Checks nothing about the claims: callers do.
+pub fn verify_jws(
     token: &str,
     keys: &BTreeMap<String, JwtPublicKey>,
-    trust_domain: &vouch_core::TrustDomain,
-    audience: &str,
-    now: SystemTime,
-) -> Result<JwtSvidClaims, JwtError> {
+) -> Result<(String, serde_json::Value), JwtError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwtError::TooLarge);
     }
@@ -345,8 +343,22 @@ pub fn validate(
     let sig = B64.decode(s.as_bytes()).map_err(|_| JwtError::Malformed("signature is not base64url"))?;
     let signed = &token[..h.len() + 1 + c.len()];
     key.verify(alg, &kid, signed.as_bytes(), &sig)?;
+    let claims = decode_part(c, "claims are not base64url JSON")?;
+    Ok((kid, claims))
+}
 
-    let claims: RawClaims = decode_part(c, "claims are not base64url JSON")?;
+/// Validates a JWT-SVID against `keys` (kid -> key, from the bundle of `trust_domain`) for
+/// `audience` at `now`.
+pub fn validate(
+    token: &str,
+    keys: &BTreeMap<String, JwtPublicKey>,
+    trust_domain: &vouch_core::TrustDomain,
+    audience: &str,
+    now: SystemTime,
+) -> Result<JwtSvidClaims, JwtError> {
+    let (kid, claims) = verify_jws(token, keys)?;
+    let claims: RawClaims =
+        serde_json::from_value(claims).map_err(|_| JwtError::Malformed("claims are not JWT claims"))?;
     let sub_text = claims.sub.ok_or(JwtError::MissingClaim("sub"))?;
     let sub = SpiffeId::parse(&sub_text).map_err(|e| JwtError::BadSubject(e.to_string()))?;
     if sub.trust_domain() != trust_domain {

@@ -44,6 +44,7 @@ pub const SYNC_PING: Duration = Duration::from_secs(15);
 pub(crate) fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/agent/attest/join-token", post(attest_join_token))
+        .route("/v1/agent/attest/k8s-psat", post(attest_k8s_psat))
         .route("/v1/agent/renew", post(renew))
         .route("/v1/agent/sync", get(sync))
         .route("/v1/agent/sign", post(sign))
@@ -144,6 +145,53 @@ async fn attest_join_token(
         })
         .await?;
     tracing::info!(target: "vouch::audit", event = "agent.attest", method = "join_token", agent = %id, expires_at);
+    Ok(Json(svid))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PsatAttestation {
+    cluster: String,
+    token: String,
+    csr: String,
+}
+
+async fn attest_k8s_psat(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<PsatAttestation>,
+) -> AppResult<Json<AgentSvid>> {
+    vouch_ca::verify_csr_pem_or_der(req.csr.as_bytes())?;
+    let cluster = state.config.psat_clusters.iter().find(|c| c.name == req.cluster).ok_or_else(|| {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %req.cluster, reason = "unknown cluster");
+        ApiError::unauthenticated(format!("k8s_psat: cluster `{}` is not configured on this server", req.cluster))
+    })?;
+    let identity = crate::node_attest::check_psat(&state.config.trust_domain, cluster, &req.token, state.now()).map_err(|reason| {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %cluster.name, reason = %reason);
+        ApiError::unauthenticated(format!("k8s_psat token refused: {reason}"))
+    })?;
+    let id = identity.agent_id;
+    let now = now_secs(&state);
+    let existing = state.store.get_agent(&id).await?;
+    if existing.as_ref().is_some_and(|a| a.banned) {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", agent = %id, reason = "banned");
+        return Err(ApiError::forbidden(format!(
+            "agent `{id}` is banned; an admin must delete the ban first"
+        )));
+    }
+    let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
+    state
+        .store
+        .upsert_agent(&AgentRecord {
+            spiffe_id: id.clone(),
+            attestation: "k8s_psat".into(),
+            selectors: identity.selectors,
+            created_at: existing.map(|a| a.created_at).unwrap_or(now),
+            last_seen: now,
+            svid_expires_at: expires_at,
+            banned: false,
+        })
+        .await?;
+    tracing::info!(target: "vouch::audit", event = "agent.attest", method = "k8s_psat", agent = %id, expires_at);
     Ok(Json(svid))
 }
 

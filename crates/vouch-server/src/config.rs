@@ -96,6 +96,40 @@ struct FileConfig {
     ca: FileCa,
     #[serde(default)]
     log: FileLog,
+    #[serde(default)]
+    node_attestation: FileNodeAttestation,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileNodeAttestation {
+    #[serde(default)]
+    k8s_psat: Vec<FilePsat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePsat {
+    cluster: String,
+    jwks_file: PathBuf,
+    issuer: String,
+    audience: String,
+    service_accounts: Vec<String>,
+}
+
+/// A Kubernetes cluster whose projected service-account tokens (PSAT) may attest agents.
+#[derive(Debug, Clone)]
+pub struct PsatCluster {
+    /// The cluster's name in vouch (part of agent IDs and selectors).
+    pub name: String,
+    /// The service-account issuer's signing keys (from its JWKS).
+    pub keys: std::collections::BTreeMap<String, vouch_ca::jwt::JwtPublicKey>,
+    /// The expected `iss`.
+    pub issuer: String,
+    /// The audience the token must be projected for.
+    pub audience: String,
+    /// Allowed `namespace:service-account` pairs of agent pods.
+    pub service_accounts: Vec<(String, String)>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -175,6 +209,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Kubernetes clusters for PSAT node attestation.
+    pub psat_clusters: Vec<PsatCluster>,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -285,7 +321,46 @@ impl Config {
             vouch_core::DnsName::new(name)
                 .map_err(|e| ConfigError::Invalid(format!("server.dns_names: {e}")))?;
         }
+        let mut psat_clusters = Vec::new();
+        for c in file.node_attestation.k8s_psat {
+            let text = std::fs::read_to_string(&c.jwks_file).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "node_attestation.k8s_psat `{}`: cannot read {}: {e}",
+                    c.cluster,
+                    c.jwks_file.display()
+                ))
+            })?;
+            let keys = vouch_ca::bundle::jwks_keys(&text).map_err(|e| {
+                ConfigError::Invalid(format!("node_attestation.k8s_psat `{}`: {e}", c.cluster))
+            })?;
+            let valid_name = !c.cluster.is_empty()
+                && c.cluster.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
+            if !valid_name {
+                return Err(ConfigError::Invalid(format!(
+                    "node_attestation.k8s_psat: cluster name `{}` must be letters, digits, `-` or `.`",
+                    c.cluster
+                )));
+            }
+            let mut service_accounts = Vec::new();
+            for sa in &c.service_accounts {
+                let (ns, name) = sa.split_once(':').ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "node_attestation.k8s_psat `{}`: service account `{sa}` must be `namespace:name`",
+                        c.cluster
+                    ))
+                })?;
+                service_accounts.push((ns.to_owned(), name.to_owned()));
+            }
+            psat_clusters.push(PsatCluster {
+                name: c.cluster,
+                keys,
+                issuer: c.issuer,
+                audience: c.audience,
+                service_accounts,
+            });
+        }
         Ok(Self {
+            psat_clusters,
             trust_domain,
             kek_file: file.ca.kek_file.unwrap_or_else(|| data_dir.join("kek")),
             data_dir,

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod node_attest;
 pub mod state;
 pub mod tls;
 

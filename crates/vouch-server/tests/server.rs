@@ -356,6 +356,7 @@ fn openapi_describes_every_route() {
         ("/v1/svids/jwt", &["post"]),
         ("/v1/svids/jwt/validate", &["post"]),
         ("/v1/agent/attest/join-token", &["post"]),
+        ("/v1/agent/attest/k8s-psat", &["post"]),
         ("/v1/agent/renew", &["post"]),
         ("/v1/agent/sync", &["get"]),
         ("/v1/agent/sign", &["post"]),
@@ -371,7 +372,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 21, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 22, "a route in openapi.json that the test does not know");
 }
 
 /// Starts a real server with both listeners in a temp dir.
@@ -701,4 +702,164 @@ async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only
         other => panic!("expected 401, got {other:?}"),
     }
     server.shutdown().await;
+}
+
+/// A Kubernetes-like service-account issuer for tests: an RSA key, its JWKS, and RS256 tokens.
+struct TestCluster {
+    key: aws_lc_rs::rsa::KeyPair,
+    kid: String,
+}
+
+impl TestCluster {
+    fn new(kid: &str) -> Self {
+        Self {
+            key: aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
+            kid: kid.into(),
+        }
+    }
+
+    fn jwks(&self) -> String {
+        use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let pk = self.key.public_key();
+        json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
+            "n": b64(pk.modulus().big_endian_without_leading_zero()), "e": b64(pk.exponent().big_endian_without_leading_zero())}]})
+        .to_string()
+    }
+
+    fn token(&self, claims: &Value) -> String {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let body = format!(
+            "{}.{}",
+            b64(json!({"alg": "RS256", "kid": self.kid}).to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let mut sig = vec![0u8; self.key.public_modulus_len()];
+        self.key
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                body.as_bytes(),
+                &mut sig,
+            )
+            .unwrap();
+        format!("{body}.{}", b64(&sig))
+    }
+}
+
+fn psat_claims(exp_in: i64, ns: &str, sa: &str) -> Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    json!({"iss": "https://kubernetes.default.svc.cluster.local", "aud": ["vouch"], "iat": now, "nbf": now, "exp": now + exp_in,
+        "sub": format!("system:serviceaccount:{ns}:{sa}"),
+        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "11111111-2222-3333-4444-555555555555"},
+            "pod": {"name": "vouch-agent-x7k2p", "uid": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"},
+            "node": {"name": "worker-1", "uid": "99999999-8888-7777-6666-555555555555"}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::new("sa-key-1");
+    let jwks = dir.path().join("prod.jwks");
+    std::fs::write(&jwks, cluster.jwks()).unwrap();
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+         [[node_attestation.k8s_psat]]\ncluster = \"prod\"\njwks_file = \"{}\"\nissuer = \"https://kubernetes.default.svc.cluster.local\"\n\
+         audience = \"vouch\"\nservice_accounts = [\"vouch-system:vouch-agent\"]\n",
+        dir.path().join("data").display(),
+        jwks.display()
+    );
+    let config = Config::from_toml(&text, &no_env).unwrap();
+    let server = Server::start(config, Arc::new(vouch_server::SystemClock), None).await.unwrap();
+    let local = AdminClient::unix(&server.admin_socket);
+    let (_, bundle_pem) = local.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let anon = AdminClient::tls(
+        &server.tcp_addr.unwrap().to_string(),
+        &td,
+        std::str::from_utf8(&bundle_pem).unwrap(),
+        None,
+    )
+    .unwrap();
+    let (csr, _) = csr_and_key();
+    let attest = |cluster_name: &str, token: String| {
+        let anon = anon.clone();
+        let body = json!({"cluster": cluster_name, "token": token, "csr": csr});
+        async move { anon.call::<Value>("POST", "/v1/agent/attest/k8s-psat", Some(&body)).await }
+    };
+
+    let ok = attest("prod", cluster.token(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
+    assert_eq!(
+        ok["spiffe_id"],
+        "spiffe://example.org/agent/k8s_psat/prod/99999999-8888-7777-6666-555555555555"
+    );
+    let agents: Value = local.call("GET", "/v1/agents", None).await.unwrap();
+    let selectors = agents["agents"][0]["selectors"].as_array().unwrap().clone();
+    for want in [
+        "k8s_psat:cluster:prod",
+        "k8s_psat:agent_ns:vouch-system",
+        "k8s_psat:agent_sa:vouch-agent",
+        "k8s_psat:agent_pod_name:vouch-agent-x7k2p",
+        "k8s_psat:agent_node_name:worker-1",
+    ] {
+        assert!(selectors.iter().any(|s| s == want), "{want} in {selectors:?}");
+    }
+
+    let other = TestCluster::new("sa-key-1"); // same kid, another key
+    let stranger = TestCluster::new("elsewhere");
+    let mut wrong_aud = psat_claims(600, "vouch-system", "vouch-agent");
+    wrong_aud["aud"] = json!(["kubernetes"]);
+    let mut wrong_iss = psat_claims(600, "vouch-system", "vouch-agent");
+    wrong_iss["iss"] = json!("https://evil.example");
+    let mut no_pod = psat_claims(600, "vouch-system", "vouch-agent");
+    no_pod["kubernetes.io"].as_object_mut().unwrap().remove("pod");
+    let cases = [
+        ("prod", cluster.token(&psat_claims(-5, "vouch-system", "vouch-agent")), "expired"),
+        ("prod", other.token(&psat_claims(600, "vouch-system", "vouch-agent")), "signature does not verify"),
+        (
+            "prod",
+            stranger.token(&psat_claims(600, "vouch-system", "vouch-agent")),
+            "not a key of cluster `prod`",
+        ),
+        ("prod", cluster.token(&wrong_aud), "not for audience `vouch`"),
+        ("prod", cluster.token(&wrong_iss), "issuer `https://evil.example`"),
+        ("prod", cluster.token(&psat_claims(600, "default", "default")), "`default:default` may not attest"),
+        ("prod", cluster.token(&no_pod), "bound to a pod"),
+        ("prod", "not.a.jwt".to_owned(), "malformed"),
+        (
+            "staging",
+            cluster.token(&psat_claims(600, "vouch-system", "vouch-agent")),
+            "cluster `staging` is not configured",
+        ),
+    ];
+    for (name, token, want) in cases {
+        match attest(name, token).await {
+            Err(ClientError::Api { status: 401, message, .. }) => {
+                assert!(message.contains(want), "{want}: {message}")
+            }
+            other => panic!("{want}: expected 401, got {other:?}"),
+        }
+    }
+    // A banned agent cannot come back with a fresh, valid token.
+    let _: Value =
+        local.call("POST", "/v1/agents/ban", Some(&json!({"spiffe_id": ok["spiffe_id"]}))).await.unwrap();
+    match attest("prod", cluster.token(&psat_claims(600, "vouch-system", "vouch-agent"))).await {
+        Err(ClientError::Api { status: 403, message, .. }) => {
+            assert!(message.contains("banned"), "{message}")
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    server.shutdown().await;
+
+    // Configuration mistakes are errors that name the problem.
+    for (extra, want) in [
+        ("cluster = \"p\"\njwks_file = \"/nonexistent\"\nissuer = \"i\"\naudience = \"a\"\nservice_accounts = []", "cannot read /nonexistent"),
+        (&format!("cluster = \"p\"\njwks_file = \"{}\"\nissuer = \"i\"\naudience = \"a\"\nservice_accounts = [\"nocolon\"]", jwks.display()), "must be `namespace:name`"),
+    ] {
+        let text = format!("[[node_attestation.k8s_psat]]\n{extra}\n");
+        let err = Config::from_toml(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
 }

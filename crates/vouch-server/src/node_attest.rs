@@ -1,0 +1,105 @@
+//! Node attestation rules, as pure functions over the evidence and the time.
+//!
+//! Kubernetes projected service-account tokens (PSAT): the token must be signed by a key of the
+//! cluster's service-account issuer, carry the configured issuer and audience, be unexpired, and
+//! belong to an allowed service account. The agent's SPIFFE ID and selectors come from the token's
+//! `kubernetes.io` claims, never from anything else the agent says.
+
+use std::time::SystemTime;
+
+use serde_json::Value;
+use vouch_core::{ttl, Selector, Selectors, SpiffeId, TrustDomain};
+
+use crate::config::PsatCluster;
+
+/// What a valid PSAT establishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsatIdentity {
+    /// The agent's SPIFFE ID: `/agent/k8s_psat/<cluster>/<node uid, else pod uid>`.
+    pub agent_id: SpiffeId,
+    /// Node selectors: cluster, agent namespace, service account, pod and node.
+    pub selectors: Selectors,
+}
+
+fn claim<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// Checks a PSAT against a cluster's settings at `now`. The error says what was wrong.
+pub fn check_psat(
+    td: &TrustDomain,
+    cluster: &PsatCluster,
+    token: &str,
+    now: SystemTime,
+) -> Result<PsatIdentity, String> {
+    let (_, claims) = vouch_ca::jwt::verify_jws(token, &cluster.keys).map_err(|e| match e {
+        vouch_ca::JwtError::UnknownKid(k) => {
+            format!("signed by key `{k}`, which is not a key of cluster `{}`", cluster.name)
+        }
+        other => other.to_string(),
+    })?;
+    let iss = claims["iss"].as_str().unwrap_or_default();
+    if iss != cluster.issuer {
+        return Err(format!("issuer `{iss}` is not the configured `{}`", cluster.issuer));
+    }
+    let audience_ok = match &claims["aud"] {
+        Value::String(a) => *a == cluster.audience,
+        Value::Array(list) => list.iter().any(|a| a.as_str() == Some(&cluster.audience)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(format!("the token is not for audience `{}`", cluster.audience));
+    }
+    let now_s = ttl::unix_seconds(now);
+    let exp = claims["exp"].as_i64().ok_or("claim `exp` is missing")?;
+    if exp <= now_s {
+        return Err(format!("the token expired at {exp} (unix seconds)"));
+    }
+    if claims["nbf"].as_i64().is_some_and(|nbf| nbf > now_s) {
+        return Err("the token is not valid yet (nbf)".into());
+    }
+    let k8s = &claims["kubernetes.io"];
+    let ns = claim(k8s, &["namespace"])
+        .ok_or("claim `kubernetes.io.namespace` is missing: not a projected service-account token")?;
+    let sa = claim(k8s, &["serviceaccount", "name"])
+        .ok_or("claim `kubernetes.io.serviceaccount.name` is missing")?;
+    if !cluster.service_accounts.iter().any(|(n, s)| n == ns && s == sa) {
+        return Err(format!(
+            "service account `{ns}:{sa}` may not attest agents in cluster `{}`",
+            cluster.name
+        ));
+    }
+    let pod_name = claim(k8s, &["pod", "name"])
+        .ok_or("claim `kubernetes.io.pod.name` is missing: the token must be bound to a pod")?;
+    let pod_uid = claim(k8s, &["pod", "uid"]).ok_or("claim `kubernetes.io.pod.uid` is missing")?;
+    let node_name = claim(k8s, &["node", "name"]);
+    let node_uid = claim(k8s, &["node", "uid"]);
+    let id_part = node_uid.unwrap_or(pod_uid);
+    let safe = |s: &str| {
+        s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) && !s.is_empty()
+    };
+    if !safe(id_part) {
+        return Err("the pod or node uid in the token is not a valid identifier".into());
+    }
+    let agent_id = td
+        .id_with_path(&format!("/agent/k8s_psat/{}/{id_part}", cluster.name))
+        .map_err(|e| format!("agent id: {e}"))?;
+    let mut selectors = Selectors::new();
+    let mut add = |k: &str, v: &str| {
+        if let Ok(s) = Selector::new("k8s_psat", &format!("{k}:{v}")) {
+            selectors.insert(s);
+        }
+    };
+    add("cluster", &cluster.name);
+    add("agent_ns", ns);
+    add("agent_sa", sa);
+    add("agent_pod_name", pod_name);
+    add("agent_pod_uid", pod_uid);
+    if let Some(n) = node_name {
+        add("agent_node_name", n);
+    }
+    if let Some(n) = node_uid {
+        add("agent_node_uid", n);
+    }
+    Ok(PsatIdentity { agent_id, selectors })
+}
