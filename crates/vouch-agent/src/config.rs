@@ -21,6 +21,8 @@ struct FileConfig {
     socket: Option<PathBuf>,
     join_token: Option<String>,
     bundle: Option<PathBuf>,
+    k8s_psat_token: Option<PathBuf>,
+    k8s_cluster: Option<String>,
 }
 
 /// The effective agent configuration.
@@ -38,6 +40,10 @@ pub struct AgentConfig {
     pub join_token: Option<String>,
     /// The bundle (PEM) that bootstraps trust in the server on first start.
     pub bundle: Option<PathBuf>,
+    /// A Kubernetes projected service-account token file, for PSAT node attestation.
+    pub k8s_psat_token: Option<PathBuf>,
+    /// The cluster name the server knows the token's issuer by.
+    pub k8s_cluster: Option<String>,
 }
 
 impl AgentConfig {
@@ -75,6 +81,8 @@ impl AgentConfig {
             socket,
             join_token: env("VOUCH_AGENT_JOIN_TOKEN").or(file.join_token),
             bundle: env("VOUCH_AGENT_BUNDLE").map(PathBuf::from).or(file.bundle),
+            k8s_psat_token: env("VOUCH_AGENT_K8S_PSAT_TOKEN").map(PathBuf::from).or(file.k8s_psat_token),
+            k8s_cluster: env("VOUCH_AGENT_K8S_CLUSTER").or(file.k8s_cluster),
             data_dir,
         })
     }

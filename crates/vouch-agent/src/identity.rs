@@ -124,12 +124,33 @@ impl AgentIdentity {
         bundle_pem: &str,
         token: &str,
     ) -> Result<Self, AgentError> {
+        Self::attest(server, td, bundle_pem, "/v1/agent/attest/join-token", json!({"token": token})).await
+    }
+
+    /// Attests with a Kubernetes projected service-account token of `cluster`.
+    pub async fn attest_k8s_psat(
+        server: &str,
+        td: &TrustDomain,
+        bundle_pem: &str,
+        cluster: &str,
+        token: &str,
+    ) -> Result<Self, AgentError> {
+        let evidence = json!({"cluster": cluster, "token": token});
+        Self::attest(server, td, bundle_pem, "/v1/agent/attest/k8s-psat", evidence).await
+    }
+
+    /// Sends `evidence` plus a CSR for a fresh key to an attestation endpoint.
+    async fn attest(
+        server: &str,
+        td: &TrustDomain,
+        bundle_pem: &str,
+        path: &str,
+        mut evidence: Value,
+    ) -> Result<Self, AgentError> {
         let key = WorkloadKey::generate().map_err(|e| AgentError::Protocol(e.to_string()))?;
-        let csr = key.csr_pem().map_err(|e| AgentError::Protocol(e.to_string()))?;
+        evidence["csr"] = json!(key.csr_pem().map_err(|e| AgentError::Protocol(e.to_string()))?);
         let client = AdminClient::tls(server, td, bundle_pem, None)?;
-        let v: Value = client
-            .call("POST", "/v1/agent/attest/join-token", Some(&json!({"token": token, "csr": csr})))
-            .await?;
+        let v: Value = client.call("POST", path, Some(&evidence)).await?;
         Self::from_answer(&v, &key, td)
     }
 

@@ -86,17 +86,31 @@ async fn obtain_identity(config: &AgentConfig) -> Result<AgentIdentity, AgentErr
         tracing::info!(agent = %id.spiffe_id, "reusing the saved agent SVID; no attestation needed");
         return Ok(id);
     }
-    let token = config.join_token.as_deref().ok_or_else(|| {
-        AgentError::Config("no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token".into())
-    })?;
     let bundle_path = config.bundle.as_ref().ok_or_else(|| {
         AgentError::Config("the first attestation needs the server's bundle to trust it: pass --bundle (from `vouch bundle show`)".into())
     })?;
     let bundle_pem = std::fs::read_to_string(bundle_path)
         .map_err(|e| AgentError::Config(format!("cannot read bundle {}: {e}", bundle_path.display())))?;
-    let id =
-        AgentIdentity::attest_join_token(&config.server, &config.trust_domain, &bundle_pem, token).await?;
-    tracing::info!(agent = %id.spiffe_id, "attested with a join token");
+    let id = match (&config.join_token, &config.k8s_psat_token) {
+        (Some(token), _) => {
+            AgentIdentity::attest_join_token(&config.server, &config.trust_domain, &bundle_pem, token).await?
+        }
+        (None, Some(path)) => {
+            let cluster = config.k8s_cluster.as_deref().ok_or_else(|| {
+                AgentError::Config("--k8s-psat-token needs --k8s-cluster: the cluster name configured on the server".into())
+            })?;
+            // Read at attestation time: the kubelet rotates the projected token file.
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| AgentError::Config(format!("cannot read the service-account token {}: {e}", path.display())))?;
+            AgentIdentity::attest_k8s_psat(&config.server, &config.trust_domain, &bundle_pem, cluster, token.trim()).await?
+        }
+        (None, None) => {
+            return Err(AgentError::Config(
+                "no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token (or use --k8s-psat-token in Kubernetes)".into(),
+            ))
+        }
+    };
+    tracing::info!(agent = %id.spiffe_id, "attested");
     Ok(id)
 }
 

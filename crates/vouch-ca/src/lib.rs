@@ -17,6 +17,8 @@ pub mod jwt;
 pub mod keys;
 pub mod pem;
 pub mod seal;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod x509;
 
 pub use authority::{Authority, AuthorityConfig, AuthorityState, IssuedX509, KeyState, KeySummary};

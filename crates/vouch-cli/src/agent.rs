@@ -86,6 +86,12 @@ pub struct AgentRun {
     /// The server's bundle (PEM) to trust on first start (from `vouch bundle show`).
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// In Kubernetes: a projected service-account token file for PSAT node attestation.
+    #[arg(long)]
+    k8s_psat_token: Option<PathBuf>,
+    /// In Kubernetes: the cluster name the server is configured with.
+    #[arg(long)]
+    k8s_cluster: Option<String>,
 }
 
 /// Workload API calls.
@@ -179,6 +185,8 @@ async fn agent_run(args: AgentRun) -> Result<ExitCode> {
             "VOUCH_AGENT_SOCKET" => args.socket.as_ref().map(|p| p.display().to_string()),
             "VOUCH_AGENT_JOIN_TOKEN" => args.join_token.clone(),
             "VOUCH_AGENT_BUNDLE" => args.bundle.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_K8S_PSAT_TOKEN" => args.k8s_psat_token.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_K8S_CLUSTER" => args.k8s_cluster.clone(),
             _ => None,
         };
         flag.or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))

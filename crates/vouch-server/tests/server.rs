@@ -704,52 +704,10 @@ async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only
     server.shutdown().await;
 }
 
-/// A Kubernetes-like service-account issuer for tests: an RSA key, its JWKS, and RS256 tokens.
-struct TestCluster {
-    key: aws_lc_rs::rsa::KeyPair,
-    kid: String,
-}
+use vouch_ca::testing::RsaJwtIssuer as TestCluster;
 
-impl TestCluster {
-    fn new(kid: &str) -> Self {
-        Self {
-            key: aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
-            kid: kid.into(),
-        }
-    }
-
-    fn jwks(&self) -> String {
-        use aws_lc_rs::signature::KeyPair as _;
-        use base64::Engine as _;
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let pk = self.key.public_key();
-        json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
-            "n": b64(pk.modulus().big_endian_without_leading_zero()), "e": b64(pk.exponent().big_endian_without_leading_zero())}]})
-        .to_string()
-    }
-
-    fn token(&self, claims: &Value) -> String {
-        use base64::Engine as _;
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let body = format!(
-            "{}.{}",
-            b64(json!({"alg": "RS256", "kid": self.kid}).to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let mut sig = vec![0u8; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                body.as_bytes(),
-                &mut sig,
-            )
-            .unwrap();
-        format!("{body}.{}", b64(&sig))
-    }
-}
-
-fn psat_claims(exp_in: i64, ns: &str, sa: &str) -> Value {
+/// Claims of a projected service-account token as Kubernetes issues them.
+pub fn psat_claims(exp_in: i64, ns: &str, sa: &str) -> Value {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     json!({"iss": "https://kubernetes.default.svc.cluster.local", "aud": ["vouch"], "iat": now, "nbf": now, "exp": now + exp_in,
         "sub": format!("system:serviceaccount:{ns}:{sa}"),
@@ -790,7 +748,7 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
         async move { anon.call::<Value>("POST", "/v1/agent/attest/k8s-psat", Some(&body)).await }
     };
 
-    let ok = attest("prod", cluster.token(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
+    let ok = attest("prod", cluster.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
     assert_eq!(
         ok["spiffe_id"],
         "spiffe://example.org/agent/k8s_psat/prod/99999999-8888-7777-6666-555555555555"
@@ -816,21 +774,21 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
     let mut no_pod = psat_claims(600, "vouch-system", "vouch-agent");
     no_pod["kubernetes.io"].as_object_mut().unwrap().remove("pod");
     let cases = [
-        ("prod", cluster.token(&psat_claims(-5, "vouch-system", "vouch-agent")), "expired"),
-        ("prod", other.token(&psat_claims(600, "vouch-system", "vouch-agent")), "signature does not verify"),
+        ("prod", cluster.sign(&psat_claims(-5, "vouch-system", "vouch-agent")), "expired"),
+        ("prod", other.sign(&psat_claims(600, "vouch-system", "vouch-agent")), "signature does not verify"),
         (
             "prod",
-            stranger.token(&psat_claims(600, "vouch-system", "vouch-agent")),
+            stranger.sign(&psat_claims(600, "vouch-system", "vouch-agent")),
             "not a key of cluster `prod`",
         ),
-        ("prod", cluster.token(&wrong_aud), "not for audience `vouch`"),
-        ("prod", cluster.token(&wrong_iss), "issuer `https://evil.example`"),
-        ("prod", cluster.token(&psat_claims(600, "default", "default")), "`default:default` may not attest"),
-        ("prod", cluster.token(&no_pod), "bound to a pod"),
+        ("prod", cluster.sign(&wrong_aud), "not for audience `vouch`"),
+        ("prod", cluster.sign(&wrong_iss), "issuer `https://evil.example`"),
+        ("prod", cluster.sign(&psat_claims(600, "default", "default")), "`default:default` may not attest"),
+        ("prod", cluster.sign(&no_pod), "bound to a pod"),
         ("prod", "not.a.jwt".to_owned(), "malformed"),
         (
             "staging",
-            cluster.token(&psat_claims(600, "vouch-system", "vouch-agent")),
+            cluster.sign(&psat_claims(600, "vouch-system", "vouch-agent")),
             "cluster `staging` is not configured",
         ),
     ];
@@ -845,7 +803,7 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
     // A banned agent cannot come back with a fresh, valid token.
     let _: Value =
         local.call("POST", "/v1/agents/ban", Some(&json!({"spiffe_id": ok["spiffe_id"]}))).await.unwrap();
-    match attest("prod", cluster.token(&psat_claims(600, "vouch-system", "vouch-agent"))).await {
+    match attest("prod", cluster.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await {
         Err(ClientError::Api { status: 403, message, .. }) => {
             assert!(message.contains("banned"), "{message}")
         }

@@ -360,3 +360,63 @@ async fn explain_says_which_selector_is_missing() {
         std::fs::metadata(stack.agent_config.data_dir.join("admin.sock")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// An agent attested with a Kubernetes projected service-account token instead of a join token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_attests_with_a_kubernetes_psat() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = vouch_ca::testing::RsaJwtIssuer::new("k1");
+    let jwks = dir.path().join("cluster.jwks");
+    std::fs::write(&jwks, issuer.jwks()).unwrap();
+    let port = free_port();
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [[node_attestation.k8s_psat]]\ncluster = \"prod\"\njwks_file = \"{}\"\nissuer = \"https://k8s.example\"\n\
+         audience = \"vouch\"\nservice_accounts = [\"vouch-system:vouch-agent\"]\n",
+        dir.path().join("server").display(),
+        jwks.display()
+    );
+    let server = Server::start(
+        Config::from_toml(&text, &|_| None).unwrap(),
+        Arc::new(vouch_server::SystemClock),
+        None,
+    )
+    .await
+    .unwrap();
+    let admin = AdminClient::unix(&server.admin_socket);
+    let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
+    std::fs::write(dir.path().join("bundle.pem"), &pem).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let token = issuer.sign(&json!({"iss": "https://k8s.example", "aud": "vouch", "exp": now + 600,
+        "kubernetes.io": {"namespace": "vouch-system", "serviceaccount": {"name": "vouch-agent"},
+            "pod": {"name": "agent-abc", "uid": "0f1e2d3c-aaaa-bbbb-cccc-000000000001"}, "node": {"name": "n1", "uid": "node-uid-1"}}}));
+    std::fs::write(dir.path().join("token"), token).unwrap();
+    let agent_dir = dir.path().join("agent");
+    let env = |k: &str| match k {
+        "VOUCH_AGENT_SERVER" => Some(format!("127.0.0.1:{port}")),
+        "VOUCH_AGENT_DATA_DIR" => Some(agent_dir.display().to_string()),
+        "VOUCH_AGENT_BUNDLE" => Some(dir.path().join("bundle.pem").display().to_string()),
+        "VOUCH_AGENT_K8S_PSAT_TOKEN" => Some(dir.path().join("token").display().to_string()),
+        "VOUCH_AGENT_K8S_CLUSTER" => Some("prod".into()),
+        _ => None,
+    };
+    let agent = Agent::start(AgentConfig::load(None, &env).unwrap()).await.unwrap();
+    let agent_id = agent.state.agent_id().to_string();
+    assert_eq!(agent_id, "spiffe://example.org/agent/k8s_psat/prod/node-uid-1");
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let entry = json!({"spiffe_id": "spiffe://example.org/k8s-workload", "parent_id": agent_id, "selectors": [format!("unix:uid:{uid}")]});
+    let _: Value = admin.call("POST", "/v1/entries", Some(&entry)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.state.entries().is_empty() {
+        assert!(Instant::now() < deadline, "entry did not arrive");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client =
+        spiffe::WorkloadApiClient::connect_to(format!("unix:{}", agent.socket.display())).await.unwrap();
+    assert_eq!(
+        client.fetch_x509_svid().await.unwrap().spiffe_id().to_string(),
+        "spiffe://example.org/k8s-workload"
+    );
+    agent.shutdown().await;
+    server.shutdown().await;
+}
