@@ -23,6 +23,8 @@ struct FileConfig {
     bundle: Option<PathBuf>,
     k8s_psat_token: Option<PathBuf>,
     k8s_cluster: Option<String>,
+    x509pop_cert: Option<PathBuf>,
+    x509pop_key: Option<PathBuf>,
 }
 
 /// The effective agent configuration.
@@ -44,6 +46,10 @@ pub struct AgentConfig {
     pub k8s_psat_token: Option<PathBuf>,
     /// The cluster name the server knows the token's issuer by.
     pub k8s_cluster: Option<String>,
+    /// The node certificate chain (PEM) for x509pop node attestation.
+    pub x509pop_cert: Option<PathBuf>,
+    /// The node key (PEM, EC P-256 or P-384) for x509pop.
+    pub x509pop_key: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -83,6 +89,8 @@ impl AgentConfig {
             bundle: env("VOUCH_AGENT_BUNDLE").map(PathBuf::from).or(file.bundle),
             k8s_psat_token: env("VOUCH_AGENT_K8S_PSAT_TOKEN").map(PathBuf::from).or(file.k8s_psat_token),
             k8s_cluster: env("VOUCH_AGENT_K8S_CLUSTER").or(file.k8s_cluster),
+            x509pop_cert: env("VOUCH_AGENT_X509POP_CERT").map(PathBuf::from).or(file.x509pop_cert),
+            x509pop_key: env("VOUCH_AGENT_X509POP_KEY").map(PathBuf::from).or(file.x509pop_key),
             data_dir,
         })
     }

@@ -139,6 +139,35 @@ impl AgentIdentity {
         Self::attest(server, td, bundle_pem, "/v1/agent/attest/k8s-psat", evidence).await
     }
 
+    /// Attests by proof of possession of a node key: asks for a challenge for the certificate, signs
+    /// it with the node key, and answers it.
+    pub async fn attest_x509pop(
+        server: &str,
+        td: &TrustDomain,
+        bundle_pem: &str,
+        cert_chain_pem: &str,
+        node_key_pem: &str,
+    ) -> Result<Self, AgentError> {
+        use base64::Engine as _;
+        let node_key = vouch_ca::SigningKey::from_pem(node_key_pem, vouch_ca::KeyUse::X509)
+            .map_err(|e| AgentError::Config(format!("x509pop key: {e}")))?;
+        let client = AdminClient::tls(server, td, bundle_pem, None)?;
+        let challenge: Value = client
+            .call(
+                "POST",
+                "/v1/agent/attest/x509pop/challenge",
+                Some(&json!({"cert_chain_pem": cert_chain_pem})),
+            )
+            .await?;
+        let nonce = challenge["nonce"].as_str().ok_or_else(|| AgentError::Protocol("no nonce".into()))?;
+        let signature = node_key
+            .sign(&vouch_client::x509pop_message(nonce))
+            .map_err(|e| AgentError::Protocol(e.to_string()))?;
+        let evidence = json!({"cert_chain_pem": cert_chain_pem, "nonce": nonce,
+            "signature": base64::engine::general_purpose::STANDARD.encode(signature)});
+        Self::attest(server, td, bundle_pem, "/v1/agent/attest/x509pop", evidence).await
+    }
+
     /// Sends `evidence` plus a CSR for a fresh key to an attestation endpoint.
     async fn attest(
         server: &str,

@@ -91,6 +91,25 @@ async fn obtain_identity(config: &AgentConfig) -> Result<AgentIdentity, AgentErr
     })?;
     let bundle_pem = std::fs::read_to_string(bundle_path)
         .map_err(|e| AgentError::Config(format!("cannot read bundle {}: {e}", bundle_path.display())))?;
+    if let (None, None, Some(cert), Some(key)) =
+        (&config.join_token, &config.k8s_psat_token, &config.x509pop_cert, &config.x509pop_key)
+    {
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read_to_string(p)
+                .map_err(|e| AgentError::Config(format!("cannot read {}: {e}", p.display())))
+        };
+        let key_pem = zeroize::Zeroizing::new(read(key)?);
+        let id = AgentIdentity::attest_x509pop(
+            &config.server,
+            &config.trust_domain,
+            &bundle_pem,
+            &read(cert)?,
+            &key_pem,
+        )
+        .await?;
+        tracing::info!(agent = %id.spiffe_id, "attested by x509pop");
+        return Ok(id);
+    }
     let id = match (&config.join_token, &config.k8s_psat_token) {
         (Some(token), _) => {
             AgentIdentity::attest_join_token(&config.server, &config.trust_domain, &bundle_pem, token).await?
@@ -106,7 +125,7 @@ async fn obtain_identity(config: &AgentConfig) -> Result<AgentIdentity, AgentErr
         }
         (None, None) => {
             return Err(AgentError::Config(
-                "no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token (or use --k8s-psat-token in Kubernetes)".into(),
+                "no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token (or use --k8s-psat-token in Kubernetes, or --x509pop-cert and --x509pop-key)".into(),
             ))
         }
     };

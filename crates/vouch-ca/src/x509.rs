@@ -348,3 +348,63 @@ pub fn verify_csr_pem_or_der(input: &[u8]) -> Result<CsrPublicKey, CaError> {
         verify_csr(input)
     }
 }
+
+/// Verifies `signature` over `message` with the public key of a certificate: ECDSA (P-256 with
+/// SHA-256, P-384 with SHA-384, DER signatures), RSA PKCS#1 v1.5 with SHA-256, or Ed25519. Used for
+/// proof of possession of a node key.
+pub fn verify_with_cert(cert_der: &[u8], message: &[u8], signature: &[u8]) -> Result<(), CaError> {
+    use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+    use x509_parser::public_key::PublicKey;
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|_| CaError::InvalidCertificate("not a DER certificate".into()))?;
+    let spki = cert.public_key();
+    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
+    let alg: &'static dyn VerificationAlgorithm = match spki.parsed() {
+        Ok(PublicKey::EC(_)) => match curve.as_deref() {
+            Some("1.2.840.10045.3.1.7") => &signature::ECDSA_P256_SHA256_ASN1,
+            Some("1.3.132.0.34") => &signature::ECDSA_P384_SHA384_ASN1,
+            _ => return Err(CaError::InvalidCertificate("EC keys must be on P-256 or P-384".into())),
+        },
+        Ok(PublicKey::RSA(_)) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Ok(PublicKey::Unknown(_)) if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => {
+            &signature::ED25519
+        }
+        _ => return Err(CaError::InvalidCertificate("unsupported key type".into())),
+    };
+    // For RSA the key bits are the PKCS#1 RSAPublicKey, which is what aws-lc-rs expects.
+    UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
+        .verify(message, signature)
+        .map_err(|_| CaError::Refused("the proof-of-possession signature does not verify".into()))
+}
+
+/// Facts of a node certificate for x509pop selectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCertFacts {
+    /// The subject's common name, if any.
+    pub common_name: Option<String>,
+    /// The DNS SANs.
+    pub dns_names: Vec<String>,
+    /// SHA-256 of the certificate, hex.
+    pub fingerprint: String,
+}
+
+/// Reads the x509pop facts of a node certificate.
+pub fn node_cert_facts(cert_der: &[u8]) -> Result<NodeCertFacts, CaError> {
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|_| CaError::InvalidCertificate("not a DER certificate".into()))?;
+    let cn = cert.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).map(str::to_owned);
+    let dns = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let fingerprint = hex::encode(crate::keys::sha256(cert_der));
+    Ok(NodeCertFacts { common_name: cn, dns_names: dns, fingerprint })
+}

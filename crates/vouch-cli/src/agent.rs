@@ -92,6 +92,12 @@ pub struct AgentRun {
     /// In Kubernetes: the cluster name the server is configured with.
     #[arg(long)]
     k8s_cluster: Option<String>,
+    /// x509pop: the node certificate chain (PEM), issued by a CA the server is configured with.
+    #[arg(long)]
+    x509pop_cert: Option<PathBuf>,
+    /// x509pop: the node's private key (PEM, EC P-256 or P-384).
+    #[arg(long)]
+    x509pop_key: Option<PathBuf>,
 }
 
 /// Workload API calls.
@@ -187,6 +193,8 @@ async fn agent_run(args: AgentRun) -> Result<ExitCode> {
             "VOUCH_AGENT_BUNDLE" => args.bundle.as_ref().map(|p| p.display().to_string()),
             "VOUCH_AGENT_K8S_PSAT_TOKEN" => args.k8s_psat_token.as_ref().map(|p| p.display().to_string()),
             "VOUCH_AGENT_K8S_CLUSTER" => args.k8s_cluster.clone(),
+            "VOUCH_AGENT_X509POP_CERT" => args.x509pop_cert.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_X509POP_KEY" => args.x509pop_key.as_ref().map(|p| p.display().to_string()),
             _ => None,
         };
         flag.or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))

@@ -42,6 +42,23 @@ impl Anchors {
     }
 }
 
+/// Verifies a certificate chain against `anchors` for client or server use.
+pub fn verify_chain(
+    anchors: &Anchors,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    server_usage: bool,
+) -> Result<(), rustls::Error> {
+    let ee = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(|e| rustls::Error::General(format!("bad certificate: {e}")))?;
+    let usage = if server_usage { webpki::KeyUsage::server_auth() } else { webpki::KeyUsage::client_auth() };
+    ee.verify_for_usage(algorithms().all, &anchors.anchors, intermediates, now, usage, None, None).map_err(
+        |e| rustls::Error::General(format!("certificate does not chain to the trust anchors: {e}")),
+    )?;
+    Ok(())
+}
+
 /// Verifies an X509-SVID chain against `anchors` for `usage` and returns its SPIFFE ID.
 pub fn verify_svid(
     anchors: &Anchors,
@@ -50,12 +67,7 @@ pub fn verify_svid(
     now: UnixTime,
     server_usage: bool,
 ) -> Result<SpiffeId, rustls::Error> {
-    let ee = webpki::EndEntityCert::try_from(end_entity)
-        .map_err(|e| rustls::Error::General(format!("bad certificate: {e}")))?;
-    let usage = if server_usage { webpki::KeyUsage::server_auth() } else { webpki::KeyUsage::client_auth() };
-    ee.verify_for_usage(algorithms().all, &anchors.anchors, intermediates, now, usage, None, None).map_err(
-        |e| rustls::Error::General(format!("certificate does not chain to the trust bundle: {e}")),
-    )?;
+    verify_chain(anchors, end_entity, intermediates, now, server_usage)?;
     spiffe_id_of(end_entity).map_err(rustls::Error::General)
 }
 

@@ -45,6 +45,8 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/agent/attest/join-token", post(attest_join_token))
         .route("/v1/agent/attest/k8s-psat", post(attest_k8s_psat))
+        .route("/v1/agent/attest/x509pop/challenge", post(x509pop_challenge))
+        .route("/v1/agent/attest/x509pop", post(attest_x509pop))
         .route("/v1/agent/renew", post(renew))
         .route("/v1/agent/sync", get(sync))
         .route("/v1/agent/sign", post(sign))
@@ -192,6 +194,159 @@ async fn attest_k8s_psat(
         })
         .await?;
     tracing::info!(target: "vouch::audit", event = "agent.attest", method = "k8s_psat", agent = %id, expires_at);
+    Ok(Json(svid))
+}
+
+/// How long an x509pop challenge may be answered.
+pub const X509POP_CHALLENGE_TTL: Duration = Duration::from_secs(60);
+/// Most outstanding challenges; beyond this the oldest are dropped (bounds memory under floods).
+const MAX_CHALLENGES: usize = 10_000;
+pub use vouch_client::x509pop_message;
+
+/// A node certificate that chains to a configured x509pop CA set.
+struct NodeCert {
+    leaf: Vec<u8>,
+    ca_set: String,
+    facts: vouch_ca::x509::NodeCertFacts,
+}
+
+/// Checks a node certificate chain (PEM, leaf first) against every configured x509pop CA set.
+fn check_node_chain(state: &AppState, chain_pem: &str) -> AppResult<NodeCert> {
+    let chain: Vec<Vec<u8>> = vouch_ca::pem::decode_all(chain_pem)
+        .into_iter()
+        .filter(|(l, _)| l == "CERTIFICATE")
+        .map(|(_, d)| d)
+        .collect();
+    let leaf = chain
+        .first()
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("cert_chain_pem: no CERTIFICATE block"))?;
+    let now = rustls_pki_types::UnixTime::since_unix_epoch(
+        state.now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+    );
+    let ee = rustls_pki_types::CertificateDer::from(leaf.clone());
+    let intermediates: Vec<rustls_pki_types::CertificateDer> =
+        chain[1..].iter().map(|d| rustls_pki_types::CertificateDer::from(d.clone())).collect();
+    let mut last_error = String::from("no x509pop CA is configured on this server");
+    for set in &state.config.x509pop {
+        let anchors = vouch_client::tls::Anchors::from_der(&set.cas);
+        match vouch_client::tls::verify_chain(&anchors, &ee, &intermediates, now, false) {
+            Ok(()) => {
+                let facts = vouch_ca::x509::node_cert_facts(&leaf)?;
+                return Ok(NodeCert { leaf, ca_set: set.name.clone(), facts });
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "x509pop", reason = %last_error);
+    Err(ApiError::unauthenticated(format!("x509pop: the node certificate was refused: {last_error}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct X509PopChallengeRequest {
+    cert_chain_pem: String,
+}
+
+async fn x509pop_challenge(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<X509PopChallengeRequest>,
+) -> AppResult<Json<serde_json::Value>> {
+    let fingerprint = check_node_chain(&state, &req.cert_chain_pem)?.facts.fingerprint;
+    let nonce = vouch_ca::keys::random_id()?;
+    let now = state.now();
+    let mut nonces = state.x509pop_nonces.lock().unwrap_or_else(|p| p.into_inner());
+    nonces.retain(|_, (_, exp)| *exp > now);
+    if nonces.len() >= MAX_CHALLENGES {
+        return Err(ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_challenges",
+            message: "too many outstanding x509pop challenges; retry shortly".into(),
+        });
+    }
+    nonces.insert(nonce.clone(), (fingerprint, now + X509POP_CHALLENGE_TTL));
+    Ok(Json(json!({"nonce": nonce, "expires_at": ttl::unix_seconds(now + X509POP_CHALLENGE_TTL)})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct X509PopAttestation {
+    cert_chain_pem: String,
+    nonce: String,
+    /// Base64 signature of [`x509pop_message`] with the node key.
+    signature: String,
+    csr: String,
+}
+
+async fn attest_x509pop(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<X509PopAttestation>,
+) -> AppResult<Json<AgentSvid>> {
+    use base64::Engine as _;
+    vouch_ca::verify_csr_pem_or_der(req.csr.as_bytes())?;
+    let NodeCert { leaf, ca_set: set, facts } = check_node_chain(&state, &req.cert_chain_pem)?;
+    let vouch_ca::x509::NodeCertFacts { common_name: cn, dns_names: dns, fingerprint } = facts;
+    let refuse = |reason: &str| {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "x509pop", fingerprint = %fingerprint, reason);
+        ApiError::unauthenticated(format!("x509pop refused: {reason}"))
+    };
+    // The challenge is single use whatever the outcome.
+    let challenge = state.x509pop_nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.nonce);
+    match challenge {
+        Some((fp, exp)) if fp == fingerprint && exp > state.now() => {}
+        Some((fp, _)) if fp != fingerprint => {
+            return Err(refuse("the challenge was issued for another certificate"))
+        }
+        Some(_) => return Err(refuse("the challenge expired; ask for a new one")),
+        None => return Err(refuse("unknown or already used challenge")),
+    }
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(req.signature.as_bytes())
+        .map_err(|_| refuse("the signature is not base64"))?;
+    vouch_ca::x509::verify_with_cert(&leaf, &x509pop_message(&req.nonce), &signature).map_err(|_| {
+        refuse("the signature does not verify with the certificate's key (proof of possession failed)")
+    })?;
+    let id = state
+        .config
+        .trust_domain
+        .id_with_path(&format!("/agent/x509pop/{fingerprint}"))
+        .map_err(|e| ApiError::internal("agent id", e))?;
+    let now = now_secs(&state);
+    let existing = state.store.get_agent(&id).await?;
+    if existing.as_ref().is_some_and(|a| a.banned) {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "x509pop", agent = %id, reason = "banned");
+        return Err(ApiError::forbidden(format!(
+            "agent `{id}` is banned; an admin must delete the ban first"
+        )));
+    }
+    let mut selectors = vouch_core::Selectors::new();
+    let mut add = |v: String| {
+        if let Ok(s) = Selector::new("x509pop", &v) {
+            selectors.insert(s);
+        }
+    };
+    add(format!("ca:{set}"));
+    add(format!("fingerprint:{fingerprint}"));
+    if let Some(cn) = cn {
+        add(format!("subject:cn:{cn}"));
+    }
+    for d in dns {
+        add(format!("san:dns:{d}"));
+    }
+    let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
+    state
+        .store
+        .upsert_agent(&AgentRecord {
+            spiffe_id: id.clone(),
+            attestation: "x509pop".into(),
+            selectors,
+            created_at: existing.map(|a| a.created_at).unwrap_or(now),
+            last_seen: now,
+            svid_expires_at: expires_at,
+            banned: false,
+        })
+        .await?;
+    tracing::info!(target: "vouch::audit", event = "agent.attest", method = "x509pop", agent = %id, expires_at);
     Ok(Json(svid))
 }
 

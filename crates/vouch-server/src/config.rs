@@ -105,6 +105,24 @@ struct FileConfig {
 struct FileNodeAttestation {
     #[serde(default)]
     k8s_psat: Vec<FilePsat>,
+    #[serde(default)]
+    x509pop: Vec<FileX509Pop>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileX509Pop {
+    name: String,
+    ca_bundle: PathBuf,
+}
+
+/// CAs whose node certificates may attest agents by proof of possession (x509pop).
+#[derive(Debug, Clone)]
+pub struct X509PopCas {
+    /// A name for selectors and logs.
+    pub name: String,
+    /// The CA certificates (DER).
+    pub cas: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +229,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Kubernetes clusters for PSAT node attestation.
     pub psat_clusters: Vec<PsatCluster>,
+    /// CA sets for x509pop node attestation.
+    pub x509pop: Vec<X509PopCas>,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -359,8 +379,32 @@ impl Config {
                 service_accounts,
             });
         }
+        let mut x509pop = Vec::new();
+        for c in file.node_attestation.x509pop {
+            let text = std::fs::read_to_string(&c.ca_bundle).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "node_attestation.x509pop `{}`: cannot read {}: {e}",
+                    c.name,
+                    c.ca_bundle.display()
+                ))
+            })?;
+            let cas: Vec<Vec<u8>> = vouch_ca::pem::decode_all(&text)
+                .into_iter()
+                .filter(|(l, _)| l == "CERTIFICATE")
+                .map(|(_, d)| d)
+                .collect();
+            if cas.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "node_attestation.x509pop `{}`: {} holds no CERTIFICATE",
+                    c.name,
+                    c.ca_bundle.display()
+                )));
+            }
+            x509pop.push(X509PopCas { name: c.name, cas });
+        }
         Ok(Self {
             psat_clusters,
+            x509pop,
             trust_domain,
             kek_file: file.ca.kek_file.unwrap_or_else(|| data_dir.join("kek")),
             data_dir,

@@ -78,6 +78,8 @@ pub struct AppState {
     pub client_verifier: Arc<SvidClientVerifier>,
     /// Changes pushed to connected agents.
     pub events: tokio::sync::broadcast::Sender<Event>,
+    /// Outstanding x509pop challenges: nonce -> (certificate fingerprint, expiry).
+    pub x509pop_nonces: std::sync::Mutex<std::collections::HashMap<String, (String, SystemTime)>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -141,6 +143,7 @@ impl AppState {
             admins: RwLock::new(None),
             client_verifier: Arc::new(SvidClientVerifier::default()),
             events: tokio::sync::broadcast::channel(4096).0,
+            x509pop_nonces: Default::default(),
         });
         state.tick().await?;
         Ok(state)

@@ -357,6 +357,8 @@ fn openapi_describes_every_route() {
         ("/v1/svids/jwt/validate", &["post"]),
         ("/v1/agent/attest/join-token", &["post"]),
         ("/v1/agent/attest/k8s-psat", &["post"]),
+        ("/v1/agent/attest/x509pop/challenge", &["post"]),
+        ("/v1/agent/attest/x509pop", &["post"]),
         ("/v1/agent/renew", &["post"]),
         ("/v1/agent/sync", &["get"]),
         ("/v1/agent/sign", &["post"]),
@@ -372,7 +374,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 22, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 24, "a route in openapi.json that the test does not know");
 }
 
 /// Starts a real server with both listeners in a temp dir.
@@ -820,4 +822,109 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
         let err = Config::from_toml(&text, &no_env).unwrap_err().to_string();
         assert!(err.contains(want), "{err}");
     }
+}
+
+/// A CA for node certificates and a node certificate (PEM chain, key) issued by it.
+fn node_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), rcgen::Issuer::new(params, key))
+}
+
+fn node_cert(ca: &rcgen::Issuer<'static, rcgen::KeyPair>, cn: &str) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![format!("{cn}.nodes.example")]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    (params.signed_by(&key, ca).unwrap().pem(), key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_attest_by_proof_of_possession_of_a_node_key() {
+    use base64::Engine as _;
+    use rcgen::SigningKey as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, ca) = node_ca("node CA");
+    std::fs::write(dir.path().join("node-ca.pem"), &ca_pem).unwrap();
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+         [[node_attestation.x509pop]]\nname = \"dc1\"\nca_bundle = \"{}\"\n",
+        dir.path().join("data").display(),
+        dir.path().join("node-ca.pem").display()
+    );
+    let server =
+        Server::start(Config::from_toml(&text, &no_env).unwrap(), Arc::new(vouch_server::SystemClock), None)
+            .await
+            .unwrap();
+    let local = AdminClient::unix(&server.admin_socket);
+    let (_, bundle_pem) = local.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let anon = AdminClient::tls(
+        &server.tcp_addr.unwrap().to_string(),
+        &td,
+        std::str::from_utf8(&bundle_pem).unwrap(),
+        None,
+    )
+    .unwrap();
+    let (csr, _) = csr_and_key();
+    let (cert, key) = node_cert(&ca, "node-1");
+    let challenge = |chain: String| {
+        let anon = anon.clone();
+        async move {
+            anon.call::<Value>(
+                "POST",
+                "/v1/agent/attest/x509pop/challenge",
+                Some(&json!({"cert_chain_pem": chain})),
+            )
+            .await
+        }
+    };
+    let sign = |key: &rcgen::KeyPair, nonce: &str| {
+        base64::engine::general_purpose::STANDARD
+            .encode(key.sign(&vouch_server::agent_api::x509pop_message(nonce)).unwrap())
+    };
+    let attest = |chain: &str, nonce: &str, sig: String| {
+        let anon = anon.clone();
+        let body = json!({"cert_chain_pem": chain, "nonce": nonce, "signature": sig, "csr": csr});
+        async move { anon.call::<Value>("POST", "/v1/agent/attest/x509pop", Some(&body)).await }
+    };
+
+    let c = challenge(cert.clone()).await.unwrap();
+    let nonce = c["nonce"].as_str().unwrap().to_owned();
+    let ok = attest(&cert, &nonce, sign(&key, &nonce)).await.unwrap();
+    let id = ok["spiffe_id"].as_str().unwrap();
+    assert!(id.starts_with("spiffe://example.org/agent/x509pop/") && id.len() > 60, "{id}");
+    let agents: Value = local.call("GET", "/v1/agents", None).await.unwrap();
+    let sels = agents["agents"][0]["selectors"].as_array().unwrap().clone();
+    for want in ["x509pop:subject:cn:node-1", "x509pop:ca:dc1", "x509pop:san:dns:node-1.nodes.example"] {
+        assert!(sels.iter().any(|s| s == want), "{want} in {sels:?}");
+    }
+
+    let expect_401 = |r: Result<Value, ClientError>, want: &str| match r {
+        Err(ClientError::Api { status: 401, message, .. }) => {
+            assert!(message.contains(want), "{want}: {message}")
+        }
+        other => panic!("{want}: expected 401, got {other:?}"),
+    };
+    // The same challenge twice.
+    expect_401(attest(&cert, &nonce, sign(&key, &nonce)).await, "already used");
+    // A signature by another key: no proof of possession.
+    let c = challenge(cert.clone()).await.unwrap();
+    let n = c["nonce"].as_str().unwrap().to_owned();
+    let (_, thief_key) = node_cert(&ca, "node-2");
+    expect_401(attest(&cert, &n, sign(&thief_key, &n)).await, "proof of possession failed");
+    // A challenge answered with another certificate of the same CA.
+    let (cert2, key2) = node_cert(&ca, "node-2");
+    let c = challenge(cert.clone()).await.unwrap();
+    let n = c["nonce"].as_str().unwrap().to_owned();
+    expect_401(attest(&cert2, &n, sign(&key2, &n)).await, "issued for another certificate");
+    // A certificate from an unknown CA does not even get a challenge.
+    let (_, rogue_ca) = node_ca("rogue CA");
+    let (rogue, _) = node_cert(&rogue_ca, "node-1");
+    expect_401(challenge(rogue).await, "does not chain");
+    server.shutdown().await;
 }

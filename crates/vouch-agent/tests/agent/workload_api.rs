@@ -420,3 +420,55 @@ async fn agent_attests_with_a_kubernetes_psat() {
     agent.shutdown().await;
     server.shutdown().await;
 }
+
+/// An agent attested by proof of possession of a node key whose certificate a configured CA issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_attests_with_x509pop() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    std::fs::write(dir.path().join("ca.pem"), ca_params.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let node_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut node = rcgen::CertificateParams::new(vec!["node-7.example".to_string()]).unwrap();
+    node.distinguished_name.push(rcgen::DnType::CommonName, "node-7");
+    std::fs::write(dir.path().join("node.pem"), node.signed_by(&node_key, &issuer).unwrap().pem()).unwrap();
+    std::fs::write(dir.path().join("node.key"), node_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [[node_attestation.x509pop]]\nname = \"rack\"\nca_bundle = \"{}\"\n",
+        dir.path().join("server").display(),
+        dir.path().join("ca.pem").display()
+    );
+    let server = Server::start(
+        Config::from_toml(&text, &|_| None).unwrap(),
+        Arc::new(vouch_server::SystemClock),
+        None,
+    )
+    .await
+    .unwrap();
+    let admin = AdminClient::unix(&server.admin_socket);
+    let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
+    std::fs::write(dir.path().join("bundle.pem"), &pem).unwrap();
+    let env = |k: &str| match k {
+        "VOUCH_AGENT_SERVER" => Some(format!("127.0.0.1:{port}")),
+        "VOUCH_AGENT_DATA_DIR" => Some(dir.path().join("agent").display().to_string()),
+        "VOUCH_AGENT_BUNDLE" => Some(dir.path().join("bundle.pem").display().to_string()),
+        "VOUCH_AGENT_X509POP_CERT" => Some(dir.path().join("node.pem").display().to_string()),
+        "VOUCH_AGENT_X509POP_KEY" => Some(dir.path().join("node.key").display().to_string()),
+        _ => None,
+    };
+    let agent = Agent::start(AgentConfig::load(None, &env).unwrap()).await.unwrap();
+    assert!(agent.state.agent_id().to_string().starts_with("spiffe://example.org/agent/x509pop/"));
+    let agents: Value = admin.call("GET", "/v1/agents", None).await.unwrap();
+    assert!(agents["agents"][0]["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s == "x509pop:subject:cn:node-7"));
+    agent.shutdown().await;
+    server.shutdown().await;
+}
