@@ -338,3 +338,62 @@ fn agent_commands_explain_what_is_missing() {
         assert!(text.contains(cmd), "{text}");
     }
 }
+
+/// A reused join token and a banned agent are refused with the reason, and both refusals are in the
+/// server's audit log.
+#[test]
+fn refused_attestations_are_explained_and_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let token =
+        server.ok(&["token", "create", "--agent-id", "spiffe://example.org/agent/n1"]).trim().to_owned();
+    std::fs::write(tmp.path().join("bundle.pem"), server.ok(&["bundle", "show"])).unwrap();
+    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
+    let run_agent = |dir: &str, token: &str| {
+        let mut child = Command::new(VOUCH)
+            .args(["agent", "run", "--server", &addr, "--join-token", token])
+            .arg("--bundle")
+            .arg(tmp.path().join("bundle.pem"))
+            .arg("--data-dir")
+            .arg(tmp.path().join(dir))
+            .env("VOUCH_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let socket = tmp.path().join(dir).join("api.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                return (Some(status), err);
+            }
+            if socket.exists() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, String::new());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (status, _) = run_agent("a1", &token);
+    assert!(status.is_none(), "the first use attests and the agent runs");
+    let (status, err) = run_agent("a2", &token);
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    assert!(err.contains("already used"), "{err}");
+    server.ok(&["agent", "ban", "spiffe://example.org/agent/n1"]);
+    let fresh =
+        server.ok(&["token", "create", "--agent-id", "spiffe://example.org/agent/n1"]).trim().to_owned();
+    let (status, err) = run_agent("a3", &fresh);
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    assert!(err.contains("banned"), "{err}");
+    let listing = server.ok(&["agent", "list"]);
+    assert!(listing.contains("spiffe://example.org/agent/n1") && listing.contains("true"), "{listing}");
+    let log = std::fs::read_to_string(tmp.path().join("server.log")).unwrap();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("agent.attest.refused")).collect();
+    assert!(refusals.iter().any(|l| l.contains("already used")), "{log}");
+    assert!(refusals.iter().any(|l| l.contains("banned")), "{log}");
+    assert!(log.contains("agent.ban"), "the ban itself is audited");
+    assert!(!log.contains(&token) && !log.contains(&fresh), "tokens never reach the log");
+    server.stop();
+}
