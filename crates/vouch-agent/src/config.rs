@@ -25,6 +25,8 @@ struct FileConfig {
     k8s_cluster: Option<String>,
     x509pop_cert: Option<PathBuf>,
     x509pop_key: Option<PathBuf>,
+    docker_socket: Option<PathBuf>,
+    podman_socket: Option<PathBuf>,
 }
 
 /// The effective agent configuration.
@@ -50,6 +52,10 @@ pub struct AgentConfig {
     pub x509pop_cert: Option<PathBuf>,
     /// The node key (PEM, EC P-256 or P-384) for x509pop.
     pub x509pop_key: Option<PathBuf>,
+    /// Docker Engine API socket (`off` to not use Docker).
+    pub docker_socket: Option<PathBuf>,
+    /// podman's Docker-compatible API socket (`off` to not use podman).
+    pub podman_socket: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -91,7 +97,24 @@ impl AgentConfig {
             k8s_cluster: env("VOUCH_AGENT_K8S_CLUSTER").or(file.k8s_cluster),
             x509pop_cert: env("VOUCH_AGENT_X509POP_CERT").map(PathBuf::from).or(file.x509pop_cert),
             x509pop_key: env("VOUCH_AGENT_X509POP_KEY").map(PathBuf::from).or(file.x509pop_key),
+            docker_socket: socket_setting(
+                env("VOUCH_AGENT_DOCKER_SOCKET").map(PathBuf::from).or(file.docker_socket),
+                "/var/run/docker.sock",
+            ),
+            podman_socket: socket_setting(
+                env("VOUCH_AGENT_PODMAN_SOCKET").map(PathBuf::from).or(file.podman_socket),
+                "/run/podman/podman.sock",
+            ),
             data_dir,
         })
+    }
+}
+
+/// A runtime socket: the given path, `off` for none, or the runtime's usual path.
+fn socket_setting(given: Option<PathBuf>, default: &str) -> Option<PathBuf> {
+    match given {
+        Some(p) if p.as_os_str() == "off" => None,
+        Some(p) => Some(p),
+        None => Some(PathBuf::from(default)),
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-use crate::attest::{attest_peer, PeerProcess};
+use crate::attest::{attest_full, PeerProcess};
 use crate::state::AgentState;
 
 /// One entry and what matching it against the process gave.
@@ -43,9 +43,12 @@ pub struct Explanation {
 }
 
 /// Attests `pid` as the Workload API would and explains each entry.
-pub fn explain(state: &AgentState, pid: i32) -> Explanation {
+pub async fn explain(state: &AgentState, pid: i32) -> Explanation {
     let now = SystemTime::now();
-    let result = PeerProcess::of_pid(pid, state.unix.proc_root()).and_then(|p| attest_peer(&p, &state.unix));
+    let result = match PeerProcess::of_pid(pid, state.unix.proc_root()) {
+        Ok(p) => attest_full(&p, &state.unix, &state.runtime).await,
+        Err(e) => Err(e),
+    };
     let (error, selectors, container) = match &result {
         Ok(a) => (
             None,
@@ -111,7 +114,7 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
                     .and_then(|v| v["explain"].as_i64())
                 {
                     Some(pid) if pid > 0 && pid <= i64::from(i32::MAX) => {
-                        serde_json::to_value(explain(&state, pid as i32)).unwrap_or_default()
+                        serde_json::to_value(explain(&state, pid as i32).await).unwrap_or_default()
                     }
                     _ => serde_json::json!({"error": "expected {\"explain\": <pid>}"}),
                 }

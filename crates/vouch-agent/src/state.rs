@@ -56,6 +56,8 @@ pub struct AgentState {
     pub config: AgentConfig,
     /// The workload attestor.
     pub unix: UnixAttestor,
+    /// The container runtime attestor.
+    pub runtime: crate::attest::RuntimeAttestor,
     identity: RwLock<Arc<AgentIdentity>>,
     client: RwLock<AdminClient>,
     entries: RwLock<HashMap<EntryId, Entry>>,
@@ -93,9 +95,12 @@ impl AgentState {
     ) -> Result<Arc<Self>, AgentError> {
         let client = identity.client(&config.server)?;
         let bundle = Arc::new(identity.bundle.clone());
+        let runtime =
+            crate::attest::RuntimeAttestor::new(config.docker_socket.clone(), config.podman_socket.clone());
         Ok(Arc::new(Self {
             config,
             unix,
+            runtime,
             identity: RwLock::new(Arc::new(identity)),
             client: RwLock::new(client),
             entries: RwLock::new(HashMap::new()),

@@ -29,7 +29,7 @@ use vouch_proto::workload::{
     X509svidResponse,
 };
 
-use crate::attest::{attest_peer, PeerProcess};
+use crate::attest::{attest_full, PeerProcess};
 use crate::state::AgentState;
 
 /// The message of `PermissionDenied` when nothing matches; SPIFFE clients recognise it.
@@ -126,7 +126,7 @@ fn peer_of<T>(req: &Request<T>) -> PeerInfo {
 }
 
 /// Attests the caller and returns the entries it is entitled to; `PermissionDenied` otherwise.
-fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Result<Vec<Entry>, Status> {
+async fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Result<Vec<Entry>, Status> {
     let pinned = match &*peer.0 {
         Ok(p) => p,
         Err(e) => {
@@ -134,7 +134,7 @@ fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Result<Vec<
             return Err(Status::permission_denied(NO_IDENTITY));
         }
     };
-    let attestation = attest_peer(pinned, &state.unix).map_err(|e| {
+    let attestation = attest_full(pinned, &state.unix, &state.runtime).await.map_err(|e| {
         tracing::info!(target: "vouch::audit", event = "workload.attest.failed", pid = pinned.pid, reason = %e);
         Status::permission_denied(NO_IDENTITY)
     })?;
@@ -156,7 +156,7 @@ fn td_key(state: &AgentState) -> String {
 
 async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidResponse, Status> {
     let now = SystemTime::now();
-    let entries = entitled(state, peer, now)?;
+    let entries = entitled(state, peer, now).await?;
     let svids = state.x509_svids(&entries, now).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot obtain X509-SVIDs");
         Status::unavailable("cannot obtain an X509-SVID from the vouch server right now; retry")
@@ -178,14 +178,14 @@ async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidRe
     })
 }
 
-fn x509_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<X509BundlesResponse, Status> {
-    entitled(state, peer, SystemTime::now())?;
+async fn x509_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<X509BundlesResponse, Status> {
+    entitled(state, peer, SystemTime::now()).await?;
     let bundles = HashMap::from([(td_key(state), concat(&state.bundle().x509_authorities))]);
     Ok(X509BundlesResponse { crl: Vec::new(), bundles })
 }
 
-fn jwt_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<JwtBundlesResponse, Status> {
-    entitled(state, peer, SystemTime::now())?;
+async fn jwt_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<JwtBundlesResponse, Status> {
+    entitled(state, peer, SystemTime::now()).await?;
     let mut jwt_only = (*state.bundle()).clone();
     jwt_only.x509_authorities.clear();
     let jwks = jwt_only.to_jwks().map_err(|_| Status::internal("cannot encode the JWT bundle"))?;
@@ -265,9 +265,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let peer = peer_of(&req);
         let changes = self.state.watch();
-        let first = x509_bundles_response(&self.state, &peer)?;
+        let first = x509_bundles_response(&self.state, &peer).await?;
         let stream = watch_stream(self.state.clone(), peer, changes, first, |s, p| async move {
-            x509_bundles_response(&s, &p)
+            x509_bundles_response(&s, &p).await
         });
         Ok(Response::new(stream))
     }
@@ -280,7 +280,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("audience must be specified"));
         }
         let now = SystemTime::now();
-        let mut entries = entitled(&self.state, &peer, now)?;
+        let mut entries = entitled(&self.state, &peer, now).await?;
         if !body.spiffe_id.is_empty() {
             let wanted = SpiffeId::parse(&body.spiffe_id)
                 .map_err(|e| Status::invalid_argument(format!("spiffe_id `{}`: {e}", body.spiffe_id)))?;
@@ -307,9 +307,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         let peer = peer_of(&req);
         let changes = self.state.watch();
-        let first = jwt_bundles_response(&self.state, &peer)?;
+        let first = jwt_bundles_response(&self.state, &peer).await?;
         let stream = watch_stream(self.state.clone(), peer, changes, first, |s, p| async move {
-            jwt_bundles_response(&s, &p)
+            jwt_bundles_response(&s, &p).await
         });
         Ok(Response::new(stream))
     }

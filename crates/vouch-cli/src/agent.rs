@@ -98,6 +98,12 @@ pub struct AgentRun {
     /// x509pop: the node's private key (PEM, EC P-256 or P-384).
     #[arg(long)]
     x509pop_key: Option<PathBuf>,
+    /// Docker Engine API socket for container selectors (default /var/run/docker.sock; `off`).
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
+    /// podman's Docker-compatible API socket (default /run/podman/podman.sock; `off`).
+    #[arg(long)]
+    podman_socket: Option<PathBuf>,
 }
 
 /// Workload API calls.
@@ -195,6 +201,8 @@ async fn agent_run(args: AgentRun) -> Result<ExitCode> {
             "VOUCH_AGENT_K8S_CLUSTER" => args.k8s_cluster.clone(),
             "VOUCH_AGENT_X509POP_CERT" => args.x509pop_cert.as_ref().map(|p| p.display().to_string()),
             "VOUCH_AGENT_X509POP_KEY" => args.x509pop_key.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_DOCKER_SOCKET" => args.docker_socket.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_PODMAN_SOCKET" => args.podman_socket.as_ref().map(|p| p.display().to_string()),
             _ => None,
         };
         flag.or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))

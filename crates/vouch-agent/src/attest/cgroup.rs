@@ -41,6 +41,9 @@ pub struct ContainerRef {
     pub namespace: Option<String>,
     /// The Kubernetes pod UID, when the path is under kubepods.
     pub pod_uid: Option<String>,
+    /// True when only the shape `/<namespace>/<id>` suggested containerd: a hint to confirm with
+    /// containerd, not evidence. Every other format names its runtime unambiguously.
+    pub guessed: bool,
 }
 
 /// Why a cgroup file could not be used.
@@ -83,6 +86,7 @@ pub fn container_from_path(path: &str) -> Option<ContainerRef> {
             id: id.to_owned(),
             namespace: (runtime == Runtime::Containerd).then(|| "k8s.io".to_owned()),
             pod_uid: pod_uid.clone(),
+            guessed: false,
         })
     };
     if let Some(c) = with_prefix("docker-", Runtime::Docker)
@@ -101,6 +105,7 @@ pub fn container_from_path(path: &str) -> Option<ContainerRef> {
                     id: last.into(),
                     namespace: None,
                     pod_uid,
+                    guessed: false,
                 })
             }
             // kubepods/<qos>/pod<uid>/<id> (cgroupfs driver): the runtime is whichever CRI runs the
@@ -111,6 +116,7 @@ pub fn container_from_path(path: &str) -> Option<ContainerRef> {
                     id: last.into(),
                     namespace: Some("k8s.io".into()),
                     pod_uid,
+                    guessed: false,
                 })
             }
             _ => {}
@@ -135,6 +141,7 @@ pub fn container_from_path(path: &str) -> Option<ContainerRef> {
                 id: (*id).to_owned(),
                 namespace: Some((*ns).to_owned()),
                 pod_uid: None,
+                guessed: true,
             });
         }
     }
@@ -195,6 +202,7 @@ mod tests {
             id: ID.into(),
             namespace: ns.map(Into::into),
             pod_uid: pod.map(Into::into),
+            guessed: false,
         })
     }
 
@@ -213,8 +221,8 @@ mod tests {
                 c(Runtime::Containerd, Some("k8s.io"), Some(POD)),
             ),
             (format!("/kubepods/besteffort/pod{POD}/{ID}"), c(Runtime::Containerd, Some("k8s.io"), Some(POD))),
-            ("/ci/ci-ctr".into(), Some(ContainerRef { runtime: Runtime::Containerd, id: "ci-ctr".into(), namespace: Some("ci".into()), pod_uid: None })),
-            (format!("/default/{ID}"), Some(ContainerRef { runtime: Runtime::Containerd, id: ID.into(), namespace: Some("default".into()), pod_uid: None })),
+            ("/ci/ci-ctr".into(), Some(ContainerRef { runtime: Runtime::Containerd, id: "ci-ctr".into(), namespace: Some("ci".into()), pod_uid: None, guessed: true })),
+            (format!("/default/{ID}"), Some(ContainerRef { runtime: Runtime::Containerd, id: ID.into(), namespace: Some("default".into()), pod_uid: None, guessed: true })),
             ("/".into(), None),
             ("/user.slice/user-0.slice/session-3.scope".into(), None),
             ("/system.slice/sshd.service".into(), None),

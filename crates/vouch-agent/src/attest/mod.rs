@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod peer;
 pub mod procfs;
+pub mod runtime;
 pub mod unix;
 
 use std::os::fd::AsFd;
@@ -13,6 +14,7 @@ use vouch_core::Selectors;
 
 pub use cgroup::{container_from_cgroup_file, ContainerRef, Runtime};
 pub use peer::PeerProcess;
+pub use runtime::RuntimeAttestor;
 pub use unix::UnixAttestor;
 
 /// Why a caller could not be attested. Shown to operators (`vouch agent explain`), never to the
@@ -36,6 +38,9 @@ pub enum AttestError {
     /// The process exited while being attested; its pid may belong to another process now.
     #[error("process {0} exited during attestation (its pid may have been reused); no identity")]
     PidReused(i32),
+    /// The container runtime could not confirm the container.
+    #[error("{0}")]
+    Runtime(String),
     /// The cgroup file was unusable.
     #[error("cgroup of process {pid}: {source}")]
     Cgroup {
@@ -64,7 +69,23 @@ pub fn attest_socket(socket: &impl AsFd, unix: &UnixAttestor) -> Result<Attestat
     attest_peer(&peer, unix)
 }
 
-/// Attests an already identified peer.
+/// Attests a pinned peer fully: `unix:` selectors, then the container runtime's selectors for its
+/// container, if it runs in one.
+pub async fn attest_full(
+    peer: &PeerProcess,
+    unix: &UnixAttestor,
+    runtime: &RuntimeAttestor,
+) -> Result<Attestation, AttestError> {
+    let mut a = attest_peer(peer, unix)?;
+    if let Some(c) = &a.container {
+        for s in runtime.selectors(c).await?.iter() {
+            a.selectors.insert(s.clone());
+        }
+    }
+    Ok(a)
+}
+
+/// Attests an already identified peer (`unix:` selectors and cgroup only).
 pub fn attest_peer(peer: &PeerProcess, unix: &UnixAttestor) -> Result<Attestation, AttestError> {
     let selectors = unix.selectors(peer.pid, peer.uid, peer.gid)?;
     let cgroup_path = unix.proc_root().join(peer.pid.to_string()).join("cgroup");

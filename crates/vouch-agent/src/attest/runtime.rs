@@ -1,0 +1,180 @@
+//! Container runtime selectors: what the runtime that started a process's container says about it.
+//!
+//! The container id comes from the process's cgroup (read by the agent, never from the container);
+//! the runtime's own API then gives its labels, image config digest (the image ID, the same on every
+//! runtime), image name and container name. Docker Engine and podman (through its Docker-compatible
+//! API) are asked over their Unix sockets.
+//!
+//! Fail closed: a process whose cgroup says unambiguously that it runs in a container gets no
+//! identity if that runtime cannot be asked or does not know the container. Only the ambiguous
+//! `/<namespace>/<id>` shape is a mere hint (it also fits non-container cgroups); until the containerd
+//! API is spoken it yields no container selectors and no failure.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde_json::Value;
+use vouch_core::{Selector, Selectors};
+
+use super::cgroup::{ContainerRef, Runtime};
+use super::AttestError;
+
+/// Most containers whose metadata is remembered (labels and image never change in a container's
+/// life, so entries never go stale; the bound only limits memory).
+const MAX_CACHED: usize = 10_000;
+
+/// Asks container runtimes about containers.
+#[derive(Debug, Default)]
+pub struct RuntimeAttestor {
+    docker: Option<PathBuf>,
+    podman: Option<PathBuf>,
+    cache: Mutex<HashMap<(Runtime, String), Selectors>>,
+}
+
+impl RuntimeAttestor {
+    /// An attestor using these API sockets (None: that runtime is not used on this node).
+    pub fn new(docker: Option<PathBuf>, podman: Option<PathBuf>) -> Self {
+        Self { docker, podman, cache: Mutex::default() }
+    }
+
+    /// The selectors of container `c`; empty for a mere containerd hint.
+    pub async fn selectors(&self, c: &ContainerRef) -> Result<Selectors, AttestError> {
+        let (socket, kind) = match c.runtime {
+            Runtime::Docker => (self.docker.as_ref(), "docker"),
+            Runtime::Podman => (self.podman.as_ref(), "podman"),
+            Runtime::Containerd if c.guessed => return Ok(Selectors::new()),
+            other => {
+                return Err(AttestError::Runtime(format!(
+                    "the process runs in {other} container `{}`, which this agent cannot ask about yet; no identity",
+                    c.id
+                )))
+            }
+        };
+        let key = (c.runtime, c.id.clone());
+        if let Some(s) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(s.clone());
+        }
+        let socket = socket.filter(|p| p.exists()).ok_or_else(|| {
+            AttestError::Runtime(format!(
+                "the process runs in {kind} container `{}`, but no {kind} API socket is configured or present on this node",
+                c.id
+            ))
+        })?;
+        let selectors = docker_like(socket, kind, &c.id).await?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, selectors.clone());
+        Ok(selectors)
+    }
+}
+
+/// Inspects a container through the Docker Engine API (also podman's compatible API).
+async fn docker_like(socket: &PathBuf, kind: &str, id: &str) -> Result<Selectors, AttestError> {
+    let client = vouch_client::AdminClient::unix(socket);
+    let (status, body) = client
+        .request("GET", &format!("/containers/{id}/json"), None)
+        .await
+        .map_err(|e| AttestError::Runtime(format!("{kind} API: {e}")))?;
+    if status == 404 {
+        return Err(AttestError::Runtime(format!("{kind} does not know container `{id}`")));
+    }
+    if status != 200 {
+        return Err(AttestError::Runtime(format!("{kind} API answered {status} for container `{id}`")));
+    }
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| AttestError::Runtime(format!("{kind} API: unreadable answer: {e}")))?;
+    Ok(docker_selectors(kind, &v))
+}
+
+/// Selectors from a Docker `containers/<id>/json` document.
+pub fn docker_selectors(kind: &str, v: &Value) -> Selectors {
+    let mut out = Selectors::new();
+    let mut add = |k: &str, value: String| {
+        if let Ok(s) = Selector::new(k, &value) {
+            out.insert(s);
+        }
+    };
+    if let Some(id) = v["Id"].as_str() {
+        add(kind, format!("id:{id}"));
+    }
+    if let Some(name) = v["Name"].as_str() {
+        add(kind, format!("name:{}", name.trim_start_matches('/')));
+    }
+    if let Some(image) = v["Image"].as_str() {
+        // The image config digest; podman may give it without the algorithm prefix.
+        let digest = if image.contains(':') { image.to_owned() } else { format!("sha256:{image}") };
+        add(kind, format!("image-id:{digest}"));
+        add("container", format!("image-id:{digest}"));
+    }
+    if let Some(name) = v["Config"]["Image"].as_str() {
+        add(kind, format!("image-name:{name}"));
+    }
+    if let Some(labels) = v["Config"]["Labels"].as_object() {
+        for (k, val) in labels {
+            if let Some(val) = val.as_str() {
+                add(kind, format!("label:{k}:{val}"));
+            }
+        }
+    }
+    add("container", format!("runtime:{kind}"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_from_an_inspect_document() {
+        let doc = serde_json::json!({
+            "Id": "abc123", "Name": "/payments-1", "Image": "sha256:feed",
+            "Config": {"Image": "registry.example/payments:1.2", "Labels": {"app": "payments", "tier": "back end"}}
+        });
+        let got: Vec<String> = docker_selectors("docker", &doc).iter().map(ToString::to_string).collect();
+        for want in [
+            "docker:id:abc123",
+            "docker:name:payments-1",
+            "docker:image-id:sha256:feed",
+            "container:image-id:sha256:feed",
+            "docker:image-name:registry.example/payments:1.2",
+            "docker:label:app:payments",
+            "docker:label:tier:back end",
+            "container:runtime:docker",
+        ] {
+            assert!(got.iter().any(|g| g == want), "{want} in {got:?}");
+        }
+        let podman = serde_json::json!({"Image": "feed"});
+        assert!(docker_selectors("podman", &podman)
+            .iter()
+            .any(|s| s.to_string() == "container:image-id:sha256:feed"));
+        assert_eq!(docker_selectors("docker", &serde_json::json!(null)).len(), 1, "only the runtime itself");
+    }
+
+    #[tokio::test]
+    async fn unambiguous_containers_without_their_runtime_fail_closed() {
+        let r = RuntimeAttestor::new(Some("/nonexistent/docker.sock".into()), None);
+        let c = |runtime, guessed| ContainerRef {
+            runtime,
+            id: "x".into(),
+            namespace: None,
+            pod_uid: None,
+            guessed,
+        };
+        assert!(r
+            .selectors(&c(Runtime::Docker, false))
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no docker API socket"));
+        assert!(r.selectors(&c(Runtime::Podman, false)).await.is_err());
+        assert!(r.selectors(&c(Runtime::CriO, false)).await.is_err());
+        assert!(r.selectors(&c(Runtime::Containerd, false)).await.is_err());
+        assert!(
+            r.selectors(&c(Runtime::Containerd, true)).await.unwrap().is_empty(),
+            "a guess is only a hint"
+        );
+    }
+}
