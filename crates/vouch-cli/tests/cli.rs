@@ -397,3 +397,208 @@ fn refused_attestations_are_explained_and_audited() {
     assert!(!log.contains(&token) && !log.contains(&fresh), "tokens never reach the log");
     server.stop();
 }
+
+/// A throwaway Docker daemon in a temp dir (no bridge, no iptables), stopped on drop.
+struct Dockerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Dockerd {
+    fn start(dir: &Path) -> Self {
+        let dir = dir.to_owned();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.join("docker.sock").display()))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd is installed (Debian docker.io; .ci/run installs it)");
+        let d = Self { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.docker(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start: {}",
+                std::fs::read_to_string(d.dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let ids = self.docker(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Cgroups docker made for its containers (rmdir only removes empty ones).
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join("docker"));
+            }
+        }
+    }
+}
+
+fn build_image(dir: &Path, name: &str, marker: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build_image.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(dir.join(format!("{marker}.tar")))
+        .args([name, marker])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Real containers under a real Docker daemon: a container with the registered label and image gets
+/// its SVID through the agent socket mounted into it; the same labels on another image, or the right
+/// image without the label, get nothing. The workload is the `vouch` binary itself, run inside the
+/// container with the host's libraries mounted read-only.
+#[test]
+fn docker_containers_get_identities_by_label_and_image_only() {
+    if !std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    {
+        panic!("this test runs real containers and needs root");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("docker")).unwrap();
+    let docker = Dockerd::start(&tmp.path().join("docker"));
+    let good_image = build_image(tmp.path(), "vouch-test:payments", "payments");
+    let rogue_image = build_image(tmp.path(), "vouch-test:rogue", "rogue");
+    assert_ne!(good_image, rogue_image);
+    for t in ["payments", "rogue"] {
+        let out = docker.docker(&["load", "-i", &tmp.path().join(format!("{t}.tar")).display().to_string()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let inspected = docker.docker(&["image", "inspect", "-f", "{{.Id}}", "vouch-test:payments"]);
+    assert_eq!(
+        String::from_utf8_lossy(&inspected.stdout).trim(),
+        good_image,
+        "the image ID is the config digest"
+    );
+
+    let server = ServerProcess::start(tmp.path());
+    let token = server
+        .ok(&["token", "create", "--agent-id", "spiffe://example.org/agent/docker-node"])
+        .trim()
+        .to_owned();
+    std::fs::write(tmp.path().join("bundle.pem"), server.ok(&["bundle", "show"])).unwrap();
+    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
+    let agent_dir = tmp.path().join("agent");
+    let mut agent = Command::new(VOUCH)
+        .args(["agent", "run", "--server", &addr, "--join-token", &token])
+        .arg("--bundle")
+        .arg(tmp.path().join("bundle.pem"))
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .arg("--docker-socket")
+        .arg(docker.socket())
+        .env("VOUCH_LOG", "info")
+        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent_dir.join("api.sock").exists() {
+        assert!(Instant::now() < deadline, "agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/payments",
+        "--parent-id",
+        "spiffe://example.org/agent/docker-node",
+        "-s",
+        "docker:label:app:payments",
+        "-s",
+        &format!("container:image-id:{good_image}"),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let run = |image: &str, label: Option<&str>| {
+        let mut args = vec!["run".to_string(), "--rm".into(), "--network".into(), "none".into()];
+        if let Some(l) = label {
+            args.extend(["--label".into(), l.into()]);
+        }
+        for (host, inside) in [("/usr/lib", "/usr/lib"), ("/usr/lib", "/lib"), ("/usr/lib64", "/lib64")] {
+            args.extend(["-v".into(), format!("{host}:{inside}:ro")]);
+        }
+        args.extend(["-v".into(), format!("{}:/vouch:ro", VOUCH)]);
+        args.extend(["-v".into(), format!("{}:/run/vouch", agent_dir.display())]);
+        args.extend(["-e".into(), "SPIFFE_ENDPOINT_SOCKET=unix:///run/vouch/api.sock".into()]);
+        args.extend([
+            image.to_string(),
+            "/vouch".into(),
+            "agent".into(),
+            "api".into(),
+            "fetch".into(),
+            "x509".into(),
+            "-o".into(),
+            "json".into(),
+        ]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker.docker(&refs)
+    };
+    let good = run("vouch-test:payments", Some("app=payments"));
+    let agent_log = || std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
+    assert!(
+        good.status.success(),
+        "stdout {} stderr {} agent {}",
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr),
+        agent_log()
+    );
+    let v = json(&String::from_utf8_lossy(&good.stdout));
+    assert_eq!(v["svids"][0]["spiffe_id"], "spiffe://example.org/payments");
+
+    // The same label on another image: a rogue container copying labels gets nothing.
+    let rogue = run("vouch-test:rogue", Some("app=payments"));
+    assert!(!rogue.status.success());
+    assert!(
+        String::from_utf8_lossy(&rogue.stderr).contains("no identity issued"),
+        "{}",
+        String::from_utf8_lossy(&rogue.stderr)
+    );
+    // The right image without the label: nothing either.
+    let unlabelled = run("vouch-test:payments", None);
+    assert!(!unlabelled.status.success());
+    assert!(String::from_utf8_lossy(&unlabelled.stderr).contains("no identity issued"));
+
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    let _ = agent.wait();
+    server.stop();
+}
