@@ -48,17 +48,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn channel(socket: &Path) -> Result<SpiffeWorkloadApiClient<tonic::transport::Channel>> {
-    let path = socket.to_owned();
-    let ch = tonic::transport::Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await?;
+    let ch = vouch_proto::uds_channel(socket).await?;
     Ok(SpiffeWorkloadApiClient::new(ch).max_decoding_message_size(usize::MAX))
 }
 

@@ -27,6 +27,7 @@ struct FileConfig {
     x509pop_key: Option<PathBuf>,
     docker_socket: Option<PathBuf>,
     podman_socket: Option<PathBuf>,
+    containerd_socket: Option<PathBuf>,
 }
 
 /// The effective agent configuration.
@@ -56,6 +57,8 @@ pub struct AgentConfig {
     pub docker_socket: Option<PathBuf>,
     /// podman's Docker-compatible API socket (`off` to not use podman).
     pub podman_socket: Option<PathBuf>,
+    /// containerd's gRPC API socket (`off` to not use containerd).
+    pub containerd_socket: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -104,6 +107,10 @@ impl AgentConfig {
             podman_socket: socket_setting(
                 env("VOUCH_AGENT_PODMAN_SOCKET").map(PathBuf::from).or(file.podman_socket),
                 "/run/podman/podman.sock",
+            ),
+            containerd_socket: socket_setting(
+                env("VOUCH_AGENT_CONTAINERD_SOCKET").map(PathBuf::from).or(file.containerd_socket),
+                "/run/containerd/containerd.sock",
             ),
             data_dir,
         })

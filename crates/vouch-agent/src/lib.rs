@@ -86,6 +86,14 @@ async fn obtain_identity(config: &AgentConfig) -> Result<AgentIdentity, AgentErr
         tracing::info!(agent = %id.spiffe_id, "reusing the saved agent SVID; no attestation needed");
         return Ok(id);
     }
+    let has_method = config.join_token.is_some()
+        || config.k8s_psat_token.is_some()
+        || (config.x509pop_cert.is_some() && config.x509pop_key.is_some());
+    if !has_method {
+        return Err(AgentError::Config(
+            "no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token (or use --k8s-psat-token in Kubernetes, or --x509pop-cert and --x509pop-key)".into(),
+        ));
+    }
     let bundle_path = config.bundle.as_ref().ok_or_else(|| {
         AgentError::Config("the first attestation needs the server's bundle to trust it: pass --bundle (from `vouch bundle show`)".into())
     })?;

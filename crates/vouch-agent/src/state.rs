@@ -95,8 +95,11 @@ impl AgentState {
     ) -> Result<Arc<Self>, AgentError> {
         let client = identity.client(&config.server)?;
         let bundle = Arc::new(identity.bundle.clone());
-        let runtime =
-            crate::attest::RuntimeAttestor::new(config.docker_socket.clone(), config.podman_socket.clone());
+        let runtime = crate::attest::RuntimeAttestor::new(
+            config.docker_socket.clone(),
+            config.podman_socket.clone(),
+            config.containerd_socket.clone(),
+        );
         Ok(Arc::new(Self {
             config,
             unix,

@@ -104,6 +104,9 @@ pub struct AgentRun {
     /// podman's Docker-compatible API socket (default /run/podman/podman.sock; `off`).
     #[arg(long)]
     podman_socket: Option<PathBuf>,
+    /// containerd's API socket (default /run/containerd/containerd.sock; `off`).
+    #[arg(long)]
+    containerd_socket: Option<PathBuf>,
 }
 
 /// Workload API calls.
@@ -203,6 +206,9 @@ async fn agent_run(args: AgentRun) -> Result<ExitCode> {
             "VOUCH_AGENT_X509POP_KEY" => args.x509pop_key.as_ref().map(|p| p.display().to_string()),
             "VOUCH_AGENT_DOCKER_SOCKET" => args.docker_socket.as_ref().map(|p| p.display().to_string()),
             "VOUCH_AGENT_PODMAN_SOCKET" => args.podman_socket.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_CONTAINERD_SOCKET" => {
+                args.containerd_socket.as_ref().map(|p| p.display().to_string())
+            }
             _ => None,
         };
         flag.or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))
@@ -229,17 +235,7 @@ async fn connect(endpoint: &str) -> Result<SpiffeWorkloadApiClient<tonic::transp
             path.display()
         );
     }
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .context("cannot connect to the agent socket")?;
+    let channel = vouch_proto::uds_channel(path).await.context("cannot connect to the agent socket")?;
     Ok(SpiffeWorkloadApiClient::new(channel))
 }
 

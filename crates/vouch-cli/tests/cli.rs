@@ -602,3 +602,157 @@ fn docker_containers_get_identities_by_label_and_image_only() {
     let _ = agent.wait();
     server.stop();
 }
+
+/// A throwaway containerd (CRI disabled) in a temp dir, stopped on drop.
+struct Containerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
+             [debug]\n  address = \"{d}/debug.sock\"\n[metrics]\n  address = \"\"\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .expect("containerd is installed (a dependency of Debian's docker.io)");
+        let c = Self { dir: dir.to_owned(), child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr").arg("-a").arg(self.socket()).args(["-n", "vouch"]).args(args).output().unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let listed = self.ctr(&["containers", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr(&["tasks", "rm", "-f", id]);
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join("vouch"));
+            }
+        }
+    }
+}
+
+/// The same rules under containerd (through its API, namespace `vouch`): the runtime-neutral
+/// `container:image-id` selector is the same image ID Docker reports.
+#[test]
+fn containerd_containers_get_identities_by_label_and_image_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctrd = Containerd::start(&tmp.path().join("containerd"));
+    let good_image = build_image(tmp.path(), "vouch-test:payments", "payments");
+    build_image(tmp.path(), "vouch-test:rogue", "rogue");
+    for t in ["payments", "rogue"] {
+        let out = ctrd.ctr(&["images", "import", &tmp.path().join(format!("{t}.tar")).display().to_string()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let server = ServerProcess::start(tmp.path());
+    let token = server
+        .ok(&["token", "create", "--agent-id", "spiffe://example.org/agent/ctrd-node"])
+        .trim()
+        .to_owned();
+    std::fs::write(tmp.path().join("bundle.pem"), server.ok(&["bundle", "show"])).unwrap();
+    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
+    let agent_dir = tmp.path().join("agent");
+    let mut agent = Command::new(VOUCH)
+        .args(["agent", "run", "--server", &addr, "--join-token", &token, "--docker-socket", "off"])
+        .arg("--bundle")
+        .arg(tmp.path().join("bundle.pem"))
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .arg("--containerd-socket")
+        .arg(ctrd.socket())
+        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent_dir.join("api.sock").exists() {
+        assert!(Instant::now() < deadline, "agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/payments",
+        "--parent-id",
+        "spiffe://example.org/agent/ctrd-node",
+        "-s",
+        "containerd:label:app:payments",
+        "-s",
+        &format!("container:image-id:{good_image}"),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let run = |name: &str, image: &str, label: Option<&str>| {
+        let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
+        if let Some(l) = label {
+            args.extend(["--label".into(), l.into()]);
+        }
+        for (host, inside) in [("/usr/lib", "/usr/lib"), ("/usr/lib", "/lib"), ("/usr/lib64", "/lib64")] {
+            args.extend(["--mount".into(), format!("type=bind,src={host},dst={inside},options=rbind:ro")]);
+        }
+        args.extend(["--mount".into(), format!("type=bind,src={VOUCH},dst=/vouch,options=rbind:ro")]);
+        args.extend([
+            "--mount".into(),
+            format!("type=bind,src={},dst=/run/vouch,options=rbind:rw", agent_dir.display()),
+        ]);
+        args.extend(["--env".into(), "SPIFFE_ENDPOINT_SOCKET=unix:///run/vouch/api.sock".into()]);
+        args.extend([format!("docker.io/library/{image}"), name.into()]);
+        args.extend(["/vouch", "agent", "api", "fetch", "x509", "-o", "json"].map(String::from));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ctrd.ctr(&refs)
+    };
+    let agent_log = || std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
+    let good = run("good", "vouch-test:payments", Some("app=payments"));
+    assert!(
+        good.status.success(),
+        "stdout {} stderr {} agent {}",
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr),
+        agent_log()
+    );
+    assert_eq!(
+        json(&String::from_utf8_lossy(&good.stdout))["svids"][0]["spiffe_id"],
+        "spiffe://example.org/payments"
+    );
+    let rogue = run("rogue", "vouch-test:rogue", Some("app=payments"));
+    assert!(!rogue.status.success(), "a copied label on another image gets nothing");
+    assert!(
+        String::from_utf8_lossy(&rogue.stderr).contains("no identity issued"),
+        "{}",
+        String::from_utf8_lossy(&rogue.stderr)
+    );
+    let unlabelled = run("plain", "vouch-test:payments", None);
+    assert!(!unlabelled.status.success());
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    let _ = agent.wait();
+    server.stop();
+}

@@ -7,8 +7,8 @@
 //!
 //! Fail closed: a process whose cgroup says unambiguously that it runs in a container gets no
 //! identity if that runtime cannot be asked or does not know the container. Only the ambiguous
-//! `/<namespace>/<id>` shape is a mere hint (it also fits non-container cgroups); until the containerd
-//! API is spoken it yields no container selectors and no failure.
+//! `/<namespace>/<id>` shape is a mere hint (it also fits non-container cgroups): containerd is asked,
+//! and if it does not know such a container the process simply has no container selectors.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,13 +29,14 @@ const MAX_CACHED: usize = 10_000;
 pub struct RuntimeAttestor {
     docker: Option<PathBuf>,
     podman: Option<PathBuf>,
+    containerd: Option<PathBuf>,
     cache: Mutex<HashMap<(Runtime, String), Selectors>>,
 }
 
 impl RuntimeAttestor {
     /// An attestor using these API sockets (None: that runtime is not used on this node).
-    pub fn new(docker: Option<PathBuf>, podman: Option<PathBuf>) -> Self {
-        Self { docker, podman, cache: Mutex::default() }
+    pub fn new(docker: Option<PathBuf>, podman: Option<PathBuf>, containerd: Option<PathBuf>) -> Self {
+        Self { docker, podman, containerd, cache: Mutex::default() }
     }
 
     /// The selectors of container `c`; empty for a mere containerd hint.
@@ -43,7 +44,7 @@ impl RuntimeAttestor {
         let (socket, kind) = match c.runtime {
             Runtime::Docker => (self.docker.as_ref(), "docker"),
             Runtime::Podman => (self.podman.as_ref(), "podman"),
-            Runtime::Containerd if c.guessed => return Ok(Selectors::new()),
+            Runtime::Containerd => return self.containerd_selectors(c).await,
             other => {
                 return Err(AttestError::Runtime(format!(
                     "the process runs in {other} container `{}`, which this agent cannot ask about yet; no identity",
@@ -71,8 +72,146 @@ impl RuntimeAttestor {
     }
 }
 
+impl RuntimeAttestor {
+    async fn containerd_selectors(&self, c: &ContainerRef) -> Result<Selectors, AttestError> {
+        let key = (c.runtime, format!("{}/{}", c.namespace.as_deref().unwrap_or_default(), c.id));
+        if let Some(s) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(s.clone());
+        }
+        let socket = match self.containerd.as_ref().filter(|p| p.exists()) {
+            Some(s) => s,
+            // A guess that cannot be checked is no container at all.
+            None if c.guessed => return Ok(Selectors::new()),
+            None => {
+                return Err(AttestError::Runtime(format!(
+                    "the process runs in containerd container `{}`, but no containerd socket is configured or present",
+                    c.id
+                )))
+            }
+        };
+        let namespace = c.namespace.as_deref().unwrap_or("default");
+        let selectors = match containerd_inspect(socket, namespace, &c.id).await? {
+            Some(s) => s,
+            None if c.guessed => return Ok(Selectors::new()),
+            None => {
+                return Err(AttestError::Runtime(format!("containerd does not know container `{}`", c.id)))
+            }
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, selectors.clone());
+        Ok(selectors)
+    }
+}
+
+/// Largest manifest or index read from containerd's content store.
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+fn with_namespace<T>(body: T, namespace: &str) -> Result<tonic::Request<T>, AttestError> {
+    let mut req = tonic::Request::new(body);
+    let value = namespace
+        .parse()
+        .map_err(|_| AttestError::Runtime(format!("bad containerd namespace `{namespace}`")))?;
+    req.metadata_mut().insert("containerd-namespace", value);
+    Ok(req)
+}
+
+async fn read_blob(
+    content: &mut vouch_proto::containerd::content::content_client::ContentClient<tonic::transport::Channel>,
+    namespace: &str,
+    digest: &str,
+) -> Result<Value, AttestError> {
+    use vouch_proto::containerd::content::ReadContentRequest;
+    let err = |e: String| AttestError::Runtime(format!("containerd content {digest}: {e}"));
+    let mut stream = content
+        .read(with_namespace(
+            ReadContentRequest { digest: digest.to_owned(), offset: 0, size: 0 },
+            namespace,
+        )?)
+        .await
+        .map_err(|s| err(s.message().to_owned()))?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(|s| err(s.message().to_owned()))? {
+        data.extend_from_slice(&chunk.data);
+        if data.len() > MAX_MANIFEST_BYTES {
+            return Err(err("larger than a manifest can be".into()));
+        }
+    }
+    serde_json::from_slice(&data).map_err(|e| err(format!("not JSON: {e}")))
+}
+
+/// Asks containerd about a container: `Ok(None)` if it does not know it.
+async fn containerd_inspect(
+    socket: &PathBuf,
+    namespace: &str,
+    id: &str,
+) -> Result<Option<Selectors>, AttestError> {
+    use vouch_proto::containerd::{containers, content, images};
+    let channel = vouch_proto::uds_channel(socket.to_owned())
+        .await
+        .map_err(|e| AttestError::Runtime(format!("containerd API at {}: {e}", socket.display())))?;
+    let mut cs = containers::containers_client::ContainersClient::new(channel.clone());
+    let container =
+        match cs.get(with_namespace(containers::GetContainerRequest { id: id.to_owned() }, namespace)?).await
+        {
+            Ok(r) => r
+                .into_inner()
+                .container
+                .ok_or_else(|| AttestError::Runtime("containerd answered no container".into()))?,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(AttestError::Runtime(format!("containerd: {}", s.message()))),
+        };
+    let mut is = images::images_client::ImagesClient::new(channel.clone());
+    let image = is
+        .get(with_namespace(images::GetImageRequest { name: container.image.clone() }, namespace)?)
+        .await
+        .map_err(|s| {
+            AttestError::Runtime(format!("containerd image `{}`: {}", container.image, s.message()))
+        })?
+        .into_inner()
+        .image
+        .ok_or_else(|| AttestError::Runtime("containerd answered no image".into()))?;
+    let target = image.target.ok_or_else(|| AttestError::Runtime("containerd image has no target".into()))?;
+    let mut content = content::content_client::ContentClient::new(channel);
+    let mut doc = read_blob(&mut content, namespace, &target.digest).await?;
+    // An index: take the linux/amd64 manifest (or the only one).
+    if let Some(manifests) = doc["manifests"].as_array().cloned() {
+        let pick = manifests
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .or_else(|| manifests.first())
+            .and_then(|m| m["digest"].as_str())
+            .ok_or_else(|| AttestError::Runtime("image index lists no manifest".into()))?
+            .to_owned();
+        doc = read_blob(&mut content, namespace, &pick).await?;
+    }
+    let config = doc["config"]["digest"]
+        .as_str()
+        .ok_or_else(|| AttestError::Runtime("image manifest has no config digest".into()))?
+        .to_owned();
+    let mut out = Selectors::new();
+    let mut add = |k: &str, v: String| {
+        if let Ok(s) = Selector::new(k, &v) {
+            out.insert(s);
+        }
+    };
+    add("containerd", format!("id:{id}"));
+    add("containerd", format!("namespace:{namespace}"));
+    add("containerd", format!("image-name:{}", container.image));
+    add("containerd", format!("image-id:{config}"));
+    add("container", format!("image-id:{config}"));
+    add("container", "runtime:containerd".into());
+    for (k, v) in &container.labels {
+        add("containerd", format!("label:{k}:{v}"));
+    }
+    Ok(Some(out))
+}
+
 /// Inspects a container through the Docker Engine API (also podman's compatible API).
-async fn docker_like(socket: &PathBuf, kind: &str, id: &str) -> Result<Selectors, AttestError> {
+async fn docker_like(socket: &std::path::Path, kind: &str, id: &str) -> Result<Selectors, AttestError> {
     let client = vouch_client::AdminClient::unix(socket);
     let (status, body) = client
         .request("GET", &format!("/containers/{id}/json"), None)
@@ -155,7 +294,11 @@ mod tests {
 
     #[tokio::test]
     async fn unambiguous_containers_without_their_runtime_fail_closed() {
-        let r = RuntimeAttestor::new(Some("/nonexistent/docker.sock".into()), None);
+        let r = RuntimeAttestor::new(
+            Some("/nonexistent/docker.sock".into()),
+            None,
+            Some("/nonexistent/c.sock".into()),
+        );
         let c = |runtime, guessed| ContainerRef {
             runtime,
             id: "x".into(),

@@ -108,19 +108,7 @@ impl Stack {
 
 /// A raw gRPC client of the agent socket, to send requests the SPIFFE clients never would.
 async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
+    let channel = vouch_proto::uds_channel(socket).await.unwrap();
     SpiffeWorkloadApiClient::new(channel)
 }
 
