@@ -74,6 +74,17 @@ fn ca_params(
     Ok(params)
 }
 
+/// The SANs of one kind, picked by `pick`, as strings.
+fn sans<'a>(
+    cert: &'a X509Certificate<'a>,
+    pick: impl Fn(&x509_parser::extensions::GeneralName<'a>) -> Option<&'a str>,
+) -> Vec<String> {
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.iter().filter_map(|n| pick(n).map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Facts read back from a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -102,18 +113,10 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
         UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
     };
     let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
-    let uris = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let uris = sans(&cert, |n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => Some(u),
+        _ => None,
+    });
     Ok(CertInfo {
         not_before: to_time(cert.validity().not_before),
         not_after: to_time(cert.validity().not_after),
@@ -393,18 +396,10 @@ pub fn node_cert_facts(cert_der: &[u8]) -> Result<NodeCertFacts, CaError> {
     let (_, cert) = X509Certificate::from_der(cert_der)
         .map_err(|_| CaError::InvalidCertificate("not a DER certificate".into()))?;
     let cn = cert.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).map(str::to_owned);
-    let dns = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let dns = sans(&cert, |n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => Some(d),
+        _ => None,
+    });
     let fingerprint = hex::encode(crate::keys::sha256(cert_der));
     Ok(NodeCertFacts { common_name: cn, dns_names: dns, fingerprint })
 }
