@@ -398,6 +398,37 @@ fn refused_attestations_are_explained_and_audited() {
     server.stop();
 }
 
+/// Starts `vouch agent run` for `agent_id`, attested with a fresh join token, with `extra` flags;
+/// returns the process and its data directory once the Workload API socket is up. Its log goes to
+/// `agent.log` in `tmp`.
+fn start_agent(tmp: &Path, server: &ServerProcess, agent_id: &str, extra: &[&str]) -> (Child, PathBuf) {
+    let token = server.ok(&["token", "create", "--agent-id", agent_id]).trim().to_owned();
+    std::fs::write(tmp.join("bundle.pem"), server.ok(&["bundle", "show"])).unwrap();
+    let addr = std::fs::read_to_string(tmp.join("data/server.addr")).unwrap().trim().to_owned();
+    let agent_dir = tmp.join("agent");
+    let agent = Command::new(VOUCH)
+        .args(["agent", "run", "--server", &addr, "--join-token", &token])
+        .arg("--bundle")
+        .arg(tmp.join("bundle.pem"))
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .args(extra)
+        .env("VOUCH_LOG", "info")
+        .stderr(std::fs::File::create(tmp.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent_dir.join("api.sock").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "agent did not start: {}",
+            std::fs::read_to_string(tmp.join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (agent, agent_dir)
+}
+
 /// A throwaway Docker daemon in a temp dir (no bridge, no iptables), stopped on drop.
 struct Dockerd {
     dir: PathBuf,
@@ -511,30 +542,13 @@ fn docker_containers_get_identities_by_label_and_image_only() {
     );
 
     let server = ServerProcess::start(tmp.path());
-    let token = server
-        .ok(&["token", "create", "--agent-id", "spiffe://example.org/agent/docker-node"])
-        .trim()
-        .to_owned();
-    std::fs::write(tmp.path().join("bundle.pem"), server.ok(&["bundle", "show"])).unwrap();
-    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
-    let agent_dir = tmp.path().join("agent");
-    let mut agent = Command::new(VOUCH)
-        .args(["agent", "run", "--server", &addr, "--join-token", &token])
-        .arg("--bundle")
-        .arg(tmp.path().join("bundle.pem"))
-        .arg("--data-dir")
-        .arg(&agent_dir)
-        .arg("--docker-socket")
-        .arg(docker.socket())
-        .env("VOUCH_LOG", "info")
-        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !agent_dir.join("api.sock").exists() {
-        assert!(Instant::now() < deadline, "agent did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let docker_socket = docker.socket().display().to_string();
+    let (mut agent, agent_dir) = start_agent(
+        tmp.path(),
+        &server,
+        "spiffe://example.org/agent/docker-node",
+        &["--docker-socket", &docker_socket],
+    );
     server.ok(&[
         "entry",
         "create",
@@ -675,29 +689,13 @@ fn containerd_containers_get_identities_by_label_and_image_only() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let server = ServerProcess::start(tmp.path());
-    let token = server
-        .ok(&["token", "create", "--agent-id", "spiffe://example.org/agent/ctrd-node"])
-        .trim()
-        .to_owned();
-    std::fs::write(tmp.path().join("bundle.pem"), server.ok(&["bundle", "show"])).unwrap();
-    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
-    let agent_dir = tmp.path().join("agent");
-    let mut agent = Command::new(VOUCH)
-        .args(["agent", "run", "--server", &addr, "--join-token", &token, "--docker-socket", "off"])
-        .arg("--bundle")
-        .arg(tmp.path().join("bundle.pem"))
-        .arg("--data-dir")
-        .arg(&agent_dir)
-        .arg("--containerd-socket")
-        .arg(ctrd.socket())
-        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !agent_dir.join("api.sock").exists() {
-        assert!(Instant::now() < deadline, "agent did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let containerd_socket = ctrd.socket().display().to_string();
+    let (mut agent, agent_dir) = start_agent(
+        tmp.path(),
+        &server,
+        "spiffe://example.org/agent/ctrd-node",
+        &["--docker-socket", "off", "--containerd-socket", &containerd_socket],
+    );
     server.ok(&[
         "entry",
         "create",
