@@ -26,6 +26,9 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// Largest header block accepted from a client before giving up on the connection.
 const MAX_BLOCK: usize = 256 * 1024;
+/// Largest frame payload accepted: the server advertises 16 KiB frames, so an honest client never
+/// sends more; this bounds what an untrusted local caller can make the agent allocate.
+const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
 
 /// A header block whose CONTINUATION frames are still arriving.
 struct PendingBlock {
@@ -152,6 +155,9 @@ where
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let (kind, flags) = (head[3], head[4]);
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if len > MAX_FRAME_PAYLOAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the server allows"));
+        }
         let mut payload = vec![0u8; len];
         r.read_exact(&mut payload).await?;
         match kind {
@@ -358,6 +364,9 @@ mod tests {
             filter_client_to_server(&input[..], &mut Vec::new()).await.is_err(),
             "padding longer than the frame"
         );
+        let mut input = PREFACE.to_vec();
+        input.extend(frame_header(MAX_FRAME_PAYLOAD + 1, 0x0, 0, 1));
+        assert!(filter_client_to_server(&input[..], &mut Vec::new()).await.is_err(), "oversized frame");
         // Not HTTP/2: passed through for the server to refuse.
         let junk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nmore bytes".to_vec();
         assert_eq!(run(junk.clone()).await, junk);
