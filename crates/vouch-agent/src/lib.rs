@@ -201,10 +201,15 @@ impl Agent {
             }
         }));
         let service = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone()));
+        // gRPC health on the same socket: SERVING once started (cached SVIDs are served even while
+        // the server is unreachable, so the agent stays healthy then).
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>().await;
         let mut serve_shutdown = rx;
         tasks.push(tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(health_service)
                 .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
                     let _ = serve_shutdown.changed().await;
                 })

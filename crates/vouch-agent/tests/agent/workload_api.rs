@@ -127,6 +127,22 @@ async fn spiffe_clients_get_identities_and_streams_follow_changes() {
     let stack = Stack::start().await;
     let client = spiffe::WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
 
+    // gRPC health answers on the same socket.
+    let channel = vouch_proto::uds_channel(&stack.agent().socket).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "SpiffeWorkloadAPI"] {
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+
     // Nothing registered for this process yet.
     let err = client.fetch_x509_svid().await.unwrap_err().to_string();
     assert!(err.contains("no identity issued"), "{err}");
