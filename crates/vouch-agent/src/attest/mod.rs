@@ -3,6 +3,7 @@
 //! or the pid was reused while it was being attested, the caller gets no selectors at all.
 
 pub mod cgroup;
+pub mod k8s;
 pub mod peer;
 pub mod procfs;
 pub mod runtime;
