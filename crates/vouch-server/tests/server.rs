@@ -543,6 +543,30 @@ async fn a_second_server_on_the_same_socket_is_refused() {
     server.shutdown().await;
 }
 
+/// A server with TCP and `extra` configuration (node attestation sections), its admin client, and
+/// an anonymous TLS client (as an agent before attestation).
+async fn start_with(dir: &Path, extra: &str) -> (Server, AdminClient, AdminClient) {
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{extra}",
+        dir.join("data").display()
+    );
+    let server =
+        Server::start(Config::from_toml(&text, &no_env).unwrap(), Arc::new(vouch_server::SystemClock), None)
+            .await
+            .unwrap();
+    let local = AdminClient::unix(&server.admin_socket);
+    let (_, bundle_pem) = local.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let anon = AdminClient::tls(
+        &server.tcp_addr.unwrap().to_string(),
+        &td,
+        std::str::from_utf8(&bundle_pem).unwrap(),
+        None,
+    )
+    .unwrap();
+    (server, local, anon)
+}
+
 /// A CSR for a fresh P-256 key, and the key as PKCS#8 PEM.
 fn csr_and_key() -> (String, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -724,25 +748,12 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
     let cluster = TestCluster::new("sa-key-1");
     let jwks = dir.path().join("prod.jwks");
     std::fs::write(&jwks, cluster.jwks()).unwrap();
-    let text = format!(
-        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
-         [[node_attestation.k8s_psat]]\ncluster = \"prod\"\njwks_file = \"{}\"\nissuer = \"https://kubernetes.default.svc.cluster.local\"\n\
+    let extra = format!(
+        "[[node_attestation.k8s_psat]]\ncluster = \"prod\"\njwks_file = \"{}\"\nissuer = \"https://kubernetes.default.svc.cluster.local\"\n\
          audience = \"vouch\"\nservice_accounts = [\"vouch-system:vouch-agent\"]\n",
-        dir.path().join("data").display(),
         jwks.display()
     );
-    let config = Config::from_toml(&text, &no_env).unwrap();
-    let server = Server::start(config, Arc::new(vouch_server::SystemClock), None).await.unwrap();
-    let local = AdminClient::unix(&server.admin_socket);
-    let (_, bundle_pem) = local.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
-    let td = vouch_core::TrustDomain::new("example.org").unwrap();
-    let anon = AdminClient::tls(
-        &server.tcp_addr.unwrap().to_string(),
-        &td,
-        std::str::from_utf8(&bundle_pem).unwrap(),
-        None,
-    )
-    .unwrap();
+    let (server, local, anon) = start_with(dir.path(), &extra).await;
     let (csr, _) = csr_and_key();
     let attest = |cluster_name: &str, token: String| {
         let anon = anon.clone();
@@ -850,26 +861,11 @@ async fn agents_attest_by_proof_of_possession_of_a_node_key() {
     let dir = tempfile::tempdir().unwrap();
     let (ca_pem, ca) = node_ca("node CA");
     std::fs::write(dir.path().join("node-ca.pem"), &ca_pem).unwrap();
-    let text = format!(
-        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
-         [[node_attestation.x509pop]]\nname = \"dc1\"\nca_bundle = \"{}\"\n",
-        dir.path().join("data").display(),
+    let extra = format!(
+        "[[node_attestation.x509pop]]\nname = \"dc1\"\nca_bundle = \"{}\"\n",
         dir.path().join("node-ca.pem").display()
     );
-    let server =
-        Server::start(Config::from_toml(&text, &no_env).unwrap(), Arc::new(vouch_server::SystemClock), None)
-            .await
-            .unwrap();
-    let local = AdminClient::unix(&server.admin_socket);
-    let (_, bundle_pem) = local.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
-    let td = vouch_core::TrustDomain::new("example.org").unwrap();
-    let anon = AdminClient::tls(
-        &server.tcp_addr.unwrap().to_string(),
-        &td,
-        std::str::from_utf8(&bundle_pem).unwrap(),
-        None,
-    )
-    .unwrap();
+    let (server, local, anon) = start_with(dir.path(), &extra).await;
     let (csr, _) = csr_and_key();
     let (cert, key) = node_cert(&ca, "node-1");
     let challenge = |chain: String| {

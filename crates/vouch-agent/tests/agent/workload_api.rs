@@ -19,7 +19,15 @@ fn free_port() -> u16 {
 }
 
 async fn start_server(dir: &Path, port: u16) -> Server {
-    let text = format!("version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n", dir.display());
+    start_server_with(dir, port, "").await
+}
+
+/// A server on `port` with `extra` configuration (node attestation sections).
+async fn start_server_with(dir: &Path, port: u16, extra: &str) -> Server {
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
+        dir.display()
+    );
     let config = Config::from_toml(&text, &|_| None).unwrap();
     Server::start(config, Arc::new(vouch_server::SystemClock), None).await.unwrap()
 }
@@ -373,20 +381,12 @@ async fn agent_attests_with_a_kubernetes_psat() {
     let jwks = dir.path().join("cluster.jwks");
     std::fs::write(&jwks, issuer.jwks()).unwrap();
     let port = free_port();
-    let text = format!(
-        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-         [[node_attestation.k8s_psat]]\ncluster = \"prod\"\njwks_file = \"{}\"\nissuer = \"https://k8s.example\"\n\
+    let extra = format!(
+        "[[node_attestation.k8s_psat]]\ncluster = \"prod\"\njwks_file = \"{}\"\nissuer = \"https://k8s.example\"\n\
          audience = \"vouch\"\nservice_accounts = [\"vouch-system:vouch-agent\"]\n",
-        dir.path().join("server").display(),
         jwks.display()
     );
-    let server = Server::start(
-        Config::from_toml(&text, &|_| None).unwrap(),
-        Arc::new(vouch_server::SystemClock),
-        None,
-    )
-    .await
-    .unwrap();
+    let server = start_server_with(&dir.path().join("server"), port, &extra).await;
     let admin = AdminClient::unix(&server.admin_socket);
     let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
     std::fs::write(dir.path().join("bundle.pem"), &pem).unwrap();
@@ -441,19 +441,11 @@ async fn agent_attests_with_x509pop() {
     std::fs::write(dir.path().join("node.pem"), node.signed_by(&node_key, &issuer).unwrap().pem()).unwrap();
     std::fs::write(dir.path().join("node.key"), node_key.serialize_pem()).unwrap();
     let port = free_port();
-    let text = format!(
-        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-         [[node_attestation.x509pop]]\nname = \"rack\"\nca_bundle = \"{}\"\n",
-        dir.path().join("server").display(),
+    let extra = format!(
+        "[[node_attestation.x509pop]]\nname = \"rack\"\nca_bundle = \"{}\"\n",
         dir.path().join("ca.pem").display()
     );
-    let server = Server::start(
-        Config::from_toml(&text, &|_| None).unwrap(),
-        Arc::new(vouch_server::SystemClock),
-        None,
-    )
-    .await
-    .unwrap();
+    let server = start_server_with(&dir.path().join("server"), port, &extra).await;
     let admin = AdminClient::unix(&server.admin_socket);
     let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
     std::fs::write(dir.path().join("bundle.pem"), &pem).unwrap();
