@@ -102,6 +102,16 @@ pub struct IssuedX509 {
     pub intermediates: Vec<Vec<u8>>,
 }
 
+impl IssuedX509 {
+    /// The chain as PEM, leaf first: what a workload presents.
+    pub fn chain_pem(&self) -> String {
+        std::iter::once(&self.svid.cert_der)
+            .chain(&self.intermediates)
+            .map(|der| crate::pem::encode("CERTIFICATE", der))
+            .collect()
+    }
+}
+
 /// A summary of one key, for listings (no key material).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeySummary {

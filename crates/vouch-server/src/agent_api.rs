@@ -92,13 +92,45 @@ fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &str) -> AppResult<(Age
         a.mint_x509(id, &[], &public, state.config.x509_svid_ttl, now)
             .and_then(|i| Ok((i, a.bundle().to_jwks()?)))
     })?;
-    let mut chain = vouch_ca::pem::encode("CERTIFICATE", &issued.svid.cert_der);
-    for der in &issued.intermediates {
-        chain.push_str(&vouch_ca::pem::encode("CERTIFICATE", der));
-    }
+    let chain = issued.chain_pem();
     let expires_at = ttl::unix_seconds(issued.svid.not_after);
     let bundle_jwks = serde_json::from_str(&jwks).map_err(|e| ApiError::internal("bundle", e))?;
     Ok((AgentSvid { spiffe_id: id.clone(), cert_chain_pem: chain, bundle_jwks, expires_at }, expires_at))
+}
+
+/// The tail every node attestation method shares once the evidence is accepted: refuse a banned
+/// ID, sign the agent SVID for the agent's CSR, record the agent (keeping its first-attestation
+/// time), and audit.
+async fn admit_agent(
+    state: &AppState,
+    id: SpiffeId,
+    method: &str,
+    selectors: vouch_core::Selectors,
+    csr: &str,
+) -> AppResult<Json<AgentSvid>> {
+    let now = now_secs(state);
+    let existing = state.store.get_agent(&id).await?;
+    if existing.as_ref().is_some_and(|a| a.banned) {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method, agent = %id, reason = "banned");
+        return Err(ApiError::forbidden(format!(
+            "agent `{id}` is banned; an admin must delete the ban first"
+        )));
+    }
+    let (svid, expires_at) = mint_agent_svid(state, &id, csr)?;
+    state
+        .store
+        .upsert_agent(&AgentRecord {
+            spiffe_id: id.clone(),
+            attestation: method.into(),
+            selectors,
+            created_at: existing.map(|a| a.created_at).unwrap_or(now),
+            last_seen: now,
+            svid_expires_at: expires_at,
+            banned: false,
+        })
+        .await?;
+    tracing::info!(target: "vouch::audit", event = "agent.attest", method, agent = %id, expires_at);
+    Ok(Json(svid))
 }
 
 async fn attest_join_token(
@@ -124,30 +156,8 @@ async fn attest_join_token(
         }
     };
     let id = join_token_agent_id(&state, &hash, record.agent_id)?;
-    if let Some(existing) = state.store.get_agent(&id).await? {
-        if existing.banned {
-            tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", agent = %id, reason = "banned");
-            return Err(ApiError::forbidden(format!(
-                "agent `{id}` is banned; an admin must delete the ban first"
-            )));
-        }
-    }
-    let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
     let selector = Selector::new("join_token", &hash[..16]).map_err(|e| ApiError::internal("selector", e))?;
-    state
-        .store
-        .upsert_agent(&AgentRecord {
-            spiffe_id: id.clone(),
-            attestation: "join_token".into(),
-            selectors: [selector].into_iter().collect(),
-            created_at: now,
-            last_seen: now,
-            svid_expires_at: expires_at,
-            banned: false,
-        })
-        .await?;
-    tracing::info!(target: "vouch::audit", event = "agent.attest", method = "join_token", agent = %id, expires_at);
-    Ok(Json(svid))
+    admit_agent(&state, id, "join_token", [selector].into_iter().collect(), &req.csr).await
 }
 
 #[derive(Deserialize)]
@@ -171,30 +181,7 @@ async fn attest_k8s_psat(
         tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %cluster.name, reason = %reason);
         ApiError::unauthenticated(format!("k8s_psat token refused: {reason}"))
     })?;
-    let id = identity.agent_id;
-    let now = now_secs(&state);
-    let existing = state.store.get_agent(&id).await?;
-    if existing.as_ref().is_some_and(|a| a.banned) {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", agent = %id, reason = "banned");
-        return Err(ApiError::forbidden(format!(
-            "agent `{id}` is banned; an admin must delete the ban first"
-        )));
-    }
-    let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
-    state
-        .store
-        .upsert_agent(&AgentRecord {
-            spiffe_id: id.clone(),
-            attestation: "k8s_psat".into(),
-            selectors: identity.selectors,
-            created_at: existing.map(|a| a.created_at).unwrap_or(now),
-            last_seen: now,
-            svid_expires_at: expires_at,
-            banned: false,
-        })
-        .await?;
-    tracing::info!(target: "vouch::audit", event = "agent.attest", method = "k8s_psat", agent = %id, expires_at);
-    Ok(Json(svid))
+    admit_agent(&state, identity.agent_id, "k8s_psat", identity.selectors, &req.csr).await
 }
 
 /// How long an x509pop challenge may be answered.
@@ -311,14 +298,6 @@ async fn attest_x509pop(
         .trust_domain
         .id_with_path(&format!("/agent/x509pop/{fingerprint}"))
         .map_err(|e| ApiError::internal("agent id", e))?;
-    let now = now_secs(&state);
-    let existing = state.store.get_agent(&id).await?;
-    if existing.as_ref().is_some_and(|a| a.banned) {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "x509pop", agent = %id, reason = "banned");
-        return Err(ApiError::forbidden(format!(
-            "agent `{id}` is banned; an admin must delete the ban first"
-        )));
-    }
     let mut selectors = vouch_core::Selectors::new();
     let mut add = |v: String| {
         if let Ok(s) = Selector::new("x509pop", &v) {
@@ -333,21 +312,7 @@ async fn attest_x509pop(
     for d in dns {
         add(format!("san:dns:{d}"));
     }
-    let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
-    state
-        .store
-        .upsert_agent(&AgentRecord {
-            spiffe_id: id.clone(),
-            attestation: "x509pop".into(),
-            selectors,
-            created_at: existing.map(|a| a.created_at).unwrap_or(now),
-            last_seen: now,
-            svid_expires_at: expires_at,
-            banned: false,
-        })
-        .await?;
-    tracing::info!(target: "vouch::audit", event = "agent.attest", method = "x509pop", agent = %id, expires_at);
-    Ok(Json(svid))
+    admit_agent(&state, id, "x509pop", selectors, &req.csr).await
 }
 
 /// The calling agent's SPIFFE ID (the auth layer has checked it is an active agent).
@@ -533,10 +498,7 @@ async fn sign(
         let now = state.now();
         let issued = state
             .with_authority(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
-        let mut chain = vouch_ca::pem::encode("CERTIFICATE", &issued.svid.cert_der);
-        for der in &issued.intermediates {
-            chain.push_str(&vouch_ca::pem::encode("CERTIFICATE", der));
-        }
+        let chain = issued.chain_pem();
         let expires_at = ttl::unix_seconds(issued.svid.not_after);
         tracing::info!(target: "vouch::audit", event = "svid.x509.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, expires_at, capped = issued.svid.capped);
         out.push(SignedSvid {

@@ -408,10 +408,7 @@ async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<Mi
     };
     let now = state.now();
     let issued = state.with_authority(|a| a.mint_x509(&req.spiffe_id, &req.dns_names, &public, ttl, now))?;
-    let mut chain = vouch_ca::pem::encode("CERTIFICATE", &issued.svid.cert_der);
-    for der in &issued.intermediates {
-        chain.push_str(&vouch_ca::pem::encode("CERTIFICATE", der));
-    }
+    let chain = issued.chain_pem();
     Ok(MintX509Response {
         spiffe_id: req.spiffe_id,
         cert_chain_pem: chain,
