@@ -116,6 +116,10 @@ enum Command {
         #[arg(long, short = 'o', env = "VOUCH_OUTPUT", value_enum, default_value_t = Output::Table, global = true)]
         output: Output,
     },
+    /// Find hardcoded secrets in files, trees and container images (works offline, without a server).
+    ///
+    /// Exit code: 0 no findings, 1 findings, 2 part of the input could not be scanned.
+    Scan(Box<vouch_scan::cli::ScanArgs>),
     /// Exit 0 if the server is ready, 1 otherwise.
     Healthcheck {
         #[command(flatten)]
@@ -339,6 +343,10 @@ enum MintKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Scan(args) = &cli.command {
+        // The scanner is synchronous and uses its own threads: no runtime.
+        return ExitCode::from(vouch_scan::cli::run(args));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -385,6 +393,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Svid { command: SvidCommand::Mint { kind }, connect } => mint(kind, &connect).await,
         Command::Agent { command, output } => agent::run(command, output).await,
+        Command::Scan(args) => Ok(ExitCode::from(vouch_scan::cli::run(&args))),
         Command::Healthcheck { connect } => {
             let (status, body) = connect.client()?.request("GET", "/readyz", None).await?;
             let text = String::from_utf8_lossy(&body);

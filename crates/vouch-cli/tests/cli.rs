@@ -472,6 +472,7 @@ impl Dockerd {
 
     fn docker(&self, args: &[&str]) -> Output {
         Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0") // the classic builder: no BuildKit daemon state to clean up
             .arg("-H")
             .arg(format!("unix://{}", self.socket().display()))
             .args(args)
@@ -753,4 +754,97 @@ fn containerd_containers_get_identities_by_label_and_image_only() {
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
     let _ = agent.wait();
     server.stop();
+}
+
+/// `vouch scan` reads what real runtimes write: an image built by dockerd (a secret copied in and
+/// deleted by a later RUN, a token that stays, a key in ENV), saved with `docker save`, then imported
+/// into containerd and exported again with `ctr images export` (an OCI archive). Both give the same
+/// findings, with the deleted key reported as deleted.
+#[test]
+fn images_saved_by_docker_and_exported_by_containerd_are_scanned() {
+    const TOKEN: &str = "ghp_R8fK2mQ9xL4vN7pT1sW6yB3cD5hJ0gA2eZ8u";
+    const STRIPE: &str = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("docker")).unwrap();
+    let docker = Dockerd::start(&tmp.path().join("docker"));
+    build_image(tmp.path(), "vouch-test:base", "base");
+    let out = docker.docker(&["load", "-i", &tmp.path().join("base.tar").display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("app.env"), format!("APP=1\nGITHUB_TOKEN={TOKEN}\n")).unwrap();
+    std::fs::write(
+        ctx.join("deploy_key"),
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n-----END OPENSSH PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM vouch-test:base\nCOPY app.env /app/.env\nCOPY deploy_key /tmp/build/deploy_key\nRUN rm /tmp/build/deploy_key\nENV STRIPE_API_KEY={STRIPE}\n"
+        ),
+    )
+    .unwrap();
+    let out = docker.docker(&[
+        "build",
+        "--network",
+        "none",
+        "-t",
+        "vouch-test:secrets",
+        &ctx.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = tmp.path().join("saved.tar");
+    let out = docker.docker(&["save", "-o", &saved.display().to_string(), "vouch-test:secrets"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(docker);
+
+    let ctrd = Containerd::start(&tmp.path().join("containerd"));
+    let out = ctrd.ctr(&["images", "import", &saved.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported = tmp.path().join("exported.tar");
+    let out = ctrd.ctr(&[
+        "images",
+        "export",
+        &exported.display().to_string(),
+        "docker.io/library/vouch-test:secrets",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    for archive in [&saved, &exported] {
+        let out = Command::new(VOUCH).args(["scan", "-o", "json"]).arg(archive).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!text.contains(TOKEN) && !text.contains(STRIPE), "secrets are never printed whole");
+        let r = json(&text);
+        let mut seen: Vec<(String, String, String)> = r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let loc = &f["location"];
+                let place = loc["path"].as_str().or(loc["field"].as_str()).unwrap_or_default().to_owned();
+                let status = loc["presence"]["status"].as_str().unwrap_or("config").to_owned();
+                (f["rule_id"].as_str().unwrap().to_owned(), place, status)
+            })
+            .collect();
+        seen.sort();
+        let history = seen.iter().find(|(_, p, _)| p.starts_with("history[")).map(|(_, p, _)| p.clone());
+        let mut want = vec![
+            ("github-token".to_owned(), "app/.env".to_owned(), "present".to_owned()),
+            ("private-key".to_owned(), "tmp/build/deploy_key".to_owned(), "deleted".to_owned()),
+            ("stripe-key".to_owned(), "Env[1]".to_owned(), "config".to_owned()),
+        ];
+        if let Some(h) = history {
+            // Docker records `ENV` in the history too; the key is in the image twice.
+            want.push(("stripe-key".to_owned(), h, "config".to_owned()));
+        }
+        want.sort();
+        assert_eq!(seen, want, "{}", archive.display());
+    }
 }

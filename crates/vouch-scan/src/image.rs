@@ -84,6 +84,13 @@ impl Blobs {
                 Ok((Box::new(f.take(size)), size))
             }
             Blobs::Dir(dir) => {
+                // Names come from the image's own manifests: never let one leave the layout.
+                if name.split('/').any(|c| c == ".." || c.is_empty()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("`{name}` is not a blob path"),
+                    ));
+                }
                 let p = dir.join(name);
                 let f = File::open(&p).map_err(|e| io::Error::new(e.kind(), format!("`{name}`: {e}")))?;
                 let size = f.metadata()?.len();
@@ -214,7 +221,10 @@ const INDEX_TYPES: &[&str] =
 pub fn discover(blobs: &Blobs) -> (Vec<ImageRef>, Vec<String>) {
     let mut images = Vec::new();
     let mut problems = Vec::new();
-    if blobs.has("manifest.json") {
+    // Docker's manifest.json is a list; a web app's manifest.json (an object) is not an image.
+    let docker = blobs.has("manifest.json")
+        && blobs.json::<serde_json::Value>("manifest.json").is_ok_and(|v| v.is_array());
+    if docker {
         match blobs.json::<Vec<DockerManifest>>("manifest.json") {
             Ok(list) => {
                 for m in list {

@@ -82,7 +82,8 @@ impl Location {
     /// its fingerprint.
     pub fn place(&self) -> String {
         match self {
-            Location::File { path, .. } => path.clone(),
+            // `./a/.env` and `a/.env` are one place, however the scan was started.
+            Location::File { path, .. } => path.trim_start_matches("./").to_owned(),
             Location::Layer { layer_digest, path, .. } => format!("{layer_digest}:{path}"),
             Location::Config { config_digest, field, .. } => format!("{config_digest}:{field}"),
         }
@@ -250,9 +251,10 @@ impl Report {
         let mut s = String::new();
         if !self.findings.is_empty() {
             let w = self.findings.iter().map(|f| f.rule_id.len()).max().unwrap_or(4).max(4);
-            let _ = writeln!(s, "{:w$}  {:16}  LOCATION", "RULE", "SECRET");
+            let ws = self.findings.iter().map(|f| f.redacted.chars().count()).max().unwrap_or(6).max(6);
+            let _ = writeln!(s, "{:w$}  {:ws$}  LOCATION", "RULE", "SECRET");
             for f in &self.findings {
-                let _ = writeln!(s, "{:w$}  {:16}  {}", f.rule_id, f.redacted, f.location.describe());
+                let _ = writeln!(s, "{:w$}  {:ws$}  {}", f.rule_id, f.redacted, f.location.describe());
             }
             let mut hints: BTreeMap<&str, &str> = BTreeMap::new();
             for f in &self.findings {

@@ -209,7 +209,8 @@ impl RuleSet {
     /// Compiles rule files in order (later files override rules with the same id, and add allowlist
     /// entries), without the rule ids in `skip`.
     pub fn from_files(files: &[(&str, &str)], skip: &[String]) -> Result<Self, ScanError> {
-        let mut specs: Vec<RuleSpec> = Vec::new();
+        // Each rule with the file it came from, so errors can name the file.
+        let mut specs: Vec<(&str, RuleSpec)> = Vec::new();
         let mut allow = AllowlistSpec::default();
         for (name, text) in files {
             let file: RuleFile = toml::from_str(text)
@@ -224,21 +225,26 @@ impl RuleSet {
             allow.paths.extend(file.allowlist.paths);
             allow.stopwords.extend(file.allowlist.stopwords);
             for spec in file.rules {
-                match specs.iter_mut().find(|s| s.id == spec.id) {
-                    Some(existing) => *existing = spec,
-                    None => specs.push(spec),
+                match specs.iter_mut().find(|(_, s)| s.id == spec.id) {
+                    Some(existing) => *existing = (name, spec),
+                    None => specs.push((name, spec)),
                 }
             }
         }
         for id in skip {
-            if !specs.iter().any(|s| &s.id == id) {
+            if !specs.iter().any(|(_, s)| &s.id == id) {
                 return Err(ScanError::Rules(format!(
                     "--skip-rule `{id}`: no such rule (see `vouch scan --list-rules`)"
                 )));
             }
         }
-        specs.retain(|s| !s.disabled && !skip.contains(&s.id));
-        let rules = specs.into_iter().map(compile_rule).collect::<Result<Vec<_>, _>>()?;
+        specs.retain(|(_, s)| !s.disabled && !skip.contains(&s.id));
+        let rules = specs
+            .into_iter()
+            .map(|(file, spec)| {
+                compile_rule(spec).map_err(|e| ScanError::Rules(format!("`{file}`: {}", e.detail())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let allowlist = Allowlist {
             values: compile_all(&allow.values, "allowlist value")?,
             paths: compile_all(&allow.paths, "allowlist path")?,
@@ -247,6 +253,14 @@ impl RuleSet {
         let (folded, folded_rules) = automaton(&rules, false)?;
         let (exact, exact_rules) = automaton(&rules, true)?;
         Ok(RuleSet { rules, allowlist, folded, folded_rules, exact, exact_rules })
+    }
+}
+
+impl ScanError {
+    fn detail(&self) -> &str {
+        match self {
+            ScanError::Rules(m) | ScanError::Usage(m) => m,
+        }
     }
 }
 

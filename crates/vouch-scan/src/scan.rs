@@ -78,10 +78,19 @@ fn parallel<J: Sync, T: Send>(jobs: &[J], threads: usize, f: impl Fn(&J) -> T + 
 }
 
 enum FileOutcome {
-    Text { found: Vec<Candidate>, suppressed: usize, bytes: u64 },
-    Binary,
+    Scanned(TextOutcome),
     Skipped,
     Error(String),
+}
+
+impl FileOutcome {
+    /// `failure` says what a read error means here (`cannot read`, `corrupt or truncated entry`).
+    fn of(result: io::Result<TextOutcome>, failure: &str) -> Self {
+        match result {
+            Ok(t) => FileOutcome::Scanned(t),
+            Err(e) => FileOutcome::Error(format!("{failure}: {e}")),
+        }
+    }
 }
 
 impl Scanner {
@@ -126,7 +135,7 @@ impl Scanner {
         };
         if meta.is_dir() {
             if path.join("oci-layout").is_file() {
-                self.scan_image(Blobs::Dir(path.to_owned()), &shown, report, progress);
+                self.scan_image(Blobs::Dir(path.to_owned()), &shown, None, report, progress);
             } else {
                 self.scan_tree(path, report, progress);
             }
@@ -134,7 +143,7 @@ impl Scanner {
         }
         match sniff_file(path) {
             Ok(Sniffed::Tar) => match Blobs::index_archive(path) {
-                Ok(blobs) if blobs.is_image() => self.scan_image(blobs, &shown, report, progress),
+                Ok(blobs) if blobs.is_image() => self.scan_image(blobs, &shown, Some(path), report, progress),
                 Ok(_) => self.scan_plain_tar(path, &shown, report, progress),
                 Err(e) => report.errors.push(ScanIssue {
                     source: shown,
@@ -171,13 +180,8 @@ impl Scanner {
             }
             return;
         }
-        let outcome = match scan_stream(&self.rules, TextKind::Config, stdin, progress) {
-            Ok(TextOutcome::Text { found, suppressed, bytes }) => {
-                FileOutcome::Text { found, suppressed, bytes }
-            }
-            Ok(TextOutcome::Binary) => FileOutcome::Binary,
-            Err(e) => FileOutcome::Error(format!("cannot read stdin: {e}")),
-        };
+        let outcome =
+            FileOutcome::of(scan_stream(&self.rules, TextKind::Config, stdin, progress), "cannot read stdin");
         self.record_file(&shown, outcome, report);
     }
 
@@ -206,7 +210,7 @@ impl Scanner {
         let path = tmp.path();
         match sniff_file(path) {
             Ok(Sniffed::Tar) => match Blobs::index_archive(path) {
-                Ok(blobs) if blobs.is_image() => self.scan_image(blobs, shown, report, progress),
+                Ok(blobs) if blobs.is_image() => self.scan_image(blobs, shown, Some(path), report, progress),
                 Ok(_) => self.scan_plain_tar(path, shown, report, progress),
                 Err(e) => report.errors.push(ScanIssue {
                     source: shown.to_owned(),
@@ -228,18 +232,12 @@ impl Scanner {
             Ok(f) => f,
             Err(e) => return FileOutcome::Error(format!("cannot read: {e}")),
         };
-        match scan_stream(&self.rules, TextKind::of_path(shown), file, progress) {
-            Ok(TextOutcome::Text { found, suppressed, bytes }) => {
-                FileOutcome::Text { found, suppressed, bytes }
-            }
-            Ok(TextOutcome::Binary) => FileOutcome::Binary,
-            Err(e) => FileOutcome::Error(format!("cannot read: {e}")),
-        }
+        FileOutcome::of(scan_stream(&self.rules, TextKind::of_path(shown), file, progress), "cannot read")
     }
 
     fn record_file(&self, shown: &str, outcome: FileOutcome, report: &mut Report) {
         match outcome {
-            FileOutcome::Text { found, suppressed, bytes } => {
+            FileOutcome::Scanned(TextOutcome::Text { found, suppressed, bytes }) => {
                 report.stats.files += 1;
                 report.stats.bytes += bytes;
                 report.stats.suppressed_inline += suppressed as u64;
@@ -253,7 +251,7 @@ impl Scanner {
                     report.findings.push(self.finding(&c, loc));
                 }
             }
-            FileOutcome::Binary => report.stats.binary_files += 1,
+            FileOutcome::Scanned(TextOutcome::Binary) => report.stats.binary_files += 1,
             FileOutcome::Skipped => {}
             FileOutcome::Error(message) => {
                 report.errors.push(ScanIssue { source: shown.to_owned(), message })
@@ -339,19 +337,28 @@ impl Scanner {
             if self.skip_path(&inner) {
                 continue;
             }
-            let outcome = match scan_stream(&self.rules, TextKind::of_path(&inner), entry, progress) {
-                Ok(TextOutcome::Text { found, suppressed, bytes }) => {
-                    FileOutcome::Text { found, suppressed, bytes }
-                }
-                Ok(TextOutcome::Binary) => FileOutcome::Binary,
-                Err(e) => FileOutcome::Error(format!("corrupt or truncated entry: {e}")),
-            };
+            let scanned = scan_stream(&self.rules, TextKind::of_path(&inner), entry, progress);
+            let outcome = FileOutcome::of(scanned, "corrupt or truncated entry");
             self.record_file(&name, outcome, report);
         }
     }
 
-    fn scan_image(&self, blobs: Blobs, shown: &str, report: &mut Report, progress: &Progress) {
+    /// `archive` is the tar the blobs come from: a tar that merely holds a file named `index.json` or
+    /// `manifest.json` but no image is scanned as a plain tar instead.
+    fn scan_image(
+        &self,
+        blobs: Blobs,
+        shown: &str,
+        archive: Option<&Path>,
+        report: &mut Report,
+        progress: &Progress,
+    ) {
         let (images, problems) = image::discover(&blobs);
+        let nothing_image_like = images.is_empty() && problems.is_empty() && !blobs.has("oci-layout");
+        if let (true, Some(tar)) = (nothing_image_like, archive) {
+            self.scan_plain_tar(tar, shown, report, progress);
+            return;
+        }
         for p in problems {
             report.errors.push(ScanIssue { source: shown.to_owned(), message: p });
         }
