@@ -28,6 +28,10 @@ struct FileConfig {
     docker_socket: Option<PathBuf>,
     podman_socket: Option<PathBuf>,
     containerd_socket: Option<PathBuf>,
+    kubelet_url: Option<String>,
+    kubelet_token_file: Option<PathBuf>,
+    kubelet_ca: Option<PathBuf>,
+    kubelet_insecure_skip_verify: Option<bool>,
 }
 
 /// The effective agent configuration.
@@ -59,6 +63,8 @@ pub struct AgentConfig {
     pub podman_socket: Option<PathBuf>,
     /// containerd's gRPC API socket (`off` to not use containerd).
     pub containerd_socket: Option<PathBuf>,
+    /// The node's kubelet, for `k8s:` selectors (None: not in Kubernetes).
+    pub kubelet: Option<crate::attest::KubeletConfig>,
 }
 
 impl AgentConfig {
@@ -75,6 +81,7 @@ impl AgentConfig {
         if file.version.is_some_and(|v| v != 1) {
             return Err(ConfigError("version must be 1".into()));
         }
+        let kubelet = kubelet_setting(&file, env)?;
         let td =
             env("VOUCH_AGENT_TRUST_DOMAIN").or(file.trust_domain).unwrap_or_else(|| "example.org".into());
         let trust_domain =
@@ -112,9 +119,42 @@ impl AgentConfig {
                 env("VOUCH_AGENT_CONTAINERD_SOCKET").map(PathBuf::from).or(file.containerd_socket),
                 "/run/containerd/containerd.sock",
             ),
+            kubelet,
             data_dir,
         })
     }
+}
+
+fn kubelet_setting(
+    file: &FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<crate::attest::KubeletConfig>, ConfigError> {
+    let Some(url) = env("VOUCH_AGENT_KUBELET_URL").or_else(|| file.kubelet_url.clone()) else {
+        return Ok(None);
+    };
+    let insecure = match env("VOUCH_AGENT_KUBELET_INSECURE_SKIP_VERIFY") {
+        Some(v) => match v.as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(ConfigError(format!(
+                    "VOUCH_AGENT_KUBELET_INSECURE_SKIP_VERIFY `{other}`: use true or false"
+                )))
+            }
+        },
+        None => file.kubelet_insecure_skip_verify.unwrap_or(false),
+    };
+    let config = crate::attest::KubeletConfig {
+        url,
+        token_file: env("VOUCH_AGENT_KUBELET_TOKEN_FILE")
+            .map(PathBuf::from)
+            .or_else(|| file.kubelet_token_file.clone()),
+        ca_file: env("VOUCH_AGENT_KUBELET_CA").map(PathBuf::from).or_else(|| file.kubelet_ca.clone()),
+        insecure_skip_verify: insecure,
+    };
+    // Checked now, so a typo stops the agent at start rather than refusing every pod later.
+    crate::attest::KubeletClient::new(config.clone()).map_err(ConfigError)?;
+    Ok(Some(config))
 }
 
 /// A runtime socket: the given path, `off` for none, or the runtime's usual path.

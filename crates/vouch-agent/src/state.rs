@@ -63,6 +63,8 @@ pub struct AgentState {
     entries: RwLock<HashMap<EntryId, Entry>>,
     bundle: RwLock<Arc<Bundle>>,
     svids: Mutex<HashMap<EntryId, Arc<CachedSvid>>>,
+    /// When a workload last received each held SVID; unused ones are dropped instead of renewed.
+    last_used: Mutex<HashMap<EntryId, SystemTime>>,
     jwts: Mutex<HashMap<(EntryId, Vec<String>), CachedJwt>>,
     /// Serialises signing, so concurrent callers for one entry share one SVID.
     sign_lock: tokio::sync::Mutex<()>,
@@ -95,11 +97,15 @@ impl AgentState {
     ) -> Result<Arc<Self>, AgentError> {
         let client = identity.client(&config.server)?;
         let bundle = Arc::new(identity.bundle.clone());
-        let runtime = crate::attest::RuntimeAttestor::new(
+        let mut runtime = crate::attest::RuntimeAttestor::new(
             config.docker_socket.clone(),
             config.podman_socket.clone(),
             config.containerd_socket.clone(),
         );
+        if let Some(k) = &config.kubelet {
+            let client = crate::attest::KubeletClient::new(k.clone()).map_err(AgentError::Config)?;
+            runtime = runtime.with_kubelet(client);
+        }
         Ok(Arc::new(Self {
             config,
             unix,
@@ -109,6 +115,7 @@ impl AgentState {
             entries: RwLock::new(HashMap::new()),
             bundle: RwLock::new(bundle),
             svids: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(HashMap::new()),
             jwts: Mutex::new(HashMap::new()),
             sign_lock: tokio::sync::Mutex::new(()),
             generation: tokio::sync::watch::channel(0).0,
@@ -235,6 +242,10 @@ impl AgentState {
             }
         }
         let svids = lock(&self.svids);
+        let mut used = lock(&self.last_used);
+        for e in entries {
+            used.insert(e.id.clone(), now);
+        }
         Ok(entries.iter().filter_map(|e| svids.get(&e.id).cloned()).collect())
     }
 
@@ -290,13 +301,32 @@ impl AgentState {
     }
 
     /// Replaces every held SVID whose renewal time has come. Returns how many were renewed.
+    ///
+    /// An SVID no workload has received for a whole SVID lifetime is dropped instead (a workload that
+    /// asked once and went away should not keep the server signing for it); a workload holding a
+    /// stream receives every renewal, so its SVIDs never count as unused. Expired JWT-SVIDs are
+    /// dropped from their cache too.
     pub async fn rotate_due(&self, now: SystemTime) -> Result<usize, AgentError> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let due: Vec<Entry> = lock(&self.svids)
-            .values()
-            .filter(|s| s.renew_at <= now)
-            .filter_map(|s| entries.get(&s.entry_id).cloned())
-            .collect();
+        lock(&self.jwts).retain(|_, j| j.expires_at > now);
+        let due: Vec<Entry> = {
+            let mut svids = lock(&self.svids);
+            let mut used = lock(&self.last_used);
+            svids.retain(|id, s| {
+                let lifetime = s.not_after.duration_since(s.not_before).unwrap_or_default();
+                let idle = used.get(id).is_none_or(|t| now.duration_since(*t).is_ok_and(|d| d > lifetime));
+                let keep = !(s.renew_at <= now && idle);
+                if !keep {
+                    used.remove(id);
+                }
+                keep
+            });
+            svids
+                .values()
+                .filter(|s| s.renew_at <= now)
+                .filter_map(|s| entries.get(&s.entry_id).cloned())
+                .collect()
+        };
         if due.is_empty() {
             return Ok(0);
         }

@@ -17,7 +17,7 @@ use crate::Connect;
 #[derive(Subcommand)]
 pub enum AgentCommand {
     /// Run the agent in the foreground until SIGINT or SIGTERM.
-    Run(AgentRun),
+    Run(Box<AgentRun>),
     /// Call the Workload API on the agent socket, as a workload would.
     Api {
         #[command(subcommand)]
@@ -107,6 +107,19 @@ pub struct AgentRun {
     /// containerd's API socket (default /run/containerd/containerd.sock; `off`).
     #[arg(long)]
     containerd_socket: Option<PathBuf>,
+    /// In Kubernetes: the node's kubelet, for `k8s:` selectors (https://127.0.0.1:10250, or the
+    /// read-only http://127.0.0.1:10255). Unset: no `k8s:` selectors.
+    #[arg(long)]
+    kubelet_url: Option<String>,
+    /// Bearer token file for the kubelet (a service-account token allowed to read `nodes/proxy`).
+    #[arg(long)]
+    kubelet_token_file: Option<PathBuf>,
+    /// CA (PEM) of the kubelet's serving certificate.
+    #[arg(long)]
+    kubelet_ca: Option<PathBuf>,
+    /// Accept the kubelet's serving certificate unverified (kubelets often serve self-signed ones).
+    #[arg(long)]
+    kubelet_insecure_skip_verify: bool,
 }
 
 /// Workload API calls.
@@ -150,7 +163,7 @@ pub enum FetchKind {
 /// Runs an agent subcommand.
 pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
     match command {
-        AgentCommand::Run(args) => agent_run(args).await,
+        AgentCommand::Run(args) => agent_run(*args).await,
         AgentCommand::Api { command, socket } => api(command, &socket, output).await,
         AgentCommand::Explain { pid, admin_socket } => explain(pid, &admin_socket, output).await,
         AgentCommand::List { connect } => {
@@ -208,6 +221,14 @@ async fn agent_run(args: AgentRun) -> Result<ExitCode> {
             "VOUCH_AGENT_PODMAN_SOCKET" => args.podman_socket.as_ref().map(|p| p.display().to_string()),
             "VOUCH_AGENT_CONTAINERD_SOCKET" => {
                 args.containerd_socket.as_ref().map(|p| p.display().to_string())
+            }
+            "VOUCH_AGENT_KUBELET_URL" => args.kubelet_url.clone(),
+            "VOUCH_AGENT_KUBELET_TOKEN_FILE" => {
+                args.kubelet_token_file.as_ref().map(|p| p.display().to_string())
+            }
+            "VOUCH_AGENT_KUBELET_CA" => args.kubelet_ca.as_ref().map(|p| p.display().to_string()),
+            "VOUCH_AGENT_KUBELET_INSECURE_SKIP_VERIFY" => {
+                args.kubelet_insecure_skip_verify.then(|| "true".into())
             }
             _ => None,
         };

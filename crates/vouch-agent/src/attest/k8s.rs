@@ -2,9 +2,9 @@
 //! cgroup names a pod UID and a container id.
 //!
 //! The pod is found by UID and the container by its runtime id in the pod's container statuses
-//! (init containers included), both as the kubelet reports them — never from the pod itself. The
-//! kubelet client is not written yet (this development machine has no kubelet); the parser and the
-//! matching are tested against recorded kubelet JSON.
+//! (init containers included), both as the kubelet reports them — never from the pod itself. The list
+//! comes from [`super::kubelet`]; the parser and the matching are tested against recorded kubelet JSON
+//! (the development machines have no kubelet).
 
 use serde_json::Value;
 use vouch_core::{Selector, Selectors};

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod k8s;
+pub mod kubelet;
 pub mod peer;
 pub mod procfs;
 pub mod runtime;
@@ -14,6 +15,7 @@ use std::os::fd::AsFd;
 use vouch_core::Selectors;
 
 pub use cgroup::{container_from_cgroup_file, ContainerRef, Runtime};
+pub use kubelet::{KubeletClient, KubeletConfig};
 pub use peer::PeerProcess;
 pub use runtime::RuntimeAttestor;
 pub use unix::UnixAttestor;

@@ -18,29 +18,66 @@ use serde_json::Value;
 use vouch_core::{Selector, Selectors};
 
 use super::cgroup::{ContainerRef, Runtime};
+use super::kubelet::KubeletClient;
 use super::AttestError;
 
 /// Most containers whose metadata is remembered (labels and image never change in a container's
 /// life, so entries never go stale; the bound only limits memory).
 const MAX_CACHED: usize = 10_000;
 
-/// Asks container runtimes about containers.
+/// Asks container runtimes (and the kubelet, for pods) about containers.
 #[derive(Debug, Default)]
 pub struct RuntimeAttestor {
     docker: Option<PathBuf>,
     podman: Option<PathBuf>,
     containerd: Option<PathBuf>,
+    kubelet: Option<KubeletClient>,
     cache: Mutex<HashMap<(Runtime, String), Selectors>>,
 }
 
 impl RuntimeAttestor {
     /// An attestor using these API sockets (None: that runtime is not used on this node).
     pub fn new(docker: Option<PathBuf>, podman: Option<PathBuf>, containerd: Option<PathBuf>) -> Self {
-        Self { docker, podman, containerd, cache: Mutex::default() }
+        Self { docker, podman, containerd, kubelet: None, cache: Mutex::default() }
+    }
+
+    /// Also asks this kubelet about processes in Kubernetes pods (`k8s:` selectors).
+    pub fn with_kubelet(mut self, kubelet: KubeletClient) -> Self {
+        self.kubelet = Some(kubelet);
+        self
     }
 
     /// The selectors of container `c`; empty for a mere containerd hint.
+    ///
+    /// For a container in a pod, with a kubelet configured, the kubelet must confirm the pod and the
+    /// container (its `k8s:` selectors are required); the runtime is then asked too where its socket is
+    /// present (CRI-O is not asked: the kubelet's word is all there is for it).
     pub async fn selectors(&self, c: &ContainerRef) -> Result<Selectors, AttestError> {
+        let (Some(pod_uid), Some(kubelet)) = (&c.pod_uid, &self.kubelet) else {
+            return self.runtime_selectors(c).await;
+        };
+        let mut out = kubelet.selectors(pod_uid, &c.id).await.map_err(|e| {
+            AttestError::Runtime(format!(
+                "the process runs in pod `{pod_uid}` but the kubelet does not confirm it: {e}"
+            ))
+        })?;
+        let runtime_present = match c.runtime {
+            Runtime::Docker => self.docker.as_ref(),
+            Runtime::Podman => self.podman.as_ref(),
+            Runtime::Containerd => self.containerd.as_ref(),
+            Runtime::CriO => None,
+        }
+        .is_some_and(|p| p.exists());
+        if runtime_present {
+            for s in self.runtime_selectors(c).await?.iter() {
+                out.insert(s.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the container runtime itself says.
+    async fn runtime_selectors(&self, c: &ContainerRef) -> Result<Selectors, AttestError> {
         let (socket, kind) = match c.runtime {
             Runtime::Docker => (self.docker.as_ref(), "docker"),
             Runtime::Podman => (self.podman.as_ref(), "podman"),

@@ -2,4 +2,5 @@
 //! Workload API served to independent SPIFFE clients by a real agent synced with a real server.
 
 mod attest;
+mod kubelet;
 mod workload_api;

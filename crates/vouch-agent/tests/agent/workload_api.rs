@@ -245,6 +245,35 @@ async fn streams_receive_rotated_svids_before_expiry() {
     assert!(new.not_after > old.not_after);
 }
 
+/// SVIDs nobody received for a whole lifetime are dropped at their renewal time instead of renewed;
+/// SVIDs in use are renewed. (Time is a parameter of `rotate_due`: no waiting.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_svids_are_dropped_not_renewed() {
+    let stack = Stack::start().await;
+    stack.entry_for_me("idle", "/idle", json!({"x509_svid_ttl": 600})).await;
+    stack.wait_entries(1).await;
+    let mut raw = raw_client(&stack.agent().socket).await;
+    let mut stream = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
+    assert_eq!(ids(&stream.message().await.unwrap().unwrap()), ["spiffe://example.org/idle"]);
+    drop(stream);
+    let state = &stack.agent().state;
+    assert_eq!(state.held_svids(), 1);
+    let t0 = std::time::SystemTime::now();
+    let minutes = |m: u64| t0 + Duration::from_secs(60 * m);
+
+    // In use: received again after its renewal time came; renewed.
+    state.x509_svids(&state.entries(), minutes(5)).await.unwrap();
+    assert_eq!(state.rotate_due(minutes(6)).await.unwrap(), 1);
+    assert_eq!(state.held_svids(), 1);
+    // Then nobody asks for longer than its lifetime: at the next renewal time it is dropped.
+    assert_eq!(state.rotate_due(minutes(17)).await.unwrap(), 0);
+    assert_eq!(state.held_svids(), 0);
+    // A workload that comes back gets a fresh one.
+    let mut stream = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
+    assert_eq!(ids(&stream.message().await.unwrap().unwrap()), ["spiffe://example.org/idle"]);
+    assert_eq!(state.held_svids(), 1);
+}
+
 /// Length of the first DER element (the leaf) in a concatenated chain.
 fn cert_len(der: &[u8]) -> usize {
     match der.get(1) {
