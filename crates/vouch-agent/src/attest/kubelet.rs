@@ -91,13 +91,13 @@ impl KubeletClient {
             .ok_or_else(|| format!("kubelet url `{}`: needs host:port and no path", config.url))?;
         let connector = if tls {
             let provider = vouch_client::tls::provider();
-            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| format!("tls: {e}"))?;
             let client = if config.insecure_skip_verify {
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+                    .with_custom_certificate_verifier(Arc::new(AnyServerCert))
                     .with_no_client_auth()
             } else {
                 let ca = config.ca_file.as_ref().ok_or_else(|| {
@@ -232,7 +232,7 @@ where
 /// Accepts any server certificate but still checks the handshake signatures (so the connection is
 /// encrypted to whoever holds the presented key). Only with `kubelet_insecure_skip_verify`.
 #[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+struct AnyServerCert;
 
 impl ServerCertVerifier for AnyServerCert {
     fn verify_server_cert(
@@ -252,7 +252,7 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &vouch_client::tls::algorithms())
     }
 
     fn verify_tls13_signature(
@@ -261,10 +261,10 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &vouch_client::tls::algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        vouch_client::tls::algorithms().supported_schemes()
     }
 }
