@@ -848,3 +848,147 @@ fn images_saved_by_docker_and_exported_by_containerd_are_scanned() {
         assert_eq!(seen, want, "{}", archive.display());
     }
 }
+
+/// A podman API service (`podman system service`) with its own storage under a temp dir: runc,
+/// cgroupfs, the vfs storage driver (no mounts to clean up) and lowered ulimits (no CAP_SYS_RESOURCE
+/// in this environment).
+struct Podman {
+    dir: PathBuf,
+    service: Child,
+}
+
+impl Podman {
+    fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\nnetns = \"none\"\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n",
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("podman.log")).unwrap();
+        let service = Self::command(dir)
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", dir.join("podman.sock").display()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("podman is installed (scripts/test installs it)");
+        let p = Self { dir: dir.to_owned(), service };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !p.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "podman service did not start: {}",
+                std::fs::read_to_string(dir.join("podman.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    fn command(dir: &Path) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--runroot")
+            .arg(dir.join("runroot"))
+            .arg("--tmpdir")
+            .arg(dir.join("tmp"))
+            .args(["--storage-driver", "vfs"]);
+        c
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("podman.sock")
+    }
+
+    fn podman(&self, args: &[&str]) -> Output {
+        Self::command(&self.dir).args(args).output().unwrap()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-af", "-t", "0"]);
+        let _ = self.service.kill();
+        let _ = self.service.wait();
+    }
+}
+
+/// Real containers under podman, attested through podman's Docker-compatible API: the registered
+/// label and image get the SVID; the same label on another image, or no label, get nothing.
+#[test]
+fn podman_containers_get_identities_by_label_and_image_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let podman = Podman::start(&tmp.path().join("podman"));
+    let good_image = build_image(tmp.path(), "vouch-test:payments", "payments");
+    build_image(tmp.path(), "vouch-test:rogue", "rogue");
+    for t in ["payments", "rogue"] {
+        let out = podman.podman(&["load", "-i", &tmp.path().join(format!("{t}.tar")).display().to_string()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let server = ServerProcess::start(tmp.path());
+    let podman_socket = podman.socket().display().to_string();
+    let (mut agent, agent_dir) = start_agent(
+        tmp.path(),
+        &server,
+        "spiffe://example.org/agent/podman-node",
+        &["--docker-socket", "off", "--containerd-socket", "off", "--podman-socket", &podman_socket],
+    );
+    server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/payments",
+        "--parent-id",
+        "spiffe://example.org/agent/podman-node",
+        "-s",
+        "podman:label:app:payments",
+        "-s",
+        &format!("container:image-id:{good_image}"),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let run = |image: &str, label: Option<&str>| {
+        let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
+        if let Some(l) = label {
+            args.extend(["--label".into(), l.into()]);
+        }
+        for (host, inside) in [("/usr/lib", "/usr/lib"), ("/usr/lib", "/lib"), ("/usr/lib64", "/lib64")] {
+            args.extend(["-v".into(), format!("{host}:{inside}:ro")]);
+        }
+        args.extend(["-v".into(), format!("{VOUCH}:/vouch:ro")]);
+        args.extend(["-v".into(), format!("{}:/run/vouch", agent_dir.display())]);
+        args.extend(["-e".into(), "SPIFFE_ENDPOINT_SOCKET=unix:///run/vouch/api.sock".into()]);
+        args.extend([format!("localhost/{image}")]);
+        args.extend(["/vouch", "agent", "api", "fetch", "x509", "-o", "json"].map(String::from));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        podman.podman(&refs)
+    };
+    let agent_log = || std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
+    let good = run("vouch-test:payments", Some("app=payments"));
+    assert!(
+        good.status.success(),
+        "stdout {} stderr {} agent {}",
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr),
+        agent_log()
+    );
+    assert_eq!(
+        json(&String::from_utf8_lossy(&good.stdout))["svids"][0]["spiffe_id"],
+        "spiffe://example.org/payments"
+    );
+    let rogue = run("vouch-test:rogue", Some("app=payments"));
+    assert!(!rogue.status.success(), "a copied label on another image gets nothing");
+    assert!(
+        String::from_utf8_lossy(&rogue.stderr).contains("no identity issued"),
+        "{}",
+        String::from_utf8_lossy(&rogue.stderr)
+    );
+    let unlabelled = run("vouch-test:payments", None);
+    assert!(!unlabelled.status.success());
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    let _ = agent.wait();
+    server.stop();
+}
