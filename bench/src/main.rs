@@ -15,6 +15,11 @@ use anyhow::{bail, Result};
 mod agent;
 mod api;
 
+// The same allocator as the `vouch` binary, so the load generator takes as little CPU as it can from
+// the servers it measures (vouch and OpenBao alike).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {

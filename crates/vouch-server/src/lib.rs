@@ -11,6 +11,7 @@ pub mod agent_api;
 pub mod api;
 pub mod auth;
 pub mod config;
+mod conn_threads;
 pub mod error;
 pub mod metrics;
 pub mod node_attest;
@@ -171,9 +172,14 @@ impl Server {
         let app = app(state.clone());
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let conns = Arc::new(
+            conn_threads::ConnectionThreads::start(threads)
+                .map_err(|e| StartError::Io(format!("cannot start connection threads: {e}")))?,
+        );
 
         let unix = bind_admin_socket(&config.admin_socket).await?;
-        tasks.push(tokio::spawn(serve_unix(unix, app.clone(), rx.clone())));
+        tasks.push(tokio::spawn(serve_unix(unix, app.clone(), conns.clone(), rx.clone())));
 
         let mut tcp_addr = None;
         if let Some(addr) = config.listen {
@@ -184,7 +190,7 @@ impl Server {
             let tls = tls::server_config(state.server_cert.clone(), state.client_verifier.clone())
                 .map_err(|e| StartError::Tls(e.to_string()))?;
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-            tasks.push(tokio::spawn(serve_tls(listener, acceptor, app.clone(), rx.clone())));
+            tasks.push(tokio::spawn(serve_tls(listener, acceptor, app.clone(), conns.clone(), rx.clone())));
             // Written so scripts and tests can find a port chosen with `:0`.
             let addr_file = config.data_dir.join("server.addr");
             std::fs::write(&addr_file, format!("{bound}\n"))
@@ -256,7 +262,12 @@ where
     }
 }
 
-async fn serve_unix(listener: UnixListener, app: Router, mut shutdown: watch::Receiver<bool>) {
+async fn serve_unix(
+    listener: UnixListener,
+    app: Router,
+    conns: Arc<conn_threads::ConnectionThreads>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -266,7 +277,15 @@ async fn serve_unix(listener: UnixListener, app: Router, mut shutdown: watch::Re
                         tracing::warn!("admin socket: cannot read peer credentials; connection dropped");
                         continue;
                     };
-                    tokio::spawn(serve_connection(stream, app.clone(), Caller::Local { uid: cred.uid() }, shutdown.clone()));
+                    let caller = Caller::Local { uid: cred.uid() };
+                    let (app, shutdown) = (app.clone(), shutdown.clone());
+                    // Re-registered with the connection thread's runtime, which serves it from now on.
+                    let Ok(stream) = stream.into_std() else { continue };
+                    conns.run(move || {
+                        if let Ok(stream) = tokio::net::UnixStream::from_std(stream) {
+                            tokio::spawn(serve_connection(stream, app, caller, shutdown));
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin socket accept failed");
@@ -282,6 +301,7 @@ async fn serve_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
+    conns: Arc<conn_threads::ConnectionThreads>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -291,7 +311,9 @@ async fn serve_tls(
                     let acceptor = acceptor.clone();
                     let app = app.clone();
                     let conn_shutdown = shutdown.clone();
-                    tokio::spawn(async move {
+                    let Ok(stream) = stream.into_std() else { continue };
+                    conns.run(move || { tokio::spawn(async move {
+                        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
                         let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
@@ -309,7 +331,7 @@ async fn serve_tls(
                             None => Caller::Anonymous,
                         };
                         serve_connection(tls, app, caller, conn_shutdown).await;
-                    });
+                    }); });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
