@@ -5,6 +5,9 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod http;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 
 pub use client::{decode, AdminClient, ClientError, Connection, LineStream};

@@ -177,7 +177,12 @@ async fn attest_k8s_psat(
         tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %req.cluster, reason = "unknown cluster");
         ApiError::unauthenticated(format!("k8s_psat: cluster `{}` is not configured on this server", req.cluster))
     })?;
-    let identity = crate::node_attest::check_psat(&state.config.trust_domain, cluster, &req.token, state.now()).map_err(|reason| {
+    let kid = crate::psat_keys::token_kid(&req.token);
+    let keys = state.psat_keys.keys(cluster, kid.as_deref()).await.map_err(|reason| {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %cluster.name, reason = %reason);
+        ApiError::unavailable(format!("k8s_psat: {reason}"))
+    })?;
+    let identity = crate::node_attest::check_psat(&state.config.trust_domain, cluster, &keys, &req.token, state.now()).map_err(|reason| {
         tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %cluster.name, reason = %reason);
         ApiError::unauthenticated(format!("k8s_psat token refused: {reason}"))
     })?;

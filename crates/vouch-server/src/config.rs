@@ -129,10 +129,24 @@ pub struct X509PopCas {
 #[serde(deny_unknown_fields)]
 struct FilePsat {
     cluster: String,
-    jwks_file: PathBuf,
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    discovery_url: Option<String>,
+    #[serde(default)]
+    discovery_ca: Option<PathBuf>,
     issuer: String,
     audience: String,
     service_accounts: Vec<String>,
+}
+
+/// An OIDC discovery endpoint of a service-account issuer: its document names the JWKS URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsatDiscovery {
+    /// The discovery document's URL (`…/.well-known/openid-configuration`).
+    pub url: String,
+    /// CA (PEM) of the endpoint's certificate, for https (in a pod: the service account's `ca.crt`).
+    pub ca: Option<PathBuf>,
 }
 
 /// A Kubernetes cluster whose projected service-account tokens (PSAT) may attest agents.
@@ -140,8 +154,10 @@ struct FilePsat {
 pub struct PsatCluster {
     /// The cluster's name in vouch (part of agent IDs and selectors).
     pub name: String,
-    /// The service-account issuer's signing keys (from its JWKS).
+    /// The service-account issuer's signing keys, from a JWKS file (empty with `discovery`).
     pub keys: std::collections::BTreeMap<String, vouch_ca::jwt::JwtPublicKey>,
+    /// Where the keys are fetched instead: the issuer's OIDC discovery document.
+    pub discovery: Option<PsatDiscovery>,
     /// The expected `iss`.
     pub issuer: String,
     /// The audience the token must be projected for.
@@ -343,16 +359,33 @@ impl Config {
         }
         let mut psat_clusters = Vec::new();
         for c in file.node_attestation.k8s_psat {
-            let text = std::fs::read_to_string(&c.jwks_file).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "node_attestation.k8s_psat `{}`: cannot read {}: {e}",
-                    c.cluster,
-                    c.jwks_file.display()
-                ))
-            })?;
-            let keys = vouch_ca::bundle::jwks_keys(&text).map_err(|e| {
-                ConfigError::Invalid(format!("node_attestation.k8s_psat `{}`: {e}", c.cluster))
-            })?;
+            let bad = |why: String| {
+                ConfigError::Invalid(format!("node_attestation.k8s_psat `{}`: {why}", c.cluster))
+            };
+            let (keys, discovery) = match (&c.jwks_file, &c.discovery_url) {
+                (Some(file), None) => {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+                    (vouch_ca::bundle::jwks_keys(&text).map_err(|e| bad(e.to_string()))?, None)
+                }
+                (None, Some(url)) => {
+                    let url = crate::psat_keys::discovery_document_url(url).map_err(&bad)?;
+                    let discovery = PsatDiscovery { url, ca: c.discovery_ca.clone() };
+                    // Checked now (URL, CA file), fetched when the first token comes.
+                    crate::psat_keys::getter_for(&discovery.url, &discovery).map_err(&bad)?;
+                    (Default::default(), Some(discovery))
+                }
+                _ => {
+                    return Err(bad(
+                        "set either jwks_file (the issuer's keys, e.g. from `kubectl get --raw /openid/v1/jwks`) \
+                         or discovery_url (the issuer's OIDC discovery endpoint), not both"
+                            .into(),
+                    ))
+                }
+            };
+            if c.discovery_ca.is_some() && discovery.is_none() {
+                return Err(bad("discovery_ca goes with discovery_url".into()));
+            }
             let valid_name = !c.cluster.is_empty()
                 && c.cluster.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
             if !valid_name {
@@ -374,6 +407,7 @@ impl Config {
             psat_clusters.push(PsatCluster {
                 name: c.cluster,
                 keys,
+                discovery,
                 issuer: c.issuer,
                 audience: c.audience,
                 service_accounts,

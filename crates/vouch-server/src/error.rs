@@ -42,6 +42,11 @@ impl ApiError {
         Self { status: StatusCode::CONFLICT, code: "conflict", message: message.into() }
     }
 
+    /// 503: something the request depends on is unreachable; retrying later may work.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
+    }
+
     /// 500: details go to the log, not to the caller.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "{context}");

@@ -15,6 +15,7 @@ mod conn_threads;
 pub mod error;
 pub mod metrics;
 pub mod node_attest;
+pub mod psat_keys;
 pub mod state;
 pub mod tls;
 

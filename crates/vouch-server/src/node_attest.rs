@@ -26,13 +26,15 @@ fn claim<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 /// Checks a PSAT against a cluster's settings at `now`. The error says what was wrong.
+/// `keys` are the cluster's current signing keys ([`crate::psat_keys::PsatKeys`]).
 pub fn check_psat(
     td: &TrustDomain,
     cluster: &PsatCluster,
+    keys: &crate::psat_keys::KeySet,
     token: &str,
     now: SystemTime,
 ) -> Result<PsatIdentity, String> {
-    let (_, claims) = vouch_ca::jwt::verify_jws(token, &cluster.keys).map_err(|e| match e {
+    let (_, claims) = vouch_ca::jwt::verify_jws(token, keys).map_err(|e| match e {
         vouch_ca::JwtError::UnknownKid(k) => {
             format!("signed by key `{k}`, which is not a key of cluster `{}`", cluster.name)
         }

@@ -80,6 +80,8 @@ pub struct AppState {
     pub events: tokio::sync::broadcast::Sender<Event>,
     /// Outstanding x509pop challenges: nonce -> (certificate fingerprint, expiry).
     pub x509pop_nonces: std::sync::Mutex<std::collections::HashMap<String, (String, SystemTime)>>,
+    /// Signing keys of the Kubernetes clusters whose tokens attest agents.
+    pub psat_keys: crate::psat_keys::PsatKeys,
 }
 
 impl std::fmt::Debug for AppState {
@@ -129,7 +131,9 @@ impl AppState {
             }
             None => Authority::new(config.authority_config(), upstream),
         };
+        let psat_keys = crate::psat_keys::PsatKeys::new(&config.psat_clusters);
         let state = Arc::new(Self {
+            psat_keys,
             config,
             store,
             metrics: Metrics::default(),

@@ -835,6 +835,95 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
     }
 }
 
+/// PSAT keys from the issuer's OIDC discovery document: fetched on first use, and again when a token
+/// names a key the cache lacks (a key rotation in the cluster needs no server restart); a document for
+/// another issuer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psat_keys_come_from_oidc_discovery_and_follow_rotation() {
+    const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+    let dir = tempfile::tempdir().unwrap();
+    let api = vouch_client::testing::StaticHttps::start(None).await;
+    let first = TestCluster::new("key-2026-01");
+    api.set(
+        "/.well-known/openid-configuration",
+        json!({"issuer": ISSUER, "jwks_uri": format!("{}/openid/v1/jwks", api.base_url())}).to_string(),
+    );
+    api.set("/openid/v1/jwks", first.jwks());
+    let ca = dir.path().join("cluster-ca.pem");
+    std::fs::write(&ca, &api.cert_pem).unwrap();
+    let extra = format!(
+        "[[node_attestation.k8s_psat]]\ncluster = \"prod\"\ndiscovery_url = \"{}\"\ndiscovery_ca = \"{}\"\n\
+         issuer = \"{ISSUER}\"\naudience = \"vouch\"\nservice_accounts = [\"vouch-system:vouch-agent\"]\n",
+        api.base_url(),
+        ca.display()
+    );
+    let (server, _local, anon) = start_with(dir.path(), &extra).await;
+    assert_eq!(api.requests(), 0, "nothing is fetched before the first token");
+    let (csr, _) = csr_and_key();
+    let attest = |token: String| {
+        let anon = anon.clone();
+        let body = json!({"cluster": "prod", "token": token, "csr": csr});
+        async move { anon.call::<Value>("POST", "/v1/agent/attest/k8s-psat", Some(&body)).await }
+    };
+    attest(first.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
+    assert_eq!(api.requests(), 2, "discovery document, then JWKS");
+    attest(first.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
+    assert_eq!(api.requests(), 2, "cached");
+
+    // The cluster rotates its key: a token with the new kid makes the server fetch again.
+    let second = TestCluster::new("key-2026-02");
+    api.set("/openid/v1/jwks", second.jwks());
+    tokio::time::sleep(vouch_server::psat_keys::MIN_REFETCH).await;
+    attest(second.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
+    assert_eq!(api.requests(), 4);
+    // A key the cluster never had is refused, and cannot make the server fetch again at once.
+    let stranger = TestCluster::new("forged");
+    match attest(stranger.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await {
+        Err(ClientError::Api { status: 401, message, .. }) => {
+            assert!(message.contains("not a key of cluster `prod`"), "{message}")
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    assert_eq!(api.requests(), 4, "no refetch within MIN_REFETCH");
+    server.shutdown().await;
+
+    // A discovery document of another issuer gives no keys: the token is refused, saying why.
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = vouch_client::testing::StaticHttps::start(None).await;
+    other.set(
+        "/.well-known/openid-configuration",
+        json!({"issuer": "https://evil.example", "jwks_uri": format!("{}/jwks", other.base_url())})
+            .to_string(),
+    );
+    std::fs::write(dir2.path().join("ca.pem"), &other.cert_pem).unwrap();
+    let extra = format!(
+        "[[node_attestation.k8s_psat]]\ncluster = \"prod\"\ndiscovery_url = \"{}/.well-known/openid-configuration\"\n\
+         discovery_ca = \"{}\"\nissuer = \"{ISSUER}\"\naudience = \"vouch\"\nservice_accounts = [\"vouch-system:vouch-agent\"]\n",
+        other.base_url(),
+        dir2.path().join("ca.pem").display()
+    );
+    let (server, _local, anon) = start_with(dir2.path(), &extra).await;
+    let body = json!({"cluster": "prod", "token": first.sign(&psat_claims(600, "vouch-system", "vouch-agent")), "csr": csr});
+    match anon.call::<Value>("POST", "/v1/agent/attest/k8s-psat", Some(&body)).await {
+        Err(ClientError::Api { status: 503, message, .. }) => {
+            assert!(message.contains("not the configured"), "{message}")
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    server.shutdown().await;
+
+    // Configuration: one key source, and https needs a CA.
+    for (extra, want) in [
+        ("cluster = \"p\"\nissuer = \"i\"\naudience = \"a\"\nservice_accounts = []", "set either jwks_file"),
+        ("cluster = \"p\"\ndiscovery_url = \"https://k8s.example\"\nissuer = \"i\"\naudience = \"a\"\nservice_accounts = []", "set discovery_ca"),
+        ("cluster = \"p\"\ndiscovery_url = \"k8s.example\"\nissuer = \"i\"\naudience = \"a\"\nservice_accounts = []", "not an http:// or https:// URL"),
+    ] {
+        let text = format!("[[node_attestation.k8s_psat]]\n{extra}\n");
+        let err = Config::from_toml(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
 /// A CA for node certificates and a node certificate (PEM chain, key) issued by it.
 fn node_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();

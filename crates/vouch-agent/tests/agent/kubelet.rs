@@ -3,78 +3,23 @@
 //! and `k8s:` selectors through the runtime attestor for a pod's container.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vouch_agent::attest::{ContainerRef, KubeletClient, KubeletConfig, Runtime, RuntimeAttestor};
+use vouch_client::testing::StaticHttps;
 
 const APP: &str = "3f6b0c9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
 const POD: &str = "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d";
 const TOKEN: &str = "kubelet-reader-token-0f9e8d7c";
 
-struct FakeKubelet {
-    port: u16,
-    cert_pem: String,
-    requests: Arc<AtomicUsize>,
-}
-
-/// Serves the recorded pod list over TLS (a self-signed certificate for 127.0.0.1) to requests that
-/// carry the bearer token; 401 otherwise.
-async fn kubelet() -> FakeKubelet {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let cert_pem = cert.pem();
-    let server = rustls::ServerConfig::builder_with_provider(vouch_client::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let body = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubelet-pods.json"))
-        .unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counter = requests.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
-            let body = body.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
-                let authorized = text.starts_with("get /pods ")
-                    && text.contains(&format!("authorization: bearer {TOKEN}"));
-                let (status, body) =
-                    if authorized { ("200 OK", body) } else { ("401 Unauthorized", b"{}".to_vec()) };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = tls.write_all(head.as_bytes()).await;
-                let _ = tls.write_all(&body).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    FakeKubelet { port, cert_pem, requests }
+/// Serves the recorded pod list at `/pods` over TLS to requests that carry the bearer token.
+async fn kubelet() -> StaticHttps {
+    let k = StaticHttps::start(Some(TOKEN)).await;
+    k.set(
+        "/pods",
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubelet-pods.json"))
+            .unwrap(),
+    );
+    k
 }
 
 fn strings(s: &vouch_core::Selectors) -> Vec<String> {
@@ -102,12 +47,12 @@ async fn pod_containers_get_k8s_selectors_from_the_kubelet() {
     }
     // The fresh list is reused.
     client.selectors(POD, APP).await.unwrap();
-    assert_eq!(k.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(k.requests(), 1);
 
     // A container the kubelet does not list: refetched a bounded number of times, then refused.
     let err = client.selectors(POD, "cccc").await.unwrap_err();
     assert!(err.contains("no container with id `cccc`"), "{err}");
-    let n = k.requests.load(Ordering::SeqCst);
+    let n = k.requests();
     assert!((2..=5).contains(&n), "{n} requests");
 
     // Through the runtime attestor: a CRI-O container in a pod is confirmed by the kubelet alone.
