@@ -40,9 +40,9 @@ impl TextKind {
         let name = path.rsplit('/').next().unwrap_or(path);
         let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
         match ext.as_str() {
-            "py" | "js" | "mjs" | "cjs" | "ts" | "tsx" | "jsx" | "go" | "java" | "kt" | "kts" | "scala"
-            | "rb" | "php" | "cs" | "rs" | "c" | "h" | "cc" | "cpp" | "hpp" | "swift" | "m" | "dart"
-            | "groovy" | "lua" | "pl" | "ex" | "exs" | "clj" | "vue" | "svelte" => TextKind::Code,
+            "py" | "pyi" | "js" | "mjs" | "cjs" | "ts" | "tsx" | "jsx" | "go" | "java" | "kt" | "kts"
+            | "scala" | "rb" | "php" | "cs" | "rs" | "c" | "h" | "cc" | "cpp" | "hpp" | "swift" | "m"
+            | "dart" | "groovy" | "lua" | "pl" | "ex" | "exs" | "clj" | "vue" | "svelte" => TextKind::Code,
             _ => TextKind::Config,
         }
     }

@@ -89,6 +89,12 @@ fn is_component(key: &str, start: usize, end: usize) -> bool {
     before_ok && after_ok
 }
 
+/// An absolute or home-relative path with at least two components.
+fn looks_like_path(value: &str) -> bool {
+    (value.starts_with('/') || value.starts_with("~/") || value.starts_with("./"))
+        && value.trim_start_matches(['~', '.', '/']).contains('/')
+}
+
 /// Values that refer to a secret instead of holding one: variables, templates, format strings,
 /// dotted references (`var.db_password`), calls.
 pub fn is_reference(value: &str, quoted: bool) -> bool {
@@ -100,6 +106,9 @@ pub fn is_reference(value: &str, quoted: bool) -> bool {
         || value.contains("{{")
         || value.contains("$(")
         || matches!(value, "%s" | "%v" | "%d")
+        // HTML-escaped placeholders in rendered docs: `&lt;string&gt;`, `&#x3C;string>`.
+        || value.starts_with("&lt;")
+        || value.starts_with("&#")
     {
         return true;
     }
@@ -145,10 +154,18 @@ pub fn literal_is_secret(
     if ["password", "passwd", "secret", "token"].iter().any(|w| lower.contains(w)) {
         return false; // names of things (`new_password_field`), not values
     }
+    if looks_like_path(value) {
+        return false; // `PWD: /home/me`, `NOPASSWD: /bin/systemctl`
+    }
     let entropy_ok = min_entropy.is_none_or(|min| shannon_entropy(value) >= min);
+    // Random tokens of this length almost always hold a digit; identifiers and class names
+    // (`_EllipticCurvePrivateKey` in a type annotation) do not.
+    let has_digit = value.bytes().any(|b| b.is_ascii_digit());
     match class {
         ValueClass::Password => entropy_ok && (len >= 10 || char_classes(value) >= 2),
-        ValueClass::Secret => entropy_ok && len >= 12 && alnum_classes(value) >= 2,
+        ValueClass::Secret => {
+            entropy_ok && len >= 12 && alnum_classes(value) >= 2 && (has_digit || len >= 32)
+        }
     }
 }
 
@@ -229,12 +246,23 @@ mod tests {
         for v in ["!pNRS119Kin68jma_o", "*W$m-5m2qdDmY6BbvurdhsX", "IilJcUq8f%s&b-v6IPG"] {
             assert!(literal_is_secret(v, false, pw, None, allow), "{v}");
         }
-        for v in ["*default_password_alias", "&anchor", "!vault", "|", ">-"] {
+        for v in [
+            "*default_password_alias",
+            "&anchor",
+            "!vault",
+            "|",
+            ">-",
+            "/Users/maciej",
+            "/bin/systemctl",
+            "&#x3C;string>]}",
+        ] {
             assert!(!literal_is_secret(v, false, pw, None, allow), "{v}");
         }
         let s = ValueClass::Secret;
         assert!(literal_is_secret("wJalrXUtnFEMIK7MDENGbPxRfiCYzzKEY123", true, s, Some(3.0), allow));
         assert!(!literal_is_secret("session-cache-node", true, s, Some(3.0), allow));
+        assert!(!literal_is_secret("_EllipticCurvePrivateKey", true, s, Some(3.0), allow), "a class name");
+        assert!(literal_is_secret("q8Zr3Lm7Vx2Kp9Wn4Tb6", true, s, Some(3.0), allow));
         assert!(!literal_is_secret("1234567890123", true, s, Some(3.0), allow));
         assert!(!literal_is_secret("3f2b8c1e-4a5d-4b6c-a7d8-9e0f1a2b3c4d", true, s, Some(3.0), allow));
     }

@@ -132,6 +132,16 @@ fn near_misses_are_not_reported() {
         ("a.md", "Authorization: Bearer <token>".into()),
         ("a.md", "Authorization: Bearer $TOKEN".into()),
         ("a.py", "if token == \"Xk9mQ2vLp7zRq8\":".into()),
+        // Seen in real trees: type annotations, working directories, sudoers, rendered docs, RFC examples.
+        ("ec.py", "    backend: \"Backend\", private_key: \"_EllipticCurvePrivateKey\", data: bytes".into()),
+        ("ocsp.pyi", "    private_key: typing.Optional[PRIVATE_KEY_TYPES],".into()),
+        ("process.md", "  PWD: '/Users/maciej',".into()),
+        ("50-local.rules", "//     %sudo ALL=(root) NOPASSWD: /bin/systemctl restart apt-cacher-ng.service".into()),
+        ("tls.html", "<code>{pem: &#x3C;string|buffer>[, passphrase: &#x3C;string>]}</code>".into()),
+        ("parameters.py", "        \"access_token\":\"2YotnFZFEjr1zCsicMWpAA\",".into()),
+        ("extract.md", "    password: String,".into()),
+        ("tls12.rs", "        let secret = b\"\\x9b\\xbe\\x43\\x6b\\xa9\\x40\\xf0\\x17\\xb1\\x76\\x52\\x84\";".into()),
+        ("matcher.rs", "    ///     .all(\"https://Aladdin:opensesame@localhost:8887\")".into()),
     ];
     for (file, text) in cases {
         assert_eq!(found(&rules, file, &text), Vec::<String>::new(), "{file}: {text}");
