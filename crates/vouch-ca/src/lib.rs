@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod keys;
 pub mod pem;
 pub mod seal;
+mod svid_der;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod x509;

@@ -29,6 +29,8 @@ pub struct Ca {
     not_before: SystemTime,
     not_after: SystemTime,
     issuer: Issuer<'static, SigningKey>,
+    /// The fixed SVID layout for this CA (None: SVIDs go through the general builder).
+    template: Option<crate::svid_der::LeafTemplate>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -37,11 +39,15 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-fn serial() -> Result<SerialNumber, CaError> {
+fn serial_bytes() -> Result<[u8; 16], CaError> {
     let mut bytes = random_bytes::<16>()?;
     // Positive, and without a leading zero byte, so every serial is exactly 16 bytes of DER.
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    Ok(SerialNumber::from_slice(&bytes))
+    Ok(bytes)
+}
+
+fn serial() -> Result<SerialNumber, CaError> {
+    Ok(SerialNumber::from_slice(&serial_bytes()?))
 }
 
 fn uri_san(id: &str) -> Result<SanType, CaError> {
@@ -139,7 +145,7 @@ impl Ca {
         let (not_before, not_after) = (whole_seconds(not_before), whole_seconds(not_after));
         let params = ca_params(td, format!("vouch root CA {td} {label}"), not_before, not_after, None)?;
         let cert = params.self_signed(&key)?;
-        Ok(Self { der: cert.der().to_vec(), not_before, not_after, issuer: Issuer::new(params, key) })
+        Ok(Self::assemble(cert.der().to_vec(), not_before, not_after, Issuer::new(params, key)))
     }
 
     /// Creates an intermediate (signing) CA under `self`. Its validity is cut to `self`'s.
@@ -155,7 +161,7 @@ impl Ca {
         let not_after = whole_seconds(not_after).min(self.not_after);
         let params = ca_params(td, format!("vouch signing CA {td} {label}"), not_before, not_after, Some(0))?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Self { der: cert.der().to_vec(), not_before, not_after, issuer: Issuer::new(params, key) })
+        Ok(Self::assemble(cert.der().to_vec(), not_before, not_after, Issuer::new(params, key)))
     }
 
     /// Loads a CA from its certificate and key, checking that they belong together and that the
@@ -171,7 +177,17 @@ impl Ca {
             return Err(CaError::InvalidKey("the private key does not belong to the CA certificate".into()));
         }
         let issuer = Issuer::from_ca_cert_der(&der.as_slice().into(), key)?;
-        Ok(Self { der, not_before: info.not_before, not_after: info.not_after, issuer })
+        Ok(Self::assemble(der, info.not_before, info.not_after, issuer))
+    }
+
+    fn assemble(
+        der: Vec<u8>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        issuer: Issuer<'static, SigningKey>,
+    ) -> Self {
+        let template = crate::svid_der::LeafTemplate::from_ca(&der, issuer.key());
+        Self { der, not_before, not_after, issuer, template }
     }
 
     /// The certificate, DER.
@@ -209,6 +225,31 @@ impl Ca {
         }
         let life = ttl::lifetime(whole_seconds(now), ttl, self.not_after)
             .ok_or_else(|| CaError::Refused("the signing CA has expired".into()))?;
+        let not_before = life.not_before.max(self.not_before);
+        if let (Some(template), Some(spki)) = (&self.template, &public_key.spki) {
+            let dns: Vec<&str> = dns_names.iter().map(|d| d.as_str()).collect();
+            let cert_der = template.sign(
+                self.issuer.key(),
+                &serial_bytes()?,
+                not_before,
+                life.not_after,
+                spki,
+                spiffe_id.as_str(),
+                &dns,
+            )?;
+            return Ok(X509Svid { cert_der, not_before, not_after: life.not_after, capped: life.capped });
+        }
+        self.sign_svid_with_builder(spiffe_id, dns_names, public_key, life)
+    }
+
+    /// The general path (also the reference the fixed layout is tested against).
+    pub(crate) fn sign_svid_with_builder(
+        &self,
+        spiffe_id: &SpiffeId,
+        dns_names: &[DnsName],
+        public_key: &CsrPublicKey,
+        life: ttl::Lifetime,
+    ) -> Result<X509Svid, CaError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "vouch");
@@ -260,6 +301,9 @@ pub struct CsrPublicKey {
     alg: &'static rcgen::SignatureAlgorithm,
     /// The subjectPublicKey bits: an EC point, a PKCS#1 RSA key, or an Ed25519 key.
     key: Vec<u8>,
+    /// The whole SubjectPublicKeyInfo (DER), for EC keys (whose encoding is canonical); SVIDs for
+    /// other key types go through the general builder.
+    spki: Option<Vec<u8>>,
 }
 
 impl rcgen::PublicKeyData for CsrPublicKey {
@@ -274,7 +318,9 @@ impl rcgen::PublicKeyData for CsrPublicKey {
 impl CsrPublicKey {
     /// A P-256 public key from its uncompressed point.
     pub(crate) fn p256(point: Vec<u8>) -> Self {
-        Self { alg: &rcgen::PKCS_ECDSA_P256_SHA256, key: point }
+        let mut spki = crate::svid_der::P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(&point);
+        Self { alg: &rcgen::PKCS_ECDSA_P256_SHA256, key: point, spki: Some(spki) }
     }
 
     /// Wraps a SubjectPublicKeyInfo (DER) of an allowed type: EC P-256 or P-384, RSA of 2048 to 8192
@@ -317,7 +363,8 @@ impl CsrPublicKey {
                 ))
             }
         };
-        Ok(Self { alg, key: spki.subject_public_key.data.to_vec() })
+        let ec = matches!(spki.parsed(), Ok(PublicKey::EC(_)));
+        Ok(Self { alg, key: spki.subject_public_key.data.to_vec(), spki: ec.then(|| spki.raw.to_vec()) })
     }
 }
 
