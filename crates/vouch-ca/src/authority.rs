@@ -100,15 +100,16 @@ pub struct IssuedX509 {
     pub svid: X509Svid,
     /// Intermediates between the leaf and a bundle root (DER), leaf not included.
     pub intermediates: Vec<Vec<u8>>,
+    /// The same intermediates as PEM, encoded once per signing CA rather than per SVID.
+    pub intermediates_pem: std::sync::Arc<str>,
 }
 
 impl IssuedX509 {
     /// The chain as PEM, leaf first: what a workload presents.
     pub fn chain_pem(&self) -> String {
-        std::iter::once(&self.svid.cert_der)
-            .chain(&self.intermediates)
-            .map(|der| crate::pem::encode("CERTIFICATE", der))
-            .collect()
+        let mut pem = crate::pem::encode("CERTIFICATE", &self.svid.cert_der);
+        pem.push_str(&self.intermediates_pem);
+        pem
     }
 }
 
@@ -411,7 +412,11 @@ impl Authority {
             .find(|i| i.state == KeyState::Active)
             .ok_or_else(|| CaError::Refused("no active signing CA".into()))?;
         let svid = ca.ca.sign_svid(spiffe_id, dns_names, public_key, ttl, now)?;
-        Ok(IssuedX509 { svid, intermediates: vec![ca.ca.der().to_vec()] })
+        Ok(IssuedX509 {
+            svid,
+            intermediates: vec![ca.ca.der().to_vec()],
+            intermediates_pem: ca.ca.pem().clone(),
+        })
     }
 
     /// Signs a JWT-SVID with the active JWT key.

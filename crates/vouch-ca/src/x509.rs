@@ -31,6 +31,8 @@ pub struct Ca {
     issuer: Issuer<'static, SigningKey>,
     /// The fixed SVID layout for this CA (None: SVIDs go through the general builder).
     template: Option<crate::svid_der::LeafTemplate>,
+    /// The certificate as PEM (every issued chain carries it).
+    pem: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -187,12 +189,18 @@ impl Ca {
         issuer: Issuer<'static, SigningKey>,
     ) -> Self {
         let template = crate::svid_der::LeafTemplate::from_ca(&der, issuer.key());
-        Self { der, not_before, not_after, issuer, template }
+        let pem = crate::pem::encode("CERTIFICATE", &der).into();
+        Self { der, not_before, not_after, issuer, template, pem }
     }
 
     /// The certificate, DER.
     pub fn der(&self) -> &[u8] {
         &self.der
+    }
+
+    /// The certificate, PEM.
+    pub fn pem(&self) -> &std::sync::Arc<str> {
+        &self.pem
     }
 
     /// Start of validity.
