@@ -128,7 +128,11 @@ impl<'r> TextScanner<'r> {
         // a newline.
         self.line = first_line + lines_total;
         if ends_mid_line {
-            self.col_base += chunk.len() - chunk.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            // The next chunk continues the last line: its columns start after what this chunk held of it.
+            self.col_base = match memchr::memrchr(b'\n', chunk) {
+                Some(p) => chunk.len() - (p + 1),
+                None => self.col_base + chunk.len(),
+            };
         } else {
             self.col_base = 0;
             if !chunk.ends_with(b"\n") && !chunk.is_empty() {
@@ -317,17 +321,19 @@ impl<'r> TextScanner<'r> {
             return;
         }
         let lower = line.to_ascii_lowercase();
-        let mut seen: Vec<(usize, usize)> = Vec::new();
+        let mut seen: std::collections::HashSet<(usize, usize)> = std::collections::HashSet::new();
         for kw in &rule.keywords {
             let mut from = 0;
             while let Some(pos) = lower[from..].find(kw.as_str()) {
                 let at = from + pos;
                 from = at + kw.len();
                 let (ks, ke) = key_bounds(line, at, at + kw.len());
-                if seen.contains(&(ks, ke)) {
+                if !seen.insert((ks, ke)) {
                     continue; // this key was already looked at for another keyword
                 }
-                seen.push((ks, ke));
+                if seen.len() > MAX_KEYS_PER_LINE {
+                    return;
+                }
                 let key = &line[ks..ke];
                 if !key_is_secretish(key, &rule.keywords) {
                     continue;
@@ -368,6 +374,13 @@ fn k8s_env_name(line: &str) -> Option<&str> {
     re.captures(line).and_then(|c| c.get(1)).map(|m| m.as_str())
 }
 
+/// Longest key part looked at on either side of a keyword.
+const MAX_KEY: usize = 128;
+/// Longest value looked at (literals are at most 512 characters; see `literal_is_secret`).
+const MAX_VALUE: usize = 1024;
+/// Keyword occurrences looked at per line and rule (minified files repeat words endlessly).
+const MAX_KEYS_PER_LINE: usize = 4096;
+
 fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
 }
@@ -375,12 +388,13 @@ fn is_key_byte(b: u8) -> bool {
 /// Grows a keyword match to the whole key around it.
 fn key_bounds(line: &str, start: usize, end: usize) -> (usize, usize) {
     let b = line.as_bytes();
+    // Bounded, so a line that is one endless "key" costs linear time, not quadratic.
     let mut s = start;
-    while s > 0 && is_key_byte(b[s - 1]) {
+    while s > 0 && start - s < MAX_KEY && is_key_byte(b[s - 1]) {
         s -= 1;
     }
     let mut e = end;
-    while e < b.len() && is_key_byte(b[e]) {
+    while e < b.len() && e - end < MAX_KEY && is_key_byte(b[e]) {
         e += 1;
     }
     // A key does not end in a separator (`password:` in YAML keeps the colon outside already).
@@ -433,14 +447,14 @@ fn parse_value(rest: &str, kind: TextKind) -> Option<(&str, bool, usize)> {
     if matches!(q, b'"' | b'\'' | b'`') {
         let start = i + 1;
         let mut j = start;
-        while j < b.len() && b[j] != q {
+        while j < b.len() && b[j] != q && j - start <= MAX_VALUE {
             if b[j] == b'\\' {
                 j += 1;
             }
             j += 1;
         }
-        if j >= b.len() {
-            return None; // unterminated on this line: a multi-line string, not a literal secret
+        if j >= b.len() || b[j] != q {
+            return None; // unterminated on this line (or too long): not a literal secret
         }
         return Some((&rest[start..j], true, start));
     }
@@ -451,6 +465,9 @@ fn parse_value(rest: &str, kind: TextKind) -> Option<(&str, bool, usize)> {
     let mut j = start;
     while j < b.len() && !b[j].is_ascii_whitespace() {
         j += 1;
+        if j - start > MAX_VALUE {
+            return None; // far longer than any literal secret (and `j` may be inside a character)
+        }
     }
     let mut value = &rest[start..j];
     value = value.trim_end_matches([',', ';']);
@@ -541,6 +558,21 @@ mod tests {
             s.feed(&text.as_bytes()[at..], false);
             assert_eq!(s.finish().0, whole, "split at {at}");
         }
+    }
+
+    #[test]
+    fn pathological_lines_are_scanned_in_linear_time() {
+        // Each of these would cost quadratic time if every keyword occurrence looked at the whole
+        // rest of the line; at this size that would take minutes.
+        let rules = RuleSet::default_rules().unwrap();
+        for unit in ["password=", "pass", "token: '", "secret=\"x ", "- name: DB_PASSWORD\n", "ghp_", "eyJ"] {
+            let text = unit.repeat((1 << 20) / unit.len());
+            let _ = scan_text(&rules, TextKind::Config, text.as_bytes());
+            let _ = scan_text(&rules, TextKind::Code, text.as_bytes());
+        }
+        // Multi-byte characters around the length limits never split a character.
+        let text = format!("password={}\npassword=\"{}\"\n", "é".repeat(700), "ü".repeat(700));
+        assert!(scan_text(&rules, TextKind::Config, text.as_bytes()).is_empty());
     }
 
     #[test]
