@@ -368,7 +368,6 @@ impl Report {
                 "tool": { "driver": {
                     "name": "vouch-scan",
                     "version": env!("CARGO_PKG_VERSION"),
-                    "informationUri": "https://github.com/vouch-identity/vouch",
                     "rules": rule_defs,
                 }},
                 "columnKind": "unicodeCodePoints",

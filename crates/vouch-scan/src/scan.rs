@@ -150,10 +150,12 @@ impl Scanner {
                     message: format!("corrupt or truncated tar archive: {e}"),
                 }),
             },
-            Ok(Sniffed::Compressed) => match self.spool_decompressed(File::open(path), &shown) {
-                Ok(tmp) => self.scan_spooled(tmp, &shown, report, progress),
-                Err(e) => report.errors.push(e),
-            },
+            Ok(Sniffed::Compressed) => {
+                match self.spool_decompressed(File::open(path), Some(meta.len()), &shown) {
+                    Ok(tmp) => self.scan_spooled(tmp, &shown, report, progress),
+                    Err(e) => report.errors.push(e),
+                }
+            }
             Ok(Sniffed::Text) => {
                 let outcome = self.scan_file(path, &shown, progress);
                 self.record_file(&shown, outcome, report);
@@ -174,7 +176,7 @@ impl Scanner {
         };
         if is_tar_header(&head) || sniff_bytes(&head) != Compression::None {
             // Images need random access (manifest.json may come after the layers): spool to disk.
-            match self.spool_decompressed(Ok(stdin), &shown) {
+            match self.spool_decompressed(Ok(stdin), None, &shown) {
                 Ok(tmp) => self.scan_spooled(tmp, &shown, report, progress),
                 Err(e) => report.errors.push(e),
             }
@@ -185,14 +187,17 @@ impl Scanner {
         self.record_file(&shown, outcome, report);
     }
 
+    /// Decompresses to a temporary file (images need random access), through the same bomb guard as
+    /// layers: `size` (the compressed size, when known) bounds the ratio; the byte cap always applies.
     fn spool_decompressed<R: Read + Send>(
         &self,
         source: io::Result<R>,
+        size: Option<u64>,
         shown: &str,
     ) -> Result<tempfile::NamedTempFile, ScanIssue> {
         let issue = |m: String| ScanIssue { source: shown.to_owned(), message: m };
         let source = source.map_err(|e| issue(format!("cannot read: {e}")))?;
-        let (_, mut reader) = decompressed(source, u64::MAX / 1024, self.opts.limits)
+        let (_, mut reader) = decompressed(source, size.unwrap_or(u64::MAX / 1024), self.opts.limits)
             .map_err(|e| issue(format!("cannot read: {e}")))?;
         let mut tmp =
             tempfile::NamedTempFile::new().map_err(|e| issue(format!("cannot create a temp file: {e}")))?;
