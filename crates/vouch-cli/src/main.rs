@@ -118,7 +118,14 @@ enum Command {
     },
     /// Find hardcoded secrets in files, trees and container images (works offline, without a server).
     ///
-    /// Exit code: 0 no findings, 1 findings, 2 part of the input could not be scanned.
+    /// Inputs are told by content: a directory is walked (respecting .gitignore; hidden files such as
+    /// .env are scanned), a directory with an `oci-layout` file is an OCI image layout, a tar (or a
+    /// gzip/zstd-compressed tar) with manifest.json or index.json is an image (`docker save`, old and
+    /// new, or an OCI archive), any other tar is scanned entry by entry, `-` reads standard input.
+    /// Image findings say whether the file is still present or was deleted in a later layer.
+    ///
+    /// Exit code: 0 no findings, 1 findings, 2 part of the input could not be scanned (or bad options).
+    /// See docs/scanning.md.
     Scan(Box<vouch_scan::cli::ScanArgs>),
     /// Exit 0 if the server is ready, 1 otherwise.
     Healthcheck {

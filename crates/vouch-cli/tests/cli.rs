@@ -307,11 +307,14 @@ fn bad_config_is_a_clear_error() {
 fn help_explains_commands() {
     let out = Command::new(VOUCH).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["server", "entry", "token", "bundle", "svid", "healthcheck"] {
+    for cmd in ["server", "entry", "token", "bundle", "svid", "healthcheck", "scan"] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = Command::new(VOUCH).args(["entry", "create", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("repeat for several, all must match"));
+    let out = Command::new(VOUCH).args(["scan", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("deleted in a later layer") && text.contains("--baseline"), "{text}");
 }
 
 #[test]
