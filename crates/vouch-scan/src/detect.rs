@@ -143,6 +143,12 @@ impl<'r> TextScanner<'r> {
         self.hits.clear();
     }
 
+    /// The next chunk repeats the last `n` bytes of the previous one (overlapping windows of a giant
+    /// line): its columns start that much earlier.
+    pub fn rewind_columns(&mut self, n: usize) {
+        self.col_base = self.col_base.saturating_sub(n);
+    }
+
     /// The findings, deduplicated: where two rules found overlapping text on one line, the one with
     /// the higher priority stays.
     pub fn finish(mut self) -> (Vec<Candidate>, usize) {

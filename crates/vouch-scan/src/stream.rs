@@ -9,6 +9,9 @@ use crate::rules::RuleSet;
 
 /// Bytes read per chunk; a line longer than this is scanned in windows of this size.
 pub const CHUNK: usize = 256 * 1024;
+/// Consecutive windows of one giant line overlap by this much, so a secret on a window boundary is
+/// still seen whole (the duplicate from the overlap is dropped). Longer than any token a rule matches.
+const WINDOW_OVERLAP: usize = 4096;
 /// A NUL byte in the first this-many bytes marks a file as binary.
 const BINARY_PROBE: usize = 8000;
 
@@ -85,7 +88,17 @@ pub fn scan_stream<R: Read>(
             }
             None => {
                 scanner.feed(&buf[..filled], true);
-                filled = 0;
+                // Carry the window's tail into the next one, starting on a character boundary.
+                let mut from = filled.saturating_sub(WINDOW_OVERLAP);
+                while from < filled && (buf[from] & 0xc0) == 0x80 {
+                    from += 1;
+                }
+                let keep = filled - from;
+                buf.copy_within(from..filled, 0);
+                scanner.rewind_columns(keep);
+                filled = keep;
+                total -= keep as u64;
+                progress.bytes.fetch_sub(keep as u64, Ordering::Relaxed);
             }
         }
     }
@@ -235,6 +248,28 @@ mod tests {
         let lines: Vec<u64> = found.iter().map(|c| c.line).collect();
         assert_eq!(lines, vec![1, 3], "{found:?}");
         assert_eq!(found[0].column, CHUNK * 2 + 17 + 9);
+    }
+
+    #[test]
+    fn a_secret_on_a_window_boundary_of_a_giant_line_is_found_once() {
+        let rules = RuleSet::default_rules().unwrap();
+        let token = "ghp_abcdefghijklmnopqrstuvwxyzABCDEF012345";
+        for offset in [10, 20, 30] {
+            // The token starts `offset` bytes before the end of the first window.
+            let mut text = "é".repeat((CHUNK - offset) / 2).into_bytes();
+            text.resize(CHUNK - offset, b'x');
+            text.extend_from_slice(format!(" {token} ").as_bytes());
+            text.extend_from_slice(&vec![b'y'; CHUNK]);
+            text.push(b'\n');
+            let TextOutcome::Text { found, bytes, .. } =
+                scan_stream(&rules, TextKind::Config, &text[..], &Progress::default()).unwrap()
+            else {
+                panic!("binary?")
+            };
+            assert_eq!(bytes, text.len() as u64);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].secret, token);
+        }
     }
 
     #[test]
