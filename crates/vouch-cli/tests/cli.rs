@@ -518,10 +518,110 @@ fn build_image(dir: &Path, name: &str, marker: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// Real containers under a real Docker daemon: a container with the registered label and image gets
-/// its SVID through the agent socket mounted into it; the same labels on another image, or the right
-/// image without the label, get nothing. The workload is the `vouch` binary itself, run inside the
-/// container with the host's libraries mounted read-only.
+/// What differs between runtimes in the label-and-image scenario.
+struct Scenario<'a> {
+    /// Selector prefix of the runtime: `docker`, `containerd`, `podman`.
+    kind: &'a str,
+    /// Agent flags that point it at this runtime (and only this one).
+    agent_flags: Vec<String>,
+    /// Loads an image archive.
+    load: &'a dyn Fn(&str) -> Output,
+    /// Runs `/vouch agent api fetch x509 -o json` in a container of `image` (tag) with `label`, the
+    /// host's libraries and the vouch binary mounted read-only and the agent directory at /run/vouch.
+    run: &'a dyn Fn(&str, Option<&str>, &Path) -> Output,
+}
+
+/// The mounts every scenario container gets: (host path, path inside, read-only).
+fn scenario_mounts(agent_dir: &Path) -> Vec<(String, String, bool)> {
+    let mut m: Vec<(String, String, bool)> =
+        [("/usr/lib", "/usr/lib"), ("/usr/lib", "/lib"), ("/usr/lib64", "/lib64")]
+            .iter()
+            .map(|(h, i)| (h.to_string(), i.to_string(), true))
+            .collect();
+    m.push((VOUCH.to_owned(), "/vouch".to_owned(), true));
+    m.push((agent_dir.display().to_string(), "/run/vouch".to_owned(), false));
+    m
+}
+
+/// The container command and its environment.
+const SCENARIO_ENV: &str = "SPIFFE_ENDPOINT_SOCKET=unix:///run/vouch/api.sock";
+const SCENARIO_CMD: [&str; 7] = ["/vouch", "agent", "api", "fetch", "x509", "-o", "json"];
+
+/// Real containers under a real runtime: a container with the registered label and image gets its
+/// SVID through the agent socket mounted into it; the same label on another image, or the right image
+/// without the label, get nothing. The workload is the `vouch` binary itself. Returns the good image's
+/// ID (its config digest).
+fn label_and_image_scenario(tmp: &Path, s: Scenario<'_>) -> String {
+    let good_image = build_image(tmp, "vouch-test:payments", "payments");
+    let rogue_image = build_image(tmp, "vouch-test:rogue", "rogue");
+    assert_ne!(good_image, rogue_image);
+    for t in ["payments", "rogue"] {
+        let out = (s.load)(&tmp.join(format!("{t}.tar")).display().to_string());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let server = ServerProcess::start(tmp);
+    let parent = format!("spiffe://example.org/agent/{}-node", s.kind);
+    let flags: Vec<&str> = s.agent_flags.iter().map(String::as_str).collect();
+    let (mut agent, agent_dir) = start_agent(tmp, &server, &parent, &flags);
+    server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/payments",
+        "--parent-id",
+        &parent,
+        "-s",
+        &format!("{}:label:app:payments", s.kind),
+        "-s",
+        &format!("container:image-id:{good_image}"),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let agent_log = || std::fs::read_to_string(tmp.join("agent.log")).unwrap_or_default();
+    let good = (s.run)("vouch-test:payments", Some("app=payments"), &agent_dir);
+    assert!(
+        good.status.success(),
+        "{}: stdout {} stderr {} agent {}",
+        s.kind,
+        String::from_utf8_lossy(&good.stdout),
+        String::from_utf8_lossy(&good.stderr),
+        agent_log()
+    );
+    let v = json(&String::from_utf8_lossy(&good.stdout));
+    assert_eq!(v["svids"][0]["spiffe_id"], "spiffe://example.org/payments");
+    // The same label on another image: a rogue container copying labels gets nothing.
+    let rogue = (s.run)("vouch-test:rogue", Some("app=payments"), &agent_dir);
+    assert!(!rogue.status.success(), "{}: a copied label on another image gets nothing", s.kind);
+    assert!(
+        String::from_utf8_lossy(&rogue.stderr).contains("no identity issued"),
+        "{}",
+        String::from_utf8_lossy(&rogue.stderr)
+    );
+    // The right image without the label: nothing either.
+    let unlabelled = (s.run)("vouch-test:payments", None, &agent_dir);
+    assert!(!unlabelled.status.success());
+    assert!(String::from_utf8_lossy(&unlabelled.stderr).contains("no identity issued"));
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    let _ = agent.wait();
+    server.stop();
+    good_image
+}
+
+/// Argument list of `docker run` / `podman run` (both take `-v host:inside[:ro]` and `-e`).
+fn docker_like_run_args(image: &str, label: Option<&str>, agent_dir: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "--network".into(), "none".into()];
+    if let Some(l) = label {
+        args.extend(["--label".into(), l.into()]);
+    }
+    for (host, inside, ro) in scenario_mounts(agent_dir) {
+        args.extend(["-v".into(), format!("{host}:{inside}{}", if ro { ":ro" } else { "" })]);
+    }
+    args.extend(["-e".into(), SCENARIO_ENV.into(), image.into()]);
+    args.extend(SCENARIO_CMD.map(String::from));
+    args
+}
+
+/// Real containers under a real Docker daemon; the image ID the agent matches is the one Docker
+/// reports.
 #[test]
 fn docker_containers_get_identities_by_label_and_image_only() {
     if !std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
@@ -531,94 +631,25 @@ fn docker_containers_get_identities_by_label_and_image_only() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("docker")).unwrap();
     let docker = Dockerd::start(&tmp.path().join("docker"));
-    let good_image = build_image(tmp.path(), "vouch-test:payments", "payments");
-    let rogue_image = build_image(tmp.path(), "vouch-test:rogue", "rogue");
-    assert_ne!(good_image, rogue_image);
-    for t in ["payments", "rogue"] {
-        let out = docker.docker(&["load", "-i", &tmp.path().join(format!("{t}.tar")).display().to_string()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    let socket = docker.socket().display().to_string();
+    let good_image = label_and_image_scenario(
+        tmp.path(),
+        Scenario {
+            kind: "docker",
+            agent_flags: vec!["--docker-socket".into(), socket],
+            load: &|tar| docker.docker(&["load", "-i", tar]),
+            run: &|image, label, agent_dir| {
+                let args = docker_like_run_args(image, label, agent_dir);
+                docker.docker(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            },
+        },
+    );
     let inspected = docker.docker(&["image", "inspect", "-f", "{{.Id}}", "vouch-test:payments"]);
     assert_eq!(
         String::from_utf8_lossy(&inspected.stdout).trim(),
         good_image,
         "the image ID is the config digest"
     );
-
-    let server = ServerProcess::start(tmp.path());
-    let docker_socket = docker.socket().display().to_string();
-    let (mut agent, agent_dir) = start_agent(
-        tmp.path(),
-        &server,
-        "spiffe://example.org/agent/docker-node",
-        &["--docker-socket", &docker_socket],
-    );
-    server.ok(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/payments",
-        "--parent-id",
-        "spiffe://example.org/agent/docker-node",
-        "-s",
-        "docker:label:app:payments",
-        "-s",
-        &format!("container:image-id:{good_image}"),
-    ]);
-    std::thread::sleep(Duration::from_millis(300));
-
-    let run = |image: &str, label: Option<&str>| {
-        let mut args = vec!["run".to_string(), "--rm".into(), "--network".into(), "none".into()];
-        if let Some(l) = label {
-            args.extend(["--label".into(), l.into()]);
-        }
-        for (host, inside) in [("/usr/lib", "/usr/lib"), ("/usr/lib", "/lib"), ("/usr/lib64", "/lib64")] {
-            args.extend(["-v".into(), format!("{host}:{inside}:ro")]);
-        }
-        args.extend(["-v".into(), format!("{}:/vouch:ro", VOUCH)]);
-        args.extend(["-v".into(), format!("{}:/run/vouch", agent_dir.display())]);
-        args.extend(["-e".into(), "SPIFFE_ENDPOINT_SOCKET=unix:///run/vouch/api.sock".into()]);
-        args.extend([
-            image.to_string(),
-            "/vouch".into(),
-            "agent".into(),
-            "api".into(),
-            "fetch".into(),
-            "x509".into(),
-            "-o".into(),
-            "json".into(),
-        ]);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        docker.docker(&refs)
-    };
-    let good = run("vouch-test:payments", Some("app=payments"));
-    let agent_log = || std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
-    assert!(
-        good.status.success(),
-        "stdout {} stderr {} agent {}",
-        String::from_utf8_lossy(&good.stdout),
-        String::from_utf8_lossy(&good.stderr),
-        agent_log()
-    );
-    let v = json(&String::from_utf8_lossy(&good.stdout));
-    assert_eq!(v["svids"][0]["spiffe_id"], "spiffe://example.org/payments");
-
-    // The same label on another image: a rogue container copying labels gets nothing.
-    let rogue = run("vouch-test:rogue", Some("app=payments"));
-    assert!(!rogue.status.success());
-    assert!(
-        String::from_utf8_lossy(&rogue.stderr).contains("no identity issued"),
-        "{}",
-        String::from_utf8_lossy(&rogue.stderr)
-    );
-    // The right image without the label: nothing either.
-    let unlabelled = run("vouch-test:payments", None);
-    assert!(!unlabelled.status.success());
-    assert!(String::from_utf8_lossy(&unlabelled.stderr).contains("no identity issued"));
-
-    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-    let _ = agent.wait();
-    server.stop();
 }
 
 /// A throwaway containerd (CRI disabled) in a temp dir, stopped on drop.
@@ -686,77 +717,38 @@ impl Drop for Containerd {
 fn containerd_containers_get_identities_by_label_and_image_only() {
     let tmp = tempfile::tempdir().unwrap();
     let ctrd = Containerd::start(&tmp.path().join("containerd"));
-    let good_image = build_image(tmp.path(), "vouch-test:payments", "payments");
-    build_image(tmp.path(), "vouch-test:rogue", "rogue");
-    for t in ["payments", "rogue"] {
-        let out = ctrd.ctr(&["images", "import", &tmp.path().join(format!("{t}.tar")).display().to_string()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let server = ServerProcess::start(tmp.path());
-    let containerd_socket = ctrd.socket().display().to_string();
-    let (mut agent, agent_dir) = start_agent(
+    let socket = ctrd.socket().display().to_string();
+    let names = std::sync::atomic::AtomicUsize::new(0);
+    label_and_image_scenario(
         tmp.path(),
-        &server,
-        "spiffe://example.org/agent/ctrd-node",
-        &["--docker-socket", "off", "--containerd-socket", &containerd_socket],
+        Scenario {
+            kind: "containerd",
+            agent_flags: vec!["--docker-socket".into(), "off".into(), "--containerd-socket".into(), socket],
+            load: &|tar| ctrd.ctr(&["images", "import", tar]),
+            run: &|image, label, agent_dir| {
+                let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
+                if let Some(l) = label {
+                    args.extend(["--label".into(), l.into()]);
+                }
+                for (host, inside, ro) in scenario_mounts(agent_dir) {
+                    let opts = if ro { "rbind:ro" } else { "rbind:rw" };
+                    args.extend([
+                        "--mount".into(),
+                        format!("type=bind,src={host},dst={inside},options={opts}"),
+                    ]);
+                }
+                let name = format!("c{}", names.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                args.extend([
+                    "--env".into(),
+                    SCENARIO_ENV.into(),
+                    format!("docker.io/library/{image}"),
+                    name,
+                ]);
+                args.extend(SCENARIO_CMD.map(String::from));
+                ctrd.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            },
+        },
     );
-    server.ok(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/payments",
-        "--parent-id",
-        "spiffe://example.org/agent/ctrd-node",
-        "-s",
-        "containerd:label:app:payments",
-        "-s",
-        &format!("container:image-id:{good_image}"),
-    ]);
-    std::thread::sleep(Duration::from_millis(300));
-    let run = |name: &str, image: &str, label: Option<&str>| {
-        let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
-        if let Some(l) = label {
-            args.extend(["--label".into(), l.into()]);
-        }
-        for (host, inside) in [("/usr/lib", "/usr/lib"), ("/usr/lib", "/lib"), ("/usr/lib64", "/lib64")] {
-            args.extend(["--mount".into(), format!("type=bind,src={host},dst={inside},options=rbind:ro")]);
-        }
-        args.extend(["--mount".into(), format!("type=bind,src={VOUCH},dst=/vouch,options=rbind:ro")]);
-        args.extend([
-            "--mount".into(),
-            format!("type=bind,src={},dst=/run/vouch,options=rbind:rw", agent_dir.display()),
-        ]);
-        args.extend(["--env".into(), "SPIFFE_ENDPOINT_SOCKET=unix:///run/vouch/api.sock".into()]);
-        args.extend([format!("docker.io/library/{image}"), name.into()]);
-        args.extend(["/vouch", "agent", "api", "fetch", "x509", "-o", "json"].map(String::from));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        ctrd.ctr(&refs)
-    };
-    let agent_log = || std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
-    let good = run("good", "vouch-test:payments", Some("app=payments"));
-    assert!(
-        good.status.success(),
-        "stdout {} stderr {} agent {}",
-        String::from_utf8_lossy(&good.stdout),
-        String::from_utf8_lossy(&good.stderr),
-        agent_log()
-    );
-    assert_eq!(
-        json(&String::from_utf8_lossy(&good.stdout))["svids"][0]["spiffe_id"],
-        "spiffe://example.org/payments"
-    );
-    let rogue = run("rogue", "vouch-test:rogue", Some("app=payments"));
-    assert!(!rogue.status.success(), "a copied label on another image gets nothing");
-    assert!(
-        String::from_utf8_lossy(&rogue.stderr).contains("no identity issued"),
-        "{}",
-        String::from_utf8_lossy(&rogue.stderr)
-    );
-    let unlabelled = run("plain", "vouch-test:payments", None);
-    assert!(!unlabelled.status.success());
-    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-    let _ = agent.wait();
-    server.stop();
 }
 
 /// `vouch scan` reads what real runtimes write: an image built by dockerd (a secret copied in and
@@ -920,78 +912,24 @@ impl Drop for Podman {
     }
 }
 
-/// Real containers under podman, attested through podman's Docker-compatible API: the registered
-/// label and image get the SVID; the same label on another image, or no label, get nothing.
+/// Real containers under podman, attested through podman's Docker-compatible API.
 #[test]
 fn podman_containers_get_identities_by_label_and_image_only() {
     let tmp = tempfile::tempdir().unwrap();
     let podman = Podman::start(&tmp.path().join("podman"));
-    let good_image = build_image(tmp.path(), "vouch-test:payments", "payments");
-    build_image(tmp.path(), "vouch-test:rogue", "rogue");
-    for t in ["payments", "rogue"] {
-        let out = podman.podman(&["load", "-i", &tmp.path().join(format!("{t}.tar")).display().to_string()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let server = ServerProcess::start(tmp.path());
-    let podman_socket = podman.socket().display().to_string();
-    let (mut agent, agent_dir) = start_agent(
+    let socket = podman.socket().display().to_string();
+    label_and_image_scenario(
         tmp.path(),
-        &server,
-        "spiffe://example.org/agent/podman-node",
-        &["--docker-socket", "off", "--containerd-socket", "off", "--podman-socket", &podman_socket],
+        Scenario {
+            kind: "podman",
+            agent_flags: ["--docker-socket", "off", "--containerd-socket", "off", "--podman-socket", &socket]
+                .map(String::from)
+                .to_vec(),
+            load: &|tar| podman.podman(&["load", "-i", tar]),
+            run: &|image, label, agent_dir| {
+                let args = docker_like_run_args(&format!("localhost/{image}"), label, agent_dir);
+                podman.podman(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            },
+        },
     );
-    server.ok(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/payments",
-        "--parent-id",
-        "spiffe://example.org/agent/podman-node",
-        "-s",
-        "podman:label:app:payments",
-        "-s",
-        &format!("container:image-id:{good_image}"),
-    ]);
-    std::thread::sleep(Duration::from_millis(300));
-    let run = |image: &str, label: Option<&str>| {
-        let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
-        if let Some(l) = label {
-            args.extend(["--label".into(), l.into()]);
-        }
-        for (host, inside) in [("/usr/lib", "/usr/lib"), ("/usr/lib", "/lib"), ("/usr/lib64", "/lib64")] {
-            args.extend(["-v".into(), format!("{host}:{inside}:ro")]);
-        }
-        args.extend(["-v".into(), format!("{VOUCH}:/vouch:ro")]);
-        args.extend(["-v".into(), format!("{}:/run/vouch", agent_dir.display())]);
-        args.extend(["-e".into(), "SPIFFE_ENDPOINT_SOCKET=unix:///run/vouch/api.sock".into()]);
-        args.extend([format!("localhost/{image}")]);
-        args.extend(["/vouch", "agent", "api", "fetch", "x509", "-o", "json"].map(String::from));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        podman.podman(&refs)
-    };
-    let agent_log = || std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
-    let good = run("vouch-test:payments", Some("app=payments"));
-    assert!(
-        good.status.success(),
-        "stdout {} stderr {} agent {}",
-        String::from_utf8_lossy(&good.stdout),
-        String::from_utf8_lossy(&good.stderr),
-        agent_log()
-    );
-    assert_eq!(
-        json(&String::from_utf8_lossy(&good.stdout))["svids"][0]["spiffe_id"],
-        "spiffe://example.org/payments"
-    );
-    let rogue = run("vouch-test:rogue", Some("app=payments"));
-    assert!(!rogue.status.success(), "a copied label on another image gets nothing");
-    assert!(
-        String::from_utf8_lossy(&rogue.stderr).contains("no identity issued"),
-        "{}",
-        String::from_utf8_lossy(&rogue.stderr)
-    );
-    let unlabelled = run("vouch-test:payments", None);
-    assert!(!unlabelled.status.success());
-    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-    let _ = agent.wait();
-    server.stop();
 }
