@@ -134,6 +134,8 @@ impl AdminClient {
             }
             Transport::Tls { addr, config } => {
                 let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| err(e.to_string()))?;
+                // Requests are written whole; Nagle's algorithm could only delay them.
+                let _ = stream.set_nodelay(true);
                 let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']);
                 // The name is only used for SNI; the server is verified by its SPIFFE ID.
                 let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or_else(|_| {

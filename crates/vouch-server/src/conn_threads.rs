@@ -1,5 +1,5 @@
 //! Connection threads: every accepted connection is served, start to finish, on one of a few
-//! single-threaded runtimes (one per CPU), chosen round-robin.
+//! single-threaded runtimes (four per CPU), chosen round-robin.
 //!
 //! Why: on a work-stealing runtime a request read on one worker is often finished on another, and
 //! every such hand-off is a cross-CPU wake-up; in profiles of the issuance API those wake-ups (futex,
