@@ -222,10 +222,15 @@ pub fn discover(blobs: &Blobs) -> (Vec<ImageRef>, Vec<String>) {
     let mut images = Vec::new();
     let mut problems = Vec::new();
     // Docker's manifest.json is a list; a web app's manifest.json (an object) is not an image.
-    let docker = blobs.has("manifest.json")
-        && blobs.json::<serde_json::Value>("manifest.json").is_ok_and(|v| v.is_array());
-    if docker {
-        match blobs.json::<Vec<DockerManifest>>("manifest.json") {
+    let docker = if blobs.has("manifest.json") {
+        blobs.json::<serde_json::Value>("manifest.json").ok().filter(serde_json::Value::is_array)
+    } else {
+        None
+    };
+    if let Some(list) = docker {
+        let parsed = serde_json::from_value::<Vec<DockerManifest>>(list)
+            .map_err(|e| format!("`manifest.json` is not valid JSON of the expected shape: {e}"));
+        match parsed {
             Ok(list) => {
                 for m in list {
                     let config_blob = normalise(&m.config);

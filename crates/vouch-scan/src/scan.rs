@@ -142,14 +142,7 @@ impl Scanner {
             return;
         }
         match sniff_file(path) {
-            Ok(Sniffed::Tar) => match Blobs::index_archive(path) {
-                Ok(blobs) if blobs.is_image() => self.scan_image(blobs, &shown, Some(path), report, progress),
-                Ok(_) => self.scan_plain_tar(path, &shown, report, progress),
-                Err(e) => report.errors.push(ScanIssue {
-                    source: shown,
-                    message: format!("corrupt or truncated tar archive: {e}"),
-                }),
-            },
+            Ok(Sniffed::Tar) => self.scan_archive(path, &shown, report, progress),
             Ok(Sniffed::Compressed) => {
                 match self.spool_decompressed(File::open(path), Some(meta.len()), &shown) {
                     Ok(tmp) => self.scan_spooled(tmp, &shown, report, progress),
@@ -174,7 +167,7 @@ impl Scanner {
                 return;
             }
         };
-        if is_tar_header(&head) || sniff_bytes(&head) != Compression::None {
+        if is_tar_header(&head) || Compression::of_magic(&head) != Compression::None {
             // Images need random access (manifest.json may come after the layers): spool to disk.
             match self.spool_decompressed(Ok(stdin), None, &shown) {
                 Ok(tmp) => self.scan_spooled(tmp, &shown, report, progress),
@@ -214,14 +207,7 @@ impl Scanner {
     ) {
         let path = tmp.path();
         match sniff_file(path) {
-            Ok(Sniffed::Tar) => match Blobs::index_archive(path) {
-                Ok(blobs) if blobs.is_image() => self.scan_image(blobs, shown, Some(path), report, progress),
-                Ok(_) => self.scan_plain_tar(path, shown, report, progress),
-                Err(e) => report.errors.push(ScanIssue {
-                    source: shown.to_owned(),
-                    message: format!("corrupt or truncated tar archive: {e}"),
-                }),
-            },
+            Ok(Sniffed::Tar) => self.scan_archive(path, shown, report, progress),
             _ => {
                 let outcome = self.scan_file(path, shown, progress);
                 self.record_file(shown, outcome, report);
@@ -299,6 +285,18 @@ impl Scanner {
         });
         for (shown, o) in outcomes {
             self.record_file(&shown, o, report);
+        }
+    }
+
+    /// A tar: an image when it holds image metadata, else a plain archive of files.
+    fn scan_archive(&self, path: &Path, shown: &str, report: &mut Report, progress: &Progress) {
+        match Blobs::index_archive(path) {
+            Ok(blobs) if blobs.is_image() => self.scan_image(blobs, shown, Some(path), report, progress),
+            Ok(_) => self.scan_plain_tar(path, shown, report, progress),
+            Err(e) => report.errors.push(ScanIssue {
+                source: shown.to_owned(),
+                message: format!("corrupt or truncated tar archive: {e}"),
+            }),
         }
     }
 
@@ -451,16 +449,6 @@ fn is_tar_header(head: &[u8]) -> bool {
     head.len() >= 262 && &head[257..262] == b"ustar"
 }
 
-fn sniff_bytes(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
-}
-
 fn sniff_file(path: &Path) -> io::Result<Sniffed> {
     let mut head = [0u8; 512];
     let mut f = File::open(path)?;
@@ -475,7 +463,7 @@ fn sniff_file(path: &Path) -> io::Result<Sniffed> {
     let head = &head[..n];
     Ok(if is_tar_header(head) {
         Sniffed::Tar
-    } else if sniff_bytes(head) != Compression::None {
+    } else if Compression::of_magic(head) != Compression::None {
         Sniffed::Compressed
     } else {
         Sniffed::Text

@@ -171,16 +171,22 @@ pub enum Compression {
     None,
 }
 
+impl Compression {
+    /// The compression whose magic bytes `head` starts with.
+    pub fn of_magic(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
 /// Looks at the first bytes without consuming them.
 pub fn sniff<R: BufRead>(reader: &mut R) -> io::Result<Compression> {
-    let head = reader.fill_buf()?;
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    })
+    Ok(Compression::of_magic(reader.fill_buf()?))
 }
 
 /// Wraps `reader` in the decoder its magic bytes call for, behind the bomb guard.
