@@ -16,20 +16,31 @@ use vouch_client::AdminClient;
 struct Options {
     vouch: PathBuf,
     bao_addr: Option<String>,
+    bao_tls_addr: Option<String>,
+    bao_tls_ca: Option<PathBuf>,
     bao_token: String,
     seconds: u64,
     clients: usize,
 }
 
 fn options(args: &[String]) -> Result<Options> {
-    let mut o =
-        Options { vouch: PathBuf::new(), bao_addr: None, bao_token: "root".into(), seconds: 10, clients: 8 };
+    let mut o = Options {
+        vouch: PathBuf::new(),
+        bao_addr: None,
+        bao_tls_addr: None,
+        bao_tls_ca: None,
+        bao_token: "root".into(),
+        seconds: 10,
+        clients: 8,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or_else(|| anyhow!("{a} needs a value"));
         match a.as_str() {
             "--vouch" => o.vouch = PathBuf::from(val()?),
             "--bao-addr" => o.bao_addr = Some(val()?),
+            "--bao-tls-addr" => o.bao_tls_addr = Some(val()?),
+            "--bao-tls-ca" => o.bao_tls_ca = Some(PathBuf::from(val()?)),
             "--bao-token" => o.bao_token = val()?,
             "--seconds" => o.seconds = val()?.parse()?,
             "--clients" => o.clients = val()?.parse()?,
@@ -199,20 +210,30 @@ fn check_issued(body: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A plain HTTP/1.1 keep-alive connection (OpenBao's dev server speaks plain HTTP on loopback).
-struct PlainConn {
+/// An HTTP/1.1 keep-alive connection to OpenBao, plain or over TLS (`-dev-tls`).
+struct BaoConn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
 }
 
-impl PlainConn {
-    async fn connect(addr: &str) -> Result<Self> {
+impl BaoConn {
+    async fn connect(addr: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (sender, conn) = match tls {
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                (sender, tokio::spawn(async move { conn.await.map_err(anyhow::Error::from) }))
+            }
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+                let name = rustls::pki_types::ServerName::try_from(host)?;
+                let stream = tls.connect(name, stream).await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                (sender, tokio::spawn(async move { conn.await.map_err(anyhow::Error::from) }))
+            }
+        };
+        drop(conn);
         Ok(Self { sender, host: addr.to_owned() })
     }
 
@@ -231,10 +252,20 @@ impl PlainConn {
     }
 }
 
-async fn openbao_run(o: &Options, url: &str) -> Result<Run> {
-    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+/// Sets up OpenBao's PKI engine at `url` and measures `pki/issue`; `ca` is the CA file of a
+/// `-dev-tls` server (then `url` is https).
+async fn openbao_run(o: &Options, url: &str, ca: Option<&PathBuf>) -> Result<Run> {
+    let addr =
+        url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let tls = match ca {
+        Some(ca) => Some(Arc::new(
+            vouch_client::http::tls_connector(&vouch_client::http::Trust::CaFile(ca.clone()))
+                .map_err(|e| anyhow!(e))?,
+        )),
+        None => None,
+    };
     let token = o.bao_token.clone();
-    let mut c = PlainConn::connect(&addr).await?;
+    let mut c = BaoConn::connect(&addr, tls.as_deref()).await?;
     // PKI engine with an EC P-256 root and a role that issues SPIFFE-style certificates without
     // storing them (vouch does not store issued certificates either).
     let setup: [(&str, Value); 4] = [
@@ -261,16 +292,18 @@ async fn openbao_run(o: &Options, url: &str) -> Result<Run> {
         let addr = addr.clone();
         let token = token.clone();
         let body = body.clone();
-        let shared = Arc::new(tokio::sync::Mutex::new(None::<PlainConn>));
+        let tls = tls.clone();
+        let shared = Arc::new(tokio::sync::Mutex::new(None::<BaoConn>));
         move || {
             let addr = addr.clone();
+            let tls = tls.clone();
             let token = token.clone();
             let body = body.clone();
             let shared = shared.clone();
             async move {
                 let mut guard = shared.lock().await;
                 if guard.is_none() {
-                    *guard = Some(PlainConn::connect(&addr).await?);
+                    *guard = Some(BaoConn::connect(&addr, tls.as_deref()).await?);
                 }
                 let c = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
                 let (status, v) = c.call("POST", "/v1/pki/issue/svid", &token, &body).await?;
@@ -298,19 +331,54 @@ pub fn run(args: &[String]) -> Result<()> {
         let (unix, mtls) = vouch_runs(&o).await?;
         mtls.print("vouch admin API (TCP + mTLS)");
         unix.print("vouch admin API (Unix socket)");
-        match &o.bao_addr {
-            Some(url) => {
-                let bao = openbao_run(&o, url).await?;
-                bao.print("OpenBao pki/issue (plain HTTP)");
-                let ratio = mtls.rate() / bao.rate();
-                println!("  ratio vouch (mTLS) / OpenBao: {ratio:.1}x (target >= 10x)");
-                println!(
-                    "RESULT api_vs_openbao={ratio:.2} {}",
-                    if ratio >= 10.0 { "PASS" } else { "BELOW TARGET" }
-                );
-            }
-            None => println!("  OpenBao not measured (no --bao-addr); bench/run starts one"),
+        let bao_tls = match (&o.bao_tls_addr, &o.bao_tls_ca) {
+            (Some(url), Some(ca)) => Some(openbao_run(&o, url, Some(ca)).await?),
+            (None, None) => None,
+            _ => bail!("--bao-tls-addr and --bao-tls-ca go together"),
+        };
+        if let Some(bao) = &bao_tls {
+            bao.print("OpenBao pki/issue (TLS)");
         }
+        let bao_plain = match &o.bao_addr {
+            Some(url) => Some(openbao_run(&o, url, None).await?),
+            None => None,
+        };
+        if let Some(bao) = &bao_plain {
+            bao.print("OpenBao pki/issue (plain HTTP)");
+        }
+        if bao_tls.is_none() && bao_plain.is_none() {
+            println!("  OpenBao not measured (no --bao-addr / --bao-tls-addr); bench/run starts both");
+            return Ok(());
+        }
+        println!("  ratios:");
+        if let Some(bao) = &bao_plain {
+            println!(
+                "    vouch Unix socket / OpenBao plain HTTP (no TLS on either side) {:>6.1}x",
+                unix.rate() / bao.rate()
+            );
+        }
+        if let Some(bao) = &bao_tls {
+            println!(
+                "    vouch mTLS / OpenBao TLS (TLS on both; OpenBao without client certs) {:>6.1}x",
+                mtls.rate() / bao.rate()
+            );
+        }
+        if let Some(bao) = &bao_plain {
+            println!(
+                "    vouch mTLS / OpenBao plain HTTP (TLS on vouch's side only)       {:>6.1}x",
+                mtls.rate() / bao.rate()
+            );
+        }
+        // The headline compares like with like: both servers behind TLS, as they would be deployed.
+        let (ratio, what) = match (&bao_tls, &bao_plain) {
+            (Some(bao), _) => (mtls.rate() / bao.rate(), "mtls_vs_tls"),
+            (None, Some(bao)) => (mtls.rate() / bao.rate(), "mtls_vs_plain"),
+            (None, None) => unreachable!("checked above"),
+        };
+        println!(
+            "RESULT api_vs_openbao={ratio:.2} ({what}) {}",
+            if ratio >= 10.0 { "PASS (target >= 10x)" } else { "BELOW TARGET (10x)" }
+        );
         Ok(())
     })
 }

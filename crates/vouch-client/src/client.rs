@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
@@ -39,7 +40,20 @@ pub enum ClientError {
     /// Local TLS material could not be used.
     #[error("{0}")]
     Tls(String),
+    /// The server accepted the connection but did not answer in time.
+    #[error("the vouch server at {target} did not answer within {}s; is it overloaded or stuck? (its log may say why)", after.as_secs())]
+    Timeout {
+        /// Socket path or address.
+        target: String,
+        /// How long the client waited.
+        after: Duration,
+    },
 }
+
+/// How long a call may take, connecting included, unless [`AdminClient::with_timeout`] says
+/// otherwise. Admin calls are small; a server that takes this long is stuck, and a caller (a person at
+/// the CLI, a script, a test) is better served by an error than by waiting forever.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 enum Transport {
@@ -51,6 +65,7 @@ enum Transport {
 #[derive(Clone)]
 pub struct AdminClient {
     transport: Transport,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for AdminClient {
@@ -63,12 +78,21 @@ impl std::fmt::Debug for AdminClient {
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
     host: String,
+    /// Becomes `Some(why)` when the connection task ends.
+    ended: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl AdminClient {
     /// A client of the local admin socket.
     pub fn unix(path: impl Into<PathBuf>) -> Self {
-        Self { transport: Transport::Unix(path.into()) }
+        Self { transport: Transport::Unix(path.into()), timeout: DEFAULT_TIMEOUT }
+    }
+
+    /// The same client with another limit on each call (connecting, sending and reading the whole
+    /// answer) and on opening a connection.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// A client of the mTLS listener at `addr` (`host:port`), trusting `bundle_pem` and expecting the
@@ -112,7 +136,10 @@ impl AdminClient {
         };
         let config = client_config(SpiffeServerVerifier::new(&roots, expected), client_material)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
-        Ok(Self { transport: Transport::Tls { addr: addr.to_owned(), config: Arc::new(config) } })
+        Ok(Self {
+            transport: Transport::Tls { addr: addr.to_owned(), config: Arc::new(config) },
+            timeout: DEFAULT_TIMEOUT,
+        })
     }
 
     fn target(&self) -> String {
@@ -122,8 +149,17 @@ impl AdminClient {
         }
     }
 
-    /// Opens a connection.
+    fn timed_out(&self) -> ClientError {
+        ClientError::Timeout { target: self.target(), after: self.timeout }
+    }
+
+    /// Opens a connection (connect, TLS handshake), within the client's timeout. Requests on the
+    /// connection are not limited: it may carry a long-lived stream.
     pub async fn connect(&self) -> Result<Connection, ClientError> {
+        tokio::time::timeout(self.timeout, self.connect_unbounded()).await.map_err(|_| self.timed_out())?
+    }
+
+    async fn connect_unbounded(&self) -> Result<Connection, ClientError> {
         let err = |reason: String| ClientError::Connect { target: self.target(), reason };
         match &self.transport {
             Transport::Unix(path) => {
@@ -151,14 +187,16 @@ impl AdminClient {
         }
     }
 
-    /// Sends one request on a fresh connection; returns status and body.
+    /// Sends one request on a fresh connection; returns status and body. The whole exchange must
+    /// finish within the client's timeout.
     pub async fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, Bytes), ClientError> {
-        self.connect().await?.request(method, path, body).await
+        let exchange = async { self.connect_unbounded().await?.request(method, path, body).await };
+        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.timed_out())?
     }
 
     /// Sends one request and decodes a 2xx JSON answer; an error answer becomes [`ClientError::Api`].
@@ -195,11 +233,70 @@ where
 {
     let (sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+    let (ended_tx, ended) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
-        let _ = conn.await;
+        let why = match conn.await {
+            // Also what a refused TLS 1.3 client certificate can look like when the connection
+            // reset overtook the server's alert.
+            Ok(()) => "the server closed the connection without answering".to_owned(),
+            Err(e) => closed_because(&e),
+        };
+        let _ = ended_tx.send(Some(why));
     });
-    Ok(Connection { sender, host })
+    Ok(Connection { sender, host, ended })
 }
+
+/// Why a connection ended, in words for the person reading the error.
+fn closed_because(e: &hyper::Error) -> String {
+    let detail = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+    // With TLS 1.3 a server that refuses the client certificate can only say so after the client
+    // has finished its side of the handshake, so the refusal arrives here, as an alert.
+    if detail.contains("received fatal alert") {
+        format!("the server refused the connection ({detail}); is the client certificate an SVID of this trust domain, still valid?")
+    } else {
+        format!("the connection failed: {detail}")
+    }
+}
+
+/// Runs `exchange` (a request on the connection) until it finishes, or fails it when the
+/// connection ends first; a failure carries the connection's own reason when it has one.
+///
+/// Why: hyper's HTTP/1 client can lose a request that is queued while its connection task fails
+/// (seen with TLS 1.3 client certificates the server refuses: the task ends with the alert and the
+/// response future never resolves), and when it does report the failure it says only "channel
+/// closed" or "operation was canceled". The connection task knows what happened.
+async fn until_connection_ends<T>(
+    ended: &mut tokio::sync::watch::Receiver<Option<String>>,
+    exchange: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::pin!(exchange);
+    let outcome = tokio::select! {
+        biased;
+        result = &mut exchange => result,
+        _ = reason(ended) => {
+            // An answer the connection delivered just before it ended is still taken.
+            tokio::time::timeout(ANSWER_AFTER_CLOSE, &mut exchange)
+                .await
+                .unwrap_or_else(|_| Err(ClientError::Protocol(String::new())))
+        }
+    };
+    match outcome {
+        Err(ClientError::Protocol(what)) => {
+            let why = tokio::time::timeout(ANSWER_AFTER_CLOSE, reason(ended)).await.ok().flatten();
+            Err(ClientError::Protocol(why.unwrap_or(what)))
+        }
+        other => other,
+    }
+}
+
+/// Why the connection ended, once it has (`None` if its task vanished without saying).
+async fn reason(ended: &mut tokio::sync::watch::Receiver<Option<String>>) -> Option<String> {
+    // The guard `wait_for` returns is dropped here, before anything else awaits.
+    ended.wait_for(Option::is_some).await.ok().and_then(|why| why.clone())
+}
+
+/// How long an answer may still arrive after its connection ended (it is then already in memory).
+const ANSWER_AFTER_CLOSE: Duration = Duration::from_millis(200);
 
 /// The lines of a streaming answer (newline-delimited JSON).
 pub struct LineStream {
@@ -249,8 +346,12 @@ impl Connection {
             .header("host", &self.host)
             .body(Full::new(Bytes::new()))
             .map_err(|e| proto(e.to_string()))?;
-        self.sender.ready().await.map_err(|e| proto(e.to_string()))?;
-        let resp = self.sender.send_request(req).await.map_err(|e| proto(e.to_string()))?;
+        let sender = &mut self.sender;
+        let resp = until_connection_ends(&mut self.ended, async {
+            sender.ready().await.map_err(|e| proto(e.to_string()))?;
+            sender.send_request(req).await.map_err(|e| proto(e.to_string()))
+        })
+        .await?;
         Ok((resp.status().as_u16(), LineStream { body: resp.into_body(), buf: Vec::new() }))
     }
 
@@ -271,10 +372,14 @@ impl Connection {
             None => Full::new(Bytes::new()),
         };
         let req = req.body(body).map_err(|e| proto(e.to_string()))?;
-        self.sender.ready().await.map_err(|e| proto(e.to_string()))?;
-        let resp = self.sender.send_request(req).await.map_err(|e| proto(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.map_err(|e| proto(e.to_string()))?.to_bytes();
-        Ok((status, bytes))
+        let sender = &mut self.sender;
+        until_connection_ends(&mut self.ended, async {
+            sender.ready().await.map_err(|e| proto(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| proto(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.map_err(|e| proto(e.to_string()))?.to_bytes();
+            Ok((status, bytes))
+        })
+        .await
     }
 }

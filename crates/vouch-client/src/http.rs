@@ -98,7 +98,7 @@ impl Getter {
             (false, None) => None,
             (false, Some(_)) => return Err("a CA or skip-verify setting only applies to https".into()),
             (true, None) => return Err("an https endpoint needs a CA file (or skip-verify)".into()),
-            (true, Some(trust)) => Some(connector(trust)?),
+            (true, Some(trust)) => Some(tls_connector(trust)?),
         };
         Ok(Self { host: url.host.clone(), port: url.port, tls })
     }
@@ -171,7 +171,8 @@ where
     sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
-fn connector(trust: &Trust) -> Result<tokio_rustls::TlsConnector, String> {
+/// A TLS connector for an https server trusted as `trust` says (a CA file, or no verification).
+pub fn tls_connector(trust: &Trust) -> Result<tokio_rustls::TlsConnector, String> {
     let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?;

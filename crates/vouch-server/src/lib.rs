@@ -144,7 +144,7 @@ pub struct Server {
     /// The bound mTLS address, if the listener is on.
     pub tcp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -184,7 +184,7 @@ impl Server {
         );
 
         let unix = bind_admin_socket(&config.admin_socket).await?;
-        tasks.push(tokio::spawn(serve_unix(unix, app.clone(), conns.clone(), rx.clone())));
+        tasks.push(("admin socket", tokio::spawn(serve_unix(unix, app.clone(), conns.clone(), rx.clone()))));
 
         let mut tcp_addr = None;
         if let Some(addr) = config.listen {
@@ -195,14 +195,17 @@ impl Server {
             let tls = tls::server_config(state.server_cert.clone(), state.client_verifier.clone())
                 .map_err(|e| StartError::Tls(e.to_string()))?;
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-            tasks.push(tokio::spawn(serve_tls(listener, acceptor, app.clone(), conns.clone(), rx.clone())));
+            tasks.push((
+                "mTLS listener",
+                tokio::spawn(serve_tls(listener, acceptor, app.clone(), conns.clone(), rx.clone())),
+            ));
             // Written so scripts and tests can find a port chosen with `:0`.
             let addr_file = config.data_dir.join("server.addr");
             std::fs::write(&addr_file, format!("{bound}\n"))
                 .map_err(|e| StartError::Io(format!("cannot write {}: {e}", addr_file.display())))?;
             tcp_addr = Some(bound);
         }
-        tasks.push(tokio::spawn(rotation_loop(state.clone(), rx)));
+        tasks.push(("key rotation", tokio::spawn(rotation_loop(state.clone(), rx))));
         tracing::info!(
             trust_domain = %config.trust_domain,
             admin_socket = %config.admin_socket.display(),
@@ -216,12 +219,22 @@ impl Server {
     /// Stops accepting connections and background work, and removes the admin socket.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        // Each task stops at its next await once told; one that does not within the grace period
+        // is aborted rather than left to hold shutdown (and the caller) forever.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for (name, mut task) in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(task = name, "did not stop within {SHUTDOWN_GRACE:?} of shutdown; aborted");
+                task.abort();
+                let _ = task.await;
+            }
         }
         let _ = std::fs::remove_file(&self.admin_socket);
     }
 }
+
+/// How long [`Server::shutdown`] waits for its tasks before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn bind_admin_socket(path: &Path) -> Result<UnixListener, StartError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
