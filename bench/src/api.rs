@@ -351,22 +351,23 @@ pub fn run(args: &[String]) -> Result<()> {
             return Ok(());
         }
         println!("  ratios:");
+        let ratio_line = |what: &str, r: f64| println!("    {what:<68} {r:>5.1}x");
         if let Some(bao) = &bao_plain {
-            println!(
-                "    vouch Unix socket / OpenBao plain HTTP (no TLS on either side) {:>6.1}x",
-                unix.rate() / bao.rate()
+            ratio_line(
+                "vouch Unix socket / OpenBao plain HTTP (no TLS on either side)",
+                unix.rate() / bao.rate(),
             );
         }
         if let Some(bao) = &bao_tls {
-            println!(
-                "    vouch mTLS / OpenBao TLS (TLS on both; OpenBao without client certs) {:>6.1}x",
-                mtls.rate() / bao.rate()
+            ratio_line(
+                "vouch mTLS / OpenBao TLS (TLS on both; OpenBao without client certs)",
+                mtls.rate() / bao.rate(),
             );
         }
         if let Some(bao) = &bao_plain {
-            println!(
-                "    vouch mTLS / OpenBao plain HTTP (TLS on vouch's side only)       {:>6.1}x",
-                mtls.rate() / bao.rate()
+            ratio_line(
+                "vouch mTLS / OpenBao plain HTTP (TLS on vouch's side only)",
+                mtls.rate() / bao.rate(),
             );
         }
         // The headline compares like with like: both servers behind TLS, as they would be deployed.
