@@ -277,7 +277,7 @@ async fn until_connection_ends<T>(
             // An answer the connection delivered just before it ended is still taken.
             tokio::time::timeout(ANSWER_AFTER_CLOSE, &mut exchange)
                 .await
-                .unwrap_or_else(|_| Err(ClientError::Protocol(String::new())))
+                .unwrap_or_else(|_| Err(ClientError::Protocol("the connection ended before the answer".into())))
         }
     };
     match outcome {
@@ -381,5 +381,67 @@ impl Connection {
             Ok((status, bytes))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    /// A Unix socket server that hands each accepted connection to `serve`.
+    fn server<F, Fut>(dir: &tempfile::TempDir, serve: F) -> PathBuf
+    where
+        F: Fn(tokio::net::UnixStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let path = dir.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        });
+        path
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_a_timeout_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = server(&dir, |stream| async move {
+            // Accepts and holds the connection without ever answering.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(stream);
+        });
+        let client = AdminClient::unix(&path).with_timeout(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        match client.call::<serde_json::Value>("GET", "/v1/entries", None).await {
+            Err(e @ ClientError::Timeout { .. }) => {
+                assert!(e.to_string().contains("did not answer within"), "{e}");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_under_a_request_is_an_error_that_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = server(&dir, |mut stream| async move {
+            // Reads the request, then closes without a word.
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        });
+        let client = AdminClient::unix(&path).with_timeout(Duration::from_secs(20));
+        for _ in 0..50 {
+            match client.call::<serde_json::Value>("GET", "/v1/entries", None).await {
+                Err(ClientError::Protocol(message)) => {
+                    assert!(message.contains("closed"), "{message}")
+                }
+                other => panic!("expected the close to be reported, got {other:?}"),
+            }
+        }
     }
 }
