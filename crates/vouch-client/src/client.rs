@@ -248,10 +248,16 @@ where
 
 /// Why a connection ended, in words for the person reading the error.
 fn closed_because(e: &hyper::Error) -> String {
-    let detail = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+    let source = std::error::Error::source(e);
+    let detail = source.map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
     // With TLS 1.3 a server that refuses the client certificate can only say so after the client
     // has finished its side of the handshake, so the refusal arrives here, as an alert.
-    if detail.contains("received fatal alert") {
+    let alert = source
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| matches!(tls, rustls::Error::AlertReceived(_)));
+    if alert {
         format!("the server refused the connection ({detail}); is the client certificate an SVID of this trust domain, still valid?")
     } else {
         format!("the connection failed: {detail}")
