@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use serde_json::{json, Value};
+use serde_json::json;
+use vouch_api::admin::{BatchCreateRequest, JoinTokenRequest};
+use vouch_api::agent::{JoinTokenAttestation, SyncLine};
+use vouch_api::{Der, EntrySpec, SpiffeId};
 use vouch_client::AdminClient;
 use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use vouch_proto::workload::{JwtsvidRequest, X509svidRequest};
@@ -83,29 +86,26 @@ async fn start(vouch: &Path) -> Result<Stack> {
     );
     let admin = AdminClient::unix(data.join("admin.sock"));
     for _ in 0..400 {
-        if admin.request("GET", "/readyz", None).await.map(|r| r.0 == 200).unwrap_or(false) {
+        if admin.ready().await.map(|r| r.0).unwrap_or(false) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let addr =
         std::fs::read_to_string(data.join("server.addr")).context("server did not start")?.trim().to_owned();
-    let token: Value = admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": AGENT_ID}))).await?;
-    let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await?;
-    let bundle_pem = String::from_utf8(pem.to_vec())?;
+    let token = admin
+        .create_join_token(&JoinTokenRequest {
+            agent_id: Some(SpiffeId::parse(AGENT_ID)?),
+            ..Default::default()
+        })
+        .await?;
+    let bundle_pem = admin.bundle_pem().await?;
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, &bundle_pem)?;
     let agent_dir = dir.path().join("agent");
     let agent = Proc(
         Command::new(vouch)
-            .args([
-                "agent",
-                "run",
-                "--server",
-                &addr,
-                "--join-token",
-                token["token"].as_str().unwrap_or_default(),
-            ])
+            .args(["agent", "run", "--server", &addr, "--join-token", &token.token])
             .arg("--data-dir")
             .arg(&agent_dir)
             .arg("--bundle")
@@ -125,6 +125,13 @@ async fn start(vouch: &Path) -> Result<Stack> {
         bail!("agent did not start");
     }
     Ok(Stack { _dir: dir, _server: server, agent, admin, socket, addr, bundle_pem })
+}
+
+/// An entry with the given SPIFFE ID, parent and selectors, the server's defaults for the rest.
+fn spec(spiffe_id: &str, parent_id: &str, selectors: Vec<String>) -> Result<EntrySpec> {
+    Ok(serde_json::from_value(
+        json!({"spiffe_id": spiffe_id, "parent_id": parent_id, "selectors": selectors}),
+    )?)
 }
 
 /// Selectors that match this benchmark process.
@@ -202,9 +209,9 @@ async fn propagation_to_stream(stack: &Stack, rounds: usize) -> Result<Vec<Durat
     let mut have = stream.message().await?.map(|m| m.svids.len()).unwrap_or(0);
     let mut out = Vec::new();
     for i in 0..rounds {
-        let entry = json!({"spiffe_id": format!("spiffe://example.org/bench/prop-{i}"), "parent_id": AGENT_ID, "selectors": my_selectors()?});
+        let entry = spec(&format!("spiffe://example.org/bench/prop-{i}"), AGENT_ID, my_selectors()?)?;
         let t = Instant::now();
-        let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await?;
+        stack.admin.entries().create(&entry).await?;
         loop {
             let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
                 .await??
@@ -227,49 +234,46 @@ async fn propagation_to_agents(stack: &Stack, n: usize) -> Result<Vec<Duration>>
     let anon = AdminClient::tls(&stack.addr, &td, &stack.bundle_pem, None)?;
     let mut streams = Vec::new();
     for i in 0..n {
-        let id = format!("spiffe://example.org/agent/sim-{i}");
-        let t: Value = stack.admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": id}))).await?;
-        let key = vouch_ca::WorkloadKey::generate()?;
-        let svid: Value = anon
-            .call(
-                "POST",
-                "/v1/agent/attest/join-token",
-                Some(&json!({"token": t["token"], "csr": key.csr_pem()?})),
-            )
+        let id = SpiffeId::parse(&format!("spiffe://example.org/agent/sim-{i}"))?;
+        let t = stack
+            .admin
+            .create_join_token(&JoinTokenRequest { agent_id: Some(id), ..Default::default() })
             .await?;
-        let client = AdminClient::tls(
-            &stack.addr,
-            &td,
-            &stack.bundle_pem,
-            Some((svid["cert_chain_pem"].as_str().unwrap_or_default(), &key.pkcs8_pem())),
-        )?;
-        let mut conn = client.connect().await?;
-        let (status, mut lines) = conn.stream("GET", "/v1/agent/sync").await?;
-        if status != 200 {
-            bail!("sync answered {status}");
-        }
-        lines.next_line().await.ok_or_else(|| anyhow!("no snapshot"))??;
-        streams.push((conn, lines));
+        let key = vouch_ca::WorkloadKey::generate()?;
+        let svid = anon
+            .attest_join_token(&JoinTokenAttestation { token: t.token, csr: Der(key.csr_der()?) })
+            .await?;
+        let chain: String =
+            svid.cert_chain.iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", &d.0)).collect();
+        let client = AdminClient::tls(&stack.addr, &td, &stack.bundle_pem, Some((&chain, &key.pkcs8_pem())))?;
+        let mut sync = client.sync().await?;
+        sync.next().await.ok_or_else(|| anyhow!("no snapshot"))??;
+        streams.push(sync);
     }
-    let entries: Vec<Value> = (0..n)
-        .map(|i| json!({"spiffe_id": format!("spiffe://example.org/sim-workload-{i}"), "parent_id": format!("spiffe://example.org/agent/sim-{i}"), "selectors": ["unix:uid:4242"]}))
-        .collect();
+    let entries = (0..n)
+        .map(|i| {
+            spec(
+                &format!("spiffe://example.org/sim-workload-{i}"),
+                &format!("spiffe://example.org/agent/sim-{i}"),
+                vec!["unix:uid:4242".into()],
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     let start = Instant::now();
     let waits: Vec<_> = streams
         .into_iter()
-        .map(|(conn, mut lines)| {
+        .map(|mut sync| {
             tokio::spawn(async move {
-                let _conn = conn;
                 loop {
-                    let line = lines.next_line().await.ok_or_else(|| anyhow!("stream ended"))??;
-                    if line.contains("\"upsert\"") {
+                    let line = sync.next().await.ok_or_else(|| anyhow!("stream ended"))??;
+                    if matches!(line, SyncLine::Upsert { .. }) {
                         return Ok::<_, anyhow::Error>(start.elapsed());
                     }
                 }
             })
         })
         .collect();
-    let _: Value = stack.admin.call("POST", "/v1/entries/batch", Some(&json!({"entries": entries}))).await?;
+    stack.admin.entries().create_batch(&BatchCreateRequest { entries }).await?;
     let mut out = Vec::new();
     for w in waits {
         out.push(tokio::time::timeout(Duration::from_secs(10), w).await???);
@@ -281,11 +285,10 @@ async fn propagation_to_agents(stack: &Stack, n: usize) -> Result<Vec<Duration>>
 async fn memory(stack: &Stack, n: usize) -> Result<(u64, u64, u64)> {
     let base = rss_kib(stack.agent.0.id());
     for chunk in 0..n.div_ceil(1000) {
-        let entries: Vec<Value> = (chunk * 1000..((chunk + 1) * 1000).min(n))
-            .map(|i| json!({"spiffe_id": format!("spiffe://example.org/bench/mem-{i}"), "parent_id": AGENT_ID, "selectors": my_selectors().unwrap_or_default()}))
-            .collect();
-        let _: Value =
-            stack.admin.call("POST", "/v1/entries/batch", Some(&json!({"entries": entries}))).await?;
+        let entries = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| spec(&format!("spiffe://example.org/bench/mem-{i}"), AGENT_ID, my_selectors()?))
+            .collect::<Result<Vec<_>>>()?;
+        stack.admin.entries().create_batch(&BatchCreateRequest { entries }).await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_entries = rss_kib(stack.agent.0.id());
@@ -315,8 +318,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let stack = start(&vouch).await?;
-        let entry = json!({"spiffe_id": "spiffe://example.org/bench/web", "parent_id": AGENT_ID, "selectors": my_selectors()?});
-        let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await?;
+        let entry = spec("spiffe://example.org/bench/web", AGENT_ID, my_selectors()?)?;
+        stack.admin.entries().create(&entry).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Warm the cache (first fetch signs, first JWT is minted by the server).
         latency(&stack, 1, 1, false, None).await?;

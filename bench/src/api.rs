@@ -11,6 +11,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use vouch_api::admin::MintX509Request;
+use vouch_api::{paths, EntrySpec, SpiffeId};
 use vouch_client::AdminClient;
 
 struct Options {
@@ -137,7 +139,7 @@ async fn start_vouch(bin: &PathBuf) -> Result<(VouchProcess, AdminClient, PathBu
     let proc = VouchProcess { child, _dir: dir };
     let local = AdminClient::unix(data.join("admin.sock"));
     for _ in 0..400 {
-        if local.request("GET", "/readyz", None).await.map(|r| r.0 == 200).unwrap_or(false) {
+        if local.ready().await.map(|r| r.0).unwrap_or(false) {
             return Ok((proc, local, data));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -146,7 +148,7 @@ async fn start_vouch(bin: &PathBuf) -> Result<(VouchProcess, AdminClient, PathBu
 }
 
 /// Issues X509-SVIDs through `client`, one keep-alive connection per worker.
-async fn vouch_load(o: &Options, client: &AdminClient, body: Arc<Value>) -> Result<Run> {
+async fn vouch_load(o: &Options, client: &AdminClient, body: Arc<MintX509Request>) -> Result<Run> {
     load(o.clients, o.seconds, || {
         let client = client.clone();
         let body = body.clone();
@@ -162,7 +164,9 @@ async fn vouch_load(o: &Options, client: &AdminClient, body: Arc<Value>) -> Resu
                     *guard = Some(client.connect().await?);
                 }
                 let c = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-                let (status, bytes) = c.request("POST", "/v1/svids/x509", Some(&body)).await?;
+                // Serialised per request, as the OpenBao client below does with its body.
+                let json = Bytes::from(serde_json::to_vec(&*body)?);
+                let (status, bytes) = c.send("POST", paths::MINT_X509, Some(json)).await?;
                 check_vouch(status, &bytes)
             }
         }
@@ -172,24 +176,22 @@ async fn vouch_load(o: &Options, client: &AdminClient, body: Arc<Value>) -> Resu
 
 async fn vouch_runs(o: &Options) -> Result<(Run, Run)> {
     let (_proc, local, data) = start_vouch(&o.vouch).await?;
-    let body = Arc::new(json!({"spiffe_id": "spiffe://example.org/bench/web"}));
+    let mint = |id: &str| -> Result<MintX509Request> {
+        Ok(MintX509Request { spiffe_id: SpiffeId::parse(id)?, csr: None, ttl: None, dns_names: vec![] })
+    };
+    let body = Arc::new(mint("spiffe://example.org/bench/web")?);
     let unix = vouch_load(o, &local, body.clone()).await?;
 
     // Over mTLS with an admin SVID.
-    let admin = json!({"spiffe_id": "spiffe://example.org/admin/bench", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:bench"], "admin": true});
-    let _: Value = local.call("POST", "/v1/entries", Some(&admin)).await?;
-    let svid: Value = local
-        .call("POST", "/v1/svids/x509", Some(&json!({"spiffe_id": "spiffe://example.org/admin/bench"})))
-        .await?;
+    let admin: EntrySpec = serde_json::from_value(
+        json!({"spiffe_id": "spiffe://example.org/admin/bench", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:bench"], "admin": true}),
+    )?;
+    local.entries().create(&admin).await?;
+    let svid = local.mint_x509(&mint("spiffe://example.org/admin/bench")?).await?;
     let addr = std::fs::read_to_string(data.join("server.addr"))?.trim().to_owned();
     let td = vouch_core::TrustDomain::new("example.org")?;
-    let text = |k: &str| svid[k].as_str().unwrap_or_default().to_owned();
-    let tls = AdminClient::tls(
-        &addr,
-        &td,
-        &text("bundle_pem"),
-        Some((&text("cert_chain_pem"), &text("private_key_pem"))),
-    )?;
+    let key = svid.private_key_pem.as_deref().ok_or_else(|| anyhow!("the server generated no key"))?;
+    let tls = AdminClient::tls(&addr, &td, &svid.bundle_pem, Some((&svid.cert_chain_pem, key)))?;
     let mtls = vouch_load(o, &tls, body).await?;
     Ok((unix, mtls))
 }

@@ -5,42 +5,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
+pub use vouch_api::explain::{EntryVerdict, ExplainAnswer, ExplainRequest, Explanation};
 
 use crate::attest::{attest_full, PeerProcess};
 use crate::state::AgentState;
-
-/// One entry and what matching it against the process gave.
-#[derive(Debug, Serialize)]
-pub struct EntryVerdict {
-    /// Entry id.
-    pub id: String,
-    /// The SPIFFE ID it would give.
-    pub spiffe_id: String,
-    /// `matched`, `entry expired`, or `missing selector ...`.
-    pub outcome: String,
-}
-
-/// Everything the agent can say about a process.
-#[derive(Debug, Serialize)]
-pub struct Explanation {
-    /// The process.
-    pub pid: i32,
-    /// The agent's own SPIFFE ID.
-    pub agent_id: String,
-    /// Whether the agent is connected to the server (entries are current).
-    pub connected: bool,
-    /// Why attestation failed, if it did (then no entry can match).
-    pub error: Option<String>,
-    /// The selectors found.
-    pub selectors: Vec<String>,
-    /// The container per the cgroup, if any (`runtime:namespace/id`).
-    pub container: Option<String>,
-    /// Every entry the agent may serve, with its verdict.
-    pub entries: Vec<EntryVerdict>,
-}
 
 /// Attests `pid` as the Workload API would and explains each entry.
 pub async fn explain(state: &AgentState, pid: i32) -> Explanation {
@@ -106,20 +76,18 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }
+            let refused = |error: &str| ExplainAnswer::Refused { error: error.to_owned() };
             let answer = if !allowed {
-                serde_json::json!({"error": "only root or the agent's user may use the agent admin socket"})
+                refused("only root or the agent's user may use the agent admin socket")
             } else {
-                match serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v["explain"].as_i64())
-                {
-                    Some(pid) if pid > 0 && pid <= i64::from(i32::MAX) => {
-                        serde_json::to_value(explain(&state, pid as i32).await).unwrap_or_default()
+                match serde_json::from_str::<ExplainRequest>(&line) {
+                    Ok(ExplainRequest { explain: pid }) if pid > 0 => {
+                        ExplainAnswer::Explanation(explain(&state, pid).await)
                     }
-                    _ => serde_json::json!({"error": "expected {\"explain\": <pid>}"}),
+                    _ => refused("expected {\"explain\": <pid>} with a positive pid"),
                 }
             };
-            let mut out = serde_json::to_vec(&answer).unwrap_or_default();
+            let Ok(mut out) = serde_json::to_vec(&answer) else { return };
             out.push(b'\n');
             let _ = wr.write_all(&out).await;
         });

@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde_json::{json, Value};
+use vouch_api::agent::{
+    AgentSvid, JoinTokenAttestation, PsatAttestation, RenewRequest, X509PopAttestation,
+    X509PopChallengeRequest,
+};
+use vouch_api::Der;
 use vouch_ca::{Bundle, WorkloadKey};
 use vouch_client::AdminClient;
 use vouch_core::{SpiffeId, TrustDomain};
@@ -55,19 +59,17 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), AgentError> {
 }
 
 impl AgentIdentity {
-    fn from_answer(v: &Value, key: &WorkloadKey, td: &TrustDomain) -> Result<Self, AgentError> {
-        let chain_pem =
-            v["cert_chain_pem"].as_str().ok_or_else(|| AgentError::Protocol("no cert_chain_pem".into()))?;
-        let leaf = vouch_ca::pem::decode_one(chain_pem, &["CERTIFICATE"])
-            .ok_or_else(|| AgentError::Protocol("empty certificate chain".into()))?;
-        let info = vouch_ca::x509::cert_info(&leaf).map_err(|e| AgentError::Protocol(e.to_string()))?;
-        let spiffe_id = SpiffeId::parse(v["spiffe_id"].as_str().unwrap_or_default())
-            .map_err(|e| AgentError::Protocol(format!("agent SPIFFE ID: {e}")))?;
-        let bundle = Bundle::from_jwks(td.clone(), &v["bundle_jwks"].to_string())
-            .map_err(|e| AgentError::Protocol(e.to_string()))?;
+    fn from_answer(svid: AgentSvid, key: &WorkloadKey, td: &TrustDomain) -> Result<Self, AgentError> {
+        let leaf =
+            svid.cert_chain.first().ok_or_else(|| AgentError::Protocol("empty certificate chain".into()))?;
+        let info = vouch_ca::x509::cert_info(&leaf.0).map_err(|e| AgentError::Protocol(e.to_string()))?;
+        let bundle = Bundle::from_jwks(td.clone(), &svid.bundle_jwks.to_string())
+            .map_err(|e| AgentError::Protocol(format!("the bundle of the agent SVID answer: {e}")))?;
+        // The chain is kept as PEM: it is written to agent.pem for operators and TLS reads it once.
+        let chain_pem = svid.cert_chain.iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", &d.0)).collect();
         Ok(Self {
-            spiffe_id,
-            chain_pem: chain_pem.to_owned(),
+            spiffe_id: svid.spiffe_id,
+            chain_pem,
             key_pem: key.pkcs8_pem(),
             not_after: info.not_after,
             not_before: info.not_before,
@@ -124,7 +126,11 @@ impl AgentIdentity {
         bundle_pem: &str,
         token: &str,
     ) -> Result<Self, AgentError> {
-        Self::attest(server, td, bundle_pem, "/v1/agent/attest/join-token", json!({"token": token})).await
+        let token = token.to_owned();
+        Self::attest(server, td, bundle_pem, move |client, csr| async move {
+            client.attest_join_token(&JoinTokenAttestation { token, csr }).await
+        })
+        .await
     }
 
     /// Attests with a Kubernetes projected service-account token of `cluster`.
@@ -135,8 +141,11 @@ impl AgentIdentity {
         cluster: &str,
         token: &str,
     ) -> Result<Self, AgentError> {
-        let evidence = json!({"cluster": cluster, "token": token});
-        Self::attest(server, td, bundle_pem, "/v1/agent/attest/k8s-psat", evidence).await
+        let (cluster, token) = (cluster.to_owned(), token.to_owned());
+        Self::attest(server, td, bundle_pem, move |client, csr| async move {
+            client.attest_k8s_psat(&PsatAttestation { cluster, token, csr }).await
+        })
+        .await
     }
 
     /// Attests by proof of possession of a node key: asks for a challenge for the certificate, signs
@@ -152,35 +161,44 @@ impl AgentIdentity {
         let node_key = vouch_ca::SigningKey::from_pem(node_key_pem, vouch_ca::KeyUse::X509)
             .map_err(|e| AgentError::Config(format!("x509pop key: {e}")))?;
         let client = AdminClient::tls(server, td, bundle_pem, None)?;
-        let challenge: Value = client
-            .call(
-                "POST",
-                "/v1/agent/attest/x509pop/challenge",
-                Some(&json!({"cert_chain_pem": cert_chain_pem})),
-            )
+        let cert_chain_pem = cert_chain_pem.to_owned();
+        let challenge = client
+            .x509pop_challenge(&X509PopChallengeRequest { cert_chain_pem: cert_chain_pem.clone() })
             .await?;
-        let nonce = challenge["nonce"].as_str().ok_or_else(|| AgentError::Protocol("no nonce".into()))?;
         let signature = node_key
-            .sign(&vouch_client::x509pop_message(nonce))
+            .sign(&vouch_api::agent::x509pop_message(&challenge.nonce))
             .map_err(|e| AgentError::Protocol(e.to_string()))?;
-        let evidence = json!({"cert_chain_pem": cert_chain_pem, "nonce": nonce,
-            "signature": base64::engine::general_purpose::STANDARD.encode(signature)});
-        Self::attest(server, td, bundle_pem, "/v1/agent/attest/x509pop", evidence).await
+        let signature = base64::engine::general_purpose::STANDARD.encode(signature);
+        Self::attest(server, td, bundle_pem, move |client, csr| async move {
+            client
+                .attest_x509pop(&X509PopAttestation {
+                    cert_chain_pem,
+                    nonce: challenge.nonce,
+                    signature,
+                    csr,
+                })
+                .await
+        })
+        .await
     }
 
-    /// Sends `evidence` plus a CSR for a fresh key to an attestation endpoint.
-    async fn attest(
+    /// Generates the agent's key and sends its CSR with the evidence `send` adds to an attestation
+    /// endpoint.
+    async fn attest<F, Fut>(
         server: &str,
         td: &TrustDomain,
         bundle_pem: &str,
-        path: &str,
-        mut evidence: Value,
-    ) -> Result<Self, AgentError> {
+        send: F,
+    ) -> Result<Self, AgentError>
+    where
+        F: FnOnce(AdminClient, Der) -> Fut,
+        Fut: std::future::Future<Output = Result<AgentSvid, vouch_client::ClientError>>,
+    {
         let key = WorkloadKey::generate().map_err(|e| AgentError::Protocol(e.to_string()))?;
-        evidence["csr"] = json!(key.csr_pem().map_err(|e| AgentError::Protocol(e.to_string()))?);
+        let csr = Der(key.csr_der().map_err(|e| AgentError::Protocol(e.to_string()))?);
         let client = AdminClient::tls(server, td, bundle_pem, None)?;
-        let v: Value = client.call("POST", path, Some(&evidence)).await?;
-        Self::from_answer(&v, &key, td)
+        let svid = send(client, csr).await?;
+        Self::from_answer(svid, &key, td)
     }
 
     /// A client of the server authenticated with this identity.
@@ -196,9 +214,8 @@ impl AgentIdentity {
     /// A new SVID for a new key, from the server.
     pub async fn renew(&self, server: &str) -> Result<Self, AgentError> {
         let key = WorkloadKey::generate().map_err(|e| AgentError::Protocol(e.to_string()))?;
-        let csr = key.csr_pem().map_err(|e| AgentError::Protocol(e.to_string()))?;
-        let v: Value =
-            self.client(server)?.call("POST", "/v1/agent/renew", Some(&json!({"csr": csr}))).await?;
-        Self::from_answer(&v, &key, &self.bundle.trust_domain)
+        let csr = Der(key.csr_der().map_err(|e| AgentError::Protocol(e.to_string()))?);
+        let svid = self.client(server)?.renew(&RenewRequest { csr }).await?;
+        Self::from_answer(svid, &key, &self.bundle.trust_domain)
     }
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{json, Value};
+use vouch_api::agent::{AgentJwtRequest, SignItem, SignOutcome, SignRequest, MAX_SIGN_BATCH};
+use vouch_api::Der;
 use vouch_ca::{Bundle, WorkloadKey};
 use vouch_client::AdminClient;
 use vouch_core::{ttl, Entry, EntryId, Selectors, SpiffeId};
@@ -18,9 +19,6 @@ use crate::attest::UnixAttestor;
 use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
 use crate::AgentError;
-
-/// CSRs per signing request (the server accepts up to 500).
-const SIGN_BATCH: usize = 500;
 
 /// An X509-SVID held for an entry.
 pub struct CachedSvid {
@@ -251,34 +249,40 @@ impl AgentState {
 
     /// Signs fresh keys for `entries` through the server, in batches the server accepts.
     async fn sign(&self, entries: &[Entry]) -> Result<(), AgentError> {
-        for chunk in entries.chunks(SIGN_BATCH) {
+        for chunk in entries.chunks(MAX_SIGN_BATCH) {
             self.sign_batch(chunk).await?;
         }
         Ok(())
     }
 
-    /// Signs one batch and caches the SVIDs.
+    /// Signs one batch and caches the SVIDs. Items stand alone: one the server refuses (an entry
+    /// deleted since the last sync line, say) is logged and left out, the others are cached.
     async fn sign_batch(&self, entries: &[Entry]) -> Result<(), AgentError> {
         let mut keys = Vec::with_capacity(entries.len());
         let mut requests = Vec::with_capacity(entries.len());
         for e in entries {
             let key = WorkloadKey::generate().map_err(|err| AgentError::Protocol(err.to_string()))?;
-            requests.push(json!({"entry_id": e.id, "csr": key.csr_pem().map_err(|err| AgentError::Protocol(err.to_string()))?}));
+            let csr = Der(key.csr_der().map_err(|err| AgentError::Protocol(err.to_string()))?);
+            requests.push(SignItem { entry_id: e.id.clone(), csr });
             keys.push(key);
         }
-        let v: Value =
-            self.client().call("POST", "/v1/agent/sign", Some(&json!({"requests": requests}))).await?;
-        let answers = v["svids"].as_array().cloned().unwrap_or_default();
-        if answers.len() != entries.len() {
-            return Err(AgentError::Protocol("the server answered a different number of SVIDs".into()));
-        }
+        let answer = self.client().sign(&SignRequest { requests }).await?;
         let mut svids = lock(&self.svids);
-        for ((e, key), a) in entries.iter().zip(keys).zip(answers) {
-            let chain_der: Vec<Vec<u8>> =
-                vouch_ca::pem::decode_all(a["cert_chain_pem"].as_str().unwrap_or_default())
-                    .into_iter()
-                    .map(|(_, d)| d)
-                    .collect();
+        for ((e, key), result) in entries.iter().zip(keys).zip(answer.results) {
+            if result.entry_id != e.id {
+                return Err(AgentError::Protocol(format!(
+                    "the server answered for entry `{}` where `{}` was asked",
+                    result.entry_id, e.id
+                )));
+            }
+            let signed = match result.outcome {
+                SignOutcome::Svid(s) => s,
+                SignOutcome::Error(err) => {
+                    tracing::warn!(entry_id = %e.id, spiffe_id = %e.spiffe_id, code = %err.code, reason = %err.message, "the server refused to sign an SVID");
+                    continue;
+                }
+            };
+            let chain_der: Vec<Vec<u8>> = signed.cert_chain.into_iter().map(|d| d.0).collect();
             let leaf = chain_der.first().ok_or_else(|| AgentError::Protocol("empty chain".into()))?;
             let info =
                 vouch_ca::x509::cert_info(leaf).map_err(|err| AgentError::Protocol(err.to_string()))?;
@@ -353,12 +357,12 @@ impl AgentState {
                 return Ok(c.token.clone());
             }
         }
-        let v: Value = self
+        let answer = self
             .client()
-            .call("POST", "/v1/agent/jwt", Some(&json!({"entry_id": entry.id, "audience": audiences})))
+            .agent_jwt(&AgentJwtRequest { entry_id: entry.id.clone(), audience: audiences.to_vec() })
             .await?;
-        let token = v["token"].as_str().ok_or_else(|| AgentError::Protocol("no token".into()))?.to_owned();
-        let exp = ttl::from_unix_seconds(v["expires_at"].as_i64().unwrap_or(0));
+        let token = answer.token;
+        let exp = ttl::from_unix_seconds(answer.expires_at);
         let renew_at = ttl::renew_at(now, exp, 0.0);
         lock(&self.jwts).insert(key, CachedJwt { token: token.clone(), renew_at, expires_at: exp });
         Ok(token)

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use vouch_api::agent::SyncLine;
 use vouch_ca::Bundle;
-use vouch_core::{Entry, EntryId};
 
 use crate::state::AgentState;
 use crate::AgentError;
@@ -15,51 +14,30 @@ use crate::AgentError;
 /// Longest wait between reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Applies one line of the stream.
-pub fn apply_line(state: &AgentState, line: &str) -> Result<(), AgentError> {
-    let v: Value = serde_json::from_str(line).map_err(|e| AgentError::Protocol(format!("sync line: {e}")))?;
-    let bundle = |v: &Value| Bundle::from_jwks(state.config.trust_domain.clone(), &v.to_string()).ok();
-    match v["type"].as_str() {
-        Some("snapshot") => {
-            let entries: Vec<Entry> = serde_json::from_value(v["entries"].clone())
-                .map_err(|e| AgentError::Protocol(format!("snapshot: {e}")))?;
-            state.apply_snapshot(entries, bundle(&v["bundle"]));
+/// Applies one line of the stream. A bundle the agent cannot read is an error: the stream is dropped
+/// and started over from a snapshot, rather than the agent going on with a bundle it did not get.
+pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentError> {
+    let bundle = |v: &serde_json::Value| {
+        Bundle::from_jwks(state.config.trust_domain.clone(), &v.to_string())
+            .map_err(|e| AgentError::Protocol(format!("sync: the server's bundle is unreadable: {e}")))
+    };
+    match line {
+        SyncLine::Snapshot { entries, bundle: b } => {
+            state.apply_snapshot(entries.into_owned(), Some(bundle(&b)?))
         }
-        Some("upsert") => {
-            let entry: Entry = serde_json::from_value(v["entry"].clone())
-                .map_err(|e| AgentError::Protocol(format!("upsert: {e}")))?;
-            state.apply_upsert(entry);
-        }
-        Some("delete") => {
-            let id: EntryId = serde_json::from_value(v["id"].clone())
-                .map_err(|e| AgentError::Protocol(format!("delete: {e}")))?;
-            state.apply_delete(&id);
-        }
-        Some("bundle") => {
-            if let Some(b) = bundle(&v["bundle"]) {
-                state.apply_bundle(b);
-            }
-        }
-        Some("ping") => {}
-        other => tracing::debug!(kind = ?other, "ignoring unknown sync line"),
+        SyncLine::Upsert { entry } => state.apply_upsert(entry.into_owned()),
+        SyncLine::Delete { id } => state.apply_delete(&id),
+        SyncLine::Bundle { bundle: b } => state.apply_bundle(bundle(&b)?),
+        SyncLine::Ping => {}
     }
     Ok(())
 }
 
 /// Follows the stream until it ends or fails.
 pub async fn sync_once(state: &AgentState) -> Result<(), AgentError> {
-    let mut conn = state.client().connect().await?;
-    let (status, mut lines) = conn.stream("GET", "/v1/agent/sync").await?;
-    if status != 200 {
-        let mut body = String::new();
-        while let Some(Ok(l)) = lines.next_line().await {
-            body.push_str(&l);
-        }
-        vouch_client::decode::<Value>(status, body.as_bytes())?;
-        return Err(AgentError::Protocol(format!("sync answered {status}")));
-    }
-    while let Some(line) = lines.next_line().await {
-        apply_line(state, &line?)?;
+    let mut lines = state.client().sync().await?;
+    while let Some(line) = lines.next().await {
+        apply_line(state, line?)?;
         if !state.connected() {
             state.set_connected(true);
             tracing::info!(agent = %state.agent_id(), entries = state.entries().len(), "synced with the server");

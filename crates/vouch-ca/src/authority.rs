@@ -111,6 +111,11 @@ impl IssuedX509 {
         pem.push_str(&self.intermediates_pem);
         pem
     }
+
+    /// The chain as DER certificates, leaf first: what vouch's own parts exchange.
+    pub fn chain_der(&self) -> Vec<Vec<u8>> {
+        std::iter::once(self.svid.cert_der.clone()).chain(self.intermediates.iter().cloned()).collect()
+    }
 }
 
 /// A summary of one key, for listings (no key material).

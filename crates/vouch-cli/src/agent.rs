@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde::Serialize;
+use vouch_api::explain::{ExplainAnswer, ExplainRequest};
+use vouch_core::SpiffeId;
 use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use vouch_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
 
-use crate::output::Output;
+use crate::output::{self, Output};
 use crate::Connect;
 
 /// Agent subcommands.
@@ -167,38 +169,47 @@ pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
         AgentCommand::Api { command, socket } => api(command, &socket, output).await,
         AgentCommand::Explain { pid, admin_socket } => explain(pid, &admin_socket, output).await,
         AgentCommand::List { connect } => {
-            let v: Value = connect.client()?.call("GET", "/v1/agents", None).await?;
+            let list = connect.client()?.agents().await?;
             match connect.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Json => output::print_json(&list)?,
                 Output::Table => {
-                    println!("{:<50} {:<12} {:<8} SVID EXPIRES", "SPIFFE ID", "ATTESTATION", "BANNED");
-                    for a in v["agents"].as_array().cloned().unwrap_or_default() {
-                        println!(
-                            "{:<50} {:<12} {:<8} {}",
-                            a["spiffe_id"].as_str().unwrap_or_default(),
-                            a["attestation"].as_str().unwrap_or_default(),
-                            a["banned"].as_bool().unwrap_or_default(),
-                            a["svid_expires_at"]
-                        );
-                    }
+                    let rows: Vec<[String; 5]> = list
+                        .agents
+                        .iter()
+                        .map(|a| {
+                            [
+                                a.spiffe_id.to_string(),
+                                a.attestation.clone(),
+                                a.banned.to_string(),
+                                vouch_core::ttl::rfc3339(a.last_seen),
+                                vouch_core::ttl::rfc3339(a.svid_expires_at),
+                            ]
+                        })
+                        .collect();
+                    output::print_table(
+                        ["SPIFFE ID", "ATTESTATION", "BANNED", "LAST SEEN", "SVID EXPIRES"],
+                        &rows,
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Evict { spiffe_id, connect } => {
-            let _: Value = connect
-                .client()?
-                .call("POST", "/v1/agents/evict", Some(&json!({"spiffe_id": spiffe_id})))
-                .await?;
-            println!("evicted {spiffe_id}; it must attest again");
+            let id = crate::parse_flag("spiffe-id", &spiffe_id, SpiffeId::parse)?;
+            let evicted = connect.client()?.evict_agent(&id).await?;
+            match connect.output {
+                Output::Json => output::print_json(&evicted)?,
+                Output::Table => println!("evicted {spiffe_id}; it must attest again"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Ban { spiffe_id, connect } => {
-            let _: Value = connect
-                .client()?
-                .call("POST", "/v1/agents/ban", Some(&json!({"spiffe_id": spiffe_id})))
-                .await?;
-            println!("banned {spiffe_id}");
+            let id = crate::parse_flag("spiffe-id", &spiffe_id, SpiffeId::parse)?;
+            let banned = connect.client()?.ban_agent(&id).await?;
+            match connect.output {
+                Output::Json => output::print_json(&banned)?,
+                Output::Table => println!("banned {spiffe_id}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -289,18 +300,35 @@ fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn write_svid(dir: &Path, chain: &[u8], key: &[u8], bundle: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let pem =
         |ders: Vec<Vec<u8>>| ders.iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", d)).collect::<String>();
     std::fs::write(dir.join("svid.pem"), pem(split_der(chain)))?;
     std::fs::write(dir.join("bundle.pem"), pem(split_der(bundle)))?;
-    let path = dir.join("svid.key");
-    let _ = std::fs::remove_file(&path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-    f.write_all(vouch_ca::pem::encode("PRIVATE KEY", key).as_bytes())?;
-    Ok(())
+    let key_pem = zeroize::Zeroizing::new(vouch_ca::pem::encode("PRIVATE KEY", key));
+    output::write_private(&dir.join("svid.key"), key_pem.as_bytes())
+}
+
+/// An X509-SVID as `vouch agent api fetch x509 -o json` prints it (no key).
+#[derive(Serialize)]
+struct FetchedX509 {
+    spiffe_id: String,
+    hint: String,
+    expires_at: i64,
+}
+
+/// A JWT-SVID as `vouch agent api fetch jwt -o json` prints it.
+#[derive(Serialize)]
+struct FetchedJwt<'a> {
+    spiffe_id: &'a str,
+    token: &'a str,
+    hint: &'a str,
+}
+
+/// What `fetch -o json` prints: `{"svids": [...]}`.
+#[derive(Serialize)]
+struct Fetched<T> {
+    svids: Vec<T>,
 }
 
 async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<ExitCode> {
@@ -315,30 +343,28 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
             if let Some(dir) = &write {
                 write_svid(dir, &first.x509_svid, &first.x509_svid_key, &first.bundle)?;
             }
-            let list: Vec<Value> = resp
-                .svids
-                .iter()
-                .map(|s| {
-                    let leaf = split_der(&s.x509_svid).into_iter().next().unwrap_or_default();
-                    let expires = vouch_ca::x509::cert_info(&leaf)
-                        .map(|i| vouch_core::ttl::unix_seconds(i.not_after))
-                        .unwrap_or(0);
-                    json!({"spiffe_id": s.spiffe_id, "hint": s.hint, "expires_at": expires})
-                })
-                .collect();
+            let mut list = Vec::with_capacity(resp.svids.len());
+            for s in &resp.svids {
+                let leaf = split_der(&s.x509_svid).into_iter().next().unwrap_or_default();
+                let info = vouch_ca::x509::cert_info(&leaf).with_context(|| {
+                    format!("the agent sent an unreadable certificate for {}", s.spiffe_id)
+                })?;
+                list.push(FetchedX509 {
+                    spiffe_id: s.spiffe_id.clone(),
+                    hint: s.hint.clone(),
+                    expires_at: vouch_core::ttl::unix_seconds(info.not_after),
+                });
+            }
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&json!({"svids": list}))?),
+                Output::Json => output::print_json(&Fetched { svids: list })?,
                 Output::Table => {
                     for s in &list {
+                        let hint =
+                            if s.hint.is_empty() { String::new() } else { format!("  hint {}", s.hint) };
                         println!(
-                            "{}  expires_at {}{}",
-                            s["spiffe_id"].as_str().unwrap_or_default(),
-                            s["expires_at"],
-                            s["hint"]
-                                .as_str()
-                                .filter(|h| !h.is_empty())
-                                .map(|h| format!("  hint {h}"))
-                                .unwrap_or_default()
+                            "{}  expires_at {}{hint}",
+                            s.spiffe_id,
+                            vouch_core::ttl::rfc3339(s.expires_at)
                         );
                     }
                     if let Some(dir) = &write {
@@ -352,12 +378,12 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
             let resp = client.fetch_jwtsvid(request(body)).await.map_err(status_error)?.into_inner();
             match output {
                 Output::Json => {
-                    let list: Vec<Value> = resp
+                    let svids = resp
                         .svids
                         .iter()
-                        .map(|s| json!({"spiffe_id": s.spiffe_id, "token": s.svid, "hint": s.hint}))
+                        .map(|s| FetchedJwt { spiffe_id: &s.spiffe_id, token: &s.svid, hint: &s.hint })
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&json!({"svids": list}))?);
+                    output::print_json(&Fetched { svids })?;
                 }
                 Output::Table => {
                     for s in &resp.svids {
@@ -372,7 +398,10 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
                 .await
                 .map_err(|s| anyhow::anyhow!("token rejected: {}", s.message()))?
                 .into_inner();
-            println!("valid: {}", resp.spiffe_id);
+            match output {
+                Output::Json => output::print_json(&serde_json::json!({"spiffe_id": resp.spiffe_id}))?,
+                Output::Table => println!("valid: {}", resp.spiffe_id),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -380,52 +409,50 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
 
 async fn explain(pid: i32, socket: &Path, output: Output) -> Result<ExitCode> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
-        format!("cannot reach the agent admin socket {} (is `vouch agent run` running? run as root or the agent's user)", socket.display())
-    })?;
-    stream.write_all(format!("{{\"explain\": {pid}}}\n").as_bytes()).await?;
-    let mut line = String::new();
-    tokio::io::BufReader::new(stream).read_line(&mut line).await?;
-    let v: Value = serde_json::from_str(&line).context("unexpected answer from the agent")?;
+    let ask = async {
+        let mut stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
+            format!("cannot reach the agent admin socket {} (is `vouch agent run` running? run as root or the agent's user)", socket.display())
+        })?;
+        let mut request = serde_json::to_vec(&ExplainRequest { explain: pid })?;
+        request.push(b'\n');
+        stream.write_all(&request).await?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stream).read_line(&mut line).await?;
+        serde_json::from_str::<ExplainAnswer>(&line).context("unexpected answer from the agent")
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), ask)
+        .await
+        .context("the agent did not answer within 30 s")??;
+    let x = match answer {
+        ExplainAnswer::Explanation(x) => x,
+        ExplainAnswer::Refused { error } => bail!("{error}"),
+    };
     if let Output::Json = output {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        output::print_json(&x)?;
         return Ok(ExitCode::SUCCESS);
-    }
-    if v.get("entries").is_none() {
-        bail!("{}", v["error"].as_str().unwrap_or("the agent refused"));
     }
     println!(
         "process {pid} (agent {}{})",
-        v["agent_id"].as_str().unwrap_or_default(),
-        if v["connected"] == true { "" } else { ", not connected to the server: entries may be stale" }
+        x.agent_id,
+        if x.connected { "" } else { ", not connected to the server: entries may be stale" }
     );
-    if let Some(e) = v["error"].as_str() {
+    if let Some(e) = &x.error {
         println!("attestation failed: {e}");
         println!("=> no identity: fix the reason above");
         return Ok(ExitCode::from(1));
     }
-    if let Some(c) = v["container"].as_str() {
+    if let Some(c) = &x.container {
         println!("cgroup suggests container {c} (not confirmed with the runtime; gives no selectors yet)");
     }
     println!("selectors:");
-    for s in v["selectors"].as_array().cloned().unwrap_or_default() {
-        println!("  {}", s.as_str().unwrap_or_default());
+    for s in &x.selectors {
+        println!("  {s}");
     }
-    let entries = v["entries"].as_array().cloned().unwrap_or_default();
-    println!("entries ({}):", entries.len());
-    let mut matched = 0;
-    for e in &entries {
-        let outcome = e["outcome"].as_str().unwrap_or_default();
-        if outcome == "matched" {
-            matched += 1;
-        }
-        println!(
-            "  {:<34} {:<45} {}",
-            e["id"].as_str().unwrap_or_default(),
-            e["spiffe_id"].as_str().unwrap_or_default(),
-            outcome
-        );
+    println!("entries ({}):", x.entries.len());
+    for e in &x.entries {
+        println!("  {:<34} {:<45} {}", e.id, e.spiffe_id, e.outcome);
     }
+    let matched = x.entries.iter().filter(|e| e.matched()).count();
     if matched == 0 {
         println!("=> no identity issued: no entry matched");
         return Ok(ExitCode::from(1));

@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::{json, Value};
+use vouch_api::admin::{
+    BatchCreateRequest, EntryPatch, EntryQuery, JoinTokenRequest, MintJwtRequest, MintX509Request,
+};
 use vouch_client::AdminClient;
-use vouch_core::TrustDomain;
+use vouch_core::{DnsName, EntrySpec, Selector, SpiffeId, TrustDomain};
 use vouch_server::config::HumanDuration;
 
 use crate::output::{print_entries, print_entry, Output};
@@ -187,48 +189,79 @@ struct EntryFields {
     purpose: Option<String>,
 }
 
+/// A flag's value parsed into its domain type, or an error that names the flag.
+fn parse_flag<T, E: std::fmt::Display>(
+    flag: &str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T> {
+    parse(value).map_err(|e| anyhow::anyhow!("--{flag} `{value}`: {e}"))
+}
+
+fn parse_all<T, E: std::fmt::Display>(
+    flag: &str,
+    values: &[String],
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>> {
+    values.iter().map(|v| parse_flag(flag, v, &parse)).collect()
+}
+
+/// A repeatable flag given at least once.
+fn non_empty(v: &[String]) -> Option<&[String]> {
+    (!v.is_empty()).then_some(v)
+}
+
 impl EntryFields {
-    /// Applies the given flags over `base` (a JSON entry spec).
-    fn apply(&self, base: &mut serde_json::Map<String, Value>) {
-        let mut set = |k: &str, v: Value| {
-            base.insert(k.to_owned(), v);
-        };
-        if let Some(v) = &self.spiffe_id {
-            set("spiffe_id", json!(v));
-        }
-        if let Some(v) = &self.parent_id {
-            set("parent_id", json!(v));
-        }
-        if !self.selectors.is_empty() {
-            set("selectors", json!(self.selectors));
-        }
-        if let Some(v) = self.x509_ttl {
-            set("x509_svid_ttl", json!(v.0.as_secs()));
-        }
-        if let Some(v) = self.jwt_ttl {
-            set("jwt_svid_ttl", json!(v.0.as_secs()));
-        }
-        if !self.dns_names.is_empty() {
-            set("dns_names", json!(self.dns_names));
-        }
-        if let Some(v) = &self.hint {
-            set("hint", json!(v));
-        }
-        if let Some(v) = self.admin {
-            set("admin", json!(v));
-        }
-        if !self.federates_with.is_empty() {
-            set("federates_with", json!(self.federates_with));
-        }
-        if let Some(v) = self.expires_at {
-            set("expires_at", json!(v));
-        }
-        if let Some(v) = &self.owner {
-            set("owner", json!(v));
-        }
-        if let Some(v) = &self.purpose {
-            set("purpose", json!(v));
-        }
+    /// The flags as a patch over the entry at `expected_revision`: only what was given changes.
+    fn to_patch(&self, expected_revision: u64) -> Result<EntryPatch> {
+        Ok(EntryPatch {
+            expected_revision,
+            spiffe_id: self
+                .spiffe_id
+                .as_deref()
+                .map(|v| parse_flag("spiffe-id", v, SpiffeId::parse))
+                .transpose()?,
+            parent_id: self
+                .parent_id
+                .as_deref()
+                .map(|v| parse_flag("parent-id", v, SpiffeId::parse))
+                .transpose()?,
+            selectors: non_empty(&self.selectors)
+                .map(|v| parse_all("selector", v, Selector::parse))
+                .transpose()?,
+            x509_svid_ttl: self.x509_ttl.map(|d| Some(d.0.as_secs())),
+            jwt_svid_ttl: self.jwt_ttl.map(|d| Some(d.0.as_secs())),
+            dns_names: non_empty(&self.dns_names).map(|v| parse_all("dns", v, DnsName::new)).transpose()?,
+            hint: self.hint.clone(),
+            admin: self.admin,
+            federates_with: non_empty(&self.federates_with)
+                .map(|v| parse_all("federates-with", v, TrustDomain::new))
+                .transpose()?,
+            expires_at: self.expires_at.map(Some),
+            owner: self.owner.clone(),
+            purpose: self.purpose.clone(),
+        })
+    }
+
+    /// The flags as a new entry; SPIFFE ID, parent and selectors are required.
+    fn to_spec(&self, id: Option<String>) -> Result<EntrySpec> {
+        let p = self.to_patch(0)?;
+        let required = |what: &str| anyhow::anyhow!("--{what} is required (or use --file for a batch)");
+        Ok(EntrySpec {
+            id: id.as_deref().map(|v| parse_flag("id", v, vouch_core::EntryId::new)).transpose()?,
+            spiffe_id: p.spiffe_id.ok_or_else(|| required("spiffe-id"))?,
+            parent_id: p.parent_id.ok_or_else(|| required("parent-id"))?,
+            selectors: p.selectors.ok_or_else(|| required("selector"))?,
+            x509_svid_ttl: p.x509_svid_ttl.flatten(),
+            jwt_svid_ttl: p.jwt_svid_ttl.flatten(),
+            dns_names: p.dns_names.unwrap_or_default(),
+            hint: p.hint.unwrap_or_default(),
+            admin: p.admin.unwrap_or_default(),
+            federates_with: p.federates_with.unwrap_or_default(),
+            expires_at: p.expires_at.flatten(),
+            owner: p.owner.unwrap_or_default(),
+            purpose: p.purpose.unwrap_or_default(),
+        })
     }
 }
 
@@ -263,9 +296,17 @@ enum EntryCommand {
         id: String,
     },
     /// Change the given fields of an entry; the others stay as they are.
+    ///
+    /// The change applies only if nobody changed the entry since it was read: the revision read
+    /// (or given with --revision) goes with it, and a concurrent change is refused (exit 1), never
+    /// silently overwritten.
     Update {
         /// Entry id.
         id: String,
+        /// Apply only if the entry is still at this revision (from `vouch entry show`); default:
+        /// the revision read just before.
+        #[arg(long)]
+        revision: Option<u64>,
         #[command(flatten)]
         fields: EntryFields,
     },
@@ -375,40 +416,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server { command: ServerCommand::Run(args) } => server_run(args).await,
         Command::Entry { command, connect } => entry(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id }, connect } => {
-            let body = json!({"ttl": ttl.0.as_secs(), "agent_id": agent_id});
-            let v: Value = connect.client()?.call("POST", "/v1/join-tokens", Some(&body)).await?;
+            let agent_id =
+                agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;
+            let req = JoinTokenRequest { ttl: Some(ttl.0.as_secs()), agent_id };
+            let t = connect.client()?.create_join_token(&req).await?;
             match connect.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Json => output::print_json(&t)?,
                 Output::Table => {
-                    println!("{}", v["token"].as_str().unwrap_or_default());
-                    eprintln!("single use; expires at {} (unix seconds)", v["expires_at"]);
+                    println!("{}", t.token);
+                    eprintln!("single use; expires at {}", vouch_core::ttl::rfc3339(t.expires_at));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bundle { command: BundleCommand::Show { format }, connect } => {
-            let path = match format {
-                BundleFormat::Pem => "/v1/bundle?format=pem",
-                BundleFormat::Jwks => "/v1/bundle?format=jwks",
+            let client = connect.client()?;
+            let text = match format {
+                BundleFormat::Pem => client.bundle_pem().await?,
+                BundleFormat::Jwks => client.bundle_jwks().await?,
             };
-            let (status, body) = connect.client()?.request("GET", path, None).await?;
-            if status != 200 {
-                vouch_client::decode::<Value>(status, &body)?;
-            }
-            print!("{}", String::from_utf8_lossy(&body));
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Svid { command: SvidCommand::Mint { kind }, connect } => mint(kind, &connect).await,
         Command::Agent { command, output } => agent::run(command, output).await,
         Command::Scan(args) => Ok(ExitCode::from(vouch_scan::cli::run(&args))),
         Command::Healthcheck { connect } => {
-            let (status, body) = connect.client()?.request("GET", "/readyz", None).await?;
-            let text = String::from_utf8_lossy(&body);
-            if status == 200 {
-                println!("{}", text.trim());
+            let (ready, text) = connect.client()?.ready().await?;
+            if ready {
+                println!("{text}");
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("not ready: {}", text.trim());
+                eprintln!("not ready: {text}");
                 Ok(ExitCode::from(1))
             }
         }
@@ -461,73 +500,39 @@ async fn server_run(args: ServerRun) -> Result<ExitCode> {
 
 async fn entry(command: EntryCommand, connect: &Connect) -> Result<ExitCode> {
     let client = connect.client()?;
+    let entries = client.entries();
     match command {
         EntryCommand::Create { fields, id, file } => {
             if let Some(file) = file {
-                let body: Value = serde_json::from_str(&read(&file)?)
-                    .with_context(|| format!("{} is not JSON", file.display()))?;
-                let v: Value = client.call("POST", "/v1/entries/batch", Some(&body)).await?;
-                print_entries(connect.output, &v)?;
+                let batch: BatchCreateRequest = serde_json::from_str(&read(&file)?).with_context(|| {
+                    format!("{} is not a batch of entries ({{\"entries\": [{{spiffe_id, parent_id, selectors, ...}}]}})", file.display())
+                })?;
+                print_entries(connect.output, &entries.create_batch(&batch).await?)?;
             } else {
-                let mut spec = serde_json::Map::new();
-                if let Some(id) = id {
-                    spec.insert("id".into(), json!(id));
-                }
-                fields.apply(&mut spec);
-                for required in ["spiffe_id", "parent_id", "selectors"] {
-                    if !spec.contains_key(required) {
-                        bail!(
-                            "--{} is required (or use --file for a batch)",
-                            required.replace('_', "-").trim_end_matches('s')
-                        );
-                    }
-                }
-                let v: Value = client.call("POST", "/v1/entries", Some(&Value::Object(spec))).await?;
-                print_entry(connect.output, &v)?;
+                print_entry(connect.output, &entries.create(&fields.to_spec(id)?).await?)?;
             }
         }
         EntryCommand::List { spiffe_id, parent_id, selector } => {
-            let mut query = Vec::new();
-            for (k, v) in [("spiffe_id", spiffe_id), ("parent_id", parent_id), ("selector", selector)] {
-                if let Some(v) = v {
-                    query.push(format!("{k}={}", output::url_encode(&v)));
-                }
-            }
-            let path = if query.is_empty() {
-                "/v1/entries".to_owned()
-            } else {
-                format!("/v1/entries?{}", query.join("&"))
+            let list = entries.list(&EntryQuery { spiffe_id, parent_id, selector }).await?;
+            print_entries(connect.output, &list)?;
+        }
+        EntryCommand::Show { id } => print_entry(connect.output, &entries.get(&id).await?)?,
+        EntryCommand::Update { id, revision, fields } => {
+            let revision = match revision {
+                Some(r) => r,
+                None => entries.get(&id).await?.revision,
             };
-            let v: Value = client.call("GET", &path, None).await?;
-            print_entries(connect.output, &v)?;
-        }
-        EntryCommand::Show { id } => {
-            let v: Value =
-                client.call("GET", &format!("/v1/entries/{}", output::url_encode(&id)), None).await?;
-            print_entry(connect.output, &v)?;
-        }
-        EntryCommand::Update { id, fields } => {
-            let path = format!("/v1/entries/{}", output::url_encode(&id));
-            let current: Value = client.call("GET", &path, None).await?;
-            let mut spec = serde_json::Map::new();
-            // The current entry's settable fields, then the flags over them.
-            for k in output::SETTABLE_FIELDS {
-                if let Some(v) = current.get(k).filter(|v| !v.is_null()) {
-                    spec.insert(k.into(), v.clone());
-                }
+            let patch = fields.to_patch(revision)?;
+            if patch.is_empty() {
+                bail!("nothing to change: give at least one field flag (see `vouch entry update --help`)");
             }
-            fields.apply(&mut spec);
-            let v: Value = client.call("PUT", &path, Some(&Value::Object(spec))).await?;
-            print_entry(connect.output, &v)?;
+            print_entry(connect.output, &entries.update(&id, &patch).await?)?;
         }
         EntryCommand::Delete { id } => {
-            let v: Value =
-                client.call("DELETE", &format!("/v1/entries/{}", output::url_encode(&id)), None).await?;
+            let entry = entries.delete(&id).await?;
             match connect.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                Output::Table => {
-                    println!("deleted entry {id} ({})", v["spiffe_id"].as_str().unwrap_or_default())
-                }
+                Output::Json => output::print_json(&entry)?,
+                Output::Table => println!("deleted entry {id} ({})", entry.spiffe_id),
             }
         }
     }
@@ -538,54 +543,49 @@ async fn mint(kind: MintKind, connect: &Connect) -> Result<ExitCode> {
     let client = connect.client()?;
     match kind {
         MintKind::X509 { spiffe_id, csr, ttl, dns_names, write } => {
-            let mut body = json!({"spiffe_id": spiffe_id, "dns_names": dns_names});
-            if let Some(csr) = csr {
-                body["csr"] = json!(read(&csr)?);
-            }
-            if let Some(ttl) = ttl {
-                body["ttl"] = json!(ttl.0.as_secs());
-            }
-            let v: Value = client.call("POST", "/v1/svids/x509", Some(&body)).await?;
+            let req = MintX509Request {
+                spiffe_id: parse_flag("spiffe-id", &spiffe_id, SpiffeId::parse)?,
+                csr: csr.as_ref().map(read).transpose()?,
+                ttl: ttl.map(|t| t.0.as_secs()),
+                dns_names: parse_all("dns", &dns_names, DnsName::new)?,
+            };
+            let mut svid = client.mint_x509(&req).await?;
             if let Some(dir) = &write {
-                output::write_svid_files(dir, &v)?;
+                output::write_svid_files(dir, &svid)?;
                 if matches!(connect.output, Output::Table) {
                     println!(
                         "wrote {}/svid.pem, svid.key and bundle.pem for {}",
                         dir.display(),
-                        v["spiffe_id"].as_str().unwrap_or_default()
+                        svid.spiffe_id
                     );
                 }
             }
+            // The private key is written to a file, never printed.
+            let generated_key = svid.private_key_pem.take().is_some();
             match connect.output {
-                Output::Json => {
-                    let mut shown = v.clone();
-                    // The private key is written to a file, never echoed.
-                    if let Some(obj) = shown.as_object_mut() {
-                        obj.remove("private_key_pem");
-                    }
-                    println!("{}", serde_json::to_string_pretty(&shown)?);
-                }
+                Output::Json => output::print_json(&svid)?,
                 Output::Table => {
-                    println!("spiffe_id   {}", v["spiffe_id"].as_str().unwrap_or_default());
-                    println!("expires_at  {}", v["expires_at"]);
-                    if v["capped"].as_bool() == Some(true) {
+                    println!("spiffe_id   {}", svid.spiffe_id);
+                    println!("expires_at  {}", vouch_core::ttl::rfc3339(svid.expires_at));
+                    if svid.capped {
                         println!("note        lifetime was cut short by the signing CA's remaining life");
                     }
-                    if v.get("private_key_pem").is_some() && write.is_none() {
+                    if generated_key && write.is_none() {
                         println!("key         generated by the server (use --write DIR to save it)");
                     }
                 }
             }
         }
         MintKind::Jwt { spiffe_id, audiences, ttl } => {
-            let mut body = json!({"spiffe_id": spiffe_id, "audience": audiences});
-            if let Some(ttl) = ttl {
-                body["ttl"] = json!(ttl.0.as_secs());
-            }
-            let v: Value = client.call("POST", "/v1/svids/jwt", Some(&body)).await?;
+            let req = MintJwtRequest {
+                spiffe_id: parse_flag("spiffe-id", &spiffe_id, SpiffeId::parse)?,
+                audience: audiences,
+                ttl: ttl.map(|t| t.0.as_secs()),
+            };
+            let jwt = client.mint_jwt(&req).await?;
             match connect.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                Output::Table => println!("{}", v["token"].as_str().unwrap_or_default()),
+                Output::Json => output::print_json(&jwt)?,
+                Output::Table => println!("{}", jwt.token),
             }
         }
     }

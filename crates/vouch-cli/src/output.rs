@@ -1,10 +1,14 @@
-//! Tables for people, JSON for scripts.
+//! Tables for people, JSON for scripts. JSON output is the API's own types, numbers stay numbers;
+//! tables show times as RFC 3339.
 
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use clap::ValueEnum;
-use serde_json::Value;
+use serde::Serialize;
+use vouch_api::admin::{EntryList, MintX509Response};
+use vouch_core::ttl::rfc3339;
+use vouch_core::Entry;
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -15,42 +19,24 @@ pub enum Output {
     Json,
 }
 
-fn selectors(e: &Value) -> String {
-    e["selectors"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
-        .unwrap_or_default()
+/// Prints a value as pretty JSON.
+pub fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
-/// Prints a list answer (`{"entries": [...]}`).
-pub fn print_entries(output: Output, v: &Value) -> Result<()> {
-    if let Output::Json = output {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        return Ok(());
-    }
-    let entries = v["entries"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<[String; 4]> = entries
-        .iter()
-        .map(|e| {
-            [
-                e["id"].as_str().unwrap_or_default().to_owned(),
-                e["spiffe_id"].as_str().unwrap_or_default().to_owned(),
-                e["parent_id"].as_str().unwrap_or_default().to_owned(),
-                selectors(e),
-            ]
-        })
-        .collect();
-    let headers = ["ID", "SPIFFE ID", "PARENT", "SELECTORS"];
+/// Prints rows under headers, columns padded to their widest cell; the last column is not padded.
+pub fn print_table<const N: usize>(headers: [&str; N], rows: &[[String; N]]) {
     let mut widths = headers.map(str::len);
-    for r in &rows {
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cells: [&str; 4]| {
+    let line = |cells: [&str; N]| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i == 3 {
+            if i + 1 == N {
                 s.push_str(c);
             } else {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
@@ -59,87 +45,85 @@ pub fn print_entries(output: Output, v: &Value) -> Result<()> {
         println!("{}", s.trim_end());
     };
     line(headers);
-    for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3]]);
+    for r in rows {
+        line(r.each_ref().map(String::as_str));
     }
+}
+
+fn joined<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Prints a list answer.
+pub fn print_entries(output: Output, list: &EntryList) -> Result<()> {
+    if let Output::Json = output {
+        return print_json(list);
+    }
+    let rows: Vec<[String; 4]> = list
+        .entries
+        .iter()
+        .map(|e| {
+            [e.id.to_string(), e.spiffe_id.to_string(), e.parent_id.to_string(), joined(e.selectors.iter())]
+        })
+        .collect();
+    print_table(["ID", "SPIFFE ID", "PARENT", "SELECTORS"], &rows);
     if rows.is_empty() {
         eprintln!("(no entries)");
     }
     Ok(())
 }
 
-/// The fields of an entry an administrator sets (the API's `EntrySpec`, less the id).
-pub const SETTABLE_FIELDS: [&str; 12] = [
-    "spiffe_id",
-    "parent_id",
-    "selectors",
-    "x509_svid_ttl",
-    "jwt_svid_ttl",
-    "dns_names",
-    "hint",
-    "admin",
-    "federates_with",
-    "expires_at",
-    "owner",
-    "purpose",
-];
-
 /// Prints one entry.
-pub fn print_entry(output: Output, e: &Value) -> Result<()> {
+pub fn print_entry(output: Output, e: &Entry) -> Result<()> {
     if let Output::Json = output {
-        println!("{}", serde_json::to_string_pretty(e)?);
-        return Ok(());
+        return print_json(e);
     }
-    let field = |k: &str| match &e[k] {
-        Value::Null => "-".to_owned(),
-        Value::String(s) if s.is_empty() => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) if a.is_empty() => "-".to_owned(),
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string()))
-            .collect::<Vec<_>>()
-            .join(", "),
-        other => other.to_string(),
-    };
-    let fields = std::iter::once("id").chain(SETTABLE_FIELDS).chain(["revision", "created_at"]);
-    for k in fields {
-        println!("{k:<15} {}", field(k));
+    let or_dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
+    let secs = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
+    let rows: [(&str, String); 15] = [
+        ("id", e.id.to_string()),
+        ("spiffe_id", e.spiffe_id.to_string()),
+        ("parent_id", e.parent_id.to_string()),
+        ("selectors", joined(e.selectors.iter())),
+        ("x509_svid_ttl", secs(e.x509_svid_ttl)),
+        ("jwt_svid_ttl", secs(e.jwt_svid_ttl)),
+        ("dns_names", or_dash(joined(e.dns_names.iter().map(vouch_core::DnsName::as_str)))),
+        ("hint", or_dash(e.hint.clone())),
+        ("admin", e.admin.to_string()),
+        ("federates_with", or_dash(joined(&e.federates_with))),
+        ("expires_at", e.expires_at.map_or_else(|| "-".to_owned(), rfc3339)),
+        ("owner", or_dash(e.owner.clone())),
+        ("purpose", or_dash(e.purpose.clone())),
+        ("revision", e.revision.to_string()),
+        ("created_at", rfc3339(e.created_at)),
+    ];
+    for (k, v) in rows {
+        println!("{k:<15} {v}");
     }
     Ok(())
 }
 
 /// Writes svid.pem (chain), svid.key (0600, when the server generated it) and bundle.pem.
-pub fn write_svid_files(dir: &Path, v: &Value) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
+pub fn write_svid_files(dir: &Path, svid: &MintX509Response) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    std::fs::write(dir.join("svid.pem"), text("cert_chain_pem"))?;
-    std::fs::write(dir.join("bundle.pem"), text("bundle_pem"))?;
-    if let Some(key) = v["private_key_pem"].as_str() {
-        let path = dir.join("svid.key");
-        let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        f.write_all(key.as_bytes())?;
+    std::fs::write(dir.join("svid.pem"), &svid.cert_chain_pem)?;
+    std::fs::write(dir.join("bundle.pem"), &svid.bundle_pem)?;
+    if let Some(key) = &svid.private_key_pem {
+        write_private(&dir.join("svid.key"), key.as_bytes())?;
     }
     Ok(())
 }
 
-/// Percent-encodes a query or path value.
-pub fn url_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// Writes a file only its owner can read (0600), replacing any file there.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(data).with_context(|| format!("cannot write {}", path.display()))
 }

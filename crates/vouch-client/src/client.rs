@@ -195,7 +195,17 @@ impl AdminClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, Bytes), ClientError> {
-        let exchange = async { self.connect_unbounded().await?.request(method, path, body).await };
+        self.request_bytes(method, path, body.map(json_bytes).transpose()?).await
+    }
+
+    /// Sends one request with an already serialised JSON body on a fresh connection.
+    pub(crate) async fn request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let exchange = async { self.connect_unbounded().await?.send(method, path, body).await };
         tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.timed_out())?
     }
 
@@ -216,15 +226,27 @@ pub fn decode<T: DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<T, Clien
     if (200..300).contains(&status) {
         return serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol(e.to_string()));
     }
-    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-    Err(ClientError::Api {
-        status,
-        code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-        message: v["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(bytes).chars().take(200).collect()),
-    })
+    Err(api_error(status, bytes))
+}
+
+/// An error answer as a [`ClientError::Api`]; a body that is not the API's error body is quoted
+/// (shortened), since it is what the person has to go on.
+pub fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<vouch_api::ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api { status, code: body.error.code, message: body.error.message },
+        Err(_) => ClientError::Api {
+            status,
+            code: "unknown".into(),
+            message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+        },
+    }
+}
+
+/// A JSON body.
+pub(crate) fn json_bytes<B: serde::Serialize + ?Sized>(body: &B) -> Result<Bytes, ClientError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))
 }
 
 async fn handshake<I>(io: I, host: String) -> Result<Connection, String>
@@ -368,12 +390,22 @@ impl Connection {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, Bytes), ClientError> {
+        self.send(method, path, body.map(json_bytes).transpose()?).await
+    }
+
+    /// Sends one request with an already serialised JSON body on this connection.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(u16, Bytes), ClientError> {
         let proto = |e: String| ClientError::Protocol(e);
         let mut req = hyper::Request::builder().method(method).uri(path).header("host", &self.host);
         let body = match body {
-            Some(v) => {
+            Some(bytes) => {
                 req = req.header("content-type", "application/json");
-                Full::new(Bytes::from(serde_json::to_vec(v).map_err(|e| proto(e.to_string()))?))
+                Full::new(bytes)
             }
             None => Full::new(Bytes::new()),
         };

@@ -1,16 +1,20 @@
 //! The agent side of the API, on the same mTLS listener as the admin API:
 //!
-//! - `POST /v1/agent/attest/join-token`: node attestation with a single-use join token and a CSR;
-//!   answers the agent SVID (anyone may call it: the token is the credential);
+//! - `POST /v1/agent/attest/join-token` (and `k8s-psat`, `x509pop`): node attestation with evidence
+//!   and a CSR; answers the agent SVID (anyone may call it: the evidence is the credential);
 //! - `POST /v1/agent/renew`: a new agent SVID for a new CSR (caller: an attested agent);
 //! - `GET /v1/agent/sync`: a stream of newline-delimited JSON: first a snapshot of the entries this
 //!   agent may serve and the bundle, then only changes as they happen (no polling);
-//! - `POST /v1/agent/sign`: X509-SVIDs for a batch of CSRs, one per entry;
+//! - `POST /v1/agent/sign`: X509-SVIDs for a batch of CSRs, one per entry, each item answered on its
+//!   own;
 //! - `POST /v1/agent/jwt`: a JWT-SVID for an entry (the agent never holds a JWT signing key).
 //!
 //! Admins list, evict (must re-attest) and ban (may not re-attest) agents under `/v1/agents`.
-//! An agent may only obtain SVIDs for entries whose parent is its own SPIFFE ID.
+//! An agent may only obtain SVIDs for entries whose parent is its own SPIFFE ID. Every message is a
+//! `vouch_api::agent` type; certificates and CSRs travel as DER.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,14 +22,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hyper::body::{Bytes, Frame};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
+use vouch_api::admin::{AgentInfo, AgentList, AgentRef, Banned, Evicted};
+use vouch_api::agent::{
+    AgentJwtRequest, AgentJwtResponse, AgentSvid, JoinTokenAttestation, PsatAttestation, RenewRequest,
+    SignOutcome, SignRequest, SignResponse, SignResult, SignedSvid, SyncLine, X509PopAttestation,
+    X509PopChallenge, X509PopChallengeRequest,
+};
+use vouch_api::{paths, Der};
 use vouch_core::{ttl, Entry, EntryId, Selector, SpiffeId};
 use vouch_store::{AgentRecord, EntryFilter, TokenUse};
 
@@ -37,23 +46,34 @@ use crate::state::{AppState, Event};
 type AppResult<T> = Result<T, ApiError>;
 
 /// Most CSRs in one signing batch.
-pub const MAX_SIGN_BATCH: usize = 500;
+pub const MAX_SIGN_BATCH: usize = vouch_api::agent::MAX_SIGN_BATCH;
 /// Interval of keep-alive lines on the sync stream.
 pub const SYNC_PING: Duration = Duration::from_secs(15);
 
-pub(crate) fn router() -> Router<Arc<AppState>> {
+/// Node attestation: anyone may call, the evidence in the body is the credential.
+pub(crate) fn attestation_routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/v1/agent/attest/join-token", post(attest_join_token))
-        .route("/v1/agent/attest/k8s-psat", post(attest_k8s_psat))
-        .route("/v1/agent/attest/x509pop/challenge", post(x509pop_challenge))
-        .route("/v1/agent/attest/x509pop", post(attest_x509pop))
-        .route("/v1/agent/renew", post(renew))
-        .route("/v1/agent/sync", get(sync))
-        .route("/v1/agent/sign", post(sign))
-        .route("/v1/agent/jwt", post(jwt))
-        .route("/v1/agents", get(list_agents))
-        .route("/v1/agents/evict", post(evict_agent))
-        .route("/v1/agents/ban", post(ban_agent))
+        .route(paths::ATTEST_JOIN_TOKEN, post(attest_join_token))
+        .route(paths::ATTEST_K8S_PSAT, post(attest_k8s_psat))
+        .route(paths::ATTEST_X509POP_CHALLENGE, post(x509pop_challenge))
+        .route(paths::ATTEST_X509POP, post(attest_x509pop))
+}
+
+/// Calls of attested agents.
+pub(crate) fn agent_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(paths::AGENT_RENEW, post(renew))
+        .route(paths::AGENT_SYNC, get(sync))
+        .route(paths::AGENT_SIGN, post(sign))
+        .route(paths::AGENT_JWT, post(jwt))
+}
+
+/// Agent management, for admins.
+pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(paths::AGENTS, get(list_agents))
+        .route(paths::AGENTS_EVICT, post(evict_agent))
+        .route(paths::AGENTS_BAN, post(ban_agent))
 }
 
 /// The SPIFFE ID of an agent attested with a join token.
@@ -68,34 +88,17 @@ fn join_token_agent_id(state: &AppState, hash: &str, chosen: Option<SpiffeId>) -
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinTokenAttestation {
-    token: String,
-    /// PEM CSR of the agent's own key.
-    csr: String,
-}
-
-/// An agent SVID and the bundle, as answered to attestation and renewal.
-#[derive(Serialize)]
-struct AgentSvid {
-    spiffe_id: SpiffeId,
-    cert_chain_pem: String,
-    bundle_jwks: serde_json::Value,
-    expires_at: i64,
-}
-
-fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &str) -> AppResult<(AgentSvid, i64)> {
-    let public = vouch_ca::verify_csr_pem_or_der(csr.as_bytes())?;
+fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &Der) -> AppResult<(AgentSvid, i64)> {
+    let public = vouch_ca::verify_csr_pem_or_der(&csr.0)?;
     let now = state.now();
     let (issued, jwks) = state.with_authority(|a| {
         a.mint_x509(id, &[], &public, state.config.x509_svid_ttl, now)
             .and_then(|i| Ok((i, a.bundle().to_jwks()?)))
     })?;
-    let chain = issued.chain_pem();
+    let cert_chain = issued.chain_der().into_iter().map(Der).collect();
     let expires_at = ttl::unix_seconds(issued.svid.not_after);
     let bundle_jwks = serde_json::from_str(&jwks).map_err(|e| ApiError::internal("bundle", e))?;
-    Ok((AgentSvid { spiffe_id: id.clone(), cert_chain_pem: chain, bundle_jwks, expires_at }, expires_at))
+    Ok((AgentSvid { spiffe_id: id.clone(), cert_chain, bundle_jwks, expires_at }, expires_at))
 }
 
 /// The tail every node attestation method shares once the evidence is accepted: refuse a banned
@@ -106,7 +109,7 @@ async fn admit_agent(
     id: SpiffeId,
     method: &str,
     selectors: vouch_core::Selectors,
-    csr: &str,
+    csr: &Der,
 ) -> AppResult<Json<AgentSvid>> {
     let now = now_secs(state);
     let existing = state.store.get_agent(&id).await?;
@@ -144,7 +147,7 @@ async fn attest_join_token(
         ApiError::unauthenticated(format!("join token refused: {reason}"))
     };
     // Check the CSR before spending the token, so a malformed request does not burn it.
-    vouch_ca::verify_csr_pem_or_der(req.csr.as_bytes())?;
+    vouch_ca::verify_csr_pem_or_der(&req.csr.0)?;
     let record = match state.store.consume_join_token(&hash, now).await? {
         TokenUse::Consumed(r) => r,
         TokenUse::Unknown => return Err(refuse("unknown token")),
@@ -160,19 +163,11 @@ async fn attest_join_token(
     admit_agent(&state, id, "join_token", [selector].into_iter().collect(), &req.csr).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PsatAttestation {
-    cluster: String,
-    token: String,
-    csr: String,
-}
-
 async fn attest_k8s_psat(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<PsatAttestation>,
 ) -> AppResult<Json<AgentSvid>> {
-    vouch_ca::verify_csr_pem_or_der(req.csr.as_bytes())?;
+    vouch_ca::verify_csr_pem_or_der(&req.csr.0)?;
     let cluster = state.config.psat_clusters.iter().find(|c| c.name == req.cluster).ok_or_else(|| {
         tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %req.cluster, reason = "unknown cluster");
         ApiError::unauthenticated(format!("k8s_psat: cluster `{}` is not configured on this server", req.cluster))
@@ -193,7 +188,7 @@ async fn attest_k8s_psat(
 pub const X509POP_CHALLENGE_TTL: Duration = Duration::from_secs(60);
 /// Most outstanding challenges; beyond this the oldest are dropped (bounds memory under floods).
 const MAX_CHALLENGES: usize = 10_000;
-pub use vouch_client::x509pop_message;
+pub use vouch_api::agent::x509pop_message;
 
 /// A node certificate that chains to a configured x509pop CA set.
 struct NodeCert {
@@ -234,40 +229,20 @@ fn check_node_chain(state: &AppState, chain_pem: &str) -> AppResult<NodeCert> {
     Err(ApiError::unauthenticated(format!("x509pop: the node certificate was refused: {last_error}")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct X509PopChallengeRequest {
-    cert_chain_pem: String,
-}
-
 async fn x509pop_challenge(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<X509PopChallengeRequest>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<X509PopChallenge>> {
     let fingerprint = check_node_chain(&state, &req.cert_chain_pem)?.facts.fingerprint;
     let nonce = vouch_ca::keys::random_id()?;
     let now = state.now();
     let mut nonces = state.x509pop_nonces.lock().unwrap_or_else(|p| p.into_inner());
     nonces.retain(|_, (_, exp)| *exp > now);
     if nonces.len() >= MAX_CHALLENGES {
-        return Err(ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "too_many_challenges",
-            message: "too many outstanding x509pop challenges; retry shortly".into(),
-        });
+        return Err(ApiError::too_many("too many outstanding x509pop challenges; retry shortly"));
     }
     nonces.insert(nonce.clone(), (fingerprint, now + X509POP_CHALLENGE_TTL));
-    Ok(Json(json!({"nonce": nonce, "expires_at": ttl::unix_seconds(now + X509POP_CHALLENGE_TTL)})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct X509PopAttestation {
-    cert_chain_pem: String,
-    nonce: String,
-    /// Base64 signature of [`x509pop_message`] with the node key.
-    signature: String,
-    csr: String,
+    Ok(Json(X509PopChallenge { nonce, expires_at: ttl::unix_seconds(now + X509POP_CHALLENGE_TTL) }))
 }
 
 async fn attest_x509pop(
@@ -275,7 +250,7 @@ async fn attest_x509pop(
     ApiJson(req): ApiJson<X509PopAttestation>,
 ) -> AppResult<Json<AgentSvid>> {
     use base64::Engine as _;
-    vouch_ca::verify_csr_pem_or_der(req.csr.as_bytes())?;
+    vouch_ca::verify_csr_pem_or_der(&req.csr.0)?;
     let NodeCert { leaf, ca_set: set, facts } = check_node_chain(&state, &req.cert_chain_pem)?;
     let vouch_ca::x509::NodeCertFacts { common_name: cn, dns_names: dns, fingerprint } = facts;
     let refuse = |reason: &str| {
@@ -328,12 +303,6 @@ fn agent_of(caller: &Caller) -> AppResult<SpiffeId> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewRequest {
-    csr: String,
-}
-
 async fn renew(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -353,35 +322,28 @@ async fn renew(
     Ok(Json(svid))
 }
 
-/// One line of the sync stream.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum SyncLine<'a> {
-    Snapshot { entries: &'a [Entry], bundle: serde_json::Value },
-    Upsert { entry: &'a Entry },
-    Delete { id: &'a EntryId },
-    Bundle { bundle: serde_json::Value },
-    Ping,
-}
-
-fn line(l: &SyncLine<'_>) -> Bytes {
-    let mut v = serde_json::to_vec(l).unwrap_or_default();
+fn line(l: &SyncLine<'_>) -> Result<Bytes, ApiError> {
+    let mut v = serde_json::to_vec(l).map_err(|e| ApiError::internal("sync line", e))?;
     v.push(b'\n');
-    Bytes::from(v)
+    Ok(Bytes::from(v))
 }
 
-fn bundle_json(state: &AppState) -> serde_json::Value {
-    state
-        .with_authority(|a| a.bundle().to_jwks())
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+/// The bundle as a JSON value for a sync line. A bundle that cannot be written is a fault of the
+/// server: the line is not sent (and the fault logged) rather than sent empty.
+fn bundle_json(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    let text = state.with_authority(|a| a.bundle().to_jwks())?;
+    serde_json::from_str(&text).map_err(|e| ApiError::internal("bundle", e))
+}
+
+/// The entries of `agent`, read once.
+async fn agent_entries(state: &AppState, agent: &SpiffeId) -> Result<Vec<Entry>, ApiError> {
+    let filter = EntryFilter { parent_id: Some(agent.clone()), ..Default::default() };
+    Ok(state.store.list_entries(&filter).await?)
 }
 
 async fn snapshot(state: &AppState, agent: &SpiffeId) -> Result<Bytes, ApiError> {
-    let filter = EntryFilter { parent_id: Some(agent.clone()), ..Default::default() };
-    let entries = state.store.list_entries(&filter).await?;
-    Ok(line(&SyncLine::Snapshot { entries: &entries, bundle: bundle_json(state) }))
+    let entries = agent_entries(state, agent).await?;
+    line(&SyncLine::Snapshot { entries: entries.into(), bundle: bundle_json(state)? })
 }
 
 /// A response body fed by a channel, so a task can push lines as events happen.
@@ -420,20 +382,29 @@ async fn sync(
                 ev = events.recv() => match ev {
                     Ok(Event::EntryUpserted { entry, previous_parent }) => {
                         if entry.parent_id == agent {
-                            Some(line(&SyncLine::Upsert { entry: &entry }))
+                            Some(line(&SyncLine::Upsert { entry: Cow::Borrowed(&*entry) }))
                         } else if previous_parent.as_ref() == Some(&agent) {
-                            Some(line(&SyncLine::Delete { id: &entry.id }))
+                            Some(line(&SyncLine::Delete { id: Cow::Borrowed(&entry.id) }))
                         } else {
                             None
                         }
                     }
-                    Ok(Event::EntryDeleted { id, parent }) => (parent == agent).then(|| line(&SyncLine::Delete { id: &id })),
-                    Ok(Event::BundleChanged) => Some(line(&SyncLine::Bundle { bundle: bundle_json(&state) })),
+                    Ok(Event::EntryDeleted { id, parent }) => (parent == agent).then(|| line(&SyncLine::Delete { id: Cow::Borrowed(&id) })),
+                    Ok(Event::BundleChanged) => Some(bundle_json(&state).and_then(|bundle| line(&SyncLine::Bundle { bundle }))),
                     // Too far behind to replay: start over with a fresh snapshot.
-                    Err(broadcast::error::RecvError::Lagged(_)) => snapshot(&state, &agent).await.ok(),
+                    Err(broadcast::error::RecvError::Lagged(_)) => Some(snapshot(&state, &agent).await),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = ping.tick() => Some(line(&SyncLine::Ping)),
+            };
+            // A line the server cannot write ends the stream: the agent reconnects and starts over
+            // from a snapshot, instead of silently missing a change.
+            let out = match out.transpose() {
+                Ok(out) => out,
+                Err(e) => {
+                    tracing::warn!(agent = %agent, error = %e.message, "sync stream closed: a line could not be written");
+                    break;
+                }
             };
             if let Some(bytes) = out {
                 if tx.send(bytes).await.is_err() {
@@ -447,89 +418,97 @@ async fn sync(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-/// Loads an entry and checks that `agent` may serve it.
-async fn entry_for_agent(state: &AppState, agent: &SpiffeId, id: &EntryId) -> AppResult<Entry> {
-    let entry = state
-        .store
-        .get_entry(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))?;
+/// Checks that `agent` may serve `entry` at `now`.
+fn check_entry_for_agent(entry: Option<&Entry>, agent: &SpiffeId, id: &EntryId, now: i64) -> AppResult<()> {
+    let entry = entry.ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))?;
     if &entry.parent_id != agent {
         return Err(ApiError::forbidden(format!("entry `{id}` is not parented to `{agent}`")));
     }
-    if entry.is_expired(now_secs(state)) {
+    if entry.is_expired(now) {
         return Err(ApiError::forbidden(format!("entry `{id}` has expired")));
     }
-    Ok(entry)
+    Ok(())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignRequest {
-    requests: Vec<SignItem>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignItem {
-    entry_id: EntryId,
-    csr: String,
-}
-
-#[derive(Serialize)]
-struct SignedSvid {
-    entry_id: EntryId,
-    spiffe_id: SpiffeId,
-    cert_chain_pem: String,
-    expires_at: i64,
+/// Loads an entry and checks that `agent` may serve it.
+async fn entry_for_agent(state: &AppState, agent: &SpiffeId, id: &EntryId) -> AppResult<Entry> {
+    let entry = state.store.get_entry(id).await?;
+    check_entry_for_agent(entry.as_ref(), agent, id, now_secs(state))?;
+    entry.ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))
 }
 
 async fn sign(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<SignRequest>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<SignResponse>> {
     let agent = agent_of(&caller)?;
     if req.requests.is_empty() || req.requests.len() > MAX_SIGN_BATCH {
         return Err(ApiError::bad_request(format!("requests: a batch holds 1 to {MAX_SIGN_BATCH} CSRs")));
     }
     let started = Instant::now();
-    let mut out = Vec::with_capacity(req.requests.len());
-    for (i, item) in req.requests.iter().enumerate() {
-        let entry = entry_for_agent(&state, &agent, &item.entry_id).await?;
-        let public = vouch_ca::verify_csr_pem_or_der(item.csr.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("requests[{i}]: {e}")))?;
-        let svid_ttl = entry.x509_svid_ttl.map(Duration::from_secs).unwrap_or(state.config.x509_svid_ttl);
-        let now = state.now();
-        let issued = state
-            .with_authority(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
-        let chain = issued.chain_pem();
-        let expires_at = ttl::unix_seconds(issued.svid.not_after);
-        tracing::info!(target: "vouch::audit", event = "svid.x509.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, expires_at, capped = issued.svid.capped);
-        out.push(SignedSvid {
-            entry_id: entry.id,
-            spiffe_id: entry.spiffe_id,
-            cert_chain_pem: chain,
-            expires_at,
-        });
+    // The agent's entries, read once for the whole batch.
+    let entries: HashMap<EntryId, Entry> =
+        agent_entries(&state, &agent).await?.into_iter().map(|e| (e.id.clone(), e)).collect();
+    let now_s = now_secs(&state);
+    let mut results = Vec::with_capacity(req.requests.len());
+    let mut issued_count = 0u64;
+    for (i, item) in req.requests.into_iter().enumerate() {
+        let outcome = match entries.get(&item.entry_id) {
+            Some(entry) => check_entry_for_agent(Some(entry), &agent, &item.entry_id, now_s).and_then(|()| {
+                sign_one(&state, &agent, entry, &item.csr)
+                    .map_err(|e| ApiError { message: format!("requests[{i}]: {}", e.message), ..e })
+            }),
+            // Not among the agent's entries: read it (only on this failure path) to say whether it
+            // does not exist or belongs to another agent, as the JWT route does.
+            None => match state.store.get_entry(&item.entry_id).await {
+                Ok(other) => {
+                    check_entry_for_agent(other.as_ref(), &agent, &item.entry_id, now_s).and_then(|()| {
+                        Err(ApiError::not_found(format!("entry `{}` was moved; sync again", item.entry_id)))
+                    })
+                }
+                Err(e) => Err(e.into()),
+            },
+        };
+        let outcome = match outcome {
+            Ok(svid) => {
+                issued_count += 1;
+                SignOutcome::Svid(svid)
+            }
+            Err(e) => {
+                state.metrics.issuance_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: "vouch::audit", event = "svid.x509.refused", caller = %agent, entry_id = %item.entry_id, reason = %e.message);
+                SignOutcome::Error(e.detail())
+            }
+        };
+        results.push(SignResult { entry_id: item.entry_id, outcome });
     }
-    state.metrics.x509_issued.fetch_add(out.len() as u64, Ordering::Relaxed);
+    state.metrics.x509_issued.fetch_add(issued_count, Ordering::Relaxed);
     state.metrics.x509_latency.observe(started.elapsed());
-    Ok(Json(json!({ "svids": out })))
+    Ok(Json(SignResponse { results }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentJwtRequest {
-    entry_id: EntryId,
-    audience: Vec<String>,
+/// Signs one CSR for one of the agent's entries.
+fn sign_one(state: &AppState, agent: &SpiffeId, entry: &Entry, csr: &Der) -> AppResult<SignedSvid> {
+    let public = vouch_ca::verify_csr_pem_or_der(&csr.0)?;
+    let svid_ttl = entry.x509_svid_ttl.map(Duration::from_secs).unwrap_or(state.config.x509_svid_ttl);
+    let now = state.now();
+    let issued =
+        state.with_authority(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
+    let expires_at = ttl::unix_seconds(issued.svid.not_after);
+    tracing::info!(target: "vouch::audit", event = "svid.x509.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, expires_at, capped = issued.svid.capped);
+    Ok(SignedSvid {
+        spiffe_id: entry.spiffe_id.clone(),
+        cert_chain: issued.chain_der().into_iter().map(Der).collect(),
+        expires_at,
+    })
 }
 
 async fn jwt(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AgentJwtRequest>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<AgentJwtResponse>> {
     use vouch_core::entry::{MAX_JWT_SVID_TTL, MIN_JWT_SVID_TTL};
     let agent = agent_of(&caller)?;
     let entry = entry_for_agent(&state, &agent, &req.entry_id).await?;
@@ -544,36 +523,49 @@ async fn jwt(
     let minted = state.with_authority(|a| a.mint_jwt(&entry.spiffe_id, &req.audience, jwt_ttl, now))?;
     state.metrics.jwt_issued.fetch_add(1, Ordering::Relaxed);
     tracing::info!(target: "vouch::audit", event = "svid.jwt.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, audience = ?req.audience, expires_at = minted.expires_at);
-    Ok(Json(json!({"spiffe_id": entry.spiffe_id, "token": minted.token, "expires_at": minted.expires_at})))
+    Ok(Json(AgentJwtResponse {
+        spiffe_id: entry.spiffe_id,
+        token: minted.token,
+        expires_at: minted.expires_at,
+    }))
 }
 
-async fn list_agents(State(state): State<Arc<AppState>>) -> AppResult<Json<serde_json::Value>> {
-    Ok(Json(json!({ "agents": state.store.list_agents().await? })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentRef {
-    spiffe_id: SpiffeId,
+async fn list_agents(State(state): State<Arc<AppState>>) -> AppResult<Json<AgentList>> {
+    let agents = state
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .map(|a| AgentInfo {
+            spiffe_id: a.spiffe_id,
+            attestation: a.attestation,
+            selectors: a.selectors.iter().cloned().collect(),
+            created_at: a.created_at,
+            last_seen: a.last_seen,
+            svid_expires_at: a.svid_expires_at,
+            banned: a.banned,
+        })
+        .collect();
+    Ok(Json(AgentList { agents }))
 }
 
 async fn evict_agent(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AgentRef>,
-) -> AppResult<Json<serde_json::Value>> {
+) -> AppResult<Json<Evicted>> {
     if !state.store.delete_agent(&req.spiffe_id).await? {
         return Err(ApiError::not_found(format!("no agent `{}`", req.spiffe_id)));
     }
     tracing::info!(target: "vouch::audit", event = "agent.evict", %caller, agent = %req.spiffe_id);
-    Ok(Json(json!({"evicted": req.spiffe_id})))
+    Ok(Json(Evicted { evicted: req.spiffe_id }))
 }
 
 async fn ban_agent(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AgentRef>,
-) -> AppResult<(StatusCode, Json<serde_json::Value>)> {
+) -> AppResult<Json<Banned>> {
     let now = now_secs(&state);
     let mut record = state.store.get_agent(&req.spiffe_id).await?.unwrap_or(AgentRecord {
         spiffe_id: req.spiffe_id.clone(),
@@ -587,5 +579,5 @@ async fn ban_agent(
     record.banned = true;
     state.store.upsert_agent(&record).await?;
     tracing::info!(target: "vouch::audit", event = "agent.ban", %caller, agent = %req.spiffe_id);
-    Ok((StatusCode::OK, Json(json!({"banned": req.spiffe_id}))))
+    Ok(Json(Banned { banned: req.spiffe_id }))
 }

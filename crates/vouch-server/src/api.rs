@@ -14,9 +14,15 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
-use vouch_core::{ttl, DnsName, Entry, EntryId, EntrySpec, Selector, SpiffeId};
+use vouch_api::admin::{
+    AuthorityKey, AuthorityKeys, BatchCreateRequest, EntryList, EntryPatch, EntryQuery, JoinTokenRequest,
+    JoinTokenResponse, JwtSvidClaims, KeyKind, KeyState, MintJwtRequest, MintJwtResponse, MintX509Request,
+    MintX509Response, ValidateJwtRequest, MAX_ENTRY_BATCH,
+};
+use vouch_api::paths;
+use vouch_core::{ttl, Entry, EntryId, EntrySpec, Selector, SpiffeId};
 use vouch_store::{EntryFilter, JoinTokenRecord};
 
 use crate::auth::Caller;
@@ -28,7 +34,7 @@ type AppResult<T> = Result<T, ApiError>;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most entries in one batch.
-pub const MAX_BATCH: usize = 1000;
+pub const MAX_BATCH: usize = MAX_ENTRY_BATCH;
 /// Default join token lifetime.
 pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
 /// Longest join token lifetime.
@@ -51,23 +57,51 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     }
 }
 
-/// The API router. Authentication is layered on by the caller of this function.
+/// Query parameters whose parse errors become JSON 400 answers like every other error.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// The API router, each group of routes with its authorization attached: public routes (probes, the
+/// bundle, this API's description), node attestation (the evidence is the credential), agent routes
+/// (an attested agent's SVID) and admin routes (an admin).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/bundle", get(bundle))
-        .route("/v1/authority/keys", get(authority_keys))
-        .route("/v1/entries", post(create_entry).get(list_entries))
-        .route("/v1/entries/batch", post(batch_create_entries))
-        .route("/v1/entries/{id}", get(get_entry).put(update_entry).delete(delete_entry))
-        .route("/v1/join-tokens", post(create_join_token))
-        .route("/v1/svids/x509", post(mint_x509))
-        .route("/v1/svids/jwt", post(mint_jwt))
-        .route("/v1/svids/jwt/validate", post(validate_jwt))
-        .merge(crate::agent_api::router())
+    use axum::middleware::from_fn_with_state;
+    let public = Router::new()
+        .route(paths::HEALTHZ, get(healthz))
+        .route(paths::READYZ, get(readyz))
+        .route(paths::METRICS, get(metrics))
+        .route(paths::OPENAPI, get(openapi))
+        .route(paths::BUNDLE, get(bundle));
+    let admin = Router::new()
+        .route(paths::AUTHORITY_KEYS, get(authority_keys))
+        .route(paths::ENTRIES, post(create_entry).get(list_entries))
+        .route(paths::ENTRIES_BATCH, post(batch_create_entries))
+        .route(paths::ENTRY, get(get_entry).put(replace_entry).patch(patch_entry).delete(delete_entry))
+        .route(paths::JOIN_TOKENS, post(create_join_token))
+        .route(paths::MINT_X509, post(mint_x509))
+        .route(paths::MINT_JWT, post(mint_jwt))
+        .route(paths::VALIDATE_JWT, post(validate_jwt))
+        .merge(crate::agent_api::admin_routes())
+        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
+    let agent = crate::agent_api::agent_routes()
+        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_agent));
+    public
+        .merge(crate::agent_api::attestation_routes())
+        .merge(agent)
+        .merge(admin)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -107,7 +141,10 @@ struct BundleQuery {
     format: Option<String>,
 }
 
-async fn bundle(State(state): State<Arc<AppState>>, Query(q): Query<BundleQuery>) -> AppResult<Response> {
+async fn bundle(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<BundleQuery>,
+) -> AppResult<Response> {
     let b = state.with_authority(|a| a.bundle());
     match q.format.as_deref() {
         None | Some("jwks") => {
@@ -121,9 +158,28 @@ async fn bundle(State(state): State<Arc<AppState>>, Query(q): Query<BundleQuery>
     }
 }
 
-async fn authority_keys(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+async fn authority_keys(State(state): State<Arc<AppState>>) -> AppResult<Json<AuthorityKeys>> {
     let (keys, seq) = state.with_authority(|a| (a.keys(), a.sequence()));
-    Json(serde_json::json!({"trust_domain": state.config.trust_domain, "bundle_sequence": seq, "keys": keys}))
+    let keys = keys
+        .into_iter()
+        .map(|k| {
+            let kind = match k.kind {
+                "root" => KeyKind::Root,
+                "intermediate" => KeyKind::Intermediate,
+                "jwt" => KeyKind::Jwt,
+                other => {
+                    return Err(ApiError::internal("authority keys", format!("unknown key kind `{other}`")))
+                }
+            };
+            let state = match k.state {
+                vouch_ca::KeyState::Prepared => KeyState::Prepared,
+                vouch_ca::KeyState::Active => KeyState::Active,
+                vouch_ca::KeyState::Retired => KeyState::Retired,
+            };
+            Ok(AuthorityKey { kind, id: k.id, state, not_before: k.not_before, not_after: k.not_after })
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    Ok(Json(AuthorityKeys { trust_domain: state.config.trust_domain.clone(), bundle_sequence: seq, keys }))
 }
 
 pub(crate) fn now_secs(state: &AppState) -> i64 {
@@ -151,21 +207,10 @@ async fn create_entry(
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    entries: Vec<EntrySpec>,
-}
-
-#[derive(Serialize)]
-struct EntryList {
-    entries: Vec<Entry>,
-}
-
 async fn batch_create_entries(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    ApiJson(req): ApiJson<BatchRequest>,
+    ApiJson(req): ApiJson<BatchCreateRequest>,
 ) -> AppResult<(StatusCode, Json<EntryList>)> {
     if req.entries.is_empty() || req.entries.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!("entries: a batch holds 1 to {MAX_BATCH} entries")));
@@ -188,17 +233,9 @@ async fn batch_create_entries(
     Ok((StatusCode::CREATED, Json(EntryList { entries })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    spiffe_id: Option<String>,
-    parent_id: Option<String>,
-    selector: Option<String>,
-}
-
 async fn list_entries(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<EntryQuery>,
 ) -> AppResult<Json<EntryList>> {
     let id = |field: &str, v: Option<String>| {
         v.map(|s| SpiffeId::parse(&s).map_err(|e| ApiError::bad_request(format!("{field} `{s}`: {e}"))))
@@ -220,16 +257,11 @@ fn parse_entry_id(id: &str) -> AppResult<EntryId> {
 }
 
 async fn get_entry(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AppResult<Json<Entry>> {
-    let id = parse_entry_id(&id)?;
-    state
-        .store
-        .get_entry(&id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))
+    load_entry(&state, &parse_entry_id(&id)?).await.map(Json)
 }
 
-async fn update_entry(
+/// `PUT`: replaces every settable field.
+async fn replace_entry(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -241,13 +273,45 @@ async fn update_entry(
             "id: the body's id differs from the id in the path; ids cannot change",
         ));
     }
-    let current = state
-        .store
-        .get_entry(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))?;
+    let current = load_entry(&state, &id).await?;
+    store_update(&state, &caller, current, spec).await
+}
+
+/// `PATCH`: changes the fields the patch names, if the entry is still at the revision the caller
+/// read; the store checks the revision again when it writes, so two concurrent patches cannot both
+/// win.
+async fn patch_entry(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<EntryPatch>,
+) -> AppResult<Json<Entry>> {
+    let id = parse_entry_id(&id)?;
+    let current = load_entry(&state, &id).await?;
+    if current.revision != patch.expected_revision {
+        return Err(ApiError::revision_conflict(format!(
+            "entry `{id}` is at revision {}, not {}: it was changed since you read it; read it again (`vouch entry show {id}`) and retry",
+            current.revision, patch.expected_revision
+        )));
+    }
+    let spec = patch.apply(&current);
+    store_update(&state, &caller, current, spec).await
+}
+
+async fn load_entry(state: &AppState, id: &EntryId) -> AppResult<Entry> {
+    state.store.get_entry(id).await?.ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))
+}
+
+/// Writes `spec` over `current` (revision checked by the store), publishes and audits the change.
+async fn store_update(
+    state: &AppState,
+    caller: &Caller,
+    current: Entry,
+    spec: EntrySpec,
+) -> AppResult<Json<Entry>> {
+    let id = current.id.clone();
     let updated = current
-        .updated(spec, &state.config.trust_domain, now_secs(&state))
+        .updated(spec, &state.config.trust_domain, now_secs(state))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.update_entry(&updated).await?;
     state.publish(Event::EntryUpserted {
@@ -268,23 +332,6 @@ async fn delete_entry(
     state.publish(Event::EntryDeleted { id: entry.id.clone(), parent: entry.parent_id.clone() });
     tracing::info!(target: "vouch::audit", event = "entry.delete", %caller, entry_id = %id, spiffe_id = %entry.spiffe_id);
     Ok(Json(entry))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinTokenRequest {
-    /// Seconds; default 600.
-    ttl: Option<u64>,
-    /// The agent ID the token will attest as.
-    agent_id: Option<SpiffeId>,
-}
-
-#[derive(Serialize)]
-struct JoinTokenResponse {
-    token: String,
-    expires_at: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    agent_id: Option<SpiffeId>,
 }
 
 async fn create_join_token(
@@ -328,31 +375,8 @@ pub fn hex_sha256(text: &str) -> String {
     vouch_ca::keys::sha256(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MintX509Request {
-    spiffe_id: SpiffeId,
-    /// PEM CSR; without it the server generates a key and returns it once.
-    csr: Option<String>,
-    /// Seconds; the server default when absent.
-    ttl: Option<u64>,
-    #[serde(default)]
-    dns_names: Vec<DnsName>,
-}
-
-#[derive(Serialize)]
-struct MintX509Response {
-    spiffe_id: SpiffeId,
-    /// Leaf first, then intermediates, PEM.
-    cert_chain_pem: Box<RawValue>,
-    /// Only when the server generated the key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    private_key_pem: Option<Box<RawValue>>,
-    bundle_pem: Box<RawValue>,
-    expires_at: i64,
-    /// Whether the signing CA's remaining life cut the lifetime short.
-    capped: bool,
-}
+/// The minting answer as the server writes it: PEM fields as pre-escaped JSON text.
+type MintX509Answer = MintX509Response<Box<RawValue>>;
 
 /// PEM as a JSON string. PEM text is base64, dashes, spaces and newlines, so only the newlines need
 /// escaping: a straight copy instead of the general per-character escaper (a few percent of the
@@ -401,7 +425,7 @@ async fn mint_x509(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<MintX509Request>,
-) -> AppResult<Json<MintX509Response>> {
+) -> AppResult<Json<MintX509Answer>> {
     let started = Instant::now();
     let result = mint_x509_inner(&state, req).await;
     match &result {
@@ -418,7 +442,7 @@ async fn mint_x509(
     result.map(Json)
 }
 
-async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<MintX509Response> {
+async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<MintX509Answer> {
     use vouch_core::entry::{MAX_DNS_NAMES, MAX_X509_SVID_TTL, MIN_X509_SVID_TTL};
     let ttl =
         requested_ttl(req.ttl, state.config.x509_svid_ttl, MIN_X509_SVID_TTL, MAX_X509_SVID_TTL, "ttl")?;
@@ -435,7 +459,7 @@ async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<Mi
     let now = state.now();
     let issued = state.with_authority(|a| a.mint_x509(&req.spiffe_id, &req.dns_names, &public, ttl, now))?;
     let chain = issued.chain_pem();
-    Ok(MintX509Response {
+    Ok(MintX509Answer {
         spiffe_id: req.spiffe_id,
         cert_chain_pem: pem_json(&chain),
         private_key_pem: generated.map(|k| pem_json(&k.pkcs8_pem())),
@@ -443,22 +467,6 @@ async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<Mi
         expires_at: ttl::unix_seconds(issued.svid.not_after),
         capped: issued.svid.capped,
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MintJwtRequest {
-    spiffe_id: SpiffeId,
-    audience: Vec<String>,
-    ttl: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct MintJwtResponse {
-    spiffe_id: SpiffeId,
-    token: String,
-    expires_at: i64,
-    capped: bool,
 }
 
 async fn mint_jwt(
@@ -495,22 +503,23 @@ async fn mint_jwt(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ValidateJwtRequest {
-    token: String,
-    audience: String,
-}
-
 async fn validate_jwt(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<ValidateJwtRequest>,
-) -> AppResult<Json<vouch_ca::JwtSvidClaims>> {
+) -> AppResult<Json<JwtSvidClaims>> {
     let now = state.now();
-    state
+    let c = state
         .with_authority(|a| a.validate_jwt(&req.token, &req.audience, now))
-        .map(Json)
-        .map_err(|e| ApiError::bad_request(format!("token rejected: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("token rejected: {e}")))?;
+    Ok(Json(JwtSvidClaims {
+        sub: c.sub,
+        aud: c.aud,
+        exp: c.exp,
+        iat: c.iat,
+        iss: c.iss,
+        jti: c.jti,
+        kid: c.kid,
+    }))
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //! - TCP with mTLS: the client's X509-SVID must chain to the bundle, and its SPIFFE ID must belong to
 //!   an entry marked `admin = true`.
 //!
-//! Refusals say which condition failed.
+//! Which routes need which caller is decided where the routes are declared: the server's router puts
+//! [`require_admin`] on the admin routes and [`require_agent`] on the agent routes; probes, the
+//! bundle, the OpenAPI document and node attestation need no caller (nothing secret, or the evidence
+//! in the body is the credential). Refusals say which condition failed.
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -43,26 +46,32 @@ impl fmt::Display for Caller {
     }
 }
 
-/// Paths anyone who can reach the listener may read: nothing secret, and needed by probes and by
-/// clients that bootstrap trust.
-const PUBLIC_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/v1/bundle", "/v1/openapi.json"];
+/// Middleware of the admin routes: lets a request through only if its caller is an admin.
+pub async fn require_admin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let caller = caller_of(&req);
+    let decision = check(&state, &caller).await;
+    decide(&state, caller, decision, req, next).await
+}
 
-/// Middleware: lets a request through only if its caller may use the admin API.
-pub async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if PUBLIC_PATHS.contains(&req.uri().path()) {
-        return next.run(req).await;
-    }
-    let caller = req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous);
-    let path = req.uri().path();
-    // Node attestation: the join token (or other evidence) in the body is the credential.
-    if path.starts_with("/v1/agent/attest/") {
-        return next.run(req).await;
-    }
-    let decision = if path.starts_with("/v1/agent/") {
-        check_agent(&state, &caller).await
-    } else {
-        check(&state, &caller).await
-    };
+/// Middleware of the agent routes (renew, sync, sign, JWT): lets a request through only if its caller
+/// is an attested agent that is not banned.
+pub async fn require_agent(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let caller = caller_of(&req);
+    let decision = check_agent(&state, &caller).await;
+    decide(&state, caller, decision, req, next).await
+}
+
+fn caller_of(req: &Request) -> Caller {
+    req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous)
+}
+
+async fn decide(
+    state: &AppState,
+    caller: Caller,
+    decision: Result<(), ApiError>,
+    req: Request,
+    next: Next,
+) -> Response {
     match decision {
         Ok(()) => next.run(req).await,
         Err(e) => {

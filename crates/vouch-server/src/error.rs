@@ -1,76 +1,109 @@
-//! The one place where errors become HTTP responses. Every error body is
-//! `{"error": {"code": "...", "message": "..."}}` and says what was wrong; none carries a secret.
+//! The one place where errors become HTTP responses. Every error body is a
+//! [`vouch_api::ErrorBody`] (`{"error": {"code": "...", "message": "..."}}`) and says what was wrong;
+//! none carries a secret. The HTTP status follows from the code, in [`status_of`].
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use vouch_api::{ErrorBody, ErrorCode, ErrorDetail};
 use vouch_store::StoreError;
 
 /// An error answered to an API caller.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code.
-    pub code: &'static str,
+    /// Stable machine-readable code; decides the HTTP status.
+    pub code: ErrorCode,
     /// What went wrong and what to do.
     pub message: String,
 }
 
+/// The HTTP status of each error code. Exhaustive, so a new code cannot ship unmapped.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict | ErrorCode::RevisionConflict => StatusCode::CONFLICT,
+        ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
     /// 400: the request is malformed or invalid.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, code: "invalid_request", message: message.into() }
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     /// 401: no credentials.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, code: "unauthenticated", message: message.into() }
+        Self::new(ErrorCode::Unauthenticated, message)
     }
 
     /// 403: credentials present but not allowed.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::FORBIDDEN, code: "permission_denied", message: message.into() }
+        Self::new(ErrorCode::PermissionDenied, message)
     }
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
+        Self::new(ErrorCode::NotFound, message)
     }
 
-    /// 409.
+    /// 409: the object exists already.
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::CONFLICT, code: "conflict", message: message.into() }
+        Self::new(ErrorCode::Conflict, message)
+    }
+
+    /// 409: the object changed since the caller read it.
+    pub fn revision_conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::RevisionConflict, message)
+    }
+
+    /// 429: too many outstanding requests of a kind; retry shortly.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::TooManyRequests, message)
     }
 
     /// 503: something the request depends on is unreachable; retrying later may work.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
+        Self::new(ErrorCode::Unavailable, message)
     }
 
     /// 500: details go to the log, not to the caller.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "{context}");
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: format!("{context}; see the server log"),
-        }
+        Self::new(ErrorCode::Internal, format!("{context}; see the server log"))
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        status_of(self.code)
+    }
+
+    /// The error as the body of an answer (or of one item of a batch answer).
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail { code: self.code.as_str().to_owned(), message: self.message.clone() }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let status = self.status();
+        (status, axum::Json(ErrorBody { error: self.detail() })).into_response()
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::EntryExists(_) | StoreError::TokenExists | StoreError::RevisionConflict { .. } => {
-                Self::conflict(e.to_string())
-            }
+            StoreError::EntryExists(_) | StoreError::TokenExists => Self::conflict(e.to_string()),
+            StoreError::RevisionConflict { .. } => Self::revision_conflict(e.to_string()),
             StoreError::EntryNotFound(_) => Self::not_found(e.to_string()),
             StoreError::Corrupt(_) | StoreError::Backend(_) => Self::internal("store failure", e),
         }

@@ -10,6 +10,12 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
+use vouch_api::admin::JoinTokenRequest;
+use vouch_api::agent::{
+    AgentJwtRequest, JoinTokenAttestation, PsatAttestation, SignItem, SignOutcome, SignRequest, SyncLine,
+    X509PopAttestation, X509PopChallengeRequest,
+};
+use vouch_api::{Der, EntryId, EntrySpec, SpiffeId};
 use vouch_client::{AdminClient, ClientError};
 use vouch_server::auth::Caller;
 use vouch_server::{AppState, Clock, Config, Server};
@@ -235,6 +241,78 @@ async fn entry_lifecycle_and_batch_atomicity() {
     );
     let wrong_id = r#"{"id":"other","spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/a","selectors":["unix:uid:2"]}"#;
     assert_eq!(call(&state, ROOT, "PUT", "/v1/entries/web", Some(wrong_id)).await.0, StatusCode::BAD_REQUEST);
+
+    // PATCH changes only the named fields, and only at the revision the caller read.
+    let (s, v) =
+        call(&state, ROOT, "PATCH", "/v1/entries/web", Some(r#"{"expected_revision":0,"hint":"h"}"#)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("revision_conflict")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("read it again"), "{v}");
+    let (s, v) = call(
+        &state,
+        ROOT,
+        "PATCH",
+        "/v1/entries/web",
+        Some(r#"{"expected_revision":1,"hint":"h","x509_svid_ttl":600}"#),
+    )
+    .await;
+    assert_eq!(
+        (
+            s,
+            v["revision"].as_u64(),
+            v["hint"].as_str(),
+            v["spiffe_id"].as_str(),
+            v["selectors"].as_array().map(Vec::len)
+        ),
+        (StatusCode::OK, Some(2), Some("h"), Some("spiffe://example.org/web2"), Some(1)),
+        "{v}"
+    );
+    let (s, v) = call(
+        &state,
+        ROOT,
+        "PATCH",
+        "/v1/entries/web",
+        Some(r#"{"expected_revision":2,"x509_svid_ttl":null}"#),
+    )
+    .await;
+    assert_eq!(
+        (s, v["x509_svid_ttl"].is_null(), v["hint"].as_str()),
+        (StatusCode::OK, true, Some("h")),
+        "{v}"
+    );
+    for bad in [
+        r#"{"hint":"no revision"}"#,
+        r#"{"expected_revision":3,"hnit":"typo"}"#,
+        r#"{"expected_revision":3,"selectors":[]}"#,
+    ] {
+        let (s, v) = call(&state, ROOT, "PATCH", "/v1/entries/web", Some(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    assert_eq!(
+        call(&state, ROOT, "PATCH", "/v1/entries/nope", Some(r#"{"expected_revision":0}"#)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Two admins change the entry at once from the same revision: one wins, the other is told, and
+    // the winner's change is not lost.
+    for round in 0..10 {
+        let rev = call(&state, ROOT, "GET", "/v1/entries/web", None).await.1["revision"].as_u64().unwrap();
+        let a = format!(r#"{{"expected_revision":{rev},"owner":"a{round}"}}"#);
+        let b = format!(r#"{{"expected_revision":{rev},"purpose":"b{round}"}}"#);
+        let (ra, rb) = tokio::join!(
+            call(&state, ROOT, "PATCH", "/v1/entries/web", Some(&a)),
+            call(&state, ROOT, "PATCH", "/v1/entries/web", Some(&b))
+        );
+        let mut statuses = [ra.0, rb.0];
+        statuses.sort();
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "round {round}");
+        let now = call(&state, ROOT, "GET", "/v1/entries/web", None).await.1;
+        assert_eq!(now["revision"].as_u64(), Some(rev + 1));
+        let winner = if ra.0 == StatusCode::OK {
+            ("owner", format!("a{round}"))
+        } else {
+            ("purpose", format!("b{round}"))
+        };
+        assert_eq!(now[winner.0].as_str(), Some(winner.1.as_str()));
+    }
     // A batch whose second entry collides with an existing id creates nothing.
     let batch = r#"{"entries":[{"id":"new1","spiffe_id":"spiffe://example.org/n","parent_id":"spiffe://example.org/a","selectors":["unix:uid:3"]},{"id":"web","spiffe_id":"spiffe://example.org/n","parent_id":"spiffe://example.org/a","selectors":["unix:uid:3"]}]}"#;
     assert_eq!(call(&state, ROOT, "POST", "/v1/entries/batch", Some(batch)).await.0, StatusCode::CONFLICT);
@@ -350,7 +428,7 @@ fn openapi_describes_every_route() {
         ("/v1/authority/keys", &["get"]),
         ("/v1/entries", &["get", "post"]),
         ("/v1/entries/batch", &["post"]),
-        ("/v1/entries/{id}", &["get", "put", "delete"]),
+        ("/v1/entries/{id}", &["get", "put", "patch", "delete"]),
         ("/v1/join-tokens", &["post"]),
         ("/v1/svids/x509", &["post"]),
         ("/v1/svids/jwt", &["post"]),
@@ -579,11 +657,32 @@ async fn start_with(dir: &Path, extra: &str) -> (Server, AdminClient, AdminClien
     (server, local, anon)
 }
 
-/// A CSR for a fresh P-256 key, and the key as PKCS#8 PEM.
-fn csr_and_key() -> (String, String) {
+/// A CSR (DER) for a fresh P-256 key, and the key as PKCS#8 PEM.
+fn csr_and_key() -> (Der, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap();
-    (csr, key.serialize_pem())
+    let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec();
+    (Der(csr), key.serialize_pem())
+}
+
+/// A certificate chain of the agent API as PEM, for a TLS client.
+fn chain_pem(chain: &[Der]) -> String {
+    chain.iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", &d.0)).collect()
+}
+
+fn spiffe_id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+fn entry_spec(json: Value) -> EntrySpec {
+    serde_json::from_value(json).unwrap()
+}
+
+/// The error code and message of a refused call.
+fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>, status: u16) -> (String, String) {
+    match result {
+        Err(ClientError::Api { status: s, code, message }) if s == status => (code, message),
+        other => panic!("expected HTTP {status}, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,152 +692,135 @@ async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only
     let addr = server.tcp_addr.unwrap().to_string();
     let local = AdminClient::unix(&server.admin_socket);
     let td = vouch_core::TrustDomain::new("example.org").unwrap();
-    let (_, bundle_pem) = local.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
-    let bundle_pem = String::from_utf8(bundle_pem.to_vec()).unwrap();
+    let bundle_pem = local.bundle_pem().await.unwrap();
     let anon = AdminClient::tls(&addr, &td, &bundle_pem, None).unwrap();
+    let node_1 = spiffe_id("spiffe://example.org/agent/node-1");
 
     // Join token: attest once; the second use, an unknown and an expired token are refused.
-    let t: Value = local
-        .call("POST", "/v1/join-tokens", Some(&json!({"agent_id": "spiffe://example.org/agent/node-1"})))
+    let t = local
+        .create_join_token(&JoinTokenRequest { agent_id: Some(node_1.clone()), ..Default::default() })
         .await
         .unwrap();
-    let token = t["token"].as_str().unwrap().to_owned();
     let (csr, key) = csr_and_key();
-    let svid: Value = anon
-        .call("POST", "/v1/agent/attest/join-token", Some(&json!({"token": token, "csr": csr})))
-        .await
-        .unwrap();
-    assert_eq!(svid["spiffe_id"], "spiffe://example.org/agent/node-1");
-    assert!(svid["bundle_jwks"]["keys"].as_array().unwrap().len() >= 2);
+    let attest = |token: &str, csr: &Der| JoinTokenAttestation { token: token.to_owned(), csr: csr.clone() };
+    let svid = anon.attest_join_token(&attest(&t.token, &csr)).await.unwrap();
+    assert_eq!(svid.spiffe_id, node_1);
+    assert!(svid.bundle_jwks["keys"].as_array().unwrap().len() >= 2);
     for (tok, want) in
-        [(token.as_str(), "already used"), ("0123456789abcdef0123456789abcdef", "unknown token")]
+        [(t.token.as_str(), "already used"), ("0123456789abcdef0123456789abcdef", "unknown token")]
     {
-        match anon
-            .call::<Value>("POST", "/v1/agent/attest/join-token", Some(&json!({"token": tok, "csr": csr})))
-            .await
-        {
-            Err(ClientError::Api { status: 401, message, .. }) => {
-                assert!(message.contains(want), "{message}")
-            }
-            other => panic!("expected 401, got {other:?}"),
-        }
+        let (_, message) = refusal(anon.attest_join_token(&attest(tok, &csr)).await, 401);
+        assert!(message.contains(want), "{message}");
     }
     let agent =
-        AdminClient::tls(&addr, &td, &bundle_pem, Some((svid["cert_chain_pem"].as_str().unwrap(), &key)))
-            .unwrap();
-    let agents: Value = local.call("GET", "/v1/agents", None).await.unwrap();
-    assert_eq!(agents["agents"][0]["attestation"], "join_token");
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
+    let agents = local.agents().await.unwrap();
+    assert_eq!(agents.agents[0].attestation, "join_token");
 
     // The sync stream: a snapshot, then each change as it happens.
-    let mut conn = agent.connect().await.unwrap();
-    let (status, mut lines) = conn.stream("GET", "/v1/agent/sync").await.unwrap();
-    assert_eq!(status, 200);
-    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-    assert_eq!(
-        (first["type"].as_str(), first["entries"].as_array().map(Vec::len)),
-        (Some("snapshot"), Some(0))
+    let mut sync = agent.sync().await.unwrap();
+    match sync.next().await.unwrap().unwrap() {
+        SyncLine::Snapshot { entries, bundle } => {
+            assert!(entries.is_empty());
+            assert!(bundle["keys"].as_array().is_some());
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    let other = entry_spec(
+        json!({"id": "other", "spiffe_id": "spiffe://example.org/elsewhere", "parent_id": "spiffe://example.org/agent/node-2", "selectors": ["unix:uid:1"]}),
     );
-    let other = json!({"id": "other", "spiffe_id": "spiffe://example.org/elsewhere", "parent_id": "spiffe://example.org/agent/node-2", "selectors": ["unix:uid:1"]});
-    let _: Value = local.call("POST", "/v1/entries", Some(&other)).await.unwrap();
-    let mine = json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/agent/node-1", "selectors": ["unix:uid:1000"], "dns_names": ["web.internal"], "x509_svid_ttl": 600});
+    local.entries().create(&other).await.unwrap();
+    let mine = entry_spec(
+        json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/agent/node-1", "selectors": ["unix:uid:1000"], "dns_names": ["web.internal"], "x509_svid_ttl": 600}),
+    );
     let started = std::time::Instant::now();
-    let _: Value = local.call("POST", "/v1/entries", Some(&mine)).await.unwrap();
-    let upsert: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    local.entries().create(&mine).await.unwrap();
+    let upsert = sync.next().await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(1), "pushed, not polled");
-    assert_eq!(
-        (upsert["type"].as_str(), upsert["entry"]["id"].as_str()),
-        (Some("upsert"), Some("web")),
-        "entries of other agents are not sent"
-    );
+    match upsert {
+        SyncLine::Upsert { entry } => {
+            assert_eq!(entry.id.as_str(), "web", "entries of other agents are not sent")
+        }
+        other => panic!("expected an upsert, got {other:?}"),
+    }
 
-    // Signing: our entry yes (with its DNS name and TTL), another agent's entry no.
+    // Signing answers per item: our entry yes (with its DNS name and TTL); an unknown entry,
+    // another agent's entry and a bad CSR fail alone, each with its reason.
     let (csr2, _) = csr_and_key();
-    let signed: Value = agent
-        .call("POST", "/v1/agent/sign", Some(&json!({"requests": [{"entry_id": "web", "csr": csr2}]})))
-        .await
-        .unwrap();
-    let chain = signed["svids"][0]["cert_chain_pem"].as_str().unwrap();
-    let leaf = vouch_ca::pem::decode_one(chain, &["CERTIFICATE"]).unwrap();
-    let info = vouch_ca::x509::cert_info(&leaf).unwrap();
+    let item = |id: &str, csr: &Der| SignItem { entry_id: EntryId::new(id).unwrap(), csr: csr.clone() };
+    let batch = SignRequest {
+        requests: vec![
+            item("web", &csr2),
+            item("nope", &csr2),
+            item("other", &csr2),
+            item("web", &Der(b"not a CSR".to_vec())),
+            item("web", &csr2),
+        ],
+    };
+    let signed = agent.sign(&batch).await.unwrap();
+    let outcomes: Vec<(&str, &str)> = signed
+        .results
+        .iter()
+        .map(|r| match &r.outcome {
+            SignOutcome::Svid(_) => (r.entry_id.as_str(), "svid"),
+            SignOutcome::Error(e) => (r.entry_id.as_str(), e.code.as_str()),
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("web", "svid"),
+            ("nope", "not_found"),
+            ("other", "permission_denied"),
+            ("web", "invalid_request"),
+            ("web", "svid")
+        ]
+    );
+    let SignOutcome::Error(e) = &signed.results[2].outcome else { unreachable!() };
+    assert!(e.message.contains("not parented to"), "{}", e.message);
+    let SignOutcome::Svid(web) = &signed.results[0].outcome else { unreachable!() };
+    assert_eq!(web.spiffe_id, spiffe_id("spiffe://example.org/web"));
+    let info = vouch_ca::x509::cert_info(&web.cert_chain[0].0).unwrap();
     assert_eq!(info.uris, ["spiffe://example.org/web"]);
     let life = info.not_after.duration_since(info.not_before).unwrap().as_secs();
     assert!((600..=631).contains(&life), "entry TTL used (plus back-dating): {life}");
-    match agent
-        .call::<Value>(
-            "POST",
-            "/v1/agent/sign",
-            Some(&json!({"requests": [{"entry_id": "other", "csr": csr2}]})),
-        )
-        .await
-    {
-        Err(ClientError::Api { status: 403, message, .. }) => {
-            assert!(message.contains("not parented to"), "{message}")
-        }
-        other => panic!("expected 403, got {other:?}"),
-    }
-    let jwt: Value = agent
-        .call("POST", "/v1/agent/jwt", Some(&json!({"entry_id": "web", "audience": ["db"]})))
+    assert_eq!(web.cert_chain.len(), 2, "leaf and signing CA");
+    let jwt = agent
+        .agent_jwt(&AgentJwtRequest { entry_id: EntryId::new("web").unwrap(), audience: vec!["db".into()] })
         .await
         .unwrap();
-    assert_eq!(jwt["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(jwt.spiffe_id, spiffe_id("spiffe://example.org/web"));
     // The admin API is not for agents, and agent calls are not for admins.
-    assert!(matches!(
-        agent.call::<Value>("GET", "/v1/entries", None).await,
-        Err(ClientError::Api { status: 403, .. })
-    ));
-    assert!(matches!(
-        local.call::<Value>("POST", "/v1/agent/sign", Some(&json!({"requests": []}))).await,
-        Err(ClientError::Api { status: 401, .. })
-    ));
+    refusal(agent.entries().list(&Default::default()).await, 403);
+    refusal(local.sign(&SignRequest { requests: vec![] }).await, 401);
+    refusal(agent.sign(&SignRequest { requests: vec![] }).await, 400);
 
-    // Delete reaches the stream too.
-    let _: Value = local.call("DELETE", "/v1/entries/web", None).await.unwrap();
-    let del: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-    assert_eq!((del["type"].as_str(), del["id"].as_str()), (Some("delete"), Some("web")));
+    // Delete reaches the stream too; signing for the deleted entry now fails that item alone.
+    local.entries().delete("web").await.unwrap();
+    match sync.next().await.unwrap().unwrap() {
+        SyncLine::Delete { id } => assert_eq!(id.as_str(), "web"),
+        other => panic!("expected a delete, got {other:?}"),
+    }
+    let after = agent.sign(&SignRequest { requests: vec![item("web", &csr2)] }).await.unwrap();
+    assert!(matches!(&after.results[0].outcome, SignOutcome::Error(e) if e.code == "not_found"));
 
     // Evicted: the SVID stops working. Banned: a new token does not help.
-    let _: Value = local
-        .call("POST", "/v1/agents/evict", Some(&json!({"spiffe_id": "spiffe://example.org/agent/node-1"})))
+    local.evict_agent(&node_1).await.unwrap();
+    let jwt_req = AgentJwtRequest { entry_id: EntryId::new("other").unwrap(), audience: vec!["db".into()] };
+    let (_, message) = refusal(agent.agent_jwt(&jwt_req).await, 403);
+    assert!(message.contains("attest again"), "{message}");
+    assert_eq!(local.ban_agent(&node_1).await.unwrap().banned, node_1);
+    let t = local
+        .create_join_token(&JoinTokenRequest { agent_id: Some(node_1.clone()), ..Default::default() })
         .await
         .unwrap();
-    match agent
-        .call::<Value>("POST", "/v1/agent/jwt", Some(&json!({"entry_id": "web", "audience": ["db"]})))
-        .await
-    {
-        Err(ClientError::Api { status: 403, message, .. }) => {
-            assert!(message.contains("attest again"), "{message}")
-        }
-        other => panic!("expected 403, got {other:?}"),
-    }
-    let _: Value = local
-        .call("POST", "/v1/agents/ban", Some(&json!({"spiffe_id": "spiffe://example.org/agent/node-1"})))
-        .await
-        .unwrap();
-    let t: Value = local
-        .call("POST", "/v1/join-tokens", Some(&json!({"agent_id": "spiffe://example.org/agent/node-1"})))
-        .await
-        .unwrap();
-    match anon
-        .call::<Value>("POST", "/v1/agent/attest/join-token", Some(&json!({"token": t["token"], "csr": csr})))
-        .await
-    {
-        Err(ClientError::Api { status: 403, message, .. }) => {
-            assert!(message.contains("banned"), "{message}")
-        }
-        other => panic!("expected 403, got {other:?}"),
-    }
+    let (_, message) = refusal(anon.attest_join_token(&attest(&t.token, &csr)).await, 403);
+    assert!(message.contains("banned"), "{message}");
     // An expired token.
-    let t: Value = local.call("POST", "/v1/join-tokens", Some(&json!({"ttl": 1}))).await.unwrap();
+    let t = local.create_join_token(&JoinTokenRequest { ttl: Some(1), ..Default::default() }).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    match anon
-        .call::<Value>("POST", "/v1/agent/attest/join-token", Some(&json!({"token": t["token"], "csr": csr})))
-        .await
-    {
-        Err(ClientError::Api { status: 401, message, .. }) => {
-            assert!(message.contains("expired"), "{message}")
-        }
-        other => panic!("expected 401, got {other:?}"),
-    }
+    let (_, message) = refusal(anon.attest_join_token(&attest(&t.token, &csr)).await, 401);
+    assert!(message.contains("expired"), "{message}");
     server.shutdown().await;
 }
 
@@ -769,17 +851,17 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
     let (csr, _) = csr_and_key();
     let attest = |cluster_name: &str, token: String| {
         let anon = anon.clone();
-        let body = json!({"cluster": cluster_name, "token": token, "csr": csr});
-        async move { anon.call::<Value>("POST", "/v1/agent/attest/k8s-psat", Some(&body)).await }
+        let body = PsatAttestation { cluster: cluster_name.to_owned(), token, csr: csr.clone() };
+        async move { anon.attest_k8s_psat(&body).await }
     };
 
     let ok = attest("prod", cluster.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
     assert_eq!(
-        ok["spiffe_id"],
-        "spiffe://example.org/agent/k8s_psat/prod/99999999-8888-7777-6666-555555555555"
+        ok.spiffe_id,
+        spiffe_id("spiffe://example.org/agent/k8s_psat/prod/99999999-8888-7777-6666-555555555555")
     );
-    let agents: Value = local.call("GET", "/v1/agents", None).await.unwrap();
-    let selectors = agents["agents"][0]["selectors"].as_array().unwrap().clone();
+    let agents = local.agents().await.unwrap();
+    let selectors: Vec<String> = agents.agents[0].selectors.iter().map(ToString::to_string).collect();
     for want in [
         "k8s_psat:cluster:prod",
         "k8s_psat:agent_ns:vouch-system",
@@ -826,8 +908,7 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
         }
     }
     // A banned agent cannot come back with a fresh, valid token.
-    let _: Value =
-        local.call("POST", "/v1/agents/ban", Some(&json!({"spiffe_id": ok["spiffe_id"]}))).await.unwrap();
+    local.ban_agent(&ok.spiffe_id).await.unwrap();
     match attest("prod", cluster.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await {
         Err(ClientError::Api { status: 403, message, .. }) => {
             assert!(message.contains("banned"), "{message}")
@@ -874,8 +955,8 @@ async fn psat_keys_come_from_oidc_discovery_and_follow_rotation() {
     let (csr, _) = csr_and_key();
     let attest = |token: String| {
         let anon = anon.clone();
-        let body = json!({"cluster": "prod", "token": token, "csr": csr});
-        async move { anon.call::<Value>("POST", "/v1/agent/attest/k8s-psat", Some(&body)).await }
+        let body = PsatAttestation { cluster: "prod".into(), token, csr: csr.clone() };
+        async move { anon.attest_k8s_psat(&body).await }
     };
     attest(first.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
     assert_eq!(api.requests(), 2, "discovery document, then JWKS");
@@ -915,8 +996,8 @@ async fn psat_keys_come_from_oidc_discovery_and_follow_rotation() {
         dir2.path().join("ca.pem").display()
     );
     let (server, _local, anon) = start_with(dir2.path(), &extra).await;
-    let body = json!({"cluster": "prod", "token": first.sign(&psat_claims(600, "vouch-system", "vouch-agent")), "csr": csr});
-    match anon.call::<Value>("POST", "/v1/agent/attest/k8s-psat", Some(&body)).await {
+    let token = first.sign(&psat_claims(600, "vouch-system", "vouch-agent"));
+    match anon.attest_k8s_psat(&PsatAttestation { cluster: "prod".into(), token, csr }).await {
         Err(ClientError::Api { status: 503, message, .. }) => {
             assert!(message.contains("not the configured"), "{message}")
         }
@@ -971,53 +1052,46 @@ async fn agents_attest_by_proof_of_possession_of_a_node_key() {
     let (cert, key) = node_cert(&ca, "node-1");
     let challenge = |chain: String| {
         let anon = anon.clone();
-        async move {
-            anon.call::<Value>(
-                "POST",
-                "/v1/agent/attest/x509pop/challenge",
-                Some(&json!({"cert_chain_pem": chain})),
-            )
-            .await
-        }
+        async move { anon.x509pop_challenge(&X509PopChallengeRequest { cert_chain_pem: chain }).await }
     };
     let sign = |key: &rcgen::KeyPair, nonce: &str| {
         base64::engine::general_purpose::STANDARD
             .encode(key.sign(&vouch_server::agent_api::x509pop_message(nonce)).unwrap())
     };
-    let attest = |chain: &str, nonce: &str, sig: String| {
+    let attest = |chain: &str, nonce: &str, signature: String| {
         let anon = anon.clone();
-        let body = json!({"cert_chain_pem": chain, "nonce": nonce, "signature": sig, "csr": csr});
-        async move { anon.call::<Value>("POST", "/v1/agent/attest/x509pop", Some(&body)).await }
+        let body = X509PopAttestation {
+            cert_chain_pem: chain.to_owned(),
+            nonce: nonce.to_owned(),
+            signature,
+            csr: csr.clone(),
+        };
+        async move { anon.attest_x509pop(&body).await }
     };
 
-    let c = challenge(cert.clone()).await.unwrap();
-    let nonce = c["nonce"].as_str().unwrap().to_owned();
+    let nonce = challenge(cert.clone()).await.unwrap().nonce;
     let ok = attest(&cert, &nonce, sign(&key, &nonce)).await.unwrap();
-    let id = ok["spiffe_id"].as_str().unwrap();
+    let id = ok.spiffe_id.to_string();
     assert!(id.starts_with("spiffe://example.org/agent/x509pop/") && id.len() > 60, "{id}");
-    let agents: Value = local.call("GET", "/v1/agents", None).await.unwrap();
-    let sels = agents["agents"][0]["selectors"].as_array().unwrap().clone();
+    let agents = local.agents().await.unwrap();
+    let sels: Vec<String> = agents.agents[0].selectors.iter().map(ToString::to_string).collect();
     for want in ["x509pop:subject:cn:node-1", "x509pop:ca:dc1", "x509pop:san:dns:node-1.nodes.example"] {
         assert!(sels.iter().any(|s| s == want), "{want} in {sels:?}");
     }
 
-    let expect_401 = |r: Result<Value, ClientError>, want: &str| match r {
-        Err(ClientError::Api { status: 401, message, .. }) => {
-            assert!(message.contains(want), "{want}: {message}")
-        }
-        other => panic!("{want}: expected 401, got {other:?}"),
-    };
+    fn expect_401<T: std::fmt::Debug>(r: Result<T, ClientError>, want: &str) {
+        let (_, message) = refusal(r, 401);
+        assert!(message.contains(want), "{want}: {message}");
+    }
     // The same challenge twice.
     expect_401(attest(&cert, &nonce, sign(&key, &nonce)).await, "already used");
     // A signature by another key: no proof of possession.
-    let c = challenge(cert.clone()).await.unwrap();
-    let n = c["nonce"].as_str().unwrap().to_owned();
+    let n = challenge(cert.clone()).await.unwrap().nonce;
     let (_, thief_key) = node_cert(&ca, "node-2");
     expect_401(attest(&cert, &n, sign(&thief_key, &n)).await, "proof of possession failed");
     // A challenge answered with another certificate of the same CA.
     let (cert2, key2) = node_cert(&ca, "node-2");
-    let c = challenge(cert.clone()).await.unwrap();
-    let n = c["nonce"].as_str().unwrap().to_owned();
+    let n = challenge(cert.clone()).await.unwrap().nonce;
     expect_401(attest(&cert2, &n, sign(&key2, &n)).await, "issued for another certificate");
     // A certificate from an unknown CA does not even get a challenge.
     let (_, rogue_ca) = node_ca("rogue CA");

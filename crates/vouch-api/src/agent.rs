@@ -1,0 +1,255 @@
+//! The agent API: node attestation, renewal, the sync stream, batch signing, JWT-SVIDs.
+//!
+//! Certificates and CSRs travel as DER ([`Der`]): the agent hands them to the Workload API as DER,
+//! so no PEM is written or parsed on this path.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use vouch_core::{Entry, EntryId, SpiffeId};
+
+use crate::{Der, ErrorDetail};
+
+/// Most CSRs in one signing batch.
+pub const MAX_SIGN_BATCH: usize = 500;
+
+/// `POST /v1/agent/attest/join-token`: the single-use token is the credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenAttestation {
+    /// The join token.
+    pub token: String,
+    /// CSR of the agent's own key.
+    pub csr: Der,
+}
+
+/// `POST /v1/agent/attest/k8s-psat`: a projected service-account token of a configured cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PsatAttestation {
+    /// The cluster name the server is configured with.
+    pub cluster: String,
+    /// The token.
+    pub token: String,
+    /// CSR of the agent's own key.
+    pub csr: Der,
+}
+
+/// `POST /v1/agent/attest/x509pop/challenge`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509PopChallengeRequest {
+    /// The node certificate chain, PEM, leaf first (as the operator's file has it).
+    pub cert_chain_pem: String,
+}
+
+/// A single-use challenge for a node certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct X509PopChallenge {
+    /// What the node signs (see [`x509pop_message`]).
+    pub nonce: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// `POST /v1/agent/attest/x509pop`: the challenge signed with the node key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509PopAttestation {
+    /// The node certificate chain, PEM, leaf first.
+    pub cert_chain_pem: String,
+    /// The challenge.
+    pub nonce: String,
+    /// Base64 signature of [`x509pop_message`] with the node key.
+    pub signature: String,
+    /// CSR of the agent's own key.
+    pub csr: Der,
+}
+
+/// What a node signs to prove possession of its key in x509pop attestation: a fixed prefix (so the
+/// signature can serve no other purpose) and the server's single-use nonce.
+pub fn x509pop_message(nonce: &str) -> Vec<u8> {
+    format!("vouch x509pop v1 {nonce}").into_bytes()
+}
+
+/// `POST /v1/agent/renew`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// CSR of the agent's new key.
+    pub csr: Der,
+}
+
+/// An agent SVID and the bundle, as answered to attestation and renewal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentSvid {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Leaf first, then intermediates.
+    pub cert_chain: Vec<Der>,
+    /// The trust bundle, a SPIFFE bundle JWKS.
+    pub bundle_jwks: serde_json::Value,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// One line of the sync stream (`GET /v1/agent/sync`, newline-delimited JSON): first a snapshot of
+/// the entries this agent may serve and the bundle, then each change as it happens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+// A line is written or read one at a time, never stored in bulk: the size of the borrowed entry
+// variant costs nothing, a box would cost an allocation per line.
+#[allow(clippy::large_enum_variant)]
+pub enum SyncLine<'a> {
+    /// Everything the agent may serve now; replaces what it held.
+    Snapshot {
+        /// The entries.
+        entries: Cow<'a, [Entry]>,
+        /// The trust bundle (SPIFFE bundle JWKS).
+        bundle: serde_json::Value,
+    },
+    /// An entry was created or changed.
+    Upsert {
+        /// The entry.
+        entry: Cow<'a, Entry>,
+    },
+    /// An entry was deleted or moved to another agent.
+    Delete {
+        /// Its id.
+        id: Cow<'a, EntryId>,
+    },
+    /// The bundle changed (key rotation).
+    Bundle {
+        /// The trust bundle (SPIFFE bundle JWKS).
+        bundle: serde_json::Value,
+    },
+    /// Keep-alive.
+    Ping,
+}
+
+/// `POST /v1/agent/sign`: CSRs for entries of the calling agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// 1 to [`MAX_SIGN_BATCH`] items.
+    pub requests: Vec<SignItem>,
+}
+
+/// One CSR to sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignItem {
+    /// The entry.
+    pub entry_id: EntryId,
+    /// CSR of a key generated on the node.
+    pub csr: Der,
+}
+
+/// The answer to a signing batch: one result per request, in the same order. Each item succeeds or
+/// fails on its own (an entry deleted between sync and sign, a bad CSR), as SPIRE's
+/// BatchNewX509SVID does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignResponse {
+    /// The results.
+    pub results: Vec<SignResult>,
+}
+
+/// The result of one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignResult {
+    /// The entry it was for.
+    pub entry_id: EntryId,
+    /// The SVID, or why not.
+    #[serde(flatten)]
+    pub outcome: SignOutcome,
+}
+
+/// An SVID or an error, as `{"svid": ...}` or `{"error": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignOutcome {
+    /// Signed.
+    Svid(SignedSvid),
+    /// Refused, with the code and message an API error would carry.
+    Error(ErrorDetail),
+}
+
+/// A signed X509-SVID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSvid {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Leaf first, then intermediates.
+    pub cert_chain: Vec<Der>,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// `POST /v1/agent/jwt`: a JWT-SVID for an entry (the agent never holds a JWT signing key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentJwtRequest {
+    /// The entry.
+    pub entry_id: EntryId,
+    /// Audiences.
+    pub audience: Vec<String>,
+}
+
+/// A JWT-SVID for an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentJwtResponse {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The compact JWS.
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_results_are_an_svid_or_an_error() {
+        let ok = SignResult {
+            entry_id: EntryId::new("e1").unwrap(),
+            outcome: SignOutcome::Svid(SignedSvid {
+                spiffe_id: SpiffeId::parse("spiffe://example.org/a").unwrap(),
+                cert_chain: vec![Der(vec![1, 2])],
+                expires_at: 5,
+            }),
+        };
+        let failed = SignResult {
+            entry_id: EntryId::new("e2").unwrap(),
+            outcome: SignOutcome::Error(ErrorDetail { code: "not_found".into(), message: "gone".into() }),
+        };
+        let text =
+            serde_json::to_string(&SignResponse { results: vec![ok.clone(), failed.clone()] }).unwrap();
+        assert_eq!(
+            text,
+            r#"{"results":[{"entry_id":"e1","svid":{"spiffe_id":"spiffe://example.org/a","cert_chain":["AQI="],"expires_at":5}},{"entry_id":"e2","error":{"code":"not_found","message":"gone"}}]}"#
+        );
+        let back: SignResponse = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.results, vec![ok, failed]);
+    }
+
+    #[test]
+    fn sync_lines_are_tagged_by_type_and_unknown_types_are_errors() {
+        let line: SyncLine = serde_json::from_str(r#"{"type":"delete","id":"e1"}"#).unwrap();
+        assert_eq!(line, SyncLine::Delete { id: Cow::Owned(EntryId::new("e1").unwrap()) });
+        assert_eq!(serde_json::to_string(&SyncLine::Ping).unwrap(), r#"{"type":"ping"}"#);
+        assert!(serde_json::from_str::<SyncLine>(r#"{"type":"surprise"}"#).is_err());
+        // A bundle line without its bundle is an error, not an empty bundle.
+        assert!(serde_json::from_str::<SyncLine>(r#"{"type":"bundle"}"#).is_err());
+    }
+
+    #[test]
+    fn a_jwt_answer_without_expiry_is_an_error() {
+        let err =
+            serde_json::from_str::<AgentJwtResponse>(r#"{"spiffe_id":"spiffe://example.org/a","token":"t"}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("expires_at"), "{err}");
+    }
+}

@@ -1,0 +1,30 @@
+//! The wire contract of vouch: every message its parts exchange, as types.
+//!
+//! The server answers with these types and the agent, the CLI, the tests and the benchmarks send and
+//! read them, so a renamed or retyped field is a compile error in every part at once, not a fault in
+//! production. Domain types that are already wire-ready (`Entry`, `EntrySpec`, `SpiffeId`, ...) come
+//! from `vouch-core` and parse themselves on the way in (habit 2: parse, don't validate).
+//!
+//! - [`admin`]: the admin API (entries, join tokens, SVID minting, the bundle's keys, agents);
+//! - [`agent`]: the agent API (node attestation, renewal, the sync stream, batch signing, JWT-SVIDs);
+//! - [`explain`]: the agent's private admin socket (`vouch agent explain`);
+//! - [`paths`]: the routes, shared by the server's router and the client;
+//! - [`Der`]: certificates and CSRs between vouch's own parts travel as DER (base64 in JSON), never
+//!   as PEM; the public admin API keeps PEM for people.
+//!
+//! The OpenAPI document of the server (`/v1/openapi.json`) describes the same messages; a check in
+//! `scripts/test` validates real answers against it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod agent;
+mod der;
+mod error;
+pub mod explain;
+pub mod paths;
+
+pub use der::Der;
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use vouch_core::{Entry, EntryId, EntrySpec, Selector, SpiffeId, TrustDomain};

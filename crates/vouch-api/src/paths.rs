@@ -1,0 +1,99 @@
+//! The routes of the server's API, shared by its router and its clients. Paths with an `{id}` have a
+//! function that fills it in, percent-encoded.
+
+/// Liveness.
+pub const HEALTHZ: &str = "/healthz";
+/// Readiness.
+pub const READYZ: &str = "/readyz";
+/// Prometheus metrics.
+pub const METRICS: &str = "/metrics";
+/// The OpenAPI document.
+pub const OPENAPI: &str = "/v1/openapi.json";
+/// The trust bundle (`?format=jwks|pem`).
+pub const BUNDLE: &str = "/v1/bundle";
+/// The authority's keys and their states.
+pub const AUTHORITY_KEYS: &str = "/v1/authority/keys";
+/// Entries: create (POST), list (GET).
+pub const ENTRIES: &str = "/v1/entries";
+/// Entries: create many in one transaction.
+pub const ENTRIES_BATCH: &str = "/v1/entries/batch";
+/// One entry, as a router pattern.
+pub const ENTRY: &str = "/v1/entries/{id}";
+/// Join tokens.
+pub const JOIN_TOKENS: &str = "/v1/join-tokens";
+/// Mint an X509-SVID.
+pub const MINT_X509: &str = "/v1/svids/x509";
+/// Mint a JWT-SVID.
+pub const MINT_JWT: &str = "/v1/svids/jwt";
+/// Validate a JWT-SVID.
+pub const VALIDATE_JWT: &str = "/v1/svids/jwt/validate";
+/// Agents known to the server.
+pub const AGENTS: &str = "/v1/agents";
+/// Evict an agent.
+pub const AGENTS_EVICT: &str = "/v1/agents/evict";
+/// Ban an agent.
+pub const AGENTS_BAN: &str = "/v1/agents/ban";
+
+/// Prefix of the node attestation routes: the evidence in the body is the credential.
+pub const AGENT_ATTEST_PREFIX: &str = "/v1/agent/attest/";
+/// Node attestation with a join token.
+pub const ATTEST_JOIN_TOKEN: &str = "/v1/agent/attest/join-token";
+/// Node attestation with a Kubernetes projected service-account token.
+pub const ATTEST_K8S_PSAT: &str = "/v1/agent/attest/k8s-psat";
+/// x509pop: a challenge for a node certificate.
+pub const ATTEST_X509POP_CHALLENGE: &str = "/v1/agent/attest/x509pop/challenge";
+/// x509pop: the signed challenge.
+pub const ATTEST_X509POP: &str = "/v1/agent/attest/x509pop";
+/// A new agent SVID.
+pub const AGENT_RENEW: &str = "/v1/agent/renew";
+/// The sync stream.
+pub const AGENT_SYNC: &str = "/v1/agent/sync";
+/// Batch signing of workload CSRs.
+pub const AGENT_SIGN: &str = "/v1/agent/sign";
+/// A JWT-SVID for an entry.
+pub const AGENT_JWT: &str = "/v1/agent/jwt";
+
+/// The path of one entry.
+pub fn entry(id: &str) -> String {
+    format!("/v1/entries/{}", percent_encode(id))
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986 section 2.3).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A path with a query string of the given pairs (values percent-encoded); pairs whose value is
+/// `None` are left out.
+pub fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
+    let query: Vec<String> =
+        pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", percent_encode(v)))).collect();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_queries_are_encoded() {
+        assert_eq!(entry("a/b c"), "/v1/entries/a%2Fb%20c");
+        assert_eq!(
+            with_query(ENTRIES, &[("selector", Some("unix:uid:0")), ("x", None)]),
+            "/v1/entries?selector=unix%3Auid%3A0"
+        );
+        assert_eq!(with_query(ENTRIES, &[("x", None)]), ENTRIES);
+    }
+}

@@ -1,0 +1,237 @@
+//! Typed calls of the server's API: every request and answer is a `vouch-api` type, so the compiler
+//! checks each message the CLI, the agent, the tests and the benchmarks exchange with the server.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vouch_api::admin::{
+    AgentList, AgentRef, AuthorityKeys, Banned, BatchCreateRequest, EntryList, EntryPatch, EntryQuery,
+    Evicted, JoinTokenRequest, JoinTokenResponse, JwtSvidClaims, MintJwtRequest, MintJwtResponse,
+    MintX509Request, MintX509Response, ValidateJwtRequest,
+};
+use vouch_api::agent::{
+    AgentJwtRequest, AgentJwtResponse, AgentSvid, JoinTokenAttestation, PsatAttestation, RenewRequest,
+    SignRequest, SignResponse, SyncLine, X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
+};
+use vouch_api::{paths, Entry, EntrySpec, SpiffeId};
+
+use crate::client::{api_error, decode, json_bytes, LineStream};
+use crate::{AdminClient, ClientError, Connection};
+
+impl AdminClient {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (status, bytes) = self.request_bytes("GET", path, None).await?;
+        decode(status, &bytes)
+    }
+
+    async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.request_bytes(method, path, Some(json_bytes(body)?)).await?;
+        decode(status, &bytes)
+    }
+
+    async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let (status, bytes) = self.request_bytes("GET", path, None).await?;
+        if !(200..300).contains(&status) {
+            return Err(api_error(status, &bytes));
+        }
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| ClientError::Protocol(format!("{path}: the answer is not UTF-8")))
+    }
+
+    /// `GET /readyz`: `Ok(true)` when ready, `Ok(false)` with the reason when not.
+    pub async fn ready(&self) -> Result<(bool, String), ClientError> {
+        let (status, bytes) = self.request_bytes("GET", paths::READYZ, None).await?;
+        Ok((status == 200, String::from_utf8_lossy(&bytes).trim().to_owned()))
+    }
+
+    /// The trust bundle's certificates, PEM.
+    pub async fn bundle_pem(&self) -> Result<String, ClientError> {
+        self.text(&format!("{}?format=pem", paths::BUNDLE)).await
+    }
+
+    /// The trust bundle as a SPIFFE bundle JWKS (the text as served).
+    pub async fn bundle_jwks(&self) -> Result<String, ClientError> {
+        self.text(&format!("{}?format=jwks", paths::BUNDLE)).await
+    }
+
+    /// The authority's keys and their states.
+    pub async fn authority_keys(&self) -> Result<AuthorityKeys, ClientError> {
+        self.get(paths::AUTHORITY_KEYS).await
+    }
+
+    /// The entry operations.
+    pub fn entries(&self) -> Entries<'_> {
+        Entries { client: self }
+    }
+
+    /// Creates a single-use join token.
+    pub async fn create_join_token(&self, req: &JoinTokenRequest) -> Result<JoinTokenResponse, ClientError> {
+        self.send_json("POST", paths::JOIN_TOKENS, req).await
+    }
+
+    /// Mints an X509-SVID (admin).
+    pub async fn mint_x509(&self, req: &MintX509Request) -> Result<MintX509Response, ClientError> {
+        self.send_json("POST", paths::MINT_X509, req).await
+    }
+
+    /// Mints a JWT-SVID (admin).
+    pub async fn mint_jwt(&self, req: &MintJwtRequest) -> Result<MintJwtResponse, ClientError> {
+        self.send_json("POST", paths::MINT_JWT, req).await
+    }
+
+    /// Validates a JWT-SVID.
+    pub async fn validate_jwt(&self, req: &ValidateJwtRequest) -> Result<JwtSvidClaims, ClientError> {
+        self.send_json("POST", paths::VALIDATE_JWT, req).await
+    }
+
+    /// The agents known to the server.
+    pub async fn agents(&self) -> Result<AgentList, ClientError> {
+        self.get(paths::AGENTS).await
+    }
+
+    /// Evicts an agent: it must attest again.
+    pub async fn evict_agent(&self, id: &SpiffeId) -> Result<Evicted, ClientError> {
+        self.send_json("POST", paths::AGENTS_EVICT, &AgentRef { spiffe_id: id.clone() }).await
+    }
+
+    /// Bans an agent: it may not attest again.
+    pub async fn ban_agent(&self, id: &SpiffeId) -> Result<Banned, ClientError> {
+        self.send_json("POST", paths::AGENTS_BAN, &AgentRef { spiffe_id: id.clone() }).await
+    }
+
+    /// Node attestation with a join token.
+    pub async fn attest_join_token(&self, req: &JoinTokenAttestation) -> Result<AgentSvid, ClientError> {
+        self.send_json("POST", paths::ATTEST_JOIN_TOKEN, req).await
+    }
+
+    /// Node attestation with a Kubernetes projected service-account token.
+    pub async fn attest_k8s_psat(&self, req: &PsatAttestation) -> Result<AgentSvid, ClientError> {
+        self.send_json("POST", paths::ATTEST_K8S_PSAT, req).await
+    }
+
+    /// x509pop: a challenge for a node certificate.
+    pub async fn x509pop_challenge(
+        &self,
+        req: &X509PopChallengeRequest,
+    ) -> Result<X509PopChallenge, ClientError> {
+        self.send_json("POST", paths::ATTEST_X509POP_CHALLENGE, req).await
+    }
+
+    /// x509pop: the signed challenge.
+    pub async fn attest_x509pop(&self, req: &X509PopAttestation) -> Result<AgentSvid, ClientError> {
+        self.send_json("POST", paths::ATTEST_X509POP, req).await
+    }
+
+    /// A new agent SVID (caller: an attested agent).
+    pub async fn renew(&self, req: &RenewRequest) -> Result<AgentSvid, ClientError> {
+        self.send_json("POST", paths::AGENT_RENEW, req).await
+    }
+
+    /// X509-SVIDs for a batch of CSRs; each item answers on its own.
+    pub async fn sign(&self, req: &SignRequest) -> Result<SignResponse, ClientError> {
+        let resp: SignResponse = self.send_json("POST", paths::AGENT_SIGN, req).await?;
+        if resp.results.len() != req.requests.len() {
+            return Err(ClientError::Protocol(format!(
+                "the server answered {} results to {} signing requests",
+                resp.results.len(),
+                req.requests.len()
+            )));
+        }
+        Ok(resp)
+    }
+
+    /// A JWT-SVID for an entry of the calling agent.
+    pub async fn agent_jwt(&self, req: &AgentJwtRequest) -> Result<AgentJwtResponse, ClientError> {
+        self.send_json("POST", paths::AGENT_JWT, req).await
+    }
+
+    /// Opens the sync stream: a snapshot, then changes as they happen.
+    pub async fn sync(&self) -> Result<SyncStream, ClientError> {
+        let mut conn = self.connect().await?;
+        let (status, mut lines) = conn.stream("GET", paths::AGENT_SYNC).await?;
+        if status != 200 {
+            // The error body is short; read it whole (bounded by the line reader's limit).
+            let mut body = String::new();
+            while let Some(Ok(l)) = lines.next_line().await {
+                body.push_str(&l);
+            }
+            return Err(api_error(status, body.as_bytes()));
+        }
+        Ok(SyncStream { _conn: conn, lines })
+    }
+}
+
+/// The agent's sync stream.
+pub struct SyncStream {
+    /// Kept so the connection lives as long as the stream.
+    _conn: Connection,
+    lines: LineStream,
+}
+
+impl SyncStream {
+    /// The next line; `None` when the server ends the stream. A line that is not a valid
+    /// [`SyncLine`] is an error (the caller reconnects), never skipped.
+    pub async fn next(&mut self) -> Option<Result<SyncLine<'static>, ClientError>> {
+        let line = match self.lines.next_line().await? {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("sync line: {e}"))))
+    }
+}
+
+/// Entry operations of the admin API.
+pub struct Entries<'a> {
+    client: &'a AdminClient,
+}
+
+impl Entries<'_> {
+    /// Creates an entry.
+    pub async fn create(&self, spec: &EntrySpec) -> Result<Entry, ClientError> {
+        self.client.send_json("POST", paths::ENTRIES, spec).await
+    }
+
+    /// Creates 1 to 1000 entries in one transaction: all or none.
+    pub async fn create_batch(&self, req: &BatchCreateRequest) -> Result<EntryList, ClientError> {
+        self.client.send_json("POST", paths::ENTRIES_BATCH, req).await
+    }
+
+    /// Lists entries.
+    pub async fn list(&self, q: &EntryQuery) -> Result<EntryList, ClientError> {
+        let path = paths::with_query(
+            paths::ENTRIES,
+            &[
+                ("spiffe_id", q.spiffe_id.as_deref()),
+                ("parent_id", q.parent_id.as_deref()),
+                ("selector", q.selector.as_deref()),
+            ],
+        );
+        self.client.get(&path).await
+    }
+
+    /// One entry.
+    pub async fn get(&self, id: &str) -> Result<Entry, ClientError> {
+        self.client.get(&paths::entry(id)).await
+    }
+
+    /// Changes the fields the patch names, if the entry is still at `patch.expected_revision`; a
+    /// concurrent change is a 409 `revision_conflict` and changes nothing.
+    pub async fn update(&self, id: &str, patch: &EntryPatch) -> Result<Entry, ClientError> {
+        self.client.send_json("PATCH", &paths::entry(id), patch).await
+    }
+
+    /// Replaces every settable field of the entry.
+    pub async fn replace(&self, id: &str, spec: &EntrySpec) -> Result<Entry, ClientError> {
+        self.client.send_json("PUT", &paths::entry(id), spec).await
+    }
+
+    /// Deletes an entry; answers what it was.
+    pub async fn delete(&self, id: &str) -> Result<Entry, ClientError> {
+        let (status, bytes) = self.client.request_bytes("DELETE", &paths::entry(id), None).await?;
+        decode(status, &bytes)
+    }
+}
