@@ -267,8 +267,7 @@ async fn openbao_run(o: &Options, url: &str, ca: Option<&PathBuf>) -> Result<Run
         url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
     let tls = match ca {
         Some(ca) => Some(Arc::new(
-            vouch_client::http::tls_connector(&vouch_client::http::Trust::CaFile(ca.clone()))
-                .map_err(|e| anyhow!(e))?,
+            vouch_tls::tls_connector(&vouch_tls::Trust::CaFile(ca.clone())).map_err(|e| anyhow!(e))?,
         )),
         None => None,
     };

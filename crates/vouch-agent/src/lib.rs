@@ -16,9 +16,9 @@
 #![warn(missing_docs)]
 
 pub mod attest;
-pub mod authority_fix;
 pub mod config;
 pub mod explain;
+pub mod h2_authority_filter;
 pub mod identity;
 pub mod state;
 pub mod sync;

@@ -40,7 +40,7 @@ pub const NO_IDENTITY: &str = "no identity issued";
 pub struct PeerInfo(pub Arc<Result<PeerProcess, String>>);
 
 /// A connection on the Workload API socket with its peer pinned at accept time. The gRPC server
-/// reads it through [`crate::authority_fix`], which lets gRPC C-core clients (py-spiffe) in.
+/// reads it through [`crate::h2_authority_filter`], which lets gRPC C-core clients (py-spiffe) in.
 pub struct WorkloadConn {
     inner: tokio::io::DuplexStream,
     peer: PeerInfo,
@@ -57,7 +57,7 @@ impl WorkloadConn {
         let (pump_rd, pump_wr) = tokio::io::split(pump_side);
         let (client_rd, mut client_wr) = stream.into_split();
         tokio::spawn(async move {
-            if let Err(e) = crate::authority_fix::filter_client_to_server(client_rd, pump_wr).await {
+            if let Err(e) = crate::h2_authority_filter::filter_client_to_server(client_rd, pump_wr).await {
                 tracing::debug!(error = %e, "workload connection dropped");
             }
         });

@@ -161,6 +161,87 @@ fn activate_at(nb: SystemTime, na: SystemTime) -> SystemTime {
     phase(nb, na, 5, 6)
 }
 
+/// A key in rotation: roots, signing CAs and JWT keys all move prepared -> active -> retired.
+trait Rotating {
+    fn state(&self) -> KeyState;
+    fn set_state(&mut self, state: KeyState);
+    /// Not before, not after.
+    fn validity(&self) -> (SystemTime, SystemTime);
+}
+
+impl Rotating for RootSlot {
+    fn state(&self) -> KeyState {
+        self.state
+    }
+    fn set_state(&mut self, state: KeyState) {
+        self.state = state;
+    }
+    fn validity(&self) -> (SystemTime, SystemTime) {
+        (self.ca.not_before(), self.ca.not_after())
+    }
+}
+
+impl Rotating for IntermediateSlot {
+    fn state(&self) -> KeyState {
+        self.state
+    }
+    fn set_state(&mut self, state: KeyState) {
+        self.state = state;
+    }
+    fn validity(&self) -> (SystemTime, SystemTime) {
+        (self.ca.not_before(), self.ca.not_after())
+    }
+}
+
+impl Rotating for JwtSlot {
+    fn state(&self) -> KeyState {
+        self.state
+    }
+    fn set_state(&mut self, state: KeyState) {
+        self.state = state;
+    }
+    fn validity(&self) -> (SystemTime, SystemTime) {
+        (self.not_before, self.not_after)
+    }
+}
+
+/// One rotation step of a set of keys, the same for every kind: with no active key, a prepared one
+/// becomes active (or a new one is made active at once); from half of the active key's life a
+/// successor is prepared (published for roots and JWT keys, so relying parties learn it before it
+/// signs); from five sixths it takes over and the old one retires. Returns whether anything changed.
+/// Pruning expired or retired keys is the caller's, as it differs by kind.
+fn rotate<S: Rotating>(
+    slots: &mut Vec<S>,
+    now: SystemTime,
+    make: impl FnOnce() -> Result<S, CaError>,
+) -> Result<bool, CaError> {
+    let prepared = slots.iter().position(|s| s.state() == KeyState::Prepared);
+    let Some(active) = slots.iter().position(|s| s.state() == KeyState::Active) else {
+        match prepared {
+            Some(p) => slots[p].set_state(KeyState::Active),
+            None => {
+                let mut slot = make()?;
+                slot.set_state(KeyState::Active);
+                slots.push(slot);
+            }
+        }
+        return Ok(true);
+    };
+    let (nb, na) = slots[active].validity();
+    match prepared {
+        None if now >= prepare_at(nb, na) => {
+            slots.push(make()?);
+            Ok(true)
+        }
+        Some(p) if now >= activate_at(nb, na) => {
+            slots[active].set_state(KeyState::Retired);
+            slots[p].set_state(KeyState::Active);
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 fn upstream_id(ca: &Ca) -> String {
     format!("upstream-{}", hex::encode(&sha256(ca.der())[..8]))
 }
@@ -212,37 +293,17 @@ impl Authority {
     }
 
     fn tick_roots(&mut self, now: SystemTime) -> Result<bool, CaError> {
-        let mut changed = false;
         let before = self.roots.len();
         self.roots.retain(|r| r.ca.not_after() > now || r.upstream);
-        changed |= self.roots.len() != before;
+        let pruned = self.roots.len() != before;
+        // An upstream root is the operator's to rotate.
         if self.roots.iter().any(|r| r.upstream) {
-            return Ok(changed);
+            return Ok(pruned);
         }
-        let active = self.roots.iter().position(|r| r.state == KeyState::Active);
-        let Some(active) = active else {
-            // First start, or every root expired while the server was down: start over.
-            let mut root = self.new_root(now)?;
-            root.state = KeyState::Active;
-            self.roots.push(root);
-            return Ok(true);
-        };
-        let (nb, na) = (self.roots[active].ca.not_before(), self.roots[active].ca.not_after());
-        let prepared = self.roots.iter().position(|r| r.state == KeyState::Prepared);
-        match prepared {
-            None if now >= prepare_at(nb, na) => {
-                let root = self.new_root(now)?;
-                self.roots.push(root);
-                changed = true;
-            }
-            Some(p) if now >= activate_at(nb, na) => {
-                self.roots[active].state = KeyState::Retired;
-                self.roots[p].state = KeyState::Active;
-                changed = true;
-            }
-            _ => {}
-        }
-        Ok(changed)
+        let mut roots = std::mem::take(&mut self.roots);
+        let rotated = rotate(&mut roots, now, || self.new_root(now));
+        self.roots = roots;
+        Ok(rotated? || pruned)
     }
 
     fn new_intermediate(&self, now: SystemTime) -> Result<IntermediateSlot, CaError> {
@@ -274,35 +335,13 @@ impl Authority {
         self.intermediates.retain(|i| {
             i.state != KeyState::Retired && i.ca.not_after() > now && roots.contains(&i.root_id.as_str())
         });
-        let mut changed = self.intermediates.len() != before;
-        let Some(active) = self.intermediates.iter().position(|i| i.state == KeyState::Active) else {
-            // Promote a prepared one if there is one, else make one.
-            if let Some(p) = self.intermediates.iter().position(|i| i.state == KeyState::Prepared) {
-                self.intermediates[p].state = KeyState::Active;
-            } else {
-                let mut ca = self.new_intermediate(now)?;
-                ca.state = KeyState::Active;
-                self.intermediates.push(ca);
-            }
-            return Ok(true);
-        };
-        let (nb, na) =
-            (self.intermediates[active].ca.not_before(), self.intermediates[active].ca.not_after());
-        match self.intermediates.iter().position(|i| i.state == KeyState::Prepared) {
-            None if now >= prepare_at(nb, na) => {
-                let ca = self.new_intermediate(now)?;
-                self.intermediates.push(ca);
-                changed = true;
-            }
-            Some(p) if now >= activate_at(nb, na) => {
-                self.intermediates[active].state = KeyState::Retired;
-                self.intermediates[p].state = KeyState::Active;
-                self.intermediates.retain(|i| i.state != KeyState::Retired);
-                changed = true;
-            }
-            _ => {}
-        }
-        Ok(changed)
+        let pruned = self.intermediates.len() != before;
+        let mut intermediates = std::mem::take(&mut self.intermediates);
+        let rotated = rotate(&mut intermediates, now, || self.new_intermediate(now));
+        // A signing CA retired by this step goes at once too.
+        intermediates.retain(|i| i.state != KeyState::Retired);
+        self.intermediates = intermediates;
+        Ok(rotated? || pruned)
     }
 
     fn new_jwt_key(&self, now: SystemTime) -> Result<JwtSlot, CaError> {
@@ -318,32 +357,11 @@ impl Authority {
     fn tick_jwt(&mut self, now: SystemTime) -> Result<bool, CaError> {
         let before = self.jwt_keys.len();
         self.jwt_keys.retain(|k| k.not_after > now);
-        let mut changed = self.jwt_keys.len() != before;
-        let Some(active) = self.jwt_keys.iter().position(|k| k.state == KeyState::Active) else {
-            if let Some(p) = self.jwt_keys.iter().position(|k| k.state == KeyState::Prepared) {
-                self.jwt_keys[p].state = KeyState::Active;
-            } else {
-                let mut key = self.new_jwt_key(now)?;
-                key.state = KeyState::Active;
-                self.jwt_keys.push(key);
-            }
-            return Ok(true);
-        };
-        let (nb, na) = (self.jwt_keys[active].not_before, self.jwt_keys[active].not_after);
-        match self.jwt_keys.iter().position(|k| k.state == KeyState::Prepared) {
-            None if now >= prepare_at(nb, na) => {
-                let key = self.new_jwt_key(now)?;
-                self.jwt_keys.push(key);
-                changed = true;
-            }
-            Some(p) if now >= activate_at(nb, na) => {
-                self.jwt_keys[active].state = KeyState::Retired;
-                self.jwt_keys[p].state = KeyState::Active;
-                changed = true;
-            }
-            _ => {}
-        }
-        Ok(changed)
+        let pruned = self.jwt_keys.len() != before;
+        let mut keys = std::mem::take(&mut self.jwt_keys);
+        let rotated = rotate(&mut keys, now, || self.new_jwt_key(now));
+        self.jwt_keys = keys;
+        Ok(rotated? || pruned)
     }
 
     /// When [`Authority::tick`] next has something to do: the earliest prepare, activate or expiry

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use vouch_core::{SpiffeId, TrustDomain};
 
-use crate::tls::{client_config, SpiffeServerVerifier};
+use vouch_tls::{client_config, SpiffeServerVerifier};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,12 @@
-//! Talking to a vouch server: the admin/agent API client over the local Unix socket or mTLS, and the
-//! SPIFFE-aware TLS verification every component shares.
+//! The client of the vouch server's API, over the local admin Unix socket or mTLS: typed calls for
+//! every message of `vouch-api` (admin API, agent API, the sync stream), with a deadline on every
+//! call. TLS verification comes from `vouch-tls`; GETs to services outside vouch are `vouch-http`'s.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod api;
 pub mod client;
-pub mod http;
-#[cfg(feature = "testing")]
-pub mod testing;
-pub mod tls;
 
 pub use api::{Entries, SyncStream};
 pub use client::{decode, AdminClient, ClientError, Connection, LineStream};

@@ -216,8 +216,8 @@ fn check_node_chain(state: &AppState, chain_pem: &str) -> AppResult<NodeCert> {
         chain[1..].iter().map(|d| rustls_pki_types::CertificateDer::from(d.clone())).collect();
     let mut last_error = String::from("no x509pop CA is configured on this server");
     for set in &state.config.x509pop {
-        let anchors = vouch_client::tls::Anchors::from_der(&set.cas);
-        match vouch_client::tls::verify_chain(&anchors, &ee, &intermediates, now, false) {
+        let anchors = vouch_tls::Anchors::from_der(&set.cas);
+        match vouch_tls::verify_chain(&anchors, &ee, &intermediates, now, false) {
             Ok(()) => {
                 let facts = vouch_ca::x509::node_cert_facts(&leaf)?;
                 return Ok(NodeCert { leaf, ca_set: set.name.clone(), facts });

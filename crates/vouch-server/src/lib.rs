@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod node_attest;
 pub mod psat_keys;
 pub mod state;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -190,7 +189,7 @@ impl Server {
                 .await
                 .map_err(|e| StartError::Io(format!("cannot listen on {addr}: {e}")))?;
             let bound = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
-            let tls = tls::server_config(state.server_cert.clone(), state.client_verifier.clone())
+            let tls = vouch_tls::server_config(state.server_cert.clone(), state.client_verifier.clone())
                 .map_err(|e| StartError::Tls(e.to_string()))?;
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
             tasks.push((
@@ -342,7 +341,7 @@ async fn serve_tls(
                         };
                         let caller = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                             // The chain was verified during the handshake; read its SPIFFE ID.
-                            Some(cert) => match tls::spiffe_id_of(cert) {
+                            Some(cert) => match vouch_tls::spiffe_id_of(cert) {
                                 Ok(id) => Caller::Svid(id),
                                 Err(_) => Caller::Anonymous,
                             },

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use vouch_ca::jwt::JwtPublicKey;
-use vouch_client::http::{Getter, Trust, Url};
+use vouch_http::{Getter, Trust, Url};
 
 use crate::config::{PsatCluster, PsatDiscovery};
 
@@ -48,7 +48,7 @@ pub(crate) fn getter_for(url: &str, d: &PsatDiscovery) -> Result<(Getter, Url), 
         }
         (_, false) => None,
     };
-    Ok((Getter::new(&parsed, trust.as_ref())?, parsed))
+    Ok((Getter::new(&parsed, trust.as_ref()).map_err(|e| e.to_string())?, parsed))
 }
 
 async fn get(url: &str, d: &PsatDiscovery) -> Result<Vec<u8>, String> {

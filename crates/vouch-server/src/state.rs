@@ -9,8 +9,8 @@ use vouch_store::Store;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::tls::{Anchors, ServerCert, SvidClientVerifier};
 use crate::StartError;
+use vouch_tls::{Anchors, ServerCert, SvidClientVerifier};
 
 /// A change that connected agents must hear about at once.
 #[derive(Debug, Clone)]

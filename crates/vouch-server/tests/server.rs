@@ -935,7 +935,7 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
 async fn psat_keys_come_from_oidc_discovery_and_follow_rotation() {
     const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
     let dir = tempfile::tempdir().unwrap();
-    let api = vouch_client::testing::StaticHttps::start(None).await;
+    let api = vouch_http::testing::StaticHttps::start(None).await;
     let first = TestCluster::new("key-2026-01");
     api.set(
         "/.well-known/openid-configuration",
@@ -982,7 +982,7 @@ async fn psat_keys_come_from_oidc_discovery_and_follow_rotation() {
 
     // A discovery document of another issuer gives no keys: the token is refused, saying why.
     let dir2 = tempfile::tempdir().unwrap();
-    let other = vouch_client::testing::StaticHttps::start(None).await;
+    let other = vouch_http::testing::StaticHttps::start(None).await;
     other.set(
         "/.well-known/openid-configuration",
         json!({"issuer": "https://evil.example", "jwks_uri": format!("{}/jwks", other.base_url())})

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::Instant;
-use vouch_client::http::{Getter, Trust, Url};
 use vouch_core::Selectors;
+use vouch_http::{Getter, Trust, Url};
 
 use super::k8s::k8s_selectors;
 

@@ -145,6 +145,10 @@ impl RuntimeAttestor {
 
 /// Largest manifest or index read from containerd's content store.
 const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest `containers/<id>/json` answer read (a container's labels and config; real ones are a few KiB).
+const MAX_INSPECT_BYTES: usize = 4 * 1024 * 1024;
+/// How long the runtime may take to describe a container before the caller is refused.
+const RUNTIME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn with_namespace<T>(body: T, namespace: &str) -> Result<tonic::Request<T>, AttestError> {
     let mut req = tonic::Request::new(body);
@@ -249,11 +253,12 @@ async fn containerd_inspect(
 
 /// Inspects a container through the Docker Engine API (also podman's compatible API).
 async fn docker_like(socket: &std::path::Path, kind: &str, id: &str) -> Result<Selectors, AttestError> {
-    let client = vouch_client::AdminClient::unix(socket);
-    let (status, body) = client
-        .request("GET", &format!("/containers/{id}/json"), None)
+    let (status, body) = vouch_http::UnixGetter::new(socket)
+        .get(&format!("/containers/{id}/json"), MAX_INSPECT_BYTES, RUNTIME_TIMEOUT)
         .await
-        .map_err(|e| AttestError::Runtime(format!("{kind} API: {e}")))?;
+        .map_err(|e| {
+            AttestError::Runtime(format!("{kind} API: {e} (is {kind} running, and is this its socket?)"))
+        })?;
     if status == 404 {
         return Err(AttestError::Runtime(format!("{kind} does not know container `{id}`")));
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use vouch_agent::attest::{ContainerRef, KubeletClient, KubeletConfig, Runtime, RuntimeAttestor};
-use vouch_client::testing::StaticHttps;
+use vouch_http::testing::StaticHttps;
 
 const APP: &str = "3f6b0c9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
 const POD: &str = "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d";

@@ -190,8 +190,8 @@ async fn spiffe_clients_get_identities_and_streams_follow_changes() {
         .iter()
         .map(|c| rustls_pki_types::CertificateDer::from(c.as_ref().to_vec()))
         .collect();
-    let id = vouch_client::tls::verify_svid(
-        &vouch_client::tls::Anchors::from_der(&anchors),
+    let id = vouch_tls::verify_svid(
+        &vouch_tls::Anchors::from_der(&anchors),
         &chain[0],
         &chain[1..],
         rustls_pki_types::UnixTime::now(),

@@ -10,6 +10,14 @@
 //! CONTINUATION frames) are decoded with HPACK, keeping the client's dynamic table in step, and
 //! re-encoded as literal fields without indexing, so the re-encoded side shares no table state with
 //! h2. Every other frame, and the whole direction towards the client, is forwarded untouched.
+//!
+//! (The name says what it is: a filter of HTTP/2 frames for the `:authority` pseudo-header. In SPIFFE
+//! code "authority" alone would read as the CA.)
+//!
+//! This module exists only for two upstream issues and can be deleted when either is fixed and the
+//! fix is in the versions vouch uses: h2 refusing such authorities (hyperium/h2#487), and gRPC
+//! C-core sending the socket path as `:authority` on Unix sockets (grpc/grpc#38142). The py-spiffe
+//! test in the agent's integration tests shows whether it is still needed.
 
 use std::io;
 

@@ -1,16 +1,15 @@
 //! The server side of mTLS: client SVIDs verified against the current bundle, and the server's own
-//! renewable certificate. The shared SPIFFE verification lives in `vouch_client::tls`.
+//! renewable certificate.
 
 use std::sync::{Arc, RwLock};
 
+use crate::verify::{provider, schemes, tls12_signature, tls13_signature, verify_svid, Anchors};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-pub use vouch_client::tls::{algorithms, provider, spiffe_id_of, verify_svid, Anchors};
 
 /// Verifies client certificates against the current bundle; the anchors are swapped when the
 /// bundle changes. A client without a certificate is let through the handshake so the API can
@@ -58,7 +57,7 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &algorithms())
+        tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -67,11 +66,11 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &algorithms())
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
+        schemes()
     }
 }
 

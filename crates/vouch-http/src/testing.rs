@@ -28,7 +28,7 @@ impl StaticHttps {
             .expect("params")
             .self_signed(&key)
             .expect("certificate");
-        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        let server = rustls::ServerConfig::builder_with_provider(vouch_tls::provider())
             .with_safe_default_protocol_versions()
             .expect("tls versions")
             .with_no_client_auth()
