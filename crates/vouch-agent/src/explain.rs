@@ -3,7 +3,6 @@
 //! line per request: `{"explain": <pid>}`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -14,7 +13,7 @@ use crate::state::AgentState;
 
 /// Attests `pid` as the Workload API would and explains each entry.
 pub async fn explain(state: &AgentState, pid: i32) -> Explanation {
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let result = match PeerProcess::of_pid(pid, state.unix.proc_root()) {
         Ok(p) => attest_full(&p, &state.unix, &state.runtime).await,
         Err(e) => Err(e),

@@ -155,7 +155,7 @@ fn td_key(state: &AgentState) -> String {
 }
 
 async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidResponse, Status> {
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let entries = entitled(state, peer, now).await?;
     let svids = state.x509_svids(&entries, now).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot obtain X509-SVIDs");
@@ -179,13 +179,13 @@ async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidRe
 }
 
 async fn x509_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<X509BundlesResponse, Status> {
-    entitled(state, peer, SystemTime::now()).await?;
+    entitled(state, peer, crate::clock::now()).await?;
     let bundles = HashMap::from([(td_key(state), concat(&state.bundle().x509_authorities))]);
     Ok(X509BundlesResponse { crl: Vec::new(), bundles })
 }
 
 async fn jwt_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<JwtBundlesResponse, Status> {
-    entitled(state, peer, SystemTime::now()).await?;
+    entitled(state, peer, crate::clock::now()).await?;
     let mut jwt_only = (*state.bundle()).clone();
     jwt_only.x509_authorities.clear();
     let jwks = jwt_only.to_jwks().map_err(|_| Status::internal("cannot encode the JWT bundle"))?;
@@ -279,7 +279,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
         }
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let mut entries = entitled(&self.state, &peer, now).await?;
         if !body.spiffe_id.is_empty() {
             let wanted = SpiffeId::parse(&body.spiffe_id)
@@ -332,7 +332,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             &bundle.jwt_authorities,
             &bundle.trust_domain,
             &body.audience,
-            SystemTime::now(),
+            crate::clock::now(),
         )
         .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
         // Every claim of the (now verified) payload, SPIFFE-required or not.

@@ -1,6 +1,9 @@
 //! Test support (feature `testing`): a JWT issuer with an RSA key, like a Kubernetes cluster's
 //! service-account issuer, for tests of PSAT attestation. Not for production use.
 
+// Test support panics on failure like the tests that use it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use aws_lc_rs::signature::KeyPair as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;

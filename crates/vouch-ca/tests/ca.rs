@@ -1,6 +1,10 @@
 //! Integration tests of vouch-ca: SVIDs checked by independent verifiers (openssl, webpki,
 //! x509-parser), rotation under a test clock, sealing at rest. One test binary for the crate.
 
+// A test fails by panicking: unwrap and expect are how it says what broke. End-to-end tests run
+// real processes on the wall clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -2,8 +2,6 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed (refused, unreachable, invalid), 2 usage error.
 
-#![forbid(unsafe_code)]
-
 mod agent;
 mod output;
 

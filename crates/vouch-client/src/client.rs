@@ -174,9 +174,9 @@ impl AdminClient {
                 let _ = stream.set_nodelay(true);
                 let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']);
                 // The name is only used for SNI; the server is verified by its SPIFFE ID.
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or_else(|_| {
-                    rustls::pki_types::ServerName::try_from("localhost").expect("valid name")
-                });
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or(
+                    rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+                );
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
                 let tls = connector
                     .connect(name, stream)

@@ -2,9 +2,6 @@
 //! every message of `vouch-api` (admin API, agent API, the sync stream), with a deadline on every
 //! call. TLS verification comes from `vouch-tls`; GETs to services outside vouch are `vouch-http`'s.
 
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-
 mod api;
 pub mod client;
 

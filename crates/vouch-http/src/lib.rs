@@ -7,9 +7,6 @@
 //! Plain `http://` is allowed for endpoints that are meant to be read without TLS (the kubelet's
 //! read-only port). Every GET has a deadline and a cap on the answer's size; errors name the peer.
 
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-
 #[cfg(feature = "testing")]
 pub mod testing;
 

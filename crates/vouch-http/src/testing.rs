@@ -1,5 +1,8 @@
 //! Test support (feature `testing`): a local HTTPS server with a self-signed certificate for
 //! 127.0.0.1 that answers GETs from a table of paths, optionally only with a bearer token. It stands in
+
+// Test support panics on failure like the tests that use it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! for services that do not run on the development machines (a kubelet, a Kubernetes API server's
 //! OIDC discovery endpoints).
 

@@ -7,8 +7,6 @@
 //! nor a build script. `tests/generated.rs` regenerates it with protox and fails on any difference;
 //! after changing the .proto run `VOUCH_REGENERATE=1 cargo test -p vouch-proto` to update it.
 
-#![forbid(unsafe_code)]
-
 /// The SPIFFE Workload API: messages, the `SpiffeWorkloadApi` server trait and a client.
 #[allow(missing_docs, clippy::all, clippy::pedantic)] // generated code
 pub mod workload {

@@ -1,5 +1,9 @@
 //! The checked-in generated code matches what the .proto files generate today.
 
+// A test fails by panicking: unwrap and expect are how it says what broke. End-to-end tests run
+// real processes on the wall clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::path::Path;
 
 /// (.proto file, generated file name, checked-in file, whether a server is generated)

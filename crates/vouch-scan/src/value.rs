@@ -40,6 +40,8 @@ fn alnum_classes(s: &str) -> usize {
 /// Suffixes a secret-ish key may carry after its keyword (`STRIPE_SECRET_KEY`, `API_TOKEN_V2`); any
 /// other suffix names something about the secret, not the secret (`token_count`, `password_file`,
 /// `secretKeyRef`).
+// A constant pattern: were it invalid, every test of this module would fail.
+#[allow(clippy::expect_used)]
 fn secret_suffix() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
@@ -97,6 +99,8 @@ fn looks_like_path(value: &str) -> bool {
 
 /// Values that refer to a secret instead of holding one: variables, templates, format strings,
 /// dotted references (`var.db_password`), calls.
+// A constant pattern: were it invalid, every test of this module would fail.
+#[allow(clippy::expect_used)]
 pub fn is_reference(value: &str, quoted: bool) -> bool {
     static DOTTED: OnceLock<Regex> = OnceLock::new();
     let dotted = DOTTED.get_or_init(|| {

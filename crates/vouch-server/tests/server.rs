@@ -1,6 +1,10 @@
 //! Integration tests of the server: handlers through tower `oneshot` (no sockets), and the real
 //! listeners (admin socket, mTLS) started in process. One test binary for the crate.
 
+// A test fails by panicking: unwrap and expect are how it says what broke. End-to-end tests run
+// real processes on the wall clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};

@@ -1,5 +1,9 @@
 //! The conformance suite against SQLite (in memory and on disk), and SQLite-specific behaviour.
 
+// A test fails by panicking: unwrap and expect are how it says what broke. End-to-end tests run
+// real processes on the wall clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::sync::Arc;
 
 use vouch_store::{conformance, EntryFilter, SqliteStore, Store};

@@ -8,9 +8,6 @@
 //! - [`server_config`] with [`SvidClientVerifier`] and [`ServerCert`]: the server's mTLS listener;
 //! - [`tls_connector`] with [`Trust`]: peers outside vouch (web PKI from a CA file, or skip-verify).
 
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-
 mod client;
 mod server;
 mod verify;

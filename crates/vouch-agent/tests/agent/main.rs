@@ -1,6 +1,10 @@
 //! Integration tests of the agent (one test binary): workload attestation of real processes, and the
 //! Workload API served to independent SPIFFE clients by a real agent synced with a real server.
 
+// A test fails by panicking: unwrap and expect are how it says what broke. End-to-end tests run
+// real processes on the wall clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 mod attest;
 mod kubelet;
 mod workload_api;
