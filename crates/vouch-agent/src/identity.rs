@@ -43,19 +43,8 @@ fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), AgentError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| AgentError::Io(format!("cannot create {}: {e}", tmp.display())))?;
-    f.write_all(data).map_err(|e| AgentError::Io(format!("cannot write {}: {e}", tmp.display())))?;
-    // Replace atomically, so a crash never leaves half a key.
-    std::fs::rename(&tmp, path).map_err(|e| AgentError::Io(format!("cannot write {}: {e}", path.display())))
+    // Replaced atomically, so a crash never leaves half a key.
+    vouch_fs::replace_private(path, data).map_err(|e| AgentError::Io(e.to_string()))
 }
 
 impl AgentIdentity {

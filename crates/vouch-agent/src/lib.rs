@@ -22,12 +22,10 @@ pub mod state;
 pub mod sync;
 pub mod workload_api;
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -72,11 +70,7 @@ impl std::fmt::Debug for Agent {
 }
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), AgentError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .map_err(|e| AgentError::Io(format!("cannot create {}: {e}", dir.display())))
+    vouch_fs::create_dir(dir, mode).map_err(|e| AgentError::Io(e.to_string()))
 }
 
 async fn obtain_identity(config: &AgentConfig) -> Result<AgentIdentity, AgentError> {
@@ -150,20 +144,10 @@ impl Agent {
         let mut tasks = vec![tokio::spawn(sync::run(state.clone(), rx.clone()))];
         tasks.push(tokio::spawn(maintenance(state.clone(), rx.clone())));
 
-        if let Some(dir) = config.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_dir(dir, 0o755)?;
-        }
-        if config.socket.exists() {
-            if tokio::net::UnixStream::connect(&config.socket).await.is_ok() {
-                return Err(AgentError::Io(format!("another agent is serving {}", config.socket.display())));
-            }
-            let _ = std::fs::remove_file(&config.socket);
-        }
-        let listener = UnixListener::bind(&config.socket)
-            .map_err(|e| AgentError::Io(format!("cannot bind {}: {e}", config.socket.display())))?;
         // World-connectable on purpose: attestation, not file modes, decides who gets what.
-        std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| AgentError::Io(format!("cannot set mode of {}: {e}", config.socket.display())))?;
+        let listener = vouch_fs::bind_unix_socket(&config.socket, 0o777)
+            .await
+            .map_err(|e| AgentError::Io(e.to_string()))?;
         let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConn, std::io::Error>>(64);
         let accept_state = state.clone();
         let mut accept_shutdown = rx.clone();
@@ -185,11 +169,9 @@ impl Agent {
             }
         }));
         let admin_path = config.data_dir.join("admin.sock");
-        let _ = std::fs::remove_file(&admin_path);
-        let admin = UnixListener::bind(&admin_path)
-            .map_err(|e| AgentError::Io(format!("cannot bind {}: {e}", admin_path.display())))?;
-        std::fs::set_permissions(&admin_path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| AgentError::Io(format!("cannot set mode of {}: {e}", admin_path.display())))?;
+        let admin = vouch_fs::bind_unix_socket(&admin_path, 0o600)
+            .await
+            .map_err(|e| AgentError::Io(e.to_string()))?;
         let admin_state = state.clone();
         let mut admin_shutdown = rx.clone();
         tasks.push(tokio::spawn(async move {

@@ -195,6 +195,16 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Bytes as lowercase hex (digests shown in selectors and fingerprints).
+pub fn hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+/// SHA-256 of `data` as 64 lowercase hex characters (stored join tokens, executable hashes).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(sha256(data))
+}
+
 /// A key generated for a workload that cannot make its own (admin minting): its public half for the
 /// certificate and its PKCS#8 DER, which is handed out once and never stored.
 pub struct WorkloadKey {

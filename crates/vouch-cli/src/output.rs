@@ -114,16 +114,7 @@ pub fn write_svid_files(dir: &Path, svid: &MintX509Response) -> Result<()> {
     Ok(())
 }
 
-/// Writes a file only its owner can read (0600), replacing any file there.
+/// Writes a file only its owner can read (0600), replacing any file there atomically.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(data).with_context(|| format!("cannot write {}", path.display()))
+    Ok(vouch_fs::replace_private(path, data)?)
 }

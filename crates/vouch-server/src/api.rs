@@ -372,7 +372,7 @@ async fn create_join_token(
 
 /// Hex SHA-256, the stored form of join tokens.
 pub fn hex_sha256(text: &str) -> String {
-    vouch_ca::keys::sha256(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    vouch_ca::keys::sha256_hex(text.as_bytes())
 }
 
 /// The minting answer as the server writes it: PEM fields as pre-escaped JSON text.

@@ -16,7 +16,7 @@ pub mod psat_keys;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +101,7 @@ pub fn load_or_create_kek(
                 )));
             }
             let (kek, text) = Kek::generate()?;
-            write_private(path, text.as_bytes())?;
+            vouch_fs::write_new_private(path, text.as_bytes()).map_err(|e| StartError::Io(e.to_string()))?;
             tracing::info!(path = %path.display(), "created a new key-encryption key; back it up with the database");
             Ok(kek)
         }
@@ -109,24 +109,8 @@ pub fn load_or_create_kek(
     }
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), StartError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| StartError::Io(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(data).map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))
-}
-
 fn create_private_dir(dir: &Path) -> Result<(), StartError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| StartError::Io(format!("cannot create data directory {}: {e}", dir.display())))
+    vouch_fs::create_dir(dir, 0o700).map_err(|e| StartError::Io(e.to_string()))
 }
 
 /// A running server.
@@ -234,22 +218,13 @@ async fn bind_admin_socket(path: &Path) -> Result<UnixListener, StartError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_private_dir(dir)?;
     }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(StartError::Io(format!(
-                "another server is listening on {}; stop it or choose another admin_socket",
-                path.display()
-            )));
-        }
-        // A stale socket from a server that did not shut down cleanly.
-        std::fs::remove_file(path)
-            .map_err(|e| StartError::Io(format!("cannot remove stale {}: {e}", path.display())))?;
-    }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| StartError::Io(format!("cannot bind {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| StartError::Io(format!("cannot restrict {}: {e}", path.display())))?;
-    Ok(listener)
+    vouch_fs::bind_unix_socket(path, 0o600).await.map_err(|e| match e {
+        vouch_fs::FsError::SocketInUse(_) => StartError::Io(format!(
+            "another server is listening on {}; stop it or choose another admin_socket",
+            path.display()
+        )),
+        other => StartError::Io(other.to_string()),
+    })
 }
 
 /// Serves HTTP/1.1 on one connection with `caller` attached to every request, until the peer closes

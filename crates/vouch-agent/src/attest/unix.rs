@@ -130,11 +130,7 @@ impl UnixAttestor {
             add(groups.get(g).and_then(|n| sel("supplementary_group", n)));
         }
         add(sel("path", exe.display()));
-        add(sel("sha256", hex(&digest)));
+        add(sel("sha256", vouch_ca::keys::hex(&digest)));
         Ok(out)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

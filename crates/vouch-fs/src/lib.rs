@@ -1,0 +1,131 @@
+//! Files and sockets the way vouch's daemons and CLI write them.
+//!
+//! - [`write_new_private`]: a new file only its owner can read (0600), never replacing one (a key
+//!   that exists must not be overwritten by a second start);
+//! - [`replace_private`]: a 0600 file replaced atomically (written beside, then renamed), so a crash
+//!   never leaves half a key or certificate;
+//! - [`create_dir`]: a directory (and its parents) with a given mode;
+//! - [`bind_unix_socket`]: a Unix socket bound with a given mode, over a stale socket file left by a
+//!   process that died, but never over one a live process still serves.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// What failed, on which path.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// A file system call failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`create`, `write`, `bind`, ...).
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A live process serves the socket already.
+    #[error("another process is serving {}; stop it or choose another socket path", .0.display())]
+    SocketInUse(PathBuf),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FsError + 'a {
+    move |source| FsError::Io { action, path: path.to_owned(), source }
+}
+
+/// Writes a new file readable only by its owner; fails if `path` exists.
+pub fn write_new_private(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create", path))?;
+    f.write_all(data).map_err(io("write", path))?;
+    f.sync_all().map_err(io("write", path))
+}
+
+/// Replaces `path` with a file readable only by its owner holding `data`, atomically: readers see
+/// the old content or the new, never a part.
+pub fn replace_private(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A leftover from a crash in the middle of an earlier replacement.
+    let _ = std::fs::remove_file(&tmp);
+    write_new_private(&tmp, data)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("replace", path)(e)
+    })
+}
+
+/// Creates `dir` and its missing parents with `mode` (for example 0o700 for private state).
+pub fn create_dir(dir: &Path, mode: u32) -> Result<(), FsError> {
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir).map_err(io("create directory", dir))
+}
+
+/// Binds a Unix socket at `path` with `mode`, creating its directory (0o755) if needed. A socket file
+/// nobody answers on (left by a process that died) is replaced; one a live process serves is an
+/// error, so two daemons never share a socket.
+pub async fn bind_unix_socket(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, FsError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        create_dir(dir, 0o755)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(FsError::SocketInUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(io("remove the stale socket", path))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(io("bind", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io("set the mode of", path))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn private_files_are_0600_new_ones_never_overwrite_and_replacement_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("kek");
+        write_new_private(&key, b"first").unwrap();
+        assert_eq!(mode(&key), 0o600);
+        let err = write_new_private(&key, b"second").unwrap_err().to_string();
+        assert!(err.contains("cannot create") && err.contains("kek"), "{err}");
+        assert_eq!(std::fs::read(&key).unwrap(), b"first");
+        replace_private(&key, b"third").unwrap();
+        assert_eq!((std::fs::read(&key).unwrap(), mode(&key)), (b"third".to_vec(), 0o600));
+        // A temporary file left by a crash does not stop the next replacement.
+        std::fs::write(dir.path().join("kek.tmp"), b"junk").unwrap();
+        replace_private(&key, b"fourth").unwrap();
+        assert_eq!(std::fs::read(&key).unwrap(), b"fourth");
+        assert!(!dir.path().join("kek.tmp").exists());
+        let err = replace_private(&dir.path().join("missing/dir/x"), b"x").unwrap_err().to_string();
+        assert!(err.contains("missing/dir/x.tmp"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sockets_replace_stale_files_but_not_live_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/api.sock");
+        let live = bind_unix_socket(&path, 0o600).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        match bind_unix_socket(&path, 0o600).await {
+            Err(FsError::SocketInUse(p)) => assert_eq!(p, path),
+            other => panic!("expected SocketInUse, got {other:?}"),
+        }
+        drop(live); // the file stays: now stale
+        assert!(path.exists());
+        let _again = bind_unix_socket(&path, 0o777).await.unwrap();
+        assert_eq!(mode(&path), 0o777);
+    }
+}
