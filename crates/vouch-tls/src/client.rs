@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use vouch_core::SpiffeId;
 
-use crate::verify::{provider, schemes, tls12_signature, tls13_signature, verify_svid, Anchors};
+use crate::verify::{provider, verify_svid, Anchors};
 
 /// Verifies a vouch server by its SPIFFE ID and the bundle, ignoring the host name (the server is
 /// addressed by IP or any name; its identity is the SPIFFE ID).
@@ -43,27 +42,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
-    }
+    crate::verify::handshake_signatures!();
 }
 
 /// The client side TLS configuration: verify the server by SPIFFE ID, and present a client SVID if

@@ -3,13 +3,12 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::verify::{provider, schemes, tls12_signature, tls13_signature, verify_svid, Anchors};
-use rustls::client::danger::HandshakeSignatureValid;
+use crate::verify::{provider, verify_svid, Anchors};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::DistinguishedName;
 
 /// Verifies client certificates against the current bundle; the anchors are swapped when the
 /// bundle changes. A client without a certificate is let through the handshake so the API can
@@ -51,27 +50,7 @@ impl ClientCertVerifier for SvidClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
-    }
+    crate::verify::handshake_signatures!();
 }
 
 /// Serves the server's own X509-SVID, replaced on renewal without restarting listeners.

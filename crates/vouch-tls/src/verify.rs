@@ -47,6 +47,35 @@ pub(crate) fn schemes() -> Vec<SignatureScheme> {
     algorithms().supported_schemes()
 }
 
+/// The three handshake-signature methods every rustls verifier implements, the same in each of
+/// vouch's verifiers (they depend only on the one algorithm set).
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            crate::verify::tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            crate::verify::tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            crate::verify::schemes()
+        }
+    };
+}
+pub(crate) use handshake_signatures;
+
 /// Trust anchors from a bundle's X.509 authorities.
 #[derive(Debug, Default)]
 pub struct Anchors {
