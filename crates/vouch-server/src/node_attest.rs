@@ -21,11 +21,68 @@ pub struct PsatIdentity {
     pub selectors: Selectors,
 }
 
+/// Why a PSAT was refused; the message is what the agent's operator reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PsatRefusal {
+    /// Signed by a key the cluster's issuer does not have.
+    #[error("signed by key `{kid}`, which is not a key of cluster `{cluster}`")]
+    UnknownKey {
+        /// The token's key id.
+        kid: String,
+        /// The cluster.
+        cluster: String,
+    },
+    /// Not a valid JWS of the cluster's keys.
+    #[error("{0}")]
+    Signature(vouch_ca::JwtError),
+    /// Another issuer.
+    #[error("issuer `{got}` is not the configured `{want}`")]
+    Issuer {
+        /// The token's issuer.
+        got: String,
+        /// The configured one.
+        want: String,
+    },
+    /// Not for vouch's audience.
+    #[error("the token is not for audience `{0}`")]
+    Audience(String),
+    /// A claim every PSAT has is missing.
+    #[error("claim `{claim}` is missing{hint}")]
+    MissingClaim {
+        /// The claim's path.
+        claim: &'static str,
+        /// What its absence suggests.
+        hint: &'static str,
+    },
+    /// Expired.
+    #[error("the token expired at {0} (unix seconds)")]
+    Expired(i64),
+    /// `nbf` in the future.
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    /// A service account not allowed to attest agents.
+    #[error("service account `{namespace}:{name}` may not attest agents in cluster `{cluster}`")]
+    ServiceAccount {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The cluster.
+        cluster: String,
+    },
+    /// A uid that cannot be part of a SPIFFE ID.
+    #[error("the pod or node uid in the token is not a valid identifier")]
+    BadUid,
+    /// The agent ID could not be formed.
+    #[error("agent id: {0}")]
+    AgentId(vouch_core::IdError),
+}
+
 fn claim<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
 }
 
-/// Checks a PSAT against a cluster's settings at `now`. The error says what was wrong.
+/// Checks a PSAT against a cluster's settings at `now`. The refusal says what was wrong.
 /// `keys` are the cluster's current signing keys ([`crate::psat_keys::PsatKeys`]).
 pub fn check_psat(
     td: &TrustDomain,
@@ -33,16 +90,15 @@ pub fn check_psat(
     keys: &crate::psat_keys::KeySet,
     token: &str,
     now: SystemTime,
-) -> Result<PsatIdentity, String> {
+) -> Result<PsatIdentity, PsatRefusal> {
+    let missing = |claim: &'static str, hint: &'static str| PsatRefusal::MissingClaim { claim, hint };
     let (_, claims) = vouch_ca::jwt::verify_jws(token, keys).map_err(|e| match e {
-        vouch_ca::JwtError::UnknownKid(k) => {
-            format!("signed by key `{k}`, which is not a key of cluster `{}`", cluster.name)
-        }
-        other => other.to_string(),
+        vouch_ca::JwtError::UnknownKid(kid) => PsatRefusal::UnknownKey { kid, cluster: cluster.name.clone() },
+        other => PsatRefusal::Signature(other),
     })?;
     let iss = claims["iss"].as_str().unwrap_or_default();
     if iss != cluster.issuer {
-        return Err(format!("issuer `{iss}` is not the configured `{}`", cluster.issuer));
+        return Err(PsatRefusal::Issuer { got: iss.to_owned(), want: cluster.issuer.clone() });
     }
     let audience_ok = match &claims["aud"] {
         Value::String(a) => *a == cluster.audience,
@@ -50,30 +106,31 @@ pub fn check_psat(
         _ => false,
     };
     if !audience_ok {
-        return Err(format!("the token is not for audience `{}`", cluster.audience));
+        return Err(PsatRefusal::Audience(cluster.audience.clone()));
     }
     let now_s = ttl::unix_seconds(now);
-    let exp = claims["exp"].as_i64().ok_or("claim `exp` is missing")?;
+    let exp = claims["exp"].as_i64().ok_or(missing("exp", ""))?;
     if exp <= now_s {
-        return Err(format!("the token expired at {exp} (unix seconds)"));
+        return Err(PsatRefusal::Expired(exp));
     }
     if claims["nbf"].as_i64().is_some_and(|nbf| nbf > now_s) {
-        return Err("the token is not valid yet (nbf)".into());
+        return Err(PsatRefusal::NotYetValid);
     }
     let k8s = &claims["kubernetes.io"];
     let ns = claim(k8s, &["namespace"])
-        .ok_or("claim `kubernetes.io.namespace` is missing: not a projected service-account token")?;
-    let sa = claim(k8s, &["serviceaccount", "name"])
-        .ok_or("claim `kubernetes.io.serviceaccount.name` is missing")?;
+        .ok_or(missing("kubernetes.io.namespace", ": not a projected service-account token"))?;
+    let sa =
+        claim(k8s, &["serviceaccount", "name"]).ok_or(missing("kubernetes.io.serviceaccount.name", ""))?;
     if !cluster.service_accounts.iter().any(|(n, s)| n == ns && s == sa) {
-        return Err(format!(
-            "service account `{ns}:{sa}` may not attest agents in cluster `{}`",
-            cluster.name
-        ));
+        return Err(PsatRefusal::ServiceAccount {
+            namespace: ns.to_owned(),
+            name: sa.to_owned(),
+            cluster: cluster.name.clone(),
+        });
     }
     let pod_name = claim(k8s, &["pod", "name"])
-        .ok_or("claim `kubernetes.io.pod.name` is missing: the token must be bound to a pod")?;
-    let pod_uid = claim(k8s, &["pod", "uid"]).ok_or("claim `kubernetes.io.pod.uid` is missing")?;
+        .ok_or(missing("kubernetes.io.pod.name", ": the token must be bound to a pod"))?;
+    let pod_uid = claim(k8s, &["pod", "uid"]).ok_or(missing("kubernetes.io.pod.uid", ""))?;
     let node_name = claim(k8s, &["node", "name"]);
     let node_uid = claim(k8s, &["node", "uid"]);
     let id_part = node_uid.unwrap_or(pod_uid);
@@ -81,11 +138,11 @@ pub fn check_psat(
         s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) && !s.is_empty()
     };
     if !safe(id_part) {
-        return Err("the pod or node uid in the token is not a valid identifier".into());
+        return Err(PsatRefusal::BadUid);
     }
     let agent_id = td
         .id_with_path(&format!("/agent/k8s_psat/{}/{id_part}", cluster.name))
-        .map_err(|e| format!("agent id: {e}"))?;
+        .map_err(PsatRefusal::AgentId)?;
     let mut selectors = Selectors::new();
     let mut add = |k: &str, v: &str| {
         if let Ok(s) = Selector::new("k8s_psat", &format!("{k}:{v}")) {
