@@ -35,7 +35,7 @@ use vouch_api::agent::{
     X509PopChallenge, X509PopChallengeRequest,
 };
 use vouch_api::{paths, Der};
-use vouch_core::{ttl, Entry, EntryId, Selector, SpiffeId};
+use vouch_core::{ttl, Entry, EntryId, SpiffeId};
 use vouch_store::{AgentRecord, EntryFilter, TokenUse};
 
 use crate::api::{hex_sha256, now_secs, requested_ttl, ApiJson};
@@ -74,18 +74,6 @@ pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
         .route(paths::AGENTS, get(list_agents))
         .route(paths::AGENTS_EVICT, post(evict_agent))
         .route(paths::AGENTS_BAN, post(ban_agent))
-}
-
-/// The SPIFFE ID of an agent attested with a join token.
-fn join_token_agent_id(state: &AppState, hash: &str, chosen: Option<SpiffeId>) -> AppResult<SpiffeId> {
-    match chosen {
-        Some(id) => Ok(id),
-        None => state
-            .config
-            .trust_domain
-            .id_with_path(&format!("/agent/join_token/{}", &hash[..16]))
-            .map_err(|e| ApiError::internal("agent id", e)),
-    }
 }
 
 fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &Der) -> AppResult<(AgentSvid, i64)> {
@@ -158,9 +146,9 @@ async fn attest_join_token(
             return Err(refuse("the token was already used; join tokens are single use, create a new one"))
         }
     };
-    let id = join_token_agent_id(&state, &hash, record.agent_id)?;
-    let selector = Selector::new("join_token", &hash[..16]).map_err(|e| ApiError::internal("selector", e))?;
-    admit_agent(&state, id, "join_token", [selector].into_iter().collect(), &req.csr).await
+    let node = crate::node_attest::join_token_identity(&state.config.trust_domain, &hash, record.agent_id)
+        .map_err(|e| ApiError::internal("agent id", e))?;
+    admit_agent(&state, node.agent_id, "join_token", node.selectors, &req.csr).await
 }
 
 async fn attest_k8s_psat(
@@ -251,48 +239,24 @@ async fn attest_x509pop(
 ) -> AppResult<Json<AgentSvid>> {
     use base64::Engine as _;
     vouch_ca::verify_csr_pem_or_der(&req.csr.0)?;
-    let NodeCert { leaf, ca_set: set, facts } = check_node_chain(&state, &req.cert_chain_pem)?;
-    let vouch_ca::x509::NodeCertFacts { common_name: cn, dns_names: dns, fingerprint } = facts;
+    let NodeCert { leaf, ca_set, facts } = check_node_chain(&state, &req.cert_chain_pem)?;
     let refuse = |reason: &str| {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "x509pop", fingerprint = %fingerprint, reason);
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "x509pop", fingerprint = %facts.fingerprint, reason);
         ApiError::unauthenticated(format!("x509pop refused: {reason}"))
     };
     // The challenge is single use whatever the outcome.
     let challenge = state.x509pop_nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.nonce);
-    match challenge {
-        Some((fp, exp)) if fp == fingerprint && exp > state.now() => {}
-        Some((fp, _)) if fp != fingerprint => {
-            return Err(refuse("the challenge was issued for another certificate"))
-        }
-        Some(_) => return Err(refuse("the challenge expired; ask for a new one")),
-        None => return Err(refuse("unknown or already used challenge")),
-    }
+    crate::node_attest::check_challenge(challenge, &facts.fingerprint, state.now())
+        .map_err(|e| refuse(&e.to_string()))?;
     let signature = base64::engine::general_purpose::STANDARD
         .decode(req.signature.as_bytes())
         .map_err(|_| refuse("the signature is not base64"))?;
     vouch_ca::x509::verify_with_cert(&leaf, &x509pop_message(&req.nonce), &signature).map_err(|_| {
         refuse("the signature does not verify with the certificate's key (proof of possession failed)")
     })?;
-    let id = state
-        .config
-        .trust_domain
-        .id_with_path(&format!("/agent/x509pop/{fingerprint}"))
+    let node = crate::node_attest::x509pop_identity(&state.config.trust_domain, &ca_set, &facts)
         .map_err(|e| ApiError::internal("agent id", e))?;
-    let mut selectors = vouch_core::Selectors::new();
-    let mut add = |v: String| {
-        if let Ok(s) = Selector::new("x509pop", &v) {
-            selectors.insert(s);
-        }
-    };
-    add(format!("ca:{set}"));
-    add(format!("fingerprint:{fingerprint}"));
-    if let Some(cn) = cn {
-        add(format!("subject:cn:{cn}"));
-    }
-    for d in dns {
-        add(format!("san:dns:{d}"));
-    }
-    admit_agent(&state, id, "x509pop", selectors, &req.csr).await
+    admit_agent(&state, node.agent_id, "x509pop", node.selectors, &req.csr).await
 }
 
 /// The calling agent's SPIFFE ID (the auth layer has checked it is an active agent).

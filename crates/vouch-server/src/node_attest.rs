@@ -1,9 +1,14 @@
-//! Node attestation rules, as pure functions over the evidence and the time.
+//! Node attestation rules, as pure functions over the evidence and the time; the handlers in
+//! `agent_api` do the I/O (the store, the keys) around them.
 //!
-//! Kubernetes projected service-account tokens (PSAT): the token must be signed by a key of the
-//! cluster's service-account issuer, carry the configured issuer and audience, be unexpired, and
-//! belong to an allowed service account. The agent's SPIFFE ID and selectors come from the token's
-//! `kubernetes.io` claims, never from anything else the agent says.
+//! - Join tokens: the agent ID is the one chosen when the token was made, else derived from the
+//!   token's hash; one selector names the token.
+//! - Kubernetes projected service-account tokens (PSAT): the token must be signed by a key of the
+//!   cluster's service-account issuer, carry the configured issuer and audience, be unexpired, and
+//!   belong to an allowed service account. The agent's SPIFFE ID and selectors come from the token's
+//!   `kubernetes.io` claims, never from anything else the agent says.
+//! - x509pop: a single-use challenge, answered for the certificate it was issued for, before it
+//!   expires; the agent ID is the certificate's fingerprint, the selectors its subject and SANs.
 
 use std::time::SystemTime;
 
@@ -76,6 +81,78 @@ pub enum PsatRefusal {
     /// The agent ID could not be formed.
     #[error("agent id: {0}")]
     AgentId(vouch_core::IdError),
+}
+
+/// What node attestation establishes: the agent's SPIFFE ID and its node selectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The agent's SPIFFE ID.
+    pub agent_id: SpiffeId,
+    /// Its node selectors.
+    pub selectors: Selectors,
+}
+
+fn selectors_of(kind: &str, values: impl IntoIterator<Item = String>) -> Selectors {
+    values.into_iter().filter_map(|v| Selector::new(kind, &v).ok()).collect()
+}
+
+/// The identity a join token gives: the agent ID chosen for it, else `/agent/join_token/<hash
+/// prefix>`; the selector `join_token:<hash prefix>`. `token_hash` is the token's hex SHA-256.
+pub fn join_token_identity(
+    td: &TrustDomain,
+    token_hash: &str,
+    chosen: Option<SpiffeId>,
+) -> Result<NodeIdentity, vouch_core::IdError> {
+    let short = token_hash.get(..16).unwrap_or(token_hash);
+    let agent_id = match chosen {
+        Some(id) => id,
+        None => td.id_with_path(&format!("/agent/join_token/{short}"))?,
+    };
+    Ok(NodeIdentity { agent_id, selectors: selectors_of("join_token", [short.to_owned()]) })
+}
+
+/// Why an x509pop challenge answer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChallengeRefusal {
+    /// No such challenge, or it was used already.
+    #[error("unknown or already used challenge")]
+    Unknown,
+    /// Issued for another certificate.
+    #[error("the challenge was issued for another certificate")]
+    OtherCertificate,
+    /// Too late.
+    #[error("the challenge expired; ask for a new one")]
+    Expired,
+}
+
+/// Checks an x509pop challenge (as stored: the fingerprint it was issued for and its expiry) against
+/// the certificate that answers it, at `now`.
+pub fn check_challenge(
+    stored: Option<(String, SystemTime)>,
+    fingerprint: &str,
+    now: SystemTime,
+) -> Result<(), ChallengeRefusal> {
+    match stored {
+        None => Err(ChallengeRefusal::Unknown),
+        Some((fp, _)) if fp != fingerprint => Err(ChallengeRefusal::OtherCertificate),
+        Some((_, expires)) if expires <= now => Err(ChallengeRefusal::Expired),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The identity a proven node certificate gives: `/agent/x509pop/<fingerprint>`, and selectors for
+/// the CA set it chains to, its fingerprint, subject common name and DNS SANs.
+pub fn x509pop_identity(
+    td: &TrustDomain,
+    ca_set: &str,
+    facts: &vouch_ca::x509::NodeCertFacts,
+) -> Result<NodeIdentity, vouch_core::IdError> {
+    let agent_id = td.id_with_path(&format!("/agent/x509pop/{}", facts.fingerprint))?;
+    let values = [format!("ca:{ca_set}"), format!("fingerprint:{}", facts.fingerprint)]
+        .into_iter()
+        .chain(facts.common_name.iter().map(|cn| format!("subject:cn:{cn}")))
+        .chain(facts.dns_names.iter().map(|d| format!("san:dns:{d}")));
+    Ok(NodeIdentity { agent_id, selectors: selectors_of("x509pop", values) })
 }
 
 fn claim<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -161,4 +238,58 @@ pub fn check_psat(
         add("agent_node_uid", n);
     }
     Ok(PsatIdentity { agent_id, selectors })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    #[test]
+    fn join_tokens_give_the_chosen_id_or_one_from_the_hash() {
+        let hash = "0123456789abcdef0123456789abcdef";
+        let derived = join_token_identity(&td(), hash, None).unwrap();
+        assert_eq!(derived.agent_id.to_string(), "spiffe://example.org/agent/join_token/0123456789abcdef");
+        let sels: Vec<String> = derived.selectors.iter().map(ToString::to_string).collect();
+        assert_eq!(sels, ["join_token:0123456789abcdef"]);
+        let chosen = SpiffeId::parse("spiffe://example.org/agent/node-1").unwrap();
+        assert_eq!(join_token_identity(&td(), hash, Some(chosen.clone())).unwrap().agent_id, chosen);
+    }
+
+    #[test]
+    fn challenges_are_checked_for_existence_certificate_and_time() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let stored =
+            |fp: &str, exp: u64| Some((fp.to_owned(), SystemTime::UNIX_EPOCH + Duration::from_secs(exp)));
+        assert_eq!(check_challenge(stored("aa", 1060), "aa", t), Ok(()));
+        assert_eq!(check_challenge(None, "aa", t), Err(ChallengeRefusal::Unknown));
+        assert_eq!(check_challenge(stored("bb", 1060), "aa", t), Err(ChallengeRefusal::OtherCertificate));
+        assert_eq!(check_challenge(stored("aa", 1000), "aa", t), Err(ChallengeRefusal::Expired));
+        // Another certificate is named even when the challenge has also expired.
+        assert_eq!(check_challenge(stored("bb", 10), "aa", t), Err(ChallengeRefusal::OtherCertificate));
+    }
+
+    #[test]
+    fn node_certificates_give_fingerprint_ids_and_subject_selectors() {
+        let facts = vouch_ca::x509::NodeCertFacts {
+            common_name: Some("node-1".into()),
+            dns_names: vec!["node-1.nodes.example".into()],
+            fingerprint: "ab".repeat(32),
+        };
+        let id = x509pop_identity(&td(), "dc1", &facts).unwrap();
+        assert_eq!(
+            id.agent_id.to_string(),
+            format!("spiffe://example.org/agent/x509pop/{}", "ab".repeat(32))
+        );
+        let sels: Vec<String> = id.selectors.iter().map(ToString::to_string).collect();
+        for want in ["x509pop:ca:dc1", "x509pop:subject:cn:node-1", "x509pop:san:dns:node-1.nodes.example"] {
+            assert!(sels.iter().any(|s| s == want), "{want} in {sels:?}");
+        }
+        assert_eq!(sels.len(), 4, "ca, fingerprint, cn, one SAN: {sels:?}");
+    }
 }
