@@ -153,7 +153,7 @@ fn kubelet_setting(
         insecure_skip_verify: insecure,
     };
     // Checked now, so a typo stops the agent at start rather than refusing every pod later.
-    crate::attest::KubeletClient::new(config.clone()).map_err(ConfigError)?;
+    crate::attest::KubeletClient::new(config.clone()).map_err(|e| ConfigError(e.to_string()))?;
     Ok(Some(config))
 }
 

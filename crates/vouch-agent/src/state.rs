@@ -101,7 +101,8 @@ impl AgentState {
             config.containerd_socket.clone(),
         );
         if let Some(k) = &config.kubelet {
-            let client = crate::attest::KubeletClient::new(k.clone()).map_err(AgentError::Config)?;
+            let client = crate::attest::KubeletClient::new(k.clone())
+                .map_err(|e| AgentError::Config(e.to_string()))?;
             runtime = runtime.with_kubelet(client);
         }
         Ok(Arc::new(Self {

@@ -9,15 +9,17 @@
 use serde_json::Value;
 use vouch_core::{Selector, Selectors};
 
+use super::kubelet::KubeletError;
+
 /// The `k8s:` selectors of container `container_id` in pod `pod_uid`, from a kubelet `PodList`.
 /// An error says what could not be found; the caller then gives no identity.
-pub fn k8s_selectors(pod_list: &Value, pod_uid: &str, container_id: &str) -> Result<Selectors, String> {
+pub fn k8s_selectors(pod_list: &Value, pod_uid: &str, container_id: &str) -> Result<Selectors, KubeletError> {
     let pod = pod_list["items"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| p["metadata"]["uid"].as_str() == Some(pod_uid))
-        .ok_or_else(|| format!("the kubelet lists no pod with uid `{pod_uid}`"))?;
+        .ok_or_else(|| KubeletError::NoPod(pod_uid.to_owned()))?;
     let statuses = ["containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"]
         .iter()
         .flat_map(|k| pod["status"][*k].as_array().into_iter().flatten());
@@ -30,7 +32,10 @@ pub fn k8s_selectors(pod_list: &Value, pod_uid: &str, container_id: &str) -> Res
                 .and_then(|c| c.split_once("://"))
                 .is_some_and(|(_, id)| id == container_id)
         })
-        .ok_or_else(|| format!("pod `{pod_uid}` has no container with id `{container_id}`"))?;
+        .ok_or_else(|| KubeletError::NoContainer {
+            pod: pod_uid.to_owned(),
+            container: container_id.to_owned(),
+        })?;
     let mut out = Selectors::new();
     let mut add = |k: &str, v: &str| {
         if let Ok(s) = Selector::new("k8s", &format!("{k}:{v}")) {
@@ -115,8 +120,11 @@ mod tests {
 
     #[test]
     fn unknown_pods_and_containers_are_errors() {
-        assert!(k8s_selectors(&pods(), "nope", APP).unwrap_err().contains("no pod with uid"));
-        assert!(k8s_selectors(&pods(), POD, "cccc").unwrap_err().contains("no container with id"));
+        assert!(k8s_selectors(&pods(), "nope", APP).unwrap_err().to_string().contains("no pod with uid"));
+        assert!(k8s_selectors(&pods(), POD, "cccc")
+            .unwrap_err()
+            .to_string()
+            .contains("no container with id"));
         assert!(k8s_selectors(&serde_json::json!({"items": "garbage"}), POD, APP).is_err());
         assert!(k8s_selectors(&serde_json::json!(null), POD, APP).is_err());
     }

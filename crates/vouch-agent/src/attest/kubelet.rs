@@ -23,6 +23,54 @@ use vouch_http::{Getter, Trust, Url};
 
 use super::k8s::k8s_selectors;
 
+/// Why the kubelet could not confirm a container. Never carries the bearer token.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// The kubelet settings are unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The token file could not be read.
+    #[error("kubelet token `{}`: {source}", path.display())]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The kubelet could not be asked.
+    #[error("kubelet: {0}")]
+    Http(#[from] vouch_http::HttpError),
+    /// The kubelet refused.
+    #[error("kubelet {url}: HTTP {status}{hint}")]
+    Status {
+        /// The kubelet.
+        url: String,
+        /// Its answer.
+        status: u16,
+        /// What the status usually means.
+        hint: &'static str,
+    },
+    /// The answer is not a pod list.
+    #[error("kubelet {url}: the answer is not a PodList{detail}")]
+    NotPodList {
+        /// The kubelet.
+        url: String,
+        /// The parser's word, if any.
+        detail: String,
+    },
+    /// No such pod.
+    #[error("the kubelet lists no pod with uid `{0}`")]
+    NoPod(String),
+    /// No such container in the pod.
+    #[error("pod `{pod}` has no container with id `{container}`")]
+    NoContainer {
+        /// The pod uid.
+        pod: String,
+        /// The container id.
+        container: String,
+    },
+}
+
 /// How a kubelet is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubeletConfig {
@@ -63,12 +111,12 @@ impl std::fmt::Debug for KubeletClient {
 
 impl KubeletClient {
     /// Checks the configuration; nothing is fetched yet.
-    pub fn new(config: KubeletConfig) -> Result<Self, String> {
+    pub fn new(config: KubeletConfig) -> Result<Self, KubeletError> {
         let bad = |why: &str| {
-            format!(
+            KubeletError::Config(format!(
                 "kubelet url `{}`: {why} (use https://host:port, port 10250, or the read-only http://host:port, port 10255)",
                 config.url
-            )
+            ))
         };
         let url = Url::parse(&config.url).map_err(|e| bad(&e))?;
         // The kubelet has no default port: say it explicitly.
@@ -82,38 +130,41 @@ impl KubeletClient {
             (true, _, true) => Some(Trust::InsecureSkipVerify),
             (true, Some(ca), false) => Some(Trust::CaFile(ca.clone())),
             (true, None, false) => {
-                return Err("an https kubelet url needs the CA of the kubelet's serving certificate \
-                            (kubelet_ca), or kubelet_insecure_skip_verify = true for self-signed ones"
-                    .into())
+                return Err(KubeletError::Config(
+                    "an https kubelet url needs the CA of the kubelet's serving certificate \
+                     (kubelet_ca), or kubelet_insecure_skip_verify = true for self-signed ones"
+                        .into(),
+                ))
             }
         };
         if !url.tls && config.token_file.is_some() {
-            return Err("a kubelet token is only sent over https; the read-only http port needs none".into());
+            return Err(KubeletError::Config(
+                "a kubelet token is only sent over https; the read-only http port needs none".into(),
+            ));
         }
         // Reads the CA file now: a bad one stops the agent at start, not at the first pod.
-        let getter = Getter::new(&url, trust.as_ref()).map_err(|e| format!("kubelet: {e}"))?;
+        let getter = Getter::new(&url, trust.as_ref())?;
         Ok(Self { config, getter, cache: tokio::sync::Mutex::new(None) })
     }
 
     /// The `k8s:` selectors of container `container_id` in pod `pod_uid`. Uses the cached pod list
     /// when it is fresh; refetches on a miss, a few times, then refuses.
-    pub async fn selectors(&self, pod_uid: &str, container_id: &str) -> Result<Selectors, String> {
-        let mut last_err = String::new();
-        for attempt in 0..=MISS_RETRIES {
-            if attempt > 0 {
-                tokio::time::sleep(MIN_REFETCH * 2).await;
-            }
+    pub async fn selectors(&self, pod_uid: &str, container_id: &str) -> Result<Selectors, KubeletError> {
+        let mut attempt = 0;
+        loop {
             let list = self.pod_list(attempt > 0).await?;
             match k8s_selectors(&list, pod_uid, container_id) {
                 Ok(s) => return Ok(s),
-                Err(e) => last_err = e,
+                Err(e) if attempt == MISS_RETRIES => return Err(e),
+                Err(_) => {}
             }
+            attempt += 1;
+            tokio::time::sleep(MIN_REFETCH * 2).await;
         }
-        Err(last_err)
     }
 
     /// The pod list: cached unless stale or `refresh` (and the last fetch is not too recent).
-    async fn pod_list(&self, refresh: bool) -> Result<Arc<Value>, String> {
+    async fn pod_list(&self, refresh: bool) -> Result<Arc<Value>, KubeletError> {
         let mut cache = self.cache.lock().await;
         if let Some((at, list)) = cache.as_ref() {
             let age = at.elapsed();
@@ -127,35 +178,32 @@ impl KubeletClient {
     }
 
     /// One `GET /pods`.
-    pub async fn fetch(&self) -> Result<Value, String> {
+    pub async fn fetch(&self) -> Result<Value, KubeletError> {
         let url = &self.config.url;
         let token = match &self.config.token_file {
             // Read at every request: projected tokens are rotated by the kubelet. Never logged.
             Some(path) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|e| format!("kubelet token `{}`: {e}", path.display()))?
+                    .map_err(|source| KubeletError::Token { path: path.clone(), source })?
                     .trim()
                     .to_owned(),
             ),
             None => None,
         };
-        let (status, body) = self
-            .getter
-            .get("/pods", token.as_deref(), MAX_BODY, REQUEST_TIMEOUT)
-            .await
-            .map_err(|e| format!("kubelet {url}: {e}"))?;
+        let (status, body) = self.getter.get("/pods", token.as_deref(), MAX_BODY, REQUEST_TIMEOUT).await?;
         if !(200..300).contains(&status) {
             let hint = match status {
                 401 => ": the token was not accepted",
                 403 => ": the token's service account may not read pods (grant `get` on `nodes/proxy`)",
                 _ => "",
             };
-            return Err(format!("kubelet {url}: HTTP {status}{hint}"));
+            return Err(KubeletError::Status { url: url.clone(), status, hint });
         }
-        let list: Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("kubelet {url}: the pod list is not JSON: {e}"))?;
+        let not_pod_list = |detail: String| KubeletError::NotPodList { url: url.clone(), detail };
+        let list: Value =
+            serde_json::from_slice(&body).map_err(|e| not_pod_list(format!(" (not JSON: {e})")))?;
         if !list["items"].is_array() {
-            return Err(format!("kubelet {url}: the answer is not a PodList"));
+            return Err(not_pod_list(String::new()));
         }
         Ok(list)
     }

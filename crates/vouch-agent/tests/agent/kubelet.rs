@@ -50,7 +50,7 @@ async fn pod_containers_get_k8s_selectors_from_the_kubelet() {
     assert_eq!(k.requests(), 1);
 
     // A container the kubelet does not list: refetched a bounded number of times, then refused.
-    let err = client.selectors(POD, "cccc").await.unwrap_err();
+    let err = client.selectors(POD, "cccc").await.unwrap_err().to_string();
     assert!(err.contains("no container with id `cccc`"), "{err}");
     let n = k.requests();
     assert!((2..=5).contains(&n), "{n} requests");
@@ -76,7 +76,7 @@ async fn pod_containers_get_k8s_selectors_from_the_kubelet() {
 
     // A wrong token: the error says so, and does not contain the token.
     std::fs::write(&token, "wrong-token").unwrap();
-    let err = KubeletClient::new(config.clone()).unwrap().fetch().await.unwrap_err();
+    let err = KubeletClient::new(config.clone()).unwrap().fetch().await.unwrap_err().to_string();
     assert!(err.contains("401") && err.contains("token was not accepted"), "{err}");
     assert!(!err.contains("wrong-token"), "{err}");
     std::fs::write(&token, TOKEN).unwrap();
@@ -92,7 +92,8 @@ async fn pod_containers_get_k8s_selectors_from_the_kubelet() {
         .unwrap()
         .fetch()
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tls"), "{err}");
     let insecure = KubeletConfig { ca_file: None, insecure_skip_verify: true, ..config.clone() };
     KubeletClient::new(insecure).unwrap().fetch().await.unwrap();
@@ -138,7 +139,7 @@ fn kubelet_settings_are_checked_at_start() {
             "only sent over https",
         ),
     ] {
-        let err = KubeletClient::new(config).unwrap_err();
+        let err = KubeletClient::new(config).unwrap_err().to_string();
         assert!(err.contains(says), "{err}");
     }
     let env = |k: &str| match k {
