@@ -220,24 +220,8 @@ pub struct ValidateJwtRequest {
     pub audience: String,
 }
 
-/// The claims of a valid JWT-SVID.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JwtSvidClaims {
-    /// The SPIFFE ID it proves.
-    pub sub: SpiffeId,
-    /// Its audiences.
-    pub aud: Vec<String>,
-    /// Expiry, unix seconds.
-    pub exp: i64,
-    /// Issue time, unix seconds.
-    pub iat: Option<i64>,
-    /// Issuer.
-    pub iss: Option<String>,
-    /// Token id.
-    pub jti: Option<String>,
-    /// The key that signed it.
-    pub kid: String,
-}
+/// The claims of a valid JWT-SVID (`POST /v1/svids/jwt/validate`), as the domain defines them.
+pub use vouch_core::JwtSvidClaims;
 
 /// `GET /v1/authority/keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -169,29 +169,24 @@ trait Rotating {
     fn validity(&self) -> (SystemTime, SystemTime);
 }
 
-impl Rotating for RootSlot {
-    fn state(&self) -> KeyState {
-        self.state
-    }
-    fn set_state(&mut self, state: KeyState) {
-        self.state = state;
-    }
-    fn validity(&self) -> (SystemTime, SystemTime) {
-        (self.ca.not_before(), self.ca.not_after())
-    }
+/// A CA slot rotates by its certificate's validity.
+macro_rules! rotating_ca_slot {
+    ($slot:ty) => {
+        impl Rotating for $slot {
+            fn state(&self) -> KeyState {
+                self.state
+            }
+            fn set_state(&mut self, state: KeyState) {
+                self.state = state;
+            }
+            fn validity(&self) -> (SystemTime, SystemTime) {
+                (self.ca.not_before(), self.ca.not_after())
+            }
+        }
+    };
 }
-
-impl Rotating for IntermediateSlot {
-    fn state(&self) -> KeyState {
-        self.state
-    }
-    fn set_state(&mut self, state: KeyState) {
-        self.state = state;
-    }
-    fn validity(&self) -> (SystemTime, SystemTime) {
-        (self.ca.not_before(), self.ca.not_after())
-    }
-}
+rotating_ca_slot!(RootSlot);
+rotating_ca_slot!(IntermediateSlot);
 
 impl Rotating for JwtSlot {
     fn state(&self) -> KeyState {

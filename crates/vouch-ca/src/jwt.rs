@@ -216,24 +216,7 @@ struct RawClaims {
     jti: Option<String>,
 }
 
-/// The claims of a JWT-SVID that passed validation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JwtSvidClaims {
-    /// The SPIFFE ID it proves.
-    pub sub: SpiffeId,
-    /// Its audiences.
-    pub aud: Vec<String>,
-    /// Expiry, unix seconds.
-    pub exp: i64,
-    /// Issue time, unix seconds, when present.
-    pub iat: Option<i64>,
-    /// Issuer, when present.
-    pub iss: Option<String>,
-    /// Token id, when present.
-    pub jti: Option<String>,
-    /// The `kid` that signed it.
-    pub kid: String,
-}
+pub use vouch_core::JwtSvidClaims;
 
 /// A freshly minted JWT-SVID.
 #[derive(Debug, Clone)]

@@ -8,10 +8,12 @@
 //! This crate does no I/O, has no async code and never reads a clock: time is a parameter.
 
 pub mod entry;
+pub mod jwt;
 pub mod selector;
 pub mod spiffe_id;
 pub mod ttl;
 
 pub use entry::{matching_entries, DnsName, Entry, EntryError, EntryId, EntrySpec, MatchOutcome};
+pub use jwt::JwtSvidClaims;
 pub use selector::{Selector, SelectorError, Selectors};
 pub use spiffe_id::{IdError, SpiffeId, TrustDomain};
