@@ -38,9 +38,9 @@ use vouch_api::{paths, Der};
 use vouch_core::{ttl, Entry, EntryId, SpiffeId};
 use vouch_store::{AgentRecord, EntryFilter, TokenUse};
 
-use crate::api::{hex_sha256, now_secs, requested_ttl, ApiJson};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::{requested_ttl, ApiJson};
 use crate::state::{AppState, Event};
 
 type AppResult<T> = Result<T, ApiError>;
@@ -99,7 +99,7 @@ async fn admit_agent(
     selectors: vouch_core::Selectors,
     csr: &Der,
 ) -> AppResult<Json<AgentSvid>> {
-    let now = now_secs(state);
+    let now = state.now_secs();
     let existing = state.store.get_agent(&id).await?;
     if existing.as_ref().is_some_and(|a| a.banned) {
         tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method, agent = %id, reason = "banned");
@@ -128,8 +128,8 @@ async fn attest_join_token(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<JoinTokenAttestation>,
 ) -> AppResult<Json<AgentSvid>> {
-    let hash = hex_sha256(&req.token);
-    let now = now_secs(&state);
+    let hash = vouch_ca::keys::sha256_hex(req.token.as_bytes());
+    let now = state.now_secs();
     let refuse = |reason: &str| {
         tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "join_token", token_hash_prefix = &hash[..12], reason);
         ApiError::unauthenticated(format!("join token refused: {reason}"))
@@ -279,7 +279,7 @@ async fn renew(
         .await?
         .ok_or_else(|| ApiError::forbidden(format!("`{id}` is not an agent")))?;
     let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
-    record.last_seen = now_secs(&state);
+    record.last_seen = state.now_secs();
     record.svid_expires_at = expires_at;
     state.store.upsert_agent(&record).await?;
     tracing::info!(target: "vouch::audit", event = "agent.renew", agent = %id, expires_at);
@@ -397,7 +397,7 @@ fn check_entry_for_agent(entry: Option<&Entry>, agent: &SpiffeId, id: &EntryId, 
 /// Loads an entry and checks that `agent` may serve it.
 async fn entry_for_agent(state: &AppState, agent: &SpiffeId, id: &EntryId) -> AppResult<Entry> {
     let entry = state.store.get_entry(id).await?;
-    check_entry_for_agent(entry.as_ref(), agent, id, now_secs(state))?;
+    check_entry_for_agent(entry.as_ref(), agent, id, state.now_secs())?;
     entry.ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))
 }
 
@@ -414,7 +414,7 @@ async fn sign(
     // The agent's entries, read once for the whole batch.
     let entries: HashMap<EntryId, Entry> =
         agent_entries(&state, &agent).await?.into_iter().map(|e| (e.id.clone(), e)).collect();
-    let now_s = now_secs(&state);
+    let now_s = state.now_secs();
     let mut results = Vec::with_capacity(req.requests.len());
     let mut issued_count = 0u64;
     for (i, item) in req.requests.into_iter().enumerate() {
@@ -530,7 +530,7 @@ async fn ban_agent(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AgentRef>,
 ) -> AppResult<Json<Banned>> {
-    let now = now_secs(&state);
+    let now = state.now_secs();
     let mut record = state.store.get_agent(&req.spiffe_id).await?.unwrap_or(AgentRecord {
         spiffe_id: req.spiffe_id.clone(),
         attestation: "none".into(),

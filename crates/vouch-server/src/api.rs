@@ -8,8 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,12 +26,11 @@ use vouch_store::{EntryFilter, JoinTokenRecord};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::{requested_ttl, ApiJson, ApiQuery};
 use crate::state::{AppState, Event};
 
 type AppResult<T> = Result<T, ApiError>;
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most entries in one batch.
 pub const MAX_BATCH: usize = MAX_ENTRY_BATCH;
 /// Default join token lifetime.
@@ -40,52 +38,20 @@ pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
 /// Longest join token lifetime.
 pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 86400);
 
-/// A JSON body whose parse errors become 400 answers that quote the parser (field, line, column).
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ApiError::bad_request("the body must be JSON with `Content-Type: application/json`"))
-            }
-            Err(e) => Err(ApiError::bad_request(e.body_text())),
-        }
-    }
-}
-
-/// Query parameters whose parse errors become JSON 400 answers like every other error.
-pub struct ApiQuery<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| Self(v))
-            .map_err(|e| ApiError::bad_request(e.body_text()))
-    }
-}
-
-/// The API router, each group of routes with its authorization attached: public routes (probes, the
-/// bundle, this API's description), node attestation (the evidence is the credential), agent routes
-/// (an attested agent's SVID) and admin routes (an admin).
-pub fn router(state: Arc<AppState>) -> Router {
-    use axum::middleware::from_fn_with_state;
-    let public = Router::new()
+/// Routes anyone who can reach a listener may call: nothing secret, and needed by probes and by
+/// clients that bootstrap trust.
+pub(crate) fn public_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route(paths::HEALTHZ, get(healthz))
         .route(paths::READYZ, get(readyz))
         .route(paths::METRICS, get(metrics))
         .route(paths::OPENAPI, get(openapi))
-        .route(paths::BUNDLE, get(bundle));
-    let admin = Router::new()
+        .route(paths::BUNDLE, get(bundle))
+}
+
+/// The admin routes (the caller must be an admin; `crate::routes` attaches the check).
+pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route(paths::AUTHORITY_KEYS, get(authority_keys))
         .route(paths::ENTRIES, post(create_entry).get(list_entries))
         .route(paths::ENTRIES_BATCH, post(batch_create_entries))
@@ -94,16 +60,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::MINT_X509, post(mint_x509))
         .route(paths::MINT_JWT, post(mint_jwt))
         .route(paths::VALIDATE_JWT, post(validate_jwt))
-        .merge(crate::agent_api::admin_routes())
-        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
-    let agent = crate::agent_api::agent_routes()
-        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_agent));
-    public
-        .merge(crate::agent_api::attestation_routes())
-        .merge(agent)
-        .merge(admin)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
 }
 
 async fn healthz() -> &'static str {
@@ -182,16 +138,12 @@ async fn authority_keys(State(state): State<Arc<AppState>>) -> AppResult<Json<Au
     Ok(Json(AuthorityKeys { trust_domain: state.config.trust_domain.clone(), bundle_sequence: seq, keys }))
 }
 
-pub(crate) fn now_secs(state: &AppState) -> i64 {
-    ttl::unix_seconds(state.now())
-}
-
 pub(crate) fn new_entry(state: &AppState, spec: EntrySpec) -> AppResult<Entry> {
     let id = match &spec.id {
         Some(id) => id.clone(),
         None => EntryId::new(&vouch_ca::keys::random_id()?).map_err(|e| ApiError::internal("entry id", e))?,
     };
-    Entry::create(spec, id, &state.config.trust_domain, now_secs(state))
+    Entry::create(spec, id, &state.config.trust_domain, state.now_secs())
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -311,7 +263,7 @@ async fn store_update(
 ) -> AppResult<Json<Entry>> {
     let id = current.id.clone();
     let updated = current
-        .updated(spec, &state.config.trust_domain, now_secs(state))
+        .updated(spec, &state.config.trust_domain, state.now_secs())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.update_entry(&updated).await?;
     state.publish(Event::EntryUpserted {
@@ -356,10 +308,10 @@ async fn create_join_token(
     }
     // 128 random bits; only the hash is stored, the token itself is returned once.
     let token = vouch_ca::keys::random_id()?;
-    let now = now_secs(&state);
+    let now = state.now_secs();
     let expires_at = now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let record = JoinTokenRecord {
-        hash: hex_sha256(&token),
+        hash: vouch_ca::keys::sha256_hex(token.as_bytes()),
         created_at: now,
         expires_at,
         agent_id: req.agent_id.clone(),
@@ -368,11 +320,6 @@ async fn create_join_token(
     state.store.create_join_token(&record).await?;
     tracing::info!(target: "vouch::audit", event = "join_token.create", %caller, token_hash_prefix = &record.hash[..12], expires_at);
     Ok((StatusCode::CREATED, Json(JoinTokenResponse { token, expires_at, agent_id: req.agent_id })))
-}
-
-/// Hex SHA-256, the stored form of join tokens.
-pub fn hex_sha256(text: &str) -> String {
-    vouch_ca::keys::sha256_hex(text.as_bytes())
 }
 
 /// The minting answer as the server writes it: PEM fields as pre-escaped JSON text.
@@ -401,24 +348,6 @@ fn pem_json(pem: &str) -> Box<RawValue> {
     };
     RawValue::from_string(text)
         .unwrap_or_else(|_| RawValue::from_string("\"\"".to_owned()).unwrap_or_default())
-}
-
-pub(crate) fn requested_ttl(
-    ttl: Option<u64>,
-    default: Duration,
-    min: Duration,
-    max: Duration,
-    field: &str,
-) -> AppResult<Duration> {
-    match ttl {
-        None => Ok(default),
-        Some(s) if s >= min.as_secs() && s <= max.as_secs() => Ok(Duration::from_secs(s)),
-        Some(s) => Err(ApiError::bad_request(format!(
-            "{field}: {s}s is outside {}s..={}s",
-            min.as_secs(),
-            max.as_secs()
-        ))),
-    }
 }
 
 async fn mint_x509(

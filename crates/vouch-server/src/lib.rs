@@ -10,9 +10,11 @@ pub mod auth;
 pub mod config;
 mod conn_threads;
 pub mod error;
+mod extract;
 pub mod metrics;
 pub mod node_attest;
 pub mod psat_keys;
+pub mod routes;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -65,7 +67,7 @@ impl From<vouch_store::StoreError> for StartError {
 
 /// The API router with authentication and metrics layered on.
 pub fn app(state: Arc<AppState>) -> Router {
-    api::router(state.clone()).layer(axum::middleware::from_fn_with_state(state, auth::count_statuses))
+    routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(state, auth::count_statuses))
 }
 
 /// The effective uid of this process (the owner of `/proc/self`).

@@ -160,6 +160,11 @@ impl AppState {
         self.clock.now()
     }
 
+    /// The current time in unix seconds (entries, tokens and agents keep times so).
+    pub fn now_secs(&self) -> i64 {
+        vouch_core::ttl::unix_seconds(self.now())
+    }
+
     /// Runs `f` with the authority (read access; signing needs no more).
     pub fn with_authority<R>(&self, f: impl FnOnce(&Authority) -> R) -> R {
         let guard = self.authority.read().unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,29 @@
+//! The server's router: every route group with its authorization attached where the group is
+//! declared, not decided by matching path prefixes.
+
+use std::sync::Arc;
+
+use axum::middleware::from_fn_with_state;
+use axum::Router;
+
+use crate::state::AppState;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The API router, each group of routes with its authorization attached: public routes (probes, the
+/// bundle, this API's description), node attestation (the evidence is the credential), agent routes
+/// (an attested agent's SVID) and admin routes (an admin).
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = crate::api::admin_routes()
+        .merge(crate::agent_api::admin_routes())
+        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
+    let agent = crate::agent_api::agent_routes()
+        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_agent));
+    crate::api::public_routes()
+        .merge(crate::agent_api::attestation_routes())
+        .merge(agent)
+        .merge(admin)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
