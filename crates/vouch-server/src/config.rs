@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use vouch_ca::KeyAlg;
 use vouch_core::{ttl, TrustDomain};
+use vouch_http::{Getter, Trust, Url};
 
 /// The configuration format this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -252,6 +253,190 @@ pub struct Config {
 /// Where environment overrides come from; a function so tests need not touch the process environment.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The `[server]` section with its environment overrides.
+struct ServerSection {
+    admin_socket: PathBuf,
+    listen: Option<SocketAddr>,
+    admin_uids: Vec<u32>,
+    dns_names: Vec<String>,
+}
+
+impl ServerSection {
+    fn build(file: FileServer, data_dir: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let admin_socket = env("VOUCH_ADMIN_SOCKET")
+            .map(PathBuf::from)
+            .or(file.admin_socket)
+            .unwrap_or_else(|| data_dir.join("admin.sock"));
+        let listen = match env("VOUCH_LISTEN").or(file.listen).as_deref() {
+            None | Some("") | Some("off") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::Invalid(format!("listen `{text}` is not an address like 127.0.0.1:8443"))
+            })?),
+        };
+        let dns_names = file.dns_names.unwrap_or_else(|| vec!["localhost".into()]);
+        for name in &dns_names {
+            vouch_core::DnsName::new(name)
+                .map_err(|e| ConfigError::Invalid(format!("server.dns_names: {e}")))?;
+        }
+        Ok(Self { admin_socket, listen, admin_uids: file.admin_uids.unwrap_or_default(), dns_names })
+    }
+}
+
+/// The key and SVID lifetimes of the `[ca]` section, checked against each other: a CA or JWT key
+/// must outlive the SVIDs it signs by [`ttl::CA_TTL_TO_SVID_TTL`], so rotation never cuts one short.
+struct Lifetimes {
+    root: Duration,
+    ca: Duration,
+    jwt_key: Duration,
+    x509_svid: Duration,
+    jwt_svid: Duration,
+}
+
+impl Lifetimes {
+    fn build(ca: &FileCa, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let dur = |name: &str, file_value: Option<HumanDuration>, default: Duration| match env(name) {
+            Some(text) => HumanDuration::parse(&text)
+                .map(|d| d.0)
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}"))),
+            None => Ok(file_value.map(|d| d.0).unwrap_or(default)),
+        };
+        let x509_svid = dur("VOUCH_X509_SVID_TTL", ca.x509_svid_ttl, ttl::DEFAULT_X509_SVID_TTL)?;
+        let jwt_svid = dur("VOUCH_JWT_SVID_TTL", ca.jwt_svid_ttl, ttl::DEFAULT_JWT_SVID_TTL)?;
+        let ca_ttl = dur("VOUCH_CA_TTL", ca.ca_ttl, ttl::DEFAULT_CA_TTL)?;
+        let jwt_key = dur("VOUCH_JWT_KEY_TTL", ca.jwt_key_ttl, ca_ttl)?;
+        let root = dur("VOUCH_ROOT_TTL", ca.root_ttl, Duration::from_secs(365 * 86400))?;
+        let factor = ttl::CA_TTL_TO_SVID_TTL;
+        if ca_ttl < x509_svid * factor {
+            return Err(ConfigError::Invalid(format!(
+                "ca_ttl ({}s) must be at least {factor}x x509_svid_ttl ({}s), so SVIDs are not cut short by CA rotation",
+                ca_ttl.as_secs(),
+                x509_svid.as_secs()
+            )));
+        }
+        if jwt_key < jwt_svid * factor {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_key_ttl ({}s) must be at least {factor}x jwt_svid_ttl ({}s)",
+                jwt_key.as_secs(),
+                jwt_svid.as_secs()
+            )));
+        }
+        if root < ca_ttl * 2 {
+            return Err(ConfigError::Invalid("root_ttl must be at least twice ca_ttl".into()));
+        }
+        if x509_svid < vouch_core::entry::MIN_X509_SVID_TTL || jwt_svid < vouch_core::entry::MIN_JWT_SVID_TTL
+        {
+            return Err(ConfigError::Invalid(
+                "x509_svid_ttl must be at least 60s and jwt_svid_ttl at least 10s".into(),
+            ));
+        }
+        Ok(Self { root, ca: ca_ttl, jwt_key, x509_svid, jwt_svid })
+    }
+}
+
+const WELL_KNOWN: &str = "/.well-known/openid-configuration";
+
+impl PsatDiscovery {
+    /// The discovery document URL for a configured issuer or discovery URL.
+    pub fn document_url(url: &str) -> Result<String, String> {
+        let parsed = Url::parse(url).map_err(|e| format!("discovery_url {e}"))?;
+        if parsed.path.ends_with(WELL_KNOWN) {
+            Ok(url.to_owned())
+        } else {
+            Ok(format!("{}{WELL_KNOWN}", url.trim_end_matches('/')))
+        }
+    }
+
+    /// A getter for `url` (the document or the JWKS it names) with this endpoint's trust settings.
+    pub fn getter(&self, url: &str) -> Result<(Getter, Url), String> {
+        let parsed = Url::parse(url)?;
+        let trust = match (&self.ca, parsed.tls) {
+            (Some(ca), true) => Some(Trust::CaFile(ca.clone())),
+            (None, true) => {
+                return Err(format!(
+                    "`{url}` is https: set discovery_ca to the CA of its certificate \
+                     (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)"
+                ))
+            }
+            (_, false) => None,
+        };
+        Ok((Getter::new(&parsed, trust.as_ref()).map_err(|e| e.to_string())?, parsed))
+    }
+}
+
+impl PsatCluster {
+    /// Checks a `[[node_attestation.k8s_psat]]` section and reads what it names: the JWKS file, or
+    /// (for discovery) the CA file, so a bad one stops the server at start, not at the first token.
+    fn resolve(c: FilePsat) -> Result<Self, ConfigError> {
+        let bad =
+            |why: String| ConfigError::Invalid(format!("node_attestation.k8s_psat `{}`: {why}", c.cluster));
+        let (keys, discovery) = match (&c.jwks_file, &c.discovery_url) {
+            (Some(file), None) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+                (vouch_ca::bundle::jwks_keys(&text).map_err(|e| bad(e.to_string()))?, None)
+            }
+            (None, Some(url)) => {
+                let url = PsatDiscovery::document_url(url).map_err(&bad)?;
+                let discovery = PsatDiscovery { url, ca: c.discovery_ca.clone() };
+                // Checked now (URL, CA file), fetched when the first token comes.
+                discovery.getter(&discovery.url).map_err(&bad)?;
+                (Default::default(), Some(discovery))
+            }
+            _ => return Err(bad(
+                "set either jwks_file (the issuer's keys, e.g. from `kubectl get --raw /openid/v1/jwks`) \
+                     or discovery_url (the issuer's OIDC discovery endpoint), not both"
+                    .into(),
+            )),
+        };
+        if c.discovery_ca.is_some() && discovery.is_none() {
+            return Err(bad("discovery_ca goes with discovery_url".into()));
+        }
+        let valid_name = !c.cluster.is_empty()
+            && c.cluster.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
+        if !valid_name {
+            return Err(ConfigError::Invalid(format!(
+                "node_attestation.k8s_psat: cluster name `{}` must be letters, digits, `-` or `.`",
+                c.cluster
+            )));
+        }
+        let service_accounts = c
+            .service_accounts
+            .iter()
+            .map(|sa| {
+                sa.split_once(':')
+                    .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+                    .ok_or_else(|| bad(format!("service account `{sa}` must be `namespace:name`")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: c.cluster,
+            keys,
+            discovery,
+            issuer: c.issuer,
+            audience: c.audience,
+            service_accounts,
+        })
+    }
+}
+
+impl X509PopCas {
+    /// Reads a `[[node_attestation.x509pop]]` section's CA bundle.
+    fn resolve(c: FileX509Pop) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Invalid(format!("node_attestation.x509pop `{}`: {why}", c.name));
+        let text = std::fs::read_to_string(&c.ca_bundle)
+            .map_err(|e| bad(format!("cannot read {}: {e}", c.ca_bundle.display())))?;
+        let cas: Vec<Vec<u8>> = vouch_ca::pem::decode_all(&text)
+            .into_iter()
+            .filter(|(l, _)| l == "CERTIFICATE")
+            .map(|(_, d)| d)
+            .collect();
+        if cas.is_empty() {
+            return Err(bad(format!("{} holds no CERTIFICATE", c.ca_bundle.display())));
+        }
+        Ok(Self { name: c.name, cas })
+    }
+}
+
 impl Config {
     /// Loads the configuration: defaults, then the file (if given), then `VOUCH_*` variables.
     pub fn load(path: Option<&Path>, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
@@ -274,6 +459,8 @@ impl Config {
         Self::build(file, env)
     }
 
+    /// Builds the effective configuration, section by section; files the configuration names (JWKS,
+    /// CA bundles) are read by the node-attestation sections' own resolution steps.
     fn build(file: FileConfig, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         if let Some(v) = file.version {
             if v != CONFIG_VERSION {
@@ -282,64 +469,13 @@ impl Config {
                 )));
             }
         }
-        let dur = |name: &str,
-                   file_value: Option<HumanDuration>,
-                   default: Duration|
-         -> Result<Duration, ConfigError> {
-            match env(name) {
-                Some(text) => HumanDuration::parse(&text)
-                    .map(|d| d.0)
-                    .map_err(|e| ConfigError::Invalid(format!("{name}: {e}"))),
-                None => Ok(file_value.map(|d| d.0).unwrap_or(default)),
-            }
-        };
         let td_text = env("VOUCH_TRUST_DOMAIN").or(file.trust_domain).unwrap_or_else(|| "example.org".into());
         let trust_domain = TrustDomain::new(&td_text)
             .map_err(|e| ConfigError::Invalid(format!("trust_domain `{td_text}`: {e}")))?;
         let data_dir =
             env("VOUCH_DATA_DIR").map(PathBuf::from).or(file.data_dir).unwrap_or_else(|| "vouch-data".into());
-        let admin_socket = env("VOUCH_ADMIN_SOCKET")
-            .map(PathBuf::from)
-            .or(file.server.admin_socket)
-            .unwrap_or_else(|| data_dir.join("admin.sock"));
-        let listen_text = env("VOUCH_LISTEN").or(file.server.listen);
-        let listen = match listen_text.as_deref() {
-            None | Some("") | Some("off") => None,
-            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
-                ConfigError::Invalid(format!("listen `{text}` is not an address like 127.0.0.1:8443"))
-            })?),
-        };
-        let key_alg = file.ca.key_alg.unwrap_or(KeyAlg::EcP256);
-        let x509_svid_ttl = dur("VOUCH_X509_SVID_TTL", file.ca.x509_svid_ttl, ttl::DEFAULT_X509_SVID_TTL)?;
-        let jwt_svid_ttl = dur("VOUCH_JWT_SVID_TTL", file.ca.jwt_svid_ttl, ttl::DEFAULT_JWT_SVID_TTL)?;
-        let ca_ttl = dur("VOUCH_CA_TTL", file.ca.ca_ttl, ttl::DEFAULT_CA_TTL)?;
-        let jwt_key_ttl = dur("VOUCH_JWT_KEY_TTL", file.ca.jwt_key_ttl, ca_ttl)?;
-        let root_ttl = dur("VOUCH_ROOT_TTL", file.ca.root_ttl, Duration::from_secs(365 * 86400))?;
-        let factor = ttl::CA_TTL_TO_SVID_TTL;
-        if ca_ttl < x509_svid_ttl * factor {
-            return Err(ConfigError::Invalid(format!(
-                "ca_ttl ({}s) must be at least {factor}x x509_svid_ttl ({}s), so SVIDs are not cut short by CA rotation",
-                ca_ttl.as_secs(),
-                x509_svid_ttl.as_secs()
-            )));
-        }
-        if jwt_key_ttl < jwt_svid_ttl * factor {
-            return Err(ConfigError::Invalid(format!(
-                "jwt_key_ttl ({}s) must be at least {factor}x jwt_svid_ttl ({}s)",
-                jwt_key_ttl.as_secs(),
-                jwt_svid_ttl.as_secs()
-            )));
-        }
-        if root_ttl < ca_ttl * 2 {
-            return Err(ConfigError::Invalid("root_ttl must be at least twice ca_ttl".into()));
-        }
-        if x509_svid_ttl < vouch_core::entry::MIN_X509_SVID_TTL
-            || jwt_svid_ttl < vouch_core::entry::MIN_JWT_SVID_TTL
-        {
-            return Err(ConfigError::Invalid(
-                "x509_svid_ttl must be at least 60s and jwt_svid_ttl at least 10s".into(),
-            ));
-        }
+        let server = ServerSection::build(file.server, &data_dir, env)?;
+        let lifetimes = Lifetimes::build(&file.ca, env)?;
         let upstream = match (file.ca.upstream_cert, file.ca.upstream_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -352,106 +488,26 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("log.format `{other}`: use `text` or `json`")))
             }
         };
-        let dns_names = file.server.dns_names.unwrap_or_else(|| vec!["localhost".into()]);
-        for name in &dns_names {
-            vouch_core::DnsName::new(name)
-                .map_err(|e| ConfigError::Invalid(format!("server.dns_names: {e}")))?;
-        }
-        let mut psat_clusters = Vec::new();
-        for c in file.node_attestation.k8s_psat {
-            let bad = |why: String| {
-                ConfigError::Invalid(format!("node_attestation.k8s_psat `{}`: {why}", c.cluster))
-            };
-            let (keys, discovery) = match (&c.jwks_file, &c.discovery_url) {
-                (Some(file), None) => {
-                    let text = std::fs::read_to_string(file)
-                        .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
-                    (vouch_ca::bundle::jwks_keys(&text).map_err(|e| bad(e.to_string()))?, None)
-                }
-                (None, Some(url)) => {
-                    let url = crate::psat_keys::discovery_document_url(url).map_err(&bad)?;
-                    let discovery = PsatDiscovery { url, ca: c.discovery_ca.clone() };
-                    // Checked now (URL, CA file), fetched when the first token comes.
-                    crate::psat_keys::getter_for(&discovery.url, &discovery).map_err(&bad)?;
-                    (Default::default(), Some(discovery))
-                }
-                _ => {
-                    return Err(bad(
-                        "set either jwks_file (the issuer's keys, e.g. from `kubectl get --raw /openid/v1/jwks`) \
-                         or discovery_url (the issuer's OIDC discovery endpoint), not both"
-                            .into(),
-                    ))
-                }
-            };
-            if c.discovery_ca.is_some() && discovery.is_none() {
-                return Err(bad("discovery_ca goes with discovery_url".into()));
-            }
-            let valid_name = !c.cluster.is_empty()
-                && c.cluster.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
-            if !valid_name {
-                return Err(ConfigError::Invalid(format!(
-                    "node_attestation.k8s_psat: cluster name `{}` must be letters, digits, `-` or `.`",
-                    c.cluster
-                )));
-            }
-            let mut service_accounts = Vec::new();
-            for sa in &c.service_accounts {
-                let (ns, name) = sa.split_once(':').ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "node_attestation.k8s_psat `{}`: service account `{sa}` must be `namespace:name`",
-                        c.cluster
-                    ))
-                })?;
-                service_accounts.push((ns.to_owned(), name.to_owned()));
-            }
-            psat_clusters.push(PsatCluster {
-                name: c.cluster,
-                keys,
-                discovery,
-                issuer: c.issuer,
-                audience: c.audience,
-                service_accounts,
-            });
-        }
-        let mut x509pop = Vec::new();
-        for c in file.node_attestation.x509pop {
-            let text = std::fs::read_to_string(&c.ca_bundle).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "node_attestation.x509pop `{}`: cannot read {}: {e}",
-                    c.name,
-                    c.ca_bundle.display()
-                ))
-            })?;
-            let cas: Vec<Vec<u8>> = vouch_ca::pem::decode_all(&text)
-                .into_iter()
-                .filter(|(l, _)| l == "CERTIFICATE")
-                .map(|(_, d)| d)
-                .collect();
-            if cas.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "node_attestation.x509pop `{}`: {} holds no CERTIFICATE",
-                    c.name,
-                    c.ca_bundle.display()
-                )));
-            }
-            x509pop.push(X509PopCas { name: c.name, cas });
-        }
+        let psat_clusters =
+            file.node_attestation.k8s_psat.into_iter().map(PsatCluster::resolve).collect::<Result<_, _>>()?;
+        let x509pop =
+            file.node_attestation.x509pop.into_iter().map(X509PopCas::resolve).collect::<Result<_, _>>()?;
         Ok(Self {
             psat_clusters,
             x509pop,
             trust_domain,
             kek_file: file.ca.kek_file.unwrap_or_else(|| data_dir.join("kek")),
             data_dir,
-            admin_socket,
-            listen,
-            admin_uids: file.server.admin_uids.unwrap_or_default(),
-            dns_names,
-            key_alg,
-            root_ttl,
-            ca_ttl,
-            jwt_key_ttl,
-            x509_svid_ttl,
-            jwt_svid_ttl,
+            admin_socket: server.admin_socket,
+            listen: server.listen,
+            admin_uids: server.admin_uids,
+            dns_names: server.dns_names,
+            key_alg: file.ca.key_alg.unwrap_or(KeyAlg::EcP256),
+            root_ttl: lifetimes.root,
+            ca_ttl: lifetimes.ca,
+            jwt_key_ttl: lifetimes.jwt_key,
+            x509_svid_ttl: lifetimes.x509_svid,
+            jwt_svid_ttl: lifetimes.jwt_svid,
             jwt_issuer: env("VOUCH_JWT_ISSUER").or(file.ca.jwt_issuer),
             upstream,
             log_level: env("VOUCH_LOG").or(file.log.level).unwrap_or_else(|| "info".into()),

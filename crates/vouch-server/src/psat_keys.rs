@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use vouch_ca::jwt::JwtPublicKey;
-use vouch_http::{Getter, Trust, Url};
 
 use crate::config::{PsatCluster, PsatDiscovery};
 
@@ -23,36 +22,9 @@ pub const REFRESH: Duration = Duration::from_secs(300);
 pub const MIN_REFETCH: Duration = Duration::from_secs(10);
 const MAX_DOCUMENT: usize = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);
-const WELL_KNOWN: &str = "/.well-known/openid-configuration";
-
-/// The discovery document URL for a configured issuer or discovery URL.
-pub fn discovery_document_url(url: &str) -> Result<String, String> {
-    let parsed = Url::parse(url).map_err(|e| format!("discovery_url {e}"))?;
-    if parsed.path.ends_with(WELL_KNOWN) {
-        Ok(url.to_owned())
-    } else {
-        Ok(format!("{}{WELL_KNOWN}", url.trim_end_matches('/')))
-    }
-}
-
-/// A getter for `url` with the cluster's trust settings.
-pub(crate) fn getter_for(url: &str, d: &PsatDiscovery) -> Result<(Getter, Url), String> {
-    let parsed = Url::parse(url)?;
-    let trust = match (&d.ca, parsed.tls) {
-        (Some(ca), true) => Some(Trust::CaFile(ca.clone())),
-        (None, true) => {
-            return Err(format!(
-                "`{url}` is https: set discovery_ca to the CA of its certificate \
-                 (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)"
-            ))
-        }
-        (_, false) => None,
-    };
-    Ok((Getter::new(&parsed, trust.as_ref()).map_err(|e| e.to_string())?, parsed))
-}
 
 async fn get(url: &str, d: &PsatDiscovery) -> Result<Vec<u8>, String> {
-    let (getter, parsed) = getter_for(url, d)?;
+    let (getter, parsed) = d.getter(url)?;
     let (status, body) =
         getter.get(&parsed.path, None, MAX_DOCUMENT, TIMEOUT).await.map_err(|e| format!("{url}: {e}"))?;
     if status != 200 {
