@@ -4,18 +4,19 @@
 //! [`Server::start`] does everything `vouch server run` does and returns a handle, so tests run the
 //! real server in process as well as through the binary.
 
-pub mod agent_api;
-pub mod api;
-pub mod auth;
+// Private modules behind a small facade (the re-exports below), so the compiler finds dead code.
+mod agent_api;
+mod api;
+mod auth;
 pub mod config;
 mod conn_threads;
-pub mod error;
+mod error;
 mod extract;
-pub mod metrics;
+mod metrics;
 pub mod node_attest;
-pub mod psat_keys;
-pub mod routes;
-pub mod state;
+mod psat_keys;
+mod routes;
+mod state;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -32,8 +33,10 @@ use tower::ServiceExt as _;
 use vouch_ca::Kek;
 use vouch_store::{SqliteStore, Store};
 
-use crate::auth::Caller;
+pub use crate::auth::Caller;
 pub use crate::config::Config;
+pub use crate::error::ApiError;
+pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
 pub use crate::state::{AppState, Clock, SystemClock};
 
 /// The OpenAPI description of the admin API.

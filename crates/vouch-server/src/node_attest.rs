@@ -160,7 +160,7 @@ fn claim<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 /// Checks a PSAT against a cluster's settings at `now`. The refusal says what was wrong.
-/// `keys` are the cluster's current signing keys ([`crate::psat_keys::PsatKeys`]).
+/// `keys` are the cluster's current signing keys (fetched and cached by the server).
 pub fn check_psat(
     td: &TrustDomain,
     cluster: &PsatCluster,

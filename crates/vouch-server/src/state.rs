@@ -172,8 +172,8 @@ impl AppState {
     }
 
     /// Whether `id` belongs to an unexpired entry with `admin = true`. The set is cached: entry
-    /// writes through this server clear it at once ([`AppState::entries_changed`]); changes made
-    /// elsewhere (another replica) are seen within [`ADMIN_CACHE_TTL`].
+    /// writes through this server clear it at once ([`AppState::publish`] of an entry event); changes made
+    /// elsewhere (another replica) are seen within `ADMIN_CACHE_TTL`.
     pub async fn is_admin(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
         let now = self.now();
         let cached = self.admins.read().unwrap_or_else(|p| p.into_inner()).clone();

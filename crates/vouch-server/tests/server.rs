@@ -21,7 +21,7 @@ use vouch_api::agent::{
 };
 use vouch_api::{Der, EntryId, EntrySpec, SpiffeId};
 use vouch_client::{AdminClient, ClientError};
-use vouch_server::auth::Caller;
+use vouch_server::Caller;
 use vouch_server::{AppState, Clock, Config, Server};
 use vouch_store::{SqliteStore, Store};
 
@@ -970,7 +970,7 @@ async fn psat_keys_come_from_oidc_discovery_and_follow_rotation() {
     // The cluster rotates its key: a token with the new kid makes the server fetch again.
     let second = TestCluster::new("key-2026-02");
     api.set("/openid/v1/jwks", second.jwks());
-    tokio::time::sleep(vouch_server::psat_keys::MIN_REFETCH).await;
+    tokio::time::sleep(vouch_server::PSAT_MIN_REFETCH).await;
     attest(second.sign(&psat_claims(600, "vouch-system", "vouch-agent"))).await.unwrap();
     assert_eq!(api.requests(), 4);
     // A key the cluster never had is refused, and cannot make the server fetch again at once.
@@ -1060,7 +1060,7 @@ async fn agents_attest_by_proof_of_possession_of_a_node_key() {
     };
     let sign = |key: &rcgen::KeyPair, nonce: &str| {
         base64::engine::general_purpose::STANDARD
-            .encode(key.sign(&vouch_server::agent_api::x509pop_message(nonce)).unwrap())
+            .encode(key.sign(&vouch_api::agent::x509pop_message(nonce)).unwrap())
     };
     let attest = |chain: &str, nonce: &str, signature: String| {
         let anon = anon.clone();
