@@ -4,9 +4,11 @@
 //! - [`Selector`] and [`Selectors`]: facts about workloads and nodes.
 //! - [`Entry`]: registration entries and the subset matching rule.
 //! - [`ttl`]: lifetime and rotation arithmetic.
+//! - [`duration`]: durations as people write them (`1h30m`), parsed and printed.
 //!
 //! This crate does no I/O, has no async code and never reads a clock: time is a parameter.
 
+pub mod duration;
 pub mod entry;
 pub mod jwt;
 pub mod selector;

@@ -37,29 +37,22 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// A duration written as `90s`, `5m`, `1h` or `7d` (or a bare number of seconds).
+/// A duration written as `90s`, `5m`, `1h30m`, `2d` or `1h0m30s` (or a bare number of seconds): the
+/// grammar of [`vouch_core::duration`], shared by every flag, config key and environment variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
-    /// Parses the text form.
+    /// Parses the text form; the error quotes the input and shows the accepted form.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let (num, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-            Some(i) => text.split_at(i),
-            None => (text, "s"),
-        };
-        let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 90s, 5m, 1h or 7d"))?;
-        let mult = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86400,
-            _ => return Err(format!("`{text}` has unknown unit `{unit}`; use s, m, h or d")),
-        };
-        n.checked_mul(mult)
-            .map(|s| Self(Duration::from_secs(s)))
-            .ok_or_else(|| format!("`{text}` is too large"))
+        vouch_core::duration::parse(text).map(Self).map_err(|e| e.to_string())
+    }
+}
+
+/// The canonical compound form (`1h30m`).
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        vouch_core::duration::Compound(self.0).fmt(f)
     }
 }
 
@@ -590,8 +583,28 @@ mod tests {
     fn durations() {
         assert_eq!(HumanDuration::parse("90").unwrap().0, Duration::from_secs(90));
         assert_eq!(HumanDuration::parse("2d").unwrap().0, Duration::from_secs(172800));
+        assert_eq!(HumanDuration::parse("1h30m").unwrap().0, Duration::from_secs(5400));
+        assert_eq!(HumanDuration(Duration::from_secs(5400)).to_string(), "1h30m");
         assert!(HumanDuration::parse("").is_err());
         assert!(HumanDuration::parse("h").is_err());
         assert!(HumanDuration::parse("99999999999999999999d").is_err());
+        let err = HumanDuration::parse("1h30").unwrap_err();
+        assert!(err.contains("`1h30`") && err.contains("`1h30m`"), "{err}");
+    }
+
+    #[test]
+    fn compound_durations_in_file_and_env() {
+        let text = "[ca]\nx509_svid_ttl = \"1h30m\"\nca_ttl = \"2d12h\"\njwt_svid_ttl = 120";
+        let env = |k: &str| (k == "VOUCH_JWT_KEY_TTL").then(|| "3d0h0m0s".to_string());
+        let c = Config::from_toml(text, &env).unwrap();
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(5_400));
+        assert_eq!(c.ca_ttl, Duration::from_secs(216_000));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(120));
+        assert_eq!(c.jwt_key_ttl, Duration::from_secs(259_200));
+        let err = Config::from_toml("[ca]\nca_ttl = \"30m1h\"", &no_env).unwrap_err().to_string();
+        assert!(err.contains("`30m1h`") && err.contains("largest to smallest"), "{err}");
+        let env = |k: &str| (k == "VOUCH_CA_TTL").then(|| "-5m".to_string());
+        let err = Config::from_toml("", &env).unwrap_err().to_string();
+        assert!(err.contains("VOUCH_CA_TTL") && err.contains("`-5m`"), "{err}");
     }
 }
