@@ -158,10 +158,10 @@ struct EntryFields {
     /// Selector the workload must have (type:value); repeat for several, all must match.
     #[arg(long = "selector", short = 's')]
     selectors: Vec<String>,
-    /// X509-SVID lifetime (e.g. 1h); server default when absent.
+    /// X509-SVID lifetime (e.g. 1h, 1h30m, 600 seconds); server default when absent.
     #[arg(long)]
     x509_ttl: Option<HumanDuration>,
-    /// JWT-SVID lifetime (e.g. 5m); server default when absent.
+    /// JWT-SVID lifetime (e.g. 5m, 2m30s); server default when absent.
     #[arg(long)]
     jwt_ttl: Option<HumanDuration>,
     /// DNS name for the X509-SVID; repeatable.
@@ -204,6 +204,18 @@ fn parse_all<T, E: std::fmt::Display>(
     values.iter().map(|v| parse_flag(flag, v, &parse)).collect()
 }
 
+/// A `--selector` of an entry. SPIRE's spelling of a fact vouch has becomes vouch's spelling (said on
+/// stderr, since the stored entry will show it); one of a fact vouch lacks is refused here, before the
+/// server is asked. The server applies the same table (`vouch_core::spire`) to every entry it stores.
+fn parse_selector(value: &str) -> Result<Selector, vouch_core::SelectorError> {
+    let written = Selector::parse(value)?;
+    let stored = vouch_core::spire::canonical(written.clone())?;
+    if stored != written {
+        eprintln!("note: SPIRE's selector `{written}` is vouch's `{stored}`; the entry stores the latter");
+    }
+    Ok(stored)
+}
+
 /// A repeatable flag given at least once.
 fn non_empty(v: &[String]) -> Option<&[String]> {
     (!v.is_empty()).then_some(v)
@@ -225,7 +237,7 @@ impl EntryFields {
                 .map(|v| parse_flag("parent-id", v, SpiffeId::parse))
                 .transpose()?,
             selectors: non_empty(&self.selectors)
-                .map(|v| parse_all("selector", v, Selector::parse))
+                .map(|v| parse_all("selector", v, parse_selector))
                 .transpose()?,
             x509_svid_ttl: self.x509_ttl.map(|d| Some(d.0.as_secs())),
             jwt_svid_ttl: self.jwt_ttl.map(|d| Some(d.0.as_secs())),
@@ -319,7 +331,7 @@ enum EntryCommand {
 enum TokenCommand {
     /// Create a single-use join token; it is shown once.
     Create {
-        /// Lifetime (e.g. 10m, 1h).
+        /// Lifetime (e.g. 10m, 1h30m, 2d, 600 seconds).
         #[arg(long, default_value = "10m")]
         ttl: HumanDuration,
         /// SPIFFE ID the agent will receive.

@@ -295,6 +295,9 @@ impl Entry {
         if spec.selectors.len() > MAX_SELECTORS {
             return Err(EntryError::TooManySelectors);
         }
+        // SPIRE's spellings become vouch's here, once, so stored entries match what attestors produce.
+        let selectors =
+            spec.selectors.into_iter().map(crate::spire::canonical).collect::<Result<Selectors, _>>()?;
         check_ttl("x509_svid_ttl", spec.x509_svid_ttl, MIN_X509_SVID_TTL, MAX_X509_SVID_TTL)?;
         check_ttl("jwt_svid_ttl", spec.jwt_svid_ttl, MIN_JWT_SVID_TTL, MAX_JWT_SVID_TTL)?;
         if spec.dns_names.len() > MAX_DNS_NAMES {
@@ -321,7 +324,7 @@ impl Entry {
             id,
             spiffe_id: spec.spiffe_id,
             parent_id: spec.parent_id,
-            selectors: spec.selectors.into_iter().collect(),
+            selectors,
             x509_svid_ttl: spec.x509_svid_ttl,
             jwt_svid_ttl: spec.jwt_svid_ttl,
             dns_names,
@@ -425,6 +428,22 @@ mod tests {
         s.hint = "primary".into();
         let u = e.updated(s, &td(), 200).unwrap();
         assert_eq!((u.revision, u.created_at, u.hint.as_str()), (1, 100, "primary"));
+    }
+
+    #[test]
+    fn spire_spellings_are_stored_as_vouch_spellings_or_refused() {
+        let mut s = base();
+        s.selectors = ["docker:image_config_digest:sha256:aa", "docker:image_id:app:1", "unix:uid:1000"]
+            .iter()
+            .map(|t| Selector::parse(t).unwrap())
+            .collect();
+        let e = Entry::create(s, EntryId::new("e1").unwrap(), &td(), 100).unwrap();
+        let stored: Vec<String> = e.selectors.iter().map(ToString::to_string).collect();
+        assert_eq!(stored, ["docker:image-id:sha256:aa", "docker:image-name:app:1", "unix:uid:1000"]);
+        let mut s = base();
+        s.selectors.push(Selector::parse("docker:env:MODE=prod").unwrap());
+        let err = e.updated(s, &td(), 200).unwrap_err().to_string();
+        assert!(err.starts_with("selectors: selector `docker:env:MODE=prod`"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`Selector`] and [`Selectors`]: facts about workloads and nodes.
 //! - [`Entry`]: registration entries and the subset matching rule.
 //! - [`ttl`]: lifetime and rotation arithmetic.
+//! - [`spire`]: SPIRE's selector spellings, rewritten to vouch's or refused with a reason.
 //! - [`duration`]: durations as people write them (`1h30m`), parsed and printed.
 //!
 //! This crate does no I/O, has no async code and never reads a clock: time is a parameter.
@@ -13,6 +14,7 @@ pub mod entry;
 pub mod jwt;
 pub mod selector;
 pub mod spiffe_id;
+pub mod spire;
 pub mod ttl;
 
 pub use entry::{matching_entries, DnsName, Entry, EntryError, EntryId, EntrySpec, MatchOutcome};

@@ -34,6 +34,22 @@ pub enum SelectorError {
     /// A selector list was empty where at least one is required.
     #[error("at least one selector is required")]
     Empty,
+    /// SPIRE's spelling of a fact that vouch's attestors do not produce (see [`crate::spire`]).
+    #[error("selector `{selector}` is written as for SPIRE, and vouch has no such selector: {why}")]
+    NotInVouch {
+        /// The selector (shortened if long).
+        selector: String,
+        /// Why, and what is closest.
+        why: &'static str,
+    },
+    /// SPIRE's spelling whose nearest vouch selector states a different fact (see [`crate::spire`]).
+    #[error("selector `{selector}` is written as for SPIRE, and vouch's nearest selector states a different fact: {why}")]
+    Differs {
+        /// The selector (shortened if long).
+        selector: String,
+        /// The difference, and what to use instead.
+        why: &'static str,
+    },
 }
 
 /// One selector, `type:value`.

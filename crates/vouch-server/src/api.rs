@@ -198,7 +198,12 @@ async fn list_entries(
         parent_id: id("parent_id", q.parent_id)?,
         selector: q
             .selector
-            .map(|s| Selector::parse(&s).map_err(|e| ApiError::bad_request(format!("selector: {e}"))))
+            // Entries store vouch's spelling of SPIRE selectors, so a search by SPIRE's finds them.
+            .map(|s| {
+                Selector::parse(&s)
+                    .and_then(vouch_core::spire::canonical)
+                    .map_err(|e| ApiError::bad_request(format!("selector: {e}")))
+            })
             .transpose()?,
     };
     Ok(Json(EntryList { entries: state.store.list_entries(&filter).await? }))
