@@ -1,16 +1,16 @@
 //! The vouch node agent.
 //!
-//! - [`attest`]: workload attestation — who is calling the agent's socket (peer pid pinned with a
-//!   pidfd, `/proc`, cgroup), as `unix:` selectors and a container reference.
-//! - [`identity`]: the agent's own identity (join-token attestation, renewal, kept on disk 0600).
+//! - [`attest`]: workload attestation: who is calling the agent's socket (peer pid pinned with a
+//!   pidfd, `/proc`, cgroup), as `unix:` selectors, and what the container runtime (Docker, podman,
+//!   containerd) and the kubelet say about its container.
+//! - [`identity`]: the agent's own identity (node attestation by join token, Kubernetes PSAT or
+//!   x509pop; renewal; kept on disk 0600).
 //! - [`sync`]: the push stream of entries from the server.
 //! - [`state`]: entries, bundle and the SVIDs held for workloads (keys generated on the node).
-//! - [`workload_api`]: the SPIFFE Workload API on a Unix socket.
-//!
+//! - [`workload_api`]: the SPIFFE Workload API on a Unix socket, with [`h2_authority_filter`] in
+//!   front of it for gRPC C-core clients.
 //! - [`explain`]: why a process does or does not get an identity (`vouch agent explain --pid N`).
-//!
-//! Still to come (issue 3): x509pop and Kubernetes PSAT node attestation, container runtime
-//! selectors (Docker, containerd, Kubernetes).
+//! - [`clock`]: the one reading of the system clock.
 
 pub mod attest;
 pub mod clock;
