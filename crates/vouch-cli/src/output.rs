@@ -79,7 +79,12 @@ pub fn print_entry(output: Output, e: &Entry) -> Result<()> {
         return print_json(e);
     }
     let or_dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
-    let secs = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
+    let secs = |v: Option<u64>| {
+        v.map_or_else(
+            || "-".to_owned(),
+            |s| vouch_core::duration::Compound(std::time::Duration::from_secs(s)).to_string(),
+        )
+    };
     let rows: [(&str, String); 15] = [
         ("id", e.id.to_string()),
         ("spiffe_id", e.spiffe_id.to_string()),
