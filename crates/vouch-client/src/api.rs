@@ -150,18 +150,23 @@ impl AdminClient {
     }
 
     /// Opens the sync stream: a snapshot, then changes as they happen.
+    /// Opening is bounded by the client's timeout (a server that accepts but never answers is an
+    /// error, not a hang); the stream itself lives as long as the server keeps it (it pings).
     pub async fn sync(&self) -> Result<SyncStream, ClientError> {
-        let mut conn = self.connect().await?;
-        let (status, mut lines) = conn.stream("GET", paths::AGENT_SYNC).await?;
-        if status != 200 {
-            // The error body is short; read it whole (bounded by the line reader's limit).
-            let mut body = String::new();
-            while let Some(Ok(l)) = lines.next_line().await {
-                body.push_str(&l);
+        let open = async {
+            let mut conn = self.connect_unbounded().await?;
+            let (status, mut lines) = conn.stream("GET", paths::AGENT_SYNC).await?;
+            if status != 200 {
+                // The error body is short; read it whole (bounded by the line reader's limit).
+                let mut body = String::new();
+                while let Some(Ok(l)) = lines.next_line().await {
+                    body.push_str(&l);
+                }
+                return Err(api_error(status, body.as_bytes()));
             }
-            return Err(api_error(status, body.as_bytes()));
-        }
-        Ok(SyncStream { _conn: conn, lines })
+            Ok(SyncStream { _conn: conn, lines })
+        };
+        tokio::time::timeout(self.timeout(), open).await.map_err(|_| self.timed_out())?
     }
 }
 

@@ -149,7 +149,12 @@ impl AdminClient {
         }
     }
 
-    fn timed_out(&self) -> ClientError {
+    /// The limit on each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn timed_out(&self) -> ClientError {
         ClientError::Timeout { target: self.target(), after: self.timeout }
     }
 
@@ -159,7 +164,7 @@ impl AdminClient {
         tokio::time::timeout(self.timeout, self.connect_unbounded()).await.map_err(|_| self.timed_out())?
     }
 
-    async fn connect_unbounded(&self) -> Result<Connection, ClientError> {
+    pub(crate) async fn connect_unbounded(&self) -> Result<Connection, ClientError> {
         let err = |reason: String| ClientError::Connect { target: self.target(), reason };
         match &self.transport {
             Transport::Unix(path) => {
@@ -460,6 +465,19 @@ mod tests {
             }
             other => panic!("expected a timeout, got {other:?}"),
         }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_sync_stream_that_never_opens_is_a_timeout_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = server(&dir, |stream| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(stream);
+        });
+        let client = AdminClient::unix(&path).with_timeout(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        assert!(matches!(client.sync().await, Err(ClientError::Timeout { .. })));
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
