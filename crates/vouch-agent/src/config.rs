@@ -1,6 +1,7 @@
 //! Agent configuration: versioned TOML with unknown fields refused; every setting also from a
 //! `VOUCH_AGENT_...` environment variable.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -32,6 +33,29 @@ struct FileConfig {
     kubelet_token_file: Option<PathBuf>,
     kubelet_ca: Option<PathBuf>,
     kubelet_insecure_skip_verify: Option<bool>,
+    metrics_listen: Option<String>,
+    log_format: Option<String>,
+}
+
+/// How the agent writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(ConfigError(format!("log_format `{other}`: use text or json"))),
+        }
+    }
 }
 
 /// The effective agent configuration.
@@ -65,6 +89,12 @@ pub struct AgentConfig {
     pub containerd_socket: Option<PathBuf>,
     /// The node's kubelet, for `k8s:` selectors (None: not in Kubernetes).
     pub kubelet: Option<crate::attest::KubeletConfig>,
+    /// Where to serve `GET /metrics` over plain HTTP (None: not served; the admin socket still
+    /// answers `vouch agent metrics`). Meant for loopback or a node-local scraper: the metrics say
+    /// nothing secret, but the listener has no authentication.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format.
+    pub log_format: LogFormat,
 }
 
 impl AgentConfig {
@@ -82,6 +112,21 @@ impl AgentConfig {
             return Err(ConfigError("version must be 1".into()));
         }
         let kubelet = kubelet_setting(&file, env)?;
+        let metrics_listen = env("VOUCH_AGENT_METRICS_LISTEN")
+            .or(file.metrics_listen)
+            .map(|v| {
+                v.parse::<SocketAddr>().map_err(|e| {
+                    ConfigError(format!(
+                        "metrics_listen `{v}`: {e}; give an address and port, e.g. 127.0.0.1:9988"
+                    ))
+                })
+            })
+            .transpose()?;
+        let log_format = env("VOUCH_AGENT_LOG_FORMAT")
+            .or(file.log_format)
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or_default();
         let td =
             env("VOUCH_AGENT_TRUST_DOMAIN").or(file.trust_domain).unwrap_or_else(|| "example.org".into());
         let trust_domain =
@@ -120,6 +165,8 @@ impl AgentConfig {
                 "/run/containerd/containerd.sock",
             ),
             kubelet,
+            metrics_listen,
+            log_format,
             data_dir,
         })
     }
@@ -163,5 +210,42 @@ fn socket_setting(given: Option<PathBuf>, default: &str) -> Option<PathBuf> {
         Some(p) if p.as_os_str() == "off" => None,
         Some(p) => Some(p),
         None => Some(PathBuf::from(default)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, vars: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError(e.to_string()))?;
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, file).map_err(|e| ConfigError(e.to_string()))?;
+        let env = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
+        AgentConfig::load(Some(&path), &env)
+    }
+
+    #[test]
+    fn metrics_listener_and_log_format_from_file_and_env() {
+        let base = "version = 1\nserver = \"127.0.0.1:8443\"\n";
+        let c = load(base, &[]).unwrap();
+        assert_eq!((c.metrics_listen, c.log_format), (None, LogFormat::Text), "off and text by default");
+        let c = load(&format!("{base}metrics_listen = \"127.0.0.1:9988\"\nlog_format = \"json\"\n"), &[])
+            .unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9988".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        let c = load(
+            &format!("{base}metrics_listen = \"127.0.0.1:9988\"\n"),
+            &[("VOUCH_AGENT_METRICS_LISTEN", "[::1]:7000"), ("VOUCH_AGENT_LOG_FORMAT", "json")],
+        )
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:7000".parse().unwrap()), "the variable wins");
+        assert_eq!(c.log_format, LogFormat::Json);
+        let err = load(&format!("{base}metrics_listen = \"localhost\"\n"), &[]).unwrap_err().to_string();
+        assert!(err.contains("metrics_listen `localhost`"), "{err}");
+        let err = load(base, &[("VOUCH_AGENT_LOG_FORMAT", "xml")]).unwrap_err().to_string();
+        assert!(err.contains("log_format `xml`: use text or json"), "{err}");
+        let err = load(&format!("{base}log_fromat = \"json\"\n"), &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "a typo is an error: {err}");
     }
 }

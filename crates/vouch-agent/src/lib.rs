@@ -9,19 +9,24 @@
 //! - [`state`]: entries, bundle and the SVIDs held for workloads (keys generated on the node).
 //! - [`workload_api`]: the SPIFFE Workload API on a Unix socket, with [`h2_authority_filter`] in
 //!   front of it for gRPC C-core clients.
+//! - [`admin`]: the private admin socket: `vouch agent explain`, `healthcheck` and `metrics`.
 //! - [`explain`]: why a process does or does not get an identity (`vouch agent explain --pid N`).
+//! - [`metrics`]: Prometheus metrics, on the admin socket and an optional HTTP listener.
 //! - [`clock`]: the one reading of the system clock.
 
+pub mod admin;
 pub mod attest;
 pub mod clock;
 pub mod config;
 pub mod explain;
 pub mod h2_authority_filter;
 pub mod identity;
+pub mod metrics;
 pub mod state;
 pub mod sync;
 pub mod workload_api;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +64,8 @@ pub struct Agent {
     pub state: Arc<AgentState>,
     /// The Workload API socket.
     pub socket: PathBuf,
+    /// Where `GET /metrics` is served, if it is (the bound address, so port 0 works).
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -176,17 +183,40 @@ impl Agent {
         let mut admin_shutdown = rx.clone();
         tasks.push(tokio::spawn(async move {
             tokio::select! {
-                _ = explain::serve(admin, admin_state) => {}
+                _ = admin::serve(admin, admin_state) => {}
                 _ = admin_shutdown.changed() => {}
             }
         }));
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    AgentError::Io(format!("cannot bind the metrics listener {addr}: {e} (metrics_listen)"))
+                })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| AgentError::Io(format!("metrics listener {addr}: {e}")))?;
+                let metrics_state = state.clone();
+                let mut metrics_shutdown = rx.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokio::select! {
+                        _ = metrics::serve_http(listener, metrics_state) => {}
+                        _ = metrics_shutdown.changed() => {}
+                    }
+                }));
+                tracing::info!(address = %bound, "serving GET /metrics");
+                Some(bound)
+            }
+            None => None,
+        };
         let service = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone()));
         // gRPC health on the same socket: SERVING once started (cached SVIDs are served even while
         // the server is unreachable, so the agent stays healthy then).
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>().await;
         let mut serve_shutdown = rx;
+        let serve_state = state.clone();
         tasks.push(tokio::spawn(async move {
+            serve_state.metrics.set_workload_api_up(true);
             let result = tonic::transport::Server::builder()
                 .add_service(service)
                 .add_service(health_service)
@@ -194,12 +224,13 @@ impl Agent {
                     let _ = serve_shutdown.changed().await;
                 })
                 .await;
+            serve_state.metrics.set_workload_api_up(false);
             if let Err(e) = result {
                 tracing::error!(error = %e, "Workload API server stopped");
             }
         }));
         tracing::info!(agent = %state.agent_id(), socket = %config.socket.display(), "vouch agent ready");
-        Ok(Self { state, socket: config.socket, shutdown, tasks })
+        Ok(Self { state, socket: config.socket, metrics_addr, shutdown, tasks })
     }
 
     /// Stops the agent and removes its socket.
@@ -228,7 +259,10 @@ async fn maintenance(state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>
                         Err(e) => tracing::warn!(error = %e, "cannot store the renewed agent SVID"),
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "agent SVID renewal failed; retrying"),
+                Err(e) => {
+                    state.metrics.server_error(metrics::ServerOp::Renew);
+                    tracing::warn!(error = %e, "agent SVID renewal failed; retrying")
+                }
             }
         }
         let until_identity = state.identity_renew_at().duration_since(now).unwrap_or_default();

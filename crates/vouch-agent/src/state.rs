@@ -68,6 +68,8 @@ pub struct AgentState {
     sign_lock: tokio::sync::Mutex<()>,
     generation: tokio::sync::watch::Sender<u64>,
     connected: AtomicBool,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: crate::metrics::AgentMetrics,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -119,6 +121,7 @@ impl AgentState {
             sign_lock: tokio::sync::Mutex::new(()),
             generation: tokio::sync::watch::channel(0).0,
             connected: AtomicBool::new(false),
+            metrics: Default::default(),
         }))
     }
 
@@ -251,7 +254,10 @@ impl AgentState {
     /// Signs fresh keys for `entries` through the server, in batches the server accepts.
     async fn sign(&self, entries: &[Entry]) -> Result<(), AgentError> {
         for chunk in entries.chunks(MAX_SIGN_BATCH) {
-            self.sign_batch(chunk).await?;
+            if let Err(e) = self.sign_batch(chunk).await {
+                self.metrics.server_error(crate::metrics::ServerOp::Sign);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -337,6 +343,7 @@ impl AgentState {
         }
         let _guard = self.sign_lock.lock().await;
         self.sign(&due).await?;
+        self.metrics.rotated(due.len());
         self.bump();
         Ok(due.len())
     }
@@ -361,7 +368,8 @@ impl AgentState {
         let answer = self
             .client()
             .agent_jwt(&AgentJwtRequest { entry_id: entry.id.clone(), audience: audiences.to_vec() })
-            .await?;
+            .await
+            .inspect_err(|_| self.metrics.server_error(crate::metrics::ServerOp::Jwt))?;
         let token = answer.token;
         let exp = ttl::from_unix_seconds(answer.expires_at);
         let renew_at = ttl::renew_at(now, exp, 0.0);

@@ -37,7 +37,9 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
 pub async fn sync_once(state: &AgentState) -> Result<(), AgentError> {
     let mut lines = state.client().sync().await?;
     while let Some(line) = lines.next().await {
-        apply_line(state, line?)?;
+        let line = line?;
+        state.metrics.sync_line(crate::clock::now());
+        apply_line(state, line)?;
         if !state.connected() {
             state.set_connected(true);
             tracing::info!(agent = %state.agent_id(), entries = state.entries().len(), "synced with the server");
@@ -56,9 +58,11 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
         };
         let was_connected = state.connected();
         state.set_connected(false);
+        state.metrics.reconnect();
         match result {
             Ok(()) => tracing::warn!("sync stream ended; reconnecting"),
             Err(e) => {
+                state.metrics.server_error(crate::metrics::ServerOp::Sync);
                 tracing::warn!(error = %e, retry_in = ?backoff, "sync with the server failed; serving cached SVIDs")
             }
         }

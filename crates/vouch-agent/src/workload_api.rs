@@ -30,6 +30,7 @@ use vouch_proto::workload::{
 };
 
 use crate::attest::{attest_full, PeerProcess};
+use crate::metrics::{Refusal, Rpc, RpcTimer};
 use crate::state::AgentState;
 
 /// The message of `PermissionDenied` when nothing matches; SPIFFE clients recognise it.
@@ -57,9 +58,15 @@ impl WorkloadConn {
         let (pump_rd, pump_wr) = tokio::io::split(pump_side);
         let (client_rd, mut client_wr) = stream.into_split();
         tokio::spawn(async move {
-            if let Err(e) = crate::h2_authority_filter::filter_client_to_server(client_rd, pump_wr).await {
+            let mut pump_wr = pump_wr;
+            if let Err(e) = crate::h2_authority_filter::filter_client_to_server(client_rd, &mut pump_wr).await
+            {
                 tracing::debug!(error = %e, "workload connection dropped");
             }
+            // Whatever ended the client's direction (a clean close, a bad frame, a client that left
+            // before the preface), the server side must see its end, or the connection, its socket
+            // and its pidfd stay open for good: any local user could fill the agent's fd table.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut pump_wr).await;
         });
         tokio::spawn(async move {
             let mut pump_rd = pump_rd;
@@ -111,10 +118,13 @@ impl WorkloadApi {
     }
 }
 
-fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+fn check_header<T>(state: &AgentState, req: &Request<T>) -> Result<(), Status> {
     match req.metadata().get(vouch_proto::SECURITY_HEADER).and_then(|v| v.to_str().ok()) {
         Some("true") => Ok(()),
-        _ => Err(Status::invalid_argument("security header missing from request")),
+        _ => {
+            state.metrics.refused(Refusal::MissingHeader);
+            Err(Status::invalid_argument("security header missing from request"))
+        }
     }
 }
 
@@ -130,16 +140,19 @@ async fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Resul
     let pinned = match &*peer.0 {
         Ok(p) => p,
         Err(e) => {
+            state.metrics.refused(Refusal::PeerUnknown);
             tracing::info!(target: "vouch::audit", event = "workload.attest.failed", reason = %e);
             return Err(Status::permission_denied(NO_IDENTITY));
         }
     };
     let attestation = attest_full(pinned, &state.unix, &state.runtime).await.map_err(|e| {
+        state.metrics.refused(Refusal::of(&e));
         tracing::info!(target: "vouch::audit", event = "workload.attest.failed", pid = pinned.pid, reason = %e);
         Status::permission_denied(NO_IDENTITY)
     })?;
     let entries = state.matching(&attestation.selectors, now);
     if entries.is_empty() {
+        state.metrics.refused(Refusal::NoMatch);
         tracing::info!(target: "vouch::audit", event = "workload.no_identity", pid = pinned.pid, selectors = attestation.selectors.len());
         return Err(Status::permission_denied(NO_IDENTITY));
     }
@@ -248,7 +261,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        check_header(&req)?;
+        let _timer = RpcTimer::start(&self.state.metrics, Rpc::FetchX509Svid);
+        check_header(&self.state, &req)?;
         let peer = peer_of(&req);
         let changes = self.state.watch();
         let first = x509_response(&self.state, &peer).await?;
@@ -262,7 +276,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        check_header(&req)?;
+        let _timer = RpcTimer::start(&self.state.metrics, Rpc::FetchX509Bundles);
+        check_header(&self.state, &req)?;
         let peer = peer_of(&req);
         let changes = self.state.watch();
         let first = x509_bundles_response(&self.state, &peer).await?;
@@ -273,7 +288,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
     }
 
     async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
-        check_header(&req)?;
+        let _timer = RpcTimer::start(&self.state.metrics, Rpc::FetchJwtSvid);
+        check_header(&self.state, &req)?;
         let peer = peer_of(&req);
         let body = req.into_inner();
         if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
@@ -286,6 +302,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 .map_err(|e| Status::invalid_argument(format!("spiffe_id `{}`: {e}", body.spiffe_id)))?;
             entries.retain(|e| e.spiffe_id == wanted);
             if entries.is_empty() {
+                self.state.metrics.refused(Refusal::NoMatch);
                 return Err(Status::permission_denied(NO_IDENTITY));
             }
         }
@@ -304,7 +321,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        check_header(&req)?;
+        let _timer = RpcTimer::start(&self.state.metrics, Rpc::FetchJwtBundles);
+        check_header(&self.state, &req)?;
         let peer = peer_of(&req);
         let changes = self.state.watch();
         let first = jwt_bundles_response(&self.state, &peer).await?;
@@ -318,7 +336,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        check_header(&req)?;
+        let _timer = RpcTimer::start(&self.state.metrics, Rpc::ValidateJwtSvid);
+        check_header(&self.state, &req)?;
         let body = req.into_inner();
         if body.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));

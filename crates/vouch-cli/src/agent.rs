@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vouch_api::explain::{ExplainAnswer, ExplainRequest};
+use vouch_api::explain::{AdminAnswer, AdminRequest, Explanation, Health, MetricsText, SyncStatus};
 use vouch_core::SpiffeId;
 use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use vouch_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
@@ -39,6 +40,20 @@ pub enum AgentCommand {
         /// The process to explain.
         #[arg(long)]
         pid: i32,
+        /// The agent's admin socket.
+        #[arg(long, env = "VOUCH_AGENT_ADMIN_SOCKET", default_value = "vouch-agent-data/admin.sock")]
+        admin_socket: PathBuf,
+    },
+    /// Exit 0 if the agent is up and ready (Workload API socket served, agent SVID valid), 1 if not
+    /// or if it cannot be reached; one line says why and whether the agent is connected to the
+    /// server or serving cached SVIDs (still ready: workloads keep their SVIDs until they expire).
+    Healthcheck {
+        /// The agent's admin socket.
+        #[arg(long, env = "VOUCH_AGENT_ADMIN_SOCKET", default_value = "vouch-agent-data/admin.sock")]
+        admin_socket: PathBuf,
+    },
+    /// Print the agent's Prometheus metrics (the same text as its `--metrics-listen` endpoint).
+    Metrics {
         /// The agent's admin socket.
         #[arg(long, env = "VOUCH_AGENT_ADMIN_SOCKET", default_value = "vouch-agent-data/admin.sock")]
         admin_socket: PathBuf,
@@ -122,6 +137,13 @@ pub struct AgentRun {
     /// Accept the kubelet's serving certificate unverified (kubelets often serve self-signed ones).
     #[arg(long)]
     kubelet_insecure_skip_verify: bool,
+    /// Serve Prometheus `GET /metrics` over plain HTTP on this address (e.g. 127.0.0.1:9988); off
+    /// by default. No authentication: bind it to loopback or a node-local address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Log line format: text or json (one JSON object per line).
+    #[arg(long)]
+    log_format: Option<String>,
 }
 
 /// Workload API calls.
@@ -168,6 +190,15 @@ pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
         AgentCommand::Run(args) => agent_run(*args).await,
         AgentCommand::Api { command, socket } => api(command, &socket, output).await,
         AgentCommand::Explain { pid, admin_socket } => explain(pid, &admin_socket, output).await,
+        AgentCommand::Healthcheck { admin_socket } => healthcheck(&admin_socket, output).await,
+        AgentCommand::Metrics { admin_socket } => {
+            let m: MetricsText = ask(&admin_socket, &AdminRequest::Metrics {}).await?;
+            match output {
+                Output::Json => output::print_json(&m)?,
+                Output::Table => print!("{}", m.metrics),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         AgentCommand::List { connect } => {
             let list = connect.client()?.agents().await?;
             match connect.output {
@@ -241,12 +272,14 @@ async fn agent_run(args: AgentRun) -> Result<ExitCode> {
             "VOUCH_AGENT_KUBELET_INSECURE_SKIP_VERIFY" => {
                 args.kubelet_insecure_skip_verify.then(|| "true".into())
             }
+            "VOUCH_AGENT_METRICS_LISTEN" => args.metrics_listen.clone(),
+            "VOUCH_AGENT_LOG_FORMAT" => args.log_format.clone(),
             _ => None,
         };
         flag.or_else(|| std::env::var(k).ok().filter(|v| !v.is_empty()))
     };
     let config = vouch_agent::AgentConfig::load(args.config.as_deref(), &env)?;
-    crate::init_logging("info", false);
+    crate::init_logging("info", config.log_format == vouch_agent::config::LogFormat::Json);
     let agent = vouch_agent::Agent::start(config).await?;
     crate::wait_for_signal().await?;
     tracing::info!("shutting down");
@@ -325,6 +358,12 @@ struct FetchedJwt<'a> {
     hint: &'a str,
 }
 
+/// What `vouch agent api validate -o json` prints.
+#[derive(Serialize)]
+struct Validated<'a> {
+    spiffe_id: &'a str,
+}
+
 /// What `fetch -o json` prints: `{"svids": [...]}`.
 #[derive(Serialize)]
 struct Fetched<T> {
@@ -399,7 +438,7 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
                 .map_err(|s| anyhow::anyhow!("token rejected: {}", s.message()))?
                 .into_inner();
             match output {
-                Output::Json => output::print_json(&serde_json::json!({"spiffe_id": resp.spiffe_id}))?,
+                Output::Json => output::print_json(&Validated { spiffe_id: &resp.spiffe_id })?,
                 Output::Table => println!("valid: {}", resp.spiffe_id),
             }
         }
@@ -407,26 +446,68 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-async fn explain(pid: i32, socket: &Path, output: Output) -> Result<ExitCode> {
+/// Sends one request on the agent's admin socket and reads its answer, within 30 s.
+async fn ask<T: DeserializeOwned>(socket: &Path, request: &AdminRequest) -> Result<T> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let ask = async {
+    let exchange = async {
         let mut stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
             format!("cannot reach the agent admin socket {} (is `vouch agent run` running? run as root or the agent's user)", socket.display())
         })?;
-        let mut request = serde_json::to_vec(&ExplainRequest { explain: pid })?;
-        request.push(b'\n');
-        stream.write_all(&request).await?;
-        let mut line = String::new();
-        tokio::io::BufReader::new(stream).read_line(&mut line).await?;
-        serde_json::from_str::<ExplainAnswer>(&line).context("unexpected answer from the agent")
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        stream.write_all(&line).await?;
+        let mut answer = String::new();
+        tokio::io::BufReader::new(stream).read_line(&mut answer).await?;
+        serde_json::from_str::<AdminAnswer<T>>(&answer).context("unexpected answer from the agent")
     };
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), ask)
+    match tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
         .await
-        .context("the agent did not answer within 30 s")??;
-    let x = match answer {
-        ExplainAnswer::Explanation(x) => x,
-        ExplainAnswer::Refused { error } => bail!("{error}"),
+        .context("the agent did not answer within 30 s")??
+    {
+        AdminAnswer::Answer(answer) => Ok(answer),
+        AdminAnswer::Refused(r) => bail!("{}", r.error),
+    }
+}
+
+/// What `vouch agent healthcheck -o json` prints when the agent cannot be asked.
+#[derive(Serialize)]
+struct Unreachable {
+    ready: bool,
+    reason: String,
+}
+
+async fn healthcheck(socket: &Path, output: Output) -> Result<ExitCode> {
+    let health: Health = match ask(socket, &AdminRequest::Health {}).await {
+        Ok(h) => h,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            match output {
+                Output::Json => output::print_json(&Unreachable { ready: false, reason })?,
+                Output::Table => eprintln!("not ready: {reason}"),
+            }
+            return Ok(ExitCode::from(1));
+        }
     };
+    match output {
+        Output::Json => output::print_json(&health)?,
+        Output::Table if health.ready => {
+            let last_sync = health.last_sync_at.map_or_else(|| "never".to_owned(), vouch_core::ttl::rfc3339);
+            let stale = if health.sync == SyncStatus::ServingCached { ", entries may be stale" } else { "" };
+            println!(
+                "{} ({}, {} SVIDs held, last sync {last_sync}{stale}, agent SVID expires {})",
+                health.reason,
+                health.agent_id,
+                health.svids_held,
+                vouch_core::ttl::rfc3339(health.agent_svid_expires_at)
+            );
+        }
+        Output::Table => eprintln!("not ready: {}", health.reason),
+    }
+    Ok(if health.ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn explain(pid: i32, socket: &Path, output: Output) -> Result<ExitCode> {
+    let x: Explanation = ask(socket, &AdminRequest::Explain(pid)).await?;
     if let Output::Json = output {
         output::print_json(&x)?;
         return Ok(ExitCode::SUCCESS);

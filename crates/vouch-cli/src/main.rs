@@ -348,7 +348,7 @@ enum BundleFormat {
 
 #[derive(Subcommand)]
 enum BundleCommand {
-    /// Print the trust bundle.
+    /// Print the trust bundle (with -o json: the JWKS document, or `{"pem": ...}` for --format pem).
     Show {
         /// PEM certificates or SPIFFE bundle JWKS.
         #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
@@ -441,27 +441,45 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bundle { command: BundleCommand::Show { format }, connect } => {
             let client = connect.client()?;
-            let text = match format {
-                BundleFormat::Pem => client.bundle_pem().await?,
-                BundleFormat::Jwks => client.bundle_jwks().await?,
-            };
-            print!("{text}");
+            match (format, connect.output) {
+                (BundleFormat::Pem, Output::Table) => print!("{}", client.bundle_pem().await?),
+                (BundleFormat::Pem, Output::Json) => {
+                    output::print_json(&PemBundle { pem: client.bundle_pem().await? })?
+                }
+                // The SPIFFE bundle is a JSON document already.
+                (BundleFormat::Jwks, _) => print!("{}", client.bundle_jwks().await?),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Svid { command: SvidCommand::Mint { kind }, connect } => mint(kind, &connect).await,
         Command::Agent { command, output } => agent::run(command, output).await,
         Command::Scan(args) => Ok(ExitCode::from(vouch_scan::cli::run(&args))),
         Command::Healthcheck { connect } => {
-            let (ready, text) = connect.client()?.ready().await?;
-            if ready {
-                println!("{text}");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("not ready: {text}");
-                Ok(ExitCode::from(1))
+            let (ready, reason) = match connect.client() {
+                Ok(client) => client.ready().await.unwrap_or_else(|e| (false, e.to_string())),
+                Err(e) => (false, format!("{e:#}")),
+            };
+            match (connect.output, ready) {
+                (Output::Json, _) => output::print_json(&ServerHealth { ready, reason })?,
+                (Output::Table, true) => println!("{reason}"),
+                (Output::Table, false) => eprintln!("not ready: {reason}"),
             }
+            Ok(if ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
+}
+
+/// What `vouch bundle show --format pem -o json` prints.
+#[derive(serde::Serialize)]
+struct PemBundle {
+    pem: String,
+}
+
+/// What `vouch healthcheck -o json` prints.
+#[derive(serde::Serialize)]
+struct ServerHealth {
+    ready: bool,
+    reason: String,
 }
 
 fn init_logging_for(config: &vouch_server::Config) {

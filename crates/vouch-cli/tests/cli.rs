@@ -937,3 +937,197 @@ fn podman_containers_get_identities_by_label_and_image_only() {
         },
     );
 }
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `vouch agent healthcheck` and `vouch agent metrics` against a real agent process with JSON logs
+/// and a metrics listener: ready and connected; metrics that move with a refused and a served
+/// fetch; still ready, serving cached SVIDs, when the server stops; exit 1 once the agent stops.
+/// Also `-o json` of the commands that gained it (server healthcheck, bundle show --format pem).
+#[test]
+fn agent_healthcheck_metrics_and_json_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let health = json(&server.ok(&["healthcheck", "-o", "json"]));
+    assert_eq!(health["ready"], true, "{health}");
+    let pem = json(&server.ok(&["bundle", "show", "-o", "json"]));
+    assert!(pem["pem"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent_id = "spiffe://example.org/agent/ops";
+    let (agent, agent_dir) =
+        start_agent(tmp.path(), &server, agent_id, &["--log-format", "json", "--metrics-listen", &listen]);
+    let mut agent = KillOnDrop(agent);
+    let agent_cmd = |args: &[&str]| {
+        Command::new(VOUCH)
+            .args(["agent"])
+            .args(args)
+            .env("VOUCH_AGENT_ADMIN_SOCKET", agent_dir.join("admin.sock"))
+            .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", agent_dir.join("api.sock").display()))
+            .env_remove("VOUCH_OUTPUT")
+            .output()
+            .unwrap()
+    };
+    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // Ready once the first sync is through.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = agent_cmd(&["healthcheck"]);
+        if out.status.success() && stdout(&out).contains("ready: connected to the server") {
+            assert!(stdout(&out).contains(agent_id), "{}", stdout(&out));
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent not ready and connected: {}{}", stdout(&out), stderr(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h = json(&stdout(&agent_cmd(&["healthcheck", "-o", "json"])));
+    assert_eq!((h["ready"].as_bool(), h["sync"].as_str()), (Some(true), Some("connected")), "{h}");
+    assert!(h["last_sync_at"].as_i64().is_some(), "{h}");
+
+    let metric = |series: &str| -> f64 {
+        let out = agent_cmd(&["metrics"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let no_match = "vouch_agent_workload_refusals_total{reason=\"no_match\"}";
+    let fetches = "vouch_agent_workload_api_request_seconds_count{rpc=\"FetchX509SVID\"}";
+    assert_eq!(metric(no_match), 0.0);
+    // `vouch` itself, as a workload with no entry: refused.
+    let refused = agent_cmd(&["api", "fetch", "x509"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    assert!(stderr(&refused).contains("no identity issued"), "{}", stderr(&refused));
+    assert_eq!(metric(no_match), 1.0);
+    assert_eq!(metric(fetches), 1.0);
+    // An entry for `vouch` run by this user: served.
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let exe = std::fs::canonicalize(VOUCH).unwrap();
+    server.ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/cli",
+        "--parent-id",
+        agent_id,
+        "-s",
+        &format!("unix:uid:{uid}"),
+        "-s",
+        &format!("unix:path:{}", exe.display()),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = agent_cmd(&["api", "fetch", "x509", "-o", "json"]);
+        if out.status.success() {
+            assert_eq!(json(&stdout(&out))["svids"][0]["spiffe_id"], "spiffe://example.org/cli");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no SVID for vouch: {}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric("vouch_agent_svids_held"), 1.0);
+    assert!(metric(fetches) >= 2.0);
+    let m = json(&stdout(&agent_cmd(&["metrics", "-o", "json"])));
+    assert!(m["metrics"].as_str().unwrap().contains("\nvouch_agent_svids_held 1\n"), "{m}");
+
+    // The HTTP listener: GET /metrics only.
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = get("/metrics");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\nvouch_agent_svids_held 1\n"),
+        "{answer}"
+    );
+    assert!(get("/healthz").starts_with("HTTP/1.1 404"));
+
+    // Any local user may connect to the Workload API socket: clients that leave before the HTTP/2
+    // preface, mid-preface, or after garbage must not leave the agent holding their connections
+    // (socket, pidfd) open. Before the fix, each one leaked for good.
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", agent.0.id())).unwrap().count();
+    let before = fds();
+    let mut clients = Vec::new();
+    for i in 0..90 {
+        use std::io::Write;
+        let mut c = std::os::unix::net::UnixStream::connect(agent_dir.join("api.sock")).unwrap();
+        match i % 3 {
+            0 => {}
+            1 => c.write_all(b"PRI * HTTP/2.0\r\n").unwrap(),
+            _ => c.write_all(&[0x42; 64]).unwrap(),
+        }
+        clients.push(c);
+    }
+    // Held long enough for the agent to accept and pin each caller, then all leave at once.
+    std::thread::sleep(Duration::from_millis(700));
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fds() > before + 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent kept {} descriptors of 90 closed clients",
+            fds() - before
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent_cmd(&["healthcheck"]).status.success(), "the agent still serves");
+
+    // The server stops: still ready, serving cached SVIDs.
+    server.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = agent_cmd(&["healthcheck"]);
+        assert!(out.status.success(), "still ready without the server: {}", stderr(&out));
+        if stdout(&out).contains("serving cached SVIDs") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent did not notice the server stopped: {}", stdout(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h = json(&stdout(&agent_cmd(&["healthcheck", "-o", "json"])));
+    assert_eq!((h["ready"].as_bool(), h["sync"].as_str()), (Some(true), Some("serving_cached")), "{h}");
+
+    // The agent stops: not ready, exit 1, one line saying why.
+    let st = Command::new("kill").args(["-TERM", &agent.0.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = agent_cmd(&["healthcheck"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("not ready: cannot reach the agent admin socket") && err.lines().count() == 1,
+        "{err}"
+    );
+    let out = agent_cmd(&["healthcheck", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&stdout(&out))["ready"], false);
+
+    // Every log line of the agent is a JSON object.
+    let log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().filter(|l| !l.trim().is_empty()).map(json).collect();
+    assert!(lines.iter().all(serde_json::Value::is_object), "{log}");
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "vouch agent ready"), "{log}");
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "serving GET /metrics"), "{log}");
+}

@@ -6,12 +6,14 @@
 //! - [`ttl`]: lifetime and rotation arithmetic.
 //! - [`spire`]: SPIRE's selector spellings, rewritten to vouch's or refused with a reason.
 //! - [`duration`]: durations as people write them (`1h30m`), parsed and printed.
+//! - [`metrics`]: Prometheus text exposition (a latency histogram, counters, gauges).
 //!
 //! This crate does no I/O, has no async code and never reads a clock: time is a parameter.
 
 pub mod duration;
 pub mod entry;
 pub mod jwt;
+pub mod metrics;
 pub mod selector;
 pub mod spiffe_id;
 pub mod spire;

@@ -1,5 +1,6 @@
 //! Integration tests of the agent (one test binary): workload attestation of real processes, and the
-//! Workload API served to independent SPIFFE clients by a real agent synced with a real server.
+//! Workload API served to independent SPIFFE clients by a real agent synced with a real server, and
+//! the agent's health, metrics and metrics listener.
 
 // A test fails by panicking: unwrap and expect are how it says what broke. End-to-end tests run
 // real processes on the wall clock.
@@ -7,4 +8,5 @@
 
 mod attest;
 mod kubelet;
+mod ops;
 mod workload_api;

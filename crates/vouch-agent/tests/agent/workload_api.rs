@@ -12,7 +12,7 @@ use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use vouch_proto::workload::{X509svidRequest, X509svidResponse};
 use vouch_server::{Config, Server};
 
-const AGENT_ID: &str = "spiffe://example.org/agent/test-node";
+pub(crate) const AGENT_ID: &str = "spiffe://example.org/agent/test-node";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -32,18 +32,23 @@ async fn start_server_with(dir: &Path, port: u16, extra: &str) -> Server {
     Server::start(config, Arc::new(vouch_server::SystemClock), None).await.unwrap()
 }
 
-struct Stack {
+pub(crate) struct Stack {
     _dir: tempfile::TempDir,
-    server: Option<Server>,
+    pub(crate) server: Option<Server>,
     server_dir: PathBuf,
     port: u16,
-    agent: Option<Agent>,
-    agent_config: AgentConfig,
-    admin: AdminClient,
+    pub(crate) agent: Option<Agent>,
+    pub(crate) agent_config: AgentConfig,
+    pub(crate) admin: AdminClient,
 }
 
 impl Stack {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A stack whose agent configuration `configure` adjusts first.
+    pub(crate) async fn start_with(configure: impl FnOnce(&mut AgentConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server_dir = dir.path().join("server");
         let port = free_port();
@@ -62,7 +67,8 @@ impl Stack {
             "VOUCH_AGENT_BUNDLE" => Some(bundle.display().to_string()),
             _ => None,
         };
-        let agent_config = AgentConfig::load(None, &env).unwrap();
+        let mut agent_config = AgentConfig::load(None, &env).unwrap();
+        configure(&mut agent_config);
         let agent = Agent::start(agent_config.clone()).await.unwrap();
         let stack = Self {
             _dir: dir,
@@ -77,15 +83,15 @@ impl Stack {
         stack
     }
 
-    fn agent(&self) -> &Agent {
+    pub(crate) fn agent(&self) -> &Agent {
         self.agent.as_ref().unwrap()
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("unix:{}", self.agent().socket.display())
     }
 
-    async fn wait_connected(&self) {
+    pub(crate) async fn wait_connected(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !self.agent().state.connected() {
             assert!(Instant::now() < deadline, "agent did not sync with the server");
@@ -94,7 +100,7 @@ impl Stack {
     }
 
     /// An entry for this very test process, parented to the agent.
-    async fn entry_for_me(&self, id: &str, path: &str, extra: Value) -> Value {
+    pub(crate) async fn entry_for_me(&self, id: &str, path: &str, extra: Value) -> Value {
         let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
         let exe = std::env::current_exe().unwrap();
         let mut body = json!({"id": id, "spiffe_id": format!("spiffe://example.org{path}"), "parent_id": AGENT_ID,
@@ -105,7 +111,7 @@ impl Stack {
         self.admin.call("POST", "/v1/entries", Some(&body)).await.unwrap()
     }
 
-    async fn wait_entries(&self, n: usize) {
+    pub(crate) async fn wait_entries(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.agent().state.entries().len() != n {
             assert!(Instant::now() < deadline, "agent did not receive the entries");
@@ -115,12 +121,12 @@ impl Stack {
 }
 
 /// A raw gRPC client of the agent socket, to send requests the SPIFFE clients never would.
-async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
+pub(crate) async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
     let channel = vouch_proto::uds_channel(socket).await.unwrap();
     SpiffeWorkloadApiClient::new(channel)
 }
 
-fn with_header<T>(body: T) -> tonic::Request<T> {
+pub(crate) fn with_header<T>(body: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(body);
     req.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
     req

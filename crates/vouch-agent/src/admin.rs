@@ -1,0 +1,120 @@
+//! The agent's private admin socket (`admin.sock` in its data directory, mode 0600, peer uid
+//! checked): one JSON line per request ([`AdminRequest`]), one per answer. It answers
+//! `vouch agent explain` ([`crate::explain`]), `vouch agent healthcheck` ([`health`]) and
+//! `vouch agent metrics` ([`crate::metrics`]).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+pub use vouch_api::explain::{AdminAnswer, AdminRequest, Health, MetricsText, SyncStatus};
+use vouch_core::ttl::{rfc3339, unix_seconds};
+
+use crate::state::AgentState;
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 1024;
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the agent is ready at `now`: the Workload API socket is served and the agent's
+/// own SVID is valid. Losing the server does not make it unready: workloads keep receiving the
+/// SVIDs it holds until they expire, so the answer says "serving cached SVIDs" instead.
+pub async fn health(state: &AgentState, now: SystemTime) -> Health {
+    let socket = &state.config.socket;
+    let workload_api = state.metrics.workload_api_up() && socket_present(socket);
+    let id = state.identity();
+    let agent_svid_valid = id.not_before <= now && now < id.not_after;
+    let sync = if state.connected() { SyncStatus::Connected } else { SyncStatus::ServingCached };
+    let reason = if !workload_api {
+        format!("the Workload API socket {} is not served", socket.display())
+    } else if !agent_svid_valid {
+        format!(
+            "the agent SVID is not valid now (valid {} to {}); restart the agent with a fresh join token to attest again",
+            rfc3339(unix_seconds(id.not_before)),
+            rfc3339(unix_seconds(id.not_after))
+        )
+    } else {
+        format!("ready: {}", sync.describe())
+    };
+    Health {
+        ready: workload_api && agent_svid_valid,
+        reason,
+        agent_id: id.spiffe_id.to_string(),
+        socket: socket.display().to_string(),
+        workload_api,
+        agent_svid_valid,
+        agent_svid_expires_at: unix_seconds(id.not_after),
+        sync,
+        last_sync_at: state.metrics.last_sync_at(),
+        svids_held: u64::try_from(state.held_svids()).unwrap_or(u64::MAX),
+        entries: u64::try_from(state.entries().len()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Whether `socket` is still a Unix socket on disk (someone may have removed or replaced it).
+///
+/// Not probed with a connection: a client that connects and leaves before the HTTP/2 preface keeps a
+/// server-side connection open (see the report on `authority_fix`), so a probe per health check
+/// would leak one each time.
+fn socket_present(socket: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// The answer line to one request line.
+async fn answer(state: &AgentState, line: &str) -> Result<Vec<u8>, serde_json::Error> {
+    let request = match serde_json::from_str::<AdminRequest>(line) {
+        Ok(AdminRequest::Explain(pid)) if pid <= 0 => Err("explain needs a positive pid"),
+        Ok(r) => Ok(r),
+        Err(_) => Err("expected one of {\"explain\": <pid>}, {\"health\": {}}, {\"metrics\": {}}"),
+    };
+    match request {
+        Ok(AdminRequest::Explain(pid)) => {
+            serde_json::to_vec(&AdminAnswer::Answer(crate::explain::explain(state, pid).await))
+        }
+        Ok(AdminRequest::Health {}) => {
+            serde_json::to_vec(&AdminAnswer::Answer(health(state, crate::clock::now()).await))
+        }
+        Ok(AdminRequest::Metrics {}) => {
+            serde_json::to_vec(&AdminAnswer::Answer(MetricsText { metrics: crate::metrics::render(state) }))
+        }
+        Err(error) => serde_json::to_vec(&AdminAnswer::<()>::refused(error)),
+    }
+}
+
+/// Serves the admin socket on `listener` until the task is dropped.
+pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        // Only root or the agent's own user may ask (the socket is 0600 as well).
+        let allowed = stream.peer_cred().map(|c| c.uid() == 0 || c.uid() == own_uid()).unwrap_or(false);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(rd).take(MAX_REQUEST as u64);
+            match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
+            let out = if allowed {
+                answer(&state, &line).await
+            } else {
+                serde_json::to_vec(&AdminAnswer::<()>::refused(
+                    "only root or the agent's user may use the agent admin socket",
+                ))
+            };
+            let Ok(mut out) = out else { return };
+            out.push(b'\n');
+            let _ = wr.write_all(&out).await;
+        });
+    }
+}
+
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}

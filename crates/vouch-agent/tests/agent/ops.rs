@@ -1,0 +1,177 @@
+//! The agent's operability: health and metrics over the admin socket (the typed wire contract the
+//! CLI uses), the values moving with real Workload API calls, and the `GET /metrics` listener
+//! answering nothing else and refusing oversized requests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vouch_api::explain::{AdminAnswer, AdminRequest, Health, MetricsText, SyncStatus};
+use vouch_proto::workload::X509svidRequest;
+
+use crate::workload_api::{raw_client, with_header, Stack};
+
+/// Asks the agent's admin socket, as `vouch agent ...` does.
+async fn ask<T: serde::de::DeserializeOwned>(socket: &Path, request: &AdminRequest) -> T {
+    use tokio::io::AsyncBufReadExt;
+    let exchange = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let mut line = serde_json::to_vec(request).unwrap();
+        line.push(b'\n');
+        s.write_all(&line).await.unwrap();
+        let mut answer = String::new();
+        tokio::io::BufReader::new(s).read_line(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("admin socket answers");
+    match serde_json::from_str::<AdminAnswer<T>>(&answer).unwrap() {
+        AdminAnswer::Answer(a) => a,
+        AdminAnswer::Refused(r) => panic!("refused: {}", r.error),
+    }
+}
+
+/// The value of one series in a text exposition.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Sends `request` as raw bytes to the metrics listener and reads until it closes the connection.
+async fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The listener may close before reading all of an oversized request.
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("metrics listener answers")
+}
+
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_follow_workload_calls_and_the_server_link() {
+    let mut stack = Stack::start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let admin_socket = stack.agent_config.data_dir.join("admin.sock");
+    let addr = stack.agent().metrics_addr.expect("metrics listener bound");
+
+    let health: Health = ask(&admin_socket, &AdminRequest::Health {}).await;
+    assert!(health.ready && health.workload_api && health.agent_svid_valid, "{health:?}");
+    assert_eq!(health.sync, SyncStatus::Connected);
+    assert_eq!(health.reason, "ready: connected to the server");
+    assert!(health.last_sync_at.is_some());
+    assert_eq!(health.agent_id, crate::workload_api::AGENT_ID);
+
+    let before: MetricsText = ask(&admin_socket, &AdminRequest::Metrics {}).await;
+    let m = |text: &str, series: &str| value(text, series);
+    let fetches = "vouch_agent_workload_api_request_seconds_count{rpc=\"FetchX509SVID\"}";
+    let no_match = "vouch_agent_workload_refusals_total{reason=\"no_match\"}";
+    let missing_header = "vouch_agent_workload_refusals_total{reason=\"missing_header\"}";
+    assert_eq!(m(&before.metrics, "vouch_agent_sync_connected"), 1.0);
+    assert_eq!(m(&before.metrics, "vouch_agent_workload_api_up"), 1.0);
+    assert_eq!(m(&before.metrics, "vouch_agent_svids_held"), 0.0);
+
+    // Refused: no entry matches this process yet; and a request without the security header.
+    let mut raw = raw_client(&stack.agent().socket).await;
+    let status = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    raw.fetch_x509svid(tonic::Request::new(X509svidRequest {})).await.unwrap_err();
+    let refused: MetricsText = ask(&admin_socket, &AdminRequest::Metrics {}).await;
+    assert_eq!(m(&refused.metrics, no_match), m(&before.metrics, no_match) + 1.0);
+    assert_eq!(m(&refused.metrics, missing_header), m(&before.metrics, missing_header) + 1.0);
+    assert_eq!(m(&refused.metrics, fetches), m(&before.metrics, fetches) + 2.0);
+
+    // Served: the SVID is now held, the latency recorded once more, no new refusal.
+    stack.entry_for_me("ops", "/ops", json!({})).await;
+    stack.wait_entries(1).await;
+    let mut stream = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
+    let first =
+        tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.svids.len(), 1);
+    let served: MetricsText = ask(&admin_socket, &AdminRequest::Metrics {}).await;
+    assert_eq!(m(&served.metrics, "vouch_agent_svids_held"), 1.0);
+    assert_eq!(m(&served.metrics, "vouch_agent_entries"), 1.0);
+    assert_eq!(m(&served.metrics, fetches), m(&refused.metrics, fetches) + 1.0);
+    assert_eq!(m(&served.metrics, no_match), m(&refused.metrics, no_match));
+    let expiry = m(&served.metrics, "vouch_agent_svid_expiry_timestamp_seconds");
+    assert_eq!(expiry, health.agent_svid_expires_at as f64);
+
+    // The HTTP listener serves the same text, and nothing else.
+    let answer = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("content-type: text/plain; version=0.0.4"), "{answer}");
+    assert!(answer.contains("\nvouch_agent_svids_held 1\n"), "{answer}");
+    let answer = http(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 404"), "{answer}");
+    let answer = http(addr, b"GET /metrics/../debug HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 404"), "{answer}");
+    let answer = http(addr, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("allow: GET"), "{answer}");
+    // A request head over the bound is refused (431) or cut off, never read whole.
+    let mut huge = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    huge.extend(b"\r\n\r\n");
+    let answer = http(addr, &huge).await;
+    assert!(answer.is_empty() || status_line(&answer).starts_with("HTTP/1.1 431"), "{answer}");
+    // A body is never read: the answer comes at once, and the listener still serves afterwards.
+    let answer = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n").await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The server goes away: still ready, serving what it holds, and the metrics say so.
+    stack.server.take().unwrap().shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.agent().state.connected() {
+        assert!(Instant::now() < deadline, "agent did not notice the server went away");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health: Health = ask(&admin_socket, &AdminRequest::Health {}).await;
+    assert!(health.ready, "{health:?}");
+    assert_eq!(health.sync, SyncStatus::ServingCached);
+    assert!(health.reason.contains("serving cached SVIDs"), "{}", health.reason);
+    assert_eq!(health.svids_held, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cut: MetricsText = ask(&admin_socket, &AdminRequest::Metrics {}).await;
+        assert_eq!(m(&cut.metrics, "vouch_agent_sync_connected"), 0.0);
+        if m(&cut.metrics, "vouch_agent_sync_reconnects_total") >= 1.0
+            && m(&cut.metrics, "vouch_agent_server_errors_total{op=\"sync\"}") >= 1.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnect or sync error counted:\n{}", cut.metrics);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A bad request line is refused with what the socket expects.
+    let exchange = async {
+        use tokio::io::AsyncBufReadExt;
+        let mut s = tokio::net::UnixStream::connect(&admin_socket).await.unwrap();
+        s.write_all(b"{\"reboot\": {}}\n").await.unwrap();
+        let mut line = String::new();
+        tokio::io::BufReader::new(s).read_line(&mut line).await.unwrap();
+        line
+    };
+    let line = tokio::time::timeout(Duration::from_secs(10), exchange).await.unwrap();
+    let refused: AdminAnswer<Health> = serde_json::from_str(&line).unwrap();
+    assert!(matches!(&refused, AdminAnswer::Refused(r) if r.error.contains("{\"health\": {}}")), "{line}");
+
+    // Stopped: the metrics listener no longer answers. (Open streams would hold a graceful stop.)
+    drop((stream, raw));
+    let agent = stack.agent.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), agent.shutdown()).await.expect("agent stops");
+    let refused =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await.unwrap();
+    assert!(refused.is_err(), "metrics listener closed with the agent");
+}
