@@ -56,9 +56,8 @@ pub async fn health(state: &AgentState, now: SystemTime) -> Health {
 
 /// Whether `socket` is still a Unix socket on disk (someone may have removed or replaced it).
 ///
-/// Not probed with a connection: a client that connects and leaves before the HTTP/2 preface keeps a
-/// server-side connection open (see the report on `authority_fix`), so a probe per health check
-/// would leak one each time.
+/// Not probed with a connection: the health check should not cost the Workload API a connection
+/// (and an attestation) each time it runs.
 fn socket_present(socket: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())

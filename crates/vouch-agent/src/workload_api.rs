@@ -205,6 +205,28 @@ async fn jwt_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<Jwt
     Ok(JwtBundlesResponse { bundles: HashMap::from([(td_key(state), jwks.into_bytes())]) })
 }
 
+/// Opens a full-state stream: the header checked, the first answer built (and timed, as the RPC's
+/// latency), then a new answer whenever the agent state changes.
+async fn open_stream<Req, T, F, Fut>(
+    state: &Arc<AgentState>,
+    rpc: Rpc,
+    req: &Request<Req>,
+    build: F,
+) -> Result<Response<StreamOf<T>>, Status>
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: Fn(Arc<AgentState>, PeerInfo) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Status>> + Send,
+{
+    let _timer = RpcTimer::start(&state.metrics, rpc);
+    check_header(state, req)?;
+    let peer = peer_of(req);
+    // Subscribed before the first answer, so no change can fall between the two.
+    let changes = state.watch();
+    let first = build(state.clone(), peer.clone()).await?;
+    Ok(Response::new(watch_stream(state.clone(), peer, changes, first, build)))
+}
+
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A stream that sends `first`, then `build()`'s answer again whenever the agent state changes and
@@ -261,30 +283,18 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let _timer = RpcTimer::start(&self.state.metrics, Rpc::FetchX509Svid);
-        check_header(&self.state, &req)?;
-        let peer = peer_of(&req);
-        let changes = self.state.watch();
-        let first = x509_response(&self.state, &peer).await?;
-        let stream = watch_stream(self.state.clone(), peer, changes, first, |s, p| async move {
-            x509_response(&s, &p).await
-        });
-        Ok(Response::new(stream))
+        open_stream(&self.state, Rpc::FetchX509Svid, &req, |s, p| async move { x509_response(&s, &p).await })
+            .await
     }
 
     async fn fetch_x509_bundles(
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let _timer = RpcTimer::start(&self.state.metrics, Rpc::FetchX509Bundles);
-        check_header(&self.state, &req)?;
-        let peer = peer_of(&req);
-        let changes = self.state.watch();
-        let first = x509_bundles_response(&self.state, &peer).await?;
-        let stream = watch_stream(self.state.clone(), peer, changes, first, |s, p| async move {
+        open_stream(&self.state, Rpc::FetchX509Bundles, &req, |s, p| async move {
             x509_bundles_response(&s, &p).await
-        });
-        Ok(Response::new(stream))
+        })
+        .await
     }
 
     async fn fetch_jwtsvid(&self, req: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
@@ -321,15 +331,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let _timer = RpcTimer::start(&self.state.metrics, Rpc::FetchJwtBundles);
-        check_header(&self.state, &req)?;
-        let peer = peer_of(&req);
-        let changes = self.state.watch();
-        let first = jwt_bundles_response(&self.state, &peer).await?;
-        let stream = watch_stream(self.state.clone(), peer, changes, first, |s, p| async move {
+        open_stream(&self.state, Rpc::FetchJwtBundles, &req, |s, p| async move {
             jwt_bundles_response(&s, &p).await
-        });
-        Ok(Response::new(stream))
+        })
+        .await
     }
 
     async fn validate_jwtsvid(
