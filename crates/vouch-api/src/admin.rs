@@ -261,18 +261,8 @@ pub enum KeyKind {
     Jwt,
 }
 
-/// Where a key is in its life: prepared (published, not signing), active, retired (published
-/// until its end).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyState {
-    /// Published, not yet signing.
-    Prepared,
-    /// Signs now.
-    Active,
-    /// Replaced; published until its end.
-    Retired,
-}
+/// Where a key is in its rotation, as the domain defines it.
+pub use vouch_core::ttl::KeyState;
 
 /// `GET /v1/agents`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

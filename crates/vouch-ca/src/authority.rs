@@ -59,17 +59,7 @@ impl AuthorityConfig {
     }
 }
 
-/// Where a key is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyState {
-    /// Generated and (for roots and JWT keys) published, not yet used to sign.
-    Prepared,
-    /// Signs now.
-    Active,
-    /// Replaced; kept published until its end so what it signed still validates.
-    Retired,
-}
+pub use vouch_core::ttl::KeyState;
 
 struct RootSlot {
     id: String,

@@ -85,6 +85,18 @@ pub fn rfc3339(unix_secs: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
+/// Where a CA or JWT key is in its rotation (prepare -> activate -> retire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Generated and (for roots and JWT keys) published, not yet used to sign.
+    Prepared,
+    /// Signs now.
+    Active,
+    /// Replaced; kept published until its end so what it signed still validates.
+    Retired,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

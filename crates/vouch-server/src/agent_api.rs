@@ -428,7 +428,10 @@ async fn sign(
             None => match state.store.get_entry(&item.entry_id).await {
                 Ok(other) => {
                     check_entry_for_agent(other.as_ref(), &agent, &item.entry_id, now_s).and_then(|()| {
-                        Err(ApiError::not_found(format!("entry `{}` was moved; sync again", item.entry_id)))
+                        Err(ApiError::not_found(format!(
+                            "entry `{}` changed while the batch was signed; ask again",
+                            item.entry_id
+                        )))
                     })
                 }
                 Err(e) => Err(e.into()),

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use vouch_api::admin::{
     AuthorityKey, AuthorityKeys, BatchCreateRequest, EntryList, EntryPatch, EntryQuery, JoinTokenRequest,
-    JoinTokenResponse, JwtSvidClaims, KeyKind, KeyState, MintJwtRequest, MintJwtResponse, MintX509Request,
+    JoinTokenResponse, JwtSvidClaims, KeyKind, MintJwtRequest, MintJwtResponse, MintX509Request,
     MintX509Response, ValidateJwtRequest, MAX_ENTRY_BATCH,
 };
 use vouch_api::paths;
@@ -127,12 +127,13 @@ async fn authority_keys(State(state): State<Arc<AppState>>) -> AppResult<Json<Au
                     return Err(ApiError::internal("authority keys", format!("unknown key kind `{other}`")))
                 }
             };
-            let state = match k.state {
-                vouch_ca::KeyState::Prepared => KeyState::Prepared,
-                vouch_ca::KeyState::Active => KeyState::Active,
-                vouch_ca::KeyState::Retired => KeyState::Retired,
-            };
-            Ok(AuthorityKey { kind, id: k.id, state, not_before: k.not_before, not_after: k.not_after })
+            Ok(AuthorityKey {
+                kind,
+                id: k.id,
+                state: k.state,
+                not_before: k.not_before,
+                not_after: k.not_after,
+            })
         })
         .collect::<AppResult<Vec<_>>>()?;
     Ok(Json(AuthorityKeys { trust_domain: state.config.trust_domain.clone(), bundle_sequence: seq, keys }))
