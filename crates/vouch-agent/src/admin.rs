@@ -19,15 +19,23 @@ const MAX_REQUEST: usize = 1024;
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether the agent is ready at `now`: the Workload API socket is served and the agent's
-/// own SVID is valid. Losing the server does not make it unready: workloads keep receiving the
+/// Whether the agent is ready at `now`: the Workload API socket is served, the agent's own SVID
+/// is valid, and it has synced with the server once since it started. Losing the server later does
+/// not make it unready: workloads keep receiving the
 /// SVIDs it holds until they expire, so the answer says "serving cached SVIDs" instead.
 pub async fn health(state: &AgentState, now: SystemTime) -> Health {
     let socket = &state.config.socket;
     let workload_api = state.metrics.workload_api_up() && socket_present(socket);
-    let id = state.identity();
+    let id = state.link.identity();
     let agent_svid_valid = id.not_before <= now && now < id.not_after;
-    let sync = if state.connected() { SyncStatus::Connected } else { SyncStatus::ServingCached };
+    let sync = if state.link.connected() {
+        SyncStatus::Connected
+    } else if state.registry.synced() {
+        SyncStatus::ServingCached
+    } else {
+        SyncStatus::NotYetSynced
+    };
+    let synced_once = sync != SyncStatus::NotYetSynced;
     let reason = if !workload_api {
         format!("the Workload API socket {} is not served", socket.display())
     } else if !agent_svid_valid {
@@ -36,11 +44,17 @@ pub async fn health(state: &AgentState, now: SystemTime) -> Health {
             rfc3339(unix_seconds(id.not_before)),
             rfc3339(unix_seconds(id.not_after))
         )
+    } else if !synced_once {
+        format!(
+            "{}: workloads are told to retry until the first sync with {}",
+            sync.describe(),
+            state.config.server
+        )
     } else {
         format!("ready: {}", sync.describe())
     };
     Health {
-        ready: workload_api && agent_svid_valid,
+        ready: workload_api && agent_svid_valid && synced_once,
         reason,
         agent_id: id.spiffe_id.to_string(),
         socket: socket.display().to_string(),
@@ -49,8 +63,8 @@ pub async fn health(state: &AgentState, now: SystemTime) -> Health {
         agent_svid_expires_at: unix_seconds(id.not_after),
         sync,
         last_sync_at: state.metrics.last_sync_at(),
-        svids_held: u64::try_from(state.held_svids()).unwrap_or(u64::MAX),
-        entries: u64::try_from(state.entries().len()).unwrap_or(u64::MAX),
+        svids_held: u64::try_from(state.cache.x509_len()).unwrap_or(u64::MAX),
+        entries: u64::try_from(state.registry.entries().len()).unwrap_or(u64::MAX),
     }
 }
 

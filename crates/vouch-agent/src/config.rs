@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use vouch_core::TrustDomain;
+use zeroize::Zeroizing;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,101 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// How the agent proves its node to the server when it has no valid saved SVID. One method, chosen
+/// when the configuration is loaded: a configuration naming two is refused there, not resolved by a
+/// precedence rule nobody remembers.
+#[derive(Clone)]
+pub enum NodeAttestation {
+    /// None configured: the agent starts only with a valid saved SVID.
+    SavedOnly,
+    /// A single-use join token (`vouch token create`).
+    JoinToken(Zeroizing<String>),
+    /// A Kubernetes projected service-account token, read at attestation time (the kubelet rotates
+    /// the file).
+    K8sPsat {
+        /// The token file.
+        token_file: PathBuf,
+        /// The cluster name the server knows the token's issuer by.
+        cluster: String,
+    },
+    /// A node certificate whose key the agent proves it holds.
+    X509Pop {
+        /// The node certificate chain (PEM).
+        cert: PathBuf,
+        /// The node key (PEM, EC P-256 or P-384).
+        key: PathBuf,
+    },
+}
+
+impl NodeAttestation {
+    /// The method's name, as the server records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SavedOnly => "none",
+            Self::JoinToken(_) => "join_token",
+            Self::K8sPsat { .. } => "k8s_psat",
+            Self::X509Pop { .. } => "x509pop",
+        }
+    }
+
+    fn from_settings(
+        join_token: Option<String>,
+        psat: Option<PathBuf>,
+        cluster: Option<String>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let x509pop = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError("x509pop_cert needs x509pop_key: the node key (PEM)".into()))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "x509pop_key needs x509pop_cert: the node certificate chain (PEM)".into(),
+                ))
+            }
+        };
+        let given =
+            usize::from(join_token.is_some()) + usize::from(psat.is_some()) + usize::from(x509pop.is_some());
+        if given > 1 {
+            return Err(ConfigError(
+                "choose one node attestation method: join_token, k8s_psat_token (with k8s_cluster), or x509pop_cert with x509pop_key".into(),
+            ));
+        }
+        Ok(match (join_token, psat, x509pop) {
+            (Some(token), _, _) => Self::JoinToken(Zeroizing::new(token)),
+            (_, Some(token_file), _) => Self::K8sPsat {
+                token_file,
+                cluster: cluster.ok_or_else(|| {
+                    ConfigError(
+                        "k8s_psat_token needs k8s_cluster: the cluster name configured on the server".into(),
+                    )
+                })?,
+            },
+            (_, _, Some((cert, key))) => Self::X509Pop { cert, key },
+            _ => Self::SavedOnly,
+        })
+    }
+}
+
+impl std::fmt::Debug for NodeAttestation {
+    // By hand: a join token is a credential and must never reach a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SavedOnly => f.write_str("SavedOnly"),
+            Self::JoinToken(_) => f.write_str("JoinToken(<redacted>)"),
+            Self::K8sPsat { token_file, cluster } => {
+                f.debug_struct("K8sPsat").field("token_file", token_file).field("cluster", cluster).finish()
+            }
+            Self::X509Pop { cert, key } => {
+                f.debug_struct("X509Pop").field("cert", cert).field("key", key).finish()
+            }
+        }
+    }
+}
+
 /// The effective agent configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -69,18 +165,10 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The Workload API socket.
     pub socket: PathBuf,
-    /// A join token for the first attestation.
-    pub join_token: Option<String>,
+    /// How the agent attests its node when it has no valid saved SVID.
+    pub node_attestation: NodeAttestation,
     /// The bundle (PEM) that bootstraps trust in the server on first start.
     pub bundle: Option<PathBuf>,
-    /// A Kubernetes projected service-account token file, for PSAT node attestation.
-    pub k8s_psat_token: Option<PathBuf>,
-    /// The cluster name the server knows the token's issuer by.
-    pub k8s_cluster: Option<String>,
-    /// The node certificate chain (PEM) for x509pop node attestation.
-    pub x509pop_cert: Option<PathBuf>,
-    /// The node key (PEM, EC P-256 or P-384) for x509pop.
-    pub x509pop_key: Option<PathBuf>,
     /// Docker Engine API socket (`off` to not use Docker).
     pub docker_socket: Option<PathBuf>,
     /// podman's Docker-compatible API socket (`off` to not use podman).
@@ -127,6 +215,13 @@ impl AgentConfig {
             .map(|v| v.parse())
             .transpose()?
             .unwrap_or_default();
+        let node_attestation = NodeAttestation::from_settings(
+            env("VOUCH_AGENT_JOIN_TOKEN").or(file.join_token),
+            env("VOUCH_AGENT_K8S_PSAT_TOKEN").map(PathBuf::from).or(file.k8s_psat_token),
+            env("VOUCH_AGENT_K8S_CLUSTER").or(file.k8s_cluster),
+            env("VOUCH_AGENT_X509POP_CERT").map(PathBuf::from).or(file.x509pop_cert),
+            env("VOUCH_AGENT_X509POP_KEY").map(PathBuf::from).or(file.x509pop_key),
+        )?;
         let td =
             env("VOUCH_AGENT_TRUST_DOMAIN").or(file.trust_domain).unwrap_or_else(|| "example.org".into());
         let trust_domain =
@@ -146,12 +241,8 @@ impl AgentConfig {
             trust_domain,
             server,
             socket,
-            join_token: env("VOUCH_AGENT_JOIN_TOKEN").or(file.join_token),
+            node_attestation,
             bundle: env("VOUCH_AGENT_BUNDLE").map(PathBuf::from).or(file.bundle),
-            k8s_psat_token: env("VOUCH_AGENT_K8S_PSAT_TOKEN").map(PathBuf::from).or(file.k8s_psat_token),
-            k8s_cluster: env("VOUCH_AGENT_K8S_CLUSTER").or(file.k8s_cluster),
-            x509pop_cert: env("VOUCH_AGENT_X509POP_CERT").map(PathBuf::from).or(file.x509pop_cert),
-            x509pop_key: env("VOUCH_AGENT_X509POP_KEY").map(PathBuf::from).or(file.x509pop_key),
             docker_socket: socket_setting(
                 env("VOUCH_AGENT_DOCKER_SOCKET").map(PathBuf::from).or(file.docker_socket),
                 "/var/run/docker.sock",
@@ -247,5 +338,26 @@ mod tests {
         assert!(err.contains("log_format `xml`: use text or json"), "{err}");
         let err = load(&format!("{base}log_fromat = \"json\"\n"), &[]).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "a typo is an error: {err}");
+    }
+
+    #[test]
+    fn one_node_attestation_method_decided_at_load() {
+        let base = "version = 1\nserver = \"127.0.0.1:8443\"\n";
+        assert!(matches!(load(base, &[]).unwrap().node_attestation, NodeAttestation::SavedOnly));
+        let c = load(base, &[("VOUCH_AGENT_JOIN_TOKEN", "s3cret-token")]).unwrap();
+        assert!(matches!(&c.node_attestation, NodeAttestation::JoinToken(t) if t.as_str() == "s3cret-token"));
+        assert!(!format!("{c:?}").contains("s3cret-token"), "the token never shows in Debug output");
+        let c = load(&format!("{base}k8s_psat_token = \"/t\"\nk8s_cluster = \"prod\"\n"), &[]).unwrap();
+        assert!(matches!(&c.node_attestation, NodeAttestation::K8sPsat { cluster, .. } if cluster == "prod"));
+        let c = load(&format!("{base}x509pop_cert = \"/c\"\nx509pop_key = \"/k\"\n"), &[]).unwrap();
+        assert_eq!(c.node_attestation.name(), "x509pop");
+        let refused =
+            |file: &str, vars: &[(&str, &str)]| load(&format!("{base}{file}"), vars).unwrap_err().to_string();
+        let two =
+            refused("k8s_psat_token = \"/t\"\nk8s_cluster = \"prod\"\n", &[("VOUCH_AGENT_JOIN_TOKEN", "x")]);
+        assert!(two.contains("choose one node attestation method"), "{two}");
+        assert!(refused("k8s_psat_token = \"/t\"\n", &[]).contains("needs k8s_cluster"));
+        assert!(refused("x509pop_cert = \"/c\"\n", &[]).contains("needs x509pop_key"));
+        assert!(refused("x509pop_key = \"/k\"\n", &[]).contains("needs x509pop_cert"));
     }
 }

@@ -30,6 +30,7 @@ pub async fn explain(state: &AgentState, pid: i32) -> Explanation {
     };
     let now_s = vouch_core::ttl::unix_seconds(now);
     let entries = state
+        .registry
         .entries()
         .iter()
         .map(|e| EntryVerdict {
@@ -44,8 +45,8 @@ pub async fn explain(state: &AgentState, pid: i32) -> Explanation {
         .collect();
     Explanation {
         pid,
-        agent_id: state.agent_id().to_string(),
-        connected: state.connected(),
+        agent_id: state.link.agent_id().to_string(),
+        connected: state.link.connected(),
         error,
         selectors: selectors.iter().map(ToString::to_string).collect(),
         container,

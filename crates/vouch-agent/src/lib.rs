@@ -22,9 +22,13 @@ pub mod explain;
 pub mod h2_authority_filter;
 pub mod identity;
 pub mod metrics;
+mod registry;
+mod server_link;
 pub mod state;
+mod svid_cache;
 pub mod sync;
 pub mod workload_api;
+mod workload_error;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,7 +40,7 @@ use tokio::task::JoinHandle;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
-pub use crate::config::AgentConfig;
+pub use crate::config::{AgentConfig, NodeAttestation};
 use crate::identity::AgentIdentity;
 use crate::state::AgentState;
 use crate::workload_api::{WorkloadApi, WorkloadConn};
@@ -85,58 +89,39 @@ async fn obtain_identity(config: &AgentConfig) -> Result<AgentIdentity, AgentErr
         tracing::info!(agent = %id.spiffe_id, "reusing the saved agent SVID; no attestation needed");
         return Ok(id);
     }
-    let has_method = config.join_token.is_some()
-        || config.k8s_psat_token.is_some()
-        || (config.x509pop_cert.is_some() && config.x509pop_key.is_some());
-    if !has_method {
-        return Err(AgentError::Config(
-            "no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token (or use --k8s-psat-token in Kubernetes, or --x509pop-cert and --x509pop-key)".into(),
-        ));
-    }
-    let bundle_path = config.bundle.as_ref().ok_or_else(|| {
-        AgentError::Config("the first attestation needs the server's bundle to trust it: pass --bundle (from `vouch bundle show`)".into())
-    })?;
-    let bundle_pem = std::fs::read_to_string(bundle_path)
-        .map_err(|e| AgentError::Config(format!("cannot read bundle {}: {e}", bundle_path.display())))?;
-    if let (None, None, Some(cert), Some(key)) =
-        (&config.join_token, &config.k8s_psat_token, &config.x509pop_cert, &config.x509pop_key)
-    {
-        let read = |p: &std::path::PathBuf| {
-            std::fs::read_to_string(p)
-                .map_err(|e| AgentError::Config(format!("cannot read {}: {e}", p.display())))
-        };
-        let key_pem = zeroize::Zeroizing::new(read(key)?);
-        let id = AgentIdentity::attest_x509pop(
-            &config.server,
-            &config.trust_domain,
-            &bundle_pem,
-            &read(cert)?,
-            &key_pem,
-        )
-        .await?;
-        tracing::info!(agent = %id.spiffe_id, "attested by x509pop");
-        return Ok(id);
-    }
-    let id = match (&config.join_token, &config.k8s_psat_token) {
-        (Some(token), _) => {
-            AgentIdentity::attest_join_token(&config.server, &config.trust_domain, &bundle_pem, token).await?
-        }
-        (None, Some(path)) => {
-            let cluster = config.k8s_cluster.as_deref().ok_or_else(|| {
-                AgentError::Config("--k8s-psat-token needs --k8s-cluster: the cluster name configured on the server".into())
-            })?;
-            // Read at attestation time: the kubelet rotates the projected token file.
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| AgentError::Config(format!("cannot read the service-account token {}: {e}", path.display())))?;
-            AgentIdentity::attest_k8s_psat(&config.server, &config.trust_domain, &bundle_pem, cluster, token.trim()).await?
-        }
-        (None, None) => {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read_to_string(p)
+            .map_err(|e| AgentError::Config(format!("cannot read {what} {}: {e}", p.display())))
+    };
+    // Only an attestation needs it: an agent with a valid saved SVID trusts the saved bundle.
+    let bundle_pem = || {
+        let path = config.bundle.as_ref().ok_or_else(|| {
+            AgentError::Config("the first attestation needs the server's bundle to trust it: pass --bundle (from `vouch bundle show`)".into())
+        })?;
+        read(path, "bundle")
+    };
+    let (server, td) = (&config.server, &config.trust_domain);
+    let id = match &config.node_attestation {
+        NodeAttestation::SavedOnly => {
             return Err(AgentError::Config(
                 "no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token (or use --k8s-psat-token in Kubernetes, or --x509pop-cert and --x509pop-key)".into(),
             ))
         }
+        NodeAttestation::JoinToken(token) => {
+            AgentIdentity::attest_join_token(server, td, &bundle_pem()?, token).await?
+        }
+        NodeAttestation::K8sPsat { token_file, cluster } => {
+            // Read at attestation time: the kubelet rotates the projected token file.
+            let token = zeroize::Zeroizing::new(read(token_file, "the service-account token")?);
+            AgentIdentity::attest_k8s_psat(server, td, &bundle_pem()?, cluster, token.trim()).await?
+        }
+        NodeAttestation::X509Pop { cert, key } => {
+            let key_pem = zeroize::Zeroizing::new(read(key, "the node key")?);
+            AgentIdentity::attest_x509pop(server, td, &bundle_pem()?, &read(cert, "the node certificate")?, &key_pem)
+                .await?
+        }
     };
-    tracing::info!(agent = %id.spiffe_id, "attested");
+    tracing::info!(agent = %id.spiffe_id, method = config.node_attestation.name(), "attested");
     Ok(id)
 }
 
@@ -208,11 +193,24 @@ impl Agent {
             }
             None => None,
         };
-        let service = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone()));
-        // gRPC health on the same socket: SERVING once started (cached SVIDs are served even while
-        // the server is unreachable, so the agent stays healthy then).
+        let service = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone(), rx.clone()));
+        // gRPC health on the same socket: NOT_SERVING until the first sync (until then the agent
+        // cannot tell a workload whether it has an identity), then SERVING for good: cached SVIDs
+        // are served even while the server is unreachable, so the agent stays healthy then.
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>().await;
+        health.set_not_serving::<SpiffeWorkloadApiServer<WorkloadApi>>().await;
+        let health_state = state.clone();
+        let mut health_shutdown = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut changes = health_state.registry.watch();
+            while !health_state.registry.synced() {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = health_shutdown.changed() => return,
+                }
+            }
+            health.set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>().await;
+        }));
         let mut serve_shutdown = rx;
         let serve_state = state.clone();
         tasks.push(tokio::spawn(async move {
@@ -229,19 +227,27 @@ impl Agent {
                 tracing::error!(error = %e, "Workload API server stopped");
             }
         }));
-        tracing::info!(agent = %state.agent_id(), socket = %config.socket.display(), "vouch agent ready");
+        tracing::info!(agent = %state.link.agent_id(), socket = %config.socket.display(), "vouch agent ready");
         Ok(Self { state, socket: config.socket, metrics_addr, shutdown, tasks })
     }
 
-    /// Stops the agent and removes its socket.
+    /// Stops the agent and removes its socket. Open Workload API streams are ended; whatever has
+    /// not stopped after [`SHUTDOWN_GRACE`] (a workload that keeps its connection open) is cut off, so
+    /// the agent always exits.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// Longest wait for the agent's tasks to stop at shutdown, as the server's.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Rotates workload SVIDs at their renewal times and renews the agent's own SVID at half life.
 async fn maintenance(state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
@@ -251,10 +257,10 @@ async fn maintenance(state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>
             tracing::warn!(error = %e, "SVID rotation failed; retrying (cached SVIDs stay in use until they expire)");
         }
         if now >= state.identity_renew_at() {
-            match state.identity().renew(&state.config.server).await {
+            match state.link.identity().renew(&state.config.server).await {
                 Ok(id) => {
                     let saved = id.save(&state.config.data_dir);
-                    match saved.and_then(|()| state.set_identity(id)) {
+                    match saved.and_then(|()| state.link.set_identity(id)) {
                         Ok(()) => tracing::info!("renewed the agent SVID"),
                         Err(e) => tracing::warn!(error = %e, "cannot store the renewed agent SVID"),
                     }

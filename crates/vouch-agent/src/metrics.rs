@@ -333,11 +333,11 @@ impl Drop for RpcTimer<'_> {
 
 /// The metrics of a running agent.
 pub fn render(state: &AgentState) -> String {
-    let id = state.identity();
+    let id = state.link.identity();
     state.metrics.render(Gauges {
-        svids_held: u64::try_from(state.held_svids()).unwrap_or(u64::MAX),
-        entries: u64::try_from(state.entries().len()).unwrap_or(u64::MAX),
-        connected: state.connected(),
+        svids_held: u64::try_from(state.cache.x509_len()).unwrap_or(u64::MAX),
+        entries: u64::try_from(state.registry.entries().len()).unwrap_or(u64::MAX),
+        connected: state.link.connected(),
         agent_svid_expires_at: vouch_core::ttl::unix_seconds(id.not_after),
     })
 }

@@ -35,14 +35,14 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
 
 /// Follows the stream until it ends or fails.
 pub async fn sync_once(state: &AgentState) -> Result<(), AgentError> {
-    let mut lines = state.client().sync().await?;
+    let mut lines = state.link.client().sync().await?;
     while let Some(line) = lines.next().await {
         let line = line?;
         state.metrics.sync_line(crate::clock::now());
         apply_line(state, line)?;
-        if !state.connected() {
-            state.set_connected(true);
-            tracing::info!(agent = %state.agent_id(), entries = state.entries().len(), "synced with the server");
+        if !state.link.connected() {
+            state.link.set_connected(true);
+            tracing::info!(agent = %state.link.agent_id(), entries = state.registry.entries().len(), "synced with the server");
         }
     }
     Ok(())
@@ -56,8 +56,8 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
             r = sync_once(&state) => r,
             _ = shutdown.changed() => return,
         };
-        let was_connected = state.connected();
-        state.set_connected(false);
+        let was_connected = state.link.connected();
+        state.link.set_connected(false);
         state.metrics.reconnect();
         match result {
             Ok(()) => tracing::warn!("sync stream ended; reconnecting"),

@@ -29,16 +29,14 @@ use vouch_proto::workload::{
     X509svidResponse,
 };
 
-use crate::attest::{attest_full, PeerProcess};
+use crate::attest::{attest_full, AttestError, PeerProcess};
 use crate::metrics::{Refusal, Rpc, RpcTimer};
 use crate::state::AgentState;
-
-/// The message of `PermissionDenied` when nothing matches; SPIFFE clients recognise it.
-pub const NO_IDENTITY: &str = "no identity issued";
+pub use crate::workload_error::{WorkloadError, NO_IDENTITY};
 
 /// The pinned peer of a connection (or why it could not be pinned).
 #[derive(Clone)]
-pub struct PeerInfo(pub Arc<Result<PeerProcess, String>>);
+pub struct PeerInfo(pub Arc<Result<PeerProcess, AttestError>>);
 
 /// A connection on the Workload API socket with its peer pinned at accept time. The gRPC server
 /// reads it through [`crate::h2_authority_filter`], which lets gRPC C-core clients (py-spiffe) in.
@@ -53,7 +51,7 @@ const PIPE_BYTES: usize = 256 * 1024;
 impl WorkloadConn {
     /// Pins the peer of a freshly accepted connection and starts the byte pumps.
     pub fn new(stream: UnixStream, state: &AgentState) -> Self {
-        let peer = PeerProcess::of_socket(&stream, state.unix.proc_root()).map_err(|e| e.to_string());
+        let peer = PeerProcess::of_socket(&stream, state.unix.proc_root());
         let (server_side, pump_side) = tokio::io::duplex(PIPE_BYTES);
         let (pump_rd, pump_wr) = tokio::io::split(pump_side);
         let (client_rd, mut client_wr) = stream.into_split();
@@ -109,52 +107,59 @@ impl AsyncWrite for WorkloadConn {
 /// The Workload API service.
 pub struct WorkloadApi {
     state: Arc<AgentState>,
+    /// Becomes true when the agent stops: open streams end then, so that shutdown is not held up
+    /// by workloads that never hang up.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl WorkloadApi {
-    /// The service over `state`.
-    pub fn new(state: Arc<AgentState>) -> Self {
-        Self { state }
+    /// The service over `state`; its streams end when `stopping` becomes true.
+    pub fn new(state: Arc<AgentState>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { state, stopping }
     }
 }
 
-fn check_header<T>(state: &AgentState, req: &Request<T>) -> Result<(), Status> {
+fn check_header<T>(state: &AgentState, req: &Request<T>) -> Result<(), WorkloadError> {
     match req.metadata().get(vouch_proto::SECURITY_HEADER).and_then(|v| v.to_str().ok()) {
         Some("true") => Ok(()),
         _ => {
             state.metrics.refused(Refusal::MissingHeader);
-            Err(Status::invalid_argument("security header missing from request"))
+            Err(WorkloadError::MissingHeader)
         }
     }
 }
 
 fn peer_of<T>(req: &Request<T>) -> PeerInfo {
-    req.extensions()
-        .get::<PeerInfo>()
-        .cloned()
-        .unwrap_or_else(|| PeerInfo(Arc::new(Err("no peer information on the connection".into()))))
+    req.extensions().get::<PeerInfo>().cloned().unwrap_or_else(|| {
+        PeerInfo(Arc::new(Err(AttestError::Peer("no peer information on the connection".into()))))
+    })
 }
 
-/// Attests the caller and returns the entries it is entitled to; `PermissionDenied` otherwise.
-async fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Result<Vec<Entry>, Status> {
+/// Attests the caller and returns the entries it is entitled to; `NoIdentity` otherwise, and
+/// `NotYetSynced` while the agent cannot know.
+async fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Result<Vec<Entry>, WorkloadError> {
     let pinned = match &*peer.0 {
         Ok(p) => p,
         Err(e) => {
             state.metrics.refused(Refusal::PeerUnknown);
             tracing::info!(target: "vouch::audit", event = "workload.attest.failed", reason = %e);
-            return Err(Status::permission_denied(NO_IDENTITY));
+            return Err(WorkloadError::NoIdentity);
         }
     };
+    // Before attestation: an agent that has not synced cannot refuse anyone, only ask them to wait.
+    if !state.registry.synced() {
+        return Err(WorkloadError::NotYetSynced);
+    }
     let attestation = attest_full(pinned, &state.unix, &state.runtime).await.map_err(|e| {
         state.metrics.refused(Refusal::of(&e));
         tracing::info!(target: "vouch::audit", event = "workload.attest.failed", pid = pinned.pid, reason = %e);
-        Status::permission_denied(NO_IDENTITY)
+        WorkloadError::NoIdentity
     })?;
-    let entries = state.matching(&attestation.selectors, now);
+    let entries = state.registry.matching(&attestation.selectors, now);
     if entries.is_empty() {
         state.metrics.refused(Refusal::NoMatch);
         tracing::info!(target: "vouch::audit", event = "workload.no_identity", pid = pinned.pid, selectors = attestation.selectors.len());
-        return Err(Status::permission_denied(NO_IDENTITY));
+        return Err(WorkloadError::NoIdentity);
     }
     Ok(entries)
 }
@@ -170,11 +175,11 @@ fn td_key(state: &AgentState) -> String {
 async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidResponse, Status> {
     let now = crate::clock::now();
     let entries = entitled(state, peer, now).await?;
-    let svids = state.x509_svids(&entries, now).await.map_err(|e| {
-        tracing::warn!(error = %e, "cannot obtain X509-SVIDs");
-        Status::unavailable("cannot obtain an X509-SVID from the vouch server right now; retry")
-    })?;
-    let bundle = concat(&state.bundle().x509_authorities);
+    let svids = state
+        .x509_svids(&entries, now)
+        .await
+        .map_err(|error| WorkloadError::Server { what: "an X509-SVID", error })?;
+    let bundle = concat(&state.registry.bundle().x509_authorities);
     Ok(X509svidResponse {
         svids: svids
             .iter()
@@ -193,22 +198,22 @@ async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidRe
 
 async fn x509_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<X509BundlesResponse, Status> {
     entitled(state, peer, crate::clock::now()).await?;
-    let bundles = HashMap::from([(td_key(state), concat(&state.bundle().x509_authorities))]);
+    let bundles = HashMap::from([(td_key(state), concat(&state.registry.bundle().x509_authorities))]);
     Ok(X509BundlesResponse { crl: Vec::new(), bundles })
 }
 
 async fn jwt_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<JwtBundlesResponse, Status> {
     entitled(state, peer, crate::clock::now()).await?;
-    let mut jwt_only = (*state.bundle()).clone();
+    let mut jwt_only = (*state.registry.bundle()).clone();
     jwt_only.x509_authorities.clear();
-    let jwks = jwt_only.to_jwks().map_err(|_| Status::internal("cannot encode the JWT bundle"))?;
+    let jwks = jwt_only.to_jwks().map_err(|_| WorkloadError::Internal("cannot encode the JWT bundle"))?;
     Ok(JwtBundlesResponse { bundles: HashMap::from([(td_key(state), jwks.into_bytes())]) })
 }
 
 /// Opens a full-state stream: the header checked, the first answer built (and timed, as the RPC's
 /// latency), then a new answer whenever the agent state changes.
 async fn open_stream<Req, T, F, Fut>(
-    state: &Arc<AgentState>,
+    api: &WorkloadApi,
     rpc: Rpc,
     req: &Request<Req>,
     build: F,
@@ -218,32 +223,37 @@ where
     F: Fn(Arc<AgentState>, PeerInfo) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, Status>> + Send,
 {
+    let state = &api.state;
     let _timer = RpcTimer::start(&state.metrics, rpc);
     check_header(state, req)?;
     let peer = peer_of(req);
     // Subscribed before the first answer, so no change can fall between the two.
-    let changes = state.watch();
+    let changes = state.registry.watch();
     let first = build(state.clone(), peer.clone()).await?;
-    Ok(Response::new(watch_stream(state.clone(), peer, changes, first, build)))
+    let watch = Watch { state: state.clone(), peer, changes, stopping: api.stopping.clone() };
+    Ok(Response::new(watch_stream(watch, first, build)))
+}
+
+/// What a full-state stream follows: the caller, the agent's changes, and its stopping.
+struct Watch {
+    state: Arc<AgentState>,
+    peer: PeerInfo,
+    /// Subscribed before the first answer was built, so that no change falls between the two.
+    changes: tokio::sync::watch::Receiver<u64>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A stream that sends `first`, then `build()`'s answer again whenever the agent state changes and
-/// the answer differs; an error answer ends the stream. `changes` must have been subscribed before
-/// `first` was built, so that no change can fall between the two.
-fn watch_stream<T, F, Fut>(
-    state: Arc<AgentState>,
-    peer: PeerInfo,
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    first: T,
-    build: F,
-) -> StreamOf<T>
+/// the answer differs; an error answer ends the stream, and so does the agent stopping.
+fn watch_stream<T, F, Fut>(watch: Watch, first: T, build: F) -> StreamOf<T>
 where
     T: PartialEq + Clone + Send + 'static,
     F: Fn(Arc<AgentState>, PeerInfo) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, Status>> + Send,
 {
+    let Watch { state, peer, mut changes, mut stopping } = watch;
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         if tx.send(Ok(first.clone())).await.is_err() {
@@ -251,8 +261,12 @@ where
         }
         let mut last = first;
         loop {
+            if *stopping.borrow() {
+                break;
+            }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
+                _ = stopping.changed() => break,
                 _ = tx.closed() => break,
             }
             match build(state.clone(), peer.clone()).await {
@@ -283,17 +297,19 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        open_stream(&self.state, Rpc::FetchX509Svid, &req, |s, p| async move { x509_response(&s, &p).await })
-            .await
+        open_stream(self, Rpc::FetchX509Svid, &req, |s, p| async move { x509_response(&s, &p).await }).await
     }
 
     async fn fetch_x509_bundles(
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        open_stream(&self.state, Rpc::FetchX509Bundles, &req, |s, p| async move {
-            x509_bundles_response(&s, &p).await
-        })
+        open_stream(
+            self,
+            Rpc::FetchX509Bundles,
+            &req,
+            |s, p| async move { x509_bundles_response(&s, &p).await },
+        )
         .await
     }
 
@@ -303,25 +319,37 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let peer = peer_of(&req);
         let body = req.into_inner();
         if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument("audience must be specified"));
+            return Err(WorkloadError::BadRequest("audience must be specified".into()).into());
         }
+        // The server would refuse the same; answered here without a round trip, as the caller's
+        // mistake (a SPIFFE client retries UNAVAILABLE forever).
+        vouch_ca::jwt::check_audiences(&body.audience)
+            .map_err(|e| WorkloadError::BadRequest(format!("audience: {e}")))?;
+        let wanted = match body.spiffe_id.as_str() {
+            "" => None,
+            id => Some(SpiffeId::parse(id).map_err(|e| {
+                WorkloadError::BadRequest(format!(
+                    "spiffe_id `{}`: {e}",
+                    id.chars().take(256).collect::<String>()
+                ))
+            })?),
+        };
         let now = crate::clock::now();
         let mut entries = entitled(&self.state, &peer, now).await?;
-        if !body.spiffe_id.is_empty() {
-            let wanted = SpiffeId::parse(&body.spiffe_id)
-                .map_err(|e| Status::invalid_argument(format!("spiffe_id `{}`: {e}", body.spiffe_id)))?;
+        if let Some(wanted) = wanted {
             entries.retain(|e| e.spiffe_id == wanted);
             if entries.is_empty() {
                 self.state.metrics.refused(Refusal::NoMatch);
-                return Err(Status::permission_denied(NO_IDENTITY));
+                return Err(WorkloadError::NoIdentity.into());
             }
         }
         let mut svids = Vec::with_capacity(entries.len());
         for e in &entries {
-            let token = self.state.jwt(e, &body.audience, now).await.map_err(|err| {
-                tracing::warn!(error = %err, "cannot obtain a JWT-SVID");
-                Status::unavailable("cannot obtain a JWT-SVID from the vouch server right now; retry")
-            })?;
+            let token = self
+                .state
+                .jwt(e, &body.audience, now)
+                .await
+                .map_err(|error| WorkloadError::Server { what: "a JWT-SVID", error })?;
             svids.push(Jwtsvid { spiffe_id: e.spiffe_id.to_string(), svid: token, hint: e.hint.clone() });
         }
         Ok(Response::new(JwtsvidResponse { svids }))
@@ -331,9 +359,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        open_stream(&self.state, Rpc::FetchJwtBundles, &req, |s, p| async move {
-            jwt_bundles_response(&s, &p).await
-        })
+        open_stream(
+            self,
+            Rpc::FetchJwtBundles,
+            &req,
+            |s, p| async move { jwt_bundles_response(&s, &p).await },
+        )
         .await
     }
 
@@ -343,14 +374,18 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         let _timer = RpcTimer::start(&self.state.metrics, Rpc::ValidateJwtSvid);
         check_header(&self.state, &req)?;
+        let peer = peer_of(&req);
         let body = req.into_inner();
         if body.audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
+            return Err(WorkloadError::BadRequest("audience must be specified".into()).into());
         }
         if body.svid.is_empty() {
-            return Err(Status::invalid_argument("svid must be specified"));
+            return Err(WorkloadError::BadRequest("svid must be specified".into()).into());
         }
-        let bundle = self.state.bundle();
+        // Only workloads with an identity may use the agent as a validator, as SPIRE's agent
+        // requires: an anonymous process could otherwise probe tokens through it.
+        entitled(&self.state, &peer, crate::clock::now()).await?;
+        let bundle = self.state.registry.bundle();
         let claims = vouch_ca::jwt::validate(
             &body.svid,
             &bundle.jwt_authorities,
@@ -358,7 +393,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             &body.audience,
             crate::clock::now(),
         )
-        .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+        .map_err(|e| WorkloadError::InvalidToken(e.to_string()))?;
         // Every claim of the (now verified) payload, SPIFFE-required or not.
         let payload = body.svid.split('.').nth(1).unwrap_or_default();
         let json: serde_json::Value = base64::engine::general_purpose::URL_SAFE_NO_PAD

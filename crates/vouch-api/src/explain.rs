@@ -57,6 +57,9 @@ pub enum SyncStatus {
     /// The server is unreachable: the agent serves the SVIDs it holds until they expire, and
     /// cannot issue new ones.
     ServingCached,
+    /// No snapshot from the server since the agent started: it does not know which entries it
+    /// serves yet, so it answers workloads "unavailable, retry" rather than "no identity".
+    NotYetSynced,
 }
 
 impl SyncStatus {
@@ -65,16 +68,18 @@ impl SyncStatus {
         match self {
             Self::Connected => "connected to the server",
             Self::ServingCached => "serving cached SVIDs (the server is unreachable)",
+            Self::NotYetSynced => "not synced with the server since start (is it reachable?)",
         }
     }
 }
 
-/// The answer to `{"health": {}}`. The agent is ready when it serves the Workload API socket and
-/// its own SVID is valid; being cut off from the server does not make it unready (it keeps serving
-/// what it holds, as SPIRE's agent does), but `sync` says so.
+/// The answer to `{"health": {}}`. The agent is ready when it serves the Workload API socket, its
+/// own SVID is valid and it has synced with the server once since it started; being cut off from
+/// the server later does not make it unready (it keeps serving what it holds, as SPIRE's agent
+/// does), but `sync` says so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
-    /// Ready to serve workloads: `workload_api` and `agent_svid_valid`.
+    /// Ready to serve workloads: `workload_api`, `agent_svid_valid`, and synced once.
     pub ready: bool,
     /// One line: why not ready, or the state when ready.
     pub reason: String,

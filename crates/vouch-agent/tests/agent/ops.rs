@@ -132,7 +132,7 @@ async fn health_and_metrics_follow_workload_calls_and_the_server_link() {
     // The server goes away: still ready, serving what it holds, and the metrics say so.
     stack.server.take().unwrap().shutdown().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while stack.agent().state.connected() {
+    while stack.agent().state.link.connected() {
         assert!(Instant::now() < deadline, "agent did not notice the server went away");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use vouch_agent::{Agent, AgentConfig};
 use vouch_client::AdminClient;
 use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use vouch_proto::workload::{X509svidRequest, X509svidResponse};
+use vouch_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse};
 use vouch_server::{Config, Server};
 
 pub(crate) const AGENT_ID: &str = "spiffe://example.org/agent/test-node";
@@ -93,7 +93,7 @@ impl Stack {
 
     pub(crate) async fn wait_connected(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.agent().state.connected() {
+        while !self.agent().state.link.connected() {
             assert!(Instant::now() < deadline, "agent did not sync with the server");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -113,7 +113,7 @@ impl Stack {
 
     pub(crate) async fn wait_entries(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.agent().state.entries().len() != n {
+        while self.agent().state.registry.entries().len() != n {
             assert!(Instant::now() < deadline, "agent did not receive the entries");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -185,6 +185,20 @@ async fn spiffe_clients_get_identities_and_streams_follow_changes() {
     let validated = client.validate_jwt_token("db", jwt.token()).await.unwrap();
     assert_eq!(validated.spiffe_id().to_string(), "spiffe://example.org/web");
     assert!(client.validate_jwt_token("web", jwt.token()).await.is_err(), "wrong audience");
+
+    // A client's own mistakes are INVALID_ARGUMENT with the reason, never UNAVAILABLE (which SPIFFE
+    // clients retry forever), and cost the server nothing.
+    for (audience, why) in [
+        ((0..33).map(|i| format!("aud-{i}")).collect::<Vec<_>>(), "at most"),
+        (vec!["db\u{7}".to_owned()], "control characters"),
+    ] {
+        let status = raw
+            .fetch_jwtsvid(with_header(JwtsvidRequest { audience, spiffe_id: String::new() }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(why), "{status:?}");
+    }
     let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
     assert!(jwt_bundles.get(&td).unwrap().jwt_authorities().count() >= 1);
 
@@ -227,6 +241,16 @@ async fn spiffe_clients_get_identities_and_streams_follow_changes() {
     let _: Value = stack.admin.call("DELETE", "/v1/entries/b-api", None).await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap_err();
     assert_eq!(end.code(), tonic::Code::PermissionDenied);
+
+    // A caller with no identity cannot use the agent as a JWT validator, even for a valid token.
+    let status = raw
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "db".into(),
+            svid: jwt.token().to_owned(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!((status.code(), status.message()), (tonic::Code::PermissionDenied, "no identity issued"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,21 +287,21 @@ async fn unused_svids_are_dropped_not_renewed() {
     assert_eq!(ids(&stream.message().await.unwrap().unwrap()), ["spiffe://example.org/idle"]);
     drop(stream);
     let state = &stack.agent().state;
-    assert_eq!(state.held_svids(), 1);
+    assert_eq!(state.cache.x509_len(), 1);
     let t0 = std::time::SystemTime::now();
     let minutes = |m: u64| t0 + Duration::from_secs(60 * m);
 
     // In use: received again after its renewal time came; renewed.
-    state.x509_svids(&state.entries(), minutes(5)).await.unwrap();
+    state.x509_svids(&state.registry.entries(), minutes(5)).await.unwrap();
     assert_eq!(state.rotate_due(minutes(6)).await.unwrap(), 1);
-    assert_eq!(state.held_svids(), 1);
+    assert_eq!(state.cache.x509_len(), 1);
     // Then nobody asks for longer than its lifetime: at the next renewal time it is dropped.
     assert_eq!(state.rotate_due(minutes(17)).await.unwrap(), 0);
-    assert_eq!(state.held_svids(), 0);
+    assert_eq!(state.cache.x509_len(), 0);
     // A workload that comes back gets a fresh one.
     let mut stream = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
     assert_eq!(ids(&stream.message().await.unwrap().unwrap()), ["spiffe://example.org/idle"]);
-    assert_eq!(state.held_svids(), 1);
+    assert_eq!(state.cache.x509_len(), 1);
 }
 
 /// Length of the first DER element (the leaf) in a concatenated chain.
@@ -300,22 +324,55 @@ async fn cached_svids_survive_a_server_outage_and_the_agent_reconnects_and_resta
 
     stack.server.take().unwrap().shutdown().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while stack.agent().state.connected() {
+    while stack.agent().state.link.connected() {
         assert!(Instant::now() < deadline, "agent did not notice the server went away");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let during = client.fetch_x509_svid().await.unwrap();
     assert_eq!(during.cert_chain()[0].as_ref(), before.cert_chain()[0].as_ref(), "served from the cache");
 
+    // Shutting down with a workload's stream open ends the stream; nothing holds the agent up.
+    let mut raw = raw_client(&stack.agent().socket).await;
+    let mut open = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
+    assert!(open.message().await.unwrap().is_some());
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), stack.agent.take().unwrap().shutdown())
+        .await
+        .expect("the agent stops with a stream open");
+    assert!(started.elapsed() < vouch_agent::SHUTDOWN_GRACE, "streams end at once, not at the grace limit");
+    let ended = tokio::time::timeout(Duration::from_secs(5), open.message()).await.expect("the stream ends");
+    assert!(!matches!(ended, Ok(Some(_))), "no answer after shutdown: {ended:?}");
+
+    // An agent restart reuses its saved SVID: no join token needed (the token was single use). With
+    // the server still down it cannot know the entries: workloads are told to retry, not "no
+    // identity", and health says why.
+    let mut config = stack.agent_config.clone();
+    config.node_attestation = vouch_agent::NodeAttestation::SavedOnly;
+    stack.agent = Some(Agent::start(config).await.unwrap());
+    let mut raw = raw_client(&stack.agent().socket).await;
+    let status = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("has not synced"), "{status:?}");
+    let channel = vouch_proto::uds_channel(&stack.agent().socket).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = || tonic_health::pb::HealthCheckRequest { service: "SpiffeWorkloadAPI".into() };
+    assert_eq!(
+        health.check(serving()).await.unwrap().into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+    let admin = vouch_agent::admin::health(&stack.agent().state, std::time::SystemTime::now()).await;
+    assert!(!admin.ready && admin.sync == vouch_api::explain::SyncStatus::NotYetSynced, "{admin:?}");
+    assert!(admin.reason.contains("not synced with the server since start"), "{}", admin.reason);
+
     stack.server = Some(start_server(&stack.server_dir, stack.port).await);
     stack.wait_connected().await;
-
-    // An agent restart reuses its saved SVID: no join token needed (the token was single use).
-    stack.agent.take().unwrap().shutdown().await;
-    let mut config = stack.agent_config.clone();
-    config.join_token = None;
-    stack.agent = Some(Agent::start(config).await.unwrap());
-    stack.wait_connected().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while health.check(serving()).await.unwrap().into_inner().status()
+        != tonic_health::pb::health_check_response::ServingStatus::Serving
+    {
+        assert!(Instant::now() < deadline, "health did not turn SERVING after the first sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stack.wait_entries(1).await;
     let client = spiffe::WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
     assert_eq!(
@@ -440,13 +497,13 @@ async fn agent_attests_with_a_kubernetes_psat() {
         _ => None,
     };
     let agent = Agent::start(AgentConfig::load(None, &env).unwrap()).await.unwrap();
-    let agent_id = agent.state.agent_id().to_string();
+    let agent_id = agent.state.link.agent_id().to_string();
     assert_eq!(agent_id, "spiffe://example.org/agent/k8s_psat/prod/node-uid-1");
     let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
     let entry = json!({"spiffe_id": "spiffe://example.org/k8s-workload", "parent_id": agent_id, "selectors": [format!("unix:uid:{uid}")]});
     let _: Value = admin.call("POST", "/v1/entries", Some(&entry)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.state.entries().is_empty() {
+    while agent.state.registry.entries().is_empty() {
         assert!(Instant::now() < deadline, "entry did not arrive");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -493,7 +550,7 @@ async fn agent_attests_with_x509pop() {
         _ => None,
     };
     let agent = Agent::start(AgentConfig::load(None, &env).unwrap()).await.unwrap();
-    assert!(agent.state.agent_id().to_string().starts_with("spiffe://example.org/agent/x509pop/"));
+    assert!(agent.state.link.agent_id().to_string().starts_with("spiffe://example.org/agent/x509pop/"));
     let agents: Value = admin.call("GET", "/v1/agents", None).await.unwrap();
     assert!(agents["agents"][0]["selectors"]
         .as_array()

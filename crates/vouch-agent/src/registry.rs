@@ -1,0 +1,109 @@
+//! What the server says this agent may serve: the entries and the trust bundle, kept current by
+//! the sync stream ([`crate::sync`]), and a change counter that workload streams watch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use vouch_ca::Bundle;
+use vouch_core::{ttl, Entry, EntryId, Selectors};
+
+/// The entries and bundle the agent serves.
+pub struct Registry {
+    entries: RwLock<HashMap<EntryId, Entry>>,
+    bundle: RwLock<Arc<Bundle>>,
+    /// Set by the first snapshot: until then "no entry matches" would be a guess, not an answer.
+    synced: AtomicBool,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Registry {
+    /// An empty registry trusting `bundle` (the one saved with the agent's identity).
+    pub fn new(bundle: Bundle) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            bundle: RwLock::new(Arc::new(bundle)),
+            synced: AtomicBool::new(false),
+            generation: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// The current bundle.
+    pub fn bundle(&self) -> Arc<Bundle> {
+        self.bundle.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a snapshot from the server has been applied since the agent started.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever something a workload receives may have changed.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Tells the watchers that what workloads receive may have changed.
+    pub fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Every entry, ordered by id.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut v: Vec<Entry> =
+            self.entries.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry with `id`, if there is one.
+    pub fn get(&self, id: &EntryId) -> Option<Entry> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// The entries that apply to a workload with `selectors` at `now`, in a stable order (the first
+    /// is the workload's default identity).
+    pub fn matching(&self, selectors: &Selectors, now: SystemTime) -> Vec<Entry> {
+        let now = ttl::unix_seconds(now);
+        self.entries().into_iter().filter(|e| e.matches(selectors, now)).collect()
+    }
+
+    /// Replaces every entry and, if given, the bundle (a snapshot), and marks the registry synced.
+    /// Returns the new entry set so that caches can drop what no longer applies.
+    pub(crate) fn replace(&self, entries: Vec<Entry>, bundle: Option<Bundle>) -> HashMap<EntryId, u64> {
+        let map: HashMap<EntryId, Entry> = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let revisions = map.iter().map(|(id, e)| (id.clone(), e.revision)).collect();
+        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = map;
+        if let Some(b) = bundle {
+            *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(b);
+        }
+        self.synced.store(true, Ordering::Release);
+        revisions
+    }
+
+    /// Adds or replaces one entry.
+    pub(crate) fn upsert(&self, entry: Entry) {
+        self.entries.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), entry);
+    }
+
+    /// Removes one entry.
+    pub(crate) fn remove(&self, id: &EntryId) {
+        self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Replaces the bundle.
+    pub(crate) fn set_bundle(&self, bundle: Bundle) {
+        *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bundle);
+    }
+}
