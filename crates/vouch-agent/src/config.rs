@@ -36,6 +36,8 @@ struct FileConfig {
     kubelet_insecure_skip_verify: Option<bool>,
     metrics_listen: Option<String>,
     log_format: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
 }
 
 /// How the agent writes its log lines.
@@ -183,9 +185,27 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Most open Workload API connections (None: from the descriptor limit, see
+    /// [`crate::conn_limits::Limits::for_nofile`]).
+    pub max_connections: Option<usize>,
+    /// Most open Workload API connections from one uid (None: half the total).
+    pub max_connections_per_uid: Option<usize>,
 }
 
 impl AgentConfig {
+    /// The Workload API connection bounds: the configured ones, else from the descriptor limit
+    /// (raised to its hard value first).
+    pub fn connection_limits(&self) -> crate::conn_limits::Limits {
+        let base = crate::conn_limits::Limits::from_process();
+        let total = self.max_connections.unwrap_or(base.total);
+        let per_uid = self.max_connections_per_uid.unwrap_or(if self.max_connections.is_some() {
+            (total / 2).max(1)
+        } else {
+            base.per_uid
+        });
+        crate::conn_limits::Limits { total, per_uid: per_uid.min(total) }
+    }
+
     /// Defaults, then the file (if any), then `VOUCH_AGENT_*` variables through `env`.
     pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file: FileConfig = match path {
@@ -221,6 +241,25 @@ impl AgentConfig {
             env("VOUCH_AGENT_K8S_CLUSTER").or(file.k8s_cluster),
             env("VOUCH_AGENT_X509POP_CERT").map(PathBuf::from).or(file.x509pop_cert),
             env("VOUCH_AGENT_X509POP_KEY").map(PathBuf::from).or(file.x509pop_key),
+        )?;
+        let count = |var: &str, name: &str, file: Option<usize>| -> Result<Option<usize>, ConfigError> {
+            let n =
+                match env(var) {
+                    Some(v) => Some(v.parse::<usize>().map_err(|_| {
+                        ConfigError(format!("{name} `{v}`: give a whole number of connections"))
+                    })?),
+                    None => file,
+                };
+            match n {
+                Some(0) => Err(ConfigError(format!("{name} must be at least 1"))),
+                n => Ok(n),
+            }
+        };
+        let max_connections = count("VOUCH_AGENT_MAX_CONNECTIONS", "max_connections", file.max_connections)?;
+        let max_connections_per_uid = count(
+            "VOUCH_AGENT_MAX_CONNECTIONS_PER_UID",
+            "max_connections_per_uid",
+            file.max_connections_per_uid,
         )?;
         let td =
             env("VOUCH_AGENT_TRUST_DOMAIN").or(file.trust_domain).unwrap_or_else(|| "example.org".into());
@@ -258,6 +297,8 @@ impl AgentConfig {
             kubelet,
             metrics_listen,
             log_format,
+            max_connections,
+            max_connections_per_uid,
             data_dir,
         })
     }

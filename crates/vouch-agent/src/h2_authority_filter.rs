@@ -32,11 +32,21 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The smallest maximum frame size every HTTP/2 peer accepts; re-encoded blocks are split to fit.
 const MAX_FRAME: usize = 16_384;
-/// Largest header block accepted from a client before giving up on the connection.
-const MAX_BLOCK: usize = 256 * 1024;
-/// Largest frame payload accepted: the server advertises 16 KiB frames, so an honest client never
-/// sends more; this bounds what an untrusted local caller can make the agent allocate.
-const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
+/// Largest frame payload accepted: the agent's HTTP/2 server advertises no larger frames than the
+/// protocol's default (16 KiB), so an honest client never sends more.
+const MAX_FRAME_PAYLOAD: usize = MAX_FRAME;
+/// Largest decoded header list, counted as HTTP/2 does (name + value + 32 per field, RFC 9113
+/// section 6.5.2): what the agent's HTTP/2 server advertises (16 KiB), so nothing the server would
+/// accept is refused here.
+pub const MAX_HEADER_LIST: usize = 16 * 1024;
+/// Largest encoded header block (HEADERS and CONTINUATION fragments together). Every field costs at
+/// least one encoded byte and 32 bytes of list size, and literals are at most a few bytes longer
+/// encoded than decoded, so a block within the list bound is far below this.
+const MAX_BLOCK: usize = 2 * MAX_HEADER_LIST;
+/// Largest HPACK dynamic table a client may ask for: the protocol's default, which the agent's
+/// server never raises. Without this bound a table-size update to 2^28 lets one literal be
+/// referenced thousands of times, each reference decoded into a fresh copy (a decompression bomb).
+pub const MAX_TABLE_SIZE: usize = 4096;
 
 /// A header block whose CONTINUATION frames are still arriving.
 struct PendingBlock {
@@ -81,11 +91,33 @@ pub fn encode_literal_block(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// Decodes a client header block, fixes `:authority`, and re-encodes it.
+/// A decoder of client header blocks, its dynamic table bounded by [`MAX_TABLE_SIZE`].
+pub fn client_decoder() -> loona_hpack::Decoder<'static> {
+    let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(MAX_TABLE_SIZE);
+    decoder
+}
+
+/// Decodes a client header block, fixes `:authority`, and re-encodes it. A block whose decoded list
+/// exceeds [`MAX_HEADER_LIST`] is refused as soon as the bound is passed: fields are copied out only
+/// while within it, so however many table references a block holds, at most that much is allocated.
 pub fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io::Result<Vec<u8>> {
-    let mut headers = decoder
-        .decode(block)
+    let mut headers = Vec::new();
+    let mut list_size = 0usize;
+    decoder
+        .decode_with_cb(block, |name, value| {
+            list_size = list_size.saturating_add(name.len() + value.len() + 32);
+            if list_size <= MAX_HEADER_LIST {
+                headers.push((name.into_owned(), value.into_owned()));
+            }
+        })
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad HPACK block: {e:?}")))?;
+    if list_size > MAX_HEADER_LIST {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("header list larger than {MAX_HEADER_LIST} bytes"),
+        ));
+    }
     for (name, value) in &mut headers {
         if name.as_slice() == b":authority" && !valid_authority(value) {
             *value = b"localhost".to_vec();
@@ -136,27 +168,50 @@ async fn write_block<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Reads exactly `buf.len()` bytes, by `deadline` if there is one.
+async fn read_by<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    deadline: Option<tokio::time::Instant>,
+) -> io::Result<()> {
+    match deadline {
+        None => r.read_exact(buf).await.map(drop),
+        Some(d) => match tokio::time::timeout_at(d, r.read_exact(buf)).await {
+            Ok(read) => read.map(drop),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no complete first request in time")),
+        },
+    }
+}
+
 /// Copies an HTTP/2 byte stream from a client to the server side, rewriting request header blocks.
-/// Returns when the client closes; an error means the connection should be dropped.
-pub async fn filter_client_to_server<R, W>(mut r: R, mut w: W) -> io::Result<()>
+/// Returns when the client closes; an error means the connection should be dropped. The preface and
+/// the first complete header block must arrive within `first_request` (an error of kind
+/// `TimedOut` otherwise); after that the client may take its time (a workload holding a stream
+/// sends nothing for hours).
+pub async fn filter_client_to_server<R, W>(
+    mut r: R,
+    mut w: W,
+    first_request: std::time::Duration,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut deadline = Some(tokio::time::Instant::now() + first_request);
     let mut preface = [0u8; 24];
-    r.read_exact(&mut preface).await?;
+    read_by(&mut r, &mut preface, deadline).await?;
     w.write_all(&preface).await?;
     if &preface != PREFACE {
         // Not HTTP/2 with prior knowledge: pass it on and let the server refuse it.
         tokio::io::copy(&mut r, &mut w).await?;
         return Ok(());
     }
-    let mut decoder = loona_hpack::Decoder::new();
+    let mut decoder = client_decoder();
     let mut pending: Option<PendingBlock> = None;
     let mut head = [0u8; 9];
     loop {
-        match r.read_exact(&mut head).await {
-            Ok(_) => {}
+        match read_by(&mut r, &mut head, deadline).await {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return w.shutdown().await,
             Err(e) => return Err(e),
         }
@@ -167,7 +222,7 @@ where
             return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the server allows"));
         }
         let mut payload = vec![0u8; len];
-        r.read_exact(&mut payload).await?;
+        read_by(&mut r, &mut payload, deadline).await?;
         match kind {
             HEADERS => {
                 if pending.is_some() {
@@ -199,6 +254,9 @@ where
                 } else {
                     None
                 };
+                if end - start > MAX_BLOCK {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "header block too large"));
+                }
                 let fragment = payload
                     .get(start..end)
                     .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad HEADERS frame"))?
@@ -231,6 +289,7 @@ where
             if let Some(p) = pending.take() {
                 let rewritten = rewrite_block(&mut decoder, &p.fragment)?;
                 write_block(&mut w, p.stream, p.end_stream, p.priority, &rewritten).await?;
+                deadline = None;
             }
         }
     }
@@ -239,6 +298,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first-request deadline no test input reaches.
+    const SOON: std::time::Duration = std::time::Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_client_that_sends_no_request_in_time_is_dropped() {
+        let (client, server) = tokio::io::duplex(1024);
+        let started = std::time::Instant::now();
+        let limit = std::time::Duration::from_millis(200);
+        let err = filter_client_to_server(server, &mut Vec::new(), limit).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < limit * 10);
+        drop(client);
+        // A preface alone (then silence) is no request either.
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(PREFACE).await.unwrap();
+        let err = filter_client_to_server(server, &mut Vec::new(), limit).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // After a first request, silence is allowed: the deadline is gone.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &encode_literal_block(&[(b":path".to_vec(), b"/".to_vec())]),
+        ));
+        client.write_all(&input).await.unwrap();
+        let mut out = Vec::new();
+        let filter = filter_client_to_server(server, &mut out, limit);
+        assert!(tokio::time::timeout(limit * 3, filter).await.is_err(), "still waiting for the client");
+    }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = frame_header(payload.len(), kind, flags, stream).to_vec();
@@ -278,7 +369,7 @@ mod tests {
 
     async fn run(input: Vec<u8>) -> Vec<u8> {
         let mut out = Vec::new();
-        filter_client_to_server(&input[..], &mut out).await.unwrap();
+        filter_client_to_server(&input[..], &mut out, SOON).await.unwrap();
         out
     }
 
@@ -336,7 +427,7 @@ mod tests {
     #[tokio::test]
     async fn valid_authorities_are_kept_and_big_blocks_are_split() {
         let mut enc = loona_hpack::Encoder::new();
-        let big = "x".repeat(40_000);
+        let big = "x".repeat(12_000);
         let headers = [
             (b":authority".to_vec(), b"localhost:8080".to_vec()),
             (b"x-big".to_vec(), big.as_bytes().to_vec()),
@@ -352,9 +443,75 @@ mod tests {
         let out = run(input).await;
         let (blocks, frames) = decode_output(&out);
         assert_eq!(blocks[0], headers.to_vec());
+        assert_eq!(frames[0].1 & PRIORITY, PRIORITY);
+        // A block bigger than one frame goes out as HEADERS + CONTINUATION frames.
+        let block = encode_literal_block(&[(b"x-big".to_vec(), vec![b'y'; 40_000])]);
+        let mut out = PREFACE.to_vec();
+        write_block(&mut out, 5, true, Some([0, 0, 0, 0, 16]), &block).await.unwrap();
+        let (blocks, frames) = decode_output(&out);
+        assert_eq!(blocks[0], [(b"x-big".to_vec(), vec![b'y'; 40_000])]);
         assert!(frames.len() >= 3, "split over CONTINUATION frames");
         assert!(frames.iter().all(|f| f.3.len() <= MAX_FRAME));
-        assert_eq!(frames[0].1 & PRIORITY, PRIORITY);
+        assert_eq!(frames[0].1 & (PRIORITY | END_STREAM), PRIORITY | END_STREAM);
+        assert_eq!(frames.last().unwrap().1, END_HEADERS);
+    }
+
+    /// An HPACK integer with an `n`-bit prefix and `flags`, for hand-made blocks.
+    fn int(flags: u8, n: u8, value: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_int(&mut v, flags, n, value);
+        v
+    }
+
+    #[tokio::test]
+    async fn hpack_bombs_are_refused_before_they_allocate() {
+        // The reported attack: a table-size update to 2^28, a 200 KiB literal indexed into the table,
+        // then thousands of references to it (1.6 GB decoded from 209 KiB).
+        let mut bomb = int(0x20, 5, 1 << 28);
+        bomb.extend([0x40]);
+        bomb.extend(int(0, 7, 3));
+        bomb.extend(b"x-a");
+        bomb.extend(int(0, 7, 200 * 1024));
+        bomb.extend(vec![b'a'; 200 * 1024]);
+        bomb.extend(vec![0x80 | 62; 8000]);
+        let mut input = PREFACE.to_vec();
+        for (i, chunk) in bomb.chunks(MAX_FRAME).enumerate() {
+            let (kind, flags) = if i == 0 { (HEADERS, 0) } else { (CONTINUATION, 0) };
+            input.extend(frame(kind, flags, 1, chunk));
+        }
+        let err = filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.unwrap_err();
+        assert!(err.to_string().contains("header block too large"), "{err}");
+
+        // The same within the block bound: a table-size update past the protocol default is refused.
+        let mut d = client_decoder();
+        let err = rewrite_block(&mut d, &int(0x20, 5, MAX_TABLE_SIZE + 1)).unwrap_err();
+        assert!(err.to_string().contains("bad HPACK block"), "{err}");
+
+        // Within the table bound: a 4,000-byte field referenced 100 times is 400 KB decoded from 4 KB
+        // encoded; refused once the list passes 16 KiB, after at most that much was copied.
+        let mut d = client_decoder();
+        let mut block = vec![0x40];
+        block.extend(int(0, 7, 3));
+        block.extend(b"x-a");
+        block.extend(int(0, 7, 4000 - 3 - 32));
+        block.extend(vec![b'a'; 4000 - 3 - 32]);
+        block.extend(vec![0x80 | 62; 100]);
+        assert!(block.len() < MAX_FRAME);
+        let err = rewrite_block(&mut d, &block).unwrap_err();
+        assert!(err.to_string().contains("header list larger than 16384 bytes"), "{err}");
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        assert!(
+            filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.is_err(),
+            "through the filter too"
+        );
+
+        // Four references fit (5 fields of 4,000 bytes would not): within the bound all is kept.
+        let mut d = client_decoder();
+        let mut ok = block[..block.len() - 100].to_vec();
+        ok.extend([0x80 | 62; 3]);
+        let headers = rewrite_block(&mut d, &ok).map(|b| client_decoder().decode(&b).unwrap()).unwrap();
+        assert_eq!(headers.len(), 4);
     }
 
     #[tokio::test]
@@ -362,19 +519,22 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(frame(CONTINUATION, END_HEADERS, 1, b"x"));
         let mut out = Vec::new();
-        assert!(filter_client_to_server(&input[..], &mut out).await.is_err());
+        assert!(filter_client_to_server(&input[..], &mut out, SOON).await.is_err());
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff]));
-        assert!(filter_client_to_server(&input[..], &mut Vec::new()).await.is_err(), "undecodable HPACK");
+        assert!(
+            filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.is_err(),
+            "undecodable HPACK"
+        );
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, PADDED | END_HEADERS, 1, &[9, 1]));
         assert!(
-            filter_client_to_server(&input[..], &mut Vec::new()).await.is_err(),
+            filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.is_err(),
             "padding longer than the frame"
         );
         let mut input = PREFACE.to_vec();
         input.extend(frame_header(MAX_FRAME_PAYLOAD + 1, 0x0, 0, 1));
-        assert!(filter_client_to_server(&input[..], &mut Vec::new()).await.is_err(), "oversized frame");
+        assert!(filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.is_err(), "oversized frame");
         // Not HTTP/2: passed through for the server to refuse.
         let junk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nmore bytes".to_vec();
         assert_eq!(run(junk.clone()).await, junk);

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod attest;
 pub mod clock;
 pub mod config;
+pub mod conn_limits;
 pub mod explain;
 pub mod h2_authority_filter;
 pub mod identity;
@@ -141,18 +142,41 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Io(e.to_string()))?;
         let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConn, std::io::Error>>(64);
+        let limits = conn_limits::ConnLimits::new(config.connection_limits());
+        tracing::info!(
+            total = limits.limits().total,
+            per_uid = limits.limits().per_uid,
+            "Workload API connection bounds"
+        );
         let accept_state = state.clone();
         let mut accept_shutdown = rx.clone();
         tasks.push(tokio::spawn(async move {
+            // Refusals and accept failures are logged at most once per interval, with a count: a
+            // flood must not turn into a flood of log lines.
+            let mut refused = conn_limits::Throttle::new(Duration::from_secs(10));
+            let mut failed = conn_limits::Throttle::new(Duration::from_secs(10));
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
-                            let conn = WorkloadConn::new(stream, &accept_state);
-                            if conn_tx.send(Ok(conn)).await.is_err() { break; }
+                            let uid = conn_limits::peer_uid(&stream);
+                            match limits.admit(uid) {
+                                Ok(slot) => {
+                                    let conn = WorkloadConn::new(stream, &accept_state, slot);
+                                    if conn_tx.send(Ok(conn)).await.is_err() { break; }
+                                }
+                                Err(why) => {
+                                    accept_state.metrics.refused(metrics::Refusal::ConnectionLimit);
+                                    if let Some(n) = refused.tick() {
+                                        tracing::warn!(uid, bound = ?why, refused = n, "Workload API connections refused: connection bound reached");
+                                    }
+                                }
+                            }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "workload socket accept failed");
+                            if let Some(n) = failed.tick() {
+                                tracing::warn!(error = %e, failures = n, "workload socket accept failed");
+                            }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     },
@@ -216,6 +240,9 @@ impl Agent {
         tasks.push(tokio::spawn(async move {
             serve_state.metrics.set_workload_api_up(true);
             let result = tonic::transport::Server::builder()
+                // Stated, not left to defaults: the header filter in front bounds header lists
+                // to what the server advertises here.
+                .http2_max_header_list_size(h2_authority_filter::MAX_HEADER_LIST as u32)
                 .add_service(service)
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {

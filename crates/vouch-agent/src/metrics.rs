@@ -76,17 +76,23 @@ pub enum Refusal {
     RuntimeUnconfirmed,
     /// Attested, but no entry matches its selectors.
     NoMatch,
+    /// The connection was closed at once: the agent or the caller's uid held its connection bound.
+    ConnectionLimit,
+    /// The caller did not send a complete first request in time after connecting.
+    SlowRequest,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::MissingHeader,
         Self::PeerUnknown,
         Self::ProcessGone,
         Self::AttestationFailed,
         Self::RuntimeUnconfirmed,
         Self::NoMatch,
+        Self::ConnectionLimit,
+        Self::SlowRequest,
     ];
 
     /// The label value.
@@ -98,6 +104,8 @@ impl Refusal {
             Self::AttestationFailed => "attestation_failed",
             Self::RuntimeUnconfirmed => "runtime_unconfirmed",
             Self::NoMatch => "no_match",
+            Self::ConnectionLimit => "connection_limit",
+            Self::SlowRequest => "slow_request",
         }
     }
 

@@ -48,17 +48,35 @@ pub struct WorkloadConn {
 /// Buffer between the socket and the gRPC server.
 const PIPE_BYTES: usize = 256 * 1024;
 
+/// How long a client has, once connected, to send its first complete request (the HTTP/2 preface
+/// and one header block). A connection that sends nothing is closed then, instead of holding its
+/// socket and pidfd for good.
+pub const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl WorkloadConn {
-    /// Pins the peer of a freshly accepted connection and starts the byte pumps.
-    pub fn new(stream: UnixStream, state: &AgentState) -> Self {
+    /// Pins the peer of a freshly accepted connection and starts the byte pumps; `slot` is held
+    /// until both directions have ended.
+    pub fn new(stream: UnixStream, state: &Arc<AgentState>, slot: crate::conn_limits::ConnSlot) -> Self {
         let peer = PeerProcess::of_socket(&stream, state.unix.proc_root());
         let (server_side, pump_side) = tokio::io::duplex(PIPE_BYTES);
         let (pump_rd, pump_wr) = tokio::io::split(pump_side);
         let (client_rd, mut client_wr) = stream.into_split();
+        let slot = Arc::new(slot);
+        let (in_slot, out_slot) = (slot.clone(), slot);
+        let state = state.clone();
         tokio::spawn(async move {
+            let _slot = in_slot;
             let mut pump_wr = pump_wr;
-            if let Err(e) = crate::h2_authority_filter::filter_client_to_server(client_rd, &mut pump_wr).await
-            {
+            let filtered = crate::h2_authority_filter::filter_client_to_server(
+                client_rd,
+                &mut pump_wr,
+                FIRST_REQUEST_TIMEOUT,
+            )
+            .await;
+            if let Err(e) = filtered {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    state.metrics.refused(Refusal::SlowRequest);
+                }
                 tracing::debug!(error = %e, "workload connection dropped");
             }
             // Whatever ended the client's direction (a clean close, a bad frame, a client that left
@@ -67,6 +85,7 @@ impl WorkloadConn {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut pump_wr).await;
         });
         tokio::spawn(async move {
+            let _slot = out_slot;
             let mut pump_rd = pump_rd;
             let _ = tokio::io::copy(&mut pump_rd, &mut client_wr).await;
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_wr).await;

@@ -175,3 +175,77 @@ async fn health_and_metrics_follow_workload_calls_and_the_server_link() {
         tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await.unwrap();
     assert!(refused.is_err(), "metrics listener closed with the agent");
 }
+
+/// Runs `script` in Python 3 as uid/gid 65534 and returns what it printed (bounded by a timeout).
+fn python_as_nobody(script: &str) -> String {
+    let child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) and python3 are installed");
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Any local user can connect to the Workload API, so connections are bounded per uid and in
+/// total: one user holding its share cannot lock the others out, and a refused connection costs
+/// nothing (closed before attestation, counted once, no leak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_per_uid_and_one_user_cannot_lock_out_another() {
+    let socket_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(socket_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = socket_dir.path().join("api.sock");
+    let stack = Stack::start_with(|c| {
+        c.socket = socket.clone();
+        c.max_connections = Some(8);
+        c.max_connections_per_uid = Some(3);
+    })
+    .await;
+    stack.entry_for_me("held", "/held", json!({})).await;
+    stack.wait_entries(1).await;
+    let admin_socket = stack.agent_config.data_dir.join("admin.sock");
+
+    // This uid (root) takes its share with connections that send nothing.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    }
+    // The next one from the same uid is closed at once.
+    let mut over = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await.expect("closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)), "refused connection got {n:?}");
+
+    // Another user is still served: the agent answers its HTTP/2 preface with SETTINGS.
+    let script = format!(
+        "import socket; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect({:?}); \
+         s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + bytes([0,0,0,4,0,0,0,0,0])); \
+         d=s.recv(9); print('served' if len(d) == 9 and d[3] == 4 else 'closed')",
+        socket.display().to_string()
+    );
+    let answer = tokio::task::spawn_blocking(move || python_as_nobody(&script)).await.unwrap();
+    assert_eq!(answer, "served");
+
+    let metrics: MetricsText = ask(&admin_socket, &AdminRequest::Metrics {}).await;
+    assert!(
+        value(&metrics.metrics, "vouch_agent_workload_refusals_total{reason=\"connection_limit\"}") >= 1.0
+    );
+
+    // Freed slots are reusable: once the idle connections go, this uid is served again.
+    drop(idle);
+    drop(over);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let svid = loop {
+        let served = async {
+            let client =
+                spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display())).await.ok()?;
+            client.fetch_x509_svid().await.ok()
+        };
+        if let Some(svid) = served.await {
+            break svid;
+        }
+        assert!(Instant::now() < deadline, "slots were not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/held");
+}
