@@ -3,14 +3,14 @@
 
 pub use vouch_api::explain::{EntryVerdict, ExplainAnswer, Explanation};
 
-use crate::attest::{attest_full, PeerProcess};
+use crate::attest::{attest_full, ExeHash, PeerProcess};
 use crate::state::AgentState;
 
 /// Attests `pid` as the Workload API would and explains each entry.
 pub async fn explain(state: &AgentState, pid: i32) -> Explanation {
     let now = crate::clock::now();
     let result = match PeerProcess::of_pid(pid, state.unix.proc_root()) {
-        Ok(p) => attest_full(&p, &state.unix, &state.runtime).await,
+        Ok(p) => attest_full(&p, &state.unix, &state.runtime, ExeHash::Compute).await,
         Err(e) => Err(e),
     };
     let (error, selectors, container) = match &result {

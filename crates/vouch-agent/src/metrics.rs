@@ -76,6 +76,8 @@ pub enum Refusal {
     RuntimeUnconfirmed,
     /// Attested, but no entry matches its selectors.
     NoMatch,
+    /// The caller executed another program since it connected.
+    ExecChanged,
     /// The connection was closed at once: the agent or the caller's uid held its connection bound.
     ConnectionLimit,
     /// The caller did not send a complete first request in time after connecting.
@@ -84,13 +86,14 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::MissingHeader,
         Self::PeerUnknown,
         Self::ProcessGone,
         Self::AttestationFailed,
         Self::RuntimeUnconfirmed,
         Self::NoMatch,
+        Self::ExecChanged,
         Self::ConnectionLimit,
         Self::SlowRequest,
     ];
@@ -104,6 +107,7 @@ impl Refusal {
             Self::AttestationFailed => "attestation_failed",
             Self::RuntimeUnconfirmed => "runtime_unconfirmed",
             Self::NoMatch => "no_match",
+            Self::ExecChanged => "exec_changed",
             Self::ConnectionLimit => "connection_limit",
             Self::SlowRequest => "slow_request",
         }
@@ -114,6 +118,7 @@ impl Refusal {
         match error {
             AttestError::Peer(_) => Self::PeerUnknown,
             AttestError::ProcessGone(_) | AttestError::PidReused(_) => Self::ProcessGone,
+            AttestError::ExecChanged(_) => Self::ExecChanged,
             AttestError::Proc { .. } | AttestError::Cgroup { .. } => Self::AttestationFailed,
             AttestError::Runtime(_) => Self::RuntimeUnconfirmed,
         }
@@ -471,6 +476,7 @@ mod tests {
             (AttestError::Peer("x".into()), "peer_unknown"),
             (AttestError::ProcessGone(4), "process_gone"),
             (AttestError::PidReused(4), "process_gone"),
+            (AttestError::ExecChanged(4), "exec_changed"),
             (AttestError::Proc { pid: 4, what: "status" }, "attestation_failed"),
             (AttestError::Runtime("docker does not know container `abc`".into()), "runtime_unconfirmed"),
         ];

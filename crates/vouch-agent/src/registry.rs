@@ -15,6 +15,9 @@ pub struct Registry {
     bundle: RwLock<Arc<Bundle>>,
     /// Set by the first snapshot: until then "no entry matches" would be a guess, not an answer.
     synced: AtomicBool,
+    /// Whether any entry has a `unix:sha256` selector: hashing callers' executables is skipped
+    /// when none does.
+    uses_exe_hash: AtomicBool,
     generation: tokio::sync::watch::Sender<u64>,
 }
 
@@ -25,6 +28,7 @@ impl Registry {
             entries: RwLock::new(HashMap::new()),
             bundle: RwLock::new(Arc::new(bundle)),
             synced: AtomicBool::new(false),
+            uses_exe_hash: AtomicBool::new(false),
             generation: tokio::sync::watch::channel(0).0,
         }
     }
@@ -37,6 +41,19 @@ impl Registry {
     /// Whether a snapshot from the server has been applied since the agent started.
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// Whether any entry has a `unix:sha256` selector (so attestation must hash executables).
+    pub fn uses_exe_hash(&self) -> bool {
+        self.uses_exe_hash.load(Ordering::Acquire)
+    }
+
+    /// Recomputes [`Self::uses_exe_hash`]; called with the entries write-locked, after each change.
+    fn note_selectors(&self, entries: &HashMap<EntryId, Entry>) {
+        let any = entries
+            .values()
+            .any(|e| e.selectors.iter().any(|s| s.kind() == "unix" && s.value().starts_with("sha256:")));
+        self.uses_exe_hash.store(any, Ordering::Release);
     }
 
     /// Changes whenever something a workload receives may have changed.
@@ -84,7 +101,10 @@ impl Registry {
     pub(crate) fn replace(&self, entries: Vec<Entry>, bundle: Option<Bundle>) -> HashMap<EntryId, u64> {
         let map: HashMap<EntryId, Entry> = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
         let revisions = map.iter().map(|(id, e)| (id.clone(), e.revision)).collect();
-        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = map;
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        *entries = map;
+        self.note_selectors(&entries);
+        drop(entries);
         if let Some(b) = bundle {
             *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(b);
         }
@@ -94,12 +114,16 @@ impl Registry {
 
     /// Adds or replaces one entry.
     pub(crate) fn upsert(&self, entry: Entry) {
-        self.entries.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), entry);
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.insert(entry.id.clone(), entry);
+        self.note_selectors(&entries);
     }
 
     /// Removes one entry.
     pub(crate) fn remove(&self, id: &EntryId) {
-        self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.remove(id);
+        self.note_selectors(&entries);
     }
 
     /// Replaces the bundle.

@@ -29,7 +29,7 @@ use vouch_proto::workload::{
     X509svidResponse,
 };
 
-use crate::attest::{attest_full, AttestError, PeerProcess};
+use crate::attest::{attest_full, AttestError, ExeHash, PeerProcess};
 use crate::metrics::{Refusal, Rpc, RpcTimer};
 use crate::state::AgentState;
 pub use crate::workload_error::{WorkloadError, NO_IDENTITY};
@@ -169,7 +169,8 @@ async fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Resul
     if !state.registry.synced() {
         return Err(WorkloadError::NotYetSynced);
     }
-    let attestation = attest_full(pinned, &state.unix, &state.runtime).await.map_err(|e| {
+    let hash = if state.registry.uses_exe_hash() { ExeHash::Compute } else { ExeHash::Skip };
+    let attestation = attest_full(pinned, &state.unix, &state.runtime, hash).await.map_err(|e| {
         state.metrics.refused(Refusal::of(&e));
         tracing::info!(target: "vouch::audit", event = "workload.attest.failed", pid = pinned.pid, reason = %e);
         WorkloadError::NoIdentity

@@ -41,6 +41,10 @@ pub enum AttestError {
     /// The process exited while being attested; its pid may belong to another process now.
     #[error("process {0} exited during attestation (its pid may have been reused); no identity")]
     PidReused(i32),
+    /// The process executed another program since it connected: binary selectors would describe a
+    /// program other than the one that connected (or a child given the connection), so none count.
+    #[error("process {0} executed another program since it connected; it must reconnect")]
+    ExecChanged(i32),
     /// The container runtime could not confirm the container.
     #[error("{0}")]
     Runtime(String),
@@ -65,11 +69,21 @@ pub struct Attestation {
     pub container: Option<ContainerRef>,
 }
 
-/// Attests the peer of `socket`: pins it, reads its unix facts and cgroup, then checks that it is
-/// still the same process.
-pub fn attest_socket(socket: &impl AsFd, unix: &UnixAttestor) -> Result<Attestation, AttestError> {
+/// Whether attestation computes the executable's SHA-256 (`unix:sha256`): costly, so only when an
+/// entry could use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExeHash {
+    /// Compute it.
+    Compute,
+    /// Leave it out.
+    Skip,
+}
+
+/// Attests the peer of `socket`: pins it, reads its unix facts (with the executable's hash) and
+/// cgroup, then checks that it is still the same process.
+pub async fn attest_socket(socket: &impl AsFd, unix: &UnixAttestor) -> Result<Attestation, AttestError> {
     let peer = PeerProcess::of_socket(socket, unix.proc_root())?;
-    attest_peer(&peer, unix)
+    attest_peer(&peer, unix, ExeHash::Compute).await
 }
 
 /// Attests a pinned peer fully: `unix:` selectors, then the container runtime's selectors for its
@@ -78,8 +92,9 @@ pub async fn attest_full(
     peer: &PeerProcess,
     unix: &UnixAttestor,
     runtime: &RuntimeAttestor,
+    hash: ExeHash,
 ) -> Result<Attestation, AttestError> {
-    let mut a = attest_peer(peer, unix)?;
+    let mut a = attest_peer(peer, unix, hash).await?;
     if let Some(c) = &a.container {
         for s in runtime.selectors(c).await?.iter() {
             a.selectors.insert(s.clone());
@@ -88,9 +103,23 @@ pub async fn attest_full(
     Ok(a)
 }
 
-/// Attests an already identified peer (`unix:` selectors and cgroup only).
-pub fn attest_peer(peer: &PeerProcess, unix: &UnixAttestor) -> Result<Attestation, AttestError> {
-    let selectors = unix.selectors(peer.pid, peer.uid, peer.gid)?;
+/// Attests an already identified peer (`unix:` selectors and cgroup only). The executable's hash,
+/// when asked for, is of the file the peer ran when it was pinned.
+pub async fn attest_peer(
+    peer: &PeerProcess,
+    unix: &UnixAttestor,
+    hash: ExeHash,
+) -> Result<Attestation, AttestError> {
+    let mut selectors = unix.selectors(peer.pid, peer.uid, peer.gid)?;
+    if hash == ExeHash::Compute {
+        if let Some(digest) = unix.exe_sha256(peer.pid, Some(peer.exe)).await? {
+            let hex = vouch_ca::keys::hex(&digest);
+            selectors.insert(
+                vouch_core::Selector::new("unix", &format!("sha256:{hex}"))
+                    .map_err(|_| AttestError::Proc { pid: peer.pid, what: "exe" })?,
+            );
+        }
+    }
     let cgroup_path = unix.proc_root().join(peer.pid.to_string()).join("cgroup");
     let text = std::fs::read_to_string(cgroup_path)
         .map_err(|_| AttestError::Proc { pid: peer.pid, what: "cgroup" })?;

@@ -19,6 +19,9 @@ pub struct PeerProcess {
     pub uid: u32,
     /// Effective gid at connect time.
     pub gid: u32,
+    /// The executable it ran when pinned: binary selectors describe this file, and a process that
+    /// has executed another program since is refused ([`AttestError::ExecChanged`]).
+    pub exe: super::unix::FileKey,
     pidfd: OwnedFd,
     start_time: u64,
 }
@@ -59,7 +62,8 @@ impl PeerProcess {
             return Err(AttestError::ProcessGone(pid));
         }
         let start_time = read_start_time(proc_root, pid)?;
-        Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), pidfd, start_time })
+        let exe = super::unix::exe_key(proc_root, pid)?;
+        Ok(Self { pid, uid: cred.uid(), gid: cred.gid(), exe, pidfd, start_time })
     }
 
     /// Pins a process by pid (for `vouch agent explain`): its effective ids come from
@@ -72,19 +76,26 @@ impl PeerProcess {
         let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
             .map_err(|_| AttestError::ProcessGone(pid))?;
         let ids = super::procfs::parse_status(&status).ok_or(AttestError::Proc { pid, what: "status" })?;
-        Ok(Self { pid, uid: ids.uid, gid: ids.gid, pidfd, start_time })
+        let exe = super::unix::exe_key(proc_root, pid)?;
+        Ok(Self { pid, uid: ids.uid, gid: ids.gid, exe, pidfd, start_time })
     }
 
-    /// Fails unless the pinned process is still alive and is still the one behind `pid`. Called
-    /// after everything about the process has been read: if it has exited (and the pid may now
-    /// belong to someone else), what was read cannot be trusted.
+    /// Fails unless the pinned process is still alive, is still the one behind `pid`, and still
+    /// runs the executable it ran when pinned. Called after everything about the process has been
+    /// read: if it has exited (and the pid may now belong to someone else) or executed another
+    /// program, what was read cannot be trusted.
     pub fn check_unchanged(&self, proc_root: &Path) -> Result<(), AttestError> {
         if pidfd_pid(&self.pidfd) != Some(self.pid) {
             return Err(AttestError::PidReused(self.pid));
         }
         match read_start_time(proc_root, self.pid) {
-            Ok(t) if t == self.start_time => Ok(()),
-            _ => Err(AttestError::PidReused(self.pid)),
+            Ok(t) if t == self.start_time => {}
+            _ => return Err(AttestError::PidReused(self.pid)),
+        }
+        match super::unix::exe_key(proc_root, self.pid) {
+            Ok(exe) if exe == self.exe => Ok(()),
+            Ok(_) => Err(AttestError::ExecChanged(self.pid)),
+            Err(_) => Err(AttestError::PidReused(self.pid)),
         }
     }
 }

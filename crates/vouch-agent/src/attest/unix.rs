@@ -1,6 +1,16 @@
 //! `unix:` selectors: who the process runs as and which binary it runs, as the host sees it.
+//!
+//! The executable's SHA-256 (`unix:sha256`) is the one costly fact: it is computed only when an
+//! entry asks for it, off the async runtime, for at most [`MAX_HASH_BYTES`], at most
+//! [`HASH_CONCURRENCY`] files at a time, once per file however many callers wait for it, and
+//! remembered per file identity.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OnceCell, Semaphore};
 
 use vouch_core::{Selector, Selectors};
 
@@ -9,21 +19,32 @@ use super::AttestError;
 
 /// A file's identity as the kernel reports it: device, inode, size, modification and change times.
 /// If any of these differ, the file may have changed and is hashed again.
-type FileKey = (u64, u64, u64, i64, i64, i64, i64);
+pub type FileKey = (u64, u64, u64, i64, i64, i64, i64);
 
 /// Most executables whose hashes are remembered.
 const MAX_HASHES: usize = 4096;
+/// Largest executable hashed. A larger one (a sparse file of many GiB costs nothing on disk and
+/// minutes to hash) gets no `unix:sha256` selector, so entries that require one do not match it.
+pub const MAX_HASH_BYTES: u64 = 512 * 1024 * 1024;
+/// Most executables hashed at the same time (each on a blocking thread).
+pub const HASH_CONCURRENCY: usize = 2;
+
+/// One executable's hash: empty while it is being computed.
+type HashCell = Arc<OnceCell<[u8; 32]>>;
 
 /// Reads unix facts of processes from a proc file system and the host's user and group databases.
 #[derive(Debug, Clone)]
 pub struct UnixAttestor {
     proc_root: PathBuf,
     etc_root: PathBuf,
-    hashes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<FileKey, [u8; 32]>>>,
-    names: std::sync::Arc<std::sync::Mutex<NameCache>>,
+    /// Hashes by file identity; a cell still empty is a hash in flight, which later callers await.
+    hashes: Arc<Mutex<HashMap<FileKey, HashCell>>>,
+    hash_permits: Arc<Semaphore>,
+    hash_runs: Arc<AtomicU64>,
+    names: Arc<Mutex<NameCache>>,
 }
 
-type IdNames = std::sync::Arc<std::collections::HashMap<u32, String>>;
+type IdNames = Arc<HashMap<u32, String>>;
 
 /// `/etc/passwd` and `/etc/group` as read last, with the identities of the files they came from.
 #[derive(Debug, Default)]
@@ -33,10 +54,19 @@ struct NameCache {
     groups: IdNames,
 }
 
-fn file_key(path: &Path) -> Option<FileKey> {
+fn key_of(m: &std::fs::Metadata) -> FileKey {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+    (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+}
+
+fn file_key(path: &Path) -> Option<FileKey> {
+    std::fs::metadata(path).ok().as_ref().map(key_of)
+}
+
+/// The identity of the executable `pid` runs now (through `/proc/<pid>/exe`, which names the file
+/// the process runs even when its path was replaced or lies in another mount namespace).
+pub fn exe_key(proc_root: &Path, pid: i32) -> Result<FileKey, AttestError> {
+    file_key(&proc_root.join(pid.to_string()).join("exe")).ok_or(AttestError::Proc { pid, what: "exe" })
 }
 
 impl Default for UnixAttestor {
@@ -56,6 +86,8 @@ impl UnixAttestor {
             proc_root: proc_root.into(),
             etc_root: etc_root.into(),
             hashes: Default::default(),
+            hash_permits: Arc::new(Semaphore::new(HASH_CONCURRENCY)),
+            hash_runs: Default::default(),
             names: Default::default(),
         }
     }
@@ -66,32 +98,59 @@ impl UnixAttestor {
         let key = file_key(&pw).zip(file_key(&gr));
         let mut cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
         if key.is_none() || cache.key != key {
-            cache.users =
-                std::sync::Arc::new(parse_id_names(&std::fs::read_to_string(&pw).unwrap_or_default()));
-            cache.groups =
-                std::sync::Arc::new(parse_id_names(&std::fs::read_to_string(&gr).unwrap_or_default()));
+            cache.users = Arc::new(parse_id_names(&std::fs::read_to_string(&pw).unwrap_or_default()));
+            cache.groups = Arc::new(parse_id_names(&std::fs::read_to_string(&gr).unwrap_or_default()));
             cache.key = key;
         }
         (cache.users.clone(), cache.groups.clone())
     }
 
-    /// SHA-256 of the open executable, from the cache when the file's identity is unchanged.
-    fn exe_hash(&self, file: std::fs::File) -> std::io::Result<[u8; 32]> {
-        use std::os::unix::fs::MetadataExt;
+    /// SHA-256 of the executable `pid` runs, or `None` when it is larger than [`MAX_HASH_BYTES`].
+    /// With `pinned`, the executable must still be the file it was when the process was pinned
+    /// ([`AttestError::ExecChanged`] otherwise): the hash then describes the program that connected.
+    pub async fn exe_sha256(
+        &self,
+        pid: i32,
+        pinned: Option<FileKey>,
+    ) -> Result<Option<[u8; 32]>, AttestError> {
+        let exe_error = || AttestError::Proc { pid, what: "exe" };
+        let file =
+            std::fs::File::open(self.proc_root.join(pid.to_string()).join("exe")).map_err(|_| exe_error())?;
         // Metadata of the open file, so the key and the hashed bytes describe the same file.
-        let m = file.metadata()?;
-        let key = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
-        let cache = || self.hashes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = cache().get(&key) {
-            return Ok(*h);
+        let meta = file.metadata().map_err(|_| exe_error())?;
+        let key = key_of(&meta);
+        if pinned.is_some_and(|k| k != key) {
+            return Err(AttestError::ExecChanged(pid));
         }
-        let h = vouch_ca::keys::sha256_reader(file)?;
-        let mut c = cache();
-        if c.len() >= MAX_HASHES {
-            c.clear();
+        if meta.len() > MAX_HASH_BYTES {
+            tracing::info!(pid, bytes = meta.len(), "executable too large to hash; no unix:sha256 selector");
+            return Ok(None);
         }
-        c.insert(key, h);
-        Ok(h)
+        let cell = {
+            let mut hashes = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+            if hashes.len() >= MAX_HASHES && !hashes.contains_key(&key) {
+                // Callers of a hash in flight hold its cell and still receive it.
+                hashes.clear();
+            }
+            hashes.entry(key).or_default().clone()
+        };
+        let digest = cell
+            .get_or_try_init(|| async {
+                let _permit = self.hash_permits.acquire().await.map_err(|_| exe_error())?;
+                self.hash_runs.fetch_add(1, Ordering::Relaxed);
+                tokio::task::spawn_blocking(move || vouch_ca::keys::sha256_reader(file))
+                    .await
+                    .map_err(|_| exe_error())?
+                    .map_err(|_| exe_error())
+            })
+            .await?;
+        Ok(Some(*digest))
+    }
+
+    /// How many times an executable was actually read and hashed (not answered from the cache or
+    /// from a hash in flight).
+    pub fn hash_runs(&self) -> u64 {
+        self.hash_runs.load(Ordering::Relaxed)
     }
 
     /// The proc root.
@@ -100,8 +159,8 @@ impl UnixAttestor {
     }
 
     /// The `unix:` selectors of `pid`, whose kernel-reported effective ids are `uid` and `gid`:
-    /// `uid`, `gid`, `user`, `group`, `supplementary_gid`, `supplementary_group`, `path` and `sha256`
-    /// of the executable. Fails if anything cannot be read.
+    /// `uid`, `gid`, `user`, `group`, `supplementary_gid`, `supplementary_group` and `path` of the
+    /// executable (its `sha256` is [`Self::exe_sha256`]). Fails if anything cannot be read.
     pub fn selectors(&self, pid: i32, uid: u32, gid: u32) -> Result<Selectors, AttestError> {
         let dir = self.proc_root.join(pid.to_string());
         let status_text =
@@ -109,11 +168,6 @@ impl UnixAttestor {
         let status = parse_status(&status_text).ok_or(AttestError::Proc { pid, what: "status" })?;
         let (users, groups) = self.names();
         let exe = std::fs::read_link(dir.join("exe")).map_err(|_| AttestError::Proc { pid, what: "exe" })?;
-        // Hash the binary through /proc/<pid>/exe: that is the file the process runs, even when the
-        // path has since been replaced or lies in another mount namespace.
-        let file =
-            std::fs::File::open(dir.join("exe")).map_err(|_| AttestError::Proc { pid, what: "exe" })?;
-        let digest = self.exe_hash(file).map_err(|_| AttestError::Proc { pid, what: "exe" })?;
 
         let mut out = Selectors::new();
         let mut add = |s: Option<Selector>| {
@@ -130,7 +184,6 @@ impl UnixAttestor {
             add(groups.get(g).and_then(|n| sel("supplementary_group", n)));
         }
         add(sel("path", exe.display()));
-        add(sel("sha256", vouch_ca::keys::hex(&digest)));
         Ok(out)
     }
 }

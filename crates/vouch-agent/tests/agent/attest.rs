@@ -5,7 +5,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vouch_agent::attest::{attest_peer, attest_socket, AttestError, PeerProcess, UnixAttestor};
+use vouch_agent::attest::{attest_peer, attest_socket, AttestError, ExeHash, PeerProcess, UnixAttestor};
 
 fn sha256_hex(path: &std::path::Path) -> String {
     let digest = vouch_ca::keys::sha256_reader(std::fs::File::open(path).unwrap()).unwrap();
@@ -16,14 +16,14 @@ fn has(sel: &vouch_core::Selectors, s: &str) -> bool {
     sel.iter().any(|x| x.to_string() == s)
 }
 
-#[test]
-fn attests_this_process() {
+#[tokio::test]
+async fn attests_this_process() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let _client = UnixStream::connect(&path).unwrap();
     let (server_side, _) = listener.accept().unwrap();
-    let a = attest_socket(&server_side, &UnixAttestor::default()).unwrap();
+    let a = attest_socket(&server_side, &UnixAttestor::default()).await.unwrap();
     assert_eq!(a.pid, std::process::id() as i32);
     let exe = std::env::current_exe().unwrap();
     let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
@@ -37,8 +37,8 @@ fn attests_this_process() {
 
 /// A Python process, dropped to uid/gid 65534 by setpriv, connects and waits; the agent sees the
 /// kernel's view of it: its uid, the real python binary and that binary's hash.
-#[test]
-fn attests_another_user_and_binary() {
+#[tokio::test]
+async fn attests_another_user_and_binary() {
     if !nix_is_root() {
         eprintln!("skipped: needs root to switch users");
         return;
@@ -60,7 +60,7 @@ fn attests_another_user_and_binary() {
     let (conn, _) = listener.accept().unwrap();
     let mut ok = [0u8; 2];
     child.stdout.as_mut().unwrap().read_exact(&mut ok).unwrap();
-    let a = attest_socket(&conn, &UnixAttestor::default()).unwrap();
+    let a = attest_socket(&conn, &UnixAttestor::default()).await.unwrap();
     assert_eq!(a.pid, child.id() as i32);
     assert!(has(&a.selectors, "unix:uid:65534"), "{:?}", a.selectors);
     assert!(has(&a.selectors, "unix:gid:65534"));
@@ -75,12 +75,12 @@ fn attests_another_user_and_binary() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(matches!(peer.check_unchanged(std::path::Path::new("/proc")), Err(AttestError::PidReused(_))));
-    assert!(attest_peer(&peer, &UnixAttestor::default()).is_err(), "fail closed");
+    assert!(attest_peer(&peer, &UnixAttestor::default(), ExeHash::Compute).await.is_err(), "fail closed");
 }
 
 /// A caller that connected and exited before the agent looked gets nothing.
-#[test]
-fn a_caller_that_is_gone_gets_nothing() {
+#[tokio::test]
+async fn a_caller_that_is_gone_gets_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&path).unwrap();
@@ -92,7 +92,7 @@ fn a_caller_that_is_gone_gets_nothing() {
     assert!(status.success());
     let (conn, _) = listener.accept().unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    let err = attest_socket(&conn, &UnixAttestor::default()).unwrap_err();
+    let err = attest_socket(&conn, &UnixAttestor::default()).await.unwrap_err();
     assert!(matches!(err, AttestError::ProcessGone(_) | AttestError::PidReused(_)), "{err}");
 }
 
@@ -116,8 +116,8 @@ fn nix_is_root() -> bool {
 }
 
 /// The executable's hash is cached, but a changed file is hashed again.
-#[test]
-fn exe_hash_follows_changes_to_the_binary() {
+#[tokio::test]
+async fn exe_hash_follows_changes_to_the_binary() {
     let proc_root = tempfile::tempdir().unwrap();
     let etc = tempfile::tempdir().unwrap();
     let bin = proc_root.path().join("program");
@@ -127,15 +127,96 @@ fn exe_hash_follows_changes_to_the_binary() {
     std::fs::write(p.join("status"), "Uid:\t5\t5\t5\t5\nGid:\t5\t5\t5\t5\nGroups:\t\n").unwrap();
     std::os::unix::fs::symlink(&bin, p.join("exe")).unwrap();
     let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
-    let hash_of = |s: &vouch_core::Selectors| {
-        s.iter().find(|x| x.value().starts_with("sha256:")).unwrap().value().to_owned()
-    };
-    let first = hash_of(&unix.selectors(77, 5, 5).unwrap());
+    let hash_of = |d: Option<[u8; 32]>| format!("sha256:{}", vouch_ca::keys::hex(&d.unwrap()));
+    let first = hash_of(unix.exe_sha256(77, None).await.unwrap());
     assert_eq!(first, format!("sha256:{}", sha256_hex(&bin)));
-    assert_eq!(hash_of(&unix.selectors(77, 5, 5).unwrap()), first, "cached");
+    assert_eq!(hash_of(unix.exe_sha256(77, None).await.unwrap()), first, "cached");
+    assert_eq!(unix.hash_runs(), 1);
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&bin, b"version two, longer").unwrap();
-    let second = hash_of(&unix.selectors(77, 5, 5).unwrap());
+    let second = hash_of(unix.exe_sha256(77, None).await.unwrap());
     assert_ne!(second, first);
     assert_eq!(second, format!("sha256:{}", sha256_hex(&bin)));
+}
+
+/// Hashing executables is bounded: a file over the size bound is not read at all (a 16 GiB sparse
+/// copy of a binary costs nothing on disk), concurrent callers of one new file share one hash, and
+/// the async runtime keeps serving while a hash runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executable_hashing_is_bounded_shared_and_off_the_runtime() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let etc = tempfile::tempdir().unwrap();
+    let big = proc_root.path().join("sparse");
+    std::fs::File::create(&big).unwrap().set_len(16 << 30).unwrap();
+    let p = proc_root.path().join("78");
+    std::fs::create_dir(&p).unwrap();
+    std::os::unix::fs::symlink(&big, p.join("exe")).unwrap();
+    let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
+    let started = std::time::Instant::now();
+    assert_eq!(unix.exe_sha256(78, None).await.unwrap(), None, "over the bound: no hash");
+    assert!(started.elapsed() < Duration::from_secs(1), "and nothing read");
+    assert_eq!(unix.hash_runs(), 0);
+
+    // 200 MiB (sparse, under the bound): eight callers at once, one hash.
+    std::fs::remove_file(&big).unwrap();
+    std::fs::File::create(&big).unwrap().set_len(200 << 20).unwrap();
+    let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let unix = unix.clone();
+            tokio::spawn(async move { unix.exe_sha256(78, None).await.unwrap() })
+        })
+        .collect();
+    // While they hash, the runtime answers at once.
+    let tick = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(tick.elapsed() < Duration::from_millis(500), "the runtime stalled: {:?}", tick.elapsed());
+    let mut digests = Vec::new();
+    for c in callers {
+        digests.push(tokio::time::timeout(Duration::from_secs(60), c).await.unwrap().unwrap());
+    }
+    assert!(digests.iter().all(|d| d.is_some() && *d == digests[0]));
+    assert_eq!(unix.hash_runs(), 1, "callers of a hash in flight wait for it");
+}
+
+/// A process that connects and then executes another program (keeping the connection, or handing
+/// it to a child) is refused: binary selectors describe the program that connected.
+#[tokio::test]
+async fn a_process_that_executes_another_program_after_connecting_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    // Connects, says so, waits for a line, then becomes /usr/bin/sleep with the socket kept open.
+    let script = format!(
+        "import os,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect({:?}); os.set_inheritable(s.fileno(), True); \
+         print('ok', flush=True); sys.stdin.readline(); os.execv('/usr/bin/sleep', ['sleep', '30'])",
+        path.display().to_string()
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut ok = [0u8; 2];
+    child.stdout.as_mut().unwrap().read_exact(&mut ok).unwrap();
+    let unix = UnixAttestor::default();
+    let peer = PeerProcess::of_socket(&conn, std::path::Path::new("/proc")).unwrap();
+    let before = attest_peer(&peer, &unix, ExeHash::Compute).await.unwrap();
+    let python = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
+    assert!(has(&before.selectors, &format!("unix:path:{}", python.display())), "{:?}", before.selectors);
+
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap() == python {
+        assert!(std::time::Instant::now() < deadline, "the child did not exec");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for hash in [ExeHash::Compute, ExeHash::Skip] {
+        let err = attest_peer(&peer, &unix, hash).await.unwrap_err();
+        assert!(matches!(err, AttestError::ExecChanged(_)), "{err}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -560,3 +560,37 @@ async fn agent_attests_with_x509pop() {
     agent.shutdown().await;
     server.shutdown().await;
 }
+
+/// `unix:sha256` entries work end to end: the agent hashes callers' executables once an entry
+/// asks for it (and not before), and the hash must be the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_on_the_executable_hash_match_only_that_binary() {
+    let stack = Stack::start().await;
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mine =
+        vouch_ca::keys::hex(&vouch_ca::keys::sha256_reader(std::fs::File::open(&exe).unwrap()).unwrap());
+    stack.entry_for_me("p-path", "/by-path", json!({})).await;
+    stack.wait_entries(1).await;
+    let client = spiffe::WorkloadApiClient::connect_to(stack.endpoint()).await.unwrap();
+    client.fetch_x509_svid().await.unwrap();
+    assert_eq!(stack.agent().state.unix.hash_runs(), 0, "no entry uses a hash: none computed");
+
+    let other = "0".repeat(64);
+    for (id, hash) in [("q-other", other.as_str()), ("r-mine", mine.as_str())] {
+        let body = json!({"id": id, "spiffe_id": format!("spiffe://example.org/{id}"), "parent_id": AGENT_ID,
+            "selectors": [format!("unix:uid:{uid}"), format!("unix:sha256:{hash}")]});
+        let _: Value = stack.admin.call("POST", "/v1/entries", Some(&body)).await.unwrap();
+    }
+    stack.wait_entries(3).await;
+    let mut raw = raw_client(&stack.agent().socket).await;
+    let answer =
+        raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner().message().await;
+    let ids = ids(&answer.unwrap().unwrap());
+    assert_eq!(
+        ids,
+        ["spiffe://example.org/by-path", "spiffe://example.org/r-mine"],
+        "not the other binary's"
+    );
+    assert_eq!(stack.agent().state.unix.hash_runs(), 1);
+}
