@@ -114,9 +114,14 @@ impl From<vouch_ca::CaError> for ApiError {
     fn from(e: vouch_ca::CaError) -> Self {
         use vouch_ca::CaError::*;
         match e {
-            InvalidCsr(_) | Refused(_) | InvalidKey(_) | InvalidCertificate(_) | InvalidBundle(_) => {
-                Self::bad_request(e.to_string())
-            }
+            InvalidRequest(_)
+            | InvalidCsr(_)
+            | Refused(_)
+            | InvalidKey(_)
+            | InvalidCertificate(_)
+            | InvalidBundle(_) => Self::bad_request(e.to_string()),
+            // The authority has no usable key right now (it comes with the next rotation).
+            NotReady(_) => Self::unavailable(e.to_string()),
             Crypto(_) | Unseal(_) | InvalidState(_) | Rcgen(_) => Self::internal("signing failed", e),
         }
     }

@@ -794,6 +794,21 @@ async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only
         .await
         .unwrap();
     assert_eq!(jwt.spiffe_id, spiffe_id("spiffe://example.org/web"));
+    // A workload's mistake comes back as 400 `invalid_request` with the reason (the agent answers
+    // INVALID_ARGUMENT), not as "unavailable", which SPIFFE clients retry forever.
+    for (audience, reason) in [
+        (vec!["a".to_owned(); 33], "33 audiences given; at most 32"),
+        (
+            vec!["db".to_owned(), "x\ny".to_owned()],
+            "audience 1 (counting from 0) contains a control character",
+        ),
+        (vec![], "at least one audience"),
+    ] {
+        let req = AgentJwtRequest { entry_id: EntryId::new("web").unwrap(), audience };
+        let (code, message) = refusal(agent.agent_jwt(&req).await, 400);
+        assert_eq!(code, "invalid_request", "{message}");
+        assert!(message.contains(reason), "{message}");
+    }
     // The admin API is not for agents, and agent calls are not for admins.
     refusal(agent.entries().list(&Default::default()).await, 403);
     refusal(local.sign(&SignRequest { requests: vec![] }).await, 401);
