@@ -566,6 +566,57 @@ fn p256_scalar(pkcs8: &[u8]) -> Vec<u8> {
     pkcs8[at..at + 32].to_vec()
 }
 
+/// A database lost next to its key-encryption key must not silently become a new trust domain: every
+/// agent and workload would stop trusting the server. The start is refused with what to do, and
+/// changes nothing; moving the key away is the deliberate way to start afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_next_to_its_key_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let client = AdminClient::unix(&server.admin_socket);
+    let (_, bundle_before) = client.request("GET", "/v1/bundle", None).await.unwrap();
+    server.shutdown().await;
+    let kek_path = dir.path().join("kek");
+    let kek_before = std::fs::read(&kek_path).unwrap();
+
+    for damage in ["deleted", "emptied"] {
+        for name in ["vouch.db", "vouch.db-wal", "vouch.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(name));
+        }
+        if damage == "emptied" {
+            drop(SqliteStore::open(&dir.path().join("vouch.db")).unwrap());
+        }
+        let started = tokio::time::timeout(
+            Duration::from_secs(30),
+            Server::start(config(dir.path(), true), Arc::new(vouch_server::SystemClock), None),
+        )
+        .await
+        .expect("start answers in time");
+        let err =
+            started.err().unwrap_or_else(|| panic!("{damage} database: the server started")).to_string();
+        for want in ["kek", "vouch.db", "holds no trust domain", "Restore the database", "move"] {
+            assert!(err.contains(want), "{damage}: {err:?} should say {want:?}");
+        }
+        assert_eq!(std::fs::read(&kek_path).unwrap(), kek_before, "the key is left alone");
+        let db = dir.path().join("vouch.db");
+        if damage == "deleted" {
+            assert!(!db.exists(), "no new database was created");
+        } else {
+            let store = SqliteStore::open(&db).unwrap();
+            assert_eq!(store.load_authority().await.unwrap(), None, "no new authority was stored");
+        }
+    }
+
+    // Moving the key away is the deliberate choice: a new trust domain with a new key.
+    std::fs::rename(&kek_path, dir.path().join("kek.old")).unwrap();
+    let server = start(dir.path()).await;
+    let (_, bundle_after) =
+        AdminClient::unix(&server.admin_socket).request("GET", "/v1/bundle", None).await.unwrap();
+    assert_ne!(bundle_before, bundle_after, "a new root");
+    assert_ne!(std::fs::read(&kek_path).unwrap(), kek_before);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_entries_and_keys_and_the_database_holds_no_plaintext_key() {
     let dir = tempfile::tempdir().unwrap();
