@@ -105,6 +105,11 @@ impl From<StoreError> for ApiError {
             StoreError::EntryExists(_) | StoreError::TokenExists => Self::conflict(e.to_string()),
             StoreError::RevisionConflict { .. } => Self::revision_conflict(e.to_string()),
             StoreError::EntryNotFound(_) => Self::not_found(e.to_string()),
+            // The message names the entry and what to do, and carries no stored content.
+            StoreError::DamagedEntry { .. } => {
+                tracing::warn!(error = %e, "a damaged entry row was requested");
+                Self::new(ErrorCode::Internal, e.to_string())
+            }
             StoreError::Corrupt(_) | StoreError::Backend(_) => Self::internal("store failure", e),
         }
     }

@@ -740,6 +740,98 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>, status: u16) -> (
     }
 }
 
+/// One entry row damaged behind the server's back (disk fault, a hand edit) must not take down every
+/// listing, every agent's sync and every remote admin call: the row is skipped, and reported by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_entry_row_is_skipped_and_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.tcp_addr.unwrap().to_string();
+    let local = AdminClient::unix(&server.admin_socket);
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let (alice_chain, alice_key, bundle) = mint_files(&local, "spiffe://example.org/admin/alice").await;
+    for e in [
+        json!({"id": "alice", "spiffe_id": "spiffe://example.org/admin/alice", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:alice"], "admin": true}),
+        json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/agent/node-1", "selectors": ["unix:uid:1000"]}),
+        json!({"id": "bad", "spiffe_id": "spiffe://example.org/db", "parent_id": "spiffe://example.org/agent/node-1", "selectors": ["unix:uid:1001"]}),
+    ] {
+        let _: Value = local.call("POST", "/v1/entries", Some(&e)).await.unwrap();
+    }
+    let t = local
+        .create_join_token(&JoinTokenRequest {
+            agent_id: Some(spiffe_id("spiffe://example.org/agent/node-1")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Behind the server's back: one row's data no longer decodes as an entry.
+    let conn = rusqlite::Connection::open(dir.path().join("vouch.db")).unwrap();
+    let n = conn
+        .execute(
+            r#"UPDATE entries SET data = '{"id":"bad","spiffe_id":"secret-looking-value' WHERE id = 'bad'"#,
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(conn);
+
+    // The listing answers with the good entries and names the damaged row, without its content.
+    let list: Value = tokio::time::timeout(Duration::from_secs(30), local.call("GET", "/v1/entries", None))
+        .await
+        .expect("the listing answers within 30 s")
+        .unwrap();
+    let ids: Vec<&str> =
+        list["entries"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["alice", "web"]);
+    let damaged = list["damaged"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{list}");
+    assert_eq!(damaged[0]["id"], "bad");
+    let reason = damaged[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not valid JSON"), "{reason}");
+    assert!(!list.to_string().contains("secret-looking-value"), "the content is not echoed: {list}");
+
+    // A remote admin call (its admin check reads every entry) works.
+    let alice = AdminClient::tls(&addr, &td, &bundle, Some((&alice_chain, &alice_key))).unwrap();
+    let v: Value = tokio::time::timeout(Duration::from_secs(30), alice.call("GET", "/v1/entries", None))
+        .await
+        .expect("the remote admin call answers within 30 s")
+        .unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2);
+
+    // An agent's sync still starts, with its good entry.
+    let anon = AdminClient::tls(&addr, &td, &bundle, None).unwrap();
+    let (csr, key) = csr_and_key();
+    let svid = anon.attest_join_token(&JoinTokenAttestation { token: t.token, csr }).await.unwrap();
+    let agent = AdminClient::tls(&addr, &td, &bundle, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
+    let mut sync = tokio::time::timeout(Duration::from_secs(30), agent.sync())
+        .await
+        .expect("the sync stream answers within 30 s")
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(30), sync.next())
+        .await
+        .expect("the snapshot answers within 30 s")
+    {
+        Some(Ok(SyncLine::Snapshot { entries, .. })) => {
+            let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, ["web"]);
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+
+    // Readiness stays honest: the server serves; the damage is counted for alerting.
+    assert_eq!(local.request("GET", "/readyz", None).await.unwrap().0, 200);
+    let (_, metrics) = local.request("GET", "/metrics", None).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("vouch_store_damaged_rows_skipped_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only() {
     let dir = tempfile::tempdir().unwrap();
