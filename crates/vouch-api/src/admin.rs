@@ -11,6 +11,19 @@ pub const MAX_ENTRY_BATCH: usize = 1000;
 pub struct EntryList {
     /// The entries.
     pub entries: Vec<Entry>,
+    /// Stored rows the listing skipped because they cannot be read (`GET` only; absent when
+    /// none). They are neither listed nor served to agents until repaired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<DamagedEntry>,
+}
+
+/// A stored entry row that cannot be read back (disk fault, hand edit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedEntry {
+    /// The entry id of the row.
+    pub id: String,
+    /// What is wrong with it (never its content).
+    pub reason: String,
 }
 
 /// `POST /v1/entries/batch`: all or none.

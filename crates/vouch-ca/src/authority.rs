@@ -24,6 +24,7 @@ use crate::keys::{random_id, sha256, KeyAlg, KeyUse, SigningKey};
 use crate::seal::Kek;
 use crate::x509::{Ca, CsrPublicKey, X509Svid};
 use crate::CaError;
+use crate::RequestError;
 
 /// Settings of an authority.
 #[derive(Debug, Clone)]
@@ -418,7 +419,7 @@ impl Authority {
             .intermediates
             .iter()
             .find(|i| i.state == KeyState::Active)
-            .ok_or_else(|| CaError::Refused("no active signing CA".into()))?;
+            .ok_or(CaError::NotReady("no active signing CA"))?;
         let svid = ca.ca.sign_svid(spiffe_id, dns_names, public_key, ttl, now)?;
         Ok(IssuedX509 {
             svid,
@@ -437,13 +438,13 @@ impl Authority {
     ) -> Result<MintedJwt, CaError> {
         self.check_domain(spiffe_id)?;
         if spiffe_id.is_trust_domain_id() {
-            return Err(CaError::Refused(format!("`{spiffe_id}` names a trust domain, not a workload")));
+            return Err(RequestError::NotAWorkload(spiffe_id.clone()).into());
         }
         let key = self
             .jwt_keys
             .iter()
             .find(|k| k.state == KeyState::Active)
-            .ok_or_else(|| CaError::Refused("no active JWT key".into()))?;
+            .ok_or(CaError::NotReady("no active JWT key"))?;
         jwt::mint(
             &key.key,
             &key.kid,
@@ -468,10 +469,11 @@ impl Authority {
 
     fn check_domain(&self, id: &SpiffeId) -> Result<(), CaError> {
         if id.trust_domain() != &self.config.trust_domain {
-            return Err(CaError::Refused(format!(
-                "`{id}` is not in trust domain `{}`",
-                self.config.trust_domain
-            )));
+            return Err(RequestError::ForeignTrustDomain {
+                id: id.clone(),
+                trust_domain: self.config.trust_domain.clone(),
+            }
+            .into());
         }
         Ok(())
     }

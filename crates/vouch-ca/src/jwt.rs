@@ -4,24 +4,30 @@
 //! Validation is strict on purpose: `alg` must be one of RS/ES/PS 256/384/512 and match the key's
 //! type; `none` and HMAC are refused outright (an HMAC "signature" made with a public key is the
 //! classic JWT forgery); `kid` must name a known key; `typ`, when present, must be `JWT` or `JOSE`;
-//! `sub` must be a SPIFFE ID; `aud` must contain the expected audience; `exp` must be in the future.
+//! neither the header nor the claims may repeat a key (parsers disagree on which copy wins, so a
+//! repeated `sub` could mean one identity to vouch and another to the relying party); `sub` must be
+//! a workload's SPIFFE ID (not the bare trust-domain ID); `aud` must contain the expected audience;
+//! `exp` must be in the future and `nbf`, when present, not. Neither check has a clock-skew leeway:
+//! the server mints without `nbf` and with `iat` = now, so only foreign tokens carry one.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use vouch_core::{ttl, SpiffeId};
 
 use crate::keys::{random_id, SigningKey};
-use crate::CaError;
+use crate::{CaError, RequestError};
+
+pub use vouch_core::jwt::{check_audiences, AudienceError, MAX_AUDIENCES, MAX_AUDIENCE_BYTES};
 
 /// Largest token accepted for validation, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Most audiences in one JWT-SVID.
-pub const MAX_AUDIENCES: usize = 32;
 
 /// Why a JWT-SVID was rejected. Each reason is its own variant so callers and tests can tell them
 /// apart; messages never include the token.
@@ -68,6 +74,15 @@ pub enum JwtError {
     /// `exp` is not after the validation time.
     #[error("token expired at {0} (unix seconds)")]
     Expired(i64),
+    /// `nbf` is after the validation time.
+    #[error("token is not valid before {0} (unix seconds)")]
+    NotYetValid(i64),
+    /// The header repeats a key (its name, cut to 64 characters).
+    #[error("header key `{0}` appears more than once")]
+    DuplicateHeader(String),
+    /// The claims repeat a key (its name, cut to 64 characters).
+    #[error("claim `{0}` appears more than once")]
+    DuplicateClaim(String),
     /// `aud` does not contain the expected audience.
     #[error("audience `{0}` is not among the token's audiences")]
     WrongAudience(String),
@@ -77,6 +92,10 @@ pub enum JwtError {
     /// `sub` is not a SPIFFE ID.
     #[error("claim `sub` is not a valid SPIFFE ID: {0}")]
     BadSubject(String),
+    /// `sub` is the trust domain's own ID (`spiffe://<td>`, no path): it names no workload, and
+    /// vouch never mints such a token.
+    #[error("claim `sub` is the trust-domain ID `{0}`; a JWT-SVID's subject is a workload ID with a path")]
+    TrustDomainSubject(String),
     /// The subject belongs to another trust domain than the bundle's.
     #[error("subject `{sub}` is not in trust domain `{trust_domain}`")]
     ForeignSubject {
@@ -209,6 +228,8 @@ struct RawClaims {
     #[serde(default)]
     exp: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
@@ -229,20 +250,6 @@ pub struct MintedJwt {
     pub capped: bool,
 }
 
-/// Checks an audience list for minting: 1 to [`MAX_AUDIENCES`] non-empty values of at most 256 bytes.
-pub fn check_audiences(aud: &[String]) -> Result<(), CaError> {
-    if aud.is_empty() {
-        return Err(CaError::Refused("at least one audience is required".into()));
-    }
-    if aud.len() > MAX_AUDIENCES {
-        return Err(CaError::Refused(format!("at most {MAX_AUDIENCES} audiences are allowed")));
-    }
-    if aud.iter().any(|a| a.is_empty() || a.len() > 256 || a.chars().any(char::is_control)) {
-        return Err(CaError::Refused("audiences must be 1-256 bytes without control characters".into()));
-    }
-    Ok(())
-}
-
 /// Mints a JWT-SVID for `sub` with `key` (its `kid` given), valid for `ttl` from `now` but never past
 /// `key_not_after`.
 #[allow(clippy::too_many_arguments)] // each is a distinct claim or bound; a struct would only rename them
@@ -256,9 +263,9 @@ pub fn mint(
     key_not_after: SystemTime,
     now: SystemTime,
 ) -> Result<MintedJwt, CaError> {
-    check_audiences(aud)?;
-    let life = ttl::lifetime(now, ttl, key_not_after)
-        .ok_or_else(|| CaError::Refused("the JWT signing key has expired".into()))?;
+    check_audiences(aud).map_err(RequestError::from)?;
+    let life =
+        ttl::lifetime(now, ttl, key_not_after).ok_or(CaError::NotReady("the JWT signing key has expired"))?;
     let header = Header {
         alg: key.alg().jws_alg().into(),
         kid: Some(kid.into()),
@@ -270,6 +277,7 @@ pub fn mint(
         sub: Some(sub.to_string()),
         aud: Some(if aud.len() == 1 { Audience::One(aud[0].clone()) } else { Audience::Many(aud.to_vec()) }),
         exp: Some(exp),
+        nbf: None,
         iat: Some(ttl::unix_seconds(now)),
         iss: issuer.map(str::to_owned),
         jti: Some(random_id()?),
@@ -286,15 +294,62 @@ fn b64_json<T: Serialize>(value: &T) -> Result<String, CaError> {
     Ok(B64.encode(json))
 }
 
-fn decode_part<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> Result<T, JwtError> {
+/// A JSON object read with its first repeated key noted. serde_json (like many parsers) keeps the
+/// last of repeated keys and others keep the first, so a signed object with two `sub`s means
+/// different things to different readers: such an object is refused, never interpreted.
+struct UniqueKeys {
+    map: serde_json::Map<String, serde_json::Value>,
+    repeated: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueKeys, A::Error> {
+                let mut map = serde_json::Map::new();
+                let mut repeated = None;
+                while let Some((key, value)) = access.next_entry::<String, serde_json::Value>()? {
+                    if map.contains_key(&key) {
+                        repeated.get_or_insert_with(|| key.chars().take(64).collect());
+                    } else {
+                        map.insert(key, value);
+                    }
+                }
+                Ok(UniqueKeys { map, repeated })
+            }
+        }
+        d.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Decodes a base64url JSON object; `repeated` makes the error for a repeated key.
+fn decode_object(
+    part: &str,
+    what: &'static str,
+    repeated: fn(String) -> JwtError,
+) -> Result<serde_json::Value, JwtError> {
     let bytes = B64.decode(part.as_bytes()).map_err(|_| JwtError::Malformed(what))?;
-    serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed(what))
+    let object: UniqueKeys = serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed(what))?;
+    match object.repeated {
+        Some(key) => Err(repeated(key)),
+        None => Ok(serde_json::Value::Object(object.map)),
+    }
+}
+
+fn decode_header(part: &str) -> Result<Header, JwtError> {
+    const WHAT: &str = "header is not base64url JSON";
+    let value = decode_object(part, WHAT, JwtError::DuplicateHeader)?;
+    serde_json::from_value(value).map_err(|_| JwtError::Malformed(WHAT))
 }
 
 /// Reads the `kid` of a token without checking anything (to say which key a caller needs).
 pub fn peek_kid(token: &str) -> Option<String> {
-    let header: Header = decode_part(token.split('.').next()?, "header").ok()?;
-    header.kid
+    decode_header(token.split('.').next()?).ok()?.kid
 }
 
 /// Verifies a compact JWS against `keys` (kid -> key) with the same algorithm rules as JWT-SVIDs
@@ -311,7 +366,7 @@ pub fn verify_jws(
     let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JwtError::Malformed("a JWS has three dot-separated parts"));
     };
-    let header: Header = decode_part(h, "header is not base64url JSON")?;
+    let header = decode_header(h)?;
     let alg = JwsAlg::parse(&header.alg)?;
     if header.crit.is_some() {
         return Err(JwtError::Crit);
@@ -326,7 +381,7 @@ pub fn verify_jws(
     let sig = B64.decode(s.as_bytes()).map_err(|_| JwtError::Malformed("signature is not base64url"))?;
     let signed = &token[..h.len() + 1 + c.len()];
     key.verify(alg, &kid, signed.as_bytes(), &sig)?;
-    let claims = decode_part(c, "claims are not base64url JSON")?;
+    let claims = decode_object(c, "claims are not base64url JSON", JwtError::DuplicateClaim)?;
     Ok((kid, claims))
 }
 
@@ -350,9 +405,16 @@ pub fn validate(
             trust_domain: trust_domain.to_string(),
         });
     }
+    if sub.is_trust_domain_id() {
+        return Err(JwtError::TrustDomainSubject(sub.to_string()));
+    }
+    let now = ttl::unix_seconds(now);
     let exp = claims.exp.ok_or(JwtError::MissingClaim("exp"))?;
-    if ttl::unix_seconds(now) >= exp {
+    if now >= exp {
         return Err(JwtError::Expired(exp));
+    }
+    if let Some(nbf) = claims.nbf.filter(|nbf| now < *nbf) {
+        return Err(JwtError::NotYetValid(nbf));
     }
     let aud = match claims.aud.ok_or(JwtError::MissingClaim("aud"))? {
         Audience::One(a) => vec![a],
@@ -433,7 +495,8 @@ mod tests {
         assert_eq!((c.exp, c.iat, c.kid.as_str()), (1300, Some(1000), "k1"));
         assert_eq!(c.iss.as_deref(), Some("https://vouch.example"));
         assert_eq!(c.jti.as_ref().map(String::len), Some(32));
-        let header: serde_json::Value = decode_part(m.token.split('.').next().unwrap(), "h").unwrap();
+        let header =
+            decode_object(m.token.split('.').next().unwrap(), "h", JwtError::DuplicateHeader).unwrap();
         assert_eq!(header, serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"}));
     }
 
@@ -520,6 +583,128 @@ mod tests {
         ));
         let tok = forge(&f.key, h, serde_json::json!({"aud": "db", "exp": 2000}));
         assert_eq!(validate(&tok, &f.keys, &f.td, "db", t(1000)), Err(JwtError::MissingClaim("sub")));
+    }
+
+    #[test]
+    fn not_before_is_checked() {
+        let f = fixture();
+        let h = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let with_nbf = |nbf: i64| {
+            let c =
+                serde_json::json!({"sub": "spiffe://example.org/web", "aud": "db", "exp": 2000, "nbf": nbf});
+            forge(&f.key, h.clone(), c)
+        };
+        assert_eq!(
+            validate(&with_nbf(1001), &f.keys, &f.td, "db", t(1000)),
+            Err(JwtError::NotYetValid(1001))
+        );
+        assert_eq!(
+            validate(&with_nbf(1500), &f.keys, &f.td, "db", t(1000)),
+            Err(JwtError::NotYetValid(1500))
+        );
+        // Valid from `nbf` on, inclusive (RFC 7519 section 4.1.5), and `nbf` is optional.
+        assert!(validate(&with_nbf(1000), &f.keys, &f.td, "db", t(1000)).is_ok());
+        assert!(validate(&with_nbf(999), &f.keys, &f.td, "db", t(1000)).is_ok());
+        assert!(validate(&forge(&f.key, h, claims(2000)), &f.keys, &f.td, "db", t(1000)).is_ok());
+        // A minted token carries no `nbf`.
+        let payload = mint_at(&f, 1000).token.split('.').nth(1).unwrap().to_owned();
+        let minted: serde_json::Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+        assert!(minted.get("nbf").is_none(), "{minted}");
+    }
+
+    #[test]
+    fn rejects_the_trust_domain_as_subject() {
+        let f = fixture();
+        let h = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let tok = forge(
+            &f.key,
+            h.clone(),
+            serde_json::json!({"sub": "spiffe://example.org", "aud": "db", "exp": 2000}),
+        );
+        assert_eq!(
+            validate(&tok, &f.keys, &f.td, "db", t(1000)),
+            Err(JwtError::TrustDomainSubject("spiffe://example.org".into()))
+        );
+        let tok =
+            forge(&f.key, h, serde_json::json!({"sub": "spiffe://example.org/a", "aud": "db", "exp": 2000}));
+        assert!(validate(&tok, &f.keys, &f.td, "db", t(1000)).is_ok());
+    }
+
+    /// Signs raw header and claims text, so keys can repeat (a JSON value cannot hold that).
+    fn forge_raw(key: &SigningKey, header: &str, claims: &str) -> String {
+        let body = format!("{}.{}", B64.encode(header), B64.encode(claims));
+        let sig = key.sign(body.as_bytes()).unwrap();
+        format!("{body}.{}", B64.encode(sig))
+    }
+
+    #[test]
+    fn rejects_repeated_keys() {
+        let f = fixture();
+        let h = r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#;
+        // Signed by the real key: a parser keeping the last `sub` would accept it as `admin`.
+        let two_subs =
+            r#"{"sub":"spiffe://example.org/web","aud":"db","exp":2000,"sub":"spiffe://example.org/admin"}"#;
+        let tok = forge_raw(&f.key, h, two_subs);
+        assert_eq!(
+            validate(&tok, &f.keys, &f.td, "db", t(1000)),
+            Err(JwtError::DuplicateClaim("sub".into()))
+        );
+        let two_exps = r#"{"sub":"spiffe://example.org/web","aud":"db","exp":2000,"exp":9999}"#;
+        let tok = forge_raw(&f.key, h, two_exps);
+        assert_eq!(
+            validate(&tok, &f.keys, &f.td, "db", t(1000)),
+            Err(JwtError::DuplicateClaim("exp".into()))
+        );
+        // Also a claim vouch does not read: the relying party may.
+        let two_x = r#"{"sub":"spiffe://example.org/web","aud":"db","exp":2000,"x":1,"x":2}"#;
+        let tok = forge_raw(&f.key, h, two_x);
+        assert_eq!(validate(&tok, &f.keys, &f.td, "db", t(1000)), Err(JwtError::DuplicateClaim("x".into())));
+        // The same in the header, known key or not.
+        let claims = r#"{"sub":"spiffe://example.org/web","aud":"db","exp":2000}"#;
+        for (header, key) in [
+            (r#"{"alg":"ES256","kid":"k1","kid":"k9"}"#, "kid"),
+            (r#"{"alg":"ES256","kid":"k1","zip":"a","zip":"b"}"#, "zip"),
+        ] {
+            let tok = forge_raw(&f.key, header, claims);
+            assert_eq!(
+                validate(&tok, &f.keys, &f.td, "db", t(1000)),
+                Err(JwtError::DuplicateHeader(key.into()))
+            );
+        }
+        // Nested objects may repeat nothing we read, and distinct keys pass.
+        assert!(validate(&forge_raw(&f.key, h, claims), &f.keys, &f.td, "db", t(1000)).is_ok());
+        // The message names the key, not the token.
+        let long = format!(
+            r#"{{"sub":"spiffe://example.org/web","aud":"db","exp":2000,"{k}":1,"{k}":2}}"#,
+            k = "k".repeat(500)
+        );
+        let err = validate(&forge_raw(&f.key, h, &long), &f.keys, &f.td, "db", t(1000)).unwrap_err();
+        assert_eq!(err, JwtError::DuplicateClaim("k".repeat(64)));
+    }
+
+    #[test]
+    fn minting_refuses_caller_mistakes_as_invalid_requests() {
+        let f = fixture();
+        let mint_for = |aud: Vec<String>| {
+            mint(&f.key, "k1", &f.sub, &aud, None, Duration::from_secs(300), t(9000), t(1000))
+        };
+        let cases = [
+            (vec![], AudienceError::Missing),
+            (vec!["a".to_string(); 33], AudienceError::TooMany(33)),
+            (vec!["db".into(), String::new()], AudienceError::Empty(1)),
+            (vec!["db\r\nx".to_string()], AudienceError::ControlCharacter(0)),
+        ];
+        for (aud, want) in cases {
+            match mint_for(aud) {
+                Err(CaError::InvalidRequest(RequestError::Audience(got))) => assert_eq!(got, want),
+                other => panic!("{want:?}: {other:?}"),
+            }
+        }
+        assert!(mint_for(vec!["a".to_string(); 32]).is_ok());
+        // An expired key is the server's state, not the caller's mistake.
+        let expired =
+            mint(&f.key, "k1", &f.sub, &["a".into()], None, Duration::from_secs(300), t(900), t(1000));
+        assert!(matches!(expired, Err(CaError::NotReady(_))), "{expired:?}");
     }
 
     #[test]

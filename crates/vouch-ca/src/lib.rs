@@ -21,14 +21,26 @@ pub mod x509;
 
 pub use authority::{Authority, AuthorityConfig, AuthorityState, IssuedX509, KeyState, KeySummary};
 pub use bundle::Bundle;
-pub use jwt::{JwtError, JwtSvidClaims, MintedJwt};
+pub use jwt::{AudienceError, JwtError, JwtSvidClaims, MintedJwt};
 pub use keys::{KeyAlg, KeyUse, SigningKey, WorkloadKey};
 pub use seal::Kek;
 pub use x509::{verify_csr, verify_csr_pem_or_der, Ca, CsrPublicKey, X509Svid};
 
 /// Errors of the CA crate. Messages never contain key material.
+///
+/// Three kinds matter to front ends: [`CaError::InvalidRequest`] is the caller's mistake (HTTP 400
+/// `invalid_request`, gRPC `INVALID_ARGUMENT`: retrying the same request never succeeds);
+/// [`CaError::NotReady`] is the server's state (HTTP 503 `unavailable`, gRPC `UNAVAILABLE`: retry
+/// later); the rest are refusals of presented material (400) or faults of the server (500).
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
+    /// The request is wrong in itself: see [`RequestError`].
+    #[error("{0}")]
+    InvalidRequest(#[from] RequestError),
+    /// The authority has no usable key for this right now (none active yet, or expired): the
+    /// request may succeed after the next rotation.
+    #[error("not ready to sign: {0}")]
+    NotReady(&'static str),
     /// A cryptographic primitive failed (should not happen with valid inputs).
     #[error("cryptographic operation failed: {0}")]
     Crypto(&'static str),
@@ -56,4 +68,25 @@ pub enum CaError {
     /// Certificate generation failed.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+}
+
+/// A signing request that is wrong in itself: the caller's mistake, never the server's state, so
+/// front ends answer it as an invalid argument (HTTP 400 `invalid_request`; the agent's Workload API
+/// `INVALID_ARGUMENT`), never as "unavailable, retry".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The JWT-SVID audiences are unusable (none, too many, empty, too long, control characters).
+    #[error("audience: {0}")]
+    Audience(#[from] AudienceError),
+    /// The SPIFFE ID is a bare trust-domain ID: it names no workload.
+    #[error("`{0}` names a trust domain, not a workload")]
+    NotAWorkload(vouch_core::SpiffeId),
+    /// The SPIFFE ID belongs to another trust domain than this authority's.
+    #[error("`{id}` is not in trust domain `{trust_domain}`")]
+    ForeignTrustDomain {
+        /// The requested ID.
+        id: vouch_core::SpiffeId,
+        /// This authority's trust domain.
+        trust_domain: vouch_core::TrustDomain,
+    },
 }

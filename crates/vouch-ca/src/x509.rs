@@ -229,10 +229,10 @@ impl Ca {
         now: SystemTime,
     ) -> Result<X509Svid, CaError> {
         if spiffe_id.is_trust_domain_id() {
-            return Err(CaError::Refused(format!("`{spiffe_id}` names a trust domain, not a workload")));
+            return Err(crate::RequestError::NotAWorkload(spiffe_id.clone()).into());
         }
         let life = ttl::lifetime(whole_seconds(now), ttl, self.not_after)
-            .ok_or_else(|| CaError::Refused("the signing CA has expired".into()))?;
+            .ok_or(CaError::NotReady("the signing CA has expired"))?;
         let not_before = life.not_before.max(self.not_before);
         if let (Some(template), Some(spki)) = (&self.template, &public_key.spki) {
             let dns: Vec<&str> = dns_names.iter().map(|d| d.as_str()).collect();

@@ -70,6 +70,13 @@ pub fn print_entries(output: Output, list: &EntryList) -> Result<()> {
     if rows.is_empty() {
         eprintln!("(no entries)");
     }
+    // On stderr, so the table stays parseable; the JSON output carries the same list.
+    for d in &list.damaged {
+        eprintln!(
+            "warning: entry `{}` is damaged in the database and was skipped: {} (see docs/operations.md, \"Damaged entry rows\")",
+            d.id, d.reason
+        );
+    }
     Ok(())
 }
 

@@ -84,7 +84,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let seq = state.with_authority(|a| a.sequence());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(seq)).into_response()
+    let damaged = state.store.damaged_rows_skipped();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(seq, damaged))
+        .into_response()
 }
 
 async fn openapi() -> Response {
@@ -183,7 +185,7 @@ async fn batch_create_entries(
     for e in &entries {
         tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %e.id, spiffe_id = %e.spiffe_id, admin = e.admin);
     }
-    Ok((StatusCode::CREATED, Json(EntryList { entries })))
+    Ok((StatusCode::CREATED, Json(EntryList { entries, damaged: Vec::new() })))
 }
 
 async fn list_entries(
@@ -207,7 +209,13 @@ async fn list_entries(
             })
             .transpose()?,
     };
-    Ok(Json(EntryList { entries: state.store.list_entries(&filter).await? }))
+    let listing = state.store.scan_entries(&filter).await?;
+    let damaged = listing
+        .damaged
+        .into_iter()
+        .map(|d| vouch_api::admin::DamagedEntry { id: d.id, reason: d.reason })
+        .collect();
+    Ok(Json(EntryList { entries: listing.entries, damaged }))
 }
 
 fn parse_entry_id(id: &str) -> AppResult<EntryId> {

@@ -105,6 +105,11 @@ impl From<StoreError> for ApiError {
             StoreError::EntryExists(_) | StoreError::TokenExists => Self::conflict(e.to_string()),
             StoreError::RevisionConflict { .. } => Self::revision_conflict(e.to_string()),
             StoreError::EntryNotFound(_) => Self::not_found(e.to_string()),
+            // The message names the entry and what to do, and carries no stored content.
+            StoreError::DamagedEntry { .. } => {
+                tracing::warn!(error = %e, "a damaged entry row was requested");
+                Self::new(ErrorCode::Internal, e.to_string())
+            }
             StoreError::Corrupt(_) | StoreError::Backend(_) => Self::internal("store failure", e),
         }
     }
@@ -114,9 +119,14 @@ impl From<vouch_ca::CaError> for ApiError {
     fn from(e: vouch_ca::CaError) -> Self {
         use vouch_ca::CaError::*;
         match e {
-            InvalidCsr(_) | Refused(_) | InvalidKey(_) | InvalidCertificate(_) | InvalidBundle(_) => {
-                Self::bad_request(e.to_string())
-            }
+            InvalidRequest(_)
+            | InvalidCsr(_)
+            | Refused(_)
+            | InvalidKey(_)
+            | InvalidCertificate(_)
+            | InvalidBundle(_) => Self::bad_request(e.to_string()),
+            // The authority has no usable key right now (it comes with the next rotation).
+            NotReady(_) => Self::unavailable(e.to_string()),
             Crypto(_) | Unseal(_) | InvalidState(_) | Rcgen(_) => Self::internal("signing failed", e),
         }
     }

@@ -60,7 +60,27 @@ pub enum StartError {
     /// TLS set-up problem.
     #[error("tls: {0}")]
     Tls(String),
+    /// The key-encryption key file exists but the database holds no authority: the database was
+    /// deleted, emptied or replaced. Starting would create a new root CA that no agent or workload
+    /// trusts, so the operator must choose: restore the database, or start a new trust domain on
+    /// purpose by moving the key file away.
+    #[error(
+        "the key-encryption key {} exists but the database {} holds no trust domain (it was deleted, emptied or replaced); \
+         starting would create a new root CA that no agent or workload trusts. Restore the database from its backup \
+         (with its -wal file), or, to start a new trust domain on purpose, move {} away and start again (a new key is \
+         created; see docs/operations.md, \"Files and backup\")",
+        kek.display(), db.display(), kek.display()
+    )]
+    KekWithoutDatabase {
+        /// The key-encryption key file.
+        kek: PathBuf,
+        /// The database file.
+        db: PathBuf,
+    },
 }
+
+/// The database file's name in the data directory.
+const DB_FILE: &str = "vouch.db";
 
 impl From<vouch_store::StoreError> for StartError {
     fn from(e: vouch_store::StoreError) -> Self {
@@ -80,7 +100,9 @@ pub fn own_uid() -> u32 {
 
 /// Loads the key-encryption key: from `env_kek` (base64) if given, else from the configured file;
 /// creates the file on first start. Refuses to create a new one when keys are already stored, since
-/// they could never be opened again.
+/// they could never be opened again; and refuses an existing file when nothing is stored, since the
+/// file was made with a database that is gone (a first start has no file). A key from `env_kek`
+/// cannot tell a first start from a lost database, so it is used either way.
 pub fn load_or_create_kek(
     config: &Config,
     env_kek: Option<&str>,
@@ -91,6 +113,9 @@ pub fn load_or_create_kek(
     }
     let path = &config.kek_file;
     match std::fs::read_to_string(path) {
+        Ok(_) if !have_state => {
+            Err(StartError::KekWithoutDatabase { kek: path.clone(), db: config.data_dir.join(DB_FILE) })
+        }
         Ok(text) => {
             let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077).unwrap_or(0);
             if mode != 0 {
@@ -148,7 +173,12 @@ impl Server {
         env_kek: Option<&str>,
     ) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
-        let db = config.data_dir.join("vouch.db");
+        let db = config.data_dir.join(DB_FILE);
+        // Checked before opening, which would create an empty database and so change the data
+        // directory of a start that is then refused (the check after opening covers emptied files).
+        if env_kek.is_none() && !db.exists() && config.kek_file.exists() {
+            return Err(StartError::KekWithoutDatabase { kek: config.kek_file.clone(), db });
+        }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
         let have_state = store.load_authority().await?.is_some();
         let kek = load_or_create_kek(&config, env_kek, have_state)?;

@@ -28,8 +28,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The text exposition.
-    pub fn render(&self, bundle_sequence: u64) -> String {
+    /// The text exposition; `damaged_rows_skipped` is the store's counter of entry rows that
+    /// listings skipped as unreadable.
+    pub fn render(&self, bundle_sequence: u64, damaged_rows_skipped: u64) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
             vouch_core::metrics::counter(out, name, help, v.load(Ordering::Relaxed));
@@ -60,6 +61,12 @@ impl Metrics {
             "Requests refused by authentication or authorization.",
             &self.auth_denied,
         );
+        vouch_core::metrics::counter(
+            &mut out,
+            "vouch_store_damaged_rows_skipped_total",
+            "Entry rows skipped by listings because they cannot be read (see GET /v1/entries `damaged`).",
+            damaged_rows_skipped,
+        );
         let _ = writeln!(
             out,
             "# HELP vouch_issuance_seconds Issuance latency.\n# TYPE vouch_issuance_seconds histogram"
@@ -85,11 +92,12 @@ mod tests {
         let m = Metrics::default();
         m.x509_issued.fetch_add(3, Ordering::Relaxed);
         m.x509_latency.observe(Duration::from_micros(700));
-        let text = m.render(7);
+        let text = m.render(7, 2);
         assert!(text.contains("vouch_x509_svids_issued_total 3"));
         assert!(text.contains("vouch_issuance_seconds_bucket{kind=\"x509\",le=\"0.0005\"} 0"));
         assert!(text.contains("vouch_issuance_seconds_bucket{kind=\"x509\",le=\"0.001\"} 1"));
         assert!(text.contains("vouch_issuance_seconds_count{kind=\"x509\"} 1"));
         assert!(text.contains("vouch_bundle_sequence 7"));
+        assert!(text.contains("vouch_store_damaged_rows_skipped_total 2"));
     }
 }

@@ -566,6 +566,57 @@ fn p256_scalar(pkcs8: &[u8]) -> Vec<u8> {
     pkcs8[at..at + 32].to_vec()
 }
 
+/// A database lost next to its key-encryption key must not silently become a new trust domain: every
+/// agent and workload would stop trusting the server. The start is refused with what to do, and
+/// changes nothing; moving the key away is the deliberate way to start afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_next_to_its_key_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let client = AdminClient::unix(&server.admin_socket);
+    let (_, bundle_before) = client.request("GET", "/v1/bundle", None).await.unwrap();
+    server.shutdown().await;
+    let kek_path = dir.path().join("kek");
+    let kek_before = std::fs::read(&kek_path).unwrap();
+
+    for damage in ["deleted", "emptied"] {
+        for name in ["vouch.db", "vouch.db-wal", "vouch.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(name));
+        }
+        if damage == "emptied" {
+            drop(SqliteStore::open(&dir.path().join("vouch.db")).unwrap());
+        }
+        let started = tokio::time::timeout(
+            Duration::from_secs(30),
+            Server::start(config(dir.path(), true), Arc::new(vouch_server::SystemClock), None),
+        )
+        .await
+        .expect("start answers in time");
+        let err =
+            started.err().unwrap_or_else(|| panic!("{damage} database: the server started")).to_string();
+        for want in ["kek", "vouch.db", "holds no trust domain", "Restore the database", "move"] {
+            assert!(err.contains(want), "{damage}: {err:?} should say {want:?}");
+        }
+        assert_eq!(std::fs::read(&kek_path).unwrap(), kek_before, "the key is left alone");
+        let db = dir.path().join("vouch.db");
+        if damage == "deleted" {
+            assert!(!db.exists(), "no new database was created");
+        } else {
+            let store = SqliteStore::open(&db).unwrap();
+            assert_eq!(store.load_authority().await.unwrap(), None, "no new authority was stored");
+        }
+    }
+
+    // Moving the key away is the deliberate choice: a new trust domain with a new key.
+    std::fs::rename(&kek_path, dir.path().join("kek.old")).unwrap();
+    let server = start(dir.path()).await;
+    let (_, bundle_after) =
+        AdminClient::unix(&server.admin_socket).request("GET", "/v1/bundle", None).await.unwrap();
+    assert_ne!(bundle_before, bundle_after, "a new root");
+    assert_ne!(std::fs::read(&kek_path).unwrap(), kek_before);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_entries_and_keys_and_the_database_holds_no_plaintext_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -689,6 +740,98 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>, status: u16) -> (
     }
 }
 
+/// One entry row damaged behind the server's back (disk fault, a hand edit) must not take down every
+/// listing, every agent's sync and every remote admin call: the row is skipped, and reported by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_entry_row_is_skipped_and_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.tcp_addr.unwrap().to_string();
+    let local = AdminClient::unix(&server.admin_socket);
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let (alice_chain, alice_key, bundle) = mint_files(&local, "spiffe://example.org/admin/alice").await;
+    for e in [
+        json!({"id": "alice", "spiffe_id": "spiffe://example.org/admin/alice", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:alice"], "admin": true}),
+        json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/agent/node-1", "selectors": ["unix:uid:1000"]}),
+        json!({"id": "bad", "spiffe_id": "spiffe://example.org/db", "parent_id": "spiffe://example.org/agent/node-1", "selectors": ["unix:uid:1001"]}),
+    ] {
+        let _: Value = local.call("POST", "/v1/entries", Some(&e)).await.unwrap();
+    }
+    let t = local
+        .create_join_token(&JoinTokenRequest {
+            agent_id: Some(spiffe_id("spiffe://example.org/agent/node-1")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Behind the server's back: one row's data no longer decodes as an entry.
+    let conn = rusqlite::Connection::open(dir.path().join("vouch.db")).unwrap();
+    let n = conn
+        .execute(
+            r#"UPDATE entries SET data = '{"id":"bad","spiffe_id":"secret-looking-value' WHERE id = 'bad'"#,
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(conn);
+
+    // The listing answers with the good entries and names the damaged row, without its content.
+    let list: Value = tokio::time::timeout(Duration::from_secs(30), local.call("GET", "/v1/entries", None))
+        .await
+        .expect("the listing answers within 30 s")
+        .unwrap();
+    let ids: Vec<&str> =
+        list["entries"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["alice", "web"]);
+    let damaged = list["damaged"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{list}");
+    assert_eq!(damaged[0]["id"], "bad");
+    let reason = damaged[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not valid JSON"), "{reason}");
+    assert!(!list.to_string().contains("secret-looking-value"), "the content is not echoed: {list}");
+
+    // A remote admin call (its admin check reads every entry) works.
+    let alice = AdminClient::tls(&addr, &td, &bundle, Some((&alice_chain, &alice_key))).unwrap();
+    let v: Value = tokio::time::timeout(Duration::from_secs(30), alice.call("GET", "/v1/entries", None))
+        .await
+        .expect("the remote admin call answers within 30 s")
+        .unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2);
+
+    // An agent's sync still starts, with its good entry.
+    let anon = AdminClient::tls(&addr, &td, &bundle, None).unwrap();
+    let (csr, key) = csr_and_key();
+    let svid = anon.attest_join_token(&JoinTokenAttestation { token: t.token, csr }).await.unwrap();
+    let agent = AdminClient::tls(&addr, &td, &bundle, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
+    let mut sync = tokio::time::timeout(Duration::from_secs(30), agent.sync())
+        .await
+        .expect("the sync stream answers within 30 s")
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(30), sync.next())
+        .await
+        .expect("the snapshot answers within 30 s")
+    {
+        Some(Ok(SyncLine::Snapshot { entries, .. })) => {
+            let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, ["web"]);
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+
+    // Readiness stays honest: the server serves; the damage is counted for alerting.
+    assert_eq!(local.request("GET", "/readyz", None).await.unwrap().0, 200);
+    let (_, metrics) = local.request("GET", "/metrics", None).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("vouch_store_damaged_rows_skipped_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -794,6 +937,21 @@ async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only
         .await
         .unwrap();
     assert_eq!(jwt.spiffe_id, spiffe_id("spiffe://example.org/web"));
+    // A workload's mistake comes back as 400 `invalid_request` with the reason (the agent answers
+    // INVALID_ARGUMENT), not as "unavailable", which SPIFFE clients retry forever.
+    for (audience, reason) in [
+        (vec!["a".to_owned(); 33], "33 audiences given; at most 32"),
+        (
+            vec!["db".to_owned(), "x\ny".to_owned()],
+            "audience 1 (counting from 0) contains a control character",
+        ),
+        (vec![], "at least one audience"),
+    ] {
+        let req = AgentJwtRequest { entry_id: EntryId::new("web").unwrap(), audience };
+        let (code, message) = refusal(agent.agent_jwt(&req).await, 400);
+        assert_eq!(code, "invalid_request", "{message}");
+        assert!(message.contains(reason), "{message}");
+    }
     // The admin API is not for agents, and agent calls are not for admins.
     refusal(agent.entries().list(&Default::default()).await, 403);
     refusal(local.sign(&SignRequest { requests: vec![] }).await, 401);

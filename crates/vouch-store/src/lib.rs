@@ -37,12 +37,43 @@ pub enum StoreError {
     /// A join token with this hash already exists.
     #[error("join token already exists")]
     TokenExists,
+    /// One entry's row cannot be decoded: the entry exists but cannot be used until it is deleted
+    /// or restored.
+    #[error("entry `{id}` is damaged in the database ({reason}); restore the database from a backup, or stop the server and remove the row (sqlite3 vouch.db \"DELETE FROM entries WHERE id = '{id}'\") and create the entry again")]
+    DamagedEntry {
+        /// The entry id.
+        id: String,
+        /// What is wrong, without the row's content.
+        reason: String,
+    },
     /// Stored data could not be decoded (corruption or a newer schema).
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     /// The database reported an error.
     #[error("database error: {0}")]
     Backend(String),
+}
+
+/// An entry row that could not be read back (disk fault, a hand edit, a downgrade). Listings skip it
+/// so that one bad row cannot take every listing, sync and admin check down with it; they report
+/// it here so an admin can repair it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedEntry {
+    /// The row's entry id (`rowid <n>` when even the id is unreadable).
+    pub id: String,
+    /// What is wrong, without the row's content.
+    pub reason: String,
+}
+
+/// The answer of [`Store::scan_entries`]: the readable entries passing the filter and the damaged
+/// rows met on the way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryListing {
+    /// Entries passing the filter, ordered by id.
+    pub entries: Vec<Entry>,
+    /// Rows in the scanned range that could not be decoded, ordered by id. A damaged row cannot
+    /// be matched against the filter's selector, so every damaged row of the range is listed.
+    pub damaged: Vec<DamagedEntry>,
 }
 
 /// Filters for listing entries; all given conditions must hold.
@@ -122,8 +153,20 @@ pub trait Store: Send + Sync + 'static {
     /// One entry by id.
     async fn get_entry(&self, id: &EntryId) -> Result<Option<Entry>, StoreError>;
 
-    /// Entries passing `filter`, ordered by id.
-    async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, StoreError>;
+    /// Entries passing `filter`, ordered by id, and the damaged rows of the scanned range. A row
+    /// that cannot be decoded is skipped, counted (see [`Store::damaged_rows_skipped`]) and
+    /// reported, never an error for the whole listing.
+    async fn scan_entries(&self, filter: &EntryFilter) -> Result<EntryListing, StoreError>;
+
+    /// Entries passing `filter`, ordered by id; damaged rows are skipped (see
+    /// [`Store::scan_entries`]).
+    async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.scan_entries(filter).await?.entries)
+    }
+
+    /// How many times a listing has skipped a damaged row since the store was opened (a counter
+    /// for alerting).
+    fn damaged_rows_skipped(&self) -> u64;
 
     /// Replaces an entry whose stored revision is `entry.revision - 1`.
     async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError>;

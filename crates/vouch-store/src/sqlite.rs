@@ -1,14 +1,18 @@
 //! The embedded SQLite store: one file in the data directory, WAL journal, schema migrations by
 //! `PRAGMA user_version`.
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
-use crate::{AgentRecord, EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
+use crate::{
+    AgentRecord, DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError, TokenUse,
+};
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -44,6 +48,30 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    damage: Arc<DamageLog>,
+}
+
+/// Damaged rows met by listings: a counter, and the ids already logged, so a row that every sync
+/// and admin check meets is logged once, not once per listing (log lines are a bounded cost).
+#[derive(Default)]
+struct DamageLog {
+    skipped: AtomicU64,
+    logged: Mutex<HashSet<String>>,
+}
+
+impl DamageLog {
+    fn skipped(&self, row: &DamagedEntry) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.insert(row.id.clone()) {
+            tracing::warn!(entry_id = %row.id, reason = %row.reason, "skipping a damaged entry row: it is not served or listed until the database is restored or the row is removed");
+        }
+    }
+
+    /// A deleted or rewritten row may be damaged again later and should be logged again then.
+    fn forget(&self, id: &str) {
+        self.logged.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -56,8 +84,30 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn decode_entry(data: &str) -> Result<Entry, StoreError> {
-    serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("entry: {e}")))
+/// Why an entry's stored JSON does not decode, by category and position only: serde's own message
+/// can quote the stored value.
+fn damage_reason(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax | Category::Eof => "data is not valid JSON",
+        Category::Data => "data is not a valid entry",
+        Category::Io => "data cannot be read",
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
+}
+
+/// Decodes one entry row; the id column must agree with the data (sync and updates go by it).
+fn decode_row(id: &str, data: &str) -> Result<Entry, DamagedEntry> {
+    let damaged = |reason: String| DamagedEntry { id: id.to_owned(), reason };
+    let entry: Entry = serde_json::from_str(data).map_err(|e| damaged(damage_reason(&e)))?;
+    if entry.id.as_str() != id {
+        return Err(damaged("the data's id differs from the row's id".into()));
+    }
+    Ok(entry)
+}
+
+fn decode_entry(id: &str, data: &str) -> Result<Entry, StoreError> {
+    decode_row(id, data).map_err(|d| StoreError::DamagedEntry { id: d.id, reason: d.reason })
 }
 
 fn encode_entry(entry: &Entry) -> Result<String, StoreError> {
@@ -98,7 +148,7 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), damage: Arc::default() })
     }
 
     /// Runs `f` on the connection on a blocking thread, so SQLite never stalls the async runtime.
@@ -172,35 +222,60 @@ impl Store for SqliteStore {
                 .query_row("SELECT data FROM entries WHERE id = ?1", [&id], |r| r.get(0))
                 .optional()
                 .map_err(backend)?;
-            data.as_deref().map(decode_entry).transpose()
+            data.as_deref().map(|d| decode_entry(&id, d)).transpose()
         })
         .await
     }
 
-    async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, StoreError> {
+    async fn scan_entries(&self, filter: &EntryFilter) -> Result<EntryListing, StoreError> {
         let filter = filter.clone();
+        let damage = self.damage.clone();
         self.with(move |conn| {
             // The indexed columns narrow the scan; the filter itself decides.
             let spiffe = filter.spiffe_id.as_ref().map(SpiffeId::to_string);
             let parent = filter.parent_id.as_ref().map(SpiffeId::to_string);
             let mut stmt = conn
                 .prepare(
-                    "SELECT data FROM entries
+                    "SELECT rowid, id, data FROM entries
                      WHERE (?1 IS NULL OR spiffe_id = ?1) AND (?2 IS NULL OR parent_id = ?2)
                      ORDER BY id",
                 )
                 .map_err(backend)?;
-            let rows = stmt.query_map(params![spiffe, parent], |r| r.get::<_, String>(0)).map_err(backend)?;
-            let mut out = Vec::new();
+            // Columns are read as raw values: a column of the wrong type is one damaged row, not
+            // an error for the whole listing.
+            let rows = stmt
+                .query_map(params![spiffe, parent], |r| {
+                    let id = match r.get_ref(1)?.as_str() {
+                        Ok(id) => id.to_owned(),
+                        Err(_) => format!("rowid {}", r.get::<_, i64>(0)?),
+                    };
+                    let data = r.get_ref(2)?.as_str().ok().map(str::to_owned);
+                    Ok((id, data))
+                })
+                .map_err(backend)?;
+            let mut listing = EntryListing::default();
             for row in rows {
-                let entry = decode_entry(&row.map_err(backend)?)?;
-                if filter.accepts(&entry) {
-                    out.push(entry);
+                let (id, data) = row.map_err(backend)?;
+                let decoded = match data {
+                    Some(data) => decode_row(&id, &data),
+                    None => Err(DamagedEntry { id, reason: "data is not text".into() }),
+                };
+                match decoded {
+                    Ok(entry) if filter.accepts(&entry) => listing.entries.push(entry),
+                    Ok(_) => {}
+                    Err(damaged) => {
+                        damage.skipped(&damaged);
+                        listing.damaged.push(damaged);
+                    }
                 }
             }
-            Ok(out)
+            Ok(listing)
         })
         .await
+    }
+
+    fn damaged_rows_skipped(&self) -> u64 {
+        self.damage.skipped.load(Ordering::Relaxed)
     }
 
     async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError> {
@@ -229,7 +304,9 @@ impl Store for SqliteStore {
             .map_err(backend)?;
             tx.commit().map_err(backend)
         })
-        .await
+        .await?;
+        self.damage.forget(&entry.id.to_string());
+        Ok(())
     }
 
     async fn delete_entry(&self, id: &EntryId) -> Result<Entry, StoreError> {
@@ -241,9 +318,12 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             let Some(data) = data else { return Err(StoreError::EntryNotFound(id)) };
+            // Decoded before deleting: a damaged row is refused here, as it is by every other
+            // call that needs the entry, instead of vanishing with an error.
+            let entry = decode_entry(&id, &data)?;
             tx.execute("DELETE FROM entries WHERE id = ?1", [&id]).map_err(backend)?;
             tx.commit().map_err(backend)?;
-            decode_entry(&data)
+            Ok(entry)
         })
         .await
     }
