@@ -65,10 +65,15 @@ impl From<WorkloadError> for Status {
     }
 }
 
-/// The server's reason when it refused the request as malformed (HTTP 400), which no retry fixes.
+/// The server's reason when it refused the request itself (HTTP 400 `invalid_request`: the
+/// workload's audiences, say), which no retry fixes.
 fn refused_request(error: &AgentError) -> Option<&str> {
     match error {
-        AgentError::Server(vouch_client::ClientError::Api { status: 400, message, .. }) => Some(message),
+        AgentError::Server(vouch_client::ClientError::Api { status: 400, code, message })
+            if code == "invalid_request" =>
+        {
+            Some(message)
+        }
         _ => None,
     }
 }
@@ -89,7 +94,7 @@ mod tests {
         assert_eq!((denied.code(), denied.message()), (Code::PermissionDenied, NO_IDENTITY));
         let api = |status| vouch_client::ClientError::Api {
             status,
-            code: "bad_request".into(),
+            code: "invalid_request".into(),
             message: "at most 32 audiences are allowed".into(),
         };
         let refused =

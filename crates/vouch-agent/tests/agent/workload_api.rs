@@ -189,8 +189,9 @@ async fn spiffe_clients_get_identities_and_streams_follow_changes() {
     // A client's own mistakes are INVALID_ARGUMENT with the reason, never UNAVAILABLE (which SPIFFE
     // clients retry forever), and cost the server nothing.
     for (audience, why) in [
-        ((0..33).map(|i| format!("aud-{i}")).collect::<Vec<_>>(), "at most"),
-        (vec!["db\u{7}".to_owned()], "control characters"),
+        ((0..33).map(|i| format!("aud-{i}")).collect::<Vec<_>>(), "at most 32"),
+        (vec![], "at least one audience"),
+        (vec!["db\u{7}".to_owned()], "control character"),
     ] {
         let status = raw
             .fetch_jwtsvid(with_header(JwtsvidRequest { audience, spiffe_id: String::new() }))
