@@ -1,7 +1,7 @@
 //! The agent's private admin socket (`admin.sock` in its data directory, mode 0600, peer uid
 //! checked): one JSON line per request ([`AdminRequest`]), one per answer. It answers
-//! `vouch agent explain` ([`crate::explain`]), `vouch agent healthcheck` ([`health`]) and
-//! `vouch agent metrics` ([`crate::metrics`]).
+//! `vouch agent explain` (`explain`), `vouch agent healthcheck` ([`health`]) and
+//! `vouch agent metrics` (`metrics`).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! `vouch agent explain --pid N`: why a process does or does not get an identity. Asked on the
 //! agent's admin socket (see [`crate::admin`]) as `{"explain": <pid>}`.
 
-pub use vouch_api::explain::{EntryVerdict, ExplainAnswer, Explanation};
+pub use vouch_api::explain::{EntryVerdict, Explanation};
 
 use crate::attest::{attest_full, ExeHash, PeerProcess};
 use crate::state::AgentState;

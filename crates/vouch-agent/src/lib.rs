@@ -1,34 +1,33 @@
 //! The vouch node agent.
 //!
-//! - [`attest`]: workload attestation: who is calling the agent's socket (peer pid pinned with a
-//!   pidfd, `/proc`, cgroup), as `unix:` selectors, and what the container runtime (Docker, podman,
-//!   containerd) and the kubelet say about its container.
-//! - [`identity`]: the agent's own identity (node attestation by join token, Kubernetes PSAT or
-//!   x509pop; renewal; kept on disk 0600).
-//! - [`sync`]: the push stream of entries from the server.
-//! - [`state`]: entries, bundle and the SVIDs held for workloads (keys generated on the node).
-//! - [`workload_api`]: the SPIFFE Workload API on a Unix socket, with [`h2_authority_filter`] in
-//!   front of it for gRPC C-core clients.
-//! - [`admin`]: the private admin socket: `vouch agent explain`, `healthcheck` and `metrics`.
-//! - [`explain`]: why a process does or does not get an identity (`vouch agent explain --pid N`).
-//! - [`metrics`]: Prometheus metrics, on the admin socket and an optional HTTP listener.
-//! - [`clock`]: the one reading of the system clock.
+//! Public, for the CLI, tests and fuzzing: [`Agent`] and its [`AgentConfig`]; [`attest`] (workload
+//! attestation: the caller pinned with a pidfd, `/proc`, cgroup, `unix:` selectors, and what the
+//! container runtime and the kubelet say about its container); [`state`] (what the agent knows
+//! and holds); [`admin`] (the private admin socket: explain, health, metrics); [`conn_limits`]
+//! (Workload API connection bounds); [`h2_authority_filter`] (the HTTP/2 header filter in front of
+//! the Workload API, for gRPC C-core clients).
+//!
+//! Private: `identity` (the agent's own SVID: node attestation by join token, PSAT or x509pop,
+//! renewal, kept on disk 0600), `sync` (the push stream of entries from the server), `registry`,
+//! `svid_cache` and `server_link` (the three parts of [`state::AgentState`]), `workload_api` and
+//! `workload_error` (the SPIFFE Workload API and its one mapping to gRPC status), `explain`,
+//! `metrics`, and `clock` (the one reading of the system clock).
 
 pub mod admin;
 pub mod attest;
-pub mod clock;
+mod clock;
 pub mod config;
 pub mod conn_limits;
-pub mod explain;
+mod explain;
 pub mod h2_authority_filter;
-pub mod identity;
-pub mod metrics;
+mod identity;
+mod metrics;
 mod registry;
 mod server_link;
 pub mod state;
 mod svid_cache;
-pub mod sync;
-pub mod workload_api;
+mod sync;
+mod workload_api;
 mod workload_error;
 
 use std::net::SocketAddr;

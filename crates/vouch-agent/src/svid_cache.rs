@@ -157,7 +157,7 @@ impl SvidCache {
     }
 
     /// Holds a JWT-SVID minted at `now` for `entry` and `audiences`, expiring at `expires_at`; when
-    /// [`MAX_CACHED_JWTS`] are held, the one due soonest makes room.
+    /// `MAX_CACHED_JWTS` (1,024) are held, the one due soonest makes room.
     pub fn insert_jwt(
         &self,
         entry: &EntryId,

@@ -32,7 +32,7 @@ use vouch_proto::workload::{
 use crate::attest::{attest_full, AttestError, ExeHash, PeerProcess};
 use crate::metrics::{Refusal, Rpc, RpcTimer};
 use crate::state::AgentState;
-pub use crate::workload_error::{WorkloadError, NO_IDENTITY};
+use crate::workload_error::WorkloadError;
 
 /// The pinned peer of a connection (or why it could not be pinned).
 #[derive(Clone)]

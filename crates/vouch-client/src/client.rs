@@ -171,7 +171,7 @@ impl AdminClient {
                 let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
                     err(format!("{e} (is `vouch server run` running, and is this the right --socket?)"))
                 })?;
-                handshake(stream, "localhost".into()).await.map_err(err)
+                handshake(stream, "localhost".into()).await.map_err(|e| err(e.to_string()))
             }
             Transport::Tls { addr, config } => {
                 let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| err(e.to_string()))?;
@@ -187,7 +187,7 @@ impl AdminClient {
                     .connect(name, stream)
                     .await
                     .map_err(|e| err(format!("TLS handshake failed: {e}")))?;
-                handshake(tls, addr.clone()).await.map_err(err)
+                handshake(tls, addr.clone()).await.map_err(|e| err(e.to_string()))
             }
         }
     }
@@ -254,12 +254,11 @@ pub(crate) fn json_bytes<B: serde::Serialize + ?Sized>(body: &B) -> Result<Bytes
         .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))
 }
 
-async fn handshake<I>(io: I, host: String) -> Result<Connection, String>
+async fn handshake<I>(io: I, host: String) -> Result<Connection, hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     let (ended_tx, ended) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
         let why = match conn.await {

@@ -54,6 +54,28 @@ pub enum HttpError {
     },
 }
 
+/// Why a URL was refused; each says what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Another scheme, or none.
+    #[error("`{0}` is not an http:// or https:// URL")]
+    NotHttp(String),
+    /// No host, a user name, or a fragment.
+    #[error("`{0}`: needs a host, and no user name or fragment")]
+    Malformed(String),
+    /// An IPv6 address without its `]`.
+    #[error("`{0}`: unclosed `[`")]
+    UnclosedBracket(String),
+    /// A port that is not a number from 0 to 65535.
+    #[error("`{url}`: bad port `{port}`")]
+    BadPort {
+        /// The URL.
+        url: String,
+        /// The port as written.
+        port: String,
+    },
+}
+
 /// The parts of an absolute `http(s)://host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
@@ -70,23 +92,23 @@ pub struct Url {
 impl Url {
     /// Parses an absolute http or https URL; userinfo and fragments are refused. The error says
     /// what is wrong with `url`.
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("http://") {
             (false, r)
         } else {
-            return Err(format!("`{url}` is not an http:// or https:// URL"));
+            return Err(UrlError::NotHttp(url.to_owned()));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if authority.is_empty() || authority.contains('@') || path.contains('#') {
-            return Err(format!("`{url}`: needs a host, and no user name or fragment"));
+            return Err(UrlError::Malformed(url.to_owned()));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| format!("`{url}`: unclosed `[`"))?;
+            let (h, after) = v6.split_once(']').ok_or_else(|| UrlError::UnclosedBracket(url.to_owned()))?;
             (h, after.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -95,12 +117,14 @@ impl Url {
             }
         };
         let port = match port {
-            Some(p) => p.parse::<u16>().map_err(|_| format!("`{url}`: bad port `{p}`"))?,
+            Some(p) => {
+                p.parse::<u16>().map_err(|_| UrlError::BadPort { url: url.to_owned(), port: p.to_owned() })?
+            }
             None if tls => 443,
             None => 80,
         };
         if host.is_empty() {
-            return Err(format!("`{url}`: needs a host"));
+            return Err(UrlError::Malformed(url.to_owned()));
         }
         Ok(Self { tls, host: host.to_owned(), port, path: path.to_owned() })
     }

@@ -44,8 +44,8 @@ pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     /// Parses the text form; the error quotes the input and shows the accepted form.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        vouch_core::duration::parse(text).map(Self).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Self, vouch_core::duration::DurationError> {
+        vouch_core::duration::parse(text).map(Self)
     }
 }
 
@@ -57,7 +57,7 @@ impl std::fmt::Display for HumanDuration {
 }
 
 impl std::str::FromStr for HumanDuration {
-    type Err = String;
+    type Err = vouch_core::duration::DurationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
@@ -328,10 +328,24 @@ impl Lifetimes {
 
 const WELL_KNOWN: &str = "/.well-known/openid-configuration";
 
+/// Why a discovery endpoint cannot be used as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The URL is not an absolute http(s) URL.
+    #[error("discovery_url {0}")]
+    Url(#[from] vouch_http::UrlError),
+    /// An https URL without a CA to check its certificate.
+    #[error("`{0}` is https: set discovery_ca to the CA of its certificate (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)")]
+    NoCa(String),
+    /// The CA file or TLS setup is unusable.
+    #[error(transparent)]
+    Http(#[from] vouch_http::HttpError),
+}
+
 impl PsatDiscovery {
     /// The discovery document URL for a configured issuer or discovery URL.
-    pub fn document_url(url: &str) -> Result<String, String> {
-        let parsed = Url::parse(url).map_err(|e| format!("discovery_url {e}"))?;
+    pub fn document_url(url: &str) -> Result<String, DiscoveryError> {
+        let parsed = Url::parse(url)?;
         if parsed.path.ends_with(WELL_KNOWN) {
             Ok(url.to_owned())
         } else {
@@ -340,19 +354,14 @@ impl PsatDiscovery {
     }
 
     /// A getter for `url` (the document or the JWKS it names) with this endpoint's trust settings.
-    pub fn getter(&self, url: &str) -> Result<(Getter, Url), String> {
+    pub fn getter(&self, url: &str) -> Result<(Getter, Url), DiscoveryError> {
         let parsed = Url::parse(url)?;
         let trust = match (&self.ca, parsed.tls) {
             (Some(ca), true) => Some(Trust::CaFile(ca.clone())),
-            (None, true) => {
-                return Err(format!(
-                    "`{url}` is https: set discovery_ca to the CA of its certificate \
-                     (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)"
-                ))
-            }
+            (None, true) => return Err(DiscoveryError::NoCa(url.to_owned())),
             (_, false) => None,
         };
-        Ok((Getter::new(&parsed, trust.as_ref()).map_err(|e| e.to_string())?, parsed))
+        Ok((Getter::new(&parsed, trust.as_ref())?, parsed))
     }
 }
 
@@ -369,10 +378,10 @@ impl PsatCluster {
                 (vouch_ca::bundle::jwks_keys(&text).map_err(|e| bad(e.to_string()))?, None)
             }
             (None, Some(url)) => {
-                let url = PsatDiscovery::document_url(url).map_err(&bad)?;
+                let url = PsatDiscovery::document_url(url).map_err(|e| bad(e.to_string()))?;
                 let discovery = PsatDiscovery { url, ca: c.discovery_ca.clone() };
                 // Checked now (URL, CA file), fetched when the first token comes.
-                discovery.getter(&discovery.url).map_err(&bad)?;
+                discovery.getter(&discovery.url).map_err(|e| bad(e.to_string()))?;
                 (Default::default(), Some(discovery))
             }
             _ => return Err(bad(
@@ -588,7 +597,7 @@ mod tests {
         assert!(HumanDuration::parse("").is_err());
         assert!(HumanDuration::parse("h").is_err());
         assert!(HumanDuration::parse("99999999999999999999d").is_err());
-        let err = HumanDuration::parse("1h30").unwrap_err();
+        let err = HumanDuration::parse("1h30").unwrap_err().to_string();
         assert!(err.contains("`1h30`") && err.contains("`1h30m`"), "{err}");
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use vouch_ca::jwt::JwtPublicKey;
 
-use crate::config::{PsatCluster, PsatDiscovery};
+use crate::config::{DiscoveryError, PsatCluster, PsatDiscovery};
 
 /// Keys by `kid`.
 pub type KeySet = BTreeMap<String, JwtPublicKey>;
@@ -23,34 +23,109 @@ pub const MIN_REFETCH: Duration = Duration::from_secs(10);
 const MAX_DOCUMENT: usize = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn get(url: &str, d: &PsatDiscovery) -> Result<Vec<u8>, String> {
+/// Why the keys of a cluster could not be fetched; each names the URL at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFetchError {
+    /// The endpoint's configuration is unusable.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// The GET failed.
+    #[error("{url}: {source}")]
+    Get {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: vouch_http::HttpError,
+    },
+    /// An answer other than 200.
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// The discovery document is not the JSON object it should be.
+    #[error("{url}: not a JSON discovery document with `issuer` and `jwks_uri`: {reason}")]
+    NotADocument {
+        /// The URL.
+        url: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// The document is another issuer's.
+    #[error("{url}: the document is for issuer `{found}`, not the configured `{configured}`")]
+    WrongIssuer {
+        /// The URL.
+        url: String,
+        /// The document's issuer.
+        found: String,
+        /// The configured issuer.
+        configured: String,
+    },
+    /// An https document pointing at a plain-http JWKS.
+    #[error("{url}: `jwks_uri` `{jwks_uri}` is not https")]
+    JwksNotHttps {
+        /// The document URL.
+        url: String,
+        /// The JWKS URL it names.
+        jwks_uri: String,
+    },
+    /// The JWKS is unreadable.
+    #[error("{url}: {reason}")]
+    BadJwks {
+        /// The JWKS URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No keys were ever fetched for the cluster, and fetching failed now.
+    #[error("cannot fetch the keys of cluster `{cluster}`: {source}")]
+    NoKeys {
+        /// The cluster name.
+        cluster: String,
+        /// Why the fetch failed.
+        source: Box<KeyFetchError>,
+    },
+}
+
+/// The two fields of an OIDC discovery document vouch uses.
+#[derive(serde::Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    jwks_uri: String,
+}
+
+async fn get(url: &str, d: &PsatDiscovery) -> Result<Vec<u8>, KeyFetchError> {
     let (getter, parsed) = d.getter(url)?;
-    let (status, body) =
-        getter.get(&parsed.path, None, MAX_DOCUMENT, TIMEOUT).await.map_err(|e| format!("{url}: {e}"))?;
+    let (status, body) = getter
+        .get(&parsed.path, None, MAX_DOCUMENT, TIMEOUT)
+        .await
+        .map_err(|source| KeyFetchError::Get { url: url.to_owned(), source })?;
     if status != 200 {
-        return Err(format!("{url}: HTTP {status}"));
+        return Err(KeyFetchError::Status { url: url.to_owned(), status });
     }
     Ok(body.to_vec())
 }
 
 /// Fetches the discovery document, checks that it is the configured issuer's, and fetches its JWKS.
-pub async fn fetch(cluster: &PsatCluster, d: &PsatDiscovery) -> Result<KeySet, String> {
-    let doc: serde_json::Value = serde_json::from_slice(&get(&d.url, d).await?)
-        .map_err(|e| format!("{}: not a JSON discovery document: {e}", d.url))?;
-    let issuer = doc["issuer"].as_str().unwrap_or_default();
-    if issuer != cluster.issuer {
-        return Err(format!(
-            "{}: the document is for issuer `{issuer}`, not the configured `{}`",
-            d.url, cluster.issuer
-        ));
+pub async fn fetch(cluster: &PsatCluster, d: &PsatDiscovery) -> Result<KeySet, KeyFetchError> {
+    let doc: DiscoveryDocument = serde_json::from_slice(&get(&d.url, d).await?)
+        .map_err(|e| KeyFetchError::NotADocument { url: d.url.clone(), reason: e.to_string() })?;
+    if doc.issuer != cluster.issuer {
+        return Err(KeyFetchError::WrongIssuer {
+            url: d.url.clone(),
+            found: doc.issuer,
+            configured: cluster.issuer.clone(),
+        });
     }
-    let jwks_uri = doc["jwks_uri"].as_str().ok_or_else(|| format!("{}: no `jwks_uri`", d.url))?;
-    if d.url.starts_with("https://") && !jwks_uri.starts_with("https://") {
-        return Err(format!("{}: `jwks_uri` `{jwks_uri}` is not https", d.url));
+    if d.url.starts_with("https://") && !doc.jwks_uri.starts_with("https://") {
+        return Err(KeyFetchError::JwksNotHttps { url: d.url.clone(), jwks_uri: doc.jwks_uri });
     }
-    let jwks = get(jwks_uri, d).await?;
-    let text = String::from_utf8(jwks).map_err(|_| format!("{jwks_uri}: not UTF-8"))?;
-    vouch_ca::bundle::jwks_keys(&text).map_err(|e| format!("{jwks_uri}: {e}"))
+    let jwks = get(&doc.jwks_uri, d).await?;
+    let bad = |reason: String| KeyFetchError::BadJwks { url: doc.jwks_uri.clone(), reason };
+    let text = String::from_utf8(jwks).map_err(|_| bad("not UTF-8".into()))?;
+    vouch_ca::bundle::jwks_keys(&text).map_err(|e| bad(e.to_string()))
 }
 
 struct Cached {
@@ -83,7 +158,7 @@ impl PsatKeys {
     }
 
     /// The keys to verify a token of `cluster` whose header names `kid`.
-    pub async fn keys(&self, cluster: &PsatCluster, kid: Option<&str>) -> Result<Arc<KeySet>, String> {
+    pub async fn keys(&self, cluster: &PsatCluster, kid: Option<&str>) -> Result<Arc<KeySet>, KeyFetchError> {
         let (Some(d), Some(cache)) = (&cluster.discovery, self.fetched.get(&cluster.name)) else {
             return Ok(Arc::new(cluster.keys.clone()));
         };
@@ -102,7 +177,9 @@ impl PsatKeys {
                 Err(e) if cache.fetched.is_some() => {
                     tracing::warn!(cluster = %cluster.name, error = %e, "cannot refresh service-account issuer keys; using the cached ones");
                 }
-                Err(e) => return Err(format!("cannot fetch the keys of cluster `{}`: {e}", cluster.name)),
+                Err(e) => {
+                    return Err(KeyFetchError::NoKeys { cluster: cluster.name.clone(), source: Box::new(e) })
+                }
             }
         }
         Ok(cache.keys.clone())

@@ -118,7 +118,7 @@ impl KubeletClient {
                 config.url
             ))
         };
-        let url = Url::parse(&config.url).map_err(|e| bad(&e))?;
+        let url = Url::parse(&config.url).map_err(|e| bad(&e.to_string()))?;
         // The kubelet has no default port: say it explicitly.
         let explicit_port =
             config.url.trim_end_matches('/').rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
