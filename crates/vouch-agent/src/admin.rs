@@ -40,9 +40,14 @@ pub async fn health(state: &AgentState, now: SystemTime) -> Health {
         format!("the Workload API socket {} is not served", socket.display())
     } else if !agent_svid_valid {
         format!(
-            "the agent SVID is not valid now (valid {} to {}); restart the agent with a fresh join token to attest again",
+            "the agent SVID is not valid now (valid {} to {}); {}",
             rfc3339(unix_seconds(id.not_before)),
-            rfc3339(unix_seconds(id.not_after))
+            rfc3339(unix_seconds(id.not_after)),
+            match state.config.node_attestation {
+                crate::NodeAttestation::K8sPsat { .. } | crate::NodeAttestation::X509Pop { .. } =>
+                    "the agent attests again by itself once the server answers",
+                _ => "a join token is single use: restart the agent with a new one (`vouch token create`)",
+            }
         )
     } else if !synced_once {
         format!(

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use crate::AgentError;
 
 /// The agent's SVID and key, and the bundle it trusts.
+#[derive(Clone)]
 pub struct AgentIdentity {
     /// The agent's SPIFFE ID.
     pub spiffe_id: SpiffeId,

@@ -41,7 +41,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 pub use crate::config::{AgentConfig, NodeAttestation};
-use crate::identity::AgentIdentity;
+pub use crate::identity::AgentIdentity;
 use crate::state::AgentState;
 use crate::workload_api::{WorkloadApi, WorkloadConn};
 
@@ -89,40 +89,107 @@ async fn obtain_identity(config: &AgentConfig) -> Result<AgentIdentity, AgentErr
         tracing::info!(agent = %id.spiffe_id, "reusing the saved agent SVID; no attestation needed");
         return Ok(id);
     }
-    let read = |p: &std::path::Path, what: &str| {
-        std::fs::read_to_string(p)
-            .map_err(|e| AgentError::Config(format!("cannot read {what} {}: {e}", p.display())))
-    };
-    // Only an attestation needs it: an agent with a valid saved SVID trusts the saved bundle.
-    let bundle_pem = || {
-        let path = config.bundle.as_ref().ok_or_else(|| {
-            AgentError::Config("the first attestation needs the server's bundle to trust it: pass --bundle (from `vouch bundle show`)".into())
-        })?;
-        read(path, "bundle")
-    };
+    if matches!(config.node_attestation, NodeAttestation::SavedOnly) {
+        return Err(AgentError::Config(
+            "no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token (or use --k8s-psat-token in Kubernetes, or --x509pop-cert and --x509pop-key)".into(),
+        ));
+    }
+    let path = config.bundle.as_ref().ok_or_else(|| {
+        AgentError::Config("the first attestation needs the server's bundle to trust it: pass --bundle (from `vouch bundle show`)".into())
+    })?;
+    let bundle_pem = read_config_file(path, "bundle")?;
+    let id = attest_node(config, &bundle_pem).await?;
+    tracing::info!(agent = %id.spiffe_id, method = config.node_attestation.name(), "attested");
+    Ok(id)
+}
+
+fn read_config_file(p: &Path, what: &str) -> Result<String, AgentError> {
+    std::fs::read_to_string(p)
+        .map_err(|e| AgentError::Config(format!("cannot read {what} {}: {e}", p.display())))
+}
+
+/// Attests the node by the configured method, trusting the server through `bundle_pem`.
+async fn attest_node(config: &AgentConfig, bundle_pem: &str) -> Result<AgentIdentity, AgentError> {
     let (server, td) = (&config.server, &config.trust_domain);
-    let id = match &config.node_attestation {
+    match &config.node_attestation {
         NodeAttestation::SavedOnly => {
-            return Err(AgentError::Config(
-                "no valid agent SVID is saved and no join token was given: create one with `vouch token create` and pass --join-token (or use --k8s-psat-token in Kubernetes, or --x509pop-cert and --x509pop-key)".into(),
-            ))
+            Err(AgentError::Config("no node attestation method is configured".into()))
         }
         NodeAttestation::JoinToken(token) => {
-            AgentIdentity::attest_join_token(server, td, &bundle_pem()?, token).await?
+            AgentIdentity::attest_join_token(server, td, bundle_pem, token).await
         }
         NodeAttestation::K8sPsat { token_file, cluster } => {
             // Read at attestation time: the kubelet rotates the projected token file.
-            let token = zeroize::Zeroizing::new(read(token_file, "the service-account token")?);
-            AgentIdentity::attest_k8s_psat(server, td, &bundle_pem()?, cluster, token.trim()).await?
+            let token = zeroize::Zeroizing::new(read_config_file(token_file, "the service-account token")?);
+            AgentIdentity::attest_k8s_psat(server, td, bundle_pem, cluster, token.trim()).await
         }
         NodeAttestation::X509Pop { cert, key } => {
-            let key_pem = zeroize::Zeroizing::new(read(key, "the node key")?);
-            AgentIdentity::attest_x509pop(server, td, &bundle_pem()?, &read(cert, "the node certificate")?, &key_pem)
-                .await?
+            let key_pem = zeroize::Zeroizing::new(read_config_file(key, "the node key")?);
+            let cert_pem = read_config_file(cert, "the node certificate")?;
+            AgentIdentity::attest_x509pop(server, td, bundle_pem, &cert_pem, &key_pem).await
         }
-    };
-    tracing::info!(agent = %id.spiffe_id, method = config.node_attestation.name(), "attested");
-    Ok(id)
+    }
+}
+
+/// Whether the agent can obtain a new SVID by itself once its own has expired (a long outage of
+/// the server): PSAT and x509pop attest again with what the node still has; a join token was
+/// single use.
+fn can_reattest(method: &NodeAttestation) -> bool {
+    matches!(method, NodeAttestation::K8sPsat { .. } | NodeAttestation::X509Pop { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_methods_with_lasting_proof_reattest() {
+        assert!(can_reattest(&NodeAttestation::K8sPsat { token_file: "/t".into(), cluster: "c".into() }));
+        assert!(can_reattest(&NodeAttestation::X509Pop { cert: "/c".into(), key: "/k".into() }));
+        assert!(!can_reattest(&NodeAttestation::JoinToken(zeroize::Zeroizing::new("used".into()))));
+        assert!(!can_reattest(&NodeAttestation::SavedOnly));
+    }
+}
+
+/// After the agent's own SVID expired: attests again where the method allows, else says what the
+/// operator must do. Trusts the bundle the agent holds now (the file given at first start may be
+/// older than a root rotation since).
+async fn recover_identity(state: &AgentState, said: &mut conn_limits::Throttle) {
+    let id = state.link.identity();
+    if !can_reattest(&state.config.node_attestation) {
+        if said.tick().is_some() {
+            tracing::error!(
+                agent = %id.spiffe_id,
+                expired_at = %vouch_core::ttl::rfc3339(vouch_core::ttl::unix_seconds(id.not_after)),
+                "the agent SVID expired while the server could not renew it, and a join token is single use: \
+                 create a new one (`vouch token create --agent-id {}`) and restart the agent with --join-token \
+                 (PSAT and x509pop agents attest again by themselves)",
+                id.spiffe_id
+            );
+        }
+        return;
+    }
+    let bundle = state.registry.bundle();
+    let bundle_pem: String =
+        bundle.x509_authorities.iter().map(|der| vouch_ca::pem::encode("CERTIFICATE", der)).collect();
+    match attest_node(&state.config, &bundle_pem).await {
+        Ok(fresh) => {
+            let saved = fresh.save(&state.config.data_dir);
+            match saved.and_then(|()| state.link.set_identity(fresh)) {
+                Ok(()) => tracing::info!(
+                    method = state.config.node_attestation.name(),
+                    "the agent SVID had expired; attested again"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot store the new agent SVID"),
+            }
+        }
+        Err(e) => {
+            state.metrics.server_error(metrics::ServerOp::Renew);
+            if said.tick().is_some() {
+                tracing::warn!(error = %e, "the agent SVID expired and attesting again failed; retrying");
+            }
+        }
+    }
 }
 
 impl Agent {
@@ -275,14 +342,24 @@ impl Agent {
 /// Longest wait for the agent's tasks to stop at shutdown, as the server's.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long after a failed renewal or re-attestation of the agent's own SVID it is tried again.
+const IDENTITY_RETRY: Duration = Duration::from_secs(2);
+
 /// Rotates workload SVIDs at their renewal times and renews the agent's own SVID at half life.
 async fn maintenance(state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>) {
+    let mut said = conn_limits::Throttle::new(Duration::from_secs(60));
     loop {
         let now = crate::clock::now();
         if let Err(e) = state.rotate_due(now).await {
             tracing::warn!(error = %e, "SVID rotation failed; retrying (cached SVIDs stay in use until they expire)");
         }
-        if now >= state.identity_renew_at() {
+        // A failed renewal or re-attestation is retried after IDENTITY_RETRY, not at once: the
+        // server may be down for a while, and an agent fleet retrying in a tight loop is a flood.
+        let mut shortest = Duration::from_millis(200);
+        if now >= state.link.identity().not_after {
+            recover_identity(&state, &mut said).await;
+            shortest = IDENTITY_RETRY;
+        } else if now >= state.identity_renew_at() {
             match state.link.identity().renew(&state.config.server).await {
                 Ok(id) => {
                     let saved = id.save(&state.config.data_dir);
@@ -293,15 +370,15 @@ async fn maintenance(state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>
                 }
                 Err(e) => {
                     state.metrics.server_error(metrics::ServerOp::Renew);
-                    tracing::warn!(error = %e, "agent SVID renewal failed; retrying")
+                    shortest = IDENTITY_RETRY;
+                    if said.tick().is_some() {
+                        tracing::warn!(error = %e, "agent SVID renewal failed; retrying");
+                    }
                 }
             }
         }
         let until_identity = state.identity_renew_at().duration_since(now).unwrap_or_default();
-        let wait = state
-            .next_rotation_in(now, Duration::from_secs(5))
-            .min(until_identity)
-            .max(Duration::from_millis(200));
+        let wait = state.next_rotation_in(now, Duration::from_secs(5)).min(until_identity).max(shortest);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,

@@ -383,6 +383,17 @@ async fn cached_svids_survive_a_server_outage_and_the_agent_reconnects_and_resta
     use std::os::unix::fs::PermissionsExt;
     let key = stack.agent_config.data_dir.join("agent.key");
     assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Its SVID expired in a long outage (simulated): a join token was single use, so the agent
+    // cannot attest again by itself, and says what the operator must do.
+    let state = &stack.agent().state;
+    let mut expired = (*state.link.identity()).clone();
+    expired.not_after = std::time::SystemTime::now() - Duration::from_secs(1);
+    state.link.set_identity(expired).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(state.link.identity().not_after <= std::time::SystemTime::now(), "nothing to attest with");
+    let health = vouch_agent::admin::health(state, std::time::SystemTime::now()).await;
+    assert!(!health.ready && health.reason.contains("a join token is single use"), "{}", health.reason);
 }
 
 /// The independent Python client (py-spiffe from PyPI), unchanged, as a real workload process.
@@ -514,6 +525,20 @@ async fn agent_attests_with_a_kubernetes_psat() {
         client.fetch_x509_svid().await.unwrap().spiffe_id().to_string(),
         "spiffe://example.org/k8s-workload"
     );
+
+    // A long outage let the agent's own SVID expire (simulated: the held one is marked expired).
+    // A PSAT agent attests again by itself, with the token the node still has.
+    let before = agent.state.link.identity();
+    let mut expired = (*before).clone();
+    expired.not_after = std::time::SystemTime::now() - Duration::from_secs(1);
+    agent.state.link.set_identity(expired).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.state.link.identity().not_after <= std::time::SystemTime::now() {
+        assert!(Instant::now() < deadline, "the PSAT agent did not attest again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(agent.state.link.identity().chain_pem, before.chain_pem, "a new agent SVID");
+    assert_eq!(agent.state.link.agent_id().to_string(), agent_id, "the same agent");
     agent.shutdown().await;
     server.shutdown().await;
 }
