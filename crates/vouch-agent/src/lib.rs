@@ -138,18 +138,6 @@ fn can_reattest(method: &NodeAttestation) -> bool {
     matches!(method, NodeAttestation::K8sPsat { .. } | NodeAttestation::X509Pop { .. })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_methods_with_lasting_proof_reattest() {
-        assert!(can_reattest(&NodeAttestation::K8sPsat { token_file: "/t".into(), cluster: "c".into() }));
-        assert!(can_reattest(&NodeAttestation::X509Pop { cert: "/c".into(), key: "/k".into() }));
-        assert!(!can_reattest(&NodeAttestation::JoinToken(zeroize::Zeroizing::new("used".into()))));
-        assert!(!can_reattest(&NodeAttestation::SavedOnly));
-    }
-}
 
 /// After the agent's own SVID expired: attests again where the method allows, else says what the
 /// operator must do. Trusts the bundle the agent holds now (the file given at first start may be
@@ -383,5 +371,18 @@ async fn maintenance(state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_methods_with_lasting_proof_reattest() {
+        assert!(can_reattest(&NodeAttestation::K8sPsat { token_file: "/t".into(), cluster: "c".into() }));
+        assert!(can_reattest(&NodeAttestation::X509Pop { cert: "/c".into(), key: "/k".into() }));
+        assert!(!can_reattest(&NodeAttestation::JoinToken(zeroize::Zeroizing::new("used".into()))));
+        assert!(!can_reattest(&NodeAttestation::SavedOnly));
     }
 }
