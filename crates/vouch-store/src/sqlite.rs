@@ -360,6 +360,13 @@ impl Store for SqliteStore {
     }
 
     async fn authenticate_agent(&self, id: &SpiffeId, serial: &str) -> Result<AgentRecord, StoreError> {
+        // Every agent call lands here: decide on a plain read, which takes no write lock, and only
+        // when the rule changes the record (the first use of a renewed SVID) decide again inside a
+        // write transaction.
+        let (write, seen) = agent_rules::authenticate(self.get_agent(id).await?, id, serial)?;
+        if write.is_none() {
+            return Ok(seen);
+        }
         let (who, serial) = (id.clone(), serial.to_owned());
         self.change_agent(id, move |stored| agent_rules::authenticate(stored, &who, &serial)).await
     }
