@@ -134,14 +134,12 @@ async fn attest_node(config: &AgentConfig, bundle_pem: &str) -> Result<AgentIden
 /// Whether the agent can obtain a new SVID by itself once its own has expired (a long outage of
 /// the server): PSAT and x509pop attest again with what the node still has; a join token was
 /// single use.
-fn can_reattest(method: &NodeAttestation) -> bool {
+pub(crate) fn can_reattest(method: &NodeAttestation) -> bool {
     matches!(method, NodeAttestation::K8sPsat { .. } | NodeAttestation::X509Pop { .. })
 }
 
-
 /// After the agent's own SVID expired: attests again where the method allows, else says what the
-/// operator must do. Trusts the bundle the agent holds now (the file given at first start may be
-/// older than a root rotation since).
+/// operator must do.
 async fn recover_identity(state: &AgentState, said: &mut conn_limits::Throttle) {
     let id = state.link.identity();
     if !can_reattest(&state.config.node_attestation) {
@@ -157,20 +155,11 @@ async fn recover_identity(state: &AgentState, said: &mut conn_limits::Throttle) 
         }
         return;
     }
-    let bundle = state.registry.bundle();
-    let bundle_pem: String =
-        bundle.x509_authorities.iter().map(|der| vouch_ca::pem::encode("CERTIFICATE", der)).collect();
-    match attest_node(&state.config, &bundle_pem).await {
-        Ok(fresh) => {
-            let saved = fresh.save(&state.config.data_dir);
-            match saved.and_then(|()| state.link.set_identity(fresh)) {
-                Ok(()) => tracing::info!(
-                    method = state.config.node_attestation.name(),
-                    "the agent SVID had expired; attested again"
-                ),
-                Err(e) => tracing::warn!(error = %e, "cannot store the new agent SVID"),
-            }
-        }
+    match reattest(state).await {
+        Ok(()) => tracing::info!(
+            method = state.config.node_attestation.name(),
+            "the agent SVID had expired; attested again"
+        ),
         Err(e) => {
             state.metrics.server_error(metrics::ServerOp::Renew);
             if said.tick().is_some() {
@@ -178,6 +167,17 @@ async fn recover_identity(state: &AgentState, said: &mut conn_limits::Throttle) 
             }
         }
     }
+}
+
+/// Attests the node again (PSAT or x509pop) and takes the new SVID into use and onto disk. Trusts
+/// the bundle the agent holds now: the file given at first start may predate a root rotation.
+pub(crate) async fn reattest(state: &AgentState) -> Result<(), AgentError> {
+    let bundle = state.registry.bundle();
+    let bundle_pem: String =
+        bundle.x509_authorities.iter().map(|der| vouch_ca::pem::encode("CERTIFICATE", der)).collect();
+    let fresh = attest_node(&state.config, &bundle_pem).await?;
+    fresh.save(&state.config.data_dir)?;
+    state.link.set_identity(fresh)
 }
 
 impl Agent {

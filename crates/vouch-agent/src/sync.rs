@@ -1,18 +1,52 @@
 //! The sync loop: one long-lived stream from the server carrying the entries this agent may serve,
 //! first as a snapshot, then change by change. Reconnects with jittered exponential backoff; while
-//! disconnected the agent keeps serving what it holds.
+//! disconnected the agent keeps serving what it holds. When an admin bans the agent, the server ends
+//! the stream saying so, the agent drops what it serves and the loop stops (retrying cannot help,
+//! and an operator must act); when it evicts the agent, a PSAT or x509pop agent attests again by
+//! itself, and a join-token agent says that it needs a new token and retries only slowly.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use vouch_api::agent::SyncLine;
+use vouch_api::agent::{CloseReason, SyncLine};
+use vouch_api::ErrorCode;
 use vouch_ca::Bundle;
+use vouch_client::ClientError;
 
 use crate::state::AgentState;
 use crate::AgentError;
 
 /// Longest wait between reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Wait between attempts of an evicted agent: reconnecting cannot work until it attests again, so
+/// it only checks now and then (an admin may have undone a mistaken eviction by a new attestation).
+pub const EVICTED_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How the sync stream ended, and what the loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Banned by an admin: stop, with what the operator must do.
+    Banned(String),
+    /// Evicted by an admin: the agent must attest again; retry rarely.
+    Evicted(String),
+}
+
+impl Removal {
+    /// The removal an ended stream or a refused reconnect means, if any.
+    pub fn of(result: &Result<Option<Removal>, AgentError>) -> Option<Removal> {
+        match result {
+            Ok(removal) => removal.clone(),
+            Err(AgentError::Server(ClientError::Api { code, message, .. })) => {
+                match ErrorCode::from_wire(code) {
+                    Some(ErrorCode::AgentBanned) => Some(Self::Banned(message.clone())),
+                    Some(ErrorCode::AgentNotAttested) => Some(Self::Evicted(message.clone())),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        }
+    }
+}
 
 /// Applies one line of the stream. A bundle the agent cannot read is an error: the stream is dropped
 /// and started over from a snapshot, rather than the agent going on with a bundle it did not get.
@@ -29,23 +63,36 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
         SyncLine::Delete { id } => state.apply_delete(&id),
         SyncLine::Bundle { bundle: b } => state.apply_bundle(bundle(&b)?),
         SyncLine::Ping => {}
+        // The stream's last line; `sync_once` acts on it before it gets here.
+        SyncLine::Closed { reason, message } => {
+            return Err(AgentError::Protocol(format!(
+                "sync: the server closed the stream ({reason:?}): {message}"
+            )))
+        }
     }
     Ok(())
 }
 
-/// Follows the stream until it ends or fails.
-pub async fn sync_once(state: &AgentState) -> Result<(), AgentError> {
+/// Follows the stream until it ends or fails; `Some` when the server ended it because the agent
+/// was removed.
+pub async fn sync_once(state: &AgentState) -> Result<Option<Removal>, AgentError> {
     let mut lines = state.link.client().sync().await?;
     while let Some(line) = lines.next().await {
         let line = line?;
         state.metrics.sync_line(crate::clock::now());
+        if let SyncLine::Closed { reason, message } = line {
+            return Ok(Some(match reason {
+                CloseReason::Banned => Removal::Banned(message),
+                CloseReason::Evicted => Removal::Evicted(message),
+            }));
+        }
         apply_line(state, line)?;
         if !state.link.connected() {
             state.link.set_connected(true);
             tracing::info!(agent = %state.link.agent_id(), entries = state.registry.entries().len(), "synced with the server");
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Runs the sync loop until `shutdown` fires.
@@ -59,14 +106,35 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
         let was_connected = state.link.connected();
         state.link.set_connected(false);
         state.metrics.reconnect();
-        match result {
-            Ok(()) => tracing::warn!("sync stream ended; reconnecting"),
-            Err(e) => {
+        match (Removal::of(&result), result) {
+            (Some(Removal::Banned(reason)), _) => {
+                // The node is no longer trusted: nothing more is served from it, cached or not.
+                state.apply_snapshot(Vec::new(), None);
+                tracing::error!(agent = %state.link.agent_id(), %reason, "this agent was banned by an admin; it stops syncing and serves no identity. An admin must lift the ban (`vouch agent evict <agent id>`), then restart this agent so that it attests again");
+                return;
+            }
+            (Some(Removal::Evicted(reason)), _) if crate::can_reattest(&state.config.node_attestation) => {
+                match crate::reattest(&state).await {
+                    Ok(()) => {
+                        tracing::warn!(agent = %state.link.agent_id(), %reason, "this agent was evicted by an admin; attested again")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%reason, error = %e, retry_in = ?backoff, "this agent was evicted by an admin, and attesting again failed; retrying");
+                    }
+                }
+            }
+            (Some(Removal::Evicted(reason)), _) => {
+                tracing::error!(agent = %state.link.agent_id(), %reason, retry_in = ?EVICTED_BACKOFF, "this agent was evicted by an admin; its SVID no longer works. A join token is single use: restart it with a new one (`vouch token create`) so that it attests again");
+                backoff = EVICTED_BACKOFF;
+            }
+            (None, Ok(_)) => tracing::warn!("sync stream ended; reconnecting"),
+            (None, Err(e)) => {
                 state.metrics.server_error(crate::metrics::ServerOp::Sync);
                 tracing::warn!(error = %e, retry_in = ?backoff, "sync with the server failed; serving cached SVIDs")
             }
         }
-        if was_connected {
+        // A stream that was up starts the backoff over, unless the agent was evicted (set above).
+        if was_connected && backoff < EVICTED_BACKOFF {
             backoff = Duration::from_millis(250);
         }
         let jitter = vouch_ca::keys::random_bytes::<1>().map(|b| u64::from(b[0])).unwrap_or(0);
@@ -76,5 +144,26 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
             _ = shutdown.changed() => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: &str) -> Result<Option<Removal>, AgentError> {
+        Err(AgentError::Server(ClientError::Api { status: 403, code: code.into(), message: "why".into() }))
+    }
+
+    #[test]
+    fn bans_and_evictions_are_told_apart_from_passing_failures() {
+        assert_eq!(Removal::of(&refused("agent_banned")), Some(Removal::Banned("why".into())));
+        assert_eq!(Removal::of(&refused("agent_not_attested")), Some(Removal::Evicted("why".into())));
+        assert_eq!(Removal::of(&Ok(Some(Removal::Banned("b".into())))), Some(Removal::Banned("b".into())));
+        // Everything else is retried with the usual backoff.
+        for other in [refused("permission_denied"), refused("unavailable"), refused("surprise"), Ok(None)] {
+            assert_eq!(Removal::of(&other), None);
+        }
+        assert_eq!(Removal::of(&Err(AgentError::Protocol("x".into()))), None);
     }
 }

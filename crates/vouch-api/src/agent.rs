@@ -125,6 +125,26 @@ pub enum SyncLine<'a> {
     },
     /// Keep-alive.
     Ping,
+    /// The last line: the server ends the stream because the agent may no longer be served (an admin
+    /// banned or evicted it). New entries do not reach it; reconnecting is refused with the matching
+    /// error code. An agent that does not know this line fails to read it and reconnects, which is
+    /// refused the same way, so older agents keep their sense of the stream.
+    Closed {
+        /// Why, as a machine-readable reason.
+        reason: CloseReason,
+        /// For people: what happened and what the operator must do.
+        message: String,
+    },
+}
+
+/// Why the server closed an agent's sync stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// An admin banned the agent: it may not attest again under its SPIFFE ID.
+    Banned,
+    /// An admin evicted the agent: its SVID no longer works and it must attest again.
+    Evicted,
 }
 
 /// `POST /v1/agent/sign`: CSRs for entries of the calling agent.
@@ -240,6 +260,9 @@ mod tests {
         assert_eq!(line, SyncLine::Delete { id: Cow::Owned(EntryId::new("e1").unwrap()) });
         assert_eq!(serde_json::to_string(&SyncLine::Ping).unwrap(), r#"{"type":"ping"}"#);
         assert!(serde_json::from_str::<SyncLine>(r#"{"type":"surprise"}"#).is_err());
+        let closed: SyncLine =
+            serde_json::from_str(r#"{"type":"closed","reason":"banned","message":"gone"}"#).unwrap();
+        assert_eq!(closed, SyncLine::Closed { reason: CloseReason::Banned, message: "gone".into() });
         // A bundle line without its bundle is an error, not an empty bundle.
         assert!(serde_json::from_str::<SyncLine>(r#"{"type":"bundle"}"#).is_err());
     }

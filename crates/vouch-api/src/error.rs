@@ -30,6 +30,16 @@ pub enum ErrorCode {
     PermissionDenied,
     /// 404: no such object.
     NotFound,
+    /// 400: the SPIFFE ID is in a namespace vouch reserves for itself (the server's own ID, the
+    /// agents' IDs); no entry, join token or minted SVID may carry it.
+    ReservedId,
+    /// 401: the agent presented an X509-SVID that is no longer its current one (it was renewed or
+    /// the agent attested again); a copied older SVID is refused even before it expires.
+    StaleSvid,
+    /// 403: the agent is banned; it may not call the agent API or attest again under this ID.
+    AgentBanned,
+    /// 403: the SPIFFE ID is not an attested agent (evicted, or never attested): it must attest again.
+    AgentNotAttested,
     /// 409: the object exists already.
     Conflict,
     /// 409: the object changed since the caller read it.
@@ -50,6 +60,10 @@ impl ErrorCode {
             Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
+            Self::ReservedId => "reserved_id",
+            Self::StaleSvid => "stale_svid",
+            Self::AgentBanned => "agent_banned",
+            Self::AgentNotAttested => "agent_not_attested",
             Self::Conflict => "conflict",
             Self::RevisionConflict => "revision_conflict",
             Self::TooManyRequests => "too_many_requests",
@@ -59,8 +73,46 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// Every code, for lookups by spelling.
+    pub const ALL: [Self; 13] = [
+        Self::InvalidRequest,
+        Self::ReservedId,
+        Self::Unauthenticated,
+        Self::StaleSvid,
+        Self::PermissionDenied,
+        Self::AgentBanned,
+        Self::AgentNotAttested,
+        Self::NotFound,
+        Self::Conflict,
+        Self::RevisionConflict,
+        Self::TooManyRequests,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The code with this wire spelling; `None` for a code this build does not know (a newer
+    /// server), which a client treats like any other error of the answer's HTTP status.
+    pub fn from_wire(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_reads_back_from_its_spelling() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_wire("surprise"), None);
     }
 }

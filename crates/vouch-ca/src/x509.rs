@@ -108,6 +108,9 @@ pub struct CertInfo {
     pub public_key: Vec<u8>,
     /// The full SubjectPublicKeyInfo DER.
     pub spki_der: Vec<u8>,
+    /// The serial number as lowercase hex of its DER content bytes: names one certificate of its
+    /// issuer (the server records an agent's current SVID by it).
+    pub serial: String,
 }
 
 /// Parses a DER certificate and reads the facts vouch relies on.
@@ -132,6 +135,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
         uris,
         public_key: cert.public_key().subject_public_key.data.to_vec(),
         spki_der: cert.public_key().raw.to_vec(),
+        serial: cert.tbs_certificate.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
     })
 }
 

@@ -337,7 +337,7 @@ pub struct LineStream {
 }
 
 impl LineStream {
-    /// The next complete line, without its newline; `None` when the stream ends.
+    /// The next line, without its newline (the last one may lack it); `None` when the stream ends.
     pub async fn next_line(&mut self) -> Option<Result<String, ClientError>> {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
@@ -353,7 +353,19 @@ impl LineStream {
             if self.buf.len() > MAX_LINE_BYTES {
                 return Some(Err(ClientError::Protocol("stream line too long".into())));
             }
-            match self.body.frame().await? {
+            let Some(frame) = self.body.frame().await else {
+                // The end: a last line without its newline is still a line (an error body is
+                // one); dropping it left agents logging an empty reason.
+                if self.buf.is_empty() {
+                    return None;
+                }
+                let line = std::mem::take(&mut self.buf);
+                return Some(
+                    String::from_utf8(line)
+                        .map_err(|_| ClientError::Protocol("stream line is not UTF-8".into())),
+                );
+            };
+            match frame {
                 Ok(frame) => {
                     if let Some(data) = frame.data_ref() {
                         self.buf.extend_from_slice(data);

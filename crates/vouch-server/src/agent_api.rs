@@ -30,13 +30,13 @@ use hyper::body::{Bytes, Frame};
 use tokio::sync::{broadcast, mpsc};
 use vouch_api::admin::{AgentInfo, AgentList, AgentRef, Banned, Evicted};
 use vouch_api::agent::{
-    AgentJwtRequest, AgentJwtResponse, AgentSvid, JoinTokenAttestation, PsatAttestation, RenewRequest,
-    SignOutcome, SignRequest, SignResponse, SignResult, SignedSvid, SyncLine, X509PopAttestation,
-    X509PopChallenge, X509PopChallengeRequest,
+    AgentJwtRequest, AgentJwtResponse, AgentSvid, CloseReason, JoinTokenAttestation, PsatAttestation,
+    RenewRequest, SignOutcome, SignRequest, SignResponse, SignResult, SignedSvid, SyncLine,
+    X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
 };
 use vouch_api::{paths, Der};
 use vouch_core::{ttl, Entry, EntryId, SpiffeId};
-use vouch_store::{AgentRecord, EntryFilter, TokenUse};
+use vouch_store::{AgentRecord, AgentRenewal, EntryFilter, StoreError, TokenUse};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -76,7 +76,8 @@ pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
         .route(paths::AGENTS_BAN, post(ban_agent))
 }
 
-fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &Der) -> AppResult<(AgentSvid, i64)> {
+/// An agent SVID for `csr`, with its expiry and serial (which the agent record keeps).
+fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &Der) -> AppResult<(AgentSvid, i64, String)> {
     let public = vouch_ca::verify_csr_pem_or_der(&csr.0)?;
     let now = state.now();
     let (issued, jwks) = state.with_authority(|a| {
@@ -86,12 +87,15 @@ fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &Der) -> AppResult<(Age
     let cert_chain = issued.chain_der().into_iter().map(Der).collect();
     let expires_at = ttl::unix_seconds(issued.svid.not_after);
     let bundle_jwks = serde_json::from_str(&jwks).map_err(|e| ApiError::internal("bundle", e))?;
-    Ok((AgentSvid { spiffe_id: id.clone(), cert_chain, bundle_jwks, expires_at }, expires_at))
+    let serial = vouch_ca::x509::cert_info(&issued.svid.cert_der)?.serial;
+    Ok((AgentSvid { spiffe_id: id.clone(), cert_chain, bundle_jwks, expires_at }, expires_at, serial))
 }
 
-/// The tail every node attestation method shares once the evidence is accepted: refuse a banned
-/// ID, sign the agent SVID for the agent's CSR, record the agent (keeping its first-attestation
-/// time), and audit.
+/// The tail every node attestation method shares once the evidence is accepted: refuse an ID
+/// outside the agents' namespace or a banned one, sign the agent SVID for the agent's CSR, record the
+/// agent with the SVID's serial (keeping its first-attestation time), and audit. The store checks the
+/// ban again in the same write, so a ban committed while the SVID was signed still wins: the SVID is
+/// then never handed out.
 async fn admit_agent(
     state: &AppState,
     id: SpiffeId,
@@ -99,28 +103,31 @@ async fn admit_agent(
     selectors: vouch_core::Selectors,
     csr: &Der,
 ) -> AppResult<Json<AgentSvid>> {
-    let now = state.now_secs();
-    let existing = state.store.get_agent(&id).await?;
-    if existing.as_ref().is_some_and(|a| a.banned) {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method, agent = %id, reason = "banned");
-        return Err(ApiError::forbidden(format!(
-            "agent `{id}` is banned; an admin must delete the ban first"
-        )));
+    let refused = |e: ApiError| {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method, agent = %id, reason = %e.message);
+        e
+    };
+    // A join token made before agent IDs were reserved may name any ID.
+    crate::reserved::check_agent_id("agent_id", &id).map_err(refused)?;
+    // Cheap early refusal; the write below is what decides.
+    if state.store.get_agent(&id).await?.is_some_and(|a| a.banned) {
+        return Err(refused(StoreError::AgentBanned(id.to_string()).into()));
     }
-    let (svid, expires_at) = mint_agent_svid(state, &id, csr)?;
-    state
-        .store
-        .upsert_agent(&AgentRecord {
-            spiffe_id: id.clone(),
-            attestation: method.into(),
-            selectors,
-            created_at: existing.map(|a| a.created_at).unwrap_or(now),
-            last_seen: now,
-            svid_expires_at: expires_at,
-            banned: false,
-        })
-        .await?;
-    tracing::info!(target: "vouch::audit", event = "agent.attest", method, agent = %id, expires_at);
+    let (svid, expires_at, serial) = mint_agent_svid(state, &id, csr)?;
+    let now = state.now_secs();
+    let record = AgentRecord {
+        spiffe_id: id.clone(),
+        attestation: method.into(),
+        selectors,
+        created_at: now,
+        last_seen: now,
+        svid_expires_at: expires_at,
+        banned: false,
+        svid_serial: Some(serial.clone()),
+        new_svid_serial: None,
+    };
+    state.store.attest_agent(&record).await.map_err(|e| refused(e.into()))?;
+    tracing::info!(target: "vouch::audit", event = "agent.attest", method, agent = %id, serial, expires_at);
     Ok(Json(svid))
 }
 
@@ -261,28 +268,40 @@ async fn attest_x509pop(
 
 /// The calling agent's SPIFFE ID (the auth layer has checked it is an active agent).
 fn agent_of(caller: &Caller) -> AppResult<SpiffeId> {
+    svid_of(caller).map(|(id, _)| id.clone())
+}
+
+/// The calling agent's SPIFFE ID and the serial of the SVID it presented.
+fn svid_of(caller: &Caller) -> AppResult<(&SpiffeId, &str)> {
     match caller {
-        Caller::Svid(id) => Ok(id.clone()),
+        Caller::Svid { id, serial } => Ok((id, serial)),
         _ => Err(ApiError::forbidden("only attested agents may call /v1/agent/")),
     }
 }
 
+/// A new agent SVID. Recorded by one conditional write: only for an agent that still exists, is
+/// not banned and presented its current SVID, so a renewal racing with a ban or an eviction never
+/// undoes it (the SVID signed meanwhile is then discarded, not answered).
 async fn renew(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> AppResult<Json<AgentSvid>> {
-    let id = agent_of(&caller)?;
-    let mut record = state
-        .store
-        .get_agent(&id)
-        .await?
-        .ok_or_else(|| ApiError::forbidden(format!("`{id}` is not an agent")))?;
-    let (svid, expires_at) = mint_agent_svid(&state, &id, &req.csr)?;
-    record.last_seen = state.now_secs();
-    record.svid_expires_at = expires_at;
-    state.store.upsert_agent(&record).await?;
-    tracing::info!(target: "vouch::audit", event = "agent.renew", agent = %id, expires_at);
+    let (id, presented) = svid_of(&caller)?;
+    let (svid, expires_at, serial) = mint_agent_svid(&state, id, &req.csr)?;
+    let renewal = AgentRenewal {
+        spiffe_id: id.clone(),
+        presented_serial: presented.to_owned(),
+        new_serial: serial.clone(),
+        now: state.now_secs(),
+        svid_expires_at: expires_at,
+    };
+    if let Err(e) = state.store.renew_agent(&renewal).await {
+        let e = ApiError::from(e);
+        tracing::warn!(target: "vouch::audit", event = "agent.renew.refused", agent = %id, reason = %e.message);
+        return Err(e);
+    }
+    tracing::info!(target: "vouch::audit", event = "agent.renew", agent = %id, serial, expires_at);
     Ok(Json(svid))
 }
 
@@ -329,9 +348,13 @@ async fn sync(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
 ) -> AppResult<Response> {
-    let agent = agent_of(&caller)?;
-    // Subscribe before reading the snapshot, so no change can fall between the two.
+    let (agent, serial) = svid_of(&caller)?;
+    let agent = agent.clone();
+    // Subscribe before reading the snapshot, so no change can fall between the two; and check the
+    // agent again after subscribing, so a ban or eviction committed since the auth layer's check
+    // is seen here, and any later one arrives as an event.
     let mut events = state.events.subscribe();
+    state.store.authenticate_agent(&agent, serial).await?;
     let first = snapshot(&state, &agent).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tracing::info!(target: "vouch::audit", event = "agent.sync.open", agent = %agent);
@@ -355,8 +378,20 @@ async fn sync(
                     }
                     Ok(Event::EntryDeleted { id, parent }) => (parent == agent).then(|| line(&SyncLine::Delete { id: Cow::Borrowed(&id) })),
                     Ok(Event::BundleChanged) => Some(bundle_json(&state).and_then(|bundle| line(&SyncLine::Bundle { bundle }))),
-                    // Too far behind to replay: start over with a fresh snapshot.
-                    Err(broadcast::error::RecvError::Lagged(_)) => Some(snapshot(&state, &agent).await),
+                    Ok(Event::AgentRemoved { agent: removed, reason }) if removed == agent => {
+                        close_removed(&tx, &agent, reason).await;
+                        break;
+                    }
+                    Ok(Event::AgentRemoved { .. }) => None,
+                    // Too far behind to replay (a removal may be among the lost events): check the
+                    // agent again, then start over with a fresh snapshot.
+                    Err(broadcast::error::RecvError::Lagged(_)) => match still_served(&state, &agent).await {
+                        Some(reason) => {
+                            close_removed(&tx, &agent, reason).await;
+                            break;
+                        }
+                        None => Some(snapshot(&state, &agent).await),
+                    },
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = ping.tick() => Some(line(&SyncLine::Ping)),
@@ -380,6 +415,33 @@ async fn sync(
     });
     let body = axum::body::Body::new(ChannelBody(rx));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Whether `agent` was removed (banned or evicted) since its stream opened; `None` while it may be
+/// served (a store error leaves the stream as it is: the next event or reconnect checks again).
+async fn still_served(state: &AppState, agent: &SpiffeId) -> Option<CloseReason> {
+    match state.store.get_agent(agent).await {
+        Ok(None) => Some(CloseReason::Evicted),
+        Ok(Some(a)) if a.banned => Some(CloseReason::Banned),
+        _ => None,
+    }
+}
+
+/// Sends the closing line of a removed agent's stream; the caller then ends the stream.
+async fn close_removed(tx: &mpsc::Sender<Bytes>, agent: &SpiffeId, reason: CloseReason) {
+    let message = match reason {
+        CloseReason::Banned => format!(
+            "agent `{agent}` was banned by an admin: the server no longer serves it and it may not attest again under this ID; to bring the node back, an admin must lift the ban (`vouch agent evict {agent}`) and the agent must attest again"
+        ),
+        CloseReason::Evicted => format!(
+            "agent `{agent}` was evicted by an admin: its SVID no longer works; it must attest again (restart it; a join-token agent needs a new token)"
+        ),
+    };
+    tracing::info!(target: "vouch::audit", event = "agent.sync.closed", agent = %agent, reason = ?reason);
+    if let Ok(bytes) = line(&SyncLine::Closed { reason, message }) {
+        // The agent may be gone already; the stream ends either way.
+        let _ = tx.send(bytes).await;
+    }
 }
 
 /// Checks that `agent` may serve `entry` at `now`.
@@ -524,27 +586,19 @@ async fn evict_agent(
     if !state.store.delete_agent(&req.spiffe_id).await? {
         return Err(ApiError::not_found(format!("no agent `{}`", req.spiffe_id)));
     }
+    state.publish(Event::AgentRemoved { agent: req.spiffe_id.clone(), reason: CloseReason::Evicted });
     tracing::info!(target: "vouch::audit", event = "agent.evict", %caller, agent = %req.spiffe_id);
     Ok(Json(Evicted { evicted: req.spiffe_id }))
 }
 
+/// Bans an agent in one atomic write (whatever the agent does meanwhile), then ends its streams.
 async fn ban_agent(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AgentRef>,
 ) -> AppResult<Json<Banned>> {
-    let now = state.now_secs();
-    let mut record = state.store.get_agent(&req.spiffe_id).await?.unwrap_or(AgentRecord {
-        spiffe_id: req.spiffe_id.clone(),
-        attestation: "none".into(),
-        selectors: Default::default(),
-        created_at: now,
-        last_seen: now,
-        svid_expires_at: 0,
-        banned: true,
-    });
-    record.banned = true;
-    state.store.upsert_agent(&record).await?;
+    state.store.ban_agent(&req.spiffe_id, state.now_secs()).await?;
+    state.publish(Event::AgentRemoved { agent: req.spiffe_id.clone(), reason: CloseReason::Banned });
     tracing::info!(target: "vouch::audit", event = "agent.ban", %caller, agent = %req.spiffe_id);
     Ok(Json(Banned { banned: req.spiffe_id }))
 }

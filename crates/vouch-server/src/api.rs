@@ -142,6 +142,7 @@ async fn authority_keys(State(state): State<Arc<AppState>>) -> AppResult<Json<Au
 }
 
 pub(crate) fn new_entry(state: &AppState, spec: EntrySpec) -> AppResult<Entry> {
+    crate::reserved::check_workload_id("spiffe_id", &spec.spiffe_id)?;
     let id = match &spec.id {
         Some(id) => id.clone(),
         None => EntryId::new(&vouch_ca::keys::random_id()?).map_err(|e| ApiError::internal("entry id", e))?,
@@ -174,7 +175,7 @@ async fn batch_create_entries(
     for (i, spec) in req.entries.into_iter().enumerate() {
         entries.push(
             new_entry(&state, spec)
-                .map_err(|e| ApiError::bad_request(format!("entries[{i}]: {}", e.message)))?,
+                .map_err(|e| ApiError { message: format!("entries[{i}]: {}", e.message), ..e })?,
         );
     }
     // All or nothing: the store creates the batch in one transaction.
@@ -276,6 +277,7 @@ async fn store_update(
     spec: EntrySpec,
 ) -> AppResult<Json<Entry>> {
     let id = current.id.clone();
+    crate::reserved::check_workload_id("spiffe_id", &spec.spiffe_id)?;
     let updated = current
         .updated(spec, &state.config.trust_domain, state.now_secs())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -319,6 +321,8 @@ async fn create_join_token(
                 state.config.trust_domain
             )));
         }
+        // Not the server's ID, not an admin's or a workload's: agents live in their own namespace.
+        crate::reserved::check_agent_id("agent_id", id)?;
     }
     // 128 random bits; only the hash is stored, the token itself is returned once.
     let token = vouch_ca::keys::random_id()?;
@@ -387,6 +391,7 @@ async fn mint_x509(
 
 async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<MintX509Answer> {
     use vouch_core::entry::{MAX_DNS_NAMES, MAX_X509_SVID_TTL, MIN_X509_SVID_TTL};
+    crate::reserved::check_workload_id("spiffe_id", &req.spiffe_id)?;
     let ttl =
         requested_ttl(req.ttl, state.config.x509_svid_ttl, MIN_X509_SVID_TTL, MAX_X509_SVID_TTL, "ttl")?;
     if req.dns_names.len() > MAX_DNS_NAMES {
@@ -420,6 +425,7 @@ async fn mint_jwt(
     use vouch_core::entry::{MAX_JWT_SVID_TTL, MIN_JWT_SVID_TTL};
     let started = Instant::now();
     let result = (|| {
+        crate::reserved::check_workload_id("spiffe_id", &req.spiffe_id)?;
         let ttl =
             requested_ttl(req.ttl, state.config.jwt_svid_ttl, MIN_JWT_SVID_TTL, MAX_JWT_SVID_TTL, "ttl")?;
         let now = state.now();

@@ -31,7 +31,13 @@ pub enum Caller {
         uid: u32,
     },
     /// A TLS client that presented a valid X509-SVID.
-    Svid(SpiffeId),
+    Svid {
+        /// Its SPIFFE ID.
+        id: SpiffeId,
+        /// Its serial number (lowercase hex): agents are known by their current SVID, not by their
+        /// SPIFFE ID alone.
+        serial: String,
+    },
     /// A TLS client without a certificate.
     Anonymous,
 }
@@ -40,7 +46,7 @@ impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Caller::Local { uid } => write!(f, "local:uid:{uid}"),
-            Caller::Svid(id) => write!(f, "{id}"),
+            Caller::Svid { id, .. } => write!(f, "{id}"),
             Caller::Anonymous => f.write_str("anonymous"),
         }
     }
@@ -94,8 +100,10 @@ async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
                 )))
             }
         }
-        Caller::Svid(id) => {
-            if state.is_admin(id).await? {
+        Caller::Svid { id, .. } => {
+            // Reserved IDs are never admins, even if an entry written before they were reserved
+            // says so: an agent's or the server's certificate must not open the admin API.
+            if crate::reserved::namespace_of(id).is_none() && state.is_admin(id).await? {
                 Ok(())
             } else {
                 Err(ApiError::forbidden(format!(
@@ -109,21 +117,17 @@ async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-/// An agent call: the caller's SVID must belong to an attested agent that is not banned. An evicted
-/// agent has no record, so its still-valid SVID no longer works and it must attest again.
+/// An agent call: the caller's SVID must be the current SVID of an attested agent that is not
+/// banned. An evicted agent has no record, so its still-valid SVID no longer works and it must attest
+/// again; a copy of an older SVID of the agent (before a renewal or a new attestation) is refused.
 async fn check_agent(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    let Caller::Svid(id) = caller else {
+    let Caller::Svid { id, serial } = caller else {
         return Err(ApiError::unauthenticated(
             "agent calls need the agent's X509-SVID as client certificate",
         ));
     };
-    match state.store.get_agent(id).await? {
-        Some(a) if !a.banned => Ok(()),
-        Some(_) => Err(ApiError::forbidden(format!("agent `{id}` is banned"))),
-        None => Err(ApiError::forbidden(format!(
-            "`{id}` is not an attested agent (evicted, or never attested): attest again"
-        ))),
-    }
+    state.store.authenticate_agent(id, serial).await?;
+    Ok(())
 }
 
 /// Middleware: counts answers by status class.

@@ -19,9 +19,11 @@ pub struct ApiError {
 /// The HTTP status of each error code. Exhaustive, so a new code cannot ship unmapped.
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
-        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::InvalidRequest | ErrorCode::ReservedId => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthenticated | ErrorCode::StaleSvid => StatusCode::UNAUTHORIZED,
+        ErrorCode::PermissionDenied | ErrorCode::AgentBanned | ErrorCode::AgentNotAttested => {
+            StatusCode::FORBIDDEN
+        }
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::Conflict | ErrorCode::RevisionConflict => StatusCode::CONFLICT,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
@@ -38,6 +40,11 @@ impl ApiError {
     /// 400: the request is malformed or invalid.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// 400: the SPIFFE ID is in a namespace vouch reserves for itself.
+    pub fn reserved_id(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ReservedId, message)
     }
 
     /// 401: no credentials.
@@ -110,6 +117,9 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %e, "a damaged entry row was requested");
                 Self::new(ErrorCode::Internal, e.to_string())
             }
+            StoreError::AgentBanned(_) => Self::new(ErrorCode::AgentBanned, e.to_string()),
+            StoreError::AgentNotFound(_) => Self::new(ErrorCode::AgentNotAttested, e.to_string()),
+            StoreError::StaleSvid(_) => Self::new(ErrorCode::StaleSvid, e.to_string()),
             StoreError::Corrupt(_) | StoreError::Backend(_) => Self::internal("store failure", e),
         }
     }

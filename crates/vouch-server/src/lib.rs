@@ -15,6 +15,7 @@ mod extract;
 mod metrics;
 pub mod node_attest;
 mod psat_keys;
+pub mod reserved;
 mod routes;
 mod state;
 
@@ -347,9 +348,10 @@ async fn serve_tls(
                             Err(_) => return,
                         };
                         let caller = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                            // The chain was verified during the handshake; read its SPIFFE ID.
-                            Some(cert) => match vouch_tls::spiffe_id_of(cert) {
-                                Ok(id) => Caller::Svid(id),
+                            // The chain was verified during the handshake; read its SPIFFE ID, and
+                            // its serial, by which an agent's current SVID is told from older ones.
+                            Some(cert) => match vouch_tls::svid_of(cert) {
+                                Ok((id, serial)) => Caller::Svid { id, serial },
                                 Err(_) => Caller::Anonymous,
                             },
                             None => Caller::Anonymous,

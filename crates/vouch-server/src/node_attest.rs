@@ -16,6 +16,7 @@ use serde_json::Value;
 use vouch_core::{ttl, Selector, Selectors, SpiffeId, TrustDomain};
 
 use crate::config::PsatCluster;
+use crate::reserved::AGENT_PREFIX;
 
 /// What a valid PSAT establishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +107,7 @@ pub fn join_token_identity(
     let short = token_hash.get(..16).unwrap_or(token_hash);
     let agent_id = match chosen {
         Some(id) => id,
-        None => td.id_with_path(&format!("/agent/join_token/{short}"))?,
+        None => td.id_with_path(&format!("{AGENT_PREFIX}join_token/{short}"))?,
     };
     Ok(NodeIdentity { agent_id, selectors: selectors_of("join_token", [short.to_owned()]) })
 }
@@ -147,7 +148,7 @@ pub fn x509pop_identity(
     ca_set: &str,
     facts: &vouch_ca::x509::NodeCertFacts,
 ) -> Result<NodeIdentity, vouch_core::IdError> {
-    let agent_id = td.id_with_path(&format!("/agent/x509pop/{}", facts.fingerprint))?;
+    let agent_id = td.id_with_path(&format!("{AGENT_PREFIX}x509pop/{}", facts.fingerprint))?;
     let values = [format!("ca:{ca_set}"), format!("fingerprint:{}", facts.fingerprint)]
         .into_iter()
         .chain(facts.common_name.iter().map(|cn| format!("subject:cn:{cn}")))
@@ -218,7 +219,7 @@ pub fn check_psat(
         return Err(PsatRefusal::BadUid);
     }
     let agent_id = td
-        .id_with_path(&format!("/agent/k8s_psat/{}/{id_part}", cluster.name))
+        .id_with_path(&format!("{AGENT_PREFIX}k8s_psat/{}/{id_part}", cluster.name))
         .map_err(PsatRefusal::AgentId)?;
     let mut selectors = Selectors::new();
     let mut add = |k: &str, v: &str| {

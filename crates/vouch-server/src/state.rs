@@ -31,6 +31,13 @@ pub enum Event {
     },
     /// The trust bundle changed.
     BundleChanged,
+    /// An admin banned or evicted an agent: its open sync streams end.
+    AgentRemoved {
+        /// The agent.
+        agent: SpiffeId,
+        /// Banned or evicted.
+        reason: vouch_api::agent::CloseReason,
+    },
 }
 
 /// How long a cached admin set is trusted without a local entry write.
@@ -199,7 +206,7 @@ impl AppState {
 
     /// Announces a change: drops cached facts derived from entries and pushes it to agents.
     pub fn publish(&self, event: Event) {
-        if !matches!(event, Event::BundleChanged) {
+        if matches!(event, Event::EntryUpserted { .. } | Event::EntryDeleted { .. }) {
             *self.admins.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
         // No receivers (no agent connected) is not an error.

@@ -1261,3 +1261,261 @@ async fn agents_attest_by_proof_of_possession_of_a_node_key() {
     expect_401(challenge(rogue).await, "does not chain");
     server.shutdown().await;
 }
+
+/// The caller an agent is on the mTLS listener when it presents `svid`.
+fn agent_caller(svid: &vouch_api::agent::AgentSvid) -> Caller {
+    let (id, serial) = vouch_tls::svid_of(&svid.cert_chain[0].0).unwrap();
+    assert_eq!(id, svid.spiffe_id);
+    Caller::Svid { id, serial }
+}
+
+/// Attests `agent` through the app with a fresh join token; the SVID.
+async fn attest_in_app(state: &Arc<AppState>, agent: &str) -> Result<vouch_api::agent::AgentSvid, Value> {
+    let (s, t) =
+        call(state, ROOT, "POST", "/v1/join-tokens", Some(&json!({"agent_id": agent}).to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let (csr, _) = csr_and_key();
+    let body =
+        serde_json::to_string(&JoinTokenAttestation { token: t["token"].as_str().unwrap().into(), csr })
+            .unwrap();
+    match call(state, Caller::Anonymous, "POST", "/v1/agent/attest/join-token", Some(&body)).await {
+        (StatusCode::OK, v) => Ok(serde_json::from_value(v).unwrap()),
+        (_, v) => Err(v),
+    }
+}
+
+/// Renews through the app as the holder of `svid`.
+async fn renew_in_app(
+    state: &Arc<AppState>,
+    svid: &vouch_api::agent::AgentSvid,
+) -> Result<vouch_api::agent::AgentSvid, Value> {
+    let (csr, _) = csr_and_key();
+    let body = serde_json::to_string(&vouch_api::agent::RenewRequest { csr }).unwrap();
+    match call(state, agent_caller(svid), "POST", "/v1/agent/renew", Some(&body)).await {
+        (StatusCode::OK, v) => Ok(serde_json::from_value(v).unwrap()),
+        (_, v) => Err(v),
+    }
+}
+
+/// Whether the agent API accepts `svid` (an empty signing batch: 400 once the caller is accepted).
+async fn svid_works(state: &Arc<AppState>, svid: &vouch_api::agent::AgentSvid) -> bool {
+    let (s, v) = call(state, agent_caller(svid), "POST", "/v1/agent/sign", Some(r#"{"requests":[]}"#)).await;
+    match s {
+        StatusCode::BAD_REQUEST => true,
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => false,
+        other => panic!("unexpected answer {other}: {v}"),
+    }
+}
+
+/// A ban or an eviction that the admin was told is done holds, whatever the agent does at the same
+/// moment: a renewal or an attestation racing with it never writes back the record it read before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ban_and_evict_win_races_with_renewal_and_attestation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("race.db")).unwrap());
+    let (kek, _) = vouch_ca::Kek::generate().unwrap();
+    let state =
+        AppState::open(config(dir.path(), false), store, kek, Arc::new(vouch_server::SystemClock), 4242)
+            .await
+            .unwrap();
+    let mut lost = Vec::new();
+    for trial in 0..48 {
+        let id = format!("spiffe://example.org/agent/race-{trial}");
+        let svid = attest_in_app(&state, &id).await.unwrap();
+        let (ban, racer_attests) = (trial % 2 == 0, trial % 4 >= 2);
+        let admin = {
+            let (state, id) = (state.clone(), id.clone());
+            tokio::spawn(async move {
+                let path = if ban { "/v1/agents/ban" } else { "/v1/agents/evict" };
+                call(&state, ROOT, "POST", path, Some(&json!({"spiffe_id": id}).to_string())).await
+            })
+        };
+        let racer = {
+            let (state, id, svid) = (state.clone(), id.clone(), svid.clone());
+            tokio::spawn(async move {
+                if racer_attests {
+                    attest_in_app(&state, &id).await
+                } else {
+                    renew_in_app(&state, &svid).await
+                }
+            })
+        };
+        let (status, answer) = tokio::time::timeout(Duration::from_secs(10), admin).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let raced = tokio::time::timeout(Duration::from_secs(10), racer).await.unwrap().unwrap();
+        let what = format!(
+            "trial {trial}: {} vs {}",
+            if ban { "ban" } else { "evict" },
+            if racer_attests { "attest" } else { "renew" }
+        );
+        // The SVID held before the admin's decision never works after it.
+        if svid_works(&state, &svid).await {
+            lost.push(format!("{what}: the SVID from before still works"));
+        }
+        let (_, agents) = call(&state, ROOT, "GET", "/v1/agents", None).await;
+        let record =
+            agents["agents"].as_array().unwrap().iter().find(|a| a["spiffe_id"] == id.as_str()).cloned();
+        if ban {
+            // Banned stays banned, and no SVID the racer obtained works.
+            if record.as_ref().is_none_or(|r| r["banned"] != true) {
+                lost.push(format!("{what}: the ban was lost: {record:?}"));
+            }
+            if let Ok(new) = &raced {
+                if svid_works(&state, new).await {
+                    lost.push(format!("{what}: the racer's new SVID works for a banned agent"));
+                }
+            }
+        } else if let (false, Ok(new)) = (racer_attests, &raced) {
+            // A renewal never brings an evicted agent back.
+            if record.is_some() || svid_works(&state, new).await {
+                lost.push(format!("{what}: the eviction was undone by the renewal: {record:?}"));
+            }
+        }
+    }
+    assert!(lost.is_empty(), "{} of 48 trials lost the admin's decision:\n{}", lost.len(), lost.join("\n"));
+}
+
+/// An attested agent's TLS client, over a real server: its SVID and client.
+async fn attested_agent(
+    server: &Server,
+    local: &AdminClient,
+    id: &SpiffeId,
+) -> (vouch_api::agent::AgentSvid, String, AdminClient) {
+    let addr = server.tcp_addr.unwrap().to_string();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let bundle_pem = local.bundle_pem().await.unwrap();
+    let anon = AdminClient::tls(&addr, &td, &bundle_pem, None).unwrap();
+    let t = local
+        .create_join_token(&JoinTokenRequest { agent_id: Some(id.clone()), ..Default::default() })
+        .await
+        .unwrap();
+    let (csr, key) = csr_and_key();
+    let svid = anon.attest_join_token(&JoinTokenAttestation { token: t.token, csr }).await.unwrap();
+    let client =
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
+    (svid, key, client)
+}
+
+/// Ban or evict ends the agent's open sync stream at once with a typed reason; nothing created
+/// afterwards reaches it, and reconnecting is refused with a code that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_and_evict_close_the_agents_sync_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let local = AdminClient::unix(&server.admin_socket);
+    let wait = Duration::from_secs(5);
+    for (n, ban) in [(1, true), (2, false)] {
+        let id = spiffe_id(&format!("spiffe://example.org/agent/closing-{n}"));
+        let (_, _, agent) = attested_agent(&server, &local, &id).await;
+        let mut sync = agent.sync().await.unwrap();
+        let first = tokio::time::timeout(wait, sync.next()).await.unwrap().unwrap().unwrap();
+        assert!(matches!(first, SyncLine::Snapshot { .. }), "{first:?}");
+        if ban {
+            local.ban_agent(&id).await.unwrap();
+        } else {
+            local.evict_agent(&id).await.unwrap();
+        }
+        // The stream ends within a bounded time: a closing line with the reason, then the end.
+        let mut lines = Vec::new();
+        let ended = tokio::time::timeout(wait, async {
+            while let Some(line) = sync.next().await {
+                lines.push(line);
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "the stream of a {} agent stayed open: {lines:?}",
+            if ban { "banned" } else { "evicted" }
+        );
+        let want =
+            if ban { vouch_api::agent::CloseReason::Banned } else { vouch_api::agent::CloseReason::Evicted };
+        match lines.as_slice() {
+            [Ok(SyncLine::Closed { reason, message })] => {
+                assert_eq!(*reason, want);
+                assert!(message.contains(&id.to_string()), "{message}");
+            }
+            other => panic!("expected one closing line, got {other:?}"),
+        }
+        // A new entry for the agent reaches nobody; reconnecting is refused with a typed code.
+        local
+            .entries()
+            .create(&entry_spec(json!({"spiffe_id": format!("spiffe://example.org/after-{n}"), "parent_id": id.to_string(), "selectors": ["unix:uid:1"]})))
+            .await
+            .unwrap();
+        let refused = tokio::time::timeout(wait, agent.sync()).await.unwrap().map(|_| ());
+        let (code, message) = refusal(refused, 403);
+        if ban {
+            assert_eq!(code, "agent_banned", "{message}");
+        } else {
+            assert_eq!(code, "agent_not_attested", "{message}");
+            assert!(message.contains("attest again"), "{message}");
+        }
+    }
+    server.shutdown().await;
+}
+
+/// The server's ID, the agents' namespace and admin IDs cannot be had through an entry, a join
+/// token or the minting API; an agent is known by its current SVID, not by its SPIFFE ID alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_ids_are_refused_and_agents_are_known_by_their_current_svid() {
+    let state = state_in_memory(ManualClock::new()).await;
+    let entry = |id: &str| {
+        json!({"spiffe_id": id, "parent_id": "spiffe://example.org/agent/a", "selectors": ["unix:uid:1"]})
+            .to_string()
+    };
+    let before = entry_count(&state).await;
+    for id in [
+        "spiffe://example.org/vouch/server",
+        "spiffe://example.org/agent/node-1",
+        "spiffe://example.org/agent/k8s_psat/c/u",
+    ] {
+        for (method, path, body) in [
+            ("POST", "/v1/entries".to_owned(), entry(id)),
+            ("POST", "/v1/entries/batch".to_owned(), format!(r#"{{"entries":[{}]}}"#, entry(id))),
+            ("POST", "/v1/svids/x509".to_owned(), json!({"spiffe_id": id}).to_string()),
+            ("POST", "/v1/svids/jwt".to_owned(), json!({"spiffe_id": id, "audience": ["x"]}).to_string()),
+        ] {
+            let (s, v) = call(&state, ROOT, method, &path, Some(&body)).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path} {id}: {v}");
+            assert_eq!(v["error"]["code"], "reserved_id", "{v}");
+            assert!(v["error"]["message"].as_str().unwrap().contains("reserved"), "{v}");
+        }
+    }
+    // Updating an entry to a reserved ID, by PUT or PATCH, changes nothing.
+    let (s, e) = call(&state, ROOT, "POST", "/v1/entries", Some(&entry("spiffe://example.org/web"))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let path = format!("/v1/entries/{}", e["id"].as_str().unwrap());
+    let (s, v) = call(&state, ROOT, "PUT", &path, Some(&entry("spiffe://example.org/vouch/server"))).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("reserved_id")), "{v}");
+    let patch = json!({"expected_revision": e["revision"], "spiffe_id": "spiffe://example.org/agent/node-1"})
+        .to_string();
+    let (s, v) = call(&state, ROOT, "PATCH", &path, Some(&patch)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("reserved_id")), "{v}");
+    let (_, now) = call(&state, ROOT, "GET", &path, None).await;
+    assert_eq!(now, e, "a refused update changes nothing");
+    assert_eq!(entry_count(&state).await, before + 1);
+    // Join tokens give IDs in the agents' namespace only: not the server's, not an admin's.
+    let (s, _) = call(&state, ROOT, "POST", "/v1/entries", Some(&json!({"spiffe_id": "spiffe://example.org/admin/ops", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:ops"], "admin": true}).to_string())).await;
+    assert_eq!(s, StatusCode::CREATED);
+    for id in
+        ["spiffe://example.org/vouch/server", "spiffe://example.org/admin/ops", "spiffe://example.org/web"]
+    {
+        let (s, v) =
+            call(&state, ROOT, "POST", "/v1/join-tokens", Some(&json!({"agent_id": id}).to_string())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{id}: {v}");
+        assert_eq!(v["error"]["code"], "reserved_id", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("/agent/"), "{v}");
+    }
+
+    // The normal path: attest, renew, use the new SVID.
+    let old = attest_in_app(&state, "spiffe://example.org/agent/node-1").await.unwrap();
+    assert!(svid_works(&state, &old).await);
+    let new = renew_in_app(&state, &old).await.unwrap();
+    assert!(svid_works(&state, &new).await);
+    // Once the agent uses its new SVID, a copy of the old one is refused, though it has not expired.
+    let (s, v) = call(&state, agent_caller(&old), "POST", "/v1/agent/sign", Some(r#"{"requests":[]}"#)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("stale_svid")), "{v}");
+    assert!(renew_in_app(&state, &old).await.is_err(), "a stale SVID cannot renew");
+    assert!(svid_works(&state, &new).await, "the current SVID keeps working");
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use vouch_core::{Entry, EntryId, EntrySpec, Selector, SpiffeId, TrustDomain};
 
-use crate::{AgentRecord, EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
+use crate::{AgentRecord, AgentRenewal, EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
 
 fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
     let td = TrustDomain::new("example.org").expect("valid trust domain");
@@ -38,6 +38,7 @@ pub async fn run(store: Arc<dyn Store>) {
     join_tokens_are_single_use(store.clone()).await;
     authority_state(&*store).await;
     agents(&*store).await;
+    bans_win_races(store.clone()).await;
     store.ping().await.expect("ping");
 }
 
@@ -159,7 +160,7 @@ async fn authority_state(store: &dyn Store) {
 
 async fn agents(store: &dyn Store) {
     let id = SpiffeId::parse("spiffe://example.org/agent/join_token/n1").unwrap();
-    let mut a = AgentRecord {
+    let a = AgentRecord {
         spiffe_id: id.clone(),
         attestation: "join_token".into(),
         selectors: [Selector::parse("join_token:abc").unwrap()].into_iter().collect(),
@@ -167,15 +168,103 @@ async fn agents(store: &dyn Store) {
         last_seen: 10,
         svid_expires_at: 3610,
         banned: false,
+        svid_serial: Some("01".into()),
+        new_svid_serial: None,
     };
     assert_eq!(store.get_agent(&id).await.unwrap(), None);
-    store.upsert_agent(&a).await.unwrap();
+    assert!(matches!(store.authenticate_agent(&id, "01").await, Err(StoreError::AgentNotFound(_))));
+    assert_eq!(store.attest_agent(&a).await.unwrap(), a);
     assert_eq!(store.get_agent(&id).await.unwrap(), Some(a.clone()));
-    a.banned = true;
-    a.last_seen = 20;
-    store.upsert_agent(&a).await.unwrap();
-    assert_eq!(store.list_agents().await.unwrap(), vec![a.clone()], "upsert replaces");
+    assert_eq!(store.authenticate_agent(&id, "01").await.unwrap(), a);
+    assert!(matches!(store.authenticate_agent(&id, "02").await, Err(StoreError::StaleSvid(_))));
+
+    // Renewal: the old SVID works until the new one is first used, then never again.
+    let renewal = |presented: &str, new: &str, now| AgentRenewal {
+        spiffe_id: id.clone(),
+        presented_serial: presented.into(),
+        new_serial: new.into(),
+        now,
+        svid_expires_at: now + 3600,
+    };
+    assert!(matches!(store.renew_agent(&renewal("09", "02", 20)).await, Err(StoreError::StaleSvid(_))));
+    let renewed = store.renew_agent(&renewal("01", "02", 20)).await.unwrap();
+    assert_eq!((renewed.last_seen, renewed.new_svid_serial.as_deref()), (20, Some("02")));
+    store.authenticate_agent(&id, "01").await.expect("the previous SVID until the new one is used");
+    store.authenticate_agent(&id, "02").await.expect("the renewed SVID");
+    assert!(matches!(store.authenticate_agent(&id, "01").await, Err(StoreError::StaleSvid(_))));
+    assert!(matches!(store.renew_agent(&renewal("01", "03", 30)).await, Err(StoreError::StaleSvid(_))));
+    let now = store.get_agent(&id).await.unwrap().unwrap();
+    assert_eq!((now.svid_serial.as_deref(), now.new_svid_serial), (Some("02"), None));
+
+    // Attesting again keeps the first-attestation time and retires every earlier SVID.
+    let again = AgentRecord { created_at: 40, last_seen: 40, svid_serial: Some("04".into()), ..a.clone() };
+    assert_eq!(store.attest_agent(&again).await.unwrap().created_at, 10);
+    assert!(matches!(store.authenticate_agent(&id, "02").await, Err(StoreError::StaleSvid(_))));
+
+    // A ban holds against attestation, renewal and calls.
+    let banned = store.ban_agent(&id, 50).await.unwrap();
+    assert!(banned.banned);
+    assert!(matches!(store.attest_agent(&again).await, Err(StoreError::AgentBanned(_))));
+    assert!(matches!(store.renew_agent(&renewal("04", "05", 60)).await, Err(StoreError::AgentBanned(_))));
+    assert!(matches!(store.authenticate_agent(&id, "04").await, Err(StoreError::AgentBanned(_))));
+    assert_eq!(store.list_agents().await.unwrap(), vec![banned]);
+    // Eviction deletes the record (and a ban with it); a renewal never brings it back.
     assert!(store.delete_agent(&id).await.unwrap());
     assert!(!store.delete_agent(&id).await.unwrap());
+    assert!(matches!(store.renew_agent(&renewal("04", "05", 70)).await, Err(StoreError::AgentNotFound(_))));
     assert!(store.list_agents().await.unwrap().is_empty());
+
+    // An ID that never attested can be banned ahead of time.
+    let never = SpiffeId::parse("spiffe://example.org/agent/never").unwrap();
+    assert!(store.ban_agent(&never, 80).await.unwrap().banned);
+    let fresh = AgentRecord { spiffe_id: never.clone(), ..a.clone() };
+    assert!(matches!(store.attest_agent(&fresh).await, Err(StoreError::AgentBanned(_))));
+    assert!(store.delete_agent(&never).await.unwrap());
+}
+
+/// A ban racing with renewals and attestations of the same agent always holds once it returned.
+async fn bans_win_races(store: Arc<dyn Store>) {
+    for trial in 0..20 {
+        let id = SpiffeId::parse(&format!("spiffe://example.org/agent/race-{trial}")).unwrap();
+        let record = AgentRecord {
+            spiffe_id: id.clone(),
+            attestation: "join_token".into(),
+            selectors: Default::default(),
+            created_at: 1,
+            last_seen: 1,
+            svid_expires_at: 100,
+            banned: false,
+            svid_serial: Some("01".into()),
+            new_svid_serial: None,
+        };
+        store.attest_agent(&record).await.unwrap();
+        let mut racers = Vec::new();
+        for i in 0..4 {
+            let (s, record, id) = (store.clone(), record.clone(), id.clone());
+            racers.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    let renewal = AgentRenewal {
+                        spiffe_id: id,
+                        presented_serial: "01".into(),
+                        new_serial: format!("1{i}"),
+                        now: 2,
+                        svid_expires_at: 200,
+                    };
+                    s.renew_agent(&renewal).await.map(|_| ())
+                } else {
+                    s.attest_agent(&record).await.map(|_| ())
+                }
+            }));
+        }
+        store.ban_agent(&id, 2).await.unwrap();
+        for r in racers {
+            // Each racer either finished before the ban or was refused by it.
+            match r.await.unwrap() {
+                Ok(()) | Err(StoreError::AgentBanned(_)) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert!(store.get_agent(&id).await.unwrap().unwrap().banned, "trial {trial}: the ban was lost");
+        store.delete_agent(&id).await.unwrap();
+    }
 }

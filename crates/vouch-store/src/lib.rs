@@ -46,6 +46,17 @@ pub enum StoreError {
         /// What is wrong, without the row's content.
         reason: String,
     },
+    /// The agent is banned: it may neither attest again nor renew nor call the agent API.
+    #[error(
+        "agent `{0}` is banned; an admin must lift the ban (`vouch agent evict`) before it may attest again"
+    )]
+    AgentBanned(String),
+    /// No agent record with this SPIFFE ID (evicted, or never attested).
+    #[error("`{0}` is not an attested agent (evicted, or never attested): attest again")]
+    AgentNotFound(String),
+    /// The agent presented an X509-SVID that is not its current one.
+    #[error("agent `{0}` presented an X509-SVID that is no longer its current one (it was renewed, or the agent attested again); a copied older SVID is refused: use the agent's current SVID, or attest again")]
+    StaleSvid(String),
     /// Stored data could not be decoded (corruption or a newer schema).
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
@@ -128,6 +139,120 @@ pub struct AgentRecord {
     pub svid_expires_at: i64,
     /// A banned agent may not attest again under this ID.
     pub banned: bool,
+    /// Serial (lowercase hex) of the agent's current X509-SVID, recorded at attestation and renewal:
+    /// the agent API accepts this SVID and no older one. `None` only in records written before
+    /// serials were kept (accepted once, then pinned) and in the placeholder of a ban.
+    #[serde(default)]
+    pub svid_serial: Option<String>,
+    /// Serial of the SVID issued by the last renewal, until the agent first presents it. As in
+    /// SPIRE, the previous SVID keeps working until then, so an agent whose renewal answer was lost
+    /// is not locked out; the first call with the new one retires the old one.
+    #[serde(default)]
+    pub new_svid_serial: Option<String>,
+}
+
+/// A renewal of an agent's SVID, as [`Store::renew_agent`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRenewal {
+    /// The agent.
+    pub spiffe_id: SpiffeId,
+    /// Serial of the SVID the agent authenticated with.
+    pub presented_serial: String,
+    /// Serial of the SVID just issued.
+    pub new_serial: String,
+    /// Unix seconds of the renewal.
+    pub now: i64,
+    /// Expiry of the new SVID (unix seconds).
+    pub svid_expires_at: i64,
+}
+
+/// The state changes of an agent record, as pure functions of the stored record (if any). Every
+/// store runs them inside one atomic read-and-write (a transaction or a compare-and-swap), so a ban
+/// or an eviction committed by an admin is never overwritten by an agent's attestation or renewal
+/// that read the record before it. Each returns the record as it must be written, or `None` when
+/// nothing changes, and the record as the caller sees it.
+pub mod agent_rules {
+    use super::{AgentRecord, AgentRenewal, StoreError};
+    use vouch_core::SpiffeId;
+
+    /// What a store does after a rule: the record to write (if it changed) and the answer.
+    pub type Outcome = Result<(Option<AgentRecord>, AgentRecord), StoreError>;
+
+    /// Which of the agent's SVIDs a presented serial is.
+    fn presented(agent: &AgentRecord, serial: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let id = || agent.spiffe_id.to_string();
+        if agent.banned {
+            return Err(StoreError::AgentBanned(id()));
+        }
+        match (&agent.svid_serial, &agent.new_svid_serial) {
+            (Some(current), _) if current == serial => Ok(None),
+            // The renewed SVID's first use retires the previous one.
+            (_, Some(new)) if new == serial => Ok(Some(AgentRecord {
+                svid_serial: Some(new.clone()),
+                new_svid_serial: None,
+                ..agent.clone()
+            })),
+            // A record from before serials were kept: pin the SVID it is used with.
+            (None, None) => Ok(Some(AgentRecord { svid_serial: Some(serial.to_owned()), ..agent.clone() })),
+            _ => Err(StoreError::StaleSvid(id())),
+        }
+    }
+
+    /// A call of the agent API with the SVID of serial `serial`.
+    pub fn authenticate(stored: Option<AgentRecord>, id: &SpiffeId, serial: &str) -> Outcome {
+        let agent = stored.ok_or_else(|| StoreError::AgentNotFound(id.to_string()))?;
+        let write = presented(&agent, serial)?;
+        let seen = write.clone().unwrap_or(agent);
+        Ok((write, seen))
+    }
+
+    /// A successful node attestation: `attested` replaces the record (its first-attestation time
+    /// kept) unless the agent is banned. The previous SVIDs stop working.
+    pub fn attest(stored: Option<AgentRecord>, attested: &AgentRecord) -> Outcome {
+        if stored.as_ref().is_some_and(|a| a.banned) {
+            return Err(StoreError::AgentBanned(attested.spiffe_id.to_string()));
+        }
+        let record = AgentRecord {
+            created_at: stored.map(|a| a.created_at).unwrap_or(attested.created_at),
+            banned: false,
+            new_svid_serial: None,
+            ..attested.clone()
+        };
+        Ok((Some(record.clone()), record))
+    }
+
+    /// A renewal: only of an existing, not banned agent presenting its current (or just renewed)
+    /// SVID. Never creates a record, so it cannot undo an eviction.
+    pub fn renew(stored: Option<AgentRecord>, renewal: &AgentRenewal) -> Outcome {
+        let agent = stored.ok_or_else(|| StoreError::AgentNotFound(renewal.spiffe_id.to_string()))?;
+        let agent = presented(&agent, &renewal.presented_serial)?.unwrap_or(agent);
+        let record = AgentRecord {
+            last_seen: renewal.now,
+            svid_expires_at: renewal.svid_expires_at,
+            new_svid_serial: Some(renewal.new_serial.clone()),
+            ..agent
+        };
+        Ok((Some(record.clone()), record))
+    }
+
+    /// A ban: of a known agent, or of an ID that never attested (a placeholder record).
+    pub fn ban(stored: Option<AgentRecord>, id: &SpiffeId, now: i64) -> Outcome {
+        let record = match stored {
+            Some(a) => AgentRecord { banned: true, ..a },
+            None => AgentRecord {
+                spiffe_id: id.clone(),
+                attestation: "none".into(),
+                selectors: Default::default(),
+                created_at: now,
+                last_seen: now,
+                svid_expires_at: 0,
+                banned: true,
+                svid_serial: None,
+                new_svid_serial: None,
+            },
+        };
+        Ok((Some(record.clone()), record))
+    }
 }
 
 /// What happened when a join token was presented.
@@ -180,8 +305,23 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically checks and uses a join token: a token can be consumed exactly once.
     async fn consume_join_token(&self, hash: &str, now: i64) -> Result<TokenUse, StoreError>;
 
-    /// Creates or replaces an agent.
-    async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+    // Agent records change only through the rules of [`agent_rules`], each applied atomically: there
+    // is no plain "write this record", because writing back a record read earlier is how a ban or
+    // an eviction got lost.
+
+    /// Records a node attestation ([`agent_rules::attest`]); [`StoreError::AgentBanned`] if banned.
+    async fn attest_agent(&self, agent: &AgentRecord) -> Result<AgentRecord, StoreError>;
+
+    /// Records a renewal ([`agent_rules::renew`]): [`StoreError::AgentNotFound`] if evicted,
+    /// [`StoreError::AgentBanned`], or [`StoreError::StaleSvid`] if the presented SVID is not current.
+    async fn renew_agent(&self, renewal: &AgentRenewal) -> Result<AgentRecord, StoreError>;
+
+    /// Checks that the agent `id` may call with the SVID of serial `serial`
+    /// ([`agent_rules::authenticate`]), retiring its previous SVID on the first use of a renewed one.
+    async fn authenticate_agent(&self, id: &SpiffeId, serial: &str) -> Result<AgentRecord, StoreError>;
+
+    /// Bans an agent, known or not ([`agent_rules::ban`]).
+    async fn ban_agent(&self, id: &SpiffeId, now: i64) -> Result<AgentRecord, StoreError>;
 
     /// One agent.
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
@@ -200,4 +340,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_from_before_serials_pins_the_first_svid_used_with_it() {
+        let old: AgentRecord = serde_json::from_str(
+            r#"{"spiffe_id":"spiffe://example.org/agent/a","attestation":"join_token","selectors":[],"created_at":1,"last_seen":1,"svid_expires_at":9,"banned":false}"#,
+        )
+        .unwrap();
+        assert_eq!((old.svid_serial.as_deref(), old.new_svid_serial.as_deref()), (None, None));
+        let (write, seen) = agent_rules::authenticate(Some(old.clone()), &old.spiffe_id, "aa").unwrap();
+        assert_eq!(write.as_ref().and_then(|r| r.svid_serial.as_deref()), Some("aa"));
+        assert_eq!(Some(seen), write);
+        let pinned = agent_rules::authenticate(Some(old.clone()), &old.spiffe_id, "aa").unwrap().0.unwrap();
+        assert!(matches!(
+            agent_rules::authenticate(Some(pinned), &old.spiffe_id, "bb"),
+            Err(StoreError::StaleSvid(_))
+        ));
+    }
 }

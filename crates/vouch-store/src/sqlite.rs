@@ -11,7 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
 use crate::{
-    AgentRecord, DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError, TokenUse,
+    agent_rules, AgentRecord, AgentRenewal, DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store,
+    StoreError, TokenUse,
 };
 
 /// Schema migrations, applied in order; `user_version` records how many have run.
@@ -110,6 +111,10 @@ fn decode_entry(id: &str, data: &str) -> Result<Entry, StoreError> {
     decode_row(id, data).map_err(|d| StoreError::DamagedEntry { id: d.id, reason: d.reason })
 }
 
+fn decode_agent(data: &str) -> Result<AgentRecord, StoreError> {
+    serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("agent: {e}")))
+}
+
 fn encode_entry(entry: &Entry) -> Result<String, StoreError> {
     serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -149,6 +154,37 @@ impl SqliteStore {
             tx.commit().map_err(backend)?;
         }
         Ok(Self { conn: Arc::new(Mutex::new(conn)), damage: Arc::default() })
+    }
+
+    /// Applies an agent rule atomically: the record is read, decided on and written in one
+    /// immediate transaction (SQLite's write lock is taken at `BEGIN`), so no other change to the
+    /// agent can fall between the read and the write.
+    async fn change_agent<F>(&self, id: &SpiffeId, rule: F) -> Result<AgentRecord, StoreError>
+    where
+        F: FnOnce(Option<AgentRecord>) -> agent_rules::Outcome + Send + 'static,
+    {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let data: Option<String> = tx
+                .query_row("SELECT data FROM agents WHERE spiffe_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let stored = data.as_deref().map(decode_agent).transpose()?;
+            let (write, answer) = rule(stored)?;
+            if let Some(record) = write {
+                let data = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO agents (spiffe_id, data) VALUES (?1, ?2)
+                     ON CONFLICT (spiffe_id) DO UPDATE SET data = excluded.data",
+                    params![id, data],
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+            }
+            Ok(answer)
+        })
+        .await
     }
 
     /// Runs `f` on the connection on a blocking thread, so SQLite never stalls the async runtime.
@@ -391,19 +427,32 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        let id = agent.spiffe_id.to_string();
-        let data = serde_json::to_string(agent).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.with(move |conn| {
-            conn.execute(
-                "INSERT INTO agents (spiffe_id, data) VALUES (?1, ?2)
-                 ON CONFLICT (spiffe_id) DO UPDATE SET data = excluded.data",
-                params![id, data],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
+    async fn attest_agent(&self, agent: &AgentRecord) -> Result<AgentRecord, StoreError> {
+        let agent = agent.clone();
+        self.change_agent(&agent.spiffe_id.clone(), move |stored| agent_rules::attest(stored, &agent)).await
+    }
+
+    async fn renew_agent(&self, renewal: &AgentRenewal) -> Result<AgentRecord, StoreError> {
+        let renewal = renewal.clone();
+        self.change_agent(&renewal.spiffe_id.clone(), move |stored| agent_rules::renew(stored, &renewal))
+            .await
+    }
+
+    async fn authenticate_agent(&self, id: &SpiffeId, serial: &str) -> Result<AgentRecord, StoreError> {
+        // Every agent call lands here: decide on a plain read, which takes no write lock, and only
+        // when the rule changes the record (the first use of a renewed SVID) decide again inside a
+        // write transaction.
+        let (write, seen) = agent_rules::authenticate(self.get_agent(id).await?, id, serial)?;
+        if write.is_none() {
+            return Ok(seen);
+        }
+        let (who, serial) = (id.clone(), serial.to_owned());
+        self.change_agent(id, move |stored| agent_rules::authenticate(stored, &who, &serial)).await
+    }
+
+    async fn ban_agent(&self, id: &SpiffeId, now: i64) -> Result<AgentRecord, StoreError> {
+        let who = id.clone();
+        self.change_agent(id, move |stored| agent_rules::ban(stored, &who, now)).await
     }
 
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
@@ -413,8 +462,7 @@ impl Store for SqliteStore {
                 .query_row("SELECT data FROM agents WHERE spiffe_id = ?1", [&id], |r| r.get(0))
                 .optional()
                 .map_err(backend)?;
-            data.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("agent: {e}"))))
-                .transpose()
+            data.as_deref().map(decode_agent).transpose()
         })
         .await
     }
@@ -425,10 +473,7 @@ impl Store for SqliteStore {
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
             let mut out = Vec::new();
             for row in rows {
-                let data = row.map_err(backend)?;
-                out.push(
-                    serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("agent: {e}")))?,
-                );
+                out.push(decode_agent(&row.map_err(backend)?)?);
             }
             Ok(out)
         })

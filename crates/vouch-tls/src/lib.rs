@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use client::{client_config, SpiffeServerVerifier};
 pub use server::{server_config, ServerCert, SvidClientVerifier};
-pub use verify::{algorithms, provider, spiffe_id_of, verify_chain, verify_svid, Anchors};
+pub use verify::{algorithms, provider, spiffe_id_of, svid_of, verify_chain, verify_svid, Anchors};
 pub use web::{tls_connector, Trust};
 
 /// Why TLS material could not be used.

@@ -129,11 +129,17 @@ pub fn verify_svid(
 
 /// The SPIFFE ID of an X509-SVID: its single URI SAN.
 pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, TlsError> {
+    svid_of(der).map(|(id, _)| id)
+}
+
+/// The SPIFFE ID of an X509-SVID and its serial number (lowercase hex), read in one parse: the server
+/// knows an agent by both, so that a copy of an older SVID of the same agent is refused.
+pub fn svid_of(der: &[u8]) -> Result<(SpiffeId, String), TlsError> {
     let info = vouch_ca::x509::cert_info(der).map_err(|e| TlsError::NotAnSvid(e.to_string()))?;
     match info.uris.as_slice() {
-        [one] => {
-            SpiffeId::parse(one).map_err(|e| TlsError::NotAnSvid(format!("URI SAN is not a SPIFFE ID: {e}")))
-        }
+        [one] => SpiffeId::parse(one)
+            .map(|id| (id, info.serial))
+            .map_err(|e| TlsError::NotAnSvid(format!("URI SAN is not a SPIFFE ID: {e}"))),
         [] => Err(TlsError::NotAnSvid("the certificate has no URI SAN".into())),
         _ => Err(TlsError::NotAnSvid(
             "the certificate has several URI SANs; an X509-SVID has exactly one".into(),

@@ -539,6 +539,31 @@ async fn agent_attests_with_a_kubernetes_psat() {
     }
     assert_ne!(agent.state.link.identity().chain_pem, before.chain_pem, "a new agent SVID");
     assert_eq!(agent.state.link.agent_id().to_string(), agent_id, "the same agent");
+
+    // Evicted by an admin: a PSAT agent attests again by itself and goes on serving.
+    let id = vouch_core::SpiffeId::parse(&agent_id).unwrap();
+    let before = agent.state.link.identity();
+    admin.evict_agent(&id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.state.link.identity().chain_pem == before.chain_pem || !agent.state.link.connected() {
+        assert!(Instant::now() < deadline, "the evicted PSAT agent did not attest again and resync");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        client.fetch_x509_svid().await.unwrap().spiffe_id().to_string(),
+        "spiffe://example.org/k8s-workload"
+    );
+
+    // Banned: the node is no longer trusted, and serves no identity, cached or not.
+    admin.ban_agent(&id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.fetch_x509_svid().await {
+            Err(e) if e.to_string().contains("no identity issued") => break,
+            other => assert!(Instant::now() < deadline, "still served after the ban: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     agent.shutdown().await;
     server.shutdown().await;
 }
