@@ -184,6 +184,52 @@ async fn read_blob(
     serde_json::from_slice(&data).map_err(|e| err(format!("not JSON: {e}")))
 }
 
+/// This node's architecture in OCI's spelling (`GOARCH` names), for picking from image indexes.
+pub const HOST_ARCH: &str = match std::env::consts::ARCH.as_bytes() {
+    b"x86_64" => "amd64",
+    b"aarch64" => "arm64",
+    b"x86" => "386",
+    b"powerpc64" => "ppc64le",
+    _ => std::env::consts::ARCH,
+};
+
+/// The digest of the linux/`arch` manifest of an OCI image index (or Docker manifest list). Entries
+/// without a platform of their own (`unknown/unknown`: build attestations) are never picked; an
+/// index with a single image manifest is taken as it is. An index offering several platforms but
+/// not this one is an error that lists them, rather than a guess.
+pub fn pick_manifest(index: &Value, arch: &str) -> Result<String, String> {
+    let manifests = index["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let images: Vec<&Value> = manifests
+        .iter()
+        .filter(|m| m["platform"]["os"] != "unknown" && m["platform"]["architecture"] != "unknown")
+        .collect();
+    let digest = |m: &Value| m["digest"].as_str().map(str::to_owned);
+    if let Some(m) =
+        images.iter().find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
+    {
+        return digest(m).ok_or_else(|| "image index entry has no digest".into());
+    }
+    match images.as_slice() {
+        [] => Err("image index lists no image manifest".into()),
+        [only] if only.get("platform").is_none() => {
+            digest(only).ok_or_else(|| "image index entry has no digest".into())
+        }
+        several => {
+            let offered: Vec<String> = several
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}/{}",
+                        m["platform"]["os"].as_str().unwrap_or("?"),
+                        m["platform"]["architecture"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            Err(format!("image index has no linux/{arch} manifest (it offers {})", offered.join(", ")))
+        }
+    }
+}
+
 /// Asks containerd about a container: `Ok(None)` if it does not know it.
 async fn containerd_inspect(
     socket: &PathBuf,
@@ -218,15 +264,9 @@ async fn containerd_inspect(
     let target = image.target.ok_or_else(|| AttestError::Runtime("containerd image has no target".into()))?;
     let mut content = content::content_client::ContentClient::new(channel);
     let mut doc = read_blob(&mut content, namespace, &target.digest).await?;
-    // An index: take the linux/amd64 manifest (or the only one).
-    if let Some(manifests) = doc["manifests"].as_array().cloned() {
-        let pick = manifests
-            .iter()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
-            .or_else(|| manifests.first())
-            .and_then(|m| m["digest"].as_str())
-            .ok_or_else(|| AttestError::Runtime("image index lists no manifest".into()))?
-            .to_owned();
+    // An index: the manifest of the platform this node runs (the container runs it too).
+    if doc["manifests"].is_array() {
+        let pick = pick_manifest(&doc, HOST_ARCH).map_err(AttestError::Runtime)?;
         doc = read_blob(&mut content, namespace, &pick).await?;
     }
     let config = doc["config"]["digest"]
@@ -307,6 +347,31 @@ pub fn docker_selectors(kind: &str, v: &Value) -> Selectors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_platform_is_picked_from_an_image_index() {
+        let index = serde_json::json!({"manifests": [
+            {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}},
+        ]});
+        assert_eq!(pick_manifest(&index, "arm64").unwrap(), "sha256:arm", "not always the first or amd64");
+        assert_eq!(pick_manifest(&index, "amd64").unwrap(), "sha256:amd");
+        let err = pick_manifest(&index, "s390x").unwrap_err();
+        assert!(err.contains("no linux/s390x manifest") && err.contains("linux/arm64"), "{err}");
+        // An attestation first, then the one image: the image.
+        let index = serde_json::json!({"manifests": [
+            {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}},
+            {"digest": "sha256:img", "platform": {"os": "linux", "architecture": "amd64"}},
+        ]});
+        assert_eq!(pick_manifest(&index, "amd64").unwrap(), "sha256:img");
+        // One manifest without a platform (as `ctr images export` writes): taken as it is.
+        let index = serde_json::json!({"manifests": [{"digest": "sha256:one"}]});
+        assert_eq!(pick_manifest(&index, "arm64").unwrap(), "sha256:one");
+        assert!(pick_manifest(&serde_json::json!({"manifests": []}), "amd64").is_err());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(HOST_ARCH, "amd64");
+    }
 
     #[test]
     fn selectors_from_an_inspect_document() {
