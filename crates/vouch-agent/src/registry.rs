@@ -93,7 +93,17 @@ impl Registry {
     /// is the workload's default identity).
     pub fn matching(&self, selectors: &Selectors, now: SystemTime) -> Vec<Entry> {
         let now = ttl::unix_seconds(now);
-        self.entries().into_iter().filter(|e| e.matches(selectors, now)).collect()
+        // Only the matches are copied: this runs on every Workload API call.
+        let mut v: Vec<Entry> = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| e.matches(selectors, now))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
     }
 
     /// Replaces every entry and, if given, the bundle (a snapshot), and marks the registry synced.
