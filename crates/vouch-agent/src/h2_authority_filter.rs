@@ -56,6 +56,157 @@ struct PendingBlock {
     fragment: Vec<u8>,
 }
 
+fn invalid(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// Where the filter is in the client's byte stream.
+enum Stage {
+    /// Reading the 24-byte connection preface.
+    Preface,
+    /// Reading frames.
+    Frames,
+    /// Not HTTP/2 with prior knowledge: everything passes through for the server to refuse.
+    Passthrough,
+}
+
+/// The filter of one connection's client-to-server direction, fed bytes as they arrive. It keeps
+/// no more than one incomplete frame of input (at most 9 + [`MAX_FRAME_PAYLOAD`] bytes) and one
+/// header block being assembled (at most [`MAX_BLOCK`]).
+pub struct Filter {
+    stage: Stage,
+    decoder: loona_hpack::Decoder<'static>,
+    pending: Option<PendingBlock>,
+    requests: u64,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Self { stage: Stage::Preface, decoder: client_decoder(), pending: None, requests: 0 }
+    }
+}
+
+impl Filter {
+    /// Whether a complete header block (a request) has passed.
+    pub fn request_seen(&self) -> bool {
+        self.requests > 0 || matches!(self.stage, Stage::Passthrough)
+    }
+
+    /// Consumes what it can of `input` (the preface, whole frames) and appends what the server
+    /// should receive to `out`; an incomplete frame stays in `input` for the next call. An error
+    /// means the connection must be dropped.
+    pub fn feed(&mut self, input: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<()> {
+        let mut used = 0;
+        let result = self.feed_from(input, &mut used, out);
+        input.drain(..used);
+        result
+    }
+
+    fn feed_from(&mut self, input: &[u8], used: &mut usize, out: &mut Vec<u8>) -> io::Result<()> {
+        loop {
+            let rest = &input[*used..];
+            match self.stage {
+                Stage::Passthrough => {
+                    out.extend_from_slice(rest);
+                    *used = input.len();
+                    return Ok(());
+                }
+                Stage::Preface => {
+                    if rest.len() < PREFACE.len() {
+                        // Not even the start of a preface: pass it on and let the server refuse it.
+                        if !PREFACE.starts_with(rest) {
+                            self.stage = Stage::Passthrough;
+                            continue;
+                        }
+                        return Ok(());
+                    }
+                    out.extend_from_slice(&rest[..PREFACE.len()]);
+                    *used += PREFACE.len();
+                    self.stage =
+                        if rest[..PREFACE.len()] == PREFACE[..] { Stage::Frames } else { Stage::Passthrough };
+                }
+                Stage::Frames => {
+                    let Some(head) = rest.get(..9) else { return Ok(()) };
+                    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    if len > MAX_FRAME_PAYLOAD {
+                        return Err(invalid("frame larger than the server allows"));
+                    }
+                    let Some(payload) = rest.get(9..9 + len) else { return Ok(()) };
+                    let head: [u8; 9] = head.try_into().map_err(|_| invalid("short frame header"))?;
+                    self.frame(&head, payload, out)?;
+                    *used += 9 + len;
+                }
+            }
+        }
+    }
+
+    /// Handles one whole frame.
+    fn frame(&mut self, head: &[u8; 9], payload: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        match kind {
+            HEADERS => {
+                if self.pending.is_some() {
+                    return Err(invalid("HEADERS inside an unfinished header block"));
+                }
+                let mut start = 0;
+                let mut end = payload.len();
+                if flags & PADDED != 0 {
+                    let pad = *payload.first().ok_or_else(|| invalid("empty padded frame"))? as usize;
+                    start = 1;
+                    end =
+                        end.checked_sub(pad).filter(|e| *e >= start).ok_or_else(|| invalid("bad padding"))?;
+                }
+                let priority = if flags & PRIORITY != 0 {
+                    let p: [u8; 5] = payload
+                        .get(start..start + 5)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or_else(|| invalid("short priority"))?;
+                    start += 5;
+                    Some(p)
+                } else {
+                    None
+                };
+                let fragment = payload.get(start..end).ok_or_else(|| invalid("bad HEADERS frame"))?;
+                if fragment.len() > MAX_BLOCK {
+                    return Err(invalid("header block too large"));
+                }
+                self.pending = Some(PendingBlock {
+                    stream,
+                    end_stream: flags & END_STREAM != 0,
+                    priority,
+                    fragment: fragment.to_vec(),
+                });
+            }
+            CONTINUATION => match &mut self.pending {
+                Some(p) if p.stream == stream => {
+                    if p.fragment.len() + payload.len() > MAX_BLOCK {
+                        return Err(invalid("header block too large"));
+                    }
+                    p.fragment.extend_from_slice(payload);
+                }
+                _ => return Err(invalid("unexpected CONTINUATION")),
+            },
+            _ => {
+                if self.pending.is_some() {
+                    return Err(invalid("frame inside an unfinished header block"));
+                }
+                out.extend_from_slice(head);
+                out.extend_from_slice(payload);
+                return Ok(());
+            }
+        }
+        if flags & END_HEADERS != 0 {
+            if let Some(p) = self.pending.take() {
+                let rewritten = rewrite_block(&mut self.decoder, &p.fragment)?;
+                write_block(out, p.stream, p.end_stream, p.priority, &rewritten);
+                self.requests += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether `value` is acceptable to h2 as an authority.
 fn valid_authority(value: &[u8]) -> bool {
     !value.is_empty() && value.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~:[]@!$&'()*+,;=".contains(b))
@@ -132,14 +283,8 @@ fn frame_header(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; 9] {
     [l[1], l[2], l[3], kind, flags, s[0], s[1], s[2], s[3]]
 }
 
-/// Writes a header block as HEADERS plus as many CONTINUATION frames as needed.
-async fn write_block<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    stream: u32,
-    end_stream: bool,
-    priority: Option<[u8; 5]>,
-    block: &[u8],
-) -> io::Result<()> {
+/// Appends a header block as HEADERS plus as many CONTINUATION frames as needed.
+fn write_block(out: &mut Vec<u8>, stream: u32, end_stream: bool, priority: Option<[u8; 5]>, block: &[u8]) {
     let prio_len = if priority.is_some() { 5 } else { 0 };
     let first_len = block.len().min(MAX_FRAME - prio_len);
     let (first, mut rest) = block.split_at(first_len);
@@ -150,44 +295,26 @@ async fn write_block<W: AsyncWrite + Unpin>(
     if rest.is_empty() {
         flags |= END_HEADERS;
     }
-    let mut out = Vec::with_capacity(9 + prio_len + first.len());
     out.extend_from_slice(&frame_header(prio_len + first.len(), HEADERS, flags, stream));
     if let Some(p) = priority {
         out.extend_from_slice(&p);
     }
     out.extend_from_slice(first);
-    w.write_all(&out).await?;
     while !rest.is_empty() {
         let n = rest.len().min(MAX_FRAME);
         let (chunk, tail) = rest.split_at(n);
         let flags = if tail.is_empty() { END_HEADERS } else { 0 };
-        w.write_all(&frame_header(n, CONTINUATION, flags, stream)).await?;
-        w.write_all(chunk).await?;
+        out.extend_from_slice(&frame_header(n, CONTINUATION, flags, stream));
+        out.extend_from_slice(chunk);
         rest = tail;
     }
-    Ok(())
 }
 
-/// Reads exactly `buf.len()` bytes, by `deadline` if there is one.
-async fn read_by<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-    deadline: Option<tokio::time::Instant>,
-) -> io::Result<()> {
-    match deadline {
-        None => r.read_exact(buf).await.map(drop),
-        Some(d) => match tokio::time::timeout_at(d, r.read_exact(buf)).await {
-            Ok(read) => read.map(drop),
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no complete first request in time")),
-        },
-    }
-}
-
-/// Copies an HTTP/2 byte stream from a client to the server side, rewriting request header blocks.
-/// Returns when the client closes; an error means the connection should be dropped. The preface and
-/// the first complete header block must arrive within `first_request` (an error of kind
-/// `TimedOut` otherwise); after that the client may take its time (a workload holding a stream
-/// sends nothing for hours).
+/// Copies an HTTP/2 byte stream from a client to the server side through a [`Filter`], for tests
+/// and fuzzing (the agent runs the filter inside its connection type instead, with no task of its
+/// own). Returns when the client closes; an error means the connection should be dropped. The
+/// preface and the first complete header block must arrive within `first_request` (an error of
+/// kind `TimedOut` otherwise).
 pub async fn filter_client_to_server<R, W>(
     mut r: R,
     mut w: W,
@@ -197,101 +324,26 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut deadline = Some(tokio::time::Instant::now() + first_request);
-    let mut preface = [0u8; 24];
-    read_by(&mut r, &mut preface, deadline).await?;
-    w.write_all(&preface).await?;
-    if &preface != PREFACE {
-        // Not HTTP/2 with prior knowledge: pass it on and let the server refuse it.
-        tokio::io::copy(&mut r, &mut w).await?;
-        return Ok(());
-    }
-    let mut decoder = client_decoder();
-    let mut pending: Option<PendingBlock> = None;
-    let mut head = [0u8; 9];
+    let deadline = tokio::time::Instant::now() + first_request;
+    let mut filter = Filter::default();
+    let (mut input, mut out) = (Vec::new(), Vec::new());
+    let mut chunk = vec![0u8; 9 + MAX_FRAME_PAYLOAD];
     loop {
-        match read_by(&mut r, &mut head, deadline).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return w.shutdown().await,
-            Err(e) => return Err(e),
+        let read = if filter.request_seen() {
+            r.read(&mut chunk).await?
+        } else {
+            tokio::time::timeout_at(deadline, r.read(&mut chunk))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no complete first request in time"))??
+        };
+        if read == 0 {
+            // An incomplete frame at the end is dropped with the connection.
+            return w.shutdown().await;
         }
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let (kind, flags) = (head[3], head[4]);
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        if len > MAX_FRAME_PAYLOAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the server allows"));
-        }
-        let mut payload = vec![0u8; len];
-        read_by(&mut r, &mut payload, deadline).await?;
-        match kind {
-            HEADERS => {
-                if pending.is_some() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "HEADERS inside an unfinished header block",
-                    ));
-                }
-                let mut start = 0;
-                let mut end = payload.len();
-                if flags & PADDED != 0 {
-                    let pad = *payload
-                        .first()
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty padded frame"))?
-                        as usize;
-                    start = 1;
-                    end = end
-                        .checked_sub(pad)
-                        .filter(|e| *e >= start)
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad padding"))?;
-                }
-                let priority = if flags & PRIORITY != 0 {
-                    let p: [u8; 5] = payload
-                        .get(start..start + 5)
-                        .and_then(|s| s.try_into().ok())
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short priority"))?;
-                    start += 5;
-                    Some(p)
-                } else {
-                    None
-                };
-                if end - start > MAX_BLOCK {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "header block too large"));
-                }
-                let fragment = payload
-                    .get(start..end)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad HEADERS frame"))?
-                    .to_vec();
-                pending =
-                    Some(PendingBlock { stream, end_stream: flags & END_STREAM != 0, priority, fragment });
-            }
-            CONTINUATION => match &mut pending {
-                Some(p) if p.stream == stream => {
-                    p.fragment.extend_from_slice(&payload);
-                    if p.fragment.len() > MAX_BLOCK {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "header block too large"));
-                    }
-                }
-                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected CONTINUATION")),
-            },
-            _ => {
-                if pending.is_some() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "frame inside an unfinished header block",
-                    ));
-                }
-                w.write_all(&head).await?;
-                w.write_all(&payload).await?;
-                continue;
-            }
-        }
-        if flags & END_HEADERS != 0 {
-            if let Some(p) = pending.take() {
-                let rewritten = rewrite_block(&mut decoder, &p.fragment)?;
-                write_block(&mut w, p.stream, p.end_stream, p.priority, &rewritten).await?;
-                deadline = None;
-            }
-        }
+        input.extend_from_slice(&chunk[..read]);
+        filter.feed(&mut input, &mut out)?;
+        w.write_all(&out).await?;
+        out.clear();
     }
 }
 
@@ -402,7 +454,7 @@ mod tests {
         input.extend(frame(CONTINUATION, END_HEADERS, 1, c));
         input.extend(frame(0x0, END_STREAM, 1, b"\0\0\0\0\0"));
         input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &b2));
-        let out = run(input).await;
+        let out = run(input.clone()).await;
         assert_eq!(&out[..24], PREFACE);
         let (blocks, frames) = decode_output(&out);
         assert_eq!(blocks.len(), 2);
@@ -422,6 +474,16 @@ mod tests {
             ]
         );
         assert_eq!(frames[2].3, b"\0\0\0\0\0", "DATA untouched");
+
+        // Fed a byte at a time, as a slow client sends it, the filter writes the same bytes.
+        let (mut filter, mut pending, mut trickled) = (Filter::default(), Vec::new(), Vec::new());
+        for b in &input {
+            pending.push(*b);
+            filter.feed(&mut pending, &mut trickled).unwrap();
+            assert!(pending.len() <= 9 + MAX_FRAME_PAYLOAD);
+        }
+        assert!(pending.is_empty() && filter.request_seen());
+        assert_eq!(trickled, out);
     }
 
     #[tokio::test]
@@ -447,7 +509,7 @@ mod tests {
         // A block bigger than one frame goes out as HEADERS + CONTINUATION frames.
         let block = encode_literal_block(&[(b"x-big".to_vec(), vec![b'y'; 40_000])]);
         let mut out = PREFACE.to_vec();
-        write_block(&mut out, 5, true, Some([0, 0, 0, 0, 16]), &block).await.unwrap();
+        write_block(&mut out, 5, true, Some([0, 0, 0, 0, 16]), &block);
         let (blocks, frames) = decode_output(&out);
         assert_eq!(blocks[0], [(b"x-big".to_vec(), vec![b'y'; 40_000])]);
         assert!(frames.len() >= 3, "split over CONTINUATION frames");

@@ -30,6 +30,8 @@ use vouch_proto::workload::{
 };
 
 use crate::attest::{attest_full, AttestError, ExeHash, PeerProcess};
+use crate::conn_limits::ConnSlot;
+use crate::h2_authority_filter::Filter;
 use crate::metrics::{Refusal, Rpc, RpcTimer};
 use crate::state::AgentState;
 use crate::workload_error::WorkloadError;
@@ -39,58 +41,50 @@ use crate::workload_error::WorkloadError;
 pub struct PeerInfo(pub Arc<Result<PeerProcess, AttestError>>);
 
 /// A connection on the Workload API socket with its peer pinned at accept time. The gRPC server
-/// reads it through [`crate::h2_authority_filter`], which lets gRPC C-core clients (py-spiffe) in.
+/// reads it through a [`Filter`] (which lets gRPC C-core clients such as py-spiffe in) and writes
+/// straight to the socket. The filter runs inside `poll_read`, in the connection's own task: no
+/// task or pipe of its own, so a request costs no extra wake-up, and whatever ends the connection
+/// (a clean close, a bad frame, a client that never sends a request) drops the socket, the pidfd and
+/// the connection's slot together.
 pub struct WorkloadConn {
-    inner: tokio::io::DuplexStream,
+    stream: UnixStream,
     peer: PeerInfo,
+    filter: Filter,
+    /// Bytes read but not yet filtered (at most one incomplete frame).
+    input: Vec<u8>,
+    /// Filtered bytes not yet handed to the server, from `out_pos`.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Until the first complete request.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    state: Arc<AgentState>,
+    _slot: ConnSlot,
 }
-
-/// Buffer between the socket and the gRPC server.
-const PIPE_BYTES: usize = 256 * 1024;
 
 /// How long a client has, once connected, to send its first complete request (the HTTP/2 preface
 /// and one header block). A connection that sends nothing is closed then, instead of holding its
 /// socket and pidfd for good.
 pub const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Bytes read from the socket at a time: one largest frame with its header.
+const READ_CHUNK: usize = 9 + 16 * 1024;
+
 impl WorkloadConn {
-    /// Pins the peer of a freshly accepted connection and starts the byte pumps; `slot` is held
-    /// until both directions have ended.
-    pub fn new(stream: UnixStream, state: &Arc<AgentState>, slot: crate::conn_limits::ConnSlot) -> Self {
+    /// Pins the peer of a freshly accepted connection; `slot` is held until the connection is
+    /// dropped.
+    pub fn new(stream: UnixStream, state: &Arc<AgentState>, slot: ConnSlot) -> Self {
         let peer = PeerProcess::of_socket(&stream, state.unix.proc_root());
-        let (server_side, pump_side) = tokio::io::duplex(PIPE_BYTES);
-        let (pump_rd, pump_wr) = tokio::io::split(pump_side);
-        let (client_rd, mut client_wr) = stream.into_split();
-        let slot = Arc::new(slot);
-        let (in_slot, out_slot) = (slot.clone(), slot);
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _slot = in_slot;
-            let mut pump_wr = pump_wr;
-            let filtered = crate::h2_authority_filter::filter_client_to_server(
-                client_rd,
-                &mut pump_wr,
-                FIRST_REQUEST_TIMEOUT,
-            )
-            .await;
-            if let Err(e) = filtered {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    state.metrics.refused(Refusal::SlowRequest);
-                }
-                tracing::debug!(error = %e, "workload connection dropped");
-            }
-            // Whatever ended the client's direction (a clean close, a bad frame, a client that left
-            // before the preface), the server side must see its end, or the connection, its socket
-            // and its pidfd stay open for good: any local user could fill the agent's fd table.
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut pump_wr).await;
-        });
-        tokio::spawn(async move {
-            let _slot = out_slot;
-            let mut pump_rd = pump_rd;
-            let _ = tokio::io::copy(&mut pump_rd, &mut client_wr).await;
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_wr).await;
-        });
-        Self { inner: server_side, peer: PeerInfo(Arc::new(peer)) }
+        Self {
+            stream,
+            peer: PeerInfo(Arc::new(peer)),
+            filter: Filter::default(),
+            input: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            deadline: Some(Box::pin(tokio::time::sleep(FIRST_REQUEST_TIMEOUT))),
+            state: state.clone(),
+            _slot: slot,
+        }
     }
 }
 
@@ -102,24 +96,64 @@ impl Connected for WorkloadConn {
 }
 
 impl AsyncRead for WorkloadConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.out_pos);
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.filter.request_seen() {
+                this.deadline = None;
+            } else if let Some(deadline) = &mut this.deadline {
+                if std::future::Future::poll(deadline.as_mut(), cx).is_ready() {
+                    this.state.metrics.refused(Refusal::SlowRequest);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no complete first request in time",
+                    )));
+                }
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // The client closed its side; an incomplete frame goes with it.
+                return Poll::Ready(Ok(()));
+            }
+            this.input.extend_from_slice(read.filled());
+            this.filter.feed(&mut this.input, &mut this.out).inspect_err(|e| {
+                tracing::debug!(error = %e, "workload connection dropped");
+            })?;
+        }
     }
 }
 
 impl AsyncWrite for WorkloadConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
