@@ -110,7 +110,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %e, "a damaged entry row was requested");
                 Self::new(ErrorCode::Internal, e.to_string())
             }
-            StoreError::Corrupt(_) | StoreError::Backend(_) => Self::internal("store failure", e),
+            // Only at open, so not met by a request; internal if it ever were.
+            StoreError::SchemaTooNew { .. } | StoreError::Corrupt(_) | StoreError::Backend(_) => {
+                Self::internal("store failure", e)
+            }
         }
     }
 }
