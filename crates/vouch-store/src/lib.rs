@@ -23,7 +23,7 @@ pub mod test_postgres;
 use async_trait::async_trait;
 use vouch_core::{Entry, EntryId, Selector, Selectors, SpiffeId};
 
-pub use postgres::{PgUrl, PostgresStore};
+pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore};
 pub use sqlite::{SqliteStore, SqliteSynchronous};
 
 /// Errors of a store.

@@ -81,7 +81,7 @@ pub struct PgUrlError(String);
 /// [`Debug`] show user, hosts, ports and database with the password as `***`.
 #[derive(Clone)]
 pub struct PgUrl {
-    config: tokio_postgres::Config,
+    config: Arc<tokio_postgres::Config>,
     shown: String,
 }
 
@@ -99,7 +99,7 @@ impl PgUrl {
         }
         config.application_name("vouch");
         let shown = show(&config);
-        Ok(Self { config, shown })
+        Ok(Self { config: Arc::new(config), shown })
     }
 
     /// Whether a store setting names PostgreSQL (as opposed to SQLite).
@@ -132,6 +132,45 @@ fn show(config: &tokio_postgres::Config) -> String {
         .collect();
     let db = config.get_dbname().unwrap_or("");
     format!("postgres://{user}{password}{at}{}/{db}", hosts.join(","))
+}
+
+/// `text` with the password of every PostgreSQL URL in it replaced by `***`: for messages that
+/// quote configuration text they do not parse themselves (a TOML error quotes its line).
+pub fn redact_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = ["postgres://", "postgresql://"]
+        .iter()
+        .filter_map(|scheme| rest.find(scheme).map(|i| (i, i + scheme.len())))
+        .min()
+    {
+        let (_, after) = start;
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == '\'').unwrap_or(rest.len());
+        let (url, tail) = rest.split_at(end);
+        // user:password@…, up to the last `@`: a password may hold an unencoded `@`.
+        let url = match (url.find(':'), url.rfind('@')) {
+            (Some(colon), Some(at)) if colon < at => format!("{}:***{}", &url[..colon], &url[at..]),
+            _ => url.to_owned(),
+        };
+        out.push_str(&mask_param(&url));
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `…password=secret&…` with the value masked.
+fn mask_param(url: &str) -> String {
+    match url.find("password=") {
+        Some(i) => {
+            let value = i + "password=".len();
+            let end = url[value..].find('&').map_or(url.len(), |j| value + j);
+            format!("{}***{}", &url[..value], mask_param(&url[end..]))
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl std::fmt::Display for PgUrl {
@@ -565,5 +604,33 @@ impl Store for PostgresStore {
         let conn = self.pool.get().await?;
         conn.query_one("SELECT 1", &[]).await.map_err(backend)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_quoted_text_are_masked() {
+        let cases = [
+            (
+                "2 | store = \"postgres://u:s3cret@h:5/db\"\n  | ^",
+                "2 | store = \"postgres://u:***@h:5/db\"\n  | ^",
+            ),
+            (
+                "postgresql://u:p@ss@h/db and postgres://v:x@h",
+                "postgresql://u:***@h/db and postgres://v:***@h",
+            ),
+            (
+                "postgres://u@h/db?sslmode=x&password=s3cret&a=b",
+                "postgres://u@h/db?sslmode=x&password=***&a=b",
+            ),
+            ("postgres://h:5432/db", "postgres://h:5432/db"),
+            ("no url, password=kept", "no url, password=kept"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact_passwords(text), want);
+        }
     }
 }
