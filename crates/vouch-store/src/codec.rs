@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use vouch_core::Entry;
+use vouch_core::{Entry, SpiffeId};
 
-use crate::{AgentRecord, DamagedEntry, StoreError};
+use crate::{AgentRecord, DamagedEntry, JoinTokenRecord, StoreError, TokenUse};
 
 /// Damaged rows met by listings: a counter, and the ids already logged, so a row that every sync
 /// and admin check meets is logged once, not once per listing (log lines are a bounded cost).
@@ -94,4 +94,26 @@ pub(crate) fn sort_rows(
         }
     }
     listing
+}
+
+/// The stored revision an update of `entry` must find (`entry.revision - 1`).
+pub(crate) fn prior_revision(entry: &Entry) -> Result<u64, StoreError> {
+    entry
+        .revision
+        .checked_sub(1)
+        .ok_or_else(|| StoreError::RevisionConflict { id: entry.id.to_string(), expected: 0 })
+}
+
+/// The answer for a join token just marked used at `now`, from its stored columns.
+pub(crate) fn consumed_token(
+    hash: String,
+    created_at: i64,
+    expires_at: i64,
+    agent_id: Option<String>,
+    now: i64,
+) -> Result<TokenUse, StoreError> {
+    let agent_id = agent_id
+        .map(|s| SpiffeId::parse(&s).map_err(|e| StoreError::Corrupt(format!("join token agent id: {e}"))))
+        .transpose()?;
+    Ok(TokenUse::Consumed(JoinTokenRecord { hash, created_at, expires_at, agent_id, used_at: Some(now) }))
 }

@@ -17,7 +17,8 @@ use tokio_postgres::{Client, NoTls, Row};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
 use crate::codec::{
-    decode_agent, decode_entry, decode_row, encode_agent, encode_entry, sort_rows, DamageLog,
+    consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
+    sort_rows, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::{AgentRecord, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError, TokenUse};
@@ -444,10 +445,7 @@ impl Store for PostgresStore {
 
     async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError> {
         let id = entry.id.as_str();
-        let expected = entry
-            .revision
-            .checked_sub(1)
-            .ok_or_else(|| StoreError::RevisionConflict { id: id.to_owned(), expected: 0 })?;
+        let expected = prior_revision(entry)?;
         let (revision, prior) = (to_i64(entry.revision, id)?, to_i64(expected, id)?);
         let data = encode_entry(entry)?;
         let conn = self.pool.get().await?;
@@ -520,18 +518,7 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         if let Some(row) = consumed {
-            let agent_id = col::<Option<String>>(&row, 2)?
-                .map(|s| {
-                    SpiffeId::parse(&s).map_err(|e| StoreError::Corrupt(format!("join token agent id: {e}")))
-                })
-                .transpose()?;
-            return Ok(TokenUse::Consumed(JoinTokenRecord {
-                hash: hash.to_owned(),
-                created_at: col(&row, 0)?,
-                expires_at: col(&row, 1)?,
-                agent_id,
-                used_at: Some(now),
-            }));
+            return consumed_token(hash.to_owned(), col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, now);
         }
         let row = conn
             .query_opt("SELECT used_at FROM join_tokens WHERE hash = $1", &[&hash])

@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
 use crate::codec::{
-    decode_agent, decode_entry, decode_row, encode_agent, encode_entry, sort_rows, DamageLog,
+    consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
+    sort_rows, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::{
@@ -322,10 +323,7 @@ impl Store for SqliteStore {
 
     async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError> {
         let id = entry.id.to_string();
-        let expected = entry
-            .revision
-            .checked_sub(1)
-            .ok_or_else(|| StoreError::RevisionConflict { id: id.clone(), expected: 0 })?;
+        let expected = prior_revision(entry)?;
         let row =
             (entry.spiffe_id.to_string(), entry.parent_id.to_string(), entry.revision, encode_entry(entry)?);
         self.with(move |conn| {
@@ -417,18 +415,7 @@ impl Store for SqliteStore {
             tx.execute("UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1", params![hash, now])
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
-            let agent_id = agent_id
-                .map(|s| {
-                    SpiffeId::parse(&s).map_err(|e| StoreError::Corrupt(format!("join token agent id: {e}")))
-                })
-                .transpose()?;
-            Ok(TokenUse::Consumed(JoinTokenRecord {
-                hash,
-                created_at,
-                expires_at,
-                agent_id,
-                used_at: Some(now),
-            }))
+            consumed_token(hash, created_at, expires_at, agent_id, now)
         })
         .await
     }

@@ -43,15 +43,18 @@ impl std::fmt::Debug for PgCluster {
 
 /// The directory of initdb and pg_ctl: `VOUCH_TEST_PG_BIN`, else the newest Debian install.
 fn find_bin() -> Result<PathBuf, String> {
-    if let Ok(dir) = std::env::var("VOUCH_TEST_PG_BIN") {
-        let dir = PathBuf::from(dir);
+    find_bin_in(std::env::var_os("VOUCH_TEST_PG_BIN").map(PathBuf::from), Path::new(DEBIAN_PG_LIB))
+}
+
+fn find_bin_in(configured: Option<PathBuf>, lib: &Path) -> Result<PathBuf, String> {
+    if let Some(dir) = configured {
         return if dir.join("initdb").is_file() {
             Ok(dir)
         } else {
             Err(format!("VOUCH_TEST_PG_BIN={} holds no initdb", dir.display()))
         };
     }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_PG_LIB)
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(lib)
         .into_iter()
         .flatten()
         .flatten()
@@ -63,7 +66,10 @@ fn find_bin() -> Result<PathBuf, String> {
         .collect();
     found.sort();
     found.pop().map(|(_, bin)| bin).ok_or_else(|| {
-        format!("the PostgreSQL server programs (initdb, pg_ctl) are not under {DEBIAN_PG_LIB}/*/bin: {HOW_TO_INSTALL}")
+        format!(
+            "the PostgreSQL server programs (initdb, pg_ctl) are not under {}/*/bin: {HOW_TO_INSTALL}",
+            lib.display()
+        )
     })
 }
 
@@ -188,6 +194,11 @@ impl PgCluster {
         Err(last)
     }
 
+    /// The cluster's directory (data, socket, log), removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -233,19 +244,38 @@ impl PgCluster {
     }
 
     fn stop(&self) {
-        if !self.data().join("postmaster.pid").exists() {
-            return;
-        }
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap_or_default();
+        let Some(pid) = pid_file.lines().next().and_then(|p| p.parse::<u32>().ok()) else { return };
         let mut stop = self.command("pg_ctl");
         stop.arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "-t", "20", "stop"]);
         if let Err(e) = run(stop, "pg_ctl stop", Duration::from_secs(30)) {
-            // Last resort, so no server outlives the test: kill the postmaster by its pid file.
             eprintln!("{e}");
-            let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap_or_default();
-            if let Some(pid) = pid.lines().next().filter(|p| p.parse::<u32>().is_ok()) {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-            }
         }
+        // pg_ctl returns when the pid file is gone, a moment before the process: wait for it, and
+        // kill it as a last resort, so that no server outlives its test.
+        if !gone_within(pid, Duration::from_secs(10)) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            gone_within(pid, Duration::from_secs(5));
+        }
+    }
+}
+
+/// Whether process `pid` has exited (or is a zombie) within `limit`.
+fn gone_within(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            // The state follows the command name in parentheses.
+            Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        };
+        if gone {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -253,5 +283,28 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         self.stop();
         // The TempDir removes the files.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without PostgreSQL the tests fail and say how to install it; they are never skipped.
+    #[test]
+    fn missing_programs_are_an_error_that_says_how_to_install_them() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_bin_in(None, empty.path()).unwrap_err();
+        assert!(err.contains("apt-get install -y postgresql-15") && err.contains("scripts/test"), "{err}");
+        let err = find_bin_in(Some(empty.path().into()), Path::new(DEBIAN_PG_LIB)).unwrap_err();
+        assert!(err.contains("VOUCH_TEST_PG_BIN"), "{err}");
+        std::fs::create_dir_all(empty.path().join("9/bin")).unwrap();
+        std::fs::create_dir_all(empty.path().join("15/bin")).unwrap();
+        for v in ["9", "15"] {
+            for p in ["initdb", "pg_ctl"] {
+                std::fs::write(empty.path().join(v).join("bin").join(p), "").unwrap();
+            }
+        }
+        assert_eq!(find_bin_in(None, empty.path()).unwrap(), empty.path().join("15/bin"), "the newest");
     }
 }

@@ -111,27 +111,13 @@ async fn damaged_rows_are_skipped_and_reported_not_fatal() {
 fn create_legacy_database(path: &std::path::Path, steps: u32) {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    // Step 1 as those builds created it (kept here, frozen, apart from the code's own list).
     conn.execute_batch(
-        "CREATE TABLE entries (
-            id TEXT PRIMARY KEY,
-            spiffe_id TEXT NOT NULL,
-            parent_id TEXT NOT NULL,
-            revision INTEGER NOT NULL,
-            data TEXT NOT NULL
-        );
+        "CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent_id TEXT NOT NULL, revision INTEGER NOT NULL, data TEXT NOT NULL);
         CREATE INDEX entries_spiffe_id ON entries (spiffe_id);
         CREATE INDEX entries_parent_id ON entries (parent_id);
-        CREATE TABLE join_tokens (
-            hash TEXT PRIMARY KEY,
-            created_at INTEGER NOT NULL,
-            expires_at INTEGER NOT NULL,
-            agent_id TEXT,
-            used_at INTEGER
-        );
-        CREATE TABLE authority (
-            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
-            state TEXT NOT NULL
-        );
+        CREATE TABLE join_tokens (hash TEXT PRIMARY KEY, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, agent_id TEXT, used_at INTEGER);
+        CREATE TABLE authority (singleton INTEGER PRIMARY KEY CHECK (singleton = 1), state TEXT NOT NULL);
         PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -301,4 +287,22 @@ async fn postgres_passwords_never_show() {
     }
     let in_query = PgUrl::parse("postgres://u@h/db?password=hunter2").unwrap();
     assert_eq!(in_query.to_string(), "postgres://u:***@h:5432/db");
+}
+
+/// A test that panics still stops its cluster and removes its files.
+#[test]
+fn a_test_cluster_is_stopped_and_removed_when_its_test_panics() {
+    let seen = std::sync::Mutex::new(None);
+    let failed = std::panic::catch_unwind(|| {
+        let cluster = PgCluster::start();
+        let pid = std::fs::read_to_string(cluster.dir().join("data/postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().to_owned();
+        *seen.lock().unwrap() = Some((cluster.dir().to_owned(), pid));
+        panic!("a failing test");
+    });
+    assert!(failed.is_err());
+    let (dir, pid) = seen.into_inner().unwrap().unwrap();
+    assert!(!dir.exists(), "{} removed", dir.display());
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z"), "postmaster {pid} stopped: {state}");
 }
