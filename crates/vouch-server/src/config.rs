@@ -9,6 +9,7 @@ use serde::Deserialize;
 use vouch_ca::KeyAlg;
 use vouch_core::{ttl, TrustDomain};
 use vouch_http::{Getter, Trust, Url};
+use vouch_store::{redact_passwords, PgUrl, SqliteSynchronous};
 
 /// The configuration format this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -29,7 +30,7 @@ pub enum ConfigError {
     Parse {
         /// The path.
         path: PathBuf,
-        /// What the parser said (names the field and line).
+        /// What the parser said (names the field and line; a store URL's password masked).
         message: String,
     },
     /// A value is invalid.
@@ -84,6 +85,8 @@ struct FileConfig {
     version: Option<u32>,
     trust_domain: Option<String>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    sqlite_synchronous: Option<String>,
     #[serde(default)]
     server: FileServer,
     #[serde(default)]
@@ -200,6 +203,72 @@ pub enum LogFormat {
     Json,
 }
 
+/// The database file's name in the data directory.
+pub const SQLITE_FILE: &str = "vouch.db";
+
+/// Where the server keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// A SQLite file (the default: `<data_dir>/vouch.db`), for one server.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// Its durability (`sqlite_synchronous`).
+        synchronous: SqliteSynchronous,
+    },
+    /// A PostgreSQL database that several replicas can share (`store = "postgres://…"`). Its
+    /// password never shows: the URL prints with `***` in its place.
+    Postgres(PgUrl),
+}
+
+impl StoreConfig {
+    /// The store as it may appear in logs and errors: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite { path, .. } => path.display().to_string(),
+            Self::Postgres(url) => url.to_string(),
+        }
+    }
+
+    /// `store` and `sqlite_synchronous` with their environment overrides. The error never quotes
+    /// the store setting, which may hold a password.
+    fn build(
+        store: Option<String>,
+        synchronous: Option<String>,
+        data_dir: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Self, ConfigError> {
+        let store = env("VOUCH_STORE").or(store);
+        let synchronous = env("VOUCH_SQLITE_SYNCHRONOUS").or(synchronous);
+        match store.as_deref() {
+            None | Some("sqlite") => {
+                let synchronous = match synchronous {
+                    None => SqliteSynchronous::default(),
+                    Some(text) => text
+                        .parse()
+                        .map_err(|e: String| ConfigError::Invalid(format!("sqlite_synchronous: {e}")))?,
+                };
+                Ok(Self::Sqlite { path: data_dir.join(SQLITE_FILE), synchronous })
+            }
+            Some(url) if PgUrl::is_postgres(url) => {
+                if synchronous.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "sqlite_synchronous applies to the SQLite store only; PostgreSQL's durability is its own \
+                         setting (synchronous_commit, on by default)"
+                            .into(),
+                    ));
+                }
+                Ok(Self::Postgres(PgUrl::parse(url).map_err(|e| ConfigError::Invalid(e.to_string()))?))
+            }
+            Some(_) => Err(ConfigError::Invalid(
+                "store: use `sqlite` (the default: a file in data_dir) or a PostgreSQL URL, \
+                 postgres://user:password@host:port/database (the value is not shown, as it may hold a password)"
+                    .into(),
+            )),
+        }
+    }
+}
+
 /// The effective server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -207,6 +276,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     /// Where the database, KEK and sockets live.
     pub data_dir: PathBuf,
+    /// The store: SQLite in the data directory, or PostgreSQL.
+    pub store: StoreConfig,
     /// The admin Unix socket.
     pub admin_socket: PathBuf,
     /// The mTLS listener, if any (`127.0.0.1:0` picks a free port).
@@ -446,8 +517,10 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|source| ConfigError::Read { path: p.into(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::Parse { path: p.into(), message: e.to_string() })?
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: p.into(),
+                    message: redact_passwords(&e.to_string()),
+                })?
             }
             None => FileConfig::default(),
         };
@@ -456,8 +529,10 @@ impl Config {
 
     /// Parses configuration text (tests and `--config -`).
     pub fn from_toml(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let file = toml::from_str::<FileConfig>(text)
-            .map_err(|e| ConfigError::Parse { path: "<text>".into(), message: e.to_string() })?;
+        let file = toml::from_str::<FileConfig>(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: redact_passwords(&e.to_string()),
+        })?;
         Self::build(file, env)
     }
 
@@ -477,6 +552,7 @@ impl Config {
         let data_dir =
             env("VOUCH_DATA_DIR").map(PathBuf::from).or(file.data_dir).unwrap_or_else(|| "vouch-data".into());
         let server = ServerSection::build(file.server, &data_dir, env)?;
+        let store = StoreConfig::build(file.store, file.sqlite_synchronous, &data_dir, env)?;
         let lifetimes = Lifetimes::build(&file.ca, env)?;
         let upstream = match (file.ca.upstream_cert, file.ca.upstream_key) {
             (Some(c), Some(k)) => Some((c, k)),
@@ -500,6 +576,7 @@ impl Config {
             trust_domain,
             kek_file: file.ca.kek_file.unwrap_or_else(|| data_dir.join("kek")),
             data_dir,
+            store,
             admin_socket: server.admin_socket,
             listen: server.listen,
             admin_uids: server.admin_uids,
@@ -586,6 +663,41 @@ mod tests {
         }
         let env = |k: &str| (k == "VOUCH_JWT_SVID_TTL").then(|| "abc".to_string());
         assert!(Config::from_toml("", &env).unwrap_err().to_string().contains("VOUCH_JWT_SVID_TTL"));
+    }
+
+    #[test]
+    fn store_sqlite_by_default_or_postgres_by_url_and_its_password_never_shows() {
+        match Config::from_toml("data_dir = \"/d\"", &no_env).unwrap().store {
+            StoreConfig::Sqlite { path, synchronous } => {
+                assert_eq!((path, synchronous), (PathBuf::from("/d/vouch.db"), SqliteSynchronous::Normal))
+            }
+            other => panic!("{other:?}"),
+        }
+        let full = Config::from_toml("store = \"sqlite\"\nsqlite_synchronous = \"full\"", &no_env).unwrap();
+        assert!(matches!(full.store, StoreConfig::Sqlite { synchronous: SqliteSynchronous::Full, .. }));
+        let env = |k: &str| (k == "VOUCH_SQLITE_SYNCHRONOUS").then(|| "full".to_string());
+        let full = Config::from_toml("", &env).unwrap();
+        assert!(matches!(full.store, StoreConfig::Sqlite { synchronous: SqliteSynchronous::Full, .. }));
+
+        let text = "store = \"postgres://vouch:s3cret-pw@db.internal:5433/vouch\"";
+        let c = Config::from_toml(text, &no_env).unwrap();
+        assert_eq!(c.store.describe(), "postgres://vouch:***@db.internal:5433/vouch");
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        let env = |k: &str| (k == "VOUCH_STORE").then(|| "postgresql://v:s3cret-pw@h/db".to_string());
+        let c = Config::from_toml("", &env).unwrap();
+        assert_eq!(c.store.describe(), "postgres://v:***@h:5432/db", "env wins");
+
+        let cases = [
+            ("store = \"mysql://u:s3cret-pw@h/db\"", "use `sqlite`"),
+            ("store = \"postgres://u:s3cret-pw@h:port/db\"", "store URL"),
+            ("store = \"postgres://u:s3cret-pw@h/db\"\nsqlite_synchronous = \"full\"", "SQLite store only"),
+            ("sqlite_synchronous = \"off\"", "use `normal` or `full`"),
+            ("stroe = \"postgres://u:s3cret-pw@h/db\"", "unknown field `stroe`"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(want) && !err.contains("s3cret"), "{text:?}: {err}");
+        }
     }
 
     #[test]

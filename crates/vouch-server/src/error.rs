@@ -120,7 +120,10 @@ impl From<StoreError> for ApiError {
             StoreError::AgentBanned(_) => Self::new(ErrorCode::AgentBanned, e.to_string()),
             StoreError::AgentNotFound(_) => Self::new(ErrorCode::AgentNotAttested, e.to_string()),
             StoreError::StaleSvid(_) => Self::new(ErrorCode::StaleSvid, e.to_string()),
-            StoreError::Corrupt(_) | StoreError::Backend(_) => Self::internal("store failure", e),
+            // Only at open, so not met by a request; internal if it ever were.
+            StoreError::SchemaTooNew { .. } | StoreError::Corrupt(_) | StoreError::Backend(_) => {
+                Self::internal("store failure", e)
+            }
         }
     }
 }

@@ -32,10 +32,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 use vouch_ca::Kek;
-use vouch_store::{SqliteStore, Store};
+use vouch_store::{PostgresStore, SqliteStore, Store};
 
 pub use crate::auth::Caller;
-pub use crate::config::Config;
+pub use crate::config::{Config, StoreConfig};
 pub use crate::error::ApiError;
 pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
 pub use crate::state::{AppState, Clock, SystemClock};
@@ -66,22 +66,19 @@ pub enum StartError {
     /// trusts, so the operator must choose: restore the database, or start a new trust domain on
     /// purpose by moving the key file away.
     #[error(
-        "the key-encryption key {} exists but the database {} holds no trust domain (it was deleted, emptied or replaced); \
+        "the key-encryption key {} exists but the database {db} holds no trust domain (it was deleted, emptied or replaced); \
          starting would create a new root CA that no agent or workload trusts. Restore the database from its backup \
          (with its -wal file), or, to start a new trust domain on purpose, move {} away and start again (a new key is \
          created; see docs/operations.md, \"Files and backup\")",
-        kek.display(), db.display(), kek.display()
+        kek.display(), kek.display()
     )]
     KekWithoutDatabase {
         /// The key-encryption key file.
         kek: PathBuf,
-        /// The database file.
-        db: PathBuf,
+        /// The database: its file, or its URL without the password.
+        db: String,
     },
 }
-
-/// The database file's name in the data directory.
-const DB_FILE: &str = "vouch.db";
 
 impl From<vouch_store::StoreError> for StartError {
     fn from(e: vouch_store::StoreError) -> Self {
@@ -115,7 +112,7 @@ pub fn load_or_create_kek(
     let path = &config.kek_file;
     match std::fs::read_to_string(path) {
         Ok(_) if !have_state => {
-            Err(StartError::KekWithoutDatabase { kek: path.clone(), db: config.data_dir.join(DB_FILE) })
+            Err(StartError::KekWithoutDatabase { kek: path.clone(), db: config.store.describe() })
         }
         Ok(text) => {
             let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o077).unwrap_or(0);
@@ -174,13 +171,21 @@ impl Server {
         env_kek: Option<&str>,
     ) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
-        let db = config.data_dir.join(DB_FILE);
-        // Checked before opening, which would create an empty database and so change the data
-        // directory of a start that is then refused (the check after opening covers emptied files).
-        if env_kek.is_none() && !db.exists() && config.kek_file.exists() {
-            return Err(StartError::KekWithoutDatabase { kek: config.kek_file.clone(), db });
-        }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Sqlite { path, synchronous } => {
+                // Checked before opening, which would create an empty database and so change the
+                // data directory of a start that is then refused (the check after opening covers
+                // emptied files).
+                if env_kek.is_none() && !path.exists() && config.kek_file.exists() {
+                    return Err(StartError::KekWithoutDatabase {
+                        kek: config.kek_file.clone(),
+                        db: path.display().to_string(),
+                    });
+                }
+                Arc::new(SqliteStore::open_with(path, *synchronous)?)
+            }
+            StoreConfig::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+        };
         let have_state = store.load_authority().await?.is_some();
         let kek = load_or_create_kek(&config, env_kek, have_state)?;
         let state = AppState::open(config.clone(), store, kek, clock, own_uid()).await?;
@@ -222,6 +227,7 @@ impl Server {
         tasks.push(("key rotation", tokio::spawn(rotation_loop(state.clone(), rx))));
         tracing::info!(
             trust_domain = %config.trust_domain,
+            store = %config.store.describe(),
             admin_socket = %config.admin_socket.display(),
             listen = ?tcp_addr,
             bundle_sequence = state.with_authority(|a| a.sequence()),

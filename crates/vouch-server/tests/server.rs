@@ -691,8 +691,13 @@ async fn a_second_server_on_the_same_socket_is_refused() {
 /// A server with TCP and `extra` configuration (node attestation sections), its admin client, and
 /// an anonymous TLS client (as an agent before attestation).
 async fn start_with(dir: &Path, extra: &str) -> (Server, AdminClient, AdminClient) {
+    start_with_top(dir, "", extra).await
+}
+
+/// [`start_with`], with `top` among the top-level keys.
+async fn start_with_top(dir: &Path, top: &str, extra: &str) -> (Server, AdminClient, AdminClient) {
     let text = format!(
-        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{extra}",
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n{top}[server]\nlisten = \"127.0.0.1:0\"\n{extra}",
         dir.join("data").display()
     );
     let server =
@@ -1518,4 +1523,114 @@ async fn reserved_ids_are_refused_and_agents_are_known_by_their_current_svid() {
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("stale_svid")), "{v}");
     assert!(renew_in_app(&state, &old).await.is_err(), "a stale SVID cannot renew");
     assert!(svid_works(&state, &new).await, "the current SVID keeps working");
+}
+
+/// Log lines of this test binary, for checks of what they must not hold. Only the PostgreSQL test
+/// installs it (a process has one global subscriber).
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn install() -> Self {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The server on a real PostgreSQL (a private cluster, over TCP with a password): entries, a join
+/// token consumed by an agent, an SVID signed for the agent's entry, all kept across a restart;
+/// the password shows in no log line and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgresql_keeps_entries_and_issues_svids() {
+    let logs = CapturedLogs::install();
+    let cluster = vouch_store::test_postgres::PgCluster::start();
+    cluster.create_database("vouch").await;
+    let url = cluster.tcp_url("vouch");
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("store = \"{url}\"\n");
+    let (server, local, anon) = start_with_top(dir.path(), &store, "").await;
+    assert!(!dir.path().join("data/vouch.db").exists(), "no SQLite file");
+    let addr = server.tcp_addr.unwrap().to_string();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let bundle_pem = local.bundle_pem().await.unwrap();
+
+    let node_1 = spiffe_id("spiffe://example.org/agent/node-1");
+    let web = entry_spec(
+        json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/agent/node-1", "selectors": ["unix:uid:1000"]}),
+    );
+    local.entries().create(&web).await.unwrap();
+    let t = local
+        .create_join_token(&JoinTokenRequest { agent_id: Some(node_1.clone()), ..Default::default() })
+        .await
+        .unwrap();
+    let (csr, key) = csr_and_key();
+    let attest = JoinTokenAttestation { token: t.token.clone(), csr: csr.clone() };
+    let svid = anon.attest_join_token(&attest).await.unwrap();
+    assert_eq!(svid.spiffe_id, node_1);
+    let (_, message) = refusal(anon.attest_join_token(&attest).await, 401);
+    assert!(message.contains("already used"), "{message}");
+    let agent =
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
+    let (csr, _) = csr_and_key();
+    let signed = agent
+        .sign(&SignRequest { requests: vec![SignItem { entry_id: EntryId::new("web").unwrap(), csr }] })
+        .await
+        .unwrap();
+    match &signed.results[0].outcome {
+        SignOutcome::Svid(s) => assert_eq!(s.spiffe_id.to_string(), "spiffe://example.org/web"),
+        SignOutcome::Error(e) => panic!("no SVID: {e:?}"),
+    }
+    assert_eq!(local.agents().await.unwrap().agents.len(), 1);
+    server.shutdown().await;
+
+    // A restart finds everything in PostgreSQL.
+    let (server, local, _) = start_with_top(dir.path(), &store, "").await;
+    assert_eq!(local.bundle_pem().await.unwrap(), bundle_pem, "same CA after a restart");
+    let v: Value = local.call("GET", "/v1/entries/web", None).await.unwrap();
+    assert_eq!(v["spiffe_id"], "spiffe://example.org/web");
+    server.shutdown().await;
+
+    // A wrong password: the start fails saying where and why, without the password.
+    let secret = cluster.password().to_owned();
+    let wrong = url.replace(&secret, "hunter2-wrong");
+    let text =
+        format!("version = 1\ndata_dir = \"{}\"\nstore = \"{wrong}\"\n", dir.path().join("data").display());
+    let err =
+        Server::start(Config::from_toml(&text, &no_env).unwrap(), Arc::new(vouch_server::SystemClock), None)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("password authentication failed") && err.contains("postgres://postgres:***@"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    // A TOML error quotes the line it is on; a store URL there is shown without its password.
+    let err = Config::from_toml(&format!("stroe = \"{url}\""), &no_env).unwrap_err().to_string();
+    assert!(err.contains("unknown field `stroe`") && err.contains("postgresql://postgres:***@"), "{err}");
+    assert!(!err.contains(&secret), "{err}");
+
+    let logs = logs.text();
+    assert!(
+        logs.contains("store=postgres://postgres:***@127.0.0.1:"),
+        "the ready line names the store: {logs}"
+    );
+    assert!(!logs.contains(&secret), "the password is in the logs:\n{logs}");
 }

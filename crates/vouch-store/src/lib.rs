@@ -1,21 +1,30 @@
 //! Persistence for vouch.
 //!
 //! [`Store`] is the one interface the server uses. It speaks in domain types and makes no SQLite
-//! assumptions (no rowids, no SQL in its signatures), so a PostgreSQL implementation can follow
-//! without touching callers. [`SqliteStore`] is the embedded default. The [`conformance`] suite
-//! (feature `conformance`) states the contract every implementation must meet.
+//! assumptions (no rowids, no SQL in its signatures). [`SqliteStore`] is the embedded default (one
+//! file, one server); [`PostgresStore`] is the store that several server replicas share. Both keep
+//! a versioned schema (numbered migrations applied at open, recorded in a `schema_version` table; a
+//! database from a newer vouch is refused). The [`conformance`] suite (feature `conformance`)
+//! states the contract every implementation must meet; the tests run it against both, PostgreSQL
+//! in a private cluster (feature `test-postgres`).
 //!
 //! Secrets never reach the store in plaintext: join tokens are kept as SHA-256 hashes, and the
 //! authority's private keys arrive already sealed.
 
+mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod migrate;
+mod postgres;
 mod sqlite;
+#[cfg(feature = "test-postgres")]
+pub mod test_postgres;
 
 use async_trait::async_trait;
 use vouch_core::{Entry, EntryId, Selector, Selectors, SpiffeId};
 
-pub use sqlite::SqliteStore;
+pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore};
+pub use sqlite::{SqliteStore, SqliteSynchronous};
 
 /// Errors of a store.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +48,7 @@ pub enum StoreError {
     TokenExists,
     /// One entry's row cannot be decoded: the entry exists but cannot be used until it is deleted
     /// or restored.
-    #[error("entry `{id}` is damaged in the database ({reason}); restore the database from a backup, or stop the server and remove the row (sqlite3 vouch.db \"DELETE FROM entries WHERE id = '{id}'\") and create the entry again")]
+    #[error("entry `{id}` is damaged in the database ({reason}); restore the database from a backup, or stop the server and remove the row (`DELETE FROM entries WHERE id = '{id}'` in sqlite3 vouch.db or psql) and create the entry again")]
     DamagedEntry {
         /// The entry id.
         id: String,
@@ -57,6 +66,14 @@ pub enum StoreError {
     /// The agent presented an X509-SVID that is not its current one.
     #[error("agent `{0}` presented an X509-SVID that is no longer its current one (it was renewed, or the agent attested again); a copied older SVID is refused: use the agent's current SVID, or attest again")]
     StaleSvid(String),
+    /// The database was upgraded by a newer vouch: its schema has steps this build does not know.
+    #[error("the database schema is version {found}, newer than this vouch knows ({supported}): a newer vouch has upgraded it; run that version or a newer one, or restore a backup taken before the upgrade")]
+    SchemaTooNew {
+        /// The database's schema version.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
     /// Stored data could not be decoded (corruption or a newer schema).
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),

@@ -1,78 +1,105 @@
-//! The embedded SQLite store: one file in the data directory, WAL journal, schema migrations by
-//! `PRAGMA user_version`.
+//! The embedded SQLite store: one file in the data directory, WAL journal, versioned schema
+//! migrations (see [`crate::migrate`]).
 
-use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
+use crate::codec::{
+    consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
+    sort_rows, DamageLog,
+};
+use crate::migrate::{self, Migration};
 use crate::{
     agent_rules, AgentRecord, AgentRenewal, DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store,
     StoreError, TokenUse,
 };
 
-/// Schema migrations, applied in order; `user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
-    // 1: entries, join tokens, authority state.
-    "CREATE TABLE entries (
-        id TEXT PRIMARY KEY,
-        spiffe_id TEXT NOT NULL,
-        parent_id TEXT NOT NULL,
-        revision INTEGER NOT NULL,
-        data TEXT NOT NULL
-    );
-    CREATE INDEX entries_spiffe_id ON entries (spiffe_id);
-    CREATE INDEX entries_parent_id ON entries (parent_id);
-    CREATE TABLE join_tokens (
-        hash TEXT PRIMARY KEY,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        agent_id TEXT,
-        used_at INTEGER
-    );
-    CREATE TABLE authority (
-        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
-        state TEXT NOT NULL
-    );",
-    // 2: node agents.
-    "CREATE TABLE agents (
-        spiffe_id TEXT PRIMARY KEY,
-        data TEXT NOT NULL
-    );",
+/// The schema, step by step. Steps 1 and 2 are the schema of the builds before `schema_version`,
+/// which counted steps in `PRAGMA user_version` only: such a database is recognised by that count.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "entries, join tokens, authority",
+        sql: "CREATE TABLE entries (
+            id TEXT PRIMARY KEY,
+            spiffe_id TEXT NOT NULL,
+            parent_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            data TEXT NOT NULL
+        );
+        CREATE INDEX entries_spiffe_id ON entries (spiffe_id);
+        CREATE INDEX entries_parent_id ON entries (parent_id);
+        CREATE TABLE join_tokens (
+            hash TEXT PRIMARY KEY,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            agent_id TEXT,
+            used_at INTEGER
+        );
+        CREATE TABLE authority (
+            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+            state TEXT NOT NULL
+        );",
+    },
+    Migration {
+        version: 2,
+        name: "agents",
+        sql: "CREATE TABLE agents (
+            spiffe_id TEXT PRIMARY KEY,
+            data TEXT NOT NULL
+        );",
+    },
 ];
+
+/// When SQLite waits for the disk (`PRAGMA synchronous`), in WAL mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SqliteSynchronous {
+    /// Syncs at checkpoints only: a committed write survives a crash of the process, but the last
+    /// transactions before a power loss or kernel crash can be lost (the database stays
+    /// consistent). The default: a write costs no fsync.
+    #[default]
+    Normal,
+    /// Syncs the WAL at every commit: a committed write survives power loss too, at the cost of
+    /// one fsync per write transaction.
+    Full,
+}
+
+impl SqliteSynchronous {
+    /// The value as written in configuration and in the pragma.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Full => "full",
+        }
+    }
+}
+
+impl std::str::FromStr for SqliteSynchronous {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "normal" => Ok(Self::Normal),
+            "full" => Ok(Self::Full),
+            other => Err(format!("`{other}` is not a SQLite synchronous setting: use `normal` or `full`")),
+        }
+    }
+}
+
+impl std::fmt::Display for SqliteSynchronous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// SQLite implementation of [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     damage: Arc<DamageLog>,
-}
-
-/// Damaged rows met by listings: a counter, and the ids already logged, so a row that every sync
-/// and admin check meets is logged once, not once per listing (log lines are a bounded cost).
-#[derive(Default)]
-struct DamageLog {
-    skipped: AtomicU64,
-    logged: Mutex<HashSet<String>>,
-}
-
-impl DamageLog {
-    fn skipped(&self, row: &DamagedEntry) {
-        self.skipped.fetch_add(1, Ordering::Relaxed);
-        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
-        if logged.insert(row.id.clone()) {
-            tracing::warn!(entry_id = %row.id, reason = %row.reason, "skipping a damaged entry row: it is not served or listed until the database is restored or the row is removed");
-        }
-    }
-
-    /// A deleted or rewritten row may be damaged again later and should be logged again then.
-    fn forget(&self, id: &str) {
-        self.logged.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -85,74 +112,89 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Why an entry's stored JSON does not decode, by category and position only: serde's own message
-/// can quote the stored value.
-fn damage_reason(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    let what = match e.classify() {
-        Category::Syntax | Category::Eof => "data is not valid JSON",
-        Category::Data => "data is not a valid entry",
-        Category::Io => "data cannot be read",
+/// Brings the schema to the newest version in one transaction (see [`crate::migrate`]). Taken
+/// with `BEGIN IMMEDIATE`, so two processes opening one file migrate one after the other.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    let has_table: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    let recorded: u32 = if has_table {
+        tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
+            .map_err(backend)?
+    } else {
+        0
     };
-    format!("{what} (line {}, column {})", e.line(), e.column())
-}
-
-/// Decodes one entry row; the id column must agree with the data (sync and updates go by it).
-fn decode_row(id: &str, data: &str) -> Result<Entry, DamagedEntry> {
-    let damaged = |reason: String| DamagedEntry { id: id.to_owned(), reason };
-    let entry: Entry = serde_json::from_str(data).map_err(|e| damaged(damage_reason(&e)))?;
-    if entry.id.as_str() != id {
-        return Err(damaged("the data's id differs from the row's id".into()));
+    // Databases of earlier builds carry their version in user_version only; later builds keep it
+    // in step too, so that an earlier build still refuses a database it does not know.
+    let legacy: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+    let current = recorded.max(legacy);
+    let steps = migrate::pending(current, MIGRATIONS)?;
+    if has_table && steps.is_empty() && recorded == current {
+        return Ok(());
     }
-    Ok(entry)
-}
-
-fn decode_entry(id: &str, data: &str) -> Result<Entry, StoreError> {
-    decode_row(id, data).map_err(|d| StoreError::DamagedEntry { id: d.id, reason: d.reason })
-}
-
-fn decode_agent(data: &str) -> Result<AgentRecord, StoreError> {
-    serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("agent: {e}")))
-}
-
-fn encode_entry(entry: &Entry) -> Result<String, StoreError> {
-    serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at INTEGER NOT NULL DEFAULT (unixepoch())
+        );",
+    )
+    .map_err(backend)?;
+    // Steps an earlier build applied, recorded now.
+    for m in MIGRATIONS.iter().take_while(|m| m.version <= current) {
+        tx.execute(
+            "INSERT OR IGNORE INTO schema_version (version, name) VALUES (?1, ?2)",
+            params![m.version, m.name],
+        )
+        .map_err(backend)?;
+    }
+    for m in steps {
+        tracing::info!(version = m.version, name = m.name, "applying a database schema migration");
+        tx.execute_batch(m.sql).map_err(|e| {
+            StoreError::Backend(format!("schema migration {} (`{}`) failed: {e}", m.version, m.name))
+        })?;
+        tx.execute("INSERT INTO schema_version (version, name) VALUES (?1, ?2)", params![m.version, m.name])
+            .map_err(backend)?;
+    }
+    tx.pragma_update(None, "user_version", migrate::latest(MIGRATIONS)).map_err(backend)?;
+    tx.commit().map_err(backend)
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies migrations. The file is made
-    /// readable by its owner only.
+    /// Opens (creating if needed) the database at `path` with the default durability
+    /// ([`SqliteSynchronous::Normal`]) and applies migrations. The file is made readable by its
+    /// owner only.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteSynchronous::default())
+    }
+
+    /// Opens (creating if needed) the database at `path` with the given durability and applies
+    /// migrations. The file is made readable by its owner only.
+    pub fn open_with(path: &Path, synchronous: SqliteSynchronous) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(backend)?;
         restrict_permissions(path)?;
-        Self::init(conn)
+        Self::init(conn, synchronous)
     }
 
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(backend)?)
+        Self::init(Connection::open_in_memory().map_err(backend)?, SqliteSynchronous::default())
     }
 
-    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+    fn init(mut conn: Connection, synchronous: SqliteSynchronous) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
-        // WAL lets readers proceed during writes; NORMAL sync is durable across application crashes
-        // and loses at most the last transactions on power loss, the usual WAL trade-off.
+        // WAL lets readers proceed during writes. With synchronous=NORMAL a commit is durable
+        // across a crash of the process but not of the machine (power loss can drop the last
+        // transactions, never corrupt the file); FULL syncs every commit (see SqliteSynchronous).
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", synchronous.as_str()).map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
-        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::Corrupt(format!(
-                "database schema version {version} is newer than this vouch ({}); upgrade vouch",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction().map_err(backend)?;
-            tx.execute_batch(sql).map_err(backend)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
-            tx.commit().map_err(backend)?;
-        }
+        migrate(&mut conn)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), damage: Arc::default() })
     }
 
@@ -173,7 +215,7 @@ impl SqliteStore {
             let stored = data.as_deref().map(decode_agent).transpose()?;
             let (write, answer) = rule(stored)?;
             if let Some(record) = write {
-                let data = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let data = encode_agent(&record)?;
                 tx.execute(
                     "INSERT INTO agents (spiffe_id, data) VALUES (?1, ?2)
                      ON CONFLICT (spiffe_id) DO UPDATE SET data = excluded.data",
@@ -185,6 +227,11 @@ impl SqliteStore {
             Ok(answer)
         })
         .await
+    }
+
+    /// The `PRAGMA synchronous` in effect (0 off, 1 normal, 2 full).
+    pub async fn synchronous_level(&self) -> Result<u8, StoreError> {
+        self.with(|conn| conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).map_err(backend)).await
     }
 
     /// Runs `f` on the connection on a blocking thread, so SQLite never stalls the async runtime.
@@ -289,37 +336,26 @@ impl Store for SqliteStore {
                     Ok((id, data))
                 })
                 .map_err(backend)?;
-            let mut listing = EntryListing::default();
+            let mut decoded = Vec::new();
             for row in rows {
                 let (id, data) = row.map_err(backend)?;
-                let decoded = match data {
+                decoded.push(match data {
                     Some(data) => decode_row(&id, &data),
                     None => Err(DamagedEntry { id, reason: "data is not text".into() }),
-                };
-                match decoded {
-                    Ok(entry) if filter.accepts(&entry) => listing.entries.push(entry),
-                    Ok(_) => {}
-                    Err(damaged) => {
-                        damage.skipped(&damaged);
-                        listing.damaged.push(damaged);
-                    }
-                }
+                });
             }
-            Ok(listing)
+            Ok(sort_rows(decoded, |e| filter.accepts(e), &damage))
         })
         .await
     }
 
     fn damaged_rows_skipped(&self) -> u64 {
-        self.damage.skipped.load(Ordering::Relaxed)
+        self.damage.count()
     }
 
     async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError> {
         let id = entry.id.to_string();
-        let expected = entry
-            .revision
-            .checked_sub(1)
-            .ok_or_else(|| StoreError::RevisionConflict { id: id.clone(), expected: 0 })?;
+        let expected = prior_revision(entry)?;
         let row =
             (entry.spiffe_id.to_string(), entry.parent_id.to_string(), entry.revision, encode_entry(entry)?);
         self.with(move |conn| {
@@ -411,18 +447,7 @@ impl Store for SqliteStore {
             tx.execute("UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1", params![hash, now])
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
-            let agent_id = agent_id
-                .map(|s| {
-                    SpiffeId::parse(&s).map_err(|e| StoreError::Corrupt(format!("join token agent id: {e}")))
-                })
-                .transpose()?;
-            Ok(TokenUse::Consumed(JoinTokenRecord {
-                hash,
-                created_at,
-                expires_at,
-                agent_id,
-                used_at: Some(now),
-            }))
+            consumed_token(hash, created_at, expires_at, agent_id, now)
         })
         .await
     }

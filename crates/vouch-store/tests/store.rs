@@ -1,4 +1,5 @@
-//! The conformance suite against SQLite (in memory and on disk), and SQLite-specific behaviour.
+//! The conformance suite against SQLite (in memory and on disk) and PostgreSQL (a private cluster),
+//! migrations, and backend-specific behaviour.
 
 // A test fails by panicking: unwrap and expect are how it says what broke. End-to-end tests run
 // real processes on the wall clock.
@@ -6,7 +7,8 @@
 
 use std::sync::Arc;
 
-use vouch_store::{conformance, EntryFilter, SqliteStore, Store};
+use vouch_store::test_postgres::PgCluster;
+use vouch_store::{conformance, EntryFilter, PgUrl, PostgresStore, SqliteStore, SqliteSynchronous, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_in_memory_conforms() {
@@ -102,4 +104,205 @@ async fn damaged_rows_are_skipped_and_reported_not_fatal() {
     assert!(!err.contains("hunter2"), "{err}");
     assert!(store.delete_entry(&id).await.is_err());
     assert_eq!(store.scan_entries(&EntryFilter::default()).await.unwrap().damaged.len(), 5);
+}
+
+/// The schema of the builds before `schema_version` (steps counted in `user_version` only),
+/// written as they wrote it.
+fn create_legacy_database(path: &std::path::Path, steps: u32) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    // Step 1 as those builds created it (kept here, frozen, apart from the code's own list).
+    conn.execute_batch(
+        "CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent_id TEXT NOT NULL, revision INTEGER NOT NULL, data TEXT NOT NULL);
+        CREATE INDEX entries_spiffe_id ON entries (spiffe_id);
+        CREATE INDEX entries_parent_id ON entries (parent_id);
+        CREATE TABLE join_tokens (hash TEXT PRIMARY KEY, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, agent_id TEXT, used_at INTEGER);
+        CREATE TABLE authority (singleton INTEGER PRIMARY KEY CHECK (singleton = 1), state TEXT NOT NULL);
+        PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    if steps >= 2 {
+        conn.execute_batch(
+            "CREATE TABLE agents (spiffe_id TEXT PRIMARY KEY, data TEXT NOT NULL); PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let e = entry("old", "spiffe://example.org/agent/a");
+    conn.execute(
+        "INSERT INTO entries (id, spiffe_id, parent_id, revision, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            e.id.as_str(),
+            e.spiffe_id.to_string(),
+            e.parent_id.to_string(),
+            e.revision,
+            serde_json::to_string(&e).unwrap()
+        ],
+    )
+    .unwrap();
+    conn.execute("INSERT INTO authority (singleton, state) VALUES (1, '{\"v\":0}')", []).unwrap();
+}
+
+fn schema_versions(path: &std::path::Path) -> (Vec<(u32, String)>, u32) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT version, name FROM schema_version ORDER BY version").unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let user_version = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    (rows, user_version)
+}
+
+/// Databases written before `schema_version` existed are recognised by their `user_version` and
+/// upgraded in place, keeping their data; a step they lack runs.
+#[tokio::test]
+async fn databases_of_earlier_builds_are_recognised_and_upgraded_in_place() {
+    let want = vec![(1, "entries, join tokens, authority".to_owned()), (2, "agents".to_owned())];
+    for steps in [2, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vouch.db");
+        create_legacy_database(&path, steps);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(schema_versions(&path), (want.clone(), 2), "from {steps} step(s)");
+        let old = vouch_core::EntryId::new("old").unwrap();
+        assert_eq!(store.get_entry(&old).await.unwrap().unwrap().id, old, "data kept");
+        assert_eq!(store.load_authority().await.unwrap().as_deref(), Some("{\"v\":0}"));
+        assert!(store.list_agents().await.unwrap().is_empty(), "the agents table exists");
+        store.delete_entry(&old).await.unwrap();
+        drop(store);
+        // Opening again changes nothing, and the upgraded database passes the whole contract.
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(schema_versions(&path), (want.clone(), 2));
+        store.save_authority("{}").await.unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("DELETE FROM authority", []).unwrap();
+        drop(conn);
+        conformance::run(Arc::new(store)).await;
+    }
+}
+
+/// A database from a newer vouch is refused by its `schema_version`, and by `user_version` for the
+/// builds that knew only that; a failed step leaves the database as it was.
+#[tokio::test]
+async fn newer_schema_versions_are_refused_and_failed_steps_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vouch.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("INSERT INTO schema_version (version, name) VALUES (3, 'from the future')", []).unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 3, supported: 2 }), "{err}");
+    assert!(err.to_string().contains("newer than this vouch"), "{err}");
+
+    // A step that fails (here: a table in the way of step 2) rolls back the whole upgrade.
+    let path = dir.path().join("half.db");
+    create_legacy_database(&path, 1);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE agents (x INTEGER);").unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).unwrap_err().to_string();
+    assert!(err.contains("schema migration 2 (`agents`) failed"), "{err}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let has_table: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'schema_version')", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let user_version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!((has_table, user_version), (false, 1), "nothing of the failed upgrade stays");
+}
+
+#[tokio::test]
+async fn sqlite_durability_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vouch.db");
+    assert_eq!(SqliteStore::open(&path).unwrap().synchronous_level().await.unwrap(), 1, "normal by default");
+    let full = SqliteStore::open_with(&path, SqliteSynchronous::Full).unwrap();
+    assert_eq!(full.synchronous_level().await.unwrap(), 2);
+    assert_eq!("full".parse::<SqliteSynchronous>().unwrap(), SqliteSynchronous::Full);
+    assert!("off".parse::<SqliteSynchronous>().unwrap_err().contains("use `normal` or `full`"));
+}
+
+/// The same contract, on a real PostgreSQL: over the Unix socket, and over TCP with a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_conforms_and_migrates() {
+    let cluster = PgCluster::start();
+    let url = PgUrl::parse(&cluster.create_database("conformance").await).unwrap();
+    let store = PostgresStore::connect(&url).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 2);
+    conformance::run(Arc::new(store)).await;
+
+    // Reopening finds the schema in place; a second store on the same database (a replica) sees
+    // the same data.
+    let tcp = cluster.tcp_url("conformance");
+    let replica = PostgresStore::connect(&PgUrl::parse(&tcp).unwrap()).await.unwrap();
+    assert_eq!(replica.load_authority().await.unwrap().as_deref(), Some("{\"v\":2}"));
+    assert_eq!(replica.schema_version().await.unwrap(), 2);
+
+    // Replicas starting together on an empty database migrate once, one after the other.
+    let url = PgUrl::parse(&cluster.create_database("together").await).unwrap();
+    let (a, b) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
+    assert_eq!(
+        (a.unwrap().schema_version().await.unwrap(), b.unwrap().schema_version().await.unwrap()),
+        (2, 2)
+    );
+
+    // A database from a newer vouch is refused.
+    let (client, conn) =
+        tokio_postgres::connect(&cluster.socket_url("together"), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("INSERT INTO schema_version (version, name) VALUES (3, 'from the future')")
+        .await
+        .unwrap();
+    let err = PostgresStore::connect(&url).await.unwrap_err();
+    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 3, supported: 2 }), "{err}");
+}
+
+/// The password in a store URL never shows: not in its Display or Debug form, not in the error of
+/// a failed connection, not in a parse error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passwords_never_show() {
+    let cluster = PgCluster::start();
+    let good = cluster.tcp_url("postgres");
+    let url = PgUrl::parse(&good).unwrap();
+    let secret = cluster.password();
+    for shown in [url.to_string(), format!("{url:?}")] {
+        assert!(!shown.contains(secret) && shown.contains(":***@127.0.0.1:"), "{shown}");
+    }
+    let store = PostgresStore::connect(&url).await.unwrap();
+    assert!(!format!("{store:?}").contains(secret));
+
+    let wrong = good.replace(secret, "hunter2-wrong");
+    let err = PostgresStore::connect(&PgUrl::parse(&wrong).unwrap()).await.unwrap_err().to_string();
+    assert!(err.contains("password authentication failed") && !err.contains("hunter2"), "{err}");
+    assert!(err.contains("postgres://postgres:***@127.0.0.1:"), "the error says where: {err}");
+
+    for bad in [
+        "postgres://u:hunter2@h:notaport/db",
+        "postgres://u:hunter2@h/db?nosuchoption=1",
+        "postgres://u:hunter2@h/db?password=hunter3&port=x",
+        "host=h password=hunter2",
+    ] {
+        let err = PgUrl::parse(bad).unwrap_err().to_string();
+        assert!(!err.contains("hunter"), "{bad}: {err}");
+    }
+    let in_query = PgUrl::parse("postgres://u@h/db?password=hunter2").unwrap();
+    assert_eq!(in_query.to_string(), "postgres://u:***@h:5432/db");
+}
+
+/// A test that panics still stops its cluster and removes its files.
+#[test]
+fn a_test_cluster_is_stopped_and_removed_when_its_test_panics() {
+    let seen = std::sync::Mutex::new(None);
+    let failed = std::panic::catch_unwind(|| {
+        let cluster = PgCluster::start();
+        let pid = std::fs::read_to_string(cluster.dir().join("data/postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().to_owned();
+        *seen.lock().unwrap() = Some((cluster.dir().to_owned(), pid));
+        panic!("a failing test");
+    });
+    assert!(failed.is_err());
+    let (dir, pid) = seen.into_inner().unwrap().unwrap();
+    assert!(!dir.exists(), "{} removed", dir.display());
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z"), "postmaster {pid} stopped: {state}");
 }

@@ -1,0 +1,119 @@
+//! How rows hold domain values, shared by every backend: entries and agents as JSON text (with the
+//! queried fields also in their own indexed columns), and the bookkeeping of damaged entry rows.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use vouch_core::{Entry, SpiffeId};
+
+use crate::{AgentRecord, DamagedEntry, JoinTokenRecord, StoreError, TokenUse};
+
+/// Damaged rows met by listings: a counter, and the ids already logged, so a row that every sync
+/// and admin check meets is logged once, not once per listing (log lines are a bounded cost).
+#[derive(Default)]
+pub(crate) struct DamageLog {
+    skipped: AtomicU64,
+    logged: Mutex<HashSet<String>>,
+}
+
+impl DamageLog {
+    pub(crate) fn skipped(&self, row: &DamagedEntry) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.insert(row.id.clone()) {
+            tracing::warn!(entry_id = %row.id, reason = %row.reason, "skipping a damaged entry row: it is not served or listed until the database is restored or the row is removed");
+        }
+    }
+
+    /// A deleted or rewritten row may be damaged again later and should be logged again then.
+    pub(crate) fn forget(&self, id: &str) {
+        self.logged.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// How many rows listings have skipped.
+    pub(crate) fn count(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+}
+
+/// Why an entry's stored JSON does not decode, by category and position only: serde's own message
+/// can quote the stored value.
+fn damage_reason(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax | Category::Eof => "data is not valid JSON",
+        Category::Data => "data is not a valid entry",
+        Category::Io => "data cannot be read",
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
+}
+
+/// Decodes one entry row; the id column must agree with the data (sync and updates go by it).
+pub(crate) fn decode_row(id: &str, data: &str) -> Result<Entry, DamagedEntry> {
+    let damaged = |reason: String| DamagedEntry { id: id.to_owned(), reason };
+    let entry: Entry = serde_json::from_str(data).map_err(|e| damaged(damage_reason(&e)))?;
+    if entry.id.as_str() != id {
+        return Err(damaged("the data's id differs from the row's id".into()));
+    }
+    Ok(entry)
+}
+
+/// Decodes the one entry a caller asked for: a damaged row is an error naming it.
+pub(crate) fn decode_entry(id: &str, data: &str) -> Result<Entry, StoreError> {
+    decode_row(id, data).map_err(|d| StoreError::DamagedEntry { id: d.id, reason: d.reason })
+}
+
+pub(crate) fn encode_entry(entry: &Entry) -> Result<String, StoreError> {
+    serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn encode_agent(agent: &AgentRecord) -> Result<String, StoreError> {
+    serde_json::to_string(agent).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn decode_agent(data: &str) -> Result<AgentRecord, StoreError> {
+    serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("agent: {e}")))
+}
+
+/// Sorts a listing's rows into entries passing `accepts` and damaged rows (counted and logged).
+pub(crate) fn sort_rows(
+    rows: impl IntoIterator<Item = Result<Entry, DamagedEntry>>,
+    accepts: impl Fn(&Entry) -> bool,
+    damage: &DamageLog,
+) -> crate::EntryListing {
+    let mut listing = crate::EntryListing::default();
+    for decoded in rows {
+        match decoded {
+            Ok(entry) if accepts(&entry) => listing.entries.push(entry),
+            Ok(_) => {}
+            Err(damaged) => {
+                damage.skipped(&damaged);
+                listing.damaged.push(damaged);
+            }
+        }
+    }
+    listing
+}
+
+/// The stored revision an update of `entry` must find (`entry.revision - 1`).
+pub(crate) fn prior_revision(entry: &Entry) -> Result<u64, StoreError> {
+    entry
+        .revision
+        .checked_sub(1)
+        .ok_or_else(|| StoreError::RevisionConflict { id: entry.id.to_string(), expected: 0 })
+}
+
+/// The answer for a join token just marked used at `now`, from its stored columns.
+pub(crate) fn consumed_token(
+    hash: String,
+    created_at: i64,
+    expires_at: i64,
+    agent_id: Option<String>,
+    now: i64,
+) -> Result<TokenUse, StoreError> {
+    let agent_id = agent_id
+        .map(|s| SpiffeId::parse(&s).map_err(|e| StoreError::Corrupt(format!("join token agent id: {e}"))))
+        .transpose()?;
+    Ok(TokenUse::Consumed(JoinTokenRecord { hash, created_at, expires_at, agent_id, used_at: Some(now) }))
+}
