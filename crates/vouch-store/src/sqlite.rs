@@ -50,6 +50,8 @@ const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     damage: Arc<DamageLog>,
+    /// Writes started (each takes SQLite's write lock), for [`Store::write_transactions`].
+    writes: Arc<AtomicU64>,
 }
 
 /// Damaged rows met by listings: a counter, and the ids already logged, so a row that every sync
@@ -72,6 +74,29 @@ impl DamageLog {
     /// A deleted or rewritten row may be damaged again later and should be logged again then.
     fn forget(&self, id: &str) {
         self.logged.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+/// A join token's row: created, expires, chosen agent id, used at.
+type TokenRow = (i64, i64, Option<String>, Option<i64>);
+
+fn read_token(conn: &Connection, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+    conn.query_row(
+        "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = ?1",
+        [hash],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()
+    .map_err(backend)
+}
+
+/// A token that may be used at `now` (created, expires, chosen agent id), or why not.
+fn usable_token(row: Option<TokenRow>, now: i64) -> Result<(i64, i64, Option<String>), TokenUse> {
+    match row {
+        None => Err(TokenUse::Unknown),
+        Some((_, _, _, Some(_))) => Err(TokenUse::AlreadyUsed),
+        Some((_, expires_at, _, None)) if expires_at <= now => Err(TokenUse::Expired),
+        Some((created_at, expires_at, agent_id, None)) => Ok((created_at, expires_at, agent_id)),
     }
 }
 
@@ -153,7 +178,7 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), damage: Arc::default() })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), damage: Arc::default(), writes: Arc::default() })
     }
 
     /// Applies an agent rule atomically: the record is read, decided on and written in one
@@ -164,7 +189,7 @@ impl SqliteStore {
         F: FnOnce(Option<AgentRecord>) -> agent_rules::Outcome + Send + 'static,
     {
         let id = id.to_string();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let data: Option<String> = tx
                 .query_row("SELECT data FROM agents WHERE spiffe_id = ?1", [&id], |r| r.get(0))
@@ -185,6 +210,16 @@ impl SqliteStore {
             Ok(answer)
         })
         .await
+    }
+
+    /// [`SqliteStore::with`] for a write (counted: every write takes SQLite's write lock).
+    async fn with_write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.with(f).await
     }
 
     /// Runs `f` on the connection on a blocking thread, so SQLite never stalls the async runtime.
@@ -231,7 +266,7 @@ impl Store for SqliteStore {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             for (id, spiffe_id, parent_id, revision, data) in &rows {
                 let r = tx.execute(
@@ -310,6 +345,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn write_transactions(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     fn damaged_rows_skipped(&self) -> u64 {
         self.damage.skipped.load(Ordering::Relaxed)
     }
@@ -322,7 +361,7 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::RevisionConflict { id: id.clone(), expected: 0 })?;
         let row =
             (entry.spiffe_id.to_string(), entry.parent_id.to_string(), entry.revision, encode_entry(entry)?);
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let current: Option<u64> = tx
                 .query_row("SELECT revision FROM entries WHERE id = ?1", [&id], |r| r.get(0))
@@ -347,7 +386,7 @@ impl Store for SqliteStore {
 
     async fn delete_entry(&self, id: &EntryId) -> Result<Entry, StoreError> {
         let id = id.to_string();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let data: Option<String> = tx
                 .query_row("SELECT data FROM entries WHERE id = ?1", [&id], |r| r.get(0))
@@ -366,7 +405,7 @@ impl Store for SqliteStore {
 
     async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = token.clone();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let r = conn.execute(
                 "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![t.hash, t.created_at, t.expires_at, t.agent_id.as_ref().map(SpiffeId::to_string), t.used_at],
@@ -384,30 +423,21 @@ impl Store for SqliteStore {
 
     async fn consume_join_token(&self, hash: &str, now: i64) -> Result<TokenUse, StoreError> {
         let hash = hash.to_owned();
+        let writes = self.writes.clone();
         self.with(move |conn| {
+            // Decided on a plain read first: an unknown, used or expired token (what a flood of
+            // bogus attestations brings) is refused without SQLite's write lock, so it neither
+            // waits for nor delays real writes. Only a token that looks usable is read again and
+            // marked used inside a write transaction, which decides.
+            if let Err(refused) = usable_token(read_token(conn, &hash)?, now) {
+                return Ok(refused);
+            }
+            writes.fetch_add(1, Ordering::Relaxed);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let row = tx
-                .query_row(
-                    "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = ?1",
-                    [&hash],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, Option<String>>(2)?,
-                            r.get::<_, Option<i64>>(3)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(backend)?;
-            let Some((created_at, expires_at, agent_id, used_at)) = row else { return Ok(TokenUse::Unknown) };
-            if used_at.is_some() {
-                return Ok(TokenUse::AlreadyUsed);
-            }
-            if expires_at <= now {
-                return Ok(TokenUse::Expired);
-            }
+            let (created_at, expires_at, agent_id) = match usable_token(read_token(&tx, &hash)?, now) {
+                Ok(row) => row,
+                Err(refused) => return Ok(refused),
+            };
             tx.execute("UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1", params![hash, now])
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
@@ -482,7 +512,7 @@ impl Store for SqliteStore {
 
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             Ok(conn.execute("DELETE FROM agents WHERE spiffe_id = ?1", [&id]).map_err(backend)? > 0)
         })
         .await
@@ -499,7 +529,7 @@ impl Store for SqliteStore {
 
     async fn save_authority(&self, state: &str) -> Result<(), StoreError> {
         let state = state.to_owned();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             conn.execute(
                 "INSERT INTO authority (singleton, state) VALUES (1, ?1)
                  ON CONFLICT (singleton) DO UPDATE SET state = excluded.state",
