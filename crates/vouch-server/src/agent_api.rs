@@ -603,10 +603,12 @@ async fn sign(
     let now_s = state.now_secs();
     let mut results = Vec::with_capacity(req.requests.len());
     let mut issued_count = 0u64;
+    // Audited once the answer is certain (after the re-check below), not as each is signed.
+    let mut minted = Vec::new();
     for (i, item) in req.requests.into_iter().enumerate() {
         let outcome = match entries.get(&item.entry_id) {
             Some(entry) => check_entry_for_agent(Some(entry), &agent, &item.entry_id, now_s).and_then(|()| {
-                sign_one(&state, &agent, entry, &item.csr)
+                sign_one(&state, entry, &item.csr)
                     .map_err(|e| ApiError { message: format!("requests[{i}]: {}", e.message), ..e })
             }),
             // Not among the agent's entries: read it (only on this failure path) to say whether it
@@ -624,8 +626,9 @@ async fn sign(
             },
         };
         let outcome = match outcome {
-            Ok(svid) => {
+            Ok((svid, capped)) => {
                 issued_count += 1;
+                minted.push((item.entry_id.clone(), svid.spiffe_id.clone(), svid.expires_at, capped));
                 SignOutcome::Svid(svid)
             }
             Err(e) => {
@@ -636,9 +639,38 @@ async fn sign(
         };
         results.push(SignResult { entry_id: item.entry_id, outcome });
     }
+    if issued_count > 0 {
+        if let Err(e) = still_admitted(&state, &agent).await {
+            tracing::warn!(target: "vouch::audit", event = "svid.x509.discarded", caller = %agent, count = issued_count, reason = %e.message);
+            return Err(e);
+        }
+    }
+    for (entry_id, spiffe_id, expires_at, capped) in minted {
+        tracing::info!(target: "vouch::audit", event = "svid.x509.mint", caller = %agent, %entry_id, %spiffe_id, expires_at, capped);
+    }
     state.metrics.x509_issued.fetch_add(issued_count, Ordering::Relaxed);
     state.metrics.x509_latency.observe(started.elapsed());
     Ok(Json(SignResponse { results }))
+}
+
+/// Checks, after signing or minting and before answering, that the agent was not banned or evicted
+/// meanwhile (a plain read); if it was, what was signed is discarded and the request refused.
+///
+/// Why this makes the order linearizable: the auth layer checks the agent before signing, so
+/// without this read a ban committed while a request was being signed was followed by an SVID
+/// signed after the ban and answered after the admin had been told "banned". With it, each sign or
+/// JWT request takes effect at this read (its linearization point): a ban or eviction whose write
+/// committed before the read is seen, and what was signed is dropped; one committed after the read
+/// is ordered after the request, whose signing happened before the read. The history is then the
+/// same as if every request had run atomically at its re-check, so once the admin has the ban's
+/// answer, no request re-checks afterwards and still gets an SVID. An agent write never undoes a
+/// ban (the store's agent rules), so a committed ban cannot be missed by the read.
+async fn still_admitted(state: &AppState, agent: &SpiffeId) -> AppResult<()> {
+    match state.store.get_agent(agent).await? {
+        None => Err(StoreError::AgentNotFound(agent.to_string()).into()),
+        Some(a) if a.banned => Err(StoreError::AgentBanned(agent.to_string()).into()),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Charges `cost` to the agent's signing or JWT limit; over it, a 429 with `Retry-After`.
@@ -657,20 +689,21 @@ fn check_agent_limit(state: &AppState, limit: Limit, agent: &SpiffeId, cost: u32
     })
 }
 
-/// Signs one CSR for one of the agent's entries.
-fn sign_one(state: &AppState, agent: &SpiffeId, entry: &Entry, csr: &Der) -> AppResult<SignedSvid> {
+/// Signs one CSR for one of the agent's entries; the SVID, and whether its lifetime was capped by
+/// the signing CA's.
+fn sign_one(state: &AppState, entry: &Entry, csr: &Der) -> AppResult<(SignedSvid, bool)> {
     let public = vouch_ca::verify_csr_pem_or_der(&csr.0)?;
     let svid_ttl = entry.x509_svid_ttl.map(Duration::from_secs).unwrap_or(state.config.x509_svid_ttl);
     let now = state.now();
     let issued =
         state.with_authority(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
     let expires_at = ttl::unix_seconds(issued.svid.not_after);
-    tracing::info!(target: "vouch::audit", event = "svid.x509.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, expires_at, capped = issued.svid.capped);
-    Ok(SignedSvid {
+    let svid = SignedSvid {
         spiffe_id: entry.spiffe_id.clone(),
         cert_chain: issued.chain_der().into_iter().map(Der).collect(),
         expires_at,
-    })
+    };
+    Ok((svid, issued.svid.capped))
 }
 
 async fn jwt(
@@ -691,6 +724,11 @@ async fn jwt(
     )?;
     let now = state.now();
     let minted = state.with_authority(|a| a.mint_jwt(&entry.spiffe_id, &req.audience, jwt_ttl, now))?;
+    // A ban or eviction committed while minting wins: see `still_admitted`.
+    if let Err(e) = still_admitted(&state, &agent).await {
+        tracing::warn!(target: "vouch::audit", event = "svid.jwt.discarded", caller = %agent, entry_id = %entry.id, reason = %e.message);
+        return Err(e);
+    }
     state.metrics.jwt_issued.fetch_add(1, Ordering::Relaxed);
     tracing::info!(target: "vouch::audit", event = "svid.jwt.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, audience = ?req.audience, expires_at = minted.expires_at);
     Ok(Json(AgentJwtResponse {

@@ -1772,3 +1772,200 @@ async fn over_tls_a_rate_limited_attestation_is_a_typed_client_error() {
     }
     server.shutdown().await;
 }
+
+/// A store that pauses the first entry read of one agent (what the sign and JWT handlers do after
+/// the auth layer has admitted the agent, before signing) until the test lets it go, so a ban or
+/// an eviction can be committed, and answered, exactly inside a request.
+struct PausingStore {
+    inner: SqliteStore,
+    pause: Mutex<Option<Pause>>,
+}
+
+/// An armed pause: the agent, "reached" to the test, "go" from the test.
+type Pause = (SpiffeId, tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>);
+
+impl PausingStore {
+    /// Arms the pause for `agent`: the returned receiver fires when a request reaches it, the
+    /// sender lets the request go on.
+    fn arm(
+        &self,
+        agent: &SpiffeId,
+    ) -> (tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        *self.pause.lock().unwrap() = Some((agent.clone(), reached_tx, go_rx));
+        (reached_rx, go_tx)
+    }
+
+    async fn maybe_pause(&self, agent: Option<&SpiffeId>) {
+        let armed = {
+            let mut pause = self.pause.lock().unwrap();
+            match (&*pause, agent) {
+                (Some((a, _, _)), Some(b)) if a == b => pause.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, reached, go)) = armed {
+            let _ = reached.send(());
+            let _ = go.await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PausingStore {
+    async fn create_entries(&self, entries: &[vouch_core::Entry]) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_entries(entries).await
+    }
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<vouch_core::Entry>, vouch_store::StoreError> {
+        let entry = self.inner.get_entry(id).await?;
+        self.maybe_pause(entry.as_ref().map(|e| &e.parent_id)).await;
+        Ok(entry)
+    }
+    async fn scan_entries(
+        &self,
+        filter: &vouch_store::EntryFilter,
+    ) -> Result<vouch_store::EntryListing, vouch_store::StoreError> {
+        self.maybe_pause(filter.parent_id.as_ref()).await;
+        self.inner.scan_entries(filter).await
+    }
+    fn damaged_rows_skipped(&self) -> u64 {
+        self.inner.damaged_rows_skipped()
+    }
+    fn write_transactions(&self) -> u64 {
+        self.inner.write_transactions()
+    }
+    async fn update_entry(&self, entry: &vouch_core::Entry) -> Result<(), vouch_store::StoreError> {
+        self.inner.update_entry(entry).await
+    }
+    async fn delete_entry(&self, id: &EntryId) -> Result<vouch_core::Entry, vouch_store::StoreError> {
+        self.inner.delete_entry(id).await
+    }
+    async fn create_join_token(
+        &self,
+        t: &vouch_store::JoinTokenRecord,
+    ) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_join_token(t).await
+    }
+    async fn consume_join_token(
+        &self,
+        hash: &str,
+        now: i64,
+    ) -> Result<vouch_store::TokenUse, vouch_store::StoreError> {
+        self.inner.consume_join_token(hash, now).await
+    }
+    async fn attest_agent(
+        &self,
+        a: &vouch_store::AgentRecord,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.attest_agent(a).await
+    }
+    async fn renew_agent(
+        &self,
+        r: &vouch_store::AgentRenewal,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.renew_agent(r).await
+    }
+    async fn authenticate_agent(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.authenticate_agent(id, serial).await
+    }
+    async fn ban_agent(
+        &self,
+        id: &SpiffeId,
+        now: i64,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.ban_agent(id, now).await
+    }
+    async fn get_agent(
+        &self,
+        id: &SpiffeId,
+    ) -> Result<Option<vouch_store::AgentRecord>, vouch_store::StoreError> {
+        self.inner.get_agent(id).await
+    }
+    async fn list_agents(&self) -> Result<Vec<vouch_store::AgentRecord>, vouch_store::StoreError> {
+        self.inner.list_agents().await
+    }
+    async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
+        self.inner.delete_agent(id).await
+    }
+    async fn load_authority(&self) -> Result<Option<String>, vouch_store::StoreError> {
+        self.inner.load_authority().await
+    }
+    async fn save_authority(&self, state: &str) -> Result<(), vouch_store::StoreError> {
+        self.inner.save_authority(state).await
+    }
+    async fn ping(&self) -> Result<(), vouch_store::StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// A sign or JWT request that the auth layer admitted just before a ban or an eviction commits
+/// must not answer an SVID: the ban (or eviction) is committed and answered to the admin while the
+/// request is paused after its agent check and before signing; the request then finishes signing,
+/// re-checks the agent, discards what it signed and is refused with the ban's (eviction's) code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_or_jwt_request_in_flight_when_the_agent_is_banned_or_evicted_answers_no_svid() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(PausingStore { inner: SqliteStore::in_memory().unwrap(), pause: Mutex::new(None) });
+    let (kek, _) = vouch_ca::Kek::generate().unwrap();
+    let state = AppState::open(
+        config(dir.path(), false),
+        store.clone(),
+        kek,
+        Arc::new(vouch_server::SystemClock),
+        4242,
+    )
+    .await
+    .unwrap();
+    let (csr, _) = csr_and_key();
+    for (i, (admin_path, route, code)) in [
+        ("/v1/agents/ban", "/v1/agent/sign", "agent_banned"),
+        ("/v1/agents/ban", "/v1/agent/jwt", "agent_banned"),
+        ("/v1/agents/evict", "/v1/agent/sign", "agent_not_attested"),
+        ("/v1/agents/evict", "/v1/agent/jwt", "agent_not_attested"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("spiffe://example.org/agent/inflight-{i}");
+        let svid = attest_in_app(&state, &id).await.unwrap();
+        let entry = json!({"id": format!("inflight-{i}"), "spiffe_id": format!("spiffe://example.org/w/inflight-{i}"), "parent_id": id, "selectors": ["unix:uid:1"]});
+        assert_eq!(
+            call(&state, ROOT, "POST", "/v1/entries", Some(&entry.to_string())).await.0,
+            StatusCode::CREATED
+        );
+        let entry_id = EntryId::new(&format!("inflight-{i}")).unwrap();
+        let body = if route.ends_with("sign") {
+            serde_json::to_string(&SignRequest { requests: vec![SignItem { entry_id, csr: csr.clone() }] })
+                .unwrap()
+        } else {
+            serde_json::to_string(&AgentJwtRequest { entry_id, audience: vec!["db".into()] }).unwrap()
+        };
+        // Before: the agent is served.
+        let (s, v) = call(&state, agent_caller(&svid), "POST", route, Some(&body)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        let (reached, go) = store.arm(&spiffe_id(&id));
+        let request = {
+            let (state, caller, body) = (state.clone(), agent_caller(&svid), body.clone());
+            tokio::spawn(async move { call(&state, caller, "POST", route, Some(&body)).await })
+        };
+        tokio::time::timeout(Duration::from_secs(10), reached).await.unwrap().unwrap();
+        // The admin's decision is committed and answered while the request is in flight.
+        let (s, v) =
+            call(&state, ROOT, "POST", admin_path, Some(&json!({"spiffe_id": id}).to_string())).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        go.send(()).unwrap();
+        let (s, v) = tokio::time::timeout(Duration::from_secs(10), request).await.unwrap().unwrap();
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some(code)),
+            "{admin_path} during {route}: {v}"
+        );
+        assert!(v.get("results").is_none() && v.get("token").is_none(), "no SVID in the answer: {v}");
+    }
+}
