@@ -112,7 +112,7 @@ where
     Ok(Run { count: latencies.len(), elapsed, latencies })
 }
 
-struct VouchProcess {
+pub(crate) struct VouchProcess {
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -125,10 +125,19 @@ impl Drop for VouchProcess {
 }
 
 async fn start_vouch(bin: &PathBuf) -> Result<(VouchProcess, AdminClient, PathBuf)> {
+    start_vouch_with(bin, &[]).await
+}
+
+/// A `vouch server run` with extra environment (`VOUCH_LIMITS_*`, say); its admin client and data dir.
+pub(crate) async fn start_vouch_with(
+    bin: &PathBuf,
+    env: &[(&str, &str)],
+) -> Result<(VouchProcess, AdminClient, PathBuf)> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let child = Command::new(bin)
         .args(["server", "run"])
+        .envs(env.iter().copied())
         .env("VOUCH_DATA_DIR", &data)
         .env("VOUCH_LISTEN", "127.0.0.1:0")
         .env("VOUCH_LOG", "warn")

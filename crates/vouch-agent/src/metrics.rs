@@ -160,6 +160,7 @@ pub struct AgentMetrics {
     rpc_latency: [Histogram; Rpc::ALL.len()],
     refusals: [AtomicU64; Refusal::ALL.len()],
     server_errors: [AtomicU64; ServerOp::ALL.len()],
+    rate_limited: [AtomicU64; ServerOp::ALL.len()],
     reconnects: AtomicU64,
     rotations: AtomicU64,
     /// Unix seconds of the last sync line; 0 before the first.
@@ -204,6 +205,16 @@ impl AgentMetrics {
     /// Counts a failed request to the server.
     pub fn server_error(&self, op: ServerOp) {
         self.server_errors[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refusal by the server's rate limit (429 `rate_limited`; the agent then waits).
+    pub fn rate_limited(&self, op: ServerOp) {
+        self.rate_limited[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times the server refused `op` by its rate limit.
+    pub fn rate_limited_count(&self, op: ServerOp) -> u64 {
+        self.rate_limited[op as usize].load(Ordering::Relaxed)
     }
 
     /// Counts a reconnection of the sync stream.
@@ -305,19 +316,27 @@ impl AgentMetrics {
             "Workload X509-SVIDs replaced at their renewal time.",
             self.rotations.load(Ordering::Relaxed),
         );
-        header(
-            &mut out,
-            "vouch_agent_server_errors_total",
-            "counter",
-            "Failed requests to the server, by operation.",
-        );
-        for op in ServerOp::ALL {
-            let _ = writeln!(
-                out,
-                "vouch_agent_server_errors_total{{op=\"{}\"}} {}",
-                op.label(),
-                self.server_errors[op as usize].load(Ordering::Relaxed)
-            );
+        for (name, help, counts) in [
+            (
+                "vouch_agent_server_errors_total",
+                "Failed requests to the server, by operation.",
+                &self.server_errors,
+            ),
+            (
+                "vouch_agent_server_rate_limited_total",
+                "Requests the server refused by its rate limit (the agent waited as told), by operation.",
+                &self.rate_limited,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for op in ServerOp::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{op=\"{}\"}} {}",
+                    op.label(),
+                    counts[op as usize].load(Ordering::Relaxed)
+                );
+            }
         }
         out
     }
@@ -433,6 +452,7 @@ mod tests {
         m.refused(Refusal::NoMatch);
         m.refused(Refusal::MissingHeader);
         m.server_error(ServerOp::Sign);
+        m.rate_limited(ServerOp::Jwt);
         m.reconnect();
         m.rotated(3);
         m.sync_line(vouch_core::ttl::from_unix_seconds(1_700_000_000));
@@ -461,13 +481,15 @@ mod tests {
             "vouch_agent_svid_rotations_total 3\n",
             "vouch_agent_server_errors_total{op=\"sign\"} 1\n",
             "vouch_agent_server_errors_total{op=\"renew\"} 0\n",
+            "vouch_agent_server_rate_limited_total{op=\"jwt\"} 1\n",
+            "vouch_agent_server_rate_limited_total{op=\"sign\"} 0\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         // Every family has one HELP and one TYPE line.
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(families, text.lines().filter(|l| l.starts_with("# HELP ")).count());
-        assert_eq!(families, 11);
+        assert_eq!(families, 12);
     }
 
     #[test]

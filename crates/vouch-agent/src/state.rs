@@ -36,6 +36,10 @@ pub struct AgentState {
     pub link: ServerLink,
     /// Serialises signing, so concurrent callers for one entry share one SVID.
     sign_lock: tokio::sync::Mutex<()>,
+    /// How long the server asked the agent to wait before signing again (429 `Retry-After`).
+    sign_backoff: Backoff,
+    /// The same for JWT minting.
+    jwt_backoff: Backoff,
     /// Counters and histograms for `/metrics`.
     pub metrics: crate::metrics::AgentMetrics,
 }
@@ -43,6 +47,39 @@ pub struct AgentState {
 impl std::fmt::Debug for AgentState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentState").field("socket", &self.config.socket).finish_non_exhaustive()
+    }
+}
+
+/// A wait the server asked for by a 429 `rate_limited` answer: until it is over, the operation
+/// fails at once without calling the server (workloads keep what is cached, and ask again), so
+/// an agent over its limit does not keep hammering the server with retries.
+#[derive(Debug, Default)]
+struct Backoff(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+impl Backoff {
+    /// `Err` while a wait is running, with what is left of it.
+    fn check(&self, what: &str) -> Result<(), AgentError> {
+        let until = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match until.map(|u| u.saturating_duration_since(tokio::time::Instant::now())) {
+            Some(left) if !left.is_zero() => {
+                Err(AgentError::Server(vouch_client::ClientError::RateLimited {
+                    retry_after: left,
+                    message: format!(
+                        "the server rate-limited {what} by this agent; not asking again for {left:?}"
+                    ),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the wait the server asked for, if `error` is its rate-limit refusal; whether it was.
+    fn note(&self, error: &AgentError) -> bool {
+        let AgentError::Server(e) = error else { return false };
+        let Some(wait) = e.retry_after() else { return false };
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now() + wait);
+        tracing::warn!(retry_in = ?wait, error = %e, "the server's rate limit refused this agent; waiting as told");
+        true
     }
 }
 
@@ -79,6 +116,8 @@ impl AgentState {
             cache: SvidCache::default(),
             link,
             sign_lock: tokio::sync::Mutex::new(()),
+            sign_backoff: Backoff::default(),
+            jwt_backoff: Backoff::default(),
             metrics: Default::default(),
         }))
     }
@@ -131,9 +170,13 @@ impl AgentState {
 
     /// Signs fresh keys for `entries` through the server, in batches the server accepts.
     async fn sign(&self, entries: &[Entry]) -> Result<(), AgentError> {
+        self.sign_backoff.check("signing")?;
         for chunk in entries.chunks(MAX_SIGN_BATCH) {
             if let Err(e) = self.sign_batch(chunk).await {
                 self.metrics.server_error(crate::metrics::ServerOp::Sign);
+                if self.sign_backoff.note(&e) {
+                    self.metrics.rate_limited(crate::metrics::ServerOp::Sign);
+                }
                 return Err(e);
             }
         }
@@ -211,12 +254,19 @@ impl AgentState {
         if let Some(token) = self.cache.jwt(&entry.id, audiences, now) {
             return Ok(token);
         }
+        self.jwt_backoff.check("JWT minting")?;
         let answer = self
             .link
             .client()
             .agent_jwt(&AgentJwtRequest { entry_id: entry.id.clone(), audience: audiences.to_vec() })
             .await
-            .inspect_err(|_| self.metrics.server_error(crate::metrics::ServerOp::Jwt))?;
+            .map_err(AgentError::from)
+            .inspect_err(|e| {
+                self.metrics.server_error(crate::metrics::ServerOp::Jwt);
+                if self.jwt_backoff.note(e) {
+                    self.metrics.rate_limited(crate::metrics::ServerOp::Jwt);
+                }
+            })?;
         let exp = ttl::from_unix_seconds(answer.expires_at);
         self.cache.insert_jwt(&entry.id, audiences, answer.token.clone(), now, exp);
         Ok(answer.token)

@@ -106,6 +106,14 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
         let was_connected = state.link.connected();
         state.link.set_connected(false);
         state.metrics.reconnect();
+        // A server that refused with 429 said how long to wait: never reconnect sooner.
+        let asked = match &result {
+            Err(AgentError::Server(e)) => e.retry_after(),
+            _ => None,
+        };
+        if asked.is_some() {
+            state.metrics.rate_limited(crate::metrics::ServerOp::Sync);
+        }
         match (Removal::of(&result), result) {
             (Some(Removal::Banned(reason)), _) => {
                 // The node is no longer trusted: nothing more is served from it, cached or not.
@@ -139,6 +147,7 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
         }
         let jitter = vouch_ca::keys::random_bytes::<1>().map(|b| u64::from(b[0])).unwrap_or(0);
         let wait = backoff + Duration::from_millis(jitter * backoff.as_millis() as u64 / 512);
+        let wait = wait.max(asked.unwrap_or_default());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,

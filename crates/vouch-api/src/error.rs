@@ -46,6 +46,10 @@ pub enum ErrorCode {
     RevisionConflict,
     /// 429: too many outstanding requests of this kind.
     TooManyRequests,
+    /// 429: the caller exceeded its rate limit (per source address for node attestation, per agent
+    /// for signing and JWT minting); the answer's `Retry-After` header says when to try again, and
+    /// nothing about the request was looked at.
+    RateLimited,
     /// 503: a dependency is unavailable; retry later.
     Unavailable,
     /// 500: see the server log.
@@ -67,6 +71,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::RevisionConflict => "revision_conflict",
             Self::TooManyRequests => "too_many_requests",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -75,7 +80,7 @@ impl ErrorCode {
 
 impl ErrorCode {
     /// Every code, for lookups by spelling.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::InvalidRequest,
         Self::ReservedId,
         Self::Unauthenticated,
@@ -87,6 +92,7 @@ impl ErrorCode {
         Self::Conflict,
         Self::RevisionConflict,
         Self::TooManyRequests,
+        Self::RateLimited,
         Self::Unavailable,
         Self::Internal,
     ];

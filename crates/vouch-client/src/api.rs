@@ -14,13 +14,12 @@ use vouch_api::agent::{
 };
 use vouch_api::{paths, Entry, EntrySpec, SpiffeId};
 
-use crate::client::{api_error, decode, json_bytes, LineStream};
+use crate::client::{api_error, api_error_after, decode, json_bytes, LineStream};
 use crate::{AdminClient, ClientError, Connection};
 
 impl AdminClient {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let (status, bytes) = self.request_bytes("GET", path, None).await?;
-        decode(status, &bytes)
+        self.request_answer("GET", path, None).await?.decode()
     }
 
     async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -29,8 +28,7 @@ impl AdminClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let (status, bytes) = self.request_bytes(method, path, Some(json_bytes(body)?)).await?;
-        decode(status, &bytes)
+        self.request_answer(method, path, Some(json_bytes(body)?)).await?.decode()
     }
 
     async fn text(&self, path: &str) -> Result<String, ClientError> {
@@ -162,7 +160,7 @@ impl AdminClient {
                 while let Some(Ok(l)) = lines.next_line().await {
                     body.push_str(&l);
                 }
-                return Err(api_error(status, body.as_bytes()));
+                return Err(api_error_after(status, lines.retry_after, body.as_bytes()));
             }
             Ok(SyncStream { _conn: conn, lines })
         };

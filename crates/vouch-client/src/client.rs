@@ -34,6 +34,15 @@ pub enum ClientError {
         /// Error message from the body.
         message: String,
     },
+    /// The server refused because the caller is over a rate limit (HTTP 429 `rate_limited`): try
+    /// again after `retry_after` (the answer's `Retry-After`), not at once.
+    #[error("{message} (HTTP 429, rate_limited; retry in {}s)", retry_after.as_secs())]
+    RateLimited {
+        /// How long to wait before trying again.
+        retry_after: Duration,
+        /// Error message from the body.
+        message: String,
+    },
     /// The answer was not what the API promises.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
@@ -48,6 +57,50 @@ pub enum ClientError {
         /// How long the client waited.
         after: Duration,
     },
+}
+
+impl ClientError {
+    /// How long the server asked the caller to wait before trying again, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// The wait assumed when a 429 `rate_limited` answer carries no usable `Retry-After`.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One answer: its status, its `Retry-After` (whole seconds) if present, and its body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The `Retry-After` header in its seconds form, if present.
+    pub retry_after: Option<Duration>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// Decodes a 2xx JSON answer; an error answer becomes a [`ClientError`].
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        if (200..300).contains(&self.status) {
+            return serde_json::from_slice(&self.body).map_err(|e| ClientError::Protocol(e.to_string()));
+        }
+        Err(self.error())
+    }
+
+    /// The answer as an error.
+    pub fn error(&self) -> ClientError {
+        api_error_after(self.status, self.retry_after, &self.body)
+    }
+}
+
+fn retry_after_of(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let text = headers.get(hyper::header::RETRY_AFTER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// How long a call may take, connecting included, unless [`AdminClient::with_timeout`] says
@@ -210,7 +263,17 @@ impl AdminClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(u16, Bytes), ClientError> {
-        let exchange = async { self.connect_unbounded().await?.send(method, path, body).await };
+        self.request_answer(method, path, body).await.map(|a| (a.status, a.body))
+    }
+
+    /// Sends one request on a fresh connection; the whole answer, headers that matter included.
+    pub(crate) async fn request_answer(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Answer, ClientError> {
+        let exchange = async { self.connect_unbounded().await?.send_answer(method, path, body).await };
         tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.timed_out())?
     }
 
@@ -237,7 +300,19 @@ pub fn decode<T: DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<T, Clien
 /// An error answer as a [`ClientError::Api`]; a body that is not the API's error body is quoted
 /// (shortened), since it is what the person has to go on.
 pub fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+    api_error_after(status, None, bytes)
+}
+
+/// [`api_error`] with the answer's `Retry-After`: a 429 `rate_limited` becomes
+/// [`ClientError::RateLimited`] (waiting [`DEFAULT_RETRY_AFTER`] if the header is missing).
+pub fn api_error_after(status: u16, retry_after: Option<Duration>, bytes: &[u8]) -> ClientError {
     match serde_json::from_slice::<vouch_api::ErrorBody>(bytes) {
+        Ok(body) if status == 429 && body.error.code == vouch_api::ErrorCode::RateLimited.as_str() => {
+            ClientError::RateLimited {
+                retry_after: retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+                message: body.error.message,
+            }
+        }
         Ok(body) => ClientError::Api { status, code: body.error.code, message: body.error.message },
         Err(_) => ClientError::Api {
             status,
@@ -334,6 +409,8 @@ const ANSWER_AFTER_CLOSE: Duration = Duration::from_millis(200);
 pub struct LineStream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    /// The answer's `Retry-After`, if present.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 impl LineStream {
@@ -396,7 +473,8 @@ impl Connection {
             sender.send_request(req).await.map_err(|e| proto(e.to_string()))
         })
         .await?;
-        Ok((resp.status().as_u16(), LineStream { body: resp.into_body(), buf: Vec::new() }))
+        let retry_after = retry_after_of(resp.headers());
+        Ok((resp.status().as_u16(), LineStream { body: resp.into_body(), buf: Vec::new(), retry_after }))
     }
 
     /// Sends one request on this connection.
@@ -416,6 +494,16 @@ impl Connection {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(u16, Bytes), ClientError> {
+        self.send_answer(method, path, body).await.map(|a| (a.status, a.body))
+    }
+
+    /// [`Connection::send`], answering the whole [`Answer`] (with its `Retry-After`).
+    pub async fn send_answer(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Answer, ClientError> {
         let proto = |e: String| ClientError::Protocol(e);
         let mut req = hyper::Request::builder().method(method).uri(path).header("host", &self.host);
         let body = match body {
@@ -431,8 +519,9 @@ impl Connection {
             sender.ready().await.map_err(|e| proto(e.to_string()))?;
             let resp = sender.send_request(req).await.map_err(|e| proto(e.to_string()))?;
             let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await.map_err(|e| proto(e.to_string()))?.to_bytes();
-            Ok((status, bytes))
+            let retry_after = retry_after_of(resp.headers());
+            let body = resp.into_body().collect().await.map_err(|e| proto(e.to_string()))?.to_bytes();
+            Ok(Answer { status, retry_after, body })
         })
         .await
     }
@@ -490,6 +579,52 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(matches!(client.sync().await, Err(ClientError::Timeout { .. })));
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A server that answers every request with `status`, `headers` and `body`, then closes.
+    fn answering(
+        dir: &tempfile::TempDir,
+        status: &'static str,
+        headers: &'static str,
+        body: &'static str,
+    ) -> PathBuf {
+        use tokio::io::AsyncWriteExt as _;
+        server(dir, move |mut stream| async move {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        })
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_answer_is_a_typed_error_with_its_retry_after() {
+        let body = r#"{"error":{"code":"rate_limited","message":"slow down"}}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let client = AdminClient::unix(answering(&dir, "429 Too Many Requests", "retry-after: 3\r\n", body));
+        let err = client.agents().await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::RateLimited { message, .. } if message == "slow down"),
+            "{err:?}"
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+        assert!(err.to_string().contains("retry in 3s"), "{err}");
+        // The sync stream's refusal too.
+        assert_eq!(client.sync().await.err().and_then(|e| e.retry_after()), Some(Duration::from_secs(3)));
+        // Without the header, a default wait; other 429s (not a rate limit) stay plain API errors.
+        let dir2 = tempfile::tempdir().unwrap();
+        let client = AdminClient::unix(answering(&dir2, "429 Too Many Requests", "", body));
+        assert_eq!(client.agents().await.unwrap_err().retry_after(), Some(DEFAULT_RETRY_AFTER));
+        let other = r#"{"error":{"code":"too_many_requests","message":"busy"}}"#;
+        let dir3 = tempfile::tempdir().unwrap();
+        let client =
+            AdminClient::unix(answering(&dir3, "429 Too Many Requests", "retry-after: 3\r\n", other));
+        let err = client.agents().await.unwrap_err();
+        assert!(matches!(err, ClientError::Api { status: 429, .. }), "{err:?}");
+        assert_eq!(err.retry_after(), None);
     }
 
     #[tokio::test]

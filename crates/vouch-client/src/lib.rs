@@ -6,4 +6,4 @@ mod api;
 pub mod client;
 
 pub use api::{Entries, SyncStream};
-pub use client::{decode, AdminClient, ClientError, Connection, LineStream};
+pub use client::{decode, AdminClient, Answer, ClientError, Connection, LineStream};

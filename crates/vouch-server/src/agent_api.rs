@@ -41,6 +41,7 @@ use vouch_store::{AgentRecord, AgentRenewal, EntryFilter, StoreError, TokenUse};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{requested_ttl, ApiJson};
+use crate::limits::{self, PeerAddr};
 use crate::state::{AppState, Event};
 
 type AppResult<T> = Result<T, ApiError>;
@@ -50,13 +51,93 @@ pub const MAX_SIGN_BATCH: usize = vouch_api::agent::MAX_SIGN_BATCH;
 /// Interval of keep-alive lines on the sync stream.
 pub const SYNC_PING: Duration = Duration::from_secs(15);
 
-/// Node attestation: anyone may call, the evidence in the body is the credential.
-pub(crate) fn attestation_routes() -> Router<Arc<AppState>> {
+/// Node attestation: anyone may call, the evidence in the body is the credential. Each source
+/// address is rate limited before anything of its request is read.
+pub(crate) fn attestation_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route(paths::ATTEST_JOIN_TOKEN, post(attest_join_token))
         .route(paths::ATTEST_K8S_PSAT, post(attest_k8s_psat))
         .route(paths::ATTEST_X509POP_CHALLENGE, post(x509pop_challenge))
         .route(paths::ATTEST_X509POP, post(attest_x509pop))
+        .route_layer(axum::middleware::from_fn_with_state(state, limit_attestation))
+}
+
+/// The limits, as indexes of `Metrics::rate_limited`.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Attest = 0,
+    Sign = 1,
+    Jwt = 2,
+}
+
+/// Middleware of node attestation: a source over its rate gets 429 `rate_limited` with
+/// `Retry-After`, before its body is read, parsed, verified or looked up. Requests without a peer
+/// address (the local admin socket, only admins can open it) are not limited.
+async fn limit_attestation(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(PeerAddr(ip)) = req.extensions().get::<PeerAddr>().copied() {
+        let source = limits::source_key(ip);
+        if let Err(wait) = state.limits.attest.check(&source, 1, tokio::time::Instant::now()) {
+            let rate = state.config.limits.attest;
+            return rate_limited(&state, Limit::Attest, wait, || {
+                format!(
+                    "node attestation from {source}: more than {}/s (burst {}) attempts; retry after the time in Retry-After",
+                    rate.per_second, rate.burst
+                )
+            })
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// A 429 for a caller over `limit`: counted, and logged at most once per interval.
+fn rate_limited(
+    state: &AppState,
+    limit: Limit,
+    wait: Duration,
+    message: impl FnOnce() -> String,
+) -> ApiError {
+    state.metrics.rate_limited[limit as usize].fetch_add(1, Ordering::Relaxed);
+    let message = message();
+    let kind = match limit {
+        Limit::Attest => "rate limit: attest",
+        Limit::Sign => "rate limit: sign",
+        Limit::Jwt => "rate limit: jwt",
+    };
+    log_refusal(state, kind, |count| {
+        tracing::warn!(target: "vouch::audit", event = "rate_limited", limit = kind, reason = %message, count, "requests refused by a rate limit ({count} since the last line like this)");
+    });
+    ApiError::rate_limited(message, wait)
+}
+
+/// Writes a refusal's log line through `write` (given how many refusals of `kind` there were
+/// since the last line) if none was written for `kind` within the interval; otherwise counts it.
+/// A flood of refusals so costs one line per interval and reason, not one per request.
+pub(crate) fn log_refusal(state: &AppState, kind: &'static str, write: impl FnOnce(u64)) {
+    match state.limits.log.note(kind, tokio::time::Instant::now()) {
+        Some(count) => write(count),
+        None => {
+            state.metrics.log_lines_suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A refused node attestation: counted, and logged as `agent.attest.refused` at most once per
+/// interval per `kind` (a fixed string: method and reason).
+fn attest_refused(
+    state: &AppState,
+    kind: &'static str,
+    method: &'static str,
+    detail: &dyn std::fmt::Display,
+) {
+    state.metrics.attest_refused.fetch_add(1, Ordering::Relaxed);
+    log_refusal(state, kind, |count| {
+        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method, reason = %detail, count, "node attestation refused ({count} since the last line like this)");
+    });
 }
 
 /// Calls of attested agents.
@@ -104,7 +185,12 @@ async fn admit_agent(
     csr: &Der,
 ) -> AppResult<Json<AgentSvid>> {
     let refused = |e: ApiError| {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method, agent = %id, reason = %e.message);
+        attest_refused(
+            state,
+            "admit: refused",
+            "any",
+            &format_args!("{method}: agent `{id}`: {}", e.message),
+        );
         e
     };
     // A join token made before agent IDs were reserved may name any ID.
@@ -137,20 +223,31 @@ async fn attest_join_token(
 ) -> AppResult<Json<AgentSvid>> {
     let hash = vouch_ca::keys::sha256_hex(req.token.as_bytes());
     let now = state.now_secs();
-    let refuse = |reason: &str| {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "join_token", token_hash_prefix = &hash[..12], reason);
+    let refuse = |kind: &'static str, reason: &str| {
+        attest_refused(
+            &state,
+            kind,
+            "join_token",
+            &format_args!("{reason} (token hash prefix {})", &hash[..12]),
+        );
         ApiError::unauthenticated(format!("join token refused: {reason}"))
     };
     // Check the CSR before spending the token, so a malformed request does not burn it.
     vouch_ca::verify_csr_pem_or_der(&req.csr.0)?;
     let record = match state.store.consume_join_token(&hash, now).await? {
         TokenUse::Consumed(r) => r,
-        TokenUse::Unknown => return Err(refuse("unknown token")),
+        TokenUse::Unknown => return Err(refuse("join_token: unknown", "unknown token")),
         TokenUse::Expired => {
-            return Err(refuse("the token has expired; create a new one with `vouch token create`"))
+            return Err(refuse(
+                "join_token: expired",
+                "the token has expired; create a new one with `vouch token create`",
+            ))
         }
         TokenUse::AlreadyUsed => {
-            return Err(refuse("the token was already used; join tokens are single use, create a new one"))
+            return Err(refuse(
+                "join_token: used",
+                "the token was already used; join tokens are single use, create a new one",
+            ))
         }
     };
     let node = crate::node_attest::join_token_identity(&state.config.trust_domain, &hash, record.agent_id)
@@ -164,18 +261,38 @@ async fn attest_k8s_psat(
 ) -> AppResult<Json<AgentSvid>> {
     vouch_ca::verify_csr_pem_or_der(&req.csr.0)?;
     let cluster = state.config.psat_clusters.iter().find(|c| c.name == req.cluster).ok_or_else(|| {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %req.cluster, reason = "unknown cluster");
-        ApiError::unauthenticated(format!("k8s_psat: cluster `{}` is not configured on this server", req.cluster))
+        attest_refused(
+            &state,
+            "k8s_psat: unknown cluster",
+            "k8s_psat",
+            &format_args!("unknown cluster `{}`", req.cluster),
+        );
+        ApiError::unauthenticated(format!(
+            "k8s_psat: cluster `{}` is not configured on this server",
+            req.cluster
+        ))
     })?;
     let kid = crate::psat_keys::token_kid(&req.token);
     let keys = state.psat_keys.keys(cluster, kid.as_deref()).await.map_err(|reason| {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %cluster.name, reason = %reason);
+        attest_refused(
+            &state,
+            "k8s_psat: keys unavailable",
+            "k8s_psat",
+            &format_args!("cluster `{}`: {reason}", cluster.name),
+        );
         ApiError::unavailable(format!("k8s_psat: {reason}"))
     })?;
-    let identity = crate::node_attest::check_psat(&state.config.trust_domain, cluster, &keys, &req.token, state.now()).map_err(|reason| {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "k8s_psat", cluster = %cluster.name, reason = %reason);
-        ApiError::unauthenticated(format!("k8s_psat token refused: {reason}"))
-    })?;
+    let identity =
+        crate::node_attest::check_psat(&state.config.trust_domain, cluster, &keys, &req.token, state.now())
+            .map_err(|reason| {
+            attest_refused(
+                &state,
+                "k8s_psat: token refused",
+                "k8s_psat",
+                &format_args!("cluster `{}`: {reason}", cluster.name),
+            );
+            ApiError::unauthenticated(format!("k8s_psat token refused: {reason}"))
+        })?;
     admit_agent(&state, identity.agent_id, "k8s_psat", identity.selectors, &req.csr).await
 }
 
@@ -220,7 +337,7 @@ fn check_node_chain(state: &AppState, chain_pem: &str) -> AppResult<NodeCert> {
             Err(e) => last_error = e.to_string(),
         }
     }
-    tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "x509pop", reason = %last_error);
+    attest_refused(state, "x509pop: certificate refused", "x509pop", &last_error);
     Err(ApiError::unauthenticated(format!("x509pop: the node certificate was refused: {last_error}")))
 }
 
@@ -248,7 +365,12 @@ async fn attest_x509pop(
     vouch_ca::verify_csr_pem_or_der(&req.csr.0)?;
     let NodeCert { leaf, ca_set, facts } = check_node_chain(&state, &req.cert_chain_pem)?;
     let refuse = |reason: &str| {
-        tracing::warn!(target: "vouch::audit", event = "agent.attest.refused", method = "x509pop", fingerprint = %facts.fingerprint, reason);
+        attest_refused(
+            &state,
+            "x509pop: proof refused",
+            "x509pop",
+            &format_args!("{reason} (certificate {})", facts.fingerprint),
+        );
         ApiError::unauthenticated(format!("x509pop refused: {reason}"))
     };
     // The challenge is single use whatever the outcome.
@@ -472,6 +594,8 @@ async fn sign(
     if req.requests.is_empty() || req.requests.len() > MAX_SIGN_BATCH {
         return Err(ApiError::bad_request(format!("requests: a batch holds 1 to {MAX_SIGN_BATCH} CSRs")));
     }
+    let cost = u32::try_from(req.requests.len()).unwrap_or(u32::MAX);
+    check_agent_limit(&state, Limit::Sign, &agent, cost)?;
     let started = Instant::now();
     // The agent's entries, read once for the whole batch.
     let entries: HashMap<EntryId, Entry> =
@@ -479,10 +603,12 @@ async fn sign(
     let now_s = state.now_secs();
     let mut results = Vec::with_capacity(req.requests.len());
     let mut issued_count = 0u64;
+    // Audited once the answer is certain (after the re-check below), not as each is signed.
+    let mut minted = Vec::new();
     for (i, item) in req.requests.into_iter().enumerate() {
         let outcome = match entries.get(&item.entry_id) {
             Some(entry) => check_entry_for_agent(Some(entry), &agent, &item.entry_id, now_s).and_then(|()| {
-                sign_one(&state, &agent, entry, &item.csr)
+                sign_one(&state, entry, &item.csr)
                     .map_err(|e| ApiError { message: format!("requests[{i}]: {}", e.message), ..e })
             }),
             // Not among the agent's entries: read it (only on this failure path) to say whether it
@@ -500,8 +626,9 @@ async fn sign(
             },
         };
         let outcome = match outcome {
-            Ok(svid) => {
+            Ok((svid, capped)) => {
                 issued_count += 1;
+                minted.push((item.entry_id.clone(), svid.spiffe_id.clone(), svid.expires_at, capped));
                 SignOutcome::Svid(svid)
             }
             Err(e) => {
@@ -512,25 +639,71 @@ async fn sign(
         };
         results.push(SignResult { entry_id: item.entry_id, outcome });
     }
+    if issued_count > 0 {
+        if let Err(e) = still_admitted(&state, &agent).await {
+            tracing::warn!(target: "vouch::audit", event = "svid.x509.discarded", caller = %agent, count = issued_count, reason = %e.message);
+            return Err(e);
+        }
+    }
+    for (entry_id, spiffe_id, expires_at, capped) in minted {
+        tracing::info!(target: "vouch::audit", event = "svid.x509.mint", caller = %agent, %entry_id, %spiffe_id, expires_at, capped);
+    }
     state.metrics.x509_issued.fetch_add(issued_count, Ordering::Relaxed);
     state.metrics.x509_latency.observe(started.elapsed());
     Ok(Json(SignResponse { results }))
 }
 
-/// Signs one CSR for one of the agent's entries.
-fn sign_one(state: &AppState, agent: &SpiffeId, entry: &Entry, csr: &Der) -> AppResult<SignedSvid> {
+/// Checks, after signing or minting and before answering, that the agent was not banned or evicted
+/// meanwhile (a plain read); if it was, what was signed is discarded and the request refused.
+///
+/// Why this makes the order linearizable: the auth layer checks the agent before signing, so
+/// without this read a ban committed while a request was being signed was followed by an SVID
+/// signed after the ban and answered after the admin had been told "banned". With it, each sign or
+/// JWT request takes effect at this read (its linearization point): a ban or eviction whose write
+/// committed before the read is seen, and what was signed is dropped; one committed after the read
+/// is ordered after the request, whose signing happened before the read. The history is then the
+/// same as if every request had run atomically at its re-check, so once the admin has the ban's
+/// answer, no request re-checks afterwards and still gets an SVID. An agent write never undoes a
+/// ban (the store's agent rules), so a committed ban cannot be missed by the read.
+async fn still_admitted(state: &AppState, agent: &SpiffeId) -> AppResult<()> {
+    match state.store.get_agent(agent).await? {
+        None => Err(StoreError::AgentNotFound(agent.to_string()).into()),
+        Some(a) if a.banned => Err(StoreError::AgentBanned(agent.to_string()).into()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Charges `cost` to the agent's signing or JWT limit; over it, a 429 with `Retry-After`.
+fn check_agent_limit(state: &AppState, limit: Limit, agent: &SpiffeId, cost: u32) -> AppResult<()> {
+    let (limiter, rate, what) = match limit {
+        Limit::Sign => (&state.limits.sign, state.config.limits.sign, "CSRs signed"),
+        _ => (&state.limits.jwt, state.config.limits.jwt, "JWT-SVIDs minted"),
+    };
+    limiter.check(agent, cost, tokio::time::Instant::now()).map_err(|wait| {
+        rate_limited(state, limit, wait, || {
+            format!(
+                "agent `{agent}`: more than {}/s {what} (burst {}); retry after the time in Retry-After",
+                rate.per_second, rate.burst
+            )
+        })
+    })
+}
+
+/// Signs one CSR for one of the agent's entries; the SVID, and whether its lifetime was capped by
+/// the signing CA's.
+fn sign_one(state: &AppState, entry: &Entry, csr: &Der) -> AppResult<(SignedSvid, bool)> {
     let public = vouch_ca::verify_csr_pem_or_der(&csr.0)?;
     let svid_ttl = entry.x509_svid_ttl.map(Duration::from_secs).unwrap_or(state.config.x509_svid_ttl);
     let now = state.now();
     let issued =
         state.with_authority(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
     let expires_at = ttl::unix_seconds(issued.svid.not_after);
-    tracing::info!(target: "vouch::audit", event = "svid.x509.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, expires_at, capped = issued.svid.capped);
-    Ok(SignedSvid {
+    let svid = SignedSvid {
         spiffe_id: entry.spiffe_id.clone(),
         cert_chain: issued.chain_der().into_iter().map(Der).collect(),
         expires_at,
-    })
+    };
+    Ok((svid, issued.svid.capped))
 }
 
 async fn jwt(
@@ -540,6 +713,7 @@ async fn jwt(
 ) -> AppResult<Json<AgentJwtResponse>> {
     use vouch_core::entry::{MAX_JWT_SVID_TTL, MIN_JWT_SVID_TTL};
     let agent = agent_of(&caller)?;
+    check_agent_limit(&state, Limit::Jwt, &agent, 1)?;
     let entry = entry_for_agent(&state, &agent, &req.entry_id).await?;
     let jwt_ttl = requested_ttl(
         entry.jwt_svid_ttl,
@@ -550,6 +724,11 @@ async fn jwt(
     )?;
     let now = state.now();
     let minted = state.with_authority(|a| a.mint_jwt(&entry.spiffe_id, &req.audience, jwt_ttl, now))?;
+    // A ban or eviction committed while minting wins: see `still_admitted`.
+    if let Err(e) = still_admitted(&state, &agent).await {
+        tracing::warn!(target: "vouch::audit", event = "svid.jwt.discarded", caller = %agent, entry_id = %entry.id, reason = %e.message);
+        return Err(e);
+    }
     state.metrics.jwt_issued.fetch_add(1, Ordering::Relaxed);
     tracing::info!(target: "vouch::audit", event = "svid.jwt.mint", caller = %agent, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, audience = ?req.audience, expires_at = minted.expires_at);
     Ok(Json(AgentJwtResponse {

@@ -85,7 +85,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let seq = state.with_authority(|a| a.sequence());
     let damaged = state.store.damaged_rows_skipped();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(seq, damaged))
+    let writes = state.store.write_transactions();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(seq, damaged, writes))
         .into_response()
 }
 

@@ -82,7 +82,16 @@ async fn decide(
         Ok(()) => next.run(req).await,
         Err(e) => {
             state.metrics.auth_denied.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target: "vouch::audit", event = "admin.denied", %caller, path = %req.uri().path(), reason = %e.message);
+            // Counted always, logged at most once per interval per kind of caller: anyone can
+            // send requests without a certificate, and a line for each is a flood of its own.
+            let kind = match caller {
+                Caller::Local { .. } => "auth: local",
+                Caller::Svid { .. } => "auth: svid",
+                Caller::Anonymous => "auth: anonymous",
+            };
+            crate::agent_api::log_refusal(state, kind, |count| {
+                tracing::warn!(target: "vouch::audit", event = "admin.denied", %caller, path = %req.uri().path(), reason = %e.message, count);
+            });
             e.into_response()
         }
     }

@@ -95,6 +95,131 @@ struct FileConfig {
     log: FileLog,
     #[serde(default)]
     node_attestation: FileNodeAttestation,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    attest_per_second: Option<f64>,
+    attest_burst: Option<u32>,
+    attest_sources: Option<usize>,
+    sign_per_second: Option<f64>,
+    sign_burst: Option<u32>,
+    jwt_per_second: Option<f64>,
+    jwt_burst: Option<u32>,
+    agents: Option<usize>,
+    refusal_log_interval: Option<HumanDuration>,
+}
+
+/// A token-bucket rate: `per_second` on average, up to `burst` at once; `per_second = 0` turns the
+/// limit off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Most tokens held (and so the largest burst).
+    pub burst: u32,
+}
+
+impl Rate {
+    /// Whether the limit is off.
+    pub fn is_off(self) -> bool {
+        self.per_second == 0.0
+    }
+}
+
+/// The `[limits]` section: what one caller may cost the server (see docs/operations.md, "Limits").
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Node attestation requests (all methods, x509pop challenges included) per source address.
+    pub attest: Rate,
+    /// Most source addresses tracked at once.
+    pub attest_sources: usize,
+    /// CSRs signed per agent (a batch costs one per CSR).
+    pub sign: Rate,
+    /// JWT-SVIDs minted per agent.
+    pub jwt: Rate,
+    /// Most agents tracked at once (per limit).
+    pub agents: usize,
+    /// At most one warning line per refusal reason in this interval, with the count.
+    pub refusal_log_interval: Duration,
+}
+
+impl Default for LimitsConfig {
+    /// Node attestation: 10/s, burst 20 per address (an agent attests once, then renews over its
+    /// SVID; a node rebooting in a loop is still far below). Signing: 200 CSRs/s, burst 10,000 per
+    /// agent (a node with 10,000 entries signs them all at start; 500 workloads rotating hourly need
+    /// well under 1/s). JWT: 100/s, burst 1,000 per agent (tokens are cached at the agent for half
+    /// their life).
+    fn default() -> Self {
+        Self {
+            attest: Rate { per_second: 10.0, burst: 20 },
+            attest_sources: 10_000,
+            sign: Rate { per_second: 200.0, burst: 10_000 },
+            jwt: Rate { per_second: 100.0, burst: 1_000 },
+            agents: 100_000,
+            refusal_log_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn build(f: FileLimits, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        fn pick<T: std::str::FromStr>(
+            env: EnvLookup<'_>,
+            key: &str,
+            file: Option<T>,
+            default: T,
+        ) -> Result<T, ConfigError> {
+            let var = format!("VOUCH_LIMITS_{}", key.to_ascii_uppercase());
+            match env(&var) {
+                Some(text) => text.trim().parse().map_err(|_| {
+                    ConfigError::Invalid(format!("{var}: `{text}` is not a valid limits.{key}"))
+                }),
+                None => Ok(file.unwrap_or(default)),
+            }
+        }
+        let d = Self::default();
+        let rate =
+            |name: &str, per: Option<f64>, burst: Option<u32>, def: Rate| -> Result<Rate, ConfigError> {
+                let per_second = pick(env, &format!("{name}_per_second"), per, def.per_second)?;
+                let burst = pick(env, &format!("{name}_burst"), burst, def.burst)?;
+                if !per_second.is_finite() || per_second < 0.0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "limits.{name}_per_second must be a number >= 0 (0 turns the limit off)"
+                    )));
+                }
+                if burst == 0 {
+                    return Err(ConfigError::Invalid(format!("limits.{name}_burst must be at least 1")));
+                }
+                Ok(Rate { per_second, burst })
+            };
+        let sign = rate("sign", f.sign_per_second, f.sign_burst, d.sign)?;
+        let batch = vouch_api::agent::MAX_SIGN_BATCH;
+        if !sign.is_off() && (sign.burst as usize) < batch {
+            return Err(ConfigError::Invalid(format!(
+                "limits.sign_burst must be at least {batch}, the largest signing batch an agent sends"
+            )));
+        }
+        let interval = match env("VOUCH_LIMITS_REFUSAL_LOG_INTERVAL") {
+            Some(text) => {
+                HumanDuration::parse(&text)
+                    .map_err(|e| ConfigError::Invalid(format!("VOUCH_LIMITS_REFUSAL_LOG_INTERVAL: {e}")))?
+                    .0
+            }
+            None => f.refusal_log_interval.map_or(d.refusal_log_interval, |h| h.0),
+        };
+        Ok(Self {
+            attest: rate("attest", f.attest_per_second, f.attest_burst, d.attest)?,
+            attest_sources: pick(env, "attest_sources", f.attest_sources, d.attest_sources)?.max(2),
+            sign,
+            jwt: rate("jwt", f.jwt_per_second, f.jwt_burst, d.jwt)?,
+            agents: pick(env, "agents", f.agents, d.agents)?.max(2),
+            refusal_log_interval: interval,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -312,6 +437,8 @@ pub struct Config {
     pub psat_clusters: Vec<PsatCluster>,
     /// CA sets for x509pop node attestation.
     pub x509pop: Vec<X509PopCas>,
+    /// What one caller may cost the server.
+    pub limits: LimitsConfig,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -570,7 +697,9 @@ impl Config {
             file.node_attestation.k8s_psat.into_iter().map(PsatCluster::resolve).collect::<Result<_, _>>()?;
         let x509pop =
             file.node_attestation.x509pop.into_iter().map(X509PopCas::resolve).collect::<Result<_, _>>()?;
+        let limits = LimitsConfig::build(file.limits, env)?;
         Ok(Self {
+            limits,
             psat_clusters,
             x509pop,
             trust_domain,
@@ -656,6 +785,10 @@ mod tests {
             ("[ca]\nx509_svid_ttl = \"5y\"", "unknown unit"),
             ("[ca]\nupstream_cert = \"a\"", "go together"),
             ("[log]\nformat = \"xml\"", "use `text` or `json`"),
+            ("[limits]\nattest_burst = 0", "attest_burst must be at least 1"),
+            ("[limits]\nsign_per_second = -1", "sign_per_second must be a number >= 0"),
+            ("[limits]\nsign_burst = 10", "at least 500"),
+            ("[limits]\nattest_rate = 1", "unknown field `attest_rate`"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
@@ -698,6 +831,22 @@ mod tests {
             let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
             assert!(err.contains(want) && !err.contains("s3cret"), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn limits_have_defaults_and_come_from_the_file_and_env() {
+        let d = Config::from_toml("", &no_env).unwrap().limits;
+        assert_eq!(d, LimitsConfig::default());
+        assert_eq!(d.attest, Rate { per_second: 10.0, burst: 20 });
+        let text = "[limits]\nattest_per_second = 2.5\nattest_burst = 5\njwt_per_second = 0\nrefusal_log_interval = \"1m\"";
+        let env = |k: &str| (k == "VOUCH_LIMITS_ATTEST_BURST").then(|| "7".to_string());
+        let c = Config::from_toml(text, &env).unwrap().limits;
+        assert_eq!(c.attest, Rate { per_second: 2.5, burst: 7 }, "env wins over the file");
+        assert!(c.jwt.is_off());
+        assert_eq!(c.refusal_log_interval, Duration::from_secs(60));
+        let env = |k: &str| (k == "VOUCH_LIMITS_SIGN_PER_SECOND").then(|| "fast".to_string());
+        let err = Config::from_toml("", &env).unwrap_err().to_string();
+        assert!(err.contains("VOUCH_LIMITS_SIGN_PER_SECOND") && err.contains("`fast`"), "{err}");
     }
 
     #[test]

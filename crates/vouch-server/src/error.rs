@@ -14,6 +14,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What went wrong and what to do.
     pub message: String,
+    /// For a rate-limited caller: when to try again (the `Retry-After` header, whole seconds
+    /// rounded up).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// The HTTP status of each error code. Exhaustive, so a new code cannot ship unmapped.
@@ -26,7 +29,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::Conflict | ErrorCode::RevisionConflict => StatusCode::CONFLICT,
-        ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyRequests | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -34,7 +37,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 
 impl ApiError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after: None }
     }
 
     /// 400: the request is malformed or invalid.
@@ -77,6 +80,11 @@ impl ApiError {
         Self::new(ErrorCode::TooManyRequests, message)
     }
 
+    /// 429: the caller exceeded its rate limit; it may try again after `retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::new(ErrorCode::RateLimited, message) }
+    }
+
     /// 503: something the request depends on is unreachable; retrying later may work.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
@@ -102,8 +110,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        (status, axum::Json(ErrorBody { error: self.detail() })).into_response()
+        let mut resp = (status, axum::Json(ErrorBody { error: self.detail() })).into_response();
+        if let Some(wait) = self.retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_seconds(wait).into());
+        }
+        resp
     }
+}
+
+/// `Retry-After` in whole seconds (RFC 9110 §10.2.3), rounded up and at least 1, so a client that
+/// waits as told finds a token in its bucket.
+pub fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    let whole = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    whole.max(1)
 }
 
 impl From<StoreError> for ApiError {

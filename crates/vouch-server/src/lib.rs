@@ -12,6 +12,7 @@ pub mod config;
 mod conn_threads;
 mod error;
 mod extract;
+mod limits;
 mod metrics;
 pub mod node_attest;
 mod psat_keys;
@@ -37,6 +38,7 @@ use vouch_store::{PostgresStore, SqliteStore, Store};
 pub use crate::auth::Caller;
 pub use crate::config::{Config, StoreConfig};
 pub use crate::error::ApiError;
+pub use crate::limits::PeerAddr;
 pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
 pub use crate::state::{AppState, Clock, SystemClock};
 
@@ -269,14 +271,23 @@ async fn bind_admin_socket(path: &Path) -> Result<UnixListener, StartError> {
     })
 }
 
-/// Serves HTTP/1.1 on one connection with `caller` attached to every request, until the peer closes
-/// it or the server shuts down (which also ends long-lived streams such as agent sync).
-async fn serve_connection<I>(io: I, app: Router, caller: Caller, mut shutdown: watch::Receiver<bool>)
-where
+/// Serves HTTP/1.1 on one connection with `caller` (and the peer's address, on TCP) attached to
+/// every request, until the peer closes it or the server shuts down (which also ends long-lived
+/// streams such as agent sync).
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    caller: Caller,
+    peer: Option<PeerAddr>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(caller.clone());
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(peer);
+        }
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -312,7 +323,7 @@ async fn serve_unix(
                     let Ok(stream) = stream.into_std() else { continue };
                     conns.run(move || {
                         if let Ok(stream) = tokio::net::UnixStream::from_std(stream) {
-                            tokio::spawn(serve_connection(stream, app, caller, shutdown));
+                            tokio::spawn(serve_connection(stream, app, caller, None, shutdown));
                         }
                     });
                 }
@@ -362,7 +373,7 @@ async fn serve_tls(
                             },
                             None => Caller::Anonymous,
                         };
-                        serve_connection(tls, app, caller, conn_shutdown).await;
+                        serve_connection(tls, app, caller, Some(PeerAddr(peer.ip())), conn_shutdown).await;
                     }); });
                 }
                 Err(e) => {

@@ -21,6 +21,13 @@ pub struct Metrics {
     pub server_errors: AtomicU64,
     /// Requests refused by authentication or authorization.
     pub auth_denied: AtomicU64,
+    /// Node attestations refused (bad evidence, banned, reserved ID), rate-limited ones not included.
+    pub attest_refused: AtomicU64,
+    /// Requests refused by a rate limit, by limit.
+    pub rate_limited: [AtomicU64; 3],
+    /// Refusal warnings not written because one for the same reason was written within the
+    /// interval (they are counted in the next line).
+    pub log_lines_suppressed: AtomicU64,
     /// X509-SVID issuance latency.
     pub x509_latency: Histogram,
     /// JWT-SVID issuance latency.
@@ -29,8 +36,8 @@ pub struct Metrics {
 
 impl Metrics {
     /// The text exposition; `damaged_rows_skipped` is the store's counter of entry rows that
-    /// listings skipped as unreadable.
-    pub fn render(&self, bundle_sequence: u64, damaged_rows_skipped: u64) -> String {
+    /// listings skipped as unreadable, `store_writes` its counter of writes.
+    pub fn render(&self, bundle_sequence: u64, damaged_rows_skipped: u64, store_writes: u64) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
             vouch_core::metrics::counter(out, name, help, v.load(Ordering::Relaxed));
@@ -60,6 +67,34 @@ impl Metrics {
             "vouch_auth_denied_total",
             "Requests refused by authentication or authorization.",
             &self.auth_denied,
+        );
+        counter(
+            &mut out,
+            "vouch_attestations_refused_total",
+            "Node attestations refused (bad evidence, banned agent, reserved ID).",
+            &self.attest_refused,
+        );
+        vouch_core::metrics::header(
+            &mut out,
+            "vouch_rate_limited_total",
+            "counter",
+            "Requests refused by a rate limit (429 rate_limited), by limit.",
+        );
+        for (limit, v) in ["attest", "sign", "jwt"].iter().zip(&self.rate_limited) {
+            let _ =
+                writeln!(out, "vouch_rate_limited_total{{limit=\"{limit}\"}} {}", v.load(Ordering::Relaxed));
+        }
+        counter(
+            &mut out,
+            "vouch_log_lines_suppressed_total",
+            "Refusal warnings folded into the next line for the same reason (see [limits] refusal_log_interval).",
+            &self.log_lines_suppressed,
+        );
+        vouch_core::metrics::counter(
+            &mut out,
+            "vouch_store_write_transactions_total",
+            "Writes started on the store (each takes the database's write lock).",
+            store_writes,
         );
         vouch_core::metrics::counter(
             &mut out,
@@ -92,7 +127,10 @@ mod tests {
         let m = Metrics::default();
         m.x509_issued.fetch_add(3, Ordering::Relaxed);
         m.x509_latency.observe(Duration::from_micros(700));
-        let text = m.render(7, 2);
+        m.rate_limited[1].fetch_add(4, Ordering::Relaxed);
+        let text = m.render(7, 2, 9);
+        assert!(text.contains("vouch_rate_limited_total{limit=\"sign\"} 4"));
+        assert!(text.contains("vouch_store_write_transactions_total 9"));
         assert!(text.contains("vouch_x509_svids_issued_total 3"));
         assert!(text.contains("vouch_issuance_seconds_bucket{kind=\"x509\",le=\"0.0005\"} 0"));
         assert!(text.contains("vouch_issuance_seconds_bucket{kind=\"x509\",le=\"0.001\"} 1"));

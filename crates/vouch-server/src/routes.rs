@@ -21,7 +21,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let agent = crate::agent_api::agent_routes()
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_agent));
     crate::api::public_routes()
-        .merge(crate::agent_api::attestation_routes())
+        .merge(crate::agent_api::attestation_routes(state.clone()))
         .merge(agent)
         .merge(admin)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

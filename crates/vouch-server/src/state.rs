@@ -91,6 +91,8 @@ pub struct AppState {
     pub x509pop_nonces: std::sync::Mutex<std::collections::HashMap<String, (String, SystemTime)>>,
     /// Signing keys of the Kubernetes clusters whose tokens attest agents.
     pub psat_keys: crate::psat_keys::PsatKeys,
+    /// Rate limits per source and per agent, and the refusal log throttle.
+    pub limits: crate::limits::Limits,
 }
 
 impl std::fmt::Debug for AppState {
@@ -141,7 +143,9 @@ impl AppState {
             None => Authority::new(config.authority_config(), upstream),
         };
         let psat_keys = crate::psat_keys::PsatKeys::new(&config.psat_clusters);
+        let limits = crate::limits::Limits::new(&config.limits);
         let state = Arc::new(Self {
+            limits,
             psat_keys,
             config,
             store,

@@ -71,18 +71,35 @@ async fn call(
     path: &str,
     body: Option<&str>,
 ) -> (StatusCode, Value) {
+    let (status, _, v) = call_from(state, caller, None, method, path, body).await;
+    (status, v)
+}
+
+/// [`call`] from a TCP peer at `peer` (as the mTLS listener marks requests); also the headers.
+async fn call_from(
+    state: &Arc<AppState>,
+    caller: Caller,
+    peer: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
     let mut req = Request::builder().method(method).uri(path);
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
     let mut req = req.body(Body::from(body.unwrap_or("").to_owned())).unwrap();
     req.extensions_mut().insert(caller);
+    if let Some(peer) = peer {
+        req.extensions_mut().insert(vouch_server::PeerAddr(peer.parse().unwrap()));
+    }
     let resp = vouch_server::app(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let v = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, v)
+    (status, headers, v)
 }
 
 const ROOT: Caller = Caller::Local { uid: 0 };
@@ -457,6 +474,25 @@ fn openapi_describes_every_route() {
         }
     }
     assert_eq!(paths.len(), 24, "a route in openapi.json that the test does not know");
+    let codes =
+        doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
+    for code in vouch_api::ErrorCode::ALL {
+        assert!(codes.contains(code.as_str()), "error code `{code}` missing from openapi.json");
+    }
+    // Every rate-limited route documents its 429 with Retry-After.
+    for path in [
+        "/v1/agent/attest/join-token",
+        "/v1/agent/attest/k8s-psat",
+        "/v1/agent/attest/x509pop",
+        "/v1/agent/sign",
+        "/v1/agent/jwt",
+    ] {
+        assert_eq!(
+            paths[path]["post"]["responses"]["429"]["$ref"], "#/components/responses/RateLimited",
+            "{path}"
+        );
+    }
+    assert!(doc["components"]["responses"]["RateLimited"]["headers"]["Retry-After"].is_object());
 }
 
 /// Starts a real server with both listeners in a temp dir.
@@ -1633,4 +1669,418 @@ async fn a_server_on_postgresql_keeps_entries_and_issues_svids() {
         "the ready line names the store: {logs}"
     );
     assert!(!logs.contains(&secret), "the password is in the logs:\n{logs}");
+}
+
+/// A metric's value in the server's exposition (0 when absent).
+async fn metric(state: &Arc<AppState>, series: &str) -> u64 {
+    let (_, text) = call(state, ROOT, "GET", "/metrics", None).await;
+    let text = text.as_str().unwrap().to_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// An app on an in-memory store with extra configuration (`[limits]`, say).
+async fn state_with(extra: &str) -> Arc<AppState> {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n{extra}",
+        dir.path().display()
+    );
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let (kek, _) = vouch_ca::Kek::generate().unwrap();
+    let config = Config::from_toml(&text, &no_env).unwrap();
+    AppState::open(config, store, kek, Arc::new(vouch_server::SystemClock), 4242).await.unwrap()
+}
+
+/// The IdP-DDoS case (issue 9 §3): one client flooding node attestation with bogus tokens gets 429
+/// with Retry-After after its burst, before anything of its request is read; the refusals that do
+/// reach the handlers write nothing to the database; the log gets a bounded number of lines (the
+/// refusals are counted in metrics instead); and an agent attesting from another address is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bogus_attestations_is_refused_cheaply_and_logged_boundedly() {
+    let state = state_in_memory(Arc::new(vouch_server::SystemClock)).await;
+    let (csr, _) = csr_and_key();
+    let bogus = |i: usize| {
+        serde_json::to_string(&JoinTokenAttestation { token: format!("bogus-{i}"), csr: csr.clone() })
+            .unwrap()
+    };
+    let writes_before = state.store.write_transactions();
+    let started = std::time::Instant::now();
+    let (mut limited, mut refused) = (0, 0);
+    for i in 0..2_000 {
+        let (status, headers, v) = call_from(
+            &state,
+            Caller::Anonymous,
+            Some("10.0.0.1"),
+            "POST",
+            "/v1/agent/attest/join-token",
+            Some(&bogus(i)),
+        )
+        .await;
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+                let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!((1..=2).contains(&wait), "Retry-After {wait}");
+                limited += 1;
+            }
+            StatusCode::UNAUTHORIZED => refused += 1,
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    // The default burst (20) reached the handler, plus what refilled (10/s) during the flood.
+    let allowed = 20 + 10 * (started.elapsed().as_secs() as usize + 1);
+    assert!(refused >= 20 && refused <= allowed, "{refused} refusals reached the handler");
+    assert_eq!(limited + refused, 2_000);
+    let (s, _, _) = call_from(
+        &state,
+        Caller::Anonymous,
+        Some("10.0.0.1"),
+        "POST",
+        "/v1/agent/attest/join-token",
+        Some(&bogus(0)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "the flooding address stays limited");
+    limited += 1;
+    // Many sources, one bogus token each: all reach the store, none writes to it.
+    for i in 0..300 {
+        let peer = format!("10.1.{}.{}", i / 250, i % 250);
+        let (status, _, v) = call_from(
+            &state,
+            Caller::Anonymous,
+            Some(&peer),
+            "POST",
+            "/v1/agent/attest/join-token",
+            Some(&bogus(i)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    }
+    assert_eq!(
+        state.store.write_transactions(),
+        writes_before,
+        "bogus tokens must not write to the database"
+    );
+
+    // A legitimate agent on another address attests while the flooder is still limited.
+    let (s, t) = call(
+        &state,
+        ROOT,
+        "POST",
+        "/v1/join-tokens",
+        Some(r#"{"agent_id": "spiffe://example.org/agent/good"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let good = serde_json::to_string(&JoinTokenAttestation {
+        token: t["token"].as_str().unwrap().into(),
+        csr: csr.clone(),
+    })
+    .unwrap();
+    let (s, _, v) = call_from(
+        &state,
+        Caller::Anonymous,
+        Some("10.0.0.2"),
+        "POST",
+        "/v1/agent/attest/join-token",
+        Some(&good),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["spiffe_id"], "spiffe://example.org/agent/good");
+
+    // Every refusal is counted; log lines are one per reason per interval (10 s), not one each.
+    assert_eq!(metric(&state, "vouch_rate_limited_total{limit=\"attest\"}").await, limited as u64);
+    assert_eq!(metric(&state, "vouch_attestations_refused_total").await, refused as u64 + 300);
+    let suppressed = metric(&state, "vouch_log_lines_suppressed_total").await;
+    let lines = (limited as u64 + refused as u64 + 300) - suppressed;
+    let intervals = started.elapsed().as_secs() / 10 + 1;
+    assert!(lines <= 2 * intervals, "{lines} log lines for {} refusals", limited + refused + 300);
+}
+
+/// Per agent limits on signing and JWT minting: over them, 429 `rate_limited` with Retry-After;
+/// another agent is not affected. Node attestation over the local admin socket has no peer address
+/// and is not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_and_jwt_minting_are_limited_per_agent() {
+    let state =
+        state_with("[limits]\nsign_per_second = 1\nsign_burst = 500\njwt_per_second = 1\njwt_burst = 2\n")
+            .await;
+    let mut svids = Vec::new();
+    for name in ["busy", "calm"] {
+        let id = format!("spiffe://example.org/agent/{name}");
+        let svid = attest_in_app(&state, &id).await.unwrap();
+        let entry = json!({"id": name, "spiffe_id": format!("spiffe://example.org/w/{name}"), "parent_id": id, "selectors": ["unix:uid:1"]});
+        let (s, v) = call(&state, ROOT, "POST", "/v1/entries", Some(&entry.to_string())).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        svids.push(svid);
+    }
+    let (csr, _) = csr_and_key();
+    let batch = |n: usize, entry: &str| {
+        let requests =
+            (0..n).map(|_| SignItem { entry_id: EntryId::new(entry).unwrap(), csr: csr.clone() }).collect();
+        serde_json::to_string(&SignRequest { requests }).unwrap()
+    };
+    let busy = agent_caller(&svids[0]);
+    let (s, _, v) =
+        call_from(&state, busy.clone(), None, "POST", "/v1/agent/sign", Some(&batch(500, "busy"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["results"].as_array().unwrap().len(), 500);
+    let (s, headers, v) =
+        call_from(&state, busy.clone(), None, "POST", "/v1/agent/sign", Some(&batch(1, "busy"))).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+        "{v}"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    assert!(v["error"]["message"].as_str().unwrap().contains("spiffe://example.org/agent/busy"), "{v}");
+    let calm = agent_caller(&svids[1]);
+    let (s, _, v) =
+        call_from(&state, calm.clone(), None, "POST", "/v1/agent/sign", Some(&batch(1, "calm"))).await;
+    assert_eq!(s, StatusCode::OK, "another agent has its own budget: {v}");
+
+    let jwt = |entry: &str| {
+        serde_json::to_string(&AgentJwtRequest {
+            entry_id: EntryId::new(entry).unwrap(),
+            audience: vec!["a".into()],
+        })
+        .unwrap()
+    };
+    for _ in 0..2 {
+        let (s, _, v) =
+            call_from(&state, busy.clone(), None, "POST", "/v1/agent/jwt", Some(&jwt("busy"))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, headers, v) =
+        call_from(&state, busy.clone(), None, "POST", "/v1/agent/jwt", Some(&jwt("busy"))).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(metric(&state, "vouch_rate_limited_total{limit=\"sign\"}").await, 1);
+    assert_eq!(metric(&state, "vouch_rate_limited_total{limit=\"jwt\"}").await, 1);
+    // The budget refills at its rate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, _, v) = call_from(&state, busy, None, "POST", "/v1/agent/jwt", Some(&jwt("busy"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// Over the real mTLS listener: the flooding client sees the typed error with its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_rate_limited_attestation_is_a_typed_client_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _local, anon) =
+        start_with(dir.path(), "[limits]\nattest_per_second = 0.5\nattest_burst = 3\n").await;
+    let (csr, _) = csr_and_key();
+    let bogus = JoinTokenAttestation { token: "bogus".into(), csr };
+    let attempt = || anon.attest_join_token(&bogus);
+    for _ in 0..3 {
+        refusal(attempt().await, 401);
+    }
+    match attempt().await {
+        Err(ClientError::RateLimited { retry_after, message }) => {
+            assert_eq!(retry_after, Duration::from_secs(2), "{message}");
+            assert!(message.contains("127.0.0.1"), "{message}");
+        }
+        other => panic!("expected a rate-limited refusal, got {other:?}"),
+    }
+    server.shutdown().await;
+}
+
+/// A store that pauses the first entry read of one agent (what the sign and JWT handlers do after
+/// the auth layer has admitted the agent, before signing) until the test lets it go, so a ban or
+/// an eviction can be committed, and answered, exactly inside a request.
+struct PausingStore {
+    inner: SqliteStore,
+    pause: Mutex<Option<Pause>>,
+}
+
+/// An armed pause: the agent, "reached" to the test, "go" from the test.
+type Pause = (SpiffeId, tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>);
+
+impl PausingStore {
+    /// Arms the pause for `agent`: the returned receiver fires when a request reaches it, the
+    /// sender lets the request go on.
+    fn arm(
+        &self,
+        agent: &SpiffeId,
+    ) -> (tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        *self.pause.lock().unwrap() = Some((agent.clone(), reached_tx, go_rx));
+        (reached_rx, go_tx)
+    }
+
+    async fn maybe_pause(&self, agent: Option<&SpiffeId>) {
+        let armed = {
+            let mut pause = self.pause.lock().unwrap();
+            match (&*pause, agent) {
+                (Some((a, _, _)), Some(b)) if a == b => pause.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, reached, go)) = armed {
+            let _ = reached.send(());
+            let _ = go.await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PausingStore {
+    async fn create_entries(&self, entries: &[vouch_core::Entry]) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_entries(entries).await
+    }
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<vouch_core::Entry>, vouch_store::StoreError> {
+        let entry = self.inner.get_entry(id).await?;
+        self.maybe_pause(entry.as_ref().map(|e| &e.parent_id)).await;
+        Ok(entry)
+    }
+    async fn scan_entries(
+        &self,
+        filter: &vouch_store::EntryFilter,
+    ) -> Result<vouch_store::EntryListing, vouch_store::StoreError> {
+        self.maybe_pause(filter.parent_id.as_ref()).await;
+        self.inner.scan_entries(filter).await
+    }
+    fn damaged_rows_skipped(&self) -> u64 {
+        self.inner.damaged_rows_skipped()
+    }
+    fn write_transactions(&self) -> u64 {
+        self.inner.write_transactions()
+    }
+    async fn update_entry(&self, entry: &vouch_core::Entry) -> Result<(), vouch_store::StoreError> {
+        self.inner.update_entry(entry).await
+    }
+    async fn delete_entry(&self, id: &EntryId) -> Result<vouch_core::Entry, vouch_store::StoreError> {
+        self.inner.delete_entry(id).await
+    }
+    async fn create_join_token(
+        &self,
+        t: &vouch_store::JoinTokenRecord,
+    ) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_join_token(t).await
+    }
+    async fn consume_join_token(
+        &self,
+        hash: &str,
+        now: i64,
+    ) -> Result<vouch_store::TokenUse, vouch_store::StoreError> {
+        self.inner.consume_join_token(hash, now).await
+    }
+    async fn attest_agent(
+        &self,
+        a: &vouch_store::AgentRecord,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.attest_agent(a).await
+    }
+    async fn renew_agent(
+        &self,
+        r: &vouch_store::AgentRenewal,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.renew_agent(r).await
+    }
+    async fn authenticate_agent(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.authenticate_agent(id, serial).await
+    }
+    async fn ban_agent(
+        &self,
+        id: &SpiffeId,
+        now: i64,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.ban_agent(id, now).await
+    }
+    async fn get_agent(
+        &self,
+        id: &SpiffeId,
+    ) -> Result<Option<vouch_store::AgentRecord>, vouch_store::StoreError> {
+        self.inner.get_agent(id).await
+    }
+    async fn list_agents(&self) -> Result<Vec<vouch_store::AgentRecord>, vouch_store::StoreError> {
+        self.inner.list_agents().await
+    }
+    async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
+        self.inner.delete_agent(id).await
+    }
+    async fn load_authority(&self) -> Result<Option<String>, vouch_store::StoreError> {
+        self.inner.load_authority().await
+    }
+    async fn save_authority(&self, state: &str) -> Result<(), vouch_store::StoreError> {
+        self.inner.save_authority(state).await
+    }
+    async fn ping(&self) -> Result<(), vouch_store::StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// A sign or JWT request that the auth layer admitted just before a ban or an eviction commits
+/// must not answer an SVID: the ban (or eviction) is committed and answered to the admin while the
+/// request is paused after its agent check and before signing; the request then finishes signing,
+/// re-checks the agent, discards what it signed and is refused with the ban's (eviction's) code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_or_jwt_request_in_flight_when_the_agent_is_banned_or_evicted_answers_no_svid() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(PausingStore { inner: SqliteStore::in_memory().unwrap(), pause: Mutex::new(None) });
+    let (kek, _) = vouch_ca::Kek::generate().unwrap();
+    let state = AppState::open(
+        config(dir.path(), false),
+        store.clone(),
+        kek,
+        Arc::new(vouch_server::SystemClock),
+        4242,
+    )
+    .await
+    .unwrap();
+    let (csr, _) = csr_and_key();
+    for (i, (admin_path, route, code)) in [
+        ("/v1/agents/ban", "/v1/agent/sign", "agent_banned"),
+        ("/v1/agents/ban", "/v1/agent/jwt", "agent_banned"),
+        ("/v1/agents/evict", "/v1/agent/sign", "agent_not_attested"),
+        ("/v1/agents/evict", "/v1/agent/jwt", "agent_not_attested"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("spiffe://example.org/agent/inflight-{i}");
+        let svid = attest_in_app(&state, &id).await.unwrap();
+        let entry = json!({"id": format!("inflight-{i}"), "spiffe_id": format!("spiffe://example.org/w/inflight-{i}"), "parent_id": id, "selectors": ["unix:uid:1"]});
+        assert_eq!(
+            call(&state, ROOT, "POST", "/v1/entries", Some(&entry.to_string())).await.0,
+            StatusCode::CREATED
+        );
+        let entry_id = EntryId::new(&format!("inflight-{i}")).unwrap();
+        let body = if route.ends_with("sign") {
+            serde_json::to_string(&SignRequest { requests: vec![SignItem { entry_id, csr: csr.clone() }] })
+                .unwrap()
+        } else {
+            serde_json::to_string(&AgentJwtRequest { entry_id, audience: vec!["db".into()] }).unwrap()
+        };
+        // Before: the agent is served.
+        let (s, v) = call(&state, agent_caller(&svid), "POST", route, Some(&body)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        let (reached, go) = store.arm(&spiffe_id(&id));
+        let request = {
+            let (state, caller, body) = (state.clone(), agent_caller(&svid), body.clone());
+            tokio::spawn(async move { call(&state, caller, "POST", route, Some(&body)).await })
+        };
+        tokio::time::timeout(Duration::from_secs(10), reached).await.unwrap().unwrap();
+        // The admin's decision is committed and answered while the request is in flight.
+        let (s, v) =
+            call(&state, ROOT, "POST", admin_path, Some(&json!({"spiffe_id": id}).to_string())).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        go.send(()).unwrap();
+        let (s, v) = tokio::time::timeout(Duration::from_secs(10), request).await.unwrap().unwrap();
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some(code)),
+            "{admin_path} during {route}: {v}"
+        );
+        assert!(v.get("results").is_none() && v.get("token").is_none(), "no SVID in the answer: {v}");
+    }
 }

@@ -105,6 +105,20 @@ pub(crate) fn prior_revision(entry: &Entry) -> Result<u64, StoreError> {
 }
 
 /// The answer for a join token just marked used at `now`, from its stored columns.
+/// A join token that may be used at `now` (created, expires, chosen agent id) from its row (created,
+/// expires, agent id, used at), or why not.
+pub(crate) fn usable_token(
+    row: Option<(i64, i64, Option<String>, Option<i64>)>,
+    now: i64,
+) -> Result<(i64, i64, Option<String>), TokenUse> {
+    match row {
+        None => Err(TokenUse::Unknown),
+        Some((_, _, _, Some(_))) => Err(TokenUse::AlreadyUsed),
+        Some((_, expires_at, _, None)) if expires_at <= now => Err(TokenUse::Expired),
+        Some((created_at, expires_at, agent_id, None)) => Ok((created_at, expires_at, agent_id)),
+    }
+}
+
 pub(crate) fn consumed_token(
     hash: String,
     created_at: i64,

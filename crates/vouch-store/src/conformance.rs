@@ -127,13 +127,19 @@ async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
     store.create_join_token(&rec("h1", 1000)).await.expect("create token");
     assert!(matches!(store.create_join_token(&rec("h1", 1000)).await, Err(StoreError::TokenExists)));
     store.create_join_token(&rec("h2", 500)).await.expect("create token");
+    // Refusals are decided without a write (a flood of bogus tokens takes no write lock).
+    let writes = store.write_transactions();
     assert_eq!(store.consume_join_token("nope", 200).await.unwrap(), TokenUse::Unknown);
     assert_eq!(store.consume_join_token("h2", 500).await.unwrap(), TokenUse::Expired);
+    assert_eq!(store.write_transactions(), writes, "refused tokens must not write");
     match store.consume_join_token("h1", 200).await.unwrap() {
         TokenUse::Consumed(r) => assert_eq!(r, JoinTokenRecord { used_at: Some(200), ..rec("h1", 1000) }),
         other => panic!("expected consumption, got {other:?}"),
     }
+    assert!(store.write_transactions() > writes, "a consumed token is a counted write");
+    let writes = store.write_transactions();
     assert_eq!(store.consume_join_token("h1", 201).await.unwrap(), TokenUse::AlreadyUsed);
+    assert_eq!(store.write_transactions(), writes, "a used token is refused without a write");
 
     // Racing consumers: exactly one wins.
     store.create_join_token(&rec("race", 1000)).await.unwrap();

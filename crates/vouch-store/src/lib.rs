@@ -310,6 +310,11 @@ pub trait Store: Send + Sync + 'static {
     /// for alerting).
     fn damaged_rows_skipped(&self) -> u64;
 
+    /// How many writes (each taking the database's write lock) the store has started since it was
+    /// opened: a counter for operators, and how tests show that refusals (a bogus join token) write
+    /// nothing.
+    fn write_transactions(&self) -> u64;
+
     /// Replaces an entry whose stored revision is `entry.revision - 1`.
     async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError>;
 

@@ -7,6 +7,7 @@
 //! log line or an error ([`PgUrl`] shows it as `***`).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use vouch_core::{Entry, EntryId, SpiffeId};
 
 use crate::codec::{
     consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
-    sort_rows, DamageLog,
+    sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::{
@@ -304,6 +305,8 @@ impl Pool {
 pub struct PostgresStore {
     pool: Arc<Pool>,
     damage: Arc<DamageLog>,
+    /// Writes started, for [`Store::write_transactions`].
+    writes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -364,6 +367,7 @@ impl PostgresStore {
         F: FnOnce(Option<AgentRecord>) -> agent_rules::Outcome + Send + 'static,
     {
         let id = id.to_string();
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await.map_err(backend)?;
         tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&id]).await.map_err(backend)?;
@@ -395,7 +399,7 @@ impl PostgresStore {
             let mut conn = pool.get().await?;
             migrate(&mut conn).await?;
         }
-        Ok(Self { pool: Arc::new(pool), damage: Arc::default() })
+        Ok(Self { pool: Arc::new(pool), damage: Arc::default(), writes: Arc::default() })
     }
 
     /// The highest schema version recorded in the database.
@@ -413,6 +417,7 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let mut ids = Vec::with_capacity(entries.len());
         let (mut spiffe_ids, mut parent_ids, mut revisions, mut data) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -474,11 +479,16 @@ impl Store for PostgresStore {
         Ok(sort_rows(decoded, |e| filter.accepts(e), &self.damage))
     }
 
+    fn write_transactions(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     fn damaged_rows_skipped(&self) -> u64 {
         self.damage.count()
     }
 
     async fn update_entry(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let id = entry.id.as_str();
         let expected = prior_revision(entry)?;
         let (revision, prior) = (to_i64(entry.revision, id)?, to_i64(expected, id)?);
@@ -506,6 +516,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete_entry(&self, id: &EntryId) -> Result<Entry, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let id = id.as_str();
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await.map_err(backend)?;
@@ -523,6 +534,7 @@ impl Store for PostgresStore {
     }
 
     async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let conn = self.pool.get().await?;
         let agent_id = token.agent_id.as_ref().map(SpiffeId::to_string);
         let inserted = conn
@@ -541,6 +553,22 @@ impl Store for PostgresStore {
 
     async fn consume_join_token(&self, hash: &str, now: i64) -> Result<TokenUse, StoreError> {
         let conn = self.pool.get().await?;
+        // A plain read first: an unknown, used or expired token (a flood of bogus attestations)
+        // is refused without writing; the update below decides for a token that looks usable.
+        let row = conn
+            .query_opt(
+                "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = $1",
+                &[&hash],
+            )
+            .await
+            .map_err(backend)?;
+        let row = row
+            .map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?, col(&r, 2)?, col(&r, 3)?)))
+            .transpose()?;
+        if let Err(refused) = usable_token(row, now) {
+            return Ok(refused);
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
         // Row locking makes concurrent consumers of one token queue on it; the first sets used_at
         // and the others then fail the condition.
         let consumed = conn
@@ -609,6 +637,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let conn = self.pool.get().await?;
         let n = conn
             .execute("DELETE FROM agents WHERE spiffe_id = $1", &[&id.to_string()])
@@ -625,6 +654,7 @@ impl Store for PostgresStore {
     }
 
     async fn save_authority(&self, state: &str) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let conn = self.pool.get().await?;
         conn.execute(
             "INSERT INTO authority (singleton, state) VALUES (1, $1)

@@ -2,6 +2,7 @@
 //! migrations (see [`crate::migrate`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -10,7 +11,7 @@ use vouch_core::{Entry, EntryId, SpiffeId};
 
 use crate::codec::{
     consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
-    sort_rows, DamageLog,
+    sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::{
@@ -100,6 +101,21 @@ impl std::fmt::Display for SqliteSynchronous {
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     damage: Arc<DamageLog>,
+    /// Writes started (each takes SQLite's write lock), for [`Store::write_transactions`].
+    writes: Arc<AtomicU64>,
+}
+
+/// A join token's row: created, expires, chosen agent id, used at.
+type TokenRow = (i64, i64, Option<String>, Option<i64>);
+
+fn read_token(conn: &Connection, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+    conn.query_row(
+        "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = ?1",
+        [hash],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()
+    .map_err(backend)
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -195,7 +211,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", synchronous.as_str()).map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
         migrate(&mut conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), damage: Arc::default() })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), damage: Arc::default(), writes: Arc::default() })
     }
 
     /// Applies an agent rule atomically: the record is read, decided on and written in one
@@ -206,7 +222,7 @@ impl SqliteStore {
         F: FnOnce(Option<AgentRecord>) -> agent_rules::Outcome + Send + 'static,
     {
         let id = id.to_string();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let data: Option<String> = tx
                 .query_row("SELECT data FROM agents WHERE spiffe_id = ?1", [&id], |r| r.get(0))
@@ -232,6 +248,16 @@ impl SqliteStore {
     /// The `PRAGMA synchronous` in effect (0 off, 1 normal, 2 full).
     pub async fn synchronous_level(&self) -> Result<u8, StoreError> {
         self.with(|conn| conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).map_err(backend)).await
+    }
+
+    /// [`SqliteStore::with`] for a write (counted: every write takes SQLite's write lock).
+    async fn with_write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.with(f).await
     }
 
     /// Runs `f` on the connection on a blocking thread, so SQLite never stalls the async runtime.
@@ -278,7 +304,7 @@ impl Store for SqliteStore {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             for (id, spiffe_id, parent_id, revision, data) in &rows {
                 let r = tx.execute(
@@ -349,6 +375,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn write_transactions(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     fn damaged_rows_skipped(&self) -> u64 {
         self.damage.count()
     }
@@ -358,7 +388,7 @@ impl Store for SqliteStore {
         let expected = prior_revision(entry)?;
         let row =
             (entry.spiffe_id.to_string(), entry.parent_id.to_string(), entry.revision, encode_entry(entry)?);
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let current: Option<u64> = tx
                 .query_row("SELECT revision FROM entries WHERE id = ?1", [&id], |r| r.get(0))
@@ -383,7 +413,7 @@ impl Store for SqliteStore {
 
     async fn delete_entry(&self, id: &EntryId) -> Result<Entry, StoreError> {
         let id = id.to_string();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let data: Option<String> = tx
                 .query_row("SELECT data FROM entries WHERE id = ?1", [&id], |r| r.get(0))
@@ -402,7 +432,7 @@ impl Store for SqliteStore {
 
     async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = token.clone();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             let r = conn.execute(
                 "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![t.hash, t.created_at, t.expires_at, t.agent_id.as_ref().map(SpiffeId::to_string), t.used_at],
@@ -420,30 +450,21 @@ impl Store for SqliteStore {
 
     async fn consume_join_token(&self, hash: &str, now: i64) -> Result<TokenUse, StoreError> {
         let hash = hash.to_owned();
+        let writes = self.writes.clone();
         self.with(move |conn| {
+            // Decided on a plain read first: an unknown, used or expired token (what a flood of
+            // bogus attestations brings) is refused without SQLite's write lock, so it neither
+            // waits for nor delays real writes. Only a token that looks usable is read again and
+            // marked used inside a write transaction, which decides.
+            if let Err(refused) = usable_token(read_token(conn, &hash)?, now) {
+                return Ok(refused);
+            }
+            writes.fetch_add(1, Ordering::Relaxed);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let row = tx
-                .query_row(
-                    "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = ?1",
-                    [&hash],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, Option<String>>(2)?,
-                            r.get::<_, Option<i64>>(3)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(backend)?;
-            let Some((created_at, expires_at, agent_id, used_at)) = row else { return Ok(TokenUse::Unknown) };
-            if used_at.is_some() {
-                return Ok(TokenUse::AlreadyUsed);
-            }
-            if expires_at <= now {
-                return Ok(TokenUse::Expired);
-            }
+            let (created_at, expires_at, agent_id) = match usable_token(read_token(&tx, &hash)?, now) {
+                Ok(row) => row,
+                Err(refused) => return Ok(refused),
+            };
             tx.execute("UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1", params![hash, now])
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
@@ -507,7 +528,7 @@ impl Store for SqliteStore {
 
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             Ok(conn.execute("DELETE FROM agents WHERE spiffe_id = ?1", [&id]).map_err(backend)? > 0)
         })
         .await
@@ -524,7 +545,7 @@ impl Store for SqliteStore {
 
     async fn save_authority(&self, state: &str) -> Result<(), StoreError> {
         let state = state.to_owned();
-        self.with(move |conn| {
+        self.with_write(move |conn| {
             conn.execute(
                 "INSERT INTO authority (singleton, state) VALUES (1, ?1)
                  ON CONFLICT (singleton) DO UPDATE SET state = excluded.state",

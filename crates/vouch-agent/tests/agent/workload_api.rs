@@ -49,10 +49,18 @@ impl Stack {
 
     /// A stack whose agent configuration `configure` adjusts first.
     pub(crate) async fn start_with(configure: impl FnOnce(&mut AgentConfig)) -> Self {
+        Self::start_with_server("", configure).await
+    }
+
+    /// [`Stack::start_with`], the server with `server_extra` configuration (`[limits]`, say).
+    pub(crate) async fn start_with_server(
+        server_extra: &str,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server_dir = dir.path().join("server");
         let port = free_port();
-        let server = start_server(&server_dir, port).await;
+        let server = start_server_with(&server_dir, port, server_extra).await;
         let admin = AdminClient::unix(&server.admin_socket);
         let token: Value =
             admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": AGENT_ID}))).await.unwrap();
@@ -644,4 +652,61 @@ async fn entries_on_the_executable_hash_match_only_that_binary() {
         "not the other binary's"
     );
     assert_eq!(stack.agent().state.unix.hash_runs(), 1);
+}
+
+/// The server's per-agent limits (issue 9 §3): a 429 `rate_limited` with Retry-After makes the
+/// agent wait that long before it asks the server again for that operation, instead of retrying at
+/// once; meanwhile its calls fail fast without reaching the server; after the wait it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_waits_as_told_when_the_servers_rate_limit_refuses_it() {
+    use std::sync::atomic::Ordering;
+    use vouch_agent::ServerOp;
+    let limits = "[limits]\nsign_per_second = 0.5\nsign_burst = 500\njwt_per_second = 0.5\njwt_burst = 1\n";
+    let stack = Stack::start_with_server(limits, |_| {}).await;
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let entries: Vec<Value> = (0..501)
+        .map(|i| json!({"spiffe_id": format!("spiffe://example.org/many/{i}"), "parent_id": AGENT_ID, "selectors": [format!("unix:uid:{uid}")]}))
+        .collect();
+    let _: Value =
+        stack.admin.call("POST", "/v1/entries/batch", Some(&json!({"entries": entries}))).await.unwrap();
+    stack.wait_entries(501).await;
+    let state = &stack.agent().state;
+    let server = stack.server.as_ref().unwrap().state.clone();
+    let server_refusals = |i: usize| server.metrics.rate_limited[i].load(Ordering::Relaxed);
+    let entries = state.registry.entries();
+    let now = std::time::SystemTime::now();
+    let within = Duration::from_secs(30);
+    let retry_after = |r: Result<_, vouch_agent::AgentError>| match r {
+        Err(vouch_agent::AgentError::Server(e)) => e.retry_after(),
+        Err(e) => panic!("expected a rate-limit refusal, got {e}"),
+        Ok(_) => panic!("expected a rate-limit refusal, got an answer"),
+    };
+
+    // Signing: the first batch (500) fits the burst; the next is refused, Retry-After 2 s.
+    let first = tokio::time::timeout(within, state.x509_svids(&entries, now)).await.unwrap();
+    assert_eq!(retry_after(first.map(|_| ())), Some(Duration::from_secs(2)));
+    assert_eq!(state.cache.x509_len(), 500);
+    assert_eq!((state.metrics.rate_limited_count(ServerOp::Sign), server_refusals(1)), (1, 1));
+    // JWT: one fits, the next is refused.
+    let entry = &entries[0];
+    tokio::time::timeout(within, state.jwt(entry, &["a".into()], now)).await.unwrap().unwrap();
+    let refused = tokio::time::timeout(within, state.jwt(entry, &["b".into()], now)).await.unwrap();
+    assert_eq!(retry_after(refused.map(|_| ())), Some(Duration::from_secs(2)));
+    // During the wait the agent does not call: each attempt fails at once, the server sees none.
+    let asked = std::time::Instant::now();
+    for i in 0..50 {
+        let wait = retry_after(state.x509_svids(&entries, now).await.map(|_| ()));
+        assert!(wait.is_some_and(|w| w <= Duration::from_secs(2)), "{wait:?}");
+        let wait = retry_after(state.jwt(entry, &[format!("c{i}")], now).await.map(|_| ()));
+        assert!(wait.is_some_and(|w| w <= Duration::from_secs(2)), "{wait:?}");
+    }
+    assert!(asked.elapsed() < Duration::from_secs(1), "refusals during the wait are local and fast");
+    assert_eq!((server_refusals(1), server_refusals(2)), (1, 1), "the server was not asked during the wait");
+    assert_eq!(state.metrics.rate_limited_count(ServerOp::Jwt), 1);
+    // After the wait it asks again and is served.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    tokio::time::timeout(within, state.x509_svids(&entries, now)).await.unwrap().unwrap();
+    assert_eq!(state.cache.x509_len(), 501);
+    tokio::time::timeout(within, state.jwt(entry, &["d".into()], now)).await.unwrap().unwrap();
+    assert_eq!((server_refusals(1), server_refusals(2)), (1, 1));
 }
