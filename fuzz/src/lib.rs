@@ -21,8 +21,11 @@ use std::time::{Duration, SystemTime};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 
+/// A harness: the fuzzer's bytes in, a panic when a property breaks.
+pub type Harness = fn(&[u8]);
+
 /// Every target, by name: the names of `fuzz_targets/*.rs`, `corpus/*` and the functions below.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("h2_filter", h2_filter),
     ("h2_rewrite_block", h2_rewrite_block),
     ("jwt", jwt),

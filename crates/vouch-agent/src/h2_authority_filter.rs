@@ -245,8 +245,12 @@ where
                         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad padding"))?;
                 }
                 let priority = if flags & PRIORITY != 0 {
+                    // Taken from the frame less its padding: padding that overlaps the priority
+                    // fields is malformed, and `end - start` below must not underflow (found by
+                    // fuzzing: a padded frame of 6 bytes with 4 of padding panicked debug builds).
                     let p: [u8; 5] = payload
-                        .get(start..start + 5)
+                        .get(start..end)
+                        .and_then(|s| s.get(..5))
                         .and_then(|s| s.try_into().ok())
                         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short priority"))?;
                     start += 5;
@@ -535,6 +539,12 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(frame_header(MAX_FRAME_PAYLOAD + 1, 0x0, 0, 1));
         assert!(filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.is_err(), "oversized frame");
+        // Padding that covers the priority fields (found by fuzzing: it underflowed the block
+        // length and panicked debug builds).
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, PADDED | PRIORITY | END_HEADERS, 1, &[4, 0, 0, 0, 0, 16]));
+        let err = filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.unwrap_err();
+        assert!(err.to_string().contains("short priority"), "{err}");
         // Not HTTP/2: passed through for the server to refuse.
         let junk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nmore bytes".to_vec();
         assert_eq!(run(junk.clone()).await, junk);
