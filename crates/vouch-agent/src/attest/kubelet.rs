@@ -213,3 +213,19 @@ pub fn parse_pod_list(url: &str, body: &[u8]) -> Result<Value, KubeletError> {
     }
     Ok(list)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_lists_are_json_objects_with_items() {
+        let url = "http://127.0.0.1:10255";
+        let recorded = include_bytes!("../../tests/fixtures/kubelet-pods.json");
+        assert!(parse_pod_list(url, recorded).unwrap()["items"].is_array());
+        for body in [&b""[..], b"{", b"[]", b"{\"items\":{}}", b"{\"kind\":\"PodList\"}"] {
+            let err = parse_pod_list(url, body).unwrap_err();
+            assert!(matches!(err, KubeletError::NotPodList { .. }), "{err}");
+        }
+    }
+}
