@@ -106,6 +106,14 @@ pub fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io
     let mut list_size = 0usize;
     decoder
         .decode_with_cb(block, |name, value| {
+            // Fixed and counted as forwarded: an invalid authority goes out as `localhost`, which can
+            // be longer (found by fuzzing: short invalid authorities pushed a list at the bound past
+            // it, so the server was sent more than it advertises).
+            let value = if name.as_ref() == b":authority" && !valid_authority(&value) {
+                std::borrow::Cow::Borrowed(&b"localhost"[..])
+            } else {
+                value
+            };
             list_size = list_size.saturating_add(name.len() + value.len() + 32);
             if list_size <= MAX_HEADER_LIST {
                 headers.push((name.into_owned(), value.into_owned()));
@@ -117,11 +125,6 @@ pub fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io
             io::ErrorKind::InvalidData,
             format!("header list larger than {MAX_HEADER_LIST} bytes"),
         ));
-    }
-    for (name, value) in &mut headers {
-        if name.as_slice() == b":authority" && !valid_authority(value) {
-            *value = b"localhost".to_vec();
-        }
     }
     Ok(encode_literal_block(&headers))
 }
@@ -516,6 +519,23 @@ mod tests {
         ok.extend([0x80 | 62; 3]);
         let headers = rewrite_block(&mut d, &ok).map(|b| client_decoder().decode(&b).unwrap()).unwrap();
         assert_eq!(headers.len(), 4);
+    }
+
+    #[test]
+    fn the_list_bound_counts_the_rewritten_authority() {
+        // Found by fuzzing: an empty authority (10 + 0 + 32 bytes) in a list exactly at the bound
+        // went out as `localhost`, 9 bytes past what the server advertises.
+        let fields = |authority: &str, pad: usize| {
+            let big = vec![b'v'; MAX_HEADER_LIST - 42 - 35 - pad];
+            encode_literal_block(&[(b":authority".to_vec(), authority.into()), (b"x-a".to_vec(), big)])
+        };
+        let err = rewrite_block(&mut client_decoder(), &fields("", 0)).unwrap_err();
+        assert!(err.to_string().contains("header list larger than 16384 bytes"), "{err}");
+        // With room for `localhost` it passes, and what goes out is exactly at the bound.
+        let out = rewrite_block(&mut client_decoder(), &fields("", 9)).unwrap();
+        let headers = client_decoder().decode(&out).unwrap();
+        assert_eq!(headers[0], (b":authority".to_vec(), b"localhost".to_vec()));
+        assert_eq!(headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>(), MAX_HEADER_LIST);
     }
 
     #[tokio::test]
