@@ -158,8 +158,11 @@ impl Filter {
                         end.checked_sub(pad).filter(|e| *e >= start).ok_or_else(|| invalid("bad padding"))?;
                 }
                 let priority = if flags & PRIORITY != 0 {
+                    // Taken from the frame less its padding: padding that overlaps the priority
+                    // fields is malformed (found by fuzzing).
                     let p: [u8; 5] = payload
-                        .get(start..start + 5)
+                        .get(start..end)
+                        .and_then(|s| s.get(..5))
                         .and_then(|s| s.try_into().ok())
                         .ok_or_else(|| invalid("short priority"))?;
                     start += 5;
@@ -257,6 +260,14 @@ pub fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io
     let mut list_size = 0usize;
     decoder
         .decode_with_cb(block, |name, value| {
+            // Fixed and counted as forwarded: an invalid authority goes out as `localhost`, which can
+            // be longer (found by fuzzing: short invalid authorities pushed a list at the bound past
+            // it, so the server was sent more than it advertises).
+            let value = if name.as_ref() == b":authority" && !valid_authority(&value) {
+                std::borrow::Cow::Borrowed(&b"localhost"[..])
+            } else {
+                value
+            };
             list_size = list_size.saturating_add(name.len() + value.len() + 32);
             if list_size <= MAX_HEADER_LIST {
                 headers.push((name.into_owned(), value.into_owned()));
@@ -268,11 +279,6 @@ pub fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io
             io::ErrorKind::InvalidData,
             format!("header list larger than {MAX_HEADER_LIST} bytes"),
         ));
-    }
-    for (name, value) in &mut headers {
-        if name.as_slice() == b":authority" && !valid_authority(value) {
-            *value = b"localhost".to_vec();
-        }
     }
     Ok(encode_literal_block(&headers))
 }
@@ -576,6 +582,23 @@ mod tests {
         assert_eq!(headers.len(), 4);
     }
 
+    #[test]
+    fn the_list_bound_counts_the_rewritten_authority() {
+        // Found by fuzzing: an empty authority (10 + 0 + 32 bytes) in a list exactly at the bound
+        // went out as `localhost`, 9 bytes past what the server advertises.
+        let fields = |authority: &str, pad: usize| {
+            let big = vec![b'v'; MAX_HEADER_LIST - 42 - 35 - pad];
+            encode_literal_block(&[(b":authority".to_vec(), authority.into()), (b"x-a".to_vec(), big)])
+        };
+        let err = rewrite_block(&mut client_decoder(), &fields("", 0)).unwrap_err();
+        assert!(err.to_string().contains("header list larger than 16384 bytes"), "{err}");
+        // With room for `localhost` it passes, and what goes out is exactly at the bound.
+        let out = rewrite_block(&mut client_decoder(), &fields("", 9)).unwrap();
+        let headers = client_decoder().decode(&out).unwrap();
+        assert_eq!(headers[0], (b":authority".to_vec(), b"localhost".to_vec()));
+        assert_eq!(headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>(), MAX_HEADER_LIST);
+    }
+
     #[tokio::test]
     async fn protocol_violations_drop_the_connection() {
         let mut input = PREFACE.to_vec();
@@ -597,6 +620,12 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(frame_header(MAX_FRAME_PAYLOAD + 1, 0x0, 0, 1));
         assert!(filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.is_err(), "oversized frame");
+        // Padding that covers the priority fields (found by fuzzing: it underflowed the block
+        // length and panicked debug builds).
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, PADDED | PRIORITY | END_HEADERS, 1, &[4, 0, 0, 0, 0, 16]));
+        let err = filter_client_to_server(&input[..], &mut Vec::new(), SOON).await.unwrap_err();
+        assert!(err.to_string().contains("short priority"), "{err}");
         // Not HTTP/2: passed through for the server to refuse.
         let junk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nmore bytes".to_vec();
         assert_eq!(run(junk.clone()).await, junk);

@@ -199,12 +199,33 @@ impl KubeletClient {
             };
             return Err(KubeletError::Status { url: url.clone(), status, hint });
         }
-        let not_pod_list = |detail: String| KubeletError::NotPodList { url: url.clone(), detail };
-        let list: Value =
-            serde_json::from_slice(&body).map_err(|e| not_pod_list(format!(" (not JSON: {e})")))?;
-        if !list["items"].is_array() {
-            return Err(not_pod_list(String::new()));
+        parse_pod_list(url, &body)
+    }
+}
+
+/// Reads the body of a kubelet `GET /pods` answer from `url`: a JSON object with an `items` array.
+/// Pure, so that it is fuzzed (`fuzz/`) and tested without a kubelet.
+pub fn parse_pod_list(url: &str, body: &[u8]) -> Result<Value, KubeletError> {
+    let not_pod_list = |detail: String| KubeletError::NotPodList { url: url.to_owned(), detail };
+    let list: Value = serde_json::from_slice(body).map_err(|e| not_pod_list(format!(" (not JSON: {e})")))?;
+    if !list["items"].is_array() {
+        return Err(not_pod_list(String::new()));
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_lists_are_json_objects_with_items() {
+        let url = "http://127.0.0.1:10255";
+        let recorded = include_bytes!("../../tests/fixtures/kubelet-pods.json");
+        assert!(parse_pod_list(url, recorded).unwrap()["items"].is_array());
+        for body in [&b""[..], b"{", b"[]", b"{\"items\":{}}", b"{\"kind\":\"PodList\"}"] {
+            let err = parse_pod_list(url, body).unwrap_err();
+            assert!(matches!(err, KubeletError::NotPodList { .. }), "{err}");
         }
-        Ok(list)
     }
 }
