@@ -347,9 +347,11 @@ where
             return w.shutdown().await;
         }
         input.extend_from_slice(&chunk[..read]);
-        filter.feed(&mut input, &mut out)?;
+        // What was filtered before a bad frame still goes out, as it would have on the wire.
+        let fed = filter.feed(&mut input, &mut out);
         w.write_all(&out).await?;
         out.clear();
+        fed?;
     }
 }
 
