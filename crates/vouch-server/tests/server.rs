@@ -1969,6 +1969,13 @@ impl Store for PausingStore {
     ) -> Result<vouch_store::TokenUse, vouch_store::StoreError> {
         self.inner.consume_join_token(hash, now).await
     }
+    async fn apply_agent_rule(
+        &self,
+        id: &SpiffeId,
+        rule: vouch_store::AgentRule,
+    ) -> Result<vouch_store::AgentRecord, vouch_store::StoreError> {
+        self.inner.apply_agent_rule(id, rule).await
+    }
     async fn attest_agent(
         &self,
         a: &vouch_store::AgentRecord,

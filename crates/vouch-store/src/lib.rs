@@ -183,6 +183,9 @@ pub struct AgentRenewal {
     pub svid_expires_at: i64,
 }
 
+/// A rule of [`agent_rules`] bound to its arguments, for [`Store::apply_agent_rule`].
+pub type AgentRule = Box<dyn FnOnce(Option<AgentRecord>) -> agent_rules::Outcome + Send>;
+
 /// The state changes of an agent record, as pure functions of the stored record (if any). Every
 /// store runs them inside one atomic read-and-write (a transaction or a compare-and-swap), so a ban
 /// or an eviction committed by an admin is never overwritten by an agent's attestation or renewal
@@ -331,19 +334,52 @@ pub trait Store: Send + Sync + 'static {
     // is no plain "write this record", because writing back a record read earlier is how a ban or
     // an eviction got lost.
 
+    /// Applies `rule` to the record of agent `id` in one read-decide-write transaction, so that no
+    /// other change to the agent can fall between the read and the write: the one thing a backend
+    /// implements for agent records; the four methods below are the same for every backend.
+    async fn apply_agent_rule(&self, id: &SpiffeId, rule: AgentRule) -> Result<AgentRecord, StoreError>;
+
     /// Records a node attestation ([`agent_rules::attest`]); [`StoreError::AgentBanned`] if banned.
-    async fn attest_agent(&self, agent: &AgentRecord) -> Result<AgentRecord, StoreError>;
+    async fn attest_agent(&self, agent: &AgentRecord) -> Result<AgentRecord, StoreError> {
+        let agent = agent.clone();
+        self.apply_agent_rule(
+            &agent.spiffe_id.clone(),
+            Box::new(move |stored| agent_rules::attest(stored, &agent)),
+        )
+        .await
+    }
 
     /// Records a renewal ([`agent_rules::renew`]): [`StoreError::AgentNotFound`] if evicted,
     /// [`StoreError::AgentBanned`], or [`StoreError::StaleSvid`] if the presented SVID is not current.
-    async fn renew_agent(&self, renewal: &AgentRenewal) -> Result<AgentRecord, StoreError>;
+    async fn renew_agent(&self, renewal: &AgentRenewal) -> Result<AgentRecord, StoreError> {
+        let renewal = renewal.clone();
+        self.apply_agent_rule(
+            &renewal.spiffe_id.clone(),
+            Box::new(move |stored| agent_rules::renew(stored, &renewal)),
+        )
+        .await
+    }
 
     /// Checks that the agent `id` may call with the SVID of serial `serial`
     /// ([`agent_rules::authenticate`]), retiring its previous SVID on the first use of a renewed one.
-    async fn authenticate_agent(&self, id: &SpiffeId, serial: &str) -> Result<AgentRecord, StoreError>;
+    async fn authenticate_agent(&self, id: &SpiffeId, serial: &str) -> Result<AgentRecord, StoreError> {
+        // Every agent call lands here: decide on a plain read, which takes no write lock, and only
+        // when the rule changes the record (the first use of a renewed SVID) decide again inside a
+        // write transaction.
+        let (write, seen) = agent_rules::authenticate(self.get_agent(id).await?, id, serial)?;
+        if write.is_none() {
+            return Ok(seen);
+        }
+        let (who, serial) = (id.clone(), serial.to_owned());
+        self.apply_agent_rule(id, Box::new(move |stored| agent_rules::authenticate(stored, &who, &serial)))
+            .await
+    }
 
     /// Bans an agent, known or not ([`agent_rules::ban`]).
-    async fn ban_agent(&self, id: &SpiffeId, now: i64) -> Result<AgentRecord, StoreError>;
+    async fn ban_agent(&self, id: &SpiffeId, now: i64) -> Result<AgentRecord, StoreError> {
+        let who = id.clone();
+        self.apply_agent_rule(id, Box::new(move |stored| agent_rules::ban(stored, &who, now))).await
+    }
 
     /// One agent.
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;

@@ -23,7 +23,7 @@ use crate::codec::{
 };
 use crate::migrate::{self, Migration};
 use crate::{
-    agent_rules, AgentRecord, AgentRenewal, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError,
+    agent_rules, AgentRecord, AgentRule, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError,
     TokenUse,
 };
 
@@ -594,31 +594,8 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn attest_agent(&self, agent: &AgentRecord) -> Result<AgentRecord, StoreError> {
-        let agent = agent.clone();
-        self.change_agent(&agent.spiffe_id.clone(), move |stored| agent_rules::attest(stored, &agent)).await
-    }
-
-    async fn renew_agent(&self, renewal: &AgentRenewal) -> Result<AgentRecord, StoreError> {
-        let renewal = renewal.clone();
-        self.change_agent(&renewal.spiffe_id.clone(), move |stored| agent_rules::renew(stored, &renewal))
-            .await
-    }
-
-    async fn authenticate_agent(&self, id: &SpiffeId, serial: &str) -> Result<AgentRecord, StoreError> {
-        // As for SQLite: decide on a plain read; only a change (the first use of a renewed SVID)
-        // is decided again under the row lock.
-        let (write, seen) = agent_rules::authenticate(self.get_agent(id).await?, id, serial)?;
-        if write.is_none() {
-            return Ok(seen);
-        }
-        let (who, serial) = (id.clone(), serial.to_owned());
-        self.change_agent(id, move |stored| agent_rules::authenticate(stored, &who, &serial)).await
-    }
-
-    async fn ban_agent(&self, id: &SpiffeId, now: i64) -> Result<AgentRecord, StoreError> {
-        let who = id.clone();
-        self.change_agent(id, move |stored| agent_rules::ban(stored, &who, now)).await
+    async fn apply_agent_rule(&self, id: &SpiffeId, rule: AgentRule) -> Result<AgentRecord, StoreError> {
+        self.change_agent(id, rule).await
     }
 
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {

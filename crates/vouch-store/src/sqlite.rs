@@ -15,7 +15,7 @@ use crate::codec::{
 };
 use crate::migrate::{self, Migration};
 use crate::{
-    agent_rules, AgentRecord, AgentRenewal, DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store,
+    agent_rules, AgentRecord, AgentRule, DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store,
     StoreError, TokenUse,
 };
 
@@ -473,32 +473,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn attest_agent(&self, agent: &AgentRecord) -> Result<AgentRecord, StoreError> {
-        let agent = agent.clone();
-        self.change_agent(&agent.spiffe_id.clone(), move |stored| agent_rules::attest(stored, &agent)).await
-    }
-
-    async fn renew_agent(&self, renewal: &AgentRenewal) -> Result<AgentRecord, StoreError> {
-        let renewal = renewal.clone();
-        self.change_agent(&renewal.spiffe_id.clone(), move |stored| agent_rules::renew(stored, &renewal))
-            .await
-    }
-
-    async fn authenticate_agent(&self, id: &SpiffeId, serial: &str) -> Result<AgentRecord, StoreError> {
-        // Every agent call lands here: decide on a plain read, which takes no write lock, and only
-        // when the rule changes the record (the first use of a renewed SVID) decide again inside a
-        // write transaction.
-        let (write, seen) = agent_rules::authenticate(self.get_agent(id).await?, id, serial)?;
-        if write.is_none() {
-            return Ok(seen);
-        }
-        let (who, serial) = (id.clone(), serial.to_owned());
-        self.change_agent(id, move |stored| agent_rules::authenticate(stored, &who, &serial)).await
-    }
-
-    async fn ban_agent(&self, id: &SpiffeId, now: i64) -> Result<AgentRecord, StoreError> {
-        let who = id.clone();
-        self.change_agent(id, move |stored| agent_rules::ban(stored, &who, now)).await
+    async fn apply_agent_rule(&self, id: &SpiffeId, rule: AgentRule) -> Result<AgentRecord, StoreError> {
+        self.change_agent(id, rule).await
     }
 
     async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
