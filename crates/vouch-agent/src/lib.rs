@@ -298,6 +298,10 @@ impl Agent {
                 // Stated, not left to defaults: the header filter in front bounds header lists
                 // to what the server advertises here.
                 .http2_max_header_list_size(h2_authority_filter::MAX_HEADER_LIST as u32)
+                // A SPIFFE client holds a few streams per connection (one per watched stream, one
+                // per call); without a bound one connection can open streams until the agent runs
+                // out of memory (about 9 KB each, found by a review).
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .add_service(service)
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
@@ -327,6 +331,9 @@ impl Agent {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// Most concurrent HTTP/2 streams on one Workload API connection (advertised to the client).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 /// Longest wait for the agent's tasks to stop at shutdown, as the server's.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

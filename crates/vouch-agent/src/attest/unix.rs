@@ -114,10 +114,10 @@ impl UnixAttestor {
         pinned: Option<FileKey>,
     ) -> Result<Option<[u8; 32]>, AttestError> {
         let exe_error = || AttestError::Proc { pid, what: "exe" };
-        let file =
-            std::fs::File::open(self.proc_root.join(pid.to_string()).join("exe")).map_err(|_| exe_error())?;
-        // Metadata of the open file, so the key and the hashed bytes describe the same file.
-        let meta = file.metadata().map_err(|_| exe_error())?;
+        let path = self.proc_root.join(pid.to_string()).join("exe");
+        // A stat, not an open: a caller waiting for a hash (its own or another's in flight) holds
+        // no file descriptor meanwhile; the file is opened only to be hashed, under a permit.
+        let meta = std::fs::metadata(&path).map_err(|_| exe_error())?;
         let key = key_of(&meta);
         if pinned.is_some_and(|k| k != key) {
             return Err(AttestError::ExecChanged(pid));
@@ -137,6 +137,11 @@ impl UnixAttestor {
         let digest = cell
             .get_or_try_init(|| async {
                 let _permit = self.hash_permits.acquire().await.map_err(|_| exe_error())?;
+                let file = std::fs::File::open(&path).map_err(|_| exe_error())?;
+                // The opened file must be the one whose identity keys this hash.
+                if file.metadata().map(|m| key_of(&m)).ok() != Some(key) {
+                    return Err(AttestError::ExecChanged(pid));
+                }
                 self.hash_runs.fetch_add(1, Ordering::Relaxed);
                 tokio::task::spawn_blocking(move || vouch_ca::keys::sha256_reader(file))
                     .await

@@ -231,6 +231,31 @@ async fn connections_are_bounded_per_uid_and_one_user_cannot_lock_out_another() 
         value(&metrics.metrics, "vouch_agent_workload_refusals_total{reason=\"connection_limit\"}") >= 1.0
     );
 
+    // Streams per connection are bounded too (each costs memory): the server's SETTINGS say so.
+    drop(idle.pop());
+    let settings = async {
+        loop {
+            let Ok(mut c) = tokio::net::UnixStream::connect(&socket).await else { continue };
+            let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            hello.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+            let mut head = [0u8; 9];
+            if c.write_all(&hello).await.is_err() || c.read_exact(&mut head).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+            c.read_exact(&mut body).await.unwrap();
+            break (head[3], body);
+        }
+    };
+    let (kind, body) = tokio::time::timeout(Duration::from_secs(10), settings).await.expect("SETTINGS");
+    assert_eq!(kind, 4, "the server speaks first with SETTINGS");
+    let params: Vec<(u16, u32)> = body
+        .chunks_exact(6)
+        .map(|p| (u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes([p[2], p[3], p[4], p[5]])))
+        .collect();
+    assert!(params.contains(&(3, vouch_agent::MAX_STREAMS_PER_CONNECTION)), "{params:?}");
+
     // Freed slots are reusable: once the idle connections go, this uid is served again.
     drop(idle);
     drop(over);
