@@ -2014,11 +2014,20 @@ impl Store for PausingStore {
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
         self.inner.delete_agent(id).await
     }
-    async fn load_authority(&self) -> Result<Option<String>, vouch_store::StoreError> {
-        self.inner.load_authority().await
+    async fn load_authority_versioned(
+        &self,
+    ) -> Result<Option<vouch_store::StoredAuthority>, vouch_store::StoreError> {
+        self.inner.load_authority_versioned().await
     }
-    async fn save_authority(&self, state: &str) -> Result<(), vouch_store::StoreError> {
-        self.inner.save_authority(state).await
+    async fn authority_version(&self) -> Result<Option<u64>, vouch_store::StoreError> {
+        self.inner.authority_version().await
+    }
+    async fn write_authority(
+        &self,
+        expected: Option<u64>,
+        state: &str,
+    ) -> Result<vouch_store::AuthorityWrite, vouch_store::StoreError> {
+        self.inner.write_authority(expected, state).await
     }
     async fn ping(&self) -> Result<(), vouch_store::StoreError> {
         self.inner.ping().await
