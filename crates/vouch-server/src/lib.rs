@@ -16,6 +16,7 @@ mod limits;
 mod metrics;
 pub mod node_attest;
 mod psat_keys;
+mod replicas;
 pub mod reserved;
 mod routes;
 mod state;
@@ -186,7 +187,9 @@ impl Server {
                 }
                 Arc::new(SqliteStore::open_with(path, *synchronous)?)
             }
-            StoreConfig::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+            StoreConfig::Postgres { url, pool_size } => {
+                Arc::new(PostgresStore::connect_with(url, *pool_size).await?)
+            }
         };
         let have_state = store.load_authority().await?.is_some();
         let kek = load_or_create_kek(&config, env_kek, have_state)?;
@@ -225,6 +228,10 @@ impl Server {
             std::fs::write(&addr_file, format!("{bound}\n"))
                 .map_err(|e| StartError::Io(format!("cannot write {}: {e}", addr_file.display())))?;
             tcp_addr = Some(bound);
+        }
+        if let Some(changes) = state.store.changes() {
+            let follow = replicas::follow_changes(state.clone(), changes, rx.clone());
+            tasks.push(("changes of other replicas", tokio::spawn(follow)));
         }
         tasks.push(("key rotation", tokio::spawn(rotation_loop(state.clone(), rx))));
         tracing::info!(

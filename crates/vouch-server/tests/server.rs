@@ -2100,3 +2100,61 @@ async fn a_sign_or_jwt_request_in_flight_when_the_agent_is_banned_or_evicted_ans
         assert!(v.get("results").is_none() && v.get("token").is_none(), "no SVID in the answer: {v}");
     }
 }
+
+/// Several servers on one PostgreSQL (issue 9 §5): one trust domain, key rotation by one of them,
+/// changes reaching agents on every replica, single-use join tokens, restarts of the database.
+mod replicas {
+    use super::*;
+    use vouch_store::test_postgres::PgCluster;
+
+    /// The configuration of a replica: its own data directory, the shared database.
+    fn replica_config(dir: &Path, url: &str, extra: &str) -> Config {
+        let text = format!(
+            "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\nstore = \"{url}\"\n{extra}[server]\nlisten = \"127.0.0.1:0\"\n",
+            dir.display()
+        );
+        Config::from_toml(&text, &no_env).unwrap()
+    }
+
+    /// A replica on the wall clock with the shared key-encryption key.
+    async fn replica(dir: &Path, url: &str, kek: &str) -> Server {
+        let start =
+            Server::start(replica_config(dir, url, ""), Arc::new(vouch_server::SystemClock), Some(kek));
+        tokio::time::timeout(Duration::from_secs(20), start).await.expect("started within 20 s").unwrap()
+    }
+
+    /// A cluster with an empty database `db`; its TCP URL (with the password).
+    async fn database(cluster: &PgCluster, db: &str) -> String {
+        cluster.create_database(db).await;
+        cluster.tcp_url(db)
+    }
+
+    /// Replicas that start at the same moment on an empty database end with one authority: one
+    /// root, one bundle, whoever wins the race. (Before first creation was atomic, each created
+    /// its own root and the last write won, so the replicas served different bundles.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_together_on_an_empty_database_share_one_trust_domain() {
+        let cluster = PgCluster::start();
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        for round in 0..3 {
+            let url = database(&cluster, &format!("together{round}")).await;
+            let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (s1, s2) = tokio::join!(replica(d1.path(), &url, &kek), replica(d2.path(), &url, &kek));
+            let b1 = AdminClient::unix(&s1.admin_socket).bundle_pem().await.unwrap();
+            let b2 = AdminClient::unix(&s2.admin_socket).bundle_pem().await.unwrap();
+            assert_eq!(b1, b2, "round {round}: the replicas serve different bundles");
+            let stored: Value =
+                serde_json::from_str(&s1.state.store.load_authority().await.unwrap().unwrap()).unwrap();
+            let roots: Vec<&Value> =
+                stored["keys"].as_array().unwrap().iter().filter(|k| k["kind"] == "root").collect();
+            assert_eq!(roots.len(), 1, "round {round}: one root is stored: {roots:?}");
+            assert_eq!(
+                s1.state.with_authority(|a| a.sequence()),
+                s2.state.with_authority(|a| a.sequence()),
+                "round {round}"
+            );
+            s1.shutdown().await;
+            s2.shutdown().await;
+        }
+    }
+}
