@@ -41,7 +41,7 @@ pub use crate::config::{Config, StoreConfig};
 pub use crate::error::ApiError;
 pub use crate::limits::PeerAddr;
 pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
-pub use crate::state::{AppState, Clock, SystemClock};
+pub use crate::state::{AppState, Clock, Event, SystemClock, FOLLOW_INTERVAL};
 
 /// The OpenAPI description of the admin API.
 pub const OPENAPI: &str = include_str!("openapi.json");

@@ -2157,4 +2157,190 @@ mod replicas {
             s2.shutdown().await;
         }
     }
+
+    /// The next sync line within `limit`.
+    async fn line_within(sync: &mut vouch_client::SyncStream, limit: Duration) -> SyncLine<'static> {
+        tokio::time::timeout(limit, sync.next())
+            .await
+            .expect("a sync line in time")
+            .expect("the stream is open")
+            .expect("a readable line")
+    }
+
+    /// Sync lines until one passes `want`, within `limit` in all; pings and snapshots (a resync)
+    /// may come first.
+    async fn until_line(
+        sync: &mut vouch_client::SyncStream,
+        limit: Duration,
+        want: impl Fn(&SyncLine<'static>) -> bool,
+    ) -> SyncLine<'static> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let line = line_within(sync, left).await;
+            if want(&line) {
+                return line;
+            }
+        }
+    }
+
+    fn entry_for(id: &str, parent: &SpiffeId) -> EntrySpec {
+        entry_spec(
+            json!({"id": id, "spiffe_id": format!("spiffe://example.org/{id}"), "parent_id": parent.to_string(), "selectors": ["unix:uid:1"]}),
+        )
+    }
+
+    /// An entry created, changed or deleted through one replica reaches an agent syncing with
+    /// another in under a second; a ban through one replica closes the agent's stream on the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_through_one_replica_reach_agents_on_another_within_a_second() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "push").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s1 = replica(d1.path(), &url, &kek).await;
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let admin1 = AdminClient::unix(&s1.admin_socket);
+        // The agent gets its token from replica 1 and attests to and syncs with replica 2.
+        let node = spiffe_id("spiffe://example.org/agent/far");
+        let (_, _, agent) = attested_agent(&s2, &admin1, &node).await;
+        let mut sync = agent.sync().await.unwrap();
+        assert!(matches!(line_within(&mut sync, Duration::from_secs(5)).await, SyncLine::Snapshot { .. }));
+
+        let started = std::time::Instant::now();
+        admin1.entries().create(&entry_for("web", &node)).await.unwrap();
+        match until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await {
+            SyncLine::Upsert { entry } => assert_eq!(entry.id.as_str(), "web"),
+            other => panic!("expected the new entry, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        // Moved to another agent: a deletion for this one.
+        let elsewhere = spiffe_id("spiffe://example.org/agent/other");
+        admin1.entries().replace("web", &entry_for("web", &elsewhere)).await.unwrap();
+        match until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await {
+            SyncLine::Delete { id } => assert_eq!(id.as_str(), "web"),
+            other => panic!("expected the entry's removal, got {other:?}"),
+        }
+        admin1.entries().create(&entry_for("db", &node)).await.unwrap();
+        assert!(matches!(
+            until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await,
+            SyncLine::Upsert { .. }
+        ));
+        admin1.entries().delete("db").await.unwrap();
+        match until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await {
+            SyncLine::Delete { id } => assert_eq!(id.as_str(), "db"),
+            other => panic!("expected the deletion, got {other:?}"),
+        }
+
+        // A ban through replica 1 ends the stream on replica 2 with the reason.
+        let started = std::time::Instant::now();
+        admin1.ban_agent(&node).await.unwrap();
+        match until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await {
+            SyncLine::Closed { reason, .. } => assert_eq!(reason, vouch_api::agent::CloseReason::Banned),
+            other => panic!("expected the closing line, got {other:?}"),
+        }
+        let end = tokio::time::timeout(Duration::from_secs(5), sync.next()).await.unwrap();
+        assert!(end.is_none(), "the stream ends: {end:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
+    /// One join token, presented to two replicas at the same moment: one attestation wins, the
+    /// other is refused as a reuse.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_token_raced_through_two_replicas_attests_once() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "tokens").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s1 = replica(d1.path(), &url, &kek).await;
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let admin1 = AdminClient::unix(&s1.admin_socket);
+        let td = vouch_core::TrustDomain::new("example.org").unwrap();
+        let bundle = admin1.bundle_pem().await.unwrap();
+        let anon =
+            |s: &Server| AdminClient::tls(&s.tcp_addr.unwrap().to_string(), &td, &bundle, None).unwrap();
+        let (a1, a2) = (anon(&s1), anon(&s2));
+        for round in 0..8 {
+            let id = spiffe_id(&format!("spiffe://example.org/agent/race-{round}"));
+            let t = admin1
+                .create_join_token(&JoinTokenRequest { agent_id: Some(id), ..Default::default() })
+                .await
+                .unwrap();
+            let attest = |token: &str| JoinTokenAttestation { token: token.to_owned(), csr: csr_and_key().0 };
+            let (req1, req2) = (attest(&t.token), attest(&t.token));
+            let (r1, r2) = tokio::join!(a1.attest_join_token(&req1), a2.attest_join_token(&req2));
+            let (won, lost) = match (r1, r2) {
+                (Ok(svid), Err(e)) | (Err(e), Ok(svid)) => (svid, e),
+                (r1, r2) => panic!("round {round}: expected one success and one refusal: {r1:?} / {r2:?}"),
+            };
+            assert_eq!(won.spiffe_id.to_string(), format!("spiffe://example.org/agent/race-{round}"));
+            let (_, message) = refusal::<()>(Err(lost), 401);
+            assert!(message.contains("already used"), "round {round}: {message}");
+        }
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
+    /// Exactly one replica rotates keys; the other writes nothing, loads the leader's state as it
+    /// is stored and tells its agents of the new bundle within a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_replica_rotates_keys_and_the_others_follow() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "rotation").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let clock = ManualClock::new();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let start = |dir: &Path| Server::start(replica_config(dir, &url, ""), clock.clone(), Some(&kek));
+        let leader = start(d1.path()).await.unwrap();
+        let follower = start(d2.path()).await.unwrap();
+        assert!(leader.state.is_leader() && !follower.state.is_leader(), "the first replica took the lead");
+        let admin = AdminClient::unix(&follower.admin_socket);
+        let node = spiffe_id("spiffe://example.org/agent/follows");
+        let (_, _, agent) = attested_agent(&follower, &admin, &node).await;
+        let mut sync = agent.sync().await.unwrap();
+        assert!(matches!(line_within(&mut sync, Duration::from_secs(5)).await, SyncLine::Snapshot { .. }));
+
+        let writes = follower.state.store.write_transactions();
+        let seq0 = leader.state.with_authority(|a| a.sequence());
+        let mut steps = 0;
+        while leader.state.with_authority(|a| a.sequence()) == seq0 {
+            steps += 1;
+            assert!(steps <= 60, "the leader rotated nothing in 30 hours");
+            clock.advance(Duration::from_secs(1800));
+            follower.state.tick().await.unwrap();
+            leader.state.tick().await.unwrap();
+        }
+        let rotated = std::time::Instant::now();
+        let wanted = leader.state.authority_version();
+        // The follower's agent hears of the new bundle; the follower serves it.
+        let line =
+            until_line(&mut sync, Duration::from_secs(1), |l| matches!(l, SyncLine::Bundle { .. })).await;
+        assert!(matches!(line, SyncLine::Bundle { .. }));
+        assert!(rotated.elapsed() < Duration::from_secs(1), "{:?}", rotated.elapsed());
+        assert!(follower.state.authority_version() >= wanted);
+        assert_eq!(
+            follower.state.with_authority(|a| a.sequence()),
+            leader.state.with_authority(|a| a.sequence())
+        );
+        assert_eq!(follower.state.bundle_pem(), leader.state.bundle_pem());
+        assert_eq!(follower.state.store.write_transactions(), writes, "the follower wrote nothing");
+        // The follower signs with the leader's current keys: a JWT it mints validates at the leader.
+        let jwt: Value = admin
+            .call(
+                "POST",
+                "/v1/svids/jwt",
+                Some(&json!({"spiffe_id": "spiffe://example.org/w", "audience": ["db"]})),
+            )
+            .await
+            .unwrap();
+        let check = json!({"token": jwt["token"], "audience": "db"});
+        let _: Value = AdminClient::unix(&leader.admin_socket)
+            .call("POST", "/v1/svids/jwt/validate", Some(&check))
+            .await
+            .unwrap();
+        leader.shutdown().await;
+        follower.shutdown().await;
+    }
 }
