@@ -191,6 +191,12 @@ impl Server {
                 Arc::new(PostgresStore::connect_with(url, *pool_size).await?)
             }
         };
+        // A replica listens for the others' changes before it reads anything or serves anyone, so
+        // that no change can fall between what it read and what it hears.
+        let changes = match store.changes() {
+            Some(changes) => Some(replicas::listening(changes).await?),
+            None => None,
+        };
         let have_state = store.load_authority().await?.is_some();
         let kek = load_or_create_kek(&config, env_kek, have_state)?;
         let state = AppState::open(config.clone(), store, kek, clock, own_uid()).await?;
@@ -229,7 +235,7 @@ impl Server {
                 .map_err(|e| StartError::Io(format!("cannot write {}: {e}", addr_file.display())))?;
             tcp_addr = Some(bound);
         }
-        if let Some(changes) = state.store.changes() {
+        if let Some(changes) = changes {
             let follow = replicas::follow_changes(state.clone(), changes, rx.clone());
             tasks.push(("changes of other replicas", tokio::spawn(follow)));
         }

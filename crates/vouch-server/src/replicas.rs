@@ -12,6 +12,31 @@ use vouch_api::agent::CloseReason;
 use vouch_store::Change;
 
 use crate::state::{AppState, Event};
+use crate::StartError;
+
+/// How often a change that could not be read waits for the store to answer again.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long a starting replica waits for its store to start listening.
+const LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `changes` once the store listens: its first message says so ([`Change::Resync`]). Nothing was
+/// read or served before, so there is nothing to resync.
+pub(crate) async fn listening(
+    mut changes: broadcast::Receiver<Change>,
+) -> Result<broadcast::Receiver<Change>, StartError> {
+    match tokio::time::timeout(LISTEN_TIMEOUT, changes.recv()).await {
+        Ok(Ok(Change::Resync)) => Ok(changes),
+        Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => Ok(changes),
+        Ok(Err(broadcast::error::RecvError::Closed)) => {
+            Err(StartError::Store("the store stopped listening for other replicas' changes".into()))
+        }
+        Err(_) => Err(StartError::Store(format!(
+            "cannot listen for other replicas' changes (LISTEN on PostgreSQL) within {} s; see the log for why",
+            LISTEN_TIMEOUT.as_secs()
+        ))),
+    }
+}
 
 /// Republishes the changes of other replicas until shutdown.
 pub(crate) async fn follow_changes(
@@ -25,7 +50,11 @@ pub(crate) async fn follow_changes(
             _ = shutdown.changed() => return,
         };
         match change {
-            Ok(change) => apply(&state, change).await,
+            // Applying may wait for the store to come back (see `apply`): shutdown interrupts it.
+            Ok(change) => tokio::select! {
+                _ = apply(&state, change) => {}
+                _ = shutdown.changed() => return,
+            },
             // Too far behind to replay: start over as after a lost connection.
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
@@ -54,7 +83,11 @@ async fn apply(state: &AppState, change: Change) {
                 }
             }
             Err(e) => {
-                tracing::warn!(entry = %id, error = %e, "cannot read an entry another replica changed; agents get a fresh snapshot");
+                tracing::warn!(entry = %id, error = %e, "cannot read an entry another replica changed; agents get a fresh snapshot once the store answers");
+                // A snapshot taken while the store is down would fail and end every stream.
+                while state.store.ping().await.is_err() {
+                    tokio::time::sleep(STORE_RETRY).await;
+                }
                 state.publish(Event::Resync);
             }
         },

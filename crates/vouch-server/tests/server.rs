@@ -22,7 +22,7 @@ use vouch_api::agent::{
 use vouch_api::{Der, EntryId, EntrySpec, SpiffeId};
 use vouch_client::{AdminClient, ClientError};
 use vouch_server::Caller;
-use vouch_server::{AppState, Clock, Config, Server};
+use vouch_server::{AppState, Clock, Config, Server, FOLLOW_INTERVAL};
 use vouch_store::{SqliteStore, Store};
 
 /// A clock the test moves by hand.
@@ -1561,8 +1561,8 @@ async fn reserved_ids_are_refused_and_agents_are_known_by_their_current_svid() {
     assert!(svid_works(&state, &new).await, "the current SVID keeps working");
 }
 
-/// Log lines of this test binary, for checks of what they must not hold. Only the PostgreSQL test
-/// installs it (a process has one global subscriber).
+/// Log lines of this test binary, for checks of what they must (not) hold. A process has one global
+/// subscriber, so the tests that look at logs share it, and each looks for what only it causes.
 #[derive(Clone, Default)]
 struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
 
@@ -1578,12 +1578,16 @@ impl std::io::Write for CapturedLogs {
 
 impl CapturedLogs {
     fn install() -> Self {
-        let logs = Self::default();
-        let writer = logs.clone();
-        let subscriber =
-            tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-        logs
+        static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Self::default();
+            let writer = logs.clone();
+            let subscriber =
+                tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+            logs
+        })
+        .clone()
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
@@ -2107,13 +2111,17 @@ mod replicas {
     use super::*;
     use vouch_store::test_postgres::PgCluster;
 
-    /// The configuration of a replica: its own data directory, the shared database.
-    fn replica_config(dir: &Path, url: &str, extra: &str) -> Config {
-        let text = format!(
+    /// The configuration file of a replica: its own data directory, the shared database.
+    fn replica_toml(dir: &Path, url: &str, extra: &str) -> String {
+        format!(
             "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\nstore = \"{url}\"\n{extra}[server]\nlisten = \"127.0.0.1:0\"\n",
             dir.display()
-        );
-        Config::from_toml(&text, &no_env).unwrap()
+        )
+    }
+
+    /// [`replica_toml`], parsed.
+    fn replica_config(dir: &Path, url: &str, extra: &str) -> Config {
+        Config::from_toml(&replica_toml(dir, url, extra), &no_env).unwrap()
     }
 
     /// A replica on the wall clock with the shared key-encryption key.
@@ -2342,5 +2350,181 @@ mod replicas {
             .unwrap();
         leader.shutdown().await;
         follower.shutdown().await;
+    }
+
+    /// Polls `check` every 50 ms until it holds; how long that took, or a panic after `limit`.
+    async fn within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+        let started = std::time::Instant::now();
+        while !check().await {
+            assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    }
+
+    /// A restart of PostgreSQL under two running replicas: while it is down they say they are not
+    /// ready and refuse writes (with an error, at once, not a hang); afterwards they reconnect by
+    /// themselves, every write committed before is there, new writes work, and changes reach
+    /// agents across replicas again. The outage and the recovery are logged once, without the
+    /// password.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgresql_restart_loses_no_committed_write_and_the_replicas_reconnect() {
+        let logs = CapturedLogs::install();
+        // A failure shows the servers' log, which says what the replicas saw of the outage.
+        struct ShowOnFailure(CapturedLogs);
+        impl Drop for ShowOnFailure {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    eprintln!("server log:\n{}", self.0.text());
+                }
+            }
+        }
+        let _show = ShowOnFailure(logs.clone());
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "restart").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s1 = replica(d1.path(), &url, &kek).await;
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let (admin1, admin2) = (AdminClient::unix(&s1.admin_socket), AdminClient::unix(&s2.admin_socket));
+        let node = spiffe_id("spiffe://example.org/agent/through-restart");
+        let (_, _, agent) = attested_agent(&s2, &admin1, &node).await;
+        let mut sync = agent.sync().await.unwrap();
+        assert!(matches!(line_within(&mut sync, Duration::from_secs(5)).await, SyncLine::Snapshot { .. }));
+        for i in 0..20 {
+            admin1.entries().create(&entry_for(&format!("before-{i}"), &node)).await.unwrap();
+        }
+        let bundle = admin1.bundle_pem().await.unwrap();
+
+        cluster.pause();
+        for admin in [&admin1, &admin2] {
+            let (status, body) =
+                tokio::time::timeout(Duration::from_secs(30), admin.request("GET", "/readyz", None))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        }
+        let refused = tokio::time::timeout(
+            Duration::from_secs(30),
+            admin1.entries().create(&entry_for("during", &node)),
+        )
+        .await
+        .expect("a write while the database is down fails in time");
+        let message = format!("{:?}", refused.unwrap_err());
+        assert!(!message.contains(cluster.password()), "{message}");
+        cluster.resume();
+
+        // Back by themselves: ready again, everything committed before is there, writes work.
+        for admin in [&admin1, &admin2] {
+            within(Duration::from_secs(10), "ready again", async || {
+                matches!(admin.request("GET", "/readyz", None).await, Ok((200, _)))
+            })
+            .await;
+            let listed = admin.entries().list(&Default::default()).await.unwrap();
+            assert_eq!(listed.entries.len(), 20, "every entry written before the restart");
+            assert_eq!(admin.bundle_pem().await.unwrap(), bundle);
+        }
+        // The notice connection is back within its retry pause (at most 2 s); then a change
+        // through replica 1 reaches the agent on replica 2 at once (after the fresh snapshot that
+        // the reconnection sends).
+        within(Duration::from_secs(10), "the replicas listen again", async || {
+            logs.text().matches("hearing other replicas' changes again").count() >= 2
+        })
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        admin1.entries().create(&entry_for("after", &node)).await.unwrap();
+        let mut seen_after = false;
+        while !seen_after {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            seen_after = match line_within(&mut sync, left).await {
+                SyncLine::Upsert { entry } => entry.id.as_str() == "after",
+                SyncLine::Snapshot { entries, .. } => entries.iter().any(|e| e.id.as_str() == "after"),
+                _ => false,
+            };
+        }
+        admin2.entries().create(&entry_for("after-2", &node)).await.unwrap();
+        assert_eq!(admin1.entries().get("after-2").await.unwrap().id.as_str(), "after-2");
+
+        let text = logs.text();
+        assert!(text.contains("PostgreSQL is unreachable"), "the outage is logged: {text}");
+        assert!(text.contains("reconnected to PostgreSQL"), "the recovery is logged: {text}");
+        assert!(!text.contains(cluster.password()), "the password is in the logs");
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
+    /// Not a test on its own: the body of a replica that
+    /// `a_replica_killed_with_sigkill_leaves_the_other_serving_and_its_lead_passes` runs as a
+    /// separate process (this test binary again), to kill it with SIGKILL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "run as a child process by another test"]
+    async fn child_replica() {
+        let Ok(config) = std::env::var("VOUCH_TEST_REPLICA_CONFIG") else { return };
+        let kek = std::env::var("VOUCH_TEST_REPLICA_KEK").unwrap();
+        let config = Config::from_toml(&std::fs::read_to_string(config).unwrap(), &no_env).unwrap();
+        let _server = Server::start(config, Arc::new(vouch_server::SystemClock), Some(&kek)).await.unwrap();
+        // Until killed; bounded, so that it never outlives a parent that died first.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+
+    /// A child process, killed when dropped (also when the test fails).
+    struct ChildGuard(std::process::Child);
+
+    impl Drop for ChildGuard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The replica leading key rotation dies by SIGKILL (no shutdown, no goodbye to the database):
+    /// the other keeps serving and takes the lead within a bounded time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_killed_with_sigkill_leaves_the_other_serving_and_its_lead_passes() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "killed").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let toml = d1.path().join("replica.toml");
+        std::fs::write(&toml, replica_toml(&d1.path().join("data"), &url, "")).unwrap();
+        let mut child = ChildGuard(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["replicas::child_replica", "--exact", "--ignored", "--test-threads=1"])
+                .env("VOUCH_TEST_REPLICA_CONFIG", &toml)
+                .env("VOUCH_TEST_REPLICA_KEK", &kek)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // The child writes its address once it serves (and so holds the lead, having started first).
+        let addr_file = d1.path().join("data/server.addr");
+        within(Duration::from_secs(20), "the child replica starts", async || addr_file.exists()).await;
+        let child_admin = AdminClient::unix(d1.path().join("data/admin.sock"));
+        assert!(matches!(child_admin.request("GET", "/readyz", None).await, Ok((200, _))));
+
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let admin2 = AdminClient::unix(&s2.admin_socket);
+        assert!(!s2.state.is_leader(), "the child leads");
+        assert_eq!(admin2.bundle_pem().await.unwrap(), child_admin.bundle_pem().await.unwrap());
+
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        let took =
+            within(FOLLOW_INTERVAL * 5, "the lead passes to the survivor", async || s2.state.is_leader())
+                .await;
+        assert!(took <= FOLLOW_INTERVAL * 2, "the lead passed after {took:?}");
+        // The survivor serves: ready, writes, attestation.
+        assert!(matches!(admin2.request("GET", "/readyz", None).await, Ok((200, _))));
+        admin2
+            .entries()
+            .create(&entry_for("survives", &spiffe_id("spiffe://example.org/agent/x")))
+            .await
+            .unwrap();
+        let node = spiffe_id("spiffe://example.org/agent/after-the-kill");
+        let (svid, _, _) = attested_agent(&s2, &admin2, &node).await;
+        assert_eq!(svid.spiffe_id, node);
+        s2.shutdown().await;
     }
 }
