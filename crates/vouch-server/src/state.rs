@@ -336,8 +336,9 @@ impl AppState {
     }
 
     /// Whether `id` belongs to an unexpired entry with `admin = true`. The set is cached: entry
-    /// writes through this server clear it at once ([`AppState::publish`] of an entry event); changes made
-    /// elsewhere (another replica) are seen within `ADMIN_CACHE_TTL`.
+    /// writes clear it at once ([`AppState::publish`] of an entry event, for writes through this
+    /// server and, by the store's change notices, through another replica); a change whose notice
+    /// was lost is seen within `ADMIN_CACHE_TTL`.
     pub async fn is_admin(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
         let now = self.now();
         let cached = self.admins.read().unwrap_or_else(|p| p.into_inner()).clone();
