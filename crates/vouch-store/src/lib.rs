@@ -15,6 +15,7 @@ mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod migrate;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 #[cfg(feature = "test-postgres")]

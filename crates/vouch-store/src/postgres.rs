@@ -10,9 +10,9 @@
 //! connection holds the lead ([`Store::try_lead`]): a session-level advisory lock, which PostgreSQL
 //! releases when the session ends, so the lead of a replica that died passes to another one.
 //!
-//! Connections are plain TCP or a Unix socket, without TLS for now: run PostgreSQL on the same
-//! host or a private network, or behind a TLS tunnel. The password in the URL never appears in a
-//! log line or an error ([`PgUrl`] shows it as `***`).
+//! Connections are plain TCP or a Unix socket, or TLS with the server's certificate verified
+//! (`sslmode=verify-full&sslrootcert=/path/ca.pem`; see `pg_tls`). The password in the URL never
+//! appears in a log line or an error ([`PgUrl`] shows it as `***`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc, watch, Semaphore, SemaphorePermit};
 use tokio_postgres::config::Host;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket};
+use tokio_postgres::{AsyncMessage, Client, Connection, Row, Socket};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
 use crate::codec::{
@@ -31,6 +30,7 @@ use crate::codec::{
     prior_revision, sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
+use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, Change, EntryFilter, EntryListing, JoinTokenRecord,
     Store, StoreError, StoredAuthority, TokenUse,
@@ -123,6 +123,8 @@ pub struct PgUrlError(String);
 pub struct PgUrl {
     config: Arc<tokio_postgres::Config>,
     shown: String,
+    /// The CAs that TLS connections trust (`sslrootcert`); `None`: no TLS.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl PgUrl {
@@ -131,9 +133,45 @@ impl PgUrl {
         if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
             return Err(PgUrlError("write it as postgres://user:password@host:port/database".into()));
         }
+        let (text, sslmode, ca_file) = take_tls_params(text)?;
         let mut config: tokio_postgres::Config = text.parse().map_err(|e| {
             PgUrlError(format!("cannot parse it (not shown, as it may hold a password): {e}"))
         })?;
+        // vouch verifies whenever it encrypts: TLS needs the CA file, and `require` checks as much
+        // as `verify-full` (libpq's `require` would accept any certificate).
+        let ca_file = match (sslmode.as_deref(), ca_file) {
+            (None | Some("disable" | "allow" | "prefer"), None) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+            (None | Some("disable" | "allow" | "prefer"), Some(_)) => {
+                return Err(PgUrlError(
+                    "sslrootcert is set but sslmode does not ask for TLS: add sslmode=verify-full".into(),
+                ))
+            }
+            (Some("require" | "verify-full"), Some(ca)) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(ca)
+            }
+            (Some("require" | "verify-full"), None) => {
+                return Err(PgUrlError(
+                    "TLS to PostgreSQL needs the CA that signed the server's certificate: add \
+                     sslrootcert=/path/to/ca.pem (vouch always verifies the server's certificate and name)"
+                        .into(),
+                ))
+            }
+            (Some("verify-ca"), _) => {
+                return Err(PgUrlError(
+                    "sslmode=verify-ca is not supported: use sslmode=verify-full (the server's name is checked too)"
+                        .into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(PgUrlError(format!(
+                    "sslmode `{other}`: use disable (the default), require or verify-full"
+                )))
+            }
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -146,14 +184,52 @@ impl PgUrl {
             config.keepalives_interval(Duration::from_secs(5));
             config.keepalives_retries(3);
         }
-        let shown = show(&config);
-        Ok(Self { config: Arc::new(config), shown })
+        let mut shown = show(&config);
+        if ca_file.is_some() {
+            shown.push_str("?sslmode=verify-full");
+        }
+        Ok(Self { config: Arc::new(config), shown, ca_file })
     }
 
     /// Whether a store setting names PostgreSQL (as opposed to SQLite).
     pub fn is_postgres(text: &str) -> bool {
         text.starts_with("postgres://") || text.starts_with("postgresql://")
     }
+}
+
+/// `text` without its `sslmode` and `sslrootcert` parameters (handled here, as the driver knows
+/// neither `verify-full` nor a CA file), and their values.
+fn take_tls_params(text: &str) -> Result<(String, Option<String>, Option<std::path::PathBuf>), PgUrlError> {
+    let Some((base, query)) = text.split_once('?') else { return Ok((text.to_owned(), None, None)) };
+    let (mut sslmode, mut ca_file, mut kept) = (None, None, Vec::new());
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => sslmode = Some(percent_decode(value)?),
+            Some(("sslrootcert", value)) => ca_file = Some(std::path::PathBuf::from(percent_decode(value)?)),
+            _ => kept.push(pair),
+        }
+    }
+    let text = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((text, sslmode, ca_file))
+}
+
+/// A URL parameter's value with `%XX` escapes decoded.
+fn percent_decode(value: &str) -> Result<String, PgUrlError> {
+    let bad = || PgUrlError("a TLS parameter has a bad %-escape".into());
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = value.get(i + 1..i + 3).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// The URL as it may be shown: built from the parsed settings, so nothing of the password can leak
@@ -266,6 +342,7 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Res
 /// by the next call.
 struct Pool {
     url: PgUrl,
+    tls: PgTls,
     idle: Mutex<Vec<Client>>,
     slots: Semaphore,
     size: usize,
@@ -334,7 +411,7 @@ impl Pool {
         let mut pause = CONNECT_RETRY;
         let mut attempt = 1;
         let (client, connection) = loop {
-            match open(&self.url).await {
+            match open(&self.url, &self.tls).await {
                 Ok(opened) => break opened,
                 Err((e, retry)) => {
                     if !retry || attempt >= CONNECT_ATTEMPTS {
@@ -364,10 +441,13 @@ impl Pool {
 
 /// Opens one connection; the caller drives it. The error says whether trying again soon may help
 /// (the server is not answering or is starting) or not (a refused password, a missing database).
-async fn open(url: &PgUrl) -> Result<(Client, Connection<Socket, NoTlsStream>), (StoreError, bool)> {
+async fn open(
+    url: &PgUrl,
+    tls: &PgTls,
+) -> Result<(Client, Connection<Socket, PgTlsStream>), (StoreError, bool)> {
     let failed = |why: String| StoreError::Backend(format!("cannot connect to PostgreSQL at {url}: {why}"));
     // The driver's own timeout covers each address; this one bounds the whole attempt.
-    match tokio::time::timeout(CONNECT_TIMEOUT * 2, url.config.connect(NoTls)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, url.config.connect(tls.clone())).await {
         Err(_) => Err((failed("no answer in time".into()), true)),
         Ok(Err(e)) => {
             let retry = e
@@ -525,6 +605,7 @@ impl PostgresStore {
             )));
         }
         let pool = Pool {
+            tls: PgTls::new(url.ca_file.as_ref())?,
             url: url.clone(),
             idle: Mutex::default(),
             slots: Semaphore::new(pool_size),
@@ -932,9 +1013,9 @@ impl Store for PostgresStore {
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         let receiver = self.hub.changes.subscribe();
         if !self.hub.started.swap(true, Ordering::SeqCst) {
-            let (url, origin, changes) =
-                (self.pool.url.clone(), self.origin.clone(), self.hub.changes.clone());
-            tokio::spawn(listen(url, origin, changes, self.hub.stop.subscribe()));
+            let (url, tls) = (self.pool.url.clone(), self.pool.tls.clone());
+            let (origin, changes) = (self.origin.clone(), self.hub.changes.clone());
+            tokio::spawn(listen(url, tls, origin, changes, self.hub.stop.subscribe()));
         }
         Some(receiver)
     }
@@ -951,6 +1032,7 @@ impl Store for PostgresStore {
 /// (re)opening is followed by a [`Change::Resync`]: what committed while nobody listened is lost.
 async fn listen(
     url: PgUrl,
+    tls: PgTls,
     origin: Arc<str>,
     changes: broadcast::Sender<Change>,
     mut stop: watch::Receiver<bool>,
@@ -959,7 +1041,7 @@ async fn listen(
     let mut failing = false;
     loop {
         let ended = tokio::select! {
-            ended = listen_once(&url, &origin, &changes, &mut failing) => ended,
+            ended = listen_once(&url, &tls, &origin, &changes, &mut failing) => ended,
             _ = stop.changed() => return,
         };
         if ended.heard {
@@ -987,12 +1069,13 @@ struct ListenEnd {
 /// One listening connection, from opening to failure.
 async fn listen_once(
     url: &PgUrl,
+    tls: &PgTls,
     origin: &str,
     changes: &broadcast::Sender<Change>,
     failing: &mut bool,
 ) -> ListenEnd {
     let end = |why: String, heard| ListenEnd { why, heard };
-    let (client, mut connection) = match open(url).await {
+    let (client, mut connection) = match open(url, tls).await {
         Ok(opened) => opened,
         Err((e, _)) => return end(e.to_string(), false),
     };

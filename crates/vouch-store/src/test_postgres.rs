@@ -209,6 +209,31 @@ impl PgCluster {
         run(stop, "pg_ctl stop", Duration::from_secs(40)).unwrap();
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM), refuses plain TCP connections (so a
+    /// client that connects uses TLS), and restarts the server for it.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        let data = self.data();
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap();
+            // PostgreSQL refuses a key readable by others, and must own what it reads.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            if self.as_root {
+                let (uid, gid) = os_user(OS_USER).unwrap();
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("hostnossl all all all reject\n{text}")).unwrap();
+        self.pause();
+        self.resume();
+    }
+
     /// Starts the server stopped by [`PgCluster::pause`] again, on the same port.
     pub fn resume(&self) {
         self.run_server().unwrap();
