@@ -2300,9 +2300,12 @@ mod replicas {
         let (_, kek) = vouch_ca::Kek::generate().unwrap();
         let clock = ManualClock::new();
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let start = |dir: &Path| Server::start(replica_config(dir, &url, ""), clock.clone(), Some(&kek));
-        let leader = start(d1.path()).await.unwrap();
-        let follower = start(d2.path()).await.unwrap();
+        let start = |dir: &Path| {
+            let start = Server::start(replica_config(dir, &url, ""), clock.clone(), Some(&kek));
+            tokio::time::timeout(Duration::from_secs(20), start)
+        };
+        let leader = start(d1.path()).await.expect("started within 20 s").unwrap();
+        let follower = start(d2.path()).await.expect("started within 20 s").unwrap();
         assert!(leader.state.is_leader() && !follower.state.is_leader(), "the first replica took the lead");
         let admin = AdminClient::unix(&follower.admin_socket);
         let node = spiffe_id("spiffe://example.org/agent/follows");
