@@ -2337,6 +2337,14 @@ mod replicas {
         );
         assert_eq!(follower.state.bundle_pem(), leader.state.bundle_pem());
         assert_eq!(follower.state.store.write_transactions(), writes, "the follower wrote nothing");
+        assert_eq!(
+            (metric(&leader.state, "vouch_leader").await, metric(&follower.state, "vouch_leader").await),
+            (1, 0)
+        );
+        assert_eq!(
+            metric(&follower.state, "vouch_authority_version").await,
+            metric(&leader.state, "vouch_authority_version").await
+        );
         // The follower signs with the leader's current keys: a JWT it mints validates at the leader.
         let jwt: Value = admin
             .call(
