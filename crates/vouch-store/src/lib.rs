@@ -489,7 +489,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The changes that other processes sharing the store commit, as they commit them; `None`
-    /// when no other process can write (SQLite: the server's own writes are all there is).
+    /// when no other process can write (SQLite: the server's own writes are all there is). The
+    /// first message is a [`Change::Resync`] once listening has begun; call it within a Tokio
+    /// runtime (PostgreSQL starts its listening task on the first call).
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
     }

@@ -1137,6 +1137,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_parameters_are_taken_out_of_the_url_and_shown_without_the_password() {
+        let (text, mode, ca) = take_tls_params(
+            "postgres://u:pw@h/db?connect_timeout=5&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem",
+        )
+        .unwrap();
+        assert_eq!(text, "postgres://u:pw@h/db?connect_timeout=5");
+        assert_eq!((mode.as_deref(), ca), (Some("verify-full"), Some("/etc/ca x.pem".into())));
+        assert_eq!(take_tls_params("postgres://h/db").unwrap(), ("postgres://h/db".to_owned(), None, None));
+        assert!(take_tls_params("postgres://h/db?sslrootcert=%2").is_err());
+        let url = PgUrl::parse("postgres://u:s3cret@h/db?sslmode=require&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(url.to_string(), "postgres://u:***@h:5432/db?sslmode=verify-full");
+        assert_eq!(url.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        let plain = PgUrl::parse("postgres://u:s3cret@h/db?sslmode=prefer").unwrap();
+        assert_eq!(
+            (plain.to_string().as_str(), plain.ca_file.is_none()),
+            ("postgres://u:***@h:5432/db", true)
+        );
+    }
+
+    #[test]
     fn passwords_in_quoted_text_are_masked() {
         let cases = [
             (
