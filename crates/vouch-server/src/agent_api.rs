@@ -507,7 +507,8 @@ async fn sync(
                     Ok(Event::AgentRemoved { .. }) => None,
                     // Too far behind to replay (a removal may be among the lost events): check the
                     // agent again, then start over with a fresh snapshot.
-                    Err(broadcast::error::RecvError::Lagged(_)) => match still_served(&state, &agent).await {
+                    // Or changes through another replica may have been missed: the same.
+                    Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => match still_served(&state, &agent).await {
                         Some(reason) => {
                             close_removed(&tx, &agent, reason).await;
                             break;

@@ -86,8 +86,21 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let seq = state.with_authority(|a| a.sequence());
     let damaged = state.store.damaged_rows_skipped();
     let writes = state.store.write_transactions();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(seq, damaged, writes))
-        .into_response()
+    let mut text = state.metrics.render(seq, damaged, writes);
+    // Which replica rotates keys, and which authority state each serves (equal on all replicas
+    // once they follow the leader).
+    text.push_str(&format!(
+        "# HELP vouch_leader Whether this server leads key rotation (1 on a single server).
+# TYPE vouch_leader gauge
+vouch_leader {}
+         # HELP vouch_authority_version Version of the stored authority state this server serves.
+# TYPE vouch_authority_version gauge
+vouch_authority_version {}
+",
+        u8::from(state.is_leader()),
+        state.authority_version()
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn openapi() -> Response {

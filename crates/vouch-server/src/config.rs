@@ -9,7 +9,7 @@ use serde::Deserialize;
 use vouch_ca::KeyAlg;
 use vouch_core::{ttl, TrustDomain};
 use vouch_http::{Getter, Trust, Url};
-use vouch_store::{redact_passwords, PgUrl, SqliteSynchronous};
+use vouch_store::{redact_passwords, PgUrl, SqliteSynchronous, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
 
 /// The configuration format this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -87,6 +87,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     store: Option<String>,
     sqlite_synchronous: Option<String>,
+    postgres_pool_size: Option<i64>,
     #[serde(default)]
     server: FileServer,
     #[serde(default)]
@@ -343,7 +344,13 @@ pub enum StoreConfig {
     },
     /// A PostgreSQL database that several replicas can share (`store = "postgres://…"`). Its
     /// password never shows: the URL prints with `***` in its place.
-    Postgres(PgUrl),
+    Postgres {
+        /// Where.
+        url: PgUrl,
+        /// Connections kept for requests (`postgres_pool_size`); two more per server listen for
+        /// other replicas' changes and hold the lead of key rotation.
+        pool_size: usize,
+    },
 }
 
 impl StoreConfig {
@@ -351,22 +358,36 @@ impl StoreConfig {
     pub fn describe(&self) -> String {
         match self {
             Self::Sqlite { path, .. } => path.display().to_string(),
-            Self::Postgres(url) => url.to_string(),
+            Self::Postgres { url, .. } => url.to_string(),
         }
     }
 
-    /// `store` and `sqlite_synchronous` with their environment overrides. The error never quotes
-    /// the store setting, which may hold a password.
+    /// `store`, `sqlite_synchronous` and `postgres_pool_size` with their environment overrides.
+    /// The error never quotes the store setting, which may hold a password.
     fn build(
         store: Option<String>,
         synchronous: Option<String>,
+        pool_size: Option<i64>,
         data_dir: &Path,
         env: EnvLookup<'_>,
     ) -> Result<Self, ConfigError> {
         let store = env("VOUCH_STORE").or(store);
         let synchronous = env("VOUCH_SQLITE_SYNCHRONOUS").or(synchronous);
+        let pool_size = match env("VOUCH_POSTGRES_POOL_SIZE") {
+            Some(text) => Some(text.trim().parse::<i64>().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "VOUCH_POSTGRES_POOL_SIZE `{text}`: write a number of connections, 1 to {MAX_POOL_SIZE}"
+                ))
+            })?),
+            None => pool_size,
+        };
         match store.as_deref() {
             None | Some("sqlite") => {
+                if pool_size.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "postgres_pool_size applies to a PostgreSQL store only; SQLite has one connection".into(),
+                    ));
+                }
                 let synchronous = match synchronous {
                     None => SqliteSynchronous::default(),
                     Some(text) => text
@@ -383,7 +404,17 @@ impl StoreConfig {
                             .into(),
                     ));
                 }
-                Ok(Self::Postgres(PgUrl::parse(url).map_err(|e| ConfigError::Invalid(e.to_string()))?))
+                let pool_size = match pool_size {
+                    None => DEFAULT_POOL_SIZE,
+                    Some(n) => usize::try_from(n).ok().filter(|n| (1..=MAX_POOL_SIZE).contains(n)).ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "postgres_pool_size {n}: choose 1 to {MAX_POOL_SIZE} connections per server (each replica \
+                             also opens 2 more; keep the sum over replicas below PostgreSQL's max_connections, 100 by default)"
+                        ))
+                    })?,
+                };
+                let url = PgUrl::parse(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                Ok(Self::Postgres { url, pool_size })
             }
             Some(_) => Err(ConfigError::Invalid(
                 "store: use `sqlite` (the default: a file in data_dir) or a PostgreSQL URL, \
@@ -679,7 +710,8 @@ impl Config {
         let data_dir =
             env("VOUCH_DATA_DIR").map(PathBuf::from).or(file.data_dir).unwrap_or_else(|| "vouch-data".into());
         let server = ServerSection::build(file.server, &data_dir, env)?;
-        let store = StoreConfig::build(file.store, file.sqlite_synchronous, &data_dir, env)?;
+        let store =
+            StoreConfig::build(file.store, file.sqlite_synchronous, file.postgres_pool_size, &data_dir, env)?;
         let lifetimes = Lifetimes::build(&file.ca, env)?;
         let upstream = match (file.ca.upstream_cert, file.ca.upstream_key) {
             (Some(c), Some(k)) => Some((c, k)),
@@ -819,12 +851,22 @@ mod tests {
         let env = |k: &str| (k == "VOUCH_STORE").then(|| "postgresql://v:s3cret-pw@h/db".to_string());
         let c = Config::from_toml("", &env).unwrap();
         assert_eq!(c.store.describe(), "postgres://v:***@h:5432/db", "env wins");
+        assert!(matches!(c.store, StoreConfig::Postgres { pool_size: 4, .. }), "the default pool");
+        let c = Config::from_toml(&format!("{text}\npostgres_pool_size = 12"), &no_env).unwrap();
+        assert!(matches!(c.store, StoreConfig::Postgres { pool_size: 12, .. }));
+        let env = |k: &str| (k == "VOUCH_POSTGRES_POOL_SIZE").then(|| "many".to_string());
+        let err = Config::from_toml(text, &env).unwrap_err().to_string();
+        assert!(err.contains("VOUCH_POSTGRES_POOL_SIZE `many`"), "{err}");
 
         let cases = [
             ("store = \"mysql://u:s3cret-pw@h/db\"", "use `sqlite`"),
             ("store = \"postgres://u:s3cret-pw@h:port/db\"", "store URL"),
             ("store = \"postgres://u:s3cret-pw@h/db\"\nsqlite_synchronous = \"full\"", "SQLite store only"),
             ("sqlite_synchronous = \"off\"", "use `normal` or `full`"),
+            ("store = \"postgres://u:s3cret-pw@h/db\"\npostgres_pool_size = 0", "choose 1 to 64"),
+            ("store = \"postgres://u:s3cret-pw@h/db\"\npostgres_pool_size = 65", "choose 1 to 64"),
+            ("store = \"postgres://u:s3cret-pw@h/db\"\npostgres_pool_size = \"8\"", "postgres_pool_size"),
+            ("postgres_pool_size = 8", "PostgreSQL store only"),
             ("stroe = \"postgres://u:s3cret-pw@h/db\"", "unknown field `stroe`"),
         ];
         for (text, want) in cases {

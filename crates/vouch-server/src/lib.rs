@@ -16,6 +16,7 @@ mod limits;
 mod metrics;
 pub mod node_attest;
 mod psat_keys;
+mod replicas;
 pub mod reserved;
 mod routes;
 mod state;
@@ -40,7 +41,7 @@ pub use crate::config::{Config, StoreConfig};
 pub use crate::error::ApiError;
 pub use crate::limits::PeerAddr;
 pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
-pub use crate::state::{AppState, Clock, SystemClock};
+pub use crate::state::{AppState, Clock, Event, SystemClock, FOLLOW_INTERVAL};
 
 /// The OpenAPI description of the admin API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -186,7 +187,15 @@ impl Server {
                 }
                 Arc::new(SqliteStore::open_with(path, *synchronous)?)
             }
-            StoreConfig::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+            StoreConfig::Postgres { url, pool_size } => {
+                Arc::new(PostgresStore::connect_with(url, *pool_size).await?)
+            }
+        };
+        // A replica listens for the others' changes before it reads anything or serves anyone, so
+        // that no change can fall between what it read and what it hears.
+        let changes = match store.changes() {
+            Some(changes) => Some(replicas::listening(changes).await?),
+            None => None,
         };
         let have_state = store.load_authority().await?.is_some();
         let kek = load_or_create_kek(&config, env_kek, have_state)?;
@@ -225,6 +234,10 @@ impl Server {
             std::fs::write(&addr_file, format!("{bound}\n"))
                 .map_err(|e| StartError::Io(format!("cannot write {}: {e}", addr_file.display())))?;
             tcp_addr = Some(bound);
+        }
+        if let Some(changes) = changes {
+            let follow = replicas::follow_changes(state.clone(), changes, rx.clone());
+            tasks.push(("changes of other replicas", tokio::spawn(follow)));
         }
         tasks.push(("key rotation", tokio::spawn(rotation_loop(state.clone(), rx))));
         tracing::info!(

@@ -1,11 +1,20 @@
 //! The server's shared state: configuration, store, the authority under a lock, and the clock.
+//!
+//! Replicas on one store (PostgreSQL) share one authority. Exactly one of them, the holder of the
+//! store's lead ([`Store::try_lead`]), advances key rotation and writes the result; every write
+//! names the version it replaces, so a replica that lost the lead unawares writes nothing. The
+//! others load the stored state when its version changes (told by the store's change notices, and
+//! checked on every tick as a fallback), so every replica signs with the current keys and serves
+//! the current bundle. A single server on SQLite is always the leader and never finds a version
+//! it did not write.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use vouch_ca::{Authority, AuthorityState, Ca, Kek, KeyUse, SigningKey, WorkloadKey};
 use vouch_core::SpiffeId;
-use vouch_store::Store;
+use vouch_store::{AuthorityWrite, Store, StoredAuthority};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -38,7 +47,15 @@ pub enum Event {
         /// Banned or evicted.
         reason: vouch_api::agent::CloseReason,
     },
+    /// Changes made through another replica may have been missed (the store's change channel was
+    /// interrupted): every sync stream checks its agent again and sends a fresh snapshot.
+    Resync,
 }
+
+/// How often a replica that does not lead asks for the lead and checks the stored authority's
+/// version: the bound on how long a dead leader's rotation work waits for another replica, and
+/// the fallback for a missed change notice.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a cached admin set is trusted without a local entry write.
 pub const ADMIN_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -93,6 +110,12 @@ pub struct AppState {
     pub psat_keys: crate::psat_keys::PsatKeys,
     /// Rate limits per source and per agent, and the refusal log throttle.
     pub limits: crate::limits::Limits,
+    /// The authority state served, as stored (its version tells whether another replica changed it).
+    stored: std::sync::Mutex<StoredAuthority>,
+    /// Held while the authority is advanced or reloaded, so that the two never interleave.
+    authority_io: tokio::sync::Mutex<()>,
+    /// Whether this server held the lead at its last tick.
+    leader: AtomicBool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -105,6 +128,13 @@ impl std::fmt::Debug for AppState {
 pub fn server_spiffe_id(config: &Config) -> SpiffeId {
     // "/vouch/server" is a valid path, so this cannot fail for a valid trust domain.
     config.trust_domain.id_with_path("/vouch/server").unwrap_or_else(|_| config.trust_domain.id())
+}
+
+/// An authority from its stored state.
+fn import_authority(config: &Config, json: &str, kek: &Kek) -> Result<Authority, StartError> {
+    let state: AuthorityState = serde_json::from_str(json)
+        .map_err(|e| StartError::Store(format!("stored authority state is unreadable: {e}")))?;
+    Ok(Authority::import(config.authority_config(), state, kek, load_upstream(config)?)?)
 }
 
 fn load_upstream(config: &Config) -> Result<Option<Ca>, StartError> {
@@ -133,14 +163,9 @@ impl AppState {
         clock: Arc<dyn Clock>,
         own_uid: u32,
     ) -> Result<Arc<Self>, StartError> {
-        let upstream = load_upstream(&config)?;
-        let authority = match store.load_authority().await? {
-            Some(json) => {
-                let state: AuthorityState = serde_json::from_str(&json)
-                    .map_err(|e| StartError::Store(format!("stored authority state is unreadable: {e}")))?;
-                Authority::import(config.authority_config(), state, &kek, upstream)?
-            }
-            None => Authority::new(config.authority_config(), upstream),
+        let (authority, stored) = match store.load_authority_versioned().await? {
+            Some(stored) => (import_authority(&config, &stored.state, &kek)?, stored),
+            None => Self::create_authority(&config, &*store, &kek, clock.now()).await?,
         };
         let psat_keys = crate::psat_keys::PsatKeys::new(&config.psat_clusters);
         let limits = crate::limits::Limits::new(&config.limits);
@@ -161,9 +186,137 @@ impl AppState {
             client_verifier: Arc::new(SvidClientVerifier::default()),
             events: tokio::sync::broadcast::channel(4096).0,
             x509pop_nonces: Default::default(),
+            stored: std::sync::Mutex::new(stored),
+            authority_io: tokio::sync::Mutex::new(()),
+            leader: AtomicBool::new(false),
         });
         state.tick().await?;
         Ok(state)
+    }
+
+    /// The first authority of a trust domain: created here and stored unless another replica
+    /// stored one first, in which case that one is used (replicas starting together on an empty
+    /// database end with one root).
+    async fn create_authority(
+        config: &Config,
+        store: &dyn Store,
+        kek: &Kek,
+        now: SystemTime,
+    ) -> Result<(Authority, StoredAuthority), StartError> {
+        let mut authority = Authority::new(config.authority_config(), load_upstream(config)?);
+        authority.tick(now)?;
+        let json =
+            serde_json::to_string(&authority.export(kek)?).map_err(|e| StartError::Store(e.to_string()))?;
+        match store.write_authority(None, &json).await? {
+            AuthorityWrite::Written(version) => {
+                tracing::info!(target: "vouch::audit", event = "authority.create", trust_domain = %config.trust_domain, "created the trust domain's authority");
+                Ok((authority, StoredAuthority { version, state: json }))
+            }
+            AuthorityWrite::Conflict(Some(winner)) => {
+                tracing::info!(trust_domain = %config.trust_domain, "another replica created the trust domain's authority first; using it");
+                let authority = import_authority(config, &winner.state, kek).map_err(|e| {
+                    StartError::Config(format!(
+                        "another replica created the trust domain's authority first, and this replica cannot open it ({e}): \
+                         every replica must use the same key-encryption key (set VOUCH_KEK to the same value everywhere, \
+                         or copy the first replica's kek_file)"
+                    ))
+                })?;
+                Ok((authority, winner))
+            }
+            AuthorityWrite::Conflict(None) => Err(StartError::Store(
+                "the authority state vanished while it was being created; start again".into(),
+            )),
+        }
+    }
+
+    /// Whether this server led key rotation at its last tick (always, on SQLite).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// The version of the stored authority state this server serves.
+    pub fn authority_version(&self) -> u64 {
+        self.stored.lock().unwrap_or_else(|p| p.into_inner()).version
+    }
+
+    /// Loads the stored authority if another replica changed it since this server loaded or wrote
+    /// it (a cheap version read when nothing changed), and tells connected agents when the bundle
+    /// changed. Returns whether it loaded a new state.
+    pub async fn follow_authority(&self) -> Result<bool, StartError> {
+        let _io = self.authority_io.lock().await;
+        let known = self.authority_version();
+        if self.store.authority_version().await?.is_none_or(|v| v == known) {
+            return Ok(false);
+        }
+        let Some(stored) = self.store.load_authority_versioned().await? else { return Ok(false) };
+        let version = stored.version;
+        let bundle_changed = self.install(stored)?;
+        tracing::info!(target: "vouch::audit", event = "authority.follow", version, bundle_changed, "loaded the authority state another replica stored");
+        Ok(true)
+    }
+
+    /// Serves `stored` from now on; whether the bundle changed (then agents are told). The caller
+    /// holds `authority_io`.
+    fn install(&self, stored: StoredAuthority) -> Result<bool, StartError> {
+        let authority = import_authority(&self.config, &stored.state, &self.kek)?;
+        let bundle_changed = {
+            let mut a = self.authority.write().unwrap_or_else(|p| p.into_inner());
+            let changed = a.sequence() != authority.sequence();
+            *a = authority;
+            changed
+        };
+        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+        self.refresh_anchors();
+        if bundle_changed {
+            self.publish(Event::BundleChanged);
+        }
+        Ok(bundle_changed)
+    }
+
+    /// Advances key rotation (the leader's work) and stores the result if it changed; when next.
+    /// A state that could not be stored is not served: the server goes back to the stored one
+    /// (another replica's, after a conflict) and rotates again on a later tick.
+    async fn advance_authority(&self, now: SystemTime) -> Result<Option<SystemTime>, StartError> {
+        let _io = self.authority_io.lock().await;
+        let exported = {
+            let mut a = self.authority.write().unwrap_or_else(|p| p.into_inner());
+            if a.tick(now)? {
+                Some(a.export(&self.kek)?)
+            } else {
+                None
+            }
+        };
+        let next = self.with_authority(|a| a.next_tick());
+        let Some(state) = exported else { return Ok(next) };
+        let json = serde_json::to_string(&state).map_err(|e| StartError::Store(e.to_string()))?;
+        let known = self.stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match self.store.write_authority(Some(known.version), &json).await {
+            Ok(AuthorityWrite::Written(version)) => {
+                *self.stored.lock().unwrap_or_else(|p| p.into_inner()) =
+                    StoredAuthority { version, state: json };
+                tracing::info!(target: "vouch::audit", event = "authority.rotate", sequence = state.sequence, version, "trust bundle or signing keys changed");
+                self.refresh_anchors();
+                self.publish(Event::BundleChanged);
+                Ok(next)
+            }
+            Ok(AuthorityWrite::Conflict(current)) => {
+                tracing::warn!("another replica changed the authority since this one loaded it; serving its state instead of this rotation");
+                self.install(current.unwrap_or(known))?;
+                Ok(None)
+            }
+            Err(e) => {
+                self.install(known)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Client certificate anchors and the bundle PEM, from the authority served.
+    fn refresh_anchors(&self) {
+        let roots = self.with_authority(|a| a.bundle().x509_authorities);
+        self.client_verifier.set_anchors(Anchors::from_der(&roots));
+        let pem: String = roots.iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", d)).collect();
+        *self.bundle_pem.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(pem);
     }
 
     /// The current time.
@@ -183,8 +336,9 @@ impl AppState {
     }
 
     /// Whether `id` belongs to an unexpired entry with `admin = true`. The set is cached: entry
-    /// writes through this server clear it at once ([`AppState::publish`] of an entry event); changes made
-    /// elsewhere (another replica) are seen within `ADMIN_CACHE_TTL`.
+    /// writes clear it at once ([`AppState::publish`] of an entry event, for writes through this
+    /// server and, by the store's change notices, through another replica); a change whose notice
+    /// was lost is seen within `ADMIN_CACHE_TTL`.
     pub async fn is_admin(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
         let now = self.now();
         let cached = self.admins.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -210,7 +364,7 @@ impl AppState {
 
     /// Announces a change: drops cached facts derived from entries and pushes it to agents.
     pub fn publish(&self, event: Event) {
-        if matches!(event, Event::EntryUpserted { .. } | Event::EntryDeleted { .. }) {
+        if matches!(event, Event::EntryUpserted { .. } | Event::EntryDeleted { .. } | Event::Resync) {
             *self.admins.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
         // No receivers (no agent connected) is not an error.
@@ -222,29 +376,35 @@ impl AppState {
         self.bundle_pem.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Advances key rotation, persists changes, refreshes TLS anchors and renews the server's own
-    /// certificate when due. Returns when the next tick is needed.
+    /// Advances key rotation (the leader) or follows the stored authority (the others), refreshes
+    /// TLS anchors and renews the server's own certificate when due: each replica keeps its own.
+    /// Returns when the next tick is needed.
     pub async fn tick(&self) -> Result<SystemTime, StartError> {
         let now = self.now();
-        let (exported, next, bundle_roots) = {
-            let mut a = self.authority.write().unwrap_or_else(|p| p.into_inner());
-            let changed = a.tick(now)?;
-            let exported = if changed { Some(a.export(&self.kek)?) } else { None };
-            (exported, a.next_tick(), a.bundle().x509_authorities)
-        };
-        if let Some(state) = exported {
-            let json = serde_json::to_string(&state).map_err(|e| StartError::Store(e.to_string()))?;
-            self.store.save_authority(&json).await?;
-            tracing::info!(target: "vouch::audit", event = "authority.rotate", sequence = self.with_authority(|a| a.sequence()), "trust bundle or signing keys changed");
-            self.publish(Event::BundleChanged);
-        }
-        // Cheap (a few certificates), so done on every tick rather than tracking what changed.
-        self.client_verifier.set_anchors(Anchors::from_der(&bundle_roots));
-        let pem: String = bundle_roots.iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", d)).collect();
-        *self.bundle_pem.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(pem);
+        let rotation = self.rotation_step(now).await;
+        self.refresh_anchors();
         let renew_at = self.renew_server_cert_if_due(now)?;
-        let next = next.unwrap_or(now + Duration::from_secs(60)).min(renew_at);
-        Ok(next)
+        let next = rotation?.unwrap_or(now + Duration::from_secs(60));
+        Ok(next.min(renew_at))
+    }
+
+    /// The authority's part of a tick: load what another replica stored, then rotate if this
+    /// server leads; when next.
+    async fn rotation_step(&self, now: SystemTime) -> Result<Option<SystemTime>, StartError> {
+        let leader = match self.store.try_lead().await {
+            Ok(leader) => leader,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the store for the lead of key rotation; not rotating until it answers");
+                false
+            }
+        };
+        self.leader.store(leader, Ordering::Relaxed);
+        // A new leader starts from what the previous one stored.
+        self.follow_authority().await?;
+        if !leader {
+            return Ok(Some(now + FOLLOW_INTERVAL));
+        }
+        self.advance_authority(now).await
     }
 
     fn renew_server_cert_if_due(&self, now: SystemTime) -> Result<SystemTime, StartError> {

@@ -22,7 +22,7 @@ use vouch_api::agent::{
 use vouch_api::{Der, EntryId, EntrySpec, SpiffeId};
 use vouch_client::{AdminClient, ClientError};
 use vouch_server::Caller;
-use vouch_server::{AppState, Clock, Config, Server};
+use vouch_server::{AppState, Clock, Config, Server, FOLLOW_INTERVAL};
 use vouch_store::{SqliteStore, Store};
 
 /// A clock the test moves by hand.
@@ -1561,8 +1561,8 @@ async fn reserved_ids_are_refused_and_agents_are_known_by_their_current_svid() {
     assert!(svid_works(&state, &new).await, "the current SVID keeps working");
 }
 
-/// Log lines of this test binary, for checks of what they must not hold. Only the PostgreSQL test
-/// installs it (a process has one global subscriber).
+/// Log lines of this test binary, for checks of what they must (not) hold. A process has one global
+/// subscriber, so the tests that look at logs share it, and each looks for what only it causes.
 #[derive(Clone, Default)]
 struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
 
@@ -1578,12 +1578,16 @@ impl std::io::Write for CapturedLogs {
 
 impl CapturedLogs {
     fn install() -> Self {
-        let logs = Self::default();
-        let writer = logs.clone();
-        let subscriber =
-            tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-        logs
+        static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Self::default();
+            let writer = logs.clone();
+            let subscriber =
+                tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+            logs
+        })
+        .clone()
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
@@ -2014,11 +2018,20 @@ impl Store for PausingStore {
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
         self.inner.delete_agent(id).await
     }
-    async fn load_authority(&self) -> Result<Option<String>, vouch_store::StoreError> {
-        self.inner.load_authority().await
+    async fn load_authority_versioned(
+        &self,
+    ) -> Result<Option<vouch_store::StoredAuthority>, vouch_store::StoreError> {
+        self.inner.load_authority_versioned().await
     }
-    async fn save_authority(&self, state: &str) -> Result<(), vouch_store::StoreError> {
-        self.inner.save_authority(state).await
+    async fn authority_version(&self) -> Result<Option<u64>, vouch_store::StoreError> {
+        self.inner.authority_version().await
+    }
+    async fn write_authority(
+        &self,
+        expected: Option<u64>,
+        state: &str,
+    ) -> Result<vouch_store::AuthorityWrite, vouch_store::StoreError> {
+        self.inner.write_authority(expected, state).await
     }
     async fn ping(&self) -> Result<(), vouch_store::StoreError> {
         self.inner.ping().await
@@ -2089,5 +2102,440 @@ async fn a_sign_or_jwt_request_in_flight_when_the_agent_is_banned_or_evicted_ans
             "{admin_path} during {route}: {v}"
         );
         assert!(v.get("results").is_none() && v.get("token").is_none(), "no SVID in the answer: {v}");
+    }
+}
+
+/// Several servers on one PostgreSQL (issue 9 §5): one trust domain, key rotation by one of them,
+/// changes reaching agents on every replica, single-use join tokens, restarts of the database.
+mod replicas {
+    use super::*;
+    use vouch_store::test_postgres::PgCluster;
+
+    /// The configuration file of a replica: its own data directory, the shared database.
+    fn replica_toml(dir: &Path, url: &str, extra: &str) -> String {
+        format!(
+            "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\nstore = \"{url}\"\n{extra}[server]\nlisten = \"127.0.0.1:0\"\n",
+            dir.display()
+        )
+    }
+
+    /// [`replica_toml`], parsed.
+    fn replica_config(dir: &Path, url: &str, extra: &str) -> Config {
+        Config::from_toml(&replica_toml(dir, url, extra), &no_env).unwrap()
+    }
+
+    /// A replica on the wall clock with the shared key-encryption key.
+    async fn replica(dir: &Path, url: &str, kek: &str) -> Server {
+        let start =
+            Server::start(replica_config(dir, url, ""), Arc::new(vouch_server::SystemClock), Some(kek));
+        tokio::time::timeout(Duration::from_secs(20), start).await.expect("started within 20 s").unwrap()
+    }
+
+    /// A cluster with an empty database `db`; its TCP URL (with the password).
+    async fn database(cluster: &PgCluster, db: &str) -> String {
+        cluster.create_database(db).await;
+        cluster.tcp_url(db)
+    }
+
+    /// Replicas that start at the same moment on an empty database end with one authority: one
+    /// root, one bundle, whoever wins the race. (Before first creation was atomic, each created
+    /// its own root and the last write won, so the replicas served different bundles.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_together_on_an_empty_database_share_one_trust_domain() {
+        let cluster = PgCluster::start();
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        for round in 0..3 {
+            let url = database(&cluster, &format!("together{round}")).await;
+            let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (s1, s2) = tokio::join!(replica(d1.path(), &url, &kek), replica(d2.path(), &url, &kek));
+            let b1 = AdminClient::unix(&s1.admin_socket).bundle_pem().await.unwrap();
+            let b2 = AdminClient::unix(&s2.admin_socket).bundle_pem().await.unwrap();
+            assert_eq!(b1, b2, "round {round}: the replicas serve different bundles");
+            let stored: Value =
+                serde_json::from_str(&s1.state.store.load_authority().await.unwrap().unwrap()).unwrap();
+            let roots: Vec<&Value> =
+                stored["keys"].as_array().unwrap().iter().filter(|k| k["kind"] == "root").collect();
+            assert_eq!(roots.len(), 1, "round {round}: one root is stored: {roots:?}");
+            assert_eq!(
+                s1.state.with_authority(|a| a.sequence()),
+                s2.state.with_authority(|a| a.sequence()),
+                "round {round}"
+            );
+            s1.shutdown().await;
+            s2.shutdown().await;
+        }
+    }
+
+    /// The next sync line within `limit`.
+    async fn line_within(sync: &mut vouch_client::SyncStream, limit: Duration) -> SyncLine<'static> {
+        tokio::time::timeout(limit, sync.next())
+            .await
+            .expect("a sync line in time")
+            .expect("the stream is open")
+            .expect("a readable line")
+    }
+
+    /// Sync lines until one passes `want`, within `limit` in all; pings and snapshots (a resync)
+    /// may come first.
+    async fn until_line(
+        sync: &mut vouch_client::SyncStream,
+        limit: Duration,
+        want: impl Fn(&SyncLine<'static>) -> bool,
+    ) -> SyncLine<'static> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let line = line_within(sync, left).await;
+            if want(&line) {
+                return line;
+            }
+        }
+    }
+
+    fn entry_for(id: &str, parent: &SpiffeId) -> EntrySpec {
+        entry_spec(
+            json!({"id": id, "spiffe_id": format!("spiffe://example.org/{id}"), "parent_id": parent.to_string(), "selectors": ["unix:uid:1"]}),
+        )
+    }
+
+    /// An entry created, changed or deleted through one replica reaches an agent syncing with
+    /// another in under a second; a ban through one replica closes the agent's stream on the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_through_one_replica_reach_agents_on_another_within_a_second() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "push").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s1 = replica(d1.path(), &url, &kek).await;
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let admin1 = AdminClient::unix(&s1.admin_socket);
+        // The agent gets its token from replica 1 and attests to and syncs with replica 2.
+        let node = spiffe_id("spiffe://example.org/agent/far");
+        let (_, _, agent) = attested_agent(&s2, &admin1, &node).await;
+        let mut sync = agent.sync().await.unwrap();
+        assert!(matches!(line_within(&mut sync, Duration::from_secs(5)).await, SyncLine::Snapshot { .. }));
+
+        let started = std::time::Instant::now();
+        admin1.entries().create(&entry_for("web", &node)).await.unwrap();
+        match until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await {
+            SyncLine::Upsert { entry } => assert_eq!(entry.id.as_str(), "web"),
+            other => panic!("expected the new entry, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        // Moved to another agent: a deletion for this one.
+        let elsewhere = spiffe_id("spiffe://example.org/agent/other");
+        admin1.entries().replace("web", &entry_for("web", &elsewhere)).await.unwrap();
+        match until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await {
+            SyncLine::Delete { id } => assert_eq!(id.as_str(), "web"),
+            other => panic!("expected the entry's removal, got {other:?}"),
+        }
+        admin1.entries().create(&entry_for("db", &node)).await.unwrap();
+        assert!(matches!(
+            until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await,
+            SyncLine::Upsert { .. }
+        ));
+        admin1.entries().delete("db").await.unwrap();
+        match until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await {
+            SyncLine::Delete { id } => assert_eq!(id.as_str(), "db"),
+            other => panic!("expected the deletion, got {other:?}"),
+        }
+
+        // A ban through replica 1 ends the stream on replica 2 with the reason.
+        let started = std::time::Instant::now();
+        admin1.ban_agent(&node).await.unwrap();
+        match until_line(&mut sync, Duration::from_secs(1), |l| !matches!(l, SyncLine::Ping)).await {
+            SyncLine::Closed { reason, .. } => assert_eq!(reason, vouch_api::agent::CloseReason::Banned),
+            other => panic!("expected the closing line, got {other:?}"),
+        }
+        let end = tokio::time::timeout(Duration::from_secs(5), sync.next()).await.unwrap();
+        assert!(end.is_none(), "the stream ends: {end:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
+    /// One join token, presented to two replicas at the same moment: one attestation wins, the
+    /// other is refused as a reuse.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_token_raced_through_two_replicas_attests_once() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "tokens").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s1 = replica(d1.path(), &url, &kek).await;
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let admin1 = AdminClient::unix(&s1.admin_socket);
+        let td = vouch_core::TrustDomain::new("example.org").unwrap();
+        let bundle = admin1.bundle_pem().await.unwrap();
+        let anon =
+            |s: &Server| AdminClient::tls(&s.tcp_addr.unwrap().to_string(), &td, &bundle, None).unwrap();
+        let (a1, a2) = (anon(&s1), anon(&s2));
+        for round in 0..8 {
+            let id = spiffe_id(&format!("spiffe://example.org/agent/race-{round}"));
+            let t = admin1
+                .create_join_token(&JoinTokenRequest { agent_id: Some(id), ..Default::default() })
+                .await
+                .unwrap();
+            let attest = |token: &str| JoinTokenAttestation { token: token.to_owned(), csr: csr_and_key().0 };
+            let (req1, req2) = (attest(&t.token), attest(&t.token));
+            let (r1, r2) = tokio::join!(a1.attest_join_token(&req1), a2.attest_join_token(&req2));
+            let (won, lost) = match (r1, r2) {
+                (Ok(svid), Err(e)) | (Err(e), Ok(svid)) => (svid, e),
+                (r1, r2) => panic!("round {round}: expected one success and one refusal: {r1:?} / {r2:?}"),
+            };
+            assert_eq!(won.spiffe_id.to_string(), format!("spiffe://example.org/agent/race-{round}"));
+            let (_, message) = refusal::<()>(Err(lost), 401);
+            assert!(message.contains("already used"), "round {round}: {message}");
+        }
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
+    /// Exactly one replica rotates keys; the other writes nothing, loads the leader's state as it
+    /// is stored and tells its agents of the new bundle within a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_replica_rotates_keys_and_the_others_follow() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "rotation").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let clock = ManualClock::new();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let start = |dir: &Path| {
+            let start = Server::start(replica_config(dir, &url, ""), clock.clone(), Some(&kek));
+            tokio::time::timeout(Duration::from_secs(20), start)
+        };
+        let leader = start(d1.path()).await.expect("started within 20 s").unwrap();
+        let follower = start(d2.path()).await.expect("started within 20 s").unwrap();
+        assert!(leader.state.is_leader() && !follower.state.is_leader(), "the first replica took the lead");
+        let admin = AdminClient::unix(&follower.admin_socket);
+        let node = spiffe_id("spiffe://example.org/agent/follows");
+        let (_, _, agent) = attested_agent(&follower, &admin, &node).await;
+        let mut sync = agent.sync().await.unwrap();
+        assert!(matches!(line_within(&mut sync, Duration::from_secs(5)).await, SyncLine::Snapshot { .. }));
+
+        let writes = follower.state.store.write_transactions();
+        let seq0 = leader.state.with_authority(|a| a.sequence());
+        let mut steps = 0;
+        while leader.state.with_authority(|a| a.sequence()) == seq0 {
+            steps += 1;
+            assert!(steps <= 60, "the leader rotated nothing in 30 hours");
+            clock.advance(Duration::from_secs(1800));
+            follower.state.tick().await.unwrap();
+            leader.state.tick().await.unwrap();
+        }
+        let rotated = std::time::Instant::now();
+        let wanted = leader.state.authority_version();
+        // The follower's agent hears of the new bundle; the follower serves it.
+        let line =
+            until_line(&mut sync, Duration::from_secs(1), |l| matches!(l, SyncLine::Bundle { .. })).await;
+        assert!(matches!(line, SyncLine::Bundle { .. }));
+        assert!(rotated.elapsed() < Duration::from_secs(1), "{:?}", rotated.elapsed());
+        assert!(follower.state.authority_version() >= wanted);
+        assert_eq!(
+            follower.state.with_authority(|a| a.sequence()),
+            leader.state.with_authority(|a| a.sequence())
+        );
+        assert_eq!(follower.state.bundle_pem(), leader.state.bundle_pem());
+        assert_eq!(follower.state.store.write_transactions(), writes, "the follower wrote nothing");
+        assert_eq!(
+            (metric(&leader.state, "vouch_leader").await, metric(&follower.state, "vouch_leader").await),
+            (1, 0)
+        );
+        assert_eq!(
+            metric(&follower.state, "vouch_authority_version").await,
+            metric(&leader.state, "vouch_authority_version").await
+        );
+        // The follower signs with the leader's current keys: a JWT it mints validates at the leader.
+        let jwt: Value = admin
+            .call(
+                "POST",
+                "/v1/svids/jwt",
+                Some(&json!({"spiffe_id": "spiffe://example.org/w", "audience": ["db"]})),
+            )
+            .await
+            .unwrap();
+        let check = json!({"token": jwt["token"], "audience": "db"});
+        let _: Value = AdminClient::unix(&leader.admin_socket)
+            .call("POST", "/v1/svids/jwt/validate", Some(&check))
+            .await
+            .unwrap();
+        leader.shutdown().await;
+        follower.shutdown().await;
+    }
+
+    /// Polls `check` every 50 ms until it holds; how long that took, or a panic after `limit`.
+    async fn within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+        let started = std::time::Instant::now();
+        while !check().await {
+            assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    }
+
+    /// A restart of PostgreSQL under two running replicas: while it is down they say they are not
+    /// ready and refuse writes (with an error, at once, not a hang); afterwards they reconnect by
+    /// themselves, every write committed before is there, new writes work, and changes reach
+    /// agents across replicas again. The outage and the recovery are logged once, without the
+    /// password.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgresql_restart_loses_no_committed_write_and_the_replicas_reconnect() {
+        let logs = CapturedLogs::install();
+        // A failure shows the servers' log, which says what the replicas saw of the outage.
+        struct ShowOnFailure(CapturedLogs);
+        impl Drop for ShowOnFailure {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    eprintln!("server log:\n{}", self.0.text());
+                }
+            }
+        }
+        let _show = ShowOnFailure(logs.clone());
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "restart").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s1 = replica(d1.path(), &url, &kek).await;
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let (admin1, admin2) = (AdminClient::unix(&s1.admin_socket), AdminClient::unix(&s2.admin_socket));
+        let node = spiffe_id("spiffe://example.org/agent/through-restart");
+        let (_, _, agent) = attested_agent(&s2, &admin1, &node).await;
+        let mut sync = agent.sync().await.unwrap();
+        assert!(matches!(line_within(&mut sync, Duration::from_secs(5)).await, SyncLine::Snapshot { .. }));
+        for i in 0..20 {
+            admin1.entries().create(&entry_for(&format!("before-{i}"), &node)).await.unwrap();
+        }
+        let bundle = admin1.bundle_pem().await.unwrap();
+
+        cluster.pause();
+        for admin in [&admin1, &admin2] {
+            let (status, body) =
+                tokio::time::timeout(Duration::from_secs(30), admin.request("GET", "/readyz", None))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        }
+        let refused = tokio::time::timeout(
+            Duration::from_secs(30),
+            admin1.entries().create(&entry_for("during", &node)),
+        )
+        .await
+        .expect("a write while the database is down fails in time");
+        let message = format!("{:?}", refused.unwrap_err());
+        assert!(!message.contains(cluster.password()), "{message}");
+        cluster.resume();
+
+        // Back by themselves: ready again, everything committed before is there, writes work.
+        for admin in [&admin1, &admin2] {
+            within(Duration::from_secs(10), "ready again", async || {
+                matches!(admin.request("GET", "/readyz", None).await, Ok((200, _)))
+            })
+            .await;
+            let listed = admin.entries().list(&Default::default()).await.unwrap();
+            assert_eq!(listed.entries.len(), 20, "every entry written before the restart");
+            assert_eq!(admin.bundle_pem().await.unwrap(), bundle);
+        }
+        // The notice connection is back within its retry pause (at most 2 s); then a change
+        // through replica 1 reaches the agent on replica 2 at once (after the fresh snapshot that
+        // the reconnection sends).
+        within(Duration::from_secs(10), "the replicas listen again", async || {
+            logs.text().matches("hearing other replicas' changes again").count() >= 2
+        })
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        admin1.entries().create(&entry_for("after", &node)).await.unwrap();
+        let mut seen_after = false;
+        while !seen_after {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            seen_after = match line_within(&mut sync, left).await {
+                SyncLine::Upsert { entry } => entry.id.as_str() == "after",
+                SyncLine::Snapshot { entries, .. } => entries.iter().any(|e| e.id.as_str() == "after"),
+                _ => false,
+            };
+        }
+        admin2.entries().create(&entry_for("after-2", &node)).await.unwrap();
+        assert_eq!(admin1.entries().get("after-2").await.unwrap().id.as_str(), "after-2");
+
+        let text = logs.text();
+        assert!(text.contains("PostgreSQL is unreachable"), "the outage is logged: {text}");
+        assert!(text.contains("reconnected to PostgreSQL"), "the recovery is logged: {text}");
+        assert!(!text.contains(cluster.password()), "the password is in the logs");
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
+    /// Not a test on its own: the body of a replica that
+    /// `a_replica_killed_with_sigkill_leaves_the_other_serving_and_its_lead_passes` runs as a
+    /// separate process (this test binary again), to kill it with SIGKILL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "run as a child process by another test"]
+    async fn child_replica() {
+        let Ok(config) = std::env::var("VOUCH_TEST_REPLICA_CONFIG") else { return };
+        let kek = std::env::var("VOUCH_TEST_REPLICA_KEK").unwrap();
+        let config = Config::from_toml(&std::fs::read_to_string(config).unwrap(), &no_env).unwrap();
+        let _server = Server::start(config, Arc::new(vouch_server::SystemClock), Some(&kek)).await.unwrap();
+        // Until killed; bounded, so that it never outlives a parent that died first.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+
+    /// A child process, killed when dropped (also when the test fails).
+    struct ChildGuard(std::process::Child);
+
+    impl Drop for ChildGuard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The replica leading key rotation dies by SIGKILL (no shutdown, no goodbye to the database):
+    /// the other keeps serving and takes the lead within a bounded time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_killed_with_sigkill_leaves_the_other_serving_and_its_lead_passes() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "killed").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let toml = d1.path().join("replica.toml");
+        std::fs::write(&toml, replica_toml(&d1.path().join("data"), &url, "")).unwrap();
+        let mut child = ChildGuard(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["replicas::child_replica", "--exact", "--ignored", "--test-threads=1"])
+                .env("VOUCH_TEST_REPLICA_CONFIG", &toml)
+                .env("VOUCH_TEST_REPLICA_KEK", &kek)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // The child writes its address once it serves (and so holds the lead, having started first).
+        let addr_file = d1.path().join("data/server.addr");
+        within(Duration::from_secs(20), "the child replica starts", async || addr_file.exists()).await;
+        let child_admin = AdminClient::unix(d1.path().join("data/admin.sock"));
+        assert!(matches!(child_admin.request("GET", "/readyz", None).await, Ok((200, _))));
+
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let admin2 = AdminClient::unix(&s2.admin_socket);
+        assert!(!s2.state.is_leader(), "the child leads");
+        assert_eq!(admin2.bundle_pem().await.unwrap(), child_admin.bundle_pem().await.unwrap());
+
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        let took =
+            within(FOLLOW_INTERVAL * 5, "the lead passes to the survivor", async || s2.state.is_leader())
+                .await;
+        assert!(took <= FOLLOW_INTERVAL * 2, "the lead passed after {took:?}");
+        // The survivor serves: ready, writes, attestation.
+        assert!(matches!(admin2.request("GET", "/readyz", None).await, Ok((200, _))));
+        admin2
+            .entries()
+            .create(&entry_for("survives", &spiffe_id("spiffe://example.org/agent/x")))
+            .await
+            .unwrap();
+        let node = spiffe_id("spiffe://example.org/agent/after-the-kill");
+        let (svid, _, _) = attested_agent(&s2, &admin2, &node).await;
+        assert_eq!(svid.spiffe_id, node);
+        s2.shutdown().await;
     }
 }

@@ -131,3 +131,8 @@ pub(crate) fn consumed_token(
         .transpose()?;
     Ok(TokenUse::Consumed(JoinTokenRecord { hash, created_at, expires_at, agent_id, used_at: Some(now) }))
 }
+
+/// An authority version as stored (a signed 64-bit column) as the version the store speaks of.
+pub(crate) fn authority_version(stored: i64) -> Result<u64, StoreError> {
+    u64::try_from(stored).map_err(|_| StoreError::Corrupt(format!("authority version {stored}")))
+}

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use vouch_core::{Entry, EntryId, EntrySpec, Selector, SpiffeId, TrustDomain};
 
-use crate::{AgentRecord, AgentRenewal, EntryFilter, JoinTokenRecord, Store, StoreError, TokenUse};
+use crate::{
+    AgentRecord, AgentRenewal, AuthorityWrite, EntryFilter, JoinTokenRecord, Store, StoreError,
+    StoredAuthority, TokenUse,
+};
 
 fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
     let td = TrustDomain::new("example.org").expect("valid trust domain");
@@ -159,9 +162,29 @@ async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
 
 async fn authority_state(store: &dyn Store) {
     assert_eq!(store.load_authority().await.unwrap(), None);
+    assert_eq!(store.authority_version().await.unwrap(), None);
+    // Replacing a state that does not exist writes nothing.
+    assert_eq!(store.write_authority(Some(1), "{}").await.unwrap(), AuthorityWrite::Conflict(None));
+    // The first state is created once: a second creation gets the first one back, unchanged.
+    assert_eq!(store.write_authority(None, "{\"v\":\"a\"}").await.unwrap(), AuthorityWrite::Written(1));
+    let first = StoredAuthority { version: 1, state: "{\"v\":\"a\"}".into() };
+    assert_eq!(
+        store.write_authority(None, "{\"v\":\"b\"}").await.unwrap(),
+        AuthorityWrite::Conflict(Some(first.clone()))
+    );
+    // A replacement must name the version it replaces; a stale one changes nothing.
+    assert_eq!(store.write_authority(Some(1), "{\"v\":\"c\"}").await.unwrap(), AuthorityWrite::Written(2));
+    let second = StoredAuthority { version: 2, state: "{\"v\":\"c\"}".into() };
+    assert_eq!(
+        store.write_authority(Some(1), "{\"v\":\"d\"}").await.unwrap(),
+        AuthorityWrite::Conflict(Some(second.clone()))
+    );
+    assert_eq!(store.load_authority_versioned().await.unwrap(), Some(second));
+    assert_eq!(store.authority_version().await.unwrap(), Some(2));
     store.save_authority("{\"v\":1}").await.unwrap();
     store.save_authority("{\"v\":2}").await.unwrap();
     assert_eq!(store.load_authority().await.unwrap().as_deref(), Some("{\"v\":2}"));
+    assert_eq!(store.authority_version().await.unwrap(), Some(4));
 }
 
 async fn agents(store: &dyn Store) {

@@ -15,6 +15,7 @@ mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod migrate;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 #[cfg(feature = "test-postgres")]
@@ -23,7 +24,7 @@ pub mod test_postgres;
 use async_trait::async_trait;
 use vouch_core::{Entry, EntryId, Selector, Selectors, SpiffeId};
 
-pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore};
+pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
 pub use sqlite::{SqliteStore, SqliteSynchronous};
 
 /// Errors of a store.
@@ -275,6 +276,62 @@ pub mod agent_rules {
     }
 }
 
+/// The authority state as stored, with the version the store gave it. The version grows by one
+/// with every write, so replicas sharing a store tell a changed state by a cheap read of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAuthority {
+    /// 1 for the first state, one more for each replacement.
+    pub version: u64,
+    /// The state (JSON with sealed keys).
+    pub state: String,
+}
+
+/// What [`Store::write_authority`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorityWrite {
+    /// The state was written; its new version.
+    Written(u64),
+    /// Another writer came first: the state stored now (`None` if there is none), unchanged.
+    Conflict(Option<StoredAuthority>),
+}
+
+/// A change committed by one process sharing the store, as the other processes hear of it
+/// ([`Store::changes`]). It names what changed, not the new content: the listener reads that
+/// from the store, which is never older than the change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Change {
+    /// An entry was created or updated.
+    EntryUpserted {
+        /// Its id.
+        id: EntryId,
+        /// Its parent before an update (`None` for a creation).
+        previous_parent: Option<SpiffeId>,
+    },
+    /// An entry was deleted.
+    EntryDeleted {
+        /// Its id.
+        id: EntryId,
+        /// Its parent.
+        parent: SpiffeId,
+    },
+    /// The authority state was replaced (keys rotated, bundle changed).
+    AuthorityChanged {
+        /// Its new version.
+        version: u64,
+    },
+    /// An agent was banned or evicted.
+    AgentRemoved {
+        /// The agent.
+        agent: SpiffeId,
+        /// Banned (else evicted).
+        banned: bool,
+    },
+    /// Changes may have been missed (the listening connection was down, or a change was too large
+    /// to describe): re-read what is derived from the store.
+    Resync,
+}
+
 /// What happened when a join token was presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenUse {
@@ -390,11 +447,54 @@ pub trait Store: Send + Sync + 'static {
     /// Removes an agent (eviction: it must attest again); returns whether it existed.
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError>;
 
-    /// The persisted authority state (JSON with sealed keys), if any.
-    async fn load_authority(&self) -> Result<Option<String>, StoreError>;
+    /// The persisted authority state (JSON with sealed keys) and its version, if any.
+    async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError>;
 
-    /// Replaces the persisted authority state.
-    async fn save_authority(&self, state: &str) -> Result<(), StoreError>;
+    /// The version of the persisted authority state, if any: a cheap read, to tell whether the
+    /// state changed since it was loaded.
+    async fn authority_version(&self) -> Result<Option<u64>, StoreError>;
+
+    /// Writes the authority state atomically if the stored one is still the one the caller knows:
+    /// with `expected` `None`, only if no state is stored (the first start; of several replicas
+    /// starting together on an empty database exactly one succeeds); with `Some(v)`, only if the
+    /// stored version is `v`. Otherwise nothing is written and the stored state is returned.
+    async fn write_authority(&self, expected: Option<u64>, state: &str)
+        -> Result<AuthorityWrite, StoreError>;
+
+    /// The persisted authority state (JSON with sealed keys), if any.
+    async fn load_authority(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.load_authority_versioned().await?.map(|s| s.state))
+    }
+
+    /// Replaces the persisted authority state, whatever is stored (tools and tests; the server
+    /// writes through [`Store::write_authority`], so that a replica never overwrites a state it
+    /// has not seen).
+    async fn save_authority(&self, state: &str) -> Result<(), StoreError> {
+        // A concurrent writer can only make a few rounds fail.
+        for _ in 0..16 {
+            let expected = self.authority_version().await?;
+            if let AuthorityWrite::Written(_) = self.write_authority(expected, state).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Backend("the authority state kept changing while it was being replaced".into()))
+    }
+
+    /// Whether this process leads the work that exactly one of the processes sharing the store
+    /// may do (key rotation), taking the lead when nobody holds it. A store only one process uses
+    /// (SQLite) always answers yes. The lead lasts while the process lives and reaches the store;
+    /// callers ask again before each piece of such work.
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// The changes that other processes sharing the store commit, as they commit them; `None`
+    /// when no other process can write (SQLite: the server's own writes are all there is). The
+    /// first message is a [`Change::Resync`] once listening has begun; call it within a Tokio
+    /// runtime (PostgreSQL starts its listening task on the first call).
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -2,9 +2,17 @@
 //! SQLite (entries and agents as JSON text beside their indexed columns), versioned migrations
 //! (see [`crate::migrate`]) taken under an advisory lock, and a small pool of connections.
 //!
-//! Connections are plain TCP or a Unix socket, without TLS for now: run PostgreSQL on the same
-//! host or a private network, or behind a TLS tunnel. The password in the URL never appears in a
-//! log line or an error ([`PgUrl`] shows it as `***`).
+//! Replicas hear of each other's writes through `LISTEN`/`NOTIFY`: every write that agents must
+//! hear of sends a notice on channel `vouch_changes` inside its own transaction, so the notice goes
+//! out exactly when the change commits, and a rolled-back write sends none. One dedicated
+//! connection per store listens ([`Store::changes`]), reconnecting after a failure and then
+//! announcing [`Change::Resync`], since notices sent while it was away are lost. Another dedicated
+//! connection holds the lead ([`Store::try_lead`]): a session-level advisory lock, which PostgreSQL
+//! releases when the session ends, so the lead of a replica that died passes to another one.
+//!
+//! Connections are plain TCP or a Unix socket, or TLS with the server's certificate verified
+//! (`sslmode=verify-full&sslrootcert=/path/ca.pem`; see `pg_tls`). The password in the URL never
+//! appears in a log line or an error ([`PgUrl`] shows it as `***`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,19 +20,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore, SemaphorePermit};
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, Connection, Row, Socket};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
 use crate::codec::{
-    consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
-    sort_rows, usable_token, DamageLog,
+    authority_version, consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry,
+    prior_revision, sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
+use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
-    agent_rules, AgentRecord, AgentRule, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError,
-    TokenUse,
+    agent_rules, AgentRecord, AgentRule, AuthorityWrite, Change, EntryFilter, EntryListing, JoinTokenRecord,
+    Store, StoreError, StoredAuthority, TokenUse,
 };
 
 /// The schema, step by step, numbered as SQLite's (see [`crate::migrate`]). Text keys compare
@@ -62,14 +71,40 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             data TEXT NOT NULL
         );"#,
     },
+    Migration {
+        version: 3,
+        name: "authority version",
+        sql: "ALTER TABLE authority ADD COLUMN version BIGINT NOT NULL DEFAULT 1;",
+    },
 ];
 
 /// The advisory lock key under which replicas migrate one at a time (`vouch` in ASCII).
 const MIGRATION_LOCK: i64 = 0x76_6f_75_63_68;
 
-/// Connections kept per server: enough for concurrent requests, few enough that many replicas fit
-/// PostgreSQL's default `max_connections` (100).
-const POOL_SIZE: usize = 4;
+/// The advisory lock whose holder leads key rotation (`vouchL` in ASCII).
+const LEAD_LOCK: i64 = 0x76_6f_75_63_68_4c;
+/// The notification channel of [`Change`]s.
+const CHANNEL: &str = "vouch_changes";
+/// PostgreSQL refuses a notice payload of 8000 bytes or more; a longer one is sent as a resync.
+const MAX_NOTICE: usize = 7900;
+/// A batch of more entries than this is announced as one resync rather than entry by entry.
+const MAX_NOTICES_PER_BATCH: usize = 1000;
+
+/// Connections kept per server by default: enough for concurrent requests, few enough that many
+/// replicas fit PostgreSQL's default `max_connections` (100). Each store opens two more, one to
+/// hear other replicas' changes and one to hold or seek the lead.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// The largest pool a store accepts (PostgreSQL's default `max_connections` is 100).
+pub const MAX_POOL_SIZE: usize = 64;
+/// Attempts to open a connection before a call fails (PostgreSQL restarting, say), with a short
+/// pause between them, so that a brief outage costs callers a delay rather than an error.
+const CONNECT_ATTEMPTS: u32 = 3;
+/// The pause before the first retry of a connection; it doubles.
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
+/// How long the holder of the lead waits for the check that its session is alive.
+const LEAD_CHECK: Duration = Duration::from_secs(5);
+/// The longest pause between attempts to bring back the listening connection.
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take, unless the URL sets `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a call waits for a free connection before it fails.
@@ -88,6 +123,8 @@ pub struct PgUrlError(String);
 pub struct PgUrl {
     config: Arc<tokio_postgres::Config>,
     shown: String,
+    /// The CAs that TLS connections trust (`sslrootcert`); `None`: no TLS.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl PgUrl {
@@ -96,21 +133,103 @@ impl PgUrl {
         if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
             return Err(PgUrlError("write it as postgres://user:password@host:port/database".into()));
         }
+        let (text, sslmode, ca_file) = take_tls_params(text)?;
         let mut config: tokio_postgres::Config = text.parse().map_err(|e| {
             PgUrlError(format!("cannot parse it (not shown, as it may hold a password): {e}"))
         })?;
+        // vouch verifies whenever it encrypts: TLS needs the CA file, and `require` checks as much
+        // as `verify-full` (libpq's `require` would accept any certificate).
+        let ca_file = match (sslmode.as_deref(), ca_file) {
+            (None | Some("disable" | "allow" | "prefer"), None) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+            (None | Some("disable" | "allow" | "prefer"), Some(_)) => {
+                return Err(PgUrlError(
+                    "sslrootcert is set but sslmode does not ask for TLS: add sslmode=verify-full".into(),
+                ))
+            }
+            (Some("require" | "verify-full"), Some(ca)) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(ca)
+            }
+            (Some("require" | "verify-full"), None) => {
+                return Err(PgUrlError(
+                    "TLS to PostgreSQL needs the CA that signed the server's certificate: add \
+                     sslrootcert=/path/to/ca.pem (vouch always verifies the server's certificate and name)"
+                        .into(),
+                ))
+            }
+            (Some("verify-ca"), _) => {
+                return Err(PgUrlError(
+                    "sslmode=verify-ca is not supported: use sslmode=verify-full (the server's name is checked too)"
+                        .into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(PgUrlError(format!(
+                    "sslmode `{other}`: use disable (the default), require or verify-full"
+                )))
+            }
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("vouch");
-        let shown = show(&config);
-        Ok(Self { config: Arc::new(config), shown })
+        // A peer that vanished without closing the connection (a partition, a host powered off) is
+        // noticed within about half a minute instead of the system's two hours: the listening and
+        // lead connections rely on it.
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(15));
+            config.keepalives_interval(Duration::from_secs(5));
+            config.keepalives_retries(3);
+        }
+        let mut shown = show(&config);
+        if ca_file.is_some() {
+            shown.push_str("?sslmode=verify-full");
+        }
+        Ok(Self { config: Arc::new(config), shown, ca_file })
     }
 
     /// Whether a store setting names PostgreSQL (as opposed to SQLite).
     pub fn is_postgres(text: &str) -> bool {
         text.starts_with("postgres://") || text.starts_with("postgresql://")
     }
+}
+
+/// `text` without its `sslmode` and `sslrootcert` parameters (handled here, as the driver knows
+/// neither `verify-full` nor a CA file), and their values.
+fn take_tls_params(text: &str) -> Result<(String, Option<String>, Option<std::path::PathBuf>), PgUrlError> {
+    let Some((base, query)) = text.split_once('?') else { return Ok((text.to_owned(), None, None)) };
+    let (mut sslmode, mut ca_file, mut kept) = (None, None, Vec::new());
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => sslmode = Some(percent_decode(value)?),
+            Some(("sslrootcert", value)) => ca_file = Some(std::path::PathBuf::from(percent_decode(value)?)),
+            _ => kept.push(pair),
+        }
+    }
+    let text = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((text, sslmode, ca_file))
+}
+
+/// A URL parameter's value with `%XX` escapes decoded.
+fn percent_decode(value: &str) -> Result<String, PgUrlError> {
+    let bad = || PgUrlError("a TLS parameter has a bad %-escape".into());
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = value.get(i + 1..i + 3).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// The URL as it may be shown: built from the parsed settings, so nothing of the password can leak
@@ -223,8 +342,12 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Res
 /// by the next call.
 struct Pool {
     url: PgUrl,
+    tls: PgTls,
     idle: Mutex<Vec<Client>>,
     slots: Semaphore,
+    size: usize,
+    /// Whether the last attempt to connect failed (so the outage and the recovery are logged once).
+    down: std::sync::atomic::AtomicBool,
 }
 
 /// A connection lent by the pool; it goes back when dropped, unless it broke.
@@ -264,8 +387,9 @@ impl Pool {
             .await
             .map_err(|_| {
                 StoreError::Backend(format!(
-                    "no connection to PostgreSQL became free within {} s (all {POOL_SIZE} busy)",
-                    ACQUIRE_TIMEOUT.as_secs()
+                    "no connection to PostgreSQL became free within {} s (all {} busy; see postgres_pool_size)",
+                    ACQUIRE_TIMEOUT.as_secs(),
+                    self.size
                 ))
             })?
             .map_err(|_| StoreError::Backend("the connection pool is closed".into()))?;
@@ -281,15 +405,30 @@ impl Pool {
         Ok(Conn { client: Some(client), pool: self, _slot: slot })
     }
 
+    /// A new connection, its driver running on its own task. A failed attempt is retried a few
+    /// times, briefly; the first failure of an outage and the recovery are logged.
     async fn connect(&self) -> Result<Client, StoreError> {
-        let failed =
-            |why: String| StoreError::Backend(format!("cannot connect to PostgreSQL at {}: {why}", self.url));
-        // The driver's own timeout covers each address; this one bounds the whole attempt.
-        let attempt = self.url.config.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT * 2, attempt)
-            .await
-            .map_err(|_| failed("no answer in time".into()))?
-            .map_err(|e| failed(describe(&e)))?;
+        let mut pause = CONNECT_RETRY;
+        let mut attempt = 1;
+        let (client, connection) = loop {
+            match open(&self.url, &self.tls).await {
+                Ok(opened) => break opened,
+                Err((e, retry)) => {
+                    if !retry || attempt >= CONNECT_ATTEMPTS {
+                        if !self.down.swap(true, Ordering::Relaxed) {
+                            tracing::error!(database = %self.url, error = %e, "PostgreSQL is unreachable: calls that need it fail and /readyz answers 503 until it is back (each call tries to reconnect)");
+                        }
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+            }
+        };
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(database = %self.url, "reconnected to PostgreSQL");
+        }
         let shown = self.url.to_string();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -300,6 +439,57 @@ impl Pool {
     }
 }
 
+/// Opens one connection; the caller drives it. The error says whether trying again soon may help
+/// (the server is not answering or is starting) or not (a refused password, a missing database).
+async fn open(
+    url: &PgUrl,
+    tls: &PgTls,
+) -> Result<(Client, Connection<Socket, PgTlsStream>), (StoreError, bool)> {
+    let failed = |why: String| StoreError::Backend(format!("cannot connect to PostgreSQL at {url}: {why}"));
+    // The driver's own timeout covers each address; this one bounds the whole attempt.
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, url.config.connect(tls.clone())).await {
+        Err(_) => Err((failed("no answer in time".into()), true)),
+        Ok(Err(e)) => {
+            let retry = e
+                .as_db_error()
+                .is_none_or(|db| *db.code() == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW);
+            Err((failed(describe(&e)), retry))
+        }
+        Ok(Ok(opened)) => Ok(opened),
+    }
+}
+
+/// The lead connection: a session that holds, or keeps asking for, the lead lock.
+#[derive(Default)]
+struct Lead {
+    session: Option<Client>,
+    held: bool,
+}
+
+/// The fan-out of the listening connection's changes. Dropping it (the last clone of the store)
+/// stops the listener.
+struct Hub {
+    changes: broadcast::Sender<Change>,
+    started: std::sync::atomic::AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+/// A notice as sent: the change and the store that made it, so a store ignores its own.
+#[derive(serde::Serialize)]
+struct NoticeOut<'a> {
+    o: &'a str,
+    #[serde(flatten)]
+    c: &'a Change,
+}
+
+/// A notice as heard.
+#[derive(serde::Deserialize)]
+struct NoticeIn {
+    o: String,
+    #[serde(flatten)]
+    c: Change,
+}
+
 /// PostgreSQL implementation of [`Store`].
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -307,6 +497,10 @@ pub struct PostgresStore {
     damage: Arc<DamageLog>,
     /// Writes started, for [`Store::write_transactions`].
     writes: Arc<AtomicU64>,
+    /// This store's name in its notices: random, chosen by the database at connect.
+    origin: Arc<str>,
+    hub: Arc<Hub>,
+    lead: Arc<tokio::sync::Mutex<Lead>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -376,8 +570,13 @@ impl PostgresStore {
             .await
             .map_err(backend)?;
         let stored = row.map(|r| decode_agent(col(&r, 0)?)).transpose()?;
+        let was_banned = stored.as_ref().is_some_and(|a| a.banned);
         let (write, answer) = rule(stored)?;
         if let Some(record) = write {
+            if record.banned && !was_banned {
+                let agent = record.spiffe_id.clone();
+                self.notify(&tx, &Change::AgentRemoved { agent, banned: true }).await?;
+            }
             let data = encode_agent(&record)?;
             tx.execute(
                 "INSERT INTO agents (spiffe_id, data) VALUES ($1, $2)
@@ -391,15 +590,74 @@ impl PostgresStore {
         Ok(answer)
     }
 
-    /// Connects to the database at `url` and applies migrations. The database must exist and the
-    /// user must be allowed to create tables in it (its owner, say).
+    /// Connects to the database at `url` with [`DEFAULT_POOL_SIZE`] connections and applies
+    /// migrations. The database must exist and the user must be allowed to create tables in it
+    /// (its owner, say).
     pub async fn connect(url: &PgUrl) -> Result<Self, StoreError> {
-        let pool = Pool { url: url.clone(), idle: Mutex::default(), slots: Semaphore::new(POOL_SIZE) };
-        {
+        Self::connect_with(url, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`PostgresStore::connect`] with a pool of `pool_size` connections (1 to [`MAX_POOL_SIZE`]).
+    pub async fn connect_with(url: &PgUrl, pool_size: usize) -> Result<Self, StoreError> {
+        if !(1..=MAX_POOL_SIZE).contains(&pool_size) {
+            return Err(StoreError::Backend(format!(
+                "a pool of {pool_size} connections: choose 1 to {MAX_POOL_SIZE}"
+            )));
+        }
+        let pool = Pool {
+            tls: PgTls::new(url.ca_file.as_ref())?,
+            url: url.clone(),
+            idle: Mutex::default(),
+            slots: Semaphore::new(pool_size),
+            size: pool_size,
+            down: Default::default(),
+        };
+        let origin: String = {
             let mut conn = pool.get().await?;
             migrate(&mut conn).await?;
+            let row = conn.query_one("SELECT gen_random_uuid()::text", &[]).await.map_err(backend)?;
+            col(&row, 0)?
+        };
+        let hub = Hub {
+            changes: broadcast::channel(4096).0,
+            started: Default::default(),
+            stop: watch::channel(false).0,
+        };
+        Ok(Self {
+            pool: Arc::new(pool),
+            damage: Arc::default(),
+            writes: Arc::default(),
+            origin: origin.into(),
+            hub: Arc::new(hub),
+            lead: Arc::default(),
+        })
+    }
+
+    /// The payload of a notice of `change` from this store (a resync when it would be too long).
+    fn notice(&self, change: &Change) -> String {
+        let text = serde_json::to_string(&NoticeOut { o: &self.origin, c: change }).unwrap_or_default();
+        if text.is_empty() || text.len() > MAX_NOTICE {
+            return self.notice(&Change::Resync);
         }
-        Ok(Self { pool: Arc::new(pool), damage: Arc::default(), writes: Arc::default() })
+        text
+    }
+
+    /// Sends `change` to the other replicas when the transaction `tx` commits.
+    async fn notify(&self, tx: &tokio_postgres::Transaction<'_>, change: &Change) -> Result<(), StoreError> {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.notice(change)]).await.map_err(backend)?;
+        Ok(())
+    }
+
+    /// The stored authority, read in `client`'s current transaction (or alone).
+    async fn read_authority(
+        client: &impl tokio_postgres::GenericClient,
+    ) -> Result<Option<StoredAuthority>, StoreError> {
+        let row = client
+            .query_opt("SELECT version, state FROM authority WHERE singleton = 1", &[])
+            .await
+            .map_err(backend)?;
+        row.map(|r| Ok(StoredAuthority { version: authority_version(col(&r, 0)?)?, state: col(&r, 1)? }))
+            .transpose()
     }
 
     /// The highest schema version recorded in the database.
@@ -445,6 +703,17 @@ impl Store for PostgresStore {
         if let Some(taken) = ids.iter().find(|id| !inserted.remove(*id)) {
             return Err(StoreError::EntryExists(taken.clone()));
         }
+        let notices: Vec<String> = if entries.len() > MAX_NOTICES_PER_BATCH {
+            vec![self.notice(&Change::Resync)]
+        } else {
+            entries
+                .iter()
+                .map(|e| self.notice(&Change::EntryUpserted { id: e.id.clone(), previous_parent: None }))
+                .collect()
+        };
+        tx.execute("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n", &[&CHANNEL, &notices])
+            .await
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)
     }
 
@@ -493,24 +762,32 @@ impl Store for PostgresStore {
         let expected = prior_revision(entry)?;
         let (revision, prior) = (to_i64(entry.revision, id)?, to_i64(expected, id)?);
         let data = encode_entry(entry)?;
-        let conn = self.pool.get().await?;
-        // Compare and set in one statement; only when it changes nothing is the reason looked up.
-        let changed = conn
-            .execute(
-                "UPDATE entries SET spiffe_id = $2, parent_id = $3, revision = $4, data = $5
-                 WHERE id = $1 AND revision = $6",
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        // Compare and set in one statement, which also reads the parent before the change (the
+        // replicas' agents under it must drop the entry); only when it changes nothing is the
+        // reason looked up.
+        let changed = tx
+            .query_opt(
+                "WITH old AS (SELECT parent_id FROM entries WHERE id = $1 AND revision = $6 FOR UPDATE)
+                 UPDATE entries SET spiffe_id = $2, parent_id = $3, revision = $4, data = $5
+                 FROM old WHERE entries.id = $1 AND entries.revision = $6
+                 RETURNING old.parent_id",
                 &[&id, &entry.spiffe_id.to_string(), &entry.parent_id.to_string(), &revision, &data, &prior],
             )
             .await
             .map_err(backend)?;
-        if changed == 0 {
+        let Some(changed) = changed else {
             let exists =
-                conn.query_opt("SELECT 1 FROM entries WHERE id = $1", &[&id]).await.map_err(backend)?;
+                tx.query_opt("SELECT 1 FROM entries WHERE id = $1", &[&id]).await.map_err(backend)?;
             return Err(match exists {
                 None => StoreError::EntryNotFound(id.to_owned()),
                 Some(_) => StoreError::RevisionConflict { id: id.to_owned(), expected },
             });
-        }
+        };
+        let previous_parent = SpiffeId::parse(col::<&str>(&changed, 0)?).ok();
+        self.notify(&tx, &Change::EntryUpserted { id: entry.id.clone(), previous_parent }).await?;
+        tx.commit().await.map_err(backend)?;
         self.damage.forget(id);
         Ok(())
     }
@@ -529,6 +806,8 @@ impl Store for PostgresStore {
         // that needs the entry, instead of vanishing with an error.
         let entry = decode_entry(id, col(&row, 0)?)?;
         tx.execute("DELETE FROM entries WHERE id = $1", &[&id]).await.map_err(backend)?;
+        let change = Change::EntryDeleted { id: entry.id.clone(), parent: entry.parent_id.clone() };
+        self.notify(&tx, &change).await?;
         tx.commit().await.map_err(backend)?;
         Ok(entry)
     }
@@ -615,32 +894,130 @@ impl Store for PostgresStore {
 
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        let conn = self.pool.get().await?;
-        let n = conn
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let n = tx
             .execute("DELETE FROM agents WHERE spiffe_id = $1", &[&id.to_string()])
             .await
             .map_err(backend)?;
+        if n > 0 {
+            self.notify(&tx, &Change::AgentRemoved { agent: id.clone(), banned: false }).await?;
+        }
+        tx.commit().await.map_err(backend)?;
         Ok(n > 0)
     }
 
-    async fn load_authority(&self) -> Result<Option<String>, StoreError> {
+    async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError> {
         let conn = self.pool.get().await?;
-        let row =
-            conn.query_opt("SELECT state FROM authority WHERE singleton = 1", &[]).await.map_err(backend)?;
-        row.map(|r| col(&r, 0)).transpose()
+        Self::read_authority(&*conn).await
     }
 
-    async fn save_authority(&self, state: &str) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+    async fn authority_version(&self) -> Result<Option<u64>, StoreError> {
         let conn = self.pool.get().await?;
-        conn.execute(
-            "INSERT INTO authority (singleton, state) VALUES (1, $1)
-             ON CONFLICT (singleton) DO UPDATE SET state = excluded.state",
-            &[&state],
+        let row = conn
+            .query_opt("SELECT version FROM authority WHERE singleton = 1", &[])
+            .await
+            .map_err(backend)?;
+        row.map(|r| authority_version(col(&r, 0)?)).transpose()
+    }
+
+    async fn write_authority(
+        &self,
+        expected: Option<u64>,
+        state: &str,
+    ) -> Result<AuthorityWrite, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        // The first state is inserted only if there is none, a later one replaces the version the
+        // caller knows: of two replicas racing, the second finds the row taken or changed, writes
+        // nothing and gets the winner's state.
+        let written = match expected {
+            None => {
+                tx.query_opt(
+                    "INSERT INTO authority (singleton, state, version) VALUES (1, $1, 1)
+                     ON CONFLICT (singleton) DO NOTHING RETURNING version",
+                    &[&state],
+                )
+                .await
+            }
+            Some(v) => {
+                let v =
+                    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("authority version {v}")))?;
+                tx.query_opt(
+                    "UPDATE authority SET state = $1, version = version + 1
+                     WHERE singleton = 1 AND version = $2 RETURNING version",
+                    &[&state, &v],
+                )
+                .await
+            }
+        }
+        .map_err(backend)?;
+        let Some(row) = written else {
+            return Ok(AuthorityWrite::Conflict(Self::read_authority(&tx).await?));
+        };
+        let version = authority_version(col(&row, 0)?)?;
+        self.notify(&tx, &Change::AuthorityChanged { version }).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(AuthorityWrite::Written(version))
+    }
+
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        let mut lead = self.lead.lock().await;
+        if let Some(session) = &lead.session {
+            // PostgreSQL ends a session's advisory locks with the session: a session that broke
+            // (a restart, a network failure) lost the lead, which another replica may hold by now.
+            let alive = !session.is_closed()
+                && matches!(
+                    tokio::time::timeout(LEAD_CHECK, session.simple_query("SELECT 1")).await,
+                    Ok(Ok(_))
+                );
+            if !alive {
+                if lead.held {
+                    tracing::warn!(database = %self.pool.url, "lost the lead of key rotation (its PostgreSQL session ended); another replica may take it");
+                }
+                *lead = Lead::default();
+            }
+        }
+        if lead.held {
+            return Ok(true);
+        }
+        if lead.session.is_none() {
+            let session = self.pool.connect().await?;
+            // The database notices a leader that vanished without closing its connection (a host
+            // that lost power) by these keepalives, and then frees the lead: within about 30 s.
+            session
+                .batch_execute(
+                    "SET tcp_keepalives_idle = 15; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+                )
+                .await
+                .map_err(backend)?;
+            lead.session = Some(session);
+        }
+        let Some(session) = &lead.session else { return Ok(false) };
+        let row = tokio::time::timeout(
+            LEAD_CHECK,
+            session.query_one("SELECT pg_try_advisory_lock($1)", &[&LEAD_LOCK]),
         )
         .await
+        .map_err(|_| StoreError::Backend("PostgreSQL did not answer the lead request in time".into()))?
         .map_err(backend)?;
-        Ok(())
+        let held: bool = col(&row, 0)?;
+        if held {
+            tracing::info!(database = %self.pool.url, "this replica now leads key rotation");
+            lead.held = true;
+        }
+        Ok(held)
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        let receiver = self.hub.changes.subscribe();
+        if !self.hub.started.swap(true, Ordering::SeqCst) {
+            let (url, tls) = (self.pool.url.clone(), self.pool.tls.clone());
+            let (origin, changes) = (self.origin.clone(), self.hub.changes.clone());
+            tokio::spawn(listen(url, tls, origin, changes, self.hub.stop.subscribe()));
+        }
+        Some(receiver)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -650,9 +1027,134 @@ impl Store for PostgresStore {
     }
 }
 
+/// Keeps a listening connection open and forwards the changes of other stores to `changes`, until
+/// the store is dropped (`stop`). A lost connection is opened again, with growing pauses, and each
+/// (re)opening is followed by a [`Change::Resync`]: what committed while nobody listened is lost.
+async fn listen(
+    url: PgUrl,
+    tls: PgTls,
+    origin: Arc<str>,
+    changes: broadcast::Sender<Change>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pause = CONNECT_RETRY;
+    let mut failing = false;
+    loop {
+        let ended = tokio::select! {
+            ended = listen_once(&url, &tls, &origin, &changes, &mut failing) => ended,
+            _ = stop.changed() => return,
+        };
+        if ended.heard {
+            pause = CONNECT_RETRY;
+        }
+        if !failing {
+            tracing::warn!(database = %url, error = %ended.why, "the connection that hears other replicas' changes failed; reconnecting (agents get a fresh snapshot once it is back)");
+            failing = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return,
+        }
+        pause = (pause * 2).min(LISTEN_RETRY_MAX);
+    }
+}
+
+/// How a listening connection ended.
+struct ListenEnd {
+    why: String,
+    /// Whether it got as far as listening.
+    heard: bool,
+}
+
+/// One listening connection, from opening to failure.
+async fn listen_once(
+    url: &PgUrl,
+    tls: &PgTls,
+    origin: &str,
+    changes: &broadcast::Sender<Change>,
+    failing: &mut bool,
+) -> ListenEnd {
+    let end = |why: String, heard| ListenEnd { why, heard };
+    let (client, mut connection) = match open(url, tls).await {
+        Ok(opened) => opened,
+        Err((e, _)) => return end(e.to_string(), false),
+    };
+    // The connection's messages (notifications among them) arrive by polling it, which also carries
+    // the client's requests; a task does that and hands the notifications over.
+    let (heard, mut notes) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+            let note = match message {
+                Some(Ok(AsyncMessage::Notification(n))) => Ok(n),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Err(describe(&e)),
+                None => Err("the connection was closed".to_owned()),
+            };
+            let last = note.is_err();
+            if heard.send(note).is_err() || last {
+                return;
+            }
+        }
+    });
+    let _driver = AbortOnDrop(driver);
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        return end(describe(&e), false);
+    }
+    if std::mem::take(failing) {
+        tracing::info!(database = %url, "hearing other replicas' changes again");
+    }
+    // Every change from here on is heard; one that committed before may have been missed.
+    let _ = changes.send(Change::Resync);
+    while let Some(note) = notes.recv().await {
+        let note = match note {
+            Ok(note) => note,
+            Err(why) => return end(why, true),
+        };
+        let change = match serde_json::from_str::<NoticeIn>(note.payload()) {
+            Ok(notice) if notice.o == origin => continue,
+            Ok(notice) => notice.c,
+            // A notice this build cannot read (from a newer vouch): re-read everything.
+            Err(_) => Change::Resync,
+        };
+        // No receiver (the server is stopping) is not an error.
+        let _ = changes.send(change);
+    }
+    end("the connection was closed".to_owned(), true)
+}
+
+/// Aborts a task when dropped, so that it cannot outlive its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_the_url_and_shown_without_the_password() {
+        let (text, mode, ca) = take_tls_params(
+            "postgres://u:pw@h/db?connect_timeout=5&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem",
+        )
+        .unwrap();
+        assert_eq!(text, "postgres://u:pw@h/db?connect_timeout=5");
+        assert_eq!((mode.as_deref(), ca), (Some("verify-full"), Some("/etc/ca x.pem".into())));
+        assert_eq!(take_tls_params("postgres://h/db").unwrap(), ("postgres://h/db".to_owned(), None, None));
+        assert!(take_tls_params("postgres://h/db?sslrootcert=%2").is_err());
+        let url = PgUrl::parse("postgres://u:s3cret@h/db?sslmode=require&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(url.to_string(), "postgres://u:***@h:5432/db?sslmode=verify-full");
+        assert_eq!(url.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        let plain = PgUrl::parse("postgres://u:s3cret@h/db?sslmode=prefer").unwrap();
+        assert_eq!(
+            (plain.to_string().as_str(), plain.ca_file.is_none()),
+            ("postgres://u:***@h:5432/db", true)
+        );
+    }
 
     #[test]
     fn passwords_in_quoted_text_are_masked() {

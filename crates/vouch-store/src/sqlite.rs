@@ -10,13 +10,13 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use vouch_core::{Entry, EntryId, SpiffeId};
 
 use crate::codec::{
-    consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
-    sort_rows, usable_token, DamageLog,
+    authority_version, consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry,
+    prior_revision, sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::{
-    agent_rules, AgentRecord, AgentRule, DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store,
-    StoreError, TokenUse,
+    agent_rules, AgentRecord, AgentRule, AuthorityWrite, DamagedEntry, EntryFilter, EntryListing,
+    JoinTokenRecord, Store, StoreError, StoredAuthority, TokenUse,
 };
 
 /// The schema, step by step. Steps 1 and 2 are the schema of the builds before `schema_version`,
@@ -53,6 +53,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             spiffe_id TEXT PRIMARY KEY,
             data TEXT NOT NULL
         );",
+    },
+    Migration {
+        version: 3,
+        name: "authority version",
+        sql: "ALTER TABLE authority ADD COLUMN version INTEGER NOT NULL DEFAULT 1;",
     },
 ];
 
@@ -510,25 +515,79 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn load_authority(&self) -> Result<Option<String>, StoreError> {
+    async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError> {
         self.with(|conn| {
-            conn.query_row("SELECT state FROM authority WHERE singleton = 1", [], |r| r.get(0))
-                .optional()
-                .map_err(backend)
+            conn.query_row("SELECT version, state FROM authority WHERE singleton = 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()
+            .map_err(backend)?
+            .map(|(version, state)| Ok(StoredAuthority { version: authority_version(version)?, state }))
+            .transpose()
         })
         .await
     }
 
-    async fn save_authority(&self, state: &str) -> Result<(), StoreError> {
+    async fn authority_version(&self) -> Result<Option<u64>, StoreError> {
+        self.with(|conn| {
+            conn.query_row("SELECT version FROM authority WHERE singleton = 1", [], |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(backend)?
+                .map(authority_version)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn write_authority(
+        &self,
+        expected: Option<u64>,
+        state: &str,
+    ) -> Result<AuthorityWrite, StoreError> {
         let state = state.to_owned();
+        let expected = expected.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
         self.with_write(move |conn| {
-            conn.execute(
-                "INSERT INTO authority (singleton, state) VALUES (1, ?1)
-                 ON CONFLICT (singleton) DO UPDATE SET state = excluded.state",
-                [&state],
-            )
-            .map_err(backend)?;
-            Ok(())
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let written: Option<i64> = match expected {
+                None => tx
+                    .query_row(
+                        "INSERT INTO authority (singleton, state, version) VALUES (1, ?1, 1)
+                         ON CONFLICT (singleton) DO NOTHING RETURNING version",
+                        [&state],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?,
+                Some(v) => tx
+                    .query_row(
+                        "UPDATE authority SET state = ?1, version = version + 1
+                         WHERE singleton = 1 AND version = ?2 RETURNING version",
+                        params![state, v],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?,
+            };
+            let answer = match written {
+                Some(v) => AuthorityWrite::Written(authority_version(v)?),
+                None => {
+                    let stored = tx
+                        .query_row("SELECT version, state FROM authority WHERE singleton = 1", [], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                        })
+                        .optional()
+                        .map_err(backend)?;
+                    AuthorityWrite::Conflict(
+                        stored
+                            .map(|(v, state)| {
+                                Ok::<_, StoreError>(StoredAuthority { version: authority_version(v)?, state })
+                            })
+                            .transpose()?,
+                    )
+                }
+            };
+            tx.commit().map_err(backend)?;
+            Ok(answer)
         })
         .await
     }

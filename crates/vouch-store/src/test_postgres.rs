@@ -169,29 +169,74 @@ impl PgCluster {
         let mut last = String::new();
         for _ in 0..3 {
             cluster.port = free_port();
-            let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-                cluster.port,
-                cluster.dir.path().display()
-            );
-            let mut start = cluster.command("pg_ctl");
-            start
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(cluster.dir.path().join("server.log"))
-                .args(["-w", "-t", "60", "-o", &options, "start"]);
-            match run(start, "pg_ctl start", Duration::from_secs(70)) {
+            match cluster.run_server() {
                 Ok(()) => return Ok(cluster),
                 Err(e) => {
-                    let log =
-                        std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default();
-                    last = format!("{e}\nserver log:\n{log}");
+                    last = e;
                     cluster.stop();
                 }
             }
         }
         Err(last)
+    }
+
+    /// Starts the server of the cluster on its port (pg_ctl waits until it accepts connections).
+    fn run_server(&self) -> Result<(), String> {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut start = self.command("pg_ctl");
+        start
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"]);
+        run(start, "pg_ctl start", Duration::from_secs(70)).map_err(|e| {
+            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            format!("{e}\nserver log:\n{log}")
+        })
+    }
+
+    /// Stops the server as an administrator would for a restart (`pg_ctl stop -m fast`: sessions
+    /// are ended, committed transactions are on disk), keeping its files; [`PgCluster::resume`]
+    /// starts it again on the same port.
+    pub fn pause(&self) {
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D").arg(self.data()).args(["-m", "fast", "-w", "-t", "30", "stop"]);
+        run(stop, "pg_ctl stop", Duration::from_secs(40)).unwrap();
+    }
+
+    /// Turns TLS on with this certificate chain and key (PEM), refuses plain TCP connections (so a
+    /// client that connects uses TLS), and restarts the server for it.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        let data = self.data();
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap();
+            // PostgreSQL refuses a key readable by others, and must own what it reads.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            if self.as_root {
+                let (uid, gid) = os_user(OS_USER).unwrap();
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("hostnossl all all all reject\n{text}")).unwrap();
+        self.pause();
+        self.resume();
+    }
+
+    /// Starts the server stopped by [`PgCluster::pause`] again, on the same port.
+    pub fn resume(&self) {
+        self.run_server().unwrap();
     }
 
     /// The cluster's directory (data, socket, log), removed on drop.

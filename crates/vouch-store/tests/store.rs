@@ -8,7 +8,10 @@
 use std::sync::Arc;
 
 use vouch_store::test_postgres::PgCluster;
-use vouch_store::{conformance, EntryFilter, PgUrl, PostgresStore, SqliteStore, SqliteSynchronous, Store};
+use vouch_store::{
+    conformance, AuthorityWrite, Change, EntryFilter, PgUrl, PostgresStore, SqliteStore, SqliteSynchronous,
+    Store,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_in_memory_conforms() {
@@ -154,13 +157,17 @@ fn schema_versions(path: &std::path::Path) -> (Vec<(u32, String)>, u32) {
 /// upgraded in place, keeping their data; a step they lack runs.
 #[tokio::test]
 async fn databases_of_earlier_builds_are_recognised_and_upgraded_in_place() {
-    let want = vec![(1, "entries, join tokens, authority".to_owned()), (2, "agents".to_owned())];
+    let want = vec![
+        (1, "entries, join tokens, authority".to_owned()),
+        (2, "agents".to_owned()),
+        (3, "authority version".to_owned()),
+    ];
     for steps in [2, 1] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vouch.db");
         create_legacy_database(&path, steps);
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(schema_versions(&path), (want.clone(), 2), "from {steps} step(s)");
+        assert_eq!(schema_versions(&path), (want.clone(), 3), "from {steps} step(s)");
         let old = vouch_core::EntryId::new("old").unwrap();
         assert_eq!(store.get_entry(&old).await.unwrap().unwrap().id, old, "data kept");
         assert_eq!(store.load_authority().await.unwrap().as_deref(), Some("{\"v\":0}"));
@@ -169,7 +176,7 @@ async fn databases_of_earlier_builds_are_recognised_and_upgraded_in_place() {
         drop(store);
         // Opening again changes nothing, and the upgraded database passes the whole contract.
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(schema_versions(&path), (want.clone(), 2));
+        assert_eq!(schema_versions(&path), (want.clone(), 3));
         store.save_authority("{}").await.unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute("DELETE FROM authority", []).unwrap();
@@ -186,10 +193,10 @@ async fn newer_schema_versions_are_refused_and_failed_steps_change_nothing() {
     let path = dir.path().join("vouch.db");
     drop(SqliteStore::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("INSERT INTO schema_version (version, name) VALUES (3, 'from the future')", []).unwrap();
+    conn.execute("INSERT INTO schema_version (version, name) VALUES (4, 'from the future')", []).unwrap();
     drop(conn);
     let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 3, supported: 2 }), "{err}");
+    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 4, supported: 3 }), "{err}");
     assert!(err.to_string().contains("newer than this vouch"), "{err}");
 
     // A step that fails (here: a table in the way of step 2) rolls back the whole upgrade.
@@ -227,7 +234,7 @@ async fn postgres_conforms_and_migrates() {
     let cluster = PgCluster::start();
     let url = PgUrl::parse(&cluster.create_database("conformance").await).unwrap();
     let store = PostgresStore::connect(&url).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     conformance::run(Arc::new(store)).await;
 
     // Reopening finds the schema in place; a second store on the same database (a replica) sees
@@ -235,14 +242,14 @@ async fn postgres_conforms_and_migrates() {
     let tcp = cluster.tcp_url("conformance");
     let replica = PostgresStore::connect(&PgUrl::parse(&tcp).unwrap()).await.unwrap();
     assert_eq!(replica.load_authority().await.unwrap().as_deref(), Some("{\"v\":2}"));
-    assert_eq!(replica.schema_version().await.unwrap(), 2);
+    assert_eq!(replica.schema_version().await.unwrap(), 3);
 
     // Replicas starting together on an empty database migrate once, one after the other.
     let url = PgUrl::parse(&cluster.create_database("together").await).unwrap();
     let (a, b) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
     assert_eq!(
         (a.unwrap().schema_version().await.unwrap(), b.unwrap().schema_version().await.unwrap()),
-        (2, 2)
+        (3, 3)
     );
 
     // A database from a newer vouch is refused.
@@ -250,11 +257,11 @@ async fn postgres_conforms_and_migrates() {
         tokio_postgres::connect(&cluster.socket_url("together"), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     client
-        .batch_execute("INSERT INTO schema_version (version, name) VALUES (3, 'from the future')")
+        .batch_execute("INSERT INTO schema_version (version, name) VALUES (4, 'from the future')")
         .await
         .unwrap();
     let err = PostgresStore::connect(&url).await.unwrap_err();
-    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 3, supported: 2 }), "{err}");
+    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 4, supported: 3 }), "{err}");
 }
 
 /// The password in a store URL never shows: not in its Display or Debug form, not in the error of
@@ -305,4 +312,139 @@ fn a_test_cluster_is_stopped_and_removed_when_its_test_panics() {
     assert!(!dir.exists(), "{} removed", dir.display());
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(state.is_empty() || state.contains(") Z"), "postmaster {pid} stopped: {state}");
+}
+
+/// The next change `rx` hears within a few seconds.
+async fn heard(rx: &mut tokio::sync::broadcast::Receiver<Change>) -> Change {
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a change within 5 s")
+        .expect("the change channel is open")
+}
+
+/// Replicas on one PostgreSQL hear each other's committed changes (not their own, and nothing of a
+/// write that rolled back), and one of them at a time holds the lead, which passes to another when
+/// its holder goes away. SQLite has no one else to hear, and its only process always leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_hear_each_others_changes_and_share_one_lead() {
+    let sqlite = SqliteStore::in_memory().unwrap();
+    assert!(sqlite.changes().is_none());
+    assert!(sqlite.try_lead().await.unwrap());
+
+    let cluster = PgCluster::start();
+    let url = PgUrl::parse(&cluster.create_database("replicas").await).unwrap();
+    let a = PostgresStore::connect(&url).await.unwrap();
+    let b = PostgresStore::connect(&PgUrl::parse(&cluster.tcp_url("replicas")).unwrap()).await.unwrap();
+    let mut at_a = a.changes().unwrap();
+    let mut at_b = b.changes().unwrap();
+    // Listening starts with a resync: what committed before was not heard.
+    assert_eq!(heard(&mut at_a).await, Change::Resync);
+    assert_eq!(heard(&mut at_b).await, Change::Resync);
+
+    let (n1, n2) = ("spiffe://example.org/agent/n1", "spiffe://example.org/agent/n2");
+    let id = vouch_core::EntryId::new("e1").unwrap();
+    a.create_entries(&[entry("e1", n1)]).await.unwrap();
+    assert_eq!(heard(&mut at_b).await, Change::EntryUpserted { id: id.clone(), previous_parent: None });
+    // A batch that fails (a taken id) rolls back, notices included.
+    assert!(a.create_entries(&[entry("e2", n1), entry("e1", n1)]).await.is_err());
+    let mut moved = entry("e1", n2);
+    moved.revision = 1;
+    b.update_entry(&moved).await.unwrap();
+    assert_eq!(
+        heard(&mut at_a).await,
+        Change::EntryUpserted { id: id.clone(), previous_parent: Some(n1.parse().unwrap()) }
+    );
+    a.delete_entry(&id).await.unwrap();
+    assert_eq!(heard(&mut at_b).await, Change::EntryDeleted { id, parent: n2.parse().unwrap() });
+    let agent: vouch_core::SpiffeId = n1.parse().unwrap();
+    a.ban_agent(&agent, 5).await.unwrap();
+    assert_eq!(heard(&mut at_b).await, Change::AgentRemoved { agent: agent.clone(), banned: true });
+    assert!(a.delete_agent(&agent).await.unwrap());
+    assert_eq!(heard(&mut at_b).await, Change::AgentRemoved { agent, banned: false });
+    assert_eq!(a.write_authority(None, "{}").await.unwrap(), AuthorityWrite::Written(1));
+    assert_eq!(heard(&mut at_b).await, Change::AuthorityChanged { version: 1 });
+    // Nothing of a's own writes came back to a, and b heard nothing of the failed batch.
+    assert!(at_a.try_recv().is_err(), "a store does not hear its own changes");
+    assert!(at_b.try_recv().is_err(), "nothing more: the failed batch sent nothing");
+
+    // One lead at a time; it stays with its holder and passes on when the holder is gone.
+    assert!(a.try_lead().await.unwrap());
+    assert!(!b.try_lead().await.unwrap());
+    assert!(a.try_lead().await.unwrap(), "the holder keeps it");
+    drop((a, at_a));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !b.try_lead().await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the lead did not pass on within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A CA, and a certificate and key for 127.0.0.1 signed by it; all PEM.
+fn tls_material() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "vouch test database CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// TLS to PostgreSQL: with `sslmode=verify-full` and the CA file the store connects (pool, listener
+/// and lead sessions alike) to a server that refuses plain connections; a server whose certificate
+/// another CA signed is refused; a URL that asks for TLS without a CA file, or for verify-ca, is an
+/// error that says what to write. The password shows nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server() {
+    let (ca, cert, key) = tls_material();
+    let (other_ca, _, _) = tls_material();
+    let files = tempfile::tempdir().unwrap();
+    let (ca_file, other_file) = (files.path().join("ca.pem"), files.path().join("other.pem"));
+    std::fs::write(&ca_file, ca).unwrap();
+    std::fs::write(&other_file, other_ca).unwrap();
+    let cluster = PgCluster::start();
+    cluster.require_tls(&cert, &key);
+    let tcp = cluster.tcp_url("postgres");
+
+    // Plain TCP is refused by this server: what works below works over TLS.
+    let err = PostgresStore::connect(&PgUrl::parse(&tcp).unwrap()).await.unwrap_err().to_string();
+    assert!(err.contains("no encryption"), "{err}");
+
+    let url = PgUrl::parse(&format!("{tcp}?sslmode=verify-full&sslrootcert={}", ca_file.display())).unwrap();
+    assert!(url.to_string().ends_with("/postgres?sslmode=verify-full"), "{url}");
+    let a = PostgresStore::connect(&url).await.unwrap();
+    let b = PostgresStore::connect(
+        &PgUrl::parse(&format!("{tcp}?sslmode=require&sslrootcert={}", ca_file.display())).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut at_b = b.changes().unwrap();
+    assert_eq!(heard(&mut at_b).await, Change::Resync);
+    assert_eq!(a.write_authority(None, "{}").await.unwrap(), AuthorityWrite::Written(1));
+    assert_eq!(heard(&mut at_b).await, Change::AuthorityChanged { version: 1 });
+    assert!(a.try_lead().await.unwrap());
+    assert!(!b.try_lead().await.unwrap());
+
+    // Another CA's server certificate is refused.
+    let wrong =
+        PgUrl::parse(&format!("{tcp}?sslmode=verify-full&sslrootcert={}", other_file.display())).unwrap();
+    let err = PostgresStore::connect(&wrong).await.unwrap_err().to_string();
+    assert!(err.contains("certificate") && !err.contains(cluster.password()), "{err}");
+    // A CA file that is not there names itself.
+    let missing =
+        PgUrl::parse(&format!("{tcp}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")).unwrap();
+    let err = PostgresStore::connect(&missing).await.unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+
+    for (params, want) in [
+        ("sslmode=require", "add sslrootcert="),
+        ("sslmode=verify-ca&sslrootcert=/x", "use sslmode=verify-full"),
+        ("sslmode=maybe", "sslmode `maybe`"),
+        ("sslrootcert=/x", "add sslmode=verify-full"),
+    ] {
+        let err = PgUrl::parse(&format!("{tcp}?{params}")).unwrap_err().to_string();
+        assert!(err.contains(want) && !err.contains(cluster.password()), "{params}: {err}");
+    }
 }
