@@ -1,6 +1,8 @@
 //! The sync loop: one long-lived stream from the server carrying the entries this agent may serve,
-//! first as a snapshot, then change by change. Reconnects with jittered exponential backoff; while
-//! disconnected the agent keeps serving what it holds. When an admin bans the agent, the server ends
+//! first as a snapshot, then change by change. When the stream's replica dies (reset, killed, or
+//! silent past [`SYNC_IDLE_LIMIT`]) the stream reconnects to another replica at once, and with
+//! jittered exponential backoff while none answers; while disconnected the agent keeps serving
+//! what it holds. When an admin bans the agent, the server ends
 //! the stream saying so, the agent drops what it serves and the loop stops (retrying cannot help,
 //! and an operator must act); when it evicts the agent, a PSAT or x509pop agent attests again by
 //! itself, and a join-token agent says that it needs a new token and retries only slowly.
@@ -13,6 +15,7 @@ use vouch_api::ErrorCode;
 use vouch_ca::Bundle;
 use vouch_client::ClientError;
 
+use crate::server_link::Endpoint;
 use crate::state::AgentState;
 use crate::AgentError;
 
@@ -21,6 +24,12 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Wait between attempts of an evicted agent: reconnecting cannot work until it attests again, so
 /// it only checks now and then (an admin may have undone a mistaken eviction by a new attestation).
 pub const EVICTED_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Longest silence on the sync stream before its replica is taken as gone: three of the server's
+/// keep-alive lines (`vouch_server::agent_api::SYNC_PING`, 15 s). Without it a replica that stops
+/// answering without closing the connection (a host that froze or dropped off the network) would
+/// hold the stream until TCP gives up, many minutes later.
+pub const SYNC_IDLE_LIMIT: Duration = Duration::from_secs(45);
 
 /// How the sync stream ended, and what the loop does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +82,33 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
     Ok(())
 }
 
-/// Follows the stream until it ends or fails; `Some` when the server ended it because the agent
-/// was removed.
+/// Follows the stream on a live replica until it ends or fails; `Some` when the server ended it
+/// because the agent was removed.
 pub async fn sync_once(state: &AgentState) -> Result<Option<Removal>, AgentError> {
-    let mut lines = state.link.client().sync().await?;
-    while let Some(line) = lines.next().await {
+    let (server, mut lines) = state.link.open_sync().await?;
+    let result = follow(state, &server, &mut lines).await;
+    let why = match &result {
+        Ok(Some(_)) => None,
+        Ok(None) => Some("the server ended the stream".to_owned()),
+        Err(e) => Some(e.to_string()),
+    };
+    state.link.stream_ended(&server, why);
+    result
+}
+
+async fn follow(
+    state: &AgentState,
+    server: &Endpoint,
+    lines: &mut vouch_client::SyncStream,
+) -> Result<Option<Removal>, AgentError> {
+    loop {
+        let Ok(next) = tokio::time::timeout(SYNC_IDLE_LIMIT, lines.next()).await else {
+            return Err(AgentError::Protocol(format!(
+                "sync: nothing from the server for {} s, though it pings every 15 s; taking it as gone",
+                SYNC_IDLE_LIMIT.as_secs()
+            )));
+        };
+        let Some(line) = next else { return Ok(None) };
         let line = line?;
         state.metrics.sync_line(crate::clock::now());
         if let SyncLine::Closed { reason, message } = line {
@@ -89,10 +120,17 @@ pub async fn sync_once(state: &AgentState) -> Result<Option<Removal>, AgentError
         apply_line(state, line)?;
         if !state.link.connected() {
             state.link.set_connected(true);
-            tracing::info!(agent = %state.link.agent_id(), entries = state.registry.entries().len(), "synced with the server");
+            let entries = state.registry.entries().len();
+            match state.link.take_left() {
+                Some((previous, why)) if &previous != server => {
+                    tracing::warn!(agent = %state.link.agent_id(), %server, %previous, reason = %why, entries, "synced with another server: the previous one failed")
+                }
+                _ => {
+                    tracing::info!(agent = %state.link.agent_id(), %server, entries, "synced with the server")
+                }
+            }
         }
     }
-    Ok(None)
 }
 
 /// Runs the sync loop until `shutdown` fires.
@@ -135,10 +173,12 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
                 tracing::error!(agent = %state.link.agent_id(), %reason, retry_in = ?EVICTED_BACKOFF, "this agent was evicted by an admin; its SVID no longer works. A join token is single use: restart it with a new one (`vouch token create`) so that it attests again");
                 backoff = EVICTED_BACKOFF;
             }
-            (None, Ok(_)) => tracing::warn!("sync stream ended; reconnecting"),
+            (None, Ok(_)) => {
+                tracing::warn!(server = ?state.link.left_server().map(|s| s.to_string()), "sync stream ended; reconnecting")
+            }
             (None, Err(e)) => {
                 state.metrics.server_error(crate::metrics::ServerOp::Sync);
-                tracing::warn!(error = %e, retry_in = ?backoff, "sync with the server failed; serving cached SVIDs")
+                tracing::warn!(error = %e, retry_in = ?backoff, "sync with the server failed; serving cached SVIDs, reconnecting")
             }
         }
         // A stream that was up starts the backoff over, unless the agent was evicted (set above).

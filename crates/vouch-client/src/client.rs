@@ -111,7 +111,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 enum Transport {
     Unix(PathBuf),
-    Tls { addr: String, config: Arc<rustls::ClientConfig> },
+    Tls {
+        addr: String,
+        /// The one address to connect to (a replica `addr` resolved to); None: any `addr` names.
+        connect_to: Option<std::net::SocketAddr>,
+        config: Arc<rustls::ClientConfig>,
+    },
 }
 
 /// An admin API client.
@@ -119,6 +124,8 @@ enum Transport {
 pub struct AdminClient {
     transport: Transport,
     timeout: Duration,
+    /// A limit on connecting alone (TCP and TLS), within `timeout`.
+    connect_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for AdminClient {
@@ -138,13 +145,30 @@ pub struct Connection {
 impl AdminClient {
     /// A client of the local admin socket.
     pub fn unix(path: impl Into<PathBuf>) -> Self {
-        Self { transport: Transport::Unix(path.into()), timeout: DEFAULT_TIMEOUT }
+        Self { transport: Transport::Unix(path.into()), timeout: DEFAULT_TIMEOUT, connect_timeout: None }
     }
 
     /// The same client with another limit on each call (connecting, sending and reading the whole
     /// answer) and on opening a connection.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The same client with a shorter limit on connecting alone (TCP connect and TLS handshake):
+    /// a caller that can try another replica should not spend its whole call timeout on a host
+    /// that does not answer.
+    pub fn with_connect_timeout(mut self, limit: Duration) -> Self {
+        self.connect_timeout = Some(limit);
+        self
+    }
+
+    /// The same mTLS client, connecting to `addr` only (one of the addresses its host name
+    /// resolves to), still naming the host in TLS and HTTP. A Unix socket client is unchanged.
+    pub fn connecting_to(mut self, addr: std::net::SocketAddr) -> Self {
+        if let Transport::Tls { connect_to, .. } = &mut self.transport {
+            *connect_to = Some(addr);
+        }
         self
     }
 
@@ -190,14 +214,18 @@ impl AdminClient {
         let config = client_config(SpiffeServerVerifier::new(&roots, expected), client_material)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         Ok(Self {
-            transport: Transport::Tls { addr: addr.to_owned(), config: Arc::new(config) },
+            transport: Transport::Tls { addr: addr.to_owned(), connect_to: None, config: Arc::new(config) },
             timeout: DEFAULT_TIMEOUT,
+            connect_timeout: None,
         })
     }
 
     fn target(&self) -> String {
         match &self.transport {
             Transport::Unix(p) => p.display().to_string(),
+            Transport::Tls { addr, connect_to: Some(ip), .. } if ip.to_string() != *addr => {
+                format!("https://{addr} ({ip})")
+            }
             Transport::Tls { addr, .. } => format!("https://{addr}"),
         }
     }
@@ -226,20 +254,32 @@ impl AdminClient {
                 })?;
                 handshake(stream, "localhost".into()).await.map_err(|e| err(e.to_string()))
             }
-            Transport::Tls { addr, config } => {
-                let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| err(e.to_string()))?;
-                // Requests are written whole; Nagle's algorithm could only delay them.
-                let _ = stream.set_nodelay(true);
-                let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']);
-                // The name is only used for SNI; the server is verified by its SPIFFE ID.
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or(
-                    rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
-                );
-                let connector = tokio_rustls::TlsConnector::from(config.clone());
-                let tls = connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| err(format!("TLS handshake failed: {e}")))?;
+            Transport::Tls { addr, connect_to, config } => {
+                let tls = async {
+                    let stream = match connect_to {
+                        Some(ip) => tokio::net::TcpStream::connect(ip).await,
+                        None => tokio::net::TcpStream::connect(addr).await,
+                    }
+                    .map_err(|e| err(e.to_string()))?;
+                    // Requests are written whole; Nagle's algorithm could only delay them.
+                    let _ = stream.set_nodelay(true);
+                    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']);
+                    // The name is only used for SNI; the server is verified by its SPIFFE ID.
+                    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or(
+                        rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+                    );
+                    let connector = tokio_rustls::TlsConnector::from(config.clone());
+                    connector
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| err(format!("TLS handshake failed: {e}")))
+                };
+                let tls = match self.connect_timeout {
+                    Some(limit) => tokio::time::timeout(limit, tls).await.map_err(|_| {
+                        err(format!("no connection within {} ms (is the host up?)", limit.as_millis()))
+                    })??,
+                    None => tls.await?,
+                };
                 handshake(tls, addr.clone()).await.map_err(|e| err(e.to_string()))
             }
         }
