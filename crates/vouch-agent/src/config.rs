@@ -546,7 +546,8 @@ mod tests {
             let err = refused(&format!("version = 1\n{line}\n"), &[]);
             assert!(err.contains(expected), "{line}: {err}");
         }
-        for (var, expected) in [("a:1,,b:2", "server address ``: empty"), ("", "empty"), ("a:1,a:1", "twice")] {
+        for (var, expected) in [("a:1,,b:2", "server address ``: empty"), ("", "empty"), ("a:1,a:1", "twice")]
+        {
             let err = refused("version = 1\n", &[("VOUCH_AGENT_SERVER", var)]);
             assert!(err.contains(expected) && err.contains("VOUCH_AGENT_SERVER"), "{var}: {err}");
         }
