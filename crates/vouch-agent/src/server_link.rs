@@ -340,11 +340,6 @@ impl ServerLink {
         Ok((endpoint, stream))
     }
 
-    /// The endpoint the sync stream left last.
-    pub(crate) fn left_server(&self) -> Option<Endpoint> {
-        self.lock().left.as_ref().map(|(e, _)| e.clone())
-    }
-
     /// The endpoint the sync stream left last, and why; taken (reported once).
     pub(crate) fn take_left(&self) -> Option<(Endpoint, String)> {
         self.lock().left.take()

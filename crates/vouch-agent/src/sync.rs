@@ -82,10 +82,13 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
     Ok(())
 }
 
-/// Follows the stream on a live replica until it ends or fails; `Some` when the server ended it
-/// because the agent was removed.
-pub async fn sync_once(state: &AgentState) -> Result<Option<Removal>, AgentError> {
-    let (server, mut lines) = state.link.open_sync().await?;
+/// Follows the stream on a live replica until it ends or fails: the replica it was on (None when
+/// none accepted it), and `Some` removal when the server ended it because the agent was removed.
+pub async fn sync_once(state: &AgentState) -> (Option<Endpoint>, Result<Option<Removal>, AgentError>) {
+    let (server, mut lines) = match state.link.open_sync().await {
+        Ok(opened) => opened,
+        Err(e) => return (None, Err(e)),
+    };
     let result = follow(state, &server, &mut lines).await;
     let why = match &result {
         Ok(Some(_)) => None,
@@ -93,7 +96,7 @@ pub async fn sync_once(state: &AgentState) -> Result<Option<Removal>, AgentError
         Err(e) => Some(e.to_string()),
     };
     state.link.stream_ended(&server, why);
-    result
+    (Some(server), result)
 }
 
 async fn follow(
@@ -137,7 +140,7 @@ async fn follow(
 pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        let result = tokio::select! {
+        let (server, result) = tokio::select! {
             r = sync_once(&state) => r,
             _ = shutdown.changed() => return,
         };
@@ -174,11 +177,11 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
                 backoff = EVICTED_BACKOFF;
             }
             (None, Ok(_)) => {
-                tracing::warn!(server = ?state.link.left_server().map(|s| s.to_string()), "sync stream ended; reconnecting")
+                tracing::warn!(server = %describe(server.as_ref()), "sync stream ended; reconnecting")
             }
             (None, Err(e)) => {
                 state.metrics.server_error(crate::metrics::ServerOp::Sync);
-                tracing::warn!(error = %e, retry_in = ?backoff, "sync with the server failed; serving cached SVIDs, reconnecting")
+                tracing::warn!(server = %describe(server.as_ref()), error = %e, retry_in = ?backoff, "sync with the server failed; serving cached SVIDs, reconnecting")
             }
         }
         // A stream that was up starts the backoff over, unless the agent was evicted (set above).
@@ -194,6 +197,11 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The replica a stream was on, for a log line.
+fn describe(server: Option<&Endpoint>) -> String {
+    server.map_or_else(|| "none reachable".to_owned(), ToString::to_string)
 }
 
 #[cfg(test)]

@@ -106,6 +106,39 @@ impl Replica {
     }
 }
 
+/// The process's log lines, captured for assertions. Installed by one test only (a process has one
+/// global subscriber); lines of tests running alongside land here too, which the assertions allow.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn install() -> Self {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -150,6 +183,7 @@ async fn next(stream: &mut tonic::Streaming<X509svidResponse>, limit: Duration) 
 /// replica is tried again later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() {
+    let logs = CapturedLogs::install();
     let cluster = vouch_store::test_postgres::PgCluster::start();
     cluster.create_database("vouch").await;
     let store = cluster.tcp_url("vouch");
@@ -245,6 +279,25 @@ async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() 
         got = next(&mut stream, Duration::from_secs(10)).await;
     }
     assert_eq!(got.svids.len(), 3, "the workload's stream was never interrupted");
+
+    // The log says which server the agent synced with, and after a switch which one it left and
+    // why; the join token shows nowhere.
+    let logs = logs.text();
+    let (addr_a, addr_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let synced =
+        |line: &str, server: &str| line.contains("synced with") && line.contains(&format!("server={server}"));
+    assert!(logs.lines().any(|l| synced(l, &addr_a) && l.contains("synced with the server")), "{logs}");
+    let switched = logs
+        .lines()
+        .find(|l| synced(l, &addr_b) && l.contains(&format!("previous={addr_a}")))
+        .unwrap_or_else(|| panic!("no line on the switch to {addr_b}:\n{logs}"));
+    assert!(switched.contains("the previous one failed") && switched.contains("reason="), "{switched}");
+    assert!(
+        logs.lines().any(|l| synced(l, &addr_a) && l.contains(&format!("previous={addr_b}"))),
+        "the switch back is logged too:\n{logs}"
+    );
+    let secret = token["token"].as_str().unwrap();
+    assert!(!logs.contains(secret), "the join token is in the logs");
 
     drop(stream);
     tokio::time::timeout(Duration::from_secs(15), agent.shutdown()).await.expect("the agent stops");
