@@ -467,4 +467,16 @@ mod tests {
         assert_eq!(named.to_string(), "vouch.example.org:8443 (10.0.0.5:8443)");
         assert_eq!(ep(8443).to_string(), "127.0.0.1:8443");
     }
+
+    #[tokio::test]
+    async fn a_name_stands_for_every_address_it_resolves_to() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let localhost = resolve(&"localhost:8443".parse().unwrap()).await.unwrap();
+        assert!(localhost.contains(&addr("127.0.0.1:8443")), "{localhost:?}");
+        // An address is taken as it is, without asking a resolver.
+        assert_eq!(resolve(&"10.1.2.3:1".parse().unwrap()).await.unwrap(), [addr("10.1.2.3:1")]);
+        assert_eq!(resolve(&"[fd00::5]:2".parse().unwrap()).await.unwrap(), [addr("[fd00::5]:2")]);
+        // A name that does not resolve is an error naming why (bounded by CONNECT_TIMEOUT).
+        assert!(resolve(&"no-such-host.invalid:1".parse().unwrap()).await.is_err());
+    }
 }

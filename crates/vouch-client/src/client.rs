@@ -589,6 +589,46 @@ mod tests {
         path
     }
 
+    /// A host that accepts TCP connections and never says a word (a stopped or wedged replica).
+    async fn mute_tcp() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        addr
+    }
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[tokio::test]
+    async fn the_connect_timeout_gives_up_on_a_mute_host_before_the_call_timeout() {
+        let addr = mute_tcp().await;
+        let td = TrustDomain::new("example.org").unwrap();
+        // Named by a host that does not exist: `connecting_to` decides where it connects.
+        let client = AdminClient::tls("replica.invalid:8443", &td, &ca_pem(), None)
+            .unwrap()
+            .with_connect_timeout(Duration::from_millis(300))
+            .connecting_to(addr);
+        let started = std::time::Instant::now();
+        match client.connect().await {
+            Err(ClientError::Connect { target, reason }) => {
+                assert_eq!(target, format!("https://replica.invalid:8443 ({addr})"));
+                assert!(reason.contains("no connection within 300 ms"), "{reason}");
+            }
+            other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "not the 30 s call timeout");
+    }
+
     #[tokio::test]
     async fn a_server_that_never_answers_is_a_timeout_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();

@@ -202,7 +202,9 @@ async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() 
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, &pem).unwrap();
     let agent_dir: PathBuf = dir.path().join("agent");
-    let servers = format!("{},{}", a.addr(), b.addr());
+    // The second by name: a name counts as every address it resolves to (here 127.0.0.1, and
+    // ::1 where /etc/hosts has it, which refuses and is passed over).
+    let servers = format!("{},localhost:{port_b}", a.addr());
     let env = |k: &str| match k {
         "VOUCH_AGENT_SERVER" => Some(servers.clone()),
         "VOUCH_AGENT_DATA_DIR" => Some(agent_dir.display().to_string()),
@@ -283,7 +285,8 @@ async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() 
     // The log says which server the agent synced with, and after a switch which one it left and
     // why; the join token shows nowhere.
     let logs = logs.text();
-    let (addr_a, addr_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let (addr_a, addr_b) =
+        (format!("127.0.0.1:{port_a}"), format!("localhost:{port_b} (127.0.0.1:{port_b})"));
     let synced =
         |line: &str, server: &str| line.contains("synced with") && line.contains(&format!("server={server}"));
     assert!(logs.lines().any(|l| synced(l, &addr_a) && l.contains("synced with the server")), "{logs}");
