@@ -333,7 +333,7 @@ impl ServerLink {
     }
 
     /// Opens the sync stream on the first replica that accepts it, and marks that one as the
-    /// stream's; with the endpoint it left last and why, if it is another.
+    /// stream's.
     pub(crate) async fn open_sync(&self) -> Result<(Endpoint, SyncStream), AgentError> {
         let (endpoint, stream) = self.call_on("sync", |c| async move { c.sync().await }).await?;
         self.lock().current = Some(endpoint.clone());

@@ -2,10 +2,10 @@
 //! first as a snapshot, then change by change. When the stream's replica dies (reset, killed, or
 //! silent past [`SYNC_IDLE_LIMIT`]) the stream reconnects to another replica at once, and with
 //! jittered exponential backoff while none answers; while disconnected the agent keeps serving
-//! what it holds. When an admin bans the agent, the server ends
-//! the stream saying so, the agent drops what it serves and the loop stops (retrying cannot help,
-//! and an operator must act); when it evicts the agent, a PSAT or x509pop agent attests again by
-//! itself, and a join-token agent says that it needs a new token and retries only slowly.
+//! what it holds. When an admin bans the agent, the server ends the stream saying so, the agent
+//! drops what it serves and the loop stops (retrying cannot help, and an operator must act); when
+//! it evicts the agent, a PSAT or x509pop agent attests again by itself, and a join-token agent
+//! says that it needs a new token and retries only slowly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// it only checks now and then (an admin may have undone a mistaken eviction by a new attestation).
 pub const EVICTED_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Longest silence on the sync stream before its replica is taken as gone: three of the server's
-/// keep-alive lines (`vouch_server::agent_api::SYNC_PING`, 15 s). Without it a replica that stops
+/// Longest silence on the sync stream (no byte at all, so a long snapshot line still arriving is
+/// not cut) before its replica is taken as gone: three of the server's keep-alive lines
+/// (`vouch_server::agent_api::SYNC_PING`, 15 s). Without it a replica that stops
 /// answering without closing the connection (a host that froze or dropped off the network) would
 /// hold the stream until TCP gives up, many minutes later.
 pub const SYNC_IDLE_LIMIT: Duration = Duration::from_secs(45);
@@ -85,10 +86,11 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
 /// Follows the stream on a live replica until it ends or fails: the replica it was on (None when
 /// none accepted it), and `Some` removal when the server ended it because the agent was removed.
 pub async fn sync_once(state: &AgentState) -> (Option<Endpoint>, Result<Option<Removal>, AgentError>) {
-    let (server, mut lines) = match state.link.open_sync().await {
+    let (server, lines) = match state.link.open_sync().await {
         Ok(opened) => opened,
         Err(e) => return (None, Err(e)),
     };
+    let mut lines = lines.with_idle_limit(SYNC_IDLE_LIMIT);
     let result = follow(state, &server, &mut lines).await;
     let why = match &result {
         Ok(Some(_)) => None,
@@ -104,14 +106,7 @@ async fn follow(
     server: &Endpoint,
     lines: &mut vouch_client::SyncStream,
 ) -> Result<Option<Removal>, AgentError> {
-    loop {
-        let Ok(next) = tokio::time::timeout(SYNC_IDLE_LIMIT, lines.next()).await else {
-            return Err(AgentError::Protocol(format!(
-                "sync: nothing from the server for {} s, though it pings every 15 s; taking it as gone",
-                SYNC_IDLE_LIMIT.as_secs()
-            )));
-        };
-        let Some(line) = next else { return Ok(None) };
+    while let Some(line) = lines.next().await {
         let line = line?;
         state.metrics.sync_line(crate::clock::now());
         if let SyncLine::Closed { reason, message } = line {
@@ -134,6 +129,7 @@ async fn follow(
             }
         }
     }
+    Ok(None)
 }
 
 /// Runs the sync loop until `shutdown` fires.

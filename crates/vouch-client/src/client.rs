@@ -449,6 +449,8 @@ const ANSWER_AFTER_CLOSE: Duration = Duration::from_millis(200);
 pub struct LineStream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    /// Longest wait for more of the body (None: no limit).
+    pub(crate) idle: Option<Duration>,
     /// The answer's `Retry-After`, if present.
     pub(crate) retry_after: Option<Duration>,
 }
@@ -470,7 +472,21 @@ impl LineStream {
             if self.buf.len() > MAX_LINE_BYTES {
                 return Some(Err(ClientError::Protocol("stream line too long".into())));
             }
-            let Some(frame) = self.body.frame().await else {
+            // The limit is on silence, not on a whole line: a large snapshot line that keeps
+            // arriving is not cut off however long it takes.
+            let frame = match self.idle {
+                Some(limit) => match tokio::time::timeout(limit, self.body.frame()).await {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        return Some(Err(ClientError::Protocol(format!(
+                            "nothing received on the stream for {} s",
+                            limit.as_secs_f32()
+                        ))))
+                    }
+                },
+                None => self.body.frame().await,
+            };
+            let Some(frame) = frame else {
                 // The end: a last line without its newline is still a line (an error body is
                 // one); dropping it left agents logging an empty reason.
                 if self.buf.is_empty() {
@@ -514,7 +530,10 @@ impl Connection {
         })
         .await?;
         let retry_after = retry_after_of(resp.headers());
-        Ok((resp.status().as_u16(), LineStream { body: resp.into_body(), buf: Vec::new(), retry_after }))
+        Ok((
+            resp.status().as_u16(),
+            LineStream { body: resp.into_body(), buf: Vec::new(), idle: None, retry_after },
+        ))
     }
 
     /// Sends one request on this connection.
@@ -646,6 +665,30 @@ mod tests {
             other => panic!("expected a timeout, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_silent_is_an_error_after_its_idle_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = server(&dir, |mut stream| async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            // A line, then half of one, then silence with the connection open.
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            let body = "10\r\n{\"type\":\"ping\"}\n\r\n3\r\n{\"t\r\n";
+            let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let client = AdminClient::unix(&path).with_timeout(Duration::from_secs(5));
+        let mut lines = client.sync().await.unwrap().with_idle_limit(Duration::from_millis(300));
+        assert!(matches!(lines.next().await, Some(Ok(vouch_api::agent::SyncLine::Ping))));
+        let started = std::time::Instant::now();
+        match lines.next().await {
+            Some(Err(ClientError::Protocol(m))) => assert!(m.contains("nothing received"), "{m}"),
+            other => panic!("expected the silence to be an error, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[tokio::test]
