@@ -9,7 +9,7 @@
 //! over. Every replica presents `spiffe://<trust domain>/vouch/server`, checked alike for each.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -150,6 +150,8 @@ pub struct ServerLink {
     failover: Mutex<Failover>,
     resolved_at: Mutex<Option<Instant>>,
     connected: AtomicBool,
+    /// Times an endpoint that was up was found down.
+    failovers: AtomicU64,
 }
 
 fn clients(servers: &[ServerAddr], identity: &AgentIdentity) -> Result<Vec<AdminClient>, AgentError> {
@@ -173,6 +175,7 @@ impl ServerLink {
             failover: Mutex::default(),
             resolved_at: Mutex::default(),
             connected: AtomicBool::new(false),
+            failovers: AtomicU64::new(0),
         })
     }
 
@@ -211,6 +214,11 @@ impl ServerLink {
 
     pub(crate) fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// Times an endpoint that was up was found down and set aside (`vouch_agent_server_failovers_total`).
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Failover> {
@@ -286,6 +294,7 @@ impl ServerLink {
     fn failed(&self, endpoint: &Endpoint, op: &'static str, error: &ClientError) {
         let noted = self.lock().failed(endpoint, Instant::now(), jitter());
         if let Some((cooldown, true)) = noted {
+            self.failovers.fetch_add(1, Ordering::Relaxed);
             if self.servers.len() > 1 || self.lock().endpoints.len() > 1 {
                 tracing::warn!(server = %endpoint, op, %error, retry_after = ?cooldown, "a server is unreachable; using the other servers, and trying it again later");
             }
@@ -351,7 +360,9 @@ impl ServerLink {
         match why {
             Some(why) => {
                 // Logged by the sync loop, which says what it does next.
-                let _ = self.lock().failed(endpoint, Instant::now(), jitter());
+                if let Some((_, true)) = self.lock().failed(endpoint, Instant::now(), jitter()) {
+                    self.failovers.fetch_add(1, Ordering::Relaxed);
+                }
                 self.lock().left = Some((endpoint.clone(), why));
             }
             None => {

@@ -232,6 +232,7 @@ async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() 
     a.kill().await;
     let took = wait_synced_with(&agent, &b, Duration::from_secs(10)).await;
     assert!(took < Duration::from_secs(5), "reconnected to the other replica in {took:?}");
+    assert!(agent.state.link.failovers() >= 1, "counted in vouch_agent_server_failovers_total");
     // A new workload connection is served from the agent's cache and by the surviving replica.
     let client =
         spiffe::WorkloadApiClient::connect_to(format!("unix:{}", agent.socket.display())).await.unwrap();
