@@ -178,9 +178,9 @@ async fn next(stream: &mut tonic::Streaming<X509svidResponse>, limit: Duration) 
 
 /// The agent knows both replicas; the one its sync stream is on is killed with SIGKILL. The
 /// workload's open stream goes on, the agent moves to the other replica at once, which signs the
-/// SVID of an entry created there, mints JWT-SVIDs and renews the agent's own SVID. Then the
-/// killed replica comes back, the other one is killed, and the agent moves back to it (a dead
-/// replica is tried again later).
+/// SVID of an entry created there, mints JWT-SVIDs and renews the agent's own SVID. Then that one
+/// is killed too: the workload is served from the agent's cache. Then the first comes back, and
+/// the agent syncs with it again (a dead replica is tried again later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() {
     let logs = CapturedLogs::install();
@@ -272,9 +272,23 @@ async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() 
         .into_inner();
     assert_eq!(jwt.svids.len(), 2, "the renewed SVID is accepted");
 
-    // The killed replica comes back; the other dies: the agent returns to the first.
-    let a = Replica::start(dir.path(), "a", port_a, &store, &kek).await;
+    // The other replica dies too: no server at all. Workloads are served what the agent holds.
     b.kill().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.link.connected() {
+        assert!(Instant::now() < deadline, "the agent did not notice that both replicas are gone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cached =
+        tokio::time::timeout(Duration::from_secs(10), client.fetch_x509_context()).await.unwrap().unwrap();
+    let mut held: Vec<String> = cached.svids().iter().map(|s| s.spiffe_id().to_string()).collect();
+    held.sort();
+    assert_eq!(held, ["spiffe://example.org/first", "spiffe://example.org/second"], "served from the cache");
+    let health = vouch_agent::admin::health(state, std::time::SystemTime::now()).await;
+    assert!(health.ready && health.sync == vouch_api::explain::SyncStatus::ServingCached, "{health:?}");
+
+    // The first replica comes back: the agent finds it again (a dead replica is retried later).
+    let a = Replica::start(dir.path(), "a", port_a, &store, &kek).await;
     wait_synced_with(&agent, &a, Duration::from_secs(15)).await;
     a.entry_for_me("third").await;
     let mut got = next(&mut stream, Duration::from_secs(10)).await;
