@@ -16,7 +16,7 @@ use crate::attest::{RuntimeAttestor, UnixAttestor};
 use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
 pub use crate::registry::Registry;
-pub use crate::server_link::ServerLink;
+pub use crate::server_link::{Endpoint, ServerLink};
 pub use crate::svid_cache::{CachedSvid, SvidCache};
 use crate::AgentError;
 
