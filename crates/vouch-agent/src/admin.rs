@@ -53,10 +53,13 @@ pub async fn health(state: &AgentState, now: SystemTime) -> Health {
         format!(
             "{}: workloads are told to retry until the first sync with {}",
             sync.describe(),
-            state.config.server
+            state.config.servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
         )
     } else {
-        format!("ready: {}", sync.describe())
+        match state.link.server().filter(|_| sync == SyncStatus::Connected) {
+            Some(server) => format!("ready: {} at {server}", sync.describe()),
+            None => format!("ready: {}", sync.describe()),
+        }
     };
     Health {
         ready: workload_api && agent_svid_valid && synced_once,

@@ -18,7 +18,8 @@ pub struct ConfigError(pub String);
 struct FileConfig {
     version: Option<u32>,
     trust_domain: Option<String>,
-    server: Option<String>,
+    /// One `host:port`, or a list of them (replicas, tried in turn).
+    server: Option<toml::Value>,
     data_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     join_token: Option<String>,
@@ -161,8 +162,9 @@ impl std::fmt::Debug for NodeAttestation {
 pub struct AgentConfig {
     /// The trust domain.
     pub trust_domain: TrustDomain,
-    /// The server's mTLS address (`host:port`).
-    pub server: String,
+    /// The server's mTLS addresses, at least one, no two alike: replicas the agent fails over
+    /// between, tried in this order (see [`crate::state::ServerLink`]).
+    pub servers: Vec<ServerAddr>,
     /// Where the agent keeps its key, SVID and bundle.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -193,8 +195,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// The Workload API connection bounds: the configured ones, else from the descriptor limit
-    /// (raised to its hard value first).
+    /// The Workload API connection bounds: the configured ones, else from the process's current
+    /// descriptor limit (which [`crate::Agent::start`] raises first). Reads the limit, changes
+    /// nothing.
     pub fn connection_limits(&self) -> crate::conn_limits::Limits {
         let base = crate::conn_limits::Limits::from_process();
         let total = self.max_connections.unwrap_or(base.total);
@@ -265,9 +268,10 @@ impl AgentConfig {
             env("VOUCH_AGENT_TRUST_DOMAIN").or(file.trust_domain).unwrap_or_else(|| "example.org".into());
         let trust_domain =
             TrustDomain::new(&td).map_err(|e| ConfigError(format!("trust_domain `{td}`: {e}")))?;
-        let server = env("VOUCH_AGENT_SERVER").or(file.server).ok_or_else(|| {
-            ConfigError("server is required: the server's mTLS address, e.g. 127.0.0.1:8443".into())
-        })?;
+        let servers = match env("VOUCH_AGENT_SERVER") {
+            Some(list) => ServerAddr::parse_list(list.split(',').map(str::trim), "VOUCH_AGENT_SERVER")?,
+            None => server_setting(file.server)?,
+        };
         let data_dir = env("VOUCH_AGENT_DATA_DIR")
             .map(PathBuf::from)
             .or(file.data_dir)
@@ -278,7 +282,7 @@ impl AgentConfig {
             .unwrap_or_else(|| data_dir.join("api.sock"));
         Ok(Self {
             trust_domain,
-            server,
+            servers,
             socket,
             node_attestation,
             bundle: env("VOUCH_AGENT_BUNDLE").map(PathBuf::from).or(file.bundle),
@@ -301,6 +305,112 @@ impl AgentConfig {
             max_connections_per_uid,
             data_dir,
         })
+    }
+}
+
+/// A server address as configured: `host:port`, the host a name, an IPv4 address or a bracketed
+/// IPv6 address. A name is resolved when the agent connects, and every address it resolves to
+/// counts as one more replica.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerAddr {
+    host: String,
+    port: u16,
+}
+
+impl ServerAddr {
+    /// The host: a name or an IP address (without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Parses a non-empty list of distinct addresses; `what` names the setting in errors.
+    fn parse_list<'a>(list: impl IntoIterator<Item = &'a str>, what: &str) -> Result<Vec<Self>, ConfigError> {
+        let mut servers: Vec<Self> = Vec::new();
+        for text in list {
+            let addr: Self = text.parse().map_err(|ConfigError(e)| ConfigError(format!("{what}: {e}")))?;
+            if servers.contains(&addr) {
+                return Err(ConfigError(format!("{what}: `{addr}` is listed twice")));
+            }
+            servers.push(addr);
+        }
+        if servers.is_empty() {
+            return Err(ConfigError(format!(
+                "{what} is empty: give the server's mTLS address, e.g. 127.0.0.1:8443, or several"
+            )));
+        }
+        Ok(servers)
+    }
+}
+
+impl std::str::FromStr for ServerAddr {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| {
+            ConfigError(format!(
+                "server address `{s}`: {why}; give host:port, e.g. vouch.example.org:8443, 10.0.0.5:8443 or [fd00::5]:8443"
+            ))
+        };
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port =
+            port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("the port is not 1 to 65535"))?;
+        let host = match host.strip_prefix('[') {
+            Some(v6) => {
+                let v6 = v6.strip_suffix(']').ok_or_else(|| bad("unclosed `[`"))?;
+                v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad("not an IPv6 address in brackets"))?;
+                v6
+            }
+            // An IPv6 address must be bracketed, else its colons are ambiguous with the port's.
+            None if host.contains(':') => return Err(bad("an IPv6 address must be in brackets")),
+            None => host,
+        };
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+        if !name_ok {
+            return Err(bad("the host is not a name or an IP address"));
+        }
+        Ok(Self { host: host.to_owned(), port })
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The `server` setting of the file: one address or a list.
+fn server_setting(value: Option<toml::Value>) -> Result<Vec<ServerAddr>, ConfigError> {
+    let shape = || {
+        ConfigError(
+            "server: give the server's mTLS address, `server = \"vouch.example.org:8443\"`, or a list of replicas, `server = [\"a:8443\", \"b:8443\"]`"
+                .into(),
+        )
+    };
+    match value {
+        None => Err(ConfigError(
+            "server is required: the server's mTLS address, e.g. 127.0.0.1:8443 (or several, for replicas)"
+                .into(),
+        )),
+        Some(toml::Value::String(one)) => ServerAddr::parse_list([one.as_str()], "server"),
+        Some(toml::Value::Array(list)) => {
+            let texts: Vec<&str> =
+                list.iter().map(|v| v.as_str().ok_or_else(shape)).collect::<Result<_, _>>()?;
+            ServerAddr::parse_list(texts, "server")
+        }
+        Some(_) => Err(shape()),
     }
 }
 
@@ -400,5 +510,46 @@ mod tests {
         assert!(refused("k8s_psat_token = \"/t\"\n", &[]).contains("needs k8s_cluster"));
         assert!(refused("x509pop_cert = \"/c\"\n", &[]).contains("needs x509pop_key"));
         assert!(refused("x509pop_key = \"/k\"\n", &[]).contains("needs x509pop_cert"));
+    }
+
+    #[test]
+    fn one_server_or_several_from_file_and_env() {
+        let servers = |c: AgentConfig| c.servers.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let one = load("version = 1\nserver = \"127.0.0.1:8443\"\n", &[]).unwrap();
+        assert_eq!(servers(one), ["127.0.0.1:8443"], "the single string still works");
+        let file = "version = 1\nserver = [\"a.example:8443\", \"10.0.0.2:8443\", \"[fd00::5]:8443\"]\n";
+        let many = load(file, &[]).unwrap();
+        assert_eq!(servers(many), ["a.example:8443", "10.0.0.2:8443", "[fd00::5]:8443"]);
+        assert_eq!(load(file, &[]).unwrap().servers[2].host(), "fd00::5");
+        let env = load(file, &[("VOUCH_AGENT_SERVER", "b:1, c:2")]).unwrap();
+        assert_eq!(servers(env), ["b:1", "c:2"], "the variable wins, comma-separated");
+
+        let refused = |file: &str, vars: &[(&str, &str)]| load(file, vars).unwrap_err().to_string();
+        let cases = [
+            ("server = []", "server is empty"),
+            ("server = [1]", "or a list of replicas"),
+            ("server = 8443", "or a list of replicas"),
+            ("server = \"a:8443\"\nserver = \"b:8443\"", "duplicate key"),
+            ("server = [\"a:8443\", \"a:8443\"]", "`a:8443` is listed twice"),
+            ("server = [\"a:8443\", \"\"]", "server address ``: empty"),
+            ("server = \"a\"", "server address `a`: no port"),
+            ("server = \"a:0\"", "the port is not 1 to 65535"),
+            ("server = \"a:99999\"", "the port is not 1 to 65535"),
+            ("server = \":8443\"", "not a name or an IP address"),
+            ("server = \"a b:8443\"", "not a name or an IP address"),
+            ("server = \"fd00::5:8443\"", "must be in brackets"),
+            ("server = \"[fd00::5:8443\"", "unclosed"),
+            ("server = \"[nope]:8443\"", "not an IPv6 address"),
+            ("", "server is required"),
+        ];
+        for (line, expected) in cases {
+            let err = refused(&format!("version = 1\n{line}\n"), &[]);
+            assert!(err.contains(expected), "{line}: {err}");
+        }
+        for (var, expected) in [("a:1,,b:2", "server address ``: empty"), ("", "empty"), ("a:1,a:1", "twice")]
+        {
+            let err = refused("version = 1\n", &[("VOUCH_AGENT_SERVER", var)]);
+            assert!(err.contains(expected) && err.contains("VOUCH_AGENT_SERVER"), "{var}: {err}");
+        }
     }
 }

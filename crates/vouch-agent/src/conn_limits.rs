@@ -35,21 +35,27 @@ impl Limits {
         Self { total, per_uid: (total / 2).max(4) }
     }
 
-    /// Raises the soft descriptor limit to the hard one (as Go programs and most daemons do: the
-    /// soft default of 1024 is for interactive shells), then bounds for what it is.
+    /// Bounds for the process's current descriptor limit (read only; [`raise_nofile`] raises it,
+    /// once, at agent start).
     pub fn from_process() -> Self {
-        use rustix::process::{getrlimit, setrlimit, Resource};
-        let mut limit = getrlimit(Resource::Nofile);
-        // An unlimited hard limit (None) is raised to no more than a million.
-        let want = limit.maximum.unwrap_or(1 << 20);
-        if limit.current.is_some_and(|soft| soft < want) {
-            let raised = rustix::process::Rlimit { current: Some(want), maximum: limit.maximum };
-            if setrlimit(Resource::Nofile, raised).is_ok() {
-                limit = getrlimit(Resource::Nofile);
-            }
-        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         // No limit at all is rare; take it as generous, still bounded by MAX_TOTAL.
         Self::for_nofile(limit.current.unwrap_or(u64::MAX))
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one (as Go programs and most daemons do: the soft
+/// default of 1024 is for interactive shells). A failure leaves the limit as it was; the bounds
+/// then follow the lower limit.
+pub fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // An unlimited hard limit (None) is raised to no more than a million.
+    let want = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|soft| soft < want) {
+        if let Err(e) = setrlimit(Resource::Nofile, Rlimit { current: Some(want), maximum: limit.maximum }) {
+            tracing::warn!(error = %e, "cannot raise the file descriptor limit; Workload API connections are bounded by the current one");
+        }
     }
 }
 

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use vouch_api::agent::{
-    AgentSvid, JoinTokenAttestation, PsatAttestation, RenewRequest, X509PopAttestation,
-    X509PopChallengeRequest,
+    AgentSvid, JoinTokenAttestation, PsatAttestation, X509PopAttestation, X509PopChallengeRequest,
 };
 use vouch_api::Der;
 use vouch_ca::{Bundle, WorkloadKey};
@@ -49,7 +48,12 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), AgentError> {
 }
 
 impl AgentIdentity {
-    fn from_answer(svid: AgentSvid, key: &WorkloadKey, td: &TrustDomain) -> Result<Self, AgentError> {
+    /// The identity a server's answer `svid` gives the holder of `key`.
+    pub(crate) fn from_answer(
+        svid: AgentSvid,
+        key: &WorkloadKey,
+        td: &TrustDomain,
+    ) -> Result<Self, AgentError> {
         let leaf =
             svid.cert_chain.first().ok_or_else(|| AgentError::Protocol("empty certificate chain".into()))?;
         let info = vouch_ca::x509::cert_info(&leaf.0).map_err(|e| AgentError::Protocol(e.to_string()))?;
@@ -150,7 +154,8 @@ impl AgentIdentity {
         use base64::Engine as _;
         let node_key = vouch_ca::SigningKey::from_pem(node_key_pem, vouch_ca::KeyUse::X509)
             .map_err(|e| AgentError::Config(format!("x509pop key: {e}")))?;
-        let client = AdminClient::tls(server, td, bundle_pem, None)?;
+        let client = AdminClient::tls(server, td, bundle_pem, None)?
+            .with_connect_timeout(crate::server_link::CONNECT_TIMEOUT);
         let cert_chain_pem = cert_chain_pem.to_owned();
         let challenge = client
             .x509pop_challenge(&X509PopChallengeRequest { cert_chain_pem: cert_chain_pem.clone() })
@@ -186,7 +191,8 @@ impl AgentIdentity {
     {
         let key = WorkloadKey::generate().map_err(|e| AgentError::Protocol(e.to_string()))?;
         let csr = Der(key.csr_der().map_err(|e| AgentError::Protocol(e.to_string()))?);
-        let client = AdminClient::tls(server, td, bundle_pem, None)?;
+        let client = AdminClient::tls(server, td, bundle_pem, None)?
+            .with_connect_timeout(crate::server_link::CONNECT_TIMEOUT);
         let svid = send(client, csr).await?;
         Self::from_answer(svid, &key, td)
     }
@@ -199,13 +205,5 @@ impl AgentIdentity {
             &self.bundle.x509_pem(),
             Some((&self.chain_pem, &self.key_pem)),
         )?)
-    }
-
-    /// A new SVID for a new key, from the server.
-    pub async fn renew(&self, server: &str) -> Result<Self, AgentError> {
-        let key = WorkloadKey::generate().map_err(|e| AgentError::Protocol(e.to_string()))?;
-        let csr = Der(key.csr_der().map_err(|e| AgentError::Protocol(e.to_string()))?);
-        let svid = self.client(server)?.renew(&RenewRequest { csr }).await?;
-        Self::from_answer(svid, &key, &self.bundle.trust_domain)
     }
 }

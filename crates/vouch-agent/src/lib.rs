@@ -109,9 +109,39 @@ fn read_config_file(p: &Path, what: &str) -> Result<String, AgentError> {
         .map_err(|e| AgentError::Config(format!("cannot read {what} {}: {e}", p.display())))
 }
 
-/// Attests the node by the configured method, trusting the server through `bundle_pem`.
+/// Attests the node by the configured method, trusting the server through `bundle_pem`: at the
+/// configured servers in turn, until one answers (a refusal is the same from every replica, since
+/// they share one registry).
 async fn attest_node(config: &AgentConfig, bundle_pem: &str) -> Result<AgentIdentity, AgentError> {
-    let (server, td) = (&config.server, &config.trust_domain);
+    let mut failures = Vec::new();
+    for server in &config.servers {
+        match attest_at(config, &server.to_string(), bundle_pem).await {
+            Err(AgentError::Server(e)) if server_link::unreachable(&e) => {
+                tracing::warn!(server = %server, error = %e, "cannot attest at this server; trying the next");
+                failures.push(e);
+            }
+            answered => return answered,
+        }
+    }
+    Err(AgentError::Server(match failures.len() {
+        1 => failures.remove(0),
+        _ => vouch_client::ClientError::Connect {
+            target: format!(
+                "any of {}",
+                config.servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+            reason: failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        },
+    }))
+}
+
+/// Attests the node by the configured method at `server`.
+async fn attest_at(
+    config: &AgentConfig,
+    server: &str,
+    bundle_pem: &str,
+) -> Result<AgentIdentity, AgentError> {
+    let td = &config.trust_domain;
     match &config.node_attestation {
         NodeAttestation::SavedOnly => {
             Err(AgentError::Config("no node attestation method is configured".into()))
@@ -197,6 +227,9 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Io(e.to_string()))?;
         let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConn, std::io::Error>>(64);
+        // Raised here, once, before the bounds are read from it: a process-wide change belongs to
+        // the start of the agent, not to reading its configuration.
+        conn_limits::raise_nofile();
         let limits = conn_limits::ConnLimits::new(config.connection_limits());
         tracing::info!(
             total = limits.limits().total,
@@ -356,7 +389,7 @@ async fn maintenance(state: Arc<AgentState>, mut shutdown: watch::Receiver<bool>
             recover_identity(&state, &mut said).await;
             shortest = IDENTITY_RETRY;
         } else if now >= state.identity_renew_at() {
-            match state.link.identity().renew(&state.config.server).await {
+            match state.link.renew().await {
                 Ok(id) => {
                     let saved = id.save(&state.config.data_dir);
                     match saved.and_then(|()| state.link.set_identity(id)) {

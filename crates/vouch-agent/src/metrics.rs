@@ -179,6 +179,8 @@ pub struct Gauges {
     pub connected: bool,
     /// When the agent's own SVID expires (unix seconds).
     pub agent_svid_expires_at: i64,
+    /// Times a server address was found down and set aside (a counter the server link keeps).
+    pub server_failovers: u64,
 }
 
 impl AgentMetrics {
@@ -312,6 +314,12 @@ impl AgentMetrics {
         );
         counter(
             &mut out,
+            "vouch_agent_server_failovers_total",
+            "Times a server address was found down (refused, reset, timed out, 5xx, silent stream) and set aside for a cooldown; calls and the sync stream use the other addresses meanwhile.",
+            g.server_failovers,
+        );
+        counter(
+            &mut out,
             "vouch_agent_svid_rotations_total",
             "Workload X509-SVIDs replaced at their renewal time.",
             self.rotations.load(Ordering::Relaxed),
@@ -371,6 +379,7 @@ pub fn render(state: &AgentState) -> String {
         entries: u64::try_from(state.registry.entries().len()).unwrap_or(u64::MAX),
         connected: state.link.connected(),
         agent_svid_expires_at: vouch_core::ttl::unix_seconds(id.not_after),
+        server_failovers: state.link.failovers(),
     })
 }
 
@@ -462,6 +471,7 @@ mod tests {
             entries: 5,
             connected: true,
             agent_svid_expires_at: 1_700_003_600,
+            server_failovers: 4,
         });
         for line in [
             "vouch_agent_svids_held 2\n",
@@ -479,6 +489,7 @@ mod tests {
             "vouch_agent_sync_last_line_timestamp_seconds 1700000000\n",
             "vouch_agent_sync_reconnects_total 1\n",
             "vouch_agent_svid_rotations_total 3\n",
+            "vouch_agent_server_failovers_total 4\n",
             "vouch_agent_server_errors_total{op=\"sign\"} 1\n",
             "vouch_agent_server_errors_total{op=\"renew\"} 0\n",
             "vouch_agent_server_rate_limited_total{op=\"jwt\"} 1\n",
@@ -489,7 +500,7 @@ mod tests {
         // Every family has one HELP and one TYPE line.
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(families, text.lines().filter(|l| l.starts_with("# HELP ")).count());
-        assert_eq!(families, 12);
+        assert_eq!(families, 13);
     }
 
     #[test]

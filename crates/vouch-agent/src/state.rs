@@ -16,7 +16,7 @@ use crate::attest::{RuntimeAttestor, UnixAttestor};
 use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
 pub use crate::registry::Registry;
-pub use crate::server_link::ServerLink;
+pub use crate::server_link::{Endpoint, ServerLink};
 pub use crate::svid_cache::{CachedSvid, SvidCache};
 use crate::AgentError;
 
@@ -107,7 +107,7 @@ impl AgentState {
             runtime = runtime.with_kubelet(client);
         }
         let registry = Registry::new(identity.bundle.clone());
-        let link = ServerLink::new(config.server.clone(), identity)?;
+        let link = ServerLink::new(config.servers.clone(), identity)?;
         Ok(Arc::new(Self {
             config,
             unix,
@@ -194,7 +194,8 @@ impl AgentState {
             requests.push(SignItem { entry_id: e.id.clone(), csr });
             keys.push(key);
         }
-        let answer = self.link.client().sign(&SignRequest { requests }).await?;
+        let request = &SignRequest { requests };
+        let answer = self.link.call("signing", |c| async move { c.sign(request).await }).await?;
         for ((e, key), result) in entries.iter().zip(keys).zip(answer.results) {
             if result.entry_id != e.id {
                 return Err(AgentError::Protocol(format!(
@@ -255,18 +256,16 @@ impl AgentState {
             return Ok(token);
         }
         self.jwt_backoff.check("JWT minting")?;
-        let answer = self
-            .link
-            .client()
-            .agent_jwt(&AgentJwtRequest { entry_id: entry.id.clone(), audience: audiences.to_vec() })
-            .await
-            .map_err(AgentError::from)
-            .inspect_err(|e| {
-                self.metrics.server_error(crate::metrics::ServerOp::Jwt);
-                if self.jwt_backoff.note(e) {
-                    self.metrics.rate_limited(crate::metrics::ServerOp::Jwt);
-                }
-            })?;
+        let request = &AgentJwtRequest { entry_id: entry.id.clone(), audience: audiences.to_vec() };
+        let answer =
+            self.link.call("JWT minting", |c| async move { c.agent_jwt(request).await }).await.inspect_err(
+                |e| {
+                    self.metrics.server_error(crate::metrics::ServerOp::Jwt);
+                    if self.jwt_backoff.note(e) {
+                        self.metrics.rate_limited(crate::metrics::ServerOp::Jwt);
+                    }
+                },
+            )?;
         let exp = ttl::from_unix_seconds(answer.expires_at);
         self.cache.insert_jwt(&entry.id, audiences, answer.token.clone(), now, exp);
         Ok(answer.token)

@@ -1,9 +1,11 @@
 //! The sync loop: one long-lived stream from the server carrying the entries this agent may serve,
-//! first as a snapshot, then change by change. Reconnects with jittered exponential backoff; while
-//! disconnected the agent keeps serving what it holds. When an admin bans the agent, the server ends
-//! the stream saying so, the agent drops what it serves and the loop stops (retrying cannot help,
-//! and an operator must act); when it evicts the agent, a PSAT or x509pop agent attests again by
-//! itself, and a join-token agent says that it needs a new token and retries only slowly.
+//! first as a snapshot, then change by change. When the stream's replica dies (reset, killed, or
+//! silent past [`SYNC_IDLE_LIMIT`]) the stream reconnects to another replica at once, and with
+//! jittered exponential backoff while none answers; while disconnected the agent keeps serving
+//! what it holds. When an admin bans the agent, the server ends the stream saying so, the agent
+//! drops what it serves and the loop stops (retrying cannot help, and an operator must act); when
+//! it evicts the agent, a PSAT or x509pop agent attests again by itself, and a join-token agent
+//! says that it needs a new token and retries only slowly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use vouch_api::ErrorCode;
 use vouch_ca::Bundle;
 use vouch_client::ClientError;
 
+use crate::server_link::Endpoint;
 use crate::state::AgentState;
 use crate::AgentError;
 
@@ -21,6 +24,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Wait between attempts of an evicted agent: reconnecting cannot work until it attests again, so
 /// it only checks now and then (an admin may have undone a mistaken eviction by a new attestation).
 pub const EVICTED_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Longest silence on the sync stream (no byte at all, so a long snapshot line still arriving is
+/// not cut) before its replica is taken as gone: three of the server's keep-alive lines
+/// (`vouch_server::agent_api::SYNC_PING`, 15 s). Without it a replica that stops
+/// answering without closing the connection (a host that froze or dropped off the network) would
+/// hold the stream until TCP gives up, many minutes later.
+pub const SYNC_IDLE_LIMIT: Duration = Duration::from_secs(45);
 
 /// How the sync stream ended, and what the loop does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +83,29 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
     Ok(())
 }
 
-/// Follows the stream until it ends or fails; `Some` when the server ended it because the agent
-/// was removed.
-pub async fn sync_once(state: &AgentState) -> Result<Option<Removal>, AgentError> {
-    let mut lines = state.link.client().sync().await?;
+/// Follows the stream on a live replica until it ends or fails: the replica it was on (None when
+/// none accepted it), and `Some` removal when the server ended it because the agent was removed.
+pub async fn sync_once(state: &AgentState) -> (Option<Endpoint>, Result<Option<Removal>, AgentError>) {
+    let (server, lines) = match state.link.open_sync().await {
+        Ok(opened) => opened,
+        Err(e) => return (None, Err(e)),
+    };
+    let mut lines = lines.with_idle_limit(SYNC_IDLE_LIMIT);
+    let result = follow(state, &server, &mut lines).await;
+    let why = match &result {
+        Ok(Some(_)) => None,
+        Ok(None) => Some("the server ended the stream".to_owned()),
+        Err(e) => Some(e.to_string()),
+    };
+    state.link.stream_ended(&server, why);
+    (Some(server), result)
+}
+
+async fn follow(
+    state: &AgentState,
+    server: &Endpoint,
+    lines: &mut vouch_client::SyncStream,
+) -> Result<Option<Removal>, AgentError> {
     while let Some(line) = lines.next().await {
         let line = line?;
         state.metrics.sync_line(crate::clock::now());
@@ -89,7 +118,15 @@ pub async fn sync_once(state: &AgentState) -> Result<Option<Removal>, AgentError
         apply_line(state, line)?;
         if !state.link.connected() {
             state.link.set_connected(true);
-            tracing::info!(agent = %state.link.agent_id(), entries = state.registry.entries().len(), "synced with the server");
+            let entries = state.registry.entries().len();
+            match state.link.take_left() {
+                Some((previous, why)) if &previous != server => {
+                    tracing::warn!(agent = %state.link.agent_id(), %server, %previous, reason = %why, entries, "synced with another server: the previous one failed")
+                }
+                _ => {
+                    tracing::info!(agent = %state.link.agent_id(), %server, entries, "synced with the server")
+                }
+            }
         }
     }
     Ok(None)
@@ -99,7 +136,7 @@ pub async fn sync_once(state: &AgentState) -> Result<Option<Removal>, AgentError
 pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        let result = tokio::select! {
+        let (server, result) = tokio::select! {
             r = sync_once(&state) => r,
             _ = shutdown.changed() => return,
         };
@@ -135,10 +172,12 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
                 tracing::error!(agent = %state.link.agent_id(), %reason, retry_in = ?EVICTED_BACKOFF, "this agent was evicted by an admin; its SVID no longer works. A join token is single use: restart it with a new one (`vouch token create`) so that it attests again");
                 backoff = EVICTED_BACKOFF;
             }
-            (None, Ok(_)) => tracing::warn!("sync stream ended; reconnecting"),
+            (None, Ok(_)) => {
+                tracing::warn!(server = %describe(server.as_ref()), "sync stream ended; reconnecting")
+            }
             (None, Err(e)) => {
                 state.metrics.server_error(crate::metrics::ServerOp::Sync);
-                tracing::warn!(error = %e, retry_in = ?backoff, "sync with the server failed; serving cached SVIDs")
+                tracing::warn!(server = %describe(server.as_ref()), error = %e, retry_in = ?backoff, "sync with the server failed; serving cached SVIDs, reconnecting")
             }
         }
         // A stream that was up starts the backoff over, unless the agent was evicted (set above).
@@ -154,6 +193,11 @@ pub async fn run(state: Arc<AgentState>, mut shutdown: tokio::sync::watch::Recei
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The replica a stream was on, for a log line.
+fn describe(server: Option<&Endpoint>) -> String {
+    server.map_or_else(|| "none reachable".to_owned(), ToString::to_string)
 }
 
 #[cfg(test)]

@@ -85,7 +85,9 @@ pub struct AgentRun {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', env = "VOUCH_AGENT_CONFIG")]
     config: Option<PathBuf>,
-    /// The server's mTLS address (host:port).
+    /// The server's mTLS address (host:port), or several separated by commas: replicas on one
+    /// PostgreSQL, tried in this order, the agent failing over when one dies. A name that
+    /// resolves to several addresses counts as several.
     #[arg(long)]
     server: Option<String>,
     /// Trust domain.

@@ -176,6 +176,14 @@ pub struct SyncStream {
 }
 
 impl SyncStream {
+    /// The same stream, failing [`SyncStream::next`] when nothing at all arrives for `limit` (the
+    /// server pings, so silence means it or the path to it is gone even if the connection is
+    /// still open).
+    pub fn with_idle_limit(mut self, limit: std::time::Duration) -> Self {
+        self.lines.idle = Some(limit);
+        self
+    }
+
     /// The next line; `None` when the server ends the stream. A line that is not a valid
     /// [`SyncLine`] is an error (the caller reconnects), never skipped.
     pub async fn next(&mut self) -> Option<Result<SyncLine<'static>, ClientError>> {

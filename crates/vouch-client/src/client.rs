@@ -111,7 +111,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 enum Transport {
     Unix(PathBuf),
-    Tls { addr: String, config: Arc<rustls::ClientConfig> },
+    Tls {
+        addr: String,
+        /// The one address to connect to (a replica `addr` resolved to); None: any `addr` names.
+        connect_to: Option<std::net::SocketAddr>,
+        config: Arc<rustls::ClientConfig>,
+    },
 }
 
 /// An admin API client.
@@ -119,6 +124,8 @@ enum Transport {
 pub struct AdminClient {
     transport: Transport,
     timeout: Duration,
+    /// A limit on connecting alone (TCP and TLS), within `timeout`.
+    connect_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for AdminClient {
@@ -138,13 +145,30 @@ pub struct Connection {
 impl AdminClient {
     /// A client of the local admin socket.
     pub fn unix(path: impl Into<PathBuf>) -> Self {
-        Self { transport: Transport::Unix(path.into()), timeout: DEFAULT_TIMEOUT }
+        Self { transport: Transport::Unix(path.into()), timeout: DEFAULT_TIMEOUT, connect_timeout: None }
     }
 
     /// The same client with another limit on each call (connecting, sending and reading the whole
     /// answer) and on opening a connection.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The same client with a shorter limit on connecting alone (TCP connect and TLS handshake):
+    /// a caller that can try another replica should not spend its whole call timeout on a host
+    /// that does not answer.
+    pub fn with_connect_timeout(mut self, limit: Duration) -> Self {
+        self.connect_timeout = Some(limit);
+        self
+    }
+
+    /// The same mTLS client, connecting to `addr` only (one of the addresses its host name
+    /// resolves to), still naming the host in TLS and HTTP. A Unix socket client is unchanged.
+    pub fn connecting_to(mut self, addr: std::net::SocketAddr) -> Self {
+        if let Transport::Tls { connect_to, .. } = &mut self.transport {
+            *connect_to = Some(addr);
+        }
         self
     }
 
@@ -190,14 +214,18 @@ impl AdminClient {
         let config = client_config(SpiffeServerVerifier::new(&roots, expected), client_material)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         Ok(Self {
-            transport: Transport::Tls { addr: addr.to_owned(), config: Arc::new(config) },
+            transport: Transport::Tls { addr: addr.to_owned(), connect_to: None, config: Arc::new(config) },
             timeout: DEFAULT_TIMEOUT,
+            connect_timeout: None,
         })
     }
 
     fn target(&self) -> String {
         match &self.transport {
             Transport::Unix(p) => p.display().to_string(),
+            Transport::Tls { addr, connect_to: Some(ip), .. } if ip.to_string() != *addr => {
+                format!("https://{addr} ({ip})")
+            }
             Transport::Tls { addr, .. } => format!("https://{addr}"),
         }
     }
@@ -226,20 +254,32 @@ impl AdminClient {
                 })?;
                 handshake(stream, "localhost".into()).await.map_err(|e| err(e.to_string()))
             }
-            Transport::Tls { addr, config } => {
-                let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| err(e.to_string()))?;
-                // Requests are written whole; Nagle's algorithm could only delay them.
-                let _ = stream.set_nodelay(true);
-                let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']);
-                // The name is only used for SNI; the server is verified by its SPIFFE ID.
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or(
-                    rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
-                );
-                let connector = tokio_rustls::TlsConnector::from(config.clone());
-                let tls = connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| err(format!("TLS handshake failed: {e}")))?;
+            Transport::Tls { addr, connect_to, config } => {
+                let tls = async {
+                    let stream = match connect_to {
+                        Some(ip) => tokio::net::TcpStream::connect(ip).await,
+                        None => tokio::net::TcpStream::connect(addr).await,
+                    }
+                    .map_err(|e| err(e.to_string()))?;
+                    // Requests are written whole; Nagle's algorithm could only delay them.
+                    let _ = stream.set_nodelay(true);
+                    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']);
+                    // The name is only used for SNI; the server is verified by its SPIFFE ID.
+                    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or(
+                        rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+                    );
+                    let connector = tokio_rustls::TlsConnector::from(config.clone());
+                    connector
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| err(format!("TLS handshake failed: {e}")))
+                };
+                let tls = match self.connect_timeout {
+                    Some(limit) => tokio::time::timeout(limit, tls).await.map_err(|_| {
+                        err(format!("no connection within {} ms (is the host up?)", limit.as_millis()))
+                    })??,
+                    None => tls.await?,
+                };
                 handshake(tls, addr.clone()).await.map_err(|e| err(e.to_string()))
             }
         }
@@ -409,6 +449,8 @@ const ANSWER_AFTER_CLOSE: Duration = Duration::from_millis(200);
 pub struct LineStream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    /// Longest wait for more of the body (None: no limit).
+    pub(crate) idle: Option<Duration>,
     /// The answer's `Retry-After`, if present.
     pub(crate) retry_after: Option<Duration>,
 }
@@ -430,7 +472,21 @@ impl LineStream {
             if self.buf.len() > MAX_LINE_BYTES {
                 return Some(Err(ClientError::Protocol("stream line too long".into())));
             }
-            let Some(frame) = self.body.frame().await else {
+            // The limit is on silence, not on a whole line: a large snapshot line that keeps
+            // arriving is not cut off however long it takes.
+            let frame = match self.idle {
+                Some(limit) => match tokio::time::timeout(limit, self.body.frame()).await {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        return Some(Err(ClientError::Protocol(format!(
+                            "nothing received on the stream for {} s",
+                            limit.as_secs_f32()
+                        ))))
+                    }
+                },
+                None => self.body.frame().await,
+            };
+            let Some(frame) = frame else {
                 // The end: a last line without its newline is still a line (an error body is
                 // one); dropping it left agents logging an empty reason.
                 if self.buf.is_empty() {
@@ -474,7 +530,10 @@ impl Connection {
         })
         .await?;
         let retry_after = retry_after_of(resp.headers());
-        Ok((resp.status().as_u16(), LineStream { body: resp.into_body(), buf: Vec::new(), retry_after }))
+        Ok((
+            resp.status().as_u16(),
+            LineStream { body: resp.into_body(), buf: Vec::new(), idle: None, retry_after },
+        ))
     }
 
     /// Sends one request on this connection.
@@ -549,6 +608,46 @@ mod tests {
         path
     }
 
+    /// A host that accepts TCP connections and never says a word (a stopped or wedged replica).
+    async fn mute_tcp() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        addr
+    }
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[tokio::test]
+    async fn the_connect_timeout_gives_up_on_a_mute_host_before_the_call_timeout() {
+        let addr = mute_tcp().await;
+        let td = TrustDomain::new("example.org").unwrap();
+        // Named by a host that does not exist: `connecting_to` decides where it connects.
+        let client = AdminClient::tls("replica.invalid:8443", &td, &ca_pem(), None)
+            .unwrap()
+            .with_connect_timeout(Duration::from_millis(300))
+            .connecting_to(addr);
+        let started = std::time::Instant::now();
+        match client.connect().await {
+            Err(ClientError::Connect { target, reason }) => {
+                assert_eq!(target, format!("https://replica.invalid:8443 ({addr})"));
+                assert!(reason.contains("no connection within 300 ms"), "{reason}");
+            }
+            other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "not the 30 s call timeout");
+    }
+
     #[tokio::test]
     async fn a_server_that_never_answers_is_a_timeout_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
@@ -566,6 +665,30 @@ mod tests {
             other => panic!("expected a timeout, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_silent_is_an_error_after_its_idle_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = server(&dir, |mut stream| async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            // A line, then half of one, then silence with the connection open.
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            let body = "10\r\n{\"type\":\"ping\"}\n\r\n3\r\n{\"t\r\n";
+            let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let client = AdminClient::unix(&path).with_timeout(Duration::from_secs(5));
+        let mut lines = client.sync().await.unwrap().with_idle_limit(Duration::from_millis(300));
+        assert!(matches!(lines.next().await, Some(Ok(vouch_api::agent::SyncLine::Ping))));
+        let started = std::time::Instant::now();
+        match lines.next().await {
+            Some(Err(ClientError::Protocol(m))) => assert!(m.contains("nothing received"), "{m}"),
+            other => panic!("expected the silence to be an error, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[tokio::test]
