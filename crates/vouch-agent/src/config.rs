@@ -20,6 +20,7 @@ struct FileConfig {
     trust_domain: Option<String>,
     /// One `host:port`, or a list of them (replicas, tried in turn).
     server: Option<toml::Value>,
+    server_order: Option<String>,
     data_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     join_token: Option<String>,
@@ -39,6 +40,32 @@ struct FileConfig {
     log_format: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_uid: Option<usize>,
+}
+
+/// Which replica an agent tries first when several are configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerOrder {
+    /// Each agent starts at a random place in the list (chosen once, at start), so a fleet
+    /// sharing one configuration (a DaemonSet) spreads over the replicas instead of all syncing
+    /// with the first.
+    #[default]
+    Spread,
+    /// The list is a preference: the first replica that answers, in the order given (a nearby
+    /// replica first, a remote one as a fallback).
+    Listed,
+}
+
+impl std::str::FromStr for ServerOrder {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "spread" => Ok(Self::Spread),
+            "listed" => Ok(Self::Listed),
+            other => Err(ConfigError(format!(
+                "server_order `{other}`: use spread (each agent starts at a random replica) or listed (the order given is a preference)"
+            ))),
+        }
+    }
 }
 
 /// How the agent writes its log lines.
@@ -165,6 +192,8 @@ pub struct AgentConfig {
     /// The server's mTLS addresses, at least one, no two alike: replicas the agent fails over
     /// between, tried in this order (see [`crate::state::ServerLink`]).
     pub servers: Vec<ServerAddr>,
+    /// Which of `servers` is tried first.
+    pub server_order: ServerOrder,
     /// Where the agent keeps its key, SVID and bundle.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -272,6 +301,11 @@ impl AgentConfig {
             Some(list) => ServerAddr::parse_list(list.split(',').map(str::trim), "VOUCH_AGENT_SERVER")?,
             None => server_setting(file.server)?,
         };
+        let server_order = env("VOUCH_AGENT_SERVER_ORDER")
+            .or(file.server_order)
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or_default();
         let data_dir = env("VOUCH_AGENT_DATA_DIR")
             .map(PathBuf::from)
             .or(file.data_dir)
@@ -283,6 +317,7 @@ impl AgentConfig {
         Ok(Self {
             trust_domain,
             servers,
+            server_order,
             socket,
             node_attestation,
             bundle: env("VOUCH_AGENT_BUNDLE").map(PathBuf::from).or(file.bundle),
@@ -523,6 +558,11 @@ mod tests {
         assert_eq!(load(file, &[]).unwrap().servers[2].host(), "fd00::5");
         let env = load(file, &[("VOUCH_AGENT_SERVER", "b:1, c:2")]).unwrap();
         assert_eq!(servers(env), ["b:1", "c:2"], "the variable wins, comma-separated");
+        assert_eq!(load(file, &[]).unwrap().server_order, ServerOrder::Spread, "spread by default");
+        let listed = load(file, &[("VOUCH_AGENT_SERVER_ORDER", "listed")]).unwrap();
+        assert_eq!(listed.server_order, ServerOrder::Listed);
+        let bad = load(file, &[("VOUCH_AGENT_SERVER_ORDER", "random")]).unwrap_err().to_string();
+        assert!(bad.contains("server_order `random`") && bad.contains("spread"), "{bad}");
 
         let refused = |file: &str, vars: &[(&str, &str)]| load(file, vars).unwrap_err().to_string();
         let cases = [

@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
-pub use crate::config::{AgentConfig, NodeAttestation};
+pub use crate::config::{AgentConfig, NodeAttestation, ServerOrder};
 pub use crate::identity::AgentIdentity;
 pub use crate::metrics::ServerOp;
 use crate::state::AgentState;

@@ -3,7 +3,9 @@
 //!
 //! Replicas: every configured address, and every address a configured name resolves to, is an
 //! [`Endpoint`]. A call goes first to the endpoint the sync stream is on (known to be up), then to
-//! the others in configured order. An endpoint that fails (no connection, reset, timeout, a 5xx)
+//! the others: in configured order with `server_order = "listed"`; by default (`spread`) the list
+//! is rotated by an offset each agent draws at start, so a fleet sharing one configuration does
+//! not all sync with the first replica. An endpoint that fails (no connection, reset, timeout, a 5xx)
 //! goes to the back of the order for a cooldown (1 s doubling to 30 s, with jitter): a dead
 //! replica costs one failed attempt, not one per call, and is tried again when its cooldown is
 //! over. Every replica presents `spiffe://<trust domain>/vouch/server`, checked alike for each.
@@ -20,7 +22,7 @@ use vouch_ca::WorkloadKey;
 use vouch_client::{AdminClient, ClientError, SyncStream};
 use vouch_core::SpiffeId;
 
-use crate::config::ServerAddr;
+use crate::config::{ServerAddr, ServerOrder};
 use crate::identity::AgentIdentity;
 use crate::AgentError;
 
@@ -69,6 +71,8 @@ struct Failover {
     current: Option<Endpoint>,
     /// The endpoint the sync stream was last on, and why it left it.
     left: Option<(Endpoint, String)>,
+    /// How far the list of live endpoints is rotated before it is tried (0: as configured).
+    spread: usize,
 }
 
 impl Failover {
@@ -85,10 +89,15 @@ impl Failover {
     }
 
     /// The order to try endpoints in at `now`: the sync stream's first, then the others that are
-    /// not cooling down (configured order), then those cooling down, the soonest done first.
+    /// not cooling down (configured order, rotated by `spread`), then those cooling down, the
+    /// soonest done first.
     fn order(&self, now: Instant) -> Vec<Endpoint> {
         let up = |t: &&Tracked| t.down_until.is_none_or(|u| u <= now);
         let mut live: Vec<&Tracked> = self.endpoints.iter().filter(up).collect();
+        if !live.is_empty() {
+            let by = self.spread % live.len();
+            live.rotate_left(by);
+        }
         if let Some(i) = live.iter().position(|t| Some(&t.endpoint) == self.current.as_ref()) {
             let current = live.remove(i);
             live.insert(0, current);
@@ -134,6 +143,16 @@ pub(crate) fn unreachable(e: &ClientError) -> bool {
     }
 }
 
+/// The rotation of the endpoint list for `order`: random (drawn once per agent) or none.
+fn spread(order: ServerOrder) -> usize {
+    match order {
+        ServerOrder::Listed => 0,
+        ServerOrder::Spread => {
+            usize::from(u16::from_le_bytes(vouch_ca::keys::random_bytes::<2>().unwrap_or([0, 0])))
+        }
+    }
+}
+
 /// A jitter fraction in `0..1` from fresh randomness.
 fn jitter() -> f64 {
     let b = vouch_ca::keys::random_bytes::<2>().unwrap_or([0, 0]);
@@ -162,8 +181,12 @@ fn clients(servers: &[ServerAddr], identity: &AgentIdentity) -> Result<Vec<Admin
 }
 
 impl ServerLink {
-    /// A link to `servers` (at least one) as `identity`.
-    pub fn new(servers: Vec<ServerAddr>, identity: AgentIdentity) -> Result<Self, AgentError> {
+    /// A link to `servers` (at least one) as `identity`, tried first in `order`.
+    pub fn new(
+        servers: Vec<ServerAddr>,
+        order: ServerOrder,
+        identity: AgentIdentity,
+    ) -> Result<Self, AgentError> {
         if servers.is_empty() {
             return Err(AgentError::Config("no server address is configured".into()));
         }
@@ -172,7 +195,7 @@ impl ServerLink {
             servers,
             identity: RwLock::new(Arc::new(identity)),
             clients: RwLock::new(clients),
-            failover: Mutex::default(),
+            failover: Mutex::new(Failover { spread: spread(order), ..Failover::default() }),
             resolved_at: Mutex::default(),
             connected: AtomicBool::new(false),
             failovers: AtomicU64::new(0),
@@ -417,6 +440,28 @@ mod tests {
 
     fn ports(order: &[Endpoint]) -> Vec<u16> {
         order.iter().map(|e| e.addr.port()).collect()
+    }
+
+    #[test]
+    fn spread_agents_start_at_different_replicas_and_keep_the_rest_of_the_rules() {
+        let t0 = Instant::now();
+        let firsts: std::collections::BTreeSet<u16> = (0..3)
+            .map(|spread| {
+                let mut f = Failover { spread, ..Failover::default() };
+                f.set_endpoints(vec![ep(1), ep(2), ep(3)]);
+                ports(&f.order(t0))[0]
+            })
+            .collect();
+        assert_eq!(firsts, [1, 2, 3].into(), "three offsets start at three replicas");
+        let mut f = Failover { spread: 1, ..Failover::default() };
+        f.set_endpoints(vec![ep(1), ep(2), ep(3)]);
+        assert_eq!(ports(&f.order(t0)), [2, 3, 1], "rotated, not shuffled");
+        // The stream's endpoint still goes first, and a failed one still goes last.
+        f.current = Some(ep(1));
+        assert_eq!(ports(&f.order(t0)), [1, 2, 3]);
+        f.failed(&ep(1), t0, 0.0);
+        assert_eq!(ports(&f.order(t0)), [3, 2, 1], "the live two rotated by one, the failed last");
+        assert_eq!(spread(ServerOrder::Listed), 0);
     }
 
     #[test]

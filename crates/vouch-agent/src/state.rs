@@ -107,7 +107,7 @@ impl AgentState {
             runtime = runtime.with_kubelet(client);
         }
         let registry = Registry::new(identity.bundle.clone());
-        let link = ServerLink::new(config.servers.clone(), identity)?;
+        let link = ServerLink::new(config.servers.clone(), config.server_order, identity)?;
         Ok(Arc::new(Self {
             config,
             unix,

@@ -86,10 +86,15 @@ pub struct AgentRun {
     #[arg(long, short = 'c', env = "VOUCH_AGENT_CONFIG")]
     config: Option<PathBuf>,
     /// The server's mTLS address (host:port), or several separated by commas: replicas on one
-    /// PostgreSQL, tried in this order, the agent failing over when one dies. A name that
-    /// resolves to several addresses counts as several.
+    /// PostgreSQL, the agent failing over when one dies. A name that resolves to several
+    /// addresses counts as several.
     #[arg(long)]
     server: Option<String>,
+    /// Which replica is tried first: `spread` (default: each agent starts at a random one, so a
+    /// fleet with one configuration spreads over them) or `listed` (the order given is a
+    /// preference).
+    #[arg(long)]
+    server_order: Option<String>,
     /// Trust domain.
     #[arg(long)]
     trust_domain: Option<String>,
@@ -252,6 +257,7 @@ async fn agent_run(args: AgentRun) -> Result<ExitCode> {
     let env = |k: &str| {
         let flag = match k {
             "VOUCH_AGENT_SERVER" => args.server.clone(),
+            "VOUCH_AGENT_SERVER_ORDER" => args.server_order.clone(),
             "VOUCH_AGENT_TRUST_DOMAIN" => args.trust_domain.clone(),
             "VOUCH_AGENT_DATA_DIR" => args.data_dir.as_ref().map(|p| p.display().to_string()),
             "VOUCH_AGENT_SOCKET" => args.socket.as_ref().map(|p| p.display().to_string()),

@@ -207,6 +207,8 @@ async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() 
     let servers = format!("{},localhost:{port_b}", a.addr());
     let env = |k: &str| match k {
         "VOUCH_AGENT_SERVER" => Some(servers.clone()),
+        // The order given is a preference, so the test knows which replica the agent starts on.
+        "VOUCH_AGENT_SERVER_ORDER" => Some("listed".into()),
         "VOUCH_AGENT_DATA_DIR" => Some(agent_dir.display().to_string()),
         "VOUCH_AGENT_JOIN_TOKEN" => token["token"].as_str().map(str::to_owned),
         "VOUCH_AGENT_BUNDLE" => Some(bundle.display().to_string()),
