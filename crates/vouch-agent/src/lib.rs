@@ -201,6 +201,7 @@ impl Agent {
         tracing::info!(
             total = limits.limits().total,
             per_uid = limits.limits().per_uid,
+            reserve = limits.limits().reserve(),
             "Workload API connection bounds"
         );
         let accept_state = state.clone();
