@@ -42,7 +42,7 @@ use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 pub use crate::config::{AgentConfig, NodeAttestation};
 pub use crate::identity::AgentIdentity;
-pub use crate::metrics::ServerOp;
+pub use crate::metrics::{Refusal, ServerOp};
 use crate::state::AgentState;
 use crate::workload_api::{WorkloadApi, WorkloadConn};
 
