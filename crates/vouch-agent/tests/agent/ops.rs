@@ -187,20 +187,27 @@ fn python_as_nobody(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Any local user can connect to the Workload API, so connections are bounded per uid and in
-/// total: one user holding its share cannot lock the others out, and a refused connection costs
-/// nothing (closed before attestation, counted once, no leak).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_are_bounded_per_uid_and_one_user_cannot_lock_out_another() {
+/// A stack whose Workload API socket other uids can reach (in a directory they may enter), with
+/// at most `total` connections and `per_uid` from one uid; the directory goes when dropped.
+async fn stack_with_bounds(total: usize, per_uid: usize) -> (tempfile::TempDir, std::path::PathBuf, Stack) {
     let socket_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(socket_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let socket = socket_dir.path().join("api.sock");
     let stack = Stack::start_with(|c| {
         c.socket = socket.clone();
-        c.max_connections = Some(8);
-        c.max_connections_per_uid = Some(3);
+        c.max_connections = Some(total);
+        c.max_connections_per_uid = Some(per_uid);
     })
     .await;
+    (socket_dir, socket, stack)
+}
+
+/// Any local user can connect to the Workload API, so connections are bounded per uid and in
+/// total: one user holding its share cannot lock the others out, and a refused connection costs
+/// nothing (closed before attestation, counted once, no leak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_per_uid_and_one_user_cannot_lock_out_another() {
+    let (_socket_dir, socket, stack) = stack_with_bounds(8, 3).await;
     stack.entry_for_me("held", "/held", json!({})).await;
     stack.wait_entries(1).await;
     let admin_socket = stack.agent_config.data_dir.join("admin.sock");
@@ -320,15 +327,7 @@ async fn two_uids_cannot_take_every_connection_slot() {
         eprintln!("skipped: needs root to switch users");
         return;
     }
-    let socket_dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(socket_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let socket = socket_dir.path().join("api.sock");
-    let stack = Stack::start_with(|c| {
-        c.socket = socket.clone();
-        c.max_connections = Some(64);
-        c.max_connections_per_uid = Some(32);
-    })
-    .await;
+    let (_socket_dir, socket, stack) = stack_with_bounds(64, 32).await;
     stack.entry_for_me("root", "/root-workload", json!({})).await;
     stack.wait_entries(1).await;
 
