@@ -286,14 +286,14 @@ async fn connections_are_bounded_per_uid_and_one_user_cannot_lock_out_another() 
 /// killed (dropping the child kills it), with how many the agent kept open (a refused connection
 /// is closed at once).
 async fn hold_connections(uid: u32, socket: &Path, n: usize) -> (tokio::process::Child, usize) {
-    // Peeking tells held from refused: a refused connection reads end-of-file, a held one has
-    // the server's SETTINGS or nothing yet. The alarm ends the holder should the test die.
+    // The agent speaks first on a connection it keeps (its SETTINGS) and closes one it refuses:
+    // peeking at the first byte tells which, without a guess at how long the agent takes. The
+    // alarm ends the holder should the test die.
     let script = format!(
-        "import signal,socket,sys,time\nsignal.alarm(30)\nsocks=[]\nfor _ in range({n}):\n    \
-         s=socket.socket(socket.AF_UNIX); s.connect({path:?}); socks.append(s)\ntime.sleep(0.5)\nheld=0\n\
-         for s in socks:\n    try:\n        held += s.recv(1, socket.MSG_PEEK|socket.MSG_DONTWAIT) != b''\n    \
-         except BlockingIOError:\n        held += 1\n    except OSError:\n        pass\n\
-         print(held, flush=True)\nsys.stdin.readline()\n",
+        "import signal,socket,sys\nsignal.alarm(30)\nsocks=[]\nfor _ in range({n}):\n    \
+         s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect({path:?}); socks.append(s)\n\
+         held=sum(s.recv(1, socket.MSG_PEEK) != b'' for s in socks)\nprint(held, flush=True)\n\
+         sys.stdin.readline()\n",
         path = socket.display().to_string()
     );
     let mut child = tokio::process::Command::new("setpriv")
