@@ -761,14 +761,15 @@ async fn one_uid_rehashing_large_executables_cannot_delay_another_uids_hash() {
     let _: Value = stack.admin.call("POST", "/v1/entries", Some(&legit)).await.unwrap();
     stack.wait_entries(1).await;
 
-    // The attacker's executables: python padded to 480 MiB with a hole (a few MiB on disk, just
-    // under the hash bound), each touched before its caller starts.
+    // The attacker's executables: python padded to 256 MiB with a hole (a few MiB on disk; half
+    // the hash bound, enough to queue seconds of hashing without costing the other tests as much),
+    // each touched before its caller starts.
     let mut attackers = Vec::new();
     for i in 0..ATTACKERS {
         let exe = dir.path().join(format!("attacker-{i}"));
         std::fs::copy(&python, &exe).unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(&exe).unwrap();
-        file.set_len(480 << 20).unwrap();
+        file.set_len(256 << 20).unwrap();
         file.set_modified(std::time::SystemTime::now()).unwrap();
         drop(file);
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
