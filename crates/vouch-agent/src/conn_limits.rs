@@ -1,9 +1,21 @@
-//! Bounds on Workload API connections: in total and per caller uid.
+//! Bounds on Workload API connections: in total, per caller uid, and a reserve for uids that hold
+//! few.
 //!
 //! The socket is world-connectable by design, so without bounds any local user could hold
 //! connections until the agent runs out of file descriptors (each costs the socket and a pidfd)
 //! and then no workload is served. With them, one uid can take at most its share; a connection
 //! over a bound is closed at once, before any attestation work.
+//!
+//! A per-uid share alone does not keep the socket open for everyone: two uids holding half each
+//! (a review showed it) take every slot, and root and all other workloads are refused. So the last
+//! quarter of the slots is a reserve: once the shared three quarters are taken, a connection is
+//! admitted only if its uid holds fewer than [`RESERVE_PER_UID`] connections. Whoever holds the
+//! shared part, a uid with fewer than that many connections is served until the reserve itself is
+//! used up, which takes at least `total / 4 / RESERVE_PER_UID` uids (28 at the total that a
+//! descriptor limit of 1024 gives, 1,024 at the largest total). A SPIFFE client needs one connection (it
+//! multiplexes its streams), so a few per uid is what a workload needs to be served at all. Root
+//! gets no exemption: processes in containers without a user namespace run as uid 0 on the host
+//! too. The state is one counter per uid holding a connection, so bounded by the total.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +27,8 @@ const FDS_PER_CONNECTION: u64 = 2;
 const FDS_RESERVED: u64 = 128;
 /// Most connections in total, whatever the descriptor limit.
 const MAX_TOTAL: usize = 16_384;
+/// Most connections a uid may hold and still be admitted to the reserve (see the module docs).
+pub const RESERVE_PER_UID: usize = 4;
 
 /// The bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +47,12 @@ impl Limits {
         let total =
             (nofile.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION).clamp(8, MAX_TOTAL as u64) as usize;
         Self { total, per_uid: (total / 2).max(4) }
+    }
+
+    /// Slots kept for uids holding fewer than [`RESERVE_PER_UID`] connections: a quarter of the
+    /// total. The rest is the shared part, which any uid may fill up to `per_uid`.
+    pub fn reserve(&self) -> usize {
+        self.total / 4
     }
 
     /// Bounds for the process's current descriptor limit (read only; [`raise_nofile`] raises it,
@@ -78,6 +98,9 @@ pub enum Refused {
     Total,
     /// The caller's uid holds its share.
     PerUid,
+    /// The shared part is full and the caller's uid already holds [`RESERVE_PER_UID`]
+    /// connections, so the reserve is not for it.
+    SharedFull,
 }
 
 impl ConnLimits {
@@ -97,11 +120,16 @@ impl ConnLimits {
         if c.total >= self.limits.total {
             return Err(Refused::Total);
         }
-        let mine = c.by_uid.entry(uid).or_default();
-        if *mine >= self.limits.per_uid {
+        let mine = c.by_uid.get(&uid).copied().unwrap_or(0);
+        if mine >= self.limits.per_uid {
             return Err(Refused::PerUid);
         }
-        *mine += 1;
+        let shared_full = c.total >= self.limits.total.saturating_sub(self.limits.reserve());
+        if shared_full && mine >= RESERVE_PER_UID {
+            return Err(Refused::SharedFull);
+        }
+        // Counted only once admitted: a refused uid leaves nothing behind.
+        *c.by_uid.entry(uid).or_default() += 1;
         c.total += 1;
         Ok(ConnSlot { limits: self.clone(), uid })
     }
@@ -189,6 +217,30 @@ mod tests {
         assert!(limits.admit(1000).is_ok());
         drop(b);
         assert_eq!(limits.open(0), (0, 0));
+    }
+
+    #[test]
+    fn two_uids_cannot_take_the_reserve() {
+        let limits = ConnLimits::new(Limits { total: 64, per_uid: 32 });
+        assert_eq!(limits.limits().reserve(), 16);
+        let a: Vec<ConnSlot> = std::iter::from_fn(|| limits.admit(1000).ok()).collect();
+        let b: Vec<ConnSlot> = std::iter::from_fn(|| limits.admit(1001).ok()).collect();
+        assert_eq!((a.len(), b.len()), (32, 16), "the second uid gets the rest of the shared part");
+        assert_eq!(limits.admit(1001).err(), Some(Refused::SharedFull));
+        // Every other uid, root included, gets a few from the reserve, while it lasts.
+        let c: Vec<ConnSlot> = (0..RESERVE_PER_UID).map(|_| limits.admit(1002).unwrap()).collect();
+        assert_eq!(limits.admit(1002).err(), Some(Refused::SharedFull));
+        let root: Vec<ConnSlot> = (0..RESERVE_PER_UID).map(|_| limits.admit(0).unwrap()).collect();
+        let more: Vec<ConnSlot> =
+            [1003, 1003, 1003, 1003, 1004, 1004, 1004, 1004].map(|u| limits.admit(u).unwrap()).into();
+        assert_eq!(limits.admit(1005).err(), Some(Refused::Total), "the reserve is used up");
+        // A refused uid leaves no counter behind.
+        assert_eq!(limits.counts.lock().unwrap().by_uid.len(), 6);
+        // Freed shared slots are shared again.
+        drop(a);
+        let again: Vec<ConnSlot> = std::iter::from_fn(|| limits.admit(1001).ok()).take(40).collect();
+        assert_eq!(again.len(), 16);
+        drop((b, c, root, more, again));
     }
 
     #[test]

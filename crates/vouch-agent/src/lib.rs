@@ -42,7 +42,7 @@ use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 pub use crate::config::{AgentConfig, NodeAttestation, ServerOrder};
 pub use crate::identity::AgentIdentity;
-pub use crate::metrics::ServerOp;
+pub use crate::metrics::{Refusal, ServerOp};
 use crate::state::AgentState;
 use crate::workload_api::{WorkloadApi, WorkloadConn};
 
@@ -234,6 +234,7 @@ impl Agent {
         tracing::info!(
             total = limits.limits().total,
             per_uid = limits.limits().per_uid,
+            reserve = limits.limits().reserve(),
             "Workload API connection bounds"
         );
         let accept_state = state.clone();

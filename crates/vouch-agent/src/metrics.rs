@@ -82,11 +82,13 @@ pub enum Refusal {
     ConnectionLimit,
     /// The caller did not send a complete first request in time after connecting.
     SlowRequest,
+    /// The caller's uid already had an executable hash waiting or running.
+    HashBusy,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::MissingHeader,
         Self::PeerUnknown,
         Self::ProcessGone,
@@ -96,6 +98,7 @@ impl Refusal {
         Self::ExecChanged,
         Self::ConnectionLimit,
         Self::SlowRequest,
+        Self::HashBusy,
     ];
 
     /// The label value.
@@ -110,6 +113,7 @@ impl Refusal {
             Self::ExecChanged => "exec_changed",
             Self::ConnectionLimit => "connection_limit",
             Self::SlowRequest => "slow_request",
+            Self::HashBusy => "hash_busy",
         }
     }
 
@@ -121,6 +125,7 @@ impl Refusal {
             AttestError::ExecChanged(_) => Self::ExecChanged,
             AttestError::Proc { .. } | AttestError::Cgroup { .. } => Self::AttestationFailed,
             AttestError::Runtime(_) => Self::RuntimeUnconfirmed,
+            AttestError::HashBusy(_) => Self::HashBusy,
         }
     }
 }
@@ -512,6 +517,7 @@ mod tests {
             (AttestError::ExecChanged(4), "exec_changed"),
             (AttestError::Proc { pid: 4, what: "status" }, "attestation_failed"),
             (AttestError::Runtime("docker does not know container `abc`".into()), "runtime_unconfirmed"),
+            (AttestError::HashBusy(1000), "hash_busy"),
         ];
         for (error, label) in cases {
             assert_eq!(Refusal::of(&error).label(), label, "{error}");

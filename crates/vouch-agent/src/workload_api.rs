@@ -206,6 +206,11 @@ async fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Resul
     let hash = if state.registry.uses_exe_hash() { ExeHash::Compute } else { ExeHash::Skip };
     let attestation = attest_full(pinned, &state.unix, &state.runtime, hash).await.map_err(|e| {
         state.metrics.refused(Refusal::of(&e));
+        if let AttestError::HashBusy(_) = e {
+            // Not a decision about the caller, and as cheap to repeat as a call: counted, not
+            // logged per call.
+            return WorkloadError::HashBusy;
+        }
         tracing::info!(target: "vouch::audit", event = "workload.attest.failed", pid = pinned.pid, reason = %e);
         WorkloadError::NoIdentity
     })?;

@@ -25,6 +25,9 @@ pub enum WorkloadError {
     NoIdentity,
     /// The agent has not synced with the server since it started, so it cannot tell yet.
     NotYetSynced,
+    /// The caller's uid already has an executable hash waiting or running (`unix:sha256`
+    /// selectors); it may retry once that is done. Only the caller's own uid is behind this.
+    HashBusy,
     /// The server could not give what was asked now (`what`: "an X509-SVID", "a JWT-SVID").
     Server {
         /// What was being obtained.
@@ -46,6 +49,10 @@ impl From<WorkloadError> for Status {
             WorkloadError::NoIdentity => Status::permission_denied(NO_IDENTITY),
             WorkloadError::NotYetSynced => Status::unavailable(
                 "the vouch agent has not synced with the vouch server since it started; retry",
+            ),
+            WorkloadError::HashBusy => Status::unavailable(
+                "another process of this caller's uid is having its executable hashed by the vouch \
+                 agent (one at a time per uid); retry",
             ),
             WorkloadError::Server { what, error } => match refused_request(&error) {
                 // The server judged the request itself wrong: the workload's mistake, said as such.
@@ -89,6 +96,7 @@ mod tests {
         assert_eq!(code(WorkloadError::MissingHeader), Code::InvalidArgument);
         assert_eq!(code(WorkloadError::BadRequest("x".into())), Code::InvalidArgument);
         assert_eq!(code(WorkloadError::NotYetSynced), Code::Unavailable);
+        assert_eq!(code(WorkloadError::HashBusy), Code::Unavailable, "a retry will be served");
         assert_eq!(code(WorkloadError::InvalidToken("x".into())), Code::InvalidArgument);
         let denied = Status::from(WorkloadError::NoIdentity);
         assert_eq!((denied.code(), denied.message()), (Code::PermissionDenied, NO_IDENTITY));

@@ -21,7 +21,8 @@ pub use runtime::RuntimeAttestor;
 pub use unix::UnixAttestor;
 
 /// Why a caller could not be attested. Shown to operators (`vouch agent explain`), never to the
-/// workload beyond "no identity issued".
+/// workload beyond "no identity issued" (or, for [`AttestError::HashBusy`], which concerns only the
+/// caller's own uid, "retry").
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {
     /// The peer's credentials could not be read from the socket.
@@ -45,6 +46,10 @@ pub enum AttestError {
     /// program other than the one that connected (or a child given the connection), so none count.
     #[error("process {0} executed another program since it connected; it must reconnect")]
     ExecChanged(i32),
+    /// The caller's uid already has as many executable hashes waiting or running as it may
+    /// ([`unix::HASHES_PER_UID`]); the caller may retry once they are done.
+    #[error("uid {0} already has an executable hash waiting or running; retry")]
+    HashBusy(u32),
     /// The container runtime could not confirm the container.
     #[error("{0}")]
     Runtime(String),
@@ -112,7 +117,7 @@ pub async fn attest_peer(
 ) -> Result<Attestation, AttestError> {
     let mut selectors = unix.selectors(peer.pid, peer.uid, peer.gid)?;
     if hash == ExeHash::Compute {
-        if let Some(digest) = unix.exe_sha256(peer.pid, Some(peer.exe)).await? {
+        if let Some(digest) = unix.exe_sha256(peer.pid, Some(peer.exe), peer.uid).await? {
             let hex = vouch_ca::keys::hex(&digest);
             selectors.insert(
                 vouch_core::Selector::new("unix", &format!("sha256:{hex}"))

@@ -4,6 +4,16 @@
 //! entry asks for it, off the async runtime, for at most [`MAX_HASH_BYTES`], at most
 //! [`HASH_CONCURRENCY`] files at a time, once per file however many callers wait for it, and
 //! remembered per file identity.
+//!
+//! The cache cannot help against a caller that changes its executable (touching or rewriting a
+//! large sparse file makes every call a new file identity), and with many connections one uid
+//! could queue many such hashes ahead of everyone else's. So each uid may have at most
+//! [`HASHES_PER_UID`] hash waiting or running at a time (counted for the caller that computes it,
+//! until the hash is done even if that caller hangs up; callers that wait for a hash already in
+//! flight cost nothing more); a call beyond that is
+//! refused at once with [`AttestError::HashBusy`], which the caller may retry. With one hash per uid
+//! and two at a time, a caller's hash never waits behind more than one hash of each other uid, and
+//! a single other uid, holding at most one of the two, cannot make it queue at all.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +38,8 @@ const MAX_HASHES: usize = 4096;
 pub const MAX_HASH_BYTES: u64 = 512 * 1024 * 1024;
 /// Most executables hashed at the same time (each on a blocking thread).
 pub const HASH_CONCURRENCY: usize = 2;
+/// Most hashes one uid may have waiting or running at a time (see the module docs).
+pub const HASHES_PER_UID: usize = 1;
 
 /// One executable's hash: empty while it is being computed.
 type HashCell = Arc<OnceCell<[u8; 32]>>;
@@ -40,8 +52,30 @@ pub struct UnixAttestor {
     /// Hashes by file identity; a cell still empty is a hash in flight, which later callers await.
     hashes: Arc<Mutex<HashMap<FileKey, HashCell>>>,
     hash_permits: Arc<Semaphore>,
+    /// Hashes waiting for a permit or running, by the uid of the caller computing them; a uid is
+    /// here only while it has one, so this is bounded by the callers.
+    hashing: Arc<Mutex<HashMap<u32, usize>>>,
     hash_runs: Arc<AtomicU64>,
     names: Arc<Mutex<NameCache>>,
+}
+
+/// One hash waiting or running for a uid; dropping it (done, failed or cancelled) frees the uid's
+/// place.
+struct HashTicket {
+    hashing: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Drop for HashTicket {
+    fn drop(&mut self) {
+        let mut hashing = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = hashing.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                hashing.remove(&self.uid);
+            }
+        }
+    }
 }
 
 type IdNames = Arc<HashMap<u32, String>>;
@@ -87,6 +121,7 @@ impl UnixAttestor {
             etc_root: etc_root.into(),
             hashes: Default::default(),
             hash_permits: Arc::new(Semaphore::new(HASH_CONCURRENCY)),
+            hashing: Default::default(),
             hash_runs: Default::default(),
             names: Default::default(),
         }
@@ -105,13 +140,27 @@ impl UnixAttestor {
         (cache.users.clone(), cache.groups.clone())
     }
 
+    /// A place for a hash of `uid`'s, or [`AttestError::HashBusy`] if it has [`HASHES_PER_UID`].
+    fn hash_ticket(&self, uid: u32) -> Result<HashTicket, AttestError> {
+        let mut hashing = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
+        let n = hashing.entry(uid).or_default();
+        if *n >= HASHES_PER_UID {
+            return Err(AttestError::HashBusy(uid));
+        }
+        *n += 1;
+        Ok(HashTicket { hashing: self.hashing.clone(), uid })
+    }
+
     /// SHA-256 of the executable `pid` runs, or `None` when it is larger than [`MAX_HASH_BYTES`].
     /// With `pinned`, the executable must still be the file it was when the process was pinned
     /// ([`AttestError::ExecChanged`] otherwise): the hash then describes the program that connected.
+    /// A hash that must be computed counts against `uid`, the caller's: one that already has
+    /// [`HASHES_PER_UID`] waiting or running gets [`AttestError::HashBusy`] at once.
     pub async fn exe_sha256(
         &self,
         pid: i32,
         pinned: Option<FileKey>,
+        uid: u32,
     ) -> Result<Option<[u8; 32]>, AttestError> {
         let exe_error = || AttestError::Proc { pid, what: "exe" };
         let path = self.proc_root.join(pid.to_string()).join("exe");
@@ -136,17 +185,26 @@ impl UnixAttestor {
         };
         let digest = cell
             .get_or_try_init(|| async {
-                let _permit = self.hash_permits.acquire().await.map_err(|_| exe_error())?;
+                // Taken by the caller that computes the hash, before it queues for a permit; if it
+                // is refused, the next caller waiting for this file tries with its own uid.
+                let ticket = self.hash_ticket(uid)?;
+                let permit = self.hash_permits.clone().acquire_owned().await.map_err(|_| exe_error())?;
                 let file = std::fs::File::open(&path).map_err(|_| exe_error())?;
                 // The opened file must be the one whose identity keys this hash.
                 if file.metadata().map(|m| key_of(&m)).ok() != Some(key) {
                     return Err(AttestError::ExecChanged(pid));
                 }
                 self.hash_runs.fetch_add(1, Ordering::Relaxed);
-                tokio::task::spawn_blocking(move || vouch_ca::keys::sha256_reader(file))
-                    .await
-                    .map_err(|_| exe_error())?
-                    .map_err(|_| exe_error())
+                // The permit and the uid's place go with the hash, not with this caller: a blocking
+                // thread cannot be stopped, so a caller that hangs up must not free them while its
+                // hash still runs (it could then run any number at once by asking and hanging up).
+                tokio::task::spawn_blocking(move || {
+                    let _held = (permit, ticket);
+                    vouch_ca::keys::sha256_reader(file)
+                })
+                .await
+                .map_err(|_| exe_error())?
+                .map_err(|_| exe_error())
             })
             .await?;
         Ok(Some(*digest))

@@ -128,13 +128,13 @@ async fn exe_hash_follows_changes_to_the_binary() {
     std::os::unix::fs::symlink(&bin, p.join("exe")).unwrap();
     let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
     let hash_of = |d: Option<[u8; 32]>| format!("sha256:{}", vouch_ca::keys::hex(&d.unwrap()));
-    let first = hash_of(unix.exe_sha256(77, None).await.unwrap());
+    let first = hash_of(unix.exe_sha256(77, None, 0).await.unwrap());
     assert_eq!(first, format!("sha256:{}", sha256_hex(&bin)));
-    assert_eq!(hash_of(unix.exe_sha256(77, None).await.unwrap()), first, "cached");
+    assert_eq!(hash_of(unix.exe_sha256(77, None, 0).await.unwrap()), first, "cached");
     assert_eq!(unix.hash_runs(), 1);
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&bin, b"version two, longer").unwrap();
-    let second = hash_of(unix.exe_sha256(77, None).await.unwrap());
+    let second = hash_of(unix.exe_sha256(77, None, 0).await.unwrap());
     assert_ne!(second, first);
     assert_eq!(second, format!("sha256:{}", sha256_hex(&bin)));
 }
@@ -153,7 +153,7 @@ async fn executable_hashing_is_bounded_shared_and_off_the_runtime() {
     std::os::unix::fs::symlink(&big, p.join("exe")).unwrap();
     let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
     let started = std::time::Instant::now();
-    assert_eq!(unix.exe_sha256(78, None).await.unwrap(), None, "over the bound: no hash");
+    assert_eq!(unix.exe_sha256(78, None, 0).await.unwrap(), None, "over the bound: no hash");
     assert!(started.elapsed() < Duration::from_secs(1), "and nothing read");
     assert_eq!(unix.hash_runs(), 0);
 
@@ -164,7 +164,7 @@ async fn executable_hashing_is_bounded_shared_and_off_the_runtime() {
     let callers: Vec<_> = (0..8)
         .map(|_| {
             let unix = unix.clone();
-            tokio::spawn(async move { unix.exe_sha256(78, None).await.unwrap() })
+            tokio::spawn(async move { unix.exe_sha256(78, None, 0).await.unwrap() })
         })
         .collect();
     // While they hash, the runtime answers at once.
@@ -219,4 +219,84 @@ async fn a_process_that_executes_another_program_after_connecting_is_refused() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// One hash waiting or running per uid: while a uid's hash of one large file runs, its hash of
+/// another file is refused at once, another uid's is not, and callers of the file in flight wait
+/// for it (they start nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_has_at_most_one_hash_waiting_or_running() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let etc = tempfile::tempdir().unwrap();
+    for (pid, len) in [(80, 400 << 20), (81, 1 << 20), (82, 1 << 20)] {
+        let exe = proc_root.path().join(format!("exe-{pid}"));
+        std::fs::File::create(&exe).unwrap().set_len(len).unwrap();
+        std::fs::create_dir(proc_root.path().join(pid.to_string())).unwrap();
+        std::os::unix::fs::symlink(&exe, proc_root.path().join(pid.to_string()).join("exe")).unwrap();
+    }
+    let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
+    let (first, same_file) = {
+        let (a, b) = (unix.clone(), unix.clone());
+        (
+            tokio::spawn(async move { a.exe_sha256(80, None, 1000).await }),
+            tokio::spawn(async move { b.exe_sha256(80, None, 1000).await }),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while unix.hash_runs() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first hash did not start");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // 400 MiB take far longer than these calls: uid 1000's hash is still running.
+    let started = std::time::Instant::now();
+    let busy = unix.exe_sha256(81, None, 1000).await;
+    assert!(matches!(busy, Err(AttestError::HashBusy(1000))), "{busy:?}");
+    assert!(started.elapsed() < Duration::from_millis(100), "refused at once");
+    assert!(unix.exe_sha256(82, None, 1001).await.unwrap().is_some(), "another uid is served");
+    assert!(!first.is_finished(), "the large hash was still running: the refusal was the bound's");
+    let first = tokio::time::timeout(Duration::from_secs(60), first).await.unwrap().unwrap().unwrap();
+    let same_file = tokio::time::timeout(Duration::from_secs(60), same_file).await.unwrap().unwrap().unwrap();
+    assert_eq!(first, same_file);
+    assert_eq!(unix.hash_runs(), 2, "the second caller of file 80 waited for its hash");
+    // Done: uid 1000 may hash again.
+    assert!(unix.exe_sha256(81, None, 1000).await.unwrap().is_some());
+}
+
+/// A hash whose caller went away (its connection closed) counts until it is done: it runs on a
+/// blocking thread that cannot be stopped, so dropping the caller must not free its uid's place
+/// (nor its permit), else a caller that hangs up and asks again could run any number at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_whose_caller_went_away_counts_until_it_is_done() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let etc = tempfile::tempdir().unwrap();
+    for (pid, len) in [(83, 400 << 20), (84, 1 << 20)] {
+        let exe = proc_root.path().join(format!("exe-{pid}"));
+        std::fs::File::create(&exe).unwrap().set_len(len).unwrap();
+        std::fs::create_dir(proc_root.path().join(pid.to_string())).unwrap();
+        std::os::unix::fs::symlink(&exe, proc_root.path().join(pid.to_string()).join("exe")).unwrap();
+    }
+    let unix = UnixAttestor::with_roots(proc_root.path(), etc.path());
+    let a = unix.clone();
+    let first = tokio::spawn(async move { a.exe_sha256(83, None, 1000).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while unix.hash_runs() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first hash did not start");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let busy = unix.exe_sha256(84, None, 1000).await;
+    assert!(matches!(busy, Err(AttestError::HashBusy(1000))), "{busy:?}");
+    // Once the abandoned hash is done, the uid may hash again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match unix.exe_sha256(84, None, 1000).await {
+            Ok(digest) => break assert!(digest.is_some()),
+            Err(AttestError::HashBusy(_)) => {
+                assert!(std::time::Instant::now() < deadline, "the uid's place was never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

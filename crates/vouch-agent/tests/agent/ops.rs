@@ -187,20 +187,27 @@ fn python_as_nobody(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Any local user can connect to the Workload API, so connections are bounded per uid and in
-/// total: one user holding its share cannot lock the others out, and a refused connection costs
-/// nothing (closed before attestation, counted once, no leak).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_are_bounded_per_uid_and_one_user_cannot_lock_out_another() {
+/// A stack whose Workload API socket other uids can reach (in a directory they may enter), with
+/// at most `total` connections and `per_uid` from one uid; the directory goes when dropped.
+async fn stack_with_bounds(total: usize, per_uid: usize) -> (tempfile::TempDir, std::path::PathBuf, Stack) {
     let socket_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(socket_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let socket = socket_dir.path().join("api.sock");
     let stack = Stack::start_with(|c| {
         c.socket = socket.clone();
-        c.max_connections = Some(8);
-        c.max_connections_per_uid = Some(3);
+        c.max_connections = Some(total);
+        c.max_connections_per_uid = Some(per_uid);
     })
     .await;
+    (socket_dir, socket, stack)
+}
+
+/// Any local user can connect to the Workload API, so connections are bounded per uid and in
+/// total: one user holding its share cannot lock the others out, and a refused connection costs
+/// nothing (closed before attestation, counted once, no leak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_per_uid_and_one_user_cannot_lock_out_another() {
+    let (_socket_dir, socket, stack) = stack_with_bounds(8, 3).await;
     stack.entry_for_me("held", "/held", json!({})).await;
     stack.wait_entries(1).await;
     let admin_socket = stack.agent_config.data_dir.join("admin.sock");
@@ -277,4 +284,74 @@ async fn connections_are_bounded_per_uid_and_one_user_cannot_lock_out_another() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/held");
+}
+
+/// A Python process as `uid` that opens `n` connections to `socket` and holds them until it is
+/// killed (dropping the child kills it), with how many the agent kept open (a refused connection
+/// is closed at once).
+async fn hold_connections(uid: u32, socket: &Path, n: usize) -> (tokio::process::Child, usize) {
+    // The agent speaks first on a connection it keeps (its SETTINGS) and closes one it refuses:
+    // peeking at the first byte tells which, without a guess at how long the agent takes. The
+    // alarm ends the holder should the test die.
+    let script = format!(
+        "import signal,socket,sys\nsignal.alarm(30)\nsocks=[]\nfor _ in range({n}):\n    \
+         s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect({path:?}); socks.append(s)\n\
+         held=sum(s.recv(1, socket.MSG_PEEK) != b'' for s in socks)\nprint(held, flush=True)\n\
+         sys.stdin.readline()\n",
+        path = socket.display().to_string()
+    );
+    let mut child = tokio::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("setpriv (util-linux) and python3 are installed");
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let read = tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line);
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("the holder reports").unwrap();
+    let held = line.trim().parse().unwrap_or_else(|_| panic!("holder as uid {uid} said {line:?}"));
+    (child, held)
+}
+
+/// Two unprivileged uids that together take every connection they can cannot lock out a third
+/// uid or root: the last quarter of the slots is a reserve that only uids holding few connections
+/// may use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_uids_cannot_take_every_connection_slot() {
+    if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap() != 0 {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let (_socket_dir, socket, stack) = stack_with_bounds(64, 32).await;
+    stack.entry_for_me("root", "/root-workload", json!({})).await;
+    stack.wait_entries(1).await;
+
+    // Idle connections are closed after FIRST_REQUEST_TIMEOUT (10 s): all of this happens well
+    // within it, so every slot taken stays taken.
+    let (_a, held_a) = hold_connections(65534, &socket, 40).await;
+    let (_b, held_b) = hold_connections(65533, &socket, 40).await;
+    // A third uid still gets connections, as many as the reserve grants one uid.
+    let (_c, held_c) = hold_connections(65532, &socket, 6).await;
+    // And root is served an SVID.
+    let served = async {
+        let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display())).await?;
+        client.fetch_x509_svid().await
+    };
+    let svid = tokio::time::timeout(Duration::from_secs(10), served).await.expect("root is answered");
+    assert_eq!(held_c, vouch_agent::conn_limits::RESERVE_PER_UID, "a third uid is served from the reserve");
+    assert_eq!(
+        svid.expect("root is served while two uids hold what they can").spiffe_id().to_string(),
+        "spiffe://example.org/root-workload"
+    );
+    assert_eq!(held_a, 32, "the first uid holds its bound");
+    assert_eq!(held_b, 64 - 16 - 32, "the second uid holds the rest of the shared part, not the reserve");
 }

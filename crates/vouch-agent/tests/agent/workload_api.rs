@@ -710,3 +710,102 @@ async fn the_agent_waits_as_told_when_the_servers_rate_limit_refuses_it() {
     tokio::time::timeout(within, state.jwt(entry, &["d".into()], now)).await.unwrap().unwrap();
     assert_eq!((server_refusals(1), server_refusals(2)), (1, 1));
 }
+
+/// A caller of [`h2_fetch.py`](h2_fetch.py), `python` run as `uid`: with `wait`, it connects, says
+/// "ready" and asks only when told. Dropping it kills it.
+fn h2_caller(uid: u32, python: &Path, socket: &Path, wait: bool) -> tokio::process::Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/h2_fetch.py");
+    let mut cmd = tokio::process::Command::new("setpriv");
+    cmd.args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups"])
+        .arg(python)
+        .arg(&script)
+        .arg(socket);
+    if wait {
+        cmd.arg("--wait");
+    }
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("setpriv (util-linux) and python3 are installed")
+}
+
+/// The next line a caller prints, within `within`.
+async fn line_of(out: &mut tokio::io::BufReader<tokio::process::ChildStdout>, within: Duration) -> String {
+    let mut line = String::new();
+    let read = tokio::io::AsyncBufReadExt::read_line(out, &mut line);
+    tokio::time::timeout(within, read).await.expect("the caller answers in time").unwrap();
+    line.trim().to_owned()
+}
+
+/// One uid that makes the agent hash many large executables (sparse copies of python, each a new
+/// file identity: fresh, or touched, which the cache cannot tell from a new program) cannot delay
+/// another uid whose entry needs `unix:sha256`: at most one hash per uid waits or runs, and the
+/// attacker's other calls are refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_rehashing_large_executables_cannot_delay_another_uids_hash() {
+    if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap() != 0 {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    const ATTACKERS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("api.sock");
+    let stack = Stack::start_with(|c| c.socket = socket.clone()).await;
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let digest = vouch_ca::keys::sha256_reader(std::fs::File::open(&python).unwrap()).unwrap();
+    let legit = json!({"id": "legit", "spiffe_id": "spiffe://example.org/legit", "parent_id": AGENT_ID,
+        "selectors": ["unix:uid:65533", format!("unix:sha256:{}", vouch_ca::keys::hex(&digest))]});
+    let _: Value = stack.admin.call("POST", "/v1/entries", Some(&legit)).await.unwrap();
+    stack.wait_entries(1).await;
+
+    // The attacker's executables: python padded to 256 MiB with a hole (a few MiB on disk; half
+    // the hash bound, enough to queue seconds of hashing without costing the other tests as much),
+    // each touched before its caller starts.
+    let mut attackers = Vec::new();
+    for i in 0..ATTACKERS {
+        let exe = dir.path().join(format!("attacker-{i}"));
+        std::fs::copy(&python, &exe).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&exe).unwrap();
+        file.set_len(256 << 20).unwrap();
+        file.set_modified(std::time::SystemTime::now()).unwrap();
+        drop(file);
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut child = h2_caller(65534, &exe, &socket, true);
+        let out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        attackers.push((child, out));
+    }
+    for (_, out) in &mut attackers {
+        assert_eq!(line_of(out, Duration::from_secs(10)).await, "ready");
+    }
+    // All ask at once; then the agent has a moment to attest them and queue their hashes.
+    for (child, _) in &mut attackers {
+        tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().unwrap(), b"go\n").await.unwrap();
+    }
+    for (_, out) in &mut attackers {
+        assert_eq!(line_of(out, Duration::from_secs(10)).await, "sent");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The legitimate caller, another uid, running the real python, gets its SVID soon.
+    let mut legit = h2_caller(65533, &python, &socket, false);
+    let mut out = tokio::io::BufReader::new(legit.stdout.take().unwrap());
+    let answer = line_of(&mut out, Duration::from_secs(15)).await;
+    let (outcome, secs) = answer.split_once(' ').unwrap();
+    let secs: f64 = secs.parse().unwrap();
+    assert_eq!(outcome, "svid", "{answer}");
+    assert!(secs < 3.0, "the legitimate caller waited {secs} s for its SVID behind another uid's hashes");
+
+    // The attacker's calls were refused at once (UNAVAILABLE, to retry), all but the one hashing
+    // (and one more, should it have arrived after that hash was done).
+    let busy = stack.agent().state.metrics.refusals(vouch_agent::Refusal::HashBusy);
+    assert!(busy as usize >= ATTACKERS - 2, "{busy} attacker calls refused as busy");
+    for (mut child, mut out) in attackers {
+        let answer = line_of(&mut out, Duration::from_secs(15)).await;
+        assert!(answer.starts_with("refused "), "an attacker got {answer}");
+        let _ = child.kill().await;
+    }
+    let _ = legit.kill().await;
+}
