@@ -2014,6 +2014,21 @@ impl Store for PausingStore {
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
         self.inner.delete_agent(id).await
     }
+    async fn create_group(&self, g: &vouch_core::NodeGroup) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_group(g).await
+    }
+    async fn get_group(
+        &self,
+        id: &SpiffeId,
+    ) -> Result<Option<vouch_core::NodeGroup>, vouch_store::StoreError> {
+        self.inner.get_group(id).await
+    }
+    async fn list_groups(&self) -> Result<Vec<vouch_core::NodeGroup>, vouch_store::StoreError> {
+        self.inner.list_groups().await
+    }
+    async fn delete_group(&self, id: &SpiffeId) -> Result<vouch_core::NodeGroup, vouch_store::StoreError> {
+        self.inner.delete_group(id).await
+    }
     async fn load_authority(&self) -> Result<Option<String>, vouch_store::StoreError> {
         self.inner.load_authority().await
     }

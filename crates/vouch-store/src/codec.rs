@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use vouch_core::{Entry, SpiffeId};
+use vouch_core::{Entry, NodeGroup, SpiffeId};
 
 use crate::{AgentRecord, DamagedEntry, JoinTokenRecord, StoreError, TokenUse};
 
@@ -74,6 +74,26 @@ pub(crate) fn encode_agent(agent: &AgentRecord) -> Result<String, StoreError> {
 
 pub(crate) fn decode_agent(data: &str) -> Result<AgentRecord, StoreError> {
     serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("agent: {e}")))
+}
+
+pub(crate) fn encode_group(group: &NodeGroup) -> Result<String, StoreError> {
+    serde_json::to_string(group).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Decodes one group row; a row that does not decode is logged (by key, never its content) and
+/// skipped by listings, so one damaged group cannot stop every agent's sync.
+pub(crate) fn decode_group(id: &str, data: &str) -> Option<NodeGroup> {
+    match serde_json::from_str::<NodeGroup>(data) {
+        Ok(g) if g.spiffe_id.to_string() == id => Some(g),
+        Ok(_) => {
+            tracing::warn!(group = %id, "skipping a damaged node group row: its data names another group");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(group = %id, reason = %damage_reason(&e), "skipping a damaged node group row: restore the database or delete the group and create it again");
+            None
+        }
+    }
 }
 
 /// Sorts a listing's rows into entries passing `accepts` and damaged rows (counted and logged).

@@ -21,7 +21,7 @@ mod sqlite;
 pub mod test_postgres;
 
 use async_trait::async_trait;
-use vouch_core::{Entry, EntryId, Selector, Selectors, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, Selector, Selectors, SpiffeId};
 
 pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore};
 pub use sqlite::{SqliteStore, SqliteSynchronous};
@@ -66,6 +66,21 @@ pub enum StoreError {
     /// The agent presented an X509-SVID that is not its current one.
     #[error("agent `{0}` presented an X509-SVID that is no longer its current one (it was renewed, or the agent attested again); a copied older SVID is refused: use the agent's current SVID, or attest again")]
     StaleSvid(String),
+    /// A node group with this SPIFFE ID already exists.
+    #[error("node group `{0}` already exists")]
+    GroupExists(String),
+    /// No node group with this SPIFFE ID.
+    #[error("no node group `{0}`")]
+    GroupNotFound(String),
+    /// The node group still has entries parented to it: deleting it would silently take their
+    /// identities from every workload on every member node.
+    #[error("node group `{id}` has {entries} entr{plural} parented to it; delete them or give them another parent first (`vouch entry list --parent-id {id}`), then delete the group", plural = if *entries == 1 { "y" } else { "ies" })]
+    GroupInUse {
+        /// The group's SPIFFE ID.
+        id: String,
+        /// How many entries are parented to it.
+        entries: u64,
+    },
     /// The database was upgraded by a newer vouch: its schema has steps this build does not know.
     #[error("the database schema is version {found}, newer than this vouch knows ({supported}): a newer vouch has upgraded it; run that version or a newer one, or restore a backup taken before the upgrade")]
     SchemaTooNew {
@@ -389,6 +404,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes an agent (eviction: it must attest again); returns whether it existed.
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError>;
+
+    /// Creates a node group; [`StoreError::GroupExists`] if its SPIFFE ID is taken.
+    async fn create_group(&self, group: &NodeGroup) -> Result<(), StoreError>;
+
+    /// One node group by SPIFFE ID.
+    async fn get_group(&self, id: &SpiffeId) -> Result<Option<NodeGroup>, StoreError>;
+
+    /// Every node group, ordered by SPIFFE ID. A row that cannot be decoded is skipped and logged.
+    async fn list_groups(&self) -> Result<Vec<NodeGroup>, StoreError>;
+
+    /// Deletes a node group and returns it: [`StoreError::GroupNotFound`] if there is none, and
+    /// [`StoreError::GroupInUse`] (nothing deleted) while entries are parented to it. The check
+    /// and the deletion are one transaction.
+    async fn delete_group(&self, id: &SpiffeId) -> Result<NodeGroup, StoreError>;
 
     /// The persisted authority state (JSON with sealed keys), if any.
     async fn load_authority(&self) -> Result<Option<String>, StoreError>;

@@ -15,11 +15,11 @@ use async_trait::async_trait;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls, Row};
-use vouch_core::{Entry, EntryId, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
 
 use crate::codec::{
-    consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
-    sort_rows, usable_token, DamageLog,
+    consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent, encode_entry,
+    encode_group, prior_revision, sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::{
@@ -58,6 +58,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "agents",
         sql: r#"CREATE TABLE agents (
+            spiffe_id TEXT COLLATE "C" PRIMARY KEY,
+            data TEXT NOT NULL
+        );"#,
+    },
+    Migration {
+        version: 3,
+        name: "node groups",
+        sql: r#"CREATE TABLE node_groups (
             spiffe_id TEXT COLLATE "C" PRIMARY KEY,
             data TEXT NOT NULL
         );"#,
@@ -621,6 +629,78 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         Ok(n > 0)
+    }
+
+    async fn create_group(&self, group: &NodeGroup) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let (id, data) = (group.spiffe_id.to_string(), encode_group(group)?);
+        let conn = self.pool.get().await?;
+        let inserted = conn
+            .execute(
+                "INSERT INTO node_groups (spiffe_id, data) VALUES ($1, $2) ON CONFLICT (spiffe_id) DO NOTHING",
+                &[&id, &data],
+            )
+            .await
+            .map_err(backend)?;
+        if inserted == 0 {
+            return Err(StoreError::GroupExists(id));
+        }
+        Ok(())
+    }
+
+    async fn get_group(&self, id: &SpiffeId) -> Result<Option<NodeGroup>, StoreError> {
+        let id = id.to_string();
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt("SELECT data FROM node_groups WHERE spiffe_id = $1", &[&id])
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            decode_group(&id, col(&r, 0)?)
+                .ok_or_else(|| StoreError::Corrupt(format!("node group `{id}` cannot be read")))
+        })
+        .transpose()
+    }
+
+    async fn list_groups(&self) -> Result<Vec<NodeGroup>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query("SELECT spiffe_id, data FROM node_groups ORDER BY spiffe_id", &[])
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.extend(decode_group(col(r, 0)?, col(r, 1)?));
+        }
+        Ok(out)
+    }
+
+    async fn delete_group(&self, id: &SpiffeId) -> Result<NodeGroup, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let id = id.to_string();
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let row = tx
+            .query_opt("SELECT data FROM node_groups WHERE spiffe_id = $1 FOR UPDATE", &[&id])
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else { return Err(StoreError::GroupNotFound(id)) };
+        // An entry created under the group by a concurrent transaction that has not committed yet is
+        // not counted (READ COMMITTED); it then waits under a deleted group, served by no agent, until
+        // it is deleted or re-parented, or the group is created again.
+        let count = tx
+            .query_one("SELECT COUNT(*) FROM entries WHERE parent_id = $1", &[&id])
+            .await
+            .map_err(backend)?;
+        let entries: i64 = col(&count, 0)?;
+        if entries > 0 {
+            return Err(StoreError::GroupInUse { id, entries: u64::try_from(entries).unwrap_or(u64::MAX) });
+        }
+        let group = decode_group(&id, col(&row, 0)?)
+            .ok_or_else(|| StoreError::Corrupt(format!("node group `{id}` cannot be read")))?;
+        tx.execute("DELETE FROM node_groups WHERE spiffe_id = $1", &[&id]).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(group)
     }
 
     async fn load_authority(&self) -> Result<Option<String>, StoreError> {

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use vouch_core::{Entry, EntryId, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
 
 use crate::codec::{
-    consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry, prior_revision,
-    sort_rows, usable_token, DamageLog,
+    consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent, encode_entry,
+    encode_group, prior_revision, sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::{
@@ -50,6 +50,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "agents",
         sql: "CREATE TABLE agents (
+            spiffe_id TEXT PRIMARY KEY,
+            data TEXT NOT NULL
+        );",
+    },
+    Migration {
+        version: 3,
+        name: "node groups",
+        sql: "CREATE TABLE node_groups (
             spiffe_id TEXT PRIMARY KEY,
             data TEXT NOT NULL
         );",
@@ -506,6 +514,89 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.with_write(move |conn| {
             Ok(conn.execute("DELETE FROM agents WHERE spiffe_id = ?1", [&id]).map_err(backend)? > 0)
+        })
+        .await
+    }
+
+    async fn create_group(&self, group: &NodeGroup) -> Result<(), StoreError> {
+        let (id, data) = (group.spiffe_id.to_string(), encode_group(group)?);
+        self.with_write(move |conn| {
+            let r =
+                conn.execute("INSERT INTO node_groups (spiffe_id, data) VALUES (?1, ?2)", params![id, data]);
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::GroupExists(id))
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_group(&self, id: &SpiffeId) -> Result<Option<NodeGroup>, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let data: Option<String> = conn
+                .query_row("SELECT data FROM node_groups WHERE spiffe_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            data.map(|d| {
+                decode_group(&id, &d)
+                    .ok_or_else(|| StoreError::Corrupt(format!("node group `{id}` cannot be read")))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<NodeGroup>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT spiffe_id, data FROM node_groups ORDER BY spiffe_id")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get_ref(0)?.as_str().ok().map(str::to_owned),
+                        r.get_ref(1)?.as_str().ok().map(str::to_owned),
+                    ))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                if let (Some(id), Some(data)) = row.map_err(backend)? {
+                    out.extend(decode_group(&id, &data));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_group(&self, id: &SpiffeId) -> Result<NodeGroup, StoreError> {
+        let id = id.to_string();
+        self.with_write(move |conn| {
+            // Immediate: no entry can be created under the group between the count and the delete.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let data: Option<String> = tx
+                .query_row("SELECT data FROM node_groups WHERE spiffe_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let Some(data) = data else { return Err(StoreError::GroupNotFound(id)) };
+            let entries: u64 = tx
+                .query_row("SELECT COUNT(*) FROM entries WHERE parent_id = ?1", [&id], |r| r.get(0))
+                .map_err(backend)?;
+            if entries > 0 {
+                return Err(StoreError::GroupInUse { id, entries });
+            }
+            let group = decode_group(&id, &data)
+                .ok_or_else(|| StoreError::Corrupt(format!("node group `{id}` cannot be read")))?;
+            tx.execute("DELETE FROM node_groups WHERE spiffe_id = ?1", [&id]).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(group)
         })
         .await
     }
