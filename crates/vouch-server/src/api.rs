@@ -144,6 +144,7 @@ async fn authority_keys(State(state): State<Arc<AppState>>) -> AppResult<Json<Au
 
 pub(crate) fn new_entry(state: &AppState, spec: EntrySpec) -> AppResult<Entry> {
     crate::reserved::check_workload_id("spiffe_id", &spec.spiffe_id)?;
+    crate::reserved::check_parent_id("parent_id", &spec.parent_id)?;
     let id = match &spec.id {
         Some(id) => id.clone(),
         None => EntryId::new(&vouch_ca::keys::random_id()?).map_err(|e| ApiError::internal("entry id", e))?,
@@ -279,6 +280,7 @@ async fn store_update(
 ) -> AppResult<Json<Entry>> {
     let id = current.id.clone();
     crate::reserved::check_workload_id("spiffe_id", &spec.spiffe_id)?;
+    crate::reserved::check_parent_id("parent_id", &spec.parent_id)?;
     let updated = current
         .updated(spec, &state.config.trust_domain, state.now_secs())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
