@@ -142,7 +142,9 @@ pub fn check_challenge(
 }
 
 /// The identity a proven node certificate gives: `/agent/x509pop/<fingerprint>`, and selectors for
-/// the CA set it chains to, its fingerprint, subject common name and DNS SANs.
+/// the CA set it chains to, its fingerprint, subject common name, DNS SANs and URI SANs. A value that
+/// cannot be a selector (a control character, too long) gives no selector rather than an error: the
+/// certificate chains to a configured CA, and the other facts still identify the node.
 pub fn x509pop_identity(
     td: &TrustDomain,
     ca_set: &str,
@@ -152,7 +154,8 @@ pub fn x509pop_identity(
     let values = [format!("ca:{ca_set}"), format!("fingerprint:{}", facts.fingerprint)]
         .into_iter()
         .chain(facts.common_name.iter().map(|cn| format!("subject:cn:{cn}")))
-        .chain(facts.dns_names.iter().map(|d| format!("san:dns:{d}")));
+        .chain(facts.dns_names.iter().map(|d| format!("san:dns:{d}")))
+        .chain(facts.uris.iter().map(|u| format!("san:uri:{u}")));
     Ok(NodeIdentity { agent_id, selectors: selectors_of("x509pop", values) })
 }
 
@@ -280,6 +283,7 @@ mod tests {
         let facts = vouch_ca::x509::NodeCertFacts {
             common_name: Some("node-1".into()),
             dns_names: vec!["node-1.nodes.example".into()],
+            uris: vec!["spiffe://nodes.example/dc1/node-1".into()],
             fingerprint: "ab".repeat(32),
         };
         let id = x509pop_identity(&td(), "dc1", &facts).unwrap();
@@ -288,9 +292,14 @@ mod tests {
             format!("spiffe://example.org/agent/x509pop/{}", "ab".repeat(32))
         );
         let sels: Vec<String> = id.selectors.iter().map(ToString::to_string).collect();
-        for want in ["x509pop:ca:dc1", "x509pop:subject:cn:node-1", "x509pop:san:dns:node-1.nodes.example"] {
+        for want in [
+            "x509pop:ca:dc1",
+            "x509pop:subject:cn:node-1",
+            "x509pop:san:dns:node-1.nodes.example",
+            "x509pop:san:uri:spiffe://nodes.example/dc1/node-1",
+        ] {
             assert!(sels.iter().any(|s| s == want), "{want} in {sels:?}");
         }
-        assert_eq!(sels.len(), 4, "ca, fingerprint, cn, one SAN: {sels:?}");
+        assert_eq!(sels.len(), 5, "ca, fingerprint, cn, one DNS SAN, one URI SAN: {sels:?}");
     }
 }

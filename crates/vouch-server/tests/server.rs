@@ -1236,6 +1236,8 @@ fn node_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
 fn node_cert(ca: &rcgen::Issuer<'static, rcgen::KeyPair>, cn: &str) -> (String, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec![format!("{cn}.nodes.example")]).unwrap();
+    let uri = rcgen::string::Ia5String::try_from(format!("spiffe://nodes.example/{cn}")).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(uri));
     params.distinguished_name.push(rcgen::DnType::CommonName, cn);
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     (params.signed_by(&key, ca).unwrap().pem(), key)
@@ -1280,7 +1282,12 @@ async fn agents_attest_by_proof_of_possession_of_a_node_key() {
     assert!(id.starts_with("spiffe://example.org/agent/x509pop/") && id.len() > 60, "{id}");
     let agents = local.agents().await.unwrap();
     let sels: Vec<String> = agents.agents[0].selectors.iter().map(ToString::to_string).collect();
-    for want in ["x509pop:subject:cn:node-1", "x509pop:ca:dc1", "x509pop:san:dns:node-1.nodes.example"] {
+    for want in [
+        "x509pop:subject:cn:node-1",
+        "x509pop:ca:dc1",
+        "x509pop:san:dns:node-1.nodes.example",
+        "x509pop:san:uri:spiffe://nodes.example/node-1",
+    ] {
         assert!(sels.iter().any(|s| s == want), "{want} in {sels:?}");
     }
 
