@@ -147,6 +147,10 @@ pub struct JoinTokenRequest {
     /// The agent ID the token will attest as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<SpiffeId>,
+    /// Labels the attesting agent gets as node selectors `join_token:label:<key>:<value>`, so node
+    /// groups can take in join-token agents (at most 16; keys of letters, digits, `.`, `_`, `-`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A new join token; shown once, only its hash is stored.

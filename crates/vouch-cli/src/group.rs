@@ -24,7 +24,8 @@ pub enum GroupCommand {
     ///
     /// Selectors must be node selectors: `k8s_psat:` (cluster, agent_ns, agent_sa, agent_pod_name,
     /// agent_pod_uid, agent_node_name, agent_node_uid), `x509pop:` (ca:<CA set>, subject:cn:,
-    /// san:dns:, san:uri:, fingerprint:) or `join_token:`.
+    /// san:dns:, san:uri:, fingerprint:) or `join_token:` (label:<key>:<value> from `vouch token
+    /// create --label key=value`).
     Create {
         /// The group's SPIFFE ID: spiffe://<trust domain>/vouch/group/<name>.
         #[arg(long)]

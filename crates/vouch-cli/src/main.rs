@@ -347,6 +347,10 @@ enum TokenCommand {
         /// SPIFFE ID the agent will receive.
         #[arg(long)]
         agent_id: Option<String>,
+        /// A label (key=value) the agent gets as the node selector `join_token:label:<key>:<value>`,
+        /// for node groups (`vouch group create -s join_token:label:env:prod`); repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
 }
 
@@ -436,10 +440,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server { command: ServerCommand::Run(args) } => server_run(args).await,
         Command::Entry { command, connect } => entry(command, &connect).await,
         Command::Group { command, connect } => group::run(command, &connect).await,
-        Command::Token { command: TokenCommand::Create { ttl, agent_id }, connect } => {
+        Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;
-            let req = JoinTokenRequest { ttl: Some(ttl.0.as_secs()), agent_id };
+            let labels = labels
+                .iter()
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("--label `{l}`: write it as key=value"))
+                })
+                .collect::<Result<_>>()?;
+            let req = JoinTokenRequest { ttl: Some(ttl.0.as_secs()), agent_id, labels };
             let t = connect.client()?.create_join_token(&req).await?;
             match connect.output {
                 Output::Json => output::print_json(&t)?,

@@ -1240,6 +1240,13 @@ fn a_real_agent_serves_a_workload_through_a_node_group_entry() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Join tokens carry labels for groups; a label that is not key=value is refused.
+    let err = server.fails(&["token", "create", "--label", "prod"]);
+    assert!(err.contains("--label `prod`: write it as key=value"), "{err}");
+    let err = server.fails(&["token", "create", "--label", "a:b=x"]);
+    assert!(err.contains("key `a:b`"), "{err}");
+    server.ok(&["token", "create", "--label", "env=prod", "--label", "rack=r1"]);
+
     // Not deleted while the entry is under it; deleted by name or ID once it is not.
     let err = server.fails(&["group", "delete", "edge"]);
     assert!(err.contains("has 1 entry parented to it"), "{err}");

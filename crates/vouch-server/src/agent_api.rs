@@ -254,8 +254,13 @@ async fn attest_join_token(
             ))
         }
     };
-    let node = crate::node_attest::join_token_identity(&state.config.trust_domain, &hash, record.agent_id)
-        .map_err(|e| ApiError::internal("agent id", e))?;
+    let node = crate::node_attest::join_token_identity(
+        &state.config.trust_domain,
+        &hash,
+        record.agent_id,
+        &record.labels,
+    )
+    .map_err(|e| ApiError::internal("agent id", e))?;
     admit_agent(&state, node.agent_id, "join_token", node.selectors, &req.csr).await
 }
 

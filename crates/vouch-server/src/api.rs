@@ -327,6 +327,7 @@ async fn create_join_token(
         // Not the server's ID, not an admin's or a workload's: agents live in their own namespace.
         crate::reserved::check_agent_id("agent_id", id)?;
     }
+    crate::node_attest::join_token_label_selectors(&req.labels).map_err(ApiError::bad_request)?;
     // 128 random bits; only the hash is stored, the token itself is returned once.
     let token = vouch_ca::keys::random_id()?;
     let now = state.now_secs();
@@ -337,6 +338,7 @@ async fn create_join_token(
         expires_at,
         agent_id: req.agent_id.clone(),
         used_at: None,
+        labels: req.labels.clone(),
     };
     state.store.create_join_token(&record).await?;
     tracing::info!(target: "vouch::audit", event = "join_token.create", %caller, token_hash_prefix = &record.hash[..12], expires_at);

@@ -2322,7 +2322,8 @@ async fn node_group_entries_reach_every_member_agent_and_no_other() {
 
 /// A re-attestation that changes an agent's node selectors changes its groups, and its open sync
 /// stream follows. Join-token agents have the selector `join_token:<first 16 hex of the token's
-/// SHA-256>`, a new one for each token.
+/// SHA-256>`, a new one for each token, and one `join_token:label:<key>:<value>` per label of the
+/// token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reattestation_that_changes_node_selectors_moves_the_agent_between_groups() {
     let dir = tempfile::tempdir().unwrap();
@@ -2333,14 +2334,24 @@ async fn a_reattestation_that_changes_node_selectors_moves_the_agent_between_gro
     let bundle_pem = local.bundle_pem().await.unwrap();
     let anon = AdminClient::tls(&addr, &td, &bundle_pem, None).unwrap();
     let id = spiffe_id("spiffe://example.org/agent/mover");
-    let token = || async {
-        local
-            .create_join_token(&JoinTokenRequest { agent_id: Some(id.clone()), ..Default::default() })
-            .await
-            .unwrap()
-            .token
+    let token = |labels: Value| {
+        let req = JoinTokenRequest {
+            agent_id: Some(id.clone()),
+            labels: serde_json::from_value(labels).unwrap(),
+            ..Default::default()
+        };
+        let local = &local;
+        async move { local.create_join_token(&req).await.unwrap().token }
     };
-    let (first, second) = (token().await, token().await);
+    let (first, second) = (token(json!({})).await, token(json!({"env": "prod", "rack": "r1"})).await);
+    local
+        .groups()
+        .create(&group_spec(
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["join_token:label:env:prod"]}),
+        ))
+        .await
+        .unwrap();
+    local.entries().create(&entry_spec(json!({"id": "p", "spiffe_id": "spiffe://example.org/p", "parent_id": "spiffe://example.org/vouch/group/prod", "selectors": ["unix:uid:1"]}))).await.unwrap();
     let selector = |t: &str| format!("join_token:{}", &vouch_ca::keys::sha256_hex(t.as_bytes())[..16]);
     local
         .groups()
@@ -2358,10 +2369,25 @@ async fn a_reattestation_that_changes_node_selectors_moves_the_agent_between_gro
         AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
     let mut sync = agent.sync().await.unwrap();
     assert_eq!(snapshot_ids(&next_change(&mut sync).await), ["w"]);
-    // The same agent ID attests again with another token: other node selectors, no longer a member.
+    // The same agent ID attests again with another token, labelled env=prod: other node selectors,
+    // so it leaves group `first` and joins group `prod`.
     anon.attest_join_token(&JoinTokenAttestation { token: second, csr }).await.unwrap();
-    assert!(snapshot_ids(&next_change(&mut sync).await).is_empty(), "the group's entry is withdrawn");
+    assert_eq!(
+        snapshot_ids(&next_change(&mut sync).await),
+        ["p"],
+        "one group's entry withdrawn, the other's sent"
+    );
     assert!(local.groups().get("first").await.unwrap().members.is_empty());
+    assert_eq!(local.groups().get("prod").await.unwrap().members, std::slice::from_ref(&id));
+    let agents = local.agents().await.unwrap();
+    let sels: Vec<String> = agents.agents[0].selectors.iter().map(ToString::to_string).collect();
+    assert!(sels.contains(&"join_token:label:rack:r1".to_owned()), "{sels:?}");
+    // Bad labels are refused when the token is made, with the rule.
+    for (labels, want) in [(json!({"a:b": "x"}), "key `a:b`"), (json!({"env": ""}), "value of `env`")] {
+        let req = JoinTokenRequest { labels: serde_json::from_value(labels).unwrap(), ..Default::default() };
+        let (code, message) = refusal(local.create_join_token(&req).await, 400);
+        assert!(code == "invalid_request" && message.contains(want), "{code}: {message}");
+    }
     server.shutdown().await;
 }
 

@@ -127,27 +127,55 @@ pub(crate) fn prior_revision(entry: &Entry) -> Result<u64, StoreError> {
 /// The answer for a join token just marked used at `now`, from its stored columns.
 /// A join token that may be used at `now` (created, expires, chosen agent id) from its row (created,
 /// expires, agent id, used at), or why not.
-pub(crate) fn usable_token(
-    row: Option<(i64, i64, Option<String>, Option<i64>)>,
-    now: i64,
-) -> Result<(i64, i64, Option<String>), TokenUse> {
+/// A join token's row: created, expires, chosen agent id, used at, labels (JSON object text).
+pub(crate) type TokenRow = (i64, i64, Option<String>, Option<i64>, Option<String>);
+
+/// A usable token's row: created, expires, chosen agent id, labels.
+pub(crate) type UsableToken = (i64, i64, Option<String>, Option<String>);
+
+/// Whether a token's row may be consumed at `now`: its fields, or the refusal.
+// The error side is only ever a refusal without data (unknown, expired, used), never the large
+// `Consumed` variant, and it is built once per presented token, next to a database read.
+#[allow(clippy::result_large_err)]
+pub(crate) fn usable_token(row: Option<TokenRow>, now: i64) -> Result<UsableToken, TokenUse> {
     match row {
         None => Err(TokenUse::Unknown),
-        Some((_, _, _, Some(_))) => Err(TokenUse::AlreadyUsed),
-        Some((_, expires_at, _, None)) if expires_at <= now => Err(TokenUse::Expired),
-        Some((created_at, expires_at, agent_id, None)) => Ok((created_at, expires_at, agent_id)),
+        Some((_, _, _, Some(_), _)) => Err(TokenUse::AlreadyUsed),
+        Some((_, expires_at, _, None, _)) if expires_at <= now => Err(TokenUse::Expired),
+        Some((created_at, expires_at, agent_id, None, labels)) => {
+            Ok((created_at, expires_at, agent_id, labels))
+        }
     }
+}
+
+/// A token's labels as stored: a JSON object, or NULL when there are none.
+pub(crate) fn encode_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<String>, StoreError> {
+    if labels.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(labels).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 pub(crate) fn consumed_token(
     hash: String,
-    created_at: i64,
-    expires_at: i64,
-    agent_id: Option<String>,
+    (created_at, expires_at, agent_id, labels): UsableToken,
     now: i64,
 ) -> Result<TokenUse, StoreError> {
     let agent_id = agent_id
         .map(|s| SpiffeId::parse(&s).map_err(|e| StoreError::Corrupt(format!("join token agent id: {e}"))))
         .transpose()?;
-    Ok(TokenUse::Consumed(JoinTokenRecord { hash, created_at, expires_at, agent_id, used_at: Some(now) }))
+    let labels = labels
+        .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("join token labels: {e}"))))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(TokenUse::Consumed(JoinTokenRecord {
+        hash,
+        created_at,
+        expires_at,
+        agent_id,
+        used_at: Some(now),
+        labels,
+    }))
 }

@@ -124,6 +124,7 @@ async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
         expires_at,
         agent_id: Some(SpiffeId::parse("spiffe://example.org/agent/join/n1").unwrap()),
         used_at: None,
+        labels: [("env".to_owned(), "prod".to_owned()), ("rack".to_owned(), "r1:a".to_owned())].into(),
     };
     store.create_join_token(&rec("h1", 1000)).await.expect("create token");
     assert!(matches!(store.create_join_token(&rec("h1", 1000)).await, Err(StoreError::TokenExists)));
@@ -141,6 +142,16 @@ async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
     let writes = store.write_transactions();
     assert_eq!(store.consume_join_token("h1", 201).await.unwrap(), TokenUse::AlreadyUsed);
     assert_eq!(store.write_transactions(), writes, "a used token is refused without a write");
+
+    // A token without labels reads back without labels.
+    store
+        .create_join_token(&JoinTokenRecord { labels: Default::default(), ..rec("bare", 1000) })
+        .await
+        .unwrap();
+    match store.consume_join_token("bare", 200).await.unwrap() {
+        TokenUse::Consumed(r) => assert!(r.labels.is_empty()),
+        other => panic!("expected consumption, got {other:?}"),
+    }
 
     // Racing consumers: exactly one wins.
     store.create_join_token(&rec("race", 1000)).await.unwrap();

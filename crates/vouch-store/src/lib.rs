@@ -152,6 +152,9 @@ pub struct JoinTokenRecord {
     pub agent_id: Option<SpiffeId>,
     /// Unix seconds of its single use.
     pub used_at: Option<i64>,
+    /// Labels chosen at creation; the agent that attests with the token gets them as node
+    /// selectors (`join_token:label:<key>:<value>`), so node groups can take in join-token agents.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A node agent known to the server.

@@ -19,7 +19,7 @@ use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
 
 use crate::codec::{
     consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent, encode_entry,
-    encode_group, prior_revision, sort_rows, usable_token, DamageLog,
+    encode_group, encode_labels, prior_revision, sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::{
@@ -64,11 +64,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
-        name: "node groups",
+        name: "node groups, join token labels",
         sql: r#"CREATE TABLE node_groups (
             spiffe_id TEXT COLLATE "C" PRIMARY KEY,
             data TEXT NOT NULL
-        );"#,
+        );
+        ALTER TABLE join_tokens ADD COLUMN labels TEXT;"#,
     },
 ];
 
@@ -545,11 +546,12 @@ impl Store for PostgresStore {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let conn = self.pool.get().await?;
         let agent_id = token.agent_id.as_ref().map(SpiffeId::to_string);
+        let labels = encode_labels(&token.labels)?;
         let inserted = conn
             .execute(
-                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING",
-                &[&token.hash, &token.created_at, &token.expires_at, &agent_id, &token.used_at],
+                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at, labels)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hash) DO NOTHING",
+                &[&token.hash, &token.created_at, &token.expires_at, &agent_id, &token.used_at, &labels],
             )
             .await
             .map_err(backend)?;
@@ -565,13 +567,13 @@ impl Store for PostgresStore {
         // is refused without writing; the update below decides for a token that looks usable.
         let row = conn
             .query_opt(
-                "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = $1",
+                "SELECT created_at, expires_at, agent_id, used_at, labels FROM join_tokens WHERE hash = $1",
                 &[&hash],
             )
             .await
             .map_err(backend)?;
         let row = row
-            .map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?, col(&r, 2)?, col(&r, 3)?)))
+            .map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?, col(&r, 2)?, col(&r, 3)?, col(&r, 4)?)))
             .transpose()?;
         if let Err(refused) = usable_token(row, now) {
             return Ok(refused);
@@ -583,13 +585,14 @@ impl Store for PostgresStore {
             .query_opt(
                 "UPDATE join_tokens SET used_at = $2
                  WHERE hash = $1 AND used_at IS NULL AND expires_at > $2
-                 RETURNING created_at, expires_at, agent_id",
+                 RETURNING created_at, expires_at, agent_id, labels",
                 &[&hash, &now],
             )
             .await
             .map_err(backend)?;
         if let Some(row) = consumed {
-            return consumed_token(hash.to_owned(), col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, now);
+            let usable = (col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, col(&row, 3)?);
+            return consumed_token(hash.to_owned(), usable, now);
         }
         let row = conn
             .query_opt("SELECT used_at FROM join_tokens WHERE hash = $1", &[&hash])

@@ -11,7 +11,7 @@ use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
 
 use crate::codec::{
     consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent, encode_entry,
-    encode_group, prior_revision, sort_rows, usable_token, DamageLog,
+    encode_group, encode_labels, prior_revision, sort_rows, usable_token, DamageLog, TokenRow,
 };
 use crate::migrate::{self, Migration};
 use crate::{
@@ -56,11 +56,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
-        name: "node groups",
+        name: "node groups, join token labels",
         sql: "CREATE TABLE node_groups (
             spiffe_id TEXT PRIMARY KEY,
             data TEXT NOT NULL
-        );",
+        );
+        ALTER TABLE join_tokens ADD COLUMN labels TEXT;",
     },
 ];
 
@@ -113,14 +114,11 @@ pub struct SqliteStore {
     writes: Arc<AtomicU64>,
 }
 
-/// A join token's row: created, expires, chosen agent id, used at.
-type TokenRow = (i64, i64, Option<String>, Option<i64>);
-
 fn read_token(conn: &Connection, hash: &str) -> Result<Option<TokenRow>, StoreError> {
     conn.query_row(
-        "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = ?1",
+        "SELECT created_at, expires_at, agent_id, used_at, labels FROM join_tokens WHERE hash = ?1",
         [hash],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )
     .optional()
     .map_err(backend)
@@ -440,10 +438,11 @@ impl Store for SqliteStore {
 
     async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = token.clone();
+        let labels = encode_labels(&t.labels)?;
         self.with_write(move |conn| {
             let r = conn.execute(
-                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.hash, t.created_at, t.expires_at, t.agent_id.as_ref().map(SpiffeId::to_string), t.used_at],
+                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t.hash, t.created_at, t.expires_at, t.agent_id.as_ref().map(SpiffeId::to_string), t.used_at, labels],
             );
             match r {
                 Ok(_) => Ok(()),
@@ -469,14 +468,14 @@ impl Store for SqliteStore {
             }
             writes.fetch_add(1, Ordering::Relaxed);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let (created_at, expires_at, agent_id) = match usable_token(read_token(&tx, &hash)?, now) {
+            let usable = match usable_token(read_token(&tx, &hash)?, now) {
                 Ok(row) => row,
                 Err(refused) => return Ok(refused),
             };
             tx.execute("UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1", params![hash, now])
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
-            consumed_token(hash, created_at, expires_at, agent_id, now)
+            consumed_token(hash, usable, now)
         })
         .await
     }

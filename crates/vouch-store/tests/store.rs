@@ -157,7 +157,7 @@ async fn databases_of_earlier_builds_are_recognised_and_upgraded_in_place() {
     let want = vec![
         (1, "entries, join tokens, authority".to_owned()),
         (2, "agents".to_owned()),
-        (3, "node groups".to_owned()),
+        (3, "node groups, join token labels".to_owned()),
     ];
     for steps in [2, 1] {
         let dir = tempfile::tempdir().unwrap();
