@@ -198,7 +198,8 @@ async fn admit_agent(
     // A join token made before agent IDs were reserved may name any ID.
     crate::reserved::check_agent_id("agent_id", &id).map_err(refused)?;
     // Cheap early refusal; the write below is what decides.
-    if state.store.get_agent(&id).await?.is_some_and(|a| a.banned) {
+    let previous = state.store.get_agent(&id).await?;
+    if previous.as_ref().is_some_and(|a| a.banned) {
         return Err(refused(StoreError::AgentBanned(id.to_string()).into()));
     }
     let (svid, expires_at, serial) = mint_agent_svid(state, &id, csr)?;
@@ -215,8 +216,12 @@ async fn admit_agent(
         new_svid_serial: None,
     };
     let recorded = state.store.attest_agent(&record).await.map_err(|e| refused(e.into()))?;
-    // Its node selectors may have changed, and with them the node groups it belongs to.
-    state.publish(Event::AgentAttested { agent: id.clone(), selectors: recorded.selectors });
+    // Its node selectors changed, and with them perhaps its node groups: its open sync streams
+    // (opened with a previous SVID) decide again. Only then, since every open stream hears every
+    // event; an agent attesting for the first time has no stream yet.
+    if previous.is_some_and(|p| p.selectors != recorded.selectors) {
+        state.publish(Event::AgentAttested { agent: id.clone(), selectors: recorded.selectors });
+    }
     tracing::info!(target: "vouch::audit", event = "agent.attest", method, agent = %id, serial, expires_at);
     Ok(Json(svid))
 }
