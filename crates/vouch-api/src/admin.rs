@@ -1,7 +1,7 @@
-//! The admin API: entries, join tokens, SVID minting, the authority's keys, agents.
+//! The admin API: entries, node groups, join tokens, SVID minting, the authority's keys, agents.
 
 use serde::{Deserialize, Serialize};
-use vouch_core::{DnsName, Entry, EntrySpec, Selector, SpiffeId, TrustDomain};
+use vouch_core::{DnsName, Entry, EntrySpec, NodeGroup, Selector, SpiffeId, TrustDomain};
 
 /// Most entries in one batch.
 pub const MAX_ENTRY_BATCH: usize = 1000;
@@ -147,6 +147,10 @@ pub struct JoinTokenRequest {
     /// The agent ID the token will attest as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<SpiffeId>,
+    /// Labels the attesting agent gets as node selectors `join_token:label:<key>:<value>`, so node
+    /// groups can take in join-token agents (at most 16; keys of letters, digits, `.`, `_`, `-`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A new join token; shown once, only its hash is stored.
@@ -301,6 +305,29 @@ pub struct AgentInfo {
     pub svid_expires_at: i64,
     /// A banned agent may not attest again under this ID.
     pub banned: bool,
+    /// The node groups it belongs to (their selectors are a subset of its node selectors): it also
+    /// serves the entries parented to them.
+    #[serde(default)]
+    pub groups: Vec<SpiffeId>,
+}
+
+/// A node group with what it takes in: `POST /v1/groups` and `GET /v1/groups/{name}` answer one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group.
+    #[serde(flatten)]
+    pub group: NodeGroup,
+    /// The attested agents that belong to it now (banned ones left out), ordered by SPIFFE ID.
+    pub members: Vec<SpiffeId>,
+    /// How many entries are parented to it.
+    pub entries: u64,
+}
+
+/// `GET /v1/groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupList {
+    /// Every node group, ordered by SPIFFE ID.
+    pub groups: Vec<GroupInfo>,
 }
 
 /// `POST /v1/agents/evict` and `/v1/agents/ban`.

@@ -24,4 +24,4 @@ pub mod paths;
 
 pub use der::Der;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use vouch_core::{Entry, EntryId, EntrySpec, Selector, SpiffeId, TrustDomain};
+pub use vouch_core::{Entry, EntryId, EntrySpec, NodeGroup, NodeGroupSpec, Selector, SpiffeId, TrustDomain};

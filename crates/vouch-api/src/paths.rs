@@ -19,6 +19,10 @@ pub const ENTRIES: &str = "/v1/entries";
 pub const ENTRIES_BATCH: &str = "/v1/entries/batch";
 /// One entry, as a router pattern.
 pub const ENTRY: &str = "/v1/entries/{id}";
+/// Node groups: create (POST), list (GET).
+pub const GROUPS: &str = "/v1/groups";
+/// One node group by name, as a router pattern.
+pub const GROUP: &str = "/v1/groups/{name}";
 /// Join tokens.
 pub const JOIN_TOKENS: &str = "/v1/join-tokens";
 /// Mint an X509-SVID.
@@ -56,6 +60,11 @@ pub const AGENT_JWT: &str = "/v1/agent/jwt";
 /// The path of one entry.
 pub fn entry(id: &str) -> String {
     format!("/v1/entries/{}", percent_encode(id))
+}
+
+/// The path of one node group.
+pub fn group(name: &str) -> String {
+    format!("/v1/groups/{}", percent_encode(name))
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986 section 2.3).

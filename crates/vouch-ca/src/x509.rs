@@ -446,6 +446,8 @@ pub struct NodeCertFacts {
     pub common_name: Option<String>,
     /// The DNS SANs.
     pub dns_names: Vec<String>,
+    /// The URI SANs.
+    pub uris: Vec<String>,
     /// SHA-256 of the certificate, hex.
     pub fingerprint: String,
 }
@@ -459,6 +461,10 @@ pub fn node_cert_facts(cert_der: &[u8]) -> Result<NodeCertFacts, CaError> {
         x509_parser::extensions::GeneralName::DNSName(d) => Some(d),
         _ => None,
     });
+    let uris = sans(&cert, |n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => Some(u),
+        _ => None,
+    });
     let fingerprint = hex::encode(crate::keys::sha256(cert_der));
-    Ok(NodeCertFacts { common_name: cn, dns_names: dns, fingerprint })
+    Ok(NodeCertFacts { common_name: cn, dns_names: dns, uris, fingerprint })
 }

@@ -58,8 +58,16 @@ pub enum AgentCommand {
         #[arg(long, env = "VOUCH_AGENT_ADMIN_SOCKET", default_value = "vouch-agent-data/admin.sock")]
         admin_socket: PathBuf,
     },
-    /// List the agents known to the server.
+    /// List the agents known to the server, with the node groups each belongs to.
     List {
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Show one agent: how it attested, its node selectors (what node groups match on) and the node
+    /// groups it belongs to.
+    Show {
+        /// The agent's SPIFFE ID.
+        spiffe_id: String,
         #[command(flatten)]
         connect: Connect,
     },
@@ -211,7 +219,7 @@ pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
             match connect.output {
                 Output::Json => output::print_json(&list)?,
                 Output::Table => {
-                    let rows: Vec<[String; 5]> = list
+                    let rows: Vec<[String; 6]> = list
                         .agents
                         .iter()
                         .map(|a| {
@@ -221,13 +229,41 @@ pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
                                 a.banned.to_string(),
                                 vouch_core::ttl::rfc3339(a.last_seen),
                                 vouch_core::ttl::rfc3339(a.svid_expires_at),
+                                group_names(&a.groups),
                             ]
                         })
                         .collect();
                     output::print_table(
-                        ["SPIFFE ID", "ATTESTATION", "BANNED", "LAST SEEN", "SVID EXPIRES"],
+                        ["SPIFFE ID", "ATTESTATION", "BANNED", "LAST SEEN", "SVID EXPIRES", "GROUPS"],
                         &rows,
                     );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Show { spiffe_id, connect } => {
+            let id = crate::parse_flag("spiffe-id", &spiffe_id, SpiffeId::parse)?;
+            let list = connect.client()?.agents().await?;
+            let Some(a) = list.agents.into_iter().find(|a| a.spiffe_id == id) else {
+                bail!("no agent `{id}` is known to the server (see `vouch agent list`)");
+            };
+            match connect.output {
+                Output::Json => output::print_json(&a)?,
+                Output::Table => {
+                    let sels: Vec<String> = a.selectors.iter().map(ToString::to_string).collect();
+                    let rows: [(&str, String); 8] = [
+                        ("spiffe_id", a.spiffe_id.to_string()),
+                        ("attestation", a.attestation.clone()),
+                        ("selectors", if sels.is_empty() { "-".into() } else { sels.join(",") }),
+                        ("groups", group_names(&a.groups)),
+                        ("banned", a.banned.to_string()),
+                        ("created_at", vouch_core::ttl::rfc3339(a.created_at)),
+                        ("last_seen", vouch_core::ttl::rfc3339(a.last_seen)),
+                        ("svid_expires", vouch_core::ttl::rfc3339(a.svid_expires_at)),
+                    ];
+                    for (k, v) in rows {
+                        println!("{k:<12} {v}");
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -251,6 +287,14 @@ pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Node group IDs as a comma-separated list, `-` for none.
+fn group_names(groups: &[SpiffeId]) -> String {
+    if groups.is_empty() {
+        return "-".into();
+    }
+    groups.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 async fn agent_run(args: AgentRun) -> Result<ExitCode> {

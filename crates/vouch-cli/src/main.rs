@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed (refused, unreachable, invalid), 2 usage error.
 
 mod agent;
+mod group;
 mod output;
 
 use std::path::PathBuf;
@@ -87,6 +88,14 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Manage node groups (SPIRE's node aliases): entries parented to a group are served by every
+    /// agent whose node selectors include the group's.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Manage join tokens for node attestation.
     Token {
         #[command(subcommand)]
@@ -152,7 +161,8 @@ struct EntryFields {
     /// SPIFFE ID the workload receives, e.g. spiffe://example.org/payments.
     #[arg(long)]
     spiffe_id: Option<String>,
-    /// Agent or node group that may serve the entry.
+    /// Agent or node group that may serve the entry (an agent's SPIFFE ID, or a group's,
+    /// spiffe://<td>/vouch/group/<name>, served by every member agent; see `vouch group`).
     #[arg(long)]
     parent_id: Option<String>,
     /// Selector the workload must have (type:value); repeat for several, all must match.
@@ -337,6 +347,10 @@ enum TokenCommand {
         /// SPIFFE ID the agent will receive.
         #[arg(long)]
         agent_id: Option<String>,
+        /// A label (key=value) the agent gets as the node selector `join_token:label:<key>:<value>`,
+        /// for node groups (`vouch group create -s join_token:label:env:prod`); repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
 }
 
@@ -425,10 +439,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Server { command: ServerCommand::Run(args) } => server_run(args).await,
         Command::Entry { command, connect } => entry(command, &connect).await,
-        Command::Token { command: TokenCommand::Create { ttl, agent_id }, connect } => {
+        Command::Group { command, connect } => group::run(command, &connect).await,
+        Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;
-            let req = JoinTokenRequest { ttl: Some(ttl.0.as_secs()), agent_id };
+            let labels = labels
+                .iter()
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("--label `{l}`: write it as key=value"))
+                })
+                .collect::<Result<_>>()?;
+            let req = JoinTokenRequest { ttl: Some(ttl.0.as_secs()), agent_id, labels };
             let t = connect.client()?.create_join_token(&req).await?;
             match connect.output {
                 Output::Json => output::print_json(&t)?,

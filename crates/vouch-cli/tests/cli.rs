@@ -311,11 +311,14 @@ fn bad_config_is_a_clear_error() {
 fn help_explains_commands() {
     let out = Command::new(VOUCH).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["server", "entry", "token", "bundle", "svid", "healthcheck", "scan"] {
+    for cmd in ["server", "entry", "group", "token", "bundle", "svid", "healthcheck", "scan"] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = Command::new(VOUCH).args(["entry", "create", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("repeat for several, all must match"));
+    let out = Command::new(VOUCH).args(["group", "create", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("entry create -node") && text.contains("k8s_psat:cluster:prod"), "{text}");
     let out = Command::new(VOUCH).args(["scan", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("deleted in a later layer") && text.contains("--baseline"), "{text}");
@@ -1130,4 +1133,127 @@ fn agent_healthcheck_metrics_and_json_logs() {
     assert!(lines.iter().all(serde_json::Value::is_object), "{log}");
     assert!(lines.iter().any(|l| l["fields"]["message"] == "vouch agent ready"), "{log}");
     assert!(lines.iter().any(|l| l["fields"]["message"] == "serving GET /metrics"), "{log}");
+}
+
+/// Node groups through the CLI, end to end: a real agent process serves a workload an SVID through an
+/// entry parented to a group its node selectors match (shown by `vouch agent show`); bad groups are
+/// refused with the rule, and a group with entries under it is not deleted.
+#[test]
+fn a_real_agent_serves_a_workload_through_a_node_group_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let agent_id = "spiffe://example.org/agent/grouped";
+    let (agent, agent_dir) = start_agent(tmp.path(), &server, agent_id, &[]);
+    let _agent = KillOnDrop(agent);
+
+    // The agent's node selectors, as its attestation recorded them.
+    let shown = json(&server.ok(&["agent", "show", agent_id, "-o", "json"]));
+    let node_selector = shown["selectors"][0].as_str().unwrap().to_owned();
+    assert!(node_selector.starts_with("join_token:"), "{shown}");
+    assert_eq!(shown["groups"].as_array().unwrap().len(), 0);
+    let err = server.fails(&["agent", "show", "spiffe://example.org/agent/nobody"]);
+    assert!(err.contains("no agent `spiffe://example.org/agent/nobody`"), "{err}");
+
+    // Bad groups: exit 1, the rule named, nothing created.
+    for (args, want) in [
+        (
+            vec!["--spiffe-id", "spiffe://example.org/groups/edge", "-s", &node_selector],
+            "is not a node group ID",
+        ),
+        (
+            vec!["--spiffe-id", "spiffe://example.org/vouch/group/edge", "-s", "unix:uid:0"],
+            "is not a node selector",
+        ),
+        (vec!["--spiffe-id", "spiffe://example.org/vouch/group/edge", "-s", "nocolon"], "type:value"),
+    ] {
+        let err = server.fails(&[&["group", "create"][..], &args].concat());
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(
+        server
+            .vouch(&["group", "create", "--spiffe-id", "spiffe://example.org/vouch/group/edge"])
+            .status
+            .code()
+            == Some(2),
+        "--selector is required"
+    );
+    assert!(json(&server.ok(&["group", "list", "-o", "json"]))["groups"].as_array().unwrap().is_empty());
+
+    let created = json(&server.ok(&[
+        "group",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/vouch/group/edge",
+        "-s",
+        &node_selector,
+        "--owner",
+        "ops",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(created["members"], serde_json::json!([agent_id]), "{created}");
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let exe = std::fs::canonicalize(VOUCH).unwrap();
+    server.ok(&[
+        "entry",
+        "create",
+        "--id",
+        "edge-cli",
+        "--spiffe-id",
+        "spiffe://example.org/edge-cli",
+        "--parent-id",
+        "spiffe://example.org/vouch/group/edge",
+        "-s",
+        &format!("unix:uid:{uid}"),
+        "-s",
+        &format!("unix:path:{}", exe.display()),
+    ]);
+    let table = server.ok(&["group", "list"]);
+    assert!(
+        table.starts_with("SPIFFE ID") && table.contains("spiffe://example.org/vouch/group/edge"),
+        "{table}"
+    );
+    let show = server.ok(&["group", "show", "edge"]);
+    assert!(show.contains(agent_id) && show.contains("entries     1"), "{show}");
+    assert!(server.ok(&["agent", "list"]).contains("spiffe://example.org/vouch/group/edge"));
+
+    // The workload (this `vouch` as this user) gets the group entry's SVID from the real agent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(VOUCH)
+            .args(["agent", "api", "fetch", "x509", "-o", "json"])
+            .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", agent_dir.join("api.sock").display()))
+            .env_remove("VOUCH_OUTPUT")
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let answer = json(&String::from_utf8_lossy(&out.stdout));
+            assert_eq!(answer["svids"][0]["spiffe_id"], "spiffe://example.org/edge-cli");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SVID through the group: {}; agent log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Join tokens carry labels for groups; a label that is not key=value is refused.
+    let err = server.fails(&["token", "create", "--label", "prod"]);
+    assert!(err.contains("--label `prod`: write it as key=value"), "{err}");
+    let err = server.fails(&["token", "create", "--label", "a:b=x"]);
+    assert!(err.contains("key `a:b`"), "{err}");
+    server.ok(&["token", "create", "--label", "env=prod", "--label", "rack=r1"]);
+
+    // Not deleted while the entry is under it; deleted by name or ID once it is not.
+    let err = server.fails(&["group", "delete", "edge"]);
+    assert!(err.contains("has 1 entry parented to it"), "{err}");
+    server.ok(&["entry", "delete", "edge-cli"]);
+    let out = server.ok(&["group", "delete", "spiffe://example.org/vouch/group/edge"]);
+    assert!(out.contains("deleted node group spiffe://example.org/vouch/group/edge"), "{out}");
+    let err = server.fails(&["group", "show", "edge"]);
+    assert!(err.contains("no node group"), "{err}");
+    server.stop();
 }

@@ -5,14 +5,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vouch_api::admin::{
     AgentList, AgentRef, AuthorityKeys, Banned, BatchCreateRequest, EntryList, EntryPatch, EntryQuery,
-    Evicted, JoinTokenRequest, JoinTokenResponse, JwtSvidClaims, MintJwtRequest, MintJwtResponse,
-    MintX509Request, MintX509Response, ValidateJwtRequest,
+    Evicted, GroupInfo, GroupList, JoinTokenRequest, JoinTokenResponse, JwtSvidClaims, MintJwtRequest,
+    MintJwtResponse, MintX509Request, MintX509Response, ValidateJwtRequest,
 };
 use vouch_api::agent::{
     AgentJwtRequest, AgentJwtResponse, AgentSvid, JoinTokenAttestation, PsatAttestation, RenewRequest,
     SignRequest, SignResponse, SyncLine, X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
 };
-use vouch_api::{paths, Entry, EntrySpec, SpiffeId};
+use vouch_api::{paths, Entry, EntrySpec, NodeGroup, NodeGroupSpec, SpiffeId};
 
 use crate::client::{api_error, api_error_after, decode, json_bytes, LineStream};
 use crate::{AdminClient, ClientError, Connection};
@@ -64,6 +64,11 @@ impl AdminClient {
     /// The entry operations.
     pub fn entries(&self) -> Entries<'_> {
         Entries { client: self }
+    }
+
+    /// The node group operations.
+    pub fn groups(&self) -> Groups<'_> {
+        Groups { client: self }
     }
 
     /// Creates a single-use join token.
@@ -243,6 +248,34 @@ impl Entries<'_> {
     /// Deletes an entry; answers what it was.
     pub async fn delete(&self, id: &str) -> Result<Entry, ClientError> {
         let (status, bytes) = self.client.request_bytes("DELETE", &paths::entry(id), None).await?;
+        decode(status, &bytes)
+    }
+}
+
+/// Node group operations of the admin API.
+pub struct Groups<'a> {
+    client: &'a AdminClient,
+}
+
+impl Groups<'_> {
+    /// Creates a node group; answers it with its current members.
+    pub async fn create(&self, spec: &NodeGroupSpec) -> Result<GroupInfo, ClientError> {
+        self.client.send_json("POST", paths::GROUPS, spec).await
+    }
+
+    /// Every node group with its members.
+    pub async fn list(&self) -> Result<GroupList, ClientError> {
+        self.client.get(paths::GROUPS).await
+    }
+
+    /// One node group by name (the last segment of its SPIFFE ID).
+    pub async fn get(&self, name: &str) -> Result<GroupInfo, ClientError> {
+        self.client.get(&paths::group(name)).await
+    }
+
+    /// Deletes a node group; refused (409) while entries are parented to it.
+    pub async fn delete(&self, name: &str) -> Result<NodeGroup, ClientError> {
+        let (status, bytes) = self.client.request_bytes("DELETE", &paths::group(name), None).await?;
         decode(status, &bytes)
     }
 }

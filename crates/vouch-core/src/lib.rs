@@ -3,6 +3,7 @@
 //! - [`SpiffeId`] and [`TrustDomain`]: the names of identities, per the SPIFFE-ID standard.
 //! - [`Selector`] and [`Selectors`]: facts about workloads and nodes.
 //! - [`Entry`]: registration entries and the subset matching rule.
+//! - [`NodeGroup`]: node groups (SPIRE's node aliases), whose entries every member agent serves.
 //! - [`ttl`]: lifetime and rotation arithmetic.
 //! - [`spire`]: SPIRE's selector spellings, rewritten to vouch's or refused with a reason.
 //! - [`duration`]: durations as people write them (`1h30m`), parsed and printed.
@@ -12,6 +13,7 @@
 
 pub mod duration;
 pub mod entry;
+pub mod group;
 pub mod jwt;
 pub mod metrics;
 pub mod selector;
@@ -20,6 +22,7 @@ pub mod spire;
 pub mod ttl;
 
 pub use entry::{matching_entries, DnsName, Entry, EntryError, EntryId, EntrySpec, MatchOutcome};
+pub use group::{GroupError, GroupName, NodeGroup, NodeGroupSpec};
 pub use jwt::JwtSvidClaims;
 pub use selector::{Selector, SelectorError, Selectors};
 pub use spiffe_id::{IdError, SpiffeId, TrustDomain};

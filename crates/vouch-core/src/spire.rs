@@ -177,11 +177,15 @@ pub const SPELLINGS: &[Spelling] = &[
         ),
     ),
     row("x509pop:san:dns:", Same),
+    // vouch's own selector for a whole URI SAN; SPIRE would read `san:uri:<v>` from a URI SAN
+    // `x509pop://<td>/uri/<v>`, which cannot be told apart (as with `san:dns:`).
+    row("x509pop:san:uri:", Same),
     row(
         "x509pop:san:",
         Differs(
             "SPIRE's x509pop san selectors come from `x509pop://<trust domain>/<key>/<value>` URI SANs, which \
-             vouch does not read; vouch has `x509pop:san:dns:<name>` for DNS SANs",
+             vouch does not split into key and value; vouch has `x509pop:san:dns:<name>` for DNS SANs and \
+             `x509pop:san:uri:<whole URI>` for URI SANs",
         ),
     ),
     // Attestors SPIRE has and vouch has not.
@@ -287,6 +291,7 @@ mod tests {
             "k8s_psat:agent_node_uid:77",
             "x509pop:subject:cn:node-1",
             "x509pop:san:dns:node-1.example",
+            "x509pop:san:uri:spiffe://nodes.example/node-1",
             // vouch's own selectors that SPIRE does not have.
             "x509pop:ca:dc1",
             "x509pop:fingerprint:ab",

@@ -10,11 +10,12 @@
 //! - `POST /v1/agent/jwt`: a JWT-SVID for an entry (the agent never holds a JWT signing key).
 //!
 //! Admins list, evict (must re-attest) and ban (may not re-attest) agents under `/v1/agents`.
-//! An agent may only obtain SVIDs for entries whose parent is its own SPIFFE ID. Every message is a
-//! `vouch_api::agent` type; certificates and CSRs travel as DER.
+//! An agent may only obtain SVIDs for entries whose parent is its own SPIFFE ID or a node group it
+//! belongs to (see `crate::groups`). Every message is a `vouch_api::agent` type; certificates and
+//! CSRs travel as DER.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,12 +36,13 @@ use vouch_api::agent::{
     X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
 };
 use vouch_api::{paths, Der};
-use vouch_core::{ttl, Entry, EntryId, SpiffeId};
-use vouch_store::{AgentRecord, AgentRenewal, EntryFilter, StoreError, TokenUse};
+use vouch_core::{ttl, Entry, EntryId, Selectors, SpiffeId};
+use vouch_store::{AgentRecord, AgentRenewal, StoreError, TokenUse};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{requested_ttl, ApiJson};
+use crate::groups::Served;
 use crate::limits::{self, PeerAddr};
 use crate::state::{AppState, Event};
 
@@ -196,7 +198,8 @@ async fn admit_agent(
     // A join token made before agent IDs were reserved may name any ID.
     crate::reserved::check_agent_id("agent_id", &id).map_err(refused)?;
     // Cheap early refusal; the write below is what decides.
-    if state.store.get_agent(&id).await?.is_some_and(|a| a.banned) {
+    let previous = state.store.get_agent(&id).await?;
+    if previous.as_ref().is_some_and(|a| a.banned) {
         return Err(refused(StoreError::AgentBanned(id.to_string()).into()));
     }
     let (svid, expires_at, serial) = mint_agent_svid(state, &id, csr)?;
@@ -212,7 +215,13 @@ async fn admit_agent(
         svid_serial: Some(serial.clone()),
         new_svid_serial: None,
     };
-    state.store.attest_agent(&record).await.map_err(|e| refused(e.into()))?;
+    let recorded = state.store.attest_agent(&record).await.map_err(|e| refused(e.into()))?;
+    // Its node selectors changed, and with them perhaps its node groups: its open sync streams
+    // (opened with a previous SVID) decide again. Only then, since every open stream hears every
+    // event; an agent attesting for the first time has no stream yet.
+    if previous.is_some_and(|p| p.selectors != recorded.selectors) {
+        state.publish(Event::AgentAttested { agent: id.clone(), selectors: recorded.selectors });
+    }
     tracing::info!(target: "vouch::audit", event = "agent.attest", method, agent = %id, serial, expires_at);
     Ok(Json(svid))
 }
@@ -250,8 +259,13 @@ async fn attest_join_token(
             ))
         }
     };
-    let node = crate::node_attest::join_token_identity(&state.config.trust_domain, &hash, record.agent_id)
-        .map_err(|e| ApiError::internal("agent id", e))?;
+    let node = crate::node_attest::join_token_identity(
+        &state.config.trust_domain,
+        &hash,
+        record.agent_id,
+        &record.labels,
+    )
+    .map_err(|e| ApiError::internal("agent id", e))?;
     admit_agent(&state, node.agent_id, "join_token", node.selectors, &req.csr).await
 }
 
@@ -440,15 +454,19 @@ fn bundle_json(state: &AppState) -> Result<serde_json::Value, ApiError> {
     serde_json::from_str(&text).map_err(|e| ApiError::internal("bundle", e))
 }
 
-/// The entries of `agent`, read once.
-async fn agent_entries(state: &AppState, agent: &SpiffeId) -> Result<Vec<Entry>, ApiError> {
-    let filter = EntryFilter { parent_id: Some(agent.clone()), ..Default::default() };
-    Ok(state.store.list_entries(&filter).await?)
+/// A snapshot line: the entries parented to `agent` or to one of its node `groups`, and the bundle.
+async fn snapshot(
+    state: &AppState,
+    agent: &SpiffeId,
+    groups: &BTreeSet<SpiffeId>,
+) -> Result<Bytes, ApiError> {
+    let entries = crate::groups::served_entries(state, agent, groups).await?;
+    line(&SyncLine::Snapshot { entries: entries.into(), bundle: bundle_json(state)? })
 }
 
-async fn snapshot(state: &AppState, agent: &SpiffeId) -> Result<Bytes, ApiError> {
-    let entries = agent_entries(state, agent).await?;
-    line(&SyncLine::Snapshot { entries: entries.into(), bundle: bundle_json(state)? })
+/// The node groups of an agent with node selectors `node`, read from the store.
+async fn groups_of(state: &AppState, node: &Selectors) -> Result<BTreeSet<SpiffeId>, ApiError> {
+    Ok(crate::groups::member_ids(&state.store.list_groups().await?, node))
 }
 
 /// A response body fed by a channel, so a task can push lines as events happen.
@@ -476,8 +494,13 @@ async fn sync(
     // agent again after subscribing, so a ban or eviction committed since the auth layer's check
     // is seen here, and any later one arrives as an event.
     let mut events = state.events.subscribe();
-    state.store.authenticate_agent(&agent, serial).await?;
-    let first = snapshot(&state, &agent).await?;
+    let record = state.store.authenticate_agent(&agent, serial).await?;
+    // The node groups it belongs to, kept up to date by group and attestation events; a change of
+    // membership sends a fresh snapshot (rare, and simpler to get right than a diff racing with
+    // entry events).
+    let mut node = record.selectors;
+    let mut groups = groups_of(&state, &node).await?;
+    let first = snapshot(&state, &agent, &groups).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tracing::info!(target: "vouch::audit", event = "agent.sync.open", agent = %agent);
     tokio::spawn(async move {
@@ -490,15 +513,41 @@ async fn sync(
             let out = tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(Event::EntryUpserted { entry, previous_parent }) => {
-                        if entry.parent_id == agent {
+                        let serves = |p: &SpiffeId| *p == agent || groups.contains(p);
+                        if serves(&entry.parent_id) {
                             Some(line(&SyncLine::Upsert { entry: Cow::Borrowed(&*entry) }))
-                        } else if previous_parent.as_ref() == Some(&agent) {
+                        } else if previous_parent.as_ref().is_some_and(serves) {
                             Some(line(&SyncLine::Delete { id: Cow::Borrowed(&entry.id) }))
                         } else {
                             None
                         }
                     }
-                    Ok(Event::EntryDeleted { id, parent }) => (parent == agent).then(|| line(&SyncLine::Delete { id: Cow::Borrowed(&id) })),
+                    Ok(Event::EntryDeleted { id, parent }) => (parent == agent || groups.contains(&parent)).then(|| line(&SyncLine::Delete { id: Cow::Borrowed(&id) })),
+                    Ok(Event::GroupChanged { id, selectors }) => {
+                        let member = selectors.as_ref().is_some_and(|s| s.is_subset_of(&node));
+                        if member == groups.contains(&id) {
+                            None
+                        } else {
+                            if member {
+                                groups.insert(id);
+                            } else {
+                                groups.remove(&id);
+                            }
+                            Some(snapshot(&state, &agent, &groups).await)
+                        }
+                    }
+                    Ok(Event::AgentAttested { agent: attested, selectors }) if attested == agent => {
+                        node = selectors;
+                        match groups_of(&state, &node).await {
+                            Ok(now) if now == groups => None,
+                            Ok(now) => {
+                                groups = now;
+                                Some(snapshot(&state, &agent, &groups).await)
+                            }
+                            Err(e) => Some(Err(e)),
+                        }
+                    }
+                    Ok(Event::AgentAttested { .. }) => None,
                     Ok(Event::BundleChanged) => Some(bundle_json(&state).and_then(|bundle| line(&SyncLine::Bundle { bundle }))),
                     Ok(Event::AgentRemoved { agent: removed, reason }) if removed == agent => {
                         close_removed(&tx, &agent, reason).await;
@@ -513,7 +562,24 @@ async fn sync(
                             close_removed(&tx, &agent, reason).await;
                             break;
                         }
-                        None => Some(snapshot(&state, &agent).await),
+                        None => {
+                            // Group and attestation events may be among the lost ones too.
+                            let regrouped = match state.store.get_agent(&agent).await {
+                                Ok(Some(record)) => {
+                                    node = record.selectors;
+                                    groups_of(&state, &node).await
+                                }
+                                Ok(None) => Ok(groups.clone()),
+                                Err(e) => Err(e.into()),
+                            };
+                            match regrouped {
+                                Ok(now) => {
+                                    groups = now;
+                                    Some(snapshot(&state, &agent, &groups).await)
+                                }
+                                Err(e) => Some(Err(e)),
+                            }
+                        }
                     },
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -567,11 +633,11 @@ async fn close_removed(tx: &mpsc::Sender<Bytes>, agent: &SpiffeId, reason: Close
     }
 }
 
-/// Checks that `agent` may serve `entry` at `now`.
-fn check_entry_for_agent(entry: Option<&Entry>, agent: &SpiffeId, id: &EntryId, now: i64) -> AppResult<()> {
+/// Checks that the agent of `served` may serve `entry` at `now`.
+fn check_entry_for_agent(entry: Option<&Entry>, served: &Served, id: &EntryId, now: i64) -> AppResult<()> {
     let entry = entry.ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))?;
-    if &entry.parent_id != agent {
-        return Err(ApiError::forbidden(format!("entry `{id}` is not parented to `{agent}`")));
+    if !served.serves(&entry.parent_id) {
+        return Err(served.refusal(entry));
     }
     if entry.is_expired(now) {
         return Err(ApiError::forbidden(format!("entry `{id}` has expired")));
@@ -581,8 +647,9 @@ fn check_entry_for_agent(entry: Option<&Entry>, agent: &SpiffeId, id: &EntryId, 
 
 /// Loads an entry and checks that `agent` may serve it.
 async fn entry_for_agent(state: &AppState, agent: &SpiffeId, id: &EntryId) -> AppResult<Entry> {
+    let served = Served::load(state, agent).await?;
     let entry = state.store.get_entry(id).await?;
-    check_entry_for_agent(entry.as_ref(), agent, id, state.now_secs())?;
+    check_entry_for_agent(entry.as_ref(), &served, id, state.now_secs())?;
     entry.ok_or_else(|| ApiError::not_found(format!("no entry with id `{id}`")))
 }
 
@@ -598,9 +665,13 @@ async fn sign(
     let cost = u32::try_from(req.requests.len()).unwrap_or(u32::MAX);
     check_agent_limit(&state, Limit::Sign, &agent, cost)?;
     let started = Instant::now();
-    // The agent's entries, read once for the whole batch.
-    let entries: HashMap<EntryId, Entry> =
-        agent_entries(&state, &agent).await?.into_iter().map(|e| (e.id.clone(), e)).collect();
+    // The agent's entries (its own and its node groups'), read once for the whole batch.
+    let served = Served::load(&state, &agent).await?;
+    let entries: HashMap<EntryId, Entry> = crate::groups::served_entries(&state, &agent, &served.members)
+        .await?
+        .into_iter()
+        .map(|e| (e.id.clone(), e))
+        .collect();
     let now_s = state.now_secs();
     let mut results = Vec::with_capacity(req.requests.len());
     let mut issued_count = 0u64;
@@ -608,15 +679,17 @@ async fn sign(
     let mut minted = Vec::new();
     for (i, item) in req.requests.into_iter().enumerate() {
         let outcome = match entries.get(&item.entry_id) {
-            Some(entry) => check_entry_for_agent(Some(entry), &agent, &item.entry_id, now_s).and_then(|()| {
-                sign_one(&state, entry, &item.csr)
-                    .map_err(|e| ApiError { message: format!("requests[{i}]: {}", e.message), ..e })
-            }),
+            Some(entry) => {
+                check_entry_for_agent(Some(entry), &served, &item.entry_id, now_s).and_then(|()| {
+                    sign_one(&state, entry, &item.csr)
+                        .map_err(|e| ApiError { message: format!("requests[{i}]: {}", e.message), ..e })
+                })
+            }
             // Not among the agent's entries: read it (only on this failure path) to say whether it
             // does not exist or belongs to another agent, as the JWT route does.
             None => match state.store.get_entry(&item.entry_id).await {
                 Ok(other) => {
-                    check_entry_for_agent(other.as_ref(), &agent, &item.entry_id, now_s).and_then(|()| {
+                    check_entry_for_agent(other.as_ref(), &served, &item.entry_id, now_s).and_then(|()| {
                         Err(ApiError::not_found(format!(
                             "entry `{}` changed while the batch was signed; ask again",
                             item.entry_id
@@ -740,6 +813,7 @@ async fn jwt(
 }
 
 async fn list_agents(State(state): State<Arc<AppState>>) -> AppResult<Json<AgentList>> {
+    let all_groups = state.store.list_groups().await?;
     let agents = state
         .store
         .list_agents()
@@ -753,6 +827,7 @@ async fn list_agents(State(state): State<Arc<AppState>>) -> AppResult<Json<Agent
             last_seen: a.last_seen,
             svid_expires_at: a.svid_expires_at,
             banned: a.banned,
+            groups: crate::groups::member_ids(&all_groups, &a.selectors).into_iter().collect(),
         })
         .collect();
     Ok(Json(AgentList { agents }))

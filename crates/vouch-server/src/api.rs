@@ -157,6 +157,7 @@ async fn authority_keys(State(state): State<Arc<AppState>>) -> AppResult<Json<Au
 
 pub(crate) fn new_entry(state: &AppState, spec: EntrySpec) -> AppResult<Entry> {
     crate::reserved::check_workload_id("spiffe_id", &spec.spiffe_id)?;
+    crate::reserved::check_parent_id("parent_id", &spec.parent_id)?;
     let id = match &spec.id {
         Some(id) => id.clone(),
         None => EntryId::new(&vouch_ca::keys::random_id()?).map_err(|e| ApiError::internal("entry id", e))?,
@@ -292,6 +293,7 @@ async fn store_update(
 ) -> AppResult<Json<Entry>> {
     let id = current.id.clone();
     crate::reserved::check_workload_id("spiffe_id", &spec.spiffe_id)?;
+    crate::reserved::check_parent_id("parent_id", &spec.parent_id)?;
     let updated = current
         .updated(spec, &state.config.trust_domain, state.now_secs())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -338,6 +340,7 @@ async fn create_join_token(
         // Not the server's ID, not an admin's or a workload's: agents live in their own namespace.
         crate::reserved::check_agent_id("agent_id", id)?;
     }
+    crate::node_attest::join_token_label_selectors(&req.labels).map_err(ApiError::bad_request)?;
     // 128 random bits; only the hash is stored, the token itself is returned once.
     let token = vouch_ca::keys::random_id()?;
     let now = state.now_secs();
@@ -348,6 +351,7 @@ async fn create_join_token(
         expires_at,
         agent_id: req.agent_id.clone(),
         used_at: None,
+        labels: req.labels.clone(),
     };
     state.store.create_join_token(&record).await?;
     tracing::info!(target: "vouch::audit", event = "join_token.create", %caller, token_hash_prefix = &record.hash[..12], expires_at);

@@ -12,6 +12,7 @@ pub mod config;
 mod conn_threads;
 mod error;
 mod extract;
+mod groups;
 mod limits;
 mod metrics;
 pub mod node_attest;

@@ -97,19 +97,58 @@ fn selectors_of(kind: &str, values: impl IntoIterator<Item = String>) -> Selecto
     values.into_iter().filter_map(|v| Selector::new(kind, &v).ok()).collect()
 }
 
+/// Most labels on one join token.
+pub const MAX_JOIN_TOKEN_LABELS: usize = 16;
+
+/// The node selectors of join-token labels, `join_token:label:<key>:<value>`, or why a label is
+/// refused: keys are 1-63 letters, digits, `.`, `_` or `-` (no `:`, so the selector reads back
+/// unambiguously), values 1-253 bytes without control characters.
+pub fn join_token_label_selectors(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<Selector>, String> {
+    if labels.len() > MAX_JOIN_TOKEN_LABELS {
+        return Err(format!("labels: at most {MAX_JOIN_TOKEN_LABELS} are allowed"));
+    }
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let key_ok = !k.is_empty()
+                && k.len() <= 63
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !key_ok {
+                let k: String = k.chars().take(63).collect();
+                return Err(format!("labels: key `{k}` must be 1-63 letters, digits, `.`, `_` or `-`"));
+            }
+            if v.is_empty() || v.len() > 253 || v.chars().any(char::is_control) {
+                return Err(format!(
+                    "labels: the value of `{k}` must be 1-253 bytes without control characters"
+                ));
+            }
+            Selector::new("join_token", &format!("label:{k}:{v}")).map_err(|e| format!("labels: `{k}`: {e}"))
+        })
+        .collect()
+}
+
 /// The identity a join token gives: the agent ID chosen for it, else `/agent/join_token/<hash
-/// prefix>`; the selector `join_token:<hash prefix>`. `token_hash` is the token's hex SHA-256.
+/// prefix>`; the selector `join_token:<hash prefix>` and one `join_token:label:<key>:<value>` per
+/// label chosen with the token. `token_hash` is the token's hex SHA-256.
 pub fn join_token_identity(
     td: &TrustDomain,
     token_hash: &str,
     chosen: Option<SpiffeId>,
+    labels: &std::collections::BTreeMap<String, String>,
 ) -> Result<NodeIdentity, vouch_core::IdError> {
     let short = token_hash.get(..16).unwrap_or(token_hash);
     let agent_id = match chosen {
         Some(id) => id,
         None => td.id_with_path(&format!("{AGENT_PREFIX}join_token/{short}"))?,
     };
-    Ok(NodeIdentity { agent_id, selectors: selectors_of("join_token", [short.to_owned()]) })
+    let mut selectors = selectors_of("join_token", [short.to_owned()]);
+    // Checked when the token was made; a stored label that no longer passes gives no selector.
+    for s in join_token_label_selectors(labels).unwrap_or_default() {
+        selectors.insert(s);
+    }
+    Ok(NodeIdentity { agent_id, selectors })
 }
 
 /// Why an x509pop challenge answer was refused.
@@ -142,7 +181,9 @@ pub fn check_challenge(
 }
 
 /// The identity a proven node certificate gives: `/agent/x509pop/<fingerprint>`, and selectors for
-/// the CA set it chains to, its fingerprint, subject common name and DNS SANs.
+/// the CA set it chains to, its fingerprint, subject common name, DNS SANs and URI SANs. A value that
+/// cannot be a selector (a control character, too long) gives no selector rather than an error: the
+/// certificate chains to a configured CA, and the other facts still identify the node.
 pub fn x509pop_identity(
     td: &TrustDomain,
     ca_set: &str,
@@ -152,7 +193,8 @@ pub fn x509pop_identity(
     let values = [format!("ca:{ca_set}"), format!("fingerprint:{}", facts.fingerprint)]
         .into_iter()
         .chain(facts.common_name.iter().map(|cn| format!("subject:cn:{cn}")))
-        .chain(facts.dns_names.iter().map(|d| format!("san:dns:{d}")));
+        .chain(facts.dns_names.iter().map(|d| format!("san:dns:{d}")))
+        .chain(facts.uris.iter().map(|u| format!("san:uri:{u}")));
     Ok(NodeIdentity { agent_id, selectors: selectors_of("x509pop", values) })
 }
 
@@ -254,12 +296,27 @@ mod tests {
     #[test]
     fn join_tokens_give_the_chosen_id_or_one_from_the_hash() {
         let hash = "0123456789abcdef0123456789abcdef";
-        let derived = join_token_identity(&td(), hash, None).unwrap();
+        let derived = join_token_identity(&td(), hash, None, &Default::default()).unwrap();
         assert_eq!(derived.agent_id.to_string(), "spiffe://example.org/agent/join_token/0123456789abcdef");
         let sels: Vec<String> = derived.selectors.iter().map(ToString::to_string).collect();
         assert_eq!(sels, ["join_token:0123456789abcdef"]);
         let chosen = SpiffeId::parse("spiffe://example.org/agent/node-1").unwrap();
-        assert_eq!(join_token_identity(&td(), hash, Some(chosen.clone())).unwrap().agent_id, chosen);
+        let labels = [("env".to_owned(), "prod".to_owned())].into();
+        let labelled = join_token_identity(&td(), hash, Some(chosen.clone()), &labels).unwrap();
+        assert_eq!(labelled.agent_id, chosen);
+        let sels: Vec<String> = labelled.selectors.iter().map(ToString::to_string).collect();
+        assert_eq!(sels, ["join_token:0123456789abcdef", "join_token:label:env:prod"]);
+        for (k, v, want) in [
+            ("", "x", "key ``"),
+            ("a:b", "x", "key `a:b`"),
+            ("env", "", "value of `env`"),
+            ("env", "a\nb", "value of `env`"),
+        ] {
+            let err = join_token_label_selectors(&[(k.to_owned(), v.to_owned())].into()).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+        let many = (0..17).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert!(join_token_label_selectors(&many).unwrap_err().contains("at most 16"));
     }
 
     #[test]
@@ -280,6 +337,7 @@ mod tests {
         let facts = vouch_ca::x509::NodeCertFacts {
             common_name: Some("node-1".into()),
             dns_names: vec!["node-1.nodes.example".into()],
+            uris: vec!["spiffe://nodes.example/dc1/node-1".into()],
             fingerprint: "ab".repeat(32),
         };
         let id = x509pop_identity(&td(), "dc1", &facts).unwrap();
@@ -288,9 +346,14 @@ mod tests {
             format!("spiffe://example.org/agent/x509pop/{}", "ab".repeat(32))
         );
         let sels: Vec<String> = id.selectors.iter().map(ToString::to_string).collect();
-        for want in ["x509pop:ca:dc1", "x509pop:subject:cn:node-1", "x509pop:san:dns:node-1.nodes.example"] {
+        for want in [
+            "x509pop:ca:dc1",
+            "x509pop:subject:cn:node-1",
+            "x509pop:san:dns:node-1.nodes.example",
+            "x509pop:san:uri:spiffe://nodes.example/dc1/node-1",
+        ] {
             assert!(sels.iter().any(|s| s == want), "{want} in {sels:?}");
         }
-        assert_eq!(sels.len(), 4, "ca, fingerprint, cn, one SAN: {sels:?}");
+        assert_eq!(sels.len(), 5, "ca, fingerprint, cn, one DNS SAN, one URI SAN: {sels:?}");
     }
 }

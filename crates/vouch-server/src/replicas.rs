@@ -97,6 +97,22 @@ async fn apply(state: &AppState, change: Change) {
             state.publish(Event::AgentRemoved { agent, reason });
         }
         Change::AuthorityChanged { .. } => follow(state).await,
+        // As for entries, the notice names the group or agent; what it is now is read now.
+        Change::GroupChanged { id } => match state.store.get_group(&id).await {
+            Ok(group) => state.publish(Event::GroupChanged { id, selectors: group.map(|g| g.selectors) }),
+            Err(e) => {
+                tracing::warn!(group = %id, error = %e, "cannot read a node group another replica changed; agents get a fresh snapshot");
+                state.publish(Event::Resync);
+            }
+        },
+        Change::AgentSelectorsChanged { agent } => match state.store.get_agent(&agent).await {
+            Ok(Some(record)) => state.publish(Event::AgentAttested { agent, selectors: record.selectors }),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(agent = %agent, error = %e, "cannot read an agent another replica changed; agents get a fresh snapshot");
+                state.publish(Event::Resync);
+            }
+        },
         Change::Resync => {
             state.publish(Event::Resync);
             follow(state).await;

@@ -3,7 +3,9 @@
 //! Two namespaces of every trust domain belong to vouch, not to workloads:
 //!
 //! - `/vouch/...`: the server's own identity (`/vouch/server`, which the CLI and agents accept as the
-//!   server); a workload holding it could impersonate the server to every client;
+//!   server); a workload holding it could impersonate the server to every client. Within it,
+//!   `/vouch/group/<name>` names node groups (see `crate::groups`): an entry may be *parented* to a
+//!   group, whose member agents then serve it, but no workload may *be* one;
 //! - `/agent/...`: node agents (`/agent/join_token/...`, `/agent/k8s_psat/...`, `/agent/x509pop/...`
 //!   and the IDs chosen for join tokens); a workload holding one could sync, sign and mint JWTs as
 //!   that agent.
@@ -43,11 +45,27 @@ pub fn namespace_of(id: &SpiffeId) -> Option<Reserved> {
     }
 }
 
+/// Refuses an entry's parent in the node groups' namespace that is not a valid group ID (a typo there
+/// would leave the entry served by nobody); `field` names the request field. Any other parent is the
+/// admin's choice, as in SPIRE: an agent that has not attested yet, or the server for admin entries.
+pub fn check_parent_id(field: &'static str, id: &SpiffeId) -> Result<(), ApiError> {
+    if !vouch_core::group::is_group_namespace(id) {
+        return Ok(());
+    }
+    vouch_core::GroupName::from_id(field, id, id.trust_domain())
+        .map(|_| ())
+        .map_err(|e| ApiError::reserved_id(e.to_string()))
+}
+
 /// Refuses an ID for a workload (an entry or an SVID minted by an admin) in a reserved namespace;
 /// `field` names the request field.
 pub fn check_workload_id(field: &str, id: &SpiffeId) -> Result<(), ApiError> {
     let why = match namespace_of(id) {
         None => return Ok(()),
+        Some(Reserved::Server) if vouch_core::group::is_group_namespace(id) => format!(
+            "the namespace `{}` is reserved for node groups, which may be an entry's parent_id but never its spiffe_id",
+            vouch_core::group::GROUP_PREFIX
+        ),
         Some(Reserved::Server) => {
             format!("the namespace `{SERVER_PREFIX}` is reserved for the vouch server's own identity")
         }
@@ -94,6 +112,17 @@ mod tests {
             assert_eq!(check_workload_id("f", &id(path)).is_ok(), want.is_none(), "{path}");
             assert_eq!(check_agent_id("f", &id(path)).is_ok(), want == Some(Reserved::Agent), "{path}");
         }
+        let e = check_workload_id("spiffe_id", &id("/vouch/group/prod")).unwrap_err();
+        assert!(e.message.contains("reserved for node groups"), "{}", e.message);
+        assert!(check_parent_id("parent_id", &id("/vouch/group/prod")).is_ok());
+        assert!(check_parent_id("parent_id", &id("/vouch/server")).is_ok(), "admin entries' parent");
+        assert!(check_parent_id("parent_id", &id("/agent/node-1")).is_ok());
+        let e = check_parent_id("parent_id", &id("/vouch/group/a/b")).unwrap_err();
+        assert!(
+            e.message.starts_with("parent_id: `spiffe://example.org/vouch/group/a/b` is not a node group ID"),
+            "{}",
+            e.message
+        );
         let e = check_workload_id("spiffe_id", &id("/vouch/server")).unwrap_err();
         assert_eq!(e.code, vouch_api::ErrorCode::ReservedId);
         assert!(e.message.starts_with("spiffe_id: `spiffe://example.org/vouch/server`"), "{}", e.message);

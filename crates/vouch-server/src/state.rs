@@ -40,6 +40,21 @@ pub enum Event {
     },
     /// The trust bundle changed.
     BundleChanged,
+    /// A node group was created (`selectors` is its selectors) or deleted (`None`): agents whose
+    /// membership changes get a fresh snapshot.
+    GroupChanged {
+        /// The group's SPIFFE ID.
+        id: SpiffeId,
+        /// Its node selectors, or `None` once deleted.
+        selectors: Option<vouch_core::Selectors>,
+    },
+    /// An agent attested (again) with these node selectors: its node groups are decided again.
+    AgentAttested {
+        /// The agent.
+        agent: SpiffeId,
+        /// Its node selectors now.
+        selectors: vouch_core::Selectors,
+    },
     /// An admin banned or evicted an agent: its open sync streams end.
     AgentRemoved {
         /// The agent.

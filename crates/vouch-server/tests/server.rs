@@ -450,6 +450,8 @@ fn openapi_describes_every_route() {
         ("/v1/entries", &["get", "post"]),
         ("/v1/entries/batch", &["post"]),
         ("/v1/entries/{id}", &["get", "put", "patch", "delete"]),
+        ("/v1/groups", &["get", "post"]),
+        ("/v1/groups/{name}", &["get", "delete"]),
         ("/v1/join-tokens", &["post"]),
         ("/v1/svids/x509", &["post"]),
         ("/v1/svids/jwt", &["post"]),
@@ -473,7 +475,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 24, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 26, "a route in openapi.json that the test does not know");
     let codes =
         doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
     for code in vouch_api::ErrorCode::ALL {
@@ -1234,6 +1236,8 @@ fn node_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
 fn node_cert(ca: &rcgen::Issuer<'static, rcgen::KeyPair>, cn: &str) -> (String, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec![format!("{cn}.nodes.example")]).unwrap();
+    let uri = rcgen::string::Ia5String::try_from(format!("spiffe://nodes.example/{cn}")).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(uri));
     params.distinguished_name.push(rcgen::DnType::CommonName, cn);
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     (params.signed_by(&key, ca).unwrap().pem(), key)
@@ -1278,7 +1282,12 @@ async fn agents_attest_by_proof_of_possession_of_a_node_key() {
     assert!(id.starts_with("spiffe://example.org/agent/x509pop/") && id.len() > 60, "{id}");
     let agents = local.agents().await.unwrap();
     let sels: Vec<String> = agents.agents[0].selectors.iter().map(ToString::to_string).collect();
-    for want in ["x509pop:subject:cn:node-1", "x509pop:ca:dc1", "x509pop:san:dns:node-1.nodes.example"] {
+    for want in [
+        "x509pop:subject:cn:node-1",
+        "x509pop:ca:dc1",
+        "x509pop:san:dns:node-1.nodes.example",
+        "x509pop:san:uri:spiffe://nodes.example/node-1",
+    ] {
         assert!(sels.iter().any(|s| s == want), "{want} in {sels:?}");
     }
 
@@ -2018,6 +2027,21 @@ impl Store for PausingStore {
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
         self.inner.delete_agent(id).await
     }
+    async fn create_group(&self, g: &vouch_core::NodeGroup) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_group(g).await
+    }
+    async fn get_group(
+        &self,
+        id: &SpiffeId,
+    ) -> Result<Option<vouch_core::NodeGroup>, vouch_store::StoreError> {
+        self.inner.get_group(id).await
+    }
+    async fn list_groups(&self) -> Result<Vec<vouch_core::NodeGroup>, vouch_store::StoreError> {
+        self.inner.list_groups().await
+    }
+    async fn delete_group(&self, id: &SpiffeId) -> Result<vouch_core::NodeGroup, vouch_store::StoreError> {
+        self.inner.delete_group(id).await
+    }
     async fn load_authority_versioned(
         &self,
     ) -> Result<Option<vouch_store::StoredAuthority>, vouch_store::StoreError> {
@@ -2249,6 +2273,79 @@ mod replicas {
         }
         let end = tokio::time::timeout(Duration::from_secs(5), sync.next()).await.unwrap();
         assert!(end.is_none(), "the stream ends: {end:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
+    /// A node group created through one replica, and a re-attestation through it that changes an
+    /// agent's node selectors, reach the agent's sync stream on another replica within a second
+    /// (the group's entries arrive, then leave).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_and_reattestations_through_one_replica_reach_agents_on_another() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "groups").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s1 = replica(d1.path(), &url, &kek).await;
+        let s2 = replica(d2.path(), &url, &kek).await;
+        let admin1 = AdminClient::unix(&s1.admin_socket);
+        let td = vouch_core::TrustDomain::new("example.org").unwrap();
+        let bundle = admin1.bundle_pem().await.unwrap();
+        let anon =
+            |s: &Server| AdminClient::tls(&s.tcp_addr.unwrap().to_string(), &td, &bundle, None).unwrap();
+        let node = spiffe_id("spiffe://example.org/agent/labelled");
+        let token = |labels: Value| {
+            let req = JoinTokenRequest {
+                agent_id: Some(node.clone()),
+                labels: serde_json::from_value(labels).unwrap(),
+                ..Default::default()
+            };
+            let admin1 = &admin1;
+            async move { admin1.create_join_token(&req).await.unwrap().token }
+        };
+        let (prod, plain) = (token(json!({"env": "prod"})).await, token(json!({})).await);
+        // Attested and syncing on replica 2, labelled env=prod.
+        let (csr, key) = csr_and_key();
+        let svid = anon(&s2)
+            .attest_join_token(&JoinTokenAttestation { token: prod, csr: csr.clone() })
+            .await
+            .unwrap();
+        let addr2 = s2.tcp_addr.unwrap().to_string();
+        let agent =
+            AdminClient::tls(&addr2, &td, &bundle, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
+        let mut sync = agent.sync().await.unwrap();
+        assert!(snapshot_ids(&line_within(&mut sync, Duration::from_secs(5)).await).is_empty());
+
+        // The group and an entry under it, through replica 1.
+        let started = std::time::Instant::now();
+        admin1
+            .groups()
+            .create(&group_spec(
+                json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["join_token:label:env:prod"]}),
+            ))
+            .await
+            .unwrap();
+        admin1
+            .entries()
+            .create(&entry_for("p", &spiffe_id("spiffe://example.org/vouch/group/prod")))
+            .await
+            .unwrap();
+        let has_p = |l: &SyncLine<'static>| match l {
+            SyncLine::Snapshot { entries, .. } => entries.iter().any(|e| e.id.as_str() == "p"),
+            SyncLine::Upsert { entry } => entry.id.as_str() == "p",
+            _ => false,
+        };
+        until_line(&mut sync, Duration::from_secs(1), has_p).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+
+        // The agent attests again through replica 1 without the label: it leaves the group, and
+        // its stream on replica 2 hears of it.
+        let started = std::time::Instant::now();
+        anon(&s1).attest_join_token(&JoinTokenAttestation { token: plain, csr }).await.unwrap();
+        let left =
+            |l: &SyncLine<'static>| matches!(l, SyncLine::Snapshot { entries, .. } if entries.is_empty());
+        until_line(&mut sync, Duration::from_secs(1), left).await;
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
         s1.shutdown().await;
         s2.shutdown().await;
@@ -2538,4 +2635,375 @@ mod replicas {
         assert_eq!(svid.spiffe_id, node);
         s2.shutdown().await;
     }
+}
+
+/// Attests an agent by x509pop with a fresh node certificate for `cn` from `ca`; its SVID and a
+/// client that presents it.
+async fn x509pop_agent(
+    server: &Server,
+    local: &AdminClient,
+    ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    cn: &str,
+) -> (vouch_api::agent::AgentSvid, AdminClient) {
+    use base64::Engine as _;
+    use rcgen::SigningKey as _;
+    let addr = server.tcp_addr.unwrap().to_string();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let bundle_pem = local.bundle_pem().await.unwrap();
+    let anon = AdminClient::tls(&addr, &td, &bundle_pem, None).unwrap();
+    let (cert, node_key) = node_cert(ca, cn);
+    let nonce = anon
+        .x509pop_challenge(&X509PopChallengeRequest { cert_chain_pem: cert.clone() })
+        .await
+        .unwrap()
+        .nonce;
+    let signature = base64::engine::general_purpose::STANDARD
+        .encode(node_key.sign(&vouch_api::agent::x509pop_message(&nonce)).unwrap());
+    let (csr, key) = csr_and_key();
+    let svid = anon
+        .attest_x509pop(&X509PopAttestation { cert_chain_pem: cert, nonce, signature, csr })
+        .await
+        .unwrap();
+    let client =
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
+    (svid, client)
+}
+
+/// The next line of a sync stream that is not a ping, within a bounded time.
+async fn next_change(sync: &mut vouch_client::SyncStream) -> SyncLine<'static> {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(5), sync.next())
+            .await
+            .expect("a sync line within 5 s")
+            .expect("the stream is open")
+            .expect("a valid line");
+        if !matches!(line, SyncLine::Ping) {
+            return line;
+        }
+    }
+}
+
+fn snapshot_ids(line: &SyncLine<'_>) -> Vec<String> {
+    match line {
+        SyncLine::Snapshot { entries, .. } => entries.iter().map(|e| e.id.to_string()).collect(),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+}
+
+fn group_spec(json: Value) -> vouch_api::NodeGroupSpec {
+    serde_json::from_value(json).unwrap()
+}
+
+/// Two agents whose node selectors match a group both receive and sign for an entry parented to the
+/// group, at once over their open sync streams; an agent that does not match receives nothing and is
+/// refused with the selector it lacks; creating and deleting the group reach open streams; a group
+/// with entries under it cannot be deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_group_entries_reach_every_member_agent_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dc1_pem, dc1) = node_ca("dc1 CA");
+    let (dc2_pem, dc2) = node_ca("dc2 CA");
+    std::fs::write(dir.path().join("dc1.pem"), &dc1_pem).unwrap();
+    std::fs::write(dir.path().join("dc2.pem"), &dc2_pem).unwrap();
+    let extra = format!(
+        "[[node_attestation.x509pop]]\nname = \"dc1\"\nca_bundle = \"{}\"\n[[node_attestation.x509pop]]\nname = \"dc2\"\nca_bundle = \"{}\"\n",
+        dir.path().join("dc1.pem").display(),
+        dir.path().join("dc2.pem").display()
+    );
+    let (server, local, _) = start_with(dir.path(), &extra).await;
+    let (svid_1, agent_1) = x509pop_agent(&server, &local, &dc1, "node-1").await;
+    let (svid_2, agent_2) = x509pop_agent(&server, &local, &dc1, "node-2").await;
+    let (svid_3, agent_3) = x509pop_agent(&server, &local, &dc2, "node-3").await;
+    let mut syncs = Vec::new();
+    for agent in [&agent_1, &agent_2, &agent_3] {
+        let mut sync = agent.sync().await.unwrap();
+        assert!(snapshot_ids(&next_change(&mut sync).await).is_empty());
+        syncs.push(sync);
+    }
+
+    // An entry may wait under a group that does not exist yet; nobody serves it.
+    let web = entry_spec(
+        json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/vouch/group/dc1", "selectors": ["unix:uid:1000"]}),
+    );
+    local.entries().create(&web).await.unwrap();
+    // Creating the group brings its entries to the members' open streams at once.
+    let started = std::time::Instant::now();
+    let created = local
+        .groups()
+        .create(&group_spec(json!({"spiffe_id": "spiffe://example.org/vouch/group/dc1", "selectors": ["x509pop:ca:dc1"], "owner": "ops"})))
+        .await
+        .unwrap();
+    assert_eq!(created.group.name.as_str(), "dc1");
+    let mut want_members = vec![svid_1.spiffe_id.clone(), svid_2.spiffe_id.clone()];
+    want_members.sort();
+    assert_eq!((created.members.clone(), created.entries), (want_members.clone(), 1));
+    for sync in &mut syncs[..2] {
+        assert_eq!(snapshot_ids(&next_change(sync).await), ["web"]);
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "pushed, not polled");
+    // Agent listings show each agent's node selectors and groups.
+    let agents = local.agents().await.unwrap().agents;
+    let groups_of = |id: &SpiffeId| agents.iter().find(|a| &a.spiffe_id == id).unwrap().groups.clone();
+    assert_eq!(groups_of(&svid_1.spiffe_id), std::slice::from_ref(&created.group.spiffe_id));
+    assert!(groups_of(&svid_3.spiffe_id).is_empty());
+
+    // A new entry under the group reaches both members and not the third agent.
+    let db = entry_spec(
+        json!({"id": "db", "spiffe_id": "spiffe://example.org/db", "parent_id": "spiffe://example.org/vouch/group/dc1", "selectors": ["unix:uid:1001"]}),
+    );
+    local.entries().create(&db).await.unwrap();
+    for sync in &mut syncs[..2] {
+        match next_change(sync).await {
+            SyncLine::Upsert { entry } => assert_eq!(entry.id.as_str(), "db"),
+            other => panic!("expected an upsert, got {other:?}"),
+        }
+    }
+    let own = entry_spec(
+        json!({"id": "own-3", "spiffe_id": "spiffe://example.org/own-3", "parent_id": svid_3.spiffe_id.to_string(), "selectors": ["unix:uid:1"]}),
+    );
+    local.entries().create(&own).await.unwrap();
+    match next_change(&mut syncs[2]).await {
+        SyncLine::Upsert { entry } => {
+            assert_eq!(entry.id.as_str(), "own-3", "the group's entries were not sent")
+        }
+        other => panic!("expected an upsert, got {other:?}"),
+    }
+
+    // Members sign and mint for the group's entries; the third agent is refused, told what it lacks.
+    let (csr, _) = csr_and_key();
+    let sign_web = SignRequest { requests: vec![SignItem { entry_id: EntryId::new("web").unwrap(), csr }] };
+    for agent in [&agent_1, &agent_2] {
+        match &agent.sign(&sign_web).await.unwrap().results[0].outcome {
+            SignOutcome::Svid(svid) => assert_eq!(svid.spiffe_id, spiffe_id("spiffe://example.org/web")),
+            SignOutcome::Error(e) => panic!("a member was refused: {e:?}"),
+        }
+        let jwt = agent
+            .agent_jwt(&AgentJwtRequest { entry_id: EntryId::new("db").unwrap(), audience: vec!["x".into()] })
+            .await
+            .unwrap();
+        assert_eq!(jwt.spiffe_id, spiffe_id("spiffe://example.org/db"));
+    }
+    match &agent_3.sign(&sign_web).await.unwrap().results[0].outcome {
+        SignOutcome::Error(e) => {
+            assert_eq!(e.code, "permission_denied");
+            assert!(
+                e.message.contains("node group `spiffe://example.org/vouch/group/dc1`")
+                    && e.message.contains("lack `x509pop:ca:dc1`"),
+                "{}",
+                e.message
+            );
+        }
+        SignOutcome::Svid(_) => panic!("a non-member signed for a group's entry"),
+    }
+    let jwt = agent_3
+        .agent_jwt(&AgentJwtRequest { entry_id: EntryId::new("db").unwrap(), audience: vec!["x".into()] })
+        .await;
+    let (code, message) = refusal(jwt, 403);
+    assert_eq!(code, "permission_denied", "{message}");
+
+    // A group with entries under it is not deleted; the refusal says how to proceed.
+    let (code, message) = refusal(local.groups().delete("dc1").await, 409);
+    assert_eq!(code, "conflict");
+    assert!(
+        message.contains("has 2 entries parented to it") && message.contains("vouch entry list --parent-id"),
+        "{message}"
+    );
+    assert_eq!(local.groups().get("dc1").await.unwrap().entries, 2, "nothing changed");
+    // Moving an entry from the group to an agent: the other member is told to drop it.
+    let moved = local
+        .entries()
+        .update(
+            "db",
+            &vouch_api::admin::EntryPatch {
+                expected_revision: 0,
+                parent_id: Some(svid_1.spiffe_id.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.parent_id, svid_1.spiffe_id);
+    assert!(
+        matches!(next_change(&mut syncs[0]).await, SyncLine::Upsert { entry } if entry.id.as_str() == "db")
+    );
+    assert!(matches!(next_change(&mut syncs[1]).await, SyncLine::Delete { id } if id.as_str() == "db"));
+    local.entries().delete("web").await.unwrap();
+    for sync in &mut syncs[..2] {
+        assert!(matches!(next_change(sync).await, SyncLine::Delete { id } if id.as_str() == "web"));
+    }
+    // Deleting the emptied group reaches the members' streams: a snapshot without its entries.
+    let deleted = local.groups().delete("dc1").await.unwrap();
+    assert_eq!(deleted.spiffe_id, created.group.spiffe_id);
+    assert_eq!(snapshot_ids(&next_change(&mut syncs[0]).await), ["db"], "its own entry stays");
+    assert!(snapshot_ids(&next_change(&mut syncs[1]).await).is_empty());
+    refusal(local.groups().get("dc1").await, 404);
+    refusal(local.groups().delete("dc1").await, 404);
+    server.shutdown().await;
+}
+
+/// A re-attestation that changes an agent's node selectors changes its groups, and its open sync
+/// stream follows. Join-token agents have the selector `join_token:<first 16 hex of the token's
+/// SHA-256>`, a new one for each token, and one `join_token:label:<key>:<value>` per label of the
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reattestation_that_changes_node_selectors_moves_the_agent_between_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let local = AdminClient::unix(&server.admin_socket);
+    let addr = server.tcp_addr.unwrap().to_string();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let bundle_pem = local.bundle_pem().await.unwrap();
+    let anon = AdminClient::tls(&addr, &td, &bundle_pem, None).unwrap();
+    let id = spiffe_id("spiffe://example.org/agent/mover");
+    let token = |labels: Value| {
+        let req = JoinTokenRequest {
+            agent_id: Some(id.clone()),
+            labels: serde_json::from_value(labels).unwrap(),
+            ..Default::default()
+        };
+        let local = &local;
+        async move { local.create_join_token(&req).await.unwrap().token }
+    };
+    let (first, second) = (token(json!({})).await, token(json!({"env": "prod", "rack": "r1"})).await);
+    local
+        .groups()
+        .create(&group_spec(
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["join_token:label:env:prod"]}),
+        ))
+        .await
+        .unwrap();
+    local.entries().create(&entry_spec(json!({"id": "p", "spiffe_id": "spiffe://example.org/p", "parent_id": "spiffe://example.org/vouch/group/prod", "selectors": ["unix:uid:1"]}))).await.unwrap();
+    let selector = |t: &str| format!("join_token:{}", &vouch_ca::keys::sha256_hex(t.as_bytes())[..16]);
+    local
+        .groups()
+        .create(&group_spec(
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/first", "selectors": [selector(&first)]}),
+        ))
+        .await
+        .unwrap();
+    local.entries().create(&entry_spec(json!({"id": "w", "spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/vouch/group/first", "selectors": ["unix:uid:1"]}))).await.unwrap();
+
+    let (csr, key) = csr_and_key();
+    let svid =
+        anon.attest_join_token(&JoinTokenAttestation { token: first, csr: csr.clone() }).await.unwrap();
+    let agent =
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&svid.cert_chain), &key))).unwrap();
+    let mut sync = agent.sync().await.unwrap();
+    assert_eq!(snapshot_ids(&next_change(&mut sync).await), ["w"]);
+    // The same agent ID attests again with another token, labelled env=prod: other node selectors,
+    // so it leaves group `first` and joins group `prod`.
+    anon.attest_join_token(&JoinTokenAttestation { token: second, csr }).await.unwrap();
+    assert_eq!(
+        snapshot_ids(&next_change(&mut sync).await),
+        ["p"],
+        "one group's entry withdrawn, the other's sent"
+    );
+    assert!(local.groups().get("first").await.unwrap().members.is_empty());
+    assert_eq!(local.groups().get("prod").await.unwrap().members, std::slice::from_ref(&id));
+    let agents = local.agents().await.unwrap();
+    let sels: Vec<String> = agents.agents[0].selectors.iter().map(ToString::to_string).collect();
+    assert!(sels.contains(&"join_token:label:rack:r1".to_owned()), "{sels:?}");
+    // Bad labels are refused when the token is made, with the rule.
+    for (labels, want) in [(json!({"a:b": "x"}), "key `a:b`"), (json!({"env": ""}), "value of `env`")] {
+        let req = JoinTokenRequest { labels: serde_json::from_value(labels).unwrap(), ..Default::default() };
+        let (code, message) = refusal(local.create_join_token(&req).await, 400);
+        assert!(code == "invalid_request" && message.contains(want), "{code}: {message}");
+    }
+    server.shutdown().await;
+}
+
+/// Bad node groups get a 400 that names the problem and change nothing; group IDs cannot be given
+/// to workloads, but entries may be parented to them.
+#[tokio::test]
+async fn bad_node_groups_are_refused_with_reasons_and_change_nothing() {
+    let state = state_in_memory(ManualClock::new()).await;
+    let cases = [
+        (
+            json!({"spiffe_id": "spiffe://example.org/groups/prod", "selectors": ["x509pop:ca:dc1"]}),
+            "is not a node group ID",
+        ),
+        (
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/a/b", "selectors": ["x509pop:ca:dc1"]}),
+            "is not a node group ID",
+        ),
+        (
+            json!({"spiffe_id": "spiffe://other.org/vouch/group/prod", "selectors": ["x509pop:ca:dc1"]}),
+            "is not a node group ID",
+        ),
+        (
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": []}),
+            "at least one node selector",
+        ),
+        (
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["unix:uid:0"]}),
+            "`unix:uid:0` is not a node selector",
+        ),
+        (
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["nocolon"]}),
+            "type:value",
+        ),
+        (
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["x509pop:ca:dc1"], "selector": []}),
+            "unknown field `selector`",
+        ),
+    ];
+    for (body, want) in cases {
+        let (s, v) = call(&state, ROOT, "POST", "/v1/groups", Some(&body.to_string())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(want), "{want:?} in {message:?}");
+    }
+    let (s, v) = call(&state, ROOT, "GET", "/v1/groups", None).await;
+    assert_eq!((s, v["groups"].as_array().unwrap().len()), (StatusCode::OK, 0), "nothing was created");
+    let (s, _) = call(&state, ROOT, "GET", "/v1/groups/a%20b", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(&state, ROOT, "GET", "/v1/groups/prod", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A group's ID is a parent, never an entry's identity; a malformed group parent is refused.
+    let entry = |id: &str, parent: &str| {
+        json!({"spiffe_id": id, "parent_id": parent, "selectors": ["unix:uid:1"]}).to_string()
+    };
+    let (s, v) = call(
+        &state,
+        ROOT,
+        "POST",
+        "/v1/entries",
+        Some(&entry("spiffe://example.org/vouch/group/prod", "spiffe://example.org/agent/a")),
+    )
+    .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("reserved_id")));
+    assert!(v["error"]["message"].as_str().unwrap().contains("reserved for node groups"), "{v}");
+    let (s, v) = call(
+        &state,
+        ROOT,
+        "POST",
+        "/v1/entries",
+        Some(&entry("spiffe://example.org/w", "spiffe://example.org/vouch/group/a/b")),
+    )
+    .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("reserved_id")), "{v}");
+    assert_eq!(entry_count(&state).await, 0);
+    let (s, v) = call(
+        &state,
+        ROOT,
+        "POST",
+        "/v1/entries",
+        Some(&entry("spiffe://example.org/w", "spiffe://example.org/vouch/group/prod")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Agents may not manage groups.
+    let (s, _) = call(
+        &state,
+        Caller::Anonymous,
+        "POST",
+        "/v1/groups",
+        Some(
+            &json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["x509pop:ca:dc1"]})
+                .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 }

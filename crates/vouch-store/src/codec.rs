@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use vouch_core::{Entry, SpiffeId};
+use vouch_core::{Entry, NodeGroup, SpiffeId};
 
 use crate::{AgentRecord, DamagedEntry, JoinTokenRecord, StoreError, TokenUse};
 
@@ -76,6 +76,26 @@ pub(crate) fn decode_agent(data: &str) -> Result<AgentRecord, StoreError> {
     serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("agent: {e}")))
 }
 
+pub(crate) fn encode_group(group: &NodeGroup) -> Result<String, StoreError> {
+    serde_json::to_string(group).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Decodes one group row; a row that does not decode is logged (by key, never its content) and
+/// skipped by listings, so one damaged group cannot stop every agent's sync.
+pub(crate) fn decode_group(id: &str, data: &str) -> Option<NodeGroup> {
+    match serde_json::from_str::<NodeGroup>(data) {
+        Ok(g) if g.spiffe_id.to_string() == id => Some(g),
+        Ok(_) => {
+            tracing::warn!(group = %id, "skipping a damaged node group row: its data names another group");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(group = %id, reason = %damage_reason(&e), "skipping a damaged node group row: restore the database or delete the group and create it again");
+            None
+        }
+    }
+}
+
 /// Sorts a listing's rows into entries passing `accepts` and damaged rows (counted and logged).
 pub(crate) fn sort_rows(
     rows: impl IntoIterator<Item = Result<Entry, DamagedEntry>>,
@@ -107,29 +127,57 @@ pub(crate) fn prior_revision(entry: &Entry) -> Result<u64, StoreError> {
 /// The answer for a join token just marked used at `now`, from its stored columns.
 /// A join token that may be used at `now` (created, expires, chosen agent id) from its row (created,
 /// expires, agent id, used at), or why not.
-pub(crate) fn usable_token(
-    row: Option<(i64, i64, Option<String>, Option<i64>)>,
-    now: i64,
-) -> Result<(i64, i64, Option<String>), TokenUse> {
+/// A join token's row: created, expires, chosen agent id, used at, labels (JSON object text).
+pub(crate) type TokenRow = (i64, i64, Option<String>, Option<i64>, Option<String>);
+
+/// A usable token's row: created, expires, chosen agent id, labels.
+pub(crate) type UsableToken = (i64, i64, Option<String>, Option<String>);
+
+/// Whether a token's row may be consumed at `now`: its fields, or the refusal.
+// The error side is only ever a refusal without data (unknown, expired, used), never the large
+// `Consumed` variant, and it is built once per presented token, next to a database read.
+#[allow(clippy::result_large_err)]
+pub(crate) fn usable_token(row: Option<TokenRow>, now: i64) -> Result<UsableToken, TokenUse> {
     match row {
         None => Err(TokenUse::Unknown),
-        Some((_, _, _, Some(_))) => Err(TokenUse::AlreadyUsed),
-        Some((_, expires_at, _, None)) if expires_at <= now => Err(TokenUse::Expired),
-        Some((created_at, expires_at, agent_id, None)) => Ok((created_at, expires_at, agent_id)),
+        Some((_, _, _, Some(_), _)) => Err(TokenUse::AlreadyUsed),
+        Some((_, expires_at, _, None, _)) if expires_at <= now => Err(TokenUse::Expired),
+        Some((created_at, expires_at, agent_id, None, labels)) => {
+            Ok((created_at, expires_at, agent_id, labels))
+        }
     }
+}
+
+/// A token's labels as stored: a JSON object, or NULL when there are none.
+pub(crate) fn encode_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<String>, StoreError> {
+    if labels.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(labels).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 pub(crate) fn consumed_token(
     hash: String,
-    created_at: i64,
-    expires_at: i64,
-    agent_id: Option<String>,
+    (created_at, expires_at, agent_id, labels): UsableToken,
     now: i64,
 ) -> Result<TokenUse, StoreError> {
     let agent_id = agent_id
         .map(|s| SpiffeId::parse(&s).map_err(|e| StoreError::Corrupt(format!("join token agent id: {e}"))))
         .transpose()?;
-    Ok(TokenUse::Consumed(JoinTokenRecord { hash, created_at, expires_at, agent_id, used_at: Some(now) }))
+    let labels = labels
+        .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("join token labels: {e}"))))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(TokenUse::Consumed(JoinTokenRecord {
+        hash,
+        created_at,
+        expires_at,
+        agent_id,
+        used_at: Some(now),
+        labels,
+    }))
 }
 
 /// An authority version as stored (a signed 64-bit column) as the version the store speaks of.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use vouch_core::{Entry, EntryId, EntrySpec, Selector, SpiffeId, TrustDomain};
+use vouch_core::{Entry, EntryId, EntrySpec, NodeGroup, NodeGroupSpec, Selector, SpiffeId, TrustDomain};
 
 use crate::{
     AgentRecord, AgentRenewal, AuthorityWrite, EntryFilter, JoinTokenRecord, Store, StoreError,
@@ -42,6 +42,7 @@ pub async fn run(store: Arc<dyn Store>) {
     authority_state(&*store).await;
     agents(&*store).await;
     bans_win_races(store.clone()).await;
+    node_groups(&*store).await;
     store.ping().await.expect("ping");
 }
 
@@ -126,6 +127,7 @@ async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
         expires_at,
         agent_id: Some(SpiffeId::parse("spiffe://example.org/agent/join/n1").unwrap()),
         used_at: None,
+        labels: [("env".to_owned(), "prod".to_owned()), ("rack".to_owned(), "r1:a".to_owned())].into(),
     };
     store.create_join_token(&rec("h1", 1000)).await.expect("create token");
     assert!(matches!(store.create_join_token(&rec("h1", 1000)).await, Err(StoreError::TokenExists)));
@@ -143,6 +145,16 @@ async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
     let writes = store.write_transactions();
     assert_eq!(store.consume_join_token("h1", 201).await.unwrap(), TokenUse::AlreadyUsed);
     assert_eq!(store.write_transactions(), writes, "a used token is refused without a write");
+
+    // A token without labels reads back without labels.
+    store
+        .create_join_token(&JoinTokenRecord { labels: Default::default(), ..rec("bare", 1000) })
+        .await
+        .unwrap();
+    match store.consume_join_token("bare", 200).await.unwrap() {
+        TokenUse::Consumed(r) => assert!(r.labels.is_empty()),
+        other => panic!("expected consumption, got {other:?}"),
+    }
 
     // Racing consumers: exactly one wins.
     store.create_join_token(&rec("race", 1000)).await.unwrap();
@@ -296,4 +308,61 @@ async fn bans_win_races(store: Arc<dyn Store>) {
         assert!(store.get_agent(&id).await.unwrap().unwrap().banned, "trial {trial}: the ban was lost");
         store.delete_agent(&id).await.unwrap();
     }
+}
+
+fn group(name: &str, selectors: &[&str]) -> NodeGroup {
+    let td = TrustDomain::new("example.org").expect("valid trust domain");
+    let spec = NodeGroupSpec {
+        spiffe_id: td.id_with_path(&format!("/vouch/group/{name}")).expect("valid path"),
+        selectors: selectors.iter().map(|s| Selector::parse(s).expect("valid selector")).collect(),
+        owner: "team-a".into(),
+        purpose: "tests".into(),
+    };
+    NodeGroup::create(spec, &td, 1000).expect("valid group")
+}
+
+/// Node groups round-trip, are unique by SPIFFE ID, list in order, and cannot be deleted while an
+/// entry is parented to them (the refusal changes nothing).
+async fn node_groups(store: &dyn Store) {
+    let prod = group("prod", &["k8s_psat:cluster:prod"]);
+    let dc1 = group("dc1", &["x509pop:ca:dc1", "x509pop:subject:cn:node-1"]);
+    assert!(store.list_groups().await.expect("list").is_empty());
+    store.create_group(&prod).await.expect("create");
+    store.create_group(&dc1).await.expect("create");
+    assert!(
+        matches!(store.create_group(&prod).await, Err(StoreError::GroupExists(id)) if id == prod.spiffe_id.to_string())
+    );
+    assert_eq!(
+        store.get_group(&prod.spiffe_id).await.expect("get"),
+        Some(prod.clone()),
+        "reads back unchanged"
+    );
+    let unknown = SpiffeId::parse("spiffe://example.org/vouch/group/none").unwrap();
+    assert_eq!(store.get_group(&unknown).await.expect("get"), None);
+    assert_eq!(
+        store.list_groups().await.expect("list"),
+        vec![dc1.clone(), prod.clone()],
+        "ordered by SPIFFE ID"
+    );
+
+    let under = entry("under-prod", "/web", "/vouch/group/prod", &["unix:uid:1"]);
+    store.create_entries(std::slice::from_ref(&under)).await.expect("create entry under the group");
+    let writes = store.write_transactions();
+    match store.delete_group(&prod.spiffe_id).await {
+        Err(StoreError::GroupInUse { id, entries }) => {
+            assert_eq!((id.as_str(), entries), (prod.spiffe_id.to_string().as_str(), 1));
+        }
+        other => panic!("a group with an entry under it must not be deleted: {other:?}"),
+    }
+    assert!(store.write_transactions() >= writes);
+    assert_eq!(
+        store.get_group(&prod.spiffe_id).await.expect("get"),
+        Some(prod.clone()),
+        "the refusal changed nothing"
+    );
+    store.delete_entry(&under.id).await.expect("delete entry");
+    assert_eq!(store.delete_group(&prod.spiffe_id).await.expect("delete"), prod);
+    assert!(matches!(store.delete_group(&prod.spiffe_id).await, Err(StoreError::GroupNotFound(_))));
+    assert_eq!(store.delete_group(&dc1.spiffe_id).await.expect("delete"), dc1);
+    assert!(store.list_groups().await.expect("list").is_empty());
 }

@@ -22,7 +22,7 @@ mod sqlite;
 pub mod test_postgres;
 
 use async_trait::async_trait;
-use vouch_core::{Entry, EntryId, Selector, Selectors, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, Selector, Selectors, SpiffeId};
 
 pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
 pub use sqlite::{SqliteStore, SqliteSynchronous};
@@ -67,6 +67,21 @@ pub enum StoreError {
     /// The agent presented an X509-SVID that is not its current one.
     #[error("agent `{0}` presented an X509-SVID that is no longer its current one (it was renewed, or the agent attested again); a copied older SVID is refused: use the agent's current SVID, or attest again")]
     StaleSvid(String),
+    /// A node group with this SPIFFE ID already exists.
+    #[error("node group `{0}` already exists")]
+    GroupExists(String),
+    /// No node group with this SPIFFE ID.
+    #[error("no node group `{0}`")]
+    GroupNotFound(String),
+    /// The node group still has entries parented to it: deleting it would silently take their
+    /// identities from every workload on every member node.
+    #[error("node group `{id}` has {entries} entr{plural} parented to it; delete them or give them another parent first (`vouch entry list --parent-id {id}`), then delete the group", plural = if *entries == 1 { "y" } else { "ies" })]
+    GroupInUse {
+        /// The group's SPIFFE ID.
+        id: String,
+        /// How many entries are parented to it.
+        entries: u64,
+    },
     /// The database was upgraded by a newer vouch: its schema has steps this build does not know.
     #[error("the database schema is version {found}, newer than this vouch knows ({supported}): a newer vouch has upgraded it; run that version or a newer one, or restore a backup taken before the upgrade")]
     SchemaTooNew {
@@ -138,6 +153,9 @@ pub struct JoinTokenRecord {
     pub agent_id: Option<SpiffeId>,
     /// Unix seconds of its single use.
     pub used_at: Option<i64>,
+    /// Labels chosen at creation; the agent that attests with the token gets them as node
+    /// selectors (`join_token:label:<key>:<value>`), so node groups can take in join-token agents.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A node agent known to the server.
@@ -327,6 +345,16 @@ pub enum Change {
         /// Banned (else evicted).
         banned: bool,
     },
+    /// A node group was created or deleted (its members get a fresh snapshot).
+    GroupChanged {
+        /// The group's SPIFFE ID.
+        id: SpiffeId,
+    },
+    /// An agent's node selectors changed (it re-attested): its node groups are decided again.
+    AgentSelectorsChanged {
+        /// The agent.
+        agent: SpiffeId,
+    },
     /// Changes may have been missed (the listening connection was down, or a change was too large
     /// to describe): re-read what is derived from the store.
     Resync,
@@ -446,6 +474,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes an agent (eviction: it must attest again); returns whether it existed.
     async fn delete_agent(&self, id: &SpiffeId) -> Result<bool, StoreError>;
+
+    /// Creates a node group; [`StoreError::GroupExists`] if its SPIFFE ID is taken.
+    async fn create_group(&self, group: &NodeGroup) -> Result<(), StoreError>;
+
+    /// One node group by SPIFFE ID.
+    async fn get_group(&self, id: &SpiffeId) -> Result<Option<NodeGroup>, StoreError>;
+
+    /// Every node group, ordered by SPIFFE ID. A row that cannot be decoded is skipped and logged.
+    async fn list_groups(&self) -> Result<Vec<NodeGroup>, StoreError>;
+
+    /// Deletes a node group and returns it: [`StoreError::GroupNotFound`] if there is none, and
+    /// [`StoreError::GroupInUse`] (nothing deleted) while entries are parented to it. The check
+    /// and the deletion are one transaction.
+    async fn delete_group(&self, id: &SpiffeId) -> Result<NodeGroup, StoreError>;
 
     /// The persisted authority state (JSON with sealed keys) and its version, if any.
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError>;

@@ -23,11 +23,11 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc, watch, Semaphore, SemaphorePermit};
 use tokio_postgres::config::Host;
 use tokio_postgres::{AsyncMessage, Client, Connection, Row, Socket};
-use vouch_core::{Entry, EntryId, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
 
 use crate::codec::{
-    authority_version, consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry,
-    prior_revision, sort_rows, usable_token, DamageLog,
+    authority_version, consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent,
+    encode_entry, encode_group, encode_labels, prior_revision, sort_rows, usable_token, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::pg_tls::{PgTls, PgTlsStream};
@@ -75,6 +75,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "authority version",
         sql: "ALTER TABLE authority ADD COLUMN version BIGINT NOT NULL DEFAULT 1;",
+    },
+    Migration {
+        version: 4,
+        name: "node groups, join token labels",
+        sql: r#"CREATE TABLE node_groups (
+            spiffe_id TEXT COLLATE "C" PRIMARY KEY,
+            data TEXT NOT NULL
+        );
+        ALTER TABLE join_tokens ADD COLUMN labels TEXT;"#,
     },
 ];
 
@@ -571,11 +580,17 @@ impl PostgresStore {
             .map_err(backend)?;
         let stored = row.map(|r| decode_agent(col(&r, 0)?)).transpose()?;
         let was_banned = stored.as_ref().is_some_and(|a| a.banned);
+        // Replicas serving this agent's sync stream decide its node groups again when they change.
+        let stored_selectors = stored.as_ref().map(|a| a.selectors.clone());
         let (write, answer) = rule(stored)?;
         if let Some(record) = write {
             if record.banned && !was_banned {
                 let agent = record.spiffe_id.clone();
                 self.notify(&tx, &Change::AgentRemoved { agent, banned: true }).await?;
+            }
+            if stored_selectors.as_ref().is_some_and(|s| *s != record.selectors) {
+                let agent = record.spiffe_id.clone();
+                self.notify(&tx, &Change::AgentSelectorsChanged { agent }).await?;
             }
             let data = encode_agent(&record)?;
             tx.execute(
@@ -816,11 +831,12 @@ impl Store for PostgresStore {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let conn = self.pool.get().await?;
         let agent_id = token.agent_id.as_ref().map(SpiffeId::to_string);
+        let labels = encode_labels(&token.labels)?;
         let inserted = conn
             .execute(
-                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING",
-                &[&token.hash, &token.created_at, &token.expires_at, &agent_id, &token.used_at],
+                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at, labels)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hash) DO NOTHING",
+                &[&token.hash, &token.created_at, &token.expires_at, &agent_id, &token.used_at, &labels],
             )
             .await
             .map_err(backend)?;
@@ -836,13 +852,13 @@ impl Store for PostgresStore {
         // is refused without writing; the update below decides for a token that looks usable.
         let row = conn
             .query_opt(
-                "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = $1",
+                "SELECT created_at, expires_at, agent_id, used_at, labels FROM join_tokens WHERE hash = $1",
                 &[&hash],
             )
             .await
             .map_err(backend)?;
         let row = row
-            .map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?, col(&r, 2)?, col(&r, 3)?)))
+            .map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?, col(&r, 2)?, col(&r, 3)?, col(&r, 4)?)))
             .transpose()?;
         if let Err(refused) = usable_token(row, now) {
             return Ok(refused);
@@ -854,13 +870,14 @@ impl Store for PostgresStore {
             .query_opt(
                 "UPDATE join_tokens SET used_at = $2
                  WHERE hash = $1 AND used_at IS NULL AND expires_at > $2
-                 RETURNING created_at, expires_at, agent_id",
+                 RETURNING created_at, expires_at, agent_id, labels",
                 &[&hash, &now],
             )
             .await
             .map_err(backend)?;
         if let Some(row) = consumed {
-            return consumed_token(hash.to_owned(), col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, now);
+            let usable = (col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, col(&row, 3)?);
+            return consumed_token(hash.to_owned(), usable, now);
         }
         let row = conn
             .query_opt("SELECT used_at FROM join_tokens WHERE hash = $1", &[&hash])
@@ -905,6 +922,82 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(n > 0)
+    }
+
+    async fn create_group(&self, group: &NodeGroup) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let (id, data) = (group.spiffe_id.to_string(), encode_group(group)?);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO node_groups (spiffe_id, data) VALUES ($1, $2) ON CONFLICT (spiffe_id) DO NOTHING",
+                &[&id, &data],
+            )
+            .await
+            .map_err(backend)?;
+        if inserted == 0 {
+            return Err(StoreError::GroupExists(id));
+        }
+        self.notify(&tx, &Change::GroupChanged { id: group.spiffe_id.clone() }).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_group(&self, id: &SpiffeId) -> Result<Option<NodeGroup>, StoreError> {
+        let id = id.to_string();
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt("SELECT data FROM node_groups WHERE spiffe_id = $1", &[&id])
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            decode_group(&id, col(&r, 0)?)
+                .ok_or_else(|| StoreError::Corrupt(format!("node group `{id}` cannot be read")))
+        })
+        .transpose()
+    }
+
+    async fn list_groups(&self) -> Result<Vec<NodeGroup>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query("SELECT spiffe_id, data FROM node_groups ORDER BY spiffe_id", &[])
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.extend(decode_group(col(r, 0)?, col(r, 1)?));
+        }
+        Ok(out)
+    }
+
+    async fn delete_group(&self, id: &SpiffeId) -> Result<NodeGroup, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let id = id.to_string();
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let row = tx
+            .query_opt("SELECT data FROM node_groups WHERE spiffe_id = $1 FOR UPDATE", &[&id])
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else { return Err(StoreError::GroupNotFound(id)) };
+        // An entry created under the group by a concurrent transaction that has not committed yet is
+        // not counted (READ COMMITTED); it then waits under a deleted group, served by no agent, until
+        // it is deleted or re-parented, or the group is created again.
+        let count = tx
+            .query_one("SELECT COUNT(*) FROM entries WHERE parent_id = $1", &[&id])
+            .await
+            .map_err(backend)?;
+        let entries: i64 = col(&count, 0)?;
+        if entries > 0 {
+            return Err(StoreError::GroupInUse { id, entries: u64::try_from(entries).unwrap_or(u64::MAX) });
+        }
+        let group = decode_group(&id, col(&row, 0)?)
+            .ok_or_else(|| StoreError::Corrupt(format!("node group `{id}` cannot be read")))?;
+        tx.execute("DELETE FROM node_groups WHERE spiffe_id = $1", &[&id]).await.map_err(backend)?;
+        self.notify(&tx, &Change::GroupChanged { id: group.spiffe_id.clone() }).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(group)
     }
 
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError> {

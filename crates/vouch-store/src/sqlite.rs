@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use vouch_core::{Entry, EntryId, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
 
 use crate::codec::{
-    authority_version, consumed_token, decode_agent, decode_entry, decode_row, encode_agent, encode_entry,
-    prior_revision, sort_rows, usable_token, DamageLog,
+    authority_version, consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent,
+    encode_entry, encode_group, encode_labels, prior_revision, sort_rows, usable_token, DamageLog, TokenRow,
 };
 use crate::migrate::{self, Migration};
 use crate::{
@@ -58,6 +58,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "authority version",
         sql: "ALTER TABLE authority ADD COLUMN version INTEGER NOT NULL DEFAULT 1;",
+    },
+    Migration {
+        version: 4,
+        name: "node groups, join token labels",
+        sql: "CREATE TABLE node_groups (
+            spiffe_id TEXT PRIMARY KEY,
+            data TEXT NOT NULL
+        );
+        ALTER TABLE join_tokens ADD COLUMN labels TEXT;",
     },
 ];
 
@@ -110,14 +119,11 @@ pub struct SqliteStore {
     writes: Arc<AtomicU64>,
 }
 
-/// A join token's row: created, expires, chosen agent id, used at.
-type TokenRow = (i64, i64, Option<String>, Option<i64>);
-
 fn read_token(conn: &Connection, hash: &str) -> Result<Option<TokenRow>, StoreError> {
     conn.query_row(
-        "SELECT created_at, expires_at, agent_id, used_at FROM join_tokens WHERE hash = ?1",
+        "SELECT created_at, expires_at, agent_id, used_at, labels FROM join_tokens WHERE hash = ?1",
         [hash],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )
     .optional()
     .map_err(backend)
@@ -437,10 +443,11 @@ impl Store for SqliteStore {
 
     async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = token.clone();
+        let labels = encode_labels(&t.labels)?;
         self.with_write(move |conn| {
             let r = conn.execute(
-                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.hash, t.created_at, t.expires_at, t.agent_id.as_ref().map(SpiffeId::to_string), t.used_at],
+                "INSERT INTO join_tokens (hash, created_at, expires_at, agent_id, used_at, labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t.hash, t.created_at, t.expires_at, t.agent_id.as_ref().map(SpiffeId::to_string), t.used_at, labels],
             );
             match r {
                 Ok(_) => Ok(()),
@@ -466,14 +473,14 @@ impl Store for SqliteStore {
             }
             writes.fetch_add(1, Ordering::Relaxed);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let (created_at, expires_at, agent_id) = match usable_token(read_token(&tx, &hash)?, now) {
+            let usable = match usable_token(read_token(&tx, &hash)?, now) {
                 Ok(row) => row,
                 Err(refused) => return Ok(refused),
             };
             tx.execute("UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1", params![hash, now])
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
-            consumed_token(hash, created_at, expires_at, agent_id, now)
+            consumed_token(hash, usable, now)
         })
         .await
     }
@@ -511,6 +518,89 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.with_write(move |conn| {
             Ok(conn.execute("DELETE FROM agents WHERE spiffe_id = ?1", [&id]).map_err(backend)? > 0)
+        })
+        .await
+    }
+
+    async fn create_group(&self, group: &NodeGroup) -> Result<(), StoreError> {
+        let (id, data) = (group.spiffe_id.to_string(), encode_group(group)?);
+        self.with_write(move |conn| {
+            let r =
+                conn.execute("INSERT INTO node_groups (spiffe_id, data) VALUES (?1, ?2)", params![id, data]);
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::GroupExists(id))
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_group(&self, id: &SpiffeId) -> Result<Option<NodeGroup>, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            let data: Option<String> = conn
+                .query_row("SELECT data FROM node_groups WHERE spiffe_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            data.map(|d| {
+                decode_group(&id, &d)
+                    .ok_or_else(|| StoreError::Corrupt(format!("node group `{id}` cannot be read")))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<NodeGroup>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT spiffe_id, data FROM node_groups ORDER BY spiffe_id")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get_ref(0)?.as_str().ok().map(str::to_owned),
+                        r.get_ref(1)?.as_str().ok().map(str::to_owned),
+                    ))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                if let (Some(id), Some(data)) = row.map_err(backend)? {
+                    out.extend(decode_group(&id, &data));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_group(&self, id: &SpiffeId) -> Result<NodeGroup, StoreError> {
+        let id = id.to_string();
+        self.with_write(move |conn| {
+            // Immediate: no entry can be created under the group between the count and the delete.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let data: Option<String> = tx
+                .query_row("SELECT data FROM node_groups WHERE spiffe_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let Some(data) = data else { return Err(StoreError::GroupNotFound(id)) };
+            let entries: u64 = tx
+                .query_row("SELECT COUNT(*) FROM entries WHERE parent_id = ?1", [&id], |r| r.get(0))
+                .map_err(backend)?;
+            if entries > 0 {
+                return Err(StoreError::GroupInUse { id, entries });
+            }
+            let group = decode_group(&id, &data)
+                .ok_or_else(|| StoreError::Corrupt(format!("node group `{id}` cannot be read")))?;
+            tx.execute("DELETE FROM node_groups WHERE spiffe_id = ?1", [&id]).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(group)
         })
         .await
     }
