@@ -37,7 +37,7 @@ use vouch_api::agent::{
 };
 use vouch_api::{paths, Der};
 use vouch_core::{ttl, Entry, EntryId, Selectors, SpiffeId};
-use vouch_store::{AgentRecord, AgentRenewal, StoreError, TokenUse};
+use vouch_store::{AgentRecord, AgentRenewal, ChallengeIssue, ChallengeRecord, StoreError, TokenUse};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -312,8 +312,10 @@ async fn attest_k8s_psat(
 
 /// How long an x509pop challenge may be answered.
 pub const X509POP_CHALLENGE_TTL: Duration = Duration::from_secs(60);
-/// Most outstanding challenges; beyond this the oldest are dropped (bounds memory under floods).
-const MAX_CHALLENGES: usize = 10_000;
+/// Most outstanding (unexpired, unanswered) challenges in the store, over all replicas sharing it;
+/// beyond this a new challenge is refused until some are answered or expire, so that a flood of
+/// challenge requests (anyone with a node certificate may ask) cannot grow the table without bound.
+pub const MAX_CHALLENGES: u32 = 10_000;
 pub use vouch_api::agent::x509pop_message;
 
 /// A node certificate that chains to a configured x509pop CA set.
@@ -362,13 +364,22 @@ async fn x509pop_challenge(
     let fingerprint = check_node_chain(&state, &req.cert_chain_pem)?.facts.fingerprint;
     let nonce = vouch_ca::keys::random_id()?;
     let now = state.now();
-    let mut nonces = state.x509pop_nonces.lock().unwrap_or_else(|p| p.into_inner());
-    nonces.retain(|_, (_, exp)| *exp > now);
-    if nonces.len() >= MAX_CHALLENGES {
-        return Err(ApiError::too_many("too many outstanding x509pop challenges; retry shortly"));
+    let expires_at = ttl::unix_seconds(now + X509POP_CHALLENGE_TTL);
+    // The store keeps the challenge, so the answer may reach any replica sharing it; it keeps a
+    // hash of the nonce only, so neither the database nor its backups can answer a challenge.
+    let challenge =
+        ChallengeRecord { nonce_hash: vouch_ca::keys::sha256_hex(nonce.as_bytes()), fingerprint, expires_at };
+    match state.store.issue_challenge(&challenge, ttl::unix_seconds(now), MAX_CHALLENGES).await? {
+        ChallengeIssue::Issued => Ok(Json(X509PopChallenge { nonce, expires_at })),
+        ChallengeIssue::Full { limit } => {
+            let reason = format!(
+                "x509pop: {limit} challenges are outstanding, the most the server keeps (across all replicas); \
+                 retry in a minute, when unanswered ones have expired"
+            );
+            attest_refused(&state, "x509pop: too many outstanding challenges", "x509pop", &reason);
+            Err(ApiError::too_many(reason))
+        }
     }
-    nonces.insert(nonce.clone(), (fingerprint, now + X509POP_CHALLENGE_TTL));
-    Ok(Json(X509PopChallenge { nonce, expires_at: ttl::unix_seconds(now + X509POP_CHALLENGE_TTL) }))
 }
 
 async fn attest_x509pop(
@@ -387,10 +398,11 @@ async fn attest_x509pop(
         );
         ApiError::unauthenticated(format!("x509pop refused: {reason}"))
     };
-    // The challenge is single use whatever the outcome.
-    let challenge = state.x509pop_nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.nonce);
-    crate::node_attest::check_challenge(challenge, &facts.fingerprint, state.now())
-        .map_err(|e| refuse(&e.to_string()))?;
+    // The challenge is single use whatever the outcome: the store takes it out atomically, so of
+    // several replicas receiving the same answer at most one gets it.
+    let nonce_hash = vouch_ca::keys::sha256_hex(req.nonce.as_bytes());
+    let challenge = state.store.consume_challenge(&nonce_hash, state.now_secs()).await?;
+    crate::node_attest::check_challenge(challenge, &facts.fingerprint).map_err(|e| refuse(&e.to_string()))?;
     let signature = base64::engine::general_purpose::STANDARD
         .decode(req.signature.as_bytes())
         .map_err(|_| refuse("the signature is not base64"))?;

@@ -37,6 +37,7 @@ use tower::ServiceExt as _;
 use vouch_ca::Kek;
 use vouch_store::{PostgresStore, SqliteStore, Store};
 
+pub use crate::agent_api::{MAX_CHALLENGES as X509POP_MAX_CHALLENGES, X509POP_CHALLENGE_TTL};
 pub use crate::auth::Caller;
 pub use crate::config::{Config, StoreConfig};
 pub use crate::error::ApiError;

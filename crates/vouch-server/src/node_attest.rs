@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 use vouch_core::{ttl, Selector, Selectors, SpiffeId, TrustDomain};
+use vouch_store::ChallengeUse;
 
 use crate::config::PsatCluster;
 use crate::reserved::AGENT_PREFIX;
@@ -154,8 +155,8 @@ pub fn join_token_identity(
 /// Why an x509pop challenge answer was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChallengeRefusal {
-    /// No such challenge, or it was used already.
-    #[error("unknown or already used challenge")]
+    /// No such challenge: never issued, used already, or purged after it expired.
+    #[error("unknown or already used challenge (a challenge is single use and expires); ask for a new one")]
     Unknown,
     /// Issued for another certificate.
     #[error("the challenge was issued for another certificate")]
@@ -165,18 +166,17 @@ pub enum ChallengeRefusal {
     Expired,
 }
 
-/// Checks an x509pop challenge (as stored: the fingerprint it was issued for and its expiry) against
-/// the certificate that answers it, at `now`.
-pub fn check_challenge(
-    stored: Option<(String, SystemTime)>,
-    fingerprint: &str,
-    now: SystemTime,
-) -> Result<(), ChallengeRefusal> {
-    match stored {
-        None => Err(ChallengeRefusal::Unknown),
-        Some((fp, _)) if fp != fingerprint => Err(ChallengeRefusal::OtherCertificate),
-        Some((_, expires)) if expires <= now => Err(ChallengeRefusal::Expired),
-        Some(_) => Ok(()),
+/// Checks an x509pop challenge as the store gave it up (consumed, with the fingerprint it was
+/// issued for; unknown; expired) against the certificate that answers it. Expiry is decided by the
+/// store, on the time the server passed it.
+pub fn check_challenge(taken: ChallengeUse, fingerprint: &str) -> Result<(), ChallengeRefusal> {
+    match taken {
+        ChallengeUse::Unknown => Err(ChallengeRefusal::Unknown),
+        ChallengeUse::Expired => Err(ChallengeRefusal::Expired),
+        ChallengeUse::Consumed { fingerprint: fp } if fp != fingerprint => {
+            Err(ChallengeRefusal::OtherCertificate)
+        }
+        ChallengeUse::Consumed { .. } => Ok(()),
     }
 }
 
@@ -285,8 +285,6 @@ pub fn check_psat(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn td() -> TrustDomain {
@@ -321,15 +319,11 @@ mod tests {
 
     #[test]
     fn challenges_are_checked_for_existence_certificate_and_time() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        let stored =
-            |fp: &str, exp: u64| Some((fp.to_owned(), SystemTime::UNIX_EPOCH + Duration::from_secs(exp)));
-        assert_eq!(check_challenge(stored("aa", 1060), "aa", t), Ok(()));
-        assert_eq!(check_challenge(None, "aa", t), Err(ChallengeRefusal::Unknown));
-        assert_eq!(check_challenge(stored("bb", 1060), "aa", t), Err(ChallengeRefusal::OtherCertificate));
-        assert_eq!(check_challenge(stored("aa", 1000), "aa", t), Err(ChallengeRefusal::Expired));
-        // Another certificate is named even when the challenge has also expired.
-        assert_eq!(check_challenge(stored("bb", 10), "aa", t), Err(ChallengeRefusal::OtherCertificate));
+        let taken = |fp: &str| ChallengeUse::Consumed { fingerprint: fp.to_owned() };
+        assert_eq!(check_challenge(taken("aa"), "aa"), Ok(()));
+        assert_eq!(check_challenge(ChallengeUse::Unknown, "aa"), Err(ChallengeRefusal::Unknown));
+        assert_eq!(check_challenge(taken("bb"), "aa"), Err(ChallengeRefusal::OtherCertificate));
+        assert_eq!(check_challenge(ChallengeUse::Expired, "aa"), Err(ChallengeRefusal::Expired));
     }
 
     #[test]

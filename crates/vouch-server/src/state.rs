@@ -119,8 +119,6 @@ pub struct AppState {
     pub client_verifier: Arc<SvidClientVerifier>,
     /// Changes pushed to connected agents.
     pub events: tokio::sync::broadcast::Sender<Event>,
-    /// Outstanding x509pop challenges: nonce -> (certificate fingerprint, expiry).
-    pub x509pop_nonces: std::sync::Mutex<std::collections::HashMap<String, (String, SystemTime)>>,
     /// Signing keys of the Kubernetes clusters whose tokens attest agents.
     pub psat_keys: crate::psat_keys::PsatKeys,
     /// Rate limits per source and per agent, and the refusal log throttle.
@@ -200,7 +198,6 @@ impl AppState {
             admins: RwLock::new(None),
             client_verifier: Arc::new(SvidClientVerifier::default()),
             events: tokio::sync::broadcast::channel(4096).0,
-            x509pop_nonces: Default::default(),
             stored: std::sync::Mutex::new(stored),
             authority_io: tokio::sync::Mutex::new(()),
             leader: AtomicBool::new(false),

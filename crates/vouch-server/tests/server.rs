@@ -1312,6 +1312,107 @@ async fn agents_attest_by_proof_of_possession_of_a_node_key() {
     server.shutdown().await;
 }
 
+/// Outstanding x509pop challenges live in the store, bounded in number: past the bound a new one is
+/// refused with 429 and the reason (nothing stored); an answer after the expiry is refused and the
+/// challenge is gone; expired challenges are purged to make room. The store holds no nonce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509pop_challenges_are_bounded_and_expire_on_the_server_clock() {
+    use base64::Engine as _;
+    use rcgen::SigningKey as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, ca) = node_ca("node CA");
+    std::fs::write(dir.path().join("node-ca.pem"), &ca_pem).unwrap();
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{0}\"\n[[node_attestation.x509pop]]\nname = \"dc1\"\nca_bundle = \"{1}\"\n[server]\nlisten = \"off\"\n",
+        dir.path().display(),
+        dir.path().join("node-ca.pem").display()
+    );
+    let db = dir.path().join("vouch.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+    let (kek, _) = vouch_ca::Kek::generate().unwrap();
+    let clock = ManualClock::new();
+    let state = AppState::open(Config::from_toml(&text, &no_env).unwrap(), store, kek, clock.clone(), 4242)
+        .await
+        .unwrap();
+    let (cert, key) = node_cert(&ca, "node-1");
+    let challenge_body =
+        serde_json::to_string(&X509PopChallengeRequest { cert_chain_pem: cert.clone() }).unwrap();
+    let challenge = || {
+        call(&state, Caller::Anonymous, "POST", "/v1/agent/attest/x509pop/challenge", Some(&challenge_body))
+    };
+    let answer = |nonce: &str| {
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(key.sign(&vouch_api::agent::x509pop_message(nonce)).unwrap());
+        let body = X509PopAttestation {
+            cert_chain_pem: cert.clone(),
+            nonce: nonce.to_owned(),
+            signature,
+            csr: csr_and_key().0,
+        };
+        serde_json::to_string(&body).unwrap()
+    };
+    let outstanding = || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM x509pop_challenges", [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+
+    // Other replicas' challenges fill the table up to one below the bound.
+    let expires = vouch_core::ttl::unix_seconds(clock.now() + vouch_server::X509POP_CHALLENGE_TTL);
+    let fill = i64::from(vouch_server::X509POP_MAX_CHALLENGES) - 1;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO x509pop_challenges (nonce_hash, fingerprint, expires_at) SELECT 'other-' || i, 'fp', ?2 FROM n",
+            rusqlite::params![fill, expires],
+        )
+        .unwrap();
+    let (status, v) = challenge().await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let nonce = v["nonce"].as_str().unwrap().to_owned();
+    let (status, v) = challenge().await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("challenges are outstanding") && message.contains("retry"), "{message}");
+    assert_eq!(outstanding(), fill + 1, "a refused challenge is not stored");
+    // The store has the nonce's hash, never the nonce.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let hashes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM x509pop_challenges WHERE nonce_hash = ?1",
+            [vouch_ca::keys::sha256_hex(nonce.as_bytes())],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let plain: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM x509pop_challenges WHERE nonce_hash = ?1 OR fingerprint = ?1",
+            [&nonce],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!((hashes, plain), (1, 0));
+    drop(conn);
+
+    // Answered too late: refused as expired, and gone (a second try is unknown).
+    clock.advance(vouch_server::X509POP_CHALLENGE_TTL + Duration::from_secs(1));
+    let path = "/v1/agent/attest/x509pop";
+    let (status, v) = call(&state, Caller::Anonymous, "POST", path, Some(&answer(&nonce))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("expired"), "{v}");
+    let (status, v) = call(&state, Caller::Anonymous, "POST", path, Some(&answer(&nonce))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("already used"), "{v}");
+    // The expired challenges are purged when the next one is asked for; it is answered in time.
+    let (status, v) = challenge().await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(outstanding(), 1);
+    let nonce = v["nonce"].as_str().unwrap();
+    let (status, v) = call(&state, Caller::Anonymous, "POST", path, Some(&answer(nonce))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(outstanding(), 0);
+}
+
 /// The caller an agent is on the mTLS listener when it presents `svid`.
 fn agent_caller(svid: &vouch_api::agent::AgentSvid) -> Caller {
     let (id, serial) = vouch_tls::svid_of(&svid.cert_chain[0].0).unwrap();
@@ -2057,6 +2158,21 @@ impl Store for PausingStore {
     ) -> Result<vouch_store::AuthorityWrite, vouch_store::StoreError> {
         self.inner.write_authority(expected, state).await
     }
+    async fn issue_challenge(
+        &self,
+        challenge: &vouch_store::ChallengeRecord,
+        now: i64,
+        limit: u32,
+    ) -> Result<vouch_store::ChallengeIssue, vouch_store::StoreError> {
+        self.inner.issue_challenge(challenge, now, limit).await
+    }
+    async fn consume_challenge(
+        &self,
+        nonce_hash: &str,
+        now: i64,
+    ) -> Result<vouch_store::ChallengeUse, vouch_store::StoreError> {
+        self.inner.consume_challenge(nonce_hash, now).await
+    }
     async fn ping(&self) -> Result<(), vouch_store::StoreError> {
         self.inner.ping().await
     }
@@ -2150,8 +2266,13 @@ mod replicas {
 
     /// A replica on the wall clock with the shared key-encryption key.
     async fn replica(dir: &Path, url: &str, kek: &str) -> Server {
+        replica_with(dir, url, kek, "").await
+    }
+
+    /// [`replica`] with `extra` configuration (top-level keys and tables).
+    async fn replica_with(dir: &Path, url: &str, kek: &str, extra: &str) -> Server {
         let start =
-            Server::start(replica_config(dir, url, ""), Arc::new(vouch_server::SystemClock), Some(kek));
+            Server::start(replica_config(dir, url, extra), Arc::new(vouch_server::SystemClock), Some(kek));
         tokio::time::timeout(Duration::from_secs(20), start).await.expect("started within 20 s").unwrap()
     }
 
@@ -2381,6 +2502,77 @@ mod replicas {
                 (r1, r2) => panic!("round {round}: expected one success and one refusal: {r1:?} / {r2:?}"),
             };
             assert_eq!(won.spiffe_id.to_string(), format!("spiffe://example.org/agent/race-{round}"));
+            let (_, message) = refusal::<()>(Err(lost), 401);
+            assert!(message.contains("already used"), "round {round}: {message}");
+        }
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
+    /// An x509pop challenge is kept in the shared database: one obtained from replica 1 is answered
+    /// on replica 2 and the agent attests; the same answer replayed to either replica is refused;
+    /// one answer sent to both replicas at the same moment attests once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_x509pop_challenge_from_one_replica_is_answered_on_another_once() {
+        use base64::Engine as _;
+        use rcgen::SigningKey as _;
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "x509pop").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let (d1, d2, cas) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ca_pem, ca) = node_ca("node CA");
+        let ca_file = cas.path().join("node-ca.pem");
+        std::fs::write(&ca_file, &ca_pem).unwrap();
+        let extra =
+            format!("[[node_attestation.x509pop]]\nname = \"dc1\"\nca_bundle = \"{}\"\n", ca_file.display());
+        let s1 = replica_with(d1.path(), &url, &kek, &extra).await;
+        let s2 = replica_with(d2.path(), &url, &kek, &extra).await;
+        let td = vouch_core::TrustDomain::new("example.org").unwrap();
+        let bundle = AdminClient::unix(&s1.admin_socket).bundle_pem().await.unwrap();
+        let anon =
+            |s: &Server| AdminClient::tls(&s.tcp_addr.unwrap().to_string(), &td, &bundle, None).unwrap();
+        let (a1, a2) = (anon(&s1), anon(&s2));
+        let (cert, key) = node_cert(&ca, "node-1");
+        let answer = |nonce: &str| X509PopAttestation {
+            cert_chain_pem: cert.clone(),
+            nonce: nonce.to_owned(),
+            signature: base64::engine::general_purpose::STANDARD
+                .encode(key.sign(&vouch_api::agent::x509pop_message(nonce)).unwrap()),
+            csr: csr_and_key().0,
+        };
+        let limit = Duration::from_secs(20);
+        let request = X509PopChallengeRequest { cert_chain_pem: cert.clone() };
+
+        let nonce = tokio::time::timeout(limit, a1.x509pop_challenge(&request)).await.unwrap().unwrap().nonce;
+        let body = answer(&nonce);
+        let svid = tokio::time::timeout(limit, a2.attest_x509pop(&body)).await.unwrap().unwrap();
+        assert!(
+            svid.spiffe_id.to_string().starts_with("spiffe://example.org/agent/x509pop/"),
+            "{}",
+            svid.spiffe_id
+        );
+        for (name, a) in [("replica 2", &a2), ("replica 1", &a1)] {
+            let replayed = tokio::time::timeout(limit, a.attest_x509pop(&body)).await.unwrap();
+            let (_, message) = refusal(replayed, 401);
+            assert!(message.contains("already used"), "a replay on {name}: {message}");
+        }
+
+        // One answer raced through both replicas: exactly one attests.
+        for round in 0..4 {
+            let from = if round % 2 == 0 { &a1 } else { &a2 };
+            let nonce =
+                tokio::time::timeout(limit, from.x509pop_challenge(&request)).await.unwrap().unwrap().nonce;
+            let (b1, b2) = (answer(&nonce), answer(&nonce));
+            let (r1, r2) = tokio::time::timeout(limit, async {
+                tokio::join!(a1.attest_x509pop(&b1), a2.attest_x509pop(&b2))
+            })
+            .await
+            .unwrap();
+            let lost = match (r1, r2) {
+                (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+                (r1, r2) => panic!("round {round}: expected one success and one refusal: {r1:?} / {r2:?}"),
+            };
             let (_, message) = refusal::<()>(Err(lost), 401);
             assert!(message.contains("already used"), "round {round}: {message}");
         }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use vouch_core::{Entry, NodeGroup, SpiffeId};
 
-use crate::{AgentRecord, DamagedEntry, JoinTokenRecord, StoreError, TokenUse};
+use crate::{AgentRecord, ChallengeUse, DamagedEntry, JoinTokenRecord, StoreError, TokenUse};
 
 /// Damaged rows met by listings: a counter, and the ids already logged, so a row that every sync
 /// and admin check meets is logged once, not once per listing (log lines are a bounded cost).
@@ -183,4 +183,13 @@ pub(crate) fn consumed_token(
 /// An authority version as stored (a signed 64-bit column) as the version the store speaks of.
 pub(crate) fn authority_version(stored: i64) -> Result<u64, StoreError> {
     u64::try_from(stored).map_err(|_| StoreError::Corrupt(format!("authority version {stored}")))
+}
+
+/// The answer to a challenge taken out of the store (`None`: there was none), at `now`.
+pub(crate) fn used_challenge(taken: Option<(String, i64)>, now: i64) -> ChallengeUse {
+    match taken {
+        None => ChallengeUse::Unknown,
+        Some((_, expires_at)) if expires_at <= now => ChallengeUse::Expired,
+        Some((fingerprint, _)) => ChallengeUse::Consumed { fingerprint },
+    }
 }

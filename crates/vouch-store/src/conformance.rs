@@ -9,8 +9,8 @@ use std::sync::Arc;
 use vouch_core::{Entry, EntryId, EntrySpec, NodeGroup, NodeGroupSpec, Selector, SpiffeId, TrustDomain};
 
 use crate::{
-    AgentRecord, AgentRenewal, AuthorityWrite, EntryFilter, JoinTokenRecord, Store, StoreError,
-    StoredAuthority, TokenUse,
+    AgentRecord, AgentRenewal, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse, EntryFilter,
+    JoinTokenRecord, Store, StoreError, StoredAuthority, TokenUse,
 };
 
 fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
@@ -39,6 +39,8 @@ pub async fn run(store: Arc<dyn Store>) {
     batch_is_atomic(&*store).await;
     updates_use_revisions(&*store).await;
     join_tokens_are_single_use(store.clone()).await;
+    x509pop_challenges_are_single_use(store.clone()).await;
+    x509pop_challenges_are_bounded(&*store).await;
     authority_state(&*store).await;
     agents(&*store).await;
     bans_win_races(store.clone()).await;
@@ -170,6 +172,76 @@ async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(wins, 1, "a join token is consumed exactly once under concurrency");
+}
+
+fn challenge(hash: &str, expires_at: i64) -> ChallengeRecord {
+    ChallengeRecord { nonce_hash: hash.into(), fingerprint: format!("fp-{hash}"), expires_at }
+}
+
+async fn x509pop_challenges_are_single_use(store: Arc<dyn Store>) {
+    let issued = |hash: &str| ChallengeUse::Consumed { fingerprint: format!("fp-{hash}") };
+    assert_eq!(store.issue_challenge(&challenge("c1", 160), 100, 10).await.unwrap(), ChallengeIssue::Issued);
+    assert_eq!(store.issue_challenge(&challenge("c2", 160), 100, 10).await.unwrap(), ChallengeIssue::Issued);
+    // Unknown nonces (guesses, replays) are refused without a write.
+    let writes = store.write_transactions();
+    assert_eq!(store.consume_challenge("nope", 110).await.unwrap(), ChallengeUse::Unknown);
+    assert_eq!(store.write_transactions(), writes, "an unknown challenge must not write");
+    assert_eq!(store.consume_challenge("c1", 110).await.unwrap(), issued("c1"), "consumed once");
+    assert_eq!(store.consume_challenge("c1", 110).await.unwrap(), ChallengeUse::Unknown, "never twice");
+    // Expired (at its expiry second): refused, and gone.
+    assert_eq!(store.consume_challenge("c2", 160).await.unwrap(), ChallengeUse::Expired);
+    assert_eq!(store.consume_challenge("c2", 120).await.unwrap(), ChallengeUse::Unknown, "purged");
+
+    // Racing consumers (replicas answering one challenge at once): exactly one wins.
+    store.issue_challenge(&challenge("race", 1000), 200, 10).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move { s.consume_challenge("race", 300).await.unwrap() }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            ChallengeUse::Consumed { fingerprint } => {
+                assert_eq!(fingerprint, "fp-race");
+                wins += 1;
+            }
+            ChallengeUse::Unknown => {}
+            ChallengeUse::Expired => panic!("an unexpired challenge was refused as expired"),
+        }
+    }
+    assert_eq!(wins, 1, "a challenge is consumed exactly once under concurrency");
+}
+
+async fn x509pop_challenges_are_bounded(store: &dyn Store) {
+    // Whatever the earlier checks left is expired by now = 5000.
+    let now = 5000;
+    for i in 0..3 {
+        let c = challenge(&format!("b{i}"), now + 60);
+        assert_eq!(store.issue_challenge(&c, now, 3).await.unwrap(), ChallengeIssue::Issued);
+    }
+    let over = challenge("b3", now + 60);
+    assert_eq!(store.issue_challenge(&over, now, 3).await.unwrap(), ChallengeIssue::Full { limit: 3 });
+    assert_eq!(
+        store.consume_challenge("b3", now).await.unwrap(),
+        ChallengeUse::Unknown,
+        "a refused one is not stored"
+    );
+    // Consuming one makes room for one.
+    assert!(matches!(store.consume_challenge("b0", now).await.unwrap(), ChallengeUse::Consumed { .. }));
+    assert_eq!(store.issue_challenge(&over, now, 3).await.unwrap(), ChallengeIssue::Issued);
+    assert_eq!(
+        store.issue_challenge(&challenge("b4", now + 60), now, 3).await.unwrap(),
+        ChallengeIssue::Full { limit: 3 }
+    );
+    // Once they expire, they are purged to make room, and stay refused.
+    let later = now + 60;
+    assert_eq!(
+        store.issue_challenge(&challenge("b5", later + 60), later, 3).await.unwrap(),
+        ChallengeIssue::Issued
+    );
+    assert_eq!(store.consume_challenge("b1", later).await.unwrap(), ChallengeUse::Unknown, "purged at issue");
+    assert!(matches!(store.consume_challenge("b5", later).await.unwrap(), ChallengeUse::Consumed { .. }));
 }
 
 async fn authority_state(store: &dyn Store) {

@@ -373,6 +373,45 @@ pub enum TokenUse {
     AlreadyUsed,
 }
 
+/// An outstanding x509pop challenge as stored: the hash of its nonce (never the nonce itself, so a
+/// copy of the database cannot answer one), the node certificate it was issued for and its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeRecord {
+    /// Hex SHA-256 of the nonce.
+    pub nonce_hash: String,
+    /// Fingerprint (hex SHA-256) of the node certificate the challenge was issued for.
+    pub fingerprint: String,
+    /// Unix seconds from which it is refused.
+    pub expires_at: i64,
+}
+
+/// What [`Store::issue_challenge`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeIssue {
+    /// The challenge is stored; it can be consumed once.
+    Issued,
+    /// Nothing was stored: `limit` challenges are outstanding and unexpired (expired ones were
+    /// purged first).
+    Full {
+        /// The bound that was reached.
+        limit: u32,
+    },
+}
+
+/// What happened when an x509pop challenge was answered ([`Store::consume_challenge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeUse {
+    /// It was outstanding and unexpired; it is now gone. The fingerprint it was issued for.
+    Consumed {
+        /// Fingerprint of the node certificate the challenge was issued for.
+        fingerprint: String,
+    },
+    /// No such challenge: never issued, already answered, or purged after expiry.
+    Unknown,
+    /// It had expired; it is now gone.
+    Expired,
+}
+
 /// The persistence interface of the server.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -414,6 +453,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Atomically checks and uses a join token: a token can be consumed exactly once.
     async fn consume_join_token(&self, hash: &str, now: i64) -> Result<TokenUse, StoreError>;
+
+    /// Stores an x509pop challenge, unless `limit` unexpired challenges are outstanding already
+    /// ([`ChallengeIssue::Full`]). Expired challenges are purged first. The count and the insert
+    /// are one atomic step across every process sharing the store, so the bound holds however many
+    /// replicas issue at once: an unauthenticated flood cannot grow the table past `limit`.
+    async fn issue_challenge(
+        &self,
+        challenge: &ChallengeRecord,
+        now: i64,
+        limit: u32,
+    ) -> Result<ChallengeIssue, StoreError>;
+
+    /// Takes the challenge whose nonce hashes to `nonce_hash` out of the store, atomically: of
+    /// several callers (on any replica) presenting it, at most one gets [`ChallengeUse::Consumed`].
+    /// A challenge whose expiry is at or before `now` is removed and refused. An unknown hash is
+    /// refused without a write.
+    async fn consume_challenge(&self, nonce_hash: &str, now: i64) -> Result<ChallengeUse, StoreError>;
 
     // Agent records change only through the rules of [`agent_rules`], each applied atomically: there
     // is no plain "write this record", because writing back a record read earlier is how a ban or

@@ -27,13 +27,14 @@ use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
 
 use crate::codec::{
     authority_version, consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent,
-    encode_entry, encode_group, encode_labels, prior_revision, sort_rows, usable_token, DamageLog,
+    encode_entry, encode_group, encode_labels, prior_revision, sort_rows, usable_token, used_challenge,
+    DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
-    agent_rules, AgentRecord, AgentRule, AuthorityWrite, Change, EntryFilter, EntryListing, JoinTokenRecord,
-    Store, StoreError, StoredAuthority, TokenUse,
+    agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
+    Change, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError, StoredAuthority, TokenUse,
 };
 
 /// The schema, step by step, numbered as SQLite's (see [`crate::migrate`]). Text keys compare
@@ -85,6 +86,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
         ALTER TABLE join_tokens ADD COLUMN labels TEXT;"#,
     },
+    Migration {
+        version: 5,
+        name: "x509pop challenges",
+        sql: "CREATE TABLE x509pop_challenges (
+            nonce_hash TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            expires_at BIGINT NOT NULL
+        );
+        CREATE INDEX x509pop_challenges_expires_at ON x509pop_challenges (expires_at);",
+    },
 ];
 
 /// The advisory lock key under which replicas migrate one at a time (`vouch` in ASCII).
@@ -92,6 +103,8 @@ const MIGRATION_LOCK: i64 = 0x76_6f_75_63_68;
 
 /// The advisory lock whose holder leads key rotation (`vouchL` in ASCII).
 const LEAD_LOCK: i64 = 0x76_6f_75_63_68_4c;
+/// The advisory lock under which x509pop challenges are counted and issued (`vouchC` in ASCII).
+const CHALLENGE_LOCK: i64 = 0x76_6f_75_63_68_43;
 /// The notification channel of [`Change`]s.
 const CHANNEL: &str = "vouch_changes";
 /// PostgreSQL refuses a notice payload of 8000 bytes or more; a longer one is sent as a resync.
@@ -888,6 +901,63 @@ impl Store for PostgresStore {
             Some(r) if col::<Option<i64>>(&r, 0)?.is_some() => TokenUse::AlreadyUsed,
             Some(_) => TokenUse::Expired,
         })
+    }
+
+    async fn issue_challenge(
+        &self,
+        challenge: &ChallengeRecord,
+        now: i64,
+        limit: u32,
+    ) -> Result<ChallengeIssue, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        // Replicas issue one at a time (a transaction-scoped advisory lock): under READ COMMITTED,
+        // two transactions counting at once would each see room for one more and pass the bound.
+        // The lock is held for a purge, a count over at most `limit` rows and an insert.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHALLENGE_LOCK]).await.map_err(backend)?;
+        tx.execute("DELETE FROM x509pop_challenges WHERE expires_at <= $1", &[&now])
+            .await
+            .map_err(backend)?;
+        let row = tx.query_one("SELECT COUNT(*) FROM x509pop_challenges", &[]).await.map_err(backend)?;
+        let outstanding: i64 = col(&row, 0)?;
+        if outstanding >= i64::from(limit) {
+            // The purge is kept: expired challenges are worthless whatever the answer.
+            tx.commit().await.map_err(backend)?;
+            return Ok(ChallengeIssue::Full { limit });
+        }
+        tx.execute(
+            "INSERT INTO x509pop_challenges (nonce_hash, fingerprint, expires_at) VALUES ($1, $2, $3)",
+            &[&challenge.nonce_hash, &challenge.fingerprint, &challenge.expires_at],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(ChallengeIssue::Issued)
+    }
+
+    async fn consume_challenge(&self, nonce_hash: &str, now: i64) -> Result<ChallengeUse, StoreError> {
+        let conn = self.pool.get().await?;
+        // A plain read first: an unknown nonce (a guess, a replay) is refused without writing.
+        let known = conn
+            .query_opt("SELECT 1 FROM x509pop_challenges WHERE nonce_hash = $1", &[&nonce_hash])
+            .await
+            .map_err(backend)?;
+        if known.is_none() {
+            return Ok(ChallengeUse::Unknown);
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        // One statement decides: of replicas deleting the same row at once, the first takes it and
+        // gets it back; the others wait for its commit, then find nothing to delete.
+        let taken = conn
+            .query_opt(
+                "DELETE FROM x509pop_challenges WHERE nonce_hash = $1 RETURNING fingerprint, expires_at",
+                &[&nonce_hash],
+            )
+            .await
+            .map_err(backend)?;
+        let taken = taken.map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?))).transpose()?;
+        Ok(used_challenge(taken, now))
     }
 
     async fn apply_agent_rule(&self, id: &SpiffeId, rule: AgentRule) -> Result<AgentRecord, StoreError> {

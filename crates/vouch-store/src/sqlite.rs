@@ -11,12 +11,13 @@ use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
 
 use crate::codec::{
     authority_version, consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent,
-    encode_entry, encode_group, encode_labels, prior_revision, sort_rows, usable_token, DamageLog, TokenRow,
+    encode_entry, encode_group, encode_labels, prior_revision, sort_rows, usable_token, used_challenge,
+    DamageLog, TokenRow,
 };
 use crate::migrate::{self, Migration};
 use crate::{
-    agent_rules, AgentRecord, AgentRule, AuthorityWrite, DamagedEntry, EntryFilter, EntryListing,
-    JoinTokenRecord, Store, StoreError, StoredAuthority, TokenUse,
+    agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
+    DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError, StoredAuthority, TokenUse,
 };
 
 /// The schema, step by step. Steps 1 and 2 are the schema of the builds before `schema_version`,
@@ -67,6 +68,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             data TEXT NOT NULL
         );
         ALTER TABLE join_tokens ADD COLUMN labels TEXT;",
+    },
+    Migration {
+        version: 5,
+        name: "x509pop challenges",
+        sql: "CREATE TABLE x509pop_challenges (
+            nonce_hash TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX x509pop_challenges_expires_at ON x509pop_challenges (expires_at);",
     },
 ];
 
@@ -481,6 +492,66 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
             consumed_token(hash, usable, now)
+        })
+        .await
+    }
+
+    async fn issue_challenge(
+        &self,
+        challenge: &ChallengeRecord,
+        now: i64,
+        limit: u32,
+    ) -> Result<ChallengeIssue, StoreError> {
+        let c = challenge.clone();
+        self.with_write(move |conn| {
+            // One immediate transaction: purge, count and insert under SQLite's write lock, so the
+            // bound cannot be passed by two callers counting at once.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            tx.execute("DELETE FROM x509pop_challenges WHERE expires_at <= ?1", [now]).map_err(backend)?;
+            let outstanding: i64 =
+                tx.query_row("SELECT COUNT(*) FROM x509pop_challenges", [], |r| r.get(0)).map_err(backend)?;
+            if outstanding >= i64::from(limit) {
+                // The purge is kept: expired challenges are worthless whatever the answer.
+                tx.commit().map_err(backend)?;
+                return Ok(ChallengeIssue::Full { limit });
+            }
+            tx.execute(
+                "INSERT INTO x509pop_challenges (nonce_hash, fingerprint, expires_at) VALUES (?1, ?2, ?3)",
+                params![c.nonce_hash, c.fingerprint, c.expires_at],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(ChallengeIssue::Issued)
+        })
+        .await
+    }
+
+    async fn consume_challenge(&self, nonce_hash: &str, now: i64) -> Result<ChallengeUse, StoreError> {
+        let hash = nonce_hash.to_owned();
+        let writes = self.writes.clone();
+        self.with(move |conn| {
+            // A plain read first: an unknown nonce (a guess, a replay) is refused without SQLite's
+            // write lock. The delete below decides.
+            let known: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM x509pop_challenges WHERE nonce_hash = ?1)",
+                    [&hash],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if !known {
+                return Ok(ChallengeUse::Unknown);
+            }
+            writes.fetch_add(1, Ordering::Relaxed);
+            let taken: Option<(String, i64)> = conn
+                .query_row(
+                    "DELETE FROM x509pop_challenges WHERE nonce_hash = ?1 RETURNING fingerprint, expires_at",
+                    [&hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok(used_challenge(taken, now))
         })
         .await
     }
