@@ -514,3 +514,41 @@ fn oidc_jwks_publishes_keys_before_they_sign_and_until_their_tokens_expire() {
     let text = a.bundle().oidc_jwks().unwrap();
     assert!(vouch_ca::bundle::jwks_keys(&text).unwrap().len() <= 3);
 }
+
+/// With `jwt_key_alg` RSA-2048, JWT-SVIDs are RS256 (for relying parties that take only RSA): the
+/// token's header says so, the OIDC JWKS publishes the RSA key (`kty` RSA, `alg` RS256, `n` of 2048
+/// bits, no private member) and validates the token, CAs stay ECDSA, and the sealed key survives
+/// export and import.
+#[test]
+fn rs256_jwt_keys_sign_validate_and_survive_sealing() {
+    use base64::Engine as _;
+    let now = start();
+    let mut config = AuthorityConfig::new(td());
+    config.jwt_key_alg = Some(KeyAlg::Rsa2048);
+    let mut a = Authority::new(config.clone(), None);
+    a.tick(now).unwrap();
+    let jwt = a.mint_jwt(&id("/web"), &["bao".into()], Duration::from_secs(60), now).unwrap();
+    let header = jwt.token.split('.').next().unwrap();
+    let header: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap())
+            .unwrap();
+    assert_eq!(header["alg"], "RS256");
+    let text = a.bundle().oidc_jwks().unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let key = &doc["keys"][0];
+    assert_eq!((key["kty"].as_str(), key["alg"].as_str()), (Some("RSA"), Some("RS256")));
+    assert_eq!(key["e"], "AQAB");
+    assert!(key.get("d").is_none() && key.get("p").is_none(), "public members only: {key}");
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key["n"].as_str().unwrap()).unwrap();
+    assert_eq!(n.len(), 256, "RSA-2048");
+    let keys = vouch_ca::bundle::jwks_keys(&text).unwrap();
+    vouch_ca::jwt::validate(&jwt.token, &keys, &td(), "bao", now).unwrap();
+    // The X.509 side is unchanged: ECDSA CAs, SVIDs that webpki verifies.
+    let issued = a.mint_x509(&id("/web"), &[], &p256_key(), Duration::from_secs(60), now).unwrap();
+    webpki_verify(&a.bundle(), &issued.svid.cert_der, &issued.intermediates, now).unwrap();
+    // Sealed and reopened, the RSA key signs tokens the old bundle validates.
+    let (kek, _) = Kek::generate().unwrap();
+    let b = Authority::import(config, a.export(&kek).unwrap(), &kek, None).unwrap();
+    let again = b.mint_jwt(&id("/web"), &["bao".into()], Duration::from_secs(60), now).unwrap();
+    assert!(a.validate_jwt(&again.token, "bao", now).is_ok());
+}

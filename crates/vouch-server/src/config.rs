@@ -383,6 +383,7 @@ struct FileCa {
     jwt_key_ttl: Option<HumanDuration>,
     x509_svid_ttl: Option<HumanDuration>,
     jwt_svid_ttl: Option<HumanDuration>,
+    jwt_alg: Option<String>,
     jwt_issuer: Option<String>,
     upstream_cert: Option<PathBuf>,
     upstream_key: Option<PathBuf>,
@@ -520,6 +521,8 @@ pub struct Config {
     pub dns_names: Vec<String>,
     /// Algorithm of generated keys.
     pub key_alg: KeyAlg,
+    /// Algorithm of JWT signing keys when not `key_alg` (`jwt_alg = "RS256"`: RSA-2048).
+    pub jwt_key_alg: Option<KeyAlg>,
     /// Self-signed root lifetime.
     pub root_ttl: Duration,
     /// Signing CA lifetime.
@@ -809,6 +812,23 @@ impl Config {
             file.node_attestation.x509pop.into_iter().map(X509PopCas::resolve).collect::<Result<_, _>>()?;
         let limits = LimitsConfig::build(file.limits, env)?;
         let jwt_issuer = env("VOUCH_JWT_ISSUER").or(file.ca.jwt_issuer);
+        let key_alg = file.ca.key_alg.unwrap_or(KeyAlg::EcP256);
+        if key_alg == KeyAlg::Rsa2048 {
+            return Err(ConfigError::Invalid(
+                "ca.key_alg `rsa-2048`: CA keys are ec-p256 or ec-p384; for RSA JWT-SVIDs set ca.jwt_alg = \"RS256\"".into(),
+            ));
+        }
+        let jwt_key_alg = match env("VOUCH_JWT_ALG").or(file.ca.jwt_alg).as_deref() {
+            None => None,
+            Some("ES256") => Some(KeyAlg::EcP256),
+            Some("ES384") => Some(KeyAlg::EcP384),
+            Some("RS256") => Some(KeyAlg::Rsa2048),
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "ca.jwt_alg `{other}`: use ES256, ES384 or RS256 (RSA-2048, for relying parties that take only RSA)"
+                )))
+            }
+        };
         let oidc = file.oidc.map(|o| OidcConfig::build(o, jwt_issuer.as_deref(), env)).transpose()?;
         Ok(Self {
             limits,
@@ -823,7 +843,8 @@ impl Config {
             listen: server.listen,
             admin_uids: server.admin_uids,
             dns_names: server.dns_names,
-            key_alg: file.ca.key_alg.unwrap_or(KeyAlg::EcP256),
+            key_alg,
+            jwt_key_alg,
             root_ttl: lifetimes.root,
             ca_ttl: lifetimes.ca,
             jwt_key_ttl: lifetimes.jwt_key,
@@ -843,6 +864,7 @@ impl Config {
         c.root_ttl = self.root_ttl;
         c.ca_ttl = self.ca_ttl;
         c.jwt_key_ttl = self.jwt_key_ttl;
+        c.jwt_key_alg = self.jwt_key_alg;
         c.jwt_issuer = self.jwt_issuer.clone();
         c
     }
@@ -895,6 +917,8 @@ mod tests {
         assert_eq!(oidc.jwks_uri(), "https://oidc.example.org/keys");
         assert_eq!(oidc.tls, None);
         assert!(Config::from_toml("", &no_env).unwrap().oidc.is_none(), "off by default");
+        let rs = Config::from_toml("[ca]\njwt_alg = \"RS256\"", &no_env).unwrap();
+        assert_eq!((rs.key_alg, rs.jwt_key_alg), (KeyAlg::EcP256, Some(KeyAlg::Rsa2048)));
         let http = "[ca]\njwt_issuer = \"http://127.0.0.1:8081\"\n[oidc]\nlisten = \"127.0.0.1:0\"\nallow_http_issuer = true";
         assert_eq!(Config::from_toml(http, &no_env).unwrap().oidc.unwrap().issuer, "http://127.0.0.1:8081");
         let cases = [
@@ -907,6 +931,8 @@ mod tests {
             ("[ca]\njwt_issuer = \"https://x.example\"\n[oidc]", "set listen"),
             ("[ca]\njwt_issuer = \"https://x.example\"\n[oidc]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"c\"", "go together"),
             ("[oidc]\nlisen = \"127.0.0.1:0\"", "unknown field `lisen`"),
+            ("[ca]\njwt_alg = \"HS256\"", "use ES256, ES384 or RS256"),
+            ("[ca]\nkey_alg = \"rsa-2048\"", "CA keys are ec-p256 or ec-p384"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml(text, &no_env).unwrap_err().to_string();

@@ -78,7 +78,7 @@ fn discovery_document(oidc: &OidcConfig, alg: &str) -> String {
 /// other path is 404 and any other method 405.
 pub fn router(state: Arc<AppState>) -> Option<Router> {
     let config = state.config.oidc.clone()?;
-    let alg = state.config.key_alg.jws_alg();
+    let alg = state.config.jwt_key_alg.unwrap_or(state.config.key_alg).jws_alg();
     let max_age = format!("public, max-age={}", keys_max_age(state.config.jwt_key_ttl));
     let oidc = Arc::new(Oidc {
         discovery: Arc::from(discovery_document(&config, alg)),

