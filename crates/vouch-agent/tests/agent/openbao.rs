@@ -287,6 +287,17 @@ async fn openbao_jwt_auth_accepts_jwt_svids_through_oidc_discovery_across_rotati
     let foreign = minted["token"].as_str().unwrap();
     assert!(bao.login("app", foreign).await.is_err(), "a token of another trust domain logged in");
     other.shutdown().await;
+    // And a token naming the workload's very SPIFFE ID and the issuer, signed by a key vouch never
+    // published (another authority's), is refused on its signature alone.
+    let mut rogue_config =
+        vouch_ca::authority::AuthorityConfig::new(vouch_core::TrustDomain::new("example.org").unwrap());
+    rogue_config.jwt_issuer = Some(issuer.clone());
+    let mut rogue = vouch_ca::authority::Authority::new(rogue_config, None);
+    rogue.tick(SystemTime::now()).unwrap();
+    let app_id = vouch_core::SpiffeId::parse("spiffe://example.org/app").unwrap();
+    let forged =
+        rogue.mint_jwt(&app_id, &["openbao".into()], Duration::from_secs(60), SystemTime::now()).unwrap();
+    assert!(bao.login("app", &forged.token).await.is_err(), "a token signed by an unpublished key logged in");
 
     // A forced JWT key rotation: the server's clock steps past the point where a successor is
     // published (half the key's life) and then past where it takes over (five sixths), and back.
