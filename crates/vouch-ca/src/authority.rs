@@ -39,6 +39,8 @@ pub struct AuthorityConfig {
     pub ca_ttl: Duration,
     /// Lifetime of a JWT signing key.
     pub jwt_key_ttl: Duration,
+    /// Algorithm of JWT signing keys, when not `key_alg` (RSA-2048 for RS256).
+    pub jwt_key_alg: Option<KeyAlg>,
     /// `iss` claim of JWT-SVIDs, when set.
     pub jwt_issuer: Option<String>,
     /// `spiffe_refresh_hint` of the bundle.
@@ -54,6 +56,7 @@ impl AuthorityConfig {
             root_ttl: Duration::from_secs(365 * 24 * 3600),
             ca_ttl: ttl::DEFAULT_CA_TTL,
             jwt_key_ttl: ttl::DEFAULT_CA_TTL,
+            jwt_key_alg: None,
             jwt_issuer: None,
             refresh_hint: Duration::from_secs(300),
         }
@@ -334,7 +337,7 @@ impl Authority {
         Ok(JwtSlot {
             kid: random_id()?,
             state: KeyState::Prepared,
-            key: SigningKey::generate(self.config.key_alg, KeyUse::Jws)?,
+            key: SigningKey::generate(self.config.jwt_key_alg.unwrap_or(self.config.key_alg), KeyUse::Jws)?,
             not_before: x509_seconds(now),
             not_after: x509_seconds(now + self.config.jwt_key_ttl),
         })
@@ -388,16 +391,7 @@ impl Authority {
     }
 
     fn jwt_public_keys(&self) -> BTreeMap<String, JwtPublicKey> {
-        self.jwt_keys
-            .iter()
-            .map(|k| {
-                let key = JwtPublicKey::Ec {
-                    crv: k.key.alg().jwk_crv().into(),
-                    point: k.key.public_point().to_vec(),
-                };
-                (k.kid.clone(), key)
-            })
-            .collect()
+        self.jwt_keys.iter().map(|k| (k.kid.clone(), k.key.jwt_public_key())).collect()
     }
 
     /// The bundle's sequence number.

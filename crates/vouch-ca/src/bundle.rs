@@ -102,6 +102,20 @@ fn jwk_params_of_jwt_key(key: &JwtPublicKey) -> Map<String, Value> {
     m
 }
 
+/// The JOSE algorithm a key of this type signs with in vouch: ECDSA with the curve's own hash, and
+/// RS256 for RSA (the one RSA algorithm every relying party takes).
+fn jose_alg(key: &JwtPublicKey) -> Option<&'static str> {
+    match key {
+        JwtPublicKey::Ec { crv, .. } => match crv.as_str() {
+            "P-256" => Some("ES256"),
+            "P-384" => Some("ES384"),
+            "P-521" => Some("ES512"),
+            _ => None,
+        },
+        JwtPublicKey::Rsa { .. } => Some("RS256"),
+    }
+}
+
 fn str_member<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a str, CaError> {
     m.get(name)
         .and_then(Value::as_str)
@@ -199,6 +213,27 @@ impl Bundle {
             }
         }
         Ok(bundle)
+    }
+
+    /// The JWT authorities alone as a plain JWKS (RFC 7517), for OIDC relying parties (OpenBao/Vault
+    /// JWT auth, cloud workload identity federation): each key with `kid`, `use` = `sig` and its JOSE
+    /// `alg`, public members only. Relying parties that are not SPIFFE-aware reject or ignore the
+    /// SPIFFE `use` values and members, and have no use for the X.509 authorities.
+    pub fn oidc_jwks(&self) -> Result<String, CaError> {
+        let keys: Vec<Map<String, Value>> = self
+            .jwt_authorities
+            .iter()
+            .map(|(kid, key)| {
+                let mut m = jwk_params_of_jwt_key(key);
+                m.insert("kid".into(), json!(kid));
+                m.insert("use".into(), json!("sig"));
+                if let Some(alg) = jose_alg(key) {
+                    m.insert("alg".into(), json!(alg));
+                }
+                m
+            })
+            .collect();
+        serde_json::to_string(&json!({ "keys": keys })).map_err(|_| CaError::Crypto("JSON encoding failed"))
     }
 
     /// The X.509 authorities as concatenated PEM certificates.

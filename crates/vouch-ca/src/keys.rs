@@ -14,6 +14,10 @@ pub enum KeyAlg {
     EcP256,
     /// ECDSA on P-384 with SHA-384 (ES384).
     EcP384,
+    /// RSA with a 2048-bit modulus, PKCS#1 v1.5 signatures with SHA-256 (RS256): for JWT keys only,
+    /// for relying parties that take no other algorithm. CAs are always ECDSA.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
 }
 
 impl KeyAlg {
@@ -22,28 +26,27 @@ impl KeyAlg {
         match self {
             KeyAlg::EcP256 => "ES256",
             KeyAlg::EcP384 => "ES384",
+            KeyAlg::Rsa2048 => "RS256",
         }
     }
 
-    /// The JWK `crv` name.
-    pub fn jwk_crv(self) -> &'static str {
+    /// The JWK `crv` name (EC keys; `None` for RSA).
+    pub fn jwk_crv(self) -> Option<&'static str> {
         match self {
-            KeyAlg::EcP256 => "P-256",
-            KeyAlg::EcP384 => "P-384",
+            KeyAlg::EcP256 => Some("P-256"),
+            KeyAlg::EcP384 => Some("P-384"),
+            KeyAlg::Rsa2048 => None,
         }
     }
 
-    fn x509_signing(self) -> &'static EcdsaSigningAlgorithm {
-        match self {
-            KeyAlg::EcP256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            KeyAlg::EcP384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
-        }
-    }
-
-    fn jws_signing(self) -> &'static EcdsaSigningAlgorithm {
-        match self {
-            KeyAlg::EcP256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            KeyAlg::EcP384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+    /// The ECDSA algorithm of `usage`: DER signatures for X.509, fixed-width for JWS; `None` for RSA.
+    fn ecdsa(self, usage: KeyUse) -> Option<&'static EcdsaSigningAlgorithm> {
+        match (self, usage) {
+            (KeyAlg::EcP256, KeyUse::X509) => Some(&signature::ECDSA_P256_SHA256_ASN1_SIGNING),
+            (KeyAlg::EcP384, KeyUse::X509) => Some(&signature::ECDSA_P384_SHA384_ASN1_SIGNING),
+            (KeyAlg::EcP256, KeyUse::Jws) => Some(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
+            (KeyAlg::EcP384, KeyUse::Jws) => Some(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+            (KeyAlg::Rsa2048, _) => None,
         }
     }
 
@@ -51,8 +54,18 @@ impl KeyAlg {
         match self {
             KeyAlg::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyAlg::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyAlg::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
         }
     }
+}
+
+/// RSA keys sign JWTs only: certificates and CSRs stay ECDSA, so one X.509 code path.
+const RSA_JWT_ONLY: &str = "RSA keys sign JWT-SVIDs only; CA keys are ec-p256 or ec-p384";
+
+/// The key pair behind a [`SigningKey`].
+enum Pair {
+    Ec(EcdsaKeyPair),
+    Rsa(Box<aws_lc_rs::rsa::KeyPair>, Vec<u8>),
 }
 
 /// What a key signs; it fixes the signature encoding (DER for X.509, fixed-width for JWS).
@@ -69,7 +82,7 @@ pub enum KeyUse {
 pub struct SigningKey {
     alg: KeyAlg,
     pkcs8: Zeroizing<Vec<u8>>,
-    pair: EcdsaKeyPair,
+    pair: Pair,
     rng: SystemRandom,
 }
 
@@ -83,24 +96,46 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Generates a fresh key.
     pub fn generate(alg: KeyAlg, usage: KeyUse) -> Result<Self, CaError> {
-        let signing = match usage {
-            KeyUse::X509 => alg.x509_signing(),
-            KeyUse::Jws => alg.jws_signing(),
+        let Some(signing) = alg.ecdsa(usage) else {
+            if usage != KeyUse::Jws {
+                return Err(CaError::InvalidKey(RSA_JWT_ONLY.into()));
+            }
+            use aws_lc_rs::encoding::AsDer as _;
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .map_err(|_| CaError::Crypto("key generation failed"))?;
+            let pkcs8: aws_lc_rs::encoding::Pkcs8V1Der<'_> =
+                pair.as_der().map_err(|_| CaError::Crypto("key export failed"))?;
+            return Self::from_pkcs8(alg, usage, Zeroizing::new(pkcs8.as_ref().to_vec()));
         };
         // Generated directly (not parsed back from PKCS#8), which saves a scalar multiplication.
         let pair = EcdsaKeyPair::generate(signing).map_err(|_| CaError::Crypto("key generation failed"))?;
         let pkcs8 = pair.to_pkcs8v1().map_err(|_| CaError::Crypto("key export failed"))?;
-        Ok(Self { alg, pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()), pair, rng: SystemRandom::new() })
+        Ok(Self {
+            alg,
+            pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
+            pair: Pair::Ec(pair),
+            rng: SystemRandom::new(),
+        })
     }
 
     /// Loads a key from PKCS#8 DER.
     pub fn from_pkcs8(alg: KeyAlg, usage: KeyUse, pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, CaError> {
-        let signing = match usage {
-            KeyUse::X509 => alg.x509_signing(),
-            KeyUse::Jws => alg.jws_signing(),
+        let wrong = |_| CaError::InvalidKey("not a PKCS#8 key of the expected algorithm".into());
+        let pair = match alg.ecdsa(usage) {
+            Some(signing) => Pair::Ec(EcdsaKeyPair::from_pkcs8(signing, &pkcs8).map_err(wrong)?),
+            None if usage == KeyUse::Jws => {
+                use aws_lc_rs::encoding::AsDer as _;
+                let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8).map_err(wrong)?;
+                if pair.public_modulus_len() != 256 {
+                    return Err(CaError::InvalidKey("not an RSA-2048 key".into()));
+                }
+                let public: aws_lc_rs::encoding::PublicKeyX509Der<'_> =
+                    pair.public_key().as_der().map_err(|_| CaError::Crypto("key export failed"))?;
+                let public = public.as_ref().to_vec();
+                Pair::Rsa(Box::new(pair), public)
+            }
+            None => return Err(CaError::InvalidKey(RSA_JWT_ONLY.into())),
         };
-        let pair = EcdsaKeyPair::from_pkcs8(signing, &pkcs8)
-            .map_err(|_| CaError::InvalidKey("not a PKCS#8 key of the expected algorithm".into()))?;
         Ok(Self { alg, pkcs8, pair, rng: SystemRandom::new() })
     }
 
@@ -114,7 +149,8 @@ impl SigningKey {
                 return Ok(k);
             }
             // SEC1 keys: convert through aws-lc-rs' parser to PKCS#8.
-            if let Ok(pair) = EcdsaKeyPair::from_private_key_der(alg.x509_signing(), &der) {
+            let Some(signing) = alg.ecdsa(KeyUse::X509) else { continue };
+            if let Ok(pair) = EcdsaKeyPair::from_private_key_der(signing, &der) {
                 let doc = pair.to_pkcs8v1().map_err(|_| CaError::Crypto("key export failed"))?;
                 return Self::from_pkcs8(alg, usage, Zeroizing::new(doc.as_ref().to_vec()));
             }
@@ -127,9 +163,26 @@ impl SigningKey {
         self.alg
     }
 
-    /// The public key as an uncompressed EC point.
+    /// The public key: an uncompressed EC point, or for RSA its SubjectPublicKeyInfo (DER).
     pub fn public_point(&self) -> &[u8] {
-        self.pair.public_key().as_ref()
+        match &self.pair {
+            Pair::Ec(pair) => pair.public_key().as_ref(),
+            Pair::Rsa(_, spki) => spki,
+        }
+    }
+
+    /// The public key as it is published for JWT validation.
+    pub fn jwt_public_key(&self) -> crate::jwt::JwtPublicKey {
+        match &self.pair {
+            Pair::Ec(pair) => crate::jwt::JwtPublicKey::Ec {
+                crv: self.alg.jwk_crv().unwrap_or_default().into(),
+                point: pair.public_key().as_ref().to_vec(),
+            },
+            Pair::Rsa(pair, _) => crate::jwt::JwtPublicKey::Rsa {
+                n: pair.public_key().modulus().big_endian_without_leading_zero().to_vec(),
+                e: pair.public_key().exponent().big_endian_without_leading_zero().to_vec(),
+            },
+        }
     }
 
     /// The PKCS#8 encoding, for sealing.
@@ -139,8 +192,18 @@ impl SigningKey {
 
     /// Signs `msg` in the encoding chosen at load time.
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CaError> {
-        let sig = self.pair.sign(&self.rng, msg).map_err(|_| CaError::Crypto("signing failed"))?;
-        Ok(sig.as_ref().to_vec())
+        match &self.pair {
+            Pair::Ec(pair) => {
+                let sig = pair.sign(&self.rng, msg).map_err(|_| CaError::Crypto("signing failed"))?;
+                Ok(sig.as_ref().to_vec())
+            }
+            Pair::Rsa(pair, _) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(&signature::RSA_PKCS1_SHA256, &self.rng, msg, &mut sig)
+                    .map_err(|_| CaError::Crypto("signing failed"))?;
+                Ok(sig)
+            }
+        }
     }
 }
 
@@ -268,6 +331,17 @@ mod tests {
             assert!(again.sign(b"msg").unwrap()[0] == 0x30, "X.509 signatures are DER sequences");
             assert!(!format!("{k:?}").contains("pkcs8"));
         }
+    }
+
+    #[test]
+    fn rsa_keys_sign_rs256_jwts_only_and_reload() {
+        let k = SigningKey::generate(KeyAlg::Rsa2048, KeyUse::Jws).unwrap();
+        assert_eq!(k.sign(b"msg").unwrap().len(), 256);
+        let again = SigningKey::from_pkcs8(KeyAlg::Rsa2048, KeyUse::Jws, k.pkcs8().clone()).unwrap();
+        assert_eq!(again.jwt_public_key(), k.jwt_public_key());
+        assert!(matches!(k.jwt_public_key(), crate::jwt::JwtPublicKey::Rsa { ref n, .. } if n.len() == 256));
+        assert!(SigningKey::generate(KeyAlg::Rsa2048, KeyUse::X509).is_err(), "no RSA CA");
+        assert!(SigningKey::from_pkcs8(KeyAlg::EcP256, KeyUse::Jws, k.pkcs8().clone()).is_err());
     }
 
     #[test]

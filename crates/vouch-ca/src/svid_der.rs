@@ -104,6 +104,8 @@ impl LeafTemplate {
         let signature_alg = match key.alg() {
             KeyAlg::EcP256 => ECDSA_SHA256,
             KeyAlg::EcP384 => ECDSA_SHA384,
+            // A CA key is never RSA (SigningKey refuses to make one for X.509).
+            KeyAlg::Rsa2048 => return None,
         };
         Some(Self { issuer: cert.tbs_certificate.subject.as_raw().to_vec(), authority_key_id, signature_alg })
     }

@@ -463,3 +463,92 @@ fn workload_key_csrs_verify_and_keys_reload() {
     assert_eq!(info.public_key, kp.public_key_raw());
     assert!(vouch_ca::verify_csr_pem_or_der(wk.csr_pem().unwrap().as_bytes()).is_ok());
 }
+
+/// The OIDC JWKS (what relying parties such as OpenBao fetch): the JWT keys only, public members
+/// only, each with `use` = `sig` and its `alg`; a key is in it from when it is prepared (before it
+/// signs anything) until after the last token it signed has expired.
+#[test]
+fn oidc_jwks_publishes_keys_before_they_sign_and_until_their_tokens_expire() {
+    let mut config = AuthorityConfig::new(td());
+    config.jwt_key_ttl = Duration::from_secs(3600);
+    let mut a = Authority::new(config, None);
+    let mut now = start();
+    // kid -> the step at which it was first published.
+    let mut first_seen: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut live: Vec<(String, String, i64)> = Vec::new();
+    let mut signers = std::collections::BTreeSet::new();
+    for step in 0..(4 * 60) {
+        a.tick(now).unwrap();
+        let text = a.bundle().oidc_jwks().unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for k in doc["keys"].as_array().unwrap() {
+            assert_eq!(
+                (k["use"].as_str(), k["alg"].as_str(), k["kty"].as_str()),
+                (Some("sig"), Some("ES256"), Some("EC"))
+            );
+            assert!(k.get("d").is_none() && k.get("x5c").is_none(), "public JWT keys only: {k}");
+            first_seen.entry(k["kid"].as_str().unwrap().to_owned()).or_insert(step);
+        }
+        assert!(doc.get("spiffe_sequence").is_none(), "a plain JWKS");
+        let keys = vouch_ca::bundle::jwks_keys(&text).unwrap();
+        let jwt = a.mint_jwt(&id("/web"), &["db".into()], Duration::from_secs(600), now).unwrap();
+        let header = vouch_ca::jwt::validate(&jwt.token, &keys, &td(), "db", now).unwrap();
+        // Every key but the very first was published at least one step (a minute) before it signed.
+        if signers.insert(header.kid.clone()) && signers.len() > 1 {
+            assert!(
+                first_seen[&header.kid] < step,
+                "key {} signed at step {step} when first published",
+                header.kid
+            );
+        }
+        live.push((jwt.token, header.kid, jwt.expires_at));
+        live.retain(|(_, _, exp)| *exp > vouch_core::ttl::unix_seconds(now));
+        for (token, kid, _) in &live {
+            assert!(keys.contains_key(kid), "key {kid} left the JWKS before its token expired");
+            vouch_ca::jwt::validate(token, &keys, &td(), "db", now).unwrap();
+        }
+        now += Duration::from_secs(60);
+    }
+    assert!(signers.len() >= 4, "JWT keys rotated: {signers:?}");
+    // Expired keys leave: never more than the active, the prepared and the retired one.
+    let text = a.bundle().oidc_jwks().unwrap();
+    assert!(vouch_ca::bundle::jwks_keys(&text).unwrap().len() <= 3);
+}
+
+/// With `jwt_key_alg` RSA-2048, JWT-SVIDs are RS256 (for relying parties that take only RSA): the
+/// token's header says so, the OIDC JWKS publishes the RSA key (`kty` RSA, `alg` RS256, `n` of 2048
+/// bits, no private member) and validates the token, CAs stay ECDSA, and the sealed key survives
+/// export and import.
+#[test]
+fn rs256_jwt_keys_sign_validate_and_survive_sealing() {
+    use base64::Engine as _;
+    let now = start();
+    let mut config = AuthorityConfig::new(td());
+    config.jwt_key_alg = Some(KeyAlg::Rsa2048);
+    let mut a = Authority::new(config.clone(), None);
+    a.tick(now).unwrap();
+    let jwt = a.mint_jwt(&id("/web"), &["bao".into()], Duration::from_secs(60), now).unwrap();
+    let header = jwt.token.split('.').next().unwrap();
+    let header: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap())
+            .unwrap();
+    assert_eq!(header["alg"], "RS256");
+    let text = a.bundle().oidc_jwks().unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let key = &doc["keys"][0];
+    assert_eq!((key["kty"].as_str(), key["alg"].as_str()), (Some("RSA"), Some("RS256")));
+    assert_eq!(key["e"], "AQAB");
+    assert!(key.get("d").is_none() && key.get("p").is_none(), "public members only: {key}");
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key["n"].as_str().unwrap()).unwrap();
+    assert_eq!(n.len(), 256, "RSA-2048");
+    let keys = vouch_ca::bundle::jwks_keys(&text).unwrap();
+    vouch_ca::jwt::validate(&jwt.token, &keys, &td(), "bao", now).unwrap();
+    // The X.509 side is unchanged: ECDSA CAs, SVIDs that webpki verifies.
+    let issued = a.mint_x509(&id("/web"), &[], &p256_key(), Duration::from_secs(60), now).unwrap();
+    webpki_verify(&a.bundle(), &issued.svid.cert_der, &issued.intermediates, now).unwrap();
+    // Sealed and reopened, the RSA key signs tokens the old bundle validates.
+    let (kek, _) = Kek::generate().unwrap();
+    let b = Authority::import(config, a.export(&kek).unwrap(), &kek, None).unwrap();
+    let again = b.mint_jwt(&id("/web"), &["bao".into()], Duration::from_secs(60), now).unwrap();
+    assert!(a.validate_jwt(&again.token, "bao", now).is_ok());
+}

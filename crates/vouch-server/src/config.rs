@@ -98,7 +98,83 @@ struct FileConfig {
     node_attestation: FileNodeAttestation,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    oidc: Option<FileOidc>,
 }
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileOidc {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    allow_http_issuer: bool,
+}
+
+/// The OIDC issuer listener (`[oidc]`): discovery document and JWKS of the JWT signing keys, for
+/// relying parties (OpenBao/Vault JWT auth, cloud workload identity federation) that hold no client
+/// certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// Where it listens (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Certificate chain and key (PEM files) for HTTPS; `None` serves plain HTTP, for use behind an
+    /// ingress or load balancer that terminates TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The issuer (`ca.jwt_issuer`): `iss` of every JWT-SVID and of the discovery document, so the
+    /// base of the JWKS URL too.
+    pub issuer: String,
+}
+
+impl OidcConfig {
+    /// Checks the `[oidc]` section against `ca.jwt_issuer`. Relying parties fetch the discovery
+    /// document from `<issuer>/.well-known/openid-configuration` and require the document's issuer
+    /// to equal it byte for byte, so the issuer must be a bare base URL: https (the keys' integrity
+    /// rests on it) unless `allow_http_issuer` says TLS is somebody else's (an ingress, a test).
+    fn build(file: FileOidc, issuer: Option<&str>, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Invalid(format!("oidc: {why}"));
+        let listen_text = env("VOUCH_OIDC_LISTEN")
+            .or(file.listen)
+            .ok_or_else(|| bad("set listen, the address relying parties fetch discovery and keys from (e.g. 0.0.0.0:8443)".into()))?;
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|_| bad(format!("listen `{listen_text}` is not an address like 127.0.0.1:8081")))?;
+        let issuer = issuer.ok_or_else(|| {
+            bad("ca.jwt_issuer is required with [oidc]: it is the `iss` of every JWT-SVID and the URL relying parties \
+                 discover keys from (e.g. https://oidc.example.org)"
+                .into())
+        })?;
+        let url = Url::parse(issuer).map_err(|e| bad(format!("ca.jwt_issuer: {e}")))?;
+        if !url.tls && !file.allow_http_issuer {
+            return Err(bad(format!(
+                "ca.jwt_issuer `{issuer}` is not https: relying parties would fetch the signing keys unauthenticated; \
+                 use an https URL, or set oidc.allow_http_issuer = true when an ingress serves it over https \
+                 under another name or for a test on loopback"
+            )));
+        }
+        if issuer.contains(['?', '#']) || issuer.ends_with('/') {
+            return Err(bad(format!(
+                "ca.jwt_issuer `{issuer}` must be a base URL without query or trailing slash (relying parties compare it \
+                 byte for byte with the discovery document's issuer)"
+            )));
+        }
+        let tls = match (file.tls_cert, file.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(bad("tls_cert and tls_key go together".into())),
+        };
+        Ok(Self { listen, tls, issuer: issuer.to_owned() })
+    }
+
+    /// The JWKS URL named by the discovery document.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}{}", self.issuer, OIDC_KEYS_PATH)
+    }
+}
+
+/// Where the OIDC listener serves the JWKS of the JWT signing keys.
+pub const OIDC_KEYS_PATH: &str = "/keys";
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +383,7 @@ struct FileCa {
     jwt_key_ttl: Option<HumanDuration>,
     x509_svid_ttl: Option<HumanDuration>,
     jwt_svid_ttl: Option<HumanDuration>,
+    jwt_alg: Option<String>,
     jwt_issuer: Option<String>,
     upstream_cert: Option<PathBuf>,
     upstream_key: Option<PathBuf>,
@@ -444,6 +521,8 @@ pub struct Config {
     pub dns_names: Vec<String>,
     /// Algorithm of generated keys.
     pub key_alg: KeyAlg,
+    /// Algorithm of JWT signing keys when not `key_alg` (`jwt_alg = "RS256"`: RSA-2048).
+    pub jwt_key_alg: Option<KeyAlg>,
     /// Self-signed root lifetime.
     pub root_ttl: Duration,
     /// Signing CA lifetime.
@@ -470,6 +549,8 @@ pub struct Config {
     pub x509pop: Vec<X509PopCas>,
     /// What one caller may cost the server.
     pub limits: LimitsConfig,
+    /// The OIDC issuer listener, if configured.
+    pub oidc: Option<OidcConfig>,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -730,8 +811,28 @@ impl Config {
         let x509pop =
             file.node_attestation.x509pop.into_iter().map(X509PopCas::resolve).collect::<Result<_, _>>()?;
         let limits = LimitsConfig::build(file.limits, env)?;
+        let jwt_issuer = env("VOUCH_JWT_ISSUER").or(file.ca.jwt_issuer);
+        let key_alg = file.ca.key_alg.unwrap_or(KeyAlg::EcP256);
+        if key_alg == KeyAlg::Rsa2048 {
+            return Err(ConfigError::Invalid(
+                "ca.key_alg `rsa-2048`: CA keys are ec-p256 or ec-p384; for RSA JWT-SVIDs set ca.jwt_alg = \"RS256\"".into(),
+            ));
+        }
+        let jwt_key_alg = match env("VOUCH_JWT_ALG").or(file.ca.jwt_alg).as_deref() {
+            None => None,
+            Some("ES256") => Some(KeyAlg::EcP256),
+            Some("ES384") => Some(KeyAlg::EcP384),
+            Some("RS256") => Some(KeyAlg::Rsa2048),
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "ca.jwt_alg `{other}`: use ES256, ES384 or RS256 (RSA-2048, for relying parties that take only RSA)"
+                )))
+            }
+        };
+        let oidc = file.oidc.map(|o| OidcConfig::build(o, jwt_issuer.as_deref(), env)).transpose()?;
         Ok(Self {
             limits,
+            oidc,
             psat_clusters,
             x509pop,
             trust_domain,
@@ -742,13 +843,14 @@ impl Config {
             listen: server.listen,
             admin_uids: server.admin_uids,
             dns_names: server.dns_names,
-            key_alg: file.ca.key_alg.unwrap_or(KeyAlg::EcP256),
+            key_alg,
+            jwt_key_alg,
             root_ttl: lifetimes.root,
             ca_ttl: lifetimes.ca,
             jwt_key_ttl: lifetimes.jwt_key,
             x509_svid_ttl: lifetimes.x509_svid,
             jwt_svid_ttl: lifetimes.jwt_svid,
-            jwt_issuer: env("VOUCH_JWT_ISSUER").or(file.ca.jwt_issuer),
+            jwt_issuer,
             upstream,
             log_level: env("VOUCH_LOG").or(file.log.level).unwrap_or_else(|| "info".into()),
             log_format,
@@ -762,6 +864,7 @@ impl Config {
         c.root_ttl = self.root_ttl;
         c.ca_ttl = self.ca_ttl;
         c.jwt_key_ttl = self.jwt_key_ttl;
+        c.jwt_key_alg = self.jwt_key_alg;
         c.jwt_issuer = self.jwt_issuer.clone();
         c
     }
@@ -804,6 +907,37 @@ mod tests {
         assert_eq!(c.x509_svid_ttl, Duration::from_secs(600));
         assert_eq!(c.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(c.kek_file, PathBuf::from("/tmp/x/kek"));
+    }
+
+    #[test]
+    fn oidc_needs_an_https_issuer_unless_told_and_names_what_is_wrong() {
+        let text = "[ca]\njwt_issuer = \"https://oidc.example.org\"\n[oidc]\nlisten = \"127.0.0.1:0\"";
+        let c = Config::from_toml(text, &no_env).unwrap();
+        let oidc = c.oidc.unwrap();
+        assert_eq!(oidc.jwks_uri(), "https://oidc.example.org/keys");
+        assert_eq!(oidc.tls, None);
+        assert!(Config::from_toml("", &no_env).unwrap().oidc.is_none(), "off by default");
+        let rs = Config::from_toml("[ca]\njwt_alg = \"RS256\"", &no_env).unwrap();
+        assert_eq!((rs.key_alg, rs.jwt_key_alg), (KeyAlg::EcP256, Some(KeyAlg::Rsa2048)));
+        let http = "[ca]\njwt_issuer = \"http://127.0.0.1:8081\"\n[oidc]\nlisten = \"127.0.0.1:0\"\nallow_http_issuer = true";
+        assert_eq!(Config::from_toml(http, &no_env).unwrap().oidc.unwrap().issuer, "http://127.0.0.1:8081");
+        let cases = [
+            ("[oidc]\nlisten = \"127.0.0.1:0\"", "ca.jwt_issuer is required with [oidc]"),
+            ("[ca]\njwt_issuer = \"http://x.example\"\n[oidc]\nlisten = \"127.0.0.1:0\"", "is not https"),
+            ("[ca]\njwt_issuer = \"https://x.example/\"\n[oidc]\nlisten = \"127.0.0.1:0\"", "without query or trailing slash"),
+            ("[ca]\njwt_issuer = \"https://x.example?a=b\"\n[oidc]\nlisten = \"127.0.0.1:0\"", "without query"),
+            ("[ca]\njwt_issuer = \"x.example\"\n[oidc]\nlisten = \"127.0.0.1:0\"", "ca.jwt_issuer"),
+            ("[ca]\njwt_issuer = \"https://x.example\"\n[oidc]\nlisten = \"nope\"", "listen `nope`"),
+            ("[ca]\njwt_issuer = \"https://x.example\"\n[oidc]", "set listen"),
+            ("[ca]\njwt_issuer = \"https://x.example\"\n[oidc]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"c\"", "go together"),
+            ("[oidc]\nlisen = \"127.0.0.1:0\"", "unknown field `lisen`"),
+            ("[ca]\njwt_alg = \"HS256\"", "use ES256, ES384 or RS256"),
+            ("[ca]\nkey_alg = \"rsa-2048\"", "CA keys are ec-p256 or ec-p384"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

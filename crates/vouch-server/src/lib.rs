@@ -16,6 +16,7 @@ mod groups;
 mod limits;
 mod metrics;
 pub mod node_attest;
+mod oidc;
 mod psat_keys;
 mod replicas;
 pub mod reserved;
@@ -42,6 +43,7 @@ pub use crate::auth::Caller;
 pub use crate::config::{Config, StoreConfig};
 pub use crate::error::ApiError;
 pub use crate::limits::PeerAddr;
+pub use crate::oidc::{router as oidc_router, DISCOVERY_PATH as OIDC_DISCOVERY_PATH};
 pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
 pub use crate::state::{AppState, Clock, Event, SystemClock, FOLLOW_INTERVAL};
 
@@ -154,6 +156,8 @@ pub struct Server {
     pub admin_socket: PathBuf,
     /// The bound mTLS address, if the listener is on.
     pub tcp_addr: Option<SocketAddr>,
+    /// The bound address of the OIDC issuer listener, if configured.
+    pub oidc_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -163,6 +167,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("admin_socket", &self.admin_socket)
             .field("tcp_addr", &self.tcp_addr)
+            .field("oidc_addr", &self.oidc_addr)
             .finish()
     }
 }
@@ -237,6 +242,21 @@ impl Server {
                 .map_err(|e| StartError::Io(format!("cannot write {}: {e}", addr_file.display())))?;
             tcp_addr = Some(bound);
         }
+        let mut oidc_addr = None;
+        if let (Some(oidc), Some(router)) = (&config.oidc, oidc::router(state.clone())) {
+            // The certificate is read before binding, so a bad file stops the start cleanly.
+            let tls = match &oidc.tls {
+                Some((cert, key)) => Some(oidc::tls_acceptor(cert, key).map_err(StartError::Tls)?),
+                None => None,
+            };
+            let listener = TcpListener::bind(oidc.listen).await.map_err(|e| {
+                StartError::Io(format!("cannot listen on {} (oidc.listen): {e}", oidc.listen))
+            })?;
+            let bound = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+            tracing::info!(listen = %bound, issuer = %oidc.issuer, https = tls.is_some(), "OIDC issuer listener ready");
+            tasks.push(("OIDC listener", tokio::spawn(oidc::serve(listener, tls, router, rx.clone()))));
+            oidc_addr = Some(bound);
+        }
         if let Some(changes) = changes {
             let follow = replicas::follow_changes(state.clone(), changes, rx.clone());
             tasks.push(("changes of other replicas", tokio::spawn(follow)));
@@ -250,7 +270,7 @@ impl Server {
             bundle_sequence = state.with_authority(|a| a.sequence()),
             "vouch server ready"
         );
-        Ok(Self { state, admin_socket: config.admin_socket, tcp_addr, shutdown, tasks })
+        Ok(Self { state, admin_socket: config.admin_socket, tcp_addr, oidc_addr, shutdown, tasks })
     }
 
     /// Stops accepting connections and background work, and removes the admin socket.

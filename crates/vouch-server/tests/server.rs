@@ -3199,3 +3199,172 @@ async fn bad_node_groups_are_refused_with_reasons_and_change_nothing() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+/// A free loopback port (bound and released: the issuer URL must name the port before the start).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GETs `path` from the OIDC listener at `base` (http or https, trusting `ca`).
+async fn oidc_get(base: &str, ca: Option<&Path>, path: &str) -> (u16, Value) {
+    let url = vouch_http::Url::parse(base).unwrap();
+    let trust = ca.map(|c| vouch_http::Trust::CaFile(c.to_owned()));
+    let getter = vouch_http::Getter::new(&url, trust.as_ref()).unwrap();
+    let (status, body) = getter.get(path, None, 64 * 1024, Duration::from_secs(10)).await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The OIDC issuer listener, on plain HTTP (as behind an ingress) and on HTTPS with a configured
+/// certificate: the discovery document names the configured issuer and the JWKS, the JWKS holds the
+/// JWT keys of the bundle and nothing else (no X.509 authority, no private member), a JWT-SVID
+/// carries the issuer as `iss` and validates with the served keys, and nothing but those two
+/// documents is reachable (other paths 404, other methods 405).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_listener_serves_discovery_and_the_jwt_keys_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let extra = format!(
+        "[ca]\njwt_issuer = \"{issuer}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n"
+    );
+    let (server, local, _) = start_with(dir.path(), &extra).await;
+    assert_eq!(server.oidc_addr.unwrap().port(), port);
+
+    let (status, doc) = oidc_get(&issuer, None, "/.well-known/openid-configuration").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["issuer"], json!(issuer));
+    assert_eq!(doc["jwks_uri"], json!(format!("{issuer}/keys")));
+    assert_eq!(doc["id_token_signing_alg_values_supported"], json!(["ES256"]));
+    assert_eq!(doc["response_types_supported"], json!(["id_token"]));
+    assert_eq!(doc["subject_types_supported"], json!(["public"]));
+
+    let (status, jwks) = oidc_get(&issuer, None, "/keys").await;
+    assert_eq!(status, 200);
+    let bundle = server.state.with_authority(|a| a.bundle());
+    let keys = jwks["keys"].as_array().unwrap();
+    let kids: Vec<&str> = keys.iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, bundle.jwt_authorities.keys().map(String::as_str).collect::<Vec<_>>());
+    for k in keys {
+        assert!(k.get("d").is_none() && k.get("x5c").is_none(), "public JWT keys only: {k}");
+        assert_eq!((k["use"].as_str(), k["alg"].as_str()), (Some("sig"), Some("ES256")));
+    }
+
+    // A JWT-SVID names the issuer and validates with the keys served.
+    let v: Value = local
+        .call(
+            "POST",
+            "/v1/svids/jwt",
+            Some(&json!({"spiffe_id": "spiffe://example.org/web", "audience": ["bao"]})),
+        )
+        .await
+        .unwrap();
+    let token = v["token"].as_str().unwrap();
+    let served = vouch_ca::bundle::jwks_keys(&jwks.to_string()).unwrap();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let claims = vouch_ca::jwt::validate(token, &served, &td, "bao", SystemTime::now()).unwrap();
+    assert_eq!(claims.iss.as_deref(), Some(issuer.as_str()));
+
+    // Nothing else is served here: not the admin API, not the SPIFFE bundle.
+    for path in ["/v1/bundle", "/v1/entries", "/", "/keys/", "/.well-known/openid-configuration/x"] {
+        assert_eq!(oidc_get(&issuer, None, path).await.0, 404, "{path}");
+    }
+    // Other methods, through the same router without a socket, with the caching headers.
+    let app = vouch_server::oidc_router(server.state.clone()).unwrap();
+    for (method, path, want) in [
+        ("POST", "/keys", StatusCode::METHOD_NOT_ALLOWED),
+        ("DELETE", "/.well-known/openid-configuration", StatusCode::METHOD_NOT_ALLOWED),
+        ("PUT", "/v1/entries", StatusCode::NOT_FOUND),
+        ("GET", "/keys", StatusCode::OK),
+    ] {
+        let req = Request::builder().method(method).uri(path).body(Body::from("{}")).unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), want, "{method} {path}");
+        if want == StatusCode::OK {
+            // A sixth of the JWT key life (24 h by default), at most five minutes.
+            assert_eq!(resp.headers()["cache-control"], "public, max-age=300");
+            assert_eq!(resp.headers()["content-type"], "application/json");
+        }
+    }
+    server.shutdown().await;
+
+    // HTTPS with a configured certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("oidc.crt"), dir.path().join("oidc.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let issuer = format!("https://127.0.0.1:{port}");
+    let extra = format!(
+        "[ca]\njwt_issuer = \"{issuer}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    );
+    let (server, _, _) = start_with(dir.path(), &extra).await;
+    let (status, doc) = oidc_get(&issuer, Some(&cert_file), "/.well-known/openid-configuration").await;
+    assert_eq!((status, doc["jwks_uri"].as_str()), (200, Some(format!("{issuer}/keys").as_str())));
+    let (status, jwks) = oidc_get(&issuer, Some(&cert_file), "/keys").await;
+    assert_eq!((status, jwks["keys"].as_array().map(Vec::len)), (200, Some(1)));
+    server.shutdown().await;
+
+    // A bad key file stops the start with an error naming it, not its content.
+    std::fs::write(&key_file, "not a key").unwrap();
+    let text = format!(
+        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n{extra}",
+        dir.path().join("data2").display()
+    );
+    let err =
+        Server::start(Config::from_toml(&text, &no_env).unwrap(), Arc::new(vouch_server::SystemClock), None)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("oidc.tls_key") && !err.contains("not a key"), "{err}");
+}
+
+/// Connections to the OIDC listener are bounded per source: past the bound, new ones are closed at
+/// once while the held ones stay, and slots are given back when connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_listener_bounds_connections_per_source() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[ca]\njwt_issuer = \"http://127.0.0.1:{port}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n"
+    );
+    let (server, _, _) = start_with(dir.path(), &extra).await;
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    // The 33rd is accepted by the kernel and closed by the server without an answer.
+    let mut extra_conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = extra_conn.write_all(b"GET /keys HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), extra_conn.read_to_end(&mut buf)).await.unwrap();
+    assert!(n.is_err() || buf.is_empty(), "over the bound: {}", String::from_utf8_lossy(&buf));
+    // A held connection is still served.
+    let conn = &mut held[0];
+    conn.write_all(b"GET /keys HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await.unwrap().unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
+    // Once connections are given back, new ones are served again.
+    drop(held);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = vouch_http::Url::parse(&base).unwrap();
+        let got = vouch_http::Getter::new(&url, None)
+            .unwrap()
+            .get("/keys", None, 65536, Duration::from_secs(5))
+            .await;
+        if matches!(got, Ok((200, _))) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slots were not given back: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}

@@ -10,5 +10,6 @@
 mod attest;
 mod failover;
 mod kubelet;
+mod openbao;
 mod ops;
 mod workload_api;

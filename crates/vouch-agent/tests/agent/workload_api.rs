@@ -14,7 +14,7 @@ use vouch_server::{Config, Server};
 
 pub(crate) const AGENT_ID: &str = "spiffe://example.org/agent/test-node";
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -24,12 +24,22 @@ async fn start_server(dir: &Path, port: u16) -> Server {
 
 /// A server on `port` with `extra` configuration (node attestation sections).
 async fn start_server_with(dir: &Path, port: u16, extra: &str) -> Server {
+    start_server_clocked(dir, port, extra, Arc::new(vouch_server::SystemClock)).await
+}
+
+/// [`start_server_with`] on `clock`.
+async fn start_server_clocked(
+    dir: &Path,
+    port: u16,
+    extra: &str,
+    clock: Arc<dyn vouch_server::Clock>,
+) -> Server {
     let text = format!(
         "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
         dir.display()
     );
     let config = Config::from_toml(&text, &|_| None).unwrap();
-    Server::start(config, Arc::new(vouch_server::SystemClock), None).await.unwrap()
+    Server::start(config, clock, None).await.unwrap()
 }
 
 pub(crate) struct Stack {
@@ -57,10 +67,19 @@ impl Stack {
         server_extra: &str,
         configure: impl FnOnce(&mut AgentConfig),
     ) -> Self {
+        Self::start_with_server_clock(server_extra, Arc::new(vouch_server::SystemClock), configure).await
+    }
+
+    /// [`Stack::start_with_server`], the server on `clock` (a test clock that forces key rotation).
+    pub(crate) async fn start_with_server_clock(
+        server_extra: &str,
+        clock: Arc<dyn vouch_server::Clock>,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server_dir = dir.path().join("server");
         let port = free_port();
-        let server = start_server_with(&server_dir, port, server_extra).await;
+        let server = start_server_clocked(&server_dir, port, server_extra, clock).await;
         let admin = AdminClient::unix(&server.admin_socket);
         let token: Value =
             admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": AGENT_ID}))).await.unwrap();
