@@ -117,6 +117,13 @@ pub(crate) struct VouchProcess {
     _dir: tempfile::TempDir,
 }
 
+impl VouchProcess {
+    /// The server's process id (for its RSS).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for VouchProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

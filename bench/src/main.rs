@@ -9,6 +9,9 @@
 //! - `agent --vouch BIN`: Workload API latency, entry propagation and agent memory per SVID.
 //! - `flood --vouch BIN`: a legitimate agent's signing p99 during a flood of 10,000 bogus node
 //!   attestations against the same without the flood, as a ratio.
+//! - `scale --vouch BIN --entries N --agents M [--store sqlite|postgres|both]`: the cost curve of
+//!   one server with N entries and M agents simulated over the real sync protocol (run by
+//!   `bench/run scale`); `scale-agents` is its agent processes.
 
 // A benchmark is a measuring tool, not a service: it stops loudly on the first surprise, and reads the
 // wall clock to put issuance at the present.
@@ -21,6 +24,8 @@ use anyhow::{bail, Result};
 mod agent;
 mod api;
 mod flood;
+mod scale;
+mod scale_agents;
 
 // The same allocator as the `vouch` binary, so the load generator takes as little CPU as it can from
 // the servers it measures (vouch and OpenBao alike).
@@ -34,8 +39,10 @@ fn main() -> Result<()> {
         Some("api") => api::run(&args[1..]),
         Some("agent") => agent::run(&args[1..]),
         Some("flood") => flood::run(&args[1..]),
+        Some("scale") => scale::run(&args[1..]),
+        Some("scale-agents") => scale_agents::run(&args[1..]),
         _ => bail!(
-            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN"
+            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
         ),
     }
 }

@@ -173,7 +173,7 @@ async fn create_entry(
 ) -> AppResult<(StatusCode, Json<Entry>)> {
     let entry = new_entry(&state, spec)?;
     state.store.create_entries(std::slice::from_ref(&entry)).await?;
-    state.publish(Event::EntryUpserted { entry: Box::new(entry.clone()), previous_parent: None });
+    state.publish(Event::EntryUpserted { entry: Arc::new(entry.clone()), previous_parent: None });
     tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %entry.id, spiffe_id = %entry.spiffe_id, admin = entry.admin);
     Ok((StatusCode::CREATED, Json(entry)))
 }
@@ -196,7 +196,7 @@ async fn batch_create_entries(
     // All or nothing: the store creates the batch in one transaction.
     state.store.create_entries(&entries).await?;
     for e in &entries {
-        state.publish(Event::EntryUpserted { entry: Box::new(e.clone()), previous_parent: None });
+        state.publish(Event::EntryUpserted { entry: Arc::new(e.clone()), previous_parent: None });
     }
     for e in &entries {
         tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %e.id, spiffe_id = %e.spiffe_id, admin = e.admin);
@@ -299,7 +299,7 @@ async fn store_update(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.update_entry(&updated).await?;
     state.publish(Event::EntryUpserted {
-        entry: Box::new(updated.clone()),
+        entry: Arc::new(updated.clone()),
         previous_parent: Some(current.parent_id),
     });
     tracing::info!(target: "vouch::audit", event = "entry.update", %caller, entry_id = %id, spiffe_id = %updated.spiffe_id, revision = updated.revision);

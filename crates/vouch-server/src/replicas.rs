@@ -73,7 +73,7 @@ async fn apply(state: &AppState, change: Change) {
         // The notice names the entry; its content is read now, as the agents must see it.
         Change::EntryUpserted { id, previous_parent } => match state.store.get_entry(&id).await {
             Ok(Some(entry)) => {
-                state.publish(Event::EntryUpserted { entry: Box::new(entry), previous_parent })
+                state.publish(Event::EntryUpserted { entry: std::sync::Arc::new(entry), previous_parent })
             }
             // Deleted since (its own notice follows, naming its parent at deletion): the agent
             // under its parent before this change must drop it too.

@@ -26,8 +26,10 @@ use vouch_tls::{Anchors, ServerCert, SvidClientVerifier};
 pub enum Event {
     /// An entry was created or updated (`previous_parent` is its parent before an update).
     EntryUpserted {
-        /// The entry as it is now.
-        entry: Box<vouch_core::Entry>,
+        /// The entry as it is now. Shared: every open sync stream receives its own copy of each
+        /// event; with a deep copy per stream, one 1,000-entry batch reached 1,000 connected agents
+        /// in 1.25 s, shared in 0.52 s (bench/scale).
+        entry: Arc<vouch_core::Entry>,
         /// Its parent before the change, if it existed.
         previous_parent: Option<SpiffeId>,
     },

@@ -365,13 +365,26 @@ impl Store for SqliteStore {
             // The indexed columns narrow the scan; the filter itself decides.
             let spiffe = filter.spiffe_id.as_ref().map(SpiffeId::to_string);
             let parent = filter.parent_id.as_ref().map(SpiffeId::to_string);
-            let mut stmt = conn
-                .prepare(
-                    "SELECT rowid, id, data FROM entries
-                     WHERE (?1 IS NULL OR spiffe_id = ?1) AND (?2 IS NULL OR parent_id = ?2)
-                     ORDER BY id",
-                )
-                .map_err(backend)?;
+            // One statement per combination of filters: SQLite plans a statement before its
+            // parameters are bound, so `(?2 IS NULL OR parent_id = ?2)` could use no index and every
+            // listing by parent (each agent's snapshot, each signing batch) read the whole table —
+            // 87 ms per snapshot at 100,000 entries (bench/scale). A bare `?2 IS NULL` term leaves
+            // the other term's index usable.
+            let sql = match (spiffe.is_some(), parent.is_some()) {
+                (true, true) => {
+                    "SELECT rowid, id, data FROM entries WHERE spiffe_id = ?1 AND parent_id = ?2 ORDER BY id"
+                }
+                (true, false) => {
+                    "SELECT rowid, id, data FROM entries WHERE spiffe_id = ?1 AND ?2 IS NULL ORDER BY id"
+                }
+                (false, true) => {
+                    "SELECT rowid, id, data FROM entries WHERE ?1 IS NULL AND parent_id = ?2 ORDER BY id"
+                }
+                (false, false) => {
+                    "SELECT rowid, id, data FROM entries WHERE ?1 IS NULL AND ?2 IS NULL ORDER BY id"
+                }
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
             // Columns are read as raw values: a column of the wrong type is one damaged row, not
             // an error for the whole listing.
             let rows = stmt
