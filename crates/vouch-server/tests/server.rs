@@ -1847,17 +1847,26 @@ async fn a_flood_of_bogus_attestations_is_refused_cheaply_and_logged_boundedly()
     let allowed = 20 + 10 * (started.elapsed().as_secs() as usize + 1);
     assert!(refused >= 20 && refused <= allowed, "{refused} refusals reached the handler");
     assert_eq!(limited + refused, 2_000);
-    let (s, _, _) = call_from(
-        &state,
-        Caller::Anonymous,
-        Some("10.0.0.1"),
-        "POST",
-        "/v1/agent/attest/join-token",
-        Some(&bogus(0)),
-    )
-    .await;
-    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "the flooding address stays limited");
-    limited += 1;
+    // The flooding address stays limited. A token comes back every 100 ms, so on a loaded machine
+    // a stall before the next call can let one through: of 20 more calls at once, most are refused.
+    let mut again = 0;
+    for _ in 0..20 {
+        let (s, _, _) = call_from(
+            &state,
+            Caller::Anonymous,
+            Some("10.0.0.1"),
+            "POST",
+            "/v1/agent/attest/join-token",
+            Some(&bogus(0)),
+        )
+        .await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            again += 1;
+        }
+    }
+    assert!(again >= 10, "the flooding address stays limited: {again} of 20 refused");
+    limited += again;
+    refused += 20 - again;
     // Many sources, one bogus token each: all reach the store, none writes to it.
     for i in 0..300 {
         let peer = format!("10.1.{}.{}", i / 250, i % 250);
