@@ -2291,6 +2291,17 @@ mod replicas {
         cluster.tcp_url(db)
     }
 
+    /// Two replicas, one after the other, on a new database `db` of `cluster` with one
+    /// key-encryption key; their data directories last as long as the returned pair of them.
+    async fn two_replicas(cluster: &PgCluster, db: &str) -> (Server, Server, [tempfile::TempDir; 2]) {
+        let url = database(cluster, db).await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let s1 = replica(dirs[0].path(), &url, &kek).await;
+        let s2 = replica(dirs[1].path(), &url, &kek).await;
+        (s1, s2, dirs)
+    }
+
     /// Replicas that start at the same moment on an empty database end with one authority: one
     /// root, one bundle, whoever wins the race. (Before first creation was atomic, each created
     /// its own root and the last write won, so the replicas served different bundles.)
@@ -2357,11 +2368,7 @@ mod replicas {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn changes_through_one_replica_reach_agents_on_another_within_a_second() {
         let cluster = PgCluster::start();
-        let url = database(&cluster, "push").await;
-        let (_, kek) = vouch_ca::Kek::generate().unwrap();
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let s1 = replica(d1.path(), &url, &kek).await;
-        let s2 = replica(d2.path(), &url, &kek).await;
+        let (s1, s2, _dirs) = two_replicas(&cluster, "push").await;
         let admin1 = AdminClient::unix(&s1.admin_socket);
         // The agent gets its token from replica 1 and attests to and syncs with replica 2.
         let node = spiffe_id("spiffe://example.org/agent/far");
@@ -2414,11 +2421,7 @@ mod replicas {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn groups_and_reattestations_through_one_replica_reach_agents_on_another() {
         let cluster = PgCluster::start();
-        let url = database(&cluster, "groups").await;
-        let (_, kek) = vouch_ca::Kek::generate().unwrap();
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let s1 = replica(d1.path(), &url, &kek).await;
-        let s2 = replica(d2.path(), &url, &kek).await;
+        let (s1, s2, _dirs) = two_replicas(&cluster, "groups").await;
         let admin1 = AdminClient::unix(&s1.admin_socket);
         let td = vouch_core::TrustDomain::new("example.org").unwrap();
         let bundle = admin1.bundle_pem().await.unwrap();
@@ -2486,11 +2489,7 @@ mod replicas {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_join_token_raced_through_two_replicas_attests_once() {
         let cluster = PgCluster::start();
-        let url = database(&cluster, "tokens").await;
-        let (_, kek) = vouch_ca::Kek::generate().unwrap();
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let s1 = replica(d1.path(), &url, &kek).await;
-        let s2 = replica(d2.path(), &url, &kek).await;
+        let (s1, s2, _dirs) = two_replicas(&cluster, "tokens").await;
         let admin1 = AdminClient::unix(&s1.admin_socket);
         let td = vouch_core::TrustDomain::new("example.org").unwrap();
         let bundle = admin1.bundle_pem().await.unwrap();
