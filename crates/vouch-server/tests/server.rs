@@ -2461,13 +2461,28 @@ mod replicas {
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
 
         // The agent attests again through replica 1 without the label: it leaves the group, and
-        // its stream on replica 2 hears of it.
+        // its stream on replica 2 hears of it: the stream of the previous SVID ends (that SVID
+        // no longer works), and a stream with the new one has the group's entry no more.
         let started = std::time::Instant::now();
-        anon(&s1).attest_join_token(&JoinTokenAttestation { token: plain, csr }).await.unwrap();
-        let left =
-            |l: &SyncLine<'static>| matches!(l, SyncLine::Snapshot { entries, .. } if entries.is_empty());
-        until_line(&mut sync, Duration::from_secs(1), left).await;
+        let again =
+            anon(&s1).attest_join_token(&JoinTokenAttestation { token: plain, csr }).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match sync.next().await {
+                    Some(Ok(SyncLine::Ping)) => continue,
+                    None | Some(Err(_)) => return None,
+                    Some(Ok(line)) => return Some(line),
+                }
+            }
+        })
+        .await
+        .expect("the stream of the previous SVID ends within 1 s");
+        assert!(ended.is_none(), "the stream of the previous SVID sent {ended:?}");
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        let agent =
+            AdminClient::tls(&addr2, &td, &bundle, Some((&chain_pem(&again.cert_chain), &key))).unwrap();
+        let mut sync = agent.sync().await.unwrap();
+        assert!(snapshot_ids(&line_within(&mut sync, Duration::from_secs(5)).await).is_empty());
         s1.shutdown().await;
         s2.shutdown().await;
     }
@@ -3084,7 +3099,24 @@ async fn a_reattestation_that_changes_node_selectors_moves_the_agent_between_gro
     assert_eq!(snapshot_ids(&next_change(&mut sync).await), ["w"]);
     // The same agent ID attests again with another token, labelled env=prod: other node selectors,
     // so it leaves group `first` and joins group `prod`.
-    anon.attest_join_token(&JoinTokenAttestation { token: second, csr }).await.unwrap();
+    let again = anon.attest_join_token(&JoinTokenAttestation { token: second, csr }).await.unwrap();
+    // The stream opened with the previous SVID ends (that SVID no longer works); the agent
+    // reconnects with the new one and gets the other group's entry, not the first's.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sync.next().await {
+                Some(Ok(SyncLine::Ping)) => continue,
+                None | Some(Err(_)) => return None,
+                Some(Ok(line)) => return Some(line),
+            }
+        }
+    })
+    .await
+    .expect("the stream of the previous SVID ends within 5 s");
+    assert!(ended.is_none(), "the stream of the previous SVID sent {ended:?}");
+    let agent =
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&again.cert_chain), &key))).unwrap();
+    let mut sync = agent.sync().await.unwrap();
     assert_eq!(
         snapshot_ids(&next_change(&mut sync).await),
         ["p"],
