@@ -2464,8 +2464,7 @@ mod replicas {
         // its stream on replica 2 hears of it: the stream of the previous SVID ends (that SVID
         // no longer works), and a stream with the new one has the group's entry no more.
         let started = std::time::Instant::now();
-        let again =
-            anon(&s1).attest_join_token(&JoinTokenAttestation { token: plain, csr }).await.unwrap();
+        let again = anon(&s1).attest_join_token(&JoinTokenAttestation { token: plain, csr }).await.unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(1), async {
             loop {
                 match sync.next().await {
@@ -3268,7 +3267,8 @@ async fn a_superseded_agent_svid_keeps_no_sync_stream_for_the_new_holders_groups
 
     // Node A attests (env=dev: not in `prod`) and opens its sync stream.
     let (csr_a, key_a) = csr_and_key();
-    let svid_a = anon.attest_join_token(&JoinTokenAttestation { token: old_token, csr: csr_a }).await.unwrap();
+    let svid_a =
+        anon.attest_join_token(&JoinTokenAttestation { token: old_token, csr: csr_a }).await.unwrap();
     let node_a =
         AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&svid_a.cert_chain), &key_a))).unwrap();
     let mut sync_a = node_a.sync().await.unwrap();

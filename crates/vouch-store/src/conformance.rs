@@ -244,7 +244,9 @@ async fn one_certificate_cannot_fill_the_challenge_bound(store: &dyn Store) {
     // The newest request of the certificate can be answered; at most `per` of its are outstanding.
     let mut answerable = 0;
     for i in (0..limit * 3).rev() {
-        if let ChallengeUse::Consumed { fingerprint } = store.consume_challenge(&format!("flood{i}"), now).await.unwrap() {
+        if let ChallengeUse::Consumed { fingerprint } =
+            store.consume_challenge(&format!("flood{i}"), now).await.unwrap()
+        {
             assert_eq!(fingerprint, "fp-public");
             if answerable == 0 {
                 assert_eq!(i, limit * 3 - 1, "the newest challenge of a certificate is kept");
