@@ -503,12 +503,12 @@ async fn sync(
     Extension(caller): Extension<Caller>,
 ) -> AppResult<Response> {
     let (agent, serial) = svid_of(&caller)?;
-    let agent = agent.clone();
+    let (agent, serial) = (agent.clone(), serial.to_owned());
     // Subscribe before reading the snapshot, so no change can fall between the two; and check the
     // agent again after subscribing, so a ban or eviction committed since the auth layer's check
     // is seen here, and any later one arrives as an event.
     let mut events = state.events.subscribe();
-    let record = state.store.authenticate_agent(&agent, serial).await?;
+    let record = state.store.authenticate_agent(&agent, &serial).await?;
     // The node groups it belongs to, kept up to date by group and attestation events; a change of
     // membership sends a fresh snapshot (rare, and simpler to get right than a diff racing with
     // entry events).
@@ -551,6 +551,22 @@ async fn sync(
                         }
                     }
                     Ok(Event::AgentAttested { agent: attested, selectors }) if attested == agent => {
+                        // The agent attested again, and the SVID this stream was opened with stops
+                        // working unless it is the new one: a stream of a superseded SVID (the
+                        // agent ID taken by another node, say) ends here instead of receiving what
+                        // the new holder's node groups serve. The agent reconnects with its
+                        // current SVID.
+                        match state.store.get_agent(&agent).await {
+                            Ok(Some(record)) if holds(&record, &serial) => {}
+                            Ok(_) => {
+                                tracing::info!(target: "vouch::audit", event = "agent.sync.superseded", agent = %agent, "sync stream closed: the agent attested again, and the SVID the stream was opened with no longer works");
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(agent = %agent, error = %e, "sync stream closed: the agent attested again and its record could not be read");
+                                break;
+                            }
+                        }
                         node = selectors;
                         match groups_of(&state, &node).await {
                             Ok(now) if now == groups => None,
@@ -618,6 +634,12 @@ async fn sync(
     });
     let body = axum::body::Body::new(ChannelBody(rx));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Whether the SVID of serial `serial` still authenticates the agent of `record` (its current SVID
+/// or the one it was just renewed to; a re-attestation replaces both).
+fn holds(record: &AgentRecord, serial: &str) -> bool {
+    record.svid_serial.as_deref() == Some(serial) || record.new_svid_serial.as_deref() == Some(serial)
 }
 
 /// Whether `agent` was removed (banned or evicted) since its stream opened; `None` while it may be

@@ -2473,13 +2473,27 @@ mod replicas {
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
 
         // The agent attests again through replica 1 without the label: it leaves the group, and
-        // its stream on replica 2 hears of it.
+        // its stream on replica 2 hears of it: the stream of the previous SVID ends (that SVID
+        // no longer works), and a stream with the new one has the group's entry no more.
         let started = std::time::Instant::now();
-        anon(&s1).attest_join_token(&JoinTokenAttestation { token: plain, csr }).await.unwrap();
-        let left =
-            |l: &SyncLine<'static>| matches!(l, SyncLine::Snapshot { entries, .. } if entries.is_empty());
-        until_line(&mut sync, Duration::from_secs(1), left).await;
+        let again = anon(&s1).attest_join_token(&JoinTokenAttestation { token: plain, csr }).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match sync.next().await {
+                    Some(Ok(SyncLine::Ping)) => continue,
+                    None | Some(Err(_)) => return None,
+                    Some(Ok(line)) => return Some(line),
+                }
+            }
+        })
+        .await
+        .expect("the stream of the previous SVID ends within 1 s");
+        assert!(ended.is_none(), "the stream of the previous SVID sent {ended:?}");
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        let agent =
+            AdminClient::tls(&addr2, &td, &bundle, Some((&chain_pem(&again.cert_chain), &key))).unwrap();
+        let mut sync = agent.sync().await.unwrap();
+        assert!(snapshot_ids(&line_within(&mut sync, Duration::from_secs(5)).await).is_empty());
         s1.shutdown().await;
         s2.shutdown().await;
     }
@@ -3092,7 +3106,24 @@ async fn a_reattestation_that_changes_node_selectors_moves_the_agent_between_gro
     assert_eq!(snapshot_ids(&next_change(&mut sync).await), ["w"]);
     // The same agent ID attests again with another token, labelled env=prod: other node selectors,
     // so it leaves group `first` and joins group `prod`.
-    anon.attest_join_token(&JoinTokenAttestation { token: second, csr }).await.unwrap();
+    let again = anon.attest_join_token(&JoinTokenAttestation { token: second, csr }).await.unwrap();
+    // The stream opened with the previous SVID ends (that SVID no longer works); the agent
+    // reconnects with the new one and gets the other group's entry, not the first's.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sync.next().await {
+                Some(Ok(SyncLine::Ping)) => continue,
+                None | Some(Err(_)) => return None,
+                Some(Ok(line)) => return Some(line),
+            }
+        }
+    })
+    .await
+    .expect("the stream of the previous SVID ends within 5 s");
+    assert!(ended.is_none(), "the stream of the previous SVID sent {ended:?}");
+    let agent =
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&again.cert_chain), &key))).unwrap();
+    let mut sync = agent.sync().await.unwrap();
     assert_eq!(
         snapshot_ids(&next_change(&mut sync).await),
         ["p"],
@@ -3373,6 +3404,74 @@ async fn oidc_listener_bounds_connections_per_source() {
         }
         assert!(std::time::Instant::now() < deadline, "slots were not given back: {got:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}
+
+/// Review (wt-r): an agent is authenticated by its current SVID, not by its SPIFFE ID alone. When a
+/// join token for the same agent ID is used by another node (the identity moved, say to replace a
+/// node), the first node's SVID is superseded: it can no longer sign. Its sync stream, opened with
+/// that SVID, must not go on receiving the entries the new node's groups serve (nor any later
+/// change): it is closed, and the first node would have to authenticate again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_agent_svid_keeps_no_sync_stream_for_the_new_holders_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let local = AdminClient::unix(&server.admin_socket);
+    let addr = server.tcp_addr.unwrap().to_string();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let bundle_pem = local.bundle_pem().await.unwrap();
+    let anon = AdminClient::tls(&addr, &td, &bundle_pem, None).unwrap();
+    let id = spiffe_id("spiffe://example.org/agent/moved");
+    let token = |labels: Value| {
+        let req = JoinTokenRequest {
+            agent_id: Some(id.clone()),
+            labels: serde_json::from_value(labels).unwrap(),
+            ..Default::default()
+        };
+        let local = &local;
+        async move { local.create_join_token(&req).await.unwrap().token }
+    };
+    let (old_token, new_token) = (token(json!({"env": "dev"})).await, token(json!({"env": "prod"})).await);
+    local
+        .groups()
+        .create(&group_spec(
+            json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["join_token:label:env:prod"]}),
+        ))
+        .await
+        .unwrap();
+    local.entries().create(&entry_spec(json!({"id": "prod-db", "spiffe_id": "spiffe://example.org/prod-db", "parent_id": "spiffe://example.org/vouch/group/prod", "selectors": ["unix:uid:1"]}))).await.unwrap();
+
+    // Node A attests (env=dev: not in `prod`) and opens its sync stream.
+    let (csr_a, key_a) = csr_and_key();
+    let svid_a =
+        anon.attest_join_token(&JoinTokenAttestation { token: old_token, csr: csr_a }).await.unwrap();
+    let node_a =
+        AdminClient::tls(&addr, &td, &bundle_pem, Some((&chain_pem(&svid_a.cert_chain), &key_a))).unwrap();
+    let mut sync_a = node_a.sync().await.unwrap();
+    assert!(snapshot_ids(&next_change(&mut sync_a).await).is_empty());
+
+    // Node B, with its own key, takes the agent ID with the env=prod token.
+    let (csr_b, _key_b) = csr_and_key();
+    anon.attest_join_token(&JoinTokenAttestation { token: new_token, csr: csr_b }).await.unwrap();
+    // Node A's SVID is superseded: a new stream is refused (the server's own rule).
+    assert!(node_a.sync().await.is_err(), "a superseded SVID opens no sync stream");
+    // Its open stream must not now carry the prod group's entries, nor later changes.
+    local.entries().create(&entry_spec(json!({"id": "prod-cache", "spiffe_id": "spiffe://example.org/prod-cache", "parent_id": "spiffe://example.org/vouch/group/prod", "selectors": ["unix:uid:1"]}))).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, sync_a.next()).await {
+            Err(_) | Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(SyncLine::Ping))) => continue,
+            Ok(Some(Ok(SyncLine::Closed { .. }))) => break,
+            Ok(Some(Ok(line))) => {
+                let text = format!("{line:?}");
+                assert!(
+                    !text.contains("prod-db") && !text.contains("prod-cache"),
+                    "the stream of a superseded SVID received the new holder's group entries: {text}"
+                );
+            }
+        }
     }
     server.shutdown().await;
 }

@@ -41,6 +41,7 @@ pub async fn run(store: Arc<dyn Store>) {
     join_tokens_are_single_use(store.clone()).await;
     x509pop_challenges_are_single_use(store.clone()).await;
     x509pop_challenges_are_bounded(&*store).await;
+    one_certificate_cannot_fill_the_challenge_bound(&*store).await;
     authority_state(&*store).await;
     agents(&*store).await;
     bans_win_races(store.clone()).await;
@@ -211,6 +212,53 @@ async fn x509pop_challenges_are_single_use(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(wins, 1, "a challenge is consumed exactly once under concurrency");
+}
+
+/// Asking for a challenge needs only a node certificate that chains to a configured CA, and a
+/// certificate is public (it is shown in every TLS handshake the node makes): a caller without the
+/// node's key may ask for challenges it can never answer. Those must not fill the bound shared by
+/// every node: a certificate has at most [`crate::MAX_CHALLENGES_PER_CERTIFICATE`] outstanding, a
+/// new one taking the place of an older one, so other nodes still get theirs.
+async fn one_certificate_cannot_fill_the_challenge_bound(store: &dyn Store) {
+    // Whatever the earlier checks left is expired by now = 10_000.
+    let now = 10_000;
+    let per = crate::MAX_CHALLENGES_PER_CERTIFICATE;
+    let limit = per + 2;
+    let flood = |i: u32| ChallengeRecord {
+        nonce_hash: format!("flood{i}"),
+        fingerprint: "fp-public".into(),
+        expires_at: now + 60,
+    };
+    for i in 0..limit * 3 {
+        assert_eq!(
+            store.issue_challenge(&flood(i), now, limit).await.unwrap(),
+            ChallengeIssue::Issued,
+            "challenge {i} for one certificate: the newest request of a certificate is always stored"
+        );
+    }
+    assert_eq!(
+        store.issue_challenge(&challenge("other-node", now + 60), now, limit).await.unwrap(),
+        ChallengeIssue::Issued,
+        "challenges for one certificate filled the bound of every node"
+    );
+    // The newest request of the certificate can be answered; at most `per` of its are outstanding.
+    let mut answerable = 0;
+    for i in (0..limit * 3).rev() {
+        if let ChallengeUse::Consumed { fingerprint } =
+            store.consume_challenge(&format!("flood{i}"), now).await.unwrap()
+        {
+            assert_eq!(fingerprint, "fp-public");
+            if answerable == 0 {
+                assert_eq!(i, limit * 3 - 1, "the newest challenge of a certificate is kept");
+            }
+            answerable += 1;
+        }
+    }
+    assert_eq!(answerable, per, "outstanding challenges of one certificate");
+    assert!(matches!(
+        store.consume_challenge("other-node", now).await.unwrap(),
+        ChallengeUse::Consumed { .. }
+    ));
 }
 
 async fn x509pop_challenges_are_bounded(store: &dyn Store) {

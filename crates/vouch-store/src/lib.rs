@@ -373,6 +373,11 @@ pub enum TokenUse {
     AlreadyUsed,
 }
 
+/// Most outstanding x509pop challenges of one node certificate: issuing another takes out the
+/// oldest of its, so that requests for one certificate (public, so anyone may send them) cannot
+/// take the store-wide bound from every other node. The newest request is always kept.
+pub const MAX_CHALLENGES_PER_CERTIFICATE: u32 = 4;
+
 /// An outstanding x509pop challenge as stored: the hash of its nonce (never the nonce itself, so a
 /// copy of the database cannot answer one), the node certificate it was issued for and its expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]

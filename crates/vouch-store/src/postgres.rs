@@ -919,6 +919,16 @@ impl Store for PostgresStore {
         tx.execute("DELETE FROM x509pop_challenges WHERE expires_at <= $1", &[&now])
             .await
             .map_err(backend)?;
+        // One certificate keeps at most MAX_CHALLENGES_PER_CERTIFICATE: the new one takes the place
+        // of its oldest, so requests for one (public) certificate cannot fill the bound.
+        tx.execute(
+            "DELETE FROM x509pop_challenges WHERE fingerprint = $1 AND nonce_hash NOT IN
+             (SELECT nonce_hash FROM x509pop_challenges WHERE fingerprint = $1
+              ORDER BY expires_at DESC LIMIT $2)",
+            &[&challenge.fingerprint, &(i64::from(crate::MAX_CHALLENGES_PER_CERTIFICATE) - 1)],
+        )
+        .await
+        .map_err(backend)?;
         let row = tx.query_one("SELECT COUNT(*) FROM x509pop_challenges", &[]).await.map_err(backend)?;
         let outstanding: i64 = col(&row, 0)?;
         if outstanding >= i64::from(limit) {

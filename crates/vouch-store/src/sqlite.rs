@@ -521,6 +521,15 @@ impl Store for SqliteStore {
             // bound cannot be passed by two callers counting at once.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             tx.execute("DELETE FROM x509pop_challenges WHERE expires_at <= ?1", [now]).map_err(backend)?;
+            // One certificate keeps at most MAX_CHALLENGES_PER_CERTIFICATE: the new one takes the
+            // place of its oldest, so requests for one (public) certificate cannot fill the bound.
+            tx.execute(
+                "DELETE FROM x509pop_challenges WHERE fingerprint = ?1 AND nonce_hash NOT IN
+                 (SELECT nonce_hash FROM x509pop_challenges WHERE fingerprint = ?1
+                  ORDER BY expires_at DESC LIMIT ?2)",
+                params![c.fingerprint, i64::from(crate::MAX_CHALLENGES_PER_CERTIFICATE) - 1],
+            )
+            .map_err(backend)?;
             let outstanding: i64 =
                 tx.query_row("SELECT COUNT(*) FROM x509pop_challenges", [], |r| r.get(0)).map_err(backend)?;
             if outstanding >= i64::from(limit) {
