@@ -221,6 +221,12 @@ async fn the_agent_fails_over_between_replicas_without_interrupting_workloads() 
     wait_synced_with(&agent, &a, Duration::from_secs(15)).await;
 
     a.entry_for_me("first").await;
+    // Until the entry has reached the agent, a fetch is refused ("no identity issued"), not opened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.state.registry.entries().is_empty() {
+        assert!(Instant::now() < deadline, "the first entry did not reach the agent within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut raw = raw_client(&agent.socket).await;
     let mut stream = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
     let mut first = next(&mut stream, Duration::from_secs(10)).await;
