@@ -9,7 +9,6 @@ mod agent_api;
 mod api;
 mod auth;
 pub mod config;
-mod conn_threads;
 mod error;
 mod extract;
 mod groups;
@@ -214,9 +213,9 @@ impl Server {
         // than CPUs the kernel can switch straight to the one whose request arrived, instead of a
         // request waiting behind another connection's on a busy thread (one per CPU measured 25.6k
         // issuances/s over mTLS on 2 cores, four per CPU 32k; see docs/benchmarks.md).
-        let threads = 4 * std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = vouch_rt::threads_per_cpu(4, 64);
         let conns = Arc::new(
-            conn_threads::ConnectionThreads::start(threads)
+            vouch_rt::ConnectionThreads::start("vouch-conn", threads)
                 .map_err(|e| StartError::Io(format!("cannot start connection threads: {e}")))?,
         );
 
@@ -340,7 +339,7 @@ async fn serve_connection<I>(
 async fn serve_unix(
     listener: UnixListener,
     app: Router,
-    conns: Arc<conn_threads::ConnectionThreads>,
+    conns: Arc<vouch_rt::ConnectionThreads>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -376,7 +375,7 @@ async fn serve_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
-    conns: Arc<conn_threads::ConnectionThreads>,
+    conns: Arc<vouch_rt::ConnectionThreads>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
