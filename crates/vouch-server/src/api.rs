@@ -195,9 +195,12 @@ async fn batch_create_entries(
     }
     // All or nothing: the store creates the batch in one transaction.
     state.store.create_entries(&entries).await?;
-    for e in &entries {
-        state.publish(Event::EntryUpserted { entry: Arc::new(e.clone()), previous_parent: None });
-    }
+    state.publish_all(
+        entries
+            .iter()
+            .map(|e| Event::EntryUpserted { entry: Arc::new(e.clone()), previous_parent: None })
+            .collect(),
+    );
     for e in &entries {
         tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %e.id, spiffe_id = %e.spiffe_id, admin = e.admin);
     }
