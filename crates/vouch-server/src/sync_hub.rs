@@ -26,6 +26,7 @@
 //! groups; routing only spares it the events that cannot concern it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -43,6 +44,10 @@ pub const QUEUE_BOUND: usize = 4096;
 #[derive(Default)]
 pub struct SyncHub {
     registry: Mutex<Registry>,
+    /// Events queued for streams, one per stream an event concerns (`vouch_sync_events_routed_total`).
+    routed: AtomicU64,
+    /// Queues that overflowed, each answered with a fresh snapshot (`vouch_sync_overflows_total`).
+    overflows: AtomicU64,
 }
 
 impl std::fmt::Debug for SyncHub {
@@ -96,10 +101,11 @@ impl Queue {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, event: &Arc<Event>) {
+    /// Queues `event`; whether this overflowed the queue.
+    fn push(&self, event: &Arc<Event>) -> bool {
         let mut p = self.lock();
         if p.overflowed {
-            return;
+            return false;
         }
         if p.events.len() >= QUEUE_BOUND {
             // Free the memory now, not when the stream gets round to it.
@@ -107,7 +113,7 @@ impl Queue {
             p.overflowed = true;
             drop(p);
             self.ready.notify_one();
-            return;
+            return true;
         }
         let was_empty = p.events.is_empty();
         p.events.push_back(event.clone());
@@ -117,6 +123,7 @@ impl Queue {
         if was_empty {
             self.ready.notify_one();
         }
+        false
     }
 
     fn take(&self, max: usize) -> Option<Received> {
@@ -190,10 +197,31 @@ impl SyncHub {
             }
             for id in &targets {
                 if let Some(s) = r.streams.get(id) {
-                    s.queue.push(&event);
+                    if s.queue.push(&event) {
+                        self.overflows.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
+            self.routed.fetch_add(targets.len() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// The hub's metrics in the text exposition format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use vouch_core::metrics::{counter, gauge};
+        gauge(out, "vouch_sync_streams", "Open agent sync streams.", self.streams());
+        counter(
+            out,
+            "vouch_sync_events_routed_total",
+            "Changes queued for agent sync streams, one per stream a change concerns.",
+            self.routed.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "vouch_sync_overflows_total",
+            "Sync streams that fell too far behind and were sent a fresh snapshot instead.",
+            self.overflows.load(Ordering::Relaxed),
+        );
     }
 
     /// Open streams.

@@ -3475,3 +3475,229 @@ async fn a_superseded_agent_svid_keeps_no_sync_stream_for_the_new_holders_groups
     }
     server.shutdown().await;
 }
+
+/// An agent's sync stream opened through the app (no socket), read line by line with a bound.
+struct AppSync {
+    body: Body,
+    buf: Vec<u8>,
+}
+
+impl AppSync {
+    async fn open(state: &Arc<AppState>, svid: &vouch_api::agent::AgentSvid) -> Self {
+        let mut req = Request::builder().method("GET").uri("/v1/agent/sync").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(agent_caller(svid));
+        let resp =
+            tokio::time::timeout(Duration::from_secs(10), vouch_server::app(state.clone()).oneshot(req))
+                .await
+                .expect("the sync stream answers within 10 s")
+                .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        Self { body: resp.into_body(), buf: Vec::new() }
+    }
+
+    /// The next line that is not a ping, or `None` when none arrives within `limit`.
+    async fn next_within(&mut self, limit: Duration) -> Option<SyncLine<'static>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                match serde_json::from_slice::<SyncLine<'static>>(&line).expect("a valid sync line") {
+                    SyncLine::Ping => continue,
+                    other => return Some(other),
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return None,
+                Ok(None) => panic!("the sync stream ended"),
+                Ok(Some(frame)) => {
+                    if let Ok(data) = frame.unwrap().into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next line that is not a ping, within 10 s.
+    async fn next(&mut self) -> SyncLine<'static> {
+        self.next_within(Duration::from_secs(10)).await.expect("a sync line within 10 s")
+    }
+
+    /// Asserts that nothing but pings arrives for a while.
+    async fn quiet(&mut self, who: &str) {
+        if let Some(line) = self.next_within(Duration::from_millis(300)).await {
+            panic!("{who}'s stream received {line:?}, which does not concern it");
+        }
+    }
+}
+
+/// Attests `agent` through the app with a join token carrying `labels` (node selectors
+/// `join_token:label:<key>:<value>`); the SVID.
+async fn attest_labelled(state: &Arc<AppState>, agent: &str, labels: Value) -> vouch_api::agent::AgentSvid {
+    let body = json!({"agent_id": agent, "labels": labels}).to_string();
+    let (s, t) = call(state, ROOT, "POST", "/v1/join-tokens", Some(&body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let (csr, _) = csr_and_key();
+    let body =
+        serde_json::to_string(&JoinTokenAttestation { token: t["token"].as_str().unwrap().into(), csr })
+            .unwrap();
+    let (s, v) = call(state, Caller::Anonymous, "POST", "/v1/agent/attest/join-token", Some(&body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    serde_json::from_value(v).unwrap()
+}
+
+fn upserted(line: &SyncLine<'_>) -> String {
+    match line {
+        SyncLine::Upsert { entry } => entry.id.to_string(),
+        other => panic!("expected an upsert, got {other:?}"),
+    }
+}
+
+fn deleted(line: &SyncLine<'_>) -> String {
+    match line {
+        SyncLine::Delete { id } => id.to_string(),
+        other => panic!("expected a delete, got {other:?}"),
+    }
+}
+
+/// Issue 9 §6: each change is routed to the sync streams it concerns, and queued for no other (the
+/// server's count of routed changes shows it, not only the lines on the wire): an agent's entry to
+/// that agent; an entry moved from agent A to agent B to both (a delete for A, an upsert for B); a
+/// group's entry to every member; a bundle change to every stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_changes_are_routed_only_to_the_streams_they_concern() {
+    let state = state_with("").await;
+    let group = json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["join_token:label:env:prod"], "owner": "ops"});
+    let (s, v) = call(&state, ROOT, "POST", "/v1/groups", Some(&group.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (a, b, c) =
+        ("spiffe://example.org/agent/a", "spiffe://example.org/agent/b", "spiffe://example.org/agent/c");
+    let svid_a = attest_labelled(&state, a, json!({"env": "prod"})).await;
+    let svid_b = attest_labelled(&state, b, json!({"env": "prod"})).await;
+    let svid_c = attest_labelled(&state, c, json!({"env": "dev"})).await;
+    let mut streams = Vec::new();
+    for svid in [&svid_a, &svid_b, &svid_c] {
+        let mut sync = AppSync::open(&state, svid).await;
+        assert!(snapshot_ids(&sync.next().await).is_empty());
+        streams.push(sync);
+    }
+    let [sa, sb, sc] = &mut streams[..] else { unreachable!() };
+    assert_eq!(metric(&state, "vouch_sync_streams").await, 3);
+    let routed = metric(&state, "vouch_sync_events_routed_total").await;
+    let routed_since = |before: u64| {
+        let state = state.clone();
+        async move { metric(&state, "vouch_sync_events_routed_total").await - before }
+    };
+
+    // An agent's entry: queued for its stream alone.
+    let own = json!({"id": "own", "spiffe_id": "spiffe://example.org/own", "parent_id": a, "selectors": ["unix:uid:1"]});
+    let (s, v) = call(&state, ROOT, "POST", "/v1/entries", Some(&own.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(upserted(&sa.next().await), "own");
+    sb.quiet("b").await;
+    sc.quiet("c").await;
+    assert_eq!(routed_since(routed).await, 1, "only a's stream was given the change");
+
+    // Moved from a to b: a deletes it, b gets it, c hears nothing.
+    let routed = metric(&state, "vouch_sync_events_routed_total").await;
+    let patch = json!({"expected_revision": v["revision"], "parent_id": b});
+    let (s, v) = call(&state, ROOT, "PATCH", "/v1/entries/own", Some(&patch.to_string())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(deleted(&sa.next().await), "own");
+    assert_eq!(upserted(&sb.next().await), "own");
+    sc.quiet("c").await;
+    assert_eq!(routed_since(routed).await, 2);
+
+    // A group's entry: every member, not c.
+    let routed = metric(&state, "vouch_sync_events_routed_total").await;
+    let web = json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/vouch/group/prod", "selectors": ["unix:uid:2"]});
+    let (s, v) = call(&state, ROOT, "POST", "/v1/entries", Some(&web.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(upserted(&sa.next().await), "web");
+    assert_eq!(upserted(&sb.next().await), "web");
+    sc.quiet("c").await;
+    assert_eq!(routed_since(routed).await, 2);
+
+    // Deleted under b: b alone.
+    let routed = metric(&state, "vouch_sync_events_routed_total").await;
+    let (s, v) = call(&state, ROOT, "DELETE", "/v1/entries/own", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(deleted(&sb.next().await), "own");
+    sa.quiet("a").await;
+    sc.quiet("c").await;
+    assert_eq!(routed_since(routed).await, 1);
+
+    // A batch for a and c: each stream gets its own entries, in order, and nothing else; c's
+    // stream was quiet above because nothing concerned it, not because it stopped.
+    let batch = json!({"entries": [
+        {"id": "a1", "spiffe_id": "spiffe://example.org/a1", "parent_id": a, "selectors": ["unix:uid:3"]},
+        {"id": "c1", "spiffe_id": "spiffe://example.org/c1", "parent_id": c, "selectors": ["unix:uid:3"]},
+        {"id": "a2", "spiffe_id": "spiffe://example.org/a2", "parent_id": a, "selectors": ["unix:uid:3"]},
+    ]});
+    let (s, v) = call(&state, ROOT, "POST", "/v1/entries/batch", Some(&batch.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!([upserted(&sa.next().await), upserted(&sa.next().await)], ["a1", "a2"]);
+    assert_eq!(upserted(&sc.next().await), "c1");
+    sb.quiet("b").await;
+
+    // A closed stream is forgotten.
+    streams.truncate(1);
+    let gone = async {
+        while metric(&state, "vouch_sync_streams").await != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), gone).await.expect("closed streams unregister");
+}
+
+/// Issue 9 §6: a stream whose agent does not read falls behind; its queue is bounded (the server
+/// holds at most `SYNC_QUEUE_BOUND` changes for it), and once it reads again it gets a fresh
+/// snapshot with everything instead of the changes it missed, then live changes again. Another
+/// agent's stream is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_memory() {
+    let state = state_with("").await;
+    let slow_id = "spiffe://example.org/agent/slow";
+    let slow_svid = attest_labelled(&state, slow_id, json!({})).await;
+    let other_svid = attest_labelled(&state, "spiffe://example.org/agent/other", json!({})).await;
+    // Opened, and then not read until the end: its connection's buffers fill, then its queue.
+    let mut slow = AppSync::open(&state, &slow_svid).await;
+    let mut other = AppSync::open(&state, &other_svid).await;
+    assert!(snapshot_ids(&other.next().await).is_empty());
+    let batches = vouch_server::SYNC_QUEUE_BOUND / 1000 + 2;
+    for k in 0..batches {
+        let entries: Vec<Value> = (0..1000)
+            .map(|i| json!({"id": format!("s-{k}-{i}"), "spiffe_id": format!("spiffe://example.org/s/{k}/{i}"), "parent_id": slow_id, "selectors": ["unix:uid:1"]}))
+            .collect();
+        let body = json!({ "entries": entries }).to_string();
+        let (s, v) = call(&state, ROOT, "POST", "/v1/entries/batch", Some(&body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert!(
+            state.sync.queued() <= vouch_server::SYNC_QUEUE_BOUND,
+            "{} changes held for one stream",
+            state.sync.queued()
+        );
+    }
+    assert_eq!(metric(&state, "vouch_sync_overflows_total").await, 1);
+    assert_eq!(state.sync.queued(), 0, "an overflowed stream holds nothing until it resyncs");
+    other.quiet("other").await;
+
+    // Reading again: the lines written before it fell behind, then a snapshot with every entry.
+    assert!(snapshot_ids(&slow.next().await).is_empty());
+    let total = batches * 1000;
+    let mut upserts = 0;
+    let resynced = loop {
+        match slow.next().await {
+            SyncLine::Upsert { .. } => upserts += 1,
+            SyncLine::Snapshot { entries, .. } => break entries.len(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(resynced, total);
+    assert!(upserts < total, "the missed changes were not replayed one by one");
+    // Live again.
+    let late = json!({"id": "late", "spiffe_id": "spiffe://example.org/late", "parent_id": slow_id, "selectors": ["unix:uid:1"]});
+    let (s, v) = call(&state, ROOT, "POST", "/v1/entries", Some(&late.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(upserted(&slow.next().await), "late");
+}
