@@ -1422,8 +1422,18 @@ fn agent_caller(svid: &vouch_api::agent::AgentSvid) -> Caller {
 
 /// Attests `agent` through the app with a fresh join token; the SVID.
 async fn attest_in_app(state: &Arc<AppState>, agent: &str) -> Result<vouch_api::agent::AgentSvid, Value> {
-    let (s, t) =
-        call(state, ROOT, "POST", "/v1/join-tokens", Some(&json!({"agent_id": agent}).to_string())).await;
+    attest_in_app_labelled(state, agent, json!({})).await
+}
+
+/// [`attest_in_app`] with a join token carrying `labels` (node selectors
+/// `join_token:label:<key>:<value>`).
+async fn attest_in_app_labelled(
+    state: &Arc<AppState>,
+    agent: &str,
+    labels: Value,
+) -> Result<vouch_api::agent::AgentSvid, Value> {
+    let token = json!({"agent_id": agent, "labels": labels}).to_string();
+    let (s, t) = call(state, ROOT, "POST", "/v1/join-tokens", Some(&token)).await;
     assert_eq!(s, StatusCode::CREATED, "{t}");
     let (csr, _) = csr_and_key();
     let body =
@@ -3531,19 +3541,17 @@ impl AppSync {
     }
 }
 
-/// Attests `agent` through the app with a join token carrying `labels` (node selectors
-/// `join_token:label:<key>:<value>`); the SVID.
-async fn attest_labelled(state: &Arc<AppState>, agent: &str, labels: Value) -> vouch_api::agent::AgentSvid {
-    let body = json!({"agent_id": agent, "labels": labels}).to_string();
-    let (s, t) = call(state, ROOT, "POST", "/v1/join-tokens", Some(&body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{t}");
-    let (csr, _) = csr_and_key();
-    let body =
-        serde_json::to_string(&JoinTokenAttestation { token: t["token"].as_str().unwrap().into(), csr })
-            .unwrap();
-    let (s, v) = call(state, Caller::Anonymous, "POST", "/v1/agent/attest/join-token", Some(&body)).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    serde_json::from_value(v).unwrap()
+/// An admin call through the app that must answer `want`; its answer.
+async fn admin_call(
+    state: &Arc<AppState>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    want: StatusCode,
+) -> Value {
+    let (s, v) = call(state, ROOT, method, path, body.map(|b| b.to_string()).as_deref()).await;
+    assert_eq!(s, want, "{method} {path}: {v}");
+    v
 }
 
 fn upserted(line: &SyncLine<'_>) -> String {
@@ -3568,64 +3576,56 @@ fn deleted(line: &SyncLine<'_>) -> String {
 async fn sync_changes_are_routed_only_to_the_streams_they_concern() {
     let state = state_with("").await;
     let group = json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["join_token:label:env:prod"], "owner": "ops"});
-    let (s, v) = call(&state, ROOT, "POST", "/v1/groups", Some(&group.to_string())).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    admin_call(&state, "POST", "/v1/groups", Some(group), StatusCode::CREATED).await;
     let (a, b, c) =
         ("spiffe://example.org/agent/a", "spiffe://example.org/agent/b", "spiffe://example.org/agent/c");
-    let svid_a = attest_labelled(&state, a, json!({"env": "prod"})).await;
-    let svid_b = attest_labelled(&state, b, json!({"env": "prod"})).await;
-    let svid_c = attest_labelled(&state, c, json!({"env": "dev"})).await;
     let mut streams = Vec::new();
-    for svid in [&svid_a, &svid_b, &svid_c] {
-        let mut sync = AppSync::open(&state, svid).await;
+    for (agent, env) in [(a, "prod"), (b, "prod"), (c, "dev")] {
+        let svid = attest_in_app_labelled(&state, agent, json!({ "env": env })).await.unwrap();
+        let mut sync = AppSync::open(&state, &svid).await;
         assert!(snapshot_ids(&sync.next().await).is_empty());
         streams.push(sync);
     }
     let [sa, sb, sc] = &mut streams[..] else { unreachable!() };
     assert_eq!(metric(&state, "vouch_sync_streams").await, 3);
-    let routed = metric(&state, "vouch_sync_events_routed_total").await;
-    let routed_since = |before: u64| {
+    // How many changes an admin call queued for streams.
+    let routed = |method: &'static str, path: &'static str, body: Option<Value>, want: StatusCode| {
         let state = state.clone();
-        async move { metric(&state, "vouch_sync_events_routed_total").await - before }
+        async move {
+            let before = metric(&state, "vouch_sync_events_routed_total").await;
+            let answer = admin_call(&state, method, path, body, want).await;
+            (answer, metric(&state, "vouch_sync_events_routed_total").await - before)
+        }
     };
 
     // An agent's entry: queued for its stream alone.
     let own = json!({"id": "own", "spiffe_id": "spiffe://example.org/own", "parent_id": a, "selectors": ["unix:uid:1"]});
-    let (s, v) = call(&state, ROOT, "POST", "/v1/entries", Some(&own.to_string())).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (created, n) = routed("POST", "/v1/entries", Some(own), StatusCode::CREATED).await;
     assert_eq!(upserted(&sa.next().await), "own");
     sb.quiet("b").await;
     sc.quiet("c").await;
-    assert_eq!(routed_since(routed).await, 1, "only a's stream was given the change");
+    assert_eq!(n, 1, "only a's stream was given the change");
 
     // Moved from a to b: a deletes it, b gets it, c hears nothing.
-    let routed = metric(&state, "vouch_sync_events_routed_total").await;
-    let patch = json!({"expected_revision": v["revision"], "parent_id": b});
-    let (s, v) = call(&state, ROOT, "PATCH", "/v1/entries/own", Some(&patch.to_string())).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(deleted(&sa.next().await), "own");
-    assert_eq!(upserted(&sb.next().await), "own");
+    let patch = json!({"expected_revision": created["revision"], "parent_id": b});
+    let (_, n) = routed("PATCH", "/v1/entries/own", Some(patch), StatusCode::OK).await;
+    assert_eq!((deleted(&sa.next().await), upserted(&sb.next().await)), ("own".into(), "own".into()));
     sc.quiet("c").await;
-    assert_eq!(routed_since(routed).await, 2);
+    assert_eq!(n, 2);
 
     // A group's entry: every member, not c.
-    let routed = metric(&state, "vouch_sync_events_routed_total").await;
     let web = json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/vouch/group/prod", "selectors": ["unix:uid:2"]});
-    let (s, v) = call(&state, ROOT, "POST", "/v1/entries", Some(&web.to_string())).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    assert_eq!(upserted(&sa.next().await), "web");
-    assert_eq!(upserted(&sb.next().await), "web");
+    let (_, n) = routed("POST", "/v1/entries", Some(web), StatusCode::CREATED).await;
+    assert_eq!((upserted(&sa.next().await), upserted(&sb.next().await)), ("web".into(), "web".into()));
     sc.quiet("c").await;
-    assert_eq!(routed_since(routed).await, 2);
+    assert_eq!(n, 2);
 
     // Deleted under b: b alone.
-    let routed = metric(&state, "vouch_sync_events_routed_total").await;
-    let (s, v) = call(&state, ROOT, "DELETE", "/v1/entries/own", None).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, n) = routed("DELETE", "/v1/entries/own", None, StatusCode::OK).await;
     assert_eq!(deleted(&sb.next().await), "own");
     sa.quiet("a").await;
     sc.quiet("c").await;
-    assert_eq!(routed_since(routed).await, 1);
+    assert_eq!(n, 1);
 
     // A batch for a and c: each stream gets its own entries, in order, and nothing else; c's
     // stream was quiet above because nothing concerned it, not because it stopped.
@@ -3634,11 +3634,11 @@ async fn sync_changes_are_routed_only_to_the_streams_they_concern() {
         {"id": "c1", "spiffe_id": "spiffe://example.org/c1", "parent_id": c, "selectors": ["unix:uid:3"]},
         {"id": "a2", "spiffe_id": "spiffe://example.org/a2", "parent_id": a, "selectors": ["unix:uid:3"]},
     ]});
-    let (s, v) = call(&state, ROOT, "POST", "/v1/entries/batch", Some(&batch.to_string())).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, n) = routed("POST", "/v1/entries/batch", Some(batch), StatusCode::CREATED).await;
     assert_eq!([upserted(&sa.next().await), upserted(&sa.next().await)], ["a1", "a2"]);
     assert_eq!(upserted(&sc.next().await), "c1");
     sb.quiet("b").await;
+    assert_eq!(n, 3);
 
     // A closed stream is forgotten.
     streams.truncate(1);
@@ -3658,8 +3658,9 @@ async fn sync_changes_are_routed_only_to_the_streams_they_concern() {
 async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_memory() {
     let state = state_with("").await;
     let slow_id = "spiffe://example.org/agent/slow";
-    let slow_svid = attest_labelled(&state, slow_id, json!({})).await;
-    let other_svid = attest_labelled(&state, "spiffe://example.org/agent/other", json!({})).await;
+    let slow_svid = attest_in_app_labelled(&state, slow_id, json!({})).await.unwrap();
+    let other_svid =
+        attest_in_app_labelled(&state, "spiffe://example.org/agent/other", json!({})).await.unwrap();
     // Opened, and then not read until the end: its connection's buffers fill, then its queue.
     let mut slow = AppSync::open(&state, &slow_svid).await;
     let mut other = AppSync::open(&state, &other_svid).await;
@@ -3669,9 +3670,14 @@ async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_mem
         let entries: Vec<Value> = (0..1000)
             .map(|i| json!({"id": format!("s-{k}-{i}"), "spiffe_id": format!("spiffe://example.org/s/{k}/{i}"), "parent_id": slow_id, "selectors": ["unix:uid:1"]}))
             .collect();
-        let body = json!({ "entries": entries }).to_string();
-        let (s, v) = call(&state, ROOT, "POST", "/v1/entries/batch", Some(&body)).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
+        admin_call(
+            &state,
+            "POST",
+            "/v1/entries/batch",
+            Some(json!({ "entries": entries })),
+            StatusCode::CREATED,
+        )
+        .await;
         assert!(
             state.sync.queued() <= vouch_server::SYNC_QUEUE_BOUND,
             "{} changes held for one stream",
@@ -3697,7 +3703,6 @@ async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_mem
     assert!(upserts < total, "the missed changes were not replayed one by one");
     // Live again.
     let late = json!({"id": "late", "spiffe_id": "spiffe://example.org/late", "parent_id": slow_id, "selectors": ["unix:uid:1"]});
-    let (s, v) = call(&state, ROOT, "POST", "/v1/entries", Some(&late.to_string())).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    admin_call(&state, "POST", "/v1/entries", Some(late), StatusCode::CREATED).await;
     assert_eq!(upserted(&slow.next().await), "late");
 }
