@@ -500,13 +500,16 @@ impl hyper::body::Body for ChannelBody {
 }
 
 /// Most events a sync stream turns into lines for one write: a batch of changes costs a few writes
-/// rather than one per change, and one write stays small (about 64 KiB of lines).
-const SYNC_EVENTS_PER_WRITE: usize = 128;
+/// rather than one per change, and one write stays small (about 32 KiB of lines).
+const SYNC_EVENTS_PER_WRITE: usize = 64;
 
-/// Writes buffered between a stream's task and its connection. Few: events not yet written wait in
-/// the stream's bounded queue (`crate::sync_hub`) as shared pointers rather than as text, and a
-/// stream whose agent does not read overflows that queue and gets a fresh snapshot.
-const SYNC_WRITES_BUFFERED: usize = 4;
+/// Writes buffered between a stream's task and its connection. One: events not yet written wait
+/// in the stream's bounded queue (`crate::sync_hub`) as shared pointers (8 bytes each) rather than
+/// as text (about 500 bytes a line), and a stream whose agent does not read overflows that queue
+/// and gets a fresh snapshot. A stalled stream so holds at most two writes of text (the one
+/// buffered and the one its task waits to hand over), about as much as the 64 lines it held when
+/// every line was its own write.
+const SYNC_WRITES_BUFFERED: usize = 1;
 
 async fn sync(
     State(state): State<Arc<AppState>>,
