@@ -21,6 +21,7 @@ mod replicas;
 pub mod reserved;
 mod routes;
 mod state;
+mod sync_hub;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -45,6 +46,7 @@ pub use crate::limits::PeerAddr;
 pub use crate::oidc::{router as oidc_router, DISCOVERY_PATH as OIDC_DISCOVERY_PATH};
 pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
 pub use crate::state::{AppState, Clock, Event, SystemClock, FOLLOW_INTERVAL};
+pub use crate::sync_hub::{Received, Subscription, SyncHub, QUEUE_BOUND as SYNC_QUEUE_BOUND};
 
 /// The OpenAPI description of the admin API.
 pub const OPENAPI: &str = include_str!("openapi.json");
