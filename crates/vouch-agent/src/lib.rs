@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn_limits;
 mod explain;
 pub mod h2_authority_filter;
+pub mod hpack;
 mod identity;
 mod metrics;
 mod registry;
