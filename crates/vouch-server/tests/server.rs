@@ -3244,6 +3244,18 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A self-signed web certificate for 127.0.0.1 and its key, written to `<name>.crt` and
+/// `<name>.key` in `dir`.
+fn web_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
 /// GETs `path` from the OIDC listener at `base` (http or https, trusting `ca`).
 async fn oidc_get(base: &str, ca: Option<&Path>, path: &str) -> (u16, Value) {
     let url = vouch_http::Url::parse(base).unwrap();
@@ -3329,12 +3341,7 @@ async fn oidc_listener_serves_discovery_and_the_jwt_keys_only() {
     // HTTPS with a configured certificate.
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
-    let (cert_file, key_file) = (dir.path().join("oidc.crt"), dir.path().join("oidc.key"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = web_cert(dir.path(), "oidc");
     let issuer = format!("https://127.0.0.1:{port}");
     let extra = format!(
         "[ca]\njwt_issuer = \"{issuer}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
@@ -3475,3 +3482,7 @@ async fn a_superseded_agent_svid_keeps_no_sync_stream_for_the_new_holders_groups
     }
     server.shutdown().await;
 }
+
+// Federation tests live beside this file; one test binary still (link time).
+#[path = "server/federation.rs"]
+mod federation;
