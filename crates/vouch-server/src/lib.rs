@@ -13,6 +13,7 @@ pub mod config;
 mod conn_threads;
 mod error;
 mod extract;
+mod federation;
 mod groups;
 mod limits;
 mod metrics;
@@ -293,6 +294,7 @@ impl Server {
             let follow = replicas::follow_changes(state.clone(), changes, rx.clone());
             tasks.push(("changes of other replicas", tokio::spawn(follow)));
         }
+        tasks.push(("federation refresher", tokio::spawn(federation::refresher(state.clone(), rx.clone()))));
         tasks.push(("key rotation", tokio::spawn(rotation_loop(state.clone(), rx))));
         tracing::info!(
             trust_domain = %config.trust_domain,

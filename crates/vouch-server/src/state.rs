@@ -131,6 +131,8 @@ pub struct AppState {
     authority_io: tokio::sync::Mutex<()>,
     /// Whether this server held the lead at its last tick.
     leader: AtomicBool,
+    /// The bundles of federated trust domains served to agents.
+    pub federation: crate::federation::Federated,
 }
 
 impl std::fmt::Debug for AppState {
@@ -203,6 +205,7 @@ impl AppState {
             stored: std::sync::Mutex::new(stored),
             authority_io: tokio::sync::Mutex::new(()),
             leader: AtomicBool::new(false),
+            federation: crate::federation::Federated::default(),
         });
         state.tick().await?;
         Ok(state)

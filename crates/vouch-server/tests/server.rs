@@ -452,6 +452,8 @@ fn openapi_describes_every_route() {
         ("/v1/entries/{id}", &["get", "put", "patch", "delete"]),
         ("/v1/groups", &["get", "post"]),
         ("/v1/groups/{name}", &["get", "delete"]),
+        ("/v1/federation", &["get", "post"]),
+        ("/v1/federation/{trust_domain}", &["get", "patch", "delete"]),
         ("/v1/join-tokens", &["post"]),
         ("/v1/svids/x509", &["post"]),
         ("/v1/svids/jwt", &["post"]),
@@ -475,7 +477,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 26, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 28, "a route in openapi.json that the test does not know");
     let codes =
         doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
     for code in vouch_api::ErrorCode::ALL {
@@ -2151,6 +2153,41 @@ impl Store for PausingStore {
     }
     async fn delete_group(&self, id: &SpiffeId) -> Result<vouch_core::NodeGroup, vouch_store::StoreError> {
         self.inner.delete_group(id).await
+    }
+    async fn create_federation(
+        &self,
+        row: &vouch_store::FederationRow,
+    ) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_federation(row).await
+    }
+    async fn get_federation(
+        &self,
+        td: &vouch_core::TrustDomain,
+    ) -> Result<Option<vouch_store::FederationRow>, vouch_store::StoreError> {
+        self.inner.get_federation(td).await
+    }
+    async fn list_federations(&self) -> Result<Vec<vouch_store::FederationRow>, vouch_store::StoreError> {
+        self.inner.list_federations().await
+    }
+    async fn update_federation(
+        &self,
+        row: &vouch_store::FederationRow,
+    ) -> Result<u64, vouch_store::StoreError> {
+        self.inner.update_federation(row).await
+    }
+    async fn save_federation_state(
+        &self,
+        td: &vouch_core::TrustDomain,
+        revision: u64,
+        state: &str,
+    ) -> Result<bool, vouch_store::StoreError> {
+        self.inner.save_federation_state(td, revision, state).await
+    }
+    async fn delete_federation(
+        &self,
+        td: &vouch_core::TrustDomain,
+    ) -> Result<vouch_store::FederationRow, vouch_store::StoreError> {
+        self.inner.delete_federation(td).await
     }
     async fn load_authority_versioned(
         &self,

@@ -97,3 +97,225 @@ async fn bundle_endpoint_serves_the_spiffe_bundle_in_both_profiles() {
     assert!(err.contains("tls"), "{err}");
     server.shutdown().await;
 }
+
+/// A server of trust domain `td` in `dir` (admin socket only) with `extra` configuration.
+pub(crate) async fn start_td(dir: &Path, td: &str, extra: &str) -> (Server, AdminClient) {
+    let text = format!(
+        "version = 1\ntrust_domain = \"{td}\"\ndata_dir = \"{}\"\n[server]\nlisten = \"off\"\n{extra}",
+        dir.join("data").display()
+    );
+    let server =
+        Server::start(Config::from_toml(&text, &no_env).unwrap(), Arc::new(vouch_server::SystemClock), None)
+            .await
+            .unwrap();
+    let admin = AdminClient::unix(&server.admin_socket);
+    (server, admin)
+}
+
+/// The relationship with `td` once `done` holds for it, within `secs` seconds.
+async fn wait_relationship(
+    admin: &AdminClient,
+    td: &str,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r: Value = admin.call("GET", &format!("/v1/federation/{td}"), None).await.unwrap();
+        if done(&r) {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} within {secs} s: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The bundle of a fresh authority of trust domain `td`, as a SPIFFE bundle JWKS.
+fn foreign_bundle(td: &str) -> (vouch_ca::Bundle, String) {
+    let mut a = vouch_ca::authority::Authority::new(
+        vouch_ca::authority::AuthorityConfig::new(vouch_core::TrustDomain::new(td).unwrap()),
+        None,
+    );
+    a.tick(SystemTime::now()).unwrap();
+    let bundle = a.bundle();
+    let jwks = bundle.to_jwks().unwrap();
+    (bundle, jwks)
+}
+
+/// Relationships are created, listed, shown, changed and deleted through the API, bad ones refused
+/// with the reason and nothing stored; an https_web endpoint's bundle is fetched (its certificate
+/// checked against federation.web_ca_file), and a peer answering garbage, too much, an empty bundle
+/// or nothing at all leaves the last good bundle served with the error in the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_relationships_are_managed_and_a_bad_endpoint_keeps_the_last_good_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = vouch_http::testing::StaticHttps::start(None).await;
+    let ca_file = dir.path().join("web-ca.pem");
+    std::fs::write(&ca_file, &web.cert_pem).unwrap();
+    let extra = format!("[federation]\nweb_ca_file = \"{}\"\n", ca_file.display());
+    let (server, admin) = start_td(dir.path(), "example.org", &extra).await;
+    let (b_bundle, b_jwks) = foreign_bundle("b.org");
+    web.set("/bundle", b_jwks.clone());
+    let url = format!("{}/bundle", web.base_url());
+
+    // Bad input: refused with the reason, nothing stored.
+    let good = json!({"trust_domain": "b.org", "bundle_endpoint_url": url, "profile": "https_web"});
+    let spiffe = json!({"trust_domain": "b.org", "bundle_endpoint_url": url, "profile": "https_spiffe",
+        "endpoint_spiffe_id": "spiffe://b.org/vouch/server", "bootstrap_bundle": b_bundle.x509_pem()});
+    let with = |base: &Value, k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let without = |base: &Value, k: &str| {
+        let mut b = base.clone();
+        b.as_object_mut().unwrap().remove(k);
+        b
+    };
+    for (body, why) in [
+        (with(&good, "trust_domain", json!("example.org")), "this server's own trust domain"),
+        (with(&good, "trust_domain", json!("Bad Domain")), "trust_domain"),
+        (with(&good, "bundle_endpoint_url", json!("http://127.0.0.1/")), "must be https"),
+        (with(&good, "bundle_endpoint_url", json!("b.org")), "bundle_endpoint_url"),
+        (with(&good, "profile", json!("https")), "unknown variant `https`"),
+        (with(&good, "endpoint_spiffe_id", json!("spiffe://b.org/x")), "is for profile https_spiffe"),
+        (without(&spiffe, "endpoint_spiffe_id"), "needs endpoint_spiffe_id"),
+        (without(&spiffe, "bootstrap_bundle"), "needs bootstrap_bundle"),
+        (
+            with(&spiffe, "endpoint_spiffe_id", json!("spiffe://c.org/vouch/server")),
+            "is not in trust domain `b.org`",
+        ),
+        (with(&spiffe, "bootstrap_bundle", json!("garbage")), "holds no authority"),
+        (with(&spiffe, "bootstrap_bundle", json!("{\"keys\": 5}")), "not a JWKS document"),
+        (with(&good, "colour", json!("blue")), "unknown field `colour`"),
+    ] {
+        let (status, message) =
+            refusal(admin.call::<Value>("POST", "/v1/federation", Some(&body)).await, 400);
+        assert!(message.contains(why), "{body}: {status} {message}");
+    }
+    let listed: Value = admin.call("GET", "/v1/federation", None).await.unwrap();
+    assert_eq!(listed["relationships"], json!([]), "nothing stored by refused requests");
+
+    // An https_web relationship: fetched at once, its state visible.
+    let created: Value = admin.call("POST", "/v1/federation", Some(&good)).await.unwrap();
+    assert_eq!(
+        (created["profile"].as_str(), created["state"]["x509_authorities"].as_u64()),
+        (Some("https_web"), Some(0))
+    );
+    let r =
+        wait_relationship(&admin, "b.org", 10, "the first fetch", |r| r["state"]["last_refresh"].is_i64())
+            .await;
+    assert_eq!(
+        (r["state"]["x509_authorities"].as_u64(), r["state"]["jwt_authorities"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(r["state"].get("last_error").is_none(), "{r}");
+    let next = r["state"]["next_refresh"].as_i64().unwrap() - r["state"]["last_refresh"].as_i64().unwrap();
+    assert_eq!(next, 300, "the bundle's refresh hint (5 min)");
+    let served = vouch_ca::Bundle::from_jwks(
+        vouch_core::TrustDomain::new("b.org").unwrap(),
+        &r["state"]["bundle"].to_string(),
+    )
+    .unwrap();
+    assert_eq!(served, b_bundle);
+    assert_eq!(r, admin.call::<Value>("GET", "/v1/federation", None).await.unwrap()["relationships"][0]);
+    let (status, _) = refusal(admin.call::<Value>("POST", "/v1/federation", Some(&good)).await, 409);
+    assert!(status.contains("conflict"), "{status}");
+
+    // A peer answering garbage, too much, an empty bundle, another trust domain's certificate:
+    // each fetch (due at once after an update) records why, and the last good bundle stays.
+    let untrusted = vouch_http::testing::StaticHttps::start(None).await;
+    untrusted.set("/bundle", b_jwks.clone());
+    for (body, other_url, why) in [
+        (b"<html>not a bundle</html>".to_vec(), None, "not a SPIFFE bundle"),
+        (vec![b' '; 2 << 20], None, "reading the answer"),
+        (br#"{"keys":[]}"#.to_vec(), None, "holds no X.509 authority"),
+        (b_jwks.clone().into_bytes(), Some(format!("{}/bundle", untrusted.base_url())), "tls"),
+    ] {
+        web.set("/bundle", body);
+        let patch = json!({"bundle_endpoint_url": other_url.unwrap_or_else(|| url.clone())});
+        let _: Value = admin.call("PATCH", "/v1/federation/b.org", Some(&patch)).await.unwrap();
+        let r = wait_relationship(&admin, "b.org", 15, why, |r| {
+            r["state"]["last_error"].as_str().is_some_and(|e| e.contains(why))
+        })
+        .await;
+        assert_eq!(r["state"]["x509_authorities"].as_u64(), Some(1), "the last good bundle is kept: {r}");
+        assert!(r["state"]["last_error"].as_str().unwrap().len() <= 512);
+    }
+    // A peer that accepts and never answers: the fetch ends at its deadline.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("https://{}/bundle", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let _: Value = admin
+        .call("PATCH", "/v1/federation/b.org", Some(&json!({"bundle_endpoint_url": silent_url})))
+        .await
+        .unwrap();
+    let r = wait_relationship(&admin, "b.org", 25, "a timeout", |r| {
+        r["state"]["last_error"].as_str().is_some_and(|e| e.contains("did not answer within 10s"))
+    })
+    .await;
+    assert_eq!(r["state"]["x509_authorities"].as_u64(), Some(1), "the last good bundle is kept: {r}");
+    held.abort();
+
+    // A good answer again clears the error.
+    web.set("/bundle", b_jwks.clone());
+    let _: Value = admin
+        .call("PATCH", "/v1/federation/b.org", Some(&json!({"bundle_endpoint_url": url})))
+        .await
+        .unwrap();
+    wait_relationship(&admin, "b.org", 10, "recovery", |r| r["state"].get("last_error").is_none()).await;
+
+    // Deleted: gone from the list, 404 after.
+    let deleted: Value = admin.call("DELETE", "/v1/federation/b.org", None).await.unwrap();
+    assert_eq!(deleted["trust_domain"], "b.org");
+    refusal(admin.call::<Value>("DELETE", "/v1/federation/b.org", None).await, 404);
+    refusal(admin.call::<Value>("GET", "/v1/federation/b.org", None).await, 404);
+    server.shutdown().await;
+}
+
+/// Two vouch servers: A fetches B's bundle from B's https_spiffe bundle endpoint, authenticated by
+/// the bootstrap bundle and B's server SPIFFE ID; an endpoint presenting another SPIFFE ID is
+/// refused (the bootstrap bundle stays served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_fetches_another_vouch_servers_bundle_over_https_spiffe() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server_b, admin_b) = start_td(
+        dir_b.path(),
+        "b.org",
+        "[federation]\nbundle_endpoint_listen = \"127.0.0.1:0\"\nrefresh_hint = \"20s\"\n",
+    )
+    .await;
+    let (server_a, admin_a) = start_td(dir_a.path(), "example.org", "").await;
+    let (_, b_pem) = admin_b.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
+    let url = format!("https://{}", server_b.bundle_endpoint_addr.unwrap());
+    let spec = json!({"trust_domain": "b.org", "bundle_endpoint_url": url, "profile": "https_spiffe",
+        "endpoint_spiffe_id": "spiffe://b.org/vouch/server", "bootstrap_bundle": String::from_utf8(b_pem.to_vec()).unwrap()});
+    let created: Value = admin_a.call("POST", "/v1/federation", Some(&spec)).await.unwrap();
+    assert_eq!(created["state"]["x509_authorities"], 1, "the bootstrap bundle is served at once");
+    let r =
+        wait_relationship(&admin_a, "b.org", 10, "the first fetch", |r| r["state"]["last_refresh"].is_i64())
+            .await;
+    let want = server_b.state.with_authority(|a| a.bundle());
+    assert_eq!(r["state"]["bundle_sequence"], json!(want.sequence));
+    assert_eq!(r["state"]["jwt_authorities"], 1, "B's JWT keys came with the fetch");
+    let next = r["state"]["next_refresh"].as_i64().unwrap() - r["state"]["last_refresh"].as_i64().unwrap();
+    assert_eq!(next, 20, "B's refresh hint");
+
+    let patch = json!({"endpoint_spiffe_id": "spiffe://b.org/not-the-server"});
+    let _: Value = admin_a.call("PATCH", "/v1/federation/b.org", Some(&patch)).await.unwrap();
+    let r =
+        wait_relationship(&admin_a, "b.org", 10, "a refusal", |r| r["state"]["last_error"].is_string()).await;
+    assert!(
+        r["state"]["last_error"].as_str().unwrap().contains("expected `spiffe://b.org/not-the-server`"),
+        "{r}"
+    );
+    assert_eq!(r["state"]["jwt_authorities"], 1, "the last good bundle stays");
+    server_a.shutdown().await;
+    server_b.shutdown().await;
+}
