@@ -912,7 +912,7 @@ async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only
     // The sync stream: a snapshot, then each change as it happens.
     let mut sync = agent.sync().await.unwrap();
     match sync.next().await.unwrap().unwrap() {
-        SyncLine::Snapshot { entries, bundle } => {
+        SyncLine::Snapshot { entries, bundle, .. } => {
             assert!(entries.is_empty());
             assert!(bundle["keys"].as_array().is_some());
         }
