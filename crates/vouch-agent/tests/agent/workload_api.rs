@@ -34,8 +34,19 @@ async fn start_server_clocked(
     extra: &str,
     clock: Arc<dyn vouch_server::Clock>,
 ) -> Server {
+    start_server_in(dir, "example.org", port, extra, clock).await
+}
+
+/// [`start_server_clocked`] for trust domain `td`.
+async fn start_server_in(
+    dir: &Path,
+    td: &str,
+    port: u16,
+    extra: &str,
+    clock: Arc<dyn vouch_server::Clock>,
+) -> Server {
     let text = format!(
-        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
+        "version = 1\ntrust_domain = \"{td}\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
         dir.display()
     );
     let config = Config::from_toml(&text, &|_| None).unwrap();
@@ -50,6 +61,8 @@ pub(crate) struct Stack {
     pub(crate) agent: Option<Agent>,
     pub(crate) agent_config: AgentConfig,
     pub(crate) admin: AdminClient,
+    /// The trust domain of the server and agent.
+    pub(crate) td: String,
 }
 
 impl Stack {
@@ -76,13 +89,24 @@ impl Stack {
         clock: Arc<dyn vouch_server::Clock>,
         configure: impl FnOnce(&mut AgentConfig),
     ) -> Self {
+        Self::start_in("example.org", server_extra, clock, configure).await
+    }
+
+    /// [`Stack::start_with_server_clock`] in trust domain `td`.
+    pub(crate) async fn start_in(
+        td: &str,
+        server_extra: &str,
+        clock: Arc<dyn vouch_server::Clock>,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server_dir = dir.path().join("server");
         let port = free_port();
-        let server = start_server_clocked(&server_dir, port, server_extra, clock).await;
+        let server = start_server_in(&server_dir, td, port, server_extra, clock).await;
         let admin = AdminClient::unix(&server.admin_socket);
+        let agent_id = format!("spiffe://{td}/agent/test-node");
         let token: Value =
-            admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": AGENT_ID}))).await.unwrap();
+            admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": agent_id}))).await.unwrap();
         let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
         let bundle = dir.path().join("bundle.pem");
         std::fs::write(&bundle, &pem).unwrap();
@@ -92,6 +116,7 @@ impl Stack {
             "VOUCH_AGENT_DATA_DIR" => Some(agent_dir.display().to_string()),
             "VOUCH_AGENT_JOIN_TOKEN" => token["token"].as_str().map(str::to_owned),
             "VOUCH_AGENT_BUNDLE" => Some(bundle.display().to_string()),
+            "VOUCH_AGENT_TRUST_DOMAIN" => Some(td.to_owned()),
             _ => None,
         };
         let mut agent_config = AgentConfig::load(None, &env).unwrap();
@@ -105,6 +130,7 @@ impl Stack {
             agent: Some(agent),
             agent_config,
             admin,
+            td: td.to_owned(),
         };
         stack.wait_connected().await;
         stack
@@ -130,7 +156,8 @@ impl Stack {
     pub(crate) async fn entry_for_me(&self, id: &str, path: &str, extra: Value) -> Value {
         let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
         let exe = std::env::current_exe().unwrap();
-        let mut body = json!({"id": id, "spiffe_id": format!("spiffe://example.org{path}"), "parent_id": AGENT_ID,
+        let td = &self.td;
+        let mut body = json!({"id": id, "spiffe_id": format!("spiffe://{td}{path}"), "parent_id": format!("spiffe://{td}/agent/test-node"),
             "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{}", exe.display())]});
         if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
             b.extend(x.clone());
