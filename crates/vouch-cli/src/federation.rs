@@ -29,7 +29,7 @@ pub enum FederationCommand {
     ///     --profile https_spiffe --endpoint-spiffe-id spiffe://b.org/vouch/server \
     ///     --bootstrap-bundle b-bundle.pem
     ///
-    /// The bootstrap bundle is b.org's bundle now (`vouch bundle` there, or its SPIFFE bundle JSON),
+    /// The bootstrap bundle is b.org's bundle now (`vouch bundle show --format pem` there, or its SPIFFE bundle JSON),
     /// obtained out of band: it authenticates the first fetch.
     Create {
         /// The other trust domain.
