@@ -2,7 +2,8 @@
 //! their `https_spiffe` bundle endpoints: a workload of each does mTLS with the other using only
 //! what its own agent's Workload API gives it (the independent `spiffe` crate, and rustls through
 //! vouch-tls), each validates the other's JWT-SVID through its own agent, a root rotation in one
-//! reaches the other's workloads within the refresh hint on an open stream, and a workload whose
+//! reaches the other's workloads within the refresh hint on an open stream, py-spiffe (unchanged)
+//! does mTLS and validates across trust domains the same way, and a workload whose
 //! entry does not federate gets no bundle of the other trust domain and cannot validate its tokens.
 
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use crate::workload_api::{free_port, raw_client, with_header, Stack};
 
 /// The refresh hint both trust domains publish: how often each fetches the other's bundle.
 const REFRESH_HINT: Duration = Duration::from_secs(10);
+/// Beyond the hint: the refresher's wake-up (whole seconds), the fetch, and the push through the
+/// server's sync stream and the agent's Workload API stream (milliseconds when the machine is idle).
+const DELIVERY_SLACK: Duration = Duration::from_secs(4);
 
 async fn federated_stack(td: &str, port: u16) -> Stack {
     let extra = format!(
@@ -86,14 +90,7 @@ async fn mtls(
     client: &X509Context,
     client_td: &str,
 ) -> Result<(String, String), String> {
-    let (server_chain, server_key, server_id) = svid_of(server);
-    let cert = Arc::new(vouch_tls::ServerCert::default());
-    cert.set(server_chain, &server_key).unwrap();
-    let clients = Arc::new(vouch_tls::SvidClientVerifier::default());
-    clients.set_anchors(vouch_tls::Anchors::from_der(&roots(server, client_td)));
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(vouch_tls::server_config(cert, clients).unwrap()));
-
+    let (acceptor, server_id) = acceptor(server, client_td);
     let (client_chain, client_key, _) = svid_of(client);
     let verifier = vouch_tls::SpiffeServerVerifier::new(
         &roots(client, server_td),
@@ -136,6 +133,26 @@ async fn mtls(
         .await
         .map_err(|_| "mTLS timed out".to_owned())?;
     Ok((served?, called?))
+}
+
+/// A TLS acceptor for the workload of `server`: its SVID, and client SVIDs verified against the
+/// roots of `client_td` from its own context. Also its SPIFFE ID.
+fn acceptor(server: &X509Context, client_td: &str) -> (tokio_rustls::TlsAcceptor, String) {
+    let (server_chain, server_key, server_id) = svid_of(server);
+    let cert = Arc::new(vouch_tls::ServerCert::default());
+    cert.set(server_chain, &server_key).unwrap();
+    let clients = Arc::new(vouch_tls::SvidClientVerifier::default());
+    clients.set_anchors(vouch_tls::Anchors::from_der(&roots(server, client_td)));
+    (tokio_rustls::TlsAcceptor::from(Arc::new(vouch_tls::server_config(cert, clients).unwrap())), server_id)
+}
+
+/// The real path of the python3 that runs py-spiffe (a `unix:path` selector names it).
+fn python() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+        .output()
+        .expect("python3 is installed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// How many roots of `name` a raw FetchX509SVID answer carries in `federated_bundles`.
@@ -219,6 +236,61 @@ async fn two_trust_domains_federated_both_ways_do_mtls_validate_jwts_and_follow_
     let err = client_b.validate_jwt_token("b-service", &rogue).await.unwrap_err().to_string();
     assert!(err.contains("c.org"), "{err}");
 
+    // py-spiffe, unchanged, as a second workload of A (a python process): mTLS with B's workload
+    // through Python's ssl and the bundles its Workload API gives it, and B's JWT-SVID validated.
+    let python = python();
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let py_entry = json!({"id": "py", "spiffe_id": "spiffe://a.org/python", "parent_id": "spiffe://a.org/agent/test-node",
+        "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{python}")], "federates_with": ["b.org"]});
+    let _: Value = a.admin.call("POST", "/v1/entries", Some(&py_entry)).await.unwrap();
+    a.wait_entries(2).await;
+    let (b_acceptor, _) = acceptor(&ctx_b, "a.org");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = listener.local_addr().unwrap();
+    let b_side = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = b_acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().cloned())
+            .ok_or("no client certificate")?;
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        tls.write_all(b"pong").await.map_err(|e| e.to_string())?;
+        tls.shutdown().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(vouch_tls::spiffe_id_of(&peer).map_err(|e| e.to_string())?.to_string())
+    });
+    let out_dir = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/py_spiffe_federated.py");
+    let run = tokio::process::Command::new(&python)
+        .arg(&script)
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", a.agent().socket.display()))
+        .env("PEER_TD", "b.org")
+        .env("PEER_ADDR", peer_addr.to_string())
+        .env("PEER_JWT", jwt_b.token())
+        .env("JWT_AUDIENCE", "a-service")
+        .env("OUT_DIR", out_dir.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("py-spiffe finished within 60 s")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py-spiffe failed (is `pip install spiffe==0.3.2` done?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["x509_spiffe_id"], "spiffe://a.org/python", "{v}");
+    assert_eq!((v["peer_bundle"].as_bool(), v["answer"].as_str()), (Some(true), Some("pong")), "{v}");
+    assert_eq!(v["peer_ids"], json!(["spiffe://b.org/api"]));
+    assert_eq!(v["validated_spiffe_id"], "spiffe://b.org/api");
+    let seen = tokio::time::timeout(Duration::from_secs(10), b_side).await.unwrap().unwrap().unwrap();
+    assert_eq!(seen, "spiffe://a.org/python", "B's workload saw A's python workload");
+
     // A root rotation in B reaches A's workload on its open stream within the refresh hint.
     let mut raw = raw_client(&a.agent().socket).await;
     let mut stream = raw.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
@@ -229,7 +301,7 @@ async fn two_trust_domains_federated_both_ways_do_mtls_validate_jwts_and_follow_
     let rotated = Instant::now();
     assert!(b.server.as_ref().unwrap().state.prepare_root().await.unwrap(), "a root was prepared");
     loop {
-        let left = (REFRESH_HINT + Duration::from_secs(3)).saturating_sub(rotated.elapsed());
+        let left = (REFRESH_HINT + DELIVERY_SLACK).saturating_sub(rotated.elapsed());
         let msg = tokio::time::timeout(left, stream.message())
             .await
             .unwrap_or_else(|_| {
