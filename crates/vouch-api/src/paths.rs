@@ -13,6 +13,8 @@ pub const OPENAPI: &str = "/v1/openapi.json";
 pub const BUNDLE: &str = "/v1/bundle";
 /// The authority's keys and their states.
 pub const AUTHORITY_KEYS: &str = "/v1/authority/keys";
+/// Prepare a successor root CA now (published at once, active on schedule).
+pub const AUTHORITY_PREPARE_ROOT: &str = "/v1/authority/prepare-root";
 /// Entries: create (POST), list (GET).
 pub const ENTRIES: &str = "/v1/entries";
 /// Entries: create many in one transaction.

@@ -299,7 +299,10 @@ async fn two_trust_domains_federated_both_ways_do_mtls_validate_jwts_and_follow_
     // The refresher of A fetched B's bundle just now or up to one hint ago: the new root must be
     // there by the end of the next hint.
     let rotated = Instant::now();
-    assert!(b.server.as_ref().unwrap().state.prepare_root().await.unwrap(), "a root was prepared");
+    // As an operator does it: B's admin API publishes a successor root now.
+    let keys: Value = b.admin.call("POST", "/v1/authority/prepare-root", None).await.unwrap();
+    let roots_b = keys["keys"].as_array().unwrap().iter().filter(|k| k["kind"] == "root").count();
+    assert_eq!(roots_b, 2, "{keys}");
     loop {
         let left = (REFRESH_HINT + DELIVERY_SLACK).saturating_sub(rotated.elapsed());
         let msg = tokio::time::timeout(left, stream.message())
