@@ -7,7 +7,7 @@ use vouch_core::{SpiffeId, TrustDomain};
 
 /// Most federation relationships one server keeps: each costs a fetch per refresh and its bundle is
 /// sent to every agent.
-pub const MAX_RELATIONSHIPS: usize = 256;
+pub const MAX_RELATIONSHIPS: usize = 64;
 
 /// How a bundle endpoint is authenticated (SPIFFE Federation standard, section 5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -2323,6 +2323,39 @@ mod replicas {
         tokio::time::timeout(Duration::from_secs(20), start).await.expect("started within 20 s").unwrap()
     }
 
+    /// Federation on replicas: only the replica that leads fetches a relationship's bundle (one
+    /// request at the endpoint per refresh, however many replicas), and every replica serves it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_leading_replica_fetches_federated_bundles_and_every_replica_serves_them() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "federation").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let web = vouch_http::testing::StaticHttps::start(None).await;
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let ca_file = dirs[0].path().join("web-ca.pem");
+        std::fs::write(&ca_file, &web.cert_pem).unwrap();
+        let extra = format!("[federation]\nweb_ca_file = \"{}\"\n", ca_file.display());
+        let s1 = replica_with(dirs[0].path(), &url, &kek, &extra).await;
+        let s2 = replica_with(dirs[1].path(), &url, &kek, &extra).await;
+        let (bundle, jwks) = crate::federation::foreign_bundle("b.org");
+        web.set("/bundle", jwks);
+        let spec = json!({"trust_domain": "b.org", "bundle_endpoint_url": format!("{}/bundle", web.base_url()), "profile": "https_web"});
+        let _: Value =
+            AdminClient::unix(&s2.admin_socket).call("POST", "/v1/federation", Some(&spec)).await.unwrap();
+        let td = vouch_core::TrustDomain::new("b.org").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while [&s1, &s2].iter().any(|s| s.state.federation.bundles().get(&td) != Some(&bundle)) {
+            assert!(std::time::Instant::now() < deadline, "both replicas serve the fetched bundle");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Several rounds of both refreshers later, still the one fetch of the leader.
+        tokio::time::sleep(FOLLOW_INTERVAL * 2).await;
+        assert_eq!(web.requests(), 1, "one fetch per refresh, by the leader only");
+        assert_eq!([&s1, &s2].iter().filter(|s| s.state.is_leader()).count(), 1);
+        s1.shutdown().await;
+        s2.shutdown().await;
+    }
+
     /// A cluster with an empty database `db`; its TCP URL (with the password).
     async fn database(cluster: &PgCluster, db: &str) -> String {
         cluster.create_database(db).await;

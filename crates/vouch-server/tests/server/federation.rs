@@ -132,7 +132,7 @@ async fn wait_relationship(
 }
 
 /// The bundle of a fresh authority of trust domain `td`, as a SPIFFE bundle JWKS.
-fn foreign_bundle(td: &str) -> (vouch_ca::Bundle, String) {
+pub(crate) fn foreign_bundle(td: &str) -> (vouch_ca::Bundle, String) {
     let mut a = vouch_ca::authority::Authority::new(
         vouch_ca::authority::AuthorityConfig::new(vouch_core::TrustDomain::new(td).unwrap()),
         None,
