@@ -477,9 +477,9 @@ async fn refresh_one(state: &AppState, p: &Parsed) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// One round: the leader fetches every due bundle; every replica serves the stored ones. Returns
-/// how long until the next round.
-async fn round(state: &AppState) -> Duration {
+/// One round: the leader fetches every due bundle (all at once, so one slow endpoint delays no
+/// other); every replica serves the stored ones. Returns how long until the next round.
+async fn round(state: &Arc<AppState>) -> Duration {
     let parsed = match sync_served(state).await {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -491,13 +491,17 @@ async fn round(state: &AppState) -> Duration {
         return FOLLOW_INTERVAL;
     }
     let now = state.now_secs();
-    let mut fetched = false;
+    let mut fetches = tokio::task::JoinSet::new();
     for p in parsed.iter().filter(|p| p.stored.next_refresh.is_none_or(|t| t <= now)) {
-        fetched = true;
-        if let Err(e) = refresh_one(state, p).await {
-            tracing::warn!(trust_domain = %p.trust_domain, error = %e, "cannot store a federated bundle's refresh");
-        }
+        let (state, p) = (state.clone(), p.clone());
+        fetches.spawn(async move {
+            if let Err(e) = refresh_one(&state, &p).await {
+                tracing::warn!(trust_domain = %p.trust_domain, error = %e, "cannot store a federated bundle's refresh");
+            }
+        });
     }
+    let fetched = !fetches.is_empty();
+    while fetches.join_next().await.is_some() {}
     if fetched {
         if let Err(e) = sync_served(state).await {
             tracing::warn!(error = %e, "cannot read the federation relationships");
