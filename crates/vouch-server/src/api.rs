@@ -97,9 +97,13 @@ vouch_leader {}
          # HELP vouch_authority_version Version of the stored authority state this server serves.
 # TYPE vouch_authority_version gauge
 vouch_authority_version {}
+         # HELP vouch_federated_bundles Bundles of federated trust domains served to agents.
+# TYPE vouch_federated_bundles gauge
+vouch_federated_bundles {}
 ",
         u8::from(state.is_leader()),
-        state.authority_version()
+        state.authority_version(),
+        state.federation.bundles().len()
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -441,7 +441,13 @@ async fn refresh_one(state: &AppState, p: &Parsed) -> Result<(), StoreError> {
     let now = state.now_secs();
     let web_ca = &state.config.federation.web_ca_file;
     let mut stored = p.stored.clone();
-    match fetch(&p.trust_domain, &p.settings, p.bundle.as_ref(), web_ca).await {
+    let fetched = fetch(&p.trust_domain, &p.settings, p.bundle.as_ref(), web_ca).await;
+    let counter = match &fetched {
+        Ok(_) => &state.metrics.federation_refreshes,
+        Err(_) => &state.metrics.federation_refresh_failures,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match fetched {
         Ok(bundle) => {
             let after = refresh_after(bundle.refresh_hint);
             match bundle.to_jwks() {

@@ -271,6 +271,17 @@ async fn federation_relationships_are_managed_and_a_bad_endpoint_keeps_the_last_
         .unwrap();
     wait_relationship(&admin, "b.org", 10, "recovery", |r| r["state"].get("last_error").is_none()).await;
 
+    // The refreshes and failures are counted; the bundle is served.
+    let (_, metrics) = admin.request("GET", "/metrics", None).await.unwrap();
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let value = |name: &str| -> u64 {
+        let line = metrics.lines().map(str::trim).find(|l| l.starts_with(&format!("{name} "))).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("vouch_federation_refreshes_total") >= 2, "{metrics}");
+    assert!(value("vouch_federation_refresh_failures_total") >= 5, "{metrics}");
+    assert_eq!(value("vouch_federated_bundles"), 1, "{metrics}");
+
     // Deleted: gone from the list, 404 after.
     let deleted: Value = admin.call("DELETE", "/v1/federation/b.org", None).await.unwrap();
     assert_eq!(deleted["trust_domain"], "b.org");
