@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use vouch_api::federation::{Profile, Relationship, RelationshipPatch, RelationshipSpec};
 use vouch_core::{SpiffeId, TrustDomain};
 
@@ -42,14 +42,8 @@ pub enum FederationCommand {
         /// (a web-PKI certificate for its host name, checked against federation.web_ca_file).
         #[arg(long)]
         profile: String,
-        /// https_spiffe: the SPIFFE ID the endpoint presents (a vouch server's is
-        /// spiffe://<trust domain>/vouch/server).
-        #[arg(long)]
-        endpoint_spiffe_id: Option<String>,
-        /// A file with the other trust domain's bundle: PEM certificates or a SPIFFE bundle (JWKS).
-        /// Required for https_spiffe.
-        #[arg(long)]
-        bootstrap_bundle: Option<PathBuf>,
+        #[command(flatten)]
+        trust: EndpointTrust,
     },
     /// List relationships with when their bundles were last and will next be fetched.
     List,
@@ -70,18 +64,38 @@ pub enum FederationCommand {
         /// New profile.
         #[arg(long)]
         profile: Option<String>,
-        /// New endpoint SPIFFE ID.
-        #[arg(long)]
-        endpoint_spiffe_id: Option<String>,
-        /// New bootstrap bundle file.
-        #[arg(long)]
-        bootstrap_bundle: Option<PathBuf>,
+        #[command(flatten)]
+        trust: EndpointTrust,
     },
     /// Delete a relationship: its bundle is no longer served to any workload.
     Delete {
         /// The other trust domain.
         trust_domain: String,
     },
+}
+
+/// How an endpoint is trusted: its SPIFFE ID and the bundle that authenticates it first.
+#[derive(Args)]
+pub struct EndpointTrust {
+    /// https_spiffe: the SPIFFE ID the endpoint presents (a vouch server's is
+    /// spiffe://<trust domain>/vouch/server).
+    #[arg(long)]
+    endpoint_spiffe_id: Option<String>,
+    /// A file with the other trust domain's bundle: PEM certificates or a SPIFFE bundle (JWKS).
+    /// Required for https_spiffe; on update it replaces the bundle served.
+    #[arg(long)]
+    bootstrap_bundle: Option<PathBuf>,
+}
+
+impl EndpointTrust {
+    /// The SPIFFE ID parsed and the bundle file read.
+    fn read(self) -> Result<(Option<SpiffeId>, Option<String>)> {
+        let id = self
+            .endpoint_spiffe_id
+            .map(|id| parse_flag("endpoint-spiffe-id", &id, SpiffeId::parse))
+            .transpose()?;
+        Ok((id, self.bootstrap_bundle.as_deref().map(read_bundle).transpose()?))
+    }
 }
 
 fn read_bundle(path: &std::path::Path) -> Result<String> {
@@ -137,21 +151,14 @@ pub async fn run(command: FederationCommand, connect: &Connect) -> Result<ExitCo
     let client = connect.client()?;
     let federation = client.federation();
     match command {
-        FederationCommand::Create {
-            trust_domain,
-            bundle_endpoint_url,
-            profile: p,
-            endpoint_spiffe_id,
-            bootstrap_bundle,
-        } => {
+        FederationCommand::Create { trust_domain, bundle_endpoint_url, profile: p, trust } => {
+            let (endpoint_spiffe_id, bootstrap_bundle) = trust.read()?;
             let spec = RelationshipSpec {
                 trust_domain: parse_flag("trust-domain", &trust_domain, TrustDomain::new)?,
                 bundle_endpoint_url,
                 profile: profile(&p)?,
-                endpoint_spiffe_id: endpoint_spiffe_id
-                    .map(|id| parse_flag("endpoint-spiffe-id", &id, SpiffeId::parse))
-                    .transpose()?,
-                bootstrap_bundle: bootstrap_bundle.as_deref().map(read_bundle).transpose()?,
+                endpoint_spiffe_id,
+                bootstrap_bundle,
             };
             print_relationship(connect.output, &federation.create(&spec).await?)?;
         }
@@ -186,21 +193,14 @@ pub async fn run(command: FederationCommand, connect: &Connect) -> Result<ExitCo
             let td = parse_flag("trust domain", &trust_domain, TrustDomain::new)?;
             print_relationship(connect.output, &federation.get(&td.to_string()).await?)?;
         }
-        FederationCommand::Update {
-            trust_domain,
-            bundle_endpoint_url,
-            profile: p,
-            endpoint_spiffe_id,
-            bootstrap_bundle,
-        } => {
+        FederationCommand::Update { trust_domain, bundle_endpoint_url, profile: p, trust } => {
             let td = parse_flag("trust domain", &trust_domain, TrustDomain::new)?;
+            let (endpoint_spiffe_id, bootstrap_bundle) = trust.read()?;
             let patch = RelationshipPatch {
                 bundle_endpoint_url,
                 profile: p.as_deref().map(profile).transpose()?,
-                endpoint_spiffe_id: endpoint_spiffe_id
-                    .map(|id| parse_flag("endpoint-spiffe-id", &id, SpiffeId::parse))
-                    .transpose()?,
-                bootstrap_bundle: bootstrap_bundle.as_deref().map(read_bundle).transpose()?,
+                endpoint_spiffe_id,
+                bootstrap_bundle,
             };
             print_relationship(connect.output, &federation.update(&td.to_string(), &patch).await?)?;
         }

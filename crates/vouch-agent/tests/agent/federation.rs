@@ -14,7 +14,7 @@ use spiffe::{TrustDomain, WorkloadApiClient, X509Context};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use vouch_proto::workload::{X509svidRequest, X509svidResponse};
 
-use crate::workload_api::{free_port, raw_client, with_header, Stack};
+use crate::workload_api::{free_port, python_path, raw_client, run_py_spiffe, with_header, Stack};
 
 /// The refresh hint both trust domains publish: how often each fetches the other's bundle.
 const REFRESH_HINT: Duration = Duration::from_secs(10);
@@ -146,15 +146,6 @@ fn acceptor(server: &X509Context, client_td: &str) -> (tokio_rustls::TlsAcceptor
     (tokio_rustls::TlsAcceptor::from(Arc::new(vouch_tls::server_config(cert, clients).unwrap())), server_id)
 }
 
-/// The real path of the python3 that runs py-spiffe (a `unix:path` selector names it).
-fn python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
-        .output()
-        .expect("python3 is installed");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// How many roots of `name` a raw FetchX509SVID answer carries in `federated_bundles`.
 fn federated_roots(resp: &X509svidResponse, name: &str) -> usize {
     resp.federated_bundles
@@ -238,7 +229,7 @@ async fn two_trust_domains_federated_both_ways_do_mtls_validate_jwts_and_follow_
 
     // py-spiffe, unchanged, as a second workload of A (a python process): mTLS with B's workload
     // through Python's ssl and the bundles its Workload API gives it, and B's JWT-SVID validated.
-    let python = python();
+    let python = python_path();
     let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
     let py_entry = json!({"id": "py", "spiffe_id": "spiffe://a.org/python", "parent_id": "spiffe://a.org/agent/test-node",
         "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{python}")], "federates_with": ["b.org"]});
@@ -263,27 +254,14 @@ async fn two_trust_domains_federated_both_ways_do_mtls_validate_jwts_and_follow_
         Ok::<_, String>(vouch_tls::spiffe_id_of(&peer).map_err(|e| e.to_string())?.to_string())
     });
     let out_dir = tempfile::tempdir().unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/py_spiffe_federated.py");
-    let run = tokio::process::Command::new(&python)
-        .arg(&script)
-        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", a.agent().socket.display()))
-        .env("PEER_TD", "b.org")
-        .env("PEER_ADDR", peer_addr.to_string())
-        .env("PEER_JWT", jwt_b.token())
-        .env("JWT_AUDIENCE", "a-service")
-        .env("OUT_DIR", out_dir.path())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("py-spiffe finished within 60 s")
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "py-spiffe failed (is `pip install spiffe==0.3.2` done?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let env = [
+        ("PEER_TD", "b.org".to_owned()),
+        ("PEER_ADDR", peer_addr.to_string()),
+        ("PEER_JWT", jwt_b.token().to_owned()),
+        ("JWT_AUDIENCE", "a-service".to_owned()),
+        ("OUT_DIR", out_dir.path().display().to_string()),
+    ];
+    let v = run_py_spiffe(&python, "py_spiffe_federated.py", &a.agent().socket, &env).await;
     assert_eq!(v["x509_spiffe_id"], "spiffe://a.org/python", "{v}");
     assert_eq!((v["peer_bundle"].as_bool(), v["answer"].as_str()), (Some(true), Some("pong")), "{v}");
     assert_eq!(v["peer_ids"], json!(["spiffe://b.org/api"]));

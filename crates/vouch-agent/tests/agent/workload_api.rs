@@ -450,36 +450,53 @@ async fn cached_svids_survive_a_server_outage_and_the_agent_reconnects_and_resta
     assert!(!health.ready && health.reason.contains("a join token is single use"), "{}", health.reason);
 }
 
-/// The independent Python client (py-spiffe from PyPI), unchanged, as a real workload process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_spiffe_client_gets_identities() {
-    let stack = Stack::start().await;
-    let python = String::from_utf8(
-        std::process::Command::new("python3")
-            .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
-            .output()
-            .expect("python3 is installed")
-            .stdout,
-    )
-    .unwrap();
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
-    let entry = json!({"id": "py", "spiffe_id": "spiffe://example.org/python", "parent_id": AGENT_ID,
-        "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{}", python.trim())]});
-    let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await.unwrap();
-    stack.wait_entries(1).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/py_spiffe_client.py");
-    let out = tokio::process::Command::new(python.trim())
-        .arg(&script)
-        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", stack.agent().socket.display()))
+/// The real path of the python3 that runs py-spiffe (a `unix:path` selector names it).
+pub(crate) fn python_path() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
         .output()
+        .expect("python3 is installed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs `tests/agent/<script>` with `python` as a workload of the agent on `socket` (with `env`
+/// besides `SPIFFE_ENDPOINT_SOCKET`), within 60 s; the JSON it prints.
+pub(crate) async fn run_py_spiffe(
+    python: &str,
+    script: &str,
+    socket: &Path,
+    env: &[(&str, String)],
+) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent").join(script);
+    let run = tokio::process::Command::new(python)
+        .arg(&script)
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
         .await
+        .expect("py-spiffe finished within 60 s")
         .unwrap();
     assert!(
         out.status.success(),
         "py-spiffe failed (is `pip install spiffe==0.3.2` done?): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The independent Python client (py-spiffe from PyPI), unchanged, as a real workload process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_spiffe_client_gets_identities() {
+    let stack = Stack::start().await;
+    let python = python_path();
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let entry = json!({"id": "py", "spiffe_id": "spiffe://example.org/python", "parent_id": AGENT_ID,
+        "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{python}")]});
+    let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await.unwrap();
+    stack.wait_entries(1).await;
+    let v = run_py_spiffe(&python, "py_spiffe_client.py", &stack.agent().socket, &[]).await;
     assert_eq!(v["x509_spiffe_id"], "spiffe://example.org/python");
     assert_eq!(v["chain_length"], 2);
     assert_eq!(v["x509_bundle"], true);
