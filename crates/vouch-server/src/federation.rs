@@ -11,7 +11,8 @@
 //! clamped to [`MIN_REFRESH`]..[`MAX_REFRESH`] ([`DEFAULT_REFRESH`] when it has none).
 //!
 //! With replicas on PostgreSQL only the holder of the lead fetches (one fetch per relationship and
-//! hint, one stored result); every replica reads the stored bundles and serves the same ones.
+//! hint, one stored result); every replica reads the stored bundles when the store tells it of a
+//! change (every [`POLL`] at the latest) and serves the same ones.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -47,6 +48,11 @@ pub const MAX_REFRESH: Duration = Duration::from_secs(86400);
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 /// The time before a failed fetch is tried again (at most the refresh time).
 pub const RETRY: Duration = Duration::from_secs(30);
+/// The longest between two reads of the relationships when nothing wakes the refresher: the
+/// bound on how long a new leader takes to start fetching, and the fallback for a missed change
+/// notice of another replica (changes wake it at once). Each read transfers every stored bundle,
+/// so it is not done every [`FOLLOW_INTERVAL`].
+pub const POLL: Duration = Duration::from_secs(10);
 /// The largest bundle endpoint answer read: a bundle of a few dozen authorities is tens of KiB.
 pub const MAX_BUNDLE_BYTES: usize = 1 << 20;
 /// How long one fetch may take, connection and TLS handshake included.
@@ -137,6 +143,11 @@ impl Federated {
     /// The federated bundles now.
     pub fn bundles(&self) -> Arc<BTreeMap<TrustDomain, Bundle>> {
         self.bundles.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Wakes the refresher: relationships changed (here, or through another replica).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Installs `bundles`; whether they differ from the ones served.
@@ -251,7 +262,7 @@ fn path_td(text: &str) -> AppResult<TrustDomain> {
 /// After a change: the refresher fetches at once and the served bundles follow the store.
 async fn changed(state: &AppState) -> AppResult<()> {
     sync_served(state).await?;
-    state.federation.wake.notify_one();
+    state.federation.wake();
     Ok(())
 }
 
@@ -494,7 +505,7 @@ async fn round(state: &Arc<AppState>) -> Duration {
         }
     };
     if !state.is_leader() {
-        return FOLLOW_INTERVAL;
+        return POLL;
     }
     let now = state.now_secs();
     let mut fetches = tokio::task::JoinSet::new();
@@ -517,14 +528,15 @@ async fn round(state: &Arc<AppState>) -> Duration {
     let next = parsed.iter().filter_map(|p| p.stored.next_refresh).min();
     match next {
         _ if fetched => Duration::from_millis(100),
-        Some(t) => Duration::from_secs(u64::try_from(t - now).unwrap_or(0))
-            .clamp(Duration::from_millis(100), FOLLOW_INTERVAL),
-        None => FOLLOW_INTERVAL,
+        Some(t) => {
+            Duration::from_secs(u64::try_from(t - now).unwrap_or(0)).clamp(Duration::from_millis(100), POLL)
+        }
+        None => POLL,
     }
 }
 
-/// The refresher: a round now, after each admin change, and when the next fetch is due (at least
-/// every [`FOLLOW_INTERVAL`], to follow other replicas' results), until shutdown.
+/// The refresher: a round now, after each change (an admin's, or another replica's as the store
+/// tells), and when the next fetch is due (at least every [`POLL`]), until shutdown.
 pub async fn refresher(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let wait = round(&state).await;

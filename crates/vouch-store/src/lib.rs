@@ -379,6 +379,12 @@ pub enum Change {
         /// The agent.
         agent: SpiffeId,
     },
+    /// A federation relationship was created, changed, refreshed or deleted: the federated bundles
+    /// served are read again.
+    FederationChanged {
+        /// The other trust domain.
+        trust_domain: TrustDomain,
+    },
     /// Changes may have been missed (the listening connection was down, or a change was too large
     /// to describe): re-read what is derived from the store.
     Resync,

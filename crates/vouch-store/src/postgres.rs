@@ -1099,8 +1099,9 @@ impl Store for PostgresStore {
     async fn create_federation(&self, row: &FederationRow) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let td = row.trust_domain.to_string();
-        let conn = self.pool.get().await?;
-        let inserted = conn
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let inserted = tx
             .execute(
                 "INSERT INTO federation (trust_domain, relationship, state, revision) VALUES ($1, $2, $3, 1) \
                  ON CONFLICT (trust_domain) DO NOTHING",
@@ -1111,7 +1112,8 @@ impl Store for PostgresStore {
         if inserted == 0 {
             return Err(StoreError::FederationExists(td));
         }
-        Ok(())
+        self.notify(&tx, &Change::FederationChanged { trust_domain: row.trust_domain.clone() }).await?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn get_federation(&self, trust_domain: &TrustDomain) -> Result<Option<FederationRow>, StoreError> {
@@ -1142,8 +1144,9 @@ impl Store for PostgresStore {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let td = row.trust_domain.to_string();
         let expected = i64::try_from(row.revision).unwrap_or(i64::MAX);
-        let conn = self.pool.get().await?;
-        let n = conn
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let n = tx
             .execute(
                 "UPDATE federation SET relationship = $2, state = $3, revision = revision + 1 \
                  WHERE trust_domain = $1 AND revision = $4",
@@ -1152,9 +1155,11 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         if n == 1 {
+            self.notify(&tx, &Change::FederationChanged { trust_domain: row.trust_domain.clone() }).await?;
+            tx.commit().await.map_err(backend)?;
             return Ok(row.revision + 1);
         }
-        let exists = conn
+        let exists = tx
             .query_opt("SELECT 1 FROM federation WHERE trust_domain = $1", &[&td])
             .await
             .map_err(backend)?;
@@ -1173,29 +1178,39 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let revision = i64::try_from(revision).unwrap_or(i64::MAX);
-        let conn = self.pool.get().await?;
-        let n = conn
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let n = tx
             .execute(
                 "UPDATE federation SET state = $2 WHERE trust_domain = $1 AND revision = $3",
                 &[&trust_domain.to_string(), &state, &revision],
             )
             .await
             .map_err(backend)?;
+        if n == 1 {
+            self.notify(&tx, &Change::FederationChanged { trust_domain: trust_domain.clone() }).await?;
+        }
+        tx.commit().await.map_err(backend)?;
         Ok(n == 1)
     }
 
     async fn delete_federation(&self, trust_domain: &TrustDomain) -> Result<FederationRow, StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let td = trust_domain.to_string();
-        let conn = self.pool.get().await?;
-        let row = conn
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let row = tx
             .query_opt(
                 "DELETE FROM federation WHERE trust_domain = $1 RETURNING trust_domain, relationship, state, revision",
                 &[&td],
             )
             .await
             .map_err(backend)?;
-        row.map(|r| pg_federation_row(&r)).transpose()?.ok_or(StoreError::FederationNotFound(td))
+        let row =
+            row.map(|r| pg_federation_row(&r)).transpose()?.ok_or(StoreError::FederationNotFound(td))?;
+        self.notify(&tx, &Change::FederationChanged { trust_domain: trust_domain.clone() }).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(row)
     }
 
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError> {

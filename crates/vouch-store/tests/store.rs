@@ -366,6 +366,22 @@ async fn postgres_replicas_hear_each_others_changes_and_share_one_lead() {
     assert_eq!(heard(&mut at_b).await, Change::AgentRemoved { agent, banned: false });
     assert_eq!(a.write_authority(None, "{}").await.unwrap(), AuthorityWrite::Written(1));
     assert_eq!(heard(&mut at_b).await, Change::AuthorityChanged { version: 1 });
+    // Federation relationships: created, refreshed, deleted; a refresh that no longer lands is
+    // not announced.
+    let td = vouch_core::TrustDomain::new("b.org").unwrap();
+    let row = vouch_store::FederationRow {
+        trust_domain: td.clone(),
+        relationship: "{}".into(),
+        state: "{}".into(),
+        revision: 1,
+    };
+    a.create_federation(&row).await.unwrap();
+    assert_eq!(heard(&mut at_b).await, Change::FederationChanged { trust_domain: td.clone() });
+    assert!(a.save_federation_state(&td, 1, "{\"n\":1}").await.unwrap());
+    assert_eq!(heard(&mut at_b).await, Change::FederationChanged { trust_domain: td.clone() });
+    assert!(!a.save_federation_state(&td, 7, "{}").await.unwrap());
+    a.delete_federation(&td).await.unwrap();
+    assert_eq!(heard(&mut at_b).await, Change::FederationChanged { trust_domain: td });
     // Nothing of a's own writes came back to a, and b heard nothing of the failed batch.
     assert!(at_a.try_recv().is_err(), "a store does not hear its own changes");
     assert!(at_b.try_recv().is_err(), "nothing more: the failed batch sent nothing");
