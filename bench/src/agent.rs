@@ -19,6 +19,8 @@ use vouch_client::AdminClient;
 use vouch_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use vouch_proto::workload::{JwtsvidRequest, X509svidRequest};
 
+use crate::procstat::Costs;
+
 const AGENT_ID: &str = "spiffe://example.org/agent/bench";
 
 struct Proc(Child);
@@ -151,11 +153,12 @@ async fn latency(
     seconds: u64,
     jwt: bool,
     pace: Option<Duration>,
-) -> Result<(f64, Duration, Duration)> {
+) -> Result<(f64, Duration, Duration, String)> {
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
         conns.push(channel(&stack.socket).await?);
     }
+    let costs = Costs::start(Some(stack.agent.0.id()));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -202,8 +205,14 @@ async fn latency(
         all.extend(t.await??);
     }
     let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    let (agent, client) = costs.finish();
+    let cost = format!(
+        "agent {}; client {}",
+        agent.unwrap_or_default().per_request(all.len()),
+        client.per_request(all.len())
+    );
     all.sort();
-    Ok((rate, percentile(&all, 0.5), percentile(&all, 0.99)))
+    Ok((rate, percentile(&all, 0.5), percentile(&all, 0.99), cost))
 }
 
 async fn propagation_to_stream(stack: &Stack, rounds: usize) -> Result<Vec<Duration>> {
@@ -318,7 +327,11 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown option {other}"),
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One load-generator thread: the clients' tasks, their HTTP/2 connections and tonic's buffer
+    // tasks all run on it, so a call costs the client no cross-thread wake-up (with two worker
+    // threads the client took 3-5 context switches per call, and on a machine with slow wake-ups
+    // the measured latency was mostly the client's own).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let stack = start(&vouch).await?;
         let entry = spec("spiffe://example.org/bench/web", AGENT_ID, my_selectors()?)?;
@@ -331,8 +344,9 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("  closed loop (every client sends its next request as soon as the last is answered):");
         for clients in [1usize, 100, 1000] {
             for (name, jwt) in [("FetchX509SVID", false), ("FetchJWTSVID ", true)] {
-                let (rate, p50, p99) = latency(&stack, clients, seconds, jwt, None).await?;
+                let (rate, p50, p99, cost) = latency(&stack, clients, seconds, jwt, None).await?;
                 println!("    {name} {clients:>5} clients: {rate:>8.0}/s  p50 {:>7.3} ms  p99 {:>7.3} ms", ms(p50), ms(p99));
+                println!("      {cost}");
             }
         }
         let pace = Duration::from_millis(100);
@@ -340,11 +354,12 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut x509_p99_at_100 = Duration::ZERO;
         for clients in [1usize, 100, 1000] {
             for (name, jwt) in [("FetchX509SVID", false), ("FetchJWTSVID ", true)] {
-                let (rate, p50, p99) = latency(&stack, clients, seconds, jwt, Some(pace)).await?;
+                let (rate, p50, p99, cost) = latency(&stack, clients, seconds, jwt, Some(pace)).await?;
                 if clients == 100 && !jwt {
                     x509_p99_at_100 = p99;
                 }
                 println!("    {name} {clients:>5} clients: {rate:>8.0}/s  p50 {:>7.3} ms  p99 {:>7.3} ms", ms(p50), ms(p99));
+                println!("      {cost}");
             }
         }
         let prop = propagation_to_stream(&stack, 20).await?;

@@ -15,6 +15,8 @@ use vouch_api::admin::MintX509Request;
 use vouch_api::{paths, EntrySpec, SpiffeId};
 use vouch_client::AdminClient;
 
+use crate::procstat::{Costs, ProcStat};
+
 struct Options {
     vouch: PathBuf,
     bao_addr: Option<String>,
@@ -23,6 +25,9 @@ struct Options {
     bao_token: String,
     seconds: u64,
     clients: usize,
+    /// Process ids of the OpenBao servers, for their CPU time and context switches.
+    bao_pid: Option<u32>,
+    bao_tls_pid: Option<u32>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -34,6 +39,8 @@ fn options(args: &[String]) -> Result<Options> {
         bao_token: "root".into(),
         seconds: 10,
         clients: 8,
+        bao_pid: None,
+        bao_tls_pid: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -46,6 +53,8 @@ fn options(args: &[String]) -> Result<Options> {
             "--bao-token" => o.bao_token = val()?,
             "--seconds" => o.seconds = val()?.parse()?,
             "--clients" => o.clients = val()?.parse()?,
+            "--bao-pid" => o.bao_pid = Some(val()?.parse()?),
+            "--bao-tls-pid" => o.bao_tls_pid = Some(val()?.parse()?),
             other => bail!("unknown option {other}"),
         }
     }
@@ -60,6 +69,10 @@ struct Run {
     count: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// What the server process spent (when its pid is known).
+    server: Option<ProcStat>,
+    /// What the load generator (this process) spent.
+    client: ProcStat,
 }
 
 impl Run {
@@ -78,16 +91,26 @@ impl Run {
             self.percentile(0.99).as_secs_f64() * 1e3,
             self.count
         );
+        if let Some(server) = &self.server {
+            println!("  {:<34} server {}", "", server.per_request(self.count));
+        }
+        println!("  {:<34} client {}", "", self.client.per_request(self.count));
     }
 }
 
 /// Runs `clients` workers (tasks on the one client thread), each calling `one` in a loop until the
 /// deadline.
-async fn load<F, Fut>(clients: usize, seconds: u64, make: impl Fn() -> F) -> Result<Run>
+async fn load<F, Fut>(
+    clients: usize,
+    seconds: u64,
+    server_pid: Option<u32>,
+    make: impl Fn() -> F,
+) -> Result<Run>
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
+    let costs = Costs::start(server_pid);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -108,8 +131,9 @@ where
         latencies.extend(t.await??);
     }
     let elapsed = start.elapsed();
+    let (server, client) = costs.finish();
     latencies.sort();
-    Ok(Run { count: latencies.len(), elapsed, latencies })
+    Ok(Run { count: latencies.len(), elapsed, latencies, server, client })
 }
 
 pub(crate) struct VouchProcess {
@@ -164,8 +188,8 @@ pub(crate) async fn start_vouch_with(
 }
 
 /// Issues X509-SVIDs through `client`, one keep-alive connection per worker.
-async fn vouch_load(o: &Options, client: &AdminClient, body: Arc<MintX509Request>) -> Result<Run> {
-    load(o.clients, o.seconds, || {
+async fn vouch_load(o: &Options, pid: u32, client: &AdminClient, body: Arc<MintX509Request>) -> Result<Run> {
+    load(o.clients, o.seconds, Some(pid), || {
         let client = client.clone();
         let body = body.clone();
         // Each worker calls its closure sequentially, so this lock is never contended.
@@ -191,12 +215,12 @@ async fn vouch_load(o: &Options, client: &AdminClient, body: Arc<MintX509Request
 }
 
 async fn vouch_runs(o: &Options) -> Result<(Run, Run)> {
-    let (_proc, local, data) = start_vouch(&o.vouch).await?;
+    let (proc, local, data) = start_vouch(&o.vouch).await?;
     let mint = |id: &str| -> Result<MintX509Request> {
         Ok(MintX509Request { spiffe_id: SpiffeId::parse(id)?, csr: None, ttl: None, dns_names: vec![] })
     };
     let body = Arc::new(mint("spiffe://example.org/bench/web")?);
-    let unix = vouch_load(o, &local, body.clone()).await?;
+    let unix = vouch_load(o, proc.pid(), &local, body.clone()).await?;
 
     // Over mTLS with an admin SVID.
     let admin: EntrySpec = serde_json::from_value(
@@ -208,7 +232,7 @@ async fn vouch_runs(o: &Options) -> Result<(Run, Run)> {
     let td = vouch_core::TrustDomain::new("example.org")?;
     let key = svid.private_key_pem.as_deref().ok_or_else(|| anyhow!("the server generated no key"))?;
     let tls = AdminClient::tls(&addr, &td, &svid.bundle_pem, Some((&svid.cert_chain_pem, key)))?;
-    let mtls = vouch_load(o, &tls, body).await?;
+    let mtls = vouch_load(o, proc.pid(), &tls, body).await?;
     Ok((unix, mtls))
 }
 
@@ -278,7 +302,7 @@ where
 
 /// Sets up OpenBao's PKI engine at `url` and measures `pki/issue`; `ca` is the CA file of a
 /// `-dev-tls` server (then `url` is https).
-async fn openbao_run(o: &Options, url: &str, ca: Option<&PathBuf>) -> Result<Run> {
+async fn openbao_run(o: &Options, url: &str, ca: Option<&PathBuf>, pid: Option<u32>) -> Result<Run> {
     let addr =
         url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
     let tls = match ca {
@@ -311,7 +335,7 @@ async fn openbao_run(o: &Options, url: &str, ca: Option<&PathBuf>) -> Result<Run
     }
     let body =
         Arc::new(json!({"uri_sans": "spiffe://example.org/bench/web", "ttl": "1h", "common_name": "web"}));
-    load(o.clients, o.seconds, || {
+    load(o.clients, o.seconds, pid, || {
         let addr = addr.clone();
         let token = token.clone();
         let body = body.clone();
@@ -355,7 +379,7 @@ pub fn run(args: &[String]) -> Result<()> {
         mtls.print("vouch admin API (TCP + mTLS)");
         unix.print("vouch admin API (Unix socket)");
         let bao_tls = match (&o.bao_tls_addr, &o.bao_tls_ca) {
-            (Some(url), Some(ca)) => Some(openbao_run(&o, url, Some(ca)).await?),
+            (Some(url), Some(ca)) => Some(openbao_run(&o, url, Some(ca), o.bao_tls_pid).await?),
             (None, None) => None,
             _ => bail!("--bao-tls-addr and --bao-tls-ca go together"),
         };
@@ -363,7 +387,7 @@ pub fn run(args: &[String]) -> Result<()> {
             bao.print("OpenBao pki/issue (TLS)");
         }
         let bao_plain = match &o.bao_addr {
-            Some(url) => Some(openbao_run(&o, url, None).await?),
+            Some(url) => Some(openbao_run(&o, url, None, o.bao_pid).await?),
             None => None,
         };
         if let Some(bao) = &bao_plain {

@@ -24,6 +24,7 @@ use anyhow::{bail, Result};
 mod agent;
 mod api;
 mod flood;
+mod procstat;
 mod scale;
 mod scale_agents;
 

@@ -35,9 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 pub use crate::config::{AgentConfig, NodeAttestation, ServerOrder};
@@ -226,7 +225,6 @@ impl Agent {
         let listener = vouch_fs::bind_unix_socket(&config.socket, 0o777)
             .await
             .map_err(|e| AgentError::Io(e.to_string()))?;
-        let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConn, std::io::Error>>(64);
         // Raised here, once, before the bounds are read from it: a process-wide change belongs to
         // the start of the agent, not to reading its configuration.
         conn_limits::raise_nofile();
@@ -237,9 +235,22 @@ impl Agent {
             reserve = limits.limits().reserve(),
             "Workload API connection bounds"
         );
+        let service = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone(), rx.clone()));
+        // gRPC health on the same socket: NOT_SERVING until the first sync (until then the agent
+        // cannot tell a workload whether it has an identity), then SERVING for good: cached SVIDs
+        // are served even while the server is unreachable, so the agent stays healthy then.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_not_serving::<SpiffeWorkloadApiServer<WorkloadApi>>().await;
+        let routes = tonic::service::Routes::new(service).add_service(health_service).prepare();
+        // Two per CPU, at most 8: a Workload API call is short (the answer is cached), and an agent
+        // shares its node with the workloads it serves.
+        let conns = vouch_rt::ConnectionThreads::start("vouch-workload", vouch_rt::threads_per_cpu(2, 8))
+            .map_err(|e| AgentError::Io(format!("cannot start the Workload API threads: {e}")))?;
         let accept_state = state.clone();
         let mut accept_shutdown = rx.clone();
+        let conn_shutdown = rx.clone();
         tasks.push(tokio::spawn(async move {
+            accept_state.metrics.set_workload_api_up(true);
             // Refusals and accept failures are logged at most once per interval, with a count: a
             // flood must not turn into a flood of log lines.
             let mut refused = conn_limits::Throttle::new(Duration::from_secs(10));
@@ -251,8 +262,17 @@ impl Agent {
                             let uid = conn_limits::peer_uid(&stream);
                             match limits.admit(uid) {
                                 Ok(slot) => {
-                                    let conn = WorkloadConn::new(stream, &accept_state, slot);
-                                    if conn_tx.send(Ok(conn)).await.is_err() { break; }
+                                    // Re-registered with the connection thread's runtime, which
+                                    // serves it from now on; the peer is pinned there, at once.
+                                    let Ok(stream) = stream.into_std() else { continue };
+                                    let (state, routes, stopping) = (accept_state.clone(), routes.clone(), conn_shutdown.clone());
+                                    conns.run(move || match tokio::net::UnixStream::from_std(stream) {
+                                        Ok(stream) => {
+                                            let conn = WorkloadConn::new(stream, &state, slot);
+                                            tokio::spawn(workload_api::serve_connection(conn, routes, stopping));
+                                        }
+                                        Err(e) => tracing::debug!(error = %e, "cannot take a workload connection into a connection thread"),
+                                    });
                                 }
                                 Err(why) => {
                                     accept_state.metrics.refused(metrics::Refusal::ConnectionLimit);
@@ -272,6 +292,14 @@ impl Agent {
                     _ = accept_shutdown.changed() => break,
                 }
             }
+            accept_state.metrics.set_workload_api_up(false);
+            // Dropping the connection threads ends whatever they still serve: first give open
+            // connections the grace period to finish their calls (each has been told to stop).
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+            while limits.open(0).0 > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            drop(conns);
         }));
         let admin_path = config.data_dir.join("admin.sock");
         let admin = vouch_fs::bind_unix_socket(&admin_path, 0o600)
@@ -306,12 +334,6 @@ impl Agent {
             }
             None => None,
         };
-        let service = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone(), rx.clone()));
-        // gRPC health on the same socket: NOT_SERVING until the first sync (until then the agent
-        // cannot tell a workload whether it has an identity), then SERVING for good: cached SVIDs
-        // are served even while the server is unreachable, so the agent stays healthy then.
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_not_serving::<SpiffeWorkloadApiServer<WorkloadApi>>().await;
         let health_state = state.clone();
         let mut health_shutdown = rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -323,29 +345,6 @@ impl Agent {
                 }
             }
             health.set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>().await;
-        }));
-        let mut serve_shutdown = rx;
-        let serve_state = state.clone();
-        tasks.push(tokio::spawn(async move {
-            serve_state.metrics.set_workload_api_up(true);
-            let result = tonic::transport::Server::builder()
-                // Stated, not left to defaults: the header filter in front bounds header lists
-                // to what the server advertises here.
-                .http2_max_header_list_size(h2_authority_filter::MAX_HEADER_LIST as u32)
-                // A SPIFFE client holds a few streams per connection (one per watched stream, one
-                // per call); without a bound one connection can open streams until the agent runs
-                // out of memory (about 9 KB each, found by a review).
-                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-                .add_service(service)
-                .add_service(health_service)
-                .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
-                    let _ = serve_shutdown.changed().await;
-                })
-                .await;
-            serve_state.metrics.set_workload_api_up(false);
-            if let Err(e) = result {
-                tracing::error!(error = %e, "Workload API server stopped");
-            }
         }));
         tracing::info!(agent = %state.link.agent_id(), socket = %config.socket.display(), "vouch agent ready");
         Ok(Self { state, socket: config.socket, metrics_addr, shutdown, tasks })

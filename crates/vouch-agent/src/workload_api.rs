@@ -19,7 +19,6 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::tokio_stream::Stream;
-use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use vouch_ca::Bundle;
 use vouch_core::{Entry, SpiffeId, TrustDomain};
@@ -89,11 +88,48 @@ impl WorkloadConn {
     }
 }
 
-impl Connected for WorkloadConn {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.peer.clone()
+/// Serves gRPC over HTTP/2 on one Workload API connection, with its pinned peer attached to every
+/// request, until the client closes it or the agent stops (then in-flight calls get
+/// [`crate::SHUTDOWN_GRACE`] to finish).
+///
+/// Called on a connection thread ([`vouch_rt::ConnectionThreads`]): the connection, the tasks of
+/// its HTTP/2 streams (spawned through the executor) and the tasks of its watch streams all run on
+/// that one thread, so a call costs no cross-thread wake-up.
+pub async fn serve_connection(
+    conn: WorkloadConn,
+    routes: tonic::service::Routes,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let peer = conn.peer.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        tower::ServiceExt::oneshot(routes.clone(), req)
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Stated, not left to defaults: the header filter in front bounds header lists to what the
+        // server advertises here.
+        .max_header_list_size(crate::h2_authority_filter::MAX_HEADER_LIST as u32)
+        // A SPIFFE client holds a few streams per connection (one per watched stream, one per
+        // call); without a bound one connection can open streams until the agent runs out of
+        // memory (about 9 KB each, found by a review).
+        .max_concurrent_streams(crate::MAX_STREAMS_PER_CONNECTION);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+    tokio::pin!(conn);
+    if !*stopping.borrow() {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "workload connection ended with an error");
+                }
+                return;
+            }
+            _ = stopping.changed() => {}
+        }
     }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(crate::SHUTDOWN_GRACE, conn).await;
 }
 
 impl AsyncRead for WorkloadConn {

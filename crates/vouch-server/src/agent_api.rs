@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hyper::body::{Bytes, Frame};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use vouch_api::admin::{AgentInfo, AgentList, AgentRef, Banned, Evicted};
 use vouch_api::agent::{
     AgentJwtRequest, AgentJwtResponse, AgentSvid, CloseReason, FederatedBundles, JoinTokenAttestation,
@@ -45,6 +45,7 @@ use crate::extract::{requested_ttl, ApiJson};
 use crate::groups::Served;
 use crate::limits::{self, PeerAddr};
 use crate::state::{AppState, Event};
+use crate::sync_hub::{Received, Subscription};
 
 type AppResult<T> = Result<T, ApiError>;
 
@@ -219,8 +220,8 @@ async fn admit_agent(
     };
     let recorded = state.store.attest_agent(&record).await.map_err(|e| refused(e.into()))?;
     // Its node selectors changed, and with them perhaps its node groups: its open sync streams
-    // (opened with a previous SVID) decide again. Only then, since every open stream hears every
-    // event; an agent attesting for the first time has no stream yet.
+    // (opened with a previous SVID) decide again. Only then: each re-reads the agent and the
+    // groups; an agent attesting for the first time has no stream yet.
     if previous.is_some_and(|p| p.selectors != recorded.selectors) {
         state.publish(Event::AgentAttested { agent: id.clone(), selectors: recorded.selectors });
     }
@@ -517,6 +518,18 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// Most events a sync stream turns into lines for one write: a batch of changes costs a few writes
+/// rather than one per change, and one write stays small (about 32 KiB of lines).
+const SYNC_EVENTS_PER_WRITE: usize = 64;
+
+/// Writes buffered between a stream's task and its connection. One: events not yet written wait
+/// in the stream's bounded queue (`crate::sync_hub`) as shared pointers (8 bytes each) rather than
+/// as text (about 500 bytes a line), and a stream whose agent does not read overflows that queue
+/// and gets a fresh snapshot. A stalled stream so holds at most two writes of text (the one
+/// buffered and the one its task waits to hand over), about as much as the 64 lines it held when
+/// every line was its own write.
+const SYNC_WRITES_BUFFERED: usize = 1;
+
 async fn sync(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -526,16 +539,18 @@ async fn sync(
     // Subscribe before reading the snapshot, so no change can fall between the two; and check the
     // agent again after subscribing, so a ban or eviction committed since the auth layer's check
     // is seen here, and any later one arrives as an event.
-    let mut events = state.events.subscribe();
+    let sub = state.sync.subscribe(&agent);
     let record = state.store.authenticate_agent(&agent, &serial).await?;
     // The node groups it belongs to, kept up to date by group and attestation events; a change of
     // membership sends a fresh snapshot (rare, and simpler to get right than a diff racing with
-    // entry events).
-    let mut node = record.selectors;
-    let mut groups = groups_of(&state, &node).await?;
+    // entry events). The stream is routed the groups' changes before their entries are read.
+    let node = record.selectors;
+    let groups = groups_of(&state, &node).await?;
+    sub.route(&agent, &groups);
     let first = snapshot(&state, &agent, &groups).await?;
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let (tx, rx) = mpsc::channel::<Bytes>(SYNC_WRITES_BUFFERED);
     tracing::info!(target: "vouch::audit", event = "agent.sync.open", agent = %agent);
+    let mut stream = OpenStream { state, agent, serial, node, groups, sub };
     tokio::spawn(async move {
         if tx.send(first).await.is_err() {
             return;
@@ -543,116 +558,192 @@ async fn sync(
         let mut ping = tokio::time::interval(SYNC_PING);
         ping.tick().await;
         loop {
-            let out = tokio::select! {
-                ev = events.recv() => match ev {
-                    Ok(Event::EntryUpserted { entry, previous_parent }) => {
-                        let serves = |p: &SpiffeId| *p == agent || groups.contains(p);
-                        if serves(&entry.parent_id) {
-                            Some(line(&SyncLine::Upsert { entry: Cow::Borrowed(&*entry) }))
-                        } else if previous_parent.as_ref().is_some_and(serves) {
-                            Some(line(&SyncLine::Delete { id: Cow::Borrowed(&entry.id) }))
-                        } else {
-                            None
-                        }
-                    }
-                    Ok(Event::EntryDeleted { id, parent }) => (parent == agent || groups.contains(&parent)).then(|| line(&SyncLine::Delete { id: Cow::Borrowed(&id) })),
-                    Ok(Event::GroupChanged { id, selectors }) => {
-                        let member = selectors.as_ref().is_some_and(|s| s.is_subset_of(&node));
-                        if member == groups.contains(&id) {
-                            None
-                        } else {
-                            if member {
-                                groups.insert(id);
-                            } else {
-                                groups.remove(&id);
-                            }
-                            Some(snapshot(&state, &agent, &groups).await)
-                        }
-                    }
-                    Ok(Event::AgentAttested { agent: attested, selectors }) if attested == agent => {
-                        // The agent attested again, and the SVID this stream was opened with stops
-                        // working unless it is the new one: a stream of a superseded SVID (the
-                        // agent ID taken by another node, say) ends here instead of receiving what
-                        // the new holder's node groups serve. The agent reconnects with its
-                        // current SVID.
-                        match state.store.get_agent(&agent).await {
-                            Ok(Some(record)) if holds(&record, &serial) => {}
-                            Ok(_) => {
-                                tracing::info!(target: "vouch::audit", event = "agent.sync.superseded", agent = %agent, "sync stream closed: the agent attested again, and the SVID the stream was opened with no longer works");
-                                break;
-                            }
-                            Err(e) => {
-                                tracing::warn!(agent = %agent, error = %e, "sync stream closed: the agent attested again and its record could not be read");
-                                break;
-                            }
-                        }
-                        node = selectors;
-                        match groups_of(&state, &node).await {
-                            Ok(now) if now == groups => None,
-                            Ok(now) => {
-                                groups = now;
-                                Some(snapshot(&state, &agent, &groups).await)
-                            }
-                            Err(e) => Some(Err(e)),
-                        }
-                    }
-                    Ok(Event::AgentAttested { .. }) => None,
-                    Ok(Event::BundleChanged) => Some(bundle_line(&state)),
-                    Ok(Event::AgentRemoved { agent: removed, reason }) if removed == agent => {
-                        close_removed(&tx, &agent, reason).await;
-                        break;
-                    }
-                    Ok(Event::AgentRemoved { .. }) => None,
+            let events = tokio::select! {
+                received = stream.sub.next(SYNC_EVENTS_PER_WRITE) => match received {
+                    Received::Events(events) => events,
                     // Too far behind to replay (a removal may be among the lost events): check the
-                    // agent again, then start over with a fresh snapshot.
-                    // Or changes through another replica may have been missed: the same.
-                    Ok(Event::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => match still_served(&state, &agent).await {
-                        Some(reason) => {
-                            close_removed(&tx, &agent, reason).await;
-                            break;
-                        }
-                        None => {
-                            // Group and attestation events may be among the lost ones too.
-                            let regrouped = match state.store.get_agent(&agent).await {
-                                Ok(Some(record)) => {
-                                    node = record.selectors;
-                                    groups_of(&state, &node).await
-                                }
-                                Ok(None) => Ok(groups.clone()),
-                                Err(e) => Err(e.into()),
-                            };
-                            match regrouped {
-                                Ok(now) => {
-                                    groups = now;
-                                    Some(snapshot(&state, &agent, &groups).await)
-                                }
-                                Err(e) => Some(Err(e)),
-                            }
-                        }
-                    },
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    // agent again, then start over with a fresh snapshot, as for a resync.
+                    Received::Overflowed => vec![Arc::new(Event::Resync)],
                 },
-                _ = ping.tick() => Some(line(&SyncLine::Ping)),
-            };
-            // A line the server cannot write ends the stream: the agent reconnects and starts over
-            // from a snapshot, instead of silently missing a change.
-            let out = match out.transpose() {
-                Ok(out) => out,
-                Err(e) => {
-                    tracing::warn!(agent = %agent, error = %e.message, "sync stream closed: a line could not be written");
+                _ = ping.tick() => {
+                    let sent = match line(&SyncLine::Ping) {
+                        Ok(ping) => tx.send(ping).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if sent {
+                        continue;
+                    }
                     break;
                 }
             };
-            if let Some(bytes) = out {
-                if tx.send(bytes).await.is_err() {
-                    break; // the agent went away
+            // Every line of these events in one write.
+            let mut out: Vec<Bytes> = Vec::new();
+            let mut end = None;
+            for event in &events {
+                match stream.apply(event).await {
+                    Ok(Step::Nothing) => {}
+                    Ok(Step::Line(bytes)) => out.push(bytes),
+                    // It covers the changes before it, whose writes it read.
+                    Ok(Step::Snapshot(bytes)) => out = vec![bytes],
+                    Ok(Step::End(reason)) => {
+                        end = Some(reason);
+                        break;
+                    }
+                    // A line the server cannot write ends the stream: the agent reconnects and
+                    // starts over from a snapshot, instead of silently missing a change.
+                    Err(e) => {
+                        tracing::warn!(agent = %stream.agent, error = %e.message, "sync stream closed: a line could not be written");
+                        end = Some(None);
+                        break;
+                    }
+                }
+            }
+            match end {
+                Some(Some(reason)) => {
+                    close_removed(&tx, &stream.agent, reason).await;
+                    break;
+                }
+                Some(None) => break,
+                None if out.is_empty() => {}
+                None => {
+                    if tx.send(concat(out)).await.is_err() {
+                        break; // the agent went away
+                    }
                 }
             }
         }
-        tracing::info!(target: "vouch::audit", event = "agent.sync.close", agent = %agent);
+        tracing::info!(target: "vouch::audit", event = "agent.sync.close", agent = %stream.agent);
     });
     let body = axum::body::Body::new(ChannelBody(rx));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Lines as one buffer (without a copy when there is one).
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut all = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+    for part in &parts {
+        all.extend_from_slice(part);
+    }
+    Bytes::from(all)
+}
+
+/// An open sync stream: its agent, what the agent serves, and its registration for events.
+struct OpenStream {
+    state: Arc<AppState>,
+    agent: SpiffeId,
+    /// The serial of the SVID the stream was opened with.
+    serial: String,
+    /// The agent's node selectors and the node groups they make it a member of.
+    node: Selectors,
+    groups: BTreeSet<SpiffeId>,
+    sub: Subscription,
+}
+
+/// What one event does to a stream.
+enum Step {
+    /// Nothing to send.
+    Nothing,
+    /// A line to send.
+    Line(Bytes),
+    /// A fresh snapshot, which replaces the agent's entries and bundle.
+    Snapshot(Bytes),
+    /// The stream ends, with the closing line of a removed agent if the reason is given.
+    End(Option<CloseReason>),
+}
+
+impl OpenStream {
+    fn serves(&self, parent: &SpiffeId) -> bool {
+        *parent == self.agent || self.groups.contains(parent)
+    }
+
+    /// The stream's answer to `event`. Routing (`crate::sync_hub`) brings a stream only the events
+    /// that may concern it; this decides whether they do.
+    async fn apply(&mut self, event: &Event) -> Result<Step, ApiError> {
+        Ok(match event {
+            Event::EntryUpserted { entry, previous_parent } => {
+                if self.serves(&entry.parent_id) {
+                    Step::Line(line(&SyncLine::Upsert { entry: Cow::Borrowed(&**entry) })?)
+                } else if previous_parent.as_ref().is_some_and(|p| self.serves(p)) {
+                    Step::Line(line(&SyncLine::Delete { id: Cow::Borrowed(&entry.id) })?)
+                } else {
+                    Step::Nothing
+                }
+            }
+            Event::EntryDeleted { id, parent } if self.serves(parent) => {
+                Step::Line(line(&SyncLine::Delete { id: Cow::Borrowed(id) })?)
+            }
+            Event::EntryDeleted { .. } => Step::Nothing,
+            Event::GroupChanged { id, selectors } => {
+                let member = selectors.as_ref().is_some_and(|s| s.is_subset_of(&self.node));
+                if member == self.groups.contains(id) {
+                    return Ok(Step::Nothing);
+                }
+                if member {
+                    self.groups.insert(id.clone());
+                } else {
+                    self.groups.remove(id);
+                }
+                self.fresh_snapshot().await?
+            }
+            Event::AgentAttested { agent, selectors } if *agent == self.agent => {
+                // The agent attested again, and the SVID this stream was opened with stops working
+                // unless it is the new one: a stream of a superseded SVID (the agent ID taken by
+                // another node, say) ends here instead of receiving what the new holder's node
+                // groups serve. The agent reconnects with its current SVID.
+                match self.state.store.get_agent(&self.agent).await {
+                    Ok(Some(record)) if holds(&record, &self.serial) => {}
+                    Ok(_) => {
+                        tracing::info!(target: "vouch::audit", event = "agent.sync.superseded", agent = %self.agent, "sync stream closed: the agent attested again, and the SVID the stream was opened with no longer works");
+                        return Ok(Step::End(None));
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %self.agent, error = %e, "sync stream closed: the agent attested again and its record could not be read");
+                        return Ok(Step::End(None));
+                    }
+                }
+                self.node = selectors.clone();
+                self.regroup().await?
+            }
+            Event::AgentAttested { .. } => Step::Nothing,
+            Event::BundleChanged => Step::Line(bundle_line(&self.state)?),
+            Event::AgentRemoved { agent, reason } if *agent == self.agent => Step::End(Some(*reason)),
+            Event::AgentRemoved { .. } => Step::Nothing,
+            // Changes may have been missed (through another replica, or by this stream falling
+            // behind): check the agent again, then start over with a fresh snapshot.
+            Event::Resync => {
+                if let Some(reason) = still_served(&self.state, &self.agent).await {
+                    return Ok(Step::End(Some(reason)));
+                }
+                // Group and attestation events may be among the lost ones too.
+                if let Some(record) = self.state.store.get_agent(&self.agent).await? {
+                    self.node = record.selectors;
+                    self.groups = groups_of(&self.state, &self.node).await?;
+                }
+                self.fresh_snapshot().await?
+            }
+        })
+    }
+
+    /// Decides the agent's node groups again from its node selectors; a fresh snapshot if they
+    /// changed.
+    async fn regroup(&mut self) -> Result<Step, ApiError> {
+        let now = groups_of(&self.state, &self.node).await?;
+        if now == self.groups {
+            return Ok(Step::Nothing);
+        }
+        self.groups = now;
+        self.fresh_snapshot().await
+    }
+
+    /// A snapshot of what the agent serves now, read after the stream is routed its groups' changes
+    /// (so none falls between the two).
+    async fn fresh_snapshot(&self) -> Result<Step, ApiError> {
+        self.sub.route(&self.agent, &self.groups);
+        Ok(Step::Snapshot(snapshot(&self.state, &self.agent, &self.groups).await?))
+    }
 }
 
 /// Whether the SVID of serial `serial` still authenticates the agent of `record` (its current SVID

@@ -88,6 +88,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let damaged = state.store.damaged_rows_skipped();
     let writes = state.store.write_transactions();
     let mut text = state.metrics.render(seq, damaged, writes);
+    state.sync.render_metrics(&mut text);
     // Which replica rotates keys, and which authority state each serves (equal on all replicas
     // once they follow the leader).
     text.push_str(&format!(
@@ -217,9 +218,12 @@ async fn batch_create_entries(
     }
     // All or nothing: the store creates the batch in one transaction.
     state.store.create_entries(&entries).await?;
-    for e in &entries {
-        state.publish(Event::EntryUpserted { entry: Arc::new(e.clone()), previous_parent: None });
-    }
+    state.publish_all(
+        entries
+            .iter()
+            .map(|e| Event::EntryUpserted { entry: Arc::new(e.clone()), previous_parent: None })
+            .collect(),
+    );
     for e in &entries {
         tracing::info!(target: "vouch::audit", event = "entry.create", %caller, entry_id = %e.id, spiffe_id = %e.spiffe_id, admin = e.admin);
     }

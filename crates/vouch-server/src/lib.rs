@@ -10,7 +10,6 @@ mod api;
 mod auth;
 mod bundle_endpoint;
 pub mod config;
-mod conn_threads;
 mod error;
 mod extract;
 mod federation;
@@ -25,6 +24,7 @@ mod replicas;
 pub mod reserved;
 mod routes;
 mod state;
+mod sync_hub;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -50,6 +50,7 @@ pub use crate::limits::PeerAddr;
 pub use crate::oidc::{router as oidc_router, DISCOVERY_PATH as OIDC_DISCOVERY_PATH};
 pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
 pub use crate::state::{AppState, Clock, Event, SystemClock, FOLLOW_INTERVAL};
+pub use crate::sync_hub::{Received, Subscription, SyncHub, QUEUE_BOUND as SYNC_QUEUE_BOUND};
 
 /// The OpenAPI description of the admin API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -221,9 +222,9 @@ impl Server {
         // than CPUs the kernel can switch straight to the one whose request arrived, instead of a
         // request waiting behind another connection's on a busy thread (one per CPU measured 25.6k
         // issuances/s over mTLS on 2 cores, four per CPU 32k; see docs/benchmarks.md).
-        let threads = 4 * std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = vouch_rt::threads_per_cpu(4, 64);
         let conns = Arc::new(
-            conn_threads::ConnectionThreads::start(threads)
+            vouch_rt::ConnectionThreads::start("vouch-conn", threads)
                 .map_err(|e| StartError::Io(format!("cannot start connection threads: {e}")))?,
         );
 
@@ -382,7 +383,7 @@ async fn serve_connection<I>(
 async fn serve_unix(
     listener: UnixListener,
     app: Router,
-    conns: Arc<conn_threads::ConnectionThreads>,
+    conns: Arc<vouch_rt::ConnectionThreads>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -418,7 +419,7 @@ async fn serve_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
-    conns: Arc<conn_threads::ConnectionThreads>,
+    conns: Arc<vouch_rt::ConnectionThreads>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {

@@ -1425,8 +1425,18 @@ fn agent_caller(svid: &vouch_api::agent::AgentSvid) -> Caller {
 
 /// Attests `agent` through the app with a fresh join token; the SVID.
 async fn attest_in_app(state: &Arc<AppState>, agent: &str) -> Result<vouch_api::agent::AgentSvid, Value> {
-    let (s, t) =
-        call(state, ROOT, "POST", "/v1/join-tokens", Some(&json!({"agent_id": agent}).to_string())).await;
+    attest_in_app_labelled(state, agent, json!({})).await
+}
+
+/// [`attest_in_app`] with a join token carrying `labels` (node selectors
+/// `join_token:label:<key>:<value>`).
+async fn attest_in_app_labelled(
+    state: &Arc<AppState>,
+    agent: &str,
+    labels: Value,
+) -> Result<vouch_api::agent::AgentSvid, Value> {
+    let token = json!({"agent_id": agent, "labels": labels}).to_string();
+    let (s, t) = call(state, ROOT, "POST", "/v1/join-tokens", Some(&token)).await;
     assert_eq!(s, StatusCode::CREATED, "{t}");
     let (csr, _) = csr_and_key();
     let body =
@@ -3552,6 +3562,227 @@ async fn a_superseded_agent_svid_keeps_no_sync_stream_for_the_new_holders_groups
         }
     }
     server.shutdown().await;
+}
+
+/// An agent's sync stream opened through the app (no socket), read line by line with a bound.
+struct AppSync {
+    body: Body,
+    buf: Vec<u8>,
+}
+
+impl AppSync {
+    async fn open(state: &Arc<AppState>, svid: &vouch_api::agent::AgentSvid) -> Self {
+        let mut req = Request::builder().method("GET").uri("/v1/agent/sync").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(agent_caller(svid));
+        let resp =
+            tokio::time::timeout(Duration::from_secs(10), vouch_server::app(state.clone()).oneshot(req))
+                .await
+                .expect("the sync stream answers within 10 s")
+                .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        Self { body: resp.into_body(), buf: Vec::new() }
+    }
+
+    /// The next line that is not a ping, or `None` when none arrives within `limit`.
+    async fn next_within(&mut self, limit: Duration) -> Option<SyncLine<'static>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                match serde_json::from_slice::<SyncLine<'static>>(&line).expect("a valid sync line") {
+                    SyncLine::Ping => continue,
+                    other => return Some(other),
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return None,
+                Ok(None) => panic!("the sync stream ended"),
+                Ok(Some(frame)) => {
+                    if let Ok(data) = frame.unwrap().into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next line that is not a ping, within 10 s.
+    async fn next(&mut self) -> SyncLine<'static> {
+        self.next_within(Duration::from_secs(10)).await.expect("a sync line within 10 s")
+    }
+
+    /// Asserts that nothing but pings arrives for a while.
+    async fn quiet(&mut self, who: &str) {
+        if let Some(line) = self.next_within(Duration::from_millis(300)).await {
+            panic!("{who}'s stream received {line:?}, which does not concern it");
+        }
+    }
+}
+
+/// An admin call through the app that must answer `want`; its answer.
+async fn admin_call(
+    state: &Arc<AppState>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    want: StatusCode,
+) -> Value {
+    let (s, v) = call(state, ROOT, method, path, body.map(|b| b.to_string()).as_deref()).await;
+    assert_eq!(s, want, "{method} {path}: {v}");
+    v
+}
+
+fn upserted(line: &SyncLine<'_>) -> String {
+    match line {
+        SyncLine::Upsert { entry } => entry.id.to_string(),
+        other => panic!("expected an upsert, got {other:?}"),
+    }
+}
+
+fn deleted(line: &SyncLine<'_>) -> String {
+    match line {
+        SyncLine::Delete { id } => id.to_string(),
+        other => panic!("expected a delete, got {other:?}"),
+    }
+}
+
+/// Issue 9 §6: each change is routed to the sync streams it concerns, and queued for no other (the
+/// server's count of routed changes shows it, not only the lines on the wire): an agent's entry to
+/// that agent; an entry moved from agent A to agent B to both (a delete for A, an upsert for B); a
+/// group's entry to every member; a bundle change to every stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_changes_are_routed_only_to_the_streams_they_concern() {
+    let state = state_with("").await;
+    let group = json!({"spiffe_id": "spiffe://example.org/vouch/group/prod", "selectors": ["join_token:label:env:prod"], "owner": "ops"});
+    admin_call(&state, "POST", "/v1/groups", Some(group), StatusCode::CREATED).await;
+    let (a, b, c) =
+        ("spiffe://example.org/agent/a", "spiffe://example.org/agent/b", "spiffe://example.org/agent/c");
+    let mut streams = Vec::new();
+    for (agent, env) in [(a, "prod"), (b, "prod"), (c, "dev")] {
+        let svid = attest_in_app_labelled(&state, agent, json!({ "env": env })).await.unwrap();
+        let mut sync = AppSync::open(&state, &svid).await;
+        assert!(snapshot_ids(&sync.next().await).is_empty());
+        streams.push(sync);
+    }
+    let [sa, sb, sc] = &mut streams[..] else { unreachable!() };
+    assert_eq!(metric(&state, "vouch_sync_streams").await, 3);
+    // How many changes an admin call queued for streams.
+    let routed = |method: &'static str, path: &'static str, body: Option<Value>, want: StatusCode| {
+        let state = state.clone();
+        async move {
+            let before = metric(&state, "vouch_sync_events_routed_total").await;
+            let answer = admin_call(&state, method, path, body, want).await;
+            (answer, metric(&state, "vouch_sync_events_routed_total").await - before)
+        }
+    };
+
+    // An agent's entry: queued for its stream alone.
+    let own = json!({"id": "own", "spiffe_id": "spiffe://example.org/own", "parent_id": a, "selectors": ["unix:uid:1"]});
+    let (created, n) = routed("POST", "/v1/entries", Some(own), StatusCode::CREATED).await;
+    assert_eq!(upserted(&sa.next().await), "own");
+    sb.quiet("b").await;
+    sc.quiet("c").await;
+    assert_eq!(n, 1, "only a's stream was given the change");
+
+    // Moved from a to b: a deletes it, b gets it, c hears nothing.
+    let patch = json!({"expected_revision": created["revision"], "parent_id": b});
+    let (_, n) = routed("PATCH", "/v1/entries/own", Some(patch), StatusCode::OK).await;
+    assert_eq!((deleted(&sa.next().await), upserted(&sb.next().await)), ("own".into(), "own".into()));
+    sc.quiet("c").await;
+    assert_eq!(n, 2);
+
+    // A group's entry: every member, not c.
+    let web = json!({"id": "web", "spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/vouch/group/prod", "selectors": ["unix:uid:2"]});
+    let (_, n) = routed("POST", "/v1/entries", Some(web), StatusCode::CREATED).await;
+    assert_eq!((upserted(&sa.next().await), upserted(&sb.next().await)), ("web".into(), "web".into()));
+    sc.quiet("c").await;
+    assert_eq!(n, 2);
+
+    // Deleted under b: b alone.
+    let (_, n) = routed("DELETE", "/v1/entries/own", None, StatusCode::OK).await;
+    assert_eq!(deleted(&sb.next().await), "own");
+    sa.quiet("a").await;
+    sc.quiet("c").await;
+    assert_eq!(n, 1);
+
+    // A batch for a and c: each stream gets its own entries, in order, and nothing else; c's
+    // stream was quiet above because nothing concerned it, not because it stopped.
+    let batch = json!({"entries": [
+        {"id": "a1", "spiffe_id": "spiffe://example.org/a1", "parent_id": a, "selectors": ["unix:uid:3"]},
+        {"id": "c1", "spiffe_id": "spiffe://example.org/c1", "parent_id": c, "selectors": ["unix:uid:3"]},
+        {"id": "a2", "spiffe_id": "spiffe://example.org/a2", "parent_id": a, "selectors": ["unix:uid:3"]},
+    ]});
+    let (_, n) = routed("POST", "/v1/entries/batch", Some(batch), StatusCode::CREATED).await;
+    assert_eq!([upserted(&sa.next().await), upserted(&sa.next().await)], ["a1", "a2"]);
+    assert_eq!(upserted(&sc.next().await), "c1");
+    sb.quiet("b").await;
+    assert_eq!(n, 3);
+
+    // A closed stream is forgotten.
+    streams.truncate(1);
+    let gone = async {
+        while metric(&state, "vouch_sync_streams").await != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), gone).await.expect("closed streams unregister");
+}
+
+/// Issue 9 §6: a stream whose agent does not read falls behind; its queue is bounded (the server
+/// holds at most `SYNC_QUEUE_BOUND` changes for it), and once it reads again it gets a fresh
+/// snapshot with everything instead of the changes it missed, then live changes again. Another
+/// agent's stream is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_memory() {
+    let state = state_with("").await;
+    let slow_id = "spiffe://example.org/agent/slow";
+    let slow_svid = attest_in_app_labelled(&state, slow_id, json!({})).await.unwrap();
+    let other_svid =
+        attest_in_app_labelled(&state, "spiffe://example.org/agent/other", json!({})).await.unwrap();
+    // Opened, and then not read until the end: its connection's buffers fill, then its queue.
+    let mut slow = AppSync::open(&state, &slow_svid).await;
+    let mut other = AppSync::open(&state, &other_svid).await;
+    assert!(snapshot_ids(&other.next().await).is_empty());
+    let batches = vouch_server::SYNC_QUEUE_BOUND / 1000 + 2;
+    for k in 0..batches {
+        let entries: Vec<Value> = (0..1000)
+            .map(|i| json!({"id": format!("s-{k}-{i}"), "spiffe_id": format!("spiffe://example.org/s/{k}/{i}"), "parent_id": slow_id, "selectors": ["unix:uid:1"]}))
+            .collect();
+        admin_call(
+            &state,
+            "POST",
+            "/v1/entries/batch",
+            Some(json!({ "entries": entries })),
+            StatusCode::CREATED,
+        )
+        .await;
+        assert!(
+            state.sync.queued() <= vouch_server::SYNC_QUEUE_BOUND,
+            "{} changes held for one stream",
+            state.sync.queued()
+        );
+    }
+    assert_eq!(metric(&state, "vouch_sync_overflows_total").await, 1);
+    assert_eq!(state.sync.queued(), 0, "an overflowed stream holds nothing until it resyncs");
+    other.quiet("other").await;
+
+    // Reading again: the lines written before it fell behind, then a snapshot with every entry.
+    assert!(snapshot_ids(&slow.next().await).is_empty());
+    let total = batches * 1000;
+    let mut upserts = 0;
+    let resynced = loop {
+        match slow.next().await {
+            SyncLine::Upsert { .. } => upserts += 1,
+            SyncLine::Snapshot { entries, .. } => break entries.len(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(resynced, total);
+    assert!(upserts < total, "the missed changes were not replayed one by one");
+    // Live again.
+    let late = json!({"id": "late", "spiffe_id": "spiffe://example.org/late", "parent_id": slow_id, "selectors": ["unix:uid:1"]});
+    admin_call(&state, "POST", "/v1/entries", Some(late), StatusCode::CREATED).await;
+    assert_eq!(upserted(&slow.next().await), "late");
 }
 
 // Federation tests live beside this file; one test binary still (link time).

@@ -126,7 +126,7 @@ pub async fn attest_peer(
         }
     }
     let cgroup_path = unix.proc_root().join(peer.pid.to_string()).join("cgroup");
-    let text = std::fs::read_to_string(cgroup_path)
+    let text = procfs::read_proc_file(&cgroup_path)
         .map_err(|_| AttestError::Proc { pid: peer.pid, what: "cgroup" })?;
     let container =
         container_from_cgroup_file(&text).map_err(|source| AttestError::Cgroup { pid: peer.pid, source })?;

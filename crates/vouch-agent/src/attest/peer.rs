@@ -28,12 +28,13 @@ pub struct PeerProcess {
 
 fn read_start_time(proc_root: &Path, pid: i32) -> Result<u64, AttestError> {
     let path = proc_root.join(pid.to_string()).join("stat");
-    let text = std::fs::read_to_string(&path).map_err(|_| AttestError::ProcessGone(pid))?;
+    let text = super::procfs::read_proc_file(&path).map_err(|_| AttestError::ProcessGone(pid))?;
     parse_start_time(&text).ok_or(AttestError::Proc { pid, what: "stat" })
 }
 
 fn pidfd_pid(pidfd: &OwnedFd) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let text =
+        super::procfs::read_proc_file(Path::new(&format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))).ok()?;
     parse_fdinfo_pid(&text)
 }
 
@@ -73,7 +74,7 @@ impl PeerProcess {
         let pidfd: OwnedFd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
             .map_err(|_| AttestError::ProcessGone(pid))?;
         let start_time = read_start_time(proc_root, pid)?;
-        let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
+        let status = super::procfs::read_proc_file(&proc_root.join(pid.to_string()).join("status"))
             .map_err(|_| AttestError::ProcessGone(pid))?;
         let ids = super::procfs::parse_status(&status).ok_or(AttestError::Proc { pid, what: "status" })?;
         let exe = super::unix::exe_key(proc_root, pid)?;

@@ -1,6 +1,21 @@
-//! Parsers for the `/proc` and `/etc` files workload attestation reads. Pure functions over text.
+//! Parsers for the `/proc` and `/etc` files workload attestation reads (pure functions over text),
+//! and [`read_proc_file`], the reader of the small `/proc` files.
 
 use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::Path;
+
+/// Reads a small `/proc` file (status, stat, cgroup, fdinfo) whole.
+///
+/// Why not `std::fs::read_to_string`: `/proc` files report size 0, so it starts with a 32-byte
+/// probe and grows the buffer, about seven `read` calls for a 1.5 KiB status file; each call on
+/// `/proc` is a kernel round trip, and attestation reads four such files on every Workload API
+/// call. With room for the whole file the first call gets it and the second says end of file.
+pub fn read_proc_file(path: &Path) -> std::io::Result<String> {
+    let mut text = String::with_capacity(4096);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
 
 /// The identity facts of `/proc/<pid>/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]

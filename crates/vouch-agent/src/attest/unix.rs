@@ -227,7 +227,7 @@ impl UnixAttestor {
     pub fn selectors(&self, pid: i32, uid: u32, gid: u32) -> Result<Selectors, AttestError> {
         let dir = self.proc_root.join(pid.to_string());
         let status_text =
-            std::fs::read_to_string(dir.join("status")).map_err(|_| AttestError::ProcessGone(pid))?;
+            super::procfs::read_proc_file(&dir.join("status")).map_err(|_| AttestError::ProcessGone(pid))?;
         let status = parse_status(&status_text).ok_or(AttestError::Proc { pid, what: "status" })?;
         let (users, groups) = self.names();
         let exe = std::fs::read_link(dir.join("exe")).map_err(|_| AttestError::Proc { pid, what: "exe" })?;
