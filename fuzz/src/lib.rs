@@ -8,7 +8,8 @@
 //!
 //! Inputs are what an attacker controls in production: the bytes a local process writes to the
 //! Workload API socket (`h2_*`), a JWT-SVID presented for validation (`jwt*`), a CSR sent by an
-//! agent or admin (`csr`), SPIFFE IDs, selectors and durations typed by admins or synced from the
+//! agent or admin (`csr`), a SPIFFE bundle served by another trust domain's bundle endpoint
+//! (`bundle_jwks`), SPIFFE IDs, selectors and durations typed by admins or synced from the
 //! server (`spiffe_id`, `selector`, `duration`), `/proc` and cgroup files of any local process
 //! (`cgroup`, `procfs`), answers of the kubelet and container runtimes (`kubelet`, `runtime`), and
 //! container images handed to the scanner (`scan_*`).
@@ -30,6 +31,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("h2_rewrite_block", h2_rewrite_block),
     ("jwt", jwt),
     ("jwt_signed", jwt_signed),
+    ("bundle_jwks", bundle_jwks),
     ("csr", csr),
     ("spiffe_id", spiffe_id),
     ("selector", selector),
@@ -191,6 +193,21 @@ pub fn jwt(data: &[u8]) {
     if let Ok(claims) = serde_json::from_slice::<vouch_core::JwtSvidClaims>(data) {
         let _ = vouch_core::jwt::check_audiences(&claims.aud);
     }
+}
+
+/// A SPIFFE bundle (JWKS) as another trust domain's bundle endpoint answers it (SPIFFE federation)
+/// or a sync line carries it: parsed, and a parsed bundle that vouch can write again must read back
+/// the same (what the federation refresher stores is what it parsed).
+pub fn bundle_jwks(data: &[u8]) {
+    let Some(json) = text(data) else { return };
+    let td = vouch_core::TrustDomain::new("b.org").expect("a valid trust domain");
+    let _ = vouch_ca::bundle::jwks_keys(json);
+    let Ok(bundle) = vouch_ca::Bundle::from_jwks(td.clone(), json) else { return };
+    if let Ok(written) = bundle.to_jwks() {
+        let again = vouch_ca::Bundle::from_jwks(td, &written).expect("a written bundle reads back");
+        assert_eq!(again, bundle, "a bundle changed in a round trip");
+    }
+    let _ = bundle.oidc_jwks();
 }
 
 /// Header and claims JSON (split at the first newline), signed by the fixture's `k1` key, then

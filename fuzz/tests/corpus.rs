@@ -39,6 +39,6 @@ macro_rules! replay_tests {
 }
 
 replay_tests! {
-    h2_filter h2_rewrite_block jwt jwt_signed csr spiffe_id selector duration cgroup procfs kubelet
+    h2_filter h2_rewrite_block jwt jwt_signed bundle_jwks csr spiffe_id selector duration cgroup procfs kubelet
     runtime scan_layer scan_image
 }

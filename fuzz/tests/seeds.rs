@@ -40,6 +40,7 @@ fn seeds() {
     }
     h2();
     jwt();
+    bundles();
     csr();
     ids();
     attestation();
@@ -160,6 +161,26 @@ fn csr() {
         assert!(status.success());
         put("csr", name, std::fs::read(out).unwrap());
     }
+}
+
+/// Bundles as vouch's bundle endpoint serves them (a fresh authority's, and one mid-rotation with
+/// two roots and RSA JWT keys), and small edge cases of the format.
+fn bundles() {
+    let td = vouch_core::TrustDomain::new("b.org").unwrap();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut a =
+        vouch_ca::authority::Authority::new(vouch_ca::authority::AuthorityConfig::new(td.clone()), None);
+    a.tick(now).unwrap();
+    put("bundle_jwks", "vouch-es256", a.bundle().to_jwks().unwrap());
+    a.prepare_root(now).unwrap();
+    put("bundle_jwks", "vouch-two-roots", a.bundle().to_jwks().unwrap());
+    let mut config = vouch_ca::authority::AuthorityConfig::new(td);
+    config.jwt_key_alg = Some(vouch_ca::KeyAlg::Rsa2048);
+    let mut rsa = vouch_ca::authority::Authority::new(config, None);
+    rsa.tick(now).unwrap();
+    put("bundle_jwks", "vouch-rs256", rsa.bundle().to_jwks().unwrap());
+    put("bundle_jwks", "empty", r#"{"keys":[],"spiffe_sequence":1,"spiffe_refresh_hint":300}"#);
+    put("bundle_jwks", "unknown-use", r#"{"keys":[{"kty":"EC","use":"enc","crv":"P-256"}]}"#);
 }
 
 fn ids() {

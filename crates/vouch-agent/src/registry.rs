@@ -1,18 +1,23 @@
 //! What the server says this agent may serve: the entries and the trust bundle, kept current by
 //! the sync stream ([`crate::sync`]), and a change counter that workload streams watch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use vouch_ca::Bundle;
-use vouch_core::{ttl, Entry, EntryId, Selectors};
+use vouch_core::{ttl, Entry, EntryId, Selectors, TrustDomain};
+
+/// The bundles of federated trust domains, by trust domain.
+pub type FederatedBundles = BTreeMap<TrustDomain, Bundle>;
 
 /// The entries and bundle the agent serves.
 pub struct Registry {
     entries: RwLock<HashMap<EntryId, Entry>>,
     bundle: RwLock<Arc<Bundle>>,
+    /// The bundles of federated trust domains, as the server last sent them.
+    federated: RwLock<Arc<FederatedBundles>>,
     /// Set by the first snapshot: until then "no entry matches" would be a guess, not an answer.
     synced: AtomicBool,
     /// Whether any entry has a `unix:sha256` selector: hashing callers' executables is skipped
@@ -27,6 +32,7 @@ impl Registry {
         Self {
             entries: RwLock::new(HashMap::new()),
             bundle: RwLock::new(Arc::new(bundle)),
+            federated: RwLock::default(),
             synced: AtomicBool::new(false),
             uses_exe_hash: AtomicBool::new(false),
             generation: tokio::sync::watch::channel(0).0,
@@ -36,6 +42,11 @@ impl Registry {
     /// The current bundle.
     pub fn bundle(&self) -> Arc<Bundle> {
         self.bundle.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The bundles of federated trust domains.
+    pub fn federated(&self) -> Arc<FederatedBundles> {
+        self.federated.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether a snapshot from the server has been applied since the agent started.
@@ -108,15 +119,19 @@ impl Registry {
 
     /// Replaces every entry and, if given, the bundle (a snapshot), and marks the registry synced.
     /// Returns the new entry set so that caches can drop what no longer applies.
-    pub(crate) fn replace(&self, entries: Vec<Entry>, bundle: Option<Bundle>) -> HashMap<EntryId, u64> {
+    pub(crate) fn replace(
+        &self,
+        entries: Vec<Entry>,
+        bundles: Option<(Bundle, FederatedBundles)>,
+    ) -> HashMap<EntryId, u64> {
         let map: HashMap<EntryId, Entry> = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
         let revisions = map.iter().map(|(id, e)| (id.clone(), e.revision)).collect();
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         *entries = map;
         self.note_selectors(&entries);
         drop(entries);
-        if let Some(b) = bundle {
-            *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(b);
+        if let Some((bundle, federated)) = bundles {
+            self.set_bundle(bundle, federated);
         }
         self.synced.store(true, Ordering::Release);
         revisions
@@ -136,8 +151,9 @@ impl Registry {
         self.note_selectors(&entries);
     }
 
-    /// Replaces the bundle.
-    pub(crate) fn set_bundle(&self, bundle: Bundle) {
+    /// Replaces the bundle and the federated bundles.
+    pub(crate) fn set_bundle(&self, bundle: Bundle, federated: FederatedBundles) {
         *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bundle);
+        *self.federated.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(federated);
     }
 }

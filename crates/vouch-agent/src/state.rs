@@ -15,6 +15,7 @@ use vouch_core::{ttl, Entry, EntryId};
 use crate::attest::{RuntimeAttestor, UnixAttestor};
 use crate::config::AgentConfig;
 use crate::identity::AgentIdentity;
+use crate::registry::FederatedBundles;
 pub use crate::registry::Registry;
 pub use crate::server_link::{Endpoint, ServerLink};
 pub use crate::svid_cache::{CachedSvid, SvidCache};
@@ -124,8 +125,8 @@ impl AgentState {
 
     /// Replaces the entry set (a snapshot). SVIDs of entries that are unchanged are kept, so a
     /// reconnect causes no burst of re-issuance.
-    pub fn apply_snapshot(&self, entries: Vec<Entry>, bundle: Option<Bundle>) {
-        let revisions = self.registry.replace(entries, bundle);
+    pub fn apply_snapshot(&self, entries: Vec<Entry>, bundles: Option<(Bundle, FederatedBundles)>) {
+        let revisions = self.registry.replace(entries, bundles);
         self.cache.retain_entries(&revisions);
         self.registry.bump();
     }
@@ -144,9 +145,9 @@ impl AgentState {
         self.registry.bump();
     }
 
-    /// Replaces the bundle.
-    pub fn apply_bundle(&self, bundle: Bundle) {
-        self.registry.set_bundle(bundle);
+    /// Replaces the bundle and the federated bundles.
+    pub fn apply_bundle(&self, bundle: Bundle, federated: FederatedBundles) {
+        self.registry.set_bundle(bundle, federated);
         self.registry.bump();
     }
 

@@ -14,7 +14,9 @@ use vouch_api::agent::{CloseReason, SyncLine};
 use vouch_api::ErrorCode;
 use vouch_ca::Bundle;
 use vouch_client::ClientError;
+use vouch_core::TrustDomain;
 
+use crate::registry::FederatedBundles;
 use crate::server_link::Endpoint;
 use crate::state::AgentState;
 use crate::AgentError;
@@ -58,6 +60,26 @@ impl Removal {
     }
 }
 
+/// The federated bundles of a sync line. One the agent cannot read is left out and logged (its
+/// trust domain's workloads get no bundle for it, as if it were not federated) rather than failing
+/// the stream: the server checked it, and dropping the stream would not make it readable.
+fn federated(lines: &vouch_api::agent::FederatedBundles) -> FederatedBundles {
+    let mut out = FederatedBundles::new();
+    for (name, jwks) in lines {
+        match TrustDomain::new(name).map_err(|e| e.to_string()).and_then(|td| {
+            Bundle::from_jwks(td.clone(), &jwks.to_string()).map(|b| (td, b)).map_err(|e| e.to_string())
+        }) {
+            Ok((td, bundle)) => {
+                out.insert(td, bundle);
+            }
+            Err(e) => {
+                tracing::warn!(trust_domain = %name.chars().take(255).collect::<String>(), error = %e, "sync: a federated bundle is unreadable; left out")
+            }
+        }
+    }
+    out
+}
+
 /// Applies one line of the stream. A bundle the agent cannot read is an error: the stream is dropped
 /// and started over from a snapshot, rather than the agent going on with a bundle it did not get.
 pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentError> {
@@ -66,12 +88,14 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
             .map_err(|e| AgentError::Protocol(format!("sync: the server's bundle is unreadable: {e}")))
     };
     match line {
-        SyncLine::Snapshot { entries, bundle: b } => {
-            state.apply_snapshot(entries.into_owned(), Some(bundle(&b)?))
+        SyncLine::Snapshot { entries, bundle: b, federated_bundles } => {
+            state.apply_snapshot(entries.into_owned(), Some((bundle(&b)?, federated(&federated_bundles))))
         }
         SyncLine::Upsert { entry } => state.apply_upsert(entry.into_owned()),
         SyncLine::Delete { id } => state.apply_delete(&id),
-        SyncLine::Bundle { bundle: b } => state.apply_bundle(bundle(&b)?),
+        SyncLine::Bundle { bundle: b, federated_bundles } => {
+            state.apply_bundle(bundle(&b)?, federated(&federated_bundles))
+        }
         SyncLine::Ping => {}
         // The stream's last line; `sync_once` acts on it before it gets here.
         SyncLine::Closed { reason, message } => {

@@ -6,7 +6,7 @@
 //! on. Streams send the complete state first and again whenever it changes (rotation, entry or bundle
 //! change).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use vouch_core::{Entry, SpiffeId};
+use vouch_ca::Bundle;
+use vouch_core::{Entry, SpiffeId, TrustDomain};
 use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use vouch_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
@@ -267,6 +268,24 @@ fn td_key(state: &AgentState) -> String {
     state.config.trust_domain.id().to_string()
 }
 
+/// The bundles of the trust domains the caller's entries federate with (and that the server has a
+/// bundle for), by trust domain: a workload gets no other trust domain's bundle.
+fn federated_for(state: &AgentState, entries: &[Entry]) -> Vec<Bundle> {
+    let all = state.registry.federated();
+    let wanted: BTreeSet<&TrustDomain> = entries.iter().flat_map(|e| &e.federates_with).collect();
+    wanted.into_iter().filter_map(|td| all.get(td).cloned()).collect()
+}
+
+/// A bundle's JWT authorities alone, as a SPIFFE bundle JWKS (what FetchJWTBundles carries).
+fn jwt_jwks(bundle: &Bundle) -> Result<Vec<u8>, WorkloadError> {
+    let mut jwt_only = bundle.clone();
+    jwt_only.x509_authorities.clear();
+    jwt_only
+        .to_jwks()
+        .map(String::into_bytes)
+        .map_err(|_| WorkloadError::Internal("cannot encode the JWT bundle"))
+}
+
 async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidResponse, Status> {
     let now = crate::clock::now();
     let entries = entitled(state, peer, now).await?;
@@ -287,22 +306,29 @@ async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidRe
             })
             .collect(),
         crl: Vec::new(),
-        federated_bundles: HashMap::new(),
+        federated_bundles: federated_for(state, &entries)
+            .iter()
+            .map(|b| (b.trust_domain.id().to_string(), concat(&b.x509_authorities)))
+            .collect(),
     })
 }
 
 async fn x509_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<X509BundlesResponse, Status> {
-    entitled(state, peer, crate::clock::now()).await?;
-    let bundles = HashMap::from([(td_key(state), concat(&state.registry.bundle().x509_authorities))]);
+    let entries = entitled(state, peer, crate::clock::now()).await?;
+    let mut bundles = HashMap::from([(td_key(state), concat(&state.registry.bundle().x509_authorities))]);
+    for b in federated_for(state, &entries) {
+        bundles.insert(b.trust_domain.id().to_string(), concat(&b.x509_authorities));
+    }
     Ok(X509BundlesResponse { crl: Vec::new(), bundles })
 }
 
 async fn jwt_bundles_response(state: &AgentState, peer: &PeerInfo) -> Result<JwtBundlesResponse, Status> {
-    entitled(state, peer, crate::clock::now()).await?;
-    let mut jwt_only = (*state.registry.bundle()).clone();
-    jwt_only.x509_authorities.clear();
-    let jwks = jwt_only.to_jwks().map_err(|_| WorkloadError::Internal("cannot encode the JWT bundle"))?;
-    Ok(JwtBundlesResponse { bundles: HashMap::from([(td_key(state), jwks.into_bytes())]) })
+    let entries = entitled(state, peer, crate::clock::now()).await?;
+    let mut bundles = HashMap::from([(td_key(state), jwt_jwks(&state.registry.bundle())?)]);
+    for b in federated_for(state, &entries) {
+        bundles.insert(b.trust_domain.id().to_string(), jwt_jwks(&b)?);
+    }
+    Ok(JwtBundlesResponse { bundles })
 }
 
 /// Opens a full-state stream: the header checked, the first answer built (and timed, as the RPC's
@@ -476,8 +502,24 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         // Only workloads with an identity may use the agent as a validator, as SPIRE's agent
         // requires: an anonymous process could otherwise probe tokens through it.
-        entitled(&self.state, &peer, crate::clock::now()).await?;
-        let bundle = self.state.registry.bundle();
+        let entries = entitled(&self.state, &peer, crate::clock::now()).await?;
+        // The token's trust domain (from its unverified `sub`, only to choose the keys): this one,
+        // or one the caller's entries federate with; any other is refused before any key is tried.
+        let own = self.state.registry.bundle();
+        let bundle = match token_trust_domain(&body.svid) {
+            Some(td) if td == own.trust_domain => own,
+            Some(td) => match federated_for(&self.state, &entries).into_iter().find(|b| b.trust_domain == td) {
+                Some(b) => Arc::new(b),
+                None => {
+                    return Err(WorkloadError::InvalidToken(format!(
+                        "the token's trust domain `{td}` is neither `{}` nor one the caller's entries federate with",
+                        own.trust_domain
+                    ))
+                    .into())
+                }
+            },
+            None => own,
+        };
         let claims = vouch_ca::jwt::validate(
             &body.svid,
             &bundle.jwt_authorities,
@@ -502,6 +544,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
             claims: Some(prost_types::Struct { fields }),
         }))
     }
+}
+
+/// The trust domain of a compact JWS's `sub` claim, read without verifying anything: it only
+/// chooses whose keys verify the token (which then checks `sub` against that trust domain).
+fn token_trust_domain(token: &str) -> Option<TrustDomain> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    SpiffeId::parse(claims.get("sub")?.as_str()?).ok().map(|id| id.trust_domain().clone())
 }
 
 fn to_prost(v: &serde_json::Value) -> prost_types::Value {

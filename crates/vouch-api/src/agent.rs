@@ -93,6 +93,11 @@ pub struct AgentSvid {
     pub expires_at: i64,
 }
 
+/// The bundles of federated trust domains on a sync line: SPIFFE bundle JWKS by trust domain name
+/// (`b.org`). Absent on lines of servers without federation, and ignored by agents that predate it
+/// (the line's other fields are unchanged).
+pub type FederatedBundles = std::collections::BTreeMap<String, serde_json::Value>;
+
 /// One line of the sync stream (`GET /v1/agent/sync`, newline-delimited JSON): first a snapshot of
 /// the entries this agent may serve and the bundle, then each change as it happens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +112,9 @@ pub enum SyncLine<'a> {
         entries: Cow<'a, [Entry]>,
         /// The trust bundle (SPIFFE bundle JWKS).
         bundle: serde_json::Value,
+        /// The bundles of federated trust domains.
+        #[serde(default, skip_serializing_if = "FederatedBundles::is_empty")]
+        federated_bundles: FederatedBundles,
     },
     /// An entry was created or changed.
     Upsert {
@@ -118,10 +126,14 @@ pub enum SyncLine<'a> {
         /// Its id.
         id: Cow<'a, EntryId>,
     },
-    /// The bundle changed (key rotation).
+    /// The bundle or a federated bundle changed (key rotation here, a refresh of another trust
+    /// domain's bundle): the full state of both.
     Bundle {
         /// The trust bundle (SPIFFE bundle JWKS).
         bundle: serde_json::Value,
+        /// The bundles of federated trust domains.
+        #[serde(default, skip_serializing_if = "FederatedBundles::is_empty")]
+        federated_bundles: FederatedBundles,
     },
     /// Keep-alive.
     Ping,
@@ -265,6 +277,20 @@ mod tests {
         assert_eq!(closed, SyncLine::Closed { reason: CloseReason::Banned, message: "gone".into() });
         // A bundle line without its bundle is an error, not an empty bundle.
         assert!(serde_json::from_str::<SyncLine>(r#"{"type":"bundle"}"#).is_err());
+        // Federated bundles are optional both ways: absent when there are none, and a line that
+        // carries them reads the same without them (what an agent that predates them sees).
+        let plain = SyncLine::Bundle {
+            bundle: serde_json::json!({"keys": []}),
+            federated_bundles: FederatedBundles::new(),
+        };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), r#"{"type":"bundle","bundle":{"keys":[]}}"#);
+        let with: SyncLine = serde_json::from_str(
+            r#"{"type":"bundle","bundle":{"keys":[]},"federated_bundles":{"b.org":{"keys":[]}}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(with, SyncLine::Bundle { federated_bundles, .. } if federated_bundles.contains_key("b.org"))
+        );
     }
 
     #[test]

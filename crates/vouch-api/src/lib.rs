@@ -7,6 +7,7 @@
 //!
 //! - [`admin`]: the admin API (entries, join tokens, SVID minting, the bundle's keys, agents);
 //! - [`agent`]: the agent API (node attestation, renewal, the sync stream, batch signing, JWT-SVIDs);
+//! - [`federation`]: SPIFFE federation relationships with other trust domains;
 //! - [`explain`]: the agent's private admin socket (`vouch agent explain`);
 //! - [`paths`]: the routes, shared by the server's router and the client;
 //! - [`Der`]: certificates and CSRs between vouch's own parts travel as DER (base64 in JSON), never
@@ -20,6 +21,7 @@ pub mod agent;
 mod der;
 mod error;
 pub mod explain;
+pub mod federation;
 pub mod paths;
 
 pub use der::Der;

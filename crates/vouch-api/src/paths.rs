@@ -13,6 +13,8 @@ pub const OPENAPI: &str = "/v1/openapi.json";
 pub const BUNDLE: &str = "/v1/bundle";
 /// The authority's keys and their states.
 pub const AUTHORITY_KEYS: &str = "/v1/authority/keys";
+/// Prepare a successor root CA now (published at once, active on schedule).
+pub const AUTHORITY_PREPARE_ROOT: &str = "/v1/authority/prepare-root";
 /// Entries: create (POST), list (GET).
 pub const ENTRIES: &str = "/v1/entries";
 /// Entries: create many in one transaction.
@@ -23,6 +25,10 @@ pub const ENTRY: &str = "/v1/entries/{id}";
 pub const GROUPS: &str = "/v1/groups";
 /// One node group by name, as a router pattern.
 pub const GROUP: &str = "/v1/groups/{name}";
+/// Federation relationships: create (POST), list (GET).
+pub const FEDERATION: &str = "/v1/federation";
+/// One federation relationship by trust domain, as a router pattern.
+pub const FEDERATION_ONE: &str = "/v1/federation/{trust_domain}";
 /// Join tokens.
 pub const JOIN_TOKENS: &str = "/v1/join-tokens";
 /// Mint an X509-SVID.
@@ -65,6 +71,11 @@ pub fn entry(id: &str) -> String {
 /// The path of one node group.
 pub fn group(name: &str) -> String {
     format!("/v1/groups/{}", percent_encode(name))
+}
+
+/// The path of one federation relationship.
+pub fn federation(trust_domain: &str) -> String {
+    format!("/v1/federation/{}", percent_encode(trust_domain))
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986 section 2.3).

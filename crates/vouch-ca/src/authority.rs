@@ -353,6 +353,21 @@ impl Authority {
         Ok(rotated? || pruned)
     }
 
+    /// Prepares a successor of the root CA now, ahead of schedule (SPIRE's `localauthority x509
+    /// prepare`): it is published in the bundle at once, so relying parties and federated trust
+    /// domains learn it, and takes over at the usual point of the active root's life. Returns
+    /// whether a root was prepared: not when one already is, nor when the root is an upstream CA
+    /// (the operator's to rotate).
+    pub fn prepare_root(&mut self, now: SystemTime) -> Result<bool, CaError> {
+        if self.roots.iter().any(|r| r.upstream || r.state == KeyState::Prepared) {
+            return Ok(false);
+        }
+        let root = self.new_root(now)?;
+        self.roots.push(root);
+        self.sequence += 1;
+        Ok(true)
+    }
+
     /// When [`Authority::tick`] next has something to do: the earliest prepare, activate or expiry
     /// time of any key.
     pub fn next_tick(&self) -> Option<SystemTime> {

@@ -552,3 +552,34 @@ fn rs256_jwt_keys_sign_validate_and_survive_sealing() {
     let again = b.mint_jwt(&id("/web"), &["bao".into()], Duration::from_secs(60), now).unwrap();
     assert!(a.validate_jwt(&again.token, "bao", now).is_ok());
 }
+
+/// A root prepared ahead of schedule is published at once (the sequence grows), is not prepared
+/// twice, takes over at the usual point of the active root's life, and SVIDs minted before and
+/// after keep validating with the bundle.
+#[test]
+fn a_root_prepared_ahead_of_schedule_is_published_at_once_and_takes_over_on_schedule() {
+    let mut config = AuthorityConfig::new(td());
+    config.root_ttl = Duration::from_secs(12 * 3600);
+    config.ca_ttl = Duration::from_secs(2 * 3600);
+    let mut a = Authority::new(config, None);
+    let now = start();
+    a.tick(now).unwrap();
+    let (before, sequence) = (a.bundle().x509_authorities, a.sequence());
+    assert!(a.prepare_root(now).unwrap());
+    assert_eq!((a.bundle().x509_authorities.len(), a.sequence()), (2, sequence + 1));
+    assert!(a.bundle().x509_authorities.contains(&before[0]), "the active root stays published");
+    assert!(!a.prepare_root(now).unwrap(), "one successor at a time");
+    let svid = a.mint_x509(&id("/web"), &[], &p256_key(), Duration::from_secs(600), now).unwrap();
+    assert_eq!(svid.intermediates.len(), 1);
+    // Nothing changes before the active root's five sixths; at them the prepared root takes over.
+    let later = now + Duration::from_secs(9 * 3600);
+    a.tick(later).unwrap();
+    let active_roots: Vec<_> =
+        a.keys().into_iter().filter(|k| k.kind == "root" && k.state == vouch_ca::KeyState::Active).collect();
+    assert_eq!(active_roots.len(), 1);
+    let after = now + Duration::from_secs(10 * 3600 + 60);
+    a.tick(after).unwrap();
+    let new_active: Vec<_> =
+        a.keys().into_iter().filter(|k| k.kind == "root" && k.state == vouch_ca::KeyState::Active).collect();
+    assert_ne!(new_active[0].id, active_roots[0].id, "the prepared root took over");
+}

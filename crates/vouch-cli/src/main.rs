@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed (refused, unreachable, invalid), 2 usage error.
 
 mod agent;
+mod federation;
 mod group;
 mod output;
 
@@ -93,6 +94,14 @@ enum Command {
     Group {
         #[command(subcommand)]
         command: group::GroupCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Manage SPIFFE federation with other trust domains: their bundles are fetched from their
+    /// bundle endpoints and served to workloads whose entries federate with them.
+    Federation {
+        #[command(subcommand)]
+        command: federation::FederationCommand,
         #[command(flatten)]
         connect: Connect,
     },
@@ -440,6 +449,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server { command: ServerCommand::Run(args) } => server_run(args).await,
         Command::Entry { command, connect } => entry(command, &connect).await,
         Command::Group { command, connect } => group::run(command, &connect).await,
+        Command::Federation { command, connect } => federation::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;

@@ -311,7 +311,7 @@ fn bad_config_is_a_clear_error() {
 fn help_explains_commands() {
     let out = Command::new(VOUCH).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["server", "entry", "group", "token", "bundle", "svid", "healthcheck", "scan"] {
+    for cmd in ["server", "entry", "group", "federation", "token", "bundle", "svid", "healthcheck", "scan"] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = Command::new(VOUCH).args(["entry", "create", "--help"]).output().unwrap();
@@ -319,6 +319,9 @@ fn help_explains_commands() {
     let out = Command::new(VOUCH).args(["group", "create", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("entry create -node") && text.contains("k8s_psat:cluster:prod"), "{text}");
+    let out = Command::new(VOUCH).args(["federation", "create", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--bootstrap-bundle") && text.contains("spiffe://b.org/vouch/server"), "{text}");
     let out = Command::new(VOUCH).args(["scan", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("deleted in a later layer") && text.contains("--baseline"), "{text}");
@@ -1255,5 +1258,89 @@ fn a_real_agent_serves_a_workload_through_a_node_group_entry() {
     assert!(out.contains("deleted node group spiffe://example.org/vouch/group/edge"), "{out}");
     let err = server.fails(&["group", "show", "edge"]);
     assert!(err.contains("no node group"), "{err}");
+    server.stop();
+}
+
+/// `vouch federation create|list|show|update|delete` against a real server: bad input exits 1 with
+/// the reason and creates nothing; the refresh state (here: an unreachable endpoint's error, the
+/// bootstrap bundle served) is shown.
+#[test]
+fn federation_relationships_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let pem = tmp.path().join("b.pem");
+    let bundle = server.ok(&["bundle", "show"]);
+    std::fs::write(&pem, &bundle).unwrap();
+    let pem_arg = pem.display().to_string();
+    let base =
+        ["federation", "create", "--trust-domain", "b.org", "--bundle-endpoint-url", "https://127.0.0.1:1/"];
+    for (extra, want) in [
+        (vec!["--profile", "https"], "--profile `https`: profile `https`: use `https_web` or `https_spiffe`"),
+        (vec!["--profile", "https_spiffe", "--bootstrap-bundle", &pem_arg], "needs endpoint_spiffe_id"),
+        (
+            vec!["--profile", "https_spiffe", "--endpoint-spiffe-id", "spiffe://b.org/vouch/server"],
+            "needs bootstrap_bundle",
+        ),
+        (
+            vec!["--profile", "https_web", "--bootstrap-bundle", "/nonexistent"],
+            "--bootstrap-bundle /nonexistent",
+        ),
+    ] {
+        let err = server.fails(&[&base[..], &extra].concat());
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(json(&server.ok(&["federation", "list", "-o", "json"]))["relationships"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let created = json(
+        &server.ok(&[
+            &base[..],
+            &[
+                "--profile",
+                "https_spiffe",
+                "--endpoint-spiffe-id",
+                "spiffe://b.org/vouch/server",
+                "--bootstrap-bundle",
+                &pem_arg,
+                "-o",
+                "json",
+            ],
+        ]
+        .concat()),
+    );
+    assert_eq!(created["state"]["x509_authorities"], 1, "{created}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let shown = loop {
+        let shown = server.ok(&["federation", "show", "b.org"]);
+        if shown.contains("cannot reach") {
+            break shown;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refresh error shown: {shown}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        shown.contains("https_spiffe") && shown.contains("x509_roots    1") && shown.contains("next_refresh"),
+        "{shown}"
+    );
+    let table = server.ok(&["federation", "list"]);
+    assert!(table.contains("TRUST DOMAIN") && table.contains("b.org"), "{table}");
+    let updated = json(&server.ok(&[
+        "federation",
+        "update",
+        "b.org",
+        "--bundle-endpoint-url",
+        "https://127.0.0.1:2/",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(updated["bundle_endpoint_url"], "https://127.0.0.1:2/");
+    let err = server.fails(&["federation", "update", "b.org", "--bundle-endpoint-url", "http://x/"]);
+    assert!(err.contains("must be https"), "{err}");
+    let out = server.ok(&["federation", "delete", "b.org"]);
+    assert!(out.contains("deleted the federation relationship with b.org"), "{out}");
+    let err = server.fails(&["federation", "show", "b.org"]);
+    assert!(err.contains("no federation relationship with `b.org`"), "{err}");
     server.stop();
 }

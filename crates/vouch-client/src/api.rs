@@ -12,6 +12,7 @@ use vouch_api::agent::{
     AgentJwtRequest, AgentJwtResponse, AgentSvid, JoinTokenAttestation, PsatAttestation, RenewRequest,
     SignRequest, SignResponse, SyncLine, X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
 };
+use vouch_api::federation::{Relationship, RelationshipList, RelationshipPatch, RelationshipSpec};
 use vouch_api::{paths, Entry, EntrySpec, NodeGroup, NodeGroupSpec, SpiffeId};
 
 use crate::client::{api_error, api_error_after, decode, json_bytes, LineStream};
@@ -69,6 +70,11 @@ impl AdminClient {
     /// The node group operations.
     pub fn groups(&self) -> Groups<'_> {
         Groups { client: self }
+    }
+
+    /// The federation relationship operations.
+    pub fn federation(&self) -> Federations<'_> {
+        Federations { client: self }
     }
 
     /// Creates a single-use join token.
@@ -276,6 +282,44 @@ impl Groups<'_> {
     /// Deletes a node group; refused (409) while entries are parented to it.
     pub async fn delete(&self, name: &str) -> Result<NodeGroup, ClientError> {
         let (status, bytes) = self.client.request_bytes("DELETE", &paths::group(name), None).await?;
+        decode(status, &bytes)
+    }
+}
+
+/// Federation relationships with other trust domains (`/v1/federation`).
+pub struct Federations<'a> {
+    client: &'a AdminClient,
+}
+
+impl Federations<'_> {
+    /// Creates a relationship; answers it with its refresh state.
+    pub async fn create(&self, spec: &RelationshipSpec) -> Result<Relationship, ClientError> {
+        self.client.send_json("POST", paths::FEDERATION, spec).await
+    }
+
+    /// Every relationship.
+    pub async fn list(&self) -> Result<RelationshipList, ClientError> {
+        self.client.get(paths::FEDERATION).await
+    }
+
+    /// One relationship by trust domain.
+    pub async fn get(&self, trust_domain: &str) -> Result<Relationship, ClientError> {
+        self.client.get(&paths::federation(trust_domain)).await
+    }
+
+    /// Changes the given fields of a relationship.
+    pub async fn update(
+        &self,
+        trust_domain: &str,
+        patch: &RelationshipPatch,
+    ) -> Result<Relationship, ClientError> {
+        self.client.send_json("PATCH", &paths::federation(trust_domain), patch).await
+    }
+
+    /// Deletes a relationship; answers it as it was.
+    pub async fn delete(&self, trust_domain: &str) -> Result<Relationship, ClientError> {
+        let (status, bytes) =
+            self.client.request_bytes("DELETE", &paths::federation(trust_domain), None).await?;
         decode(status, &bytes)
     }
 }

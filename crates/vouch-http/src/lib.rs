@@ -160,6 +160,15 @@ impl Getter {
         Ok(Self { host: url.host.clone(), port: url.port, tls })
     }
 
+    /// A getter for an `https` `url` whose server is verified by `tls` (a SPIFFE bundle endpoint,
+    /// say, verified by its X509-SVID rather than by host name).
+    pub fn with_connector(url: &Url, tls: tokio_rustls::TlsConnector) -> Result<Self, HttpError> {
+        if !url.tls {
+            return Err(HttpError::Config("a TLS connector only applies to https".into()));
+        }
+        Ok(Self { host: url.host.clone(), port: url.port, tls: Some(tls) })
+    }
+
     /// GETs `path`; returns the status and at most `max_body` bytes of body. `bearer` is sent as an
     /// `Authorization` header and never appears in errors.
     pub async fn get(

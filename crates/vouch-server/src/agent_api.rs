@@ -31,8 +31,8 @@ use hyper::body::{Bytes, Frame};
 use tokio::sync::mpsc;
 use vouch_api::admin::{AgentInfo, AgentList, AgentRef, Banned, Evicted};
 use vouch_api::agent::{
-    AgentJwtRequest, AgentJwtResponse, AgentSvid, CloseReason, JoinTokenAttestation, PsatAttestation,
-    RenewRequest, SignOutcome, SignRequest, SignResponse, SignResult, SignedSvid, SyncLine,
+    AgentJwtRequest, AgentJwtResponse, AgentSvid, CloseReason, FederatedBundles, JoinTokenAttestation,
+    PsatAttestation, RenewRequest, SignOutcome, SignRequest, SignResponse, SignResult, SignedSvid, SyncLine,
     X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
 };
 use vouch_api::{paths, Der};
@@ -469,6 +469,21 @@ fn bundle_json(state: &AppState) -> Result<serde_json::Value, ApiError> {
     serde_json::from_str(&text).map_err(|e| ApiError::internal("bundle", e))
 }
 
+/// The federated bundles as JSON values for a sync line, by trust domain name.
+fn federated_json(state: &AppState) -> Result<FederatedBundles, ApiError> {
+    let mut out = FederatedBundles::new();
+    for (td, bundle) in state.federation.bundles().iter() {
+        let text = bundle.to_jwks()?;
+        out.insert(td.to_string(), serde_json::from_str(&text).map_err(|e| ApiError::internal("bundle", e))?);
+    }
+    Ok(out)
+}
+
+/// A bundle line: this trust domain's bundle and the federated ones.
+fn bundle_line(state: &AppState) -> Result<Bytes, ApiError> {
+    line(&SyncLine::Bundle { bundle: bundle_json(state)?, federated_bundles: federated_json(state)? })
+}
+
 /// A snapshot line: the entries parented to `agent` or to one of its node `groups`, and the bundle.
 async fn snapshot(
     state: &AppState,
@@ -476,7 +491,11 @@ async fn snapshot(
     groups: &BTreeSet<SpiffeId>,
 ) -> Result<Bytes, ApiError> {
     let entries = crate::groups::served_entries(state, agent, groups).await?;
-    line(&SyncLine::Snapshot { entries: entries.into(), bundle: bundle_json(state)? })
+    line(&SyncLine::Snapshot {
+        entries: entries.into(),
+        bundle: bundle_json(state)?,
+        federated_bundles: federated_json(state)?,
+    })
 }
 
 /// The node groups of an agent with node selectors `node`, read from the store.
@@ -689,9 +708,7 @@ impl OpenStream {
                 self.regroup().await?
             }
             Event::AgentAttested { .. } => Step::Nothing,
-            Event::BundleChanged => {
-                Step::Line(line(&SyncLine::Bundle { bundle: bundle_json(&self.state)? })?)
-            }
+            Event::BundleChanged => Step::Line(bundle_line(&self.state)?),
             Event::AgentRemoved { agent, reason } if *agent == self.agent => Step::End(Some(*reason)),
             Event::AgentRemoved { .. } => Step::Nothing,
             // Changes may have been missed (through another replica, or by this stream falling

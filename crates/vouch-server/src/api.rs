@@ -53,6 +53,7 @@ pub(crate) fn public_routes() -> Router<Arc<AppState>> {
 pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route(paths::AUTHORITY_KEYS, get(authority_keys))
+        .route(paths::AUTHORITY_PREPARE_ROOT, post(prepare_root))
         .route(paths::ENTRIES, post(create_entry).get(list_entries))
         .route(paths::ENTRIES_BATCH, post(batch_create_entries))
         .route(paths::ENTRY, get(get_entry).put(replace_entry).patch(patch_entry).delete(delete_entry))
@@ -97,9 +98,13 @@ vouch_leader {}
          # HELP vouch_authority_version Version of the stored authority state this server serves.
 # TYPE vouch_authority_version gauge
 vouch_authority_version {}
+         # HELP vouch_federated_bundles Bundles of federated trust domains served to agents.
+# TYPE vouch_federated_bundles gauge
+vouch_federated_bundles {}
 ",
         u8::from(state.is_leader()),
-        state.authority_version()
+        state.authority_version(),
+        state.federation.bundles().len()
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -129,6 +134,23 @@ async fn bundle(
             Err(ApiError::bad_request(format!("format `{other}` is not supported; use `jwks` or `pem`")))
         }
     }
+}
+
+/// Publishes a successor root now (SPIRE's `localauthority x509 prepare`): relying parties and
+/// federated trust domains learn it ahead of its taking over, on the usual schedule. 409 when one is
+/// already prepared, or the root is an upstream CA (the operator's to rotate).
+async fn prepare_root(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> AppResult<Json<AuthorityKeys>> {
+    let prepared = state.prepare_root().await.map_err(|e| ApiError::internal("root preparation", e))?;
+    if !prepared {
+        return Err(ApiError::conflict(
+            "a successor root is already prepared (it takes over on schedule), or the root is an upstream CA (rotate it by replacing ca.upstream_cert and ca.upstream_key)",
+        ));
+    }
+    tracing::info!(target: "vouch::audit", event = "authority.prepare_root", %caller, sequence = state.with_authority(|a| a.sequence()));
+    authority_keys(State(state)).await
 }
 
 async fn authority_keys(State(state): State<Arc<AppState>>) -> AppResult<Json<AuthorityKeys>> {

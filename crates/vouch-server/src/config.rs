@@ -100,6 +100,109 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     oidc: Option<FileOidc>,
+    #[serde(default)]
+    federation: FileFederation,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileFederation {
+    bundle_endpoint_listen: Option<String>,
+    bundle_endpoint_profile: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    refresh_hint: Option<HumanDuration>,
+    web_ca_file: Option<PathBuf>,
+}
+
+/// Where the trust bundle of Debian and most distributions lives: the roots `https_web` bundle
+/// endpoints are checked against unless `federation.web_ca_file` says otherwise.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The bundle's `spiffe_refresh_hint` unless configured: how often other trust domains fetch it.
+pub const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(300);
+
+/// SPIFFE federation (`[federation]`): this trust domain's bundle endpoint, the refresh hint it
+/// publishes, and the web-PKI roots that `https_web` endpoints of other trust domains are checked
+/// against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// The bundle endpoint, if served.
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// `spiffe_refresh_hint` of this trust domain's bundle.
+    pub refresh_hint: Duration,
+    /// PEM roots for `https_web` bundle endpoints.
+    pub web_ca_file: PathBuf,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self { bundle_endpoint: None, refresh_hint: DEFAULT_REFRESH_HINT, web_ca_file: SYSTEM_CA_FILE.into() }
+    }
+}
+
+/// This trust domain's bundle endpoint (SPIFFE Federation standard, section 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleEndpointConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// `https_spiffe` (the server's own X509-SVID) or `https_web` with this certificate and key.
+    pub web_tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl FederationConfig {
+    fn build(file: FileFederation, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Invalid(format!("federation: {why}"));
+        let refresh_hint = match env("VOUCH_FEDERATION_REFRESH_HINT") {
+            Some(text) => {
+                HumanDuration::parse(&text).map_err(|e| bad(format!("VOUCH_FEDERATION_REFRESH_HINT: {e}")))?.0
+            }
+            None => file.refresh_hint.map_or(DEFAULT_REFRESH_HINT, |d| d.0),
+        };
+        if refresh_hint < Duration::from_secs(1) || refresh_hint > Duration::from_secs(7 * 86400) {
+            return Err(bad(format!(
+                "refresh_hint {}: use 1s to 7d (how often other trust domains fetch this bundle)",
+                HumanDuration(refresh_hint)
+            )));
+        }
+        let listen = match env("VOUCH_FEDERATION_LISTEN").or(file.bundle_endpoint_listen) {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                bad(format!("bundle_endpoint_listen `{text}` is not an address like 0.0.0.0:8443"))
+            })?),
+        };
+        let profile = match file.bundle_endpoint_profile.as_deref() {
+            None => vouch_api::federation::Profile::HttpsSpiffe,
+            Some(p) => p.parse().map_err(|e: String| bad(format!("bundle_endpoint_{e}")))?,
+        };
+        let tls = match (file.tls_cert, file.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(bad("tls_cert and tls_key go together".into())),
+        };
+        let web_tls = match (profile, tls) {
+            (vouch_api::federation::Profile::HttpsSpiffe, None) => None,
+            (vouch_api::federation::Profile::HttpsSpiffe, Some(_)) => {
+                return Err(bad("tls_cert and tls_key are for bundle_endpoint_profile = \"https_web\"; the https_spiffe profile serves the server's own X509-SVID".into()))
+            }
+            (vouch_api::federation::Profile::HttpsWeb, Some(tls)) => Some(tls),
+            (vouch_api::federation::Profile::HttpsWeb, None) => {
+                return Err(bad("bundle_endpoint_profile = \"https_web\" needs tls_cert and tls_key (a web-PKI certificate for the endpoint's host name)".into()))
+            }
+        };
+        let bundle_endpoint = match listen {
+            Some(listen) => Some(BundleEndpointConfig { listen, web_tls }),
+            None if web_tls.is_some() => {
+                return Err(bad("tls_cert and tls_key are set but bundle_endpoint_listen is not".into()))
+            }
+            None => None,
+        };
+        let web_ca_file = env("VOUCH_FEDERATION_WEB_CA_FILE")
+            .map(PathBuf::from)
+            .or(file.web_ca_file)
+            .unwrap_or_else(|| SYSTEM_CA_FILE.into());
+        Ok(Self { bundle_endpoint, refresh_hint, web_ca_file })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -551,6 +654,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The OIDC issuer listener, if configured.
     pub oidc: Option<OidcConfig>,
+    /// SPIFFE federation: the bundle endpoint and the refresh of other trust domains' bundles.
+    pub federation: FederationConfig,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -830,7 +935,9 @@ impl Config {
             }
         };
         let oidc = file.oidc.map(|o| OidcConfig::build(o, jwt_issuer.as_deref(), env)).transpose()?;
+        let federation = FederationConfig::build(file.federation, env)?;
         Ok(Self {
+            federation,
             limits,
             oidc,
             psat_clusters,
@@ -866,6 +973,7 @@ impl Config {
         c.jwt_key_ttl = self.jwt_key_ttl;
         c.jwt_key_alg = self.jwt_key_alg;
         c.jwt_issuer = self.jwt_issuer.clone();
+        c.refresh_hint = self.federation.refresh_hint;
         c
     }
 }
@@ -907,6 +1015,40 @@ mod tests {
         assert_eq!(c.x509_svid_ttl, Duration::from_secs(600));
         assert_eq!(c.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(c.kek_file, PathBuf::from("/tmp/x/kek"));
+    }
+
+    #[test]
+    fn federation_section_checks_the_profile_and_its_certificate() {
+        let c = Config::from_toml("", &no_env).unwrap();
+        assert_eq!(c.federation, FederationConfig::default(), "no bundle endpoint by default");
+        let c = Config::from_toml(
+            "[federation]\nbundle_endpoint_listen = \"127.0.0.1:0\"\nrefresh_hint = \"30s\"",
+            &no_env,
+        )
+        .unwrap();
+        let endpoint = c.federation.bundle_endpoint.clone().unwrap();
+        assert_eq!(endpoint.web_tls, None, "https_spiffe by default");
+        assert_eq!(c.authority_config().refresh_hint, Duration::from_secs(30));
+        let web = "[federation]\nbundle_endpoint_listen = \"127.0.0.1:0\"\nbundle_endpoint_profile = \"https_web\"\ntls_cert = \"c\"\ntls_key = \"k\"";
+        assert!(Config::from_toml(web, &no_env)
+            .unwrap()
+            .federation
+            .bundle_endpoint
+            .unwrap()
+            .web_tls
+            .is_some());
+        for (text, why) in [
+            ("[federation]\nbundle_endpoint_listen = \"x\"", "bundle_endpoint_listen `x`"),
+            ("[federation]\nbundle_endpoint_listen = \"127.0.0.1:0\"\nbundle_endpoint_profile = \"https_web\"", "needs tls_cert"),
+            ("[federation]\nbundle_endpoint_listen = \"127.0.0.1:0\"\nbundle_endpoint_profile = \"http\"", "profile `http`"),
+            ("[federation]\nbundle_endpoint_listen = \"127.0.0.1:0\"\ntls_cert = \"c\"\ntls_key = \"k\"", "are for bundle_endpoint_profile"),
+            ("[federation]\ntls_cert = \"c\"", "go together"),
+            ("[federation]\nrefresh_hint = \"0s\"", "use 1s to 7d"),
+            ("[federation]\nrefesh_hint = \"1m\"", "unknown field `refesh_hint`"),
+        ] {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
     }
 
     #[test]

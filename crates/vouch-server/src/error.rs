@@ -128,9 +128,12 @@ pub fn retry_after_seconds(wait: std::time::Duration) -> u64 {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::EntryExists(_) | StoreError::TokenExists | StoreError::GroupExists(_) => {
-                Self::conflict(e.to_string())
-            }
+            StoreError::EntryExists(_)
+            | StoreError::TokenExists
+            | StoreError::GroupExists(_)
+            | StoreError::FederationExists(_) => Self::conflict(e.to_string()),
+            StoreError::FederationConflict(_) => Self::revision_conflict(e.to_string()),
+            StoreError::FederationNotFound(_) => Self::not_found(e.to_string()),
             // The message says which entries hold the group and how to move them.
             StoreError::GroupInUse { .. } => Self::conflict(e.to_string()),
             StoreError::GroupNotFound(_) => Self::not_found(e.to_string()),

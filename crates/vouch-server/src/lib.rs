@@ -8,15 +8,18 @@
 mod agent_api;
 mod api;
 mod auth;
+mod bundle_endpoint;
 pub mod config;
 mod error;
 mod extract;
+mod federation;
 mod groups;
 mod limits;
 mod metrics;
 pub mod node_attest;
 mod oidc;
 mod psat_keys;
+mod public_listener;
 mod replicas;
 pub mod reserved;
 mod routes;
@@ -40,6 +43,7 @@ use vouch_store::{PostgresStore, SqliteStore, Store};
 
 pub use crate::agent_api::{MAX_CHALLENGES as X509POP_MAX_CHALLENGES, X509POP_CHALLENGE_TTL};
 pub use crate::auth::Caller;
+pub use crate::bundle_endpoint::router as bundle_endpoint_router;
 pub use crate::config::{Config, StoreConfig};
 pub use crate::error::ApiError;
 pub use crate::limits::PeerAddr;
@@ -159,6 +163,8 @@ pub struct Server {
     pub tcp_addr: Option<SocketAddr>,
     /// The bound address of the OIDC issuer listener, if configured.
     pub oidc_addr: Option<SocketAddr>,
+    /// The bound address of the SPIFFE bundle endpoint, if configured.
+    pub bundle_endpoint_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -169,6 +175,7 @@ impl std::fmt::Debug for Server {
             .field("admin_socket", &self.admin_socket)
             .field("tcp_addr", &self.tcp_addr)
             .field("oidc_addr", &self.oidc_addr)
+            .field("bundle_endpoint_addr", &self.bundle_endpoint_addr)
             .finish()
     }
 }
@@ -247,7 +254,9 @@ impl Server {
         if let (Some(oidc), Some(router)) = (&config.oidc, oidc::router(state.clone())) {
             // The certificate is read before binding, so a bad file stops the start cleanly.
             let tls = match &oidc.tls {
-                Some((cert, key)) => Some(oidc::tls_acceptor(cert, key).map_err(StartError::Tls)?),
+                Some((cert, key)) => {
+                    Some(public_listener::tls_acceptor("oidc", cert, key).map_err(StartError::Tls)?)
+                }
                 None => None,
             };
             let listener = TcpListener::bind(oidc.listen).await.map_err(|e| {
@@ -255,13 +264,38 @@ impl Server {
             })?;
             let bound = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
             tracing::info!(listen = %bound, issuer = %oidc.issuer, https = tls.is_some(), "OIDC issuer listener ready");
-            tasks.push(("OIDC listener", tokio::spawn(oidc::serve(listener, tls, router, rx.clone()))));
+            tasks.push((
+                "OIDC listener",
+                tokio::spawn(public_listener::serve("OIDC", listener, tls, router, rx.clone())),
+            ));
             oidc_addr = Some(bound);
+        }
+        let mut bundle_endpoint_addr = None;
+        if let Some(endpoint) = &config.federation.bundle_endpoint {
+            let tls = match &endpoint.web_tls {
+                Some((cert, key)) => public_listener::tls_acceptor("federation", cert, key),
+                None => bundle_endpoint::spiffe_acceptor(&state),
+            }
+            .map_err(StartError::Tls)?;
+            let listener = TcpListener::bind(endpoint.listen).await.map_err(|e| {
+                StartError::Io(format!(
+                    "cannot listen on {} (federation.bundle_endpoint_listen): {e}",
+                    endpoint.listen
+                ))
+            })?;
+            let bound = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+            let profile = if endpoint.web_tls.is_some() { "https_web" } else { "https_spiffe" };
+            tracing::info!(listen = %bound, profile, "SPIFFE bundle endpoint ready");
+            let router = bundle_endpoint::router(state.clone());
+            let serve = public_listener::serve("bundle endpoint", listener, Some(tls), router, rx.clone());
+            tasks.push(("bundle endpoint", tokio::spawn(serve)));
+            bundle_endpoint_addr = Some(bound);
         }
         if let Some(changes) = changes {
             let follow = replicas::follow_changes(state.clone(), changes, rx.clone());
             tasks.push(("changes of other replicas", tokio::spawn(follow)));
         }
+        tasks.push(("federation refresher", tokio::spawn(federation::refresher(state.clone(), rx.clone()))));
         tasks.push(("key rotation", tokio::spawn(rotation_loop(state.clone(), rx))));
         tracing::info!(
             trust_domain = %config.trust_domain,
@@ -271,7 +305,15 @@ impl Server {
             bundle_sequence = state.with_authority(|a| a.sequence()),
             "vouch server ready"
         );
-        Ok(Self { state, admin_socket: config.admin_socket, tcp_addr, oidc_addr, shutdown, tasks })
+        Ok(Self {
+            state,
+            admin_socket: config.admin_socket,
+            tcp_addr,
+            oidc_addr,
+            bundle_endpoint_addr,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops accepting connections and background work, and removes the admin socket.

@@ -28,6 +28,10 @@ pub struct Metrics {
     /// Refusal warnings not written because one for the same reason was written within the
     /// interval (they are counted in the next line).
     pub log_lines_suppressed: AtomicU64,
+    /// Federated bundles fetched and accepted.
+    pub federation_refreshes: AtomicU64,
+    /// Fetches of federated bundles that failed (the last good bundle kept).
+    pub federation_refresh_failures: AtomicU64,
     /// X509-SVID issuance latency.
     pub x509_latency: Histogram,
     /// JWT-SVID issuance latency.
@@ -90,6 +94,18 @@ impl Metrics {
             "Refusal warnings folded into the next line for the same reason (see [limits] refusal_log_interval).",
             &self.log_lines_suppressed,
         );
+        counter(
+            &mut out,
+            "vouch_federation_refreshes_total",
+            "Bundles of federated trust domains fetched and accepted.",
+            &self.federation_refreshes,
+        );
+        counter(
+            &mut out,
+            "vouch_federation_refresh_failures_total",
+            "Fetches of federated bundles that failed; the last good bundle is kept (see `vouch federation list`).",
+            &self.federation_refresh_failures,
+        );
         vouch_core::metrics::counter(
             &mut out,
             "vouch_store_write_transactions_total",
@@ -137,5 +153,6 @@ mod tests {
         assert!(text.contains("vouch_issuance_seconds_count{kind=\"x509\"} 1"));
         assert!(text.contains("vouch_bundle_sequence 7"));
         assert!(text.contains("vouch_store_damaged_rows_skipped_total 2"));
+        assert!(text.contains("vouch_federation_refresh_failures_total 0"));
     }
 }

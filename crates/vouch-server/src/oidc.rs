@@ -4,12 +4,10 @@
 //! Azure workload identity federation) can validate JWT-SVIDs.
 //!
 //! It serves nothing else: no admin or agent route is reachable here, whatever the path. Anyone may
-//! connect, so every cost is bounded: connections in all and per source address, the time to send
-//! headers and the life of a connection, request size, and the answers are small and cacheable.
+//! connect, so it is served by the bounded [`crate::public_listener`]; the answers are small and
+//! cacheable.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -17,31 +15,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tower::ServiceExt as _;
 
 use crate::config::{OidcConfig, OIDC_KEYS_PATH};
-use crate::limits::source_key;
+use crate::public_listener::MAX_BODY_BYTES;
 use crate::state::AppState;
 
 /// The discovery document's path (OpenID Connect Discovery 1.0, section 4).
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
-
-/// Connections served at once, from everyone: each holds a file descriptor and a little memory.
-const MAX_CONNECTIONS: usize = 1024;
-/// Connections served at once from one source address (an IPv6 /64 counts as one), so one client
-/// cannot take every slot; relying parties need one or two.
-const MAX_PER_SOURCE: usize = 32;
-/// Time to complete a TLS handshake, and to send a request's headers.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a connection lives, however busy: a slot is not held forever by a slow reader.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// Largest request head buffered: the two GET requests served need a few hundred bytes.
-const MAX_REQUEST_BUFFER: usize = 16 * 1024;
-/// Requests carry no body.
-const MAX_BODY_BYTES: usize = 1024;
 
 /// What the handlers answer from: the discovery document (fixed for the server's life) and how long
 /// the keys may be cached.
@@ -113,139 +93,24 @@ async fn discovery(State(oidc): State<Arc<Oidc>>) -> Response {
 async fn keys(State(oidc): State<Arc<Oidc>>) -> Response {
     // The bundle's JWT keys: every key from when it is prepared (published before it signs) until
     // its own expiry, which is past the expiry of every token it signed (tokens are capped at it).
-    match oidc.state.with_authority(|a| a.bundle().oidc_jwks()) {
-        Ok(body) => json_answer(body, &oidc.max_age),
+    bundle_answer(&oidc.state, &oidc.max_age, "the OIDC JWKS", |b| b.oidc_jwks())
+}
+
+/// A document made from the current bundle by `encode`, with its caching headers; `what` names it
+/// in the log if it cannot be encoded (a fault of the server, answered 500).
+pub(crate) fn bundle_answer(
+    state: &AppState,
+    cache: &HeaderValue,
+    what: &str,
+    encode: impl FnOnce(&vouch_ca::Bundle) -> Result<String, vouch_ca::CaError>,
+) -> Response {
+    match state.with_authority(|a| encode(&a.bundle())) {
+        Ok(body) => json_answer(body, cache),
         Err(e) => {
-            tracing::error!(error = %e, "cannot encode the OIDC JWKS");
+            tracing::error!(error = %e, "cannot encode {what}");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
-}
-
-/// Connections held per source address; a slot is given back when its guard drops.
-#[derive(Default)]
-struct PerSource(Mutex<HashMap<IpAddr, usize>>);
-
-struct SourceSlot {
-    map: Arc<PerSource>,
-    key: IpAddr,
-}
-
-impl PerSource {
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let key = source_key(ip);
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(key).or_insert(0);
-        if *n >= MAX_PER_SOURCE {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot { map: self.clone(), key })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut map = self.map.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// Accepts connections on `listener` (TLS when `tls` is given) and serves `app` on each, within the
-/// bounds above, until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    app: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let all = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_source = Arc::new(PerSource::default());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Over a bound, the connection is closed at once: cheaper than queueing it.
-                    let Ok(permit) = all.clone().try_acquire_owned() else { continue };
-                    let Some(slot) = per_source.take(peer.ip()) else { continue };
-                    let (tls, app, shutdown) = (tls.clone(), app.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        let _held = (permit, slot);
-                        let _ = stream.set_nodelay(true);
-                        let served = async {
-                            match tls {
-                                Some(acceptor) => {
-                                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                        Ok(Ok(tls)) => serve_connection(tls, app, shutdown).await,
-                                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "OIDC listener: TLS handshake failed"),
-                                        Err(_) => {}
-                                    }
-                                }
-                                None => serve_connection(stream, app, shutdown).await,
-                            }
-                        };
-                        let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "OIDC listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-        }
-    }
-}
-
-async fn serve_connection<I>(io: I, app: Router, mut shutdown: watch::Receiver<bool>)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone().oneshot(req.map(axum::body::Body::new))
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .max_buf_size(MAX_REQUEST_BUFFER)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .serve_connection(TokioIo::new(io), service);
-    tokio::select! {
-        result = conn => if let Err(e) = result {
-            tracing::debug!(error = %e, "OIDC connection ended with an error");
-        },
-        _ = shutdown.changed() => {}
-    }
-}
-
-/// A TLS acceptor for the configured certificate chain and key (PEM files): web PKI, no client
-/// certificates asked for.
-pub fn tls_acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("oidc.tls_cert {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("oidc.tls_cert {} holds no CERTIFICATE", cert.display()));
-    }
-    // The key's error never quotes the file's content.
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("oidc.tls_key {}: not a PEM private key ({e})", key.display()))?;
-    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(vouch_tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| format!("oidc.tls_cert and oidc.tls_key do not make a usable certificate: {e}"))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 #[cfg(test)]

@@ -113,7 +113,9 @@ async fn apply(state: &AppState, change: Change) {
                 state.publish(Event::Resync);
             }
         },
+        Change::FederationChanged { .. } => state.federation.wake(),
         Change::Resync => {
+            state.federation.wake();
             state.publish(Event::Resync);
             follow(state).await;
         }

@@ -18,6 +18,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = crate::api::admin_routes()
         .merge(crate::agent_api::admin_routes())
         .merge(crate::groups::admin_routes())
+        .merge(crate::federation::admin_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
     let agent = crate::agent_api::agent_routes()
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_agent));

@@ -131,6 +131,8 @@ pub struct AppState {
     authority_io: tokio::sync::Mutex<()>,
     /// Whether this server held the lead at its last tick.
     leader: AtomicBool,
+    /// The bundles of federated trust domains served to agents.
+    pub federation: crate::federation::Federated,
 }
 
 impl std::fmt::Debug for AppState {
@@ -203,6 +205,7 @@ impl AppState {
             stored: std::sync::Mutex::new(stored),
             authority_io: tokio::sync::Mutex::new(()),
             leader: AtomicBool::new(false),
+            federation: crate::federation::Federated::default(),
         });
         state.tick().await?;
         Ok(state)
@@ -291,10 +294,28 @@ impl AppState {
     /// A state that could not be stored is not served: the server goes back to the stored one
     /// (another replica's, after a conflict) and rotates again on a later tick.
     async fn advance_authority(&self, now: SystemTime) -> Result<Option<SystemTime>, StartError> {
+        self.change_authority(|a| a.tick(now)).await
+    }
+
+    /// Prepares a successor of the root CA now (see [`vouch_ca::Authority::prepare_root`]) and
+    /// stores it; whether one was prepared. Agents and federated trust domains get the new bundle.
+    pub async fn prepare_root(&self) -> Result<bool, StartError> {
+        let before = self.with_authority(|a| a.sequence());
+        let now = self.now();
+        self.change_authority(|a| a.prepare_root(now)).await?;
+        Ok(self.with_authority(|a| a.sequence()) != before)
+    }
+
+    /// Applies `change` to the authority and stores the result if it changed; when the next tick
+    /// is due.
+    async fn change_authority(
+        &self,
+        change: impl FnOnce(&mut Authority) -> Result<bool, vouch_ca::CaError>,
+    ) -> Result<Option<SystemTime>, StartError> {
         let _io = self.authority_io.lock().await;
         let exported = {
             let mut a = self.authority.write().unwrap_or_else(|p| p.into_inner());
-            if a.tick(now)? {
+            if change(&mut a)? {
                 Some(a.export(&self.kek)?)
             } else {
                 None

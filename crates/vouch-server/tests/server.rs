@@ -447,11 +447,14 @@ fn openapi_describes_every_route() {
         ("/v1/openapi.json", &["get"]),
         ("/v1/bundle", &["get"]),
         ("/v1/authority/keys", &["get"]),
+        ("/v1/authority/prepare-root", &["post"]),
         ("/v1/entries", &["get", "post"]),
         ("/v1/entries/batch", &["post"]),
         ("/v1/entries/{id}", &["get", "put", "patch", "delete"]),
         ("/v1/groups", &["get", "post"]),
         ("/v1/groups/{name}", &["get", "delete"]),
+        ("/v1/federation", &["get", "post"]),
+        ("/v1/federation/{trust_domain}", &["get", "patch", "delete"]),
         ("/v1/join-tokens", &["post"]),
         ("/v1/svids/x509", &["post"]),
         ("/v1/svids/jwt", &["post"]),
@@ -475,7 +478,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 26, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 29, "a route in openapi.json that the test does not know");
     let codes =
         doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
     for code in vouch_api::ErrorCode::ALL {
@@ -910,7 +913,7 @@ async fn agents_attest_sync_changes_at_once_and_get_svids_for_their_entries_only
     // The sync stream: a snapshot, then each change as it happens.
     let mut sync = agent.sync().await.unwrap();
     match sync.next().await.unwrap().unwrap() {
-        SyncLine::Snapshot { entries, bundle } => {
+        SyncLine::Snapshot { entries, bundle, .. } => {
             assert!(entries.is_empty());
             assert!(bundle["keys"].as_array().is_some());
         }
@@ -2162,6 +2165,41 @@ impl Store for PausingStore {
     async fn delete_group(&self, id: &SpiffeId) -> Result<vouch_core::NodeGroup, vouch_store::StoreError> {
         self.inner.delete_group(id).await
     }
+    async fn create_federation(
+        &self,
+        row: &vouch_store::FederationRow,
+    ) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_federation(row).await
+    }
+    async fn get_federation(
+        &self,
+        td: &vouch_core::TrustDomain,
+    ) -> Result<Option<vouch_store::FederationRow>, vouch_store::StoreError> {
+        self.inner.get_federation(td).await
+    }
+    async fn list_federations(&self) -> Result<Vec<vouch_store::FederationRow>, vouch_store::StoreError> {
+        self.inner.list_federations().await
+    }
+    async fn update_federation(
+        &self,
+        row: &vouch_store::FederationRow,
+    ) -> Result<u64, vouch_store::StoreError> {
+        self.inner.update_federation(row).await
+    }
+    async fn save_federation_state(
+        &self,
+        td: &vouch_core::TrustDomain,
+        revision: u64,
+        state: &str,
+    ) -> Result<bool, vouch_store::StoreError> {
+        self.inner.save_federation_state(td, revision, state).await
+    }
+    async fn delete_federation(
+        &self,
+        td: &vouch_core::TrustDomain,
+    ) -> Result<vouch_store::FederationRow, vouch_store::StoreError> {
+        self.inner.delete_federation(td).await
+    }
     async fn load_authority_versioned(
         &self,
     ) -> Result<Option<vouch_store::StoredAuthority>, vouch_store::StoreError> {
@@ -2293,6 +2331,39 @@ mod replicas {
         let start =
             Server::start(replica_config(dir, url, extra), Arc::new(vouch_server::SystemClock), Some(kek));
         tokio::time::timeout(Duration::from_secs(20), start).await.expect("started within 20 s").unwrap()
+    }
+
+    /// Federation on replicas: only the replica that leads fetches a relationship's bundle (one
+    /// request at the endpoint per refresh, however many replicas), and every replica serves it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_leading_replica_fetches_federated_bundles_and_every_replica_serves_them() {
+        let cluster = PgCluster::start();
+        let url = database(&cluster, "federation").await;
+        let (_, kek) = vouch_ca::Kek::generate().unwrap();
+        let web = vouch_http::testing::StaticHttps::start(None).await;
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let ca_file = dirs[0].path().join("web-ca.pem");
+        std::fs::write(&ca_file, &web.cert_pem).unwrap();
+        let extra = format!("[federation]\nweb_ca_file = \"{}\"\n", ca_file.display());
+        let s1 = replica_with(dirs[0].path(), &url, &kek, &extra).await;
+        let s2 = replica_with(dirs[1].path(), &url, &kek, &extra).await;
+        let (bundle, jwks) = crate::federation::foreign_bundle("b.org");
+        web.set("/bundle", jwks);
+        let spec = json!({"trust_domain": "b.org", "bundle_endpoint_url": format!("{}/bundle", web.base_url()), "profile": "https_web"});
+        let _: Value =
+            AdminClient::unix(&s2.admin_socket).call("POST", "/v1/federation", Some(&spec)).await.unwrap();
+        let td = vouch_core::TrustDomain::new("b.org").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while [&s1, &s2].iter().any(|s| s.state.federation.bundles().get(&td) != Some(&bundle)) {
+            assert!(std::time::Instant::now() < deadline, "both replicas serve the fetched bundle");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Several rounds of both refreshers later, still the one fetch of the leader.
+        tokio::time::sleep(FOLLOW_INTERVAL * 2).await;
+        assert_eq!(web.requests(), 1, "one fetch per refresh, by the leader only");
+        assert_eq!([&s1, &s2].iter().filter(|s| s.state.is_leader()).count(), 1);
+        s1.shutdown().await;
+        s2.shutdown().await;
     }
 
     /// A cluster with an empty database `db`; its TCP URL (with the password).
@@ -3254,6 +3325,18 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A self-signed web certificate for 127.0.0.1 and its key, written to `<name>.crt` and
+/// `<name>.key` in `dir`.
+fn web_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
 /// GETs `path` from the OIDC listener at `base` (http or https, trusting `ca`).
 async fn oidc_get(base: &str, ca: Option<&Path>, path: &str) -> (u16, Value) {
     let url = vouch_http::Url::parse(base).unwrap();
@@ -3339,12 +3422,7 @@ async fn oidc_listener_serves_discovery_and_the_jwt_keys_only() {
     // HTTPS with a configured certificate.
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
-    let (cert_file, key_file) = (dir.path().join("oidc.crt"), dir.path().join("oidc.key"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = web_cert(dir.path(), "oidc");
     let issuer = format!("https://127.0.0.1:{port}");
     let extra = format!(
         "[ca]\njwt_issuer = \"{issuer}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
@@ -3706,3 +3784,7 @@ async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_mem
     admin_call(&state, "POST", "/v1/entries", Some(late), StatusCode::CREATED).await;
     assert_eq!(upserted(&slow.next().await), "late");
 }
+
+// Federation tests live beside this file; one test binary still (link time).
+#[path = "server/federation.rs"]
+mod federation;

@@ -193,3 +193,20 @@ pub(crate) fn used_challenge(taken: Option<(String, i64)>, now: i64) -> Challeng
         Some((fingerprint, _)) => ChallengeUse::Consumed { fingerprint },
     }
 }
+
+/// A federation row from its columns; a trust domain that does not parse makes it corrupt.
+pub(crate) fn decode_federation(
+    trust_domain: &str,
+    relationship: String,
+    state: String,
+    revision: i64,
+) -> Result<crate::FederationRow, StoreError> {
+    let td = vouch_core::TrustDomain::new(trust_domain)
+        .map_err(|e| StoreError::Corrupt(format!("federation relationship `{trust_domain}`: {e}")))?;
+    Ok(crate::FederationRow {
+        trust_domain: td,
+        relationship,
+        state,
+        revision: u64::try_from(revision).unwrap_or(0),
+    })
+}

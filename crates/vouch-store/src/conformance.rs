@@ -46,6 +46,7 @@ pub async fn run(store: Arc<dyn Store>) {
     agents(&*store).await;
     bans_win_races(store.clone()).await;
     node_groups(&*store).await;
+    federation(&*store).await;
     store.ping().await.expect("ping");
 }
 
@@ -485,4 +486,52 @@ async fn node_groups(store: &dyn Store) {
     assert!(matches!(store.delete_group(&prod.spiffe_id).await, Err(StoreError::GroupNotFound(_))));
     assert_eq!(store.delete_group(&dc1.spiffe_id).await.expect("delete"), dc1);
     assert!(store.list_groups().await.expect("list").is_empty());
+}
+
+/// Federation relationships round-trip, are unique by trust domain, list in order; settings change
+/// only at the revision read, and a refresh result is stored only under the revision it was made for.
+async fn federation(store: &dyn Store) {
+    use crate::FederationRow;
+    let td = |n: &str| vouch_core::TrustDomain::new(n).expect("valid trust domain");
+    let row = |n: &str| FederationRow {
+        trust_domain: td(n),
+        relationship: format!("{{\"url\":\"https://{n}\"}}"),
+        state: "{}".into(),
+        revision: 1,
+    };
+    assert!(store.list_federations().await.expect("list").is_empty());
+    store.create_federation(&row("b.org")).await.expect("create");
+    store.create_federation(&row("a.org")).await.expect("create");
+    assert!(
+        matches!(store.create_federation(&row("a.org")).await, Err(StoreError::FederationExists(t)) if t == "a.org")
+    );
+    assert_eq!(store.get_federation(&td("a.org")).await.expect("get"), Some(row("a.org")));
+    assert_eq!(store.get_federation(&td("c.org")).await.expect("get"), None);
+    let listed: Vec<String> =
+        store.list_federations().await.expect("list").iter().map(|r| r.trust_domain.to_string()).collect();
+    assert_eq!(listed, ["a.org", "b.org"]);
+
+    // A refresh result at the current revision is stored.
+    assert!(store.save_federation_state(&td("a.org"), 1, "{\"n\":1}").await.expect("save"));
+    // The settings change at the revision read; the state with them.
+    let mut changed = row("a.org");
+    changed.relationship = "{\"url\":\"https://a2\"}".into();
+    assert_eq!(store.update_federation(&changed).await.expect("update"), 2);
+    assert!(matches!(store.update_federation(&changed).await, Err(StoreError::FederationConflict(_))));
+    let mut gone = row("c.org");
+    gone.revision = 1;
+    assert!(matches!(store.update_federation(&gone).await, Err(StoreError::FederationNotFound(_))));
+    // A refresh made under revision 1 no longer lands.
+    assert!(!store.save_federation_state(&td("a.org"), 1, "{\"stale\":true}").await.expect("save"));
+    let stored = store.get_federation(&td("a.org")).await.expect("get").expect("present");
+    assert_eq!(
+        (stored.relationship.as_str(), stored.state.as_str(), stored.revision),
+        (changed.relationship.as_str(), "{}", 2)
+    );
+
+    assert_eq!(store.delete_federation(&td("a.org")).await.expect("delete").revision, 2);
+    assert!(matches!(store.delete_federation(&td("a.org")).await, Err(StoreError::FederationNotFound(_))));
+    assert!(!store.save_federation_state(&td("a.org"), 2, "{}").await.expect("save"));
+    store.delete_federation(&td("b.org")).await.expect("delete");
+    assert!(store.list_federations().await.expect("list").is_empty());
 }

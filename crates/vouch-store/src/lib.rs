@@ -22,7 +22,7 @@ mod sqlite;
 pub mod test_postgres;
 
 use async_trait::async_trait;
-use vouch_core::{Entry, EntryId, NodeGroup, Selector, Selectors, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, Selector, Selectors, SpiffeId, TrustDomain};
 
 pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
 pub use sqlite::{SqliteStore, SqliteSynchronous};
@@ -82,6 +82,15 @@ pub enum StoreError {
         /// How many entries are parented to it.
         entries: u64,
     },
+    /// A federation relationship with this trust domain already exists.
+    #[error("a federation relationship with `{0}` already exists; change it with `vouch federation update`")]
+    FederationExists(String),
+    /// No federation relationship with this trust domain.
+    #[error("no federation relationship with `{0}`")]
+    FederationNotFound(String),
+    /// The relationship was changed concurrently.
+    #[error("the federation relationship with `{0}` was changed concurrently; read it again and retry")]
+    FederationConflict(String),
     /// The database was upgraded by a newer vouch: its schema has steps this build does not know.
     #[error("the database schema is version {found}, newer than this vouch knows ({supported}): a newer vouch has upgraded it; run that version or a newer one, or restore a backup taken before the upgrade")]
     SchemaTooNew {
@@ -294,6 +303,21 @@ pub mod agent_rules {
     }
 }
 
+/// A federation relationship as stored: its settings and its refresh state (with the last good
+/// bundle), each as JSON the server writes and parses; the store keeps them opaque.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationRow {
+    /// The other trust domain: the key.
+    pub trust_domain: TrustDomain,
+    /// The settings (JSON).
+    pub relationship: String,
+    /// The refresh state and the last good bundle (JSON).
+    pub state: String,
+    /// Grows by one with every change of the settings; a refresh result is stored only under the
+    /// revision it was fetched with, so an admin's change is never undone by a refresh in flight.
+    pub revision: u64,
+}
+
 /// The authority state as stored, with the version the store gave it. The version grows by one
 /// with every write, so replicas sharing a store tell a changed state by a cheap read of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,6 +378,12 @@ pub enum Change {
     AgentSelectorsChanged {
         /// The agent.
         agent: SpiffeId,
+    },
+    /// A federation relationship was created, changed, refreshed or deleted: the federated bundles
+    /// served are read again.
+    FederationChanged {
+        /// The other trust domain.
+        trust_domain: TrustDomain,
     },
     /// Changes may have been missed (the listening connection was down, or a change was too large
     /// to describe): re-read what is derived from the store.
@@ -549,6 +579,33 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::GroupInUse`] (nothing deleted) while entries are parented to it. The check
     /// and the deletion are one transaction.
     async fn delete_group(&self, id: &SpiffeId) -> Result<NodeGroup, StoreError>;
+
+    /// Creates a federation relationship at revision 1; [`StoreError::FederationExists`] if there
+    /// is one with its trust domain.
+    async fn create_federation(&self, row: &FederationRow) -> Result<(), StoreError>;
+
+    /// One federation relationship by trust domain.
+    async fn get_federation(&self, trust_domain: &TrustDomain) -> Result<Option<FederationRow>, StoreError>;
+
+    /// Every federation relationship, ordered by trust domain.
+    async fn list_federations(&self) -> Result<Vec<FederationRow>, StoreError>;
+
+    /// Replaces settings and state if the stored revision is still `row.revision`; returns the new
+    /// revision. [`StoreError::FederationNotFound`] if there is none, [`StoreError::FederationConflict`]
+    /// (nothing written) if it changed since it was read.
+    async fn update_federation(&self, row: &FederationRow) -> Result<u64, StoreError>;
+
+    /// Stores a refresh result if the settings are still at `revision`; whether it was stored.
+    async fn save_federation_state(
+        &self,
+        trust_domain: &TrustDomain,
+        revision: u64,
+        state: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a federation relationship and returns it; [`StoreError::FederationNotFound`] if there
+    /// is none.
+    async fn delete_federation(&self, trust_domain: &TrustDomain) -> Result<FederationRow, StoreError>;
 
     /// The persisted authority state (JSON with sealed keys) and its version, if any.
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError>;

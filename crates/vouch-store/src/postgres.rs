@@ -23,18 +23,19 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc, watch, Semaphore, SemaphorePermit};
 use tokio_postgres::config::Host;
 use tokio_postgres::{AsyncMessage, Client, Connection, Row, Socket};
-use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId, TrustDomain};
 
 use crate::codec::{
-    authority_version, consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent,
-    encode_entry, encode_group, encode_labels, prior_revision, sort_rows, usable_token, used_challenge,
-    DamageLog,
+    authority_version, consumed_token, decode_agent, decode_entry, decode_federation, decode_group,
+    decode_row, encode_agent, encode_entry, encode_group, encode_labels, prior_revision, sort_rows,
+    usable_token, used_challenge, DamageLog,
 };
 use crate::migrate::{self, Migration};
 use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    Change, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError, StoredAuthority, TokenUse,
+    Change, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, Store, StoreError, StoredAuthority,
+    TokenUse,
 };
 
 /// The schema, step by step, numbered as SQLite's (see [`crate::migrate`]). Text keys compare
@@ -95,6 +96,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             expires_at BIGINT NOT NULL
         );
         CREATE INDEX x509pop_challenges_expires_at ON x509pop_challenges (expires_at);",
+    },
+    Migration {
+        version: 6,
+        name: "federation relationships",
+        sql: r#"CREATE TABLE federation (
+            trust_domain TEXT COLLATE "C" PRIMARY KEY,
+            relationship TEXT NOT NULL,
+            state TEXT NOT NULL,
+            revision BIGINT NOT NULL
+        );"#,
     },
 ];
 
@@ -358,6 +369,11 @@ fn backend(e: tokio_postgres::Error) -> StoreError {
 /// an error, not a panic.
 fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
     row.try_get(i).map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+/// A federation row as selected (`trust_domain, relationship, state, revision`).
+fn pg_federation_row(r: &Row) -> Result<FederationRow, StoreError> {
+    decode_federation(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)
 }
 
 /// A few connections, opened when first needed and reused; one that broke is dropped and replaced
@@ -1078,6 +1094,123 @@ impl Store for PostgresStore {
         self.notify(&tx, &Change::GroupChanged { id: group.spiffe_id.clone() }).await?;
         tx.commit().await.map_err(backend)?;
         Ok(group)
+    }
+
+    async fn create_federation(&self, row: &FederationRow) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let td = row.trust_domain.to_string();
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO federation (trust_domain, relationship, state, revision) VALUES ($1, $2, $3, 1) \
+                 ON CONFLICT (trust_domain) DO NOTHING",
+                &[&td, &row.relationship, &row.state],
+            )
+            .await
+            .map_err(backend)?;
+        if inserted == 0 {
+            return Err(StoreError::FederationExists(td));
+        }
+        self.notify(&tx, &Change::FederationChanged { trust_domain: row.trust_domain.clone() }).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_federation(&self, trust_domain: &TrustDomain) -> Result<Option<FederationRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                "SELECT trust_domain, relationship, state, revision FROM federation WHERE trust_domain = $1",
+                &[&trust_domain.to_string()],
+            )
+            .await
+            .map_err(backend)?;
+        row.map(|r| pg_federation_row(&r)).transpose()
+    }
+
+    async fn list_federations(&self) -> Result<Vec<FederationRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                "SELECT trust_domain, relationship, state, revision FROM federation ORDER BY trust_domain",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter().map(pg_federation_row).collect()
+    }
+
+    async fn update_federation(&self, row: &FederationRow) -> Result<u64, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let td = row.trust_domain.to_string();
+        let expected = i64::try_from(row.revision).unwrap_or(i64::MAX);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let n = tx
+            .execute(
+                "UPDATE federation SET relationship = $2, state = $3, revision = revision + 1 \
+                 WHERE trust_domain = $1 AND revision = $4",
+                &[&td, &row.relationship, &row.state, &expected],
+            )
+            .await
+            .map_err(backend)?;
+        if n == 1 {
+            self.notify(&tx, &Change::FederationChanged { trust_domain: row.trust_domain.clone() }).await?;
+            tx.commit().await.map_err(backend)?;
+            return Ok(row.revision + 1);
+        }
+        let exists = tx
+            .query_opt("SELECT 1 FROM federation WHERE trust_domain = $1", &[&td])
+            .await
+            .map_err(backend)?;
+        Err(if exists.is_some() {
+            StoreError::FederationConflict(td)
+        } else {
+            StoreError::FederationNotFound(td)
+        })
+    }
+
+    async fn save_federation_state(
+        &self,
+        trust_domain: &TrustDomain,
+        revision: u64,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let n = tx
+            .execute(
+                "UPDATE federation SET state = $2 WHERE trust_domain = $1 AND revision = $3",
+                &[&trust_domain.to_string(), &state, &revision],
+            )
+            .await
+            .map_err(backend)?;
+        if n == 1 {
+            self.notify(&tx, &Change::FederationChanged { trust_domain: trust_domain.clone() }).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    async fn delete_federation(&self, trust_domain: &TrustDomain) -> Result<FederationRow, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let td = trust_domain.to_string();
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let row = tx
+            .query_opt(
+                "DELETE FROM federation WHERE trust_domain = $1 RETURNING trust_domain, relationship, state, revision",
+                &[&td],
+            )
+            .await
+            .map_err(backend)?;
+        let row =
+            row.map(|r| pg_federation_row(&r)).transpose()?.ok_or(StoreError::FederationNotFound(td))?;
+        self.notify(&tx, &Change::FederationChanged { trust_domain: trust_domain.clone() }).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(row)
     }
 
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError> {

@@ -7,17 +7,18 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId};
+use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId, TrustDomain};
 
 use crate::codec::{
-    authority_version, consumed_token, decode_agent, decode_entry, decode_group, decode_row, encode_agent,
-    encode_entry, encode_group, encode_labels, prior_revision, sort_rows, usable_token, used_challenge,
-    DamageLog, TokenRow,
+    authority_version, consumed_token, decode_agent, decode_entry, decode_federation, decode_group,
+    decode_row, encode_agent, encode_entry, encode_group, encode_labels, prior_revision, sort_rows,
+    usable_token, used_challenge, DamageLog, TokenRow,
 };
 use crate::migrate::{self, Migration};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    DamagedEntry, EntryFilter, EntryListing, JoinTokenRecord, Store, StoreError, StoredAuthority, TokenUse,
+    DamagedEntry, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, Store, StoreError,
+    StoredAuthority, TokenUse,
 };
 
 /// The schema, step by step. Steps 1 and 2 are the schema of the builds before `schema_version`,
@@ -79,7 +80,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX x509pop_challenges_expires_at ON x509pop_challenges (expires_at);",
     },
+    Migration {
+        version: 6,
+        name: "federation relationships",
+        sql: "CREATE TABLE federation (
+            trust_domain TEXT PRIMARY KEY,
+            relationship TEXT NOT NULL,
+            state TEXT NOT NULL,
+            revision INTEGER NOT NULL
+        );",
+    },
 ];
+
+const FEDERATION_BY_TD: &str =
+    "SELECT trust_domain, relationship, state, revision FROM federation WHERE trust_domain = ?1";
+
+/// A federation row as selected (`trust_domain, relationship, state, revision`); a row whose trust
+/// domain cannot be parsed is corrupt.
+fn federation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FederationRow, StoreError>> {
+    Ok(decode_federation(&r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
 
 /// When SQLite waits for the disk (`PRAGMA synchronous`), in WAL mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -694,6 +714,106 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM node_groups WHERE spiffe_id = ?1", [&id]).map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(group)
+        })
+        .await
+    }
+
+    async fn create_federation(&self, row: &FederationRow) -> Result<(), StoreError> {
+        let row = row.clone();
+        self.with_write(move |conn| {
+            let td = row.trust_domain.to_string();
+            let r = conn.execute(
+                "INSERT INTO federation (trust_domain, relationship, state, revision) VALUES (?1, ?2, ?3, 1)",
+                params![td, row.relationship, row.state],
+            );
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::FederationExists(td))
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_federation(&self, trust_domain: &TrustDomain) -> Result<Option<FederationRow>, StoreError> {
+        let td = trust_domain.to_string();
+        self.with(move |conn| {
+            conn.query_row(FEDERATION_BY_TD, [&td], federation_row).optional().map_err(backend)?.transpose()
+        })
+        .await
+    }
+
+    async fn list_federations(&self) -> Result<Vec<FederationRow>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT trust_domain, relationship, state, revision FROM federation ORDER BY trust_domain")
+                .map_err(backend)?;
+            let rows = stmt.query_map([], federation_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(|r| r)).collect()
+        })
+        .await
+    }
+
+    async fn update_federation(&self, row: &FederationRow) -> Result<u64, StoreError> {
+        let row = row.clone();
+        self.with_write(move |conn| {
+            let td = row.trust_domain.to_string();
+            let expected = i64::try_from(row.revision).unwrap_or(i64::MAX);
+            let n = conn
+                .execute(
+                    "UPDATE federation SET relationship = ?2, state = ?3, revision = revision + 1 WHERE trust_domain = ?1 AND revision = ?4",
+                    params![td, row.relationship, row.state, expected],
+                )
+                .map_err(backend)?;
+            if n == 1 {
+                return Ok(row.revision + 1);
+            }
+            let exists: Option<i64> = conn
+                .query_row("SELECT revision FROM federation WHERE trust_domain = ?1", [&td], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            Err(if exists.is_some() { StoreError::FederationConflict(td) } else { StoreError::FederationNotFound(td) })
+        })
+        .await
+    }
+
+    async fn save_federation_state(
+        &self,
+        trust_domain: &TrustDomain,
+        revision: u64,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        let (td, state) = (trust_domain.to_string(), state.to_owned());
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        self.with_write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE federation SET state = ?2 WHERE trust_domain = ?1 AND revision = ?3",
+                    params![td, state, revision],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_federation(&self, trust_domain: &TrustDomain) -> Result<FederationRow, StoreError> {
+        let td = trust_domain.to_string();
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let row = tx
+                .query_row(FEDERATION_BY_TD, [&td], federation_row)
+                .optional()
+                .map_err(backend)?
+                .transpose()?;
+            let Some(row) = row else { return Err(StoreError::FederationNotFound(td)) };
+            tx.execute("DELETE FROM federation WHERE trust_domain = ?1", [&td]).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(row)
         })
         .await
     }

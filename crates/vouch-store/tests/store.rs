@@ -163,13 +163,14 @@ async fn databases_of_earlier_builds_are_recognised_and_upgraded_in_place() {
         (3, "authority version".to_owned()),
         (4, "node groups, join token labels".to_owned()),
         (5, "x509pop challenges".to_owned()),
+        (6, "federation relationships".to_owned()),
     ];
     for steps in [2, 1] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vouch.db");
         create_legacy_database(&path, steps);
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(schema_versions(&path), (want.clone(), 5), "from {steps} step(s)");
+        assert_eq!(schema_versions(&path), (want.clone(), 6), "from {steps} step(s)");
         let old = vouch_core::EntryId::new("old").unwrap();
         assert_eq!(store.get_entry(&old).await.unwrap().unwrap().id, old, "data kept");
         assert_eq!(store.load_authority().await.unwrap().as_deref(), Some("{\"v\":0}"));
@@ -178,7 +179,7 @@ async fn databases_of_earlier_builds_are_recognised_and_upgraded_in_place() {
         drop(store);
         // Opening again changes nothing, and the upgraded database passes the whole contract.
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(schema_versions(&path), (want.clone(), 5));
+        assert_eq!(schema_versions(&path), (want.clone(), 6));
         store.save_authority("{}").await.unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute("DELETE FROM authority", []).unwrap();
@@ -198,7 +199,7 @@ async fn newer_schema_versions_are_refused_and_failed_steps_change_nothing() {
     conn.execute("INSERT INTO schema_version (version, name) VALUES (99, 'from the future')", []).unwrap();
     drop(conn);
     let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 99, supported: 5 }), "{err}");
+    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 99, supported: 6 }), "{err}");
     assert!(err.to_string().contains("newer than this vouch"), "{err}");
 
     // A step that fails (here: a table in the way of step 2) rolls back the whole upgrade.
@@ -236,7 +237,7 @@ async fn postgres_conforms_and_migrates() {
     let cluster = PgCluster::start();
     let url = PgUrl::parse(&cluster.create_database("conformance").await).unwrap();
     let store = PostgresStore::connect(&url).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 5);
+    assert_eq!(store.schema_version().await.unwrap(), 6);
     conformance::run(Arc::new(store)).await;
 
     // Reopening finds the schema in place; a second store on the same database (a replica) sees
@@ -244,14 +245,14 @@ async fn postgres_conforms_and_migrates() {
     let tcp = cluster.tcp_url("conformance");
     let replica = PostgresStore::connect(&PgUrl::parse(&tcp).unwrap()).await.unwrap();
     assert_eq!(replica.load_authority().await.unwrap().as_deref(), Some("{\"v\":2}"));
-    assert_eq!(replica.schema_version().await.unwrap(), 5);
+    assert_eq!(replica.schema_version().await.unwrap(), 6);
 
     // Replicas starting together on an empty database migrate once, one after the other.
     let url = PgUrl::parse(&cluster.create_database("together").await).unwrap();
     let (a, b) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
     assert_eq!(
         (a.unwrap().schema_version().await.unwrap(), b.unwrap().schema_version().await.unwrap()),
-        (5, 5)
+        (6, 6)
     );
 
     // A database from a newer vouch is refused.
@@ -263,7 +264,7 @@ async fn postgres_conforms_and_migrates() {
         .await
         .unwrap();
     let err = PostgresStore::connect(&url).await.unwrap_err();
-    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 99, supported: 5 }), "{err}");
+    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 99, supported: 6 }), "{err}");
 }
 
 /// The password in a store URL never shows: not in its Display or Debug form, not in the error of
@@ -365,6 +366,22 @@ async fn postgres_replicas_hear_each_others_changes_and_share_one_lead() {
     assert_eq!(heard(&mut at_b).await, Change::AgentRemoved { agent, banned: false });
     assert_eq!(a.write_authority(None, "{}").await.unwrap(), AuthorityWrite::Written(1));
     assert_eq!(heard(&mut at_b).await, Change::AuthorityChanged { version: 1 });
+    // Federation relationships: created, refreshed, deleted; a refresh that no longer lands is
+    // not announced.
+    let td = vouch_core::TrustDomain::new("b.org").unwrap();
+    let row = vouch_store::FederationRow {
+        trust_domain: td.clone(),
+        relationship: "{}".into(),
+        state: "{}".into(),
+        revision: 1,
+    };
+    a.create_federation(&row).await.unwrap();
+    assert_eq!(heard(&mut at_b).await, Change::FederationChanged { trust_domain: td.clone() });
+    assert!(a.save_federation_state(&td, 1, "{\"n\":1}").await.unwrap());
+    assert_eq!(heard(&mut at_b).await, Change::FederationChanged { trust_domain: td.clone() });
+    assert!(!a.save_federation_state(&td, 7, "{}").await.unwrap());
+    a.delete_federation(&td).await.unwrap();
+    assert_eq!(heard(&mut at_b).await, Change::FederationChanged { trust_domain: td });
     // Nothing of a's own writes came back to a, and b heard nothing of the failed batch.
     assert!(at_a.try_recv().is_err(), "a store does not hear its own changes");
     assert!(at_b.try_recv().is_err(), "nothing more: the failed batch sent nothing");

@@ -9,6 +9,7 @@
 
 mod attest;
 mod failover;
+mod federation;
 mod kubelet;
 mod openbao;
 mod ops;

@@ -34,8 +34,19 @@ async fn start_server_clocked(
     extra: &str,
     clock: Arc<dyn vouch_server::Clock>,
 ) -> Server {
+    start_server_in(dir, "example.org", port, extra, clock).await
+}
+
+/// [`start_server_clocked`] for trust domain `td`.
+async fn start_server_in(
+    dir: &Path,
+    td: &str,
+    port: u16,
+    extra: &str,
+    clock: Arc<dyn vouch_server::Clock>,
+) -> Server {
     let text = format!(
-        "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
+        "version = 1\ntrust_domain = \"{td}\"\ndata_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
         dir.display()
     );
     let config = Config::from_toml(&text, &|_| None).unwrap();
@@ -50,6 +61,8 @@ pub(crate) struct Stack {
     pub(crate) agent: Option<Agent>,
     pub(crate) agent_config: AgentConfig,
     pub(crate) admin: AdminClient,
+    /// The trust domain of the server and agent.
+    pub(crate) td: String,
 }
 
 impl Stack {
@@ -76,13 +89,24 @@ impl Stack {
         clock: Arc<dyn vouch_server::Clock>,
         configure: impl FnOnce(&mut AgentConfig),
     ) -> Self {
+        Self::start_in("example.org", server_extra, clock, configure).await
+    }
+
+    /// [`Stack::start_with_server_clock`] in trust domain `td`.
+    pub(crate) async fn start_in(
+        td: &str,
+        server_extra: &str,
+        clock: Arc<dyn vouch_server::Clock>,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server_dir = dir.path().join("server");
         let port = free_port();
-        let server = start_server_clocked(&server_dir, port, server_extra, clock).await;
+        let server = start_server_in(&server_dir, td, port, server_extra, clock).await;
         let admin = AdminClient::unix(&server.admin_socket);
+        let agent_id = format!("spiffe://{td}/agent/test-node");
         let token: Value =
-            admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": AGENT_ID}))).await.unwrap();
+            admin.call("POST", "/v1/join-tokens", Some(&json!({"agent_id": agent_id}))).await.unwrap();
         let (_, pem) = admin.request("GET", "/v1/bundle?format=pem", None).await.unwrap();
         let bundle = dir.path().join("bundle.pem");
         std::fs::write(&bundle, &pem).unwrap();
@@ -92,6 +116,7 @@ impl Stack {
             "VOUCH_AGENT_DATA_DIR" => Some(agent_dir.display().to_string()),
             "VOUCH_AGENT_JOIN_TOKEN" => token["token"].as_str().map(str::to_owned),
             "VOUCH_AGENT_BUNDLE" => Some(bundle.display().to_string()),
+            "VOUCH_AGENT_TRUST_DOMAIN" => Some(td.to_owned()),
             _ => None,
         };
         let mut agent_config = AgentConfig::load(None, &env).unwrap();
@@ -105,6 +130,7 @@ impl Stack {
             agent: Some(agent),
             agent_config,
             admin,
+            td: td.to_owned(),
         };
         stack.wait_connected().await;
         stack
@@ -130,7 +156,8 @@ impl Stack {
     pub(crate) async fn entry_for_me(&self, id: &str, path: &str, extra: Value) -> Value {
         let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
         let exe = std::env::current_exe().unwrap();
-        let mut body = json!({"id": id, "spiffe_id": format!("spiffe://example.org{path}"), "parent_id": AGENT_ID,
+        let td = &self.td;
+        let mut body = json!({"id": id, "spiffe_id": format!("spiffe://{td}{path}"), "parent_id": format!("spiffe://{td}/agent/test-node"),
             "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{}", exe.display())]});
         if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
             b.extend(x.clone());
@@ -423,36 +450,53 @@ async fn cached_svids_survive_a_server_outage_and_the_agent_reconnects_and_resta
     assert!(!health.ready && health.reason.contains("a join token is single use"), "{}", health.reason);
 }
 
-/// The independent Python client (py-spiffe from PyPI), unchanged, as a real workload process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_spiffe_client_gets_identities() {
-    let stack = Stack::start().await;
-    let python = String::from_utf8(
-        std::process::Command::new("python3")
-            .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
-            .output()
-            .expect("python3 is installed")
-            .stdout,
-    )
-    .unwrap();
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
-    let entry = json!({"id": "py", "spiffe_id": "spiffe://example.org/python", "parent_id": AGENT_ID,
-        "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{}", python.trim())]});
-    let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await.unwrap();
-    stack.wait_entries(1).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/py_spiffe_client.py");
-    let out = tokio::process::Command::new(python.trim())
-        .arg(&script)
-        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", stack.agent().socket.display()))
+/// The real path of the python3 that runs py-spiffe (a `unix:path` selector names it).
+pub(crate) fn python_path() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
         .output()
+        .expect("python3 is installed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs `tests/agent/<script>` with `python` as a workload of the agent on `socket` (with `env`
+/// besides `SPIFFE_ENDPOINT_SOCKET`), within 60 s; the JSON it prints.
+pub(crate) async fn run_py_spiffe(
+    python: &str,
+    script: &str,
+    socket: &Path,
+    env: &[(&str, String)],
+) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent").join(script);
+    let run = tokio::process::Command::new(python)
+        .arg(&script)
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
         .await
+        .expect("py-spiffe finished within 60 s")
         .unwrap();
     assert!(
         out.status.success(),
         "py-spiffe failed (is `pip install spiffe==0.3.2` done?): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The independent Python client (py-spiffe from PyPI), unchanged, as a real workload process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_spiffe_client_gets_identities() {
+    let stack = Stack::start().await;
+    let python = python_path();
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let entry = json!({"id": "py", "spiffe_id": "spiffe://example.org/python", "parent_id": AGENT_ID,
+        "selectors": [format!("unix:uid:{uid}"), format!("unix:path:{python}")]});
+    let _: Value = stack.admin.call("POST", "/v1/entries", Some(&entry)).await.unwrap();
+    stack.wait_entries(1).await;
+    let v = run_py_spiffe(&python, "py_spiffe_client.py", &stack.agent().socket, &[]).await;
     assert_eq!(v["x509_spiffe_id"], "spiffe://example.org/python");
     assert_eq!(v["chain_length"], 2);
     assert_eq!(v["x509_bundle"], true);
