@@ -476,6 +476,13 @@ pub trait Store: Send + Sync + 'static {
     /// refused without a write.
     async fn consume_challenge(&self, nonce_hash: &str, now: i64) -> Result<ChallengeUse, StoreError>;
 
+    /// Records that a subject token was exchanged (RFC 8693): `key` names it (a hash of its issuer
+    /// and `jti`, or of the token), kept until `expires_at` (unix seconds). `true` if the key was
+    /// new; `false` if it is recorded and unexpired, i.e. the token is presented again. Of several
+    /// callers (on any replica) recording one key at once, exactly one gets `true`. Keys whose
+    /// expiry is at or before `now` are purged first, so an expired key never refuses anything.
+    async fn record_exchanged_token(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, StoreError>;
+
     // Agent records change only through the rules of [`agent_rules`], each applied atomically: there
     // is no plain "write this record", because writing back a record read earlier is how a ban or
     // an eviction got lost.

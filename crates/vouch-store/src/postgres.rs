@@ -96,6 +96,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX x509pop_challenges_expires_at ON x509pop_challenges (expires_at);",
     },
+    // Step 6 is the federation branch's, copied as it is there (see the SQLite list).
+    Migration {
+        version: 6,
+        name: "federation relationships",
+        sql: r#"CREATE TABLE federation (
+            trust_domain TEXT COLLATE "C" PRIMARY KEY,
+            relationship TEXT NOT NULL,
+            state TEXT NOT NULL,
+            revision BIGINT NOT NULL
+        );"#,
+    },
+    Migration {
+        version: 7,
+        name: "exchanged subject tokens",
+        sql: r#"CREATE TABLE exchanged_tokens (
+            key TEXT COLLATE "C" PRIMARY KEY,
+            expires_at BIGINT NOT NULL
+        );
+        CREATE INDEX exchanged_tokens_expires_at ON exchanged_tokens (expires_at);"#,
+    },
 ];
 
 /// The advisory lock key under which replicas migrate one at a time (`vouch` in ASCII).
@@ -944,6 +964,23 @@ impl Store for PostgresStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(ChallengeIssue::Issued)
+    }
+
+    async fn record_exchanged_token(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let conn = self.pool.get().await?;
+        conn.execute("DELETE FROM exchanged_tokens WHERE expires_at <= $1", &[&now])
+            .await
+            .map_err(backend)?;
+        // One statement decides: of replicas inserting the same key at once, one inserts the row.
+        let inserted = conn
+            .execute(
+                "INSERT INTO exchanged_tokens (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &expires_at],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(inserted == 1)
     }
 
     async fn consume_challenge(&self, nonce_hash: &str, now: i64) -> Result<ChallengeUse, StoreError> {

@@ -79,6 +79,27 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX x509pop_challenges_expires_at ON x509pop_challenges (expires_at);",
     },
+    // Step 6 is the federation branch's, copied as it is there so that both branches number one
+    // schema alike; step 7 follows it.
+    Migration {
+        version: 6,
+        name: "federation relationships",
+        sql: "CREATE TABLE federation (
+            trust_domain TEXT PRIMARY KEY,
+            relationship TEXT NOT NULL,
+            state TEXT NOT NULL,
+            revision INTEGER NOT NULL
+        );",
+    },
+    Migration {
+        version: 7,
+        name: "exchanged subject tokens",
+        sql: "CREATE TABLE exchanged_tokens (
+            key TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX exchanged_tokens_expires_at ON exchanged_tokens (expires_at);",
+    },
 ];
 
 /// When SQLite waits for the disk (`PRAGMA synchronous`), in WAL mode.
@@ -574,6 +595,23 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             Ok(used_challenge(taken, now))
+        })
+        .await
+    }
+
+    async fn record_exchanged_token(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            tx.execute("DELETE FROM exchanged_tokens WHERE expires_at <= ?1", [now]).map_err(backend)?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO exchanged_tokens (key, expires_at) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                    params![key, expires_at],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(inserted == 1)
         })
         .await
     }
