@@ -100,6 +100,8 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     oidc: Option<FileOidc>,
+    #[serde(default)]
+    token_exchange: crate::token_exchange::rules::FileTokenExchange,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -551,6 +553,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The OIDC issuer listener, if configured.
     pub oidc: Option<OidcConfig>,
+    /// RFC 8693 token exchange on the OIDC listener, if configured.
+    pub token_exchange: Option<crate::token_exchange::TokenExchangeConfig>,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -830,7 +834,17 @@ impl Config {
             }
         };
         let oidc = file.oidc.map(|o| OidcConfig::build(o, jwt_issuer.as_deref(), env)).transpose()?;
+        let token_exchange =
+            crate::token_exchange::TokenExchangeConfig::build(file.token_exchange, &trust_domain)?;
+        if token_exchange.is_some() && oidc.is_none() {
+            return Err(ConfigError::Invalid(
+                "token_exchange needs [oidc]: POST /v1/token is served on the OIDC listener, which relying parties \
+                 reach without a client certificate"
+                    .into(),
+            ));
+        }
         Ok(Self {
+            token_exchange,
             limits,
             oidc,
             psat_clusters,
