@@ -4006,3 +4006,51 @@ async fn token_exchange_maps_external_tokens_to_jwt_svids_once() {
         assert!(err.contains(want), "{want}: {err}");
     }
 }
+
+/// Exchanges are limited per issuer, and only tokens whose signature verifies are charged: forged
+/// tokens naming the issuer cannot spend its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_is_rate_limited_per_issuer_on_verified_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let ci = vouch_ca::testing::EcJwtIssuer::new("ci-1");
+    let jwks_file = dir.path().join("ci-jwks.json");
+    std::fs::write(&jwks_file, ci.jwks()).unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[ca]\njwt_issuer = \"http://127.0.0.1:{port}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n\
+         [token_exchange]\nper_second = 0.01\nburst = 2\n\
+         [[token_exchange.issuer]]\nissuer = \"{CI}\"\njwks_file = \"{}\"\n\
+         [[token_exchange.rule]]\nname = \"ci\"\nissuer = \"{CI}\"\naudience = \"vouch\"\nspiffe_id = \"spiffe://example.org/ci\"\n",
+        jwks_file.display()
+    );
+    let (server, _, _) = start_with(dir.path(), &extra).await;
+    let app = vouch_server::oidc_router(server.state.clone()).unwrap();
+    let forger = vouch_ca::testing::EcJwtIssuer::new("ci-1");
+    for i in 0..5 {
+        let forged = forger.sign(&ci_claims("x", Some(&format!("f-{i}")), 300, json!({})));
+        assert_eq!(exchange_token(&app, &forged).await.0, StatusCode::BAD_REQUEST);
+    }
+    for i in 0..2 {
+        let (status, answer, _) =
+            exchange_token(&app, &ci.sign(&ci_claims("x", Some(&format!("g-{i}")), 300, json!({})))).await;
+        assert_eq!(status, StatusCode::OK, "the burst is whole after forged tokens: {answer}");
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(form(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &ci.sign(&ci_claims("x", Some("g-3"), 300, json!({})))),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "bao"),
+        ])))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert_eq!(exchanged_count(dir.path()), 2, "a limited exchange stores nothing");
+    server.shutdown().await;
+}
