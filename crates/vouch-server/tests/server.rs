@@ -3882,6 +3882,24 @@ async fn token_exchange_maps_external_tokens_to_jwt_svids_once() {
             "closest is rule `deploy` (3 of 4 conditions met): claim `environment` is not `prod`",
         ),
         ("not-a-jwt".to_owned(), "not a JWT"),
+        (
+            ci.sign(&ci_claims(
+                "repo:acme/app",
+                Some("j-7"),
+                300,
+                json!({"environment": "prod", "nbf": i64::MAX}),
+            )),
+            "not valid before",
+        ),
+        (
+            ci.sign(&ci_claims(
+                "repo:acme/app",
+                Some("j-8"),
+                300,
+                json!({"environment": "prod", "iat": i64::MAX}),
+            )),
+            "issued in the future",
+        ),
     ] {
         let (status, answer, cache) = exchange_token(&app, &token).await;
         assert_eq!(
@@ -3978,6 +3996,12 @@ async fn token_exchange_maps_external_tokens_to_jwt_svids_once() {
         &rotated.sign(&ci_claims("repo:acme/web", Some("j-6"), 300, json!({"environment": "prod"}))),
     )
     .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // The largest `exp` a token can carry is no overflow.
+    let mut forever = ci_claims("repo:acme/web", Some("j-9"), 300, json!({"environment": "prod"}));
+    forever["exp"] = i64::MAX.into();
+    let (status, answer, _) = exchange_token(&app, &rotated.sign(&forever)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 
     // After a restart (with the first key back), a replay is still refused.

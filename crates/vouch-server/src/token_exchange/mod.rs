@@ -349,19 +349,25 @@ impl Exchange {
             .get("exp")
             .and_then(Value::as_i64)
             .ok_or_else(|| bad_token("token exchange: times", "claim `exp` is missing"))?;
-        if exp + LEEWAY_SECS <= now {
+        // Saturating: the claims are signed, but a signed `exp` of i64::MAX must not overflow.
+        let keep_until = exp.saturating_add(LEEWAY_SECS);
+        if keep_until <= now {
             return Err(bad_token(
                 "token exchange: expired",
                 format_args!("expired at {exp} (unix seconds)"),
             ));
         }
-        if let Some(nbf) = claims.get("nbf").and_then(Value::as_i64).filter(|nbf| *nbf > now + LEEWAY_SECS) {
+        if let Some(nbf) =
+            claims.get("nbf").and_then(Value::as_i64).filter(|nbf| *nbf > now.saturating_add(LEEWAY_SECS))
+        {
             return Err(bad_token(
                 "token exchange: times",
                 format_args!("not valid before {nbf} (unix seconds)"),
             ));
         }
-        if let Some(iat) = claims.get("iat").and_then(Value::as_i64).filter(|iat| *iat > now + LEEWAY_SECS) {
+        if let Some(iat) =
+            claims.get("iat").and_then(Value::as_i64).filter(|iat| *iat > now.saturating_add(LEEWAY_SECS))
+        {
             return Err(bad_token(
                 "token exchange: times",
                 format_args!("issued in the future ({iat}, unix seconds)"),
@@ -380,13 +386,7 @@ impl Exchange {
             Some(jti) => format!("jti:{}", vouch_ca::keys::sha256_hex(format!("{iss}\n{jti}").as_bytes())),
             None => format!("token:{}", vouch_ca::keys::sha256_hex(token.as_bytes())),
         };
-        Ok(Accepted {
-            issuer: iss,
-            rule: rule.name.clone(),
-            spiffe_id,
-            replay_key,
-            keep_until: exp + LEEWAY_SECS,
-        })
+        Ok(Accepted { issuer: iss, rule: rule.name.clone(), spiffe_id, replay_key, keep_until })
     }
 
     async fn exchange(
