@@ -3783,6 +3783,15 @@ fn ci_claims(sub: &str, jti: Option<&str>, exp_in: i64, extra: Value) -> Value {
     c
 }
 
+/// A test directory, an external issuer with its JWKS file in it, and a free port for the OIDC listener.
+fn ci_issuer() -> (tempfile::TempDir, vouch_ca::testing::EcJwtIssuer, std::path::PathBuf, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let ci = vouch_ca::testing::EcJwtIssuer::new("ci-1");
+    let jwks_file = dir.path().join("ci-jwks.json");
+    std::fs::write(&jwks_file, ci.jwks()).unwrap();
+    (dir, ci, jwks_file, free_port())
+}
+
 /// RFC 8693 token exchange on the OIDC listener: a CI system's ES256 token (its JWKS in a file)
 /// maps by rule to a SPIFFE ID, and the answer is a JWT-SVID for the requested audience that
 /// validates with vouch's JWKS; each subject token is accepted once (also after a restart); bad
@@ -3790,11 +3799,7 @@ fn ci_claims(sub: &str, jti: Option<&str>, exp_in: i64, extra: Value) -> Value {
 /// issuer's JWKS file is read again when it changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_exchange_maps_external_tokens_to_jwt_svids_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let ci = vouch_ca::testing::EcJwtIssuer::new("ci-1");
-    let jwks_file = dir.path().join("ci-jwks.json");
-    std::fs::write(&jwks_file, ci.jwks()).unwrap();
-    let port = free_port();
+    let (dir, ci, jwks_file, port) = ci_issuer();
     let issuer = format!("http://127.0.0.1:{port}");
     let extra = format!(
         "[ca]\njwt_issuer = \"{issuer}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n\
@@ -4035,11 +4040,7 @@ async fn token_exchange_maps_external_tokens_to_jwt_svids_once() {
 /// tokens naming the issuer cannot spend its budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_exchange_is_rate_limited_per_issuer_on_verified_tokens() {
-    let dir = tempfile::tempdir().unwrap();
-    let ci = vouch_ca::testing::EcJwtIssuer::new("ci-1");
-    let jwks_file = dir.path().join("ci-jwks.json");
-    std::fs::write(&jwks_file, ci.jwks()).unwrap();
-    let port = free_port();
+    let (dir, ci, jwks_file, port) = ci_issuer();
     let extra = format!(
         "[ca]\njwt_issuer = \"http://127.0.0.1:{port}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n\
          [token_exchange]\nper_second = 0.01\nburst = 2\n\
