@@ -2192,13 +2192,12 @@ impl Store for PausingStore {
     ) -> Result<vouch_store::ChallengeUse, vouch_store::StoreError> {
         self.inner.consume_challenge(nonce_hash, now).await
     }
-    async fn record_exchanged_token(
+    async fn record_exchanged_tokens(
         &self,
-        key: &str,
-        expires_at: i64,
+        tokens: &[(String, i64)],
         now: i64,
-    ) -> Result<bool, vouch_store::StoreError> {
-        self.inner.record_exchanged_token(key, expires_at, now).await
+    ) -> Result<Vec<bool>, vouch_store::StoreError> {
+        self.inner.record_exchanged_tokens(tokens, now).await
     }
     async fn ping(&self) -> Result<(), vouch_store::StoreError> {
         self.inner.ping().await
@@ -4002,6 +4001,36 @@ async fn token_exchange_maps_external_tokens_to_jwt_svids_once() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // Concurrent exchanges are recorded together: of 16 presentations of one token exactly one
+    // succeeds, and 16 distinct tokens at once all do.
+    let once = rotated.sign(&ci_claims("repo:acme/web", Some("j-10"), 300, json!({"environment": "prod"})));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (app, once) = (app.clone(), once.clone());
+            tokio::spawn(async move { exchange_token(&app, &once).await.0 })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap() == StatusCode::OK);
+    }
+    assert_eq!(ok, 1, "one token, one exchange");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let app = app.clone();
+            let token = rotated.sign(&ci_claims(
+                "repo:acme/web",
+                Some(&format!("c-{i}")),
+                300,
+                json!({"environment": "prod"}),
+            ));
+            tokio::spawn(async move { exchange_token(&app, &token).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
 
     // The largest `exp` a token can carry is no overflow.
     let mut forever = ci_claims("repo:acme/web", Some("j-9"), 300, json!({"environment": "prod"}));

@@ -195,6 +195,16 @@ async fn exchanged_tokens_are_accepted_once(store: Arc<dyn Store>) {
         wins += usize::from(t.await.unwrap());
     }
     assert_eq!(wins, 1, "a subject token is exchanged exactly once under concurrency");
+
+    // A batch: new keys, a known one and a key given twice, in order.
+    let batch = [
+        ("b1".to_owned(), 1000),
+        ("race".to_owned(), 1000),
+        ("b2".to_owned(), 1000),
+        ("b1".to_owned(), 1000),
+    ];
+    assert_eq!(store.record_exchanged_tokens(&batch, 260).await.unwrap(), [true, false, true, false]);
+    assert!(store.record_exchanged_tokens(&[], 260).await.unwrap().is_empty());
 }
 
 fn challenge(hash: &str, expires_at: i64) -> ChallengeRecord {

@@ -966,21 +966,29 @@ impl Store for PostgresStore {
         Ok(ChallengeIssue::Issued)
     }
 
-    async fn record_exchanged_token(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, StoreError> {
+    async fn record_exchanged_tokens(
+        &self,
+        tokens: &[(String, i64)],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        let conn = self.pool.get().await?;
-        conn.execute("DELETE FROM exchanged_tokens WHERE expires_at <= $1", &[&now])
-            .await
-            .map_err(backend)?;
-        // One statement decides: of replicas inserting the same key at once, one inserts the row.
-        let inserted = conn
-            .execute(
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        tx.execute("DELETE FROM exchanged_tokens WHERE expires_at <= $1", &[&now]).await.map_err(backend)?;
+        // Each insert decides: of replicas inserting the same key at once, one inserts the row (the
+        // others wait for its transaction and then find the key).
+        let insert = tx
+            .prepare(
                 "INSERT INTO exchanged_tokens (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-                &[&key, &expires_at],
             )
             .await
             .map_err(backend)?;
-        Ok(inserted == 1)
+        let mut fresh = Vec::with_capacity(tokens.len());
+        for (key, expires_at) in tokens {
+            fresh.push(tx.execute(&insert, &[key, expires_at]).await.map_err(backend)? == 1);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(fresh)
     }
 
     async fn consume_challenge(&self, nonce_hash: &str, now: i64) -> Result<ChallengeUse, StoreError> {

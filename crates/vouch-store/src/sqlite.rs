@@ -599,19 +599,28 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_exchanged_token(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, StoreError> {
-        let key = key.to_owned();
+    async fn record_exchanged_tokens(
+        &self,
+        tokens: &[(String, i64)],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let tokens = tokens.to_vec();
         self.with_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             tx.execute("DELETE FROM exchanged_tokens WHERE expires_at <= ?1", [now]).map_err(backend)?;
-            let inserted = tx
-                .execute(
+            let mut insert = tx
+                .prepare_cached(
                     "INSERT INTO exchanged_tokens (key, expires_at) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-                    params![key, expires_at],
                 )
                 .map_err(backend)?;
+            let fresh = tokens
+                .iter()
+                .map(|(key, expires_at)| insert.execute(params![key, expires_at]).map(|n| n == 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            drop(insert);
             tx.commit().map_err(backend)?;
-            Ok(inserted == 1)
+            Ok(fresh)
         })
         .await
     }

@@ -135,12 +135,72 @@ impl FileKeys {
     }
 }
 
-/// The endpoint's state: the configuration, each issuer's keys and the per-issuer limit.
+/// A replay key waiting to be recorded, with where its answer goes.
+type Pending = (String, i64, tokio::sync::oneshot::Sender<Result<bool, String>>);
+
+/// Group commit of replay keys: concurrent exchanges queue their keys, and whichever request finds
+/// no write running records everything queued in one store transaction and hands each its answer.
+/// Under load one write serves many exchanges; alone, a request writes its own key at once.
+#[derive(Default)]
+struct Recorder {
+    queue: Mutex<Vec<Pending>>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Recorder {
+    async fn record(
+        &self,
+        store: &Arc<dyn vouch_store::Store>,
+        key: String,
+        keep_until: i64,
+        now: i64,
+    ) -> Result<bool, String> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((key, keep_until, tx));
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut rx => return answer.map_err(|_| "the replay record was dropped".to_owned())?,
+                _guard = self.writing.lock() => {
+                    let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                    if batch.is_empty() {
+                        // Another writer took this key and has answered it.
+                        continue;
+                    }
+                    let (keys, senders): (Vec<(String, i64)>, Vec<_>) =
+                        batch.into_iter().map(|(k, e, tx)| ((k, e), tx)).unzip();
+                    // A task of its own, so the waiters get their answers even if this request is
+                    // cancelled (its client went away) while the write runs.
+                    let store = store.clone();
+                    let write = tokio::spawn(async move {
+                        match store.record_exchanged_tokens(&keys, now).await {
+                            Ok(fresh) => {
+                                for (tx, fresh) in senders.into_iter().zip(fresh) {
+                                    let _ = tx.send(Ok(fresh));
+                                }
+                            }
+                            Err(e) => {
+                                for tx in senders {
+                                    let _ = tx.send(Err(e.to_string()));
+                                }
+                            }
+                        }
+                    });
+                    let _ = write.await;
+                }
+            }
+        }
+    }
+}
+
+/// The endpoint's state: the configuration, each issuer's keys, the per-issuer limit and the
+/// replay recorder.
 struct Exchange {
     state: Arc<AppState>,
     config: TokenExchangeConfig,
     keys: Vec<FileKeys>,
     limit: KeyedLimiter<String>,
+    recorder: Recorder,
 }
 
 /// The router of `POST /v1/token`, if token exchange is configured; merged into the OIDC
@@ -149,7 +209,7 @@ pub fn router(state: Arc<AppState>) -> Option<Router> {
     let config = state.config.token_exchange.clone()?;
     let keys = config.issuers.iter().map(|i| FileKeys::new(i.jwks_file.clone(), i.keys.clone())).collect();
     let limit = KeyedLimiter::new(config.rate, config.issuers.len());
-    let exchange = Arc::new(Exchange { state, config, keys, limit });
+    let exchange = Arc::new(Exchange { state, config, keys, limit, recorder: Recorder::default() });
     Some(
         Router::new()
             .route(TOKEN_PATH, post(token))
@@ -421,9 +481,9 @@ impl Exchange {
                 retry_after: None,
             }
         };
-        let first = state
-            .store
-            .record_exchanged_token(&accepted.replay_key, accepted.keep_until, state.now_secs())
+        let first = self
+            .recorder
+            .record(&state.store, accepted.replay_key.clone(), accepted.keep_until, state.now_secs())
             .await
             .map_err(|e| server_error("the store is unavailable", &e))?;
         if !first {
