@@ -126,14 +126,22 @@ where
             Ok::<_, anyhow::Error>(lat)
         }));
     }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
+    let mut latencies = gather(tasks).await?;
     let elapsed = start.elapsed();
     let (server, client) = costs.finish();
     latencies.sort();
     Ok(Run { count: latencies.len(), elapsed, latencies, server, client })
+}
+
+/// Waits for every worker and gathers their latencies (unsorted); the first error stops it.
+pub(crate) async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>>>>,
+) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(latencies)
 }
 
 pub(crate) struct VouchProcess {
@@ -142,6 +150,11 @@ pub(crate) struct VouchProcess {
 }
 
 impl VouchProcess {
+    /// A started server whose files live in `dir` (removed when the process is).
+    pub(crate) fn new(child: Child, dir: tempfile::TempDir) -> Self {
+        Self { child, _dir: dir }
+    }
+
     /// The server's process id (for its RSS).
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
@@ -252,14 +265,14 @@ fn check_issued(body: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// An HTTP/1.1 keep-alive connection to OpenBao, plain or over TLS (`-dev-tls`).
-struct BaoConn {
+/// An HTTP/1.1 keep-alive connection to OpenBao (or any HTTP server), plain or over TLS (`-dev-tls`).
+pub(crate) struct BaoConn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
 }
 
 impl BaoConn {
-    async fn connect(addr: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Self> {
+    pub(crate) async fn connect(addr: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let sender = match tls {
@@ -273,14 +286,46 @@ impl BaoConn {
         Ok(Self { sender, host: addr.to_owned() })
     }
 
-    async fn call(&mut self, method: &str, path: &str, token: &str, body: &Value) -> Result<(u16, Bytes)> {
-        let req = hyper::Request::builder()
+    /// A JSON request with an OpenBao token.
+    pub(crate) async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> Result<(u16, Bytes)> {
+        let body = Bytes::from(serde_json::to_vec(body)?);
+        self.request(method, path, Some(token), "application/json", body).await
+    }
+
+    /// A request without a token.
+    pub(crate) async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(u16, Bytes)> {
+        self.request(method, path, None, content_type, body).await
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(u16, Bytes)> {
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", &self.host)
-            .header("x-vault-token", token)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+            .header("content-type", content_type);
+        if let Some(token) = token {
+            req = req.header("x-vault-token", token);
+        }
+        let req = req.body(Full::new(body))?;
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();

@@ -9,6 +9,8 @@
 //! - `agent --vouch BIN`: Workload API latency, entry propagation and agent memory per SVID.
 //! - `flood --vouch BIN`: a legitimate agent's signing p99 during a flood of 10,000 bogus node
 //!   attestations against the same without the flood, as a ratio.
+//! - `exchange --vouch BIN --bao-addr URL [--count N]`: RFC 8693 token exchanges per second
+//!   against OpenBao's JWT login, fresh ES256 tokens of one issuer for both, as a ratio.
 //! - `scale --vouch BIN --entries N --agents M [--store sqlite|postgres|both]`: the cost curve of
 //!   one server with N entries and M agents simulated over the real sync protocol (run by
 //!   `bench/run scale`); `scale-agents` is its agent processes.
@@ -23,6 +25,7 @@ use anyhow::{bail, Result};
 
 mod agent;
 mod api;
+mod exchange;
 mod flood;
 mod procstat;
 mod scale;
@@ -40,10 +43,11 @@ fn main() -> Result<()> {
         Some("api") => api::run(&args[1..]),
         Some("agent") => agent::run(&args[1..]),
         Some("flood") => flood::run(&args[1..]),
+        Some("exchange") => exchange::run_exchange(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("scale-agents") => scale_agents::run(&args[1..]),
         _ => bail!(
-            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
+            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
         ),
     }
 }

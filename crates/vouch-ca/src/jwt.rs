@@ -352,6 +352,23 @@ pub fn peek_kid(token: &str) -> Option<String> {
     decode_header(token.split('.').next()?).ok()?.kid
 }
 
+/// Reads the `alg` of a token's header without checking anything (to hold it to a per-issuer list
+/// once the signature is verified).
+pub fn peek_alg(token: &str) -> Option<String> {
+    Some(decode_header(token.split('.').next()?).ok()?.alg)
+}
+
+/// Reads the `iss` claim of a token without checking anything (to choose the issuer whose keys
+/// must verify it); `None` if the token is not three parts with a JSON claims object naming one.
+pub fn peek_issuer(token: &str) -> Option<String> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(c), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let claims = decode_object(c, "claims are not base64url JSON", JwtError::DuplicateClaim).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
 /// Verifies a compact JWS against `keys` (kid -> key) with the same algorithm rules as JWT-SVIDs
 /// (no `none`, no HMAC, key type must fit `alg`, no `crit`, `typ` JWT/JOSE if present) and returns
 /// the `kid` and the claims. Checks nothing about the claims: callers do.

@@ -102,6 +102,7 @@ struct FileConfig {
     oidc: Option<FileOidc>,
     #[serde(default)]
     federation: FileFederation,
+    token_exchange: crate::token_exchange::rules::FileTokenExchange,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -656,6 +657,8 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// SPIFFE federation: the bundle endpoint and the refresh of other trust domains' bundles.
     pub federation: FederationConfig,
+    /// RFC 8693 token exchange on the OIDC listener, if configured.
+    pub token_exchange: Option<crate::token_exchange::TokenExchangeConfig>,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -936,8 +939,18 @@ impl Config {
         };
         let oidc = file.oidc.map(|o| OidcConfig::build(o, jwt_issuer.as_deref(), env)).transpose()?;
         let federation = FederationConfig::build(file.federation, env)?;
+        let token_exchange =
+            crate::token_exchange::TokenExchangeConfig::build(file.token_exchange, &trust_domain)?;
+        if token_exchange.is_some() && oidc.is_none() {
+            return Err(ConfigError::Invalid(
+                "token_exchange needs [oidc]: POST /v1/token is served on the OIDC listener, which relying parties \
+                 reach without a client certificate"
+                    .into(),
+            ));
+        }
         Ok(Self {
             federation,
+            token_exchange,
             limits,
             oidc,
             psat_clusters,

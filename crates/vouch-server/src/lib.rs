@@ -25,6 +25,7 @@ pub mod reserved;
 mod routes;
 mod state;
 mod sync_hub;
+pub mod token_exchange;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -3,7 +3,8 @@
 //! keys, so that relying parties without a client certificate (OpenBao/Vault JWT auth, AWS, GCP and
 //! Azure workload identity federation) can validate JWT-SVIDs.
 //!
-//! It serves nothing else: no admin or agent route is reachable here, whatever the path. Anyone may
+//! It serves nothing else but, when configured, RFC 8693 token exchange (`POST /v1/token`, see
+//! `token_exchange`): no admin or agent route is reachable here, whatever the path. Anyone may
 //! connect, so it is served by the bounded [`crate::public_listener`]; the answers are small and
 //! cacheable.
 
@@ -60,18 +61,22 @@ pub fn router(state: Arc<AppState>) -> Option<Router> {
     let config = state.config.oidc.clone()?;
     let alg = state.config.jwt_key_alg.unwrap_or(state.config.key_alg).jws_alg();
     let max_age = format!("public, max-age={}", keys_max_age(state.config.jwt_key_ttl));
+    let exchange = crate::token_exchange::router(state.clone());
     let oidc = Arc::new(Oidc {
         discovery: Arc::from(discovery_document(&config, alg)),
         max_age: HeaderValue::from_str(&max_age).unwrap_or(HeaderValue::from_static("no-cache")),
         state,
     });
-    Some(
-        Router::new()
-            .route(DISCOVERY_PATH, get(discovery))
-            .route(OIDC_KEYS_PATH, get(keys))
-            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(oidc),
-    )
+    let documents = Router::new()
+        .route(DISCOVERY_PATH, get(discovery))
+        .route(OIDC_KEYS_PATH, get(keys))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(oidc);
+    // RFC 8693 token exchange, when configured, with its own body limit.
+    Some(match exchange {
+        Some(exchange) => documents.merge(exchange),
+        None => documents,
+    })
 }
 
 fn json_answer(body: String, cache: &HeaderValue) -> Response {

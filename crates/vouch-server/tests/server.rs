@@ -2230,6 +2230,13 @@ impl Store for PausingStore {
     ) -> Result<vouch_store::ChallengeUse, vouch_store::StoreError> {
         self.inner.consume_challenge(nonce_hash, now).await
     }
+    async fn record_exchanged_tokens(
+        &self,
+        tokens: &[(String, i64)],
+        now: i64,
+    ) -> Result<Vec<bool>, vouch_store::StoreError> {
+        self.inner.record_exchanged_tokens(tokens, now).await
+    }
     async fn ping(&self) -> Result<(), vouch_store::StoreError> {
         self.inner.ping().await
     }
@@ -3788,3 +3795,397 @@ async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_mem
 // Federation tests live beside this file; one test binary still (link time).
 #[path = "server/federation.rs"]
 mod federation;
+/// A form body (application/x-www-form-urlencoded) of these parameters.
+fn form(params: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    params.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
+}
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// `POST /v1/token` through the OIDC listener's router: the status, the JSON answer and its
+/// Cache-Control.
+async fn exchange(app: &axum::Router, params: &[(&str, &str)]) -> (StatusCode, Value, String) {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(form(params)))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let cache =
+        resp.headers().get("cache-control").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null), cache)
+}
+
+/// A standard exchange of `token` for a JWT-SVID with audience `bao`.
+async fn exchange_token(app: &axum::Router, token: &str) -> (StatusCode, Value, String) {
+    exchange(
+        app,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", token),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "bao"),
+        ],
+    )
+    .await
+}
+
+fn exchanged_count(dir: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("data").join("vouch.db")).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM exchanged_tokens", [], |r| r.get(0)).unwrap()
+}
+
+const CI: &str = "https://ci.example";
+
+fn ci_claims(sub: &str, jti: Option<&str>, exp_in: i64, extra: Value) -> Value {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut c = json!({"iss": CI, "sub": sub, "aud": ["vouch", "other"], "iat": now, "exp": now + exp_in});
+    if let Some(j) = jti {
+        c["jti"] = j.into();
+    }
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// A test directory, an external issuer with its JWKS file in it, and a free port for the OIDC listener.
+fn ci_issuer() -> (tempfile::TempDir, vouch_ca::testing::EcJwtIssuer, std::path::PathBuf, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let ci = vouch_ca::testing::EcJwtIssuer::new("ci-1");
+    let jwks_file = dir.path().join("ci-jwks.json");
+    std::fs::write(&jwks_file, ci.jwks()).unwrap();
+    (dir, ci, jwks_file, free_port())
+}
+
+/// RFC 8693 token exchange on the OIDC listener: a CI system's ES256 token (its JWKS in a file)
+/// maps by rule to a SPIFFE ID, and the answer is a JWT-SVID for the requested audience that
+/// validates with vouch's JWKS; each subject token is accepted once (also after a restart); bad
+/// tokens and requests are refused with the RFC 6749 error and a reason, and store nothing; the
+/// issuer's JWKS file is read again when it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_maps_external_tokens_to_jwt_svids_once() {
+    let (dir, ci, jwks_file, port) = ci_issuer();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let extra = format!(
+        "[ca]\njwt_issuer = \"{issuer}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n\
+         [[token_exchange.issuer]]\nissuer = \"{CI}\"\njwks_file = \"{}\"\n\
+         [[token_exchange.rule]]\nname = \"deploy\"\nissuer = \"{CI}\"\naudience = \"vouch\"\nsubject = \"repo:acme/*\"\n\
+         claims = {{ environment = \"prod\" }}\nspiffe_id = \"spiffe://example.org/ci/deploy\"\n\
+         [[token_exchange.rule]]\nname = \"runner\"\nissuer = \"{CI}\"\naudience = \"vouch\"\nclaims = {{ runner = \"yes\" }}\n\
+         spiffe_id = \"spiffe://example.org/runner/{{sub}}\"\n",
+        jwks_file.display()
+    );
+    let (server, _, _) = start_with(dir.path(), &extra).await;
+    let app = vouch_server::oidc_router(server.state.clone()).unwrap();
+
+    // A deploy token: a JWT-SVID for `bao`, valid with the keys of vouch's OIDC JWKS.
+    let deploy = ci.sign(&ci_claims("repo:acme/app", Some("j-1"), 300, json!({"environment": "prod"})));
+    let (status, answer, cache) = exchange_token(&app, &deploy).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(cache, "no-store");
+    assert_eq!(answer["issued_token_type"], JWT_TYPE);
+    assert_eq!(answer["token_type"], "N_A");
+    let expires_in = answer["expires_in"].as_i64().unwrap();
+    assert!((1..=300).contains(&expires_in), "{answer}");
+    let keys_req = Request::builder().uri("/keys").body(Body::empty()).unwrap();
+    let jwks = app.clone().oneshot(keys_req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    let served = vouch_ca::bundle::jwks_keys(std::str::from_utf8(&jwks).unwrap()).unwrap();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let svid = answer["access_token"].as_str().unwrap();
+    let claims = vouch_ca::jwt::validate(svid, &served, &td, "bao", SystemTime::now()).unwrap();
+    assert_eq!(claims.sub.to_string(), "spiffe://example.org/ci/deploy");
+    assert_eq!(claims.iss.as_deref(), Some(issuer.as_str()));
+    assert!(vouch_ca::jwt::validate(svid, &served, &td, "vouch", SystemTime::now()).is_err(), "only `bao`");
+
+    // The same token again: a replay.
+    let (status, answer, _) = exchange_token(&app, &deploy).await;
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
+    assert!(answer["error_description"].as_str().unwrap().contains("exchanged already"), "{answer}");
+
+    // `{sub}` in the rule's SPIFFE ID; without `jti`, the token's hash is its key.
+    let runner = ci.sign(&ci_claims("build-7", None, 300, json!({"runner": "yes"})));
+    let (status, answer, _) = exchange_token(&app, &runner).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let claims = server
+        .state
+        .with_authority(|a| {
+            a.validate_jwt(answer["access_token"].as_str().unwrap(), "bao", SystemTime::now())
+        })
+        .unwrap();
+    assert_eq!(claims.sub.to_string(), "spiffe://example.org/runner/build-7");
+    assert_eq!(exchange_token(&app, &runner).await.0, StatusCode::BAD_REQUEST, "replay without jti");
+    // A subject that cannot stand in a SPIFFE ID path.
+    let bad_sub = ci.sign(&ci_claims("../admin", None, 300, json!({"runner": "yes"})));
+    let (_, answer, _) = exchange_token(&app, &bad_sub).await;
+    assert!(answer["error_description"].as_str().unwrap().contains("rule `runner`"), "{answer}");
+    assert_eq!(exchanged_count(dir.path()), 2);
+
+    // Bad tokens: refused with the reason, nothing stored.
+    let b64 = |v: Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let good_claims = || ci_claims("repo:acme/app", Some("j-2"), 300, json!({"environment": "prod"}));
+    let mut evil = good_claims();
+    evil["iss"] = "https://evil.example".into();
+    let stranger = vouch_ca::testing::EcJwtIssuer::new("ci-1");
+    let none = format!("{}.{}.", b64(json!({"alg": "none", "kid": "ci-1"})), b64(good_claims()));
+    let hmac = ci.sign_with_header(&json!({"alg": "HS256"}), &good_claims());
+    let oversize = ci.sign(&ci_claims(
+        "repo:acme/app",
+        Some("j-3"),
+        300,
+        json!({"environment": "prod", "pad": "x".repeat(17 * 1024)}),
+    ));
+    for (token, want) in [
+        (ci.sign(&evil), "issuer `https://evil.example` is not trusted"),
+        (
+            ci.sign(&ci_claims("repo:acme/app", Some("j-4"), -120, json!({"environment": "prod"}))),
+            "expired at",
+        ),
+        (stranger.sign(&good_claims()), "signature does not verify"),
+        (none, "alg `none`"),
+        (hmac, "HMAC"),
+        (oversize, "larger than 16384 bytes"),
+        (
+            ci.sign(&ci_claims("repo:acme/app", Some("j-5"), 300, json!({"environment": "dev"}))),
+            "closest is rule `deploy` (3 of 4 conditions met): claim `environment` is not `prod`",
+        ),
+        ("not-a-jwt".to_owned(), "not a JWT"),
+        (
+            ci.sign(&ci_claims(
+                "repo:acme/app",
+                Some("j-7"),
+                300,
+                json!({"environment": "prod", "nbf": i64::MAX}),
+            )),
+            "not valid before",
+        ),
+        (
+            ci.sign(&ci_claims(
+                "repo:acme/app",
+                Some("j-8"),
+                300,
+                json!({"environment": "prod", "iat": i64::MAX}),
+            )),
+            "issued in the future",
+        ),
+    ] {
+        let (status, answer, cache) = exchange_token(&app, &token).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{want}"
+        );
+        let why = answer["error_description"].as_str().unwrap();
+        assert!(why.contains(want), "{want}: {why}");
+        assert!(!why.contains(&token[..token.len().min(40)]), "the token is never echoed: {why}");
+        assert_eq!(cache, "no-store");
+    }
+    // Bad requests, with a good token that is then still unused.
+    let fresh = ci.sign(&good_claims());
+    for (params, error, want) in [
+        (
+            vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", fresh.as_str()),
+                ("subject_token_type", JWT_TYPE),
+            ],
+            "invalid_request",
+            "`audience` is missing",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("subject_token", &fresh),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "bao"),
+            ],
+            "unsupported_grant_type",
+            "grant_type must be",
+        ),
+        (
+            vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", &fresh),
+                ("subject_token_type", "urn:x"),
+                ("audience", "bao"),
+            ],
+            "invalid_request",
+            "subject_token_type must be",
+        ),
+        (
+            vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", &fresh),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", ""),
+            ],
+            "invalid_target",
+            "audience",
+        ),
+        (
+            vec![
+                ("grant_type", EXCHANGE),
+                ("grant_type", EXCHANGE),
+                ("subject_token", &fresh),
+                ("subject_token_type", JWT_TYPE),
+                ("audience", "bao"),
+            ],
+            "invalid_request",
+            "more than once",
+        ),
+    ] {
+        let (status, answer, _) = exchange(&app, &params).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(error)),
+            "{want}: {answer}"
+        );
+        assert!(answer["error_description"].as_str().unwrap().contains(want), "{want}: {answer}");
+    }
+    assert_eq!(exchanged_count(dir.path()), 2, "refusals store nothing");
+    // The ID token type is accepted too; the token refused above for its request is unused.
+    let (status, answer, _) = exchange(
+        &app,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &fresh),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
+            ("audience", "bao"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // The issuer rotates its key: the file is read again.
+    let rotated = vouch_ca::testing::EcJwtIssuer::new("ci-2");
+    std::fs::write(&jwks_file, rotated.jwks()).unwrap();
+    let (status, answer, _) = exchange_token(
+        &app,
+        &rotated.sign(&ci_claims("repo:acme/web", Some("j-6"), 300, json!({"environment": "prod"}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // Concurrent exchanges are recorded together: of 16 presentations of one token exactly one
+    // succeeds, and 16 distinct tokens at once all do.
+    let once = rotated.sign(&ci_claims("repo:acme/web", Some("j-10"), 300, json!({"environment": "prod"})));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (app, once) = (app.clone(), once.clone());
+            tokio::spawn(async move { exchange_token(&app, &once).await.0 })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap() == StatusCode::OK);
+    }
+    assert_eq!(ok, 1, "one token, one exchange");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let app = app.clone();
+            let token = rotated.sign(&ci_claims(
+                "repo:acme/web",
+                Some(&format!("c-{i}")),
+                300,
+                json!({"environment": "prod"}),
+            ));
+            tokio::spawn(async move { exchange_token(&app, &token).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+
+    // The largest `exp` a token can carry is no overflow.
+    let mut forever = ci_claims("repo:acme/web", Some("j-9"), 300, json!({"environment": "prod"}));
+    forever["exp"] = i64::MAX.into();
+    let (status, answer, _) = exchange_token(&app, &rotated.sign(&forever)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // After a restart (with the first key back), a replay is still refused.
+    server.shutdown().await;
+    std::fs::write(&jwks_file, ci.jwks()).unwrap();
+    let (server, _, _) = start_with(dir.path(), &extra).await;
+    let app = vouch_server::oidc_router(server.state.clone()).unwrap();
+    let (status, answer, _) = exchange_token(&app, &deploy).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error_description"].as_str().unwrap().contains("exchanged already"), "{answer}");
+    server.shutdown().await;
+
+    // Configuration is checked at start.
+    let base = format!("version = 1\ndata_dir = \"{}\"\n", dir.path().display());
+    let issuer_section =
+        format!("[[token_exchange.issuer]]\nissuer = \"{CI}\"\njwks_file = \"{}\"\n", jwks_file.display());
+    for (text, want) in [
+        (issuer_section.clone() + "[[token_exchange.rule]]\nname = \"r\"\nissuer = \"" + CI + "\"\naudience = \"v\"\nspiffe_id = \"spiffe://example.org/x\"\n", "token_exchange needs [oidc]"),
+        (format!("[ca]\njwt_issuer = \"https://x.example\"\n[oidc]\nlisten = \"127.0.0.1:0\"\n{issuer_section}"), "has no [[token_exchange.rule]]"),
+        (format!("[[token_exchange.issuer]]\nissuer = \"{CI}\"\njwks_file = \"/nonexistent\"\n"), "cannot read jwks_file /nonexistent"),
+        (issuer_section.clone() + "[[token_exchange.rule]]\nname = \"r\"\nissuer = \"https://other\"\naudience = \"v\"\nspiffe_id = \"spiffe://example.org/x\"\n", "is not a [[token_exchange.issuer]]"),
+        (issuer_section.clone() + "[[token_exchange.rule]]\nname = \"r\"\nissuer = \"" + CI + "\"\nspiffe_id = \"spiffe://example.org/x\"\n", "needs a condition"),
+        (issuer_section.clone() + "algorithms = [\"HS256\"]\n", "algorithm `HS256`"),
+    ] {
+        let err = Config::from_toml(&(base.clone() + &text), &no_env).unwrap_err().to_string();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+/// Exchanges are limited per issuer, and only tokens whose signature verifies are charged: forged
+/// tokens naming the issuer cannot spend its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_is_rate_limited_per_issuer_on_verified_tokens() {
+    let (dir, ci, jwks_file, port) = ci_issuer();
+    let extra = format!(
+        "[ca]\njwt_issuer = \"http://127.0.0.1:{port}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n\
+         [token_exchange]\nper_second = 0.01\nburst = 2\n\
+         [[token_exchange.issuer]]\nissuer = \"{CI}\"\njwks_file = \"{}\"\n\
+         [[token_exchange.rule]]\nname = \"ci\"\nissuer = \"{CI}\"\naudience = \"vouch\"\nspiffe_id = \"spiffe://example.org/ci\"\n",
+        jwks_file.display()
+    );
+    let (server, _, _) = start_with(dir.path(), &extra).await;
+    let app = vouch_server::oidc_router(server.state.clone()).unwrap();
+    let forger = vouch_ca::testing::EcJwtIssuer::new("ci-1");
+    for i in 0..5 {
+        let forged = forger.sign(&ci_claims("x", Some(&format!("f-{i}")), 300, json!({})));
+        assert_eq!(exchange_token(&app, &forged).await.0, StatusCode::BAD_REQUEST);
+    }
+    for i in 0..2 {
+        let (status, answer, _) =
+            exchange_token(&app, &ci.sign(&ci_claims("x", Some(&format!("g-{i}")), 300, json!({})))).await;
+        assert_eq!(status, StatusCode::OK, "the burst is whole after forged tokens: {answer}");
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(form(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &ci.sign(&ci_claims("x", Some("g-3"), 300, json!({})))),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "bao"),
+        ])))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert_eq!(exchanged_count(dir.path()), 2, "a limited exchange stores nothing");
+    server.shutdown().await;
+}

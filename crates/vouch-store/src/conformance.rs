@@ -42,6 +42,7 @@ pub async fn run(store: Arc<dyn Store>) {
     x509pop_challenges_are_single_use(store.clone()).await;
     x509pop_challenges_are_bounded(&*store).await;
     one_certificate_cannot_fill_the_challenge_bound(&*store).await;
+    exchanged_tokens_are_accepted_once(store.clone()).await;
     authority_state(&*store).await;
     agents(&*store).await;
     bans_win_races(store.clone()).await;
@@ -174,6 +175,37 @@ async fn join_tokens_are_single_use(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(wins, 1, "a join token is consumed exactly once under concurrency");
+}
+
+async fn exchanged_tokens_are_accepted_once(store: Arc<dyn Store>) {
+    assert!(store.record_exchanged_token("t1", 200, 100).await.unwrap(), "a new token is recorded");
+    assert!(!store.record_exchanged_token("t1", 200, 150).await.unwrap(), "a replay is refused");
+    assert!(!store.record_exchanged_token("t1", 900, 199).await.unwrap(), "until its expiry");
+    // At its expiry the key is purged: an expired token is refused by its `exp` anyway.
+    assert!(store.record_exchanged_token("t1", 300, 200).await.unwrap(), "purged at expiry");
+    assert!(store.record_exchanged_token("t2", 300, 200).await.unwrap(), "another key is its own");
+
+    // Racing exchanges of one token (replicas answering at once): exactly one wins.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move { s.record_exchanged_token("race", 1000, 250).await.unwrap() }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1, "a subject token is exchanged exactly once under concurrency");
+
+    // A batch: new keys, a known one and a key given twice, in order.
+    let batch = [
+        ("b1".to_owned(), 1000),
+        ("race".to_owned(), 1000),
+        ("b2".to_owned(), 1000),
+        ("b1".to_owned(), 1000),
+    ];
+    assert_eq!(store.record_exchanged_tokens(&batch, 260).await.unwrap(), [true, false, true, false]);
+    assert!(store.record_exchanged_tokens(&[], 260).await.unwrap().is_empty());
 }
 
 fn challenge(hash: &str, expires_at: i64) -> ChallengeRecord {

@@ -506,6 +506,25 @@ pub trait Store: Send + Sync + 'static {
     /// refused without a write.
     async fn consume_challenge(&self, nonce_hash: &str, now: i64) -> Result<ChallengeUse, StoreError>;
 
+    /// Records that a subject token was exchanged (RFC 8693): `key` names it (a hash of its issuer
+    /// and `jti`, or of the token), kept until `expires_at` (unix seconds). `true` if the key was
+    /// new; `false` if it is recorded and unexpired, i.e. the token is presented again. Of several
+    /// callers (on any replica) recording one key at once, exactly one gets `true`. Keys whose
+    /// expiry is at or before `now` are purged first, so an expired key never refuses anything.
+    async fn record_exchanged_token(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, StoreError> {
+        let fresh = self.record_exchanged_tokens(&[(key.to_owned(), expires_at)], now).await?;
+        Ok(fresh.first().copied().unwrap_or(false))
+    }
+
+    /// [`Store::record_exchanged_token`] for several tokens in one write transaction (group commit
+    /// of concurrent exchanges), each `(key, expires_at)`; the answers in the same order. A key
+    /// given twice is new only the first time.
+    async fn record_exchanged_tokens(
+        &self,
+        tokens: &[(String, i64)],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError>;
+
     // Agent records change only through the rules of [`agent_rules`], each applied atomically: there
     // is no plain "write this record", because writing back a record read earlier is how a ban or
     // an eviction got lost.

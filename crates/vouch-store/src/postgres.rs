@@ -107,6 +107,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             revision BIGINT NOT NULL
         );"#,
     },
+    Migration {
+        version: 7,
+        name: "exchanged subject tokens",
+        sql: r#"CREATE TABLE exchanged_tokens (
+            key TEXT COLLATE "C" PRIMARY KEY,
+            expires_at BIGINT NOT NULL
+        );
+        CREATE INDEX exchanged_tokens_expires_at ON exchanged_tokens (expires_at);"#,
+    },
 ];
 
 /// The advisory lock key under which replicas migrate one at a time (`vouch` in ASCII).
@@ -960,6 +969,31 @@ impl Store for PostgresStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(ChallengeIssue::Issued)
+    }
+
+    async fn record_exchanged_tokens(
+        &self,
+        tokens: &[(String, i64)],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        tx.execute("DELETE FROM exchanged_tokens WHERE expires_at <= $1", &[&now]).await.map_err(backend)?;
+        // Each insert decides: of replicas inserting the same key at once, one inserts the row (the
+        // others wait for its transaction and then find the key).
+        let insert = tx
+            .prepare(
+                "INSERT INTO exchanged_tokens (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .await
+            .map_err(backend)?;
+        let mut fresh = Vec::with_capacity(tokens.len());
+        for (key, expires_at) in tokens {
+            fresh.push(tx.execute(&insert, &[key, expires_at]).await.map_err(backend)? == 1);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(fresh)
     }
 
     async fn consume_challenge(&self, nonce_hash: &str, now: i64) -> Result<ChallengeUse, StoreError> {

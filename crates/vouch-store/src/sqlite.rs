@@ -90,6 +90,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             revision INTEGER NOT NULL
         );",
     },
+    Migration {
+        version: 7,
+        name: "exchanged subject tokens",
+        sql: "CREATE TABLE exchanged_tokens (
+            key TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX exchanged_tokens_expires_at ON exchanged_tokens (expires_at);",
+    },
 ];
 
 const FEDERATION_BY_TD: &str =
@@ -594,6 +603,32 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             Ok(used_challenge(taken, now))
+        })
+        .await
+    }
+
+    async fn record_exchanged_tokens(
+        &self,
+        tokens: &[(String, i64)],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let tokens = tokens.to_vec();
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            tx.execute("DELETE FROM exchanged_tokens WHERE expires_at <= ?1", [now]).map_err(backend)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO exchanged_tokens (key, expires_at) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                )
+                .map_err(backend)?;
+            let fresh = tokens
+                .iter()
+                .map(|(key, expires_at)| insert.execute(params![key, expires_at]).map(|n| n == 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            drop(insert);
+            tx.commit().map_err(backend)?;
+            Ok(fresh)
         })
         .await
     }
