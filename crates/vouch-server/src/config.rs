@@ -102,6 +102,7 @@ struct FileConfig {
     oidc: Option<FileOidc>,
     #[serde(default)]
     federation: FileFederation,
+    #[serde(default)]
     token_exchange: crate::token_exchange::rules::FileTokenExchange,
 }
 
