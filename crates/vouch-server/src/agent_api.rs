@@ -289,7 +289,7 @@ async fn attest_k8s_psat(
             req.cluster
         ))
     })?;
-    let kid = crate::psat_keys::token_kid(&req.token);
+    let kid = crate::issuer_keys::token_kid(&req.token);
     let keys = state.psat_keys.keys(cluster, kid.as_deref()).await.map_err(|reason| {
         attest_refused(
             &state,

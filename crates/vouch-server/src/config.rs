@@ -446,7 +446,7 @@ struct FilePsat {
 
 /// An OIDC discovery endpoint of a service-account issuer: its document names the JWKS URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PsatDiscovery {
+pub struct OidcDiscovery {
     /// The discovery document's URL (`…/.well-known/openid-configuration`).
     pub url: String,
     /// CA (PEM) of the endpoint's certificate, for https (in a pod: the service account's `ca.crt`).
@@ -461,7 +461,7 @@ pub struct PsatCluster {
     /// The service-account issuer's signing keys, from a JWKS file (empty with `discovery`).
     pub keys: std::collections::BTreeMap<String, vouch_ca::jwt::JwtPublicKey>,
     /// Where the keys are fetched instead: the issuer's OIDC discovery document.
-    pub discovery: Option<PsatDiscovery>,
+    pub discovery: Option<OidcDiscovery>,
     /// The expected `iss`.
     pub issuer: String,
     /// The audience the token must be projected for.
@@ -761,7 +761,7 @@ pub enum DiscoveryError {
     Http(#[from] vouch_http::HttpError),
 }
 
-impl PsatDiscovery {
+impl OidcDiscovery {
     /// The discovery document URL for a configured issuer or discovery URL.
     pub fn document_url(url: &str) -> Result<String, DiscoveryError> {
         let parsed = Url::parse(url)?;
@@ -797,8 +797,8 @@ impl PsatCluster {
                 (vouch_ca::bundle::jwks_keys(&text).map_err(|e| bad(e.to_string()))?, None)
             }
             (None, Some(url)) => {
-                let url = PsatDiscovery::document_url(url).map_err(|e| bad(e.to_string()))?;
-                let discovery = PsatDiscovery { url, ca: c.discovery_ca.clone() };
+                let url = OidcDiscovery::document_url(url).map_err(|e| bad(e.to_string()))?;
+                let discovery = OidcDiscovery { url, ca: c.discovery_ca.clone() };
                 // Checked now (URL, CA file), fetched when the first token comes.
                 discovery.getter(&discovery.url).map_err(|e| bad(e.to_string()))?;
                 (Default::default(), Some(discovery))

@@ -14,11 +14,11 @@ mod error;
 mod extract;
 mod federation;
 mod groups;
+mod issuer_keys;
 mod limits;
 mod metrics;
 pub mod node_attest;
 mod oidc;
-mod psat_keys;
 mod public_listener;
 mod replicas;
 pub mod reserved;
@@ -47,11 +47,12 @@ pub use crate::auth::Caller;
 pub use crate::bundle_endpoint::router as bundle_endpoint_router;
 pub use crate::config::{Config, StoreConfig};
 pub use crate::error::ApiError;
+pub use crate::issuer_keys::{fetch as fetch_issuer_keys, MIN_REFETCH as PSAT_MIN_REFETCH};
 pub use crate::limits::PeerAddr;
 pub use crate::oidc::{router as oidc_router, DISCOVERY_PATH as OIDC_DISCOVERY_PATH};
-pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
 pub use crate::state::{AppState, Clock, Event, SystemClock, FOLLOW_INTERVAL};
 pub use crate::sync_hub::{Received, Subscription, SyncHub, QUEUE_BOUND as SYNC_QUEUE_BOUND};
+pub use crate::token_exchange::IssuerKeySource;
 
 /// The OpenAPI description of the admin API.
 pub const OPENAPI: &str = include_str!("openapi.json");

@@ -207,7 +207,7 @@ fn claim<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 pub fn check_psat(
     td: &TrustDomain,
     cluster: &PsatCluster,
-    keys: &crate::psat_keys::KeySet,
+    keys: &crate::issuer_keys::KeySet,
     token: &str,
     now: SystemTime,
 ) -> Result<PsatIdentity, PsatRefusal> {

@@ -122,7 +122,7 @@ pub struct AppState {
     /// Changes pushed to connected agents, routed to the streams they concern.
     pub sync: Arc<crate::sync_hub::SyncHub>,
     /// Signing keys of the Kubernetes clusters whose tokens attest agents.
-    pub psat_keys: crate::psat_keys::PsatKeys,
+    pub psat_keys: crate::issuer_keys::PsatKeys,
     /// Rate limits per source and per agent, and the refusal log throttle.
     pub limits: crate::limits::Limits,
     /// The authority state served, as stored (its version tells whether another replica changed it).
@@ -184,7 +184,7 @@ impl AppState {
             Some(stored) => (import_authority(&config, &stored.state, &kek)?, stored),
             None => Self::create_authority(&config, &*store, &kek, clock.now()).await?,
         };
-        let psat_keys = crate::psat_keys::PsatKeys::new(&config.psat_clusters);
+        let psat_keys = crate::issuer_keys::PsatKeys::new(&config.psat_clusters);
         let limits = crate::limits::Limits::new(&config.limits);
         let state = Arc::new(Self {
             limits,

@@ -4189,3 +4189,112 @@ async fn token_exchange_is_rate_limited_per_issuer_on_verified_tokens() {
     assert_eq!(exchanged_count(dir.path()), 2, "a limited exchange stores nothing");
     server.shutdown().await;
 }
+
+/// Token exchange with an issuer's keys from its OIDC discovery document: nothing fetched before
+/// the first token; a document of another issuer, a malformed document and a JWKS without a usable
+/// key give 503 with the reason and store nothing; once fetched, an endpoint that starts answering
+/// garbage leaves the last good keys in use, and a token with an unknown `kid` asks again at most
+/// every MIN_REFETCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_issuer_keys_come_from_oidc_discovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let idp = vouch_http::testing::StaticHttps::start(None).await;
+    let ca = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca, &idp.cert_pem).unwrap();
+    let discovery =
+        |issuer: &str| json!({"issuer": issuer, "jwks_uri": format!("{}/jwks", idp.base_url())}).to_string();
+    let ci = vouch_ca::testing::EcJwtIssuer::new("ci-1");
+    let extra = format!(
+        "[ca]\njwt_issuer = \"http://127.0.0.1:{port}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n\
+         [[token_exchange.issuer]]\nissuer = \"{CI}\"\ndiscovery_url = \"{}\"\ndiscovery_ca = \"{}\"\n\
+         [[token_exchange.rule]]\nname = \"ci\"\nissuer = \"{CI}\"\naudience = \"vouch\"\nspiffe_id = \"spiffe://example.org/ci\"\n",
+        idp.base_url(),
+        ca.display()
+    );
+    let (server, _, _) = start_with(dir.path(), &extra).await;
+    let app = vouch_server::oidc_router(server.state.clone()).unwrap();
+    assert_eq!(idp.requests(), 0, "nothing is fetched before the first token");
+    let token = |jti: &str| ci.sign(&ci_claims("repo:acme/app", Some(jti), 300, json!({})));
+
+    // Unusable endpoints: the fetch says why, and an exchange meanwhile gets 503 and records
+    // nothing (the same token works later); the endpoint is asked at most every MIN_REFETCH.
+    let pending = token("j-1");
+    for (doc, jwks, want) in [
+        (discovery("https://evil.example"), ci.jwks(), "not the configured"),
+        ("{\"issuer\": 7".to_owned(), ci.jwks(), "not a JSON discovery document"),
+        (
+            discovery(CI),
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#.to_owned(),
+            "unsupported key type",
+        ),
+        (discovery(CI), r#"{"keys":[]}"#.to_owned(), "no signing keys"),
+    ] {
+        idp.set("/.well-known/openid-configuration", doc);
+        idp.set("/jwks", jwks);
+        let issuer = &server.state.config.token_exchange.as_ref().unwrap().issuers[0];
+        let vouch_server::IssuerKeySource::Discovery(d) = &issuer.keys else { panic!("discovery") };
+        let err = vouch_server::fetch_issuer_keys(CI, d).await.unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    let before = idp.requests();
+    for _ in 0..3 {
+        let (status, answer, _) = exchange_token(&app, &pending).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert_eq!(answer["error"], "temporarily_unavailable");
+        assert!(answer["error_description"].as_str().unwrap().contains("cannot be fetched now"), "{answer}");
+    }
+    assert_eq!(idp.requests(), before + 2, "one fetch (document and JWKS) for three tokens");
+    assert_eq!(exchanged_count(dir.path()), 0);
+    tokio::time::sleep(vouch_server::PSAT_MIN_REFETCH).await;
+
+    // A good endpoint: the token that waited is exchanged now.
+    idp.set("/.well-known/openid-configuration", discovery(CI));
+    idp.set("/jwks", ci.jwks());
+    let (status, answer, _) = exchange_token(&app, &pending).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let fetched = idp.requests();
+    let (status, _, _) = exchange_token(&app, &token("j-2")).await;
+    assert_eq!((status, idp.requests()), (StatusCode::OK, fetched), "cached");
+
+    // The endpoint breaks: tokens of the known key go on working; an unknown kid asks once.
+    idp.set("/jwks", "garbage");
+    tokio::time::sleep(vouch_server::PSAT_MIN_REFETCH).await;
+    let stranger = vouch_ca::testing::EcJwtIssuer::new("ci-2");
+    let forged = stranger.sign(&ci_claims("repo:acme/app", Some("f-1"), 300, json!({})));
+    assert_eq!(exchange_token(&app, &forged).await.0, StatusCode::BAD_REQUEST);
+    let asked = idp.requests();
+    assert!(asked > fetched, "an unknown kid makes the server ask again");
+    assert_eq!(exchange_token(&app, &forged).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(idp.requests(), asked, "not again within MIN_REFETCH");
+    let (status, answer, _) = exchange_token(&app, &token("j-3")).await;
+    assert_eq!(status, StatusCode::OK, "the last good keys stay in use: {answer}");
+    assert_eq!(exchanged_count(dir.path()), 3);
+    server.shutdown().await;
+
+    // Configuration: one key source; discovery_ca only with discovery_url.
+    for (issuer, want) in [
+        ("issuer = \"https://a\"".to_owned(), "set either jwks_file"),
+        (
+            format!("issuer = \"https://a\"\njwks_file = \"/x\"\ndiscovery_url = \"{}\"", idp.base_url()),
+            "set either jwks_file",
+        ),
+        (
+            "issuer = \"https://a\"\ndiscovery_url = \"idp.example\"".to_owned(),
+            "not an http:// or https:// URL",
+        ),
+        (
+            "issuer = \"https://a\"\ndiscovery_url = \"https://a\"\ndiscovery_ca = \"/nonexistent\""
+                .to_owned(),
+            "/nonexistent",
+        ),
+    ] {
+        let text = format!(
+            "version = 1\ntrust_domain = \"example.org\"\ndata_dir = \"/tmp/x\"\n[ca]\njwt_issuer = \"https://oidc.example.org\"\n[oidc]\nlisten = \"127.0.0.1:0\"\n\
+             [[token_exchange.issuer]]\n{issuer}\n[[token_exchange.rule]]\nname = \"r\"\nissuer = \"https://a\"\naudience = \"v\"\n\
+             spiffe_id = \"spiffe://example.org/x\"\n"
+        );
+        let err = Config::from_toml(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains(want), "{issuer}: {err}");
+    }
+}

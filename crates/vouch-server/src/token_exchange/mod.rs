@@ -26,10 +26,10 @@ use serde_json::{json, Value};
 use vouch_ca::jwt::{JwsAlg, MAX_TOKEN_BYTES};
 use vouch_core::ttl;
 
+use crate::issuer_keys::{DiscoveredKeys, KeySet};
 use crate::limits::KeyedLimiter;
-use crate::psat_keys::KeySet;
 use crate::state::AppState;
-pub use rules::{NoMatch, TokenExchangeConfig};
+pub use rules::{IssuerKeySource, NoMatch, TokenExchangeConfig, TrustedIssuer};
 
 /// The token endpoint's path.
 pub const TOKEN_PATH: &str = "/v1/token";
@@ -135,6 +135,48 @@ impl FileKeys {
     }
 }
 
+/// Where an issuer's keys are looked up at run time.
+enum IssuerKeys {
+    File(FileKeys),
+    Discovered(DiscoveredKeys),
+}
+
+impl IssuerKeys {
+    fn new(issuer: &TrustedIssuer) -> Self {
+        match &issuer.keys {
+            IssuerKeySource::File { path, keys } => Self::File(FileKeys::new(path.clone(), keys.clone())),
+            IssuerKeySource::Discovery(d) => Self::Discovered(DiscoveredKeys::new(
+                format!("issuer `{}`", issuer.issuer),
+                issuer.issuer.clone(),
+                d.clone(),
+            )),
+        }
+    }
+
+    /// The keys for a token of `issuer` whose header names `kid`. A discovered issuer whose keys
+    /// were never fetched and cannot be now is the server's problem, not the caller's: 503.
+    async fn keys(&self, issuer: &str, token: &str) -> Result<Arc<KeySet>, Refusal> {
+        match self {
+            Self::File(f) => Ok(f.keys(issuer)),
+            Self::Discovered(d) => {
+                let kid = crate::issuer_keys::token_kid(token);
+                d.keys(kid.as_deref()).await.map_err(|e| {
+                    tracing::error!(%issuer, error = %e, "token exchange: the issuer's keys are unavailable");
+                    Refusal {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        error: "temporarily_unavailable",
+                        description: format!(
+                            "the signing keys of issuer `{issuer}` cannot be fetched now; try again later"
+                        ),
+                        kind: "token exchange: issuer keys unavailable",
+                        retry_after: Some(crate::issuer_keys::MIN_REFETCH),
+                    }
+                })
+            }
+        }
+    }
+}
+
 /// A replay key waiting to be recorded, with where its answer goes.
 type Pending = (String, i64, tokio::sync::oneshot::Sender<Result<bool, String>>);
 
@@ -198,7 +240,7 @@ impl Recorder {
 struct Exchange {
     state: Arc<AppState>,
     config: TokenExchangeConfig,
-    keys: Vec<FileKeys>,
+    keys: Vec<IssuerKeys>,
     limit: KeyedLimiter<String>,
     recorder: Recorder,
 }
@@ -207,7 +249,7 @@ struct Exchange {
 /// listener's router.
 pub fn router(state: Arc<AppState>) -> Option<Router> {
     let config = state.config.token_exchange.clone()?;
-    let keys = config.issuers.iter().map(|i| FileKeys::new(i.jwks_file.clone(), i.keys.clone())).collect();
+    let keys = config.issuers.iter().map(IssuerKeys::new).collect();
     let limit = KeyedLimiter::new(config.rate, config.issuers.len());
     let exchange = Arc::new(Exchange { state, config, keys, limit, recorder: Recorder::default() });
     Some(
@@ -377,7 +419,7 @@ fn bad_token(kind: &'static str, why: impl std::fmt::Display) -> Refusal {
 impl Exchange {
     /// Verifies the subject token (issuer, signature, algorithm, times) and finds its rule. Costs
     /// no store access, so forged tokens are refused without a write.
-    fn verify(&self, token: &str, now: SystemTime) -> Result<Accepted, Refusal> {
+    async fn verify(&self, token: &str, now: SystemTime) -> Result<Accepted, Refusal> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(bad_token(
                 "token exchange: too large",
@@ -394,7 +436,7 @@ impl Exchange {
             ));
         };
         let issuer = &self.config.issuers[at];
-        let keys = self.keys[at].keys(&issuer.issuer);
+        let keys = self.keys[at].keys(&issuer.issuer, token).await?;
         let (_, claims) =
             vouch_ca::jwt::verify_jws(token, &keys).map_err(|e| bad_token("token exchange: signature", e))?;
         let alg = vouch_ca::jwt::peek_alg(token).and_then(|a| JwsAlg::parse(&a).ok());
@@ -456,7 +498,7 @@ impl Exchange {
     ) -> Result<(Accepted, Vec<String>, Issued), Refusal> {
         let (token, audience) = check_params(parse_form(headers, body)?)?;
         let state = &self.state;
-        let accepted = self.verify(&token, state.now())?;
+        let accepted = self.verify(&token, state.now()).await?;
         // Charged for verified tokens only: forged tokens naming an issuer cannot spend its budget.
         if let Err(wait) = self.limit.check(&accepted.issuer, 1, tokio::time::Instant::now()) {
             let rate = self.config.rate;

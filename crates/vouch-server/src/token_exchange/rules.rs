@@ -10,8 +10,8 @@ use serde_json::Value;
 use vouch_ca::jwt::JwsAlg;
 use vouch_core::{SpiffeId, TrustDomain};
 
-use crate::config::{ConfigError, Rate};
-use crate::psat_keys::KeySet;
+use crate::config::{ConfigError, OidcDiscovery, Rate};
+use crate::issuer_keys::KeySet;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +28,12 @@ pub(crate) struct FileTokenExchange {
 #[serde(deny_unknown_fields)]
 struct FileIssuer {
     issuer: String,
-    jwks_file: PathBuf,
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    discovery_url: Option<String>,
+    #[serde(default)]
+    discovery_ca: Option<PathBuf>,
     #[serde(default)]
     algorithms: Option<Vec<String>>,
 }
@@ -52,12 +57,26 @@ struct FileRule {
 pub struct TrustedIssuer {
     /// Its `iss`, compared byte for byte.
     pub issuer: String,
-    /// Its JWKS on disk, read again when the file changes.
-    pub jwks_file: PathBuf,
-    /// The keys read at start (checked to be usable).
-    pub keys: KeySet,
+    /// Where its signing keys come from.
+    pub keys: IssuerKeySource,
     /// The `alg`s accepted from it (ES256 unless configured).
     pub algorithms: Vec<JwsAlg>,
+}
+
+/// Where a trusted issuer's signing keys come from.
+#[derive(Debug, Clone)]
+pub enum IssuerKeySource {
+    /// A JWKS on disk, read again when the file changes; the keys read at start (checked to be
+    /// usable) stay in use while a changed file is unreadable.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The keys read at start.
+        keys: KeySet,
+    },
+    /// The issuer's OIDC discovery document (`jwks_uri`), fetched when the first token comes and
+    /// again as [`crate::issuer_keys`] says.
+    Discovery(OidcDiscovery),
 }
 
 /// How a rule matches `sub`: exactly, or by a prefix (written with a trailing `*`).
@@ -170,13 +189,40 @@ impl TokenExchangeConfig {
             if i.issuer.is_empty() || issuers.iter().any(|o| o.issuer == i.issuer) {
                 return Err(bad("issuers must be non-empty and each configured once".into()));
             }
-            let text = std::fs::read_to_string(&i.jwks_file)
-                .map_err(|e| bad(format!("cannot read jwks_file {}: {e}", i.jwks_file.display())))?;
-            let keys = vouch_ca::bundle::jwks_keys(&text)
-                .map_err(|e| bad(format!("jwks_file {}: {e}", i.jwks_file.display())))?;
-            if keys.is_empty() {
-                return Err(bad(format!("jwks_file {} holds no usable key", i.jwks_file.display())));
-            }
+            let keys = match (i.jwks_file, i.discovery_url) {
+                (Some(path), None) => {
+                    if i.discovery_ca.is_some() {
+                        return Err(bad("discovery_ca goes with discovery_url".into()));
+                    }
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| bad(format!("cannot read jwks_file {}: {e}", path.display())))?;
+                    let keys = vouch_ca::bundle::jwks_keys(&text)
+                        .map_err(|e| bad(format!("jwks_file {}: {e}", path.display())))?;
+                    if keys.is_empty() {
+                        return Err(bad(format!("jwks_file {} holds no usable key", path.display())));
+                    }
+                    IssuerKeySource::File { path, keys }
+                }
+                (None, Some(url)) => {
+                    let url = OidcDiscovery::document_url(&url).map_err(|e| bad(e.to_string()))?;
+                    // Public issuers (a CI system's, a cloud's) have web-PKI certificates: the
+                    // system's roots unless a CA is configured.
+                    let ca = i.discovery_ca.or_else(|| {
+                        url.starts_with("https://").then(|| crate::config::SYSTEM_CA_FILE.into())
+                    });
+                    let discovery = OidcDiscovery { url, ca };
+                    // Checked now (URL, CA file), fetched when the first token comes.
+                    discovery.getter(&discovery.url).map_err(|e| bad(e.to_string()))?;
+                    IssuerKeySource::Discovery(discovery)
+                }
+                _ => {
+                    return Err(bad(
+                        "set either jwks_file (the issuer's JWKS on disk) or discovery_url (its OIDC \
+                         discovery endpoint, or the issuer URL itself), not both"
+                            .into(),
+                    ))
+                }
+            };
             let algorithms = match i.algorithms {
                 None => vec![JwsAlg::Es256],
                 Some(list) => list
@@ -191,7 +237,7 @@ impl TokenExchangeConfig {
             if algorithms.is_empty() {
                 return Err(bad("algorithms must name at least one of ES256 and RS256".into()));
             }
-            issuers.push(TrustedIssuer { issuer: i.issuer, jwks_file: i.jwks_file, keys, algorithms });
+            issuers.push(TrustedIssuer { issuer: i.issuer, keys, algorithms });
         }
         let mut rules: Vec<Rule> = Vec::new();
         for r in f.rule {
