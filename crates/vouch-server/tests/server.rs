@@ -4298,3 +4298,104 @@ async fn token_exchange_issuer_keys_come_from_oidc_discovery() {
         assert!(err.contains(want), "{issuer}: {err}");
     }
 }
+
+/// Token exchange for an X509-SVID: with `requested_token_type` vouch's X509-SVID type and a CSR,
+/// the answer is a certificate chain for the rule's SPIFFE ID and the CSR's key, which `openssl
+/// verify` accepts against the returned roots; a bad CSR is refused without spending the token, and
+/// the parameters that do not go together are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_gives_an_x509_svid_for_a_csr() {
+    const X509_TYPE: &str = "urn:vouch:params:oauth:token-type:x509-svid";
+    let (dir, ci, jwks_file, port) = ci_issuer();
+    let extra = format!(
+        "[ca]\njwt_issuer = \"http://127.0.0.1:{port}\"\n[oidc]\nlisten = \"127.0.0.1:{port}\"\nallow_http_issuer = true\n\
+         [[token_exchange.issuer]]\nissuer = \"{CI}\"\njwks_file = \"{}\"\n\
+         [[token_exchange.rule]]\nname = \"ci\"\nissuer = \"{CI}\"\naudience = \"vouch\"\nspiffe_id = \"spiffe://example.org/ci/{{sub}}\"\n",
+        jwks_file.display()
+    );
+    let (server, _, _) = start_with(dir.path(), &extra).await;
+    let app = vouch_server::oidc_router(server.state.clone()).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr_pem = rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap();
+    let token = ci.sign(&ci_claims("build-9", Some("x-1"), 300, json!({})));
+    let ask = |token: String, csr: String, extra: Vec<(&'static str, &'static str)>| {
+        let app = app.clone();
+        async move {
+            let mut params = vec![
+                ("grant_type", EXCHANGE),
+                ("subject_token", token.as_str()),
+                ("subject_token_type", JWT_TYPE),
+                ("requested_token_type", X509_TYPE),
+                ("csr", csr.as_str()),
+            ];
+            params.extend(extra);
+            exchange(&app, &params).await
+        }
+    };
+
+    // Bad CSRs and mixed parameters: refused, the token not spent.
+    let mut tampered = csr_pem.clone().into_bytes();
+    let at = tampered.len() / 2;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    for (csr, extra, want) in [
+        ("not a csr".to_owned(), vec![], "csr:"),
+        (String::from_utf8(tampered).unwrap(), vec![], "csr:"),
+        (String::new(), vec![], "parameter `csr` is missing"),
+        (csr_pem.clone(), vec![("audience", "bao")], "no audience"),
+    ] {
+        let (status, answer, _) = ask(token.clone(), csr, extra).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(answer["error_description"].as_str().unwrap().contains(want), "{want}: {answer}");
+    }
+    let (status, answer, _) = exchange(
+        &app,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &token),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", "bao"),
+            ("csr", &csr_pem),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(answer["error_description"].as_str().unwrap().contains("`csr` goes with"), "{answer}");
+    assert_eq!(exchanged_count(dir.path()), 0);
+
+    // The exchange: a chain for spiffe://example.org/ci/build-9 and the CSR's key.
+    let (status, answer, cache) = ask(token.clone(), csr_pem.clone(), vec![]).await;
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "no-store"), "{answer}");
+    assert_eq!(answer["issued_token_type"], X509_TYPE);
+    assert_eq!(answer["token_type"], "N_A");
+    let chain = answer["access_token"].as_str().unwrap();
+    let ders: Vec<Vec<u8>> = vouch_ca::pem::decode_all(chain)
+        .into_iter()
+        .filter(|(label, _)| label == "CERTIFICATE")
+        .map(|(_, der)| der)
+        .collect();
+    assert_eq!(ders.len(), 2, "leaf and signing CA");
+    let leaf = vouch_ca::x509::cert_info(&ders[0]).unwrap();
+    assert_eq!(leaf.uris, vec!["spiffe://example.org/ci/build-9".to_owned()]);
+    assert_eq!(leaf.public_key, key.public_key_raw());
+    let expires_in = answer["expires_in"].as_i64().unwrap();
+    assert!((1..=3600).contains(&expires_in), "{answer}");
+    let files = tempfile::tempdir().unwrap();
+    let path = |n: &str| files.path().join(n);
+    std::fs::write(path("leaf.pem"), vouch_ca::pem::encode("CERTIFICATE", &ders[0])).unwrap();
+    std::fs::write(path("ca.pem"), vouch_ca::pem::encode("CERTIFICATE", &ders[1])).unwrap();
+    std::fs::write(path("roots.pem"), answer["x509_bundle"].as_str().unwrap()).unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["20", "openssl", "verify", "-CAfile"])
+        .arg(path("roots.pem"))
+        .arg("-untrusted")
+        .arg(path("ca.pem"))
+        .arg(path("leaf.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stderr));
+    // Once only.
+    let (status, answer, _) = ask(token, csr_pem, vec![]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(answer["error_description"].as_str().unwrap().contains("exchanged already"), "{answer}");
+    server.shutdown().await;
+}

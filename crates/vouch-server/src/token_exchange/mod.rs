@@ -37,6 +37,11 @@ pub const TOKEN_PATH: &str = "/v1/token";
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// RFC 8693 section 3 token type of a JWT (what is issued, and what a subject token may be).
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The token type of an X509-SVID, issued for a `csr` (PKCS#10, PEM or base64 DER) when asked
+/// as `requested_token_type`: RFC 8693 registers no type for a certificate, so this is vouch's own.
+/// The answer's `access_token` is the PEM chain (leaf first) and `x509_bundle` the trust domain's
+/// X.509 roots (PEM).
+pub const TOKEN_TYPE_X509_SVID: &str = "urn:vouch:params:oauth:token-type:x509-svid";
 /// RFC 8693 section 3 token type of an OIDC ID token (accepted as a subject token type).
 pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
@@ -267,6 +272,23 @@ struct Issued {
     issued_token_type: &'static str,
     token_type: &'static str,
     expires_in: i64,
+    /// With an X509-SVID: the roots to validate peers of this trust domain (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x509_bundle: Option<String>,
+}
+
+/// What a request asks for: a JWT-SVID for audiences, or an X509-SVID for a CSR's key.
+#[derive(Debug)]
+enum Wanted {
+    Jwt(Vec<String>),
+    X509 { csr: String },
+}
+
+/// What is issued, once the request is checked: a JWT-SVID for audiences, or an X509-SVID for the
+/// key of a verified CSR.
+enum Issue {
+    Jwt(Vec<String>),
+    X509(vouch_ca::CsrPublicKey),
 }
 
 /// The request's parameters, each at most once (RFC 6749 section 3.2) but `audience`, which RFC
@@ -277,6 +299,7 @@ struct Params {
     subject_token: Option<String>,
     subject_token_type: Option<String>,
     requested_token_type: Option<String>,
+    csr: Option<String>,
     audience: Vec<String>,
     actor: bool,
 }
@@ -311,6 +334,7 @@ fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<Params, Refusal> {
             "subject_token" => &mut p.subject_token,
             "subject_token_type" => &mut p.subject_token_type,
             "requested_token_type" => &mut p.requested_token_type,
+            "csr" => &mut p.csr,
             "audience" => {
                 p.audience.push(value);
                 continue;
@@ -333,8 +357,8 @@ fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<Params, Refusal> {
     Ok(p)
 }
 
-/// What a request asks, checked: the subject token and the audiences.
-fn check_params(p: Params) -> Result<(String, Vec<String>), Refusal> {
+/// What a request asks, checked: the subject token and what it is traded for.
+fn check_params(p: Params) -> Result<(String, Wanted), Refusal> {
     match p.grant_type.as_deref() {
         Some(GRANT_TYPE) => {}
         None => {
@@ -376,13 +400,6 @@ fn check_params(p: Params) -> Result<(String, Vec<String>), Refusal> {
             ))
         }
     }
-    if p.requested_token_type.as_deref().is_some_and(|t| t != TOKEN_TYPE_JWT) {
-        return Err(refuse(
-            "invalid_request",
-            "token exchange: bad request",
-            format!("requested_token_type: only `{TOKEN_TYPE_JWT}` (a JWT-SVID) is issued"),
-        ));
-    }
     let Some(token) = p.subject_token.filter(|t| !t.is_empty()) else {
         return Err(refuse(
             "invalid_request",
@@ -390,6 +407,44 @@ fn check_params(p: Params) -> Result<(String, Vec<String>), Refusal> {
             "parameter `subject_token` is missing",
         ));
     };
+    match p.requested_token_type.as_deref() {
+        None | Some(TOKEN_TYPE_JWT) => {}
+        Some(TOKEN_TYPE_X509_SVID) => {
+            let Some(csr) = p.csr.filter(|c| !c.is_empty()) else {
+                return Err(refuse(
+                    "invalid_request",
+                    "token exchange: bad request",
+                    "parameter `csr` is missing: an X509-SVID is issued for the key of a PKCS#10 \
+                     request (PEM or base64 DER)",
+                ));
+            };
+            if !p.audience.is_empty() {
+                return Err(refuse(
+                    "invalid_target",
+                    "token exchange: bad audience",
+                    "an X509-SVID has no audience; ask without `audience`",
+                ));
+            }
+            return Ok((token, Wanted::X509 { csr }));
+        }
+        Some(_) => {
+            return Err(refuse(
+                "invalid_request",
+                "token exchange: bad request",
+                format!(
+                    "requested_token_type: `{TOKEN_TYPE_JWT}` (a JWT-SVID, the default) or \
+                     `{TOKEN_TYPE_X509_SVID}` (an X509-SVID for `csr`)"
+                ),
+            ))
+        }
+    }
+    if p.csr.is_some() {
+        return Err(refuse(
+            "invalid_request",
+            "token exchange: bad request",
+            format!("`csr` goes with requested_token_type `{TOKEN_TYPE_X509_SVID}`"),
+        ));
+    }
     if p.audience.is_empty() {
         return Err(refuse(
             "invalid_request",
@@ -399,7 +454,7 @@ fn check_params(p: Params) -> Result<(String, Vec<String>), Refusal> {
     }
     vouch_ca::jwt::check_audiences(&p.audience)
         .map_err(|e| refuse("invalid_target", "token exchange: bad audience", format!("audience: {e}")))?;
-    Ok((token, p.audience))
+    Ok((token, Wanted::Jwt(p.audience)))
 }
 
 /// What a verified, rule-matched subject token gives.
@@ -491,12 +546,8 @@ impl Exchange {
         Ok(Accepted { issuer: iss, rule: rule.name.clone(), spiffe_id, replay_key, keep_until })
     }
 
-    async fn exchange(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<(Accepted, Vec<String>, Issued), Refusal> {
-        let (token, audience) = check_params(parse_form(headers, body)?)?;
+    async fn exchange(&self, headers: &HeaderMap, body: &[u8]) -> Result<(Accepted, Issue, Issued), Refusal> {
+        let (token, wanted) = check_params(parse_form(headers, body)?)?;
         let state = &self.state;
         let accepted = self.verify(&token, state.now()).await?;
         // Charged for verified tokens only: forged tokens naming an issuer cannot spend its budget.
@@ -513,6 +564,14 @@ impl Exchange {
                 retry_after: Some(wait),
             });
         }
+        // A bad CSR is refused before the token is spent on it.
+        let issue = match wanted {
+            Wanted::X509 { csr } => Issue::X509(
+                vouch_ca::verify_csr_pem_or_der(csr.as_bytes())
+                    .map_err(|e| refuse("invalid_request", "token exchange: bad csr", format!("csr: {e}")))?,
+            ),
+            Wanted::Jwt(audience) => Issue::Jwt(audience),
+        };
         let server_error = |what: &str, e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "token exchange: {what}");
             Refusal {
@@ -534,26 +593,53 @@ impl Exchange {
                 "this token was exchanged already; each subject token is accepted once",
             ));
         }
-        let ttl = state.config.jwt_svid_ttl;
         let now = state.now();
-        let minted = state
-            .with_authority(|a| a.mint_jwt(&accepted.spiffe_id, &audience, ttl, now))
-            .map_err(|e| server_error("cannot mint the JWT-SVID", &e))?;
-        let issued = Issued {
-            access_token: minted.token,
-            issued_token_type: TOKEN_TYPE_JWT,
-            token_type: "N_A",
-            expires_in: (minted.expires_at - ttl::unix_seconds(now)).max(0),
+        let issued = match &issue {
+            Issue::X509(public) => {
+                let ttl = state.config.x509_svid_ttl;
+                let x509 = state
+                    .with_authority(|a| a.mint_x509(&accepted.spiffe_id, &[], public, ttl, now))
+                    .map_err(|e| server_error("cannot sign the X509-SVID", &e))?;
+                Issued {
+                    access_token: x509.chain_pem(),
+                    issued_token_type: TOKEN_TYPE_X509_SVID,
+                    token_type: "N_A",
+                    expires_in: (ttl::unix_seconds(x509.svid.not_after) - ttl::unix_seconds(now)).max(0),
+                    x509_bundle: Some(state.bundle_pem().to_string()),
+                }
+            }
+            Issue::Jwt(audience) => {
+                let ttl = state.config.jwt_svid_ttl;
+                let minted = state
+                    .with_authority(|a| a.mint_jwt(&accepted.spiffe_id, audience, ttl, now))
+                    .map_err(|e| server_error("cannot mint the JWT-SVID", &e))?;
+                Issued {
+                    access_token: minted.token,
+                    issued_token_type: TOKEN_TYPE_JWT,
+                    token_type: "N_A",
+                    expires_in: (minted.expires_at - ttl::unix_seconds(now)).max(0),
+                    x509_bundle: None,
+                }
+            }
         };
-        Ok((accepted, audience, issued))
+        Ok((accepted, issue, issued))
     }
 }
 
 async fn token(State(x): State<Arc<Exchange>>, headers: HeaderMap, body: Bytes) -> Response {
     match x.exchange(&headers, &body).await {
-        Ok((a, audience, issued)) => {
-            x.state.metrics.jwt_issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(target: "vouch::audit", event = "token.exchange", issuer = %a.issuer, rule = %a.rule, spiffe_id = %a.spiffe_id, audience = ?audience, expires_in = issued.expires_in);
+        Ok((a, issue, issued)) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            match &issue {
+                Issue::Jwt(audience) => {
+                    x.state.metrics.jwt_issued.fetch_add(1, Relaxed);
+                    tracing::info!(target: "vouch::audit", event = "token.exchange", issuer = %a.issuer, rule = %a.rule, spiffe_id = %a.spiffe_id, issued = "jwt-svid", audience = ?audience, expires_in = issued.expires_in);
+                }
+                Issue::X509(_) => {
+                    x.state.metrics.x509_issued.fetch_add(1, Relaxed);
+                    tracing::info!(target: "vouch::audit", event = "token.exchange", issuer = %a.issuer, rule = %a.rule, spiffe_id = %a.spiffe_id, issued = "x509-svid", expires_in = issued.expires_in);
+                }
+            }
             no_store(axum::Json(issued).into_response())
         }
         Err(r) => {
