@@ -75,6 +75,12 @@ struct Stack {
     bundle_pem: String,
 }
 
+/// The log level of the server and agent under test: `warn`, or `VOUCH_BENCH_LOG` (e.g. `info` to
+/// see their audit lines when a stage fails).
+fn log_level() -> String {
+    std::env::var("VOUCH_BENCH_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 async fn start(vouch: &Path) -> Result<Stack> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("server");
@@ -83,7 +89,7 @@ async fn start(vouch: &Path) -> Result<Stack> {
             .args(["server", "run"])
             .env("VOUCH_DATA_DIR", &data)
             .env("VOUCH_LISTEN", "127.0.0.1:0")
-            .env("VOUCH_LOG", "warn")
+            .env("VOUCH_LOG", log_level())
             // 100 simulated agents attest from this one address: no per-source attestation limit.
             .env("VOUCH_LIMITS_ATTEST_PER_SECOND", "0")
             .stdout(Stdio::null())
@@ -115,7 +121,7 @@ async fn start(vouch: &Path) -> Result<Stack> {
             .arg(&agent_dir)
             .arg("--bundle")
             .arg(&bundle)
-            .env("VOUCH_LOG", "warn")
+            .env("VOUCH_LOG", log_level())
             .stdout(Stdio::null())
             .spawn()?,
     );
@@ -315,15 +321,32 @@ async fn memory(stack: &Stack, n: usize) -> Result<(u64, u64, u64)> {
     Ok((base, with_entries, rss_kib(stack.agent.0.id())))
 }
 
+/// Measures and prints the agent's memory with 10,000 entries and their SVIDs.
+async fn print_memory(stack: &Stack) -> Result<()> {
+    let n = 10_000;
+    let (base, entries, svids) = memory(stack, n).await?;
+    println!("Agent memory (RSS) with {n} entries:");
+    println!("  idle {base} KiB, with entries {entries} KiB, with {n} SVIDs held {svids} KiB");
+    println!(
+        "  per entry {:.2} KiB, per held SVID {:.2} KiB (SPIRE reports about 3 KB per SVID)",
+        (entries.saturating_sub(base)) as f64 / n as f64,
+        (svids.saturating_sub(entries)) as f64 / n as f64
+    );
+    Ok(())
+}
+
 /// The `agent` subcommand.
 pub fn run(args: &[String]) -> Result<()> {
     let mut vouch = PathBuf::new();
     let mut seconds = 5u64;
+    let mut memory_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--vouch" => vouch = PathBuf::from(it.next().ok_or_else(|| anyhow!("--vouch needs a value"))?),
             "--seconds" => seconds = it.next().ok_or_else(|| anyhow!("--seconds needs a value"))?.parse()?,
+            // The memory stage alone (10,000 entries and SVIDs), for quick iterations on it.
+            "--memory-only" => memory_only = true,
             other => bail!("unknown option {other}"),
         }
     }
@@ -334,6 +357,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let stack = start(&vouch).await?;
+        if memory_only {
+            return print_memory(&stack).await;
+        }
         let entry = spec("spiffe://example.org/bench/web", AGENT_ID, my_selectors()?)?;
         stack.admin.entries().create(&entry).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -368,12 +394,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let agents = propagation_to_agents(&stack, 100).await?;
         println!("Entry propagation to 100 agents (one batch, an entry for each; real sync protocol):");
         println!("  p50 {:.1} ms  p99 {:.1} ms  all {:.1} ms", ms(percentile(&agents, 0.5)), ms(percentile(&agents, 0.99)), ms(*agents.last().unwrap_or(&Duration::ZERO)));
-        let n = 10_000;
-        let (base, entries, svids) = memory(&stack, n).await?;
-        println!("Agent memory (RSS) with {n} entries:");
-        println!("  idle {base} KiB, with entries {entries} KiB, with {n} SVIDs held {svids} KiB");
-        println!("  per entry {:.2} KiB, per held SVID {:.2} KiB (SPIRE reports about 3 KB per SVID)",
-            (entries.saturating_sub(base)) as f64 / n as f64, (svids.saturating_sub(entries)) as f64 / n as f64);
+        print_memory(&stack).await?;
         let ok = x509_p99_at_100 < Duration::from_millis(1) && percentile(&prop, 0.99) < Duration::from_secs(1) && percentile(&agents, 0.99) < Duration::from_secs(1);
         println!("RESULT agent x509_p99_100={:.3}ms propagation_p99={:.1}ms agents_p99={:.1}ms {}", ms(x509_p99_at_100), ms(percentile(&prop, 0.99)), ms(percentile(&agents, 0.99)), if ok { "PASS" } else { "BELOW TARGET" });
         Ok(())

@@ -166,7 +166,7 @@ pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
 fn mint_agent_svid(state: &AppState, id: &SpiffeId, csr: &Der) -> AppResult<(AgentSvid, i64, String)> {
     let public = vouch_ca::verify_csr_pem_or_der(&csr.0)?;
     let now = state.now();
-    let (issued, jwks) = state.with_authority(|a| {
+    let (issued, jwks) = state.signing(|a| {
         a.mint_x509(id, &[], &public, state.config.x509_svid_ttl, now)
             .and_then(|i| Ok((i, a.bundle().to_jwks()?)))
     })?;
@@ -930,7 +930,7 @@ fn sign_one(state: &AppState, entry: &Entry, csr: &Der) -> AppResult<(SignedSvid
     let svid_ttl = entry.x509_svid_ttl.map(Duration::from_secs).unwrap_or(state.config.x509_svid_ttl);
     let now = state.now();
     let issued =
-        state.with_authority(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
+        state.signing(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
     let expires_at = ttl::unix_seconds(issued.svid.not_after);
     let svid = SignedSvid {
         spiffe_id: entry.spiffe_id.clone(),
@@ -957,7 +957,7 @@ async fn jwt(
         "jwt_svid_ttl",
     )?;
     let now = state.now();
-    let minted = state.with_authority(|a| a.mint_jwt(&entry.spiffe_id, &req.audience, jwt_ttl, now))?;
+    let minted = state.signing(|a| a.mint_jwt(&entry.spiffe_id, &req.audience, jwt_ttl, now))?;
     // A ban or eviction committed while minting wins: see `still_admitted`.
     if let Err(e) = still_admitted(&state, &agent).await {
         tracing::warn!(target: "vouch::audit", event = "svid.jwt.discarded", caller = %agent, entry_id = %entry.id, reason = %e.message);

@@ -72,6 +72,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         tracing::warn!(error = %e, "readiness: store unavailable");
         return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response();
     }
+    if let Some(why) = state.authority_fault() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    }
     let now = state.now();
     let ready = state.with_authority(|a| {
         a.keys().iter().any(|k| k.state == vouch_ca::KeyState::Active && k.not_after > ttl::unix_seconds(now))
@@ -91,21 +94,31 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.sync.render_metrics(&mut text);
     // Which replica rotates keys, and which authority state each serves (equal on all replicas
     // once they follow the leader).
-    text.push_str(&format!(
-        "# HELP vouch_leader Whether this server leads key rotation (1 on a single server).
-# TYPE vouch_leader gauge
-vouch_leader {}
-         # HELP vouch_authority_version Version of the stored authority state this server serves.
-# TYPE vouch_authority_version gauge
-vouch_authority_version {}
-         # HELP vouch_federated_bundles Bundles of federated trust domains served to agents.
-# TYPE vouch_federated_bundles gauge
-vouch_federated_bundles {}
-",
-        u8::from(state.is_leader()),
-        state.authority_version(),
-        state.federation.bundles().len()
-    ));
+    let gauges = [
+        (
+            "vouch_leader",
+            "Whether this server leads key rotation (1 on a single server).",
+            u64::from(state.is_leader()),
+        ),
+        (
+            "vouch_authority_version",
+            "Version of the stored authority state this server serves.",
+            state.authority_version(),
+        ),
+        (
+            "vouch_authority_fault",
+            "1 while this server cannot load the authority state another replica stored (it signs nothing).",
+            u64::from(state.authority_fault().is_some()),
+        ),
+        (
+            "vouch_federated_bundles",
+            "Bundles of federated trust domains served to agents.",
+            state.federation.bundles().len() as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -449,7 +462,7 @@ async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<Mi
         }
     };
     let now = state.now();
-    let issued = state.with_authority(|a| a.mint_x509(&req.spiffe_id, &req.dns_names, &public, ttl, now))?;
+    let issued = state.signing(|a| a.mint_x509(&req.spiffe_id, &req.dns_names, &public, ttl, now))?;
     let chain = issued.chain_pem();
     Ok(MintX509Answer {
         spiffe_id: req.spiffe_id,
@@ -473,7 +486,7 @@ async fn mint_jwt(
         let ttl =
             requested_ttl(req.ttl, state.config.jwt_svid_ttl, MIN_JWT_SVID_TTL, MAX_JWT_SVID_TTL, "ttl")?;
         let now = state.now();
-        let minted = state.with_authority(|a| a.mint_jwt(&req.spiffe_id, &req.audience, ttl, now))?;
+        let minted = state.signing(|a| a.mint_jwt(&req.spiffe_id, &req.audience, ttl, now))?;
         Ok::<_, ApiError>(minted)
     })();
     match result {

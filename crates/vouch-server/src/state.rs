@@ -129,6 +129,10 @@ pub struct AppState {
     stored: std::sync::Mutex<StoredAuthority>,
     /// Held while the authority is advanced or reloaded, so that the two never interleave.
     authority_io: tokio::sync::Mutex<()>,
+    /// Why this server cannot serve the stored authority (another replica stored a state this one
+    /// cannot load: another key-encryption key, a damaged row): while set it signs nothing and is
+    /// not ready, rather than go on with keys the trust domain may have rotated away from.
+    authority_fault: std::sync::RwLock<Option<String>>,
     /// Whether this server held the lead at its last tick.
     leader: AtomicBool,
     /// The bundles of federated trust domains served to agents.
@@ -204,6 +208,7 @@ impl AppState {
             sync: Arc::default(),
             stored: std::sync::Mutex::new(stored),
             authority_io: tokio::sync::Mutex::new(()),
+            authority_fault: std::sync::RwLock::new(None),
             leader: AtomicBool::new(false),
             federation: crate::federation::Federated::default(),
         });
@@ -267,9 +272,45 @@ impl AppState {
         }
         let Some(stored) = self.store.load_authority_versioned().await? else { return Ok(false) };
         let version = stored.version;
-        let bundle_changed = self.install(stored)?;
+        let bundle_changed = self.install(stored).inspect_err(|e| self.set_authority_fault(version, e))?;
+        self.clear_authority_fault();
         tracing::info!(target: "vouch::audit", event = "authority.follow", version, bundle_changed, "loaded the authority state another replica stored");
         Ok(true)
+    }
+
+    /// Records that the stored authority of `version` cannot be served: this server stops signing.
+    fn set_authority_fault(&self, version: u64, e: &StartError) {
+        let why = format!("cannot load the authority state (version {version}) another replica stored: {e}");
+        tracing::error!(version, error = %e, "cannot load the authority state another replica stored; this server signs nothing until it can (do all replicas have the same key-encryption key?)");
+        *self.authority_fault.write().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    fn clear_authority_fault(&self) {
+        let mut fault = self.authority_fault.write().unwrap_or_else(|p| p.into_inner());
+        if fault.take().is_some() {
+            tracing::info!("the stored authority state loads again; signing resumes");
+        }
+    }
+
+    /// Why this server does not sign, if it does not: it cannot load the authority state another
+    /// replica stored.
+    pub fn authority_fault(&self) -> Option<String> {
+        self.authority_fault.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs a signing operation (an SVID, a JWT) on the current authority, unless this server
+    /// cannot serve the stored one ([`AppState::authority_fault`]): then `NotReady`.
+    pub fn signing<R>(
+        &self,
+        f: impl FnOnce(&Authority) -> Result<R, vouch_ca::CaError>,
+    ) -> Result<R, vouch_ca::CaError> {
+        if self.authority_fault.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Err(vouch_ca::CaError::NotReady(
+                "this server cannot load the authority state another replica stored and signs nothing until it can; \
+                 its log and /readyz say why",
+            ));
+        }
+        self.with_authority(f)
     }
 
     /// Serves `stored` from now on; whether the bundle changed (then agents are told). The caller
@@ -336,7 +377,16 @@ impl AppState {
             }
             Ok(AuthorityWrite::Conflict(current)) => {
                 tracing::warn!("another replica changed the authority since this one loaded it; serving its state instead of this rotation");
-                self.install(current.unwrap_or(known))?;
+                let winner = current.unwrap_or_else(|| known.clone());
+                let version = winner.version;
+                if let Err(e) = self.install(winner) {
+                    // Never keep serving the rotation that was not stored: back to the state this
+                    // server loaded before, and no signing until the winner's state loads.
+                    self.set_authority_fault(version, &e);
+                    self.install(known)?;
+                    return Err(e);
+                }
+                self.clear_authority_fault();
                 Ok(None)
             }
             Err(e) => {
@@ -461,7 +511,7 @@ impl AppState {
             self.config.dns_names.iter().filter_map(|n| vouch_core::DnsName::new(n).ok()).collect();
         let id = server_spiffe_id(&self.config);
         let issued =
-            self.with_authority(|a| a.mint_x509(&id, &names, &key.public, self.config.x509_svid_ttl, now))?;
+            self.signing(|a| a.mint_x509(&id, &names, &key.public, self.config.x509_svid_ttl, now))?;
         let mut chain = vec![issued.svid.cert_der.clone()];
         chain.extend(issued.intermediates);
         self.server_cert.set(chain, &key.pkcs8).map_err(|e| StartError::Tls(e.to_string()))?;

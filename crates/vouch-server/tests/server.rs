@@ -4399,3 +4399,68 @@ async fn token_exchange_gives_an_x509_svid_for_a_csr() {
     assert!(answer["error_description"].as_str().unwrap().contains("exchanged already"), "{answer}");
     server.shutdown().await;
 }
+
+/// A server that cannot load the authority state another replica stored (here: a state sealed under
+/// another key-encryption key, then a damaged row, written behind its back as another replica
+/// would) signs nothing and is not ready, rather than go on with the keys it had; once the stored
+/// state loads again, it signs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_load_the_stored_authority_signs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, local, _) = start_with(dir.path(), "").await;
+    let mint = || {
+        let local = local.clone();
+        async move {
+            local
+                .mint_jwt(&vouch_api::admin::MintJwtRequest {
+                    spiffe_id: spiffe_id("spiffe://example.org/web"),
+                    audience: vec!["db".into()],
+                    ttl: None,
+                })
+                .await
+        }
+    };
+    mint().await.unwrap();
+    // Another deployment's authority: the same trust domain, another key-encryption key.
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other, _, _) = start_with(other_dir.path(), "").await;
+    other.shutdown().await;
+    let read = |dir: &Path| {
+        let db = rusqlite::Connection::open(dir.join("data").join("vouch.db")).unwrap();
+        db.query_row("SELECT version, state FROM authority", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .unwrap()
+    };
+    let (version, good) = read(dir.path());
+    let (_, foreign) = read(other_dir.path());
+    let db = rusqlite::Connection::open(dir.path().join("data").join("vouch.db")).unwrap();
+    let mut next = version;
+    for state in [foreign, "{\"damaged\": true".to_owned()] {
+        next += 1;
+        db.execute("UPDATE authority SET state = ?1, version = ?2", rusqlite::params![state, next]).unwrap();
+        assert!(server.state.tick().await.is_err());
+        let fault = server.state.authority_fault().expect("a fault");
+        assert!(fault.contains(&format!("version {next}")), "{fault}");
+        match mint().await {
+            Err(ClientError::Api { status: 503, message, .. }) => {
+                assert!(message.contains("cannot load the authority state"), "{message}")
+            }
+            other => panic!("expected 503, got {other:?}"),
+        }
+        let (status, body) = local.request("GET", "/readyz", None).await.unwrap();
+        assert_eq!(status, 503);
+        assert!(String::from_utf8_lossy(&body).contains("another replica stored"));
+        let (_, metrics) = local.request("GET", "/metrics", None).await.unwrap();
+        assert!(String::from_utf8_lossy(&metrics).contains("\nvouch_authority_fault 1\n"));
+    }
+    // The stored state is readable again (a later version, as a replica would write it).
+    db.execute("UPDATE authority SET state = ?1, version = ?2", rusqlite::params![good, next + 1]).unwrap();
+    server.state.tick().await.unwrap();
+    assert_eq!(server.state.authority_fault(), None);
+    mint().await.unwrap();
+    assert_eq!(local.request("GET", "/readyz", None).await.unwrap().0, 200);
+    let (_, metrics) = local.request("GET", "/metrics", None).await.unwrap();
+    assert!(String::from_utf8_lossy(&metrics).contains("\nvouch_authority_fault 0\n"));
+    server.shutdown().await;
+}

@@ -598,7 +598,7 @@ impl Exchange {
             Issue::X509(public) => {
                 let ttl = state.config.x509_svid_ttl;
                 let x509 = state
-                    .with_authority(|a| a.mint_x509(&accepted.spiffe_id, &[], public, ttl, now))
+                    .signing(|a| a.mint_x509(&accepted.spiffe_id, &[], public, ttl, now))
                     .map_err(|e| server_error("cannot sign the X509-SVID", &e))?;
                 Issued {
                     access_token: x509.chain_pem(),
@@ -611,7 +611,7 @@ impl Exchange {
             Issue::Jwt(audience) => {
                 let ttl = state.config.jwt_svid_ttl;
                 let minted = state
-                    .with_authority(|a| a.mint_jwt(&accepted.spiffe_id, audience, ttl, now))
+                    .signing(|a| a.mint_jwt(&accepted.spiffe_id, audience, ttl, now))
                     .map_err(|e| server_error("cannot mint the JWT-SVID", &e))?;
                 Issued {
                     access_token: minted.token,
