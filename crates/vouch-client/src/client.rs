@@ -430,7 +430,12 @@ async fn until_connection_ends<T>(
     match outcome {
         Err(ClientError::Protocol(what)) => {
             let why = tokio::time::timeout(ANSWER_AFTER_CLOSE, reason(ended)).await.ok().flatten();
-            Err(ClientError::Protocol(why.unwrap_or(what)))
+            // Both: why the connection ended, and what the exchange was doing when it did.
+            Err(ClientError::Protocol(match why {
+                Some(why) if why != what => format!("{why} ({what})"),
+                Some(why) => why,
+                None => what,
+            }))
         }
         other => other,
     }

@@ -375,8 +375,9 @@ async fn serve_connection<I>(
         .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(TokioIo::new(io), service);
     tokio::select! {
-        result = conn => if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
+        result = conn => match result {
+            Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+            Ok(()) => tracing::trace!("connection ended"),
         },
         _ = shutdown.changed() => {}
     }
@@ -442,7 +443,10 @@ async fn serve_tls(
                                 tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = %e);
                                 return;
                             }
-                            Err(_) => return,
+                            Err(_) => {
+                                tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = "no TLS handshake within 10 s");
+                                return;
+                            }
                         };
                         let caller = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                             // The chain was verified during the handshake; read its SPIFFE ID, and
