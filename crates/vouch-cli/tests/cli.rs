@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+// Kept beside, not in tests/ (each file there would be a test binary of its own).
+#[path = "cli/helper.rs"]
+mod helper;
+
 const VOUCH: &str = env!("CARGO_BIN_EXE_vouch");
 
 struct ServerProcess {
@@ -440,6 +444,13 @@ fn start_agent(tmp: &Path, server: &ServerProcess, agent_id: &str, extra: &[&str
         std::thread::sleep(Duration::from_millis(50));
     }
     (agent, agent_dir)
+}
+
+/// The selectors a real agent finds for a `vouch` command this test runs: its user and binary.
+fn vouch_selectors() -> [String; 2] {
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let exe = std::fs::canonicalize(VOUCH).unwrap();
+    [format!("unix:uid:{uid}"), format!("unix:path:{}", exe.display())]
 }
 
 /// A throwaway Docker daemon in a temp dir (no bridge, no iptables), stopped on drop.
@@ -1195,8 +1206,7 @@ fn a_real_agent_serves_a_workload_through_a_node_group_entry() {
         "json",
     ]));
     assert_eq!(created["members"], serde_json::json!([agent_id]), "{created}");
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
-    let exe = std::fs::canonicalize(VOUCH).unwrap();
+    let [by_uid, by_path] = vouch_selectors();
     server.ok(&[
         "entry",
         "create",
@@ -1207,9 +1217,9 @@ fn a_real_agent_serves_a_workload_through_a_node_group_entry() {
         "--parent-id",
         "spiffe://example.org/vouch/group/edge",
         "-s",
-        &format!("unix:uid:{uid}"),
+        &by_uid,
         "-s",
-        &format!("unix:path:{}", exe.display()),
+        &by_path,
     ]);
     let table = server.ok(&["group", "list"]);
     assert!(
