@@ -74,6 +74,9 @@ pub struct Gcp {
     /// The provider's audience:
     /// `//iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>`.
     audience: String,
+    /// `aud` of the token, if the provider lists allowed audiences: one of them. Default:
+    /// `audience`, which a provider without allowed audiences accepts (its canonical name).
+    token_audience: Option<String>,
     /// The token (`credential_source.file`), under `dir` if relative.
     #[serde(default = "gcp_token_file")]
     token_file: String,
@@ -223,7 +226,8 @@ impl Gcp {
             );
         }
         let token = absolute(dir, &self.token_file)?;
-        jwts.push(JwtTarget { audience: self.audience.clone(), out: Out { path: token.clone(), mode } });
+        let aud = self.token_audience.clone().unwrap_or_else(|| self.audience.clone());
+        jwts.push(JwtTarget { audience: aud, out: Out { path: token.clone(), mode } });
         if let Some(config) = &self.credential_config_file {
             let doc = ExternalAccount {
                 kind: "external_account",
@@ -286,6 +290,10 @@ mod tests {
         assert!(files[1].1.contains("AZURE_FEDERATED_TOKEN_FILE=/run/vouch/azure-federated-token\n"));
         let doc: serde_json::Value = serde_json::from_str(&files[2].1).unwrap();
         assert_eq!(doc["type"], "external_account");
+        assert_eq!(
+            doc["audience"],
+            "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/v"
+        );
         assert_eq!(doc["token_url"], GCP_TOKEN_URL);
         assert_eq!(doc["subject_token_type"], "urn:ietf:params:oauth:token-type:jwt");
         assert_eq!(doc["credential_source"]["file"], "/run/vouch/gcp-subject-token");

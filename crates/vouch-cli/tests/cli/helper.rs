@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{start_agent, vouch_selectors, KillOnDrop, ServerProcess, VOUCH};
+use super::{entry_for_vouch, output_within, start_agent, KillOnDrop, ServerProcess, VOUCH};
 
 /// The exit codes `vouch helper --help` documents.
 const EXIT_NO_IDENTITY: i32 = 3;
@@ -21,43 +21,34 @@ fn mode(p: &Path) -> u32 {
 
 /// Runs `vouch helper args…` to its end (at most 60 s): exit code and stderr.
 fn helper_once(socket: &str, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(VOUCH)
-        .arg("helper")
-        .args(["--socket", socket])
+    let mut cmd = Command::new(VOUCH);
+    cmd.arg("helper").args(["--socket", socket]).args(args).env_remove("SPIFFE_ENDPOINT_SOCKET");
+    let out = output_within(&mut cmd, b"", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("vouch helper {args:?} did not exit within 60 s"));
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `vouch helper --socket SOCKET args…` running until dropped, its log in `dir`/helper.log; and a
+/// reader of that log.
+pub(super) fn spawn_helper(dir: &Path, socket: &str, args: &[&str]) -> (KillOnDrop, impl Fn() -> String) {
+    let log = dir.join("helper.log");
+    let helper = Command::new(VOUCH)
+        .args(["helper", "--socket", socket])
         .args(args)
-        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .env("VOUCH_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vouch helper {args:?} did not exit within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.code(), err)
+    (KillOnDrop(helper), move || std::fs::read_to_string(&log).unwrap_or_default())
 }
 
 /// The serial number of the first certificate in a PEM text, by `openssl x509`.
 fn serial_of(pem: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args(["x509", "-noout", "-serial"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), pem.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["x509", "-noout", "-serial"]);
+    let out = output_within(&mut cmd, pem.as_bytes(), Duration::from_secs(10))
+        .expect("openssl x509 finished within 10 s");
     assert!(out.status.success(), "openssl x509: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -65,24 +56,12 @@ fn serial_of(pem: &str) -> String {
 /// A new TLS handshake with `port`, verified against `bundle` by `openssl s_client` (10 s at most):
 /// the serial of the certificate served, or why there was none.
 fn handshake_serial(port: u16, bundle: &Path) -> Result<String, String> {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-verify_return_error", "-CAfile"])
-        .arg(bundle)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("openssl s_client did not finish within 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-verify_return_error", "-CAfile"])
+        .arg(bundle);
+    let Some(out) = output_within(&mut cmd, b"", Duration::from_secs(10)) else {
+        return Err("openssl s_client did not finish within 10 s".into());
+    };
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() || !text.contains("Verify return code: 0 (ok)") {
         return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
@@ -183,23 +162,12 @@ fn helper_feeds_a_real_nginx_and_its_sighup_brings_the_rotated_certificate() {
     assert!(!svid_dir.join("svid.pem").exists(), "nothing written without an identity");
 
     // The helper (this `vouch` binary, as this user) gets 60 s X509-SVIDs, renewed at half life.
-    let [by_uid, by_path] = vouch_selectors();
-    server.ok(&[
-        "entry",
-        "create",
-        "--spiffe-id",
+    entry_for_vouch(
+        &server,
         "spiffe://example.org/web",
-        "--parent-id",
         agent_id,
-        "-s",
-        &by_uid,
-        "-s",
-        &by_path,
-        "--x509-ttl",
-        "60s",
-        "--dns",
-        "localhost",
-    ]);
+        &["--x509-ttl", "60s", "--dns", "localhost"],
+    );
     // Once the entry has reached the agent, --once writes the files and a JWT-SVID, and exits 0.
     let once_dir = tmp.path().join("once");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -240,16 +208,9 @@ fn helper_feeds_a_real_nginx_and_its_sighup_brings_the_rotated_certificate() {
     // The helper as a daemon, told to SIGHUP whatever pid nginx's pid file names.
     let nginx_dir = tmp.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir).unwrap();
-    let helper = Command::new(VOUCH)
-        .args(["helper", "--socket", &socket, "--dir", svid_dir_arg, "--signal", "SIGHUP", "--pid-file"])
-        .arg(nginx_dir.join("nginx.pid"))
-        .env("VOUCH_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("helper.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let _helper = KillOnDrop(helper);
-    let helper_log = || std::fs::read_to_string(tmp.path().join("helper.log")).unwrap_or_default();
+    let pid_file = nginx_dir.join("nginx.pid");
+    let args = ["--dir", svid_dir_arg, "--signal", "SIGHUP", "--pid-file", pid_file.to_str().unwrap()];
+    let (_helper, helper_log) = spawn_helper(tmp.path(), &socket, &args);
     let (cert, key, bundle) =
         (svid_dir.join("svid.pem"), svid_dir.join("svid.key"), svid_dir.join("bundle.pem"));
     let deadline = Instant::now() + Duration::from_secs(20);
