@@ -87,20 +87,22 @@ fn cloud_sdks_exchange_the_helpers_token_files_at_loopback_token_services() {
     let socket = format!("unix://{}", agent_dir.join("api.sock").display());
     entry_for_vouch(&server, SUBJECT, agent_id, &[]);
     // A JWT-SVID for an audience no cloud takes, once the entry has reached the agent.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let wrong = loop {
-        let out = Command::new(VOUCH)
-            .args(["agent", "api", "fetch", "jwt", "-a", "not-for-clouds", "--socket", &socket])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let fetch_wrong = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new(VOUCH)
+                .args(["agent", "api", "fetch", "jwt", "-a", "not-for-clouds", "--socket", &socket])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break String::from_utf8(out.stdout).unwrap().trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no JWT-SVID: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(Instant::now() < deadline, "no JWT-SVID: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(200));
     };
+    fetch_wrong();
     let wrong_file = tmp.path().join("wrong-audience.jwt");
-    std::fs::write(&wrong_file, &wrong).unwrap();
 
     // The stand-in's TLS certificate (the SDKs take only https token services), trusted by the
     // SDKs through their documented CA settings.
@@ -250,6 +252,8 @@ fn cloud_sdks_exchange_the_helpers_token_files_at_loopback_token_services() {
     refused[1].insert("AZURE_FEDERATED_TOKEN_FILE".into(), wrong_path);
     refused[2].insert("GOOGLE_APPLICATION_CREDENTIALS".into(), wrong_gcp_json.display().to_string());
     for (cloud, env) in ["aws", "azure", "gcp"].into_iter().zip(&refused) {
+        // Fresh each time: the 10 s token should be refused for its audience, not its age.
+        std::fs::write(&wrong_file, fetch_wrong()).unwrap();
         let before = events(&events_file, cloud).len();
         let got = sdk(&python, cloud, env);
         assert_eq!(got["ok"], false, "{cloud} accepted a token for another audience: {got}");

@@ -49,6 +49,10 @@ def discover(issuer):
 def verify(token, audience):
     """The token's claims if vouch signed it for `audience` and the expected subject; else raises."""
     key = JWKS.get_signing_key_from_jwt(token)
+    # Signature, issuer and audience first, so a refusal names the audience even if the token has
+    # also expired meanwhile; then everything, expiry included.
+    jwt.decode(token, key.key, algorithms=["ES256", "ES384", "RS256"], audience=audience, issuer=ARGS.issuer,
+               options={"verify_exp": False})
     claims = jwt.decode(
         token,
         key.key,
@@ -56,6 +60,7 @@ def verify(token, audience):
         audience=audience,
         issuer=ARGS.issuer,
         options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+        leeway=30,  # clock skew, as the clouds allow some; keeps a loaded test machine from flaking
     )
     if claims["sub"] != ARGS.subject:
         raise jwt.InvalidTokenError(f"subject {claims['sub']} is not {ARGS.subject}")

@@ -209,7 +209,20 @@ fn helper_feeds_a_real_nginx_and_its_sighup_brings_the_rotated_certificate() {
     let nginx_dir = tmp.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir).unwrap();
     let pid_file = nginx_dir.join("nginx.pid");
-    let args = ["--dir", svid_dir_arg, "--signal", "SIGHUP", "--pid-file", pid_file.to_str().unwrap()];
+    // And to run a command after each write: it appends the serial it finds in the file.
+    let cmd_log = tmp.path().join("cmd.log");
+    let cmd =
+        format!("openssl x509 -noout -serial -in {}/svid.pem >> {}", svid_dir.display(), cmd_log.display());
+    let args = [
+        "--dir",
+        svid_dir_arg,
+        "--signal",
+        "SIGHUP",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--cmd",
+        &cmd,
+    ];
     let (_helper, helper_log) = spawn_helper(tmp.path(), &socket, &args);
     let (cert, key, bundle) =
         (svid_dir.join("svid.pem"), svid_dir.join("svid.key"), svid_dir.join("bundle.pem"));
@@ -264,6 +277,18 @@ fn helper_feeds_a_real_nginx_and_its_sighup_brings_the_rotated_certificate() {
     assert!(log.contains("(SIGHUP) received") && log.contains("reconfiguring"), "{log}");
     let hlog = helper_log();
     assert!(hlog.contains("signalled") && hlog.contains(&master.to_string()), "{hlog}");
+    // The command ran after the first write and after the rotation, each time seeing whole files.
+    // (It runs after the signal, so it may still be running when nginx already serves the new one.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ran = std::fs::read_to_string(&cmd_log).unwrap_or_default();
+        let serials: Vec<&str> = ran.lines().collect();
+        if serials.contains(&first.as_str()) && serials.contains(&second.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the command did not run after both writes: {ran}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(hlog.matches("wrote the X509-SVID").count() >= 2, "a rotation on the same stream: {hlog}");
     // Key material never reaches the log.
     let key_pem = std::fs::read_to_string(&key).unwrap();
