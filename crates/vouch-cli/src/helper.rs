@@ -62,8 +62,9 @@ pub struct HelperArgs {
     /// Write no X509-SVID files (only JWT-SVIDs and cloud token files).
     #[arg(long, env = "VOUCH_HELPER_NO_X509")]
     pub no_x509: bool,
-    /// A JWT-SVID for AUDIENCE kept fresh in FILE (0600), as AUDIENCE=FILE; repeatable.
-    #[arg(long = "jwt", value_name = "AUDIENCE=FILE")]
+    /// A JWT-SVID for AUDIENCE kept fresh in FILE (0600), as AUDIENCE=FILE; repeatable, or several
+    /// separated by commas.
+    #[arg(long = "jwt", value_name = "AUDIENCE=FILE", env = "VOUCH_HELPER_JWT", value_delimiter = ',')]
     pub jwt: Vec<String>,
     /// After each X509 rotation send this signal (SIGHUP, SIGUSR1, ...) to --pid or --pid-file.
     #[arg(long, env = "VOUCH_HELPER_SIGNAL")]
@@ -391,6 +392,62 @@ async fn notify(n: &Notify) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn notify_signals_the_pid_or_the_pid_file_and_runs_the_command_within_its_time() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let wait_signal = |mut child: std::process::Child| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status.signal();
+                }
+                assert!(std::time::Instant::now() < deadline, "the process was not signalled");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let ran = dir.path().join("ran");
+        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let n = Notify {
+            signal: Some(("SIGTERM".into(), rustix::process::Signal::TERM, Target::Pid(pid))),
+            cmd: Some(format!("echo ran >> {}", ran.display())),
+            cmd_timeout: Duration::from_secs(10),
+        };
+        notify(&n).await;
+        assert_eq!(wait_signal(child), Some(15));
+        assert_eq!(std::fs::read_to_string(&ran).unwrap(), "ran\n");
+
+        // Through a pid file, read at each signal; a missing or garbled one signals nobody.
+        let pid_file = dir.path().join("app.pid");
+        let n = Notify {
+            signal: Some((
+                "SIGUSR1".into(),
+                rustix::process::Signal::USR1,
+                Target::PidFile(pid_file.clone()),
+            )),
+            cmd: None,
+            cmd_timeout: Duration::from_secs(10),
+        };
+        notify(&n).await;
+        std::fs::write(&pid_file, "not a pid\n").unwrap();
+        notify(&n).await;
+        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
+        notify(&n).await;
+        assert_eq!(wait_signal(child), Some(10));
+
+        // A command that overstays its time is killed, and the helper goes on.
+        let n = Notify {
+            signal: None,
+            cmd: Some("exec sleep 30".into()),
+            cmd_timeout: Duration::from_millis(200),
+        };
+        let started = std::time::Instant::now();
+        notify(&n).await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 
     #[test]
     fn jwt_svids_are_renewed_at_half_life() {
