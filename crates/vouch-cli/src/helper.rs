@@ -59,6 +59,10 @@ pub struct HelperArgs {
     /// The trust bundle's CA certificates (PEM, 0644; default bundle.pem).
     #[arg(long, env = "VOUCH_HELPER_BUNDLE_FILE")]
     pub bundle_file: Option<PathBuf>,
+    /// Also put the bundles of the trust domains the workload federates with into the bundle file,
+    /// so the app accepts their X509-SVIDs too.
+    #[arg(long, env = "VOUCH_HELPER_INCLUDE_FEDERATED_BUNDLES")]
+    pub include_federated_bundles: bool,
     /// Write no X509-SVID files (only JWT-SVIDs and cloud token files).
     #[arg(long, env = "VOUCH_HELPER_NO_X509")]
     pub no_x509: bool,
@@ -265,6 +269,20 @@ fn pem_certs(der: &[u8]) -> String {
     split_der(der).iter().map(|d| vouch_ca::pem::encode("CERTIFICATE", d)).collect()
 }
 
+/// The bundle file: the trust domain's own authorities, then, if given, those of each federated
+/// trust domain in the order of their names (so an unchanged set writes the same file).
+fn bundle_pem(own: &[u8], federated: Option<&std::collections::HashMap<String, Vec<u8>>>) -> String {
+    let mut pem = pem_certs(own);
+    if let Some(map) = federated {
+        let mut bundles: Vec<(&String, &Vec<u8>)> = map.iter().collect();
+        bundles.sort();
+        for (_, der) in bundles {
+            pem.push_str(&pem_certs(der));
+        }
+    }
+    pem
+}
+
 /// Writes the default (first) X509-SVID of a stream message.
 fn write_x509(plan: &Plan, resp: &X509svidResponse) -> Result<(), Stop> {
     let Some(svid) = resp.svids.first() else {
@@ -283,7 +301,8 @@ fn write_x509(plan: &Plan, resp: &X509svidResponse) -> Result<(), Stop> {
     // Key first, then the chain: an app that reloads on the certificate's change finds its key.
     write(&files.key, key_pem.as_bytes())?;
     write(&files.cert, pem_certs(&svid.x509_svid).as_bytes())?;
-    write(&files.bundle, pem_certs(&svid.bundle).as_bytes())?;
+    let federated = files.include_federated.then_some(&resp.federated_bundles);
+    write(&files.bundle, bundle_pem(&svid.bundle, federated).as_bytes())?;
     tracing::info!(
         spiffe_id = %svid.spiffe_id,
         expires_at = %vouch_core::ttl::rfc3339(vouch_core::ttl::unix_seconds(info.not_after)),
@@ -447,6 +466,18 @@ mod tests {
         let started = std::time::Instant::now();
         notify(&n).await;
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_bundle_file_holds_federated_bundles_only_when_asked_in_a_stable_order() {
+        // Three minimal DER "certificates" (SEQUENCEs), as split_der sees them.
+        let (own, b, c) = (vec![0x30, 3, 1, 1, 1], vec![0x30, 3, 2, 2, 2], vec![0x30, 3, 3, 3, 3]);
+        let fed: std::collections::HashMap<String, Vec<u8>> =
+            [("spiffe://c.org".to_owned(), c.clone()), ("spiffe://b.org".to_owned(), b.clone())].into();
+        assert_eq!(bundle_pem(&own, None), pem_certs(&own));
+        let want = [pem_certs(&own), pem_certs(&b), pem_certs(&c)].concat();
+        assert_eq!(bundle_pem(&own, Some(&fed)), want);
+        assert_eq!(bundle_pem(&own, Some(&fed)).matches("BEGIN CERTIFICATE").count(), 3);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub struct FileConfig {
     key_file_mode: Option<u32>,
     bundle_file_mode: Option<u32>,
     jwt_file_mode: Option<u32>,
+    include_federated_bundles: Option<bool>,
     signal: Option<String>,
     pid: Option<i32>,
     pid_file: Option<PathBuf>,
@@ -98,6 +99,8 @@ pub struct X509Files {
     pub key: Out,
     /// The trust bundle's X.509 authorities (PEM).
     pub bundle: Out,
+    /// Whether the bundle file also holds the federated trust domains' authorities.
+    pub include_federated: bool,
 }
 
 /// A JWT-SVID file.
@@ -192,6 +195,7 @@ pub fn plan(args: &HelperArgs, file: FileConfig) -> Result<Plan> {
                 path: pick(&args.bundle_file, &file.bundle_file, "bundle.pem"),
                 mode: mode("bundle_file_mode", file.bundle_file_mode, 0o644)?,
             },
+            include_federated: args.include_federated_bundles || file.include_federated_bundles == Some(true),
         })
     };
 
