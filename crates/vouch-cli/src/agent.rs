@@ -339,7 +339,7 @@ async fn agent_run(args: AgentRun) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn socket_path(endpoint: &str) -> PathBuf {
+pub(crate) fn socket_path(endpoint: &str) -> PathBuf {
     let p = endpoint.strip_prefix("unix://").or_else(|| endpoint.strip_prefix("unix:")).unwrap_or(endpoint);
     PathBuf::from(p)
 }
@@ -356,7 +356,7 @@ async fn connect(endpoint: &str) -> Result<SpiffeWorkloadApiClient<tonic::transp
     Ok(SpiffeWorkloadApiClient::new(channel))
 }
 
-fn request<T>(body: T) -> tonic::Request<T> {
+pub(crate) fn request<T>(body: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(body);
     req.metadata_mut()
         .insert(vouch_proto::SECURITY_HEADER, tonic::metadata::MetadataValue::from_static("true"));
@@ -368,7 +368,7 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
 }
 
 /// Splits a concatenation of DER certificates.
-fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn split_der(mut der: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     while der.len() > 4 && der[0] == 0x30 {
         let (len, hdr) = match der[1] {

@@ -5,6 +5,7 @@
 mod agent;
 mod federation;
 mod group;
+mod helper;
 mod output;
 
 use std::path::PathBuf;
@@ -134,6 +135,15 @@ enum Command {
         #[arg(long, short = 'o', env = "VOUCH_OUTPUT", value_enum, default_value_t = Output::Table, global = true)]
         output: Output,
     },
+    /// Keep an app that knows nothing of SPIFFE supplied with its SVIDs as files (like
+    /// spiffe-helper).
+    ///
+    /// Runs beside the app as a workload of the agent: writes the X509-SVID (certificate chain,
+    /// private key 0600, trust bundle) and JWT-SVIDs for configured audiences (and the cloud SDKs'
+    /// token files) atomically, rewrites them at every rotation (the Workload API's stream) and
+    /// JWT-SVIDs at half life, and after each X509 rotation signals the app (--signal with --pid or
+    /// --pid-file) or runs --cmd. With --once it writes the files and exits (init containers).
+    Helper(Box<helper::HelperArgs>),
     /// Find hardcoded secrets in files, trees and container images (works offline, without a server).
     ///
     /// Inputs are told by content: a directory is walked (respecting .gitignore; hidden files such as
@@ -486,6 +496,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Svid { command: SvidCommand::Mint { kind }, connect } => mint(kind, &connect).await,
         Command::Agent { command, output } => agent::run(command, output).await,
+        Command::Helper(args) => helper::run(*args).await,
         Command::Scan(args) => Ok(ExitCode::from(vouch_scan::cli::run(&args))),
         Command::Healthcheck { connect } => {
             let (ready, reason) = match connect.client() {

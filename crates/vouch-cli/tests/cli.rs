@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+// Kept beside, not in tests/ (each file there would be a test binary of its own).
+#[path = "cli/cloud.rs"]
+mod cloud;
+#[path = "cli/helper.rs"]
+mod helper;
+
 const VOUCH: &str = env!("CARGO_BIN_EXE_vouch");
 
 struct ServerProcess {
@@ -17,9 +23,17 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(dir: &Path) -> Self {
+        Self::start_configured(dir, "")
+    }
+
+    /// A server with `config` (TOML: `[ca]`, `[oidc]`, ...) in a file beside its data.
+    fn start_configured(dir: &Path, config: &str) -> Self {
+        let config_file = dir.join("server.toml");
+        std::fs::write(&config_file, format!("version = 1\n{config}")).unwrap();
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
         let child = Command::new(VOUCH)
-            .args(["server", "run"])
+            .args(["server", "run", "--config"])
+            .arg(&config_file)
             .env("VOUCH_DATA_DIR", dir.join("data"))
             .env("VOUCH_LISTEN", "127.0.0.1:0")
             .env("VOUCH_TRUST_DOMAIN", "example.org")
@@ -440,6 +454,50 @@ fn start_agent(tmp: &Path, server: &ServerProcess, agent_id: &str, extra: &[&str
         std::thread::sleep(Duration::from_millis(50));
     }
     (agent, agent_dir)
+}
+
+/// Runs `cmd` with `stdin` fed to it and its stdout and stderr piped: its output once it exits, or
+/// `None` if it has not exited within `limit` (it is killed then). The pipes are read meanwhile,
+/// so a chatty child cannot block on a full pipe.
+fn output_within(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Option<Output> {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    if let Some(mut pipe) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut pipe, stdin);
+    }
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Some(Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() })
+}
+
+/// Creates an entry `spiffe_id` under `parent` for the `vouch` commands this test runs (their
+/// user and binary, as a real agent attests them), with `extra` flags.
+fn entry_for_vouch(server: &ServerProcess, spiffe_id: &str, parent: &str, extra: &[&str]) {
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let exe = std::fs::canonicalize(VOUCH).unwrap();
+    let (by_uid, by_path) = (format!("unix:uid:{uid}"), format!("unix:path:{}", exe.display()));
+    let args =
+        ["entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent, "-s", &by_uid, "-s", &by_path];
+    server.ok(&[&args[..], extra].concat());
 }
 
 /// A throwaway Docker daemon in a temp dir (no bridge, no iptables), stopped on drop.
@@ -1195,22 +1253,12 @@ fn a_real_agent_serves_a_workload_through_a_node_group_entry() {
         "json",
     ]));
     assert_eq!(created["members"], serde_json::json!([agent_id]), "{created}");
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
-    let exe = std::fs::canonicalize(VOUCH).unwrap();
-    server.ok(&[
-        "entry",
-        "create",
-        "--id",
-        "edge-cli",
-        "--spiffe-id",
+    entry_for_vouch(
+        &server,
         "spiffe://example.org/edge-cli",
-        "--parent-id",
         "spiffe://example.org/vouch/group/edge",
-        "-s",
-        &format!("unix:uid:{uid}"),
-        "-s",
-        &format!("unix:path:{}", exe.display()),
-    ]);
+        &["--id", "edge-cli"],
+    );
     let table = server.ok(&["group", "list"]);
     assert!(
         table.starts_with("SPIFFE ID") && table.contains("spiffe://example.org/vouch/group/edge"),

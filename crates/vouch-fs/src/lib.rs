@@ -3,7 +3,7 @@
 //! - [`write_new_private`]: a new file only its owner can read (0600), never replacing one (a key
 //!   that exists must not be overwritten by a second start);
 //! - [`replace_private`]: a 0600 file replaced atomically (written beside, then renamed), so a crash
-//!   never leaves half a key or certificate;
+//!   never leaves half a key or certificate; [`replace`] the same with another mode;
 //! - [`create_dir`]: a directory (and its parents) with a given mode;
 //! - [`bind_unix_socket`]: a Unix socket bound with a given mode, over a stale socket file left by a
 //!   process that died, but never over one a live process still serves.
@@ -49,16 +49,37 @@ pub fn write_new_private(path: &Path, data: &[u8]) -> Result<(), FsError> {
 /// Replaces `path` with a file readable only by its owner holding `data`, atomically: readers see
 /// the old content or the new, never a part.
 pub fn replace_private(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    replace(path, data, 0o600)
+}
+
+/// Replaces `path` with a file holding `data` with exactly `mode` (the umask does not apply),
+/// atomically: the data goes to `<path>.tmp` in the same directory (created 0600, so nobody else
+/// can open it meanwhile), is synced, gets its mode and is renamed over `path`; the directory is
+/// synced last, so after a crash `path` holds the old content or the new, never a part.
+pub fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     // A leftover from a crash in the middle of an earlier replacement.
     let _ = std::fs::remove_file(&tmp);
-    write_new_private(&tmp, data)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let written = write_new_private(&tmp, data).and_then(|()| {
+        if mode != 0o600 {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                .map_err(io("set the mode of", &tmp))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io("replace", path))
+    });
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        io("replace", path)(e)
-    })
+        return written;
+    }
+    // The rename is durable once the directory is; a directory that cannot be opened for that
+    // (no read permission) still has the new file, so this is best effort.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Creates `dir` and its missing parents with `mode` (for example 0o700 for private state).
@@ -111,6 +132,17 @@ mod tests {
         assert!(!dir.path().join("kek.tmp").exists());
         let err = replace_private(&dir.path().join("missing/dir/x"), b"x").unwrap_err().to_string();
         assert!(err.contains("missing/dir/x.tmp"), "{err}");
+    }
+
+    #[test]
+    fn replacement_sets_the_exact_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("svid.pem");
+        replace(&cert, b"cert", 0o644).unwrap();
+        assert_eq!((std::fs::read(&cert).unwrap(), mode(&cert)), (b"cert".to_vec(), 0o644));
+        replace(&cert, b"next", 0o640).unwrap();
+        assert_eq!((std::fs::read(&cert).unwrap(), mode(&cert)), (b"next".to_vec(), 0o640));
+        assert!(!dir.path().join("svid.pem.tmp").exists());
     }
 
     #[tokio::test]
