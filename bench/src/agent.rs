@@ -312,11 +312,20 @@ async fn memory(stack: &Stack, n: usize) -> Result<(u64, u64, u64)> {
     let with_entries = rss_kib(stack.agent.0.id());
     let mut c = channel(&stack.socket).await?;
     let mut s = c.fetch_x509svid(req(X509svidRequest {})).await?.into_inner();
-    let m = s.message().await?.ok_or_else(|| anyhow!("no answer"))?;
-    if m.svids.len() < n {
-        bail!("expected {n} SVIDs, got {}", m.svids.len());
+    // The stream's first answer holds the SVIDs of the entries the agent has synced by then; on a
+    // loaded machine the sync of 10,000 entries may still be under way, and later answers bring
+    // the rest. (Reading only the first answer made this stage fail, and the agent's log then
+    // blamed the server, which the benchmark had killed on its way out.)
+    let mut held = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while held < n {
+        let m = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .map_err(|_| anyhow!("the agent held {held} of {n} SVIDs after 120 s"))??
+            .ok_or_else(|| anyhow!("the stream ended with {held} of {n} SVIDs"))?;
+        held = m.svids.len();
     }
-    drop((s, c, m));
+    drop((s, c));
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok((base, with_entries, rss_kib(stack.agent.0.id())))
 }

@@ -579,9 +579,14 @@ impl Connection {
         };
         let req = req.body(body).map_err(|e| proto(e.to_string()))?;
         let sender = &mut self.sender;
+        // hyper's errors say what failed ("connection error"); their source says why.
+        let detailed = |e: hyper::Error| match std::error::Error::source(&e) {
+            Some(source) => proto(format!("{e}: {source}")),
+            None => proto(e.to_string()),
+        };
         until_connection_ends(&mut self.ended, async {
-            sender.ready().await.map_err(|e| proto(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(|e| proto(e.to_string()))?;
+            sender.ready().await.map_err(detailed)?;
+            let resp = sender.send_request(req).await.map_err(detailed)?;
             let status = resp.status().as_u16();
             let retry_after = retry_after_of(resp.headers());
             let body = resp.into_body().collect().await.map_err(|e| proto(e.to_string()))?.to_bytes();

@@ -379,7 +379,7 @@ async fn serve_connection<I>(
             Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
             Ok(()) => tracing::trace!("connection ended"),
         },
-        _ = shutdown.changed() => {}
+        _ = shutdown.changed() => tracing::trace!("connection ended by shutdown"),
     }
 }
 
@@ -432,9 +432,21 @@ async fn serve_tls(
                     let acceptor = acceptor.clone();
                     let app = app.clone();
                     let conn_shutdown = shutdown.clone();
-                    let Ok(stream) = stream.into_std() else { continue };
+                    let stream = match stream.into_std() {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "cannot hand a connection to a connection thread; dropped");
+                            continue;
+                        }
+                    };
                     conns.run(move || { tokio::spawn(async move {
-                        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
+                        let stream = match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "cannot register a connection with its thread; dropped");
+                                return;
+                            }
+                        };
                         // Answers are written whole; Nagle's algorithm could only delay them.
                         let _ = stream.set_nodelay(true);
                         let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
@@ -457,7 +469,9 @@ async fn serve_tls(
                             },
                             None => Caller::Anonymous,
                         };
+                        tracing::trace!(%peer, "TLS connection open");
                         serve_connection(tls, app, caller, Some(PeerAddr(peer.ip())), conn_shutdown).await;
+                        tracing::trace!(%peer, "TLS connection closed");
                     }); });
                 }
                 Err(e) => {
