@@ -419,7 +419,7 @@ mod tests {
         let err = serde_json::from_str::<EntryPatch>(r#"{"expected_revision":0,"x509_common_name":""}"#)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("x509_common_name: must not be empty"), "{err}");
+        assert!(err.contains("the common name must not be empty"), "{err}");
     }
 
     #[test]

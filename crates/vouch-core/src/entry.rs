@@ -87,18 +87,16 @@ pub enum EntryError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommonNameError {
     /// No characters.
-    #[error("must not be empty (leave it out for an SVID without a common name)")]
+    #[error("the common name must not be empty (leave it out for an SVID without one)")]
     Empty,
     /// Over [`MAX_COMMON_NAME_CHARS`].
-    #[error(
-        "{0} characters is more than the {MAX_COMMON_NAME_CHARS} X.509 allows (RFC 5280 ub-common-name)"
-    )]
+    #[error("the common name has {0} characters, more than the {MAX_COMMON_NAME_CHARS} X.509 allows (RFC 5280 ub-common-name)")]
     TooLong(usize),
     /// A control character (newline, NUL, escape, ...), which relying parties mis-read or refuse.
-    #[error("character {0} is a control character; use printable characters only")]
+    #[error("character {0} of the common name is a control character; use printable characters only")]
     Control(usize),
     /// Leading or trailing white space, which relying parties that compare names would not match.
-    #[error("must not begin or end with white space")]
+    #[error("the common name must not begin or end with white space")]
     Padded,
 }
 
@@ -146,7 +144,9 @@ impl fmt::Display for CommonName {
 impl<'de> serde::Deserialize<'de> for CommonName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        CommonName::new(&s).map_err(|e| serde::de::Error::custom(format!("x509_common_name: {e}")))
+        // The message names no field: the same type is `x509_common_name` of an entry and
+        // `common_name` of a mint request, and the API's parser puts the path in front.
+        CommonName::new(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -631,9 +631,9 @@ mod tests {
         }
         let cases: [(&str, &str); 6] = [
             ("", "must not be empty"),
-            (&"x".repeat(65), "65 characters is more than the 64"),
-            ("app\nuser", "character 4 is a control character"),
-            ("app\u{0}", "character 4 is a control character"),
+            (&"x".repeat(65), "has 65 characters, more than the 64"),
+            ("app\nuser", "character 4 of the common name is a control character"),
+            ("app\u{0}", "character 4 of the common name is a control character"),
             (" app", "white space"),
             ("app\u{a0}", "white space"),
         ];
@@ -641,7 +641,7 @@ mod tests {
             let err = CommonName::new(bad).unwrap_err().to_string();
             assert!(err.contains(want), "{bad:?}: {err}");
         }
-        // Through the spec: the error names the field; an entry without one stays without one, and
+        // Through the spec: the error says what is wrong; an entry without one stays without one, and
         // its JSON (stored rows, sync lines to older agents) is what it was before the field existed.
         let json = |cn: &str| {
             format!(
@@ -649,7 +649,7 @@ mod tests {
             )
         };
         let err = spec(&json("\"a\\tb\"")).unwrap_err().to_string();
-        assert!(err.starts_with("x509_common_name: character 2 is a control character"), "{err}");
+        assert!(err.starts_with("character 2 of the common name is a control character"), "{err}");
         let with = spec(&json("\"app_user\"")).unwrap();
         let e = Entry::create(with, EntryId::new("e1").unwrap(), &td(), 100).unwrap();
         assert_eq!(e.x509_common_name.as_ref().map(CommonName::as_str), Some("app_user"));

@@ -158,8 +158,8 @@ fn postgres_logs_a_workload_in_by_its_x509_svid_common_name_across_rotations() {
 
     // Bad common names are refused with the reason, and change nothing.
     for (bad, want) in [
-        ("app\tuser", "character 4 is a control character"),
-        (&*"u".repeat(65), "65 characters is more than the 64"),
+        ("app\tuser", "character 4 of the common name is a control character"),
+        (&*"u".repeat(65), "has 65 characters, more than the 64"),
         (" app_user", "white space"),
     ] {
         let err = server.fails(&[
