@@ -103,6 +103,9 @@ Examples:
   vouch helper --dir /run/svid --once
   # a JWT-SVID for OpenBao, renewed at half life
   vouch helper --no-x509 --jwt openbao=/run/svid/openbao.jwt
+  # libpq (psql, psycopg): no signal, it reads the files at each new connection; the entry's
+  # --x509-common-name is mapped to a role in pg_ident.conf (docs/postgres-cert-login.md)
+  vouch helper --dir /run/svid   # psql \"... sslcert=/run/svid/svid.pem sslkey=/run/svid/svid.key\"
 
 The cloud SDKs' token files (AWS, Azure, GCP) are configured in the --config file; see
 docs/federation.md, \"vouch helper\".
