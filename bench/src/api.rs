@@ -230,7 +230,13 @@ async fn vouch_load(o: &Options, pid: u32, client: &AdminClient, body: Arc<MintX
 async fn vouch_runs(o: &Options) -> Result<(Run, Run)> {
     let (proc, local, data) = start_vouch(&o.vouch).await?;
     let mint = |id: &str| -> Result<MintX509Request> {
-        Ok(MintX509Request { spiffe_id: SpiffeId::parse(id)?, csr: None, ttl: None, dns_names: vec![] })
+        Ok(MintX509Request {
+            spiffe_id: SpiffeId::parse(id)?,
+            csr: None,
+            ttl: None,
+            dns_names: vec![],
+            common_name: None,
+        })
     };
     let body = Arc::new(mint("spiffe://example.org/bench/web")?);
     let unix = vouch_load(o, proc.pid(), &local, body.clone()).await?;

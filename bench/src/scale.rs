@@ -302,6 +302,7 @@ fn spec(id: &str, parent: SpiffeId, ns: usize, w: &str) -> EntrySpec {
         x509_svid_ttl: None,
         jwt_svid_ttl: None,
         dns_names: Vec::new(),
+        x509_common_name: None,
         hint: String::new(),
         admin: false,
         federates_with: Vec::new(),

@@ -1,7 +1,7 @@
 //! The admin API: entries, node groups, join tokens, SVID minting, the authority's keys, agents.
 
 use serde::{Deserialize, Serialize};
-use vouch_core::{DnsName, Entry, EntrySpec, NodeGroup, Selector, SpiffeId, TrustDomain};
+use vouch_core::{CommonName, DnsName, Entry, EntrySpec, NodeGroup, Selector, SpiffeId, TrustDomain};
 
 /// Most entries in one batch.
 pub const MAX_ENTRY_BATCH: usize = 1000;
@@ -72,6 +72,9 @@ pub struct EntryPatch {
     /// New DNS names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_names: Option<Vec<DnsName>>,
+    /// New X509-SVID subject common name; `null` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "nullable")]
+    pub x509_common_name: Option<Option<CommonName>>,
     /// New hint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
@@ -109,6 +112,7 @@ impl EntryPatch {
             x509_svid_ttl: self.x509_svid_ttl.unwrap_or(c.x509_svid_ttl),
             jwt_svid_ttl: self.jwt_svid_ttl.unwrap_or(c.jwt_svid_ttl),
             dns_names: self.dns_names.unwrap_or(c.dns_names),
+            x509_common_name: self.x509_common_name.unwrap_or(c.x509_common_name),
             hint: self.hint.unwrap_or(c.hint),
             admin: self.admin.unwrap_or(c.admin),
             federates_with: self.federates_with.unwrap_or(c.federates_with),
@@ -180,6 +184,9 @@ pub struct MintX509Request {
     /// DNS SANs.
     #[serde(default)]
     pub dns_names: Vec<DnsName>,
+    /// A subject common name (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<CommonName>,
 }
 
 /// A minted X509-SVID, PEM for people. `Pem` is `String` for readers; the server writes the same
@@ -394,6 +401,25 @@ mod tests {
         let text = serde_json::to_string(&patch).unwrap();
         assert_eq!(text, r#"{"expected_revision":0,"x509_svid_ttl":null,"expires_at":null}"#);
         assert!(EntryPatch { expected_revision: 3, ..Default::default() }.is_empty());
+    }
+
+    #[test]
+    fn a_patch_sets_clears_or_keeps_the_common_name() {
+        let set: EntryPatch =
+            serde_json::from_str(r#"{"expected_revision":0,"x509_common_name":"app_user"}"#).unwrap();
+        let with = set.apply(&entry());
+        assert_eq!(with.x509_common_name.as_ref().map(CommonName::as_str), Some("app_user"));
+        let mut current = entry();
+        current.x509_common_name = with.x509_common_name.clone();
+        let keep: EntryPatch = serde_json::from_str(r#"{"expected_revision":0,"hint":"h"}"#).unwrap();
+        assert_eq!(keep.apply(&current).x509_common_name, with.x509_common_name);
+        let clear: EntryPatch =
+            serde_json::from_str(r#"{"expected_revision":0,"x509_common_name":null}"#).unwrap();
+        assert_eq!(clear.apply(&current).x509_common_name, None);
+        let err = serde_json::from_str::<EntryPatch>(r#"{"expected_revision":0,"x509_common_name":""}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the common name must not be empty"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use vouch_core::{ttl, DnsName, SpiffeId, TrustDomain};
+use vouch_core::{ttl, CommonName, DnsName, SpiffeId, TrustDomain};
 use zeroize::Zeroizing;
 
 use crate::bundle::Bundle;
@@ -423,13 +423,27 @@ impl Authority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<IssuedX509, CaError> {
+        self.mint_x509_with_common_name(spiffe_id, dns_names, None, public_key, ttl, now)
+    }
+
+    /// Signs an X509-SVID with the active signing CA, with `common_name` (when given) in its
+    /// subject beside the SPIFFE ID's URI SAN, for relying parties that map the CN to a user.
+    pub fn mint_x509_with_common_name(
+        &self,
+        spiffe_id: &SpiffeId,
+        dns_names: &[DnsName],
+        common_name: Option<&CommonName>,
+        public_key: &CsrPublicKey,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedX509, CaError> {
         self.check_domain(spiffe_id)?;
         let ca = self
             .intermediates
             .iter()
             .find(|i| i.state == KeyState::Active)
             .ok_or(CaError::NotReady("no active signing CA"))?;
-        let svid = ca.ca.sign_svid(spiffe_id, dns_names, public_key, ttl, now)?;
+        let svid = ca.ca.sign_svid(spiffe_id, dns_names, common_name, public_key, ttl, now)?;
         Ok(IssuedX509 {
             svid,
             intermediates: vec![ca.ca.der().to_vec()],

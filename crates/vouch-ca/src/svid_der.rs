@@ -25,6 +25,27 @@ const SUBJECT: &[u8] = &[
     0x30, 0x10, 0x31, 0x0e, 0x30, 0x0c, 0x06, 0x03, 0x55, 0x04, 0x0a, 0x0c, 0x05, b'v', b'o', b'u', b'c',
     b'h',
 ];
+/// The RDN `O=vouch` alone (the content of [`SUBJECT`]).
+const O_VOUCH_RDN: &[u8] =
+    &[0x31, 0x0e, 0x30, 0x0c, 0x06, 0x03, 0x55, 0x04, 0x0a, 0x0c, 0x05, b'v', b'o', b'u', b'c', b'h'];
+/// The attribute type commonName (2.5.4.3).
+const CN_OID: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
+
+/// Appends the subject: `O=vouch`, then `CN=<common_name>` (UTF8String) when there is one, in the
+/// order the builder writes them.
+fn push_subject(out: &mut Vec<u8>, common_name: Option<&str>) {
+    let Some(cn) = common_name else {
+        out.extend_from_slice(SUBJECT);
+        return;
+    };
+    let mut attr = CN_OID.to_vec();
+    tlv(&mut attr, 0x0c, cn.as_bytes());
+    let mut seq = Vec::with_capacity(attr.len() + 4);
+    tlv(&mut seq, 0x30, &attr);
+    let mut rdns = O_VOUCH_RDN.to_vec();
+    tlv(&mut rdns, 0x31, &seq);
+    tlv(out, 0x30, &rdns);
+}
 /// basicConstraints, critical, cA false (the DEFAULT, so an empty SEQUENCE).
 const BASIC_CONSTRAINTS: &[u8] =
     &[0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x02, 0x30, 0x00];
@@ -121,6 +142,7 @@ impl LeafTemplate {
         spki: &[u8],
         uri: &str,
         dns_names: &[&str],
+        common_name: Option<&str>,
     ) -> Result<Vec<u8>, CaError> {
         let mut tbs = Vec::with_capacity(512 + spki.len());
         tbs.extend_from_slice(&[0xa0, 0x03, 0x02, 0x01, 0x02]); // version v3
@@ -131,7 +153,7 @@ impl LeafTemplate {
         push_time(&mut validity, not_before)?;
         push_time(&mut validity, not_after)?;
         tlv(&mut tbs, 0x30, &validity);
-        tbs.extend_from_slice(SUBJECT);
+        push_subject(&mut tbs, common_name);
         tbs.extend_from_slice(spki);
 
         let mut exts = Vec::with_capacity(256);
@@ -197,6 +219,7 @@ mod tests {
         let mut out = vec![
             format!("version {:?}", c.version()),
             format!("subject {}", c.subject()),
+            format!("subject raw {:?}", c.subject().as_raw()),
             format!("issuer raw {:?}", c.issuer().as_raw()),
             format!(
                 "validity {} {}",
@@ -266,7 +289,12 @@ mod tests {
             let id = SpiffeId::parse("spiffe://example.org/ns/prod/sa/payments").unwrap();
             let dns = [DnsName::new("payments.prod.svc").unwrap(), DnsName::new("localhost").unwrap()];
             let key = WorkloadKey::generate().unwrap();
-            for names in [&dns[..], &[][..]] {
+            let long_cn = vouch_core::CommonName::new(&"é".repeat(64)).unwrap();
+            let cns = [None, Some(vouch_core::CommonName::new("app_user").unwrap()), Some(long_cn)];
+            for (names, cn) in
+                [(&dns[..], &cns[0]), (&[][..], &cns[0]), (&dns[..], &cns[1]), (&[][..], &cns[2])]
+            {
+                let cn = cn.as_ref();
                 // Far-future validity too: GeneralizedTime after 2049.
                 for (ttl, when) in [(3600, now), (7200, UNIX_EPOCH + Duration::from_secs(2_600_000_000))] {
                     let life = vouch_core::ttl::lifetime(
@@ -275,8 +303,8 @@ mod tests {
                         when + Duration::from_secs(86400),
                     )
                     .unwrap();
-                    let fast = ca.sign_svid(&id, names, &key.public, Duration::from_secs(ttl), when);
-                    let reference = ca.sign_svid_with_builder(&id, names, &key.public, life).unwrap();
+                    let fast = ca.sign_svid(&id, names, cn, &key.public, Duration::from_secs(ttl), when);
+                    let reference = ca.sign_svid_with_builder(&id, names, cn, &key.public, life).unwrap();
                     if when == now {
                         let fast = fast.unwrap();
                         assert_eq!(facts(&fast.cert_der, &ca_cert), facts(&reference.cert_der, &ca_cert));
@@ -289,6 +317,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_subject_without_a_common_name_is_the_fixed_one() {
+        let mut plain = Vec::new();
+        push_subject(&mut plain, None);
+        assert_eq!(plain, SUBJECT);
+        assert_eq!(&SUBJECT[2..], O_VOUCH_RDN);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyUsagePurpose, SanType, SerialNumber,
 };
-use vouch_core::{ttl, DnsName, SpiffeId, TrustDomain};
+use vouch_core::{ttl, CommonName, DnsName, SpiffeId, TrustDomain};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::keys::{random_bytes, SigningKey};
@@ -223,11 +223,13 @@ impl Ca {
     }
 
     /// Signs an X509-SVID for `spiffe_id` over `public_key`, valid from `now` for `ttl` but never past
-    /// this CA's end. The result says whether the lifetime was cut short.
+    /// this CA's end. The subject is `O=vouch`, with `CN=<common_name>` after it when given. The
+    /// result says whether the lifetime was cut short.
     pub fn sign_svid(
         &self,
         spiffe_id: &SpiffeId,
         dns_names: &[DnsName],
+        common_name: Option<&CommonName>,
         public_key: &CsrPublicKey,
         ttl: Duration,
         now: SystemTime,
@@ -248,10 +250,11 @@ impl Ca {
                 spki,
                 spiffe_id.as_str(),
                 &dns,
+                common_name.map(CommonName::as_str),
             )?;
             return Ok(X509Svid { cert_der, not_before, not_after: life.not_after, capped: life.capped });
         }
-        self.sign_svid_with_builder(spiffe_id, dns_names, public_key, life)
+        self.sign_svid_with_builder(spiffe_id, dns_names, common_name, public_key, life)
     }
 
     /// The general path (also the reference the fixed layout is tested against).
@@ -259,12 +262,16 @@ impl Ca {
         &self,
         spiffe_id: &SpiffeId,
         dns_names: &[DnsName],
+        common_name: Option<&CommonName>,
         public_key: &CsrPublicKey,
         life: ttl::Lifetime,
     ) -> Result<X509Svid, CaError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "vouch");
+        if let Some(cn) = common_name {
+            dn.push(DnType::CommonName, cn.as_str());
+        }
         params.distinguished_name = dn;
         params.serial_number = Some(serial()?);
         params.not_before = life.not_before.max(self.not_before).into();

@@ -103,6 +103,9 @@ Examples:
   vouch helper --dir /run/svid --once
   # a JWT-SVID for OpenBao, renewed at half life
   vouch helper --no-x509 --jwt openbao=/run/svid/openbao.jwt
+  # libpq (psql, psycopg): no signal, it reads the files at each new connection; the entry's
+  # --x509-common-name is mapped to a role in pg_ident.conf (docs/postgres-cert-login.md)
+  vouch helper --dir /run/svid   # psql \"... sslcert=/run/svid/svid.pem sslkey=/run/svid/svid.key\"
 
 The cloud SDKs' token files (AWS, Azure, GCP) are configured in the --config file; see
 docs/federation.md, \"vouch helper\".
@@ -298,11 +301,26 @@ fn write_x509(plan: &Plan, resp: &X509svidResponse) -> Result<(), Stop> {
         return Ok(());
     };
     let key_pem = zeroize::Zeroizing::new(vouch_ca::pem::encode("PRIVATE KEY", &svid.x509_svid_key));
-    // Key first, then the chain: an app that reloads on the certificate's change finds its key.
-    write(&files.key, key_pem.as_bytes())?;
-    write(&files.cert, pem_certs(&svid.x509_svid).as_bytes())?;
+    let cert_pem = pem_certs(&svid.x509_svid);
     let federated = files.include_federated.then_some(&resp.federated_bundles);
-    write(&files.bundle, bundle_pem(&svid.bundle, federated).as_bytes())?;
+    let bundle = bundle_pem(&svid.bundle, federated);
+    // All three written and synced first, then renamed back to back: an app that opens the
+    // certificate and the key one after the other at each connection (libpq) can only pair two
+    // generations in the microseconds between the renames. Key first, then the chain: an app that
+    // reloads on the certificate's change finds its key.
+    let outs = [
+        (&files.key, key_pem.as_bytes()),
+        (&files.cert, cert_pem.as_bytes()),
+        (&files.bundle, bundle.as_bytes()),
+    ];
+    for (out, _) in &outs {
+        if let Some(dir) = out.path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            vouch_fs::create_dir(dir, 0o755).map_err(anyhow::Error::from)?;
+        }
+    }
+    let together: Vec<(&std::path::Path, &[u8], u32)> =
+        outs.iter().map(|(out, data)| (out.path.as_path(), *data, out.mode)).collect();
+    vouch_fs::replace_together(&together).map_err(anyhow::Error::from)?;
     tracing::info!(
         spiffe_id = %svid.spiffe_id,
         expires_at = %vouch_core::ttl::rfc3339(vouch_core::ttl::unix_seconds(info.not_after)),

@@ -18,7 +18,7 @@ use vouch_api::admin::{
     BatchCreateRequest, EntryPatch, EntryQuery, JoinTokenRequest, MintJwtRequest, MintX509Request,
 };
 use vouch_client::AdminClient;
-use vouch_core::{DnsName, EntrySpec, Selector, SpiffeId, TrustDomain};
+use vouch_core::{CommonName, DnsName, EntrySpec, Selector, SpiffeId, TrustDomain};
 use vouch_server::config::HumanDuration;
 
 use crate::output::{print_entries, print_entry, Output};
@@ -196,6 +196,12 @@ struct EntryFields {
     /// DNS name for the X509-SVID; repeatable.
     #[arg(long = "dns")]
     dns_names: Vec<String>,
+    /// Subject common name for the X509-SVID (at most 64 printable characters), for relying
+    /// parties that map a certificate's CN to a user, e.g. PostgreSQL's `cert` login
+    /// (docs/postgres-cert-login.md). The SPIFFE ID stays the URI SAN. With `update`, an empty
+    /// value removes it.
+    #[arg(long, value_name = "CN")]
+    x509_common_name: Option<String>,
     /// Hint for workloads with several SVIDs.
     #[arg(long)]
     hint: Option<String>,
@@ -271,6 +277,14 @@ impl EntryFields {
             x509_svid_ttl: self.x509_ttl.map(|d| Some(d.0.as_secs())),
             jwt_svid_ttl: self.jwt_ttl.map(|d| Some(d.0.as_secs())),
             dns_names: non_empty(&self.dns_names).map(|v| parse_all("dns", v, DnsName::new)).transpose()?,
+            x509_common_name: self
+                .x509_common_name
+                .as_deref()
+                .map(|v| match v {
+                    "" => Ok(None),
+                    v => parse_flag("x509-common-name", v, CommonName::new).map(Some),
+                })
+                .transpose()?,
             hint: self.hint.clone(),
             admin: self.admin,
             federates_with: non_empty(&self.federates_with)
@@ -294,6 +308,7 @@ impl EntryFields {
             x509_svid_ttl: p.x509_svid_ttl.flatten(),
             jwt_svid_ttl: p.jwt_svid_ttl.flatten(),
             dns_names: p.dns_names.unwrap_or_default(),
+            x509_common_name: p.x509_common_name.flatten(),
             hint: p.hint.unwrap_or_default(),
             admin: p.admin.unwrap_or_default(),
             federates_with: p.federates_with.unwrap_or_default(),
@@ -414,6 +429,9 @@ enum MintKind {
         /// DNS SAN; repeatable.
         #[arg(long = "dns")]
         dns_names: Vec<String>,
+        /// Subject common name (at most 64 printable characters).
+        #[arg(long, value_name = "CN")]
+        common_name: Option<String>,
         /// Write svid.pem, svid.key (0600) and bundle.pem into this directory.
         #[arg(long)]
         write: Option<PathBuf>,
@@ -614,12 +632,16 @@ async fn entry(command: EntryCommand, connect: &Connect) -> Result<ExitCode> {
 async fn mint(kind: MintKind, connect: &Connect) -> Result<ExitCode> {
     let client = connect.client()?;
     match kind {
-        MintKind::X509 { spiffe_id, csr, ttl, dns_names, write } => {
+        MintKind::X509 { spiffe_id, csr, ttl, dns_names, common_name, write } => {
             let req = MintX509Request {
                 spiffe_id: parse_flag("spiffe-id", &spiffe_id, SpiffeId::parse)?,
                 csr: csr.as_ref().map(read).transpose()?,
                 ttl: ttl.map(|t| t.0.as_secs()),
                 dns_names: parse_all("dns", &dns_names, DnsName::new)?,
+                common_name: common_name
+                    .as_deref()
+                    .map(|v| parse_flag("common-name", v, CommonName::new))
+                    .transpose()?,
             };
             let mut svid = client.mint_x509(&req).await?;
             if let Some(dir) = &write {

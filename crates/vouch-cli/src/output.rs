@@ -92,7 +92,7 @@ pub fn print_entry(output: Output, e: &Entry) -> Result<()> {
             |s| vouch_core::duration::Compound(std::time::Duration::from_secs(s)).to_string(),
         )
     };
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 16] = [
         ("id", e.id.to_string()),
         ("spiffe_id", e.spiffe_id.to_string()),
         ("parent_id", e.parent_id.to_string()),
@@ -100,6 +100,7 @@ pub fn print_entry(output: Output, e: &Entry) -> Result<()> {
         ("x509_svid_ttl", secs(e.x509_svid_ttl)),
         ("jwt_svid_ttl", secs(e.jwt_svid_ttl)),
         ("dns_names", or_dash(joined(e.dns_names.iter().map(vouch_core::DnsName::as_str)))),
+        ("x509_common_name", e.x509_common_name.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)),
         ("hint", or_dash(e.hint.clone())),
         ("admin", e.admin.to_string()),
         ("federates_with", or_dash(joined(&e.federates_with))),
@@ -110,7 +111,7 @@ pub fn print_entry(output: Output, e: &Entry) -> Result<()> {
         ("created_at", rfc3339(e.created_at)),
     ];
     for (k, v) in rows {
-        println!("{k:<15} {v}");
+        println!("{k:<16} {v}");
     }
     Ok(())
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 mod cloud;
 #[path = "cli/helper.rs"]
 mod helper;
+#[path = "cli/postgres.rs"]
+mod postgres;
 
 const VOUCH: &str = env!("CARGO_BIN_EXE_vouch");
 

@@ -21,6 +21,8 @@ pub const MAX_TEXT_LEN: usize = 1024;
 pub const MAX_DNS_NAMES: usize = 100;
 /// Most selectors on one entry.
 pub const MAX_SELECTORS: usize = 64;
+/// Longest subject common name, in characters (RFC 5280's upper bound `ub-common-name`).
+pub const MAX_COMMON_NAME_CHARS: usize = 64;
 
 /// Why an entry was refused. Messages name the field and what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +81,73 @@ pub enum EntryError {
     /// federates_with names the server's own trust domain.
     #[error("federates_with: `{0}` is this server's own trust domain")]
     FederatesWithSelf(String),
+}
+
+/// Why a subject common name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommonNameError {
+    /// No characters.
+    #[error("the common name must not be empty (leave it out for an SVID without one)")]
+    Empty,
+    /// Over [`MAX_COMMON_NAME_CHARS`].
+    #[error("the common name has {0} characters, more than the {MAX_COMMON_NAME_CHARS} X.509 allows (RFC 5280 ub-common-name)")]
+    TooLong(usize),
+    /// A control character (newline, NUL, escape, ...), which relying parties mis-read or refuse.
+    #[error("character {0} of the common name is a control character; use printable characters only")]
+    Control(usize),
+    /// Leading or trailing white space, which relying parties that compare names would not match.
+    #[error("the common name must not begin or end with white space")]
+    Padded,
+}
+
+/// A subject common name (CN) for an X509-SVID, for relying parties that map a certificate's CN to
+/// a user, such as PostgreSQL's `cert` authentication. The SPIFFE ID stays the only URI SAN and is
+/// what SPIFFE-aware peers authenticate; the SPIFFE X509-SVID standard allows a subject beside it.
+///
+/// Valid: 1 to [`MAX_COMMON_NAME_CHARS`] characters, none a control character, no white space at
+/// either end. It is written to the certificate as a UTF8String.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct CommonName(String);
+
+impl CommonName {
+    /// Checks a common name.
+    pub fn new(name: &str) -> Result<Self, CommonNameError> {
+        if name.is_empty() {
+            return Err(CommonNameError::Empty);
+        }
+        let chars = name.chars().count();
+        if chars > MAX_COMMON_NAME_CHARS {
+            return Err(CommonNameError::TooLong(chars));
+        }
+        if let Some(at) = name.chars().position(char::is_control) {
+            return Err(CommonNameError::Control(at + 1));
+        }
+        if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+            return Err(CommonNameError::Padded);
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CommonName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CommonName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // The message names no field: the same type is `x509_common_name` of an entry and
+        // `common_name` of a mint request, and the API's parser puts the path in front.
+        CommonName::new(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The identifier of an entry.
@@ -181,6 +250,10 @@ pub struct EntrySpec {
     /// DNS SANs added to the X509-SVID.
     #[serde(default)]
     pub dns_names: Vec<DnsName>,
+    /// A subject common name for the X509-SVID (for relying parties that map the CN to a user,
+    /// such as PostgreSQL's `cert` authentication); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509_common_name: Option<CommonName>,
     /// A hint for workloads that receive several SVIDs.
     #[serde(default)]
     pub hint: String,
@@ -218,6 +291,10 @@ pub struct Entry {
     pub jwt_svid_ttl: Option<u64>,
     /// DNS SANs.
     pub dns_names: Vec<DnsName>,
+    /// The X509-SVID's subject common name, if any. Absent in entries stored before it existed and
+    /// left out of the JSON when none, so agents and stores that predate it read entries unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509_common_name: Option<CommonName>,
     /// A hint for workloads with several SVIDs.
     pub hint: String,
     /// Whether the SVID may call the admin API.
@@ -328,6 +405,7 @@ impl Entry {
             x509_svid_ttl: spec.x509_svid_ttl,
             jwt_svid_ttl: spec.jwt_svid_ttl,
             dns_names,
+            x509_common_name: spec.x509_common_name,
             hint: spec.hint,
             admin: spec.admin,
             federates_with,
@@ -543,6 +621,46 @@ mod tests {
             r#"{"spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/a","selectors":["nocolon"]}"#,
         );
         assert!(bad_sel.unwrap_err().to_string().contains("type:value"));
+    }
+
+    #[test]
+    fn common_names() {
+        for ok in ["app_user", "App User 1", "db.example.org", "Zürich-Ops", &"x".repeat(64), &"é".repeat(64)]
+        {
+            assert_eq!(CommonName::new(ok).unwrap().as_str(), ok);
+        }
+        let cases: [(&str, &str); 6] = [
+            ("", "must not be empty"),
+            (&"x".repeat(65), "has 65 characters, more than the 64"),
+            ("app\nuser", "character 4 of the common name is a control character"),
+            ("app\u{0}", "character 4 of the common name is a control character"),
+            (" app", "white space"),
+            ("app\u{a0}", "white space"),
+        ];
+        for (bad, want) in cases {
+            let err = CommonName::new(bad).unwrap_err().to_string();
+            assert!(err.contains(want), "{bad:?}: {err}");
+        }
+        // Through the spec: the error says what is wrong; an entry without one stays without one, and
+        // its JSON (stored rows, sync lines to older agents) is what it was before the field existed.
+        let json = |cn: &str| {
+            format!(
+                r#"{{"spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"],"x509_common_name":{cn}}}"#
+            )
+        };
+        let err = spec(&json("\"a\\tb\"")).unwrap_err().to_string();
+        assert!(err.starts_with("character 2 of the common name is a control character"), "{err}");
+        let with = spec(&json("\"app_user\"")).unwrap();
+        let e = Entry::create(with, EntryId::new("e1").unwrap(), &td(), 100).unwrap();
+        assert_eq!(e.x509_common_name.as_ref().map(CommonName::as_str), Some("app_user"));
+        let back: Entry = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+        let plain = Entry::create(base(), EntryId::new("e2").unwrap(), &td(), 100).unwrap();
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(!text.contains("x509_common_name"), "{text}");
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("x509_common_name");
+        assert_eq!(serde_json::from_value::<Entry>(old).unwrap(), plain);
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub mod spiffe_id;
 pub mod spire;
 pub mod ttl;
 
-pub use entry::{matching_entries, DnsName, Entry, EntryError, EntryId, EntrySpec, MatchOutcome};
+pub use entry::{
+    matching_entries, CommonName, CommonNameError, DnsName, Entry, EntryError, EntryId, EntrySpec,
+    MatchOutcome,
+};
 pub use group::{GroupError, GroupName, NodeGroup, NodeGroupSpec};
 pub use jwt::JwtSvidClaims;
 pub use selector::{Selector, SelectorError, Selectors};

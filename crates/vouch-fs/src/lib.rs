@@ -4,6 +4,7 @@
 //!   that exists must not be overwritten by a second start);
 //! - [`replace_private`]: a 0600 file replaced atomically (written beside, then renamed), so a crash
 //!   never leaves half a key or certificate; [`replace`] the same with another mode;
+//!   [`replace_together`] several files written first and renamed back to back;
 //! - [`create_dir`]: a directory (and its parents) with a given mode;
 //! - [`bind_unix_socket`]: a Unix socket bound with a given mode, over a stale socket file left by a
 //!   process that died, but never over one a live process still serves.
@@ -57,27 +58,62 @@ pub fn replace_private(path: &Path, data: &[u8]) -> Result<(), FsError> {
 /// can open it meanwhile), is synced, gets its mode and is renamed over `path`; the directory is
 /// synced last, so after a crash `path` holds the old content or the new, never a part.
 pub fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    // A leftover from a crash in the middle of an earlier replacement.
-    let _ = std::fs::remove_file(&tmp);
-    let written = write_new_private(&tmp, data).and_then(|()| {
-        if mode != 0o600 {
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-                .map_err(io("set the mode of", &tmp))?;
+    replace_together(&[(path, data, mode)])
+}
+
+/// Replaces several files as [`replace`] does each, with the renames back to back: every new
+/// file is first written beside its path and synced, and only then are they renamed, in the order
+/// given. A reader that opens the files one after another (libpq reads a client certificate, then
+/// its key, at each new connection) can therefore only pair two generations if it opens them in
+/// the microseconds between two renames, not while a file is written and synced. If any file
+/// cannot be written, none is replaced.
+pub fn replace_together(files: &[(&Path, &[u8], u32)]) -> Result<(), FsError> {
+    let tmp_of = |path: &Path| {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        PathBuf::from(tmp)
+    };
+    let mut staged: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
+    let remove_staged = |staged: &[(PathBuf, &Path)]| {
+        for (tmp, _) in staged {
+            let _ = std::fs::remove_file(tmp);
         }
-        std::fs::rename(&tmp, path).map_err(io("replace", path))
-    });
-    if written.is_err() {
+    };
+    for &(path, data, mode) in files {
+        let tmp = tmp_of(path);
+        // A leftover from a crash in the middle of an earlier replacement.
         let _ = std::fs::remove_file(&tmp);
-        return written;
+        let written = write_new_private(&tmp, data).and_then(|()| {
+            if mode != 0o600 {
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("set the mode of", &tmp))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            remove_staged(&staged);
+            return Err(e);
+        }
+        staged.push((tmp, path));
     }
-    // The rename is durable once the directory is; a directory that cannot be opened for that
-    // (no read permission) still has the new file, so this is best effort.
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    for (i, (tmp, path)) in staged.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            remove_staged(&staged[i..]);
+            return Err(io("replace", path)(e));
+        }
+    }
+    // The renames are durable once the directories are; a directory that cannot be opened for
+    // that (no read permission) still has the new files, so this is best effort.
+    let mut synced: Vec<&Path> = Vec::new();
+    for (_, path) in &staged {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !synced.contains(&dir) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            synced.push(dir);
+        }
     }
     Ok(())
 }
@@ -132,6 +168,26 @@ mod tests {
         assert!(!dir.path().join("kek.tmp").exists());
         let err = replace_private(&dir.path().join("missing/dir/x"), b"x").unwrap_err().to_string();
         assert!(err.contains("missing/dir/x.tmp"), "{err}");
+    }
+
+    #[test]
+    fn files_replaced_together_are_all_new_or_all_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        replace_together(&[(&a, b"a1", 0o600), (&b, b"b1", 0o644)]).unwrap();
+        assert_eq!((std::fs::read(&a).unwrap(), mode(&a)), (b"a1".to_vec(), 0o600));
+        assert_eq!((std::fs::read(&b).unwrap(), mode(&b)), (b"b1".to_vec(), 0o644));
+        // The second cannot be written (its directory is missing): the first is not replaced
+        // either, and nothing is left beside them.
+        let missing = dir.path().join("no-such-dir/b");
+        assert!(replace_together(&[(&a, b"a2", 0o600), (&missing, b"b2", 0o644)]).is_err());
+        assert_eq!(std::fs::read(&a).unwrap(), b"a1");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]

@@ -929,8 +929,16 @@ fn sign_one(state: &AppState, entry: &Entry, csr: &Der) -> AppResult<(SignedSvid
     let public = vouch_ca::verify_csr_pem_or_der(&csr.0)?;
     let svid_ttl = entry.x509_svid_ttl.map(Duration::from_secs).unwrap_or(state.config.x509_svid_ttl);
     let now = state.now();
-    let issued =
-        state.signing(|a| a.mint_x509(&entry.spiffe_id, &entry.dns_names, &public, svid_ttl, now))?;
+    let issued = state.signing(|a| {
+        a.mint_x509_with_common_name(
+            &entry.spiffe_id,
+            &entry.dns_names,
+            entry.x509_common_name.as_ref(),
+            &public,
+            svid_ttl,
+            now,
+        )
+    })?;
     let expires_at = ttl::unix_seconds(issued.svid.not_after);
     let svid = SignedSvid {
         spiffe_id: entry.spiffe_id.clone(),

@@ -462,7 +462,16 @@ async fn mint_x509_inner(state: &AppState, req: MintX509Request) -> AppResult<Mi
         }
     };
     let now = state.now();
-    let issued = state.signing(|a| a.mint_x509(&req.spiffe_id, &req.dns_names, &public, ttl, now))?;
+    let issued = state.signing(|a| {
+        a.mint_x509_with_common_name(
+            &req.spiffe_id,
+            &req.dns_names,
+            req.common_name.as_ref(),
+            &public,
+            ttl,
+            now,
+        )
+    })?;
     let chain = issued.chain_pem();
     Ok(MintX509Answer {
         spiffe_id: req.spiffe_id,

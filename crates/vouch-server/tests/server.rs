@@ -210,6 +210,20 @@ async fn bad_requests_get_4xx_with_reasons_and_change_nothing() {
         ),
         (
             "POST",
+            "/v1/svids/x509",
+            r#"{"spiffe_id":"spiffe://example.org/w","common_name":"a\u0007b"}"#,
+            StatusCode::BAD_REQUEST,
+            "common_name: character 2 of the common name is a control character",
+        ),
+        (
+            "POST",
+            "/v1/entries",
+            r#"{"spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"],"x509_common_name":" app"}"#,
+            StatusCode::BAD_REQUEST,
+            "x509_common_name: the common name must not begin or end with white space",
+        ),
+        (
+            "POST",
             "/v1/svids/jwt",
             r#"{"spiffe_id":"spiffe://example.org/w","audience":[]}"#,
             StatusCode::BAD_REQUEST,

@@ -23,6 +23,7 @@ fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
         x509_svid_ttl: Some(600),
         jwt_svid_ttl: None,
         dns_names: vec![],
+        x509_common_name: None,
         hint: "h".into(),
         admin: false,
         federates_with: vec![],
@@ -53,8 +54,14 @@ pub async fn run(store: Arc<dyn Store>) {
 
 async fn entries_round_trip(store: &dyn Store) {
     let a = entry("a", "/web", "/agent/1", &["unix:uid:1000"]);
-    let b = entry("b", "/db", "/agent/2", &["unix:uid:1000", "docker:label:app:db"]);
+    let mut b = entry("b", "/db", "/agent/2", &["unix:uid:1000", "docker:label:app:db"]);
+    b.x509_common_name = Some(vouch_core::CommonName::new("db_user").unwrap());
     store.create_entries(&[a.clone(), b.clone()]).await.expect("create");
+    assert_eq!(
+        store.get_entry(&b.id).await.expect("get"),
+        Some(b.clone()),
+        "an entry with an X509 common name reads back with it"
+    );
     assert_eq!(store.get_entry(&a.id).await.expect("get"), Some(a.clone()), "an entry reads back unchanged");
     assert_eq!(store.get_entry(&EntryId::new("zz").unwrap()).await.expect("get"), None);
     assert_eq!(
@@ -105,6 +112,7 @@ async fn updates_use_revisions(store: &dyn Store) {
     }))
     .unwrap();
     spec.hint = "new".into();
+    spec.x509_common_name = Some(vouch_core::CommonName::new("app user").unwrap());
     let e1 = e.updated(spec.clone(), &td, 2000).unwrap();
     store.update_entry(&e1).await.expect("update");
     assert_eq!(store.get_entry(&e.id).await.unwrap(), Some(e1.clone()));
