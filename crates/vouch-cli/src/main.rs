@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed (refused, unreachable, invalid), 2 usage error.
 
 mod agent;
+mod authority;
 mod federation;
 mod group;
 mod helper;
@@ -110,6 +111,13 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Show the authority's keys (roots, signing CAs, JWT keys), or publish a successor root now.
+    Authority {
+        #[command(subcommand)]
+        command: authority::AuthorityCommand,
         #[command(flatten)]
         connect: Connect,
     },
@@ -477,6 +485,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server { command: ServerCommand::Run(args) } => server_run(args).await,
         Command::Entry { command, connect } => entry(command, &connect).await,
         Command::Group { command, connect } => group::run(command, &connect).await,
+        Command::Authority { command, connect } => authority::run(command, &connect).await,
         Command::Federation { command, connect } => federation::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =

@@ -306,6 +306,32 @@ fn entries_tokens_bundle_and_svids_through_the_cli() {
     server.stop();
 }
 
+/// `vouch authority keys` lists the keys; `vouch authority prepare-root` publishes a successor
+/// root (it enters the bundle at once) and is refused, saying why, when one is prepared already.
+#[test]
+fn authority_keys_and_a_root_prepared_ahead_of_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let keys = server.ok(&["authority", "keys"]);
+    assert!(keys.contains("trust domain example.org"), "{keys}");
+    for kind in ["root", "signing CA", "JWT key"] {
+        assert!(keys.lines().any(|l| l.starts_with(kind) && l.contains("active")), "{kind}: {keys}");
+    }
+    let roots_before = server.ok(&["bundle", "show"]).matches("BEGIN CERTIFICATE").count();
+    let after = json(&server.ok(&["authority", "prepare-root", "-o", "json"]));
+    let prepared: Vec<_> = after["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kind"] == "root" && k["state"] == "prepared")
+        .collect();
+    assert_eq!(prepared.len(), 1, "{after}");
+    assert_eq!(server.ok(&["bundle", "show"]).matches("BEGIN CERTIFICATE").count(), roots_before + 1);
+    let err = server.fails(&["authority", "prepare-root"]);
+    assert!(err.contains("already prepared"), "{err}");
+    server.stop();
+}
+
 #[test]
 fn bad_config_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -327,7 +353,18 @@ fn bad_config_is_a_clear_error() {
 fn help_explains_commands() {
     let out = Command::new(VOUCH).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["server", "entry", "group", "federation", "token", "bundle", "svid", "healthcheck", "scan"] {
+    for cmd in [
+        "server",
+        "entry",
+        "group",
+        "federation",
+        "authority",
+        "token",
+        "bundle",
+        "svid",
+        "healthcheck",
+        "scan",
+    ] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = Command::new(VOUCH).args(["entry", "create", "--help"]).output().unwrap();

@@ -62,6 +62,11 @@ impl AdminClient {
         self.get(paths::AUTHORITY_KEYS).await
     }
 
+    /// Publishes a successor root now (it takes over on the usual schedule); the keys after.
+    pub async fn prepare_root(&self) -> Result<AuthorityKeys, ClientError> {
+        self.request_answer("POST", paths::AUTHORITY_PREPARE_ROOT, None).await?.decode()
+    }
+
     /// The entry operations.
     pub fn entries(&self) -> Entries<'_> {
         Entries { client: self }
