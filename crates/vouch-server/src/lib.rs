@@ -23,6 +23,7 @@ mod public_listener;
 mod replicas;
 pub mod reserved;
 mod routes;
+pub mod secrets;
 mod state;
 mod sync_hub;
 pub mod token_exchange;
@@ -50,6 +51,7 @@ pub use crate::error::ApiError;
 pub use crate::limits::PeerAddr;
 pub use crate::oidc::{router as oidc_router, DISCOVERY_PATH as OIDC_DISCOVERY_PATH};
 pub use crate::psat_keys::MIN_REFETCH as PSAT_MIN_REFETCH;
+pub use crate::secrets::{Decision, NoGrants, SecretAccess};
 pub use crate::state::{AppState, Clock, Event, SystemClock, FOLLOW_INTERVAL};
 pub use crate::sync_hub::{Received, Subscription, SyncHub, QUEUE_BOUND as SYNC_QUEUE_BOUND};
 
