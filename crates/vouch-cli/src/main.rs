@@ -6,6 +6,7 @@ mod agent;
 mod federation;
 mod group;
 mod output;
+mod secret;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,6 +103,14 @@ enum Command {
     Federation {
         #[command(subcommand)]
         command: federation::FederationCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Manage secrets: values sealed under the server's key-encryption key, versioned, read by
+    /// workloads through their agent by identity (`vouch agent api secret get`).
+    Secret {
+        #[command(subcommand)]
+        command: secret::SecretCommand,
         #[command(flatten)]
         connect: Connect,
     },
@@ -450,6 +459,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Entry { command, connect } => entry(command, &connect).await,
         Command::Group { command, connect } => group::run(command, &connect).await,
         Command::Federation { command, connect } => federation::run(command, &connect).await,
+        Command::Secret { command, connect } => secret::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;
