@@ -17,20 +17,20 @@ use vouch_client::AdminClient;
 
 use crate::procstat::{Costs, ProcStat};
 
-struct Options {
-    vouch: PathBuf,
-    bao_addr: Option<String>,
-    bao_tls_addr: Option<String>,
-    bao_tls_ca: Option<PathBuf>,
-    bao_token: String,
-    seconds: u64,
-    clients: usize,
+pub(crate) struct Options {
+    pub(crate) vouch: PathBuf,
+    pub(crate) bao_addr: Option<String>,
+    pub(crate) bao_tls_addr: Option<String>,
+    pub(crate) bao_tls_ca: Option<PathBuf>,
+    pub(crate) bao_token: String,
+    pub(crate) seconds: u64,
+    pub(crate) clients: usize,
     /// Process ids of the OpenBao servers, for their CPU time and context switches.
-    bao_pid: Option<u32>,
-    bao_tls_pid: Option<u32>,
+    pub(crate) bao_pid: Option<u32>,
+    pub(crate) bao_tls_pid: Option<u32>,
 }
 
-fn options(args: &[String]) -> Result<Options> {
+pub(crate) fn options(args: &[String]) -> Result<Options> {
     let mut o = Options {
         vouch: PathBuf::new(),
         bao_addr: None,
@@ -65,7 +65,7 @@ fn options(args: &[String]) -> Result<Options> {
 }
 
 /// Latencies of one run.
-struct Run {
+pub(crate) struct Run {
     count: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
@@ -76,16 +76,20 @@ struct Run {
 }
 
 impl Run {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64()
     }
     fn percentile(&self, p: f64) -> Duration {
         let idx = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
         self.latencies.get(idx).copied().unwrap_or_default()
     }
-    fn print(&self, name: &str) {
+    pub(crate) fn print(&self, name: &str) {
+        self.print_as(name, "certs/s", "certificates");
+    }
+    /// [`Run::print`] for requests of another kind (`reads/s`, `reads`).
+    pub(crate) fn print_as(&self, name: &str, unit: &str, items: &str) {
         println!(
-            "  {name:<34} {:>8.0} certs/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} certificates)",
+            "  {name:<34} {:>8.0} {unit}   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} {items})",
             self.rate(),
             self.percentile(0.50).as_secs_f64() * 1e3,
             self.percentile(0.99).as_secs_f64() * 1e3,
@@ -100,7 +104,7 @@ impl Run {
 
 /// Runs `clients` workers (tasks on the one client thread), each calling `one` in a loop until the
 /// deadline.
-async fn load<F, Fut>(
+pub(crate) async fn load<F, Fut>(
     clients: usize,
     seconds: u64,
     server_pid: Option<u32>,

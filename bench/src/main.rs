@@ -11,6 +11,8 @@
 //!   attestations against the same without the flood, as a ratio.
 //! - `exchange --vouch BIN --bao-addr URL [--count N]`: RFC 8693 token exchanges per second
 //!   against OpenBao's JWT login, fresh ES256 tokens of one issuer for both, as a ratio.
+//! - `secrets --vouch BIN [--bao-addr URL ...]`: secret reads per second over the admin API against
+//!   OpenBao's KV v2 reads, same value, same client, as a ratio.
 //! - `scale --vouch BIN --entries N --agents M [--store sqlite|postgres|both]`: the cost curve of
 //!   one server with N entries and M agents simulated over the real sync protocol (run by
 //!   `bench/run scale`); `scale-agents` is its agent processes.
@@ -30,6 +32,7 @@ mod flood;
 mod procstat;
 mod scale;
 mod scale_agents;
+mod secrets;
 
 // The same allocator as the `vouch` binary, so the load generator takes as little CPU as it can from
 // the servers it measures (vouch and OpenBao alike).
@@ -44,10 +47,11 @@ fn main() -> Result<()> {
         Some("agent") => agent::run(&args[1..]),
         Some("flood") => flood::run(&args[1..]),
         Some("exchange") => exchange::run_exchange(&args[1..]),
+        Some("secrets") => secrets::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("scale-agents") => scale_agents::run(&args[1..]),
         _ => bail!(
-            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
+            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | secrets --vouch BIN [--bao-addr URL] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
         ),
     }
 }

@@ -3,7 +3,8 @@
 //! Public, for the CLI, tests and fuzzing: [`Agent`] and its [`AgentConfig`]; [`attest`] (workload
 //! attestation: the caller pinned with a pidfd, `/proc`, cgroup, `unix:` selectors, and what the
 //! container runtime and the kubelet say about its container); [`state`] (what the agent knows
-//! and holds); [`admin`] (the private admin socket: explain, health, metrics); [`conn_limits`]
+//! and holds); [`admin`] (the private admin socket: explain, health, metrics); [`secret_api`] (the
+//! secret socket beside the Workload API: secrets read by identity); [`conn_limits`]
 //! (Workload API connection bounds); [`h2_authority_filter`] (the HTTP/2 header filter in front of
 //! the Workload API, for gRPC C-core clients).
 //!
@@ -24,6 +25,7 @@ pub mod hpack;
 mod identity;
 mod metrics;
 mod registry;
+pub mod secret_api;
 mod server_link;
 pub mod state;
 mod svid_cache;
@@ -314,6 +316,19 @@ impl Agent {
                 _ = admin_shutdown.changed() => {}
             }
         }));
+        // Beside the Workload API socket and world-connectable like it: attestation decides.
+        let secrets_path = secret_api::socket_path(&config.socket);
+        let secrets = vouch_fs::bind_unix_socket(&secrets_path, 0o777)
+            .await
+            .map_err(|e| AgentError::Io(e.to_string()))?;
+        let secrets_state = state.clone();
+        let mut secrets_shutdown = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = secret_api::serve(secrets, secrets_state) => {}
+                _ = secrets_shutdown.changed() => {}
+            }
+        }));
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -363,6 +378,7 @@ impl Agent {
             }
         }
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(secret_api::socket_path(&self.socket));
     }
 }
 

@@ -227,7 +227,11 @@ fn peer_of<T>(req: &Request<T>) -> PeerInfo {
 
 /// Attests the caller and returns the entries it is entitled to; `NoIdentity` otherwise, and
 /// `NotYetSynced` while the agent cannot know.
-async fn entitled(state: &AgentState, peer: &PeerInfo, now: SystemTime) -> Result<Vec<Entry>, WorkloadError> {
+pub(crate) async fn entitled(
+    state: &AgentState,
+    peer: &PeerInfo,
+    now: SystemTime,
+) -> Result<Vec<Entry>, WorkloadError> {
     let pinned = match &*peer.0 {
         Ok(p) => p,
         Err(e) => {

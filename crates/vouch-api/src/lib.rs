@@ -8,6 +8,7 @@
 //! - [`admin`]: the admin API (entries, join tokens, SVID minting, the bundle's keys, agents);
 //! - [`agent`]: the agent API (node attestation, renewal, the sync stream, batch signing, JWT-SVIDs);
 //! - [`federation`]: SPIFFE federation relationships with other trust domains;
+//! - [`secrets`]: the secret store (admin) and secret reads for workloads (agent);
 //! - [`explain`]: the agent's private admin socket (`vouch agent explain`);
 //! - [`paths`]: the routes, shared by the server's router and the client;
 //! - [`Der`]: certificates and CSRs between vouch's own parts travel as DER (base64 in JSON), never
@@ -23,7 +24,10 @@ mod error;
 pub mod explain;
 pub mod federation;
 pub mod paths;
+pub mod secrets;
 
 pub use der::Der;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use vouch_core::{Entry, EntryId, EntrySpec, NodeGroup, NodeGroupSpec, Selector, SpiffeId, TrustDomain};
+pub use vouch_core::{
+    Entry, EntryId, EntrySpec, NodeGroup, NodeGroupSpec, SecretPath, Selector, SpiffeId, TrustDomain,
+};

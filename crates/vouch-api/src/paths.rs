@@ -29,6 +29,18 @@ pub const GROUP: &str = "/v1/groups/{name}";
 pub const FEDERATION: &str = "/v1/federation";
 /// One federation relationship by trust domain, as a router pattern.
 pub const FEDERATION_ONE: &str = "/v1/federation/{trust_domain}";
+/// Secrets: list (GET, `?prefix=`).
+pub const SECRETS: &str = "/v1/secrets";
+/// One secret by percent-encoded path: write a version (PUT), read a value (GET, `?version=`).
+pub const SECRET: &str = "/v1/secrets/{path}";
+/// One secret's metadata and versions.
+pub const SECRET_VERSIONS: &str = "/v1/secrets/{path}/versions";
+/// Soft-delete versions of a secret.
+pub const SECRET_DELETE: &str = "/v1/secrets/{path}/delete";
+/// Undo soft deletes.
+pub const SECRET_UNDELETE: &str = "/v1/secrets/{path}/undelete";
+/// Destroy versions (their sealed values are removed for good).
+pub const SECRET_DESTROY: &str = "/v1/secrets/{path}/destroy";
 /// Join tokens.
 pub const JOIN_TOKENS: &str = "/v1/join-tokens";
 /// Mint an X509-SVID.
@@ -62,6 +74,8 @@ pub const AGENT_SYNC: &str = "/v1/agent/sync";
 pub const AGENT_SIGN: &str = "/v1/agent/sign";
 /// A JWT-SVID for an entry.
 pub const AGENT_JWT: &str = "/v1/agent/jwt";
+/// A secret read for a workload the agent attested.
+pub const AGENT_SECRET: &str = "/v1/agent/secret";
 
 /// The path of one entry.
 pub fn entry(id: &str) -> String {
@@ -76,6 +90,14 @@ pub fn group(name: &str) -> String {
 /// The path of one federation relationship.
 pub fn federation(trust_domain: &str) -> String {
     format!("/v1/federation/{}", percent_encode(trust_domain))
+}
+
+/// The path of one secret, optionally with a suffix (`versions`, `delete`, `undelete`, `destroy`).
+pub fn secret(path: &str, suffix: Option<&str>) -> String {
+    match suffix {
+        Some(suffix) => format!("/v1/secrets/{}/{suffix}", percent_encode(path)),
+        None => format!("/v1/secrets/{}", percent_encode(path)),
+    }
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986 section 2.3).

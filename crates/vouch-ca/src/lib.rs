@@ -10,6 +10,7 @@
 
 pub mod authority;
 pub mod bundle;
+pub mod envelope;
 pub mod jwt;
 pub mod keys;
 pub mod pem;
@@ -21,6 +22,7 @@ pub mod x509;
 
 pub use authority::{Authority, AuthorityConfig, AuthorityState, IssuedX509, KeyState, KeySummary};
 pub use bundle::Bundle;
+pub use envelope::{open_value, seal_value, SealedValue};
 pub use jwt::{AudienceError, JwtError, JwtSvidClaims, MintedJwt};
 pub use keys::{KeyAlg, KeyUse, SigningKey, WorkloadKey};
 pub use seal::Kek;
@@ -50,6 +52,15 @@ pub enum CaError {
     /// A sealed key could not be opened: wrong key-encryption key, or the data was altered.
     #[error("cannot open sealed key `{0}`: wrong key-encryption key, or the stored data was altered")]
     Unseal(String),
+    /// A secret version could not be decrypted: sealed for another path or version (rows moved
+    /// in the database), altered, or sealed under another key-encryption key.
+    #[error("secret `{path}` version {version} cannot be decrypted: its stored data was sealed for another path or version (moved in the database), altered, or sealed under another key-encryption key; restore it from a backup or write a new version")]
+    SecretUnreadable {
+        /// The secret's path.
+        path: String,
+        /// The version.
+        version: u64,
+    },
     /// A certificate could not be parsed or used.
     #[error("invalid certificate: {0}")]
     InvalidCertificate(String),

@@ -177,6 +177,30 @@ pub enum ApiCommand {
         /// The token.
         token: String,
     },
+    /// Read secrets by identity, through the agent's secret socket (the Workload API socket's path
+    /// with `.secrets` appended).
+    Secret {
+        #[command(subcommand)]
+        command: SecretApiCommand,
+    },
+}
+
+/// Secret reads through the agent.
+#[derive(Subcommand)]
+pub enum SecretApiCommand {
+    /// Print a secret's latest value to standard output, byte for byte (or write it to a new 0600
+    /// file). The agent attests this process as for SVIDs; the server decides whether its identity
+    /// may read the secret.
+    Get {
+        /// The secret's path, e.g. `payments/db/password`.
+        name: String,
+        /// Read as this SPIFFE ID (when the workload has several identities).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Write the value to this file (created, mode 0600; an existing file is refused).
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
 }
 
 /// What to fetch.
@@ -422,7 +446,50 @@ struct Fetched<T> {
     svids: Vec<T>,
 }
 
+/// `vouch agent api secret get`: one request on the agent's secret socket.
+async fn secret_get(
+    endpoint: &str,
+    name: &str,
+    spiffe_id: Option<&str>,
+    write: Option<&Path>,
+    output: Output,
+) -> Result<ExitCode> {
+    use vouch_api::secrets::{decode_value, AgentSecretResponse, WorkloadSecretRequest};
+    let request = WorkloadSecretRequest {
+        path: crate::parse_flag("name", name, vouch_core::SecretPath::parse)?,
+        spiffe_id: spiffe_id.map(|id| crate::parse_flag("spiffe-id", id, SpiffeId::parse)).transpose()?,
+    };
+    let socket = vouch_agent::secret_api::socket_path(&socket_path(endpoint));
+    let answer: AgentSecretResponse = ask(&socket, &request).await?;
+    let value = zeroize::Zeroizing::new(decode_value(&answer.value).map_err(anyhow::Error::msg)?);
+    if let Some(file) = write {
+        vouch_fs::write_new_private(file, &value).with_context(|| format!("--write {}", file.display()))?;
+        eprintln!(
+            "wrote {} version {} (as {}) to {}",
+            answer.path,
+            answer.version,
+            answer.spiffe_id,
+            file.display()
+        );
+    } else if let Output::Json = output {
+        output::print_json(&answer)?;
+    } else {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&value)?;
+        out.flush()?;
+    }
+    drop(zeroize::Zeroizing::new(answer.value));
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<ExitCode> {
+    let command = match command {
+        ApiCommand::Secret { command: SecretApiCommand::Get { name, spiffe_id, write } } => {
+            return secret_get(endpoint, &name, spiffe_id.as_deref(), write.as_deref(), output).await;
+        }
+        other => other,
+    };
     let mut client = connect(endpoint).await?;
     match command {
         ApiCommand::Fetch { kind: FetchKind::X509 { write } } => {
@@ -494,16 +561,18 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
                 Output::Table => println!("valid: {}", resp.spiffe_id),
             }
         }
+        // Answered above, on the secret socket.
+        ApiCommand::Secret { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Sends one request on the agent's admin socket and reads its answer, within 30 s.
-async fn ask<T: DeserializeOwned>(socket: &Path, request: &AdminRequest) -> Result<T> {
+async fn ask<T: DeserializeOwned>(socket: &Path, request: &impl Serialize) -> Result<T> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
-            format!("cannot reach the agent admin socket {} (is `vouch agent run` running? run as root or the agent's user)", socket.display())
+            format!("cannot reach the agent socket {} (is `vouch agent run` running? the admin socket needs root or the agent's user)", socket.display())
         })?;
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');

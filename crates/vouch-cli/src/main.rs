@@ -8,6 +8,7 @@ mod federation;
 mod group;
 mod helper;
 mod output;
+mod secret;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,14 @@ enum Command {
     Federation {
         #[command(subcommand)]
         command: federation::FederationCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Manage secrets: values sealed under the server's key-encryption key, versioned, read by
+    /// workloads through their agent by identity (`vouch agent api secret get`).
+    Secret {
+        #[command(subcommand)]
+        command: secret::SecretCommand,
         #[command(flatten)]
         connect: Connect,
     },
@@ -487,6 +496,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Group { command, connect } => group::run(command, &connect).await,
         Command::Authority { command, connect } => authority::run(command, &connect).await,
         Command::Federation { command, connect } => federation::run(command, &connect).await,
+        Command::Secret { command, connect } => secret::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;

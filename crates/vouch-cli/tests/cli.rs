@@ -1431,3 +1431,69 @@ fn federation_relationships_through_the_cli() {
     assert!(err.contains("no federation relationship with `b.org`"), "{err}");
     server.stop();
 }
+
+/// `vouch secret ...` end to end: the value from standard input or a file (never argv), read back
+/// byte for byte, versions, soft delete, destroy, and bad input with clear errors and exit code 1.
+#[test]
+fn secrets_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let put = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write as _;
+        let mut child = Command::new(VOUCH)
+            .args(["secret", "put"])
+            .args(args)
+            .env("VOUCH_ADMIN_SOCKET", server.socket())
+            .env_remove("VOUCH_OUTPUT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = put(&["app/db", "--owner", "team-a", "--rotation-due", "90d"], b"s3cret\x00bytes\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "wrote app/db version 1");
+    let file = tmp.path().join("value");
+    std::fs::write(&file, b"second").unwrap();
+    assert!(put(&["app/db", "--file", file.to_str().unwrap()], b"").status.success());
+
+    let out = server.vouch(&["secret", "get", "app/db", "--version", "1"]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"s3cret\x00bytes\n", "stored and printed byte for byte");
+    assert_eq!(server.vouch(&["secret", "get", "app/db"]).stdout, b"second");
+    let written = tmp.path().join("out");
+    server.ok(&["secret", "get", "app/db", "--write", written.to_str().unwrap()]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&written).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&written).unwrap(), b"second");
+
+    let list = server.ok(&["secret", "list"]);
+    assert!(list.contains("app/db") && list.contains("team-a") && !list.contains("second"), "{list}");
+    let v = json(&server.ok(&["secret", "versions", "app/db", "-o", "json"]));
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    assert!(v["secret"]["rotation_due"].as_i64().unwrap() > 0);
+    assert!(server.ok(&["secret", "delete", "app/db"]).contains("deleted version(s) 2"));
+    assert_eq!(server.vouch(&["secret", "get", "app/db"]).stdout, b"s3cret\x00bytes\n");
+    assert!(server
+        .ok(&["secret", "undelete", "app/db", "--version", "2"])
+        .contains("undeleted version(s) 2"));
+    assert!(server.ok(&["secret", "destroy", "app/db", "--version", "1"]).contains("destroyed version(s) 1"));
+    assert!(server.fails(&["secret", "get", "app/db", "--version", "1"]).contains("version 1 was destroyed"));
+
+    // Bad input: the path rule, the size limit, no value at all; argv never takes a value.
+    assert!(server.fails(&["secret", "get", "a/../b"]).contains("`..` segment"));
+    let err = put(&["app/big"], &vec![b'x'; 64 * 1024 + 1]);
+    assert_eq!(err.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("64 KiB"));
+    let err = put(&["app/empty"], b"");
+    assert!(String::from_utf8_lossy(&err.stderr).contains("the value is empty"));
+    let err = server.vouch(&["secret", "put", "app/argv", "hunter2"]);
+    assert_eq!(err.status.code(), Some(2), "no positional value");
+    assert!(server.fails(&["secret", "get", "app/big"]).contains("no secret `app/big`"));
+    let help = String::from_utf8_lossy(&server.vouch(&["secret", "put", "--help"]).stdout).into_owned();
+    assert!(help.contains("/proc/<pid>/cmdline") && help.contains("printf %s"), "{help}");
+    server.stop();
+}

@@ -13,6 +13,10 @@ use vouch_api::agent::{
     SignRequest, SignResponse, SyncLine, X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
 };
 use vouch_api::federation::{Relationship, RelationshipList, RelationshipPatch, RelationshipSpec};
+use vouch_api::secrets::{
+    AgentSecretRequest, AgentSecretResponse, SecretList, SecretPut, SecretValue, SecretVersions,
+    SecretWritten, VersionsChanged, VersionsRequest,
+};
 use vouch_api::{paths, Entry, EntrySpec, NodeGroup, NodeGroupSpec, SpiffeId};
 
 use crate::client::{api_error, api_error_after, decode, json_bytes, LineStream};
@@ -80,6 +84,11 @@ impl AdminClient {
     /// The federation relationship operations.
     pub fn federation(&self) -> Federations<'_> {
         Federations { client: self }
+    }
+
+    /// The secret store's operations.
+    pub fn secrets(&self) -> Secrets<'_> {
+        Secrets { client: self }
     }
 
     /// Creates a single-use join token.
@@ -161,6 +170,11 @@ impl AdminClient {
     /// A JWT-SVID for an entry of the calling agent.
     pub async fn agent_jwt(&self, req: &AgentJwtRequest) -> Result<AgentJwtResponse, ClientError> {
         self.send_json("POST", paths::AGENT_JWT, req).await
+    }
+
+    /// A secret read for a workload of the calling agent, named by its entry.
+    pub async fn agent_secret(&self, req: &AgentSecretRequest) -> Result<AgentSecretResponse, ClientError> {
+        self.send_json("POST", paths::AGENT_SECRET, req).await
     }
 
     /// Opens the sync stream: a snapshot, then changes as they happen.
@@ -326,5 +340,55 @@ impl Federations<'_> {
         let (status, bytes) =
             self.client.request_bytes("DELETE", &paths::federation(trust_domain), None).await?;
         decode(status, &bytes)
+    }
+}
+
+/// The secret store (`/v1/secrets`).
+pub struct Secrets<'a> {
+    client: &'a AdminClient,
+}
+
+impl Secrets<'_> {
+    /// Writes a new version of the secret at `path` (see [`SecretPut`]).
+    pub async fn put(&self, path: &str, put: &SecretPut) -> Result<SecretWritten, ClientError> {
+        self.client.send_json("PUT", &paths::secret(path, None), put).await
+    }
+
+    /// Reads a version's value (the latest live one when `version` is `None`).
+    pub async fn get(&self, path: &str, version: Option<u64>) -> Result<SecretValue, ClientError> {
+        let version = version.map(|v| v.to_string());
+        self.client
+            .get(&paths::with_query(&paths::secret(path, None), &[("version", version.as_deref())]))
+            .await
+    }
+
+    /// Every secret's metadata, at or under `prefix` if given.
+    pub async fn list(&self, prefix: Option<&str>) -> Result<SecretList, ClientError> {
+        self.client.get(&paths::with_query(paths::SECRETS, &[("prefix", prefix)])).await
+    }
+
+    /// A secret's metadata and versions.
+    pub async fn versions(&self, path: &str) -> Result<SecretVersions, ClientError> {
+        self.client.get(&paths::secret(path, Some("versions"))).await
+    }
+
+    /// Soft-deletes versions (the latest when `versions` is empty).
+    pub async fn delete(&self, path: &str, versions: &[u64]) -> Result<VersionsChanged, ClientError> {
+        self.change(path, "delete", versions).await
+    }
+
+    /// Undoes soft deletes.
+    pub async fn undelete(&self, path: &str, versions: &[u64]) -> Result<VersionsChanged, ClientError> {
+        self.change(path, "undelete", versions).await
+    }
+
+    /// Destroys versions: their sealed values are removed for good.
+    pub async fn destroy(&self, path: &str, versions: &[u64]) -> Result<VersionsChanged, ClientError> {
+        self.change(path, "destroy", versions).await
+    }
+
+    async fn change(&self, path: &str, what: &str, versions: &[u64]) -> Result<VersionsChanged, ClientError> {
+        let req = VersionsRequest { versions: versions.to_vec() };
+        self.client.send_json("POST", &paths::secret(path, Some(what)), &req).await
     }
 }

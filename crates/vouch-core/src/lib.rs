@@ -4,6 +4,7 @@
 //! - [`Selector`] and [`Selectors`]: facts about workloads and nodes.
 //! - [`Entry`]: registration entries and the subset matching rule.
 //! - [`NodeGroup`]: node groups (SPIRE's node aliases), whose entries every member agent serves.
+//! - [`secret`]: secret paths and the bounds on stored secrets.
 //! - [`ttl`]: lifetime and rotation arithmetic.
 //! - [`spire`]: SPIRE's selector spellings, rewritten to vouch's or refused with a reason.
 //! - [`duration`]: durations as people write them (`1h30m`), parsed and printed.
@@ -16,6 +17,7 @@ pub mod entry;
 pub mod group;
 pub mod jwt;
 pub mod metrics;
+pub mod secret;
 pub mod selector;
 pub mod spiffe_id;
 pub mod spire;
@@ -27,5 +29,6 @@ pub use entry::{
 };
 pub use group::{GroupError, GroupName, NodeGroup, NodeGroupSpec};
 pub use jwt::JwtSvidClaims;
+pub use secret::{SecretError, SecretPath};
 pub use selector::{Selector, SelectorError, Selectors};
 pub use spiffe_id::{IdError, SpiffeId, TrustDomain};

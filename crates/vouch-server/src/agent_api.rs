@@ -792,6 +792,20 @@ fn check_entry_for_agent(entry: Option<&Entry>, served: &Served, id: &EntryId, n
 }
 
 /// Loads an entry and checks that `agent` may serve it.
+/// For a call an agent makes on behalf of one of its workloads (a secret read): the calling agent
+/// and the workload's entry, which the agent must serve. Charged to the agent's JWT limit (one
+/// per-agent bound for calls on behalf of workloads).
+pub(crate) async fn workload_entry(
+    state: &AppState,
+    caller: &Caller,
+    entry_id: &EntryId,
+) -> AppResult<(SpiffeId, Entry)> {
+    let agent = agent_of(caller)?;
+    check_agent_limit(state, Limit::Jwt, &agent, 1)?;
+    let entry = entry_for_agent(state, &agent, entry_id).await?;
+    Ok((agent, entry))
+}
+
 async fn entry_for_agent(state: &AppState, agent: &SpiffeId, id: &EntryId) -> AppResult<Entry> {
     let served = Served::load(state, agent).await?;
     let entry = state.store.get_entry(id).await?;
@@ -899,7 +913,7 @@ async fn sign(
 /// same as if every request had run atomically at its re-check, so once the admin has the ban's
 /// answer, no request re-checks afterwards and still gets an SVID. An agent write never undoes a
 /// ban (the store's agent rules), so a committed ban cannot be missed by the read.
-async fn still_admitted(state: &AppState, agent: &SpiffeId) -> AppResult<()> {
+pub(crate) async fn still_admitted(state: &AppState, agent: &SpiffeId) -> AppResult<()> {
     match state.store.get_agent(agent).await? {
         None => Err(StoreError::AgentNotFound(agent.to_string()).into()),
         Some(a) if a.banned => Err(StoreError::AgentBanned(agent.to_string()).into()),

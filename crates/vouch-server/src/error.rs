@@ -134,6 +134,10 @@ impl From<StoreError> for ApiError {
             | StoreError::FederationExists(_) => Self::conflict(e.to_string()),
             StoreError::FederationConflict(_) => Self::revision_conflict(e.to_string()),
             StoreError::FederationNotFound(_) => Self::not_found(e.to_string()),
+            StoreError::SecretNotFound(_) | StoreError::SecretVersionNotFound { .. } => {
+                Self::not_found(e.to_string())
+            }
+            StoreError::SecretConflict(_) => Self::revision_conflict(e.to_string()),
             // The message says which entries hold the group and how to move them.
             StoreError::GroupInUse { .. } => Self::conflict(e.to_string()),
             StoreError::GroupNotFound(_) => Self::not_found(e.to_string()),
@@ -168,6 +172,11 @@ impl From<vouch_ca::CaError> for ApiError {
             // The authority has no usable key right now (it comes with the next rotation).
             NotReady(_) => Self::unavailable(e.to_string()),
             Crypto(_) | Unseal(_) | InvalidState(_) | Rcgen(_) => Self::internal("signing failed", e),
+            // Names the secret and version, never the value; an operator's problem, not the caller's.
+            SecretUnreadable { .. } => {
+                tracing::error!(error = %e, "a stored secret cannot be decrypted");
+                Self::new(ErrorCode::Internal, e.to_string())
+            }
         }
     }
 }

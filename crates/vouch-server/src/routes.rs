@@ -19,8 +19,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::agent_api::admin_routes())
         .merge(crate::groups::admin_routes())
         .merge(crate::federation::admin_routes())
+        .merge(crate::secrets::admin_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
     let agent = crate::agent_api::agent_routes()
+        .merge(crate::secrets::agent_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_agent));
     crate::api::public_routes()
         .merge(crate::agent_api::attestation_routes(state.clone()))

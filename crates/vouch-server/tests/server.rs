@@ -484,6 +484,13 @@ fn openapi_describes_every_route() {
         ("/v1/agents", &["get"]),
         ("/v1/agents/evict", &["post"]),
         ("/v1/agents/ban", &["post"]),
+        ("/v1/secrets", &["get"]),
+        ("/v1/secrets/{path}", &["get", "put"]),
+        ("/v1/secrets/{path}/versions", &["get"]),
+        ("/v1/secrets/{path}/delete", &["post"]),
+        ("/v1/secrets/{path}/undelete", &["post"]),
+        ("/v1/secrets/{path}/destroy", &["post"]),
+        ("/v1/agent/secret", &["post"]),
     ] {
         for m in methods {
             assert!(
@@ -492,7 +499,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 29, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 36, "a route in openapi.json that the test does not know");
     let codes =
         doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
     for code in vouch_api::ErrorCode::ALL {
@@ -505,6 +512,7 @@ fn openapi_describes_every_route() {
         "/v1/agent/attest/x509pop",
         "/v1/agent/sign",
         "/v1/agent/jwt",
+        "/v1/agent/secret",
     ] {
         assert_eq!(
             paths[path]["post"]["responses"]["429"]["$ref"], "#/components/responses/RateLimited",
@@ -2208,6 +2216,42 @@ impl Store for PausingStore {
     ) -> Result<bool, vouch_store::StoreError> {
         self.inner.save_federation_state(td, revision, state).await
     }
+    async fn put_secret_version(
+        &self,
+        v: &vouch_store::NewSecretVersion,
+    ) -> Result<(), vouch_store::StoreError> {
+        self.inner.put_secret_version(v).await
+    }
+    async fn get_secret(
+        &self,
+        path: &vouch_core::SecretPath,
+    ) -> Result<Option<vouch_store::SecretRecord>, vouch_store::StoreError> {
+        self.inner.get_secret(path).await
+    }
+    async fn list_secrets(&self) -> Result<Vec<vouch_store::SecretRecord>, vouch_store::StoreError> {
+        self.inner.list_secrets().await
+    }
+    async fn list_secret_versions(
+        &self,
+        path: &vouch_core::SecretPath,
+    ) -> Result<Vec<vouch_store::SecretVersionRecord>, vouch_store::StoreError> {
+        self.inner.list_secret_versions(path).await
+    }
+    async fn get_secret_version(
+        &self,
+        path: &vouch_core::SecretPath,
+        version: u64,
+    ) -> Result<Option<vouch_store::SealedSecretVersion>, vouch_store::StoreError> {
+        self.inner.get_secret_version(path, version).await
+    }
+    async fn change_secret_versions(
+        &self,
+        path: &vouch_core::SecretPath,
+        versions: &[u64],
+        change: vouch_store::VersionChange,
+    ) -> Result<Vec<u64>, vouch_store::StoreError> {
+        self.inner.change_secret_versions(path, versions, change).await
+    }
     async fn delete_federation(
         &self,
         td: &vouch_core::TrustDomain,
@@ -3809,6 +3853,9 @@ async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_mem
 // Federation tests live beside this file; one test binary still (link time).
 #[path = "server/federation.rs"]
 mod federation;
+#[path = "server/secrets.rs"]
+mod secrets;
+
 /// A form body (application/x-www-form-urlencoded) of these parameters.
 fn form(params: &[(&str, &str)]) -> String {
     let enc = |s: &str| {

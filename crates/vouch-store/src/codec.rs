@@ -210,3 +210,45 @@ pub(crate) fn decode_federation(
         revision: u64::try_from(revision).unwrap_or(0),
     })
 }
+
+/// A secret version number as a signed 64-bit column.
+pub(crate) fn version_i64(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("secret version {version} is out of range")))
+}
+
+/// A secrets row from its columns; a path that does not parse makes it corrupt.
+pub(crate) fn decode_secret(
+    path: &str,
+    owner: String,
+    purpose: String,
+    rotation_due: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    current_version: i64,
+) -> Result<crate::SecretRecord, StoreError> {
+    let parsed = vouch_core::SecretPath::parse(path).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let current_version = u64::try_from(current_version)
+        .map_err(|_| StoreError::Corrupt(format!("secret `{parsed}`: version {current_version}")))?;
+    Ok(crate::SecretRecord {
+        path: parsed,
+        owner,
+        purpose,
+        rotation_due,
+        created_at,
+        updated_at,
+        current_version,
+    })
+}
+
+/// A secret_versions row from its columns.
+pub(crate) fn decode_secret_version(
+    version: i64,
+    created_at: i64,
+    deleted_at: Option<i64>,
+    destroyed_at: Option<i64>,
+) -> Result<crate::SecretVersionRecord, StoreError> {
+    let version =
+        u64::try_from(version).map_err(|_| StoreError::Corrupt(format!("secret version {version}")))?;
+    Ok(crate::SecretVersionRecord { version, created_at, deleted_at, destroyed_at })
+}

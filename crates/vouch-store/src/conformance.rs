@@ -10,7 +10,8 @@ use vouch_core::{Entry, EntryId, EntrySpec, NodeGroup, NodeGroupSpec, Selector, 
 
 use crate::{
     AgentRecord, AgentRenewal, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse, EntryFilter,
-    JoinTokenRecord, Store, StoreError, StoredAuthority, TokenUse,
+    JoinTokenRecord, NewSecretVersion, SecretRecord, Store, StoreError, StoredAuthority, TokenUse,
+    VersionChange,
 };
 
 fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
@@ -49,6 +50,7 @@ pub async fn run(store: Arc<dyn Store>) {
     bans_win_races(store.clone()).await;
     node_groups(&*store).await;
     federation(&*store).await;
+    secrets(store.clone()).await;
     store.ping().await.expect("ping");
 }
 
@@ -574,4 +576,114 @@ async fn federation(store: &dyn Store) {
     assert!(!store.save_federation_state(&td("a.org"), 2, "{}").await.expect("save"));
     store.delete_federation(&td("b.org")).await.expect("delete");
     assert!(store.list_federations().await.expect("list").is_empty());
+}
+
+fn secret_version(path: &str, version: u64, at: i64, value: &[u8]) -> NewSecretVersion {
+    NewSecretVersion {
+        secret: SecretRecord {
+            path: vouch_core::SecretPath::parse(path).unwrap(),
+            owner: "team-a".into(),
+            purpose: format!("v{version}"),
+            rotation_due: (version == 2).then_some(9_000),
+            created_at: at,
+            updated_at: at,
+            current_version: version,
+        },
+        sealed_key: vec![0xAA, version as u8],
+        ciphertext: value.to_vec(),
+    }
+}
+
+async fn secrets(store: Arc<dyn Store>) {
+    let p = vouch_core::SecretPath::parse("app/db").unwrap();
+    assert_eq!(store.get_secret(&p).await.unwrap(), None);
+    assert!(store.list_secret_versions(&p).await.unwrap().is_empty());
+    assert!(
+        matches!(
+            store.put_secret_version(&secret_version("app/db", 2, 100, b"x")).await,
+            Err(StoreError::SecretConflict(_))
+        ),
+        "a new secret starts at version 1"
+    );
+    assert_eq!(store.get_secret(&p).await.unwrap(), None, "a refused write leaves nothing");
+    store.put_secret_version(&secret_version("app/db", 1, 100, b"one")).await.unwrap();
+    store.put_secret_version(&secret_version("app/db", 2, 200, b"\x00two\xff")).await.unwrap();
+    store.put_secret_version(&secret_version("app/cache", 1, 150, b"c")).await.unwrap();
+    assert!(matches!(
+        store.put_secret_version(&secret_version("app/db", 2, 300, b"again")).await,
+        Err(StoreError::SecretConflict(p)) if p == "app/db"
+    ));
+    let meta = store.get_secret(&p).await.unwrap().unwrap();
+    assert_eq!(
+        (meta.current_version, meta.created_at, meta.updated_at, meta.purpose.as_str(), meta.rotation_due),
+        (2, 100, 200, "v2", Some(9_000)),
+        "metadata follows the latest write; the creation time is kept"
+    );
+    let paths: Vec<String> = store.list_secrets().await.unwrap().iter().map(|s| s.path.to_string()).collect();
+    assert_eq!(paths, ["app/cache", "app/db"], "ordered by path");
+    let v2 = store.get_secret_version(&p, 2).await.unwrap().unwrap();
+    assert_eq!(v2.ciphertext.as_deref(), Some(&b"\x00two\xff"[..]), "bytes round-trip");
+    assert_eq!(v2.sealed_key.as_deref(), Some(&[0xAA, 2][..]));
+    assert_eq!((v2.record.version, v2.record.created_at, v2.record.deleted_at), (2, 200, None));
+    assert_eq!(store.get_secret_version(&p, 3).await.unwrap(), None);
+
+    // Concurrent writers of the same next version: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..4u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.put_secret_version(&secret_version("app/db", 3, 300, &[i])).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::SecretConflict(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1, "one writer per version");
+
+    // Soft delete, undelete, destroy; unknown versions change nothing.
+    assert_eq!(store.change_secret_versions(&p, &[1, 2], VersionChange::Delete(400)).await.unwrap(), [1, 2]);
+    assert_eq!(
+        store.change_secret_versions(&p, &[1], VersionChange::Delete(401)).await.unwrap(),
+        Vec::<u64>::new()
+    );
+    assert!(matches!(
+        store.change_secret_versions(&p, &[2, 9], VersionChange::Undelete).await,
+        Err(StoreError::SecretVersionNotFound { version: 9, .. })
+    ));
+    let versions = store.list_secret_versions(&p).await.unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.deleted_at).collect::<Vec<_>>(),
+        [Some(400), Some(400), None],
+        "nothing undeleted"
+    );
+    assert_eq!(store.change_secret_versions(&p, &[2], VersionChange::Undelete).await.unwrap(), [2]);
+    assert_eq!(store.change_secret_versions(&p, &[1], VersionChange::Destroy(500)).await.unwrap(), [1]);
+    let v1 = store.get_secret_version(&p, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (v1.sealed_key, v1.ciphertext, v1.record.destroyed_at),
+        (None, None, Some(500)),
+        "the value is gone"
+    );
+    assert_eq!(
+        store.change_secret_versions(&p, &[1], VersionChange::Undelete).await.unwrap(),
+        Vec::<u64>::new(),
+        "a destroyed version stays destroyed"
+    );
+    assert!(matches!(
+        store
+            .change_secret_versions(
+                &vouch_core::SecretPath::parse("nope").unwrap(),
+                &[1],
+                VersionChange::Delete(1)
+            )
+            .await,
+        Err(StoreError::SecretNotFound(_))
+    ));
+    let v2 = store.get_secret_version(&p, 2).await.unwrap().unwrap();
+    assert_eq!((v2.record.deleted_at, v2.ciphertext.is_some()), (None, true));
 }

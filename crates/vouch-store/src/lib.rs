@@ -22,7 +22,7 @@ mod sqlite;
 pub mod test_postgres;
 
 use async_trait::async_trait;
-use vouch_core::{Entry, EntryId, NodeGroup, Selector, Selectors, SpiffeId, TrustDomain};
+use vouch_core::{Entry, EntryId, NodeGroup, SecretPath, Selector, Selectors, SpiffeId, TrustDomain};
 
 pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
 pub use sqlite::{SqliteStore, SqliteSynchronous};
@@ -91,6 +91,20 @@ pub enum StoreError {
     /// The relationship was changed concurrently.
     #[error("the federation relationship with `{0}` was changed concurrently; read it again and retry")]
     FederationConflict(String),
+    /// No secret at this path.
+    #[error("no secret `{0}`")]
+    SecretNotFound(String),
+    /// The secret has no such version.
+    #[error("secret `{path}` has no version {version}")]
+    SecretVersionNotFound {
+        /// The secret's path.
+        path: String,
+        /// The version asked for.
+        version: u64,
+    },
+    /// Another version of the secret was written concurrently.
+    #[error("secret `{0}` was written concurrently; write again")]
+    SecretConflict(String),
     /// The database was upgraded by a newer vouch: its schema has steps this build does not know.
     #[error("the database schema is version {found}, newer than this vouch knows ({supported}): a newer vouch has upgraded it; run that version or a newer one, or restore a backup taken before the upgrade")]
     SchemaTooNew {
@@ -316,6 +330,73 @@ pub struct FederationRow {
     /// Grows by one with every change of the settings; a refresh result is stored only under the
     /// revision it was fetched with, so an admin's change is never undone by a refresh in flight.
     pub revision: u64,
+}
+
+/// A secret's metadata as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    /// The secret's path: the key.
+    pub path: SecretPath,
+    /// Who answers for it.
+    pub owner: String,
+    /// What it is for.
+    pub purpose: String,
+    /// When it should be rotated (unix seconds), if that was said.
+    pub rotation_due: Option<i64>,
+    /// Unix seconds of the first version.
+    pub created_at: i64,
+    /// Unix seconds of the latest version.
+    pub updated_at: i64,
+    /// The highest version written (versions count from 1).
+    pub current_version: u64,
+}
+
+/// One version of a secret, without its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretVersionRecord {
+    /// The version, from 1.
+    pub version: u64,
+    /// Unix seconds of its writing.
+    pub created_at: i64,
+    /// Unix seconds of its soft deletion (undone by an undelete), if deleted.
+    pub deleted_at: Option<i64>,
+    /// Unix seconds of its destruction (the sealed value is gone for good), if destroyed.
+    pub destroyed_at: Option<i64>,
+}
+
+/// A secret version with its sealed value: the data key sealed under the key-encryption key and
+/// the value encrypted under the data key, both opaque to the store. `None` once destroyed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecretVersion {
+    /// The version's record.
+    pub record: SecretVersionRecord,
+    /// The sealed data key.
+    pub sealed_key: Option<Vec<u8>>,
+    /// The encrypted value.
+    pub ciphertext: Option<Vec<u8>>,
+}
+
+/// A new secret version for [`Store::put_secret_version`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSecretVersion {
+    /// The metadata as it must be after the write (`current_version` is the new version;
+    /// `created_at` is kept if the secret exists).
+    pub secret: SecretRecord,
+    /// The sealed data key.
+    pub sealed_key: Vec<u8>,
+    /// The encrypted value.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A change of secret versions for [`Store::change_secret_versions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionChange {
+    /// Soft delete at this time: the version is no longer read, but can be undeleted.
+    Delete(i64),
+    /// Undo a soft delete.
+    Undelete,
+    /// Destroy at this time: the sealed value is removed for good.
+    Destroy(i64),
 }
 
 /// The authority state as stored, with the version the store gave it. The version grows by one
@@ -625,6 +706,38 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a federation relationship and returns it; [`StoreError::FederationNotFound`] if there
     /// is none.
     async fn delete_federation(&self, trust_domain: &TrustDomain) -> Result<FederationRow, StoreError>;
+
+    /// Writes a new version of a secret with its metadata, in one transaction: version
+    /// `secret.current_version` must be the one after the stored highest (1 for a new secret),
+    /// else [`StoreError::SecretConflict`] and nothing is written (a concurrent writer took it).
+    async fn put_secret_version(&self, version: &NewSecretVersion) -> Result<(), StoreError>;
+
+    /// One secret's metadata.
+    async fn get_secret(&self, path: &SecretPath) -> Result<Option<SecretRecord>, StoreError>;
+
+    /// Every secret's metadata, ordered by path.
+    async fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
+
+    /// One secret's versions (without values), ordered by version; empty if there is no secret.
+    async fn list_secret_versions(&self, path: &SecretPath) -> Result<Vec<SecretVersionRecord>, StoreError>;
+
+    /// One version with its sealed value.
+    async fn get_secret_version(
+        &self,
+        path: &SecretPath,
+        version: u64,
+    ) -> Result<Option<SealedSecretVersion>, StoreError>;
+
+    /// Deletes, undeletes or destroys versions of a secret in one transaction and returns the
+    /// versions that changed (a version already in the asked state is left as it is; a destroyed
+    /// version is neither deleted nor undeleted). [`StoreError::SecretNotFound`] or
+    /// [`StoreError::SecretVersionNotFound`] (nothing changed) if one does not exist.
+    async fn change_secret_versions(
+        &self,
+        path: &SecretPath,
+        versions: &[u64],
+        change: VersionChange,
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// The persisted authority state (JSON with sealed keys) and its version, if any.
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError>;

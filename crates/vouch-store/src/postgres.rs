@@ -34,9 +34,10 @@ use crate::migrate::{self, Migration};
 use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    Change, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, Store, StoreError, StoredAuthority,
-    TokenUse,
+    Change, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion, SealedSecretVersion,
+    SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse, VersionChange,
 };
+use vouch_core::SecretPath;
 
 /// The schema, step by step, numbered as SQLite's (see [`crate::migrate`]). Text keys compare
 /// bytewise (`COLLATE "C"`), so listings are ordered as in SQLite whatever the database's locale.
@@ -115,6 +116,29 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             expires_at BIGINT NOT NULL
         );
         CREATE INDEX exchanged_tokens_expires_at ON exchanged_tokens (expires_at);"#,
+    },
+    Migration {
+        version: 8,
+        name: "secrets",
+        sql: r#"CREATE TABLE secrets (
+            path TEXT COLLATE "C" PRIMARY KEY,
+            owner TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            rotation_due BIGINT,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            current_version BIGINT NOT NULL
+        );
+        CREATE TABLE secret_versions (
+            path TEXT COLLATE "C" NOT NULL REFERENCES secrets (path),
+            version BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            deleted_at BIGINT,
+            destroyed_at BIGINT,
+            sealed_key BYTEA,
+            ciphertext BYTEA,
+            PRIMARY KEY (path, version)
+        );"#,
     },
 ];
 
@@ -383,6 +407,27 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Res
 /// A federation row as selected (`trust_domain, relationship, state, revision`).
 fn pg_federation_row(r: &Row) -> Result<FederationRow, StoreError> {
     decode_federation(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)
+}
+
+const SECRET_COLUMNS: &str =
+    "path, owner, purpose, rotation_due, created_at, updated_at, current_version FROM secrets";
+
+/// A secrets row as selected ([`SECRET_COLUMNS`]).
+fn pg_secret_row(r: &Row) -> Result<SecretRecord, StoreError> {
+    crate::codec::decode_secret(
+        col(r, 0)?,
+        col(r, 1)?,
+        col(r, 2)?,
+        col(r, 3)?,
+        col(r, 4)?,
+        col(r, 5)?,
+        col(r, 6)?,
+    )
+}
+
+/// A secret_versions row as selected (`version, created_at, deleted_at, destroyed_at`).
+fn pg_version_row(r: &Row) -> Result<SecretVersionRecord, StoreError> {
+    crate::codec::decode_secret_version(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)
 }
 
 /// A few connections, opened when first needed and reused; one that broke is dropped and replaced
@@ -1245,6 +1290,169 @@ impl Store for PostgresStore {
         self.notify(&tx, &Change::FederationChanged { trust_domain: trust_domain.clone() }).await?;
         tx.commit().await.map_err(backend)?;
         Ok(row)
+    }
+
+    async fn put_secret_version(&self, new: &NewSecretVersion) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let s = &new.secret;
+        let path = s.path.to_string();
+        let version = crate::codec::version_i64(s.current_version)?;
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        // The row lock (or, for a new secret, the primary key) orders concurrent writers: the
+        // second finds the version taken and writes nothing.
+        let current = tx
+            .query_opt("SELECT current_version FROM secrets WHERE path = $1 FOR UPDATE", &[&path])
+            .await
+            .map_err(backend)?
+            .map(|r| col::<i64>(&r, 0))
+            .transpose()?;
+        if current.unwrap_or(0) + 1 != version {
+            return Err(StoreError::SecretConflict(path));
+        }
+        let n = tx
+            .execute(
+                "INSERT INTO secrets (path, owner, purpose, rotation_due, created_at, updated_at, current_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (path) DO UPDATE SET owner = excluded.owner, purpose = excluded.purpose, \
+                 rotation_due = excluded.rotation_due, updated_at = excluded.updated_at, \
+                 current_version = excluded.current_version WHERE secrets.current_version = $7 - 1",
+                &[&path, &s.owner, &s.purpose, &s.rotation_due, &s.created_at, &s.updated_at, &version],
+            )
+            .await
+            .map_err(backend)?;
+        if n != 1 {
+            return Err(StoreError::SecretConflict(path));
+        }
+        tx.execute(
+            "INSERT INTO secret_versions (path, version, created_at, sealed_key, ciphertext) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&path, &version, &s.updated_at, &new.sealed_key, &new.ciphertext],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_secret(&self, path: &SecretPath) -> Result<Option<SecretRecord>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(&format!("SELECT {SECRET_COLUMNS} WHERE path = $1"), &[&path.as_str()])
+            .await
+            .map_err(backend)?;
+        row.map(|r| pg_secret_row(&r)).transpose()
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows =
+            conn.query(&format!("SELECT {SECRET_COLUMNS} ORDER BY path"), &[]).await.map_err(backend)?;
+        rows.iter().map(pg_secret_row).collect()
+    }
+
+    async fn list_secret_versions(&self, path: &SecretPath) -> Result<Vec<SecretVersionRecord>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                "SELECT version, created_at, deleted_at, destroyed_at FROM secret_versions \
+                 WHERE path = $1 ORDER BY version",
+                &[&path.as_str()],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter().map(pg_version_row).collect()
+    }
+
+    async fn get_secret_version(
+        &self,
+        path: &SecretPath,
+        version: u64,
+    ) -> Result<Option<SealedSecretVersion>, StoreError> {
+        let version = crate::codec::version_i64(version)?;
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                "SELECT version, created_at, deleted_at, destroyed_at, sealed_key, ciphertext \
+                 FROM secret_versions WHERE path = $1 AND version = $2",
+                &[&path.as_str(), &version],
+            )
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            Ok(SealedSecretVersion {
+                record: pg_version_row(&r)?,
+                sealed_key: col(&r, 4)?,
+                ciphertext: col(&r, 5)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn change_secret_versions(
+        &self,
+        path: &SecretPath,
+        versions: &[u64],
+        change: VersionChange,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let p = path.as_str();
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        if tx
+            .query_opt("SELECT 1 FROM secrets WHERE path = $1 FOR UPDATE", &[&p])
+            .await
+            .map_err(backend)?
+            .is_none()
+        {
+            return Err(StoreError::SecretNotFound(p.to_owned()));
+        }
+        let mut changed = Vec::new();
+        for &v in versions {
+            let version = crate::codec::version_i64(v)?;
+            let n = match change {
+                VersionChange::Delete(at) => {
+                    tx.execute(
+                        "UPDATE secret_versions SET deleted_at = $3 WHERE path = $1 AND version = $2 \
+                         AND deleted_at IS NULL AND destroyed_at IS NULL",
+                        &[&p, &version, &at],
+                    )
+                    .await
+                }
+                VersionChange::Undelete => {
+                    tx.execute(
+                        "UPDATE secret_versions SET deleted_at = NULL WHERE path = $1 AND version = $2 \
+                         AND deleted_at IS NOT NULL AND destroyed_at IS NULL",
+                        &[&p, &version],
+                    )
+                    .await
+                }
+                VersionChange::Destroy(at) => {
+                    tx.execute(
+                        "UPDATE secret_versions SET destroyed_at = $3, sealed_key = NULL, ciphertext = NULL \
+                         WHERE path = $1 AND version = $2 AND destroyed_at IS NULL",
+                        &[&p, &version, &at],
+                    )
+                    .await
+                }
+            }
+            .map_err(backend)?;
+            if n == 0 {
+                let known = tx
+                    .query_opt(
+                        "SELECT 1 FROM secret_versions WHERE path = $1 AND version = $2",
+                        &[&p, &version],
+                    )
+                    .await
+                    .map_err(backend)?;
+                if known.is_none() {
+                    return Err(StoreError::SecretVersionNotFound { path: p.to_owned(), version: v });
+                }
+            } else if !changed.contains(&v) {
+                changed.push(v);
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(changed)
     }
 
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError> {

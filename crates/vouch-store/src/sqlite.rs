@@ -17,9 +17,11 @@ use crate::codec::{
 use crate::migrate::{self, Migration};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    DamagedEntry, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, Store, StoreError,
-    StoredAuthority, TokenUse,
+    DamagedEntry, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion,
+    SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse,
+    VersionChange,
 };
+use vouch_core::SecretPath;
 
 /// The schema, step by step. Steps 1 and 2 are the schema of the builds before `schema_version`,
 /// which counted steps in `PRAGMA user_version` only: such a database is recognised by that count.
@@ -99,6 +101,29 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX exchanged_tokens_expires_at ON exchanged_tokens (expires_at);",
     },
+    Migration {
+        version: 8,
+        name: "secrets",
+        sql: "CREATE TABLE secrets (
+            path TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            rotation_due INTEGER,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            current_version INTEGER NOT NULL
+        );
+        CREATE TABLE secret_versions (
+            path TEXT NOT NULL REFERENCES secrets (path),
+            version INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            deleted_at INTEGER,
+            destroyed_at INTEGER,
+            sealed_key BLOB,
+            ciphertext BLOB,
+            PRIMARY KEY (path, version)
+        );",
+    },
 ];
 
 const FEDERATION_BY_TD: &str =
@@ -108,6 +133,28 @@ const FEDERATION_BY_TD: &str =
 /// domain cannot be parsed is corrupt.
 fn federation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FederationRow, StoreError>> {
     Ok(decode_federation(&r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+const SECRET_COLUMNS: &str =
+    "path, owner, purpose, rotation_due, created_at, updated_at, current_version FROM secrets";
+
+/// A secrets row as selected ([`SECRET_COLUMNS`]); a path that does not parse is corrupt.
+fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SecretRecord, StoreError>> {
+    let path: String = r.get(0)?;
+    let (owner, purpose, rotation_due, created_at, updated_at, current): (
+        String,
+        String,
+        Option<i64>,
+        i64,
+        i64,
+        i64,
+    ) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?);
+    Ok(crate::codec::decode_secret(&path, owner, purpose, rotation_due, created_at, updated_at, current))
+}
+
+/// A secret_versions row as selected (`version, created_at, deleted_at, destroyed_at`).
+fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SecretVersionRecord, StoreError>> {
+    Ok(crate::codec::decode_secret_version(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
 /// When SQLite waits for the disk (`PRAGMA synchronous`), in WAL mode.
@@ -261,6 +308,9 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         conn.pragma_update(None, "synchronous", synchronous.as_str()).map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        // Deleted content is overwritten with zeros, so a destroyed secret version's sealed value
+        // does not linger in free pages of the file.
+        conn.pragma_update(None, "secure_delete", "ON").map_err(backend)?;
         migrate(&mut conn)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), damage: Arc::default(), writes: Arc::default() })
     }
@@ -849,6 +899,159 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM federation WHERE trust_domain = ?1", [&td]).map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(row)
+        })
+        .await
+    }
+
+    async fn put_secret_version(&self, new: &NewSecretVersion) -> Result<(), StoreError> {
+        let new = new.clone();
+        self.with_write(move |conn| {
+            let s = &new.secret;
+            let path = s.path.to_string();
+            let version = crate::codec::version_i64(s.current_version)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let current: Option<i64> = tx
+                .query_row("SELECT current_version FROM secrets WHERE path = ?1", [&path], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            if current.unwrap_or(0) + 1 != version {
+                return Err(StoreError::SecretConflict(path));
+            }
+            tx.execute(
+                "INSERT INTO secrets (path, owner, purpose, rotation_due, created_at, updated_at, current_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (path) DO UPDATE SET owner = excluded.owner, purpose = excluded.purpose,
+                 rotation_due = excluded.rotation_due, updated_at = excluded.updated_at,
+                 current_version = excluded.current_version",
+                params![path, s.owner, s.purpose, s.rotation_due, s.created_at, s.updated_at, version],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO secret_versions (path, version, created_at, sealed_key, ciphertext)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![path, version, s.updated_at, new.sealed_key, new.ciphertext],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_secret(&self, path: &SecretPath) -> Result<Option<SecretRecord>, StoreError> {
+        let path = path.to_string();
+        self.with(move |conn| {
+            conn.query_row(&format!("SELECT {SECRET_COLUMNS} WHERE path = ?1"), [&path], secret_row)
+                .optional()
+                .map_err(backend)?
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        self.with(|conn| {
+            let mut stmt =
+                conn.prepare(&format!("SELECT {SECRET_COLUMNS} ORDER BY path")).map_err(backend)?;
+            let rows = stmt.query_map([], secret_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend)?).collect()
+        })
+        .await
+    }
+
+    async fn list_secret_versions(&self, path: &SecretPath) -> Result<Vec<SecretVersionRecord>, StoreError> {
+        let path = path.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT version, created_at, deleted_at, destroyed_at FROM secret_versions
+                     WHERE path = ?1 ORDER BY version",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map([&path], version_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend)?).collect()
+        })
+        .await
+    }
+
+    async fn get_secret_version(
+        &self,
+        path: &SecretPath,
+        version: u64,
+    ) -> Result<Option<SealedSecretVersion>, StoreError> {
+        let path = path.to_string();
+        let version = crate::codec::version_i64(version)?;
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT version, created_at, deleted_at, destroyed_at, sealed_key, ciphertext
+                 FROM secret_versions WHERE path = ?1 AND version = ?2",
+                params![path, version],
+                |r| {
+                    let record = version_row(r)?;
+                    let (key, ct): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(4)?, r.get(5)?);
+                    Ok(record.map(|record| SealedSecretVersion { record, sealed_key: key, ciphertext: ct }))
+                },
+            )
+            .optional()
+            .map_err(backend)?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn change_secret_versions(
+        &self,
+        path: &SecretPath,
+        versions: &[u64],
+        change: VersionChange,
+    ) -> Result<Vec<u64>, StoreError> {
+        let path = path.to_string();
+        let versions = versions.to_vec();
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let exists: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM secrets WHERE path = ?1)", [&path], |r| r.get(0))
+                .map_err(backend)?;
+            if !exists {
+                return Err(StoreError::SecretNotFound(path));
+            }
+            let mut changed = Vec::new();
+            for &v in &versions {
+                let version = crate::codec::version_i64(v)?;
+                let n = match change {
+                    VersionChange::Delete(at) => tx.execute(
+                        "UPDATE secret_versions SET deleted_at = ?3 WHERE path = ?1 AND version = ?2
+                         AND deleted_at IS NULL AND destroyed_at IS NULL",
+                        params![path, version, at],
+                    ),
+                    VersionChange::Undelete => tx.execute(
+                        "UPDATE secret_versions SET deleted_at = NULL WHERE path = ?1 AND version = ?2
+                         AND deleted_at IS NOT NULL AND destroyed_at IS NULL",
+                        params![path, version],
+                    ),
+                    VersionChange::Destroy(at) => tx.execute(
+                        "UPDATE secret_versions SET destroyed_at = ?3, sealed_key = NULL, ciphertext = NULL
+                         WHERE path = ?1 AND version = ?2 AND destroyed_at IS NULL",
+                        params![path, version, at],
+                    ),
+                }
+                .map_err(backend)?;
+                if n == 0 {
+                    let known: bool = tx
+                        .query_row(
+                            "SELECT EXISTS (SELECT 1 FROM secret_versions WHERE path = ?1 AND version = ?2)",
+                            params![path, version],
+                            |r| r.get(0),
+                        )
+                        .map_err(backend)?;
+                    if !known {
+                        return Err(StoreError::SecretVersionNotFound { path, version: v });
+                    }
+                } else if !changed.contains(&v) {
+                    changed.push(v);
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(changed)
         })
         .await
     }

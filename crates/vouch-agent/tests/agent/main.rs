@@ -13,4 +13,5 @@ mod federation;
 mod kubelet;
 mod openbao;
 mod ops;
+mod secrets;
 mod workload_api;

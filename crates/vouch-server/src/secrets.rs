@@ -1,0 +1,407 @@
+//! Secrets by identity: the secret store's admin API and reads on behalf of attested workloads.
+//!
+//! Values are sealed by envelope encryption ([`vouch_ca::envelope`]): a fresh data key per
+//! version, sealed under the key-encryption key, with the path and version as associated data.
+//! The plaintext exists only in zeroizing buffers while a request is served: it never reaches the
+//! store, a log line, an audit record (which carry path and version) or an error message.
+//!
+//! Whether a workload may read a secret is decided by a [`SecretAccess`]; the default denies every
+//! read ("no policy permits (grants not configured)") until a policy engine is plugged in with
+//! [`AppState::set_secret_access`].
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use vouch_api::paths;
+use vouch_api::secrets::{
+    AgentSecretRequest, AgentSecretResponse, SecretList, SecretListQuery, SecretMeta, SecretPut, SecretQuery,
+    SecretValue, SecretVersion, SecretVersions, SecretWritten, VersionState, VersionsChanged,
+    VersionsRequest,
+};
+use vouch_core::secret::{check_meta, check_value, MAX_VERSIONS};
+use vouch_core::{SecretPath, SpiffeId};
+use vouch_store::{NewSecretVersion, SecretRecord, SecretVersionRecord, StoreError, VersionChange};
+use zeroize::Zeroizing;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+type AppResult<T> = Result<T, ApiError>;
+
+/// Most versions named in one delete, undelete or destroy request.
+pub const MAX_VERSIONS_PER_REQUEST: usize = 100;
+
+/// How many times a write retries when another writer took the next version first.
+const WRITE_ATTEMPTS: usize = 8;
+
+/// The answer of a [`SecretAccess`]: allow or deny, and why (shown to the caller when denied,
+/// and recorded in the audit record either way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the read is permitted.
+    pub allow: bool,
+    /// Why: the policies that decided, or why none did.
+    pub reason: String,
+}
+
+impl Decision {
+    /// A permit, with the reason.
+    pub fn allow(reason: impl Into<String>) -> Self {
+        Self { allow: true, reason: reason.into() }
+    }
+
+    /// A denial, with the reason.
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Self { allow: false, reason: reason.into() }
+    }
+}
+
+/// Decides whether a workload identity may read a secret: the seam where the policy engine
+/// (grants: `read` on the secret) plugs in. Must not do I/O that can block for long: it runs on
+/// every workload read.
+pub trait SecretAccess: Send + Sync + 'static {
+    /// Whether `workload` may read the secret at `path`.
+    fn may_read(&self, workload: &SpiffeId, path: &SecretPath) -> Decision;
+}
+
+/// The default [`SecretAccess`]: no grants are configured, so nothing is permitted. Fail closed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoGrants;
+
+/// The reason [`NoGrants`] gives.
+pub const NO_GRANTS_REASON: &str = "no policy permits (grants not configured)";
+
+impl SecretAccess for NoGrants {
+    fn may_read(&self, _: &SpiffeId, _: &SecretPath) -> Decision {
+        Decision::deny(NO_GRANTS_REASON)
+    }
+}
+
+/// The admin routes of the secret store.
+pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(paths::SECRETS, get(list))
+        .route(paths::SECRET, get(read).put(put))
+        .route(paths::SECRET_VERSIONS, get(versions))
+        .route(paths::SECRET_DELETE, post(delete))
+        .route(paths::SECRET_UNDELETE, post(undelete))
+        .route(paths::SECRET_DESTROY, post(destroy))
+}
+
+/// The agent's route: a secret read for one of its workloads.
+pub(crate) fn agent_routes() -> Router<Arc<AppState>> {
+    Router::new().route(paths::AGENT_SECRET, post(agent_read))
+}
+
+fn parse_path(text: &str) -> AppResult<SecretPath> {
+    SecretPath::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn meta(record: SecretRecord) -> SecretMeta {
+    SecretMeta {
+        path: record.path,
+        owner: record.owner,
+        purpose: record.purpose,
+        rotation_due: record.rotation_due,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        current_version: record.current_version,
+    }
+}
+
+fn state_of(v: &SecretVersionRecord) -> VersionState {
+    if v.destroyed_at.is_some() {
+        VersionState::Destroyed
+    } else if v.deleted_at.is_some() {
+        VersionState::Deleted
+    } else {
+        VersionState::Live
+    }
+}
+
+fn version_view(v: SecretVersionRecord) -> SecretVersion {
+    SecretVersion {
+        version: v.version,
+        state: state_of(&v),
+        created_at: v.created_at,
+        deleted_at: v.deleted_at,
+        destroyed_at: v.destroyed_at,
+    }
+}
+
+async fn load(state: &AppState, path: &SecretPath) -> AppResult<SecretRecord> {
+    state.store.get_secret(path).await?.ok_or_else(|| StoreError::SecretNotFound(path.to_string()).into())
+}
+
+/// Writes a new version: sealed for the version it will have, retried if another writer took
+/// that version first.
+async fn put(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(path): Path<String>,
+    ApiJson(mut req): ApiJson<SecretPut>,
+) -> AppResult<(StatusCode, Json<SecretWritten>)> {
+    let path = parse_path(&path)?;
+    let encoded = Zeroizing::new(std::mem::take(&mut req.value));
+    // The decoder's own errors quote the offending byte: say only what is wrong.
+    let value =
+        Zeroizing::new(STANDARD.decode(encoded.as_bytes()).map_err(|_| {
+            ApiError::bad_request("value: not valid base64 (standard alphabet with padding)")
+        })?);
+    drop(encoded);
+    check_value(&value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    for (field, text) in [("owner", &req.owner), ("purpose", &req.purpose)] {
+        if let Some(text) = text {
+            check_meta(field, text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+    }
+    if req.rotation_due.is_some_and(|t| t < 0) {
+        return Err(ApiError::bad_request("rotation_due: unix seconds, or 0 to clear it"));
+    }
+    let now = state.now_secs();
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state.store.get_secret(&path).await?;
+        let version = current.as_ref().map_or(0, |c| c.current_version) + 1;
+        if version > MAX_VERSIONS {
+            return Err(ApiError::bad_request(format!(
+                "secret `{path}` has {MAX_VERSIONS} versions, the most one secret keeps; write it under a new path"
+            )));
+        }
+        let secret = SecretRecord {
+            path: path.clone(),
+            owner: req
+                .owner
+                .clone()
+                .or_else(|| current.as_ref().map(|c| c.owner.clone()))
+                .unwrap_or_default(),
+            purpose: req
+                .purpose
+                .clone()
+                .or_else(|| current.as_ref().map(|c| c.purpose.clone()))
+                .unwrap_or_default(),
+            rotation_due: match req.rotation_due {
+                Some(0) => None,
+                Some(t) => Some(t),
+                None => current.as_ref().and_then(|c| c.rotation_due),
+            },
+            created_at: current.as_ref().map_or(now, |c| c.created_at),
+            updated_at: now,
+            current_version: version,
+        };
+        let sealed = vouch_ca::seal_value(state.kek(), path.as_str(), version, &value)?;
+        let new = NewSecretVersion { secret, sealed_key: sealed.sealed_key, ciphertext: sealed.ciphertext };
+        match state.store.put_secret_version(&new).await {
+            Ok(()) => {
+                tracing::info!(target: "vouch::audit", event = "secret.put", %caller, path = %path, version, bytes = value.len());
+                let written = SecretWritten { secret: meta(new.secret), version };
+                return Ok((StatusCode::CREATED, Json(written)));
+            }
+            Err(StoreError::SecretConflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::SecretConflict(path.to_string()).into())
+}
+
+/// The latest live version of a secret, or the version asked for, decrypted.
+async fn read_value(
+    state: &AppState,
+    path: &SecretPath,
+    version: Option<u64>,
+) -> AppResult<(u64, Zeroizing<Vec<u8>>)> {
+    let record = load(state, path).await?;
+    let version = match version {
+        Some(v) => v,
+        None => {
+            let versions = state.store.list_secret_versions(path).await?;
+            versions
+                .iter()
+                .rev()
+                .find(|v| state_of(v) == VersionState::Live)
+                .map(|v| v.version)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "secret `{path}` has no live version: all {} are deleted or destroyed (see `vouch secret versions {path}`)",
+                        record.current_version
+                    ))
+                })?
+        }
+    };
+    let stored = state
+        .store
+        .get_secret_version(path, version)
+        .await?
+        .ok_or(StoreError::SecretVersionNotFound { path: path.to_string(), version })?;
+    match state_of(&stored.record) {
+        VersionState::Live => {}
+        VersionState::Deleted => {
+            return Err(ApiError::not_found(format!(
+                "secret `{path}` version {version} is deleted; undelete it with `vouch secret undelete {path} --version {version}`"
+            )))
+        }
+        VersionState::Destroyed => {
+            return Err(ApiError::not_found(format!("secret `{path}` version {version} was destroyed")))
+        }
+    }
+    let (Some(sealed_key), Some(ciphertext)) = (stored.sealed_key, stored.ciphertext) else {
+        return Err(vouch_ca::CaError::SecretUnreadable { path: path.to_string(), version }.into());
+    };
+    let sealed = vouch_ca::SealedValue { sealed_key, ciphertext };
+    let value = vouch_ca::open_value(state.kek(), path.as_str(), version, &sealed)?;
+    Ok((version, value))
+}
+
+async fn read(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(path): Path<String>,
+    ApiQuery(query): ApiQuery<SecretQuery>,
+) -> AppResult<Json<SecretValue>> {
+    let path = parse_path(&path)?;
+    let (version, value) = read_value(&state, &path, query.version).await?;
+    tracing::info!(target: "vouch::audit", event = "secret.read", %caller, path = %path, version);
+    Ok(Json(SecretValue { path, version, value: STANDARD.encode(&*value) }))
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<SecretListQuery>,
+) -> AppResult<Json<SecretList>> {
+    let prefix = query.prefix.unwrap_or_default();
+    let secrets = state
+        .store
+        .list_secrets()
+        .await?
+        .into_iter()
+        .filter(|s| s.path.is_under(&prefix))
+        .map(meta)
+        .collect();
+    Ok(Json(SecretList { secrets }))
+}
+
+async fn versions(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+) -> AppResult<Json<SecretVersions>> {
+    let path = parse_path(&path)?;
+    let record = load(&state, &path).await?;
+    let versions = state.store.list_secret_versions(&path).await?.into_iter().map(version_view).collect();
+    Ok(Json(SecretVersions { secret: meta(record), versions }))
+}
+
+/// Deletes, undeletes or destroys the versions asked for, audited.
+async fn change(
+    state: &AppState,
+    caller: &Caller,
+    path: &str,
+    req: VersionsRequest,
+    what: VersionChange,
+) -> AppResult<Json<VersionsChanged>> {
+    let path = parse_path(path)?;
+    let (event, verb) = match what {
+        VersionChange::Delete(_) => ("secret.delete", "delete"),
+        VersionChange::Undelete => ("secret.undelete", "undelete"),
+        VersionChange::Destroy(_) => ("secret.destroy", "destroy"),
+    };
+    if req.versions.len() > MAX_VERSIONS_PER_REQUEST {
+        return Err(ApiError::bad_request(format!(
+            "versions: at most {MAX_VERSIONS_PER_REQUEST} in one request"
+        )));
+    }
+    let versions = if req.versions.is_empty() {
+        match what {
+            VersionChange::Delete(_) => vec![load(state, &path).await?.current_version],
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "versions: name the versions to {verb} (`--version N`)"
+                )))
+            }
+        }
+    } else {
+        req.versions
+    };
+    if versions.contains(&0) {
+        return Err(ApiError::bad_request("versions: versions count from 1"));
+    }
+    let changed = state.store.change_secret_versions(&path, &versions, what).await?;
+    tracing::info!(target: "vouch::audit", event, %caller, path = %path, versions = ?versions, changed = ?changed);
+    Ok(Json(VersionsChanged { path, changed }))
+}
+
+async fn delete(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(path): Path<String>,
+    ApiJson(req): ApiJson<VersionsRequest>,
+) -> AppResult<Json<VersionsChanged>> {
+    let now = state.now_secs();
+    change(&state, &caller, &path, req, VersionChange::Delete(now)).await
+}
+
+async fn undelete(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(path): Path<String>,
+    ApiJson(req): ApiJson<VersionsRequest>,
+) -> AppResult<Json<VersionsChanged>> {
+    change(&state, &caller, &path, req, VersionChange::Undelete).await
+}
+
+async fn destroy(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(path): Path<String>,
+    ApiJson(req): ApiJson<VersionsRequest>,
+) -> AppResult<Json<VersionsChanged>> {
+    let now = state.now_secs();
+    change(&state, &caller, &path, req, VersionChange::Destroy(now)).await
+}
+
+/// An agent reads a secret for a workload it attested: the workload is named by its entry, which
+/// the agent must serve; the workload's SPIFFE ID must be permitted by [`SecretAccess`].
+async fn agent_read(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<AgentSecretRequest>,
+) -> AppResult<Json<AgentSecretResponse>> {
+    let (agent, entry) = crate::agent_api::workload_entry(&state, &caller, &req.entry_id).await?;
+    let decision = state.secret_access().may_read(&entry.spiffe_id, &req.path);
+    if !decision.allow {
+        tracing::info!(target: "vouch::audit", event = "secret.read.denied", caller = %agent, spiffe_id = %entry.spiffe_id, path = %req.path, reason = %decision.reason);
+        return Err(ApiError::forbidden(format!(
+            "`{}` may not read secret `{}`: {}",
+            entry.spiffe_id, req.path, decision.reason
+        )));
+    }
+    let (version, value) = read_value(&state, &req.path, None).await?;
+    // A ban or eviction committed meanwhile wins.
+    crate::agent_api::still_admitted(&state, &agent).await?;
+    tracing::info!(target: "vouch::audit", event = "secret.read", caller = %agent, spiffe_id = %entry.spiffe_id, entry_id = %entry.id, path = %req.path, version, reason = %decision.reason);
+    Ok(Json(AgentSecretResponse {
+        spiffe_id: entry.spiffe_id,
+        path: req.path,
+        version,
+        value: STANDARD.encode(&*value),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_grants_every_read_is_denied_with_the_reason() {
+        let d = NoGrants.may_read(
+            &SpiffeId::parse("spiffe://example.org/app").unwrap(),
+            &SecretPath::parse("app/db").unwrap(),
+        );
+        assert_eq!(d, Decision::deny("no policy permits (grants not configured)"));
+    }
+}
