@@ -57,6 +57,7 @@ async fn vouch_runs(o: &Options, value: &[u8]) -> Result<(Run, Run)> {
         csr: None,
         ttl: None,
         dns_names: vec![],
+        common_name: None,
     };
     let svid = local.mint_x509(&req).await?;
     let addr = std::fs::read_to_string(data.join("server.addr"))?.trim().to_owned();
