@@ -460,7 +460,7 @@ async fn secret_get(
         spiffe_id: spiffe_id.map(|id| crate::parse_flag("spiffe-id", id, SpiffeId::parse)).transpose()?,
     };
     let socket = vouch_agent::secret_api::socket_path(&socket_path(endpoint));
-    let answer: AgentSecretResponse = ask(&socket, &request).await?;
+    let answer: AgentSecretResponse = ask_on("secret", &socket, &request).await?;
     let value = zeroize::Zeroizing::new(decode_value(&answer.value).map_err(anyhow::Error::msg)?);
     if let Some(file) = write {
         vouch_fs::write_new_private(file, &value).with_context(|| format!("--write {}", file.display()))?;
@@ -567,12 +567,17 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// Sends one request on the agent's admin socket and reads its answer, within 30 s.
-async fn ask<T: DeserializeOwned>(socket: &Path, request: &impl Serialize) -> Result<T> {
+/// Sends one request on one of the agent's line sockets (`which`: "admin" or "secret") and reads
+/// its answer, within 30 s.
+async fn ask_on<T: DeserializeOwned>(which: &str, socket: &Path, request: &impl Serialize) -> Result<T> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
-            format!("cannot reach the agent socket {} (is `vouch agent run` running? the admin socket needs root or the agent's user)", socket.display())
+            let who = if which == "admin" { " (run as root or the agent's user)" } else { "" };
+            format!(
+                "cannot reach the agent {which} socket {}: is `vouch agent run` running?{who}",
+                socket.display()
+            )
         })?;
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');
@@ -588,6 +593,11 @@ async fn ask<T: DeserializeOwned>(socket: &Path, request: &impl Serialize) -> Re
         AdminAnswer::Answer(answer) => Ok(answer),
         AdminAnswer::Refused(r) => bail!("{}", r.error),
     }
+}
+
+/// [`ask_on`] the agent's admin socket.
+async fn ask<T: DeserializeOwned>(socket: &Path, request: &impl Serialize) -> Result<T> {
+    ask_on("admin", socket, request).await
 }
 
 /// What `vouch agent healthcheck -o json` prints when the agent cannot be asked.
