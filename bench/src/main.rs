@@ -11,6 +11,9 @@
 //!   attestations against the same without the flood, as a ratio.
 //! - `exchange --vouch BIN --bao-addr URL [--count N]`: RFC 8693 token exchanges per second
 //!   against OpenBao's JWT login, fresh ES256 tokens of one issuer for both, as a ratio.
+//! - `policy [--vouch BIN --bao-addr URL]`: one grant decision in process (10,000 workloads, 1,000
+//!   Cedar policies) against Cedar alone, and decisions per second over `POST /v1/authorize`
+//!   against OpenBao's `sys/capabilities`.
 //! - `scale --vouch BIN --entries N --agents M [--store sqlite|postgres|both]`: the cost curve of
 //!   one server with N entries and M agents simulated over the real sync protocol (run by
 //!   `bench/run scale`); `scale-agents` is its agent processes.
@@ -27,6 +30,7 @@ mod agent;
 mod api;
 mod exchange;
 mod flood;
+mod policy;
 mod procstat;
 mod scale;
 mod scale_agents;
@@ -45,9 +49,10 @@ fn main() -> Result<()> {
         Some("flood") => flood::run(&args[1..]),
         Some("exchange") => exchange::run_exchange(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
+        Some("policy") => policy::run(&args[1..]),
         Some("scale-agents") => scale_agents::run(&args[1..]),
         _ => bail!(
-            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
+            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | policy [--vouch BIN --bao-addr URL] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
         ),
     }
 }

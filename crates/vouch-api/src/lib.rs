@@ -9,6 +9,7 @@
 //! - [`agent`]: the agent API (node attestation, renewal, the sync stream, batch signing, JWT-SVIDs);
 //! - [`federation`]: SPIFFE federation relationships with other trust domains;
 //! - [`explain`]: the agent's private admin socket (`vouch agent explain`);
+//! - [`policy`]: grants (Cedar policies) and the decision API;
 //! - [`paths`]: the routes, shared by the server's router and the client;
 //! - [`Der`]: certificates and CSRs between vouch's own parts travel as DER (base64 in JSON), never
 //!   as PEM; the public admin API keeps PEM for people.
@@ -23,6 +24,7 @@ mod error;
 pub mod explain;
 pub mod federation;
 pub mod paths;
+pub mod policy;
 
 pub use der::Der;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -6,6 +6,7 @@ mod agent;
 mod federation;
 mod group;
 mod output;
+mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,6 +103,14 @@ enum Command {
     Federation {
         #[command(subcommand)]
         command: federation::FederationCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Manage grants (Cedar policies) and ask what-if questions: `vouch policy put|list|show|
+    /// delete|validate|test`. See docs/policy.md.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
         #[command(flatten)]
         connect: Connect,
     },
@@ -450,6 +459,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Entry { command, connect } => entry(command, &connect).await,
         Command::Group { command, connect } => group::run(command, &connect).await,
         Command::Federation { command, connect } => federation::run(command, &connect).await,
+        Command::Policy { command, connect } => policy::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;

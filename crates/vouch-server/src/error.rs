@@ -133,7 +133,9 @@ impl From<StoreError> for ApiError {
             | StoreError::GroupExists(_)
             | StoreError::FederationExists(_) => Self::conflict(e.to_string()),
             StoreError::FederationConflict(_) => Self::revision_conflict(e.to_string()),
-            StoreError::FederationNotFound(_) => Self::not_found(e.to_string()),
+            StoreError::FederationNotFound(_) | StoreError::PolicyNotFound(_) => {
+                Self::not_found(e.to_string())
+            }
             // The message says which entries hold the group and how to move them.
             StoreError::GroupInUse { .. } => Self::conflict(e.to_string()),
             StoreError::GroupNotFound(_) => Self::not_found(e.to_string()),
@@ -168,6 +170,23 @@ impl From<vouch_ca::CaError> for ApiError {
             // The authority has no usable key right now (it comes with the next rotation).
             NotReady(_) => Self::unavailable(e.to_string()),
             Crypto(_) | Unseal(_) | InvalidState(_) | Rcgen(_) => Self::internal("signing failed", e),
+        }
+    }
+}
+
+impl From<vouch_policy::PolicyError> for ApiError {
+    fn from(e: vouch_policy::PolicyError) -> Self {
+        use vouch_policy::PolicyError::*;
+        match e {
+            BadId(_)
+            | TooLarge { .. }
+            | Parse { .. }
+            | NotOne { .. }
+            | Template(_)
+            | Invalid { .. }
+            | Duplicate(_)
+            | BadRequest(_) => Self::bad_request(e.to_string()),
+            Internal(_) => Self::internal("policy engine failure", e),
         }
     }
 }

@@ -64,6 +64,9 @@ pub enum Event {
         /// Banned or evicted.
         reason: vouch_api::agent::CloseReason,
     },
+    /// A policy was written or deleted (here or through another replica): agents that sync
+    /// policies get the new set.
+    PoliciesChanged,
     /// Changes made through another replica may have been missed (the store's change channel was
     /// interrupted): every sync stream checks its agent again and sends a fresh snapshot.
     Resync,
@@ -133,6 +136,8 @@ pub struct AppState {
     leader: AtomicBool,
     /// The bundles of federated trust domains served to agents.
     pub federation: crate::federation::Federated,
+    /// The compiled policy set of the decision API.
+    pub policies: crate::policy::PolicyCache,
 }
 
 impl std::fmt::Debug for AppState {
@@ -206,6 +211,7 @@ impl AppState {
             authority_io: tokio::sync::Mutex::new(()),
             leader: AtomicBool::new(false),
             federation: crate::federation::Federated::default(),
+            policies: crate::policy::PolicyCache::default(),
         });
         state.tick().await?;
         Ok(state)
