@@ -41,6 +41,16 @@ pub const SECRET_DELETE: &str = "/v1/secrets/{path}/delete";
 pub const SECRET_UNDELETE: &str = "/v1/secrets/{path}/undelete";
 /// Destroy versions (their sealed values are removed for good).
 pub const SECRET_DESTROY: &str = "/v1/secrets/{path}/destroy";
+/// Policies: list (GET).
+pub const POLICIES: &str = "/v1/policies";
+/// Check a policy against the schema without storing it.
+pub const POLICIES_VALIDATE: &str = "/v1/policies/validate";
+/// Decide a what-if request without storing anything.
+pub const POLICIES_TEST: &str = "/v1/policies/test";
+/// One policy: put a new version (PUT), show with history (GET), delete (DELETE).
+pub const POLICY: &str = "/v1/policies/{id}";
+/// The decision API (admins, and agents for the workloads they serve).
+pub const AUTHORIZE: &str = "/v1/authorize";
 /// Join tokens.
 pub const JOIN_TOKENS: &str = "/v1/join-tokens";
 /// Mint an X509-SVID.
@@ -85,6 +95,11 @@ pub fn entry(id: &str) -> String {
 /// The path of one node group.
 pub fn group(name: &str) -> String {
     format!("/v1/groups/{}", percent_encode(name))
+}
+
+/// The path of one policy.
+pub fn policy(id: &str) -> String {
+    format!("/v1/policies/{}", percent_encode(id))
 }
 
 /// The path of one federation relationship.

@@ -138,6 +138,9 @@ impl From<StoreError> for ApiError {
                 Self::not_found(e.to_string())
             }
             StoreError::SecretConflict(_) => Self::revision_conflict(e.to_string()),
+            StoreError::FederationNotFound(_) | StoreError::PolicyNotFound(_) => {
+                Self::not_found(e.to_string())
+            }
             // The message says which entries hold the group and how to move them.
             StoreError::GroupInUse { .. } => Self::conflict(e.to_string()),
             StoreError::GroupNotFound(_) => Self::not_found(e.to_string()),
@@ -177,6 +180,23 @@ impl From<vouch_ca::CaError> for ApiError {
                 tracing::error!(error = %e, "a stored secret cannot be decrypted");
                 Self::new(ErrorCode::Internal, e.to_string())
             }
+        }
+    }
+}
+
+impl From<vouch_policy::PolicyError> for ApiError {
+    fn from(e: vouch_policy::PolicyError) -> Self {
+        use vouch_policy::PolicyError::*;
+        match e {
+            BadId(_)
+            | TooLarge { .. }
+            | Parse { .. }
+            | NotOne { .. }
+            | Template(_)
+            | Invalid { .. }
+            | Duplicate(_)
+            | BadRequest(_) => Self::bad_request(e.to_string()),
+            Internal(_) => Self::internal("policy engine failure", e),
         }
     }
 }

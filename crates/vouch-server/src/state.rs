@@ -64,6 +64,9 @@ pub enum Event {
         /// Banned or evicted.
         reason: vouch_api::agent::CloseReason,
     },
+    /// A policy was written or deleted (here or through another replica): agents that sync
+    /// policies get the new set.
+    PoliciesChanged,
     /// Changes made through another replica may have been missed (the store's change channel was
     /// interrupted): every sync stream checks its agent again and sends a fresh snapshot.
     Resync,
@@ -139,6 +142,8 @@ pub struct AppState {
     pub federation: crate::federation::Federated,
     /// Who may read which secret (by default nobody: no grants configured).
     secret_access: RwLock<Arc<dyn crate::secrets::SecretAccess>>,
+    /// The compiled policy set of the decision API.
+    pub policies: crate::policy::PolicyCache,
 }
 
 impl std::fmt::Debug for AppState {
@@ -214,6 +219,7 @@ impl AppState {
             leader: AtomicBool::new(false),
             federation: crate::federation::Federated::default(),
             secret_access: RwLock::new(Arc::new(crate::secrets::NoGrants)),
+            policies: crate::policy::PolicyCache::default(),
         });
         state.tick().await?;
         Ok(state)
