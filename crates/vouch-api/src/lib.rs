@@ -25,8 +25,8 @@ mod error;
 pub mod explain;
 pub mod federation;
 pub mod paths;
-pub mod secrets;
 pub mod policy;
+pub mod secrets;
 
 pub use der::Der;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

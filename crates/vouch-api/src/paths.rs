@@ -29,6 +29,16 @@ pub const GROUP: &str = "/v1/groups/{name}";
 pub const FEDERATION: &str = "/v1/federation";
 /// One federation relationship by trust domain, as a router pattern.
 pub const FEDERATION_ONE: &str = "/v1/federation/{trust_domain}";
+/// Policies: list (GET).
+pub const POLICIES: &str = "/v1/policies";
+/// Check a policy against the schema without storing it.
+pub const POLICIES_VALIDATE: &str = "/v1/policies/validate";
+/// Decide a what-if request without storing anything.
+pub const POLICIES_TEST: &str = "/v1/policies/test";
+/// One policy: put a new version (PUT), show with history (GET), delete (DELETE).
+pub const POLICY: &str = "/v1/policies/{id}";
+/// The decision API (admins, and agents for the workloads they serve).
+pub const AUTHORIZE: &str = "/v1/authorize";
 /// Secrets: list (GET, `?prefix=`).
 pub const SECRETS: &str = "/v1/secrets";
 /// One secret by percent-encoded path: write a version (PUT), read a value (GET, `?version=`).
@@ -41,16 +51,6 @@ pub const SECRET_DELETE: &str = "/v1/secrets/{path}/delete";
 pub const SECRET_UNDELETE: &str = "/v1/secrets/{path}/undelete";
 /// Destroy versions (their sealed values are removed for good).
 pub const SECRET_DESTROY: &str = "/v1/secrets/{path}/destroy";
-/// Policies: list (GET).
-pub const POLICIES: &str = "/v1/policies";
-/// Check a policy against the schema without storing it.
-pub const POLICIES_VALIDATE: &str = "/v1/policies/validate";
-/// Decide a what-if request without storing anything.
-pub const POLICIES_TEST: &str = "/v1/policies/test";
-/// One policy: put a new version (PUT), show with history (GET), delete (DELETE).
-pub const POLICY: &str = "/v1/policies/{id}";
-/// The decision API (admins, and agents for the workloads they serve).
-pub const AUTHORIZE: &str = "/v1/authorize";
 /// Join tokens.
 pub const JOIN_TOKENS: &str = "/v1/join-tokens";
 /// Mint an X509-SVID.

@@ -6,10 +6,10 @@ mod agent;
 mod authority;
 mod federation;
 mod group;
+mod policy;
 mod helper;
 mod output;
 mod secret;
-mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,6 +114,9 @@ enum Command {
     Secret {
         #[command(subcommand)]
         command: secret::SecretCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Manage grants (Cedar policies) and ask what-if questions: `vouch policy put|list|show|
     /// delete|validate|test`. See docs/policy.md.
     Policy {
@@ -467,6 +470,7 @@ enum MintKind {
         /// Audience; repeatable.
         #[arg(long = "audience", short = 'a', required = true)]
         audiences: Vec<String>,
+        Command::Policy { command, connect } => policy::run(command, &connect).await,
         /// Lifetime (server default when absent).
         #[arg(long)]
         ttl: Option<HumanDuration>,
@@ -503,7 +507,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Authority { command, connect } => authority::run(command, &connect).await,
         Command::Federation { command, connect } => federation::run(command, &connect).await,
         Command::Secret { command, connect } => secret::run(command, &connect).await,
-        Command::Policy { command, connect } => policy::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;

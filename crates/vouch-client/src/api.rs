@@ -13,12 +13,13 @@ use vouch_api::agent::{
     SignRequest, SignResponse, SyncLine, X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
 };
 use vouch_api::federation::{Relationship, RelationshipList, RelationshipPatch, RelationshipSpec};
-use vouch_api::secrets::{
-    AgentSecretRequest, AgentSecretResponse, SecretList, SecretPut, SecretValue, SecretVersions,
-    SecretWritten, VersionsChanged, VersionsRequest,
 use vouch_api::policy::{
     AccessRequest, AuthorizeResponse, PolicyHistory, PolicyInfo, PolicyList, PolicyPut, PolicyTest,
     ValidationReport,
+};
+use vouch_api::secrets::{
+    AgentSecretRequest, AgentSecretResponse, SecretList, SecretPut, SecretValue, SecretVersions,
+    SecretWritten, VersionsChanged, VersionsRequest,
 };
 use vouch_api::{paths, Entry, EntrySpec, NodeGroup, NodeGroupSpec, SpiffeId};
 
@@ -415,6 +416,9 @@ impl Secrets<'_> {
     async fn change(&self, path: &str, what: &str, versions: &[u64]) -> Result<VersionsChanged, ClientError> {
         let req = VersionsRequest { versions: versions.to_vec() };
         self.client.send_json("POST", &paths::secret(path, Some(what)), &req).await
+    }
+}
+
 /// Grants as Cedar policies (`/v1/policies`).
 pub struct Policies<'a> {
     client: &'a AdminClient,

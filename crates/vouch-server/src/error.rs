@@ -133,14 +133,13 @@ impl From<StoreError> for ApiError {
             | StoreError::GroupExists(_)
             | StoreError::FederationExists(_) => Self::conflict(e.to_string()),
             StoreError::FederationConflict(_) => Self::revision_conflict(e.to_string()),
-            StoreError::FederationNotFound(_) => Self::not_found(e.to_string()),
+            StoreError::FederationNotFound(_) | StoreError::PolicyNotFound(_) => {
+                Self::not_found(e.to_string())
+            }
             StoreError::SecretNotFound(_) | StoreError::SecretVersionNotFound { .. } => {
                 Self::not_found(e.to_string())
             }
             StoreError::SecretConflict(_) => Self::revision_conflict(e.to_string()),
-            StoreError::FederationNotFound(_) | StoreError::PolicyNotFound(_) => {
-                Self::not_found(e.to_string())
-            }
             // The message says which entries hold the group and how to move them.
             StoreError::GroupInUse { .. } => Self::conflict(e.to_string()),
             StoreError::GroupNotFound(_) => Self::not_found(e.to_string()),

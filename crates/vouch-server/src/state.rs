@@ -136,14 +136,14 @@ pub struct AppState {
     /// cannot load: another key-encryption key, a damaged row): while set it signs nothing and is
     /// not ready, rather than go on with keys the trust domain may have rotated away from.
     authority_fault: std::sync::RwLock<Option<String>>,
+    /// The compiled policy set of the decision API.
+    pub policies: crate::policy::PolicyCache,
     /// Whether this server held the lead at its last tick.
     leader: AtomicBool,
     /// The bundles of federated trust domains served to agents.
     pub federation: crate::federation::Federated,
     /// Who may read which secret (by default nobody: no grants configured).
     secret_access: RwLock<Arc<dyn crate::secrets::SecretAccess>>,
-    /// The compiled policy set of the decision API.
-    pub policies: crate::policy::PolicyCache,
 }
 
 impl std::fmt::Debug for AppState {
@@ -211,6 +211,7 @@ impl AppState {
             server_cert_renew_at: RwLock::new(SystemTime::UNIX_EPOCH),
             bundle_pem: RwLock::new(Arc::from("")),
             admins: RwLock::new(None),
+            policies: crate::policy::PolicyCache::default(),
             client_verifier: Arc::new(SvidClientVerifier::default()),
             sync: Arc::default(),
             stored: std::sync::Mutex::new(stored),
@@ -219,7 +220,6 @@ impl AppState {
             leader: AtomicBool::new(false),
             federation: crate::federation::Federated::default(),
             secret_access: RwLock::new(Arc::new(crate::secrets::NoGrants)),
-            policies: crate::policy::PolicyCache::default(),
         });
         state.tick().await?;
         Ok(state)

@@ -3887,10 +3887,10 @@ async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_mem
 // Federation tests live beside this file; one test binary still (link time).
 #[path = "server/federation.rs"]
 mod federation;
-#[path = "server/secrets.rs"]
-mod secrets;
 #[path = "server/policy.rs"]
 mod policy;
+#[path = "server/secrets.rs"]
+mod secrets;
 
 /// A form body (application/x-www-form-urlencoded) of these parameters.
 fn form(params: &[(&str, &str)]) -> String {

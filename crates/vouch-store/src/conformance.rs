@@ -48,10 +48,10 @@ pub async fn run(store: Arc<dyn Store>) {
     authority_state(&*store).await;
     agents(&*store).await;
     bans_win_races(store.clone()).await;
+    policies(store.clone()).await;
     node_groups(&*store).await;
     federation(&*store).await;
     secrets(store.clone()).await;
-    policies(store.clone()).await;
     store.ping().await.expect("ping");
 }
 
@@ -687,6 +687,8 @@ async fn secrets(store: Arc<dyn Store>) {
     ));
     let v2 = store.get_secret_version(&p, 2).await.unwrap().unwrap();
     assert_eq!((v2.record.deleted_at, v2.ciphertext.is_some()), (None, true));
+}
+
 async fn policies(store: Arc<dyn Store>) {
     assert!(store.list_policies().await.expect("list").is_empty());
     assert_eq!(store.policies_revision().await.expect("revision"), 0);

@@ -91,6 +91,9 @@ pub enum StoreError {
     /// The relationship was changed concurrently.
     #[error("the federation relationship with `{0}` was changed concurrently; read it again and retry")]
     FederationConflict(String),
+    /// No current version of a policy with this id (never written, or deleted).
+    #[error("no policy `{0}`")]
+    PolicyNotFound(String),
     /// No secret at this path.
     #[error("no secret `{0}`")]
     SecretNotFound(String),
@@ -105,9 +108,6 @@ pub enum StoreError {
     /// Another version of the secret was written concurrently.
     #[error("secret `{0}` was written concurrently; write again")]
     SecretConflict(String),
-    /// No current version of a policy with this id (never written, or deleted).
-    #[error("no policy `{0}`")]
-    PolicyNotFound(String),
     /// The database was upgraded by a newer vouch: its schema has steps this build does not know.
     #[error("the database schema is version {found}, newer than this vouch knows ({supported}): a newer vouch has upgraded it; run that version or a newer one, or restore a backup taken before the upgrade")]
     SchemaTooNew {
@@ -400,6 +400,8 @@ pub enum VersionChange {
     Undelete,
     /// Destroy at this time: the sealed value is removed for good.
     Destroy(i64),
+}
+
 /// One version of a policy document as stored. The store keeps every version (a deletion is a
 /// version without text), so the history of a grant can be shown; the policy text is kept opaque
 /// (the server parses and validates it before it is written).
@@ -761,6 +763,7 @@ pub trait Store: Send + Sync + 'static {
         versions: &[u64],
         change: VersionChange,
     ) -> Result<Vec<u64>, StoreError>;
+
     /// Writes a new version of policy `id` with `text` (version 1 if the id is new or was never
     /// written, else one more than its last version, deleted or not) and returns it. Versions of
     /// one id are numbered without gaps however many writers race.

@@ -34,8 +34,9 @@ use crate::migrate::{self, Migration};
 use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    Change, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, PolicyVersion, NewSecretVersion, SealedSecretVersion,
-    SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse, VersionChange,
+    Change, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion, PolicyVersion,
+    SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse,
+    VersionChange,
 };
 use vouch_core::SecretPath;
 
@@ -138,7 +139,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             sealed_key BYTEA,
             ciphertext BYTEA,
             PRIMARY KEY (path, version)
-        );",
+        );"#,
     },
     Migration {
         version: 9,

@@ -17,7 +17,7 @@ use crate::codec::{
 use crate::migrate::{self, Migration};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    DamagedEntry, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, PolicyVersion, NewSecretVersion,
+    DamagedEntry, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion, PolicyVersion,
     SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse,
     VersionChange,
 };
@@ -985,41 +985,6 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
             tx.commit().map_err(backend)
-    async fn put_policy(
-        &self,
-        id: &str,
-        text: &str,
-        author: &str,
-        now: i64,
-    ) -> Result<PolicyVersion, StoreError> {
-        let (id, text, author) = (id.to_owned(), text.to_owned(), author.to_owned());
-        self.with_write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let written = insert_policy_version(&tx, &id, Some(&text), &author, now)?;
-            tx.commit().map_err(backend)?;
-            Ok(written)
-        })
-        .await
-    }
-
-    async fn delete_policy(&self, id: &str, author: &str, now: i64) -> Result<PolicyVersion, StoreError> {
-        let (id, author) = (id.to_owned(), author.to_owned());
-        self.with_write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let live: Option<Option<String>> = tx
-                .query_row(
-                    "SELECT text FROM policies WHERE id = ?1 ORDER BY version DESC LIMIT 1",
-                    [&id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(backend)?;
-            if !matches!(live, Some(Some(_))) {
-                return Err(StoreError::PolicyNotFound(id));
-            }
-            let written = insert_policy_version(&tx, &id, None, &author, now)?;
-            tx.commit().map_err(backend)?;
-            Ok(written)
         })
         .await
     }
@@ -1041,16 +1006,6 @@ impl Store for SqliteStore {
                 conn.prepare(&format!("SELECT {SECRET_COLUMNS} ORDER BY path")).map_err(backend)?;
             let rows = stmt.query_map([], secret_row).map_err(backend)?;
             rows.map(|r| r.map_err(backend)?).collect()
-    async fn list_policies(&self) -> Result<Vec<PolicyVersion>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {POLICY_COLUMNS} FROM policies p WHERE version = \
-                     (SELECT MAX(version) FROM policies q WHERE q.id = p.id) AND text IS NOT NULL ORDER BY id"
-                ))
-                .map_err(backend)?;
-            let rows = stmt.query_map([], policy_row).map_err(backend)?;
-            rows.map(|r| r.map_err(backend)).collect()
         })
         .await
     }
@@ -1066,14 +1021,6 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let rows = stmt.query_map([&path], version_row).map_err(backend)?;
             rows.map(|r| r.map_err(backend)?).collect()
-    async fn policy_history(&self, id: &str) -> Result<Vec<PolicyVersion>, StoreError> {
-        let id = id.to_owned();
-        self.with(move |conn| {
-            let mut stmt = conn
-                .prepare(&format!("SELECT {POLICY_COLUMNS} FROM policies WHERE id = ?1 ORDER BY version"))
-                .map_err(backend)?;
-            let rows = stmt.query_map([&id], policy_row).map_err(backend)?;
-            rows.map(|r| r.map_err(backend)).collect()
         })
         .await
     }
@@ -1157,6 +1104,75 @@ impl Store for SqliteStore {
             }
             tx.commit().map_err(backend)?;
             Ok(changed)
+        })
+        .await
+    }
+
+    async fn put_policy(
+        &self,
+        id: &str,
+        text: &str,
+        author: &str,
+        now: i64,
+    ) -> Result<PolicyVersion, StoreError> {
+        let (id, text, author) = (id.to_owned(), text.to_owned(), author.to_owned());
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let written = insert_policy_version(&tx, &id, Some(&text), &author, now)?;
+            tx.commit().map_err(backend)?;
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn delete_policy(&self, id: &str, author: &str, now: i64) -> Result<PolicyVersion, StoreError> {
+        let (id, author) = (id.to_owned(), author.to_owned());
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let live: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT text FROM policies WHERE id = ?1 ORDER BY version DESC LIMIT 1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if !matches!(live, Some(Some(_))) {
+                return Err(StoreError::PolicyNotFound(id));
+            }
+            let written = insert_policy_version(&tx, &id, None, &author, now)?;
+            tx.commit().map_err(backend)?;
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn list_policies(&self) -> Result<Vec<PolicyVersion>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {POLICY_COLUMNS} FROM policies p WHERE version = \
+                     (SELECT MAX(version) FROM policies q WHERE q.id = p.id) AND text IS NOT NULL ORDER BY id"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map([], policy_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend)).collect()
+        })
+        .await
+    }
+
+    async fn policy_history(&self, id: &str) -> Result<Vec<PolicyVersion>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!("SELECT {POLICY_COLUMNS} FROM policies WHERE id = ?1 ORDER BY version"))
+                .map_err(backend)?;
+            let rows = stmt.query_map([&id], policy_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend)).collect()
+        })
+        .await
+    }
+
     async fn policies_revision(&self) -> Result<u64, StoreError> {
         self.with(|conn| {
             let seq: i64 = conn
