@@ -138,7 +138,7 @@ fn requests(n: usize) -> Result<Vec<AccessRequest>> {
         out.push(AccessRequest {
             principal: SpiffeId::parse(&format!("spiffe://example.org/svc/{w}"))?,
             action: if (x >> 40).is_multiple_of(5) { Action::Write } else { Action::Read },
-            resource: Resource::Secret(SecretPath::new(&path)?),
+            resource: Resource::Secret(SecretPath::parse(&path)?),
         });
     }
     Ok(out)

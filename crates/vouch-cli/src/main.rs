@@ -6,9 +6,9 @@ mod agent;
 mod authority;
 mod federation;
 mod group;
-mod policy;
 mod helper;
 mod output;
+mod policy;
 mod secret;
 
 use std::path::PathBuf;
@@ -470,7 +470,6 @@ enum MintKind {
         /// Audience; repeatable.
         #[arg(long = "audience", short = 'a', required = true)]
         audiences: Vec<String>,
-        Command::Policy { command, connect } => policy::run(command, &connect).await,
         /// Lifetime (server default when absent).
         #[arg(long)]
         ttl: Option<HumanDuration>,
@@ -507,6 +506,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Authority { command, connect } => authority::run(command, &connect).await,
         Command::Federation { command, connect } => federation::run(command, &connect).await,
         Command::Secret { command, connect } => secret::run(command, &connect).await,
+        Command::Policy { command, connect } => policy::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;

@@ -33,6 +33,9 @@ pub enum GrantError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A secret path breaks the secret store's naming rules.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
     /// A service was named by something that is not a SPIFFE ID.
     #[error("service `{0}`: {1}")]
     BadService(String, String),
@@ -145,10 +148,9 @@ impl FromStr for ResourceKind {
     }
 }
 
-/// A secret's path: segments of `A-Z a-z 0-9 . _ -` joined by `/`, without `.` or `..` segments,
-/// a leading or trailing `/` or empty segments, so one secret has one spelling.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SecretPath(String);
+/// A secret's path: the secret store's type, so a grant and a stored secret spell a path the same
+/// way (see [`crate::secret`] for the rules).
+pub use crate::secret::SecretPath;
 
 /// A database role's name: the same rules as a secret path (`orders/readonly`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -176,24 +178,6 @@ fn check_name(kind: &'static str, s: &str) -> Result<(), GrantError> {
     Ok(())
 }
 
-impl SecretPath {
-    /// Parses and checks a path.
-    pub fn new(s: &str) -> Result<Self, GrantError> {
-        check_name("secret path", s)?;
-        Ok(Self(s.to_owned()))
-    }
-
-    /// The path.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The directories the secret is under, outermost first: `a/b/c` is under `a` and `a/b`.
-    pub fn dirs(&self) -> impl Iterator<Item = &str> {
-        self.0.match_indices('/').map(|(i, _)| self.0.get(..i).unwrap_or_default())
-    }
-}
-
 impl RoleName {
     /// Parses and checks a role name.
     pub fn new(s: &str) -> Result<Self, GrantError> {
@@ -204,12 +188,6 @@ impl RoleName {
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl fmt::Display for SecretPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -252,7 +230,7 @@ impl Resource {
     /// A resource from its kind and name, checked.
     pub fn parse(kind: &str, name: &str) -> Result<Self, GrantError> {
         Ok(match kind.parse::<ResourceKind>()? {
-            ResourceKind::Secret => Resource::Secret(SecretPath::new(name)?),
+            ResourceKind::Secret => Resource::Secret(SecretPath::parse(name)?),
             ResourceKind::DbRole => Resource::DbRole(RoleName::new(name)?),
             ResourceKind::Service => Resource::Service(
                 SpiffeId::parse(name)
@@ -325,7 +303,8 @@ mod tests {
     #[test]
     fn names_follow_one_spelling() {
         for good in ["a", "payments/db/password", "a.b_c-d/E9"] {
-            assert!(SecretPath::new(good).is_ok(), "{good}");
+            assert!(RoleName::new(good).is_ok(), "{good}");
+            assert!(SecretPath::parse(good).is_ok(), "{good}");
         }
         for (bad, why) in [
             ("", "empty"),
@@ -337,13 +316,16 @@ mod tests {
             ("a b", "A-Z"),
             ("a\u{0}", "A-Z"),
         ] {
-            let err = SecretPath::new(bad).unwrap_err().to_string();
+            let err = RoleName::new(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad:?}: {err}");
+            // A grant names a secret exactly as the store does: what one refuses, so does the other.
+            assert!(Resource::parse("secret", bad).is_err(), "{bad:?}");
         }
-        assert!(SecretPath::new(&"a".repeat(513)).unwrap_err().to_string().contains("512"));
-        let p = SecretPath::new("a/b/c").unwrap();
+        assert!(RoleName::new(&"a".repeat(513)).unwrap_err().to_string().contains("512"));
+        assert!(Resource::parse("secret", &"a".repeat(257)).unwrap_err().to_string().contains("256"));
+        let p = SecretPath::parse("a/b/c").unwrap();
         assert_eq!(p.dirs().collect::<Vec<_>>(), ["a", "a/b"]);
-        assert_eq!(SecretPath::new("a").unwrap().dirs().count(), 0);
+        assert_eq!(SecretPath::parse("a").unwrap().dirs().count(), 0);
     }
 
     #[test]
@@ -352,7 +334,7 @@ mod tests {
             r#"{"principal":"spiffe://example.org/web","action":"read","resource":{"type":"secret","id":"web/db"}}"#,
         )
         .unwrap();
-        assert_eq!(r.resource, Resource::Secret(SecretPath::new("web/db").unwrap()));
+        assert_eq!(r.resource, Resource::Secret(SecretPath::parse("web/db").unwrap()));
         assert!(r.check().is_ok());
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<AccessRequest>(&text).unwrap(), r);

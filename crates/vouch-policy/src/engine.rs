@@ -372,7 +372,7 @@ mod tests {
         AccessRequest {
             principal: SpiffeId::parse(&format!("spiffe://example.org/{who}")).unwrap(),
             action: Action::Read,
-            resource: Resource::Secret(SecretPath::new(path).unwrap()),
+            resource: Resource::Secret(SecretPath::parse(path).unwrap()),
         }
     }
 

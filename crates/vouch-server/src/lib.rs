@@ -53,7 +53,6 @@ pub use crate::issuer_keys::{fetch as fetch_issuer_keys, MIN_REFETCH as PSAT_MIN
 pub use crate::limits::PeerAddr;
 pub use crate::oidc::{router as oidc_router, DISCOVERY_PATH as OIDC_DISCOVERY_PATH};
 pub use crate::policy::{MAX_POLICIES, MAX_POLICY_BODY, POLICY_CACHE_TTL};
-pub use crate::secrets::{Decision, NoGrants, SecretAccess};
 pub use crate::state::{AppState, Clock, Event, SystemClock, FOLLOW_INTERVAL};
 pub use crate::sync_hub::{Received, Subscription, SyncHub, QUEUE_BOUND as SYNC_QUEUE_BOUND};
 pub use crate::token_exchange::IssuerKeySource;

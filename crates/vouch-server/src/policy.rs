@@ -283,8 +283,18 @@ async fn authorize(
             )));
         }
     }
-    let policies = state.policies.get(&state).await?;
-    let d = policies.decide(&req, &workloads);
+    let d = decide_for(&state, &req, &workloads).await?;
     tracing::info!(target: "vouch::audit", event = "authorize", %caller, principal = %req.principal, action = %req.action, resource = %req.resource, allow = d.allow, reasons = ?d.reasons, errors = d.errors.len());
     Ok(Json(decision_answer(&d)))
+}
+
+/// Decides `req` with the current policies about the workloads named in it (the server's other
+/// decisions, such as a workload's secret read, ask here).
+pub(crate) async fn decide(state: &AppState, req: &AccessRequest) -> AppResult<Decision> {
+    let (workloads, _) = workloads_of(state, req).await?;
+    decide_for(state, req, &workloads).await
+}
+
+async fn decide_for(state: &AppState, req: &AccessRequest, workloads: &Workloads) -> AppResult<Decision> {
+    Ok(state.policies.get(state).await?.decide(req, workloads))
 }

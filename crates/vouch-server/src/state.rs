@@ -142,8 +142,6 @@ pub struct AppState {
     leader: AtomicBool,
     /// The bundles of federated trust domains served to agents.
     pub federation: crate::federation::Federated,
-    /// Who may read which secret (by default nobody: no grants configured).
-    secret_access: RwLock<Arc<dyn crate::secrets::SecretAccess>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -219,7 +217,6 @@ impl AppState {
             authority_fault: std::sync::RwLock::new(None),
             leader: AtomicBool::new(false),
             federation: crate::federation::Federated::default(),
-            secret_access: RwLock::new(Arc::new(crate::secrets::NoGrants)),
         });
         state.tick().await?;
         Ok(state)
@@ -263,17 +260,6 @@ impl AppState {
     /// The key-encryption key (secret values are sealed under it, by envelope).
     pub(crate) fn kek(&self) -> &Kek {
         &self.kek
-    }
-
-    /// Plugs in the decision on workload secret reads (the policy engine); until then every read
-    /// is denied ([`crate::secrets::NoGrants`]).
-    pub fn set_secret_access(&self, access: Arc<dyn crate::secrets::SecretAccess>) {
-        *self.secret_access.write().unwrap_or_else(|p| p.into_inner()) = access;
-    }
-
-    /// The decision on workload secret reads in effect.
-    pub(crate) fn secret_access(&self) -> Arc<dyn crate::secrets::SecretAccess> {
-        self.secret_access.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether this server led key rotation at its last tick (always, on SQLite).
