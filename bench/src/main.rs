@@ -13,6 +13,9 @@
 //!   against OpenBao's JWT login, fresh ES256 tokens of one issuer for both, as a ratio.
 //! - `secrets --vouch BIN [--bao-addr URL ...]`: secret reads per second over the admin API against
 //!   OpenBao's KV v2 reads, same value, same client, as a ratio.
+//! - `policy [--vouch BIN --bao-addr URL]`: one grant decision in process (10,000 workloads, 1,000
+//!   Cedar policies) against Cedar alone, and decisions per second over `POST /v1/authorize`
+//!   against OpenBao's `sys/capabilities`.
 //! - `scale --vouch BIN --entries N --agents M [--store sqlite|postgres|both]`: the cost curve of
 //!   one server with N entries and M agents simulated over the real sync protocol (run by
 //!   `bench/run scale`); `scale-agents` is its agent processes.
@@ -29,6 +32,7 @@ mod agent;
 mod api;
 mod exchange;
 mod flood;
+mod policy;
 mod procstat;
 mod scale;
 mod scale_agents;
@@ -49,9 +53,10 @@ fn main() -> Result<()> {
         Some("exchange") => exchange::run_exchange(&args[1..]),
         Some("secrets") => secrets::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
+        Some("policy") => policy::run(&args[1..]),
         Some("scale-agents") => scale_agents::run(&args[1..]),
         _ => bail!(
-            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | secrets --vouch BIN [--bao-addr URL] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
+            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | secrets --vouch BIN [--bao-addr URL] | policy [--vouch BIN --bao-addr URL] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
         ),
     }
 }

@@ -269,7 +269,7 @@ async fn follow(
                 *map.lock().unwrap_or_else(|p| p.into_inner()) =
                     entries.into_owned().into_iter().map(|e| (e.id.clone(), e)).collect();
             }
-            SyncLine::Bundle { .. } | SyncLine::Ping => {}
+            SyncLine::Bundle { .. } | SyncLine::Policies { .. } | SyncLine::Ping => {}
             SyncLine::Closed { reason, message } => bail!("closed by the server ({reason:?}): {message}"),
         }
     }

@@ -1,7 +1,8 @@
 //! The agent's private admin socket (`admin.sock` in its data directory, mode 0600, peer uid
 //! checked): one JSON line per request ([`AdminRequest`]), one per answer. It answers
 //! `vouch agent explain` (`explain`), `vouch agent healthcheck` ([`health`]) and
-//! `vouch agent metrics` (`metrics`).
+//! `vouch agent metrics` (`metrics`) and `vouch agent authorize` (`authorize`: a decision from the
+//! policy set synced from the server, see [`crate::grants`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use vouch_core::ttl::{rfc3339, unix_seconds};
 use crate::state::AgentState;
 
 /// Longest request line accepted.
-const MAX_REQUEST: usize = 1024;
+const MAX_REQUEST: usize = 4096;
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -90,7 +91,7 @@ async fn answer(state: &AgentState, line: &str) -> Result<Vec<u8>, serde_json::E
     let request = match serde_json::from_str::<AdminRequest>(line) {
         Ok(AdminRequest::Explain(pid)) if pid <= 0 => Err("explain needs a positive pid"),
         Ok(r) => Ok(r),
-        Err(_) => Err("expected one of {\"explain\": <pid>}, {\"health\": {}}, {\"metrics\": {}}"),
+        Err(_) => Err("expected one of {\"explain\": <pid>}, {\"health\": {}}, {\"metrics\": {}}, {\"authorize\": {\"principal\": ..., \"action\": ..., \"resource\": {\"type\": ..., \"id\": ...}}}"),
     };
     match request {
         Ok(AdminRequest::Explain(pid)) => {
@@ -102,6 +103,10 @@ async fn answer(state: &AgentState, line: &str) -> Result<Vec<u8>, serde_json::E
         Ok(AdminRequest::Metrics {}) => {
             serde_json::to_vec(&AdminAnswer::Answer(MetricsText { metrics: crate::metrics::render(state) }))
         }
+        Ok(AdminRequest::Authorize(req)) => match crate::grants::authorize(state, &req) {
+            Ok(answer) => serde_json::to_vec(&AdminAnswer::Answer(answer)),
+            Err(refusal) => serde_json::to_vec(&AdminAnswer::<()>::refused(refusal)),
+        },
         Err(error) => serde_json::to_vec(&AdminAnswer::<()>::refused(error)),
     }
 }

@@ -20,6 +20,7 @@ mod clock;
 pub mod config;
 pub mod conn_limits;
 mod explain;
+pub mod grants;
 pub mod h2_authority_filter;
 pub mod hpack;
 mod identity;

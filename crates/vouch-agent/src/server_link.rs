@@ -367,7 +367,7 @@ impl ServerLink {
     /// Opens the sync stream on the first replica that accepts it, and marks that one as the
     /// stream's.
     pub(crate) async fn open_sync(&self) -> Result<(Endpoint, SyncStream), AgentError> {
-        let (endpoint, stream) = self.call_on("sync", |c| async move { c.sync().await }).await?;
+        let (endpoint, stream) = self.call_on("sync", |c| async move { c.sync_with(true).await }).await?;
         self.lock().current = Some(endpoint.clone());
         Ok((endpoint, stream))
     }

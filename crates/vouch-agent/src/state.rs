@@ -43,6 +43,8 @@ pub struct AgentState {
     jwt_backoff: Backoff,
     /// Counters and histograms for `/metrics`.
     pub metrics: crate::metrics::AgentMetrics,
+    /// The policy set synced from the server, for local decisions.
+    pub policies: crate::grants::LocalPolicies,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -120,6 +122,7 @@ impl AgentState {
             sign_backoff: Backoff::default(),
             jwt_backoff: Backoff::default(),
             metrics: Default::default(),
+            policies: Default::default(),
         }))
     }
 

@@ -96,6 +96,7 @@ pub fn apply_line(state: &AgentState, line: SyncLine<'_>) -> Result<(), AgentErr
         SyncLine::Bundle { bundle: b, federated_bundles } => {
             state.apply_bundle(bundle(&b)?, federated(&federated_bundles))
         }
+        SyncLine::Policies { policies } => state.policies.apply(&policies),
         SyncLine::Ping => {}
         // The stream's last line; `sync_once` acts on it before it gets here.
         SyncLine::Closed { reason, message } => {

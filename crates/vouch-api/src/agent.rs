@@ -135,6 +135,13 @@ pub enum SyncLine<'a> {
         #[serde(default, skip_serializing_if = "FederatedBundles::is_empty")]
         federated_bundles: FederatedBundles,
     },
+    /// The whole policy set (grants), sent after the snapshot and after every policy change, only
+    /// to agents that opened the stream with `?policies=true` ([`SyncQuery`]): older agents never
+    /// ask, so they never meet a line they cannot read.
+    Policies {
+        /// Every current policy: its id and Cedar text (the agent validates them again).
+        policies: Vec<crate::policy::PolicyText>,
+    },
     /// Keep-alive.
     Ping,
     /// The last line: the server ends the stream because the agent may no longer be served (an admin
@@ -147,6 +154,14 @@ pub enum SyncLine<'a> {
         /// For people: what happened and what the operator must do.
         message: String,
     },
+}
+
+/// The query of `GET /v1/agent/sync`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncQuery {
+    /// Send the policy set ([`SyncLine::Policies`]) too.
+    #[serde(default)]
+    pub policies: bool,
 }
 
 /// Why the server closed an agent's sync stream.

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// - `{"explain": <pid>}`: why a process does or does not get an identity ([`Explanation`]);
 /// - `{"health": {}}`: whether the agent is up and ready ([`Health`]);
-/// - `{"metrics": {}}`: the agent's Prometheus metrics ([`MetricsText`]).
+/// - `{"metrics": {}}`: the agent's Prometheus metrics ([`MetricsText`]);
+/// - `{"authorize": {"principal": ..., "action": ..., "resource": {...}}}`: a decision for a
+///   workload the agent serves ([`crate::policy::AuthorizeResponse`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum AdminRequest {
@@ -17,6 +19,9 @@ pub enum AdminRequest {
     Health {},
     /// Report metrics.
     Metrics {},
+    /// Decide a request locally, from the policy set synced from the server
+    /// ([`crate::policy::AuthorizeResponse`]).
+    Authorize(crate::policy::AccessRequest),
 }
 
 /// The agent's answer to an admin request: the answer, or why it refused to give one.

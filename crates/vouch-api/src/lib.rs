@@ -10,6 +10,7 @@
 //! - [`federation`]: SPIFFE federation relationships with other trust domains;
 //! - [`secrets`]: the secret store (admin) and secret reads for workloads (agent);
 //! - [`explain`]: the agent's private admin socket (`vouch agent explain`);
+//! - [`policy`]: grants (Cedar policies) and the decision API;
 //! - [`paths`]: the routes, shared by the server's router and the client;
 //! - [`Der`]: certificates and CSRs between vouch's own parts travel as DER (base64 in JSON), never
 //!   as PEM; the public admin API keeps PEM for people.
@@ -24,6 +25,7 @@ mod error;
 pub mod explain;
 pub mod federation;
 pub mod paths;
+pub mod policy;
 pub mod secrets;
 
 pub use der::Der;

@@ -29,6 +29,16 @@ pub const GROUP: &str = "/v1/groups/{name}";
 pub const FEDERATION: &str = "/v1/federation";
 /// One federation relationship by trust domain, as a router pattern.
 pub const FEDERATION_ONE: &str = "/v1/federation/{trust_domain}";
+/// Policies: list (GET).
+pub const POLICIES: &str = "/v1/policies";
+/// Check a policy against the schema without storing it.
+pub const POLICIES_VALIDATE: &str = "/v1/policies/validate";
+/// Decide a what-if request without storing anything.
+pub const POLICIES_TEST: &str = "/v1/policies/test";
+/// One policy: put a new version (PUT), show with history (GET), delete (DELETE).
+pub const POLICY: &str = "/v1/policies/{id}";
+/// The decision API (admins, and agents for the workloads they serve).
+pub const AUTHORIZE: &str = "/v1/authorize";
 /// Secrets: list (GET, `?prefix=`).
 pub const SECRETS: &str = "/v1/secrets";
 /// One secret by percent-encoded path: write a version (PUT), read a value (GET, `?version=`).
@@ -85,6 +95,11 @@ pub fn entry(id: &str) -> String {
 /// The path of one node group.
 pub fn group(name: &str) -> String {
     format!("/v1/groups/{}", percent_encode(name))
+}
+
+/// The path of one policy.
+pub fn policy(id: &str) -> String {
+    format!("/v1/policies/{}", percent_encode(id))
 }
 
 /// The path of one federation relationship.

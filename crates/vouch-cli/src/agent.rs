@@ -44,6 +44,15 @@ pub enum AgentCommand {
         #[arg(long, env = "VOUCH_AGENT_ADMIN_SOCKET", default_value = "vouch-agent-data/admin.sock")]
         admin_socket: PathBuf,
     },
+    /// Decide on the node, from the policy set the agent synced from the server, whether a workload
+    /// it serves may do an action to a resource (exit 0 allow, 3 deny). See docs/policy.md.
+    Authorize {
+        #[command(flatten)]
+        request: crate::policy::RequestArgs,
+        /// The agent's admin socket.
+        #[arg(long, env = "VOUCH_AGENT_ADMIN_SOCKET", default_value = "vouch-agent-data/admin.sock")]
+        admin_socket: PathBuf,
+    },
     /// Exit 0 if the agent is up and ready (Workload API socket served, agent SVID valid), 1 if not
     /// or if it cannot be reached; one line says why and whether the agent is connected to the
     /// server or serving cached SVIDs (still ready: workloads keep their SVIDs until they expire).
@@ -230,6 +239,11 @@ pub async fn run(command: AgentCommand, output: Output) -> Result<ExitCode> {
         AgentCommand::Api { command, socket } => api(command, &socket, output).await,
         AgentCommand::Explain { pid, admin_socket } => explain(pid, &admin_socket, output).await,
         AgentCommand::Healthcheck { admin_socket } => healthcheck(&admin_socket, output).await,
+        AgentCommand::Authorize { request, admin_socket } => {
+            let answer: vouch_api::policy::AuthorizeResponse =
+                ask(&admin_socket, &AdminRequest::Authorize(request.parse()?)).await?;
+            crate::policy::print_decision(output, &answer)
+        }
         AgentCommand::Metrics { admin_socket } => {
             let m: MetricsText = ask(&admin_socket, &AdminRequest::Metrics {}).await?;
             match output {

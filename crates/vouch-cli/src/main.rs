@@ -8,6 +8,7 @@ mod federation;
 mod group;
 mod helper;
 mod output;
+mod policy;
 mod secret;
 
 use std::path::PathBuf;
@@ -113,6 +114,14 @@ enum Command {
     Secret {
         #[command(subcommand)]
         command: secret::SecretCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Manage grants (Cedar policies) and ask what-if questions: `vouch policy put|list|show|
+    /// delete|validate|test`. See docs/policy.md.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
         #[command(flatten)]
         connect: Connect,
     },
@@ -497,6 +506,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Authority { command, connect } => authority::run(command, &connect).await,
         Command::Federation { command, connect } => federation::run(command, &connect).await,
         Command::Secret { command, connect } => secret::run(command, &connect).await,
+        Command::Policy { command, connect } => policy::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
                 agent_id.as_deref().map(|v| parse_flag("agent-id", v, SpiffeId::parse)).transpose()?;

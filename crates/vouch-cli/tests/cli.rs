@@ -1497,3 +1497,99 @@ fn secrets_through_the_cli() {
     assert!(help.contains("/proc/<pid>/cmdline") && help.contains("printf %s"), "{help}");
     server.stop();
 }
+
+/// `vouch policy ...` end to end: a policy written from a file, listed and shown with its
+/// versions; `validate` and `test` answer with exit codes (0 valid / allowed, 3 invalid /
+/// denied); a what-if with `--with`/`--without` changes nothing stored; deny wins; a deletion
+/// keeps the history; bad input is a clear error with exit code 1.
+#[test]
+fn grants_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let file = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let own = file(
+        "own.cedar",
+        "permit(principal, action == Action::\"read\", resource is Secret)\n  when { resource.dirs.contains(principal.path) };\n",
+    );
+    let forbid = file("forbid.cedar", "forbid(principal, action, resource == Secret::\"web/db\");\n");
+    let typo =
+        file("typo.cedar", "permit(principal, action, resource) when { principal.colour == \"red\" };\n");
+    let code = |args: &[&str]| server.vouch(args).status.code();
+    let ask = [
+        "policy",
+        "test",
+        "--principal",
+        "spiffe://example.org/web",
+        "--action",
+        "read",
+        "--secret",
+        "web/db",
+    ];
+
+    // Nothing stored: every request is denied.
+    let out = server.vouch(&ask);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DENY: no policy permits"));
+
+    assert!(server
+        .ok(&["policy", "put", "own-path", "--file", &own])
+        .contains("policy own-path version 1 (permit)"));
+    assert_eq!(code(&ask), Some(0));
+    assert!(server.ok(&ask).contains("ALLOW: permitted by `own-path`"));
+    let other: Vec<&str> = ask.iter().map(|a| if *a == "web/db" { "payments/db" } else { a }).collect();
+    assert_eq!(code(&other), Some(3), "another team's secret");
+
+    // What-if: a forbid added for the test only wins, and is not stored.
+    let with = format!("no-web-db={forbid}");
+    let out = server.vouch(&[&ask[..], &["--with", &with]].concat());
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DENY: denied by `no-web-db`"));
+    assert_eq!(code(&ask), Some(0), "the what-if stored nothing");
+    assert_eq!(code(&[&ask[..], &["--without", "own-path"]].concat()), Some(3));
+
+    // Validation against the schema: a misspelt attribute is refused, by validate and by put.
+    assert_eq!(server.ok(&["policy", "validate", "--file", &own]).trim(), "valid");
+    let out = server.vouch(&["policy", "validate", "--file", &typo]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("colour"));
+    assert!(server.fails(&["policy", "put", "typo", "--file", &typo]).contains("colour"));
+
+    // Versions and history; deny wins once the forbid is stored; a deletion keeps the history.
+    server.ok(&["policy", "put", "own-path", "--file", &own]);
+    server.ok(&["policy", "put", "no-web-db", "--file", &forbid]);
+    assert_eq!(code(&ask), Some(3));
+    let list = server.ok(&["policy", "list"]);
+    assert!(list.contains("own-path") && list.contains("no-web-db") && list.contains("forbid"), "{list}");
+    assert!(!list.contains("typo"), "a refused policy is not stored: {list}");
+    let show = json(&server.ok(&["policy", "show", "own-path", "-o", "json"]));
+    assert_eq!(show["versions"].as_array().unwrap().len(), 2);
+    assert!(server.ok(&["policy", "delete", "no-web-db"]).contains("policy no-web-db deleted (version 2)"));
+    assert_eq!(code(&ask), Some(0));
+    assert!(server.ok(&["policy", "show", "no-web-db"]).contains("(deleted)"));
+
+    // Bad input.
+    assert!(server.fails(&["policy", "show", "none"]).contains("none"));
+    assert!(server
+        .fails(&[
+            "policy",
+            "test",
+            "--principal",
+            "spiffe://example.org/web",
+            "--action",
+            "fly",
+            "--secret",
+            "x"
+        ])
+        .contains("fly"));
+    assert!(server
+        .fails(&["policy", "test", "--principal", "spiffe://example.org/web", "--action", "read"])
+        .contains("one of --secret, --db-role or --service"));
+    assert!(server
+        .fails(&["policy", "put", "x", "--file", "/nonexistent.cedar"])
+        .contains("/nonexistent.cedar"));
+    server.stop();
+}

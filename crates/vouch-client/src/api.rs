@@ -13,6 +13,10 @@ use vouch_api::agent::{
     SignRequest, SignResponse, SyncLine, X509PopAttestation, X509PopChallenge, X509PopChallengeRequest,
 };
 use vouch_api::federation::{Relationship, RelationshipList, RelationshipPatch, RelationshipSpec};
+use vouch_api::policy::{
+    AccessRequest, AuthorizeResponse, PolicyHistory, PolicyInfo, PolicyList, PolicyPut, PolicyTest,
+    ValidationReport,
+};
 use vouch_api::secrets::{
     AgentSecretRequest, AgentSecretResponse, SecretList, SecretPut, SecretValue, SecretVersions,
     SecretWritten, VersionsChanged, VersionsRequest,
@@ -79,6 +83,17 @@ impl AdminClient {
     /// The node group operations.
     pub fn groups(&self) -> Groups<'_> {
         Groups { client: self }
+    }
+
+    /// The policy operations.
+    pub fn policies(&self) -> Policies<'_> {
+        Policies { client: self }
+    }
+
+    /// `POST /v1/authorize`: may this workload do this action to this resource? (An admin asks
+    /// about any workload, an agent about the workloads it serves.)
+    pub async fn authorize(&self, req: &AccessRequest) -> Result<AuthorizeResponse, ClientError> {
+        self.send_json("POST", paths::AUTHORIZE, req).await
     }
 
     /// The federation relationship operations.
@@ -181,9 +196,20 @@ impl AdminClient {
     /// Opening is bounded by the client's timeout (a server that accepts but never answers is an
     /// error, not a hang); the stream itself lives as long as the server keeps it (it pings).
     pub async fn sync(&self) -> Result<SyncStream, ClientError> {
+        self.sync_with(false).await
+    }
+
+    /// [`AdminClient::sync`], with the policy set (`?policies=true`) when `policies` is set. A
+    /// server that predates policies ignores the query and sends none.
+    pub async fn sync_with(&self, policies: bool) -> Result<SyncStream, ClientError> {
+        let path = if policies {
+            format!("{}?policies=true", paths::AGENT_SYNC)
+        } else {
+            paths::AGENT_SYNC.to_owned()
+        };
         let open = async {
             let mut conn = self.connect_unbounded().await?;
-            let (status, mut lines) = conn.stream("GET", paths::AGENT_SYNC).await?;
+            let (status, mut lines) = conn.stream("GET", &path).await?;
             if status != 200 {
                 // The error body is short; read it whole (bounded by the line reader's limit).
                 let mut body = String::new();
@@ -390,5 +416,43 @@ impl Secrets<'_> {
     async fn change(&self, path: &str, what: &str, versions: &[u64]) -> Result<VersionsChanged, ClientError> {
         let req = VersionsRequest { versions: versions.to_vec() };
         self.client.send_json("POST", &paths::secret(path, Some(what)), &req).await
+    }
+}
+
+/// Grants as Cedar policies (`/v1/policies`).
+pub struct Policies<'a> {
+    client: &'a AdminClient,
+}
+
+impl Policies<'_> {
+    /// Writes a new version of policy `id`.
+    pub async fn put(&self, id: &str, text: &str) -> Result<PolicyInfo, ClientError> {
+        self.client.send_json("PUT", &paths::policy(id), &PolicyPut { text: text.to_owned() }).await
+    }
+
+    /// The current version of every policy.
+    pub async fn list(&self) -> Result<PolicyList, ClientError> {
+        self.client.get(paths::POLICIES).await
+    }
+
+    /// A policy's current version and history.
+    pub async fn get(&self, id: &str) -> Result<PolicyHistory, ClientError> {
+        self.client.get(&paths::policy(id)).await
+    }
+
+    /// Deletes a policy; answers the deletion's version.
+    pub async fn delete(&self, id: &str) -> Result<PolicyInfo, ClientError> {
+        let (status, bytes) = self.client.request_bytes("DELETE", &paths::policy(id), None).await?;
+        decode(status, &bytes)
+    }
+
+    /// Checks a policy against the schema without storing it.
+    pub async fn validate(&self, text: &str) -> Result<ValidationReport, ClientError> {
+        self.client.send_json("POST", paths::POLICIES_VALIDATE, &PolicyPut { text: text.to_owned() }).await
+    }
+
+    /// Decides a what-if request without storing anything.
+    pub async fn test(&self, test: &PolicyTest) -> Result<AuthorizeResponse, ClientError> {
+        self.client.send_json("POST", paths::POLICIES_TEST, test).await
     }
 }

@@ -3,6 +3,7 @@
 //! - [`SpiffeId`] and [`TrustDomain`]: the names of identities, per the SPIFFE-ID standard.
 //! - [`Selector`] and [`Selectors`]: facts about workloads and nodes.
 //! - [`Entry`]: registration entries and the subset matching rule.
+//! - [`grant`]: the parts of an authorization request (action, resource, principal).
 //! - [`NodeGroup`]: node groups (SPIRE's node aliases), whose entries every member agent serves.
 //! - [`secret`]: secret paths and the bounds on stored secrets.
 //! - [`ttl`]: lifetime and rotation arithmetic.
@@ -14,6 +15,7 @@
 
 pub mod duration;
 pub mod entry;
+pub mod grant;
 pub mod group;
 pub mod jwt;
 pub mod metrics;

@@ -85,6 +85,11 @@ impl SecretPath {
         &self.0
     }
 
+    /// The directories the secret is under, outermost first: `a/b/c` is under `a` and `a/b`.
+    pub fn dirs(&self) -> impl Iterator<Item = &str> {
+        self.0.match_indices('/').map(|(i, _)| self.0.get(..i).unwrap_or_default())
+    }
+
     /// Whether this path is `prefix` or lies under it (`a/b` is under `a`, `ab` is not).
     pub fn is_under(&self, prefix: &str) -> bool {
         let prefix = prefix.trim_end_matches('/');

@@ -498,6 +498,18 @@ async fn snapshot(
     })
 }
 
+/// A policies line: every current policy, as stored.
+async fn policies_line(state: &AppState) -> Result<Bytes, ApiError> {
+    let policies = state
+        .store
+        .list_policies()
+        .await?
+        .into_iter()
+        .filter_map(|p| Some(vouch_api::policy::PolicyText { text: p.text?, id: p.id }))
+        .collect();
+    line(&SyncLine::Policies { policies })
+}
+
 /// The node groups of an agent with node selectors `node`, read from the store.
 async fn groups_of(state: &AppState, node: &Selectors) -> Result<BTreeSet<SpiffeId>, ApiError> {
     Ok(crate::groups::member_ids(&state.store.list_groups().await?, node))
@@ -533,6 +545,7 @@ const SYNC_WRITES_BUFFERED: usize = 1;
 async fn sync(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    crate::extract::ApiQuery(query): crate::extract::ApiQuery<vouch_api::agent::SyncQuery>,
 ) -> AppResult<Response> {
     let (agent, serial) = svid_of(&caller)?;
     let (agent, serial) = (agent.clone(), serial.to_owned());
@@ -547,10 +560,13 @@ async fn sync(
     let node = record.selectors;
     let groups = groups_of(&state, &node).await?;
     sub.route(&agent, &groups);
-    let first = snapshot(&state, &agent, &groups).await?;
+    let mut first = snapshot(&state, &agent, &groups).await?;
+    if query.policies {
+        first = concat(vec![first, policies_line(&state).await?]);
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(SYNC_WRITES_BUFFERED);
     tracing::info!(target: "vouch::audit", event = "agent.sync.open", agent = %agent);
-    let mut stream = OpenStream { state, agent, serial, node, groups, sub };
+    let mut stream = OpenStream { state, agent, serial, node, groups, sub, policies: query.policies };
     tokio::spawn(async move {
         if tx.send(first).await.is_err() {
             return;
@@ -640,6 +656,8 @@ struct OpenStream {
     node: Selectors,
     groups: BTreeSet<SpiffeId>,
     sub: Subscription,
+    /// The agent asked for the policy set.
+    policies: bool,
 }
 
 /// What one event does to a stream.
@@ -709,6 +727,8 @@ impl OpenStream {
             }
             Event::AgentAttested { .. } => Step::Nothing,
             Event::BundleChanged => Step::Line(bundle_line(&self.state)?),
+            Event::PoliciesChanged if self.policies => Step::Line(policies_line(&self.state).await?),
+            Event::PoliciesChanged => Step::Nothing,
             Event::AgentRemoved { agent, reason } if *agent == self.agent => Step::End(Some(*reason)),
             Event::AgentRemoved { .. } => Step::Nothing,
             // Changes may have been missed (through another replica, or by this stream falling
@@ -742,7 +762,13 @@ impl OpenStream {
     /// (so none falls between the two).
     async fn fresh_snapshot(&self) -> Result<Step, ApiError> {
         self.sub.route(&self.agent, &self.groups);
-        Ok(Step::Snapshot(snapshot(&self.state, &self.agent, &self.groups).await?))
+        let snap = snapshot(&self.state, &self.agent, &self.groups).await?;
+        // A snapshot replaces the lines before it, a policy change among them too.
+        Ok(Step::Snapshot(if self.policies {
+            concat(vec![snap, policies_line(&self.state).await?])
+        } else {
+            snap
+        }))
     }
 }
 

@@ -97,7 +97,7 @@ async fn decide(
     }
 }
 
-async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+pub(crate) async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     match caller {
         Caller::Local { uid } => {
             if *uid == 0 || *uid == state.own_uid || state.config.admin_uids.contains(uid) {

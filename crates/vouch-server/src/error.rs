@@ -133,7 +133,9 @@ impl From<StoreError> for ApiError {
             | StoreError::GroupExists(_)
             | StoreError::FederationExists(_) => Self::conflict(e.to_string()),
             StoreError::FederationConflict(_) => Self::revision_conflict(e.to_string()),
-            StoreError::FederationNotFound(_) => Self::not_found(e.to_string()),
+            StoreError::FederationNotFound(_) | StoreError::PolicyNotFound(_) => {
+                Self::not_found(e.to_string())
+            }
             StoreError::SecretNotFound(_) | StoreError::SecretVersionNotFound { .. } => {
                 Self::not_found(e.to_string())
             }
@@ -177,6 +179,23 @@ impl From<vouch_ca::CaError> for ApiError {
                 tracing::error!(error = %e, "a stored secret cannot be decrypted");
                 Self::new(ErrorCode::Internal, e.to_string())
             }
+        }
+    }
+}
+
+impl From<vouch_policy::PolicyError> for ApiError {
+    fn from(e: vouch_policy::PolicyError) -> Self {
+        use vouch_policy::PolicyError::*;
+        match e {
+            BadId(_)
+            | TooLarge { .. }
+            | Parse { .. }
+            | NotOne { .. }
+            | Template(_)
+            | Invalid { .. }
+            | Duplicate(_)
+            | BadRequest(_) => Self::bad_request(e.to_string()),
+            Internal(_) => Self::internal("policy engine failure", e),
         }
     }
 }

@@ -114,7 +114,12 @@ async fn apply(state: &AppState, change: Change) {
             }
         },
         Change::FederationChanged { .. } => state.federation.wake(),
+        Change::PoliciesChanged { .. } => {
+            state.policies.invalidate();
+            state.publish(Event::PoliciesChanged);
+        }
         Change::Resync => {
+            state.policies.invalidate();
             state.federation.wake();
             state.publish(Event::Resync);
             follow(state).await;

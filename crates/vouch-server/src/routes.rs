@@ -20,7 +20,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::groups::admin_routes())
         .merge(crate::federation::admin_routes())
         .merge(crate::secrets::admin_routes())
+        .merge(crate::policy::admin_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
+    let decisions = crate::policy::authorize_routes()
+        .route_layer(from_fn_with_state(state.clone(), crate::policy::require_admin_or_agent));
     let agent = crate::agent_api::agent_routes()
         .merge(crate::secrets::agent_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_agent));
@@ -28,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::agent_api::attestation_routes(state.clone()))
         .merge(agent)
         .merge(admin)
+        .merge(decisions)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -5,9 +5,9 @@
 //! The plaintext exists only in zeroizing buffers while a request is served: it never reaches the
 //! store, a log line, an audit record (which carry path and version) or an error message.
 //!
-//! Whether a workload may read a secret is decided by a [`SecretAccess`]; the default denies every
-//! read ("no policy permits (grants not configured)") until a policy engine is plugged in with
-//! [`AppState::set_secret_access`].
+//! Whether a workload may read a secret is decided by the grants (`crate::policy`): `read` on
+//! `Secret::"<path>"` for the workload's SPIFFE ID. No permit means deny, so with no policies
+//! every read is refused, with the reason.
 
 use std::sync::Arc;
 
@@ -23,8 +23,9 @@ use vouch_api::secrets::{
     SecretValue, SecretVersion, SecretVersions, SecretWritten, VersionState, VersionsChanged,
     VersionsRequest,
 };
+use vouch_core::grant::{AccessRequest, Action, Resource};
 use vouch_core::secret::{check_meta, check_value, MAX_VERSIONS};
-use vouch_core::{SecretPath, SpiffeId};
+use vouch_core::SecretPath;
 use vouch_store::{NewSecretVersion, SecretRecord, SecretVersionRecord, StoreError, VersionChange};
 use zeroize::Zeroizing;
 
@@ -40,49 +41,6 @@ pub const MAX_VERSIONS_PER_REQUEST: usize = 100;
 
 /// How many times a write retries when another writer took the next version first.
 const WRITE_ATTEMPTS: usize = 8;
-
-/// The answer of a [`SecretAccess`]: allow or deny, and why (shown to the caller when denied,
-/// and recorded in the audit record either way).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    /// Whether the read is permitted.
-    pub allow: bool,
-    /// Why: the policies that decided, or why none did.
-    pub reason: String,
-}
-
-impl Decision {
-    /// A permit, with the reason.
-    pub fn allow(reason: impl Into<String>) -> Self {
-        Self { allow: true, reason: reason.into() }
-    }
-
-    /// A denial, with the reason.
-    pub fn deny(reason: impl Into<String>) -> Self {
-        Self { allow: false, reason: reason.into() }
-    }
-}
-
-/// Decides whether a workload identity may read a secret: the seam where the policy engine
-/// (grants: `read` on the secret) plugs in. Must not do I/O that can block for long: it runs on
-/// every workload read.
-pub trait SecretAccess: Send + Sync + 'static {
-    /// Whether `workload` may read the secret at `path`.
-    fn may_read(&self, workload: &SpiffeId, path: &SecretPath) -> Decision;
-}
-
-/// The default [`SecretAccess`]: no grants are configured, so nothing is permitted. Fail closed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoGrants;
-
-/// The reason [`NoGrants`] gives.
-pub const NO_GRANTS_REASON: &str = "no policy permits (grants not configured)";
-
-impl SecretAccess for NoGrants {
-    fn may_read(&self, _: &SpiffeId, _: &SecretPath) -> Decision {
-        Decision::deny(NO_GRANTS_REASON)
-    }
-}
 
 /// The admin routes of the secret store.
 pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
@@ -365,43 +323,36 @@ async fn destroy(
 }
 
 /// An agent reads a secret for a workload it attested: the workload is named by its entry, which
-/// the agent must serve; the workload's SPIFFE ID must be permitted by [`SecretAccess`].
+/// the agent must serve; a grant must permit the workload's SPIFFE ID to `read` the secret.
 async fn agent_read(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AgentSecretRequest>,
 ) -> AppResult<Json<AgentSecretResponse>> {
     let (agent, entry) = crate::agent_api::workload_entry(&state, &caller, &req.entry_id).await?;
-    let decision = state.secret_access().may_read(&entry.spiffe_id, &req.path);
+    let request = AccessRequest {
+        principal: entry.spiffe_id.clone(),
+        action: Action::Read,
+        resource: Resource::Secret(req.path.clone()),
+    };
+    let decision = crate::policy::decide(&state, &request).await?;
     if !decision.allow {
-        tracing::info!(target: "vouch::audit", event = "secret.read.denied", caller = %agent, spiffe_id = %entry.spiffe_id, path = %req.path, reason = %decision.reason);
+        tracing::info!(target: "vouch::audit", event = "secret.read.denied", caller = %agent, spiffe_id = %entry.spiffe_id, path = %req.path, reasons = ?decision.reasons, errors = decision.errors.len());
         return Err(ApiError::forbidden(format!(
             "`{}` may not read secret `{}`: {}",
-            entry.spiffe_id, req.path, decision.reason
+            entry.spiffe_id,
+            req.path,
+            decision.explanation()
         )));
     }
     let (version, value) = read_value(&state, &req.path, None).await?;
     // A ban or eviction committed meanwhile wins.
     crate::agent_api::still_admitted(&state, &agent).await?;
-    tracing::info!(target: "vouch::audit", event = "secret.read", caller = %agent, spiffe_id = %entry.spiffe_id, entry_id = %entry.id, path = %req.path, version, reason = %decision.reason);
+    tracing::info!(target: "vouch::audit", event = "secret.read", caller = %agent, spiffe_id = %entry.spiffe_id, entry_id = %entry.id, path = %req.path, version, reasons = ?decision.reasons);
     Ok(Json(AgentSecretResponse {
         spiffe_id: entry.spiffe_id,
         path: req.path,
         version,
         value: STANDARD.encode(&*value),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn without_grants_every_read_is_denied_with_the_reason() {
-        let d = NoGrants.may_read(
-            &SpiffeId::parse("spiffe://example.org/app").unwrap(),
-            &SecretPath::parse("app/db").unwrap(),
-        );
-        assert_eq!(d, Decision::deny("no policy permits (grants not configured)"));
-    }
 }

@@ -64,6 +64,9 @@ pub enum Event {
         /// Banned or evicted.
         reason: vouch_api::agent::CloseReason,
     },
+    /// A policy was written or deleted (here or through another replica): agents that sync
+    /// policies get the new set.
+    PoliciesChanged,
     /// Changes made through another replica may have been missed (the store's change channel was
     /// interrupted): every sync stream checks its agent again and sends a fresh snapshot.
     Resync,
@@ -133,12 +136,12 @@ pub struct AppState {
     /// cannot load: another key-encryption key, a damaged row): while set it signs nothing and is
     /// not ready, rather than go on with keys the trust domain may have rotated away from.
     authority_fault: std::sync::RwLock<Option<String>>,
+    /// The compiled policy set of the decision API.
+    pub policies: crate::policy::PolicyCache,
     /// Whether this server held the lead at its last tick.
     leader: AtomicBool,
     /// The bundles of federated trust domains served to agents.
     pub federation: crate::federation::Federated,
-    /// Who may read which secret (by default nobody: no grants configured).
-    secret_access: RwLock<Arc<dyn crate::secrets::SecretAccess>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -206,6 +209,7 @@ impl AppState {
             server_cert_renew_at: RwLock::new(SystemTime::UNIX_EPOCH),
             bundle_pem: RwLock::new(Arc::from("")),
             admins: RwLock::new(None),
+            policies: crate::policy::PolicyCache::default(),
             client_verifier: Arc::new(SvidClientVerifier::default()),
             sync: Arc::default(),
             stored: std::sync::Mutex::new(stored),
@@ -213,7 +217,6 @@ impl AppState {
             authority_fault: std::sync::RwLock::new(None),
             leader: AtomicBool::new(false),
             federation: crate::federation::Federated::default(),
-            secret_access: RwLock::new(Arc::new(crate::secrets::NoGrants)),
         });
         state.tick().await?;
         Ok(state)
@@ -257,17 +260,6 @@ impl AppState {
     /// The key-encryption key (secret values are sealed under it, by envelope).
     pub(crate) fn kek(&self) -> &Kek {
         &self.kek
-    }
-
-    /// Plugs in the decision on workload secret reads (the policy engine); until then every read
-    /// is denied ([`crate::secrets::NoGrants`]).
-    pub fn set_secret_access(&self, access: Arc<dyn crate::secrets::SecretAccess>) {
-        *self.secret_access.write().unwrap_or_else(|p| p.into_inner()) = access;
-    }
-
-    /// The decision on workload secret reads in effect.
-    pub(crate) fn secret_access(&self) -> Arc<dyn crate::secrets::SecretAccess> {
-        self.secret_access.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether this server led key rotation at its last tick (always, on SQLite).

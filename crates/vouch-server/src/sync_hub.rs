@@ -191,9 +191,10 @@ impl SyncHub {
                 }
                 // Membership of a group is decided by each stream from its agent's node selectors,
                 // and bundle changes and resyncs concern everyone.
-                Event::BundleChanged | Event::GroupChanged { .. } | Event::Resync => {
-                    targets.extend(r.streams.keys().copied())
-                }
+                Event::BundleChanged
+                | Event::GroupChanged { .. }
+                | Event::PoliciesChanged
+                | Event::Resync => targets.extend(r.streams.keys().copied()),
             }
             for id in &targets {
                 if let Some(s) = r.streams.get(id) {

@@ -491,6 +491,11 @@ fn openapi_describes_every_route() {
         ("/v1/secrets/{path}/undelete", &["post"]),
         ("/v1/secrets/{path}/destroy", &["post"]),
         ("/v1/agent/secret", &["post"]),
+        ("/v1/policies", &["get"]),
+        ("/v1/policies/validate", &["post"]),
+        ("/v1/policies/test", &["post"]),
+        ("/v1/policies/{id}", &["put", "get", "delete"]),
+        ("/v1/authorize", &["post"]),
     ] {
         for m in methods {
             assert!(
@@ -499,7 +504,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 36, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 41, "a route in openapi.json that the test does not know");
     let codes =
         doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
     for code in vouch_api::ErrorCode::ALL {
@@ -2258,6 +2263,35 @@ impl Store for PausingStore {
     ) -> Result<vouch_store::FederationRow, vouch_store::StoreError> {
         self.inner.delete_federation(td).await
     }
+    async fn put_policy(
+        &self,
+        id: &str,
+        text: &str,
+        author: &str,
+        now: i64,
+    ) -> Result<vouch_store::PolicyVersion, vouch_store::StoreError> {
+        self.inner.put_policy(id, text, author, now).await
+    }
+    async fn delete_policy(
+        &self,
+        id: &str,
+        author: &str,
+        now: i64,
+    ) -> Result<vouch_store::PolicyVersion, vouch_store::StoreError> {
+        self.inner.delete_policy(id, author, now).await
+    }
+    async fn list_policies(&self) -> Result<Vec<vouch_store::PolicyVersion>, vouch_store::StoreError> {
+        self.inner.list_policies().await
+    }
+    async fn policy_history(
+        &self,
+        id: &str,
+    ) -> Result<Vec<vouch_store::PolicyVersion>, vouch_store::StoreError> {
+        self.inner.policy_history(id).await
+    }
+    async fn policies_revision(&self) -> Result<u64, vouch_store::StoreError> {
+        self.inner.policies_revision().await
+    }
     async fn load_authority_versioned(
         &self,
     ) -> Result<Option<vouch_store::StoredAuthority>, vouch_store::StoreError> {
@@ -3853,6 +3887,8 @@ async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_mem
 // Federation tests live beside this file; one test binary still (link time).
 #[path = "server/federation.rs"]
 mod federation;
+#[path = "server/policy.rs"]
+mod policy;
 #[path = "server/secrets.rs"]
 mod secrets;
 

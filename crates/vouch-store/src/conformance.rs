@@ -48,6 +48,7 @@ pub async fn run(store: Arc<dyn Store>) {
     authority_state(&*store).await;
     agents(&*store).await;
     bans_win_races(store.clone()).await;
+    policies(store.clone()).await;
     node_groups(&*store).await;
     federation(&*store).await;
     secrets(store.clone()).await;
@@ -686,4 +687,69 @@ async fn secrets(store: Arc<dyn Store>) {
     ));
     let v2 = store.get_secret_version(&p, 2).await.unwrap().unwrap();
     assert_eq!((v2.record.deleted_at, v2.ciphertext.is_some()), (None, true));
+}
+
+async fn policies(store: Arc<dyn Store>) {
+    assert!(store.list_policies().await.expect("list").is_empty());
+    assert_eq!(store.policies_revision().await.expect("revision"), 0);
+    assert!(store.policy_history("a").await.expect("history").is_empty());
+    let v1 =
+        store.put_policy("b", "permit(principal, action, resource);", "admin:1", 100).await.expect("put");
+    assert_eq!(
+        (v1.version, v1.text.as_deref(), v1.created_at),
+        (1, Some("permit(principal, action, resource);"), 100)
+    );
+    let r1 = store.policies_revision().await.expect("revision");
+    assert!(r1 > 0, "a write raises the revision");
+    store.put_policy("a", "one", "admin:1", 101).await.expect("put");
+    let v2 = store.put_policy("b", "two", "admin:2", 102).await.expect("put");
+    assert_eq!(v2.version, 2, "each put is a new version");
+    assert!(store.policies_revision().await.expect("revision") > r1);
+    let listed = store.list_policies().await.expect("list");
+    let current: Vec<(&str, u64, Option<&str>)> =
+        listed.iter().map(|p| (p.id.as_str(), p.version, p.text.as_deref())).collect();
+    assert_eq!(
+        current,
+        [("a", 1, Some("one")), ("b", 2, Some("two"))],
+        "the current versions, ordered by id"
+    );
+
+    // A deletion is a version without text; the history keeps every version, oldest first.
+    let gone = store.delete_policy("b", "admin:3", 103).await.expect("delete");
+    assert_eq!((gone.version, gone.text.as_deref(), gone.author.as_str()), (3, None, "admin:3"));
+    assert!(
+        matches!(store.delete_policy("b", "admin:3", 104).await, Err(StoreError::PolicyNotFound(id)) if id == "b")
+    );
+    assert!(matches!(store.delete_policy("zz", "admin:3", 104).await, Err(StoreError::PolicyNotFound(_))));
+    let history = store.policy_history("b").await.expect("history");
+    let versions: Vec<(u64, Option<&str>, &str)> =
+        history.iter().map(|p| (p.version, p.text.as_deref(), p.author.as_str())).collect();
+    assert_eq!(
+        versions,
+        [
+            (1, Some("permit(principal, action, resource);"), "admin:1"),
+            (2, Some("two"), "admin:2"),
+            (3, None, "admin:3")
+        ]
+    );
+    assert_eq!(store.list_policies().await.expect("list").len(), 1);
+    // Written again after deletion: the numbering goes on.
+    assert_eq!(store.put_policy("b", "again", "admin:1", 105).await.expect("put").version, 4);
+
+    // Concurrent writers of one id get distinct versions without gaps.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.put_policy("c", &format!("t{i}"), "admin", 200).await }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.expect("task").expect("put").version);
+    }
+    got.sort_unstable();
+    assert_eq!(got, (1..=8).collect::<Vec<u64>>());
+    for id in ["a", "b", "c"] {
+        store.delete_policy(id, "admin", 300).await.expect("delete");
+    }
+    assert!(store.list_policies().await.expect("list").is_empty());
 }

@@ -91,6 +91,9 @@ pub enum StoreError {
     /// The relationship was changed concurrently.
     #[error("the federation relationship with `{0}` was changed concurrently; read it again and retry")]
     FederationConflict(String),
+    /// No current version of a policy with this id (never written, or deleted).
+    #[error("no policy `{0}`")]
+    PolicyNotFound(String),
     /// No secret at this path.
     #[error("no secret `{0}`")]
     SecretNotFound(String),
@@ -399,6 +402,23 @@ pub enum VersionChange {
     Destroy(i64),
 }
 
+/// One version of a policy document as stored. The store keeps every version (a deletion is a
+/// version without text), so the history of a grant can be shown; the policy text is kept opaque
+/// (the server parses and validates it before it is written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyVersion {
+    /// The policy's id.
+    pub id: String,
+    /// 1 for the first version, one more for each change.
+    pub version: u64,
+    /// The Cedar text; `None` for a deletion.
+    pub text: Option<String>,
+    /// Unix seconds of the change.
+    pub created_at: i64,
+    /// Who made it (the admin caller).
+    pub author: String,
+}
+
 /// The authority state as stored, with the version the store gave it. The version grows by one
 /// with every write, so replicas sharing a store tell a changed state by a cheap read of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,6 +485,11 @@ pub enum Change {
     FederationChanged {
         /// The other trust domain.
         trust_domain: TrustDomain,
+    },
+    /// A policy was written or deleted: the policy set is read again.
+    PoliciesChanged {
+        /// The policy's id.
+        id: String,
     },
     /// Changes may have been missed (the listening connection was down, or a change was too large
     /// to describe): re-read what is derived from the store.
@@ -738,6 +763,31 @@ pub trait Store: Send + Sync + 'static {
         versions: &[u64],
         change: VersionChange,
     ) -> Result<Vec<u64>, StoreError>;
+
+    /// Writes a new version of policy `id` with `text` (version 1 if the id is new or was never
+    /// written, else one more than its last version, deleted or not) and returns it. Versions of
+    /// one id are numbered without gaps however many writers race.
+    async fn put_policy(
+        &self,
+        id: &str,
+        text: &str,
+        author: &str,
+        now: i64,
+    ) -> Result<PolicyVersion, StoreError>;
+
+    /// Deletes policy `id`: writes a version without text and returns it.
+    /// [`StoreError::PolicyNotFound`] (nothing written) if it has no current version.
+    async fn delete_policy(&self, id: &str, author: &str, now: i64) -> Result<PolicyVersion, StoreError>;
+
+    /// The current version of every policy that is not deleted, ordered by id.
+    async fn list_policies(&self) -> Result<Vec<PolicyVersion>, StoreError>;
+
+    /// Every version of policy `id`, oldest first (deletions included); empty if it never existed.
+    async fn policy_history(&self, id: &str) -> Result<Vec<PolicyVersion>, StoreError>;
+
+    /// A number that grows with every policy write (a cheap read, to tell whether the policy set
+    /// changed); 0 before the first.
+    async fn policies_revision(&self) -> Result<u64, StoreError>;
 
     /// The persisted authority state (JSON with sealed keys) and its version, if any.
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError>;

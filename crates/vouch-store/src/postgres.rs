@@ -34,8 +34,9 @@ use crate::migrate::{self, Migration};
 use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    Change, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion, SealedSecretVersion,
-    SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse, VersionChange,
+    Change, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion, PolicyVersion,
+    SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse,
+    VersionChange,
 };
 use vouch_core::SecretPath;
 
@@ -140,7 +141,31 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (path, version)
         );"#,
     },
+    Migration {
+        version: 9,
+        name: "policies",
+        // Every version of every policy; `text` NULL marks a deletion. `seq` orders all changes.
+        sql: r#"CREATE TABLE policies (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id TEXT COLLATE "C" NOT NULL,
+            version BIGINT NOT NULL,
+            text TEXT,
+            created_at BIGINT NOT NULL,
+            author TEXT NOT NULL,
+            UNIQUE (id, version)
+        );"#,
+    },
 ];
+
+fn pg_policy_row(r: &Row) -> Result<PolicyVersion, StoreError> {
+    Ok(PolicyVersion {
+        id: col(r, 0)?,
+        version: u64::try_from(col::<i64>(r, 1)?).unwrap_or(0),
+        text: col(r, 2)?,
+        created_at: col(r, 3)?,
+        author: col(r, 4)?,
+    })
+}
 
 /// The advisory lock key under which replicas migrate one at a time (`vouch` in ASCII).
 const MIGRATION_LOCK: i64 = 0x76_6f_75_63_68;
@@ -741,6 +766,52 @@ impl PostgresStore {
     }
 
     /// Sends `change` to the other replicas when the transaction `tx` commits.
+    /// Writes the next version of policy `id` (`None`: a deletion, refused if there is no current
+    /// version). Policy writes are rare admin changes: they take the table's write lock, so the
+    /// versions of one id are numbered without gaps or conflicts however many replicas write.
+    async fn write_policy_version(
+        &self,
+        id: &str,
+        text: Option<&str>,
+        author: &str,
+        now: i64,
+    ) -> Result<PolicyVersion, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        tx.execute("LOCK TABLE policies IN SHARE ROW EXCLUSIVE MODE", &[]).await.map_err(backend)?;
+        let last = tx
+            .query_opt(
+                "SELECT version, text IS NOT NULL FROM policies WHERE id = $1 ORDER BY version DESC LIMIT 1",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        let (last, live) = match &last {
+            Some(r) => (col::<i64>(r, 0)?, col::<bool>(r, 1)?),
+            None => (0, false),
+        };
+        if text.is_none() && !live {
+            return Err(StoreError::PolicyNotFound(id.to_owned()));
+        }
+        let version = last + 1;
+        tx.execute(
+            "INSERT INTO policies (id, version, text, created_at, author) VALUES ($1, $2, $3, $4, $5)",
+            &[&id, &version, &text, &now, &author],
+        )
+        .await
+        .map_err(backend)?;
+        self.notify(&tx, &Change::PoliciesChanged { id: id.to_owned() }).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(PolicyVersion {
+            id: id.to_owned(),
+            version: u64::try_from(version).unwrap_or(0),
+            text: text.map(str::to_owned),
+            created_at: now,
+            author: author.to_owned(),
+        })
+    }
+
     async fn notify(&self, tx: &tokio_postgres::Transaction<'_>, change: &Change) -> Result<(), StoreError> {
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.notice(change)]).await.map_err(backend)?;
         Ok(())
@@ -1453,6 +1524,52 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(changed)
+    }
+
+    async fn put_policy(
+        &self,
+        id: &str,
+        text: &str,
+        author: &str,
+        now: i64,
+    ) -> Result<PolicyVersion, StoreError> {
+        self.write_policy_version(id, Some(text), author, now).await
+    }
+
+    async fn delete_policy(&self, id: &str, author: &str, now: i64) -> Result<PolicyVersion, StoreError> {
+        self.write_policy_version(id, None, author, now).await
+    }
+
+    async fn list_policies(&self) -> Result<Vec<PolicyVersion>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                "SELECT DISTINCT ON (id) id, version, text, created_at, author FROM policies \
+                 ORDER BY id, version DESC",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        let all: Vec<PolicyVersion> = rows.iter().map(pg_policy_row).collect::<Result<_, _>>()?;
+        Ok(all.into_iter().filter(|p| p.text.is_some()).collect())
+    }
+
+    async fn policy_history(&self, id: &str) -> Result<Vec<PolicyVersion>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                "SELECT id, version, text, created_at, author FROM policies WHERE id = $1 ORDER BY version",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter().map(pg_policy_row).collect()
+    }
+
+    async fn policies_revision(&self) -> Result<u64, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn.query_one("SELECT COALESCE(MAX(seq), 0) FROM policies", &[]).await.map_err(backend)?;
+        Ok(u64::try_from(col::<i64>(&row, 0)?).unwrap_or(0))
     }
 
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError> {

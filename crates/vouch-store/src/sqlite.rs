@@ -17,7 +17,7 @@ use crate::codec::{
 use crate::migrate::{self, Migration};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    DamagedEntry, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion,
+    DamagedEntry, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion, PolicyVersion,
     SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse,
     VersionChange,
 };
@@ -124,7 +124,59 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (path, version)
         );",
     },
+    Migration {
+        version: 9,
+        name: "policies",
+        // Every version of every policy; `text` NULL marks a deletion. `seq` orders all changes.
+        sql: "CREATE TABLE policies (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            text TEXT,
+            created_at INTEGER NOT NULL,
+            author TEXT NOT NULL,
+            UNIQUE (id, version)
+        );",
+    },
 ];
+
+const POLICY_COLUMNS: &str = "id, version, text, created_at, author";
+
+fn policy_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyVersion> {
+    Ok(PolicyVersion {
+        id: r.get(0)?,
+        version: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+        text: r.get(2)?,
+        created_at: r.get(3)?,
+        author: r.get(4)?,
+    })
+}
+
+/// Writes the next version of policy `id` in `tx`.
+fn insert_policy_version(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    text: Option<&str>,
+    author: &str,
+    now: i64,
+) -> Result<PolicyVersion, StoreError> {
+    let last: i64 = tx
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM policies WHERE id = ?1", [id], |r| r.get(0))
+        .map_err(backend)?;
+    let version = last + 1;
+    tx.execute(
+        "INSERT INTO policies (id, version, text, created_at, author) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, version, text, now, author],
+    )
+    .map_err(backend)?;
+    Ok(PolicyVersion {
+        id: id.to_owned(),
+        version: u64::try_from(version).unwrap_or(0),
+        text: text.map(str::to_owned),
+        created_at: now,
+        author: author.to_owned(),
+    })
+}
 
 const FEDERATION_BY_TD: &str =
     "SELECT trust_domain, relationship, state, revision FROM federation WHERE trust_domain = ?1";
@@ -1052,6 +1104,81 @@ impl Store for SqliteStore {
             }
             tx.commit().map_err(backend)?;
             Ok(changed)
+        })
+        .await
+    }
+
+    async fn put_policy(
+        &self,
+        id: &str,
+        text: &str,
+        author: &str,
+        now: i64,
+    ) -> Result<PolicyVersion, StoreError> {
+        let (id, text, author) = (id.to_owned(), text.to_owned(), author.to_owned());
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let written = insert_policy_version(&tx, &id, Some(&text), &author, now)?;
+            tx.commit().map_err(backend)?;
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn delete_policy(&self, id: &str, author: &str, now: i64) -> Result<PolicyVersion, StoreError> {
+        let (id, author) = (id.to_owned(), author.to_owned());
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let live: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT text FROM policies WHERE id = ?1 ORDER BY version DESC LIMIT 1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if !matches!(live, Some(Some(_))) {
+                return Err(StoreError::PolicyNotFound(id));
+            }
+            let written = insert_policy_version(&tx, &id, None, &author, now)?;
+            tx.commit().map_err(backend)?;
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn list_policies(&self) -> Result<Vec<PolicyVersion>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {POLICY_COLUMNS} FROM policies p WHERE version = \
+                     (SELECT MAX(version) FROM policies q WHERE q.id = p.id) AND text IS NOT NULL ORDER BY id"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map([], policy_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend)).collect()
+        })
+        .await
+    }
+
+    async fn policy_history(&self, id: &str) -> Result<Vec<PolicyVersion>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!("SELECT {POLICY_COLUMNS} FROM policies WHERE id = ?1 ORDER BY version"))
+                .map_err(backend)?;
+            let rows = stmt.query_map([&id], policy_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend)).collect()
+        })
+        .await
+    }
+
+    async fn policies_revision(&self) -> Result<u64, StoreError> {
+        self.with(|conn| {
+            let seq: i64 = conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM policies", [], |r| r.get(0))
+                .map_err(backend)?;
+            Ok(u64::try_from(seq).unwrap_or(0))
         })
         .await
     }

@@ -10,6 +10,7 @@
 mod attest;
 mod failover;
 mod federation;
+mod grants;
 mod kubelet;
 mod openbao;
 mod ops;

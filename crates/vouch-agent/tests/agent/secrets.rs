@@ -1,28 +1,16 @@
 //! Secrets by identity through the agent's secret socket: this test process is the workload,
-//! attested by uid and binary path as for SVIDs; the server decides with its `SecretAccess`.
+//! attested by uid and binary path as for SVIDs; the server decides by the grants (Cedar policies).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use vouch_api::secrets::{decode_value, encode_value, SecretPut};
-use vouch_server::{Decision, SecretAccess};
 
 use crate::workload_api::Stack;
 
-/// Test grants: `/reader` may read secrets under `app/`.
-struct ReaderReadsApp;
-
-impl SecretAccess for ReaderReadsApp {
-    fn may_read(&self, workload: &vouch_core::SpiffeId, path: &vouch_core::SecretPath) -> Decision {
-        if workload.path() == "/reader" && path.is_under("app") {
-            Decision::allow("test grant")
-        } else {
-            Decision::deny(format!("test grants: no grant of `read` on `{path}` to `{workload}`"))
-        }
-    }
-}
+/// The test's grant: `/reader` may read secrets under `app/`.
+const READER_READS_APP: &str = r#"permit(principal == Workload::"spiffe://example.org/reader", action == Action::"read", resource is Secret) when { resource.dirs.contains("app") };"#;
 
 /// One request line on the secret socket; the answer line, within 10 s.
 async fn ask(socket: &Path, line: &str) -> Value {
@@ -56,16 +44,16 @@ async fn a_workload_reads_a_secret_by_identity_through_the_agent() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o777, "attestation decides, not file modes");
 
-    // No grants configured: refused with the reason.
+    // No policy permits: refused with the reason.
     let v = ask(&socket, r#"{"path": "app/db"}"#).await;
     let e = error(&v);
     assert!(
         e.contains("`spiffe://example.org/reader` may not read secret `app/db`")
-            && e.contains("no policy permits (grants not configured)"),
+            && e.contains("no policy permits"),
         "{e}"
     );
 
-    stack.server.as_ref().unwrap().state.set_secret_access(Arc::new(ReaderReadsApp));
+    stack.admin.policies().put("reader-reads-app", READER_READS_APP).await.unwrap();
     let v = ask(&socket, r#"{"path": "app/db"}"#).await;
     assert_eq!(v["spiffe_id"], "spiffe://example.org/reader", "{v}");
     assert_eq!(v["version"], 1);
@@ -80,9 +68,8 @@ async fn a_workload_reads_a_secret_by_identity_through_the_agent() {
         (Some(2), b"db-password-2".to_vec())
     );
 
-    assert!(
-        error(&ask(&socket, r#"{"path": "ops/root"}"#).await).contains("no grant of `read` on `ops/root`")
-    );
+    assert!(error(&ask(&socket, r#"{"path": "ops/root"}"#).await)
+        .contains("may not read secret `ops/root`: no policy permits"));
     assert!(error(&ask(&socket, r#"{"path": "app/missing"}"#).await).contains("no secret `app/missing`"));
     let other = ask(&socket, r#"{"path": "app/db", "spiffe_id": "spiffe://example.org/someone-else"}"#).await;
     assert_eq!(error(&other), "no identity issued");

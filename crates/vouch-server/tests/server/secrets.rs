@@ -1,9 +1,8 @@
 //! The secret store: envelope encryption at rest, versions, soft delete and destroy, bad input,
-//! and reads by attested workloads through their agent, decided by a `SecretAccess`.
+//! and reads by attested workloads through their agent, decided by the grants.
 
 use super::*;
 use vouch_api::secrets::{decode_value, encode_value, SecretPut, VersionState};
-use vouch_server::{Decision, SecretAccess};
 
 /// A value no other test writes, so finding it anywhere is this test's leak.
 const PLAIN_1: &[u8] = b"plaintext-7f3a9c1e-first-version-of-the-db-password";
@@ -198,25 +197,15 @@ async fn a_sealed_value_moved_to_another_path_or_version_is_refused() {
     server.shutdown().await;
 }
 
-/// Grants for the tests: `spiffe://example.org/app` may read secrets under `app/`.
-struct AppReadsApp;
-
-impl SecretAccess for AppReadsApp {
-    fn may_read(&self, workload: &SpiffeId, path: &vouch_core::SecretPath) -> Decision {
-        if workload.path() == "/app" && path.is_under("app") {
-            Decision::allow("test grant: /app reads app/*")
-        } else {
-            Decision::deny(format!("test grants: no grant of `read` on `{path}` to `{workload}`"))
-        }
-    }
-}
+/// The grant of the tests: `spiffe://example.org/app` may read secrets under `app/`.
+const APP_READS_APP: &str = r#"permit(principal == Workload::"spiffe://example.org/app", action == Action::"read", resource is Secret) when { resource.dirs.contains("app") };"#;
 
 /// An agent reads a secret for a workload it serves, as that workload's SPIFFE ID: denied by
-/// default (no grants configured) with the reason; allowed when the `SecretAccess` permits;
+/// while no policy permits, with the reason; allowed once a Cedar grant permits;
 /// refused for an entry the agent does not serve, for admins on the agent route, and for denied
 /// paths, each with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workload_reads_through_the_agent_are_decided_by_secret_access() {
+async fn workload_reads_through_the_agent_are_decided_by_grants() {
     let state = state_in_memory(ManualClock::new()).await;
     let svid = attest_in_app(&state, "spiffe://example.org/agent/join/n1").await.unwrap();
     let other = attest_in_app(&state, "spiffe://example.org/agent/join/n2").await.unwrap();
@@ -248,20 +237,34 @@ async fn workload_reads_through_the_agent_are_decided_by_secret_access() {
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
         msg.contains("`spiffe://example.org/app` may not read secret `app/db`")
-            && msg.contains("no policy permits (grants not configured)"),
+            && msg.contains("no policy permits"),
         "{msg}"
     );
 
-    state.set_secret_access(Arc::new(AppReadsApp));
+    let body = json!({ "text": APP_READS_APP }).to_string();
+    let (s, v) = call(&state, ROOT, "PUT", "/v1/policies/app-reads-app", Some(&body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = read(agent_caller(&svid), "app", "app/db").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["spiffe_id"], "spiffe://example.org/app");
     assert_eq!(v["version"], 1);
     assert_eq!(decode_value(v["value"].as_str().unwrap()).unwrap(), b"app-db-secret");
+    // Deny wins: a forbid on the path beats the permit, and the refusal names it.
+    let forbid = json!({ "text": r#"forbid(principal, action, resource == Secret::"app/db");"# }).to_string();
+    let (s, v) = call(&state, ROOT, "PUT", "/v1/policies/no-app-db", Some(&forbid)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = read(agent_caller(&svid), "app", "app/db").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("denied by `no-app-db`"), "{v}");
+    let (s, v) = call(&state, ROOT, "DELETE", "/v1/policies/no-app-db", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 
     let (s, v) = read(agent_caller(&svid), "app", "ops/root").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    assert!(v["error"]["message"].as_str().unwrap().contains("no grant of `read` on `ops/root`"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("may not read secret `ops/root`: no policy permits"),
+        "{v}"
+    );
     let (s, v) = read(agent_caller(&svid), "web", "app/db").await;
     assert_eq!(s, StatusCode::FORBIDDEN, "another identity of the same agent: {v}");
     let (s, v) = read(agent_caller(&other), "app", "app/db").await;
