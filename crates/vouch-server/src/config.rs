@@ -790,28 +790,19 @@ impl PsatCluster {
     fn resolve(c: FilePsat) -> Result<Self, ConfigError> {
         let bad =
             |why: String| ConfigError::Invalid(format!("node_attestation.k8s_psat `{}`: {why}", c.cluster));
-        let (keys, discovery) = match (&c.jwks_file, &c.discovery_url) {
-            (Some(file), None) => {
-                let text = std::fs::read_to_string(file)
-                    .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
-                (vouch_ca::bundle::jwks_keys(&text).map_err(|e| bad(e.to_string()))?, None)
-            }
-            (None, Some(url)) => {
-                let url = OidcDiscovery::document_url(url).map_err(|e| bad(e.to_string()))?;
-                let discovery = OidcDiscovery { url, ca: c.discovery_ca.clone() };
-                // Checked now (URL, CA file), fetched when the first token comes.
-                discovery.getter(&discovery.url).map_err(|e| bad(e.to_string()))?;
-                (Default::default(), Some(discovery))
-            }
-            _ => return Err(bad(
-                "set either jwks_file (the issuer's keys, e.g. from `kubectl get --raw /openid/v1/jwks`) \
-                     or discovery_url (the issuer's OIDC discovery endpoint), not both"
-                    .into(),
-            )),
+        let source = crate::issuer_keys::KeySource::resolve(
+            c.jwks_file.clone(),
+            c.discovery_url.as_deref(),
+            c.discovery_ca.clone(),
+            crate::issuer_keys::HttpsWithoutCa::Refuse,
+            "jwks_file (the issuer's keys, e.g. from `kubectl get --raw /openid/v1/jwks`) \
+             or discovery_url (the issuer's OIDC discovery endpoint)",
+        )
+        .map_err(bad)?;
+        let (keys, discovery) = match source {
+            crate::issuer_keys::KeySource::File { keys, .. } => (keys, None),
+            crate::issuer_keys::KeySource::Discovery(d) => (Default::default(), Some(d)),
         };
-        if c.discovery_ca.is_some() && discovery.is_none() {
-            return Err(bad("discovery_ca goes with discovery_url".into()));
-        }
         let valid_name = !c.cluster.is_empty()
             && c.cluster.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
         if !valid_name {

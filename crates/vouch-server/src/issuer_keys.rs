@@ -149,6 +149,75 @@ struct Cached {
     attempted: Option<(Instant, Option<String>)>,
 }
 
+/// Where a trusted issuer's keys come from, as configured: exactly one of a JWKS file (read and
+/// checked now) or an OIDC discovery endpoint (its URL and CA checked now, fetched at the first
+/// token). One reading of `jwks_file` / `discovery_url` / `discovery_ca` for every section that
+/// trusts an issuer (PSAT node attestation, token exchange).
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A JWKS on disk.
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its keys, at least one.
+        keys: KeySet,
+    },
+    /// An OIDC discovery endpoint.
+    Discovery(OidcDiscovery),
+}
+
+/// How [`KeySource::resolve`] treats an https discovery URL without `discovery_ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpsWithoutCa {
+    /// Refuse: the issuer has a private CA that must be named (a Kubernetes API server).
+    Refuse,
+    /// Use the system's web-PKI roots (a CI system's or a cloud's public issuer).
+    SystemRoots,
+}
+
+impl KeySource {
+    /// Reads a section's `jwks_file`, `discovery_url` and `discovery_ca`. `either` ends the error
+    /// when neither or both are set: what each means for this kind of issuer. Errors are for
+    /// people: they name the setting and what to do.
+    pub fn resolve(
+        jwks_file: Option<std::path::PathBuf>,
+        discovery_url: Option<&str>,
+        discovery_ca: Option<std::path::PathBuf>,
+        https_without_ca: HttpsWithoutCa,
+        either: &str,
+    ) -> Result<Self, String> {
+        match (jwks_file, discovery_url) {
+            (Some(path), None) => {
+                if discovery_ca.is_some() {
+                    return Err("discovery_ca goes with discovery_url".into());
+                }
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read jwks_file {}: {e}", path.display()))?;
+                let keys = vouch_ca::bundle::jwks_keys(&text)
+                    .map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
+                if keys.is_empty() {
+                    return Err(format!("jwks_file {} holds no usable key", path.display()));
+                }
+                Ok(Self::File { path, keys })
+            }
+            (None, Some(url)) => {
+                let url = OidcDiscovery::document_url(url).map_err(|e| e.to_string())?;
+                let ca = match https_without_ca {
+                    HttpsWithoutCa::SystemRoots => discovery_ca.or_else(|| {
+                        url.starts_with("https://").then(|| crate::config::SYSTEM_CA_FILE.into())
+                    }),
+                    HttpsWithoutCa::Refuse => discovery_ca,
+                };
+                let discovery = OidcDiscovery { url, ca };
+                // Checked now (URL, CA file), fetched when the first token comes.
+                discovery.getter(&discovery.url).map_err(|e| e.to_string())?;
+                Ok(Self::Discovery(discovery))
+            }
+            _ => Err(format!("set either {either}, not both")),
+        }
+    }
+}
+
 /// The fetched keys of one issuer that publishes them by OIDC discovery.
 pub struct DiscoveredKeys {
     /// Whose keys, for logs and errors: "cluster `prod`", "issuer `https://ci.example`".

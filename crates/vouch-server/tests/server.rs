@@ -1154,7 +1154,7 @@ async fn agents_attest_with_kubernetes_psats_and_bad_tokens_say_why() {
 
     // Configuration mistakes are errors that name the problem.
     for (extra, want) in [
-        ("cluster = \"p\"\njwks_file = \"/nonexistent\"\nissuer = \"i\"\naudience = \"a\"\nservice_accounts = []", "cannot read /nonexistent"),
+        ("cluster = \"p\"\njwks_file = \"/nonexistent\"\nissuer = \"i\"\naudience = \"a\"\nservice_accounts = []", "cannot read jwks_file /nonexistent"),
         (&format!("cluster = \"p\"\njwks_file = \"{}\"\nissuer = \"i\"\naudience = \"a\"\nservice_accounts = [\"nocolon\"]", jwks.display()), "must be `namespace:name`"),
     ] {
         let text = format!("[[node_attestation.k8s_psat]]\n{extra}\n");

@@ -11,7 +11,7 @@ use vouch_ca::jwt::JwsAlg;
 use vouch_core::{SpiffeId, TrustDomain};
 
 use crate::config::{ConfigError, OidcDiscovery, Rate};
-use crate::issuer_keys::KeySet;
+use crate::issuer_keys::{HttpsWithoutCa, KeySet, KeySource};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -189,39 +189,20 @@ impl TokenExchangeConfig {
             if i.issuer.is_empty() || issuers.iter().any(|o| o.issuer == i.issuer) {
                 return Err(bad("issuers must be non-empty and each configured once".into()));
             }
-            let keys = match (i.jwks_file, i.discovery_url) {
-                (Some(path), None) => {
-                    if i.discovery_ca.is_some() {
-                        return Err(bad("discovery_ca goes with discovery_url".into()));
-                    }
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| bad(format!("cannot read jwks_file {}: {e}", path.display())))?;
-                    let keys = vouch_ca::bundle::jwks_keys(&text)
-                        .map_err(|e| bad(format!("jwks_file {}: {e}", path.display())))?;
-                    if keys.is_empty() {
-                        return Err(bad(format!("jwks_file {} holds no usable key", path.display())));
-                    }
-                    IssuerKeySource::File { path, keys }
-                }
-                (None, Some(url)) => {
-                    let url = OidcDiscovery::document_url(&url).map_err(|e| bad(e.to_string()))?;
-                    // Public issuers (a CI system's, a cloud's) have web-PKI certificates: the
-                    // system's roots unless a CA is configured.
-                    let ca = i.discovery_ca.or_else(|| {
-                        url.starts_with("https://").then(|| crate::config::SYSTEM_CA_FILE.into())
-                    });
-                    let discovery = OidcDiscovery { url, ca };
-                    // Checked now (URL, CA file), fetched when the first token comes.
-                    discovery.getter(&discovery.url).map_err(|e| bad(e.to_string()))?;
-                    IssuerKeySource::Discovery(discovery)
-                }
-                _ => {
-                    return Err(bad(
-                        "set either jwks_file (the issuer's JWKS on disk) or discovery_url (its OIDC \
-                         discovery endpoint, or the issuer URL itself), not both"
-                            .into(),
-                    ))
-                }
+            // Public issuers (a CI system's, a cloud's) have web-PKI certificates: the system's
+            // roots unless a CA is configured.
+            let keys = match KeySource::resolve(
+                i.jwks_file,
+                i.discovery_url.as_deref(),
+                i.discovery_ca,
+                HttpsWithoutCa::SystemRoots,
+                "jwks_file (the issuer's JWKS on disk) or discovery_url (its OIDC discovery endpoint, \
+                 or the issuer URL itself)",
+            )
+            .map_err(bad)?
+            {
+                KeySource::File { path, keys } => IssuerKeySource::File { path, keys },
+                KeySource::Discovery(d) => IssuerKeySource::Discovery(d),
             };
             let algorithms = match i.algorithms {
                 None => vec![JwsAlg::Es256],
