@@ -352,6 +352,12 @@ async fn drop_role(client: &Client, connection: &str, role: &str) -> AppResult<(
         .batch_execute(&format!("ALTER ROLE {q} NOLOGIN"))
         .await
         .map_err(|e| db_failed(connection, "ALTER ROLE NOLOGIN", &e))?;
+    // REASSIGN and DROP OWNED need the privileges of the role: a CREATEROLE role that is not a
+    // superuser gets them by granting itself membership (PostgreSQL 15 and 16 both allow it).
+    client
+        .batch_execute(&format!("GRANT {q} TO CURRENT_USER"))
+        .await
+        .map_err(|e| db_failed(connection, "GRANT role TO CURRENT_USER", &e))?;
     client
         .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&role])
         .await
