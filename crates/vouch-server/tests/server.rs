@@ -4584,3 +4584,5 @@ async fn a_server_that_cannot_load_the_stored_authority_signs_nothing() {
     assert!(String::from_utf8_lossy(&metrics).contains("\nvouch_authority_fault 0\n"));
     server.shutdown().await;
 }
+#[path = "server/db_creds.rs"]
+mod db_creds;
