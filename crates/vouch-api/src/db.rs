@@ -31,6 +31,21 @@ pub struct AgentDbCredsRequest {
     pub ttl: Option<u64>,
 }
 
+/// A workload's request on the agent's secret socket (one JSON line): credentials for a role,
+/// and which of the workload's identities to ask as when it has several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadDbCredsRequest {
+    /// `<connection>/<template>`.
+    pub db_role: String,
+    /// The lease's lifetime in seconds; the template's default when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// The identity to ask as, when the workload has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<vouch_core::SpiffeId>,
+}
+
 /// Issued credentials: the only message that carries the password.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DbCreds {

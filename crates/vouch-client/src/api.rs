@@ -197,6 +197,14 @@ impl AdminClient {
         self.send_json("POST", paths::AGENT_SECRET, req).await
     }
 
+    /// `POST /v1/agent/db/creds`: database credentials for a workload the agent attested.
+    pub async fn agent_db_creds(
+        &self,
+        req: &vouch_api::db::AgentDbCredsRequest,
+    ) -> Result<vouch_api::db::DbCreds, ClientError> {
+        self.send_json("POST", paths::AGENT_DB_CREDS, req).await
+    }
+
     /// Opens the sync stream: a snapshot, then changes as they happen.
     /// Opening is bounded by the client's timeout (a server that accepts but never answers is an
     /// error, not a hang); the stream itself lives as long as the server keeps it (it pings).

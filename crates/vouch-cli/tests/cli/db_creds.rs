@@ -255,4 +255,43 @@ fn short_lived_postgres_credentials_are_issued_renewed_revoked_and_expire() {
     .is_ok());
     server.ok(&["db", "revoke", creds["lease"]["id"].as_str().unwrap()]);
     assert_eq!(vouch_roles(&cluster), "");
+
+    // A workload (this test's `vouch`) through its agent's secret socket: refused without the
+    // grant, with the reason; issued once a grant permits `issue` on the role.
+    let agent_id = "spiffe://example.org/agent/db-node";
+    let (agent, agent_dir) = super::start_agent(tmp.path(), &server, agent_id, &[]);
+    let _agent = super::KillOnDrop(agent);
+    let socket = format!("unix://{}", agent_dir.join("api.sock").display());
+    super::entry_for_vouch(&server, "spiffe://example.org/db-client", agent_id, &["--id", "db-client"]);
+    let ask = |role: &str| {
+        let mut cmd = Command::new(super::VOUCH);
+        cmd.args(["agent", "api", "db", "creds", role, "-o", "json", "--socket", &socket]);
+        output_within(&mut cmd, b"", Duration::from_secs(30)).expect("finished within 30 s")
+    };
+    let mut refused = None;
+    wait_for("the agent serves the entry", Duration::from_secs(20), || {
+        let out = ask("orders/readonly");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let done = !err.contains("no identity issued");
+        refused = Some((out.status.success(), err));
+        done
+    });
+    let (ok, err) = refused.unwrap();
+    assert!(
+        !ok && err.contains(
+            "may not have credentials issued for database role `orders/readonly`: no policy permits"
+        ),
+        "{err}"
+    );
+    let grant = tmp.path().join("grant.cedar");
+    std::fs::write(&grant, r#"permit(principal == Workload::"spiffe://example.org/db-client", action == Action::"issue", resource == DbRole::"orders/readonly");"#).unwrap();
+    server.ok(&["policy", "put", "db-client", "--file", grant.to_str().unwrap()]);
+    let out = ask("orders/readonly");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let creds = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(creds["lease"]["identity"], "spiffe://example.org/db-client");
+    let (user, password) = (creds["username"].as_str().unwrap(), creds["password"].as_str().unwrap());
+    assert_eq!(as_user(&cluster, user, password, "SELECT count(*) FROM orders").unwrap(), "2");
+    server.ok(&["db", "revoke", creds["lease"]["id"].as_str().unwrap()]);
+    assert_eq!(vouch_roles(&cluster), "");
 }
