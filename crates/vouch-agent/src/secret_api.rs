@@ -76,10 +76,20 @@ async fn answer_line(state: &AgentState, peer: &PeerInfo, line: &str) -> Option<
     match serde_json::from_str::<WorkloadRequest>(line) {
         Ok(WorkloadRequest::Secret(req)) => serde_json::to_vec(&answer(state, peer, req).await).ok(),
         Ok(WorkloadRequest::Db(req)) => serde_json::to_vec(&db_creds(state, peer, req).await).ok(),
-        Err(_) => serde_json::to_vec(&AdminAnswer::<AgentSecretResponse>::refused(
-            "expected one JSON line {\"path\": \"<secret path>\"} or {\"db_role\": \"<connection>/<template>\"} (and \"spiffe_id\" to choose among several identities)",
-        ))
-        .ok(),
+        Err(_) => {
+            // Say what is wrong with the request the line looks like (untagged enums lose it).
+            let why = if line.contains("db_role") {
+                serde_json::from_str::<WorkloadDbCredsRequest>(line).err()
+            } else {
+                serde_json::from_str::<WorkloadSecretRequest>(line).err()
+            }
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+            serde_json::to_vec(&AdminAnswer::<AgentSecretResponse>::refused(format!(
+                "expected one JSON line {{\"path\": \"<secret path>\"}} or {{\"db_role\": \"<connection>/<template>\"}} (and \"spiffe_id\" to choose among several identities){why}"
+            )))
+            .ok()
+        }
     }
 }
 
