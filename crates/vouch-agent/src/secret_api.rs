@@ -8,6 +8,10 @@
 //! mTLS link, naming the workload's entry; the server checks the agent serves that entry and decides
 //! whether the workload's SPIFFE ID may read the secret. Nothing is cached on the node.
 //!
+//! The same socket hands out short-lived database credentials: `{"db_role": "orders/readonly"}`
+//! (optional `"ttl"` in seconds and `"spiffe_id"`) is answered with the server's `DbCreds` (username,
+//! password, lease), decided by the grant `issue` on `DbRole::"orders/readonly"`.
+//!
 //! Bounds: a request line of at most 1 KiB, sent within 5 s; at most 64 connections served at once
 //! (more are closed at accept); the server limits each agent's reads.
 
@@ -18,6 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
+use vouch_api::db::{AgentDbCredsRequest, DbCreds, WorkloadDbCredsRequest};
 use vouch_api::explain::AdminAnswer;
 use vouch_api::secrets::{AgentSecretRequest, AgentSecretResponse, WorkloadSecretRequest};
 
@@ -43,26 +48,101 @@ pub fn socket_path(workload_socket: &Path) -> PathBuf {
 /// What the workload is told when the server refuses or fails: the server's reason for a refusal
 /// of the read itself (no grant, no such secret, a bad path), a retry hint otherwise.
 fn server_refusal(e: &AgentError) -> String {
+    server_refusal_of(e, "read the secret")
+}
+
+fn server_refusal_of(e: &AgentError, what: &str) -> String {
     match e {
         AgentError::Server(vouch_client::ClientError::Api { status: 400 | 403 | 404, message, .. }) => {
             message.clone()
         }
         other => {
-            tracing::warn!(error = %other, "cannot read a secret from the server");
-            "cannot read the secret from the vouch server right now; retry".into()
+            tracing::warn!(error = %other, what, "the server did not answer a workload's request");
+            format!("cannot {what} from the vouch server right now; retry")
         }
     }
 }
 
-async fn answer(state: &AgentState, peer: &PeerInfo, line: &str) -> AdminAnswer<AgentSecretResponse> {
-    let req: WorkloadSecretRequest = match serde_json::from_str(line) {
-        Ok(r) => r,
-        Err(e) => {
-            return AdminAnswer::refused(format!(
-                "expected one JSON line {{\"path\": \"<secret path>\"}} (and \"spiffe_id\" to choose among several identities): {e}"
+/// One request line: a secret read or database credentials.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum WorkloadRequest {
+    Secret(WorkloadSecretRequest),
+    Db(WorkloadDbCredsRequest),
+}
+
+/// The answer to one request line, serialized (a secret or credentials, or a refusal).
+async fn answer_line(state: &AgentState, peer: &PeerInfo, line: &str) -> Option<Vec<u8>> {
+    match serde_json::from_str::<WorkloadRequest>(line) {
+        Ok(WorkloadRequest::Secret(req)) => serde_json::to_vec(&answer(state, peer, req).await).ok(),
+        Ok(WorkloadRequest::Db(req)) => serde_json::to_vec(&db_creds(state, peer, req).await).ok(),
+        Err(_) => {
+            // Say what is wrong with the request the line looks like (untagged enums lose it).
+            let why = if line.contains("db_role") {
+                serde_json::from_str::<WorkloadDbCredsRequest>(line).err()
+            } else {
+                serde_json::from_str::<WorkloadSecretRequest>(line).err()
+            }
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+            serde_json::to_vec(&AdminAnswer::<AgentSecretResponse>::refused(format!(
+                "expected one JSON line {{\"path\": \"<secret path>\"}} or {{\"db_role\": \"<connection>/<template>\"}} (and \"spiffe_id\" to choose among several identities){why}"
+            )))
+            .ok()
+        }
+    }
+}
+
+/// The workload's one entry (the one with `spiffe_id` when given), or why there is none.
+async fn workload_entry(
+    state: &AgentState,
+    peer: &PeerInfo,
+    spiffe_id: Option<&vouch_core::SpiffeId>,
+) -> Result<vouch_core::Entry, String> {
+    let mut entries = match entitled(state, peer, crate::clock::now()).await {
+        Ok(entries) => entries,
+        Err(e) => return Err(tonic::Status::from(e).message().to_owned()),
+    };
+    if let Some(wanted) = spiffe_id {
+        entries.retain(|e| &e.spiffe_id == wanted);
+    }
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|e| seen.insert(e.spiffe_id.to_string()));
+    match entries.as_slice() {
+        [] => Err(crate::workload_error::NO_IDENTITY.into()),
+        [one] => Ok(one.clone()),
+        several => {
+            let ids: Vec<String> = several.iter().map(|e| e.spiffe_id.to_string()).collect();
+            Err(format!(
+                "this workload has several identities ({}); say which with \"spiffe_id\"",
+                ids.join(", ")
             ))
         }
+    }
+}
+
+/// Database credentials for the workload, asked of the server as its entry.
+async fn db_creds(state: &AgentState, peer: &PeerInfo, req: WorkloadDbCredsRequest) -> AdminAnswer<DbCreds> {
+    let entry = match workload_entry(state, peer, req.spiffe_id.as_ref()).await {
+        Ok(entry) => entry,
+        Err(why) => return AdminAnswer::refused(why),
     };
+    let request =
+        &AgentDbCredsRequest { entry_id: entry.id.clone(), role: req.db_role.clone(), ttl: req.ttl };
+    match state.link.call("database credentials", |c| async move { c.agent_db_creds(request).await }).await {
+        Ok(creds) => {
+            tracing::info!(target: "vouch::audit", event = "workload.db.creds", spiffe_id = %entry.spiffe_id, role = %req.db_role, lease = %creds.lease.id);
+            AdminAnswer::Answer(creds)
+        }
+        Err(e) => AdminAnswer::refused(server_refusal_of(&e, "get database credentials")),
+    }
+}
+
+async fn answer(
+    state: &AgentState,
+    peer: &PeerInfo,
+    req: WorkloadSecretRequest,
+) -> AdminAnswer<AgentSecretResponse> {
     let mut entries = match entitled(state, peer, crate::clock::now()).await {
         Ok(entries) => entries,
         Err(e) => return AdminAnswer::refused(tonic::Status::from(e).message().to_owned()),
@@ -122,9 +202,7 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
                 Ok(Ok(_)) => {}
                 _ => return,
             }
-            let answer = answer(&state, &peer, &line).await;
-            let Ok(mut out) = serde_json::to_vec(&answer) else { return };
-            drop(answer);
+            let Some(mut out) = answer_line(&state, &peer, &line).await else { return };
             out.push(b'\n');
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, wr.write_all(&out)).await;
             zeroize::Zeroize::zeroize(&mut out);

@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod db;
 mod der;
 mod error;
 pub mod explain;

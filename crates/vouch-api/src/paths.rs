@@ -41,6 +41,14 @@ pub const POLICY: &str = "/v1/policies/{id}";
 pub const AUTHORIZE: &str = "/v1/authorize";
 /// Secrets: list (GET, `?prefix=`).
 pub const SECRETS: &str = "/v1/secrets";
+/// Issue short-lived database credentials.
+pub const DB_CREDS: &str = "/v1/db/creds";
+/// Database credential leases.
+pub const DB_LEASES: &str = "/v1/db/leases";
+/// Renew a database credential lease.
+pub const DB_LEASE_RENEW: &str = "/v1/db/leases/{id}/renew";
+/// Revoke a database credential lease (its role is dropped).
+pub const DB_LEASE_REVOKE: &str = "/v1/db/leases/{id}/revoke";
 /// One secret by percent-encoded path: write a version (PUT), read a value (GET, `?version=`).
 pub const SECRET: &str = "/v1/secrets/{path}";
 /// One secret's metadata and versions.
@@ -86,6 +94,18 @@ pub const AGENT_SIGN: &str = "/v1/agent/sign";
 pub const AGENT_JWT: &str = "/v1/agent/jwt";
 /// A secret read for a workload the agent attested.
 pub const AGENT_SECRET: &str = "/v1/agent/secret";
+/// Database credentials for a workload the agent attested.
+pub const AGENT_DB_CREDS: &str = "/v1/agent/db/creds";
+
+/// The renew path of one database lease.
+pub fn db_lease_renew(id: &str) -> String {
+    format!("/v1/db/leases/{}/renew", percent_encode(id))
+}
+
+/// The revoke path of one database lease.
+pub fn db_lease_revoke(id: &str) -> String {
+    format!("/v1/db/leases/{}/revoke", percent_encode(id))
+}
 
 /// The path of one entry.
 pub fn entry(id: &str) -> String {

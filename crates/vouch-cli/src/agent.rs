@@ -192,6 +192,30 @@ pub enum ApiCommand {
         #[command(subcommand)]
         command: SecretApiCommand,
     },
+    /// Short-lived database credentials by identity, through the agent's secret socket.
+    Db {
+        #[command(subcommand)]
+        command: DbApiCommand,
+    },
+}
+
+/// Database credentials through the agent.
+#[derive(Subcommand)]
+pub enum DbApiCommand {
+    /// Get credentials for a role template (`<connection>/<template>`): a new login role that the
+    /// server drops when its lease ends. The agent attests this process as for SVIDs; a grant must
+    /// permit its identity to `issue` on `DbRole::"<connection>/<template>"`. Prints the username
+    /// and password once to standard output (the whole answer with --output json).
+    Creds {
+        /// `<connection>/<template>`, e.g. `orders/readonly`.
+        role: String,
+        /// The lease's lifetime (`15m`); the template's default when left out.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Ask as this SPIFFE ID (when the workload has several identities).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
 }
 
 /// Secret reads through the agent.
@@ -497,8 +521,46 @@ async fn secret_get(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `vouch agent api db creds`: one request on the agent's secret socket.
+async fn db_creds(
+    endpoint: &str,
+    role: &str,
+    ttl: Option<&str>,
+    spiffe_id: Option<&str>,
+    output: Output,
+) -> Result<ExitCode> {
+    use vouch_api::db::{DbCreds, WorkloadDbCredsRequest};
+    let request = WorkloadDbCredsRequest {
+        db_role: role.to_owned(),
+        ttl: ttl
+            .map(|t| crate::parse_flag("ttl", t, vouch_core::duration::parse).map(|d| d.as_secs()))
+            .transpose()?,
+        spiffe_id: spiffe_id.map(|id| crate::parse_flag("spiffe-id", id, SpiffeId::parse)).transpose()?,
+    };
+    let socket = vouch_agent::secret_api::socket_path(&socket_path(endpoint));
+    let creds: DbCreds = ask_on("secret", &socket, &request).await?;
+    match output {
+        Output::Json => output::print_json(&creds)?,
+        Output::Table => {
+            eprintln!(
+                "lease {} for {}, expires {}",
+                creds.lease.id,
+                creds.lease.identity,
+                vouch_core::ttl::rfc3339(creds.lease.expires_at)
+            );
+            println!("username {}", creds.username);
+            println!("password {}", creds.password);
+        }
+    }
+    drop(zeroize::Zeroizing::new(creds.password));
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<ExitCode> {
     let command = match command {
+        ApiCommand::Db { command: DbApiCommand::Creds { role, ttl, spiffe_id } } => {
+            return db_creds(endpoint, &role, ttl.as_deref(), spiffe_id.as_deref(), output).await;
+        }
         ApiCommand::Secret { command: SecretApiCommand::Get { name, spiffe_id, write } } => {
             return secret_get(endpoint, &name, spiffe_id.as_deref(), write.as_deref(), output).await;
         }
@@ -576,7 +638,7 @@ async fn api(command: ApiCommand, endpoint: &str, output: Output) -> Result<Exit
             }
         }
         // Answered above, on the secret socket.
-        ApiCommand::Secret { .. } => {}
+        ApiCommand::Secret { .. } | ApiCommand::Db { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }

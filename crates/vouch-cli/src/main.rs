@@ -4,6 +4,7 @@
 
 mod agent;
 mod authority;
+mod db;
 mod federation;
 mod group;
 mod helper;
@@ -106,6 +107,14 @@ enum Command {
     Federation {
         #[command(subcommand)]
         command: federation::FederationCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Short-lived PostgreSQL credentials: `vouch db creds|leases|renew|revoke`. The server makes
+    /// a login role per request and drops it when its lease ends (docs/database-credentials.md).
+    Db {
+        #[command(subcommand)]
+        command: db::DbCommand,
         #[command(flatten)]
         connect: Connect,
     },
@@ -506,6 +515,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Authority { command, connect } => authority::run(command, &connect).await,
         Command::Federation { command, connect } => federation::run(command, &connect).await,
         Command::Secret { command, connect } => secret::run(command, &connect).await,
+        Command::Db { command, connect } => db::run(command, &connect).await,
         Command::Policy { command, connect } => policy::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =

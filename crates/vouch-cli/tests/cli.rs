@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 // Kept beside, not in tests/ (each file there would be a test binary of its own).
 #[path = "cli/cloud.rs"]
 mod cloud;
+#[path = "cli/db_creds.rs"]
+mod db_creds;
 #[path = "cli/helper.rs"]
 mod helper;
 #[path = "cli/postgres.rs"]

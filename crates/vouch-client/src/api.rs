@@ -101,6 +101,11 @@ impl AdminClient {
         Federations { client: self }
     }
 
+    /// Short-lived database credentials and their leases.
+    pub fn db(&self) -> Db<'_> {
+        Db { client: self }
+    }
+
     /// The secret store's operations.
     pub fn secrets(&self) -> Secrets<'_> {
         Secrets { client: self }
@@ -190,6 +195,14 @@ impl AdminClient {
     /// A secret read for a workload of the calling agent, named by its entry.
     pub async fn agent_secret(&self, req: &AgentSecretRequest) -> Result<AgentSecretResponse, ClientError> {
         self.send_json("POST", paths::AGENT_SECRET, req).await
+    }
+
+    /// `POST /v1/agent/db/creds`: database credentials for a workload the agent attested.
+    pub async fn agent_db_creds(
+        &self,
+        req: &vouch_api::db::AgentDbCredsRequest,
+    ) -> Result<vouch_api::db::DbCreds, ClientError> {
+        self.send_json("POST", paths::AGENT_DB_CREDS, req).await
     }
 
     /// Opens the sync stream: a snapshot, then changes as they happen.
@@ -454,5 +467,35 @@ impl Policies<'_> {
     /// Decides a what-if request without storing anything.
     pub async fn test(&self, test: &PolicyTest) -> Result<AuthorizeResponse, ClientError> {
         self.client.send_json("POST", paths::POLICIES_TEST, test).await
+    }
+}
+
+/// Short-lived database credentials (`/v1/db`).
+pub struct Db<'a> {
+    client: &'a AdminClient,
+}
+
+impl Db<'_> {
+    /// Issues credentials for `role` (`<connection>/<template>`); the answer holds the password.
+    pub async fn creds(&self, role: &str, ttl: Option<u64>) -> Result<vouch_api::db::DbCreds, ClientError> {
+        let req = vouch_api::db::DbCredsRequest { role: role.to_owned(), ttl };
+        self.client.send_json("POST", paths::DB_CREDS, &req).await
+    }
+
+    /// Every lease.
+    pub async fn leases(&self) -> Result<vouch_api::db::DbLeaseList, ClientError> {
+        self.client.get(paths::DB_LEASES).await
+    }
+
+    /// Extends a lease (to `ttl` seconds from now, or the template's default; never past its max).
+    pub async fn renew(&self, id: &str, ttl: Option<u64>) -> Result<vouch_api::db::DbLeaseView, ClientError> {
+        self.client
+            .send_json("POST", &paths::db_lease_renew(id), &vouch_api::db::DbRenewRequest { ttl })
+            .await
+    }
+
+    /// Revokes a lease: its role's sessions are ended and the role is dropped.
+    pub async fn revoke(&self, id: &str) -> Result<vouch_api::db::DbLeaseView, ClientError> {
+        self.client.send_json("POST", &paths::db_lease_revoke(id), &serde_json::json!({})).await
     }
 }

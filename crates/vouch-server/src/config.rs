@@ -104,6 +104,9 @@ struct FileConfig {
     federation: FileFederation,
     #[serde(default)]
     token_exchange: crate::token_exchange::rules::FileTokenExchange,
+    /// `[database.<connection>]`: PostgreSQL databases the server issues short-lived roles on.
+    #[serde(default)]
+    database: std::collections::BTreeMap<String, crate::db_creds::FileDatabase>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -660,6 +663,8 @@ pub struct Config {
     pub federation: FederationConfig,
     /// RFC 8693 token exchange on the OIDC listener, if configured.
     pub token_exchange: Option<crate::token_exchange::TokenExchangeConfig>,
+    /// Databases the server issues short-lived credentials on (`[database.<connection>]`).
+    pub databases: std::collections::BTreeMap<String, crate::db_creds::DatabaseConfig>,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -940,7 +945,9 @@ impl Config {
                     .into(),
             ));
         }
+        let databases = crate::db_creds::build(file.database, env)?;
         Ok(Self {
+            databases,
             federation,
             token_exchange,
             limits,

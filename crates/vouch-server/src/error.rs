@@ -133,9 +133,9 @@ impl From<StoreError> for ApiError {
             | StoreError::GroupExists(_)
             | StoreError::FederationExists(_) => Self::conflict(e.to_string()),
             StoreError::FederationConflict(_) => Self::revision_conflict(e.to_string()),
-            StoreError::FederationNotFound(_) | StoreError::PolicyNotFound(_) => {
-                Self::not_found(e.to_string())
-            }
+            StoreError::FederationNotFound(_)
+            | StoreError::PolicyNotFound(_)
+            | StoreError::LeaseNotFound(_) => Self::not_found(e.to_string()),
             StoreError::SecretNotFound(_) | StoreError::SecretVersionNotFound { .. } => {
                 Self::not_found(e.to_string())
             }

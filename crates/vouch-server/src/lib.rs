@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod bundle_endpoint;
 pub mod config;
+pub mod db_creds;
 mod error;
 mod extract;
 mod federation;
@@ -301,6 +302,7 @@ impl Server {
             tasks.push(("changes of other replicas", tokio::spawn(follow)));
         }
         tasks.push(("federation refresher", tokio::spawn(federation::refresher(state.clone(), rx.clone()))));
+        tasks.push(("database lease expiry", tokio::spawn(db_creds::expirer(state.clone(), rx.clone()))));
         tasks.push(("key rotation", tokio::spawn(rotation_loop(state.clone(), rx))));
         tracing::info!(
             trust_domain = %config.trust_domain,

@@ -496,6 +496,11 @@ fn openapi_describes_every_route() {
         ("/v1/policies/test", &["post"]),
         ("/v1/policies/{id}", &["put", "get", "delete"]),
         ("/v1/authorize", &["post"]),
+        ("/v1/db/creds", &["post"]),
+        ("/v1/db/leases", &["get"]),
+        ("/v1/db/leases/{id}/renew", &["post"]),
+        ("/v1/db/leases/{id}/revoke", &["post"]),
+        ("/v1/agent/db/creds", &["post"]),
     ] {
         for m in methods {
             assert!(
@@ -504,7 +509,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 41, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 46, "a route in openapi.json that the test does not know");
     let codes =
         doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
     for code in vouch_api::ErrorCode::ALL {
@@ -2291,6 +2296,24 @@ impl Store for PausingStore {
     }
     async fn policies_revision(&self) -> Result<u64, vouch_store::StoreError> {
         self.inner.policies_revision().await
+    }
+    async fn create_db_lease(&self, lease: &vouch_store::DbLease) -> Result<(), vouch_store::StoreError> {
+        self.inner.create_db_lease(lease).await
+    }
+    async fn activate_db_lease(&self, id: &str) -> Result<bool, vouch_store::StoreError> {
+        self.inner.activate_db_lease(id).await
+    }
+    async fn renew_db_lease(&self, id: &str, expires_at: i64) -> Result<bool, vouch_store::StoreError> {
+        self.inner.renew_db_lease(id, expires_at).await
+    }
+    async fn get_db_lease(&self, id: &str) -> Result<Option<vouch_store::DbLease>, vouch_store::StoreError> {
+        self.inner.get_db_lease(id).await
+    }
+    async fn list_db_leases(&self) -> Result<Vec<vouch_store::DbLease>, vouch_store::StoreError> {
+        self.inner.list_db_leases().await
+    }
+    async fn delete_db_lease(&self, id: &str) -> Result<bool, vouch_store::StoreError> {
+        self.inner.delete_db_lease(id).await
     }
     async fn load_authority_versioned(
         &self,
@@ -4561,3 +4584,5 @@ async fn a_server_that_cannot_load_the_stored_authority_signs_nothing() {
     assert!(String::from_utf8_lossy(&metrics).contains("\nvouch_authority_fault 0\n"));
     server.shutdown().await;
 }
+#[path = "server/db_creds.rs"]
+mod db_creds;

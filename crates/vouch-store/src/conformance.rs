@@ -49,6 +49,7 @@ pub async fn run(store: Arc<dyn Store>) {
     agents(&*store).await;
     bans_win_races(store.clone()).await;
     policies(store.clone()).await;
+    db_leases(store.clone()).await;
     node_groups(&*store).await;
     federation(&*store).await;
     secrets(store.clone()).await;
@@ -752,4 +753,39 @@ async fn policies(store: Arc<dyn Store>) {
         store.delete_policy(id, "admin", 300).await.expect("delete");
     }
     assert!(store.list_policies().await.expect("list").is_empty());
+}
+
+async fn db_leases(store: Arc<dyn Store>) {
+    use crate::{DbLease, LeaseState};
+    assert!(store.list_db_leases().await.expect("list").is_empty());
+    let lease = DbLease {
+        id: "00ff".into(),
+        role: "vouch_00ff".into(),
+        connection: "orders".into(),
+        template: "readonly".into(),
+        identity: "spiffe://example.org/payments".into(),
+        state: LeaseState::Creating,
+        created_at: 100,
+        expires_at: 400,
+        max_expires_at: 1000,
+    };
+    store.create_db_lease(&lease).await.expect("create");
+    assert!(store.create_db_lease(&lease).await.is_err(), "one lease per id");
+    assert_eq!(store.get_db_lease("00ff").await.expect("get"), Some(lease.clone()));
+    // A creating lease cannot be renewed: its role may not exist yet.
+    assert!(!store.renew_db_lease("00ff", 500).await.expect("renew"));
+    assert!(store.activate_db_lease("00ff").await.expect("activate"));
+    assert!(
+        !store.activate_db_lease("00ff").await.expect("activate twice"),
+        "only a creating lease activates"
+    );
+    assert!(store.renew_db_lease("00ff", 500).await.expect("renew"));
+    let got = store.get_db_lease("00ff").await.expect("get").expect("lease");
+    assert_eq!((got.state, got.expires_at), (LeaseState::Active, 500));
+    assert_eq!(store.list_db_leases().await.expect("list"), vec![got]);
+    assert!(!store.renew_db_lease("nope", 500).await.expect("renew unknown"));
+    assert!(!store.activate_db_lease("nope").await.expect("activate unknown"));
+    assert!(store.delete_db_lease("00ff").await.expect("delete"));
+    assert!(!store.delete_db_lease("00ff").await.expect("delete twice"));
+    assert_eq!(store.get_db_lease("00ff").await.expect("get"), None);
 }

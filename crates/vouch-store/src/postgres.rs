@@ -34,9 +34,9 @@ use crate::migrate::{self, Migration};
 use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    Change, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion, PolicyVersion,
-    SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse,
-    VersionChange,
+    Change, DbLease, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, LeaseState, NewSecretVersion,
+    PolicyVersion, SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError,
+    StoredAuthority, TokenUse, VersionChange,
 };
 use vouch_core::SecretPath;
 
@@ -155,7 +155,41 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             UNIQUE (id, version)
         );"#,
     },
+    Migration {
+        version: 10,
+        name: "db_leases",
+        // Leases on dynamic database roles; never a password. A lease is written (`creating`)
+        // before its role exists, so a crash leaves a row that names the role to clean up.
+        sql: r#"CREATE TABLE db_leases (
+            id TEXT COLLATE "C" PRIMARY KEY,
+            role TEXT NOT NULL UNIQUE,
+            connection TEXT NOT NULL,
+            template TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            max_expires_at BIGINT NOT NULL
+        );"#,
+    },
 ];
+
+const LEASE_COLUMNS: &str =
+    "id, role, connection, template, identity, state, created_at, expires_at, max_expires_at";
+
+fn pg_lease_row(r: &Row) -> Result<DbLease, StoreError> {
+    Ok(DbLease {
+        id: col(r, 0)?,
+        role: col(r, 1)?,
+        connection: col(r, 2)?,
+        template: col(r, 3)?,
+        identity: col(r, 4)?,
+        state: LeaseState::parse(&col::<String>(r, 5)?)?,
+        created_at: col(r, 6)?,
+        expires_at: col(r, 7)?,
+        max_expires_at: col(r, 8)?,
+    })
+}
 
 fn pg_policy_row(r: &Row) -> Result<PolicyVersion, StoreError> {
     Ok(PolicyVersion {
@@ -280,6 +314,34 @@ impl PgUrl {
             shown.push_str("?sslmode=verify-full");
         }
         Ok(Self { config: Arc::new(config), shown, ca_file })
+    }
+
+    /// Whether the URL carries a password.
+    pub fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
+    }
+
+    /// Sets the password (read from a file or the environment rather than written in the URL).
+    /// It stays as hidden as one in the URL.
+    pub fn set_password(&mut self, password: &[u8]) {
+        let config = Arc::make_mut(&mut self.config);
+        config.password(password);
+        self.shown = show(config) + if self.ca_file.is_some() { "?sslmode=verify-full" } else { "" };
+    }
+
+    /// Opens one connection outside any store (for the dynamic database credentials the server
+    /// manages), with the store's TLS rules; its driver runs on its own task. Errors name the URL
+    /// without its password.
+    pub async fn connect_client(&self) -> Result<Client, StoreError> {
+        let tls = PgTls::new(self.ca_file.as_ref())?;
+        let (client, connection) = open(self, &tls).await.map_err(|(e, _)| e)?;
+        let shown = self.shown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(database = %shown, error = %describe(&e), "a PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
     }
 
     /// Whether a store setting names PostgreSQL (as opposed to SQLite).
@@ -1570,6 +1632,76 @@ impl Store for PostgresStore {
         let conn = self.pool.get().await?;
         let row = conn.query_one("SELECT COALESCE(MAX(seq), 0) FROM policies", &[]).await.map_err(backend)?;
         Ok(u64::try_from(col::<i64>(&row, 0)?).unwrap_or(0))
+    }
+
+    async fn create_db_lease(&self, l: &DbLease) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let conn = self.pool.get().await?;
+        conn.execute(
+            &format!("INSERT INTO db_leases ({LEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+            &[
+                &l.id,
+                &l.role,
+                &l.connection,
+                &l.template,
+                &l.identity,
+                &l.state.as_str(),
+                &l.created_at,
+                &l.expires_at,
+                &l.max_expires_at,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn activate_db_lease(&self, id: &str) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let conn = self.pool.get().await?;
+        let n = conn
+            .execute("UPDATE db_leases SET state = 'active' WHERE id = $1 AND state = 'creating'", &[&id])
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    async fn renew_db_lease(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let conn = self.pool.get().await?;
+        let n = conn
+            .execute(
+                "UPDATE db_leases SET expires_at = $2 WHERE id = $1 AND state = 'active'",
+                &[&id, &expires_at],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    async fn get_db_lease(&self, id: &str) -> Result<Option<DbLease>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(&format!("SELECT {LEASE_COLUMNS} FROM db_leases WHERE id = $1"), &[&id])
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(pg_lease_row).transpose()
+    }
+
+    async fn list_db_leases(&self) -> Result<Vec<DbLease>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(&format!("SELECT {LEASE_COLUMNS} FROM db_leases ORDER BY id"), &[])
+            .await
+            .map_err(backend)?;
+        rows.iter().map(pg_lease_row).collect()
+    }
+
+    async fn delete_db_lease(&self, id: &str) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let conn = self.pool.get().await?;
+        let n = conn.execute("DELETE FROM db_leases WHERE id = $1", &[&id]).await.map_err(backend)?;
+        Ok(n == 1)
     }
 
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError> {

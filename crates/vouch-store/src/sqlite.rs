@@ -17,9 +17,9 @@ use crate::codec::{
 use crate::migrate::{self, Migration};
 use crate::{
     agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    DamagedEntry, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, NewSecretVersion, PolicyVersion,
-    SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse,
-    VersionChange,
+    DamagedEntry, DbLease, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, LeaseState,
+    NewSecretVersion, PolicyVersion, SealedSecretVersion, SecretRecord, SecretVersionRecord, Store,
+    StoreError, StoredAuthority, TokenUse, VersionChange,
 };
 use vouch_core::SecretPath;
 
@@ -138,7 +138,50 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             UNIQUE (id, version)
         );",
     },
+    Migration {
+        version: 10,
+        name: "db_leases",
+        // Leases on dynamic database roles; never a password. A lease is written (`creating`)
+        // before its role exists, so a crash leaves a row that names the role to clean up.
+        sql: "CREATE TABLE db_leases (
+            id TEXT PRIMARY KEY,
+            role TEXT NOT NULL UNIQUE,
+            connection TEXT NOT NULL,
+            template TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            max_expires_at INTEGER NOT NULL
+        );",
+    },
 ];
+
+const LEASE_COLUMNS: &str =
+    "id, role, connection, template, identity, state, created_at, expires_at, max_expires_at";
+
+fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DbLease, String)> {
+    Ok((
+        DbLease {
+            id: r.get(0)?,
+            role: r.get(1)?,
+            connection: r.get(2)?,
+            template: r.get(3)?,
+            identity: r.get(4)?,
+            state: LeaseState::Creating,
+            created_at: r.get(6)?,
+            expires_at: r.get(7)?,
+            max_expires_at: r.get(8)?,
+        },
+        r.get(5)?,
+    ))
+}
+
+/// A lease with its stored state parsed.
+fn lease_of((mut lease, state): (DbLease, String)) -> Result<DbLease, StoreError> {
+    lease.state = LeaseState::parse(&state)?;
+    Ok(lease)
+}
 
 const POLICY_COLUMNS: &str = "id, version, text, created_at, author";
 
@@ -1179,6 +1222,88 @@ impl Store for SqliteStore {
                 .query_row("SELECT COALESCE(MAX(seq), 0) FROM policies", [], |r| r.get(0))
                 .map_err(backend)?;
             Ok(u64::try_from(seq).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn create_db_lease(&self, lease: &DbLease) -> Result<(), StoreError> {
+        let l = lease.clone();
+        self.with_write(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO db_leases ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                ),
+                params![
+                    l.id,
+                    l.role,
+                    l.connection,
+                    l.template,
+                    l.identity,
+                    l.state.as_str(),
+                    l.created_at,
+                    l.expires_at,
+                    l.max_expires_at
+                ],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn activate_db_lease(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with_write(move |conn| {
+            let n = conn
+                .execute("UPDATE db_leases SET state = 'active' WHERE id = ?1 AND state = 'creating'", [&id])
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn renew_db_lease(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with_write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE db_leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'",
+                    params![id, expires_at],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn get_db_lease(&self, id: &str) -> Result<Option<DbLease>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(&format!("SELECT {LEASE_COLUMNS} FROM db_leases WHERE id = ?1"), [&id], lease_row)
+                .optional()
+                .map_err(backend)?
+                .map(lease_of)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_db_leases(&self) -> Result<Vec<DbLease>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!("SELECT {LEASE_COLUMNS} FROM db_leases ORDER BY id"))
+                .map_err(backend)?;
+            let rows = stmt.query_map([], lease_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(lease_of)).collect()
+        })
+        .await
+    }
+
+    async fn delete_db_lease(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with_write(move |conn| {
+            let n = conn.execute("DELETE FROM db_leases WHERE id = ?1", [&id]).map_err(backend)?;
+            Ok(n == 1)
         })
         .await
     }

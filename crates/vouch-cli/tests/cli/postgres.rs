@@ -17,7 +17,7 @@ use super::helper::spawn_helper;
 use super::{entry_for_vouch, json, output_within, start_agent, KillOnDrop, ServerProcess};
 
 /// Runs a command (at most 30 s) that must succeed; its stdout.
-fn run_ok(cmd: &mut Command) -> String {
+pub(super) fn run_ok(cmd: &mut Command) -> String {
     let out = output_within(cmd, b"", Duration::from_secs(30)).expect("finished within 30 s");
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
@@ -135,13 +135,13 @@ impl Conn<'_> {
 }
 
 /// The port of a cluster, from its URL (`…:PORT/db`).
-fn port_of(cluster: &PgCluster) -> u16 {
+pub(super) fn port_of(cluster: &PgCluster) -> u16 {
     let url = cluster.socket_url("postgres");
     url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()).unwrap().parse().unwrap()
 }
 
 /// Runs `sql` as the superuser over the cluster's Unix socket (trusted, for the set-up).
-fn as_superuser(cluster: &PgCluster, sql: &str) {
+pub(super) fn as_superuser(cluster: &PgCluster, sql: &str) {
     let conninfo =
         format!("host={} port={} dbname=postgres user=postgres", cluster.dir().display(), port_of(cluster));
     run_ok(Command::new("psql").args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", sql]));
