@@ -8,18 +8,29 @@
 //! mTLS link, naming the workload's entry; the server checks the agent serves that entry and decides
 //! whether the workload's SPIFFE ID may read the secret. Nothing is cached on the node.
 //!
+//! A watch (`"watch": true`, optionally `"known_version": N`) keeps the connection open: a line for
+//! the current version unless the workload holds it, then one for each change of the latest live
+//! version, each attested and decided again; an error line ends it. The agent holds a long poll on
+//! the server for each watch (`known_version` on `POST /v1/agent/secret`), so a new version arrives
+//! as soon as it is written and a quiet secret costs nothing.
+//!
 //! The same socket hands out short-lived database credentials: `{"db_role": "orders/readonly"}`
 //! (optional `"ttl"` in seconds and `"spiffe_id"`) is answered with the server's `DbCreds` (username,
 //! password, lease), decided by the grant `issue` on `DbRole::"orders/readonly"`.
 //!
 //! Bounds: a request line of at most 1 KiB, sent within 5 s; at most 64 connections served at once
-//! (more are closed at accept); the server limits each agent's reads.
+//! (more are closed at accept); watches apart: at most [`MAX_WATCHES`] in all and
+//! [`MAX_WATCHES_PER_IDENTITY`] per SPIFFE ID (refused with an error line beyond), a line not
+//! taken within [`WRITE_TIMEOUT`] ends its watch; the server limits each agent's reads and
+//! watches.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use vouch_api::db::{AgentDbCredsRequest, DbCreds, WorkloadDbCredsRequest};
@@ -35,8 +46,16 @@ use crate::AgentError;
 pub const MAX_REQUEST: usize = 1024;
 /// How long a client may take to send its request line.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most connections served at once.
+/// Most connections served at once (watches apart).
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most watches (`"watch": true`) followed at once on the agent.
+pub const MAX_WATCHES: usize = 256;
+/// Most watches one identity (SPIFFE ID) may hold at once on the agent, so that one workload
+/// cannot take every watch from the others.
+pub const MAX_WATCHES_PER_IDENTITY: usize = 32;
+/// How long a line to a watching workload may wait for it to be taken (its socket buffer full)
+/// before the watch ends: a workload that stops reading holds nothing for long.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The secret socket of the Workload API socket at `workload_socket`.
 pub fn socket_path(workload_socket: &Path) -> PathBuf {
@@ -63,56 +82,27 @@ fn server_refusal_of(e: &AgentError, what: &str) -> String {
     }
 }
 
-/// One request line: a secret read or database credentials.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum WorkloadRequest {
-    Secret(WorkloadSecretRequest),
-    Db(WorkloadDbCredsRequest),
-}
-
-/// The answer to one request line, serialized (a secret or credentials, or a refusal).
-async fn answer_line(state: &AgentState, peer: &PeerInfo, line: &str) -> Option<Vec<u8>> {
-    match serde_json::from_str::<WorkloadRequest>(line) {
-        Ok(WorkloadRequest::Secret(req)) => serde_json::to_vec(&answer(state, peer, req).await).ok(),
-        Ok(WorkloadRequest::Db(req)) => serde_json::to_vec(&db_creds(state, peer, req).await).ok(),
-        Err(_) => {
-            // Say what is wrong with the request the line looks like (untagged enums lose it).
-            let why = if line.contains("db_role") {
-                serde_json::from_str::<WorkloadDbCredsRequest>(line).err()
-            } else {
-                serde_json::from_str::<WorkloadSecretRequest>(line).err()
-            }
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default();
-            serde_json::to_vec(&AdminAnswer::<AgentSecretResponse>::refused(format!(
-                "expected one JSON line {{\"path\": \"<secret path>\"}} or {{\"db_role\": \"<connection>/<template>\"}} (and \"spiffe_id\" to choose among several identities){why}"
-            )))
-            .ok()
-        }
-    }
-}
-
-/// The workload's one entry (the one with `spiffe_id` when given), or why there is none.
-async fn workload_entry(
+/// The entry the workload reads as: its one identity, or the one it names among several.
+async fn pick_entry(
     state: &AgentState,
     peer: &PeerInfo,
-    spiffe_id: Option<&vouch_core::SpiffeId>,
+    wanted: Option<&vouch_api::SpiffeId>,
 ) -> Result<vouch_core::Entry, String> {
     let mut entries = match entitled(state, peer, crate::clock::now()).await {
         Ok(entries) => entries,
         Err(e) => return Err(tonic::Status::from(e).message().to_owned()),
     };
-    if let Some(wanted) = spiffe_id {
+    if let Some(wanted) = wanted {
         entries.retain(|e| &e.spiffe_id == wanted);
     }
+    // Several entries may give one SPIFFE ID: it is one identity.
     let mut seen = std::collections::HashSet::new();
     entries.retain(|e| seen.insert(e.spiffe_id.to_string()));
-    match entries.as_slice() {
-        [] => Err(crate::workload_error::NO_IDENTITY.into()),
-        [one] => Ok(one.clone()),
-        several => {
-            let ids: Vec<String> = several.iter().map(|e| e.spiffe_id.to_string()).collect();
+    match entries.len() {
+        0 => Err(crate::workload_error::NO_IDENTITY.to_owned()),
+        1 => entries.pop().ok_or_else(|| crate::workload_error::NO_IDENTITY.to_owned()),
+        _ => {
+            let ids: Vec<String> = entries.iter().map(|e| e.spiffe_id.to_string()).collect();
             Err(format!(
                 "this workload has several identities ({}); say which with \"spiffe_id\"",
                 ids.join(", ")
@@ -121,9 +111,31 @@ async fn workload_entry(
     }
 }
 
+/// One request line: a secret read (or watch), or database credentials.
+enum Request {
+    Secret(WorkloadSecretRequest),
+    Db(WorkloadDbCredsRequest),
+}
+
+fn parse_request(line: &str) -> Result<Request, String> {
+    const EXPECTED: &str = "expected one JSON line {\"path\": \"<secret path>\"} or {\"db_role\": \"<connection>/<template>\"} (and \"spiffe_id\" to choose among several identities, \"watch\": true to follow new versions of a secret)";
+    // Which request the line is, by its key, so the error says what is wrong with that one.
+    let is_db = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
+        .map(|m| m.contains_key("db_role"))
+        .unwrap_or(false);
+    if is_db {
+        return serde_json::from_str(line).map(Request::Db).map_err(|e| format!("{EXPECTED}: {e}"));
+    }
+    let req: WorkloadSecretRequest = serde_json::from_str(line).map_err(|e| format!("{EXPECTED}: {e}"))?;
+    if req.known_version.is_some() && !req.watch {
+        return Err("\"known_version\" goes with \"watch\": true".into());
+    }
+    Ok(Request::Secret(req))
+}
+
 /// Database credentials for the workload, asked of the server as its entry.
-async fn db_creds(state: &AgentState, peer: &PeerInfo, req: WorkloadDbCredsRequest) -> AdminAnswer<DbCreds> {
-    let entry = match workload_entry(state, peer, req.spiffe_id.as_ref()).await {
+async fn db_creds(state: &AgentState, peer: &PeerInfo, req: &WorkloadDbCredsRequest) -> AdminAnswer<DbCreds> {
+    let entry = match pick_entry(state, peer, req.spiffe_id.as_ref()).await {
         Ok(entry) => entry,
         Err(why) => return AdminAnswer::refused(why),
     };
@@ -141,30 +153,14 @@ async fn db_creds(state: &AgentState, peer: &PeerInfo, req: WorkloadDbCredsReque
 async fn answer(
     state: &AgentState,
     peer: &PeerInfo,
-    req: WorkloadSecretRequest,
+    req: &WorkloadSecretRequest,
 ) -> AdminAnswer<AgentSecretResponse> {
-    let mut entries = match entitled(state, peer, crate::clock::now()).await {
-        Ok(entries) => entries,
-        Err(e) => return AdminAnswer::refused(tonic::Status::from(e).message().to_owned()),
+    let entry = match pick_entry(state, peer, req.spiffe_id.as_ref()).await {
+        Ok(entry) => entry,
+        Err(e) => return AdminAnswer::refused(e),
     };
-    if let Some(wanted) = &req.spiffe_id {
-        entries.retain(|e| &e.spiffe_id == wanted);
-    }
-    // Several entries may give one SPIFFE ID: it is one identity.
-    let mut seen = std::collections::HashSet::new();
-    entries.retain(|e| seen.insert(e.spiffe_id.to_string()));
-    let entry = match entries.as_slice() {
-        [] => return AdminAnswer::refused(crate::workload_error::NO_IDENTITY),
-        [one] => one,
-        several => {
-            let ids: Vec<String> = several.iter().map(|e| e.spiffe_id.to_string()).collect();
-            return AdminAnswer::refused(format!(
-                "this workload has several identities ({}); say which with \"spiffe_id\"",
-                ids.join(", ")
-            ));
-        }
-    };
-    let request = &AgentSecretRequest { entry_id: entry.id.clone(), path: req.path.clone() };
+    let request =
+        &AgentSecretRequest { entry_id: entry.id.clone(), path: req.path.clone(), known_version: None };
     match state.link.call("secret read", |c| async move { c.agent_secret(request).await }).await {
         Ok(answer) => {
             tracing::info!(target: "vouch::audit", event = "workload.secret.read", spiffe_id = %answer.spiffe_id, path = %answer.path, version = answer.version);
@@ -174,9 +170,185 @@ async fn answer(
     }
 }
 
+/// Writes one answer line within [`WRITE_TIMEOUT`]; false when the workload did not take it (or
+/// went away): the connection is then given up.
+async fn send_line<T: serde::Serialize>(wr: &mut OwnedWriteHalf, answer: &AdminAnswer<T>) -> bool {
+    let Ok(mut out) = serde_json::to_vec(answer) else { return false };
+    out.push(b'\n');
+    let sent = matches!(tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&out)).await, Ok(Ok(())));
+    zeroize::Zeroize::zeroize(&mut out);
+    sent
+}
+
+/// The open watches: in all (a semaphore) and per identity.
+#[derive(Default)]
+struct Watches {
+    per_identity: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// One identity's hold on a watch, released on drop.
+struct IdentitySlot<'a> {
+    watches: &'a Watches,
+    id: String,
+}
+
+impl Watches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.per_identity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self, id: &str) -> Option<IdentitySlot<'_>> {
+        let mut map = self.lock();
+        let count = map.entry(id.to_owned()).or_default();
+        if *count >= MAX_WATCHES_PER_IDENTITY {
+            return None;
+        }
+        *count += 1;
+        Some(IdentitySlot { watches: self, id: id.to_owned() })
+    }
+}
+
+impl Drop for IdentitySlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.watches.lock();
+        if let Some(count) = map.get_mut(&self.id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// What a server error means to a watch.
+enum WatchError {
+    /// The read itself is refused (no grant, no such secret, a bad path, too many watches): the
+    /// workload is told and the watch ends.
+    Refused(String),
+    /// The server cannot answer now: tried again after a pause.
+    Transient,
+}
+
+fn watch_error(e: &AgentError) -> WatchError {
+    match e {
+        AgentError::Server(vouch_client::ClientError::Api {
+            status: 400 | 403 | 404 | 429, message, ..
+        }) => WatchError::Refused(message.clone()),
+        other => {
+            tracing::warn!(error = %other, "cannot watch a secret on the server; trying again");
+            WatchError::Transient
+        }
+    }
+}
+
+/// Follows a secret for a workload: a line for each version (the current one first, unless the
+/// workload holds it), until the workload closes the connection, does not take a line within
+/// [`WRITE_TIMEOUT`], loses its identity or its grant. Every answer is attested and decided again.
+async fn watch(
+    state: &AgentState,
+    peer: &PeerInfo,
+    req: &WorkloadSecretRequest,
+    watches: &Watches,
+    all: &Arc<Semaphore>,
+    rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+) {
+    let entry = match pick_entry(state, peer, req.spiffe_id.as_ref()).await {
+        Ok(entry) => entry,
+        Err(e) => {
+            send_line(&mut wr, &AdminAnswer::<AgentSecretResponse>::refused(e)).await;
+            return;
+        }
+    };
+    let id = entry.spiffe_id.to_string();
+    let Ok(_all) = all.clone().try_acquire_owned() else {
+        let e = format!("this agent already follows {MAX_WATCHES} secret watches, the most it serves; close some or read without \"watch\"");
+        send_line(&mut wr, &AdminAnswer::<AgentSecretResponse>::refused(e)).await;
+        return;
+    };
+    let Some(_mine) = watches.enter(&id) else {
+        let e = format!("`{id}` already holds {MAX_WATCHES_PER_IDENTITY} secret watches on this agent, the most one identity may; close some");
+        send_line(&mut wr, &AdminAnswer::<AgentSecretResponse>::refused(e)).await;
+        return;
+    };
+    tracing::debug!(spiffe_id = %id, path = %req.path, "secret watch opened");
+    let follow = follow(state, peer, req, entry, &mut wr);
+    // The workload sends nothing after its request: anything it sends, or its closing the
+    // connection, ends the watch (and the server's long poll with it).
+    let closed = async {
+        let mut rd = rd;
+        let mut byte = [0u8; 1];
+        let _ = rd.read(&mut byte).await;
+    };
+    tokio::select! {
+        () = follow => {}
+        () = closed => tracing::debug!(spiffe_id = %id, path = %req.path, "secret watch closed by the workload"),
+    }
+}
+
+async fn follow(
+    state: &AgentState,
+    peer: &PeerInfo,
+    req: &WorkloadSecretRequest,
+    entry: vouch_core::Entry,
+    wr: &mut OwnedWriteHalf,
+) {
+    // Version 0 is never a version: the current one is sent at once.
+    let mut known = req.known_version.unwrap_or(0);
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let request = &AgentSecretRequest {
+            entry_id: entry.id.clone(),
+            path: req.path.clone(),
+            known_version: Some(known),
+        };
+        let got =
+            state.link.call("secret watch", |c| async move { c.agent_secret_watch(request).await }).await;
+        let answer = match got {
+            Ok(None) => {
+                pause = Duration::from_millis(500);
+                continue;
+            }
+            Ok(Some(answer)) => answer,
+            Err(e) => match watch_error(&e) {
+                WatchError::Refused(why) => {
+                    send_line(wr, &AdminAnswer::<AgentSecretResponse>::refused(why)).await;
+                    return;
+                }
+                WatchError::Transient => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            },
+        };
+        pause = Duration::from_millis(500);
+        // The workload must still be the one attested, with this identity.
+        match pick_entry(state, peer, Some(&entry.spiffe_id)).await {
+            Ok(now) if now.id == entry.id => {}
+            Ok(_) | Err(_) => {
+                send_line(
+                    wr,
+                    &AdminAnswer::<AgentSecretResponse>::refused(crate::workload_error::NO_IDENTITY),
+                )
+                .await;
+                return;
+            }
+        }
+        tracing::info!(target: "vouch::audit", event = "workload.secret.read", spiffe_id = %answer.spiffe_id, path = %answer.path, version = answer.version, watch = true);
+        known = answer.version;
+        if !send_line(wr, &AdminAnswer::Answer(answer)).await {
+            tracing::info!(path = %req.path, "secret watch ended: the workload did not take a line within {} s", WRITE_TIMEOUT.as_secs());
+            return;
+        }
+    }
+}
+
 /// Serves the secret socket on `listener` until the task is dropped.
 pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let watch_slots = Arc::new(Semaphore::new(MAX_WATCHES));
+    let watches = Arc::new(Watches::default());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -192,9 +364,8 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
         };
         // Pinned at accept, as on the Workload API socket.
         let peer = PeerInfo(Arc::new(PeerProcess::of_socket(&stream, state.unix.proc_root())));
-        let state = state.clone();
+        let (state, watch_slots, watches) = (state.clone(), watch_slots.clone(), watches.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(rd).take(MAX_REQUEST as u64);
@@ -202,10 +373,29 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
                 Ok(Ok(_)) => {}
                 _ => return,
             }
-            let Some(mut out) = answer_line(&state, &peer, &line).await else { return };
-            out.push(b'\n');
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, wr.write_all(&out)).await;
-            zeroize::Zeroize::zeroize(&mut out);
+            let req = match parse_request(&line) {
+                Ok(Request::Secret(req)) => req,
+                Ok(Request::Db(req)) => {
+                    let _slot = slot;
+                    send_line(&mut wr, &db_creds(&state, &peer, &req).await).await;
+                    return;
+                }
+                Err(e) => {
+                    send_line(&mut wr, &AdminAnswer::<AgentSecretResponse>::refused(e)).await;
+                    return;
+                }
+            };
+            if req.watch {
+                // A watch is held by its own bound, not by one of the connection slots, which
+                // stay free for reads.
+                drop(slot);
+                let rd = reader.into_inner().into_inner();
+                watch(&state, &peer, &req, &watches, &watch_slots, rd, wr).await;
+                return;
+            }
+            let _slot = slot;
+            let answer = answer(&state, &peer, &req).await;
+            send_line(&mut wr, &answer).await;
         });
     }
 }

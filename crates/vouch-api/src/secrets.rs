@@ -183,6 +183,10 @@ pub struct VersionsChanged {
 
 /// `POST /v1/agent/secret`: an agent reads a secret for a workload it attested, named by the entry
 /// that gave the workload its identity (the server checks that the agent serves that entry).
+///
+/// With `known_version` the request is a long poll (a watch): the server answers as soon as the
+/// latest live version is another one (a new version written, the latest deleted or undeleted),
+/// and with `204 No Content` when none is within [`WATCH_WAIT_SECS`]; the caller then asks again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSecretRequest {
@@ -190,7 +194,15 @@ pub struct AgentSecretRequest {
     pub entry_id: EntryId,
     /// The secret.
     pub path: SecretPath,
+    /// The version the caller holds: answer only when the latest live version is another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_version: Option<u64>,
 }
+
+/// How long the server holds a watch ([`AgentSecretRequest::known_version`]) before it answers
+/// `204 No Content`: well within clients' 30 s call timeout, so a quiet watch is never mistaken
+/// for a stuck server.
+pub const WATCH_WAIT_SECS: u64 = 20;
 
 /// A workload's request on the agent's secret socket (one JSON line): the secret, and which of the
 /// workload's identities to read it as when it has several.
@@ -202,6 +214,13 @@ pub struct WorkloadSecretRequest {
     /// The identity to read as; may be left out when the workload has exactly one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<SpiffeId>,
+    /// Keep the connection open and send a line for the current version (unless it is
+    /// `known_version`) and for every later one, until the workload closes the connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
+    /// With `watch`: the version the workload already holds (not sent again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_version: Option<u64>,
 }
 
 /// The answer to [`AgentSecretRequest`] (and to the agent's own secret endpoint).

@@ -496,6 +496,8 @@ async fn secret_get(
     let request = WorkloadSecretRequest {
         path: crate::parse_flag("name", name, vouch_core::SecretPath::parse)?,
         spiffe_id: spiffe_id.map(|id| crate::parse_flag("spiffe-id", id, SpiffeId::parse)).transpose()?,
+        watch: false,
+        known_version: None,
     };
     let socket = vouch_agent::secret_api::socket_path(&socket_path(endpoint));
     let answer: AgentSecretResponse = ask_on("secret", &socket, &request).await?;

@@ -7,14 +7,18 @@
 //! clouds' token files among them, see [`cloud`]) and fetches them again at half their life. Every
 //! file is replaced atomically (written beside, synced, renamed), so the app reads the old file or
 //! the new one, never a part. After each X509 rotation it sends a signal to the app (a pid, or the
-//! pid in a pid file) and/or runs a command. Keys and tokens never reach the log.
+//! pid in a pid file) and/or runs a command. Secrets configured with `--secret`/`[[secret]]` are
+//! followed on the agent's secret socket and their files rewritten at each new version, with the
+//! same signal and command after each rewrite ([`secrets`]). Keys, tokens and secret values never
+//! reach the log.
 //!
 //! Exit codes: 0 done (`--once`) or stopped by SIGINT/SIGTERM; 1 a configuration or file error;
-//! 2 a usage error; 3 the agent refused (no identity for this process); 4 the agent could not be
-//! reached within `--retry-for`.
+//! 2 a usage error; 3 the agent refused (no identity for this process, or no grant for a
+//! configured secret); 4 the agent could not be reached within `--retry-for`.
 
 mod cloud;
 mod config;
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,7 +74,12 @@ pub struct HelperArgs {
     /// separated by commas.
     #[arg(long = "jwt", value_name = "AUDIENCE=FILE", env = "VOUCH_HELPER_JWT", value_delimiter = ',')]
     pub jwt: Vec<String>,
-    /// After each X509 rotation send this signal (SIGHUP, SIGUSR1, ...) to --pid or --pid-file.
+    /// A secret kept in FILE (its raw value bytes, 0600), rewritten when a new version is written,
+    /// as PATH=FILE; repeatable, or several separated by commas. Modes and owners: `[[secret]]`
+    /// in the --config file.
+    #[arg(long = "secret", value_name = "PATH=FILE", env = "VOUCH_HELPER_SECRET", value_delimiter = ',')]
+    pub secret: Vec<String>,
+    /// After each X509 rotation or secret rewrite send this signal (SIGHUP, SIGUSR1, ...) to --pid or --pid-file.
     #[arg(long, env = "VOUCH_HELPER_SIGNAL")]
     pub signal: Option<String>,
     /// The process to signal.
@@ -79,7 +88,7 @@ pub struct HelperArgs {
     /// A file holding the pid of the process to signal, read at every rotation (nginx's pid file).
     #[arg(long, env = "VOUCH_HELPER_PID_FILE")]
     pub pid_file: Option<PathBuf>,
-    /// After each X509 rotation run this command with `sh -c` (e.g. "nginx -s reload").
+    /// After each X509 rotation or secret rewrite run this command with `sh -c` (e.g. "nginx -s reload").
     #[arg(long, env = "VOUCH_HELPER_CMD")]
     pub cmd: Option<String>,
     /// How long --cmd may run before it is killed (default 1m).
@@ -106,13 +115,17 @@ Examples:
   # libpq (psql, psycopg): no signal, it reads the files at each new connection; the entry's
   # --x509-common-name is mapped to a role in pg_ident.conf (docs/postgres-cert-login.md)
   vouch helper --dir /run/svid   # psql \"... sslcert=/run/svid/svid.pem sslkey=/run/svid/svid.key\"
+  # a database password as a file, rewritten at each new version, the app told by SIGHUP
+  vouch helper --no-x509 --dir /run/secrets --secret payments/db/password=db-password \\
+      --signal SIGHUP --pid-file /run/app.pid
 
 The cloud SDKs' token files (AWS, Azure, GCP) are configured in the --config file; see
 docs/federation.md, \"vouch helper\".
 
 Exit codes: 0 done (--once) or stopped; 1 bad configuration or a file could not be written;
 2 usage; 3 the agent gives this process no identity (`vouch agent explain --pid <pid>` says
-why); 4 the agent could not be reached within --retry-for.";
+why) or no grant permits a configured secret; 4 the agent could not be reached within
+--retry-for.";
 
 /// Why a session with the agent ended.
 enum Stop {
@@ -151,7 +164,7 @@ pub async fn run(args: HelperArgs) -> Result<ExitCode> {
         tracing::info!(file = %out.path.display(), "wrote");
     }
     tokio::select! {
-        code = supervise(&plan) => code,
+        code = everything(&plan) => code.map(ExitCode::from),
         r = crate::wait_for_signal() => {
             r?;
             tracing::info!("stopping");
@@ -160,14 +173,48 @@ pub async fn run(args: HelperArgs) -> Result<ExitCode> {
     }
 }
 
+/// The SVID files and the secret files, side by side: with `--once` until both are written (the
+/// first failure's exit code), else until one of them fails for good.
+async fn everything(plan: &Plan) -> Result<u8> {
+    // The Workload API is only needed for SVID files; a helper of secrets alone does without.
+    let svids = !(plan.x509.is_none() && plan.jwts.is_empty() && plan.static_files.is_empty());
+    let svid_files = async {
+        if svids {
+            supervise(plan).await
+        } else if plan.once {
+            Ok(0)
+        } else {
+            std::future::pending().await
+        }
+    };
+    let secret_files = async {
+        if !plan.secrets.is_empty() {
+            secrets::supervise(plan).await
+        } else if plan.once {
+            Ok(0)
+        } else {
+            std::future::pending().await
+        }
+    };
+    if plan.once {
+        let (a, b) = tokio::join!(svid_files, secret_files);
+        let (a, b) = (a?, b?);
+        return Ok(if a != 0 { a } else { b });
+    }
+    tokio::select! {
+        code = svid_files => code,
+        code = secret_files => code,
+    }
+}
+
 /// Sessions with the agent, retried with backoff while it is unreachable.
-async fn supervise(plan: &Plan) -> Result<ExitCode> {
+async fn supervise(plan: &Plan) -> Result<u8> {
     let path = socket_path(&plan.socket);
     let mut unreachable_since = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(500);
     loop {
         let (why, served) = match session(plan).await {
-            Ok(()) => return Ok(ExitCode::SUCCESS),
+            Ok(()) => return Ok(0),
             Err((Stop::Fatal(e), _)) => return Err(e),
             Err((Stop::Refused(message), _)) => {
                 eprintln!(
@@ -175,7 +222,7 @@ async fn supervise(plan: &Plan) -> Result<ExitCode> {
                      `vouch agent explain --pid {}` on the node says which selectors are missing",
                     std::process::id()
                 );
-                return Ok(ExitCode::from(EXIT_NO_IDENTITY));
+                return Ok(EXIT_NO_IDENTITY);
             }
             Err((Stop::Unreachable(why), served)) => (why, served),
         };
@@ -192,7 +239,7 @@ async fn supervise(plan: &Plan) -> Result<ExitCode> {
                 path.display(),
                 HumanDuration(limit)
             );
-            return Ok(ExitCode::from(EXIT_UNREACHABLE));
+            return Ok(EXIT_UNREACHABLE);
         }
         tracing::warn!(
             socket = %path.display(),
@@ -386,8 +433,11 @@ async fn fetch_jwts(
     Ok(due.map(|at| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).unwrap_or(0))))
 }
 
-/// Tells the app: the signal, then the command.
+/// Tells the app: the signal, then the command. One at a time: an X509 rotation and a new secret
+/// version at the same moment tell the app twice, one after the other, never at once.
 async fn notify(n: &Notify) {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     if let Some((name, sig, target)) = &n.signal {
         let pid = match target {
             Target::Pid(p) => Some(*p),

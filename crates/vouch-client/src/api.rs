@@ -205,6 +205,20 @@ impl AdminClient {
         self.send_json("POST", paths::AGENT_DB_CREDS, req).await
     }
 
+    /// A watch of a secret for a workload of the calling agent (`req.known_version` set): the
+    /// latest live version once it is another than the known one, or `None` when the server's
+    /// wait ([`vouch_api::secrets::WATCH_WAIT_SECS`]) ended without a change (ask again).
+    pub async fn agent_secret_watch(
+        &self,
+        req: &AgentSecretRequest,
+    ) -> Result<Option<AgentSecretResponse>, ClientError> {
+        let answer = self.request_answer("POST", paths::AGENT_SECRET, Some(json_bytes(req)?)).await?;
+        if answer.status == 204 {
+            return Ok(None);
+        }
+        answer.decode().map(Some)
+    }
+
     /// Opens the sync stream: a snapshot, then changes as they happen.
     /// Opening is bounded by the client's timeout (a server that accepts but never answers is an
     /// error, not a hang); the stream itself lives as long as the server keeps it (it pings).

@@ -4,7 +4,8 @@
 //!   that exists must not be overwritten by a second start);
 //! - [`replace_private`]: a 0600 file replaced atomically (written beside, then renamed), so a crash
 //!   never leaves half a key or certificate; [`replace`] the same with another mode;
-//!   [`replace_together`] several files written first and renamed back to back;
+//!   [`replace_together`] several files written first and renamed back to back; [`replace_owned`]
+//!   one with a given owner;
 //! - [`create_dir`]: a directory (and its parents) with a given mode;
 //! - [`bind_unix_socket`]: a Unix socket bound with a given mode, over a stale socket file left by a
 //!   process that died, but never over one a live process still serves.
@@ -68,6 +69,26 @@ pub fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> {
 /// the microseconds between two renames, not while a file is written and synced. If any file
 /// cannot be written, none is replaced.
 pub fn replace_together(files: &[(&Path, &[u8], u32)]) -> Result<(), FsError> {
+    replace_all(files, None)
+}
+
+/// Replaces `path` as [`replace`] does, and gives the new file the owner `uid` and group `gid`
+/// (each where given) before it is renamed, so the file never appears with the wrong owner.
+/// Changing the owner needs the privilege to (root, or `CAP_CHOWN`).
+pub fn replace_owned(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), FsError> {
+    replace_all(&[(path, data, mode)], Some((uid, gid)))
+}
+
+fn replace_all(
+    files: &[(&Path, &[u8], u32)],
+    owner: Option<(Option<u32>, Option<u32>)>,
+) -> Result<(), FsError> {
     let tmp_of = |path: &Path| {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
@@ -87,6 +108,9 @@ pub fn replace_together(files: &[(&Path, &[u8], u32)]) -> Result<(), FsError> {
             if mode != 0o600 {
                 std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
                     .map_err(io("set the mode of", &tmp))?;
+            }
+            if let Some((uid, gid)) = owner.filter(|(u, g)| u.is_some() || g.is_some()) {
+                std::os::unix::fs::chown(&tmp, uid, gid).map_err(io("change the owner of", &tmp))?;
             }
             Ok(())
         });
@@ -188,6 +212,31 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn an_owned_replacement_has_its_owner_before_it_appears() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        let me = std::fs::metadata(dir.path()).unwrap();
+        replace_owned(&file, b"v1", 0o640, Some(me.uid()), Some(me.gid())).unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), mode(&file)), (me.uid(), me.gid(), 0o640));
+        if me.uid() == 0 {
+            // Root may give it away (nobody:nogroup); the old file is replaced whole.
+            replace_owned(&file, b"v2", 0o600, Some(65534), None).unwrap();
+            let meta = std::fs::metadata(&file).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.gid(), std::fs::read(&file).unwrap()),
+                (65534, me.gid(), b"v2".to_vec())
+            );
+        } else {
+            let err = replace_owned(&file, b"v2", 0o600, Some(0), None).unwrap_err().to_string();
+            assert!(err.contains("cannot change the owner of"), "{err}");
+            assert_eq!(std::fs::read(&file).unwrap(), b"v1", "nothing changed");
+            assert!(!dir.path().join("secret.tmp").exists());
+        }
     }
 
     #[test]

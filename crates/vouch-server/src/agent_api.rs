@@ -730,7 +730,7 @@ impl OpenStream {
             Event::PoliciesChanged if self.policies => Step::Line(policies_line(&self.state).await?),
             Event::PoliciesChanged => Step::Nothing,
             Event::AgentRemoved { agent, reason } if *agent == self.agent => Step::End(Some(*reason)),
-            Event::AgentRemoved { .. } => Step::Nothing,
+            Event::AgentRemoved { .. } | Event::SecretChanged { .. } => Step::Nothing,
             // Changes may have been missed (through another replica, or by this stream falling
             // behind): check the agent again, then start over with a fresh snapshot.
             Event::Resync => {

@@ -25,6 +25,7 @@ mod public_listener;
 mod replicas;
 pub mod reserved;
 mod routes;
+mod secret_watch;
 pub mod secrets;
 mod state;
 mod sync_hub;

@@ -118,6 +118,7 @@ async fn apply(state: &AppState, change: Change) {
             state.policies.invalidate();
             state.publish(Event::PoliciesChanged);
         }
+        Change::SecretChanged { path } => state.publish(Event::SecretChanged { path }),
         Change::Resync => {
             state.policies.invalidate();
             state.federation.wake();

@@ -25,7 +25,7 @@ use vouch_api::secrets::{
 };
 use vouch_core::grant::{AccessRequest, Action, Resource};
 use vouch_core::secret::{check_meta, check_value, MAX_VERSIONS};
-use vouch_core::SecretPath;
+use vouch_core::{SecretPath, SpiffeId};
 use vouch_store::{NewSecretVersion, SecretRecord, SecretVersionRecord, StoreError, VersionChange};
 use zeroize::Zeroizing;
 
@@ -158,6 +158,7 @@ async fn put(
         match state.store.put_secret_version(&new).await {
             Ok(()) => {
                 tracing::info!(target: "vouch::audit", event = "secret.put", %caller, path = %path, version, bytes = value.len());
+                state.publish(crate::state::Event::SecretChanged { path: path.clone() });
                 let written = SecretWritten { secret: meta(new.secret), version };
                 return Ok((StatusCode::CREATED, Json(written)));
             }
@@ -290,6 +291,9 @@ async fn change(
     }
     let changed = state.store.change_secret_versions(&path, &versions, what).await?;
     tracing::info!(target: "vouch::audit", event, %caller, path = %path, versions = ?versions, changed = ?changed);
+    if !changed.is_empty() {
+        state.publish(crate::state::Event::SecretChanged { path: path.clone() });
+    }
     Ok(Json(VersionsChanged { path, changed }))
 }
 
@@ -322,37 +326,100 @@ async fn destroy(
     change(&state, &caller, &path, req, VersionChange::Destroy(now)).await
 }
 
+/// Whether the workload of `entry` may read `path` now: a grant permits it (refused with the
+/// deciding policies otherwise), and the agent is still admitted (a ban or eviction wins).
+async fn may_read(
+    state: &AppState,
+    agent: &SpiffeId,
+    entry: &vouch_core::Entry,
+    path: &SecretPath,
+) -> AppResult<Vec<String>> {
+    let request = AccessRequest {
+        principal: entry.spiffe_id.clone(),
+        action: Action::Read,
+        resource: Resource::Secret(path.clone()),
+    };
+    let decision = crate::policy::decide(state, &request).await?;
+    if !decision.allow {
+        tracing::info!(target: "vouch::audit", event = "secret.read.denied", caller = %agent, spiffe_id = %entry.spiffe_id, path = %path, reasons = ?decision.reasons, errors = decision.errors.len());
+        return Err(ApiError::forbidden(format!(
+            "`{}` may not read secret `{}`: {}",
+            entry.spiffe_id,
+            path,
+            decision.explanation()
+        )));
+    }
+    crate::agent_api::still_admitted(state, agent).await?;
+    Ok(decision.reasons)
+}
+
+/// The latest live version of `path`; `None` when every version is deleted or destroyed.
+async fn latest_live(state: &AppState, path: &SecretPath) -> AppResult<Option<u64>> {
+    load(state, path).await?;
+    let versions = state.store.list_secret_versions(path).await?;
+    Ok(versions.iter().rev().find(|v| state_of(v) == VersionState::Live).map(|v| v.version))
+}
+
 /// An agent reads a secret for a workload it attested: the workload is named by its entry, which
 /// the agent must serve; a grant must permit the workload's SPIFFE ID to `read` the secret.
+///
+/// With `known_version` this is a watch: the answer waits (at most
+/// [`vouch_api::secrets::WATCH_WAIT_SECS`], then `204 No Content`) until the latest live version
+/// is another one. The grant and the agent's admission are decided again at each wake-up and
+/// before every answer, so a revoked grant or a banned agent ends the watch with the refusal.
 async fn agent_read(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AgentSecretRequest>,
-) -> AppResult<Json<AgentSecretResponse>> {
+) -> AppResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
     let (agent, entry) = crate::agent_api::workload_entry(&state, &caller, &req.entry_id).await?;
-    let request = AccessRequest {
-        principal: entry.spiffe_id.clone(),
-        action: Action::Read,
-        resource: Resource::Secret(req.path.clone()),
+    let Some(known) = req.known_version else {
+        return Ok(Json(answer_read(&state, &agent, &entry, &req.path).await?).into_response());
     };
-    let decision = crate::policy::decide(&state, &request).await?;
-    if !decision.allow {
-        tracing::info!(target: "vouch::audit", event = "secret.read.denied", caller = %agent, spiffe_id = %entry.spiffe_id, path = %req.path, reasons = ?decision.reasons, errors = decision.errors.len());
-        return Err(ApiError::forbidden(format!(
-            "`{}` may not read secret `{}`: {}",
-            entry.spiffe_id,
-            req.path,
-            decision.explanation()
-        )));
+    let mut waiter = state.secret_waiters.enter(&agent, &req.path).map_err(|full| {
+        let (what, bound) = match full {
+            crate::secret_watch::Full::Agent => ("this agent", crate::secret_watch::MAX_WAITERS_PER_AGENT),
+            crate::secret_watch::Full::Server => ("this server", crate::secret_watch::MAX_WAITERS),
+        };
+        tracing::warn!(caller = %agent, path = %req.path, bound, "secret watch refused: {what} holds the most watches allowed");
+        ApiError::too_many(format!(
+            "{what} already holds {bound} secret watches, the most allowed; close some, or read without `known_version`"
+        ))
+    })?;
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(vouch_api::secrets::WATCH_WAIT_SECS);
+    let changed = waiter
+        .until(deadline, || async {
+            may_read(&state, &agent, &entry, &req.path).await?;
+            // No live version left is an answer too: the read's 404 says so.
+            let latest = latest_live(&state, &req.path).await?;
+            Ok::<_, ApiError>((latest != Some(known)).then_some(()))
+        })
+        .await?;
+    drop(waiter);
+    match changed {
+        Some(()) => Ok(Json(answer_read(&state, &agent, &entry, &req.path).await?).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
-    let (version, value) = read_value(&state, &req.path, None).await?;
+}
+
+/// Decides, reads the latest live version and audits the read.
+async fn answer_read(
+    state: &AppState,
+    agent: &SpiffeId,
+    entry: &vouch_core::Entry,
+    path: &SecretPath,
+) -> AppResult<AgentSecretResponse> {
+    let reasons = may_read(state, agent, entry, path).await?;
+    let (version, value) = read_value(state, path, None).await?;
     // A ban or eviction committed meanwhile wins.
-    crate::agent_api::still_admitted(&state, &agent).await?;
-    tracing::info!(target: "vouch::audit", event = "secret.read", caller = %agent, spiffe_id = %entry.spiffe_id, entry_id = %entry.id, path = %req.path, version, reasons = ?decision.reasons);
-    Ok(Json(AgentSecretResponse {
-        spiffe_id: entry.spiffe_id,
-        path: req.path,
+    crate::agent_api::still_admitted(state, agent).await?;
+    tracing::info!(target: "vouch::audit", event = "secret.read", caller = %agent, spiffe_id = %entry.spiffe_id, entry_id = %entry.id, path = %path, version, reasons = ?reasons);
+    Ok(AgentSecretResponse {
+        spiffe_id: entry.spiffe_id.clone(),
+        path: path.clone(),
         version,
         value: STANDARD.encode(&*value),
-    }))
+    })
 }

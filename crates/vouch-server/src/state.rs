@@ -67,6 +67,12 @@ pub enum Event {
     /// A policy was written or deleted (here or through another replica): agents that sync
     /// policies get the new set.
     PoliciesChanged,
+    /// A secret's versions changed (a write, a delete, an undelete, a destroy): its watches
+    /// ([`crate::secret_watch`]) look again. No sync stream hears of it.
+    SecretChanged {
+        /// The secret.
+        path: vouch_core::SecretPath,
+    },
     /// Changes made through another replica may have been missed (the store's change channel was
     /// interrupted): every sync stream checks its agent again and sends a fresh snapshot.
     Resync,
@@ -142,6 +148,8 @@ pub struct AppState {
     leader: AtomicBool,
     /// The bundles of federated trust domains served to agents.
     pub federation: crate::federation::Federated,
+    /// Open secret watches (long polls of agents for new versions).
+    pub secret_waiters: crate::secret_watch::SecretWaiters,
 }
 
 impl std::fmt::Debug for AppState {
@@ -217,6 +225,7 @@ impl AppState {
             authority_fault: std::sync::RwLock::new(None),
             leader: AtomicBool::new(false),
             federation: crate::federation::Federated::default(),
+            secret_waiters: crate::secret_watch::SecretWaiters::default(),
         });
         state.tick().await?;
         Ok(state)
@@ -473,7 +482,21 @@ impl AppState {
         {
             *self.admins.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
-        self.sync.publish_all(events);
+        let mut for_streams = Vec::with_capacity(events.len());
+        for event in events {
+            match event {
+                Event::SecretChanged { path } => self.secret_waiters.changed(&path),
+                // Every watch decides its grant and its agent's admission again.
+                Event::PoliciesChanged | Event::AgentRemoved { .. } | Event::Resync => {
+                    self.secret_waiters.wake_all();
+                    for_streams.push(event);
+                }
+                other => for_streams.push(other),
+            }
+        }
+        if !for_streams.is_empty() {
+            self.sync.publish_all(for_streams);
+        }
     }
 
     /// The bundle's X.509 authorities as PEM, as of the last tick.

@@ -195,6 +195,8 @@ impl SyncHub {
                 | Event::GroupChanged { .. }
                 | Event::PoliciesChanged
                 | Event::Resync => targets.extend(r.streams.keys().copied()),
+                // Secret watches are woken by `AppState::publish_all`, never a sync stream.
+                Event::SecretChanged { .. } => {}
             }
             for id in &targets {
                 if let Some(s) = r.streams.get(id) {

@@ -546,6 +546,11 @@ pub enum Change {
         /// The policy's id.
         id: String,
     },
+    /// A secret's versions changed (written, deleted, undeleted, destroyed): its watches look again.
+    SecretChanged {
+        /// The secret's path.
+        path: SecretPath,
+    },
     /// Changes may have been missed (the listening connection was down, or a change was too large
     /// to describe): re-read what is derived from the store.
     Resync,

@@ -1464,6 +1464,7 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(backend)?;
+        self.notify(&tx, &Change::SecretChanged { path: s.path.clone() }).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -1583,6 +1584,9 @@ impl Store for PostgresStore {
             } else if !changed.contains(&v) {
                 changed.push(v);
             }
+        }
+        if !changed.is_empty() {
+            self.notify(&tx, &Change::SecretChanged { path: path.clone() }).await?;
         }
         tx.commit().await.map_err(backend)?;
         Ok(changed)

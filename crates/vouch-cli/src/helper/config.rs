@@ -37,6 +37,9 @@ pub struct FileConfig {
     retry_for: Option<HumanDuration>,
     #[serde(default)]
     jwt: Vec<JwtFile>,
+    secret_file_mode: Option<u32>,
+    #[serde(default)]
+    secret: Vec<SecretFile>,
     aws: Option<Aws>,
     azure: Option<Azure>,
     gcp: Option<Gcp>,
@@ -48,6 +51,66 @@ pub struct FileConfig {
 struct JwtFile {
     audience: String,
     file: PathBuf,
+}
+
+/// One `[[secret]]` table: the secret at `path` kept in `file`, its raw value bytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretFile {
+    path: String,
+    file: PathBuf,
+    mode: Option<u32>,
+    /// `USER`, `USER:GROUP`, `:GROUP`, by name or number.
+    owner: Option<String>,
+    /// The identity to read as, when the workload has several.
+    spiffe_id: Option<String>,
+}
+
+/// A secret kept in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretTarget {
+    /// The secret.
+    pub path: vouch_core::SecretPath,
+    /// The file and its mode.
+    pub out: Out,
+    /// The file's owner and group, where given.
+    pub owner: (Option<u32>, Option<u32>),
+    /// The identity to read as.
+    pub spiffe_id: Option<vouch_core::SpiffeId>,
+}
+
+/// The id of `name` in an `/etc/passwd`- or `/etc/group`-shaped `table` (`name:x:id:...`), or the
+/// number itself.
+fn id_of(kind: &str, name: &str, table: &Path) -> Result<u32> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    let text = std::fs::read_to_string(table).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, id)| id.parse().ok())
+        .with_context(|| {
+            format!("no {kind} `{name}` in {}; give a name it lists or a number", table.display())
+        })
+}
+
+/// `USER`, `USER:GROUP` or `:GROUP` (names or numbers) as uid and gid.
+pub fn parse_owner(text: &str) -> Result<(Option<u32>, Option<u32>)> {
+    let (user, group) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text, None),
+    };
+    if user.is_empty() && group.is_none_or(str::is_empty) {
+        bail!("owner `{text}`: write USER, USER:GROUP or :GROUP (names or numbers)");
+    }
+    let uid = (!user.is_empty()).then(|| id_of("user", user, Path::new("/etc/passwd"))).transpose()?;
+    let gid =
+        group.filter(|g| !g.is_empty()).map(|g| id_of("group", g, Path::new("/etc/group"))).transpose()?;
+    Ok((uid, gid))
 }
 
 /// A signal the helper may send, by name.
@@ -132,6 +195,8 @@ pub struct Plan {
     pub x509: Option<X509Files>,
     /// JWT-SVIDs kept fresh in files (the cloud token files among them).
     pub jwts: Vec<JwtTarget>,
+    /// Secrets kept in files, each rewritten when a new version is written.
+    pub secrets: Vec<SecretTarget>,
     /// Files written once at start whose content does not change (cloud SDK configuration).
     pub static_files: Vec<(Out, String)>,
     /// Whom to tell after a rotation.
@@ -235,14 +300,50 @@ pub fn plan(args: &HelperArgs, file: FileConfig) -> Result<Plan> {
             );
         }
     }
+    let secret_mode = mode("secret_file_mode", file.secret_file_mode, 0o600)?;
+    let secret_path = |key: &str, text: &str| {
+        vouch_core::SecretPath::parse(text).with_context(|| format!("{key}: secret path `{text}`"))
+    };
+    let mut secrets = Vec::new();
+    for spec in &args.secret {
+        let (path, out) = spec.split_once('=').with_context(|| {
+            format!(
+                "--secret `{spec}`: write it as PATH=FILE (e.g. --secret payments/db/password=db-password)"
+            )
+        })?;
+        secrets.push(SecretTarget {
+            path: secret_path("--secret", path)?,
+            out: Out { path: under(&dir, Path::new(out)), mode: secret_mode },
+            owner: (None, None),
+            spiffe_id: None,
+        });
+    }
+    for f in &file.secret {
+        let owner = f.owner.as_deref().map(parse_owner).transpose()?.unwrap_or((None, None));
+        let spiffe_id = f
+            .spiffe_id
+            .as_deref()
+            .map(|t| vouch_core::SpiffeId::parse(t).with_context(|| format!("[[secret]] spiffe_id `{t}`")))
+            .transpose()?;
+        secrets.push(SecretTarget {
+            path: secret_path("[[secret]] path", &f.path)?,
+            out: Out {
+                path: under(&dir, &f.file),
+                mode: mode("[[secret]] mode", f.mode.or(file.secret_file_mode), 0o600)?,
+            },
+            owner,
+            spiffe_id,
+        });
+    }
     let mut paths: Vec<&Path> = jwts.iter().map(|j| j.out.path.as_path()).collect();
+    paths.extend(secrets.iter().map(|s| s.out.path.as_path()));
     paths.extend(static_files.iter().map(|(o, _)| o.path.as_path()));
     if let Some(x) = &x509 {
         paths.extend([x.cert.path.as_path(), x.key.path.as_path(), x.bundle.path.as_path()]);
     }
     if paths.is_empty() {
         bail!(
-            "nothing to write: the X509-SVID is turned off and no JWT-SVID or cloud token file is configured"
+            "nothing to write: the X509-SVID is turned off and no JWT-SVID, cloud token file or secret is configured"
         );
     }
     paths.sort();
@@ -276,6 +377,7 @@ pub fn plan(args: &HelperArgs, file: FileConfig) -> Result<Plan> {
         socket,
         x509,
         jwts,
+        secrets,
         static_files,
         notify: Notify { signal, cmd, cmd_timeout },
         once,
@@ -327,6 +429,38 @@ mod tests {
     }
 
     #[test]
+    fn secrets_come_from_flags_and_tables_with_modes_and_owners() {
+        let p = plan_of(
+            &["--no-x509", "--dir", "/run/s", "--secret", "app/db=db,app/key=/etc/k"],
+            "secret_file_mode = 0o640\n[[secret]]\npath = \"app/tls\"\nfile = \"tls.pem\"\nmode = 0o600\nowner = \"0:0\"\n\
+             spiffe_id = \"spiffe://example.org/app\"\n[[secret]]\npath = \"app/x\"\nfile = \"x\"\nowner = \":1234\"\n",
+        )
+        .unwrap();
+        assert!(p.x509.is_none());
+        let got: Vec<(&str, &str, u32, (Option<u32>, Option<u32>))> = p
+            .secrets
+            .iter()
+            .map(|s| (s.path.as_str(), s.out.path.to_str().unwrap(), s.out.mode, s.owner))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("app/db", "/run/s/db", 0o640, (None, None)),
+                ("app/key", "/etc/k", 0o640, (None, None)),
+                ("app/tls", "/run/s/tls.pem", 0o600, (Some(0), Some(0))),
+                ("app/x", "/run/s/x", 0o640, (None, Some(1234))),
+            ]
+        );
+        assert_eq!(
+            p.secrets[2].spiffe_id.as_ref().map(|i| i.to_string()).as_deref(),
+            Some("spiffe://example.org/app")
+        );
+        let p = plan_of(&["--no-x509", "--secret", "app/db=db"], "").unwrap();
+        assert_eq!(p.secrets[0].out.mode, 0o600, "0600 by default");
+        assert_eq!(parse_owner("root").unwrap(), (Some(0), None));
+    }
+
+    #[test]
     fn bad_configurations_are_refused_with_the_reason() {
         for (flags, toml, want) in [
             (&["--signal", "SIGFOO", "--pid", "1"][..], "", "signal `SIGFOO` is not one"),
@@ -340,6 +474,16 @@ mod tests {
             (&["--jwt", "a=svid.pem"][..], "", "configured twice"),
             (&[][..], "key_file_mode = 0o1777", "key_file_mode"),
             (&[][..], "key_file_mode = 0o200", "key_file_mode"),
+            (&["--secret", "app/db"][..], "", "PATH=FILE"),
+            (&["--secret", "../etc=x"][..], "", "secret path `../etc`"),
+            (&["--secret", "a=svid.pem"][..], "", "configured twice"),
+            (&["--no-x509"][..], "[[secret]]\npath = \"a\"\nfile = \"a\"\nmode = 0o1600", "[[secret]] mode"),
+            (
+                &["--no-x509"][..],
+                "[[secret]]\npath = \"a\"\nfile = \"a\"\nowner = \"no-such-user-here\"",
+                "no user `no-such-user-here`",
+            ),
+            (&["--no-x509"][..], "[[secret]]\npath = \"a\"\nfile = \"a\"\nowner = \":\"", "USER:GROUP"),
         ] {
             let err = format!("{:#}", plan_of(flags, toml).unwrap_err());
             assert!(err.contains(want), "{flags:?} {toml}: {err}");
