@@ -437,7 +437,8 @@ mod tests {
         )
         .unwrap();
         assert!(p.x509.is_none());
-        let got: Vec<(&str, &str, u32, (Option<u32>, Option<u32>))> = p
+        type Owner = (Option<u32>, Option<u32>);
+        let got: Vec<(&str, &str, u32, Owner)> = p
             .secrets
             .iter()
             .map(|s| (s.path.as_str(), s.out.path.to_str().unwrap(), s.out.mode, s.owner))
