@@ -18,6 +18,7 @@
 
 mod engine;
 mod facts;
+mod guard;
 mod schema;
 
 pub use engine::{Decision, Engine, Policies, PolicyDoc, PolicyId, MAX_POLICY_BYTES};
