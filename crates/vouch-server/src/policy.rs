@@ -13,6 +13,7 @@
 //! (the fallback for a missed notice). A stored policy that no longer loads makes decisions fail
 //! (503) rather than be decided without it: dropping a `forbid` would allow what it forbids.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +28,7 @@ use vouch_api::policy::{
     ValidationReport,
 };
 use vouch_core::grant::Resource;
-use vouch_core::Entry;
+use vouch_core::{Entry, SpiffeId};
 use vouch_policy::{Decision, Policies, PolicyDoc, PolicyError, Workloads};
 use vouch_store::{EntryFilter, PolicyVersion, StoreError};
 
@@ -97,6 +98,66 @@ pub(crate) fn load(stored: &[PolicyVersion]) -> AppResult<Policies> {
         docs.push(doc);
     }
     Ok(Policies::new(docs)?)
+}
+
+/// Most principals [`PrincipalCache`] holds; when full it starts again empty (a bound on memory
+/// that a caller naming many SPIFFE IDs cannot exceed).
+pub const MAX_CACHED_PRINCIPALS: usize = 65_536;
+
+/// What the policies know about principals, by SPIFFE ID, built from their entries: a workload's
+/// secret reads and credentials requests are decided without reading its entries from the store
+/// each time. Emptied on every entry change (this server's, or another replica's notice); an
+/// answer older than [`POLICY_CACHE_TTL`] is read again, the fallback for a missed notice.
+#[derive(Default)]
+pub struct PrincipalCache {
+    inner: RwLock<PrincipalCacheInner>,
+}
+
+#[derive(Default)]
+struct PrincipalCacheInner {
+    /// Counts invalidations: an answer read from the store is kept only if no change came in
+    /// while it was read (else it could hold the entries from before the change).
+    generation: u64,
+    by_id: HashMap<SpiffeId, (SystemTime, Arc<Workloads>)>,
+}
+
+impl std::fmt::Debug for PrincipalCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrincipalCache").finish_non_exhaustive()
+    }
+}
+
+impl PrincipalCache {
+    /// Forgets every principal: an entry changed.
+    pub fn invalidate(&self) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        inner.generation += 1;
+        inner.by_id.clear();
+    }
+
+    /// The workload `id` as the policies see it (unregistered if no entry names it).
+    async fn get(&self, state: &AppState, id: &SpiffeId) -> AppResult<Arc<Workloads>> {
+        let now = state.now();
+        let generation = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, w)) = inner.by_id.get(id) {
+                if now.duration_since(*at).unwrap_or(Duration::MAX) < POLICY_CACHE_TTL {
+                    return Ok(w.clone());
+                }
+            }
+            inner.generation
+        };
+        let filter = EntryFilter { spiffe_id: Some(id.clone()), ..Default::default() };
+        let workloads = Arc::new(Workloads::from_entries(&state.store.list_entries(&filter).await?)?);
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if inner.generation == generation {
+            if inner.by_id.len() >= MAX_CACHED_PRINCIPALS {
+                inner.by_id.clear();
+            }
+            inner.by_id.insert(id.clone(), (now, workloads.clone()));
+        }
+        Ok(workloads)
+    }
 }
 
 /// The policy admin routes (the caller must be an admin; `crate::routes` attaches the check).
@@ -291,7 +352,11 @@ async fn authorize(
 /// Decides `req` with the current policies about the workloads named in it (the server's other
 /// decisions, such as a workload's secret read, ask here).
 pub(crate) async fn decide(state: &AppState, req: &AccessRequest) -> AppResult<Decision> {
-    let (workloads, _) = workloads_of(state, req).await?;
+    let workloads = match &req.resource {
+        // A service resource is a workload too: both are read (rare enough not to cache).
+        Resource::Service(_) => Arc::new(workloads_of(state, req).await?.0),
+        Resource::Secret(_) | Resource::DbRole(_) => state.principals.get(state, &req.principal).await?,
+    };
     decide_for(state, req, &workloads).await
 }
 

@@ -144,6 +144,8 @@ pub struct AppState {
     authority_fault: std::sync::RwLock<Option<String>>,
     /// The compiled policy set of the decision API.
     pub policies: crate::policy::PolicyCache,
+    /// What the policies know about principals, from their entries, by SPIFFE ID.
+    pub principals: crate::policy::PrincipalCache,
     /// Whether this server held the lead at its last tick.
     leader: AtomicBool,
     /// The bundles of federated trust domains served to agents.
@@ -218,6 +220,7 @@ impl AppState {
             bundle_pem: RwLock::new(Arc::from("")),
             admins: RwLock::new(None),
             policies: crate::policy::PolicyCache::default(),
+            principals: crate::policy::PrincipalCache::default(),
             client_verifier: Arc::new(SvidClientVerifier::default()),
             sync: Arc::default(),
             stored: std::sync::Mutex::new(stored),
@@ -481,6 +484,7 @@ impl AppState {
             .any(|e| matches!(e, Event::EntryUpserted { .. } | Event::EntryDeleted { .. } | Event::Resync))
         {
             *self.admins.write().unwrap_or_else(|p| p.into_inner()) = None;
+            self.principals.invalidate();
         }
         let mut for_streams = Vec::with_capacity(events.len());
         for event in events {

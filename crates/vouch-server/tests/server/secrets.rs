@@ -265,6 +265,23 @@ async fn workload_reads_through_the_agent_are_decided_by_grants() {
         v["error"]["message"].as_str().unwrap().contains("may not read secret `ops/root`: no policy permits"),
         "{v}"
     );
+    // Facts from entries decide too, and a change to an entry counts at the next read (the
+    // server keeps principals' facts between reads, and forgets them when an entry changes).
+    let by_owner = json!({ "text": r#"permit(principal, action == Action::"read", resource == Secret::"ops/root") when { principal.owners.contains("team-ops") };"# }).to_string();
+    let (s, v) = call(&state, ROOT, "PUT", "/v1/policies/ops-owners", Some(&by_owner)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for (owner, allowed) in [("team-ops", true), ("team-web", false), ("team-ops", true)] {
+        let (s, entry) = call(&state, ROOT, "GET", "/v1/entries/app", None).await;
+        assert_eq!(s, StatusCode::OK, "{entry}");
+        let patch = json!({"expected_revision": entry["revision"], "owner": owner}).to_string();
+        let (s, v) = call(&state, ROOT, "PATCH", "/v1/entries/app", Some(&patch)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = read(agent_caller(&svid), "app", "ops/root").await;
+        let want = if allowed { StatusCode::OK } else { StatusCode::FORBIDDEN };
+        assert_eq!(s, want, "owner {owner}: {v}");
+    }
+    let (s, v) = call(&state, ROOT, "DELETE", "/v1/policies/ops-owners", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = read(agent_caller(&svid), "web", "app/db").await;
     assert_eq!(s, StatusCode::FORBIDDEN, "another identity of the same agent: {v}");
     let (s, v) = read(agent_caller(&other), "app", "app/db").await;
