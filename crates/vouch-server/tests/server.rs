@@ -2352,6 +2352,38 @@ impl Store for PausingStore {
     ) -> Result<Vec<bool>, vouch_store::StoreError> {
         self.inner.record_exchanged_tokens(tokens, now).await
     }
+    async fn append_audit(
+        &self,
+        seal: vouch_store::AuditSeal,
+    ) -> Result<vouch_store::AuditHead, vouch_store::StoreError> {
+        self.inner.append_audit(seal).await
+    }
+    async fn audit_head(&self) -> Result<vouch_store::AuditHead, vouch_store::StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_records(
+        &self,
+        q: &vouch_store::AuditQuery,
+    ) -> Result<Vec<vouch_core::audit::AuditRecord>, vouch_store::StoreError> {
+        self.inner.audit_records(q).await
+    }
+    async fn add_audit_checkpoint(
+        &self,
+        cp: &vouch_core::audit::AuditCheckpoint,
+    ) -> Result<bool, vouch_store::StoreError> {
+        self.inner.add_audit_checkpoint(cp).await
+    }
+    async fn audit_checkpoints(
+        &self,
+    ) -> Result<Vec<vouch_core::audit::AuditCheckpoint>, vouch_store::StoreError> {
+        self.inner.audit_checkpoints().await
+    }
+    async fn audit_keys(
+        &self,
+        k: &vouch_store::AuditKeyRecord,
+    ) -> Result<Vec<vouch_store::AuditKeyRecord>, vouch_store::StoreError> {
+        self.inner.audit_keys(k).await
+    }
     async fn ping(&self) -> Result<(), vouch_store::StoreError> {
         self.inner.ping().await
     }
