@@ -107,6 +107,8 @@ struct FileConfig {
     /// `[database.<connection>]`: PostgreSQL databases the server issues short-lived roles on.
     #[serde(default)]
     database: std::collections::BTreeMap<String, crate::db_creds::FileDatabase>,
+    #[serde(default)]
+    audit: crate::audit::FileAudit,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -665,6 +667,8 @@ pub struct Config {
     pub token_exchange: Option<crate::token_exchange::TokenExchangeConfig>,
     /// Databases the server issues short-lived credentials on (`[database.<connection>]`).
     pub databases: std::collections::BTreeMap<String, crate::db_creds::DatabaseConfig>,
+    /// The tamper-evident audit log (`[audit]`).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -946,7 +950,9 @@ impl Config {
             ));
         }
         let databases = crate::db_creds::build(file.database, env)?;
+        let audit = crate::audit::AuditConfig::build(file.audit, env)?;
         Ok(Self {
+            audit,
             databases,
             federation,
             token_exchange,
