@@ -218,7 +218,14 @@ impl ChainVerifier {
             let Some(cur) = self.pending.front() else { return };
             let e = self.expected;
             if cur.seq != e {
-                self.problem = Some(if cur.seq > e {
+                let later = self.pending.iter().find(|r| r.seq == e).map(|_| cur.seq);
+                self.problem = Some(if let Some(seen) = later {
+                    problem(
+                        e,
+                        AuditProblemKind::Reordered,
+                        format!("record {e} comes after record {seen}: records are out of order"),
+                    )
+                } else if cur.seq > e {
                     let range = if cur.seq == e + 1 {
                         format!("record {e} is")
                     } else {
@@ -386,6 +393,13 @@ mod tests {
         let mut deleted = good.clone();
         deleted.remove(5);
         assert_eq!(kind(&verify(&signer, deleted, cps.clone())), Some((6, AuditProblemKind::Deleted)));
+
+        // Out of order in a file (sequence numbers kept).
+        let mut shuffled = good.clone();
+        shuffled.swap(4, 5);
+        let r = verify(&signer, shuffled, cps.clone());
+        assert_eq!(kind(&r), Some((5, AuditProblemKind::Reordered)), "{r}");
+        assert!(r.to_string().contains("out of order"), "{r}");
 
         let mut swapped = good.clone();
         swapped.swap(2, 3);
