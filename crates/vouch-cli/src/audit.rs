@@ -231,37 +231,34 @@ fn read_keys(path: &Path) -> Result<Vec<AuditPublicKey>> {
     Ok(vec![one])
 }
 
+/// The records and checkpoints of an export, in file order; a line that is neither is an error
+/// naming it.
+fn export_lines(file: &Path) -> Result<impl Iterator<Item = Result<AuditExportLine>> + '_> {
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+    );
+    Ok(reader.lines().enumerate().filter_map(move |(n, line)| match line {
+        Err(e) => Some(Err(e.into())),
+        Ok(l) if l.trim().is_empty() => None,
+        Ok(l) => Some(serde_json::from_str(&l).with_context(|| {
+            format!("{} line {}: not a record or checkpoint of `vouch audit export`", file.display(), n + 1)
+        })),
+    }))
+}
+
 /// Walks an export offline: the checkpoints first (a first pass), then the records in file order.
 fn verify_file(file: &Path, key: &Path, output: Output) -> Result<ExitCode> {
     let keys = read_keys(key)?;
-    let open = || -> Result<std::io::BufReader<std::fs::File>> {
-        Ok(std::io::BufReader::new(
-            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
-        ))
-    };
-    let parse = |n: usize, line: &str| -> Result<AuditExportLine> {
-        serde_json::from_str(line).with_context(|| {
-            format!("{} line {}: not a record or checkpoint of `vouch audit export`", file.display(), n + 1)
-        })
-    };
     let mut checkpoints: Vec<AuditCheckpoint> = Vec::new();
-    for (n, line) in open()?.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let AuditExportLine::Checkpoint(c) = parse(n, &line)? {
+    for line in export_lines(file)? {
+        if let AuditExportLine::Checkpoint(c) = line? {
             checkpoints.push(c);
         }
     }
     let mut v = ChainVerifier::new(&keys, checkpoints).with_context(|| format!("{}", key.display()))?;
     let mut page = Vec::with_capacity(1024);
-    for (n, line) in open()?.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let AuditExportLine::Record(r) = parse(n, &line)? {
+    for line in export_lines(file)? {
+        if let AuditExportLine::Record(r) = line? {
             page.push(r);
             if page.len() == 1024 {
                 v.feed(std::mem::take(&mut page));

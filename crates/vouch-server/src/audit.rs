@@ -34,7 +34,7 @@ use vouch_core::audit::{
 };
 use vouch_store::{AuditHead, AuditKeyRecord, AuditQuery, Store};
 
-use crate::config::{ConfigError, EnvLookup, HumanDuration};
+use crate::config::{pick_setting, ConfigError, EnvLookup, HumanDuration};
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::state::{AppState, Clock};
@@ -87,29 +87,26 @@ pub(crate) struct FileAudit {
 
 impl AuditConfig {
     pub(crate) fn build(f: FileAudit, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        fn pick<T: std::str::FromStr>(
-            env: EnvLookup<'_>,
-            key: &str,
-            file: Option<T>,
-            default: T,
-        ) -> Result<T, ConfigError> {
-            let var = format!("VOUCH_AUDIT_{}", key.to_ascii_uppercase());
-            match env(&var) {
-                Some(text) => text
-                    .trim()
-                    .parse()
-                    .map_err(|_| ConfigError::Invalid(format!("{var}: `{text}` is not a valid audit.{key}"))),
-                None => Ok(file.unwrap_or(default)),
-            }
-        }
         let d = Self::default();
-        let interval =
-            pick(env, "checkpoint_interval", f.checkpoint_interval, HumanDuration(d.checkpoint_interval))?.0;
+        let interval = pick_setting(
+            env,
+            "audit",
+            "checkpoint_interval",
+            f.checkpoint_interval,
+            HumanDuration(d.checkpoint_interval),
+        )?
+        .0;
         let c = Self {
-            enabled: pick(env, "enabled", f.enabled, d.enabled)?,
-            queue: pick(env, "queue", f.queue, d.queue)?,
-            batch: pick(env, "batch", f.batch, d.batch)?,
-            checkpoint_records: pick(env, "checkpoint_records", f.checkpoint_records, d.checkpoint_records)?,
+            enabled: pick_setting(env, "audit", "enabled", f.enabled, d.enabled)?,
+            queue: pick_setting(env, "audit", "queue", f.queue, d.queue)?,
+            batch: pick_setting(env, "audit", "batch", f.batch, d.batch)?,
+            checkpoint_records: pick_setting(
+                env,
+                "audit",
+                "checkpoint_records",
+                f.checkpoint_records,
+                d.checkpoint_records,
+            )?,
             checkpoint_interval: interval,
         };
         if !(16..=1_048_576).contains(&c.queue) {
