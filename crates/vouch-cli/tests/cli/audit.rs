@@ -333,3 +333,58 @@ fn rewrite_from(c: &Connection, from: i64, resign: Option<&AuditSigner>) {
         }
     }
 }
+
+/// With the store's write lock held behind the server's back, audit events pile up in the bounded
+/// queue; requests are still answered at once, what does not fit is dropped and counted, and once
+/// the store is writable again an `audit.lost` record says how many: every event is on the record
+/// or counted, and the log verifies.
+#[test]
+fn a_full_audit_queue_never_blocks_requests_and_records_what_it_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_configured(tmp.path(), "[audit]\nqueue = 16\nbatch = 4\n");
+    let before = json(&server.ok(&["audit", "verify", "-o", "json"]))["records"].as_u64().unwrap();
+    let mut lock = db(tmp.path());
+    let tx = lock.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let started = Instant::now();
+    let mints: Vec<_> = (0..40)
+        .map(|_| {
+            std::process::Command::new(super::VOUCH)
+                .args(["svid", "mint", "jwt", "--spiffe-id", "spiffe://example.org/w", "--audience", "a"])
+                .env("VOUCH_ADMIN_SOCKET", server.socket())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut m in mints {
+        assert!(m.wait().unwrap().success());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "requests waited on the audit log: {:?}",
+        started.elapsed()
+    );
+    tx.rollback().unwrap();
+    drop(lock);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (minted, lost) = loop {
+        let lines = server.ok(&["audit", "search", "--event", "svid.jwt.mint", "--all", "--json"]);
+        let lost: i64 = server
+            .ok(&["audit", "search", "--event", "audit.lost", "--json"])
+            .lines()
+            .map(|l| json(l)["fields"]["count"].as_i64().unwrap())
+            .sum();
+        let minted = lines.lines().count() as i64;
+        if minted + lost >= 40 {
+            break (minted, lost);
+        }
+        assert!(Instant::now() < deadline, "{minted} recorded and {lost} counted as lost of 40");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(minted + lost, 40, "every event is recorded or counted");
+    assert!(lost > 0, "a queue of 16 cannot hold 40 events while the store is locked");
+    let report = json(&server.ok(&["audit", "verify", "-o", "json"]));
+    assert!(report.get("problem").is_none() && report["records"].as_u64().unwrap() > before, "{report}");
+    server.stop();
+}
