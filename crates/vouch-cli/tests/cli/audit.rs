@@ -142,6 +142,17 @@ fn the_audit_log_records_every_event_and_catches_every_tampering() {
         assert!(!dump.contains(signature), "the JWT's signature is in the audit log");
     }
 
+    // The checkpoint key is stored sealed: no Ed25519 PKCS#8 (its OID 1.3.101.112) in the clear.
+    {
+        let (id, sealed): (String, Vec<u8>) = db(tmp.path())
+            .query_row("SELECT id, sealed_key FROM audit_keys", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        let oid = [0x06, 0x03, 0x2b, 0x65, 0x70];
+        assert!(!sealed.windows(oid.len()).any(|w| w == oid), "the audit key is stored in the clear");
+        let keys = json(&server.ok(&["audit", "key", "-o", "json"]));
+        assert_eq!(keys["keys"][0]["key_id"], id.as_str());
+    }
+
     // Search: by SPIFFE ID, event prefix, time; JSON lines; paging; bad input.
     let lines = server.ok(&["audit", "search", "--spiffe-id", spiffe, "--json"]);
     let records: Vec<serde_json::Value> = lines.lines().map(json).collect();
