@@ -205,7 +205,12 @@ pub(crate) async fn start_vouch_with(
 }
 
 /// Issues X509-SVIDs through `client`, one keep-alive connection per worker.
-async fn vouch_load(o: &Options, pid: u32, client: &AdminClient, body: Arc<MintX509Request>) -> Result<Run> {
+pub(crate) async fn vouch_load(
+    o: &Options,
+    pid: u32,
+    client: &AdminClient,
+    body: Arc<MintX509Request>,
+) -> Result<Run> {
     load(o.clients, o.seconds, Some(pid), || {
         let client = client.clone();
         let body = body.clone();

@@ -6,6 +6,8 @@
 //!   (one ECDSA P-256 verify of the CSR + one sign per SVID), and JWT-SVID mint/validate rates.
 //! - `api --vouch BIN [--bao-addr URL --bao-token T]`: X509-SVID issuance over HTTP with a fresh
 //!   P-256 key per certificate, 8 concurrent clients, against OpenBao's `pki/issue`.
+//! - `audit --vouch BIN [--seconds N]`: X509-SVID issuance over the admin socket with the audit log
+//!   off against on, as a ratio; the log must verify afterwards.
 //! - `agent --vouch BIN`: Workload API latency, entry propagation and agent memory per SVID.
 //! - `flood --vouch BIN`: a legitimate agent's signing p99 during a flood of 10,000 bogus node
 //!   attestations against the same without the flood, as a ratio.
@@ -30,6 +32,7 @@ use anyhow::{bail, Result};
 
 mod agent;
 mod api;
+mod audit;
 mod exchange;
 mod flood;
 mod policy;
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("issuance") => issuance(),
         Some("api") => api::run(&args[1..]),
+        Some("audit") => audit::run(&args[1..]),
         Some("agent") => agent::run(&args[1..]),
         Some("flood") => flood::run(&args[1..]),
         Some("exchange") => exchange::run_exchange(&args[1..]),
@@ -56,7 +60,7 @@ fn main() -> Result<()> {
         Some("policy") => policy::run(&args[1..]),
         Some("scale-agents") => scale_agents::run(&args[1..]),
         _ => bail!(
-            "usage: vouch-bench issuance | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | secrets --vouch BIN [--bao-addr URL] | policy [--vouch BIN --bao-addr URL] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
+            "usage: vouch-bench issuance | audit --vouch BIN [--seconds N] | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | secrets --vouch BIN [--bao-addr URL] | policy [--vouch BIN --bao-addr URL] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
         ),
     }
 }

@@ -10,6 +10,7 @@
 //! - [`federation`]: SPIFFE federation relationships with other trust domains;
 //! - [`secrets`]: the secret store (admin) and secret reads for workloads (agent);
 //! - [`explain`]: the agent's private admin socket (`vouch agent explain`);
+//! - [`audit`]: the tamper-evident audit log (search, checkpoints, keys, verification);
 //! - [`policy`]: grants (Cedar policies) and the decision API;
 //! - [`paths`]: the routes, shared by the server's router and the client;
 //! - [`Der`]: certificates and CSRs between vouch's own parts travel as DER (base64 in JSON), never
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod db;
 mod der;
 mod error;

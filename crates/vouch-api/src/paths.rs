@@ -59,6 +59,14 @@ pub const SECRET_DELETE: &str = "/v1/secrets/{path}/delete";
 pub const SECRET_UNDELETE: &str = "/v1/secrets/{path}/undelete";
 /// Destroy versions (their sealed values are removed for good).
 pub const SECRET_DESTROY: &str = "/v1/secrets/{path}/destroy";
+/// Audit records: search and pages (GET).
+pub const AUDIT_RECORDS: &str = "/v1/audit/records";
+/// Signed audit checkpoints (GET).
+pub const AUDIT_CHECKPOINTS: &str = "/v1/audit/checkpoints";
+/// The public keys of audit checkpoints (GET).
+pub const AUDIT_KEYS: &str = "/v1/audit/keys";
+/// Walk the audit chain and its checkpoints (GET).
+pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
 /// Join tokens.
 pub const JOIN_TOKENS: &str = "/v1/join-tokens";
 /// Mint an X509-SVID.

@@ -8,6 +8,7 @@
 //!
 //! All cryptography is aws-lc-rs; private keys live in zeroizing memory.
 
+pub mod audit;
 pub mod authority;
 pub mod bundle;
 pub mod envelope;

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed (refused, unreachable, invalid), 2 usage error.
 
 mod agent;
+mod audit;
 mod authority;
 mod db;
 mod federation;
@@ -115,6 +116,13 @@ enum Command {
     Db {
         #[command(subcommand)]
         command: db::DbCommand,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// The tamper-evident audit log: `vouch audit search|export|verify|key` (docs/audit.md).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
         #[command(flatten)]
         connect: Connect,
     },
@@ -516,6 +524,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Federation { command, connect } => federation::run(command, &connect).await,
         Command::Secret { command, connect } => secret::run(command, &connect).await,
         Command::Db { command, connect } => db::run(command, &connect).await,
+        Command::Audit { command, connect } => audit::run(command, &connect).await,
         Command::Policy { command, connect } => policy::run(command, &connect).await,
         Command::Token { command: TokenCommand::Create { ttl, agent_id, labels }, connect } => {
             let agent_id =
@@ -584,24 +593,37 @@ struct ServerHealth {
 }
 
 fn init_logging_for(config: &vouch_server::Config) {
-    init_logging(&config.log_level, config.log_format == vouch_server::config::LogFormat::Json);
+    // The server's audit events go to its audit log as well as to the log output (whatever the
+    // log level), unless `[audit] enabled = false`.
+    let audit = config
+        .audit
+        .enabled
+        .then(|| vouch_server::audit::layer(Arc::new(vouch_server::SystemClock), config.audit.queue));
+    init_logging_with(&config.log_level, config.log_format == vouch_server::config::LogFormat::Json, audit);
 }
 
 /// Logs to stderr, without colours when stderr is not a terminal.
 pub(crate) fn init_logging(level: &str, json: bool) {
-    use tracing_subscriber::EnvFilter;
+    init_logging_with::<tracing_subscriber::layer::Identity>(level, json, None);
+}
+
+/// [`init_logging`] with a further layer beside the log output, which the log level does not
+/// filter (it brings its own filter).
+fn init_logging_with<L>(level: &str, json: bool, extra: Option<L>)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let level = std::env::var("VOUCH_LOG").ok().filter(|l| !l.is_empty()).unwrap_or_else(|| level.to_owned());
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let fmt = if json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
+    tracing_subscriber::registry().with(extra).with(fmt).init();
 }
 
 /// Waits for SIGINT or SIGTERM.

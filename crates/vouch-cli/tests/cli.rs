@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 // Kept beside, not in tests/ (each file there would be a test binary of its own).
+#[path = "cli/audit.rs"]
+mod audit;
 #[path = "cli/cloud.rs"]
 mod cloud;
 #[path = "cli/db_creds.rs"]

@@ -106,6 +106,11 @@ impl AdminClient {
         Db { client: self }
     }
 
+    /// The tamper-evident audit log.
+    pub fn audit(&self) -> Audit<'_> {
+        Audit { client: self }
+    }
+
     /// The secret store's operations.
     pub fn secrets(&self) -> Secrets<'_> {
         Secrets { client: self }
@@ -481,6 +486,49 @@ impl Policies<'_> {
     /// Decides a what-if request without storing anything.
     pub async fn test(&self, test: &PolicyTest) -> Result<AuthorizeResponse, ClientError> {
         self.client.send_json("POST", paths::POLICIES_TEST, test).await
+    }
+}
+
+/// The audit log (`/v1/audit`).
+pub struct Audit<'a> {
+    client: &'a AdminClient,
+}
+
+impl Audit<'_> {
+    /// One page of records passing the search's filters.
+    pub async fn search(
+        &self,
+        q: &vouch_api::audit::AuditSearch,
+    ) -> Result<vouch_api::audit::AuditPage, ClientError> {
+        let (after, limit) = (q.after.map(|a| a.to_string()), q.limit.map(|l| l.to_string()));
+        let path = paths::with_query(
+            paths::AUDIT_RECORDS,
+            &[
+                ("spiffe_id", q.spiffe_id.as_deref()),
+                ("node", q.node.as_deref()),
+                ("event", q.event.as_deref()),
+                ("since", q.since.as_deref()),
+                ("until", q.until.as_deref()),
+                ("after", after.as_deref()),
+                ("limit", limit.as_deref()),
+            ],
+        );
+        self.client.get(&path).await
+    }
+
+    /// Every signed checkpoint.
+    pub async fn checkpoints(&self) -> Result<vouch_api::audit::AuditCheckpointList, ClientError> {
+        self.client.get(paths::AUDIT_CHECKPOINTS).await
+    }
+
+    /// The public keys that sign checkpoints.
+    pub async fn keys(&self) -> Result<vouch_api::audit::AuditKeyList, ClientError> {
+        self.client.get(paths::AUDIT_KEYS).await
+    }
+
+    /// The server's walk of its own log.
+    pub async fn verify(&self) -> Result<vouch_api::audit::AuditVerifyReport, ClientError> {
+        self.client.get(paths::AUDIT_VERIFY).await
     }
 }
 

@@ -5,5 +5,5 @@
 mod api;
 pub mod client;
 
-pub use api::{Entries, Federations, Groups, Policies, SyncStream};
+pub use api::{Audit, Entries, Federations, Groups, Policies, SyncStream};
 pub use client::{decode, AdminClient, Answer, ClientError, Connection, LineStream};

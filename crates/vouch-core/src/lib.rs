@@ -13,6 +13,7 @@
 //!
 //! This crate does no I/O, has no async code and never reads a clock: time is a parameter.
 
+pub mod audit;
 pub mod duration;
 pub mod entry;
 pub mod grant;

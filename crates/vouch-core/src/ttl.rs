@@ -85,6 +85,90 @@ pub fn rfc3339(unix_secs: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
+/// Days since the epoch of a civil date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses an RFC 3339 timestamp (`2026-11-29T03:18:06Z`, `2026-11-29T04:18:06.250+01:00`; `t`,
+/// `z` and a space for `T` accepted) into unix milliseconds. The error says what is wrong.
+pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+    let bad = |why: &str| format!("`{text}` is not an RFC 3339 time like 2026-11-29T03:18:06Z: {why}");
+    let b = text.as_bytes();
+    let num = |from: usize, len: usize| -> Result<i64, String> {
+        let part = b.get(from..from + len).ok_or_else(|| bad("too short"))?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return Err(bad("a digit is missing"));
+        }
+        Ok(part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let sep = |at: usize, want: &[u8]| -> Result<(), String> {
+        match b.get(at) {
+            Some(c) if want.contains(c) => Ok(()),
+            _ => Err(bad("wrong separator")),
+        }
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    sep(4, b"-")?;
+    sep(7, b"-")?;
+    sep(10, b"Tt ")?;
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    sep(13, b":")?;
+    sep(16, b":")?;
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(bad("the month is not 01..12")),
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return Err(bad("a date or time part is out of range"));
+    }
+    let mut at = 19;
+    let mut millis = 0i64;
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        let start = at;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return Err(bad("no digits after the decimal point"));
+        }
+        let frac = &b[start..at.min(start + 3)];
+        millis =
+            frac.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')) * 10i64.pow(3 - frac.len() as u32);
+    }
+    let offset = match b.get(at) {
+        Some(b'Z' | b'z') if at + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if at + 6 == b.len() => {
+            sep(at + 3, b":")?;
+            let (h, m) = (num(at + 1, 2)?, num(at + 4, 2)?);
+            if h > 23 || m > 59 {
+                return Err(bad("the offset is out of range"));
+            }
+            let o = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return Err(bad("it must end with Z or an offset like +01:00")),
+    };
+    let secs =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset;
+    Ok(secs * 1000 + millis)
+}
+
 /// Where a CA or JWT key is in its rotation (prepare -> activate -> retire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -129,6 +213,31 @@ mod tests {
         assert_eq!(unix_seconds(t(42)), 42);
         assert_eq!(from_unix_seconds(42), t(42));
         assert_eq!(from_unix_seconds(-5), t(0));
+    }
+
+    #[test]
+    fn rfc3339_times_are_parsed_strictly() {
+        assert_eq!(parse_rfc3339_ms("2026-11-28T03:18:06Z"), Ok(1_795_835_886_000));
+        assert_eq!(parse_rfc3339_ms("2000-02-29T00:00:00.25Z"), Ok(951_782_400_250));
+        assert_eq!(parse_rfc3339_ms("2026-11-28T04:18:06+01:00"), Ok(1_795_835_886_000));
+        assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59Z"), Ok(-1000));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-28",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-11-28T03:18:06",
+            "2026-11-28T03:18:06.Z",
+            "2026-11-28T03:18:06+1:00",
+            "2026-11-28T25:00:00Z",
+        ] {
+            let err = parse_rfc3339_ms(bad).unwrap_err();
+            assert!(err.contains("RFC 3339") && err.contains(&format!("`{bad}`")), "{err}");
+        }
+        for secs in [0, 951_782_400, 1_795_835_886, 4_102_444_799] {
+            assert_eq!(parse_rfc3339_ms(&rfc3339(secs)), Ok(secs * 1000));
+        }
     }
 
     #[test]

@@ -92,6 +92,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let writes = state.store.write_transactions();
     let mut text = state.metrics.render(seq, damaged, writes);
     state.sync.render_metrics(&mut text);
+    crate::audit::render_metrics(&state, &mut text);
     // Which replica rotates keys, and which authority state each serves (equal on all replicas
     // once they follow the leader).
     let gauges = [

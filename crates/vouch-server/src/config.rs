@@ -107,6 +107,8 @@ struct FileConfig {
     /// `[database.<connection>]`: PostgreSQL databases the server issues short-lived roles on.
     #[serde(default)]
     database: std::collections::BTreeMap<String, crate::db_creds::FileDatabase>,
+    #[serde(default)]
+    audit: crate::audit::FileAudit,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -284,6 +286,25 @@ impl OidcConfig {
 /// Where the OIDC listener serves the JWKS of the JWT signing keys.
 pub const OIDC_KEYS_PATH: &str = "/keys";
 
+/// The setting `<section>.<key>`: from `VOUCH_<SECTION>_<KEY>` when set (an error naming both if it
+/// does not parse), else from the file, else `default`.
+pub(crate) fn pick_setting<T: std::str::FromStr>(
+    env: EnvLookup<'_>,
+    section: &str,
+    key: &str,
+    file: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let var = format!("VOUCH_{}_{}", section.to_ascii_uppercase(), key.to_ascii_uppercase());
+    match env(&var) {
+        Some(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("{var}: `{text}` is not a valid {section}.{key}"))),
+        None => Ok(file.unwrap_or(default)),
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileLimits {
@@ -352,25 +373,12 @@ impl Default for LimitsConfig {
 
 impl LimitsConfig {
     fn build(f: FileLimits, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        fn pick<T: std::str::FromStr>(
-            env: EnvLookup<'_>,
-            key: &str,
-            file: Option<T>,
-            default: T,
-        ) -> Result<T, ConfigError> {
-            let var = format!("VOUCH_LIMITS_{}", key.to_ascii_uppercase());
-            match env(&var) {
-                Some(text) => text.trim().parse().map_err(|_| {
-                    ConfigError::Invalid(format!("{var}: `{text}` is not a valid limits.{key}"))
-                }),
-                None => Ok(file.unwrap_or(default)),
-            }
-        }
         let d = Self::default();
         let rate =
             |name: &str, per: Option<f64>, burst: Option<u32>, def: Rate| -> Result<Rate, ConfigError> {
-                let per_second = pick(env, &format!("{name}_per_second"), per, def.per_second)?;
-                let burst = pick(env, &format!("{name}_burst"), burst, def.burst)?;
+                let per_second =
+                    pick_setting(env, "limits", &format!("{name}_per_second"), per, def.per_second)?;
+                let burst = pick_setting(env, "limits", &format!("{name}_burst"), burst, def.burst)?;
                 if !per_second.is_finite() || per_second < 0.0 {
                     return Err(ConfigError::Invalid(format!(
                         "limits.{name}_per_second must be a number >= 0 (0 turns the limit off)"
@@ -398,10 +406,17 @@ impl LimitsConfig {
         };
         Ok(Self {
             attest: rate("attest", f.attest_per_second, f.attest_burst, d.attest)?,
-            attest_sources: pick(env, "attest_sources", f.attest_sources, d.attest_sources)?.max(2),
+            attest_sources: pick_setting(
+                env,
+                "limits",
+                "attest_sources",
+                f.attest_sources,
+                d.attest_sources,
+            )?
+            .max(2),
             sign,
             jwt: rate("jwt", f.jwt_per_second, f.jwt_burst, d.jwt)?,
-            agents: pick(env, "agents", f.agents, d.agents)?.max(2),
+            agents: pick_setting(env, "limits", "agents", f.agents, d.agents)?.max(2),
             refusal_log_interval: interval,
         })
     }
@@ -665,6 +680,8 @@ pub struct Config {
     pub token_exchange: Option<crate::token_exchange::TokenExchangeConfig>,
     /// Databases the server issues short-lived credentials on (`[database.<connection>]`).
     pub databases: std::collections::BTreeMap<String, crate::db_creds::DatabaseConfig>,
+    /// The tamper-evident audit log (`[audit]`).
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// Where environment overrides come from; a function so tests need not touch the process environment.
@@ -946,7 +963,9 @@ impl Config {
             ));
         }
         let databases = crate::db_creds::build(file.database, env)?;
+        let audit = crate::audit::AuditConfig::build(file.audit, env)?;
         Ok(Self {
+            audit,
             databases,
             federation,
             token_exchange,

@@ -7,6 +7,7 @@
 // Private modules behind a small facade (the re-exports below), so the compiler finds dead code.
 mod agent_api;
 mod api;
+pub mod audit;
 mod auth;
 mod bundle_endpoint;
 pub mod config;
@@ -304,6 +305,7 @@ impl Server {
         }
         tasks.push(("federation refresher", tokio::spawn(federation::refresher(state.clone(), rx.clone()))));
         tasks.push(("database lease expiry", tokio::spawn(db_creds::expirer(state.clone(), rx.clone()))));
+        tasks.push(("audit log", tokio::spawn(audit::writer(state.clone(), rx.clone()))));
         tasks.push(("key rotation", tokio::spawn(rotation_loop(state.clone(), rx))));
         tracing::info!(
             trust_domain = %config.trust_domain,

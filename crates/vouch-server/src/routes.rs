@@ -22,6 +22,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::secrets::admin_routes())
         .merge(crate::db_creds::admin_routes())
         .merge(crate::policy::admin_routes())
+        .merge(crate::audit::admin_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
     let decisions = crate::policy::authorize_routes()
         .route_layer(from_fn_with_state(state.clone(), crate::policy::require_admin_or_agent));

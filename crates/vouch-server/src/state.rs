@@ -152,6 +152,10 @@ pub struct AppState {
     pub federation: crate::federation::Federated,
     /// Open secret watches (long polls of agents for new versions).
     pub secret_waiters: crate::secret_watch::SecretWaiters,
+    /// The keys that sign audit checkpoints.
+    pub audit_keys: crate::audit::AuditKeys,
+    /// Counters of the audit log's writer.
+    pub audit_metrics: crate::audit::AuditMetrics,
 }
 
 impl std::fmt::Debug for AppState {
@@ -205,7 +209,11 @@ impl AppState {
         };
         let psat_keys = crate::issuer_keys::PsatKeys::new(&config.psat_clusters);
         let limits = crate::limits::Limits::new(&config.limits);
+        let audit_keys =
+            crate::audit::AuditKeys::open(&*store, &kek, vouch_core::ttl::unix_seconds(clock.now())).await?;
         let state = Arc::new(Self {
+            audit_keys,
+            audit_metrics: Default::default(),
             limits,
             psat_keys,
             config,

@@ -501,6 +501,10 @@ fn openapi_describes_every_route() {
         ("/v1/db/leases/{id}/renew", &["post"]),
         ("/v1/db/leases/{id}/revoke", &["post"]),
         ("/v1/agent/db/creds", &["post"]),
+        ("/v1/audit/records", &["get"]),
+        ("/v1/audit/checkpoints", &["get"]),
+        ("/v1/audit/keys", &["get"]),
+        ("/v1/audit/verify", &["get"]),
     ] {
         for m in methods {
             assert!(
@@ -509,7 +513,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 46, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 50, "a route in openapi.json that the test does not know");
     let codes =
         doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
     for code in vouch_api::ErrorCode::ALL {
@@ -2351,6 +2355,38 @@ impl Store for PausingStore {
         now: i64,
     ) -> Result<Vec<bool>, vouch_store::StoreError> {
         self.inner.record_exchanged_tokens(tokens, now).await
+    }
+    async fn append_audit(
+        &self,
+        seal: vouch_store::AuditSeal,
+    ) -> Result<vouch_store::AuditHead, vouch_store::StoreError> {
+        self.inner.append_audit(seal).await
+    }
+    async fn audit_head(&self) -> Result<vouch_store::AuditHead, vouch_store::StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_records(
+        &self,
+        q: &vouch_store::AuditQuery,
+    ) -> Result<Vec<vouch_core::audit::AuditRecord>, vouch_store::StoreError> {
+        self.inner.audit_records(q).await
+    }
+    async fn add_audit_checkpoint(
+        &self,
+        cp: &vouch_core::audit::AuditCheckpoint,
+    ) -> Result<bool, vouch_store::StoreError> {
+        self.inner.add_audit_checkpoint(cp).await
+    }
+    async fn audit_checkpoints(
+        &self,
+    ) -> Result<Vec<vouch_core::audit::AuditCheckpoint>, vouch_store::StoreError> {
+        self.inner.audit_checkpoints().await
+    }
+    async fn audit_keys(
+        &self,
+        k: &vouch_store::AuditKeyRecord,
+    ) -> Result<Vec<vouch_store::AuditKeyRecord>, vouch_store::StoreError> {
+        self.inner.audit_keys(k).await
     }
     async fn ping(&self) -> Result<(), vouch_store::StoreError> {
         self.inner.ping().await

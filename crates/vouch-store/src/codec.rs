@@ -252,3 +252,48 @@ pub(crate) fn decode_secret_version(
         u64::try_from(version).map_err(|_| StoreError::Corrupt(format!("secret version {version}")))?;
     Ok(crate::SecretVersionRecord { version, created_at, deleted_at, destroyed_at })
 }
+
+/// An audit record's fields as stored (JSON).
+pub(crate) fn encode_audit_fields(fields: &vouch_core::audit::AuditFields) -> Result<String, StoreError> {
+    serde_json::to_string(fields).map_err(|e| StoreError::Corrupt(format!("audit fields: {e}")))
+}
+
+/// An audit record's stored fields; text that does not read back becomes one `_unreadable` field
+/// (a verification then reports the record as edited, instead of the read failing).
+pub(crate) fn decode_audit_fields(text: String) -> vouch_core::audit::AuditFields {
+    serde_json::from_str(&text).unwrap_or_else(|_| {
+        [("_unreadable".to_owned(), vouch_core::audit::AuditValue::Text(text))].into_iter().collect()
+    })
+}
+
+/// Checks that `records` follow `head` without a gap; the new head.
+pub(crate) fn audit_numbering(
+    head: &crate::AuditHead,
+    records: &[vouch_core::audit::AuditRecord],
+) -> Result<crate::AuditHead, StoreError> {
+    for (i, r) in records.iter().enumerate() {
+        if r.seq != head.seq + 1 + i as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "audit record {} does not follow the head {} in order",
+                r.seq, head.seq
+            )));
+        }
+    }
+    Ok(match records.last() {
+        Some(last) => crate::AuditHead { seq: last.seq, hash: last.hash.clone() },
+        None => head.clone(),
+    })
+}
+
+/// The `LIKE` pattern matching text that starts with `prefix` (with `\` as the escape).
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}

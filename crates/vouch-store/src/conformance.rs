@@ -53,6 +53,7 @@ pub async fn run(store: Arc<dyn Store>) {
     node_groups(&*store).await;
     federation(&*store).await;
     secrets(store.clone()).await;
+    audit_log(store.clone()).await;
     store.ping().await.expect("ping");
 }
 
@@ -788,4 +789,166 @@ async fn db_leases(store: Arc<dyn Store>) {
     assert!(store.delete_db_lease("00ff").await.expect("delete"));
     assert!(!store.delete_db_lease("00ff").await.expect("delete twice"));
     assert_eq!(store.get_db_lease("00ff").await.expect("get"), None);
+}
+
+/// A record following `prev`, hashed by a stand-in for the real chain (the store keeps hashes
+/// opaque).
+fn audit_record(
+    seq: u64,
+    prev: &str,
+    event: &str,
+    spiffe_id: &str,
+    node: Option<&str>,
+) -> vouch_core::audit::AuditRecord {
+    use vouch_core::audit::AuditValue;
+    let mut fields = vouch_core::audit::AuditFields::new();
+    fields.insert("spiffe_id".into(), AuditValue::Text(spiffe_id.into()));
+    if let Some(n) = node {
+        fields.insert("agent".into(), AuditValue::Text(n.into()));
+    }
+    fields.insert("count".into(), AuditValue::Int(-(seq as i64)));
+    vouch_core::audit::AuditRecord {
+        seq,
+        time_ms: 1000 * seq as i64,
+        event: event.into(),
+        fields,
+        hash: format!("{prev}+{seq}"),
+    }
+}
+
+/// Appends make one gap-free chain however many writers race; search filters; checkpoints and the
+/// first key are kept once.
+async fn audit_log(store: Arc<dyn Store>) {
+    use crate::{AuditHead, AuditKeyRecord, AuditQuery};
+    use vouch_core::audit::{AuditCheckpoint, GENESIS_HASH};
+    let head = store.audit_head().await.expect("head");
+    assert_eq!(
+        head,
+        AuditHead { seq: 0, hash: GENESIS_HASH.into() },
+        "an empty log starts at the genesis hash"
+    );
+    // Eight writers append two records each at once: every append sees the head the previous left.
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_audit(Box::new(move |head: &AuditHead| {
+                    let a = audit_record(
+                        head.seq + 1,
+                        &head.hash,
+                        "entry.create",
+                        &format!("spiffe://example.org/w{w}"),
+                        None,
+                    );
+                    let b = audit_record(
+                        head.seq + 2,
+                        &a.hash,
+                        "svid.x509.mint",
+                        "spiffe://example.org/x",
+                        Some("spiffe://example.org/agent/n1"),
+                    );
+                    vec![a, b]
+                }))
+                .await
+                .expect("append")
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let all = store.audit_records(&AuditQuery { limit: 100, ..Default::default() }).await.expect("records");
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=16).collect::<Vec<_>>());
+    let mut prev = GENESIS_HASH.to_owned();
+    for r in &all {
+        assert_eq!(r.hash, format!("{prev}+{}", r.seq), "record {} follows the head it was sealed on", r.seq);
+        prev = r.hash.clone();
+    }
+    assert_eq!(all[0].fields.get("count"), Some(&vouch_core::audit::AuditValue::Int(-1)), "fields read back");
+    let head = store.audit_head().await.expect("head");
+    assert_eq!((head.seq, head.hash), (16, prev));
+
+    // A batch that does not follow the head writes nothing.
+    let err = store
+        .append_audit(Box::new(|head: &AuditHead| {
+            vec![audit_record(head.seq + 2, &head.hash, "x", "spiffe://example.org/x", None)]
+        }))
+        .await
+        .expect_err("gap refused");
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert_eq!(store.audit_head().await.expect("head").seq, 16);
+    assert_eq!(store.append_audit(Box::new(|_: &AuditHead| vec![])).await.expect("empty").seq, 16);
+
+    // Search.
+    let q = |f: AuditQuery| {
+        let store = store.clone();
+        async move {
+            store
+                .audit_records(&AuditQuery { limit: 100, ..f })
+                .await
+                .expect("search")
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        q(AuditQuery { node: Some("spiffe://example.org/agent/n1".into()), ..Default::default() })
+            .await
+            .len(),
+        8
+    );
+    assert_eq!(q(AuditQuery { event: Some("svid.*".into()), ..Default::default() }).await.len(), 8);
+    assert_eq!(q(AuditQuery { event: Some("svid.x509.mint".into()), ..Default::default() }).await.len(), 8);
+    assert_eq!(
+        q(AuditQuery { event: Some("svid".into()), ..Default::default() }).await.len(),
+        0,
+        "exact unless `*`"
+    );
+    assert_eq!(
+        q(AuditQuery { event: Some("%*".into()), ..Default::default() }).await.len(),
+        0,
+        "LIKE wildcards are literal"
+    );
+    assert_eq!(
+        q(AuditQuery { spiffe_id: Some("spiffe://example.org/x".into()), ..Default::default() }).await.len(),
+        8
+    );
+    assert_eq!(
+        q(AuditQuery { since_ms: Some(3000), until_ms: Some(6000), ..Default::default() }).await,
+        vec![3, 4, 5]
+    );
+    assert_eq!(q(AuditQuery { after_seq: 14, ..Default::default() }).await, vec![15, 16]);
+    assert_eq!(
+        store.audit_records(&AuditQuery { limit: 2, ..Default::default() }).await.expect("page").len(),
+        2
+    );
+
+    // Checkpoints: one per sequence number.
+    let cp =
+        AuditCheckpoint { seq: 8, hash: "h".into(), time_ms: 5, key_id: "k".into(), signature: "s".into() };
+    assert!(store.add_audit_checkpoint(&cp).await.expect("checkpoint"));
+    assert!(!store
+        .add_audit_checkpoint(&AuditCheckpoint { signature: "t".into(), ..cp.clone() })
+        .await
+        .expect("again"));
+    assert_eq!(store.audit_checkpoints().await.expect("checkpoints"), vec![cp]);
+
+    // The first key is kept, whoever comes second.
+    let key = |id: &str| AuditKeyRecord {
+        id: id.into(),
+        algorithm: "Ed25519".into(),
+        public_key: "p".into(),
+        sealed_key: vec![1, 2, 3],
+        created_at: 7,
+    };
+    let (a, b) = (store.clone(), store.clone());
+    let (ka, kb) =
+        tokio::join!(
+            async move { a.audit_keys(&key("a")).await },
+            async move { b.audit_keys(&key("b")).await }
+        );
+    let (ka, kb) = (ka.expect("keys"), kb.expect("keys"));
+    assert_eq!(ka.len(), 1);
+    assert_eq!(ka, kb, "one key for every caller");
 }

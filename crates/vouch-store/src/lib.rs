@@ -22,6 +22,7 @@ mod sqlite;
 pub mod test_postgres;
 
 use async_trait::async_trait;
+use vouch_core::audit::{AuditCheckpoint, AuditRecord};
 use vouch_core::{Entry, EntryId, NodeGroup, SecretPath, Selector, Selectors, SpiffeId, TrustDomain};
 
 pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
@@ -556,6 +557,66 @@ pub enum Change {
     Resync,
 }
 
+/// The head of the audit chain: the last record's sequence number and hash (0 and
+/// [`vouch_core::audit::GENESIS_HASH`] before the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The last record's sequence number.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+}
+
+/// Builds the records of one append from the head they follow: numbered from `head.seq + 1`,
+/// each chained to the one before. Run inside the store's write transaction, so appends by any
+/// number of writers (replicas) make one chain.
+pub type AuditSeal = Box<dyn FnOnce(&AuditHead) -> Vec<AuditRecord> + Send>;
+
+/// Which audit records to list; all given conditions must hold. Ordered by sequence number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only records whose `spiffe_id` field is this.
+    pub spiffe_id: Option<String>,
+    /// Only records about this node (agent SPIFFE ID).
+    pub node: Option<String>,
+    /// Only this event; a trailing `*` matches every event with the prefix before it.
+    pub event: Option<String>,
+    /// Only records at or after this time (unix milliseconds).
+    pub since_ms: Option<i64>,
+    /// Only records before this time (unix milliseconds).
+    pub until_ms: Option<i64>,
+    /// Only records after this sequence number (paging).
+    pub after_seq: u64,
+    /// At most this many.
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    /// The event filter as `(text, is_prefix)`.
+    pub fn event_match(&self) -> Option<(&str, bool)> {
+        self.event.as_deref().map(|e| match e.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (e, false),
+        })
+    }
+}
+
+/// A checkpoint key as stored: its public half and its private key sealed under the
+/// key-encryption key (opaque to the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditKeyRecord {
+    /// The key's id.
+    pub id: String,
+    /// The algorithm (`Ed25519`).
+    pub algorithm: String,
+    /// The public key (base64).
+    pub public_key: String,
+    /// The sealed PKCS#8 private key.
+    pub sealed_key: Vec<u8>,
+    /// Unix seconds of its creation.
+    pub created_at: i64,
+}
+
 /// What happened when a join token was presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenUse {
@@ -867,6 +928,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a lease (after its role was dropped); `false` if there was none.
     async fn delete_db_lease(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Appends records to the audit log in one write transaction: `seal` gets the head and
+    /// returns the records that follow it (numbered and chained); the new head is returned. An
+    /// empty batch writes nothing. Records not numbered from `head.seq + 1` are refused
+    /// ([`StoreError::Corrupt`]) and nothing is written.
+    async fn append_audit(&self, seal: AuditSeal) -> Result<AuditHead, StoreError>;
+
+    /// The head of the audit chain.
+    async fn audit_head(&self) -> Result<AuditHead, StoreError>;
+
+    /// Audit records passing `query`, by sequence number. A record whose fields cannot be read
+    /// back is returned with a single field `_unreadable` holding the stored text, so that
+    /// verification reports it as edited instead of failing.
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Stores a signed checkpoint; `false` if one at its sequence number exists (another replica
+    /// made it).
+    async fn add_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<bool, StoreError>;
+
+    /// Every checkpoint, by sequence number.
+    async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError>;
+
+    /// The checkpoint keys, oldest first; when there is none, `candidate` is stored first (of
+    /// several replicas starting together, exactly one candidate is kept).
+    async fn audit_keys(&self, candidate: &AuditKeyRecord) -> Result<Vec<AuditKeyRecord>, StoreError>;
 
     /// The persisted authority state (JSON with sealed keys) and its version, if any.
     async fn load_authority_versioned(&self) -> Result<Option<StoredAuthority>, StoreError>;

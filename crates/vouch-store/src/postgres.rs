@@ -33,11 +33,12 @@ use crate::codec::{
 use crate::migrate::{self, Migration};
 use crate::pg_tls::{PgTls, PgTlsStream};
 use crate::{
-    agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    Change, DbLease, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, LeaseState, NewSecretVersion,
-    PolicyVersion, SealedSecretVersion, SecretRecord, SecretVersionRecord, Store, StoreError,
-    StoredAuthority, TokenUse, VersionChange,
+    agent_rules, AgentRecord, AgentRule, AuditHead, AuditKeyRecord, AuditQuery, AuditSeal, AuthorityWrite,
+    ChallengeIssue, ChallengeRecord, ChallengeUse, Change, DbLease, EntryFilter, EntryListing, FederationRow,
+    JoinTokenRecord, LeaseState, NewSecretVersion, PolicyVersion, SealedSecretVersion, SecretRecord,
+    SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse, VersionChange,
 };
+use vouch_core::audit::{AuditCheckpoint, AuditRecord};
 use vouch_core::SecretPath;
 
 /// The schema, step by step, numbered as SQLite's (see [`crate::migrate`]). Text keys compare
@@ -170,6 +171,44 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             created_at BIGINT NOT NULL,
             expires_at BIGINT NOT NULL,
             max_expires_at BIGINT NOT NULL
+        );"#,
+    },
+    Migration {
+        version: 11,
+        name: "audit_log",
+        // As SQLite's step 11. Appends lock the head row (`FOR UPDATE`), so replicas appending at
+        // once take turns and make one chain.
+        sql: r#"CREATE TABLE audit_log (
+            seq BIGINT PRIMARY KEY,
+            time_ms BIGINT NOT NULL,
+            event TEXT COLLATE "C" NOT NULL,
+            spiffe_id TEXT COLLATE "C",
+            node TEXT COLLATE "C",
+            fields TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_spiffe_id ON audit_log (spiffe_id, seq);
+        CREATE INDEX audit_log_node ON audit_log (node, seq);
+        CREATE INDEX audit_log_time ON audit_log (time_ms);
+        CREATE TABLE audit_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+        CREATE TABLE audit_checkpoints (
+            seq BIGINT PRIMARY KEY,
+            hash TEXT NOT NULL,
+            time_ms BIGINT NOT NULL,
+            key_id TEXT NOT NULL,
+            signature TEXT NOT NULL
+        );
+        CREATE TABLE audit_keys (
+            id TEXT COLLATE "C" PRIMARY KEY,
+            algorithm TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            sealed_key BYTEA NOT NULL,
+            created_at BIGINT NOT NULL
         );"#,
     },
 ];
@@ -1819,6 +1858,149 @@ impl Store for PostgresStore {
             tokio::spawn(listen(url, tls, origin, changes, self.hub.stop.subscribe()));
         }
         Some(receiver)
+    }
+
+    async fn append_audit(&self, seal: AuditSeal) -> Result<AuditHead, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        let row = tx
+            .query_one("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE", &[])
+            .await
+            .map_err(backend)?;
+        let head = AuditHead { seq: u64::try_from(col::<i64>(&row, 0)?).unwrap_or(0), hash: col(&row, 1)? };
+        let records = seal(&head);
+        let next = crate::codec::audit_numbering(&head, &records)?;
+        if records.is_empty() {
+            return Ok(head);
+        }
+        let stmt = tx
+            .prepare(
+                "INSERT INTO audit_log (seq, time_ms, event, spiffe_id, node, fields, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await
+            .map_err(backend)?;
+        for r in &records {
+            let fields = crate::codec::encode_audit_fields(&r.fields)?;
+            let seq =
+                i64::try_from(r.seq).map_err(|_| StoreError::Corrupt("audit sequence overflow".into()))?;
+            tx.execute(&stmt, &[&seq, &r.time_ms, &r.event, &r.spiffe_id(), &r.node(), &fields, &r.hash])
+                .await
+                .map_err(backend)?;
+        }
+        let seq = i64::try_from(next.seq).unwrap_or(i64::MAX);
+        tx.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", &[&seq, &next.hash])
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(next)
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        let conn = self.pool.get().await?;
+        let row =
+            conn.query_one("SELECT seq, hash FROM audit_head WHERE id = 1", &[]).await.map_err(backend)?;
+        Ok(AuditHead { seq: u64::try_from(col::<i64>(&row, 0)?).unwrap_or(0), hash: col(&row, 1)? })
+    }
+
+    async fn audit_records(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let (event, prefix) = match q.event_match() {
+            Some((e, true)) => (Some(crate::codec::like_prefix(e)), true),
+            Some((e, false)) => (Some(e.to_owned()), false),
+            None => (None, false),
+        };
+        let event_cond = if prefix { "event LIKE $4 ESCAPE '\\'" } else { "event = $4" };
+        let sql = format!(
+            "SELECT seq, time_ms, event, fields, hash FROM audit_log
+             WHERE seq > $1 AND ($2::text IS NULL OR spiffe_id = $2) AND ($3::text IS NULL OR node = $3)
+             AND ($4::text IS NULL OR {event_cond}) AND ($5::bigint IS NULL OR time_ms >= $5)
+             AND ($6::bigint IS NULL OR time_ms < $6)
+             ORDER BY seq LIMIT $7"
+        );
+        let after = i64::try_from(q.after_seq).unwrap_or(i64::MAX);
+        let limit = i64::from(q.limit);
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(&sql, &[&after, &q.spiffe_id, &q.node, &event, &q.since_ms, &q.until_ms, &limit])
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    seq: u64::try_from(col::<i64>(r, 0)?).unwrap_or(0),
+                    time_ms: col(r, 1)?,
+                    event: col(r, 2)?,
+                    fields: crate::codec::decode_audit_fields(col(r, 3)?),
+                    hash: col(r, 4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_audit_checkpoint(&self, cp: &AuditCheckpoint) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let conn = self.pool.get().await?;
+        let seq = i64::try_from(cp.seq).unwrap_or(i64::MAX);
+        let n = conn
+            .execute(
+                "INSERT INTO audit_checkpoints (seq, hash, time_ms, key_id, signature)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+                &[&seq, &cp.hash, &cp.time_ms, &cp.key_id, &cp.signature],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query("SELECT seq, hash, time_ms, key_id, signature FROM audit_checkpoints ORDER BY seq", &[])
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditCheckpoint {
+                    seq: u64::try_from(col::<i64>(r, 0)?).unwrap_or(0),
+                    hash: col(r, 1)?,
+                    time_ms: col(r, 2)?,
+                    key_id: col(r, 3)?,
+                    signature: col(r, 4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_keys(&self, k: &AuditKeyRecord) -> Result<Vec<AuditKeyRecord>, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await.map_err(backend)?;
+        // The head row serializes the first key's creation among replicas.
+        tx.execute("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE", &[]).await.map_err(backend)?;
+        tx.execute(
+            "INSERT INTO audit_keys (id, algorithm, public_key, sealed_key, created_at)
+             SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM audit_keys)",
+            &[&k.id, &k.algorithm, &k.public_key, &k.sealed_key, &k.created_at],
+        )
+        .await
+        .map_err(backend)?;
+        let rows = tx
+            .query("SELECT id, algorithm, public_key, sealed_key, created_at FROM audit_keys ORDER BY created_at, id", &[])
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditKeyRecord {
+                    id: col(r, 0)?,
+                    algorithm: col(r, 1)?,
+                    public_key: col(r, 2)?,
+                    sealed_key: col(r, 3)?,
+                    created_at: col(r, 4)?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -16,11 +16,12 @@ use crate::codec::{
 };
 use crate::migrate::{self, Migration};
 use crate::{
-    agent_rules, AgentRecord, AgentRule, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse,
-    DamagedEntry, DbLease, EntryFilter, EntryListing, FederationRow, JoinTokenRecord, LeaseState,
-    NewSecretVersion, PolicyVersion, SealedSecretVersion, SecretRecord, SecretVersionRecord, Store,
-    StoreError, StoredAuthority, TokenUse, VersionChange,
+    agent_rules, AgentRecord, AgentRule, AuditHead, AuditKeyRecord, AuditQuery, AuditSeal, AuthorityWrite,
+    ChallengeIssue, ChallengeRecord, ChallengeUse, DamagedEntry, DbLease, EntryFilter, EntryListing,
+    FederationRow, JoinTokenRecord, LeaseState, NewSecretVersion, PolicyVersion, SealedSecretVersion,
+    SecretRecord, SecretVersionRecord, Store, StoreError, StoredAuthority, TokenUse, VersionChange,
 };
+use vouch_core::audit::{AuditCheckpoint, AuditRecord};
 use vouch_core::SecretPath;
 
 /// The schema, step by step. Steps 1 and 2 are the schema of the builds before `schema_version`,
@@ -153,6 +154,46 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             created_at INTEGER NOT NULL,
             expires_at INTEGER NOT NULL,
             max_expires_at INTEGER NOT NULL
+        );",
+    },
+    Migration {
+        version: 11,
+        name: "audit_log",
+        // The hash-chained audit log (vouch_core::audit), its head (the one row every append
+        // reads and writes, so appends are serialized), signed checkpoints and their keys (the
+        // private key sealed under the key-encryption key). `spiffe_id` and `node` are copies of
+        // fields, for searching.
+        sql: "CREATE TABLE audit_log (
+            seq INTEGER PRIMARY KEY,
+            time_ms INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            spiffe_id TEXT,
+            node TEXT,
+            fields TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_spiffe_id ON audit_log (spiffe_id, seq);
+        CREATE INDEX audit_log_node ON audit_log (node, seq);
+        CREATE INDEX audit_log_time ON audit_log (time_ms);
+        CREATE TABLE audit_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            hash TEXT NOT NULL
+        );
+        INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+        CREATE TABLE audit_checkpoints (
+            seq INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            key_id TEXT NOT NULL,
+            signature TEXT NOT NULL
+        );
+        CREATE TABLE audit_keys (
+            id TEXT PRIMARY KEY,
+            algorithm TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            sealed_key BLOB NOT NULL,
+            created_at INTEGER NOT NULL
         );",
     },
 ];
@@ -315,6 +356,14 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteStore")
     }
+}
+
+/// The audit chain's head row.
+fn read_audit_head(conn: &Connection) -> Result<AuditHead, StoreError> {
+    conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+        Ok(AuditHead { seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), hash: r.get(1)? })
+    })
+    .map_err(backend)
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -1381,6 +1430,171 @@ impl Store for SqliteStore {
             };
             tx.commit().map_err(backend)?;
             Ok(answer)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, seal: AuditSeal) -> Result<AuditHead, StoreError> {
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let head = read_audit_head(&tx)?;
+            let records = seal(&head);
+            let next = crate::codec::audit_numbering(&head, &records)?;
+            if records.is_empty() {
+                return Ok(head);
+            }
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO audit_log (seq, time_ms, event, spiffe_id, node, fields, hash)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .map_err(backend)?;
+                for r in &records {
+                    let fields = crate::codec::encode_audit_fields(&r.fields)?;
+                    stmt.execute(params![
+                        i64::try_from(r.seq)
+                            .map_err(|_| StoreError::Corrupt("audit sequence overflow".into()))?,
+                        r.time_ms,
+                        r.event,
+                        r.spiffe_id(),
+                        r.node(),
+                        fields,
+                        r.hash
+                    ])
+                    .map_err(backend)?;
+                }
+            }
+            tx.execute(
+                "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1",
+                params![i64::try_from(next.seq).unwrap_or(i64::MAX), next.hash],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        self.with(|conn| read_audit_head(conn)).await
+    }
+
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let q = query.clone();
+        self.with(move |conn| {
+            let (event, prefix) = match q.event_match() {
+                Some((e, true)) => (Some(crate::codec::like_prefix(e)), true),
+                Some((e, false)) => (Some(e.to_owned()), false),
+                None => (None, false),
+            };
+            let event_cond = if prefix { "event LIKE ?4 ESCAPE '\\'" } else { "event = ?4" };
+            let sql = format!(
+                "SELECT seq, time_ms, event, fields, hash FROM audit_log
+                 WHERE seq > ?1 AND (?2 IS NULL OR spiffe_id = ?2) AND (?3 IS NULL OR node = ?3)
+                 AND (?4 IS NULL OR {event_cond}) AND (?5 IS NULL OR time_ms >= ?5)
+                 AND (?6 IS NULL OR time_ms < ?6)
+                 ORDER BY seq LIMIT ?7"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        i64::try_from(q.after_seq).unwrap_or(i64::MAX),
+                        q.spiffe_id,
+                        q.node,
+                        event,
+                        q.since_ms,
+                        q.until_ms,
+                        i64::from(q.limit)
+                    ],
+                    |r| {
+                        Ok(AuditRecord {
+                            seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                            time_ms: r.get(1)?,
+                            event: r.get(2)?,
+                            fields: crate::codec::decode_audit_fields(r.get(3)?),
+                            hash: r.get(4)?,
+                        })
+                    },
+                )
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn add_audit_checkpoint(&self, cp: &AuditCheckpoint) -> Result<bool, StoreError> {
+        let cp = cp.clone();
+        self.with_write(move |conn| {
+            let n = conn
+                .execute(
+                    "INSERT OR IGNORE INTO audit_checkpoints (seq, hash, time_ms, key_id, signature)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        i64::try_from(cp.seq).unwrap_or(i64::MAX),
+                        cp.hash,
+                        cp.time_ms,
+                        cp.key_id,
+                        cp.signature
+                    ],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT seq, hash, time_ms, key_id, signature FROM audit_checkpoints ORDER BY seq")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(AuditCheckpoint {
+                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        hash: r.get(1)?,
+                        time_ms: r.get(2)?,
+                        key_id: r.get(3)?,
+                        signature: r.get(4)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn audit_keys(&self, candidate: &AuditKeyRecord) -> Result<Vec<AuditKeyRecord>, StoreError> {
+        let k = candidate.clone();
+        self.with_write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            tx.execute(
+                "INSERT INTO audit_keys (id, algorithm, public_key, sealed_key, created_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM audit_keys)",
+                params![k.id, k.algorithm, k.public_key, k.sealed_key, k.created_at],
+            )
+            .map_err(backend)?;
+            let keys = {
+                let mut stmt = tx
+                    .prepare("SELECT id, algorithm, public_key, sealed_key, created_at FROM audit_keys ORDER BY created_at, id")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok(AuditKeyRecord {
+                            id: r.get(0)?,
+                            algorithm: r.get(1)?,
+                            public_key: r.get(2)?,
+                            sealed_key: r.get(3)?,
+                            created_at: r.get(4)?,
+                        })
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+            };
+            tx.commit().map_err(backend)?;
+            Ok(keys)
         })
         .await
     }

@@ -1,0 +1,636 @@
+//! The tamper-evident audit log: every `vouch::audit` event of the server, appended to the store
+//! as a hash chain (`vouch_core::audit`, `vouch_ca::audit`) with periodic checkpoints signed by a
+//! key of its own, and the admin routes that search, export and verify it.
+//!
+//! Capture: [`layer`] is a `tracing` layer that takes the `vouch::audit` events (whatever the log
+//! level) into a bounded queue, without waiting: a request never blocks on the audit log. The
+//! server's [`writer`] drains the queue in batches into the store. When the queue is full (the
+//! store is down or far slower than the event rate), an event is dropped and counted
+//! (`vouch_audit_dropped_total`), and the next append records an `audit.lost` event with the
+//! count, so a gap is itself on the record. Memory stays bounded: the queue, and one batch being
+//! retried.
+//!
+//! One process has one queue: in a process running several servers (tests), the first server
+//! started drains it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tracing::field::{Field, Visit};
+use vouch_api::audit::{
+    AuditCheckpointList, AuditKeyList, AuditPage, AuditSearch, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE,
+};
+use vouch_api::paths;
+use vouch_ca::audit::{chain_hash, AuditSigner, ChainVerifier};
+use vouch_ca::Kek;
+use vouch_core::audit::{
+    AuditEvent, AuditFields, AuditPublicKey, AuditRecord, AuditValue, AuditVerifyReport,
+};
+use vouch_store::{AuditHead, AuditKeyRecord, AuditQuery, Store};
+
+use crate::config::{pick_setting, ConfigError, EnvLookup, HumanDuration};
+use crate::error::ApiError;
+use crate::extract::ApiQuery;
+use crate::state::{AppState, Clock};
+use crate::StartError;
+
+/// The target of audit events.
+pub const AUDIT_TARGET: &str = "vouch::audit";
+
+/// The `[audit]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Whether events are recorded (the log and its routes exist either way).
+    pub enabled: bool,
+    /// Events waiting to be written, at most; more are dropped and counted.
+    pub queue: usize,
+    /// Records appended in one transaction, at most.
+    pub batch: usize,
+    /// A checkpoint after this many records...
+    pub checkpoint_records: u64,
+    /// ... or after this long, whichever comes first (when there are new records).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    /// A queue of 8,192 events (about 4 MB) rides out a store pause of seconds at thousands of
+    /// issuances per second; batches of 512 keep one append under a few milliseconds; a
+    /// checkpoint every 1,000 records or minute bounds what an attacker with the database could
+    /// rewrite unnoticed to the records since the last one.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            queue: 8192,
+            batch: 512,
+            checkpoint_records: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[audit]` as written in the file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileAudit {
+    enabled: Option<bool>,
+    queue: Option<usize>,
+    batch: Option<usize>,
+    checkpoint_records: Option<u64>,
+    checkpoint_interval: Option<HumanDuration>,
+}
+
+impl AuditConfig {
+    pub(crate) fn build(f: FileAudit, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let interval = pick_setting(
+            env,
+            "audit",
+            "checkpoint_interval",
+            f.checkpoint_interval,
+            HumanDuration(d.checkpoint_interval),
+        )?
+        .0;
+        let c = Self {
+            enabled: pick_setting(env, "audit", "enabled", f.enabled, d.enabled)?,
+            queue: pick_setting(env, "audit", "queue", f.queue, d.queue)?,
+            batch: pick_setting(env, "audit", "batch", f.batch, d.batch)?,
+            checkpoint_records: pick_setting(
+                env,
+                "audit",
+                "checkpoint_records",
+                f.checkpoint_records,
+                d.checkpoint_records,
+            )?,
+            checkpoint_interval: interval,
+        };
+        if !(16..=1_048_576).contains(&c.queue) {
+            return Err(ConfigError::Invalid("audit.queue must be 16..=1048576 events".into()));
+        }
+        if !(1..=10_000).contains(&c.batch) {
+            return Err(ConfigError::Invalid("audit.batch must be 1..=10000 records".into()));
+        }
+        if c.checkpoint_records == 0 {
+            return Err(ConfigError::Invalid("audit.checkpoint_records must be at least 1".into()));
+        }
+        if c.checkpoint_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid("audit.checkpoint_interval must be at least 1s".into()));
+        }
+        Ok(c)
+    }
+}
+
+/// The process's audit queue.
+struct Hub {
+    tx: mpsc::Sender<AuditEvent>,
+    rx: Mutex<Option<mpsc::Receiver<AuditEvent>>>,
+    dropped: AtomicU64,
+    dropped_total: AtomicU64,
+}
+
+static HUB: OnceLock<Hub> = OnceLock::new();
+
+/// The capturing layer (see the module documentation); [`layer`] builds it with its filter.
+pub struct AuditLayer {
+    clock: Arc<dyn Clock>,
+}
+
+/// The layer that captures `vouch::audit` events into a queue of `queue` events, stamped with
+/// `clock`'s time; install it beside the log output (its own filter lets audit events through
+/// whatever the log level). The first call in a process sets the queue.
+pub fn layer<S>(
+    clock: Arc<dyn Clock>,
+    queue: usize,
+) -> tracing_subscriber::filter::Filtered<AuditLayer, tracing_subscriber::filter::Targets, S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    HUB.get_or_init(|| {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        Hub { tx, rx: Mutex::new(Some(rx)), dropped: AtomicU64::new(0), dropped_total: AtomicU64::new(0) }
+    });
+    AuditLayer { clock }.with_filter(
+        tracing_subscriber::filter::Targets::new().with_target(AUDIT_TARGET, tracing::Level::TRACE),
+    )
+}
+
+/// The queue's receiving end, once per process (the first server started takes it).
+fn take_receiver() -> Option<mpsc::Receiver<AuditEvent>> {
+    HUB.get().and_then(|h| h.rx.lock().ok()?.take())
+}
+
+/// Events dropped because the queue was full, since the process started.
+pub fn dropped_total() -> u64 {
+    HUB.get().map_or(0, |h| h.dropped_total.load(Ordering::Relaxed))
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(hub) = HUB.get() else { return };
+        let mut v = Capture::default();
+        event.record(&mut v);
+        let time_ms = unix_ms(self.clock.now());
+        let captured =
+            AuditEvent { time_ms, event: v.event.unwrap_or_else(|| "unnamed".into()), fields: v.fields };
+        if hub.tx.try_send(captured).is_err() {
+            hub.dropped.fetch_add(1, Ordering::Relaxed);
+            hub.dropped_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Field names whose values are never recorded, whatever a call site passes: a defence in depth
+/// behind the rule that no call site logs a secret.
+const SECRET_FIELDS: &[&str] = &[
+    "password",
+    "token",
+    "jwt",
+    "secret",
+    "value",
+    "private_key",
+    "key",
+    "kek",
+    "client_secret",
+    "subject_token",
+];
+
+/// Text that looks like a JWT (three base64url parts, the first a JSON header).
+fn looks_like_jwt(s: &str) -> bool {
+    s.starts_with("eyJ") && s.split('.').count() == 3 && s.len() > 20
+}
+
+#[derive(Default)]
+struct Capture {
+    event: Option<String>,
+    fields: AuditFields,
+}
+
+impl Capture {
+    fn put(&mut self, field: &Field, value: AuditValue) {
+        let name = field.name();
+        let value = match value {
+            _ if SECRET_FIELDS.contains(&name) => AuditValue::Text("[redacted]".into()),
+            AuditValue::Text(t) if looks_like_jwt(&t) => AuditValue::Text("[redacted]".into()),
+            v => v,
+        };
+        if name == "event" {
+            self.event = Some(value.to_string());
+        } else {
+            self.fields.insert(name.to_owned(), value);
+        }
+    }
+}
+
+impl Visit for Capture {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, AuditValue::Text(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, AuditValue::Text(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, AuditValue::Int(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, AuditValue::from_u64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, AuditValue::Bool(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, AuditValue::Text(value.to_string()));
+    }
+}
+
+/// The checkpoint keys: the current signer, and every key's public half (derived from the sealed
+/// private keys, never from a column an attacker could rewrite).
+pub struct AuditKeys {
+    signer: AuditSigner,
+    public: Vec<AuditPublicKey>,
+}
+
+impl std::fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditKeys").field("current", &self.signer.key_id()).finish()
+    }
+}
+
+impl AuditKeys {
+    /// Loads the keys, creating the first one (sealed under `kek`) on the first start.
+    pub(crate) async fn open(store: &dyn Store, kek: &Kek, now_secs: i64) -> Result<Self, StartError> {
+        let (candidate, pkcs8) = AuditSigner::generate()?;
+        let record = AuditKeyRecord {
+            id: candidate.key_id().to_owned(),
+            algorithm: vouch_ca::audit::ALGORITHM.into(),
+            public_key: candidate.public_key().public_key,
+            sealed_key: kek.seal(candidate.key_id(), &pkcs8)?,
+            created_at: now_secs,
+        };
+        let mut signer = None;
+        let mut public = Vec::new();
+        for k in store.audit_keys(&record).await? {
+            let pkcs8 = kek.open(&k.id, &k.sealed_key)?;
+            let s = AuditSigner::from_pkcs8(&pkcs8)?;
+            if s.key_id() != k.id {
+                return Err(StartError::Store(format!(
+                    "audit key `{}` holds another key (`{}`): the row was altered; restore the database from a backup",
+                    k.id,
+                    s.key_id()
+                )));
+            }
+            public.push(s.public_key());
+            signer = Some(s);
+        }
+        let signer = signer.ok_or_else(|| StartError::Store("the store kept no audit key".into()))?;
+        Ok(Self { signer, public })
+    }
+
+    /// The public keys, the current one last.
+    pub fn public_keys(&self) -> &[AuditPublicKey] {
+        &self.public
+    }
+}
+
+/// Counters of the writer.
+#[derive(Debug, Default)]
+pub struct AuditMetrics {
+    records: AtomicU64,
+    checkpoints: AtomicU64,
+    append_failures: AtomicU64,
+}
+
+/// Writes the Prometheus lines of the audit log.
+pub(crate) fn render_metrics(state: &AppState, out: &mut String) {
+    let m = &state.audit_metrics;
+    let c =
+        |out: &mut String, name: &str, help: &str, v: u64| vouch_core::metrics::counter(out, name, help, v);
+    c(
+        out,
+        "vouch_audit_records_total",
+        "Audit records appended by this server.",
+        m.records.load(Ordering::Relaxed),
+    );
+    c(
+        out,
+        "vouch_audit_checkpoints_total",
+        "Audit checkpoints signed by this server.",
+        m.checkpoints.load(Ordering::Relaxed),
+    );
+    c(
+        out,
+        "vouch_audit_append_failures_total",
+        "Appends to the audit log that failed (retried).",
+        m.append_failures.load(Ordering::Relaxed),
+    );
+    c(
+        out,
+        "vouch_audit_dropped_total",
+        "Audit events dropped because the queue was full (each gap is recorded as audit.lost).",
+        dropped_total(),
+    );
+}
+
+/// Numbers and chains `events` after `head`.
+fn seal(events: Vec<AuditEvent>, head: &AuditHead) -> Vec<AuditRecord> {
+    let mut prev = head.hash.clone();
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let seq = head.seq + 1 + i as u64;
+        let hash = chain_hash(&prev, seq, e.time_ms, &e.event, &e.fields);
+        prev.clone_from(&hash);
+        out.push(AuditRecord { seq, time_ms: e.time_ms, event: e.event, fields: e.fields, hash });
+    }
+    out
+}
+
+/// Unix milliseconds of `t`.
+fn unix_ms(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Drains the queue into the store until shutdown, then writes what is queued and a final
+/// checkpoint.
+pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let cfg = state.config.audit.clone();
+    let mut rx = if cfg.enabled { take_receiver() } else { None };
+    let mut last_checkpoint = match state.store.audit_checkpoints().await {
+        Ok(cps) => cps.last().map_or(0, |c| c.seq),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the audit checkpoints; the next checkpoint is made at once");
+            0
+        }
+    };
+    let mut batch: Vec<AuditEvent> = Vec::new();
+    let mut tick = tokio::time::interval(cfg.checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut stopping = false;
+    loop {
+        if batch.is_empty() && !stopping {
+            tokio::select! {
+                ev = async { match rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match ev {
+                    Some(ev) => batch.push(ev),
+                    None => rx = None,
+                },
+                _ = tick.tick() => {
+                    checkpoint(&state, &mut last_checkpoint, 1).await;
+                    continue;
+                }
+                _ = shutdown.changed() => stopping = true,
+            }
+        }
+        if let Some(rx) = rx.as_mut() {
+            while batch.len() < cfg.batch {
+                match rx.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
+                }
+            }
+        }
+        let lost = HUB.get().map_or(0, |h| h.dropped.swap(0, Ordering::Relaxed));
+        if lost > 0 {
+            match batch.last_mut() {
+                Some(last) if last.event == "audit.lost" => {
+                    if let Some(AuditValue::Int(n)) = last.fields.get_mut("count") {
+                        *n = n.saturating_add(i64::try_from(lost).unwrap_or(i64::MAX));
+                    }
+                }
+                _ => batch.push(AuditEvent {
+                    time_ms: unix_ms(state.now()),
+                    event: "audit.lost".into(),
+                    fields: [("count".to_owned(), AuditValue::from_u64(lost))].into(),
+                }),
+            }
+        }
+        if !batch.is_empty() {
+            let events = batch.clone();
+            let n = events.len() as u64;
+            match state.store.append_audit(Box::new(move |head: &AuditHead| seal(events, head))).await {
+                Ok(head) => {
+                    batch.clear();
+                    state.audit_metrics.records.fetch_add(n, Ordering::Relaxed);
+                    if head.seq >= last_checkpoint + cfg.checkpoint_records {
+                        checkpoint(&state, &mut last_checkpoint, cfg.checkpoint_records).await;
+                    }
+                }
+                Err(e) => {
+                    state.audit_metrics.append_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, events = n, "cannot append to the audit log; retrying in 1 s (events arriving meanwhile wait in the queue, or are dropped and counted when it is full)");
+                    if stopping {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => stopping = true,
+                    }
+                    continue;
+                }
+            }
+        }
+        let drained = rx.as_ref().is_none_or(|rx| rx.is_empty());
+        if stopping && drained {
+            checkpoint(&state, &mut last_checkpoint, 1).await;
+            return;
+        }
+    }
+}
+
+/// Signs a checkpoint of the head when at least `min_new` records followed the last one.
+async fn checkpoint(state: &AppState, last: &mut u64, min_new: u64) {
+    let head = match state.store.audit_head().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the audit log's head for a checkpoint");
+            return;
+        }
+    };
+    if head.seq < *last + min_new || head.seq == 0 {
+        return;
+    }
+    let cp = state.audit_keys.signer.checkpoint(head.seq, &head.hash, unix_ms(state.now()));
+    match state.store.add_audit_checkpoint(&cp).await {
+        Ok(_) => {
+            *last = head.seq;
+            state.audit_metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(error = %e, seq = head.seq, "cannot store an audit checkpoint"),
+    }
+}
+
+/// Walks the whole log in pages against the checkpoints and the server's audit keys.
+pub async fn verify(state: &AppState) -> Result<AuditVerifyReport, ApiError> {
+    let head = state.store.audit_head().await?;
+    let checkpoints = state.store.audit_checkpoints().await?;
+    let mut v = ChainVerifier::new(state.audit_keys.public_keys(), checkpoints)
+        .map_err(|e| ApiError::internal("audit keys", e))?;
+    let mut after = 0;
+    loop {
+        let page = state
+            .store
+            .audit_records(&AuditQuery { after_seq: after, limit: 5000, ..Default::default() })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        let full = page.len() == 5000;
+        v.feed(page);
+        if v.failed() || !full {
+            break;
+        }
+    }
+    Ok(v.finish(Some(head.seq)))
+}
+
+pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(paths::AUDIT_RECORDS, get(records))
+        .route(paths::AUDIT_CHECKPOINTS, get(checkpoints))
+        .route(paths::AUDIT_KEYS, get(keys))
+        .route(paths::AUDIT_VERIFY, get(verify_route))
+}
+
+/// The store query of a search, every parameter checked.
+fn query_of(q: AuditSearch) -> Result<AuditQuery, ApiError> {
+    let time = |name: &str, v: Option<String>| {
+        v.map(|t| {
+            vouch_core::ttl::parse_rfc3339_ms(&t).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+        })
+        .transpose()
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_AUDIT_PAGE);
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit: {limit} is outside 1..={MAX_AUDIT_PAGE}")));
+    }
+    let (since_ms, until_ms) = (time("since", q.since)?, time("until", q.until)?);
+    if let (Some(s), Some(u)) = (since_ms, until_ms) {
+        if s >= u {
+            return Err(ApiError::bad_request("since must be before until"));
+        }
+    }
+    let nonempty = |name: &str, v: Option<String>| match v {
+        Some(t) if t.is_empty() || t.len() > 2048 => {
+            Err(ApiError::bad_request(format!("{name}: give 1 to 2048 characters, or leave it out")))
+        }
+        other => Ok(other),
+    };
+    Ok(AuditQuery {
+        spiffe_id: nonempty("spiffe_id", q.spiffe_id)?,
+        node: nonempty("node", q.node)?,
+        event: nonempty("event", q.event)?,
+        since_ms,
+        until_ms,
+        after_seq: q.after.unwrap_or(0),
+        limit,
+    })
+}
+
+async fn records(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<AuditSearch>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let query = query_of(q)?;
+    let records = state.store.audit_records(&query).await?;
+    let next_after = (records.len() == query.limit as usize).then(|| records.last().map(|r| r.seq)).flatten();
+    Ok(Json(AuditPage { records, next_after }))
+}
+
+async fn checkpoints(State(state): State<Arc<AppState>>) -> Result<Json<AuditCheckpointList>, ApiError> {
+    Ok(Json(AuditCheckpointList { checkpoints: state.store.audit_checkpoints().await? }))
+}
+
+async fn keys(State(state): State<Arc<AppState>>) -> Json<AuditKeyList> {
+    Json(AuditKeyList { keys: state.audit_keys.public_keys().to_vec() })
+}
+
+async fn verify_route(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+) -> Result<Json<AuditVerifyReport>, ApiError> {
+    let report = verify(&state).await?;
+    let problem_seq = report.problem.as_ref().map(|p| p.seq);
+    tracing::info!(target: "vouch::audit", event = "audit.verify", %caller, records = report.records, checkpoints = report.checkpoints, ok = report.ok(), problem_seq);
+    Ok(Json(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_reach_a_record() {
+        let mut c = Capture::default();
+        let fields = tracing::field::FieldSet::new(
+            &["event", "password", "path", "note"],
+            tracing::callsite::Identifier(&CALLSITE),
+        );
+        let mut it = fields.iter();
+        let (e, p, path, note) =
+            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        c.record_str(&e, "secret.put");
+        c.record_str(&p, "hunter2");
+        c.record_str(&path, "db/pw");
+        c.record_str(&note, "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln");
+        assert_eq!(c.event.as_deref(), Some("secret.put"));
+        assert_eq!(c.fields.get("password"), Some(&AuditValue::Text("[redacted]".into())));
+        assert_eq!(c.fields.get("path"), Some(&AuditValue::Text("db/pw".into())));
+        assert_eq!(
+            c.fields.get("note"),
+            Some(&AuditValue::Text("[redacted]".into())),
+            "a JWT is never recorded"
+        );
+    }
+
+    struct Cs;
+    impl tracing::callsite::Callsite for Cs {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unimplemented!()
+        }
+    }
+    static CALLSITE: Cs = Cs;
+
+    #[test]
+    fn config_defaults_and_bounds() {
+        let none = |_: &str| None;
+        let d = AuditConfig::build(FileAudit::default(), &none).unwrap();
+        assert_eq!(d, AuditConfig::default());
+        let env = |k: &str| (k == "VOUCH_AUDIT_CHECKPOINT_RECORDS").then(|| "5".to_owned());
+        assert_eq!(AuditConfig::build(FileAudit::default(), &env).unwrap().checkpoint_records, 5);
+        let bad = |k: &str| (k == "VOUCH_AUDIT_QUEUE").then(|| "3".to_owned());
+        assert!(AuditConfig::build(FileAudit::default(), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("audit.queue"));
+        let bad = |k: &str| (k == "VOUCH_AUDIT_ENABLED").then(|| "maybe".to_owned());
+        assert!(AuditConfig::build(FileAudit::default(), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("VOUCH_AUDIT_ENABLED"));
+    }
+
+    #[test]
+    fn searches_are_checked() {
+        let q = |s: AuditSearch| query_of(s).map_err(|e| e.detail().message);
+        assert_eq!(q(AuditSearch::default()).unwrap().limit, DEFAULT_AUDIT_PAGE);
+        assert!(q(AuditSearch { limit: Some(0), ..Default::default() }).unwrap_err().contains("limit"));
+        assert!(q(AuditSearch { limit: Some(5000), ..Default::default() }).unwrap_err().contains("1..=1000"));
+        let err = q(AuditSearch { since: Some("yesterday".into()), ..Default::default() }).unwrap_err();
+        assert!(err.starts_with("since:") && err.contains("RFC 3339"), "{err}");
+        let err = q(AuditSearch {
+            since: Some("2026-01-02T00:00:00Z".into()),
+            until: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("before"), "{err}");
+        assert!(q(AuditSearch { event: Some(String::new()), ..Default::default() }).is_err());
+    }
+}
