@@ -125,6 +125,23 @@ impl Watch {
     }
 }
 
+/// A new version of a secret, without metadata.
+fn put(value: &[u8]) -> SecretPut {
+    SecretPut { value: encode_value(value), owner: None, purpose: None, rotation_due: None }
+}
+
+/// A stack where this process is `/reader`, permitted to read under `app/`, and `app/db` holds
+/// `v1`; and the agent's secret socket.
+async fn reader_stack() -> (Stack, std::path::PathBuf) {
+    let stack = Stack::start().await;
+    stack.entry_for_me("reader", "/reader", json!({})).await;
+    stack.wait_entries(1).await;
+    stack.admin.secrets().put("app/db", &put(b"v1")).await.unwrap();
+    stack.admin.policies().put("reader-reads-app", READER_READS_APP).await.unwrap();
+    let socket = vouch_agent::secret_api::socket_path(&stack.agent().socket);
+    (stack, socket)
+}
+
 fn version_and_value(v: &Value) -> (u64, Vec<u8>) {
     let version = v["version"].as_u64().unwrap_or_else(|| panic!("expected a version, got {v}"));
     (version, decode_value(v["value"].as_str().unwrap()).unwrap())
@@ -132,14 +149,8 @@ fn version_and_value(v: &Value) -> (u64, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_brings_each_new_version_at_once_until_the_grant_is_revoked() {
-    let stack = Stack::start().await;
-    stack.entry_for_me("reader", "/reader", json!({})).await;
-    stack.wait_entries(1).await;
-    let put = |v: &[u8]| SecretPut { value: encode_value(v), owner: None, purpose: None, rotation_due: None };
+    let (stack, socket) = reader_stack().await;
     let secrets = stack.admin.secrets();
-    secrets.put("app/db", &put(b"v1")).await.unwrap();
-    stack.admin.policies().put("reader-reads-app", READER_READS_APP).await.unwrap();
-    let socket = vouch_agent::secret_api::socket_path(&stack.agent().socket);
 
     // The current version first, then each new one as soon as it is written.
     let mut watch = Watch::open(&socket, r#"{"path": "app/db", "watch": true}"#).await;
@@ -184,14 +195,8 @@ async fn a_watch_brings_each_new_version_at_once_until_the_grant_is_revoked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_are_bounded_per_identity_and_a_workload_that_stops_reading_is_dropped() {
     use vouch_agent::secret_api::MAX_WATCHES_PER_IDENTITY;
-    let stack = Stack::start().await;
-    stack.entry_for_me("reader", "/reader", json!({})).await;
-    stack.wait_entries(1).await;
-    let put = |v: &[u8]| SecretPut { value: encode_value(v), owner: None, purpose: None, rotation_due: None };
+    let (stack, socket) = reader_stack().await;
     let secrets = stack.admin.secrets();
-    secrets.put("app/db", &put(b"v1")).await.unwrap();
-    stack.admin.policies().put("reader-reads-app", READER_READS_APP).await.unwrap();
-    let socket = vouch_agent::secret_api::socket_path(&stack.agent().socket);
     let request = r#"{"path": "app/db", "watch": true}"#;
 
     let mut held = Vec::new();
