@@ -150,6 +150,8 @@ pub struct AppState {
     pub federation: crate::federation::Federated,
     /// Open secret watches (long polls of agents for new versions).
     pub secret_waiters: crate::secret_watch::SecretWaiters,
+    /// Connections to the databases short-lived credentials are made on.
+    pub db_pools: crate::db_creds::Pools,
 }
 
 impl std::fmt::Debug for AppState {
@@ -203,7 +205,9 @@ impl AppState {
         };
         let psat_keys = crate::issuer_keys::PsatKeys::new(&config.psat_clusters);
         let limits = crate::limits::Limits::new(&config.limits);
+        let db_pools = crate::db_creds::Pools::new(&config.databases)?;
         let state = Arc::new(Self {
+            db_pools,
             limits,
             psat_keys,
             config,
