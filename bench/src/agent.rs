@@ -21,7 +21,7 @@ use vouch_proto::workload::{JwtsvidRequest, X509svidRequest};
 
 use crate::procstat::Costs;
 
-const AGENT_ID: &str = "spiffe://example.org/agent/bench";
+pub(crate) const AGENT_ID: &str = "spiffe://example.org/agent/bench";
 
 struct Proc(Child);
 
@@ -65,12 +65,14 @@ fn req<T>(body: T) -> tonic::Request<T> {
     r
 }
 
-struct Stack {
+/// A running server and agent (stopped on drop).
+pub(crate) struct Stack {
     _dir: tempfile::TempDir,
-    _server: Proc,
+    server: Proc,
     agent: Proc,
-    admin: AdminClient,
-    socket: PathBuf,
+    pub(crate) admin: AdminClient,
+    /// The agent's Workload API socket.
+    pub(crate) socket: PathBuf,
     addr: String,
     bundle_pem: String,
 }
@@ -81,7 +83,22 @@ fn log_level() -> String {
     std::env::var("VOUCH_BENCH_LOG").unwrap_or_else(|_| "warn".into())
 }
 
+impl Stack {
+    pub(crate) fn server_pid(&self) -> u32 {
+        self.server.0.id()
+    }
+    pub(crate) fn agent_pid(&self) -> u32 {
+        self.agent.0.id()
+    }
+}
+
+/// Starts a server and an agent attested to it with a join token.
 async fn start(vouch: &Path) -> Result<Stack> {
+    start_with(vouch, &[]).await
+}
+
+/// [`start`] with extra environment for the server (`VOUCH_LIMITS_*`, say).
+pub(crate) async fn start_with(vouch: &Path, server_env: &[(&str, &str)]) -> Result<Stack> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("server");
     let server = Proc(
@@ -92,6 +109,7 @@ async fn start(vouch: &Path) -> Result<Stack> {
             .env("VOUCH_LOG", log_level())
             // 100 simulated agents attest from this one address: no per-source attestation limit.
             .env("VOUCH_LIMITS_ATTEST_PER_SECOND", "0")
+            .envs(server_env.iter().copied())
             .stdout(Stdio::null())
             .spawn()?,
     );
@@ -135,18 +153,18 @@ async fn start(vouch: &Path) -> Result<Stack> {
     if !socket.exists() {
         bail!("agent did not start");
     }
-    Ok(Stack { _dir: dir, _server: server, agent, admin, socket, addr, bundle_pem })
+    Ok(Stack { _dir: dir, server, agent, admin, socket, addr, bundle_pem })
 }
 
 /// An entry with the given SPIFFE ID, parent and selectors, the server's defaults for the rest.
-fn spec(spiffe_id: &str, parent_id: &str, selectors: Vec<String>) -> Result<EntrySpec> {
+pub(crate) fn spec(spiffe_id: &str, parent_id: &str, selectors: Vec<String>) -> Result<EntrySpec> {
     Ok(serde_json::from_value(
         json!({"spiffe_id": spiffe_id, "parent_id": parent_id, "selectors": selectors}),
     )?)
 }
 
 /// Selectors that match this benchmark process.
-fn my_selectors() -> Result<Vec<String>> {
+pub(crate) fn my_selectors() -> Result<Vec<String>> {
     let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
     Ok(vec![format!("unix:uid:{uid}"), format!("unix:path:{}", std::env::current_exe()?.display())])
 }

@@ -76,6 +76,9 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
     pub(crate) fn rate(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64()
     }
@@ -88,6 +91,11 @@ impl Run {
     }
     /// [`Run::print`] for requests of another kind (`reads/s`, `reads`).
     pub(crate) fn print_as(&self, name: &str, unit: &str, items: &str) {
+        self.print_for(name, unit, items, "server");
+    }
+
+    /// [`Run::print_as`], the measured process named `process` (`agent`, say).
+    pub(crate) fn print_for(&self, name: &str, unit: &str, items: &str, process: &str) {
         println!(
             "  {name:<34} {:>8.0} {unit}   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} {items})",
             self.rate(),
@@ -96,7 +104,7 @@ impl Run {
             self.count
         );
         if let Some(server) = &self.server {
-            println!("  {:<34} server {}", "", server.per_request(self.count));
+            println!("  {:<34} {process} {}", "", server.per_request(self.count));
         }
         println!("  {:<34} client {}", "", self.client.per_request(self.count));
     }
@@ -204,6 +212,39 @@ pub(crate) async fn start_vouch_with(
     bail!("vouch server did not become ready")
 }
 
+/// Sends requests through `client` for `o.seconds` from `o.clients` workers, one keep-alive
+/// connection each: `request` gives each request's method, path and body (built per request, as
+/// the OpenBao clients build theirs), `check` judges the answer.
+pub(crate) async fn vouch_requests(
+    o: &Options,
+    pid: u32,
+    client: &AdminClient,
+    request: impl Fn() -> Result<(&'static str, String, Option<Bytes>)> + Send + Sync + 'static,
+    check: fn(u16, &[u8]) -> Result<()>,
+) -> Result<Run> {
+    let request = Arc::new(request);
+    load(o.clients, o.seconds, Some(pid), || {
+        let client = client.clone();
+        let request = request.clone();
+        // Each worker calls its closure sequentially, so this lock is never contended.
+        let conn = Arc::new(tokio::sync::Mutex::new(None::<vouch_client::Connection>));
+        move || {
+            let (client, request, conn) = (client.clone(), request.clone(), conn.clone());
+            async move {
+                let mut guard = conn.lock().await;
+                if guard.is_none() {
+                    *guard = Some(client.connect().await?);
+                }
+                let c = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
+                let (method, path, body) = request()?;
+                let (status, bytes) = c.send(method, &path, body).await?;
+                check(status, &bytes)
+            }
+        }
+    })
+    .await
+}
+
 /// Issues X509-SVIDs through `client`, one keep-alive connection per worker.
 pub(crate) async fn vouch_load(
     o: &Options,
@@ -211,55 +252,45 @@ pub(crate) async fn vouch_load(
     client: &AdminClient,
     body: Arc<MintX509Request>,
 ) -> Result<Run> {
-    load(o.clients, o.seconds, Some(pid), || {
-        let client = client.clone();
-        let body = body.clone();
-        // Each worker calls its closure sequentially, so this lock is never contended.
-        let conn = Arc::new(tokio::sync::Mutex::new(None::<vouch_client::Connection>));
-        move || {
-            let client = client.clone();
-            let body = body.clone();
-            let conn = conn.clone();
-            async move {
-                let mut guard = conn.lock().await;
-                if guard.is_none() {
-                    *guard = Some(client.connect().await?);
-                }
-                let c = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-                // Serialised per request, as the OpenBao client below does with its body.
-                let json = Bytes::from(serde_json::to_vec(&*body)?);
-                let (status, bytes) = c.send("POST", paths::MINT_X509, Some(json)).await?;
-                check_vouch(status, &bytes)
-            }
-        }
-    })
-    .await
+    let request =
+        move || Ok(("POST", paths::MINT_X509.to_owned(), Some(Bytes::from(serde_json::to_vec(&*body)?))));
+    vouch_requests(o, pid, client, request, check_vouch).await
+}
+
+/// An admin client over mTLS: an admin entry for the benchmark and an X509-SVID minted for it
+/// over the local socket, presented to the server's TCP listener (address in `data`).
+pub(crate) async fn admin_tls_client(local: &AdminClient, data: &std::path::Path) -> Result<AdminClient> {
+    let id = "spiffe://example.org/admin/bench";
+    let admin: EntrySpec = serde_json::from_value(
+        json!({"spiffe_id": id, "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:bench"], "admin": true}),
+    )?;
+    local.entries().create(&admin).await?;
+    let req = MintX509Request {
+        spiffe_id: SpiffeId::parse(id)?,
+        csr: None,
+        ttl: None,
+        dns_names: vec![],
+        common_name: None,
+    };
+    let svid = local.mint_x509(&req).await?;
+    let addr = std::fs::read_to_string(data.join("server.addr"))?.trim().to_owned();
+    let td = vouch_core::TrustDomain::new("example.org")?;
+    let key = svid.private_key_pem.as_deref().ok_or_else(|| anyhow!("the server generated no key"))?;
+    Ok(AdminClient::tls(&addr, &td, &svid.bundle_pem, Some((&svid.cert_chain_pem, key)))?)
 }
 
 async fn vouch_runs(o: &Options) -> Result<(Run, Run)> {
     let (proc, local, data) = start_vouch(&o.vouch).await?;
-    let mint = |id: &str| -> Result<MintX509Request> {
-        Ok(MintX509Request {
-            spiffe_id: SpiffeId::parse(id)?,
-            csr: None,
-            ttl: None,
-            dns_names: vec![],
-            common_name: None,
-        })
-    };
-    let body = Arc::new(mint("spiffe://example.org/bench/web")?);
+    let body = Arc::new(MintX509Request {
+        spiffe_id: SpiffeId::parse("spiffe://example.org/bench/web")?,
+        csr: None,
+        ttl: None,
+        dns_names: vec![],
+        common_name: None,
+    });
     let unix = vouch_load(o, proc.pid(), &local, body.clone()).await?;
-
     // Over mTLS with an admin SVID.
-    let admin: EntrySpec = serde_json::from_value(
-        json!({"spiffe_id": "spiffe://example.org/admin/bench", "parent_id": "spiffe://example.org/vouch/server", "selectors": ["vouch:admin:bench"], "admin": true}),
-    )?;
-    local.entries().create(&admin).await?;
-    let svid = local.mint_x509(&mint("spiffe://example.org/admin/bench")?).await?;
-    let addr = std::fs::read_to_string(data.join("server.addr"))?.trim().to_owned();
-    let td = vouch_core::TrustDomain::new("example.org")?;
-    let key = svid.private_key_pem.as_deref().ok_or_else(|| anyhow!("the server generated no key"))?;
-    let tls = AdminClient::tls(&addr, &td, &svid.bundle_pem, Some((&svid.cert_chain_pem, key)))?;
+    let tls = admin_tls_client(&local, &data).await?;
     let mtls = vouch_load(o, proc.pid(), &tls, body).await?;
     Ok((unix, mtls))
 }
@@ -360,68 +391,106 @@ where
     Ok(sender)
 }
 
+/// An OpenBao server to measure: its address, TLS connector (for a `-dev-tls` server) and token.
+#[derive(Clone)]
+pub(crate) struct Bao {
+    pub(crate) addr: String,
+    pub(crate) tls: Option<Arc<tokio_rustls::TlsConnector>>,
+    pub(crate) token: String,
+}
+
+impl Bao {
+    /// The server at `url`; `ca` is the CA file of a `-dev-tls` server (then `url` is https).
+    pub(crate) fn new(o: &Options, url: &str, ca: Option<&PathBuf>) -> Result<Self> {
+        let addr =
+            url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
+        let tls = match ca {
+            Some(ca) => Some(Arc::new(
+                vouch_tls::tls_connector(&vouch_tls::Trust::CaFile(ca.clone())).map_err(|e| anyhow!(e))?,
+            )),
+            None => None,
+        };
+        Ok(Self { addr, tls, token: o.bao_token.clone() })
+    }
+
+    /// A new keep-alive connection.
+    pub(crate) async fn connect(&self) -> Result<BaoConn> {
+        BaoConn::connect(&self.addr, self.tls.as_deref()).await
+    }
+
+    /// Runs setup calls in order, each answered with 2xx.
+    pub(crate) async fn setup(&self, calls: &[(&str, &str, Value)]) -> Result<()> {
+        let mut c = self.connect().await?;
+        for (method, path, body) in calls {
+            let (status, v) = c.call(method, path, &self.token, body).await?;
+            if !(200..300).contains(&status) {
+                bail!("OpenBao {method} {path} answered {status}: {}", String::from_utf8_lossy(&v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `method path` with `body` from `o.clients` workers for `o.seconds`, one keep-alive
+    /// connection each; `check` judges each answer.
+    pub(crate) async fn requests(
+        &self,
+        o: &Options,
+        pid: Option<u32>,
+        method: &'static str,
+        path: &str,
+        body: Value,
+        check: fn(u16, &[u8]) -> Result<()>,
+    ) -> Result<Run> {
+        let (path, body) = (Arc::new(path.to_owned()), Arc::new(body));
+        load(o.clients, o.seconds, pid, || {
+            let (bao, path, body) = (self.clone(), path.clone(), body.clone());
+            let shared = Arc::new(tokio::sync::Mutex::new(None::<BaoConn>));
+            move || {
+                let (bao, path, body, shared) = (bao.clone(), path.clone(), body.clone(), shared.clone());
+                async move {
+                    let mut guard = shared.lock().await;
+                    if guard.is_none() {
+                        *guard = Some(bao.connect().await?);
+                    }
+                    let c = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
+                    let (status, v) = c.call(method, &path, &bao.token, &body).await?;
+                    check(status, &v)
+                }
+            }
+        })
+        .await
+    }
+}
+
 /// Sets up OpenBao's PKI engine at `url` and measures `pki/issue`; `ca` is the CA file of a
 /// `-dev-tls` server (then `url` is https).
 async fn openbao_run(o: &Options, url: &str, ca: Option<&PathBuf>, pid: Option<u32>) -> Result<Run> {
-    let addr =
-        url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
-    let tls = match ca {
-        Some(ca) => Some(Arc::new(
-            vouch_tls::tls_connector(&vouch_tls::Trust::CaFile(ca.clone())).map_err(|e| anyhow!(e))?,
-        )),
-        None => None,
-    };
-    let token = o.bao_token.clone();
-    let mut c = BaoConn::connect(&addr, tls.as_deref()).await?;
+    let bao = Bao::new(o, url, ca)?;
     // PKI engine with an EC P-256 root and a role that issues SPIFFE-style certificates without
     // storing them (vouch does not store issued certificates either).
-    let setup: [(&str, Value); 4] = [
-        ("/v1/sys/mounts/pki", json!({"type": "pki"})),
-        ("/v1/sys/mounts/pki/tune", json!({"max_lease_ttl": "87600h"})),
+    bao.setup(&[
+        ("POST", "/v1/sys/mounts/pki", json!({"type": "pki"})),
+        ("POST", "/v1/sys/mounts/pki/tune", json!({"max_lease_ttl": "87600h"})),
         (
+            "POST",
             "/v1/pki/root/generate/internal",
             json!({"common_name": "example.org", "ttl": "8760h", "key_type": "ec", "key_bits": 256}),
         ),
         (
+            "POST",
             "/v1/pki/roles/svid",
             json!({"allow_any_name": true, "allowed_uri_sans": "spiffe://*", "key_type": "ec", "key_bits": 256, "ttl": "1h", "no_store": true, "require_cn": false}),
         ),
-    ];
-    for (path, body) in setup {
-        let (status, v) = c.call("POST", path, &token, &body).await?;
-        if !(200..300).contains(&status) {
-            bail!("OpenBao {path} answered {status}: {}", String::from_utf8_lossy(&v));
+    ])
+    .await?;
+    let body = json!({"uri_sans": "spiffe://example.org/bench/web", "ttl": "1h", "common_name": "web"});
+    let check = |status: u16, v: &[u8]| {
+        if status != 200 {
+            bail!("OpenBao pki/issue answered {status}: {}", String::from_utf8_lossy(v));
         }
-    }
-    let body =
-        Arc::new(json!({"uri_sans": "spiffe://example.org/bench/web", "ttl": "1h", "common_name": "web"}));
-    load(o.clients, o.seconds, pid, || {
-        let addr = addr.clone();
-        let token = token.clone();
-        let body = body.clone();
-        let tls = tls.clone();
-        let shared = Arc::new(tokio::sync::Mutex::new(None::<BaoConn>));
-        move || {
-            let addr = addr.clone();
-            let tls = tls.clone();
-            let token = token.clone();
-            let body = body.clone();
-            let shared = shared.clone();
-            async move {
-                let mut guard = shared.lock().await;
-                if guard.is_none() {
-                    *guard = Some(BaoConn::connect(&addr, tls.as_deref()).await?);
-                }
-                let c = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-                let (status, v) = c.call("POST", "/v1/pki/issue/svid", &token, &body).await?;
-                if status != 200 {
-                    bail!("OpenBao pki/issue answered {status}: {}", String::from_utf8_lossy(&v));
-                }
-                check_issued(&v)
-            }
-        }
-    })
-    .await
+        check_issued(v)
+    };
+    bao.requests(o, pid, "POST", "/v1/pki/issue/svid", body, check).await
 }
 
 /// The `api` subcommand.

@@ -13,8 +13,10 @@
 //!   attestations against the same without the flood, as a ratio.
 //! - `exchange --vouch BIN --bao-addr URL [--count N]`: RFC 8693 token exchanges per second
 //!   against OpenBao's JWT login, fresh ES256 tokens of one issuer for both, as a ratio.
-//! - `secrets --vouch BIN [--bao-addr URL ...]`: secret reads per second over the admin API against
-//!   OpenBao's KV v2 reads, same value, same client, as a ratio.
+//! - `secrets --vouch BIN [--bao-addr URL ...]`: secret reads per second over the admin API and
+//!   through a real agent's secret socket against OpenBao's KV v2 reads, same value, as ratios.
+//! - `dbcreds --vouch BIN [--bao-addr URL ...]`: PostgreSQL credentials per second from
+//!   `POST /v1/db/creds` against OpenBao's database secrets engine on the same PostgreSQL.
 //! - `policy [--vouch BIN --bao-addr URL]`: one grant decision in process (10,000 workloads, 1,000
 //!   Cedar policies) against Cedar alone, and decisions per second over `POST /v1/authorize`
 //!   against OpenBao's `sys/capabilities`.
@@ -33,6 +35,7 @@ use anyhow::{bail, Result};
 mod agent;
 mod api;
 mod audit;
+mod dbcreds;
 mod exchange;
 mod flood;
 mod policy;
@@ -56,11 +59,12 @@ fn main() -> Result<()> {
         Some("flood") => flood::run(&args[1..]),
         Some("exchange") => exchange::run_exchange(&args[1..]),
         Some("secrets") => secrets::run(&args[1..]),
+        Some("dbcreds") => dbcreds::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("policy") => policy::run(&args[1..]),
         Some("scale-agents") => scale_agents::run(&args[1..]),
         _ => bail!(
-            "usage: vouch-bench issuance | audit --vouch BIN [--seconds N] | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | secrets --vouch BIN [--bao-addr URL] | policy [--vouch BIN --bao-addr URL] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
+            "usage: vouch-bench issuance | audit --vouch BIN [--seconds N] | api --vouch BIN [--bao-addr URL --bao-token TOKEN] [--seconds N] | agent --vouch BIN | flood --vouch BIN | exchange --vouch BIN --bao-addr URL [--count N] | secrets --vouch BIN [--bao-addr URL] | dbcreds --vouch BIN [--bao-addr URL] | policy [--vouch BIN --bao-addr URL] | scale --vouch BIN [--entries N --agents M --store sqlite|postgres|both]"
         ),
     }
 }

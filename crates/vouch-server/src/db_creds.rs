@@ -16,6 +16,15 @@
 //!
 //! Who may ask: an admin, and a workload through its agent when a grant permits `issue` on
 //! `DbRole::"<connection>/<template>"`.
+//!
+//! Connections: a small pool per configured database ([`Pools`], `pool_size`, default 4), so an
+//! issue does not pay for a new session (a backend process and a SCRAM exchange: about as much
+//! as the issue itself). A connection goes back to the pool only after the work on it succeeded;
+//! after any failure, or an issue abandoned at its timeout, it is closed, so PostgreSQL rolls back
+//! whatever it was in and no session in an unknown state is reused. A connection the server closed
+//! (a restart, `pg_terminate_backend`) is dropped and replaced by the next call; a `BEGIN` that
+//! fails on a reused connection for a reason other than the database's answer is tried once more
+//! on a new one (nothing was done on the broken one).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,11 +37,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use tokio::sync::watch;
-use tokio_postgres::Client;
 use vouch_api::db::{AgentDbCredsRequest, DbCreds, DbCredsRequest, DbLeaseList, DbLeaseView, DbRenewRequest};
 use vouch_api::paths;
 use vouch_core::grant::{AccessRequest, Action, Resource, RoleName};
-use vouch_store::{DbLease, LeaseState, PgUrl, StoreError};
+use vouch_store::{DbLease, LeaseState, PgConn, PgPool, PgUrl, PoolRole, StoreError};
 use zeroize::Zeroizing;
 
 use crate::auth::Caller;
@@ -69,6 +77,7 @@ pub(crate) struct FileDatabase {
     url: String,
     password_file: Option<PathBuf>,
     password_env: Option<String>,
+    pool_size: Option<usize>,
     #[serde(default)]
     roles: BTreeMap<String, FileTemplate>,
 }
@@ -101,6 +110,31 @@ pub struct DatabaseConfig {
     pub url: PgUrl,
     /// Role templates by name.
     pub templates: BTreeMap<String, RoleTemplate>,
+    /// The most connections open to it at once.
+    pub pool_size: usize,
+}
+
+/// Connections per database unless `pool_size` says otherwise (OpenBao's database engine opens at
+/// most 4 too).
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// The connection pools of the configured databases, by connection name.
+#[derive(Debug, Default)]
+pub struct Pools(BTreeMap<String, PgPool>);
+
+impl Pools {
+    /// A pool per configured database; no connection is opened yet.
+    pub fn new(databases: &BTreeMap<String, DatabaseConfig>) -> Result<Self, StoreError> {
+        let role = PoolRole {
+            outage: "database credentials on it cannot be issued, renewed or revoked",
+            size_setting: "database.<connection>.pool_size",
+        };
+        let pools = databases
+            .iter()
+            .map(|(name, db)| Ok((name.clone(), PgPool::new(&db.url, db.pool_size, role)?)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Self(pools))
+    }
 }
 
 /// One segment of a `DbRole` name: what a connection or template may be called.
@@ -181,7 +215,14 @@ pub(crate) fn build(
             }
             templates.insert(tname, RoleTemplate { statements: t.statements, default_ttl, max_ttl });
         }
-        out.insert(name, DatabaseConfig { url, templates });
+        let pool_size = db.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+        if !(1..=vouch_store::MAX_POOL_SIZE).contains(&pool_size) {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.pool_size: choose 1 to {}",
+                vouch_store::MAX_POOL_SIZE
+            )));
+        }
+        out.insert(name, DatabaseConfig { url, templates, pool_size });
     }
     Ok(out)
 }
@@ -295,26 +336,75 @@ fn lifetime(t: &RoleTemplate, ttl: Option<u64>, role: &RoleName) -> AppResult<i6
     i64::try_from(secs).map_err(|_| ApiError::bad_request("ttl: too large"))
 }
 
-async fn connect(connection: &str, db: &DatabaseConfig) -> AppResult<Client> {
-    db.url.connect_client().await.map_err(|e| {
+/// A pooled connection that goes back to its pool only through [`Lent::done`]: dropped any other
+/// way (an error, an abandoned issue) it is closed, and PostgreSQL rolls back what it was in.
+struct Lent<'a>(Option<PgConn<'a>>);
+
+impl Lent<'_> {
+    /// The work on it succeeded: back to the pool.
+    fn done(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.discard();
+        }
+    }
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        // Present until `done` or drop, both of which consume it.
+        self.0.as_deref().unwrap_or_else(|| unreachable!("a lent connection is present until returned"))
+    }
+}
+
+/// A connection of `connection`'s pool.
+async fn lend<'a>(state: &'a AppState, connection: &str) -> AppResult<Lent<'a>> {
+    let pool = state.db_pools.0.get(connection).ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "database `{connection}` has no connection pool (it is not configured)"
+        ))
+    })?;
+    let conn = pool.get().await.map_err(|e| {
         // The URL in the message is shown without its password.
         tracing::warn!(connection, error = %e, "database credentials: cannot connect");
         ApiError::unavailable(format!("database `{connection}`: {e}"))
-    })
+    })?;
+    Ok(Lent(Some(conn)))
+}
+
+/// A connection of `connection`'s pool with a transaction begun on it. A `BEGIN` that fails without
+/// an answer from the database (the connection broke while idle: a restart) is tried once more on
+/// a new connection; nothing was done on the broken one.
+async fn begin<'a>(state: &'a AppState, connection: &str) -> AppResult<Lent<'a>> {
+    let mut retried = false;
+    loop {
+        let conn = lend(state, connection).await?;
+        match conn.batch_execute("BEGIN").await {
+            Ok(()) => return Ok(conn),
+            Err(e) if !retried && e.as_db_error().is_none() => retried = true,
+            Err(e) => return Err(db_failed(connection, "begin", &e)),
+        }
+    }
 }
 
 /// Makes `role` in one transaction: `CREATE ROLE … LOGIN PASSWORD … VALID UNTIL …`, then the
 /// template's statements. Each statement is sent after the previous one answered, so PostgreSQL
 /// never holds statements of a caller that is gone.
 async fn create_role(
-    client: &mut Client,
+    state: &AppState,
     connection: &str,
     role: &str,
     password: &str,
     expires_at: i64,
     t: &RoleTemplate,
 ) -> AppResult<()> {
-    let tx = client.transaction().await.map_err(|e| db_failed(connection, "begin", &e))?;
+    let tx = begin(state, connection).await?;
     let until: String = tx
         .query_one("SELECT to_timestamp($1::float8)::text", &[&(expires_at as f64)])
         .await
@@ -332,12 +422,14 @@ async fn create_role(
             .await
             .map_err(|e| db_failed(connection, &format!("template statement {}", i + 1), &e))?;
     }
-    tx.commit().await.map_err(|e| db_failed(connection, "commit", &e))
+    tx.batch_execute("COMMIT").await.map_err(|e| db_failed(connection, "commit", &e))?;
+    tx.done();
+    Ok(())
 }
 
 /// Ends `role`: no new logins, its sessions terminated, what it owns handed to the privileged
 /// role (then its privileges dropped), the role dropped. Nothing to do if it does not exist.
-async fn drop_role(client: &Client, connection: &str, role: &str) -> AppResult<()> {
+async fn drop_role(client: &tokio_postgres::Client, connection: &str, role: &str) -> AppResult<()> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
         .await
@@ -373,14 +465,15 @@ async fn drop_role(client: &Client, connection: &str, role: &str) -> AppResult<(
 /// Drops a lease's role and then forgets the lease (in that order: a crash between leaves a lease
 /// whose role is gone, which the next expiry or revocation finishes).
 async fn end_lease(state: &AppState, lease: &DbLease, why: &'static str) -> AppResult<()> {
-    let db = state.config.databases.get(&lease.connection).ok_or_else(|| {
-        ApiError::unavailable(format!(
+    if !state.config.databases.contains_key(&lease.connection) {
+        return Err(ApiError::unavailable(format!(
             "lease `{}` is on database `{}`, which is no longer configured: its role `{}` cannot be dropped",
             lease.id, lease.connection, lease.role
-        ))
-    })?;
-    let client = connect(&lease.connection, db).await?;
+        )));
+    }
+    let client = lend(state, &lease.connection).await?;
     drop_role(&client, &lease.connection, &lease.role).await?;
+    client.done();
     state.store.delete_db_lease(&lease.id).await?;
     tracing::info!(target: "vouch::audit", event = "db.lease.end", why, lease = %lease.id, role = %lease.role, connection = %lease.connection, template = %lease.template, identity = %lease.identity);
     Ok(())
@@ -388,7 +481,7 @@ async fn end_lease(state: &AppState, lease: &DbLease, why: &'static str) -> AppR
 
 /// Issues credentials for `role` to `identity`.
 async fn issue(state: &AppState, identity: &str, role: &RoleName, ttl: Option<u64>) -> AppResult<DbCreds> {
-    let (connection, db, template, t) = lookup(state, role)?;
+    let (connection, _, template, t) = lookup(state, role)?;
     let ttl = lifetime(t, ttl, role)?;
     let max_ttl = i64::try_from(t.max_ttl.as_secs()).unwrap_or(i64::MAX);
     let id = vouch_ca::keys::random_id().map_err(|e| ApiError::internal("lease id", e))?;
@@ -408,10 +501,10 @@ async fn issue(state: &AppState, identity: &str, role: &RoleName, ttl: Option<u6
     let password = random_password()?;
     // Recorded before the role exists: whatever happens next, the lease names the role to clean up.
     state.store.create_db_lease(&lease).await?;
-    let made = tokio::time::timeout(ISSUE_TIMEOUT, async {
-        let mut client = connect(connection, db).await?;
-        create_role(&mut client, connection, &name, &password, lease.expires_at, t).await
-    })
+    let made = tokio::time::timeout(
+        ISSUE_TIMEOUT,
+        create_role(state, connection, &name, &password, lease.expires_at, t),
+    )
     .await
     .unwrap_or_else(|_| {
         Err(ApiError::unavailable(format!(
@@ -516,7 +609,7 @@ async fn renew(
         )));
     }
     let role = parse_role(&format!("{}/{}", lease.connection, lease.template))?;
-    let (connection, db, _, t) = lookup(&state, &role)?;
+    let (connection, _, _, t) = lookup(&state, &role)?;
     let ttl = lifetime(t, req.ttl, &role)?;
     let now = state.now_secs();
     let expires_at = now.saturating_add(ttl).min(lease.max_expires_at);
@@ -526,7 +619,7 @@ async fn renew(
             lease.expires_at, lease.max_expires_at
         )));
     }
-    let client = connect(connection, db).await?;
+    let client = lend(&state, connection).await?;
     let until: String = client
         .query_one("SELECT to_timestamp($1::float8)::text", &[&(expires_at as f64)])
         .await
@@ -540,6 +633,7 @@ async fn renew(
         ))
         .await
         .map_err(|e| db_failed(connection, "ALTER ROLE VALID UNTIL", &e))?;
+    client.done();
     if !state.store.renew_db_lease(&id, expires_at).await? {
         return Err(StoreError::LeaseNotFound(id).into());
     }
@@ -566,8 +660,8 @@ async fn sweep(state: &AppState, orphans: bool, sweep_all_creating: bool) {
         return;
     }
     if orphans {
-        for (connection, db) in &state.config.databases {
-            if let Err(e) = drop_orphans(state, connection, db).await {
+        for connection in state.config.databases.keys() {
+            if let Err(e) = drop_orphans(state, connection).await {
                 tracing::warn!(connection, error = %e.detail().message, "database credentials: the sweep of unaccounted roles failed; it runs again");
             }
         }
@@ -597,8 +691,8 @@ async fn sweep(state: &AppState, orphans: bool, sweep_all_creating: bool) {
 /// Drops the roles named like vouch's that no lease names. Roles are read before leases: a role
 /// is made only after its lease is recorded, so a role seen here without a lease read after it
 /// was never accounted for or its lease is ending.
-async fn drop_orphans(state: &AppState, connection: &str, db: &DatabaseConfig) -> AppResult<()> {
-    let client = connect(connection, db).await?;
+async fn drop_orphans(state: &AppState, connection: &str) -> AppResult<()> {
+    let client = lend(state, connection).await?;
     let rows = client
         .query("SELECT rolname::text FROM pg_roles WHERE rolname ~ '^vouch_[0-9a-f]{32}$'", &[])
         .await
@@ -612,6 +706,7 @@ async fn drop_orphans(state: &AppState, connection: &str, db: &DatabaseConfig) -
         drop_role(&client, connection, &role).await?;
         tracing::info!(target: "vouch::audit", event = "db.role.orphan_dropped", role = %role, connection);
     }
+    client.done();
     Ok(())
 }
 

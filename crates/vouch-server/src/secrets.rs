@@ -169,35 +169,32 @@ async fn put(
     Err(StoreError::SecretConflict(path.to_string()).into())
 }
 
-/// The latest live version of a secret, or the version asked for, decrypted.
+/// The latest live version of a secret, or the version asked for, decrypted. The store answers
+/// in one call ([`vouch_store::Store::read_secret`]): metadata, version and sealed value from
+/// one snapshot.
 async fn read_value(
     state: &AppState,
     path: &SecretPath,
     version: Option<u64>,
 ) -> AppResult<(u64, Zeroizing<Vec<u8>>)> {
-    let record = load(state, path).await?;
-    let version = match version {
-        Some(v) => v,
-        None => {
-            let versions = state.store.list_secret_versions(path).await?;
-            versions
-                .iter()
-                .rev()
-                .find(|v| state_of(v) == VersionState::Live)
-                .map(|v| v.version)
-                .ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "secret `{path}` has no live version: all {} are deleted or destroyed (see `vouch secret versions {path}`)",
-                        record.current_version
-                    ))
-                })?
+    let read = state
+        .store
+        .read_secret(path, version)
+        .await?
+        .ok_or_else(|| StoreError::SecretNotFound(path.to_string()))?;
+    let stored = match (read.version, version) {
+        (Some(stored), _) => stored,
+        (None, Some(version)) => {
+            return Err(StoreError::SecretVersionNotFound { path: path.to_string(), version }.into())
+        }
+        (None, None) => {
+            return Err(ApiError::not_found(format!(
+                "secret `{path}` has no live version: all {} are deleted or destroyed (see `vouch secret versions {path}`)",
+                read.secret.current_version
+            )))
         }
     };
-    let stored = state
-        .store
-        .get_secret_version(path, version)
-        .await?
-        .ok_or(StoreError::SecretVersionNotFound { path: path.to_string(), version })?;
+    let version = stored.record.version;
     match state_of(&stored.record) {
         VersionState::Live => {}
         VersionState::Deleted => {

@@ -156,6 +156,8 @@ pub struct AppState {
     pub audit_keys: crate::audit::AuditKeys,
     /// Counters of the audit log's writer.
     pub audit_metrics: crate::audit::AuditMetrics,
+    /// Connections to the databases short-lived credentials are made on.
+    pub db_pools: crate::db_creds::Pools,
 }
 
 impl std::fmt::Debug for AppState {
@@ -211,9 +213,11 @@ impl AppState {
         let limits = crate::limits::Limits::new(&config.limits);
         let audit_keys =
             crate::audit::AuditKeys::open(&*store, &kek, vouch_core::ttl::unix_seconds(clock.now())).await?;
+        let db_pools = crate::db_creds::Pools::new(&config.databases)?;
         let state = Arc::new(Self {
             audit_keys,
             audit_metrics: Default::default(),
+            db_pools,
             limits,
             psat_keys,
             config,

@@ -10,8 +10,8 @@ use vouch_core::{Entry, EntryId, EntrySpec, NodeGroup, NodeGroupSpec, Selector, 
 
 use crate::{
     AgentRecord, AgentRenewal, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse, EntryFilter,
-    JoinTokenRecord, NewSecretVersion, SecretRecord, Store, StoreError, StoredAuthority, TokenUse,
-    VersionChange,
+    JoinTokenRecord, NewSecretVersion, SecretRead, SecretRecord, Store, StoreError, StoredAuthority,
+    TokenUse, VersionChange,
 };
 
 fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
@@ -689,6 +689,25 @@ async fn secrets(store: Arc<dyn Store>) {
     ));
     let v2 = store.get_secret_version(&p, 2).await.unwrap().unwrap();
     assert_eq!((v2.record.deleted_at, v2.ciphertext.is_some()), (None, true));
+
+    // A read in one call: the latest live version, or the one asked for in whatever state.
+    let version_of =
+        |r: &Option<SecretRead>| r.as_ref().and_then(|r| r.version.as_ref()).map(|v| v.record.version);
+    let read = store.read_secret(&p, None).await.unwrap();
+    assert_eq!(read.as_ref().map(|r| r.secret.current_version), Some(3));
+    assert_eq!(version_of(&read), Some(3));
+    assert!(read.unwrap().version.unwrap().ciphertext.is_some());
+    store.change_secret_versions(&p, &[3], VersionChange::Delete(600)).await.unwrap();
+    assert_eq!(version_of(&store.read_secret(&p, None).await.unwrap()), Some(2), "the latest live one");
+    let v3 = store.read_secret(&p, Some(3)).await.unwrap().unwrap().version.unwrap();
+    assert_eq!((v3.record.version, v3.record.deleted_at), (3, Some(600)), "asked for, deleted");
+    let v1 = store.read_secret(&p, Some(1)).await.unwrap().unwrap().version.unwrap();
+    assert_eq!((v1.record.destroyed_at, v1.ciphertext), (Some(500), None), "asked for, destroyed");
+    assert_eq!(version_of(&store.read_secret(&p, Some(9)).await.unwrap()), None);
+    store.change_secret_versions(&p, &[2], VersionChange::Delete(601)).await.unwrap();
+    let none_live = store.read_secret(&p, None).await.unwrap().unwrap();
+    assert_eq!((none_live.secret.current_version, none_live.version), (3, None), "no live version");
+    assert_eq!(store.read_secret(&vouch_core::SecretPath::parse("nope").unwrap(), None).await.unwrap(), None);
 }
 
 async fn policies(store: Arc<dyn Store>) {

@@ -25,7 +25,10 @@ use async_trait::async_trait;
 use vouch_core::audit::{AuditCheckpoint, AuditRecord};
 use vouch_core::{Entry, EntryId, NodeGroup, SecretPath, Selector, Selectors, SpiffeId, TrustDomain};
 
-pub use postgres::{redact_passwords, PgUrl, PgUrlError, PostgresStore, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
+pub use postgres::{
+    redact_passwords, PgConn, PgPool, PgUrl, PgUrlError, PoolRole, PostgresStore, DEFAULT_POOL_SIZE,
+    MAX_POOL_SIZE,
+};
 pub use sqlite::{SqliteStore, SqliteSynchronous};
 
 /// Errors of a store.
@@ -381,6 +384,16 @@ pub struct SealedSecretVersion {
     pub sealed_key: Option<Vec<u8>>,
     /// The encrypted value.
     pub ciphertext: Option<Vec<u8>>,
+}
+
+/// A secret and the version a read serves, read together by [`Store::read_secret`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRead {
+    /// The secret's metadata.
+    pub secret: SecretRecord,
+    /// The version asked for (in whatever state), or the latest live one; `None` when the version
+    /// asked for does not exist or, asked for none, when no version is live.
+    pub version: Option<SealedSecretVersion>,
 }
 
 /// A new secret version for [`Store::put_secret_version`].
@@ -873,6 +886,33 @@ pub trait Store: Send + Sync + 'static {
         path: &SecretPath,
         version: u64,
     ) -> Result<Option<SealedSecretVersion>, StoreError>;
+
+    /// What a read of `path` needs, in one call: the secret's metadata and `version` (or, with
+    /// `None`, the latest version neither deleted nor destroyed) with its sealed value; `None` if
+    /// there is no such secret. A store should answer it from one snapshot and in one trip: it is
+    /// on the path of every secret read. This default composes the three calls above.
+    async fn read_secret(
+        &self,
+        path: &SecretPath,
+        version: Option<u64>,
+    ) -> Result<Option<SecretRead>, StoreError> {
+        let Some(secret) = self.get_secret(path).await? else { return Ok(None) };
+        let version = match version {
+            Some(v) => Some(v),
+            None => self
+                .list_secret_versions(path)
+                .await?
+                .iter()
+                .rev()
+                .find(|v| v.deleted_at.is_none() && v.destroyed_at.is_none())
+                .map(|v| v.version),
+        };
+        let version = match version {
+            Some(v) => self.get_secret_version(path, v).await?,
+            None => None,
+        };
+        Ok(Some(SecretRead { secret, version }))
+    }
 
     /// Deletes, undeletes or destroys versions of a secret in one transaction and returns the
     /// versions that changed (a version already in the asked state is left as it is; a destroyed

@@ -556,9 +556,11 @@ fn pg_version_row(r: &Row) -> Result<SecretVersionRecord, StoreError> {
     crate::codec::decode_secret_version(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)
 }
 
-/// A few connections, opened when first needed and reused; one that broke is dropped and replaced
-/// by the next call.
-struct Pool {
+/// A few connections to one PostgreSQL database, opened when first needed and reused; one that
+/// broke (closed by the server, a restart, a network failure) is dropped and replaced by the next
+/// call. The store keeps one; the server keeps one per database it makes credentials on. At most
+/// `size` connections are open or lent at once, so callers cannot open connections without bound.
+pub struct PgPool {
     url: PgUrl,
     tls: PgTls,
     idle: Mutex<Vec<Client>>,
@@ -566,16 +568,41 @@ struct Pool {
     size: usize,
     /// Whether the last attempt to connect failed (so the outage and the recovery are logged once).
     down: std::sync::atomic::AtomicBool,
+    /// What the pool serves, for its messages: what fails during an outage, what sizes it.
+    role: PoolRole,
 }
 
-/// A connection lent by the pool; it goes back when dropped, unless it broke.
-struct Conn<'a> {
+/// What a [`PgPool`] serves, as its messages say it.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolRole {
+    /// What an outage means, after "PostgreSQL is unreachable: " (e.g. "calls that need it fail").
+    pub outage: &'static str,
+    /// The setting that sizes the pool, named when every connection is busy.
+    pub size_setting: &'static str,
+}
+
+impl std::fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPool").field("url", &self.url).field("size", &self.size).finish_non_exhaustive()
+    }
+}
+
+/// A connection lent by the pool; it goes back when dropped, unless it broke or was discarded.
+pub struct PgConn<'a> {
     client: Option<Client>,
-    pool: &'a Pool,
+    pool: &'a PgPool,
     _slot: SemaphorePermit<'a>,
 }
 
-impl std::ops::Deref for Conn<'_> {
+impl PgConn<'_> {
+    /// Closes the connection instead of giving it back: for a caller that cannot tell what state
+    /// it left the session in (a statement failed or was abandoned mid-transaction).
+    pub fn discard(mut self) {
+        self.client.take();
+    }
+}
+
+impl std::ops::Deref for PgConn<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
         // Present from creation until drop.
@@ -583,13 +610,13 @@ impl std::ops::Deref for Conn<'_> {
     }
 }
 
-impl std::ops::DerefMut for Conn<'_> {
+impl std::ops::DerefMut for PgConn<'_> {
     fn deref_mut(&mut self) -> &mut Client {
         self.client.as_mut().unwrap_or_else(|| unreachable!("a lent connection is present until dropped"))
     }
 }
 
-impl Drop for Conn<'_> {
+impl Drop for PgConn<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             if !client.is_closed() {
@@ -599,15 +626,36 @@ impl Drop for Conn<'_> {
     }
 }
 
-impl Pool {
-    async fn get(&self) -> Result<Conn<'_>, StoreError> {
+impl PgPool {
+    /// A pool of at most `size` connections (1 to [`MAX_POOL_SIZE`]) to `url`; none is opened yet.
+    pub fn new(url: &PgUrl, size: usize, role: PoolRole) -> Result<Self, StoreError> {
+        if !(1..=MAX_POOL_SIZE).contains(&size) {
+            return Err(StoreError::Backend(format!(
+                "a pool of {size} connections: choose 1 to {MAX_POOL_SIZE}"
+            )));
+        }
+        Ok(Self {
+            tls: PgTls::new(url.ca_file.as_ref())?,
+            url: url.clone(),
+            idle: Mutex::default(),
+            slots: Semaphore::new(size),
+            size,
+            down: Default::default(),
+            role,
+        })
+    }
+
+    /// Lends a connection: an idle one that is still open, else a new one. Waits while all
+    /// `size` are lent (at most 30 s).
+    pub async fn get(&self) -> Result<PgConn<'_>, StoreError> {
         let slot = tokio::time::timeout(ACQUIRE_TIMEOUT, self.slots.acquire())
             .await
             .map_err(|_| {
                 StoreError::Backend(format!(
-                    "no connection to PostgreSQL became free within {} s (all {} busy; see postgres_pool_size)",
+                    "no connection to PostgreSQL became free within {} s (all {} busy; see {})",
                     ACQUIRE_TIMEOUT.as_secs(),
-                    self.size
+                    self.size,
+                    self.role.size_setting
                 ))
             })?
             .map_err(|_| StoreError::Backend("the connection pool is closed".into()))?;
@@ -620,7 +668,7 @@ impl Pool {
             Some(client) => client,
             None => self.connect().await?,
         };
-        Ok(Conn { client: Some(client), pool: self, _slot: slot })
+        Ok(PgConn { client: Some(client), pool: self, _slot: slot })
     }
 
     /// A new connection, its driver running on its own task. A failed attempt is retried a few
@@ -634,7 +682,7 @@ impl Pool {
                 Err((e, retry)) => {
                     if !retry || attempt >= CONNECT_ATTEMPTS {
                         if !self.down.swap(true, Ordering::Relaxed) {
-                            tracing::error!(database = %self.url, error = %e, "PostgreSQL is unreachable: calls that need it fail and /readyz answers 503 until it is back (each call tries to reconnect)");
+                            tracing::error!(database = %self.url, error = %e, "PostgreSQL is unreachable: {} until it is back (each call tries to reconnect)", self.role.outage);
                         }
                         return Err(e);
                     }
@@ -711,7 +759,7 @@ struct NoticeIn {
 /// PostgreSQL implementation of [`Store`].
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: Arc<Pool>,
+    pool: Arc<PgPool>,
     damage: Arc<DamageLog>,
     /// Writes started, for [`Store::write_transactions`].
     writes: Arc<AtomicU64>,
@@ -823,19 +871,11 @@ impl PostgresStore {
 
     /// [`PostgresStore::connect`] with a pool of `pool_size` connections (1 to [`MAX_POOL_SIZE`]).
     pub async fn connect_with(url: &PgUrl, pool_size: usize) -> Result<Self, StoreError> {
-        if !(1..=MAX_POOL_SIZE).contains(&pool_size) {
-            return Err(StoreError::Backend(format!(
-                "a pool of {pool_size} connections: choose 1 to {MAX_POOL_SIZE}"
-            )));
-        }
-        let pool = Pool {
-            tls: PgTls::new(url.ca_file.as_ref())?,
-            url: url.clone(),
-            idle: Mutex::default(),
-            slots: Semaphore::new(pool_size),
-            size: pool_size,
-            down: Default::default(),
+        let role = PoolRole {
+            outage: "calls that need it fail and /readyz answers 503",
+            size_setting: "postgres_pool_size",
         };
+        let pool = PgPool::new(url, pool_size, role)?;
         let origin: String = {
             let mut conn = pool.get().await?;
             migrate(&mut conn).await?;

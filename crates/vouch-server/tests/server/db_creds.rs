@@ -107,3 +107,99 @@ statements = ["GRANT pg_write_all_data TO {{{{name}}}}"]
 fn v_id(leases: &Value) -> String {
     leases[0]["id"].as_str().unwrap().to_owned()
 }
+
+/// The backends of the server's pooled connections (application name `vouch`).
+async fn vouch_backends(pg: &tokio_postgres::Client) -> i64 {
+    pg.query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vouch'", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Polls `check` every 50 ms for at most 10 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_connections_are_pooled_and_replaced_when_they_break() {
+    let cluster = PgCluster::start();
+    let state = state_with(&format!(
+        r#"
+[database.orders]
+url = "{}"
+pool_size = 2
+[database.orders.roles.readonly]
+statements = ["GRANT pg_read_all_data TO {{{{name}}}}"]
+"#,
+        cluster.socket_url("postgres")
+    ))
+    .await;
+    let issue = || {
+        let state = state.clone();
+        async move {
+            let body = json!({"role": "orders/readonly", "ttl": 60}).to_string();
+            call(&state, ROOT, "POST", "/v1/db/creds", Some(&body)).await
+        }
+    };
+    let watcher = || async {
+        let (pg, conn) =
+            tokio_postgres::connect(&cluster.socket_url("postgres"), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        pg
+    };
+
+    // Issues one after another share one connection, kept open between them.
+    for _ in 0..5 {
+        let (s, v) = issue().await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let pg = watcher().await;
+    assert_eq!(vouch_backends(&pg).await, 1, "one pooled connection served five issues");
+
+    // Concurrent issues open at most pool_size connections.
+    let many: Vec<_> = (0..6).map(|_| tokio::spawn(issue())).collect();
+    for t in many {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    assert!(vouch_backends(&pg).await <= 2, "bounded by pool_size");
+
+    // Connections the database ends are replaced: the next issue works.
+    pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'vouch'",
+        &[],
+    )
+    .await
+    .unwrap();
+    eventually("the terminated backends are gone", || async { vouch_backends(&pg).await == 0 }).await;
+    let (s, v) = issue().await;
+    assert_eq!(s, StatusCode::CREATED, "after pg_terminate_backend: {v}");
+
+    // A restart of PostgreSQL: the pooled connection broke while idle; the next issue reconnects.
+    drop(pg);
+    cluster.pause();
+    cluster.resume();
+    let (s, v) = issue().await;
+    assert_eq!(s, StatusCode::CREATED, "after a restart: {v}");
+    let pg = watcher().await;
+    assert_eq!(vouch_backends(&pg).await, 1);
+
+    // Every lease is revoked through the pool too; no role is left.
+    let leases = call(&state, ROOT, "GET", "/v1/db/leases", None).await.1["leases"].clone();
+    assert_eq!(leases.as_array().unwrap().len(), 13);
+    for lease in leases.as_array().unwrap() {
+        let id = lease["id"].as_str().unwrap();
+        let (s, v) = call(&state, ROOT, "POST", &format!("/v1/db/leases/{id}/revoke"), Some("{}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    assert!(vouch_roles(&pg).await.is_empty());
+}
