@@ -250,7 +250,14 @@ impl Server {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
             tasks.push((
                 "mTLS listener",
-                tokio::spawn(serve_tls(listener, acceptor, app.clone(), conns.clone(), rx.clone())),
+                tokio::spawn(serve_tls(
+                    state.clone(),
+                    listener,
+                    acceptor,
+                    app.clone(),
+                    conns.clone(),
+                    rx.clone(),
+                )),
             ));
             // Written so scripts and tests can find a port chosen with `:0`.
             let addr_file = config.data_dir.join("server.addr");
@@ -427,6 +434,7 @@ async fn serve_unix(
 }
 
 async fn serve_tls(
+    state: Arc<AppState>,
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
@@ -439,6 +447,7 @@ async fn serve_tls(
                 Ok((stream, peer)) => {
                     let acceptor = acceptor.clone();
                     let app = app.clone();
+                    let state = state.clone();
                     let conn_shutdown = shutdown.clone();
                     let stream = match stream.into_std() {
                         Ok(stream) => stream,
@@ -459,12 +468,19 @@ async fn serve_tls(
                         let _ = stream.set_nodelay(true);
                         let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => tls,
+                            // Anyone who reaches the port can fail a handshake: recorded at most
+                            // once per interval per kind, with the count since the last record,
+                            // so a flood of them fills neither the log output nor the audit log.
                             Ok(Err(e)) => {
-                                tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = %e);
+                                agent_api::log_refusal(&state, "tls: handshake refused", |count| {
+                                    tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = %e, count, "TLS handshake refused ({count} since the last line like this)");
+                                });
                                 return;
                             }
                             Err(_) => {
-                                tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = "no TLS handshake within 10 s");
+                                agent_api::log_refusal(&state, "tls: no handshake", |count| {
+                                    tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = "no TLS handshake within 10 s", count, "TLS handshake timed out ({count} since the last line like this)");
+                                });
                                 return;
                             }
                         };

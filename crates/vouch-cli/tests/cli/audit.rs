@@ -453,3 +453,57 @@ fn replicas_on_one_postgresql_append_to_one_chain() {
     b.stop();
     a.stop();
 }
+
+/// Anyone who reaches the TLS port can cause refusals. With the store's write lock held, a flood
+/// of failed handshakes (far more than the queue holds) comes first, then an admin issues a
+/// JWT-SVID: the admin's record is not lost to the flood (refusals have their own lane of the
+/// queue, and are recorded at most once per interval with a count), and the log verifies.
+#[test]
+fn a_flood_of_refusals_never_crowds_out_an_admins_record() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_configured(tmp.path(), "[audit]\nqueue = 16\nbatch = 4\n");
+    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
+    let mut lock = db(tmp.path());
+    let tx = lock.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    for _ in 0..200 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Not a TLS record: the handshake fails at once and the server closes the connection.
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+    let minted = server.ok(&[
+        "svid",
+        "mint",
+        "jwt",
+        "--spiffe-id",
+        "spiffe://example.org/after-the-flood",
+        "--audience",
+        "a",
+    ]);
+    assert!(!minted.is_empty());
+    tx.rollback().unwrap();
+    drop(lock);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found =
+            server.ok(&["audit", "search", "--spiffe-id", "spiffe://example.org/after-the-flood", "--json"]);
+        if found.lines().any(|l| json(l)["event"] == "svid.jwt.mint") {
+            break;
+        }
+        let lost = server.ok(&["audit", "search", "--event", "audit.lost", "--json"]);
+        assert!(Instant::now() < deadline, "the admin's issuance is not on the record; lost: {lost}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = server.ok(&["audit", "search", "--event", "tls.refused", "--json"]);
+    assert!(refused.lines().count() >= 1, "the refusals are on the record too");
+    let lost = server.ok(&["audit", "search", "--event", "audit.lost", "--json"]);
+    for l in lost.lines() {
+        assert!(json(l)["fields"].get("admin").is_none(), "no admin event was lost: {l}");
+    }
+    let report = json(&server.ok(&["audit", "verify", "-o", "json"]));
+    assert!(report.get("problem").is_none(), "{report}");
+    server.stop();
+}
