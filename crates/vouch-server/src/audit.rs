@@ -554,6 +554,9 @@ pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<b
         }
     };
     let mut batch: Vec<AuditEvent> = Vec::new();
+    if rx.is_some() {
+        batch.extend(resume_record(&state, last_checkpoint).await);
+    }
     let mut tick = tokio::time::interval(cfg.checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -626,6 +629,30 @@ pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<b
             return;
         }
     }
+}
+
+/// The record that says a server stopped without its final checkpoint, when the log's head is
+/// past the last checkpoint at start: the server was killed (`kill -9`, power loss) or another
+/// replica is running. A killed server's queued events were never written and could not be
+/// counted; this record puts that possible gap on the record (the chain itself has no gap: it
+/// continues from the stored head).
+async fn resume_record(state: &AppState, last_checkpoint: u64) -> Option<AuditEvent> {
+    let head = state.store.audit_head().await.ok()?;
+    (head.seq > last_checkpoint).then(|| AuditEvent {
+        time_ms: unix_ms(state.now()),
+        event: "audit.resume".into(),
+        fields: [
+            ("head".to_owned(), AuditValue::from_u64(head.seq)),
+            ("last_checkpoint".to_owned(), AuditValue::from_u64(last_checkpoint)),
+            (
+                "message".to_owned(),
+                AuditValue::Text(
+                    "records after the last checkpoint at start: a server stopped without its final checkpoint (killed, or another replica is running); events it had queued may be missing".into(),
+                ),
+            ),
+        ]
+        .into(),
+    })
 }
 
 /// An event taken off the queue, its lane's room given back.

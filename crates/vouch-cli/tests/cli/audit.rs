@@ -635,6 +635,9 @@ fn the_chain_survives_kill_9_during_appends() {
     }
     let before = db(tmp.path()).query_row("SELECT seq FROM audit_head", [], |r| r.get::<_, i64>(0)).unwrap();
     assert!(before > 1, "appends happened before the kill: {before}");
+    let signed = db(tmp.path())
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints", [], |r| r.get::<_, i64>(0))
+        .unwrap();
     drop(server);
 
     let server = ServerProcess::start_configured(tmp.path(), config);
@@ -648,5 +651,12 @@ fn the_chain_survives_kill_9_during_appends() {
         .query_row("SELECT COUNT(*), MAX(seq) FROM audit_log", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
     assert_eq!(n, max, "no gap and no fork: one record per seq");
+    // The kill is on the record: the log's head was past the last checkpoint.
+    if before > signed {
+        let resumed = server.ok(&["audit", "search", "--event", "audit.resume", "--json"]);
+        let r = json(resumed.lines().next().unwrap_or("null"));
+        assert_eq!(r["fields"]["head"].as_i64(), Some(before), "{resumed}");
+        assert_eq!(r["fields"]["last_checkpoint"].as_i64(), Some(signed), "{resumed}");
+    }
     server.stop();
 }
