@@ -786,13 +786,7 @@ mod tests {
     #[test]
     fn secrets_never_reach_a_record() {
         let mut c = Capture::default();
-        let fields = tracing::field::FieldSet::new(
-            &["event", "password", "path", "note"],
-            tracing::callsite::Identifier(&CALLSITE),
-        );
-        let mut it = fields.iter();
-        let (e, p, path, note) =
-            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let [e, p, path, note] = test_fields(&["event", "password", "path", "note"]);
         c.record_str(&e, "secret.put");
         c.record_str(&p, "hunter2");
         c.record_str(&path, "db/pw");
@@ -810,13 +804,7 @@ mod tests {
     #[test]
     fn peer_text_is_bounded_and_quoted_tokens_are_redacted() {
         let mut c = Capture::default();
-        let fields = tracing::field::FieldSet::new(
-            &["reason", "audience", "note", "short"],
-            tracing::callsite::Identifier(&CALLSITE),
-        );
-        let mut it = fields.iter();
-        let (reason, audience, note, short) =
-            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let [reason, audience, note, short] = test_fields(&["reason", "audience", "note", "short"]);
         // A peer's cluster name of 1 MB, echoed into a refusal reason.
         let huge = format!("unknown cluster `{}`", "é".repeat(500_000));
         c.record_str(&reason, &huge);
@@ -841,6 +829,13 @@ mod tests {
         let s = text("short");
         assert!(!s.contains("eyJ") && s.contains("[redacted]"), "{s}");
         assert!(!redact_jwts("keyJar.x.y is no token").contains("redacted"));
+    }
+
+    /// The fields `names` of a test callsite.
+    fn test_fields(names: &'static [&'static str; 4]) -> [Field; 4] {
+        let set = tracing::field::FieldSet::new(names, tracing::callsite::Identifier(&CALLSITE));
+        let fields: Vec<Field> = set.iter().collect();
+        fields.try_into().unwrap()
     }
 
     struct Cs;
