@@ -433,6 +433,24 @@ async fn serve_unix(
     }
 }
 
+/// A refused TLS handshake: audited as `tls.refused` at most once per interval per source address
+/// (with `count`, the refusals from it since its last record), or once per interval for all
+/// sources when too many are active at once.
+fn tls_refused(state: &AppState, peer: SocketAddr, reason: &dyn std::fmt::Display) {
+    use crate::limits::SourceNote;
+    match state.limits.tls_refusals.note(peer.ip(), tokio::time::Instant::now()) {
+        SourceNote::Due(count) => {
+            tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = %reason, count, "TLS handshake refused ({count} from this address since the last line like this)");
+        }
+        SourceNote::Counted => {
+            state.metrics.log_lines_suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        SourceNote::Full => agent_api::log_refusal(state, "tls: many sources", |count| {
+            tracing::info!(target: "vouch::audit", event = "tls.refused", peer = "many sources", reason = %reason, count, "TLS handshakes refused from many addresses ({count} since the last line like this)");
+        }),
+    }
+}
+
 async fn serve_tls(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -469,18 +487,15 @@ async fn serve_tls(
                         let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => tls,
                             // Anyone who reaches the port can fail a handshake: recorded at most
-                            // once per interval per kind, with the count since the last record,
-                            // so a flood of them fills neither the log output nor the audit log.
+                            // once per interval per source address, with the count since that
+                            // source's last record, so a flood fills neither the log output nor the
+                            // audit log, nor hides another peer's refusal.
                             Ok(Err(e)) => {
-                                agent_api::log_refusal(&state, "tls: handshake refused", |count| {
-                                    tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = %e, count, "TLS handshake refused ({count} since the last line like this)");
-                                });
+                                tls_refused(&state, peer, &e);
                                 return;
                             }
                             Err(_) => {
-                                agent_api::log_refusal(&state, "tls: no handshake", |count| {
-                                    tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = "no TLS handshake within 10 s", count, "TLS handshake timed out ({count} since the last line like this)");
-                                });
+                                tls_refused(&state, peer, &"no TLS handshake within 10 s");
                                 return;
                             }
                         };

@@ -660,3 +660,44 @@ fn the_chain_survives_kill_9_during_appends() {
     }
     server.stop();
 }
+
+/// One peer's flood of failed handshakes does not hide another peer's: `tls.refused` is recorded
+/// once per interval per source address, with the count from that address.
+#[test]
+fn a_flood_from_one_address_does_not_hide_another_addresss_refusal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let addr: std::net::SocketAddr =
+        std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().parse().unwrap();
+    // A connection from `source` (another loopback address) that fails its handshake.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let refuse_from = |source: [u8; 4]| {
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(std::net::SocketAddr::from((source, 0))).unwrap();
+            let mut s = tokio::time::timeout(Duration::from_secs(5), s.connect(addr)).await.unwrap().unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut Vec::new())).await;
+        })
+    };
+    for _ in 0..50 {
+        refuse_from([127, 0, 0, 1]);
+    }
+    refuse_from([127, 0, 0, 2]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = server.ok(&["audit", "search", "--event", "tls.refused", "--json"]);
+        let peers: Vec<String> = refused
+            .lines()
+            .map(|l| json(l)["fields"]["peer"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if peers.iter().any(|p| p.starts_with("127.0.0.2:")) {
+            assert_eq!(peers.iter().filter(|p| p.starts_with("127.0.0.1:")).count(), 1, "{refused}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second address's refusal is not on the record: {refused}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+}
