@@ -208,6 +208,12 @@ struct Hub {
 }
 
 impl Hub {
+    fn new(queue: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let count = |lane: Lane| LaneCount { room: lane.room(queue), ..Default::default() };
+        Hub { tx, rx: Mutex::new(Some(rx)), lanes: Lane::ALL.map(count), dropped_total: AtomicU64::new(0) }
+    }
+
     fn lane(&self, lane: Lane) -> &LaneCount {
         &self.lanes[lane as usize]
     }
@@ -269,11 +275,7 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use tracing_subscriber::Layer as _;
-    HUB.get_or_init(|| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let count = |lane: Lane| LaneCount { room: lane.room(queue), ..Default::default() };
-        Hub { tx, rx: Mutex::new(Some(rx)), lanes: Lane::ALL.map(count), dropped_total: AtomicU64::new(0) }
-    });
+    HUB.get_or_init(|| Hub::new(queue));
     AuditLayer { clock }.with_filter(
         tracing_subscriber::filter::Targets::new().with_target(AUDIT_TARGET, tracing::Level::TRACE),
     )
@@ -829,6 +831,39 @@ mod tests {
         let s = text("short");
         assert!(!s.contains("eyJ") && s.contains("[redacted]"), "{s}");
         assert!(!redact_jwts("keyJar.x.y is no token").contains("redacted"));
+    }
+
+    #[tokio::test]
+    async fn floods_in_one_lane_never_take_an_admins_room() {
+        let hub = Hub::new(64);
+        let ev = |name: &str| AuditEvent { time_ms: 0, event: name.into(), fields: AuditFields::new() };
+        assert_eq!(Lane::of("tls.refused"), Lane::Refusal);
+        assert_eq!(Lane::of("secret.read.denied"), Lane::Refusal);
+        assert_eq!(Lane::of("svid.jwt.mint"), Lane::Main);
+        // Anyone's refusals and an agent's issuance, far beyond the room of their lanes.
+        for _ in 0..1000 {
+            hub.offer(Lane::of("tls.refused"), ev("tls.refused"));
+            hub.offer(Lane::of("svid.jwt.mint"), ev("svid.jwt.mint"));
+        }
+        // An admin's change still has room.
+        let lane = as_admin(async { Lane::of("entry.create") }).await;
+        assert_eq!(lane, Lane::Admin);
+        hub.offer(lane, ev("entry.create"));
+        let lost = hub.lost(0).unwrap();
+        assert_eq!(lost.fields.get("refusals"), Some(&AuditValue::Int(1000 - 16)));
+        assert_eq!(lost.fields.get("other"), Some(&AuditValue::Int(1000 - 64)));
+        assert_eq!(lost.fields.get("count"), Some(&AuditValue::Int(2000 - 80)));
+        assert_eq!(lost.fields.get("admin"), None, "{lost:?}");
+        let mut rx = hub.rx.lock().unwrap().take().unwrap();
+        let mut got = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            got.push(hub.taken(e).event);
+        }
+        assert_eq!(got.len(), 81);
+        assert_eq!(got.last().map(String::as_str), Some("entry.create"));
+        // Taking events gives their room back.
+        hub.offer(Lane::Refusal, ev("tls.refused"));
+        assert!(hub.lost(0).is_none());
     }
 
     /// The fields `names` of a test callsite.
