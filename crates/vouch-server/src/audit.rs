@@ -7,8 +7,10 @@
 //! server's [`writer`] drains the queue in batches into the store. When the queue is full (the
 //! store is down or far slower than the event rate), an event is dropped and counted
 //! (`vouch_audit_dropped_total`), and the next append records an `audit.lost` event with the
-//! count, so a gap is itself on the record. Memory stays bounded: the queue, and one batch being
-//! retried.
+//! count, so a gap is itself on the record. The queue has lanes ([`Lane`]) with room of their
+//! own, so that refusals anyone can cause never crowd out an admin's change or an issuance. Text
+//! fields are cut at [`MAX_FIELD_TEXT`] bytes and JWTs in them redacted. Memory stays bounded: the
+//! lanes, and one batch being retried.
 //!
 //! One process has one queue: in a process running several servers (tests), the first server
 //! started drains it.
@@ -125,12 +127,133 @@ impl AuditConfig {
     }
 }
 
-/// The process's audit queue.
-struct Hub {
-    tx: mpsc::Sender<AuditEvent>,
-    rx: Mutex<Option<mpsc::Receiver<AuditEvent>>>,
+/// Which budget of the queue an event takes. Each lane has room of its own, so a flood in one
+/// never crowds out another: anyone who can reach the TLS port can cause refusals, an agent (and a
+/// workload through it) can cause issuance, but only an admin can change what the server decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Events of authenticated admin requests (changes, and what an admin issues): `queue / 4`
+    /// (at least 16) of room, which no one else can use.
+    Admin = 0,
+    /// Issuance, attestation, decisions and the server's own events: `queue`.
+    Main = 1,
+    /// Refusals and denials (`*.refused`, `*.denied`, `rate_limited`), which unauthenticated
+    /// peers and low-privilege callers can cause at will: `queue / 4` (at least 16).
+    Refusal = 2,
+}
+
+impl Lane {
+    const ALL: [Lane; 3] = [Lane::Admin, Lane::Main, Lane::Refusal];
+
+    /// The lane of `event` emitted now (in the current task).
+    fn of(event: &str) -> Lane {
+        if ADMIN_REQUEST.try_with(|_| ()).is_ok() {
+            Lane::Admin
+        } else if is_refusal(event) {
+            Lane::Refusal
+        } else {
+            Lane::Main
+        }
+    }
+
+    /// Its field in `audit.lost`.
+    fn name(self) -> &'static str {
+        match self {
+            Lane::Admin => "admin",
+            Lane::Main => "other",
+            Lane::Refusal => "refusals",
+        }
+    }
+
+    /// Its room in a queue of `queue`.
+    fn room(self, queue: usize) -> usize {
+        match self {
+            Lane::Main => queue.max(1),
+            Lane::Admin | Lane::Refusal => (queue / 4).max(16),
+        }
+    }
+}
+
+/// Whether `event` is a refusal or a denial: something a caller without privilege can cause.
+fn is_refusal(event: &str) -> bool {
+    event.ends_with(".refused") || event.ends_with(".denied") || event == "rate_limited"
+}
+
+tokio::task_local! {
+    /// Set while an authenticated admin request is handled ([`as_admin`]).
+    static ADMIN_REQUEST: ();
+}
+
+/// Runs `f` (an admin request that passed authentication) so that its audit events take the
+/// admin lane of the queue.
+pub(crate) async fn as_admin<F: std::future::Future>(f: F) -> F::Output {
+    ADMIN_REQUEST.scope((), f).await
+}
+
+/// One lane's count of queued events and of the events it dropped.
+#[derive(Default)]
+struct LaneCount {
+    room: usize,
+    queued: std::sync::atomic::AtomicUsize,
     dropped: AtomicU64,
+}
+
+/// The process's audit queue: one channel (so that records keep the order of events), whose
+/// length each lane bounds for its own events.
+struct Hub {
+    tx: mpsc::UnboundedSender<(Lane, AuditEvent)>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<(Lane, AuditEvent)>>>,
+    lanes: [LaneCount; 3],
     dropped_total: AtomicU64,
+}
+
+impl Hub {
+    fn new(queue: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let count = |lane: Lane| LaneCount { room: lane.room(queue), ..Default::default() };
+        Hub { tx, rx: Mutex::new(Some(rx)), lanes: Lane::ALL.map(count), dropped_total: AtomicU64::new(0) }
+    }
+
+    fn lane(&self, lane: Lane) -> &LaneCount {
+        &self.lanes[lane as usize]
+    }
+
+    /// Queues `ev` if its lane has room; counts it as dropped otherwise.
+    fn offer(&self, lane: Lane, ev: AuditEvent) {
+        let l = self.lane(lane);
+        let reserved =
+            l.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < l.room).then_some(q + 1));
+        if reserved.is_err() || self.tx.send((lane, ev)).is_err() {
+            if reserved.is_ok() {
+                l.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            l.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An event taken off the queue.
+    fn taken(&self, (lane, ev): (Lane, AuditEvent)) -> AuditEvent {
+        self.lane(lane).queued.fetch_sub(1, Ordering::AcqRel);
+        ev
+    }
+
+    /// The events dropped since the last call, by lane; `None` when none were.
+    fn lost(&self, now_ms: i64) -> Option<AuditEvent> {
+        let mut fields = AuditFields::new();
+        let mut total = 0u64;
+        for lane in Lane::ALL {
+            let n = self.lane(lane).dropped.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                total = total.saturating_add(n);
+                fields.insert(lane.name().to_owned(), AuditValue::from_u64(n));
+            }
+        }
+        (total > 0).then(|| {
+            fields.insert("count".to_owned(), AuditValue::from_u64(total));
+            AuditEvent { time_ms: now_ms, event: "audit.lost".into(), fields }
+        })
+    }
 }
 
 static HUB: OnceLock<Hub> = OnceLock::new();
@@ -140,9 +263,10 @@ pub struct AuditLayer {
     clock: Arc<dyn Clock>,
 }
 
-/// The layer that captures `vouch::audit` events into a queue of `queue` events, stamped with
-/// `clock`'s time; install it beside the log output (its own filter lets audit events through
-/// whatever the log level). The first call in a process sets the queue.
+/// The layer that captures `vouch::audit` events into a queue of `queue` events (and the admin
+/// and refusal lanes beside it: [`Lane`]), stamped with `clock`'s time; install it beside the log
+/// output (its own filter lets audit events through whatever the log level). The first call in a
+/// process sets the queue.
 pub fn layer<S>(
     clock: Arc<dyn Clock>,
     queue: usize,
@@ -151,17 +275,14 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use tracing_subscriber::Layer as _;
-    HUB.get_or_init(|| {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        Hub { tx, rx: Mutex::new(Some(rx)), dropped: AtomicU64::new(0), dropped_total: AtomicU64::new(0) }
-    });
+    HUB.get_or_init(|| Hub::new(queue));
     AuditLayer { clock }.with_filter(
         tracing_subscriber::filter::Targets::new().with_target(AUDIT_TARGET, tracing::Level::TRACE),
     )
 }
 
 /// The queue's receiving end, once per process (the first server started takes it).
-fn take_receiver() -> Option<mpsc::Receiver<AuditEvent>> {
+fn take_receiver() -> Option<mpsc::UnboundedReceiver<(Lane, AuditEvent)>> {
     HUB.get().and_then(|h| h.rx.lock().ok()?.take())
 }
 
@@ -178,10 +299,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditLayer {
         let time_ms = unix_ms(self.clock.now());
         let captured =
             AuditEvent { time_ms, event: v.event.unwrap_or_else(|| "unnamed".into()), fields: v.fields };
-        if hub.tx.try_send(captured).is_err() {
-            hub.dropped.fetch_add(1, Ordering::Relaxed);
-            hub.dropped_total.fetch_add(1, Ordering::Relaxed);
-        }
+        hub.offer(Lane::of(&captured.event), captured);
     }
 }
 
@@ -200,9 +318,78 @@ const SECRET_FIELDS: &[&str] = &[
     "subject_token",
 ];
 
-/// Text that looks like a JWT (three base64url parts, the first a JSON header).
-fn looks_like_jwt(s: &str) -> bool {
-    s.starts_with("eyJ") && s.split('.').count() == 3 && s.len() > 20
+/// The longest text recorded for one field, in bytes. Refusal reasons echo what a peer sent (a
+/// cluster name, an audience, a CSR's error) and a workload chooses its audiences: without a
+/// bound, one request could make a record (and the log, and every verification) as large as the
+/// request body. Longer text is cut at a character boundary and says how much was cut.
+pub const MAX_FIELD_TEXT: usize = 1024;
+
+/// Text that holds a JWT: a run of base64url characters and dots that starts with `eyJ` (a JSON
+/// header) and has at least one dot (so a JWT cut short is caught too) is replaced with
+/// `[redacted]`, wherever it stands in the text (an error message may quote a token).
+fn redact_jwts(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains("eyJ") {
+        return s.into();
+    }
+    let jwt_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("eyJ") {
+        let starts_run = rest[..i].chars().next_back().is_none_or(|c| !jwt_char(c));
+        let end = rest[i..].find(|c: char| !jwt_char(c)).map_or(rest.len(), |n| i + n);
+        let run = &rest[i..end];
+        out.push_str(&rest[..i]);
+        if starts_run && run.contains('.') && run.len() > 20 {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+/// A `fmt::Write` that keeps the first [`MAX_FIELD_TEXT`] bytes and counts the rest, so that a
+/// huge `Debug` value is never held whole.
+#[derive(Default)]
+struct Bounded {
+    text: String,
+    cut: usize,
+}
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        // Once text was cut, nothing more is kept: what is kept stays a prefix.
+        if self.cut > 0 {
+            self.cut += s.len();
+            return Ok(());
+        }
+        let room = MAX_FIELD_TEXT.saturating_sub(self.text.len());
+        let mut n = room.min(s.len());
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.text.push_str(&s[..n]);
+        self.cut += s.len() - n;
+        Ok(())
+    }
+}
+
+impl Bounded {
+    fn of(value: std::fmt::Arguments<'_>) -> String {
+        let mut b = Bounded::default();
+        let _ = std::fmt::Write::write_fmt(&mut b, value);
+        b.finish()
+    }
+
+    fn finish(self) -> String {
+        let mut text = redact_jwts(&self.text).into_owned();
+        if self.cut > 0 {
+            text.push_str(&format!("… [{} more bytes not recorded]", self.cut));
+        }
+        text
+    }
 }
 
 #[derive(Default)]
@@ -216,7 +403,6 @@ impl Capture {
         let name = field.name();
         let value = match value {
             _ if SECRET_FIELDS.contains(&name) => AuditValue::Text("[redacted]".into()),
-            AuditValue::Text(t) if looks_like_jwt(&t) => AuditValue::Text("[redacted]".into()),
             v => v,
         };
         if name == "event" {
@@ -229,10 +415,10 @@ impl Capture {
 
 impl Visit for Capture {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field, AuditValue::Text(format!("{value:?}")));
+        self.put(field, AuditValue::Text(Bounded::of(format_args!("{value:?}"))));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, AuditValue::Text(value.to_owned()));
+        self.put(field, AuditValue::Text(Bounded::of(format_args!("{value}"))));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.put(field, AuditValue::Int(value));
@@ -370,6 +556,9 @@ pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<b
         }
     };
     let mut batch: Vec<AuditEvent> = Vec::new();
+    if rx.is_some() {
+        batch.extend(resume_record(&state, last_checkpoint).await);
+    }
     let mut tick = tokio::time::interval(cfg.checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -378,7 +567,7 @@ pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<b
         if batch.is_empty() && !stopping {
             tokio::select! {
                 ev = async { match rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match ev {
-                    Some(ev) => batch.push(ev),
+                    Some(ev) => batch.push(hub_taken(ev)),
                     None => rx = None,
                 },
                 _ = tick.tick() => {
@@ -391,24 +580,24 @@ pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<b
         if let Some(rx) = rx.as_mut() {
             while batch.len() < cfg.batch {
                 match rx.try_recv() {
-                    Ok(ev) => batch.push(ev),
+                    Ok(ev) => batch.push(hub_taken(ev)),
                     Err(_) => break,
                 }
             }
         }
-        let lost = HUB.get().map_or(0, |h| h.dropped.swap(0, Ordering::Relaxed));
-        if lost > 0 {
+        if let Some(lost) = HUB.get().and_then(|h| h.lost(unix_ms(state.now()))) {
             match batch.last_mut() {
                 Some(last) if last.event == "audit.lost" => {
-                    if let Some(AuditValue::Int(n)) = last.fields.get_mut("count") {
-                        *n = n.saturating_add(i64::try_from(lost).unwrap_or(i64::MAX));
+                    for (k, v) in lost.fields {
+                        match (last.fields.get_mut(&k), v) {
+                            (Some(AuditValue::Int(n)), AuditValue::Int(m)) => *n = n.saturating_add(m),
+                            (_, v) => {
+                                last.fields.insert(k, v);
+                            }
+                        }
                     }
                 }
-                _ => batch.push(AuditEvent {
-                    time_ms: unix_ms(state.now()),
-                    event: "audit.lost".into(),
-                    fields: [("count".to_owned(), AuditValue::from_u64(lost))].into(),
-                }),
+                _ => batch.push(lost),
             }
         }
         if !batch.is_empty() {
@@ -441,6 +630,38 @@ pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<b
             checkpoint(&state, &mut last_checkpoint, 1).await;
             return;
         }
+    }
+}
+
+/// The record that says a server stopped without its final checkpoint, when the log's head is
+/// past the last checkpoint at start: the server was killed (`kill -9`, power loss) or another
+/// replica is running. A killed server's queued events were never written and could not be
+/// counted; this record puts that possible gap on the record (the chain itself has no gap: it
+/// continues from the stored head).
+async fn resume_record(state: &AppState, last_checkpoint: u64) -> Option<AuditEvent> {
+    let head = state.store.audit_head().await.ok()?;
+    (head.seq > last_checkpoint).then(|| AuditEvent {
+        time_ms: unix_ms(state.now()),
+        event: "audit.resume".into(),
+        fields: [
+            ("head".to_owned(), AuditValue::from_u64(head.seq)),
+            ("last_checkpoint".to_owned(), AuditValue::from_u64(last_checkpoint)),
+            (
+                "message".to_owned(),
+                AuditValue::Text(
+                    "records after the last checkpoint at start: a server stopped without its final checkpoint (killed, or another replica is running); events it had queued may be missing".into(),
+                ),
+            ),
+        ]
+        .into(),
+    })
+}
+
+/// An event taken off the queue, its lane's room given back.
+fn hub_taken(ev: (Lane, AuditEvent)) -> AuditEvent {
+    match HUB.get() {
+        Some(hub) => hub.taken(ev),
+        None => ev.1,
     }
 }
 
@@ -567,13 +788,7 @@ mod tests {
     #[test]
     fn secrets_never_reach_a_record() {
         let mut c = Capture::default();
-        let fields = tracing::field::FieldSet::new(
-            &["event", "password", "path", "note"],
-            tracing::callsite::Identifier(&CALLSITE),
-        );
-        let mut it = fields.iter();
-        let (e, p, path, note) =
-            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let [e, p, path, note] = test_fields(&["event", "password", "path", "note"]);
         c.record_str(&e, "secret.put");
         c.record_str(&p, "hunter2");
         c.record_str(&path, "db/pw");
@@ -586,6 +801,76 @@ mod tests {
             Some(&AuditValue::Text("[redacted]".into())),
             "a JWT is never recorded"
         );
+    }
+
+    #[test]
+    fn peer_text_is_bounded_and_quoted_tokens_are_redacted() {
+        let mut c = Capture::default();
+        let [reason, audience, note, short] = test_fields(&["reason", "audience", "note", "short"]);
+        // A peer's cluster name of 1 MB, echoed into a refusal reason.
+        let huge = format!("unknown cluster `{}`", "é".repeat(500_000));
+        c.record_str(&reason, &huge);
+        // A workload's 100,000 audiences, recorded with `?`.
+        let audiences: Vec<String> = (0..100_000).map(|i| format!("aud-{i}")).collect();
+        c.record_debug(&audience, &audiences);
+        // A token quoted inside an error message, and one cut short by the bound.
+        c.record_str(&note, "subject_token `eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln` expired");
+        c.record_str(&short, &format!("{}eyJhbGciOiJFUzI1NiJ9.{}", "x ".repeat(500), "A".repeat(5000)));
+        let text = |k: &str| match c.fields.get(k) {
+            Some(AuditValue::Text(t)) => t.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        let (r, a) = (text("reason"), text("audience"));
+        assert!(r.len() < MAX_FIELD_TEXT + 64 && r.starts_with("unknown cluster `é"), "{}", r.len());
+        assert!(
+            r.ends_with(&format!("… [{} more bytes not recorded]", huge.len() - MAX_FIELD_TEXT + 1)),
+            "{r}"
+        );
+        assert!(a.len() < MAX_FIELD_TEXT + 64 && a.starts_with("[\"aud-0\", "), "{a}");
+        assert_eq!(text("note"), "subject_token `[redacted]` expired");
+        let s = text("short");
+        assert!(!s.contains("eyJ") && s.contains("[redacted]"), "{s}");
+        assert!(!redact_jwts("keyJar.x.y is no token").contains("redacted"));
+    }
+
+    #[tokio::test]
+    async fn floods_in_one_lane_never_take_an_admins_room() {
+        let hub = Hub::new(64);
+        let ev = |name: &str| AuditEvent { time_ms: 0, event: name.into(), fields: AuditFields::new() };
+        assert_eq!(Lane::of("tls.refused"), Lane::Refusal);
+        assert_eq!(Lane::of("secret.read.denied"), Lane::Refusal);
+        assert_eq!(Lane::of("svid.jwt.mint"), Lane::Main);
+        // Anyone's refusals and an agent's issuance, far beyond the room of their lanes.
+        for _ in 0..1000 {
+            hub.offer(Lane::of("tls.refused"), ev("tls.refused"));
+            hub.offer(Lane::of("svid.jwt.mint"), ev("svid.jwt.mint"));
+        }
+        // An admin's change still has room.
+        let lane = as_admin(async { Lane::of("entry.create") }).await;
+        assert_eq!(lane, Lane::Admin);
+        hub.offer(lane, ev("entry.create"));
+        let lost = hub.lost(0).unwrap();
+        assert_eq!(lost.fields.get("refusals"), Some(&AuditValue::Int(1000 - 16)));
+        assert_eq!(lost.fields.get("other"), Some(&AuditValue::Int(1000 - 64)));
+        assert_eq!(lost.fields.get("count"), Some(&AuditValue::Int(2000 - 80)));
+        assert_eq!(lost.fields.get("admin"), None, "{lost:?}");
+        let mut rx = hub.rx.lock().unwrap().take().unwrap();
+        let mut got = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            got.push(hub.taken(e).event);
+        }
+        assert_eq!(got.len(), 81);
+        assert_eq!(got.last().map(String::as_str), Some("entry.create"));
+        // Taking events gives their room back.
+        hub.offer(Lane::Refusal, ev("tls.refused"));
+        assert!(hub.lost(0).is_none());
+    }
+
+    /// The fields `names` of a test callsite.
+    fn test_fields(names: &'static [&'static str; 4]) -> [Field; 4] {
+        let set = tracing::field::FieldSet::new(names, tracing::callsite::Identifier(&CALLSITE));
+        let fields: Vec<Field> = set.iter().collect();
+        fields.try_into().unwrap()
     }
 
     struct Cs;

@@ -56,7 +56,9 @@ impl fmt::Display for Caller {
 pub async fn require_admin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let caller = caller_of(&req);
     let decision = check(&state, &caller).await;
-    decide(&state, caller, decision, req, next).await
+    // What an admin request records takes the admin lane of the audit queue, which no flood of
+    // refusals or issuance can fill.
+    decide(&state, caller, decision, req, next, true).await
 }
 
 /// Middleware of the agent routes (renew, sync, sign, JWT): lets a request through only if its caller
@@ -64,7 +66,7 @@ pub async fn require_admin(State(state): State<Arc<AppState>>, req: Request, nex
 pub async fn require_agent(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let caller = caller_of(&req);
     let decision = check_agent(&state, &caller).await;
-    decide(&state, caller, decision, req, next).await
+    decide(&state, caller, decision, req, next, false).await
 }
 
 fn caller_of(req: &Request) -> Caller {
@@ -77,8 +79,10 @@ async fn decide(
     decision: Result<(), ApiError>,
     req: Request,
     next: Next,
+    admin: bool,
 ) -> Response {
     match decision {
+        Ok(()) if admin => crate::audit::as_admin(next.run(req)).await,
         Ok(()) => next.run(req).await,
         Err(e) => {
             state.metrics.auth_denied.fetch_add(1, Ordering::Relaxed);

@@ -250,7 +250,14 @@ impl Server {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
             tasks.push((
                 "mTLS listener",
-                tokio::spawn(serve_tls(listener, acceptor, app.clone(), conns.clone(), rx.clone())),
+                tokio::spawn(serve_tls(
+                    state.clone(),
+                    listener,
+                    acceptor,
+                    app.clone(),
+                    conns.clone(),
+                    rx.clone(),
+                )),
             ));
             // Written so scripts and tests can find a port chosen with `:0`.
             let addr_file = config.data_dir.join("server.addr");
@@ -426,7 +433,26 @@ async fn serve_unix(
     }
 }
 
+/// A refused TLS handshake: audited as `tls.refused` at most once per interval per source address
+/// (with `count`, the refusals from it since its last record), or once per interval for all
+/// sources when too many are active at once.
+fn tls_refused(state: &AppState, peer: SocketAddr, reason: &dyn std::fmt::Display) {
+    use crate::limits::SourceNote;
+    match state.limits.tls_refusals.note(peer.ip(), tokio::time::Instant::now()) {
+        SourceNote::Due(count) => {
+            tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = %reason, count, "TLS handshake refused ({count} from this address since the last line like this)");
+        }
+        SourceNote::Counted => {
+            state.metrics.log_lines_suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        SourceNote::Full => agent_api::log_refusal(state, "tls: many sources", |count| {
+            tracing::info!(target: "vouch::audit", event = "tls.refused", peer = "many sources", reason = %reason, count, "TLS handshakes refused from many addresses ({count} since the last line like this)");
+        }),
+    }
+}
+
 async fn serve_tls(
+    state: Arc<AppState>,
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
@@ -439,6 +465,7 @@ async fn serve_tls(
                 Ok((stream, peer)) => {
                     let acceptor = acceptor.clone();
                     let app = app.clone();
+                    let state = state.clone();
                     let conn_shutdown = shutdown.clone();
                     let stream = match stream.into_std() {
                         Ok(stream) => stream,
@@ -459,12 +486,16 @@ async fn serve_tls(
                         let _ = stream.set_nodelay(true);
                         let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => tls,
+                            // Anyone who reaches the port can fail a handshake: recorded at most
+                            // once per interval per source address, with the count since that
+                            // source's last record, so a flood fills neither the log output nor the
+                            // audit log, nor hides another peer's refusal.
                             Ok(Err(e)) => {
-                                tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = %e);
+                                tls_refused(&state, peer, &e);
                                 return;
                             }
                             Err(_) => {
-                                tracing::info!(target: "vouch::audit", event = "tls.refused", %peer, reason = "no TLS handshake within 10 s");
+                                tls_refused(&state, peer, &"no TLS handshake within 10 s");
                                 return;
                             }
                         };

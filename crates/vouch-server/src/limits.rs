@@ -154,6 +154,63 @@ impl LogThrottle {
     }
 }
 
+/// Like [`LogThrottle`], but one line per interval for each source address, so that one peer's
+/// flood of refusals does not hide another peer's refusal behind its count. At most
+/// `max_sources` addresses are tracked (the quiet ones are forgotten first); when that many are
+/// all active, [`SourceThrottle::note`] says so, and the caller falls back to one line per kind.
+#[derive(Debug)]
+pub struct SourceThrottle {
+    interval: Duration,
+    max_sources: usize,
+    sources: Mutex<HashMap<IpAddr, (Instant, u64)>>,
+}
+
+/// What [`SourceThrottle::note`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceNote {
+    /// A line is due, with the refusals from this source since its last line (this one included).
+    Due(u64),
+    /// Counted for this source's next line.
+    Counted,
+    /// Too many sources are active: not tracked.
+    Full,
+}
+
+impl SourceThrottle {
+    /// One line per `interval` per source, for at most `max_sources` sources.
+    pub fn new(interval: Duration, max_sources: usize) -> Self {
+        Self { interval, max_sources, sources: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts one refusal from `source` (an IPv6 address by its /64: [`source_key`]).
+    pub fn note(&self, source: IpAddr, now: Instant) -> SourceNote {
+        let source = source_key(source);
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if !sources.contains_key(&source) && sources.len() >= self.max_sources {
+            let interval = self.interval;
+            sources.retain(|_, (last, _)| now.saturating_duration_since(*last) < interval);
+            if sources.len() >= self.max_sources {
+                return SourceNote::Full;
+            }
+        }
+        match sources.get_mut(&source) {
+            Some((last, count)) if now.saturating_duration_since(*last) < self.interval => {
+                *count += 1;
+                SourceNote::Counted
+            }
+            Some((last, count)) => {
+                let n = *count + 1;
+                (*last, *count) = (now, 0);
+                SourceNote::Due(n)
+            }
+            None => {
+                sources.insert(source, (now, 0));
+                SourceNote::Due(1)
+            }
+        }
+    }
+}
+
 /// The server's limiters.
 #[derive(Debug)]
 pub struct Limits {
@@ -165,6 +222,8 @@ pub struct Limits {
     pub jwt: KeyedLimiter<vouch_core::SpiffeId>,
     /// Refusal log lines.
     pub log: LogThrottle,
+    /// Refused TLS handshakes' lines, per source address.
+    pub tls_refusals: SourceThrottle,
 }
 
 impl Limits {
@@ -175,6 +234,9 @@ impl Limits {
             sign: KeyedLimiter::new(c.sign, c.agents),
             jwt: KeyedLimiter::new(c.jwt, c.agents),
             log: LogThrottle::new(c.refusal_log_interval),
+            // 1,024 sources of one line per interval each keep a flood from many addresses to
+            // about 100 records a second at the default interval.
+            tls_refusals: SourceThrottle::new(c.refusal_log_interval, 1024),
         }
     }
 }
@@ -184,6 +246,24 @@ mod tests {
     use super::*;
 
     const RATE: Rate = Rate { per_second: 10.0, burst: 20 };
+
+    #[test]
+    fn refusals_are_throttled_per_source_and_the_tracked_sources_are_bounded() {
+        let t0 = Instant::now();
+        let t = SourceThrottle::new(Duration::from_secs(10), 2);
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        assert_eq!(t.note(ip(1), t0), SourceNote::Due(1));
+        for _ in 0..5 {
+            assert_eq!(t.note(ip(1), t0), SourceNote::Counted);
+        }
+        // Another source is not hidden behind the first one's flood.
+        assert_eq!(t.note(ip(2), t0), SourceNote::Due(1));
+        assert_eq!(t.note(ip(3), t0), SourceNote::Full, "two sources at most");
+        let t1 = t0 + Duration::from_secs(11);
+        assert_eq!(t.note(ip(1), t1), SourceNote::Due(6), "the count since the last line");
+        // Quiet sources are forgotten to make room.
+        assert_eq!(t.note(ip(3), t1), SourceNote::Due(1));
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate_and_says_how_long_to_wait() {

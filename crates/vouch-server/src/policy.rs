@@ -205,6 +205,10 @@ pub async fn require_admin_or_agent(
         },
     };
     match asker {
+        Ok(Asker::Admin) => {
+            req.extensions_mut().insert(Asker::Admin);
+            crate::audit::as_admin(next.run(req)).await
+        }
         Ok(asker) => {
             req.extensions_mut().insert(asker);
             next.run(req).await

@@ -359,6 +359,29 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// A text column of an audit row, whatever SQLite holds there: SQLite does not enforce column
+/// types, so a row edited behind the server's back may hold a blob, invalid UTF-8 or a number.
+/// Such a row must reach the verifier, which reports it as edited (its content no longer matches
+/// its hash), instead of failing the whole search or verification.
+fn lenient_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Text(b) | ValueRef::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(x) => x.to_string(),
+        ValueRef::Null => String::new(),
+    })
+}
+
+/// An integer column of an audit row, leniently (see [`lenient_text`]): anything but an integer
+/// reads as `i64::MIN`, which no record was written with.
+fn lenient_int(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<i64> {
+    Ok(match r.get_ref(i)? {
+        rusqlite::types::ValueRef::Integer(n) => n,
+        _ => i64::MIN,
+    })
+}
+
 /// The audit chain's head row.
 fn read_audit_head(conn: &Connection) -> Result<AuditHead, StoreError> {
     conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
@@ -1584,10 +1607,10 @@ impl Store for SqliteStore {
                     |r| {
                         Ok(AuditRecord {
                             seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                            time_ms: r.get(1)?,
-                            event: r.get(2)?,
-                            fields: crate::codec::decode_audit_fields(r.get(3)?),
-                            hash: r.get(4)?,
+                            time_ms: lenient_int(r, 1)?,
+                            event: lenient_text(r, 2)?,
+                            fields: crate::codec::decode_audit_fields(lenient_text(r, 3)?),
+                            hash: lenient_text(r, 4)?,
                         })
                     },
                 )
@@ -1627,10 +1650,10 @@ impl Store for SqliteStore {
                 .query_map([], |r| {
                     Ok(AuditCheckpoint {
                         seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                        hash: r.get(1)?,
-                        time_ms: r.get(2)?,
-                        key_id: r.get(3)?,
-                        signature: r.get(4)?,
+                        hash: lenient_text(r, 1)?,
+                        time_ms: lenient_int(r, 2)?,
+                        key_id: lenient_text(r, 3)?,
+                        signature: lenient_text(r, 4)?,
                     })
                 })
                 .map_err(backend)?;

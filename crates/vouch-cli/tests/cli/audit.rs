@@ -453,3 +453,251 @@ fn replicas_on_one_postgresql_append_to_one_chain() {
     b.stop();
     a.stop();
 }
+
+/// Anyone who reaches the TLS port can cause refusals. With the store's write lock held, a flood
+/// of failed handshakes (far more than the queue holds) comes first, then an admin issues a
+/// JWT-SVID: the admin's record is not lost to the flood (refusals have their own lane of the
+/// queue, and are recorded at most once per interval with a count), and the log verifies.
+#[test]
+fn a_flood_of_refusals_never_crowds_out_an_admins_record() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_configured(tmp.path(), "[audit]\nqueue = 16\nbatch = 4\n");
+    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
+    let mut lock = db(tmp.path());
+    let tx = lock.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    for _ in 0..200 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Not a TLS record: the handshake fails at once and the server closes the connection.
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+    let minted = server.ok(&[
+        "svid",
+        "mint",
+        "jwt",
+        "--spiffe-id",
+        "spiffe://example.org/after-the-flood",
+        "--audience",
+        "a",
+    ]);
+    assert!(!minted.is_empty());
+    tx.rollback().unwrap();
+    drop(lock);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found =
+            server.ok(&["audit", "search", "--spiffe-id", "spiffe://example.org/after-the-flood", "--json"]);
+        if found.lines().any(|l| json(l)["event"] == "svid.jwt.mint") {
+            break;
+        }
+        let lost = server.ok(&["audit", "search", "--event", "audit.lost", "--json"]);
+        assert!(Instant::now() < deadline, "the admin's issuance is not on the record; lost: {lost}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = server.ok(&["audit", "search", "--event", "tls.refused", "--json"]);
+    assert!(refused.lines().count() >= 1, "the refusals are on the record too");
+    let lost = server.ok(&["audit", "search", "--event", "audit.lost", "--json"]);
+    for l in lost.lines() {
+        assert!(json(l)["fields"].get("admin").is_none(), "no admin event was lost: {l}");
+    }
+    let report = json(&server.ok(&["audit", "verify", "-o", "json"]));
+    assert!(report.get("problem").is_none(), "{report}");
+    server.stop();
+}
+
+/// Mints a JWT-SVID through the CLI (one audit event); whether it succeeded.
+fn mint(socket: &Path, spiffe_id: &str) -> bool {
+    std::process::Command::new(super::VOUCH)
+        .args(["svid", "mint", "jwt", "--spiffe-id", spiffe_id, "--audience", "a"])
+        .env("VOUCH_ADMIN_SOCKET", socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// SQLite does not enforce column types: a row edited to hold a blob, invalid UTF-8, text in an
+/// integer column or a hash of the wrong length is reported as an edited record (with its
+/// sequence number), and searches still answer; the store's failure to read a row is not a 500.
+#[test]
+fn corrupt_rows_are_reported_as_edits_not_as_server_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_configured(tmp.path(), CONFIG);
+    for _ in 0..6 {
+        assert!(mint(&server.socket(), "spiffe://example.org/w"));
+    }
+    wait_for_records(&server, 6);
+    let conn = db(tmp.path());
+    let edits = [
+        "UPDATE audit_log SET event = x'ff00fe' WHERE seq = 2",
+        "UPDATE audit_log SET time_ms = 'not a time' WHERE seq = 2",
+        "UPDATE audit_log SET fields = x'ff' WHERE seq = 2",
+        "UPDATE audit_log SET hash = 'abc' WHERE seq = 2",
+        "UPDATE audit_log SET hash = x'00ff' WHERE seq = 2",
+    ];
+    for edit in edits {
+        let saved = row(&conn, 2);
+        conn.execute(edit, []).unwrap();
+        let report = tampered(&server);
+        assert!(report.contains("record 2"), "{edit}: {report}");
+        assert!(!report.contains("internal") && !report.contains("store failure"), "{edit}: {report}");
+        server.ok(&["audit", "search", "--all", "--json"]);
+        conn.execute(
+            "UPDATE audit_log SET time_ms = ?1, event = ?2, fields = ?3, hash = ?4 WHERE seq = 2",
+            params![saved.1, saved.2, saved.3, saved.4],
+        )
+        .unwrap();
+        server.ok(&["audit", "verify"]);
+    }
+    conn.execute(
+        "UPDATE audit_checkpoints SET signature = x'ff' WHERE seq = (SELECT MIN(seq) FROM audit_checkpoints)",
+        [],
+    )
+    .unwrap();
+    let report = tampered(&server);
+    assert!(report.contains("checkpoint at seq"), "{report}");
+    server.stop();
+}
+
+/// Verification while appends continue never reports tampering that is not there, and paging
+/// with `after` across concurrent appends returns each record once, in order.
+#[test]
+fn verify_and_paging_while_appends_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_configured(tmp.path(), "[audit]\ncheckpoint_records = 3\nbatch = 2\n");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let minters: Vec<_> = (0..3)
+        .map(|_| {
+            let (socket, stop) = (server.socket(), stop.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                    mint(&socket, "spiffe://example.org/busy");
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut verified = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let report = json(&server.ok(&["audit", "verify", "-o", "json"]));
+        assert!(report.get("problem").is_none(), "a false report while appending: {report}");
+        verified += 1;
+        // Every record once, in order, without a gap, page after page.
+        let mut after = 0u64;
+        while after < 60 {
+            let page =
+                server.ok(&["audit", "search", "--json", "--limit", "7", "--after", &after.to_string()]);
+            if page.is_empty() {
+                break;
+            }
+            for line in page.lines() {
+                let seq = json(line)["seq"].as_u64().unwrap();
+                assert_eq!(seq, after + 1, "paging skipped or repeated a record");
+                after = seq;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for m in minters {
+        m.join().unwrap();
+    }
+    assert!(verified >= 3, "{verified}");
+    let report = json(&server.ok(&["audit", "verify", "-o", "json"]));
+    assert!(report.get("problem").is_none() && report["checkpoints"].as_u64().unwrap() >= 2, "{report}");
+    server.stop();
+}
+
+/// `kill -9` of the server while it appends: after a restart the chain continues from the stored
+/// head (no fork, no gap reported as tampering), and the whole log verifies.
+#[test]
+fn the_chain_survives_kill_9_during_appends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = "[audit]\ncheckpoint_records = 5\nbatch = 3\n";
+    let mut server = ServerProcess::start_configured(tmp.path(), config);
+    let minters: Vec<_> = (0..3)
+        .map(|_| {
+            let socket = server.socket();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline && mint(&socket, "spiffe://example.org/crash") {}
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    for m in minters {
+        m.join().unwrap();
+    }
+    let before = db(tmp.path()).query_row("SELECT seq FROM audit_head", [], |r| r.get::<_, i64>(0)).unwrap();
+    assert!(before > 1, "appends happened before the kill: {before}");
+    let signed = db(tmp.path())
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    drop(server);
+
+    let server = ServerProcess::start_configured(tmp.path(), config);
+    for _ in 0..4 {
+        assert!(mint(&server.socket(), "spiffe://example.org/after-crash"));
+    }
+    let report = wait_for_records(&server, before as u64 + 4);
+    assert!(report.get("problem").is_none(), "{report}");
+    let conn = db(tmp.path());
+    let (n, max): (i64, i64) = conn
+        .query_row("SELECT COUNT(*), MAX(seq) FROM audit_log", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(n, max, "no gap and no fork: one record per seq");
+    // The kill is on the record: the log's head was past the last checkpoint.
+    if before > signed {
+        let resumed = server.ok(&["audit", "search", "--event", "audit.resume", "--json"]);
+        let r = json(resumed.lines().next().unwrap_or("null"));
+        assert_eq!(r["fields"]["head"].as_i64(), Some(before), "{resumed}");
+        assert_eq!(r["fields"]["last_checkpoint"].as_i64(), Some(signed), "{resumed}");
+    }
+    server.stop();
+}
+
+/// One peer's flood of failed handshakes does not hide another peer's: `tls.refused` is recorded
+/// once per interval per source address, with the count from that address.
+#[test]
+fn a_flood_from_one_address_does_not_hide_another_addresss_refusal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let addr: std::net::SocketAddr =
+        std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().parse().unwrap();
+    // A connection from `source` (another loopback address) that fails its handshake.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let refuse_from = |source: [u8; 4]| {
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(std::net::SocketAddr::from((source, 0))).unwrap();
+            let mut s = tokio::time::timeout(Duration::from_secs(5), s.connect(addr)).await.unwrap().unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut Vec::new())).await;
+        })
+    };
+    for _ in 0..50 {
+        refuse_from([127, 0, 0, 1]);
+    }
+    refuse_from([127, 0, 0, 2]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = server.ok(&["audit", "search", "--event", "tls.refused", "--json"]);
+        let peers: Vec<String> = refused
+            .lines()
+            .map(|l| json(l)["fields"]["peer"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if peers.iter().any(|p| p.starts_with("127.0.0.2:")) {
+            assert_eq!(peers.iter().filter(|p| p.starts_with("127.0.0.1:")).count(), 1, "{refused}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second address's refusal is not on the record: {refused}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+}
