@@ -5,10 +5,15 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Entities, Policy, PolicySet, PrincipalConstraint,
-    ResourceConstraint, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Policy, PolicySet, PrincipalConstraint, ResourceConstraint, ValidationMode,
+    Validator,
+};
+use cedar_policy_core::ast::{
+    Context as CoreContext, EntityUIDEntry, Expr as CoreExpr, Literal, Request as CoreRequest, SlotEnv,
+    ValueKind,
 };
 use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 use vouch_core::grant::{AccessRequest, Action, Resource, ResourceKind};
 
@@ -57,6 +62,19 @@ pub struct PolicyDoc {
     id: PolicyId,
     text: String,
     policy: Policy,
+    compiled: Arc<Compiled>,
+}
+
+/// A policy ready to evaluate: its whole condition (scope and clauses as one expression), built
+/// once. Cedar's authorizer builds it again at every evaluation, and evaluates partially (with
+/// residuals) even when everything is known; that was most of a decision's time.
+#[derive(Debug)]
+struct Compiled {
+    id: String,
+    forbid: bool,
+    condition: CoreExpr,
+    /// The policy's slots: empty, as templates are refused.
+    slots: SlotEnv,
 }
 
 fn validator() -> Result<&'static Validator, PolicyError> {
@@ -94,7 +112,18 @@ impl PolicyDoc {
             let errors = result.validation_errors().map(ToString::to_string).collect();
             return Err(PolicyError::Invalid { id: id.0, errors });
         }
-        Ok(Self { id, text: text.to_owned(), policy })
+        let core = one
+            .as_ref()
+            .policies()
+            .next()
+            .ok_or_else(|| PolicyError::Internal(format!("policy `{id}` vanished from its set")))?;
+        let compiled = Arc::new(Compiled {
+            id: id.0.clone(),
+            forbid: core.effect() == cedar_policy::Effect::Forbid,
+            condition: core.condition(),
+            slots: core.env().clone(),
+        });
+        Ok(Self { id, text: text.to_owned(), policy, compiled })
     }
 
     /// Its name.
@@ -147,20 +176,23 @@ impl Decision {
 
 /// The policies of one action, by the exact principal or resource their scope names, else by the
 /// guard their conditions give (see [`crate::guard`]).
+/// Policies that may apply to the same requests.
+type Bucket = Vec<Arc<Compiled>>;
+
 #[derive(Default)]
 struct ActionIndex {
     /// Policies with neither an exact principal, an exact resource, nor a guard.
-    any: PolicySet,
+    any: Bucket,
     /// Policies with `principal == Workload::"<id>"`, by SPIFFE ID.
-    by_principal: HashMap<String, PolicySet>,
+    by_principal: HashMap<String, Bucket>,
     /// Policies with `resource == <Type>::"<name>"` (and any principal), by kind and name.
-    by_resource: HashMap<ResourceKind, HashMap<String, PolicySet>>,
+    by_resource: HashMap<ResourceKind, HashMap<String, Bucket>>,
     /// Guarded by `principal.path == "<path>"`, by path.
-    by_principal_path: HashMap<String, PolicySet>,
+    by_principal_path: HashMap<String, Bucket>,
     /// Guarded by the resource's path being a key or under it, by key.
-    by_resource_under: HashMap<String, PolicySet>,
+    by_resource_under: HashMap<String, Bucket>,
     /// Guarded by `principal.<fact>.contains("<value>")`, by fact and value.
-    by_principal_fact: HashMap<Fact, HashMap<String, PolicySet>>,
+    by_principal_fact: HashMap<Fact, HashMap<String, Bucket>>,
 }
 
 /// A validated set of policy documents, indexed for deciding.
@@ -171,7 +203,6 @@ pub struct Policies {
     all: PolicySet,
     /// `Action::"<name>"` uids, built once.
     action_uids: HashMap<Action, cedar_policy::EntityUid>,
-    authorizer: Authorizer,
 }
 
 impl fmt::Debug for Policies {
@@ -244,14 +275,14 @@ impl Policies {
                     }
                     (None, None, None) => &mut slot.any,
                 };
-                set.add(doc.policy.clone()).map_err(|e| PolicyError::Internal(e.to_string()))?;
+                set.push(doc.compiled.clone());
             }
         }
         let mut action_uids = HashMap::new();
         for a in Action::ALL {
             action_uids.insert(a, uid("Action", a.as_str())?);
         }
-        Ok(Self { docs, index, all, action_uids, authorizer: Authorizer::new() })
+        Ok(Self { docs, index, all, action_uids })
     }
 
     /// The documents, ordered by id.
@@ -273,15 +304,23 @@ impl Policies {
     /// [`Policies::decide`] without the index: every policy evaluated for the request, as Cedar
     /// alone would. The same answer, slower; the reference for tests and benchmarks.
     pub fn decide_unindexed(&self, req: &AccessRequest, workloads: &Workloads) -> Decision {
-        let sets = if self.all.is_empty() { Vec::new() } else { vec![&self.all] };
-        match req
-            .check()
-            .map_err(PolicyError::BadRequest)
-            .and_then(|()| self.evaluate(req, workloads.get(&req.principal), workloads, &sets))
-        {
+        match req.check().map_err(PolicyError::BadRequest).and_then(|()| self.authorize(req, workloads)) {
             Ok(d) => d,
             Err(e) => Decision::refused(e.to_string()),
         }
+    }
+
+    /// Cedar's own authorizer over every policy: the reference [`Policies::decide`] must agree with.
+    fn authorize(&self, req: &AccessRequest, workloads: &Workloads) -> Result<Decision, PolicyError> {
+        if self.all.is_empty() {
+            return Ok(Decision { allow: false, reasons: Vec::new(), errors: Vec::new() });
+        }
+        let (request, entities) = self.request(req, workloads.get(&req.principal), workloads)?;
+        let response = Authorizer::new().is_authorized(&request.into(), &self.all, &entities.into());
+        let mut reasons: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        reasons.sort();
+        let errors = response.diagnostics().errors().map(ToString::to_string).collect();
+        Ok(Decision { allow: response.decision() == cedar_policy::Decision::Allow, reasons, errors })
     }
 
     /// The sets of policies that may apply to `req`.
@@ -289,10 +328,10 @@ impl Policies {
         &self,
         req: &AccessRequest,
         principal: Option<&Workload>,
-    ) -> Result<Vec<&PolicySet>, PolicyError> {
+    ) -> Result<Vec<&Bucket>, PolicyError> {
         req.check().map_err(PolicyError::BadRequest)?;
         let Some(index) = self.index.get(&req.action) else { return Ok(Vec::new()) };
-        let mut sets: Vec<&PolicySet> = [
+        let mut sets: Vec<&Bucket> = [
             Some(&index.any),
             index.by_principal.get(req.principal.as_str()),
             index.by_resource.get(&req.resource.kind()).and_then(|m| m.get(req.resource.name())),
@@ -333,60 +372,81 @@ impl Policies {
         Ok(sets)
     }
 
-    /// Evaluates the `candidates` for `req`; `principal` is the request's principal if an entry
+    /// The Cedar request and entities of `req`; `principal` is the request's principal if an entry
     /// names it.
-    fn evaluate(
+    fn request(
         &self,
         req: &AccessRequest,
         principal: Option<&Workload>,
         workloads: &Workloads,
-        candidates: &[&PolicySet],
-    ) -> Result<Decision, PolicyError> {
-        if candidates.is_empty() {
-            return Ok(Decision { allow: false, reasons: Vec::new(), errors: Vec::new() });
-        }
+    ) -> Result<(CoreRequest, CoreEntities), PolicyError> {
         let principal = match principal {
             Some(w) => w.entity().clone(),
             None => spiffe_entity("Workload", &req.principal, &Facts::default())?,
         };
         let resource = resource_entity(&req.resource, workloads)?;
-        let request = cedar_policy::Request::new(
-            principal.uid().clone().into(),
-            self.action_uids
-                .get(&req.action)
-                .cloned()
-                .ok_or_else(|| PolicyError::Internal(format!("no uid for action `{}`", req.action)))?,
-            resource.uid().clone().into(),
-            Context::empty(),
-            None,
-        )
-        .map_err(|e| PolicyError::BadRequest(e.to_string()))?;
+        let action = self
+            .action_uids
+            .get(&req.action)
+            .ok_or_else(|| PolicyError::Internal(format!("no uid for action `{}`", req.action)))?;
+        // Not checked against the schema here: `AccessRequest::check` did (the action applies to
+        // the resource's kind), and the entities are built to the schema.
+        let request = CoreRequest::new_unchecked(
+            EntityUIDEntry::known(principal.uid().clone(), None),
+            EntityUIDEntry::known(action.as_ref().clone(), None),
+            EntityUIDEntry::known(resource.uid().clone(), None),
+            Some(CoreContext::empty()),
+        );
         // vouch's entities have no parents, so there is no transitive closure to compute: the
         // public constructor would compute one per decision (a tenth of its time).
-        let entities: Entities = CoreEntities::new()
+        let entities = CoreEntities::new()
             .add_entities(
                 [principal, resource],
                 None::<&NoEntitiesSchema>,
                 TCComputation::AssumeAlreadyComputed,
                 Extensions::none(),
             )
-            .map_err(|e| PolicyError::Internal(e.to_string()))?
-            .into();
-        let (mut permits, mut forbids, mut errors) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
-        for set in candidates.iter().copied() {
-            let response = self.authorizer.is_authorized(&request, set, &entities);
-            let reasons = response.diagnostics().reason().map(ToString::to_string);
-            match response.decision() {
-                cedar_policy::Decision::Allow => permits.extend(reasons),
-                cedar_policy::Decision::Deny => forbids.extend(reasons),
-            }
-            errors.extend(response.diagnostics().errors().map(ToString::to_string));
+            .map_err(|e| PolicyError::Internal(e.to_string()))?;
+        Ok((request, entities))
+    }
+
+    /// Evaluates the `candidates` for `req` as Cedar's authorizer would (deny wins; no permit is
+    /// a deny; a policy that errors does not apply), with one evaluator for all of them.
+    fn evaluate(
+        &self,
+        req: &AccessRequest,
+        principal: Option<&Workload>,
+        workloads: &Workloads,
+        candidates: &[&Bucket],
+    ) -> Result<Decision, PolicyError> {
+        if candidates.is_empty() {
+            return Ok(Decision { allow: false, reasons: Vec::new(), errors: Vec::new() });
         }
+        let (request, entities) = self.request(req, principal, workloads)?;
+        let evaluator = Evaluator::new(request, &entities, Extensions::none());
+        let (mut permits, mut forbids, mut errors) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
+        for policy in candidates.iter().flat_map(|b| b.iter()) {
+            match evaluator.interpret(&policy.condition, &policy.slots).map(|v| v.value) {
+                Ok(ValueKind::Lit(Literal::Bool(true))) if policy.forbid => {
+                    forbids.insert(policy.id.as_str());
+                }
+                Ok(ValueKind::Lit(Literal::Bool(true))) => {
+                    permits.insert(policy.id.as_str());
+                }
+                Ok(ValueKind::Lit(Literal::Bool(false))) => {}
+                // Validation makes every condition a boolean; anything else is an error, as in Cedar.
+                Ok(other) => errors.push(format!(
+                    "error while evaluating policy `{}`: the condition is not a boolean: {other:?}",
+                    policy.id
+                )),
+                Err(e) => errors.push(format!("error while evaluating policy `{}`: {e}", policy.id)),
+            }
+        }
+        let owned = |set: BTreeSet<&str>| set.into_iter().map(str::to_owned).collect();
         Ok(if !forbids.is_empty() {
-            Decision { allow: false, reasons: forbids.into_iter().collect(), errors }
+            Decision { allow: false, reasons: owned(forbids), errors }
         } else {
-            let allow = !permits.is_empty();
-            Decision { allow, reasons: permits.into_iter().collect(), errors }
+            Decision { allow: !permits.is_empty(), reasons: owned(permits), errors }
         })
     }
 }
@@ -670,8 +730,7 @@ mod tests {
         let docs: Vec<_> = docs.into_iter().chain(guarded).collect();
         let indexed = policies(&docs);
         // Only `c` has neither an exact scope nor a guard among the policies of `read`.
-        let unguarded: Vec<String> =
-            indexed.index[&Action::Read].any.policies().map(|p| p.id().to_string()).collect();
+        let unguarded: Vec<String> = indexed.index[&Action::Read].any.iter().map(|p| p.id.clone()).collect();
         assert_eq!(unguarded, ["c"]);
         let ws = workloads();
         for who in ["web", "payments", "nobody"] {
