@@ -279,15 +279,21 @@ pub(crate) async fn admin_tls_client(local: &AdminClient, data: &std::path::Path
     Ok(AdminClient::tls(&addr, &td, &svid.bundle_pem, Some((&svid.cert_chain_pem, key)))?)
 }
 
-async fn vouch_runs(o: &Options) -> Result<(Run, Run)> {
-    let (proc, local, data) = start_vouch(&o.vouch).await?;
-    let body = Arc::new(MintX509Request {
+/// The request both issuance benchmarks send: an X509-SVID for `/bench/web` with a key the
+/// server generates.
+pub(crate) fn web_mint() -> Result<Arc<MintX509Request>> {
+    Ok(Arc::new(MintX509Request {
         spiffe_id: SpiffeId::parse("spiffe://example.org/bench/web")?,
         csr: None,
         ttl: None,
         dns_names: vec![],
         common_name: None,
-    });
+    }))
+}
+
+async fn vouch_runs(o: &Options) -> Result<(Run, Run)> {
+    let (proc, local, data) = start_vouch(&o.vouch).await?;
+    let body = web_mint()?;
     let unix = vouch_load(o, proc.pid(), &local, body.clone()).await?;
     // Over mTLS with an admin SVID.
     let tls = admin_tls_client(&local, &data).await?;

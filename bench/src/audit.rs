@@ -3,27 +3,17 @@
 //! target of issue 12: at most 10% slower). With it on, the log must hold a record of every
 //! issuance, or an `audit.lost` record saying how many were dropped.
 
-use std::sync::Arc;
-
 use anyhow::{bail, Result};
-use vouch_api::admin::MintX509Request;
 use vouch_api::audit::{AuditSearch, AuditValue};
-use vouch_api::SpiffeId;
 
-use crate::api::{options, start_vouch_with, vouch_load};
+use crate::api::{options, start_vouch_with, vouch_load, web_mint};
 
 /// `vouch-bench audit --vouch BIN [--seconds N] [--clients N]`.
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let o = options(args)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let body = Arc::new(MintX509Request {
-            spiffe_id: SpiffeId::parse("spiffe://example.org/bench/web")?,
-            csr: None,
-            ttl: None,
-            dns_names: vec![],
-            common_name: None,
-        });
+        let body = web_mint()?;
         println!(
             "X509-SVID issuance over the admin socket, audit log off against on ({} clients, {} s each)",
             o.clients, o.seconds
