@@ -17,7 +17,9 @@ use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 use vouch_core::grant::{AccessRequest, Action, Resource, ResourceKind};
 
-use crate::facts::{resource_entity, spiffe_entity, uid, Facts, Workload, Workloads};
+use crate::facts::{
+    path_attr, resource_entity, segments_attr, spiffe_entity, uid, Facts, Workload, Workloads,
+};
 use crate::guard::{best_guard, path_keys, Fact, Guard};
 use crate::PolicyError;
 
@@ -339,12 +341,12 @@ impl Policies {
         .into_iter()
         .flatten()
         .collect();
-        let principal_path = req.principal.path().strip_prefix('/').unwrap_or(req.principal.path());
+        let principal_path = path_attr(&req.principal);
         sets.extend(index.by_principal_path.get(principal_path));
         if !index.by_resource_under.is_empty() {
             let resource_path = match &req.resource {
                 Resource::Secret(path) => Some(path.as_str()),
-                Resource::Service(id) => Some(id.path().strip_prefix('/').unwrap_or(id.path())),
+                Resource::Service(id) => Some(path_attr(id)),
                 // A database role has no `path`: no policy guarded by one applies to it.
                 Resource::DbRole(_) => None,
             };
@@ -357,7 +359,7 @@ impl Policies {
             for (fact, by_value) in &index.by_principal_fact {
                 let mut find = |value: &str| sets.extend(by_value.get(value));
                 match (fact, facts) {
-                    (Fact::Segments, _) => principal_path.split('/').for_each(&mut find),
+                    (Fact::Segments, _) => segments_attr(&req.principal).for_each(&mut find),
                     (_, None) => {}
                     (Fact::Owners, Some(f)) => f.owners.iter().for_each(|v| find(v)),
                     (Fact::K8sNamespaces, Some(f)) => f.k8s_namespaces.iter().for_each(|v| find(v)),

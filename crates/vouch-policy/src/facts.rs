@@ -75,19 +75,30 @@ fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> Value {
     Value::set(values.into_iter().map(Value::from), None)
 }
 
+/// The `path` attribute of a SPIFFE ID's entity: its path without the leading `/`. The index looks
+/// guards up by the same value, so both take it from here.
+pub(crate) fn path_attr(id: &SpiffeId) -> &str {
+    id.path().strip_prefix('/').unwrap_or(id.path())
+}
+
+/// The `segments` attribute of a SPIFFE ID's entity.
+pub(crate) fn segments_attr(id: &SpiffeId) -> impl Iterator<Item = &str> {
+    path_attr(id).split('/').filter(|s| !s.is_empty())
+}
+
 /// The Cedar entity of `id` as type `kind` (`Workload` or `Service`) with `facts`.
 pub(crate) fn spiffe_entity(
     kind: &str,
     id: &SpiffeId,
     facts: &Facts,
 ) -> Result<Arc<CoreEntity>, PolicyError> {
-    let path = id.path().strip_prefix('/').unwrap_or(id.path());
+    let path = path_attr(id);
     Ok(entity(
         &uid(kind, id.as_str())?,
         [
             ("trust_domain", Value::from(id.trust_domain().as_str())),
             ("path", Value::from(path)),
-            ("segments", strings(path.split('/').filter(|s| !s.is_empty()))),
+            ("segments", strings(segments_attr(id))),
             ("registered", Value::from(facts.registered)),
             ("owners", strings(facts.owners.iter().map(String::as_str))),
             ("k8s_namespaces", strings(facts.k8s_namespaces.iter().map(String::as_str))),
