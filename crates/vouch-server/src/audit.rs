@@ -543,6 +543,11 @@ fn unix_ms(t: std::time::SystemTime) -> i64 {
     }
 }
 
+/// How long the writer waits after an event for more to append in the same transaction: short
+/// enough that a record is searchable at once for a person, long enough to gather hundreds of
+/// events at thousands of issuances per second.
+const LINGER: Duration = Duration::from_millis(10);
+
 /// Drains the queue into the store until shutdown, then writes what is queued and a final
 /// checkpoint.
 pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
@@ -578,6 +583,15 @@ pub(crate) async fn writer(state: Arc<AppState>, mut shutdown: watch::Receiver<b
             }
         }
         if let Some(rx) = rx.as_mut() {
+            // Events that follow within LINGER go into the same transaction. Without the wait,
+            // a writer that keeps up takes events one by one: one commit (and one wake-up) per
+            // record was most of the log's cost on issuance (0.71 of the rate without it).
+            if !stopping && rx.len() + batch.len() < cfg.batch {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = shutdown.changed() => stopping = true,
+                }
+            }
             while batch.len() < cfg.batch {
                 match rx.try_recv() {
                     Ok(ev) => batch.push(hub_taken(ev)),

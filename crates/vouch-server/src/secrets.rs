@@ -324,7 +324,7 @@ async fn destroy(
 }
 
 /// Whether the workload of `entry` may read `path` now: a grant permits it (refused with the
-/// deciding policies otherwise), and the agent is still admitted (a ban or eviction wins).
+/// deciding policies otherwise). Callers check that the agent is still admitted.
 async fn may_read(
     state: &AppState,
     agent: &SpiffeId,
@@ -346,7 +346,6 @@ async fn may_read(
             decision.explanation()
         )));
     }
-    crate::agent_api::still_admitted(state, agent).await?;
     Ok(decision.reasons)
 }
 
@@ -389,6 +388,8 @@ async fn agent_read(
     let changed = waiter
         .until(deadline, || async {
             may_read(&state, &agent, &entry, &req.path).await?;
+            // A watch of an agent banned or evicted meanwhile ends now, not at the next change.
+            crate::agent_api::still_admitted(&state, &agent).await?;
             // No live version left is an answer too: the read's 404 says so.
             let latest = latest_live(&state, &req.path).await?;
             Ok::<_, ApiError>((latest != Some(known)).then_some(()))
@@ -410,7 +411,9 @@ async fn answer_read(
 ) -> AppResult<AgentSecretResponse> {
     let reasons = may_read(state, agent, entry, path).await?;
     let (version, value) = read_value(state, path, None).await?;
-    // A ban or eviction committed meanwhile wins.
+    // A ban or eviction committed since the request was authenticated wins (checked once, after
+    // the read: before it as well was one more store read per secret read, and decided nothing
+    // this one does not).
     crate::agent_api::still_admitted(state, agent).await?;
     tracing::info!(target: "vouch::audit", event = "secret.read", caller = %agent, spiffe_id = %entry.spiffe_id, entry_id = %entry.id, path = %path, version, reasons = ?reasons);
     Ok(AgentSecretResponse {
