@@ -79,6 +79,11 @@ pub struct ScanArgs {
     /// Never show the progress line (it only shows on a terminal, with table output).
     #[arg(long)]
     pub no_progress: bool,
+    /// Also report private keys, JWTs and generic passwords and secrets in tests, fixtures and
+    /// samples (`tests/`, `testdata/`, `examples/`, `x_test.go`, ...), where they are test vectors far more
+    /// often than leaks; provider tokens are reported there in any case.
+    #[arg(long, env = "VOUCH_SCAN_INCLUDE_TEST_DATA")]
+    pub include_test_data: bool,
     /// Print the rules in use and exit.
     #[arg(long)]
     pub list_rules: bool,
@@ -109,7 +114,11 @@ fn load_rules(args: &ScanArgs) -> anyhow::Result<RuleSet> {
         return Err(ScanError::Usage("--no-default-rules needs at least one --rules file".to_owned()).into());
     }
     let refs: Vec<(&str, &str)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    Ok(RuleSet::from_files(&refs, &args.skip_rules)?)
+    let mut rules = RuleSet::from_files(&refs, &args.skip_rules)?;
+    if args.include_test_data {
+        rules.report_test_data();
+    }
+    Ok(rules)
 }
 
 fn load_baseline(path: &PathBuf) -> anyhow::Result<HashSet<String>> {

@@ -213,6 +213,8 @@ pub struct Stats {
     pub suppressed_baseline: u64,
     /// Findings dropped by `vouch:allow` comments.
     pub suppressed_inline: u64,
+    /// Findings dropped because they are in tests, fixtures or samples (`--include-test-data` keeps them).
+    pub suppressed_test_data: u64,
 }
 
 /// Everything a scan produced.
@@ -284,11 +286,11 @@ impl Report {
         if st.binary_files > 0 {
             let _ = write!(s, "; {} binary files skipped", st.binary_files);
         }
-        if st.suppressed_baseline + st.suppressed_inline > 0 {
+        if st.suppressed_baseline + st.suppressed_inline + st.suppressed_test_data > 0 {
             let _ = write!(
                 s,
-                "; suppressed: {} by baseline, {} by vouch:allow",
-                st.suppressed_baseline, st.suppressed_inline
+                "; suppressed: {} by baseline, {} by vouch:allow, {} in test data",
+                st.suppressed_baseline, st.suppressed_inline, st.suppressed_test_data
             );
         }
         if !self.errors.is_empty() {

@@ -88,6 +88,9 @@ pub struct RuleSpec {
     /// Turns a default rule off.
     #[serde(default)]
     pub disabled: bool,
+    /// Not reported in tests, fixtures and samples (see `detect::is_test_data_path`).
+    #[serde(default)]
+    pub skip_test_data: bool,
 }
 
 /// How a rule finds its candidate.
@@ -150,6 +153,8 @@ pub struct Rule {
     pub keywords: Vec<String>,
     /// Keywords match case-sensitively (never for assignment rules: keys come in every case).
     pub case_sensitive: bool,
+    /// Not reported in test data.
+    pub skip_test_data: bool,
 }
 
 /// Compiled allowlist.
@@ -256,6 +261,15 @@ impl RuleSet {
     }
 }
 
+impl RuleSet {
+    /// Every rule reports in test data too (`--include-test-data`).
+    pub fn report_test_data(&mut self) {
+        for rule in &mut self.rules {
+            rule.skip_test_data = false;
+        }
+    }
+}
+
 impl ScanError {
     fn detail(&self) -> &str {
         match self {
@@ -327,6 +341,7 @@ fn compile_rule(spec: RuleSpec) -> Result<Rule, ScanError> {
         remediation: spec.remediation,
         keywords,
         case_sensitive,
+        skip_test_data: spec.skip_test_data,
     })
 }
 

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use regex::Regex;
 
-use crate::detect::{Candidate, TextKind};
+use crate::detect::{Candidate, FileClass};
 use crate::image::{self, Blobs, LayerScan};
 use crate::report::{Finding, Location, Report, ScanIssue};
 use crate::rules::RuleSet;
@@ -175,8 +175,10 @@ impl Scanner {
             }
             return;
         }
-        let outcome =
-            FileOutcome::of(scan_stream(&self.rules, TextKind::Config, stdin, progress), "cannot read stdin");
+        let outcome = FileOutcome::of(
+            scan_stream(&self.rules, FileClass::CONFIG, stdin, progress),
+            "cannot read stdin",
+        );
         self.record_file(&shown, outcome, report);
     }
 
@@ -223,7 +225,7 @@ impl Scanner {
             Ok(f) => f,
             Err(e) => return FileOutcome::Error(format!("cannot read: {e}")),
         };
-        FileOutcome::of(scan_stream(&self.rules, TextKind::of_path(shown), file, progress), "cannot read")
+        FileOutcome::of(scan_stream(&self.rules, FileClass::of_path(shown), file, progress), "cannot read")
     }
 
     fn record_file(&self, shown: &str, outcome: FileOutcome, report: &mut Report) {
@@ -231,7 +233,8 @@ impl Scanner {
             FileOutcome::Scanned(TextOutcome::Text { found, suppressed, bytes }) => {
                 report.stats.files += 1;
                 report.stats.bytes += bytes;
-                report.stats.suppressed_inline += suppressed as u64;
+                report.stats.suppressed_inline += suppressed.inline as u64;
+                report.stats.suppressed_test_data += suppressed.test_data as u64;
                 for c in found {
                     let loc = Location::File {
                         path: shown.to_owned(),
@@ -340,7 +343,7 @@ impl Scanner {
             if self.skip_path(&inner) {
                 continue;
             }
-            let scanned = scan_stream(&self.rules, TextKind::of_path(&inner), entry, progress);
+            let scanned = scan_stream(&self.rules, FileClass::of_path(&inner), entry, progress);
             let outcome = FileOutcome::of(scanned, "corrupt or truncated entry");
             self.record_file(&name, outcome, report);
         }
@@ -393,7 +396,8 @@ impl Scanner {
             report.stats.files += s.files;
             report.stats.bytes += s.bytes;
             report.stats.binary_files += s.binary;
-            report.stats.suppressed_inline += s.suppressed;
+            report.stats.suppressed_inline += s.suppressed_inline;
+            report.stats.suppressed_test_data += s.suppressed_test_data;
         }
         for img in &images {
             report.stats.images += 1;
