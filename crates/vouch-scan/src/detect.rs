@@ -389,6 +389,14 @@ impl<'r> TextScanner<'r> {
             match rule.validate {
                 Some(Validation::Jwt) if !valid_jwt(secret) => continue,
                 Some(Validation::UrlPassword) if !password_is_real(secret, &self.rules.allowlist) => continue,
+                Some(Validation::BasicAuthB64) if !basic_auth_is_real(secret, &self.rules.allowlist) => {
+                    continue
+                }
+                Some(Validation::DockerConfigB64)
+                    if !docker_config_is_real(secret, &self.rules.allowlist) =>
+                {
+                    continue
+                }
                 Some(Validation::Pem) => {
                     let after = &line[m.end()..];
                     let next = chunk.get(line_end + 1..).filter(|rest| !rest.is_empty()).map(first_line);
@@ -626,6 +634,31 @@ fn password_is_real(password: &str, allow: &crate::rules::Allowlist) -> bool {
         && !allow.allows_value(password)
         && !crate::value::is_reference(password, true)
         && literal_is_secret(password, true, ValueClass::Password, None, allow)
+}
+
+/// Base64 of `user:password` (a docker config `auth`) whose password is real.
+fn basic_auth_is_real(encoded: &str, allow: &crate::rules::Allowlist) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return false };
+    let Ok(text) = std::str::from_utf8(&bytes) else { return false };
+    match text.split_once(':') {
+        Some((user, password)) => !user.is_empty() && password_is_real(password, allow),
+        None => false,
+    }
+}
+
+/// Base64 of a docker config (`{"auths": {...}}` or the legacy `.dockercfg` map) holding a real
+/// credential: an `auth` of `user:password`, or a `password` / `identitytoken`.
+fn docker_config_is_real(encoded: &str, allow: &crate::rules::Allowlist) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return false };
+    let Ok(config) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return false };
+    let registries = config.get("auths").unwrap_or(&config);
+    let Some(registries) = registries.as_object() else { return false };
+    registries.values().any(|r| {
+        let field = |k: &str| r.get(k).and_then(serde_json::Value::as_str);
+        field("auth").is_some_and(|a| basic_auth_is_real(a, allow))
+            || field("password").is_some_and(|p| password_is_real(p, allow))
+            || field("identitytoken").is_some_and(|t| password_is_real(t, allow))
+    })
 }
 
 fn is_b64_byte(b: u8) -> bool {

@@ -114,6 +114,10 @@ pub enum Validation {
     Pem,
     /// The password part of a URL or command line is no placeholder.
     UrlPassword,
+    /// Base64 of `user:password` whose password is no placeholder (docker config `auth`).
+    BasicAuthB64,
+    /// Base64 of a docker config JSON whose `auths` hold a real `auth` (Kubernetes pull secrets).
+    DockerConfigB64,
 }
 
 /// Literal checks for assigned values.
