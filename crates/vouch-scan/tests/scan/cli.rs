@@ -165,3 +165,71 @@ fn stdin_text_and_images() {
         assert!(list.contains(id), "{list}");
     }
 }
+
+/// The SARIF 2.1.0 schema: VOUCH_SARIF_SCHEMA, else where scripts/test puts it.
+fn sarif_schema() -> std::path::PathBuf {
+    let path = std::env::var_os("VOUCH_SARIF_SCHEMA").map(Into::into).unwrap_or_else(|| {
+        Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/vouch-test/sarif-2.1.0-rtm.5.json")
+    });
+    assert!(
+        path.is_file(),
+        "the SARIF 2.1.0 schema is not at {} (scripts/test fetches it; or set VOUCH_SARIF_SCHEMA)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn sarif_is_valid_and_what_github_code_scanning_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("my dir")).unwrap();
+    std::fs::write(p.join("my dir/app #1.env"), format!("GITHUB_TOKEN={GITHUB}\n")).unwrap();
+    std::fs::write(p.join("ünï 100%.yaml"), format!("slack: {SLACK}\n")).unwrap();
+    std::fs::write(p.join("db.env"), "DB_PASSWORD=Xk9#mQ2vLp7\n").unwrap();
+    let out = run(&["-o", "sarif", "--report-path", "scan.sarif", "."], p, None);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(p.join("scan.sarif")).unwrap();
+    let s: Value = serde_json::from_str(&text).unwrap();
+
+    let mut uris: Vec<&str> = s["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().unwrap())
+        .collect();
+    uris.sort();
+    assert_eq!(uris, ["%C3%BCn%C3%AF%20100%25.yaml", "db.env", "my%20dir/app%20%231.env"]);
+    for rule in s["runs"][0]["tool"]["driver"]["rules"].as_array().unwrap() {
+        let sev: f64 = rule["properties"]["security-severity"].as_str().unwrap().parse().unwrap();
+        assert!((0.0..=10.0).contains(&sev), "{rule}");
+        let tags = rule["properties"]["tags"].as_array().unwrap();
+        assert!(tags.iter().any(|t| t == "security"), "{rule}");
+    }
+    let sev = |id: &str| {
+        s["runs"][0]["tool"]["driver"]["rules"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()
+            ["properties"]["security-severity"]
+            .clone()
+    };
+    assert_eq!(sev("github-token"), "9.0");
+    assert_eq!(sev("generic-password"), "7.5");
+
+    // The independent check: Python's jsonschema against OASIS' SARIF 2.1.0 schema (draft 4).
+    let check = "import json, sys, jsonschema\n\
+                 schema = json.load(open(sys.argv[1]))\n\
+                 errors = list(jsonschema.Draft4Validator(schema).iter_errors(json.load(open(sys.argv[2]))))\n\
+                 for e in errors: print(list(e.absolute_path), e.message)\n\
+                 sys.exit(1 if errors else 0)\n";
+    let out = Command::new("timeout")
+        .args(["120", "python3", "-c", check])
+        .arg(sarif_schema())
+        .arg(p.join("scan.sarif"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "SARIF does not validate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
