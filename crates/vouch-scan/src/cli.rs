@@ -84,6 +84,10 @@ pub struct ScanArgs {
     /// often than leaks; provider tokens are reported there in any case.
     #[arg(long, env = "VOUCH_SCAN_INCLUDE_TEST_DATA")]
     pub include_test_data: bool,
+    /// Scan the history of the git repositories given (every blob reachable from HEAD, each finding
+    /// with the commit that brought it in) instead of their working trees. Needs `git`.
+    #[arg(long, env = "VOUCH_SCAN_GIT")]
+    pub git: bool,
     /// Print the rules in use and exit.
     #[arg(long)]
     pub list_rules: bool,
@@ -161,10 +165,19 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
         opts.threads = t;
     }
     opts.limits.max_layer_bytes = args.max_layer_bytes;
+    if args.git && args.paths.iter().any(|p| p.as_os_str() == "-") {
+        return Err(
+            ScanError::Usage("--git scans repositories; `-` (standard input) is not one".to_owned()).into()
+        );
+    }
     let inputs: Vec<Input> = args
         .paths
         .iter()
-        .map(|p| if p.as_os_str() == "-" { Input::Stdin } else { Input::Path(p.clone()) })
+        .map(|p| match p.as_os_str() {
+            _ if args.git => Input::Git(p.clone()),
+            s if s == "-" => Input::Stdin,
+            _ => Input::Path(p.clone()),
+        })
         .collect();
     let scanner = Scanner::new(rules, opts);
     let progress = Progress::default();

@@ -45,6 +45,21 @@ pub enum Location {
         /// Whether the file is in the image's final filesystem.
         presence: Presence,
     },
+    /// A file in git history: the first commit that brought this content in at this path.
+    Commit {
+        /// The repository as given.
+        repo: String,
+        /// The commit id.
+        commit: String,
+        /// Path in the commit.
+        path: String,
+        /// 1-based line.
+        line: u64,
+        /// Last line.
+        end_line: u64,
+        /// 1-based column.
+        column: usize,
+    },
     /// A field of the image configuration (Env, Labels, history).
     Config {
         /// The image archive or layout directory.
@@ -85,6 +100,9 @@ impl Location {
             // `./a/.env` and `a/.env` are one place, however the scan was started.
             Location::File { path, .. } => path.trim_start_matches("./").to_owned(),
             Location::Layer { layer_digest, path, .. } => format!("{layer_digest}:{path}"),
+            // The path alone: the same secret in the same file is one finding across commits, and a
+            // baseline written from a scan of the working tree applies to its history.
+            Location::Commit { path, .. } => path.clone(),
             Location::Config { config_digest, field, .. } => format!("{config_digest}:{field}"),
         }
     }
@@ -93,7 +111,8 @@ impl Location {
     pub fn line(&self) -> Option<(u64, u64, usize)> {
         match self {
             Location::File { line, end_line, column, .. }
-            | Location::Layer { line, end_line, column, .. } => Some((*line, *end_line, *column)),
+            | Location::Layer { line, end_line, column, .. }
+            | Location::Commit { line, end_line, column, .. } => Some((*line, *end_line, *column)),
             Location::Config { .. } => None,
         }
     }
@@ -116,6 +135,9 @@ impl Location {
             }
             Location::Config { image, image_ref, field, .. } => {
                 format!("{} config {field}", image_ref.as_deref().unwrap_or(image))
+            }
+            Location::Commit { commit, path, line, column, .. } => {
+                format!("{path}:{line}:{column} (commit {})", commit.get(..12).unwrap_or(commit))
             }
         }
     }
@@ -351,6 +373,11 @@ impl Report {
                         None,
                         json!({"layer": layer, "layerDigest": layer_digest, "pathInLayer": path,
                                "line": line, "endLine": end_line, "column": column, "presence": presence}),
+                    ),
+                    Location::Commit { repo, commit, path, line, end_line, column } => (
+                        artifact_uri(path),
+                        Some(json!({"startLine": line, "endLine": end_line, "startColumn": column})),
+                        json!({"repository": repo, "commit": commit}),
                     ),
                     Location::Config { image, config_digest, field, .. } => {
                         (artifact_uri(image), None, json!({"configDigest": config_digest, "field": field}))

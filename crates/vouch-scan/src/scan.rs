@@ -23,6 +23,8 @@ pub enum Input {
     Path(PathBuf),
     /// Standard input: text, or an image archive (spooled to a temporary file).
     Stdin,
+    /// The history of a git repository: every blob reachable from HEAD.
+    Git(PathBuf),
 }
 
 /// How to scan.
@@ -111,6 +113,7 @@ impl Scanner {
             match input {
                 Input::Stdin => self.scan_stdin(&mut report, progress),
                 Input::Path(p) => self.scan_path(p, &mut report, progress),
+                Input::Git(p) => self.scan_git(p, &mut report, progress),
             }
         }
         let before = report.findings.len();
@@ -118,6 +121,56 @@ impl Scanner {
         report.stats.suppressed_baseline = (before - report.findings.len()) as u64;
         report.sort();
         report
+    }
+
+    /// Every blob reachable from HEAD, once, at the first commit and path that brought it in. A secret
+    /// that stays in a file while other lines change is reported once, at its first commit.
+    fn scan_git(&self, repo: &Path, report: &mut Report, progress: &Progress) {
+        let shown = repo.display().to_string();
+        let blobs = match crate::git::history(repo) {
+            Ok(b) => b,
+            Err(message) => return report.errors.push(ScanIssue { source: shown, message }),
+        };
+        let mut reader = match crate::git::BlobReader::new(repo) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("cannot run git cat-file: {e}");
+                return report.errors.push(ScanIssue { source: shown, message });
+            }
+        };
+        let mut seen: HashSet<String> = HashSet::new();
+        for b in blobs.iter().filter(|b| !self.skip_path(&b.path)) {
+            let source = format!("{shown}@{}:{}", b.commit.get(..12).unwrap_or(&b.commit), b.path);
+            let outcome = reader
+                .with_blob(&b.blob, |r| scan_stream(&self.rules, FileClass::of_path(&b.path), r, progress));
+            match outcome.and_then(|o| o) {
+                Ok(TextOutcome::Text { found, suppressed, bytes }) => {
+                    report.stats.files += 1;
+                    report.stats.bytes += bytes;
+                    report.stats.suppressed_inline += suppressed.inline as u64;
+                    report.stats.suppressed_test_data += suppressed.test_data as u64;
+                    for c in found {
+                        let loc = Location::Commit {
+                            repo: shown.clone(),
+                            commit: b.commit.clone(),
+                            path: b.path.clone(),
+                            line: c.line,
+                            end_line: c.end_line,
+                            column: c.column,
+                        };
+                        let f = self.finding(&c, loc);
+                        if seen.insert(f.fingerprint.clone()) {
+                            report.findings.push(f);
+                        }
+                    }
+                }
+                Ok(TextOutcome::Binary) => report.stats.binary_files += 1,
+                Err(e) => {
+                    report.errors.push(ScanIssue { source, message: format!("cannot read blob: {e}") });
+                    return; // the cat-file stream is out of step now
+                }
+            }
+        }
     }
 
     fn skip_path(&self, path: &str) -> bool {

@@ -233,3 +233,53 @@ fn sarif_is_valid_and_what_github_code_scanning_takes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn git_history_finds_removed_secrets_once_with_their_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let git = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .args(["60", "git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(p)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    std::fs::write(p.join(".env"), format!("GITHUB_TOKEN={GITHUB}\n")).unwrap();
+    std::fs::write(p.join("app.py"), "print('hi')\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "add config"]);
+    let first = git(&["rev-parse", "HEAD"]);
+    // Another line changes: a new blob with the same secret, still one finding at the first commit.
+    std::fs::write(p.join(".env"), format!("DEBUG=1\nGITHUB_TOKEN={GITHUB}\n")).unwrap();
+    git(&["commit", "-qam", "debug"]);
+    std::fs::write(p.join(".env"), "DEBUG=1\n").unwrap();
+    git(&["commit", "-qam", "remove the token"]);
+
+    let out = run(&["-o", "json", "."], p, None);
+    assert_eq!(out.status.code(), Some(0), "the working tree is clean");
+    let out = run(&["--git", "-o", "json", "."], p, None);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = json(&out);
+    let findings = r["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{r}");
+    let loc = &findings[0]["location"];
+    assert_eq!(findings[0]["rule_id"], "github-token");
+    assert_eq!(loc["kind"], "commit");
+    assert_eq!(loc["commit"], first.as_str());
+    assert_eq!((loc["path"].as_str(), loc["line"].as_u64()), (Some(".env"), Some(1)));
+    assert_eq!(r["stats"]["files"], 4, "three versions of .env and app.py, each blob once");
+    let table = run(&["--git", "."], p, None);
+    let t = String::from_utf8_lossy(&table.stdout);
+    assert!(t.contains(&format!(".env:1:14 (commit {})", &first[..12])), "{t}");
+
+    // Not a repository: an error naming it, exit code 2.
+    let plain = tempfile::tempdir().unwrap();
+    let out = run(&["--git", "."], plain.path(), None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not a git repository"));
+}
