@@ -630,10 +630,34 @@ fn valid_jwt(token: &str) -> bool {
 
 fn password_is_real(password: &str, allow: &crate::rules::Allowlist) -> bool {
     let first = password.as_bytes().first().copied().unwrap_or(b'$');
+    // URLs carry passwords percent-encoded: judge what the server would be sent (`he%2F%2Fo` is the
+    // five characters `he//o`).
+    let decoded = percent_decode(password);
     !matches!(first, b'$' | b'%' | b'{' | b'<' | b'[')
-        && !allow.allows_value(password)
-        && !crate::value::is_reference(password, true)
-        && literal_is_secret(password, true, ValueClass::Password, None, allow)
+        && !allow.allows_value(&decoded)
+        && !crate::value::is_reference(&decoded, true)
+        && literal_is_secret(&decoded, true, ValueClass::Password, None, allow)
+}
+
+/// `%XX` escapes decoded; a malformed escape is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Base64 of `user:password` (a docker config `auth`) whose password is real.
@@ -780,6 +804,9 @@ mod tests {
             ("typed", TextKind::Code, r#"const DB_PASSWORD: &str = "eyEbHD!330UStc";"#, Some("generic-password")),
             ("typed", TextKind::Code, r#"let apiKey: string = "kDMUyYY7osMzrasjhVBsVQtSAJdQVRjg";"#, Some("generic-secret")),
             ("typed", TextKind::Code, r#"if token: str == "x9Kp2Lm7Qz4Rt8Wv": pass"#, None),
+            // URL passwords are judged percent-decoded: `he%2F%2Fo` is the five characters `he//o`.
+            ("url", TextKind::Config, "https://user:he%2F%2Fo@pypi.company.com/simple", None),
+            ("url", TextKind::Config, "https://ci:Xk9%23mQ2vLp7@pypi.company.com/simple", Some("basic-auth-url")),
         ];
         for (class, kind, text, want) in cases {
             let got = ids(&rules, *kind, text);
