@@ -283,3 +283,21 @@ fn git_history_finds_removed_secrets_once_with_their_commit() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not a git repository"));
 }
+
+#[test]
+fn test_data_is_counted_not_reported_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("tests")).unwrap();
+    std::fs::write(p.join("tests/conftest.py"), "DB_PASSWORD = \"Xk9#mQ2vLp7\"\n").unwrap();
+    let out = run(&["-o", "json", "."], p, None);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json(&out)["stats"]["suppressed_test_data"], 1);
+    let table = run(&["."], p, None);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("1 in test data"));
+    let out = run(&["-o", "json", "--include-test-data", "."], p, None);
+    assert_eq!(out.status.code(), Some(1));
+    let r = json(&out);
+    assert_eq!(r["findings"][0]["rule_id"], "generic-password");
+    assert_eq!(r["stats"]["suppressed_test_data"], 0);
+}
