@@ -79,6 +79,15 @@ pub struct ScanArgs {
     /// Never show the progress line (it only shows on a terminal, with table output).
     #[arg(long)]
     pub no_progress: bool,
+    /// Also report private keys, JWTs and generic passwords and secrets in tests, fixtures and
+    /// samples (`tests/`, `testdata/`, `examples/`, `x_test.go`, ...), where they are test vectors far more
+    /// often than leaks; provider tokens are reported there in any case.
+    #[arg(long, env = "VOUCH_SCAN_INCLUDE_TEST_DATA")]
+    pub include_test_data: bool,
+    /// Scan the history of the git repositories given (every blob reachable from HEAD, each finding
+    /// with the commit that brought it in) instead of their working trees. Needs `git`.
+    #[arg(long, env = "VOUCH_SCAN_GIT")]
+    pub git: bool,
     /// Print the rules in use and exit.
     #[arg(long)]
     pub list_rules: bool,
@@ -109,7 +118,11 @@ fn load_rules(args: &ScanArgs) -> anyhow::Result<RuleSet> {
         return Err(ScanError::Usage("--no-default-rules needs at least one --rules file".to_owned()).into());
     }
     let refs: Vec<(&str, &str)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    Ok(RuleSet::from_files(&refs, &args.skip_rules)?)
+    let mut rules = RuleSet::from_files(&refs, &args.skip_rules)?;
+    if args.include_test_data {
+        rules.report_test_data();
+    }
+    Ok(rules)
 }
 
 fn load_baseline(path: &PathBuf) -> anyhow::Result<HashSet<String>> {
@@ -152,10 +165,19 @@ fn run_inner(args: &ScanArgs) -> anyhow::Result<u8> {
         opts.threads = t;
     }
     opts.limits.max_layer_bytes = args.max_layer_bytes;
+    if args.git && args.paths.iter().any(|p| p.as_os_str() == "-") {
+        return Err(
+            ScanError::Usage("--git scans repositories; `-` (standard input) is not one".to_owned()).into()
+        );
+    }
     let inputs: Vec<Input> = args
         .paths
         .iter()
-        .map(|p| if p.as_os_str() == "-" { Input::Stdin } else { Input::Path(p.clone()) })
+        .map(|p| match p.as_os_str() {
+            _ if args.git => Input::Git(p.clone()),
+            s if s == "-" => Input::Stdin,
+            _ => Input::Path(p.clone()),
+        })
         .collect();
     let scanner = Scanner::new(rules, opts);
     let progress = Progress::default();

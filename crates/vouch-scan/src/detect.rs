@@ -8,7 +8,7 @@ use base64::Engine as _;
 use regex::Regex;
 
 use crate::rules::{Rule, RuleKind, RuleSet, Validation, ValueClass};
-use crate::value::{key_is_secretish, literal_is_secret, shannon_entropy};
+use crate::value::{hash_context, key_is_secretish, literal_is_secret, shannon_entropy};
 
 /// A secret found in text, before it is given a place (file, layer, config field).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,15 @@ pub struct Candidate {
     pub column: usize,
     /// The secret itself (never printed; reports redact it and fingerprint it).
     pub secret: String,
+}
+
+/// Findings a scan of one text dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Suppressed {
+    /// By a `vouch:allow` comment.
+    pub inline: usize,
+    /// Found in test data by a rule that skips it (see [`FileClass::test_data`]).
+    pub test_data: usize,
 }
 
 /// What kind of file the text comes from; it decides whether unquoted values count.
@@ -48,6 +57,75 @@ impl TextKind {
     }
 }
 
+/// What the scanner knows of a file from its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileClass {
+    /// Code or configuration.
+    pub kind: TextKind,
+    /// Tests, fixtures, examples or documentation samples: keys and tokens there are test vectors and
+    /// samples far more often than leaks, so rules marked `skip_test_data` do not report them.
+    pub test_data: bool,
+}
+
+impl FileClass {
+    /// Configuration text with no path to judge by (standard input).
+    pub const CONFIG: FileClass = FileClass { kind: TextKind::Config, test_data: false };
+
+    /// Classifies by path.
+    pub fn of_path(path: &str) -> FileClass {
+        FileClass { kind: TextKind::of_path(path), test_data: is_test_data_path(path) }
+    }
+}
+
+/// Directories that hold tests, fixtures and samples.
+const TEST_DIRS: &[&str] = &[
+    "test",
+    "tests",
+    "testing",
+    "testdata",
+    "test_data",
+    "test-data",
+    "__tests__",
+    "__mocks__",
+    "fixture",
+    "fixtures",
+    "spec",
+    "specs",
+    "example",
+    "examples",
+    "sample",
+    "samples",
+    "testsuite",
+    "unittest",
+];
+
+/// Whether `path` is a test, fixture or sample: a directory named so, or a source file named as a
+/// test (`x_test.go`, `test_x.py`, `x.test.ts`, `x_spec.rb`, `XTest.java`).
+pub fn is_test_data_path(path: &str) -> bool {
+    let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_some() {
+            if TEST_DIRS.contains(&part.to_ascii_lowercase().as_str()) {
+                return true;
+            }
+            continue;
+        }
+        if TextKind::of_path(part) != TextKind::Code {
+            return false;
+        }
+        let stem = part.split('.').next().unwrap_or(part);
+        let dotted_test = part.split('.').skip(1).any(|p| p == "test" || p == "spec");
+        return stem.starts_with("test_")
+            || stem.ends_with("_test")
+            || stem.ends_with("_tests")
+            || stem.ends_with("_spec")
+            || stem.ends_with("Test")
+            || stem.ends_with("Tests")
+            || dotted_test;
+    }
+    false
+}
+
 /// How many lines after `- name: X` a `value:` may come.
 const K8S_LOOKAHEAD: u32 = 3;
 /// How many lines a PEM block may span before its END line is given up on.
@@ -66,6 +144,7 @@ struct Carry {
 pub struct TextScanner<'r> {
     rules: &'r RuleSet,
     kind: TextKind,
+    test_data: bool,
     /// Line number of the first line of the next chunk.
     line: u64,
     /// Column (in bytes) where the next chunk starts, when a giant line was split.
@@ -81,9 +160,15 @@ pub struct TextScanner<'r> {
 impl<'r> TextScanner<'r> {
     /// A scanner for text of `kind`.
     pub fn new(rules: &'r RuleSet, kind: TextKind) -> Self {
+        Self::for_file(rules, FileClass { kind, test_data: false })
+    }
+
+    /// A scanner for a file of `class`.
+    pub fn for_file(rules: &'r RuleSet, class: FileClass) -> Self {
         TextScanner {
             rules,
-            kind,
+            kind: class.kind,
+            test_data: class.test_data,
             line: 1,
             col_base: 0,
             carry: Carry::default(),
@@ -150,9 +235,15 @@ impl<'r> TextScanner<'r> {
     }
 
     /// The findings, deduplicated: where two rules found overlapping text on one line, the one with
-    /// the higher priority stays.
-    pub fn finish(mut self) -> (Vec<Candidate>, usize) {
+    /// the higher priority stays. Also how many were dropped: by `vouch:allow`, and as test data.
+    pub fn finish(mut self) -> (Vec<Candidate>, Suppressed) {
         let rules = &self.rules.rules;
+        let mut test_data = 0;
+        if self.test_data {
+            let before = self.out.len();
+            self.out.retain(|c| !rules[c.rule].skip_test_data);
+            test_data = before - self.out.len();
+        }
         self.out.sort_by(|a, b| {
             (a.line, a.column, std::cmp::Reverse(rules[a.rule].priority)).cmp(&(
                 b.line,
@@ -173,7 +264,7 @@ impl<'r> TextScanner<'r> {
                 None => kept.push(c),
             }
         }
-        (kept, self.suppressed_inline)
+        (kept, Suppressed { inline: self.suppressed_inline, test_data })
     }
 
     fn collect_hits(&mut self, chunk: &[u8]) {
@@ -298,6 +389,14 @@ impl<'r> TextScanner<'r> {
             match rule.validate {
                 Some(Validation::Jwt) if !valid_jwt(secret) => continue,
                 Some(Validation::UrlPassword) if !password_is_real(secret, &self.rules.allowlist) => continue,
+                Some(Validation::BasicAuthB64) if !basic_auth_is_real(secret, &self.rules.allowlist) => {
+                    continue
+                }
+                Some(Validation::DockerConfigB64)
+                    if !docker_config_is_real(secret, &self.rules.allowlist) =>
+                {
+                    continue
+                }
                 Some(Validation::Pem) => {
                     let after = &line[m.end()..];
                     let next = chunk.get(line_end + 1..).filter(|rest| !rest.is_empty()).map(first_line);
@@ -349,6 +448,12 @@ impl<'r> TextScanner<'r> {
                 else {
                     continue;
                 };
+                if !quoted && is_prose(line, value_at, offset + value.len()) {
+                    continue; // `* \`set password\`: Change your password.`
+                }
+                if hash_context(line, value) {
+                    continue;
+                }
                 if literal_is_secret(value, quoted, class, rule.min_entropy, &self.rules.allowlist) {
                     self.push(r, line, value_at + offset, value.to_owned(), col_base);
                 }
@@ -365,6 +470,15 @@ impl<'r> TextScanner<'r> {
             self.kind
         }
     }
+}
+
+/// An unquoted value after a colon that more words follow: a sentence (`Note: Change your password.`),
+/// not a YAML scalar (YAML values with spaces are never taken whole, so nothing is lost). `value_at` is
+/// where the text after the operator starts, `value_end` the end of the value within it.
+fn is_prose(line: &str, value_at: usize, value_end: usize) -> bool {
+    let colon = line[..value_at].ends_with(':');
+    let rest = line.get(value_at + value_end..).unwrap_or("").trim_start();
+    colon && rest.starts_with(|c: char| c.is_alphabetic())
 }
 
 fn first_line(rest: &[u8]) -> String {
@@ -412,6 +526,17 @@ fn key_bounds(line: &str, start: usize, end: usize) -> (usize, usize) {
     (s, e)
 }
 
+/// `: <type> =` after a name in Rust, TypeScript, Kotlin, Swift, Python annotations.
+// A constant pattern: were it invalid, every test of this module would fail.
+#[allow(clippy::expect_used)]
+fn type_annotation() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"^:\s*&?(?:'static\s+)?[A-Za-z_][A-Za-z0-9_]*(?:<[A-Za-z0-9_&' ]{1,40}>)?\??\s+=")
+            .expect("static regex")
+    })
+}
+
 /// After the key: closing quote or bracket, spaces, then `=`, `:=`, `:`, `=>` (not `==`, `::`, `!=`);
 /// Dockerfile `ENV KEY value` has only a space. Returns where the value starts.
 fn assignment_operator(line: &str, key_start: usize, key_end: usize) -> Option<usize> {
@@ -425,6 +550,13 @@ fn assignment_operator(line: &str, key_start: usize, key_end: usize) -> Option<u
         i += 1;
     }
     let rest = &b[i..];
+    if let Some(m) = type_annotation().find(&line[i..]) {
+        // `const TOKEN: &str = "..."`, `let password: String = ...` (not `: T == x`, `: T => x`).
+        let end = i + m.end();
+        if !matches!(b.get(end), Some(b'=' | b'>')) {
+            return Some(end);
+        }
+    }
     let op_len = if rest.starts_with(b":=") || rest.starts_with(b"=>") {
         2
     } else if rest.starts_with(b"==") || rest.starts_with(b"::") {
@@ -489,15 +621,68 @@ fn valid_jwt(token: &str) -> bool {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()?;
         serde_json::from_slice::<serde_json::Value>(&bytes).ok().filter(serde_json::Value::is_object)
     };
-    matches!((decode(h), decode(p)), (Some(header), Some(_)) if header.get("alg").is_some())
+    // A credential names its issuer, subject, audience or lifetime; a payload with none of the
+    // registered claims (RFC 7519 section 4.1) is a sample (`{"some":"payload"}`, `{"foo":"bar"}`).
+    const REGISTERED: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+    matches!((decode(h), decode(p)), (Some(header), Some(payload))
+        if header.get("alg").is_some() && REGISTERED.iter().any(|c| payload.get(c).is_some()))
 }
 
 fn password_is_real(password: &str, allow: &crate::rules::Allowlist) -> bool {
     let first = password.as_bytes().first().copied().unwrap_or(b'$');
+    // URLs carry passwords percent-encoded: judge what the server would be sent (`he%2F%2Fo` is the
+    // five characters `he//o`).
+    let decoded = percent_decode(password);
     !matches!(first, b'$' | b'%' | b'{' | b'<' | b'[')
-        && !allow.allows_value(password)
-        && !crate::value::is_reference(password, true)
-        && literal_is_secret(password, true, ValueClass::Password, None, allow)
+        && !allow.allows_value(&decoded)
+        && !crate::value::is_reference(&decoded, true)
+        && literal_is_secret(&decoded, true, ValueClass::Password, None, allow)
+}
+
+/// `%XX` escapes decoded; a malformed escape is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Base64 of `user:password` (a docker config `auth`) whose password is real.
+fn basic_auth_is_real(encoded: &str, allow: &crate::rules::Allowlist) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return false };
+    let Ok(text) = std::str::from_utf8(&bytes) else { return false };
+    match text.split_once(':') {
+        Some((user, password)) => !user.is_empty() && password_is_real(password, allow),
+        None => false,
+    }
+}
+
+/// Base64 of a docker config (`{"auths": {...}}` or the legacy `.dockercfg` map) holding a real
+/// credential: an `auth` of `user:password`, or a `password` / `identitytoken`.
+fn docker_config_is_real(encoded: &str, allow: &crate::rules::Allowlist) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(encoded) else { return false };
+    let Ok(config) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return false };
+    let registries = config.get("auths").unwrap_or(&config);
+    let Some(registries) = registries.as_object() else { return false };
+    registries.values().any(|r| {
+        let field = |k: &str| r.get(k).and_then(serde_json::Value::as_str);
+        field("auth").is_some_and(|a| basic_auth_is_real(a, allow))
+            || field("password").is_some_and(|p| password_is_real(p, allow))
+            || field("identitytoken").is_some_and(|t| password_is_real(t, allow))
+    })
 }
 
 fn is_b64_byte(b: u8) -> bool {
@@ -581,6 +766,89 @@ mod tests {
         // Multi-byte characters around the length limits never split a character.
         let text = format!("password={}\npassword=\"{}\"\n", "é".repeat(700), "ü".repeat(700));
         assert!(scan_text(&rules, TextKind::Config, text.as_bytes()).is_empty());
+    }
+
+    /// One table per false-positive class seen on real code, each beside true secrets of the same
+    /// shape that must still be found. (rule id, text); an empty id means no finding.
+    #[test]
+    fn false_positive_classes_and_the_secrets_beside_them() {
+        let rules = RuleSet::default_rules().unwrap();
+        let cases: &[(&str, TextKind, &str, Option<&str>)] = &[
+            // Pagination cursors and language-model tokens are named `...token` but grant nothing.
+            ("pagination", TextKind::Config, r#""NextToken": "AAEAAXpYZ2N3b2x0cjRhM2dqQkdMbkVHQ0dzRjZtS0E","#, None),
+            ("pagination", TextKind::Code, r#"next_page_token = "CiAKGjBpNDd2Nmp2Zml2cXRwYjBpOXA3""#, None),
+            ("pagination", TextKind::Code, r#"params["ContinuationToken"] = "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J""#, None),
+            ("lm token", TextKind::Code, r#"tokenizer.eos_token = "<|endoftext|>""#, None),
+            ("lm token", TextKind::Config, r#"  "output_token": "transformers.Output","#, None),
+            ("credential", TextKind::Config, r#""SessionToken": "FwoGZXIvYXdzEBYaDHqa0AP1x9Zq3Lm7Vx2Kp9Wn4Tb6""#, Some("generic-secret")),
+            ("credential", TextKind::Code, r#"refresh_token = "1//0gLk4q8Zr3Lm7Vx2Kp9Wn4Tb6Hj""#, Some("generic-secret")),
+            // Digests in lookup tables and beside hash names are not keys.
+            ("digest", TextKind::Code, r#"    "secret": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",  # sha256"#, None),
+            ("digest", TextKind::Config, r#"token_a: d41d8cd98f00b204e9800998ecf8427e d41d8cd98f00b204e9800998ecf8427f"#, None),
+            ("hex key", TextKind::Config, r#"api_key: 3f6c2b1e9a8d7c6b5a4f3e2d1c0b9a8f"#, Some("generic-secret")),
+            // Dotted names, quoted or not.
+            ("dotted", TextKind::Code, r#"secret_key = "settings.SECRET_KEY""#, None),
+            ("dotted", TextKind::Config, r#"api_key: config.ApiKey"#, None),
+            // Documentation samples: typed runs, hand-typed lowercase ids, encoded prose, prose.
+            ("doc sample", TextKind::Code, r#"api_key = "abcdef1234567890abcdef""#, None),
+            ("doc sample", TextKind::Code, r#"'access_token': 'askfjh234as9sd8',"#, None),
+            ("doc sample", TextKind::Code, r#"password: 'bm90IG15IHJlYWwgcGFzc3dvcmQ=',"#, None),
+            ("doc sample", TextKind::Config, "* `npm profile set password`: Change your password.", None),
+            ("doc sample", TextKind::Config, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzb21lIjoicGF5bG9hZCJ9.4twFt5NiznN84AWoo1d7KO1T_yoc0Z6XOpOVswacPZg", None),
+            ("jwt", TextKind::Config, "Authorization: eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", Some("jwt")),
+            ("password", TextKind::Config, "password: hK8#mQ2!xP9z  # the admin's", Some("generic-password")),
+            ("password", TextKind::Code, r#"password: 'YWRtaW46aEs4I21RMiF4UDl6',"#, Some("generic-password")),
+            ("secret", TextKind::Code, r#"api_key = "q8Zr3Lm7Vx2Kp9Wn4Tb6Hj""#, Some("generic-secret")),
+            ("secret", TextKind::Code, r#"client_secret = "ad180jjd733klru7x9q2w4e5""#, Some("generic-secret")),
+            // Typed declarations are assignments too.
+            ("typed", TextKind::Code, r#"const DB_PASSWORD: &str = "eyEbHD!330UStc";"#, Some("generic-password")),
+            ("typed", TextKind::Code, r#"let apiKey: string = "kDMUyYY7osMzrasjhVBsVQtSAJdQVRjg";"#, Some("generic-secret")),
+            ("typed", TextKind::Code, r#"if token: str == "x9Kp2Lm7Qz4Rt8Wv": pass"#, None),
+            // URL passwords are judged percent-decoded: `he%2F%2Fo` is the five characters `he//o`.
+            ("url", TextKind::Config, "https://user:he%2F%2Fo@pypi.company.com/simple", None),
+            ("url", TextKind::Config, "https://ci:Xk9%23mQ2vLp7@pypi.company.com/simple", Some("basic-auth-url")),
+        ];
+        for (class, kind, text, want) in cases {
+            let got = ids(&rules, *kind, text);
+            let got = got.first().map(|(id, _)| id.as_str());
+            assert_eq!(got, *want, "{class}: {text}");
+        }
+    }
+
+    #[test]
+    fn test_data_paths() {
+        for p in [
+            "crypto/x509/x509_compat_test.cc",
+            "src/tests/keys.rs",
+            "pkg/testdata/server.key",
+            "doc/libxmlsec1-dev/examples/rsakey.pem",
+            "test_client.py",
+            "api.spec.ts",
+            "src/test/java/AuthTest.java",
+            "spec/fixtures/config.yml",
+        ] {
+            assert!(is_test_data_path(p), "{p}");
+        }
+        for p in ["src/config.py", "deploy/values.yaml", "keys-user/00012_test.pem", "contest/app.py", ".env"]
+        {
+            assert!(!is_test_data_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn test_data_drops_only_rules_that_skip_it() {
+        let rules = RuleSet::default_rules().unwrap();
+        let text = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx1y2p3cw5c2hN8wQ4b3n7ZKq5bq0D8y9b8PZsUhLZ2a7Bqk9Wm1\n\nGITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyzABCDEF012345\npassword = \"hK8#mQ2!xP9z\"\n";
+        let class = FileClass::of_path("tests/fixtures/setup.py");
+        let mut s = TextScanner::for_file(&rules, class);
+        s.feed(text.as_bytes(), false);
+        let (found, suppressed) = s.finish();
+        let found: Vec<_> = found.iter().map(|c| rules.rules[c.rule].id.as_str()).collect();
+        assert_eq!(found, ["github-token"], "a provider token in a test file is still reported");
+        assert_eq!(suppressed.test_data, 2);
+        let mut all = RuleSet::default_rules().unwrap();
+        all.report_test_data();
+        assert_eq!(scan_text(&all, TextKind::Code, text.as_bytes()).len(), 3);
     }
 
     #[test]

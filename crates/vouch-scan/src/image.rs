@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::detect::{scan_text, Candidate, TextKind};
+use crate::detect::{scan_text, Candidate, FileClass, TextKind};
 use crate::report::Presence;
 use crate::rules::RuleSet;
 use crate::stream::{decompressed, scan_stream, Limits, Progress, TextOutcome};
@@ -387,7 +387,9 @@ pub struct LayerScan {
     /// Bytes scanned.
     pub bytes: u64,
     /// `vouch:allow` suppressions.
-    pub suppressed: u64,
+    pub suppressed_inline: u64,
+    /// Findings dropped as test data.
+    pub suppressed_test_data: u64,
     /// Why the layer could not be read to the end, naming the entry.
     pub error: Option<String>,
 }
@@ -456,11 +458,12 @@ pub fn scan_layer(
         if !entry.header().entry_type().is_file() || rules.allowlist.allows_path(&path) {
             continue;
         }
-        match scan_stream(rules, TextKind::of_path(&path), entry, progress) {
+        match scan_stream(rules, FileClass::of_path(&path), entry, progress) {
             Ok(TextOutcome::Text { found, suppressed, bytes }) => {
                 out.files += 1;
                 out.bytes += bytes;
-                out.suppressed += suppressed as u64;
+                out.suppressed_inline += suppressed.inline as u64;
+                out.suppressed_test_data += suppressed.test_data as u64;
                 out.found.extend(found.into_iter().map(|c| (path.clone(), c)));
             }
             Ok(TextOutcome::Binary) => out.binary += 1,

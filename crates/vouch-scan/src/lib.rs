@@ -8,10 +8,14 @@
 //! compression told by magic bytes, and whiteouts decide whether each finding is still present in the
 //! final filesystem. Reports never hold a secret whole: they redact it and fingerprint it.
 //!
+//! Git history (`--git`): every blob reachable from HEAD, once, each finding with the commit that
+//! brought it in.
+//!
 //! The crate depends on nothing else of vouch.
 
 pub mod cli;
 pub mod detect;
+pub mod git;
 pub mod image;
 pub mod report;
 pub mod rules;

@@ -45,6 +45,21 @@ pub enum Location {
         /// Whether the file is in the image's final filesystem.
         presence: Presence,
     },
+    /// A file in git history: the first commit that brought this content in at this path.
+    Commit {
+        /// The repository as given.
+        repo: String,
+        /// The commit id.
+        commit: String,
+        /// Path in the commit.
+        path: String,
+        /// 1-based line.
+        line: u64,
+        /// Last line.
+        end_line: u64,
+        /// 1-based column.
+        column: usize,
+    },
     /// A field of the image configuration (Env, Labels, history).
     Config {
         /// The image archive or layout directory.
@@ -85,6 +100,9 @@ impl Location {
             // `./a/.env` and `a/.env` are one place, however the scan was started.
             Location::File { path, .. } => path.trim_start_matches("./").to_owned(),
             Location::Layer { layer_digest, path, .. } => format!("{layer_digest}:{path}"),
+            // The path alone: the same secret in the same file is one finding across commits, and a
+            // baseline written from a scan of the working tree applies to its history.
+            Location::Commit { path, .. } => path.clone(),
             Location::Config { config_digest, field, .. } => format!("{config_digest}:{field}"),
         }
     }
@@ -93,7 +111,8 @@ impl Location {
     pub fn line(&self) -> Option<(u64, u64, usize)> {
         match self {
             Location::File { line, end_line, column, .. }
-            | Location::Layer { line, end_line, column, .. } => Some((*line, *end_line, *column)),
+            | Location::Layer { line, end_line, column, .. }
+            | Location::Commit { line, end_line, column, .. } => Some((*line, *end_line, *column)),
             Location::Config { .. } => None,
         }
     }
@@ -116,6 +135,9 @@ impl Location {
             }
             Location::Config { image, image_ref, field, .. } => {
                 format!("{} config {field}", image_ref.as_deref().unwrap_or(image))
+            }
+            Location::Commit { commit, path, line, column, .. } => {
+                format!("{path}:{line}:{column} (commit {})", commit.get(..12).unwrap_or(commit))
             }
         }
     }
@@ -213,6 +235,8 @@ pub struct Stats {
     pub suppressed_baseline: u64,
     /// Findings dropped by `vouch:allow` comments.
     pub suppressed_inline: u64,
+    /// Findings dropped because they are in tests, fixtures or samples (`--include-test-data` keeps them).
+    pub suppressed_test_data: u64,
 }
 
 /// Everything a scan produced.
@@ -284,11 +308,11 @@ impl Report {
         if st.binary_files > 0 {
             let _ = write!(s, "; {} binary files skipped", st.binary_files);
         }
-        if st.suppressed_baseline + st.suppressed_inline > 0 {
+        if st.suppressed_baseline + st.suppressed_inline + st.suppressed_test_data > 0 {
             let _ = write!(
                 s,
-                "; suppressed: {} by baseline, {} by vouch:allow",
-                st.suppressed_baseline, st.suppressed_inline
+                "; suppressed: {} by baseline, {} by vouch:allow, {} in test data",
+                st.suppressed_baseline, st.suppressed_inline, st.suppressed_test_data
             );
         }
         if !self.errors.is_empty() {
@@ -308,11 +332,19 @@ impl Report {
             .iter()
             .filter(|r| used.contains(r.id.as_str()))
             .map(|r| {
+                let (severity, precision) = sarif_rank(r);
                 json!({
                     "id": r.id,
+                    "name": rule_name(&r.id),
                     "shortDescription": { "text": r.description },
+                    "fullDescription": { "text": format!("{}. {}", r.description, r.remediation) },
                     "help": { "text": r.remediation },
                     "defaultConfiguration": { "level": "error" },
+                    "properties": {
+                        "security-severity": severity,
+                        "precision": precision,
+                        "tags": ["security", "secret", "external/cwe/cwe-798"],
+                    },
                 })
             })
             .collect();
@@ -322,7 +354,7 @@ impl Report {
             .map(|f| {
                 let (uri, region, extra) = match &f.location {
                     Location::File { path, line, end_line, column } => (
-                        path.clone(),
+                        artifact_uri(path),
                         Some(json!({"startLine": line, "endLine": end_line, "startColumn": column})),
                         json!({}),
                     ),
@@ -337,13 +369,18 @@ impl Report {
                         presence,
                         ..
                     } => (
-                        image.clone(),
+                        artifact_uri(image),
                         None,
                         json!({"layer": layer, "layerDigest": layer_digest, "pathInLayer": path,
                                "line": line, "endLine": end_line, "column": column, "presence": presence}),
                     ),
+                    Location::Commit { repo, commit, path, line, end_line, column } => (
+                        artifact_uri(path),
+                        Some(json!({"startLine": line, "endLine": end_line, "startColumn": column})),
+                        json!({"repository": repo, "commit": commit}),
+                    ),
                     Location::Config { image, config_digest, field, .. } => {
-                        (image.clone(), None, json!({"configDigest": config_digest, "field": field}))
+                        (artifact_uri(image), None, json!({"configDigest": config_digest, "field": field}))
                     }
                 };
                 let mut physical = json!({ "artifactLocation": { "uri": uri } });
@@ -383,9 +420,71 @@ impl Report {
     }
 }
 
+/// GitHub code scanning's `security-severity` (CVSS-like, 9.0 and up is critical) and CodeQL's
+/// `precision`: a provider's own token shape or a private key (priority 85 and up) is critical and
+/// very precise; URLs and headers with credentials are high; generic assignments are high but judged by
+/// shape, so only of medium precision.
+fn sarif_rank(rule: &crate::rules::Rule) -> (&'static str, &'static str) {
+    match (rule.priority, rule.kind) {
+        (_, crate::rules::RuleKind::Assignment) => ("7.5", "medium"),
+        (85.., _) => ("9.0", "very-high"),
+        (70.., _) => ("8.0", "high"),
+        _ => ("7.5", "medium"),
+    }
+}
+
+/// `generic-password` -> `GenericPassword`: SARIF's `name` is an identifier-like label.
+fn rule_name(id: &str) -> String {
+    id.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A path as a SARIF `artifactLocation.uri` (RFC 3986, which code-scanning UIs resolve against the
+/// repository root): relative paths stay relative without `./`; absolute paths become `file://` URIs;
+/// every byte outside the unreserved set and `/` is percent-encoded (`my file#1.env` ->
+/// `my%20file%231.env`), so names with spaces, `#`, `%` or non-ASCII letters still point at their file.
+pub fn artifact_uri(path: &str) -> String {
+    let mut rel = path;
+    while let Some(rest) = rel.strip_prefix("./") {
+        rel = rest.trim_start_matches('/');
+    }
+    let mut out = String::with_capacity(rel.len() + 8);
+    if rel.starts_with('/') {
+        out.push_str("file://");
+    }
+    for b in rel.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn artifact_uris_are_relative_and_percent_encoded() {
+        for (path, uri) in [
+            ("./a/.env", "a/.env"),
+            ("././a.py", "a.py"),
+            ("a b/c#1%.env", "a%20b/c%231%25.env"),
+            ("dir/ünï.yaml", "dir/%C3%BCn%C3%AF.yaml"),
+            ("/srv/app/config.json", "file:///srv/app/config.json"),
+            ("img.tar", "img.tar"),
+            ("a?b[c]@d", "a%3Fb%5Bc%5D%40d"),
+        ] {
+            assert_eq!(artifact_uri(path), uri, "{path}");
+        }
+        assert_eq!(rule_name("generic-password"), "GenericPassword");
+    }
 
     #[test]
     fn redaction_never_shows_most_of_a_secret() {

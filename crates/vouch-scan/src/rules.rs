@@ -88,6 +88,9 @@ pub struct RuleSpec {
     /// Turns a default rule off.
     #[serde(default)]
     pub disabled: bool,
+    /// Not reported in tests, fixtures and samples (see `detect::is_test_data_path`).
+    #[serde(default)]
+    pub skip_test_data: bool,
 }
 
 /// How a rule finds its candidate.
@@ -111,6 +114,10 @@ pub enum Validation {
     Pem,
     /// The password part of a URL or command line is no placeholder.
     UrlPassword,
+    /// Base64 of `user:password` whose password is no placeholder (docker config `auth`).
+    BasicAuthB64,
+    /// Base64 of a docker config JSON whose `auths` hold a real `auth` (Kubernetes pull secrets).
+    DockerConfigB64,
 }
 
 /// Literal checks for assigned values.
@@ -150,6 +157,8 @@ pub struct Rule {
     pub keywords: Vec<String>,
     /// Keywords match case-sensitively (never for assignment rules: keys come in every case).
     pub case_sensitive: bool,
+    /// Not reported in test data.
+    pub skip_test_data: bool,
 }
 
 /// Compiled allowlist.
@@ -256,6 +265,15 @@ impl RuleSet {
     }
 }
 
+impl RuleSet {
+    /// Every rule reports in test data too (`--include-test-data`).
+    pub fn report_test_data(&mut self) {
+        for rule in &mut self.rules {
+            rule.skip_test_data = false;
+        }
+    }
+}
+
 impl ScanError {
     fn detail(&self) -> &str {
         match self {
@@ -327,6 +345,7 @@ fn compile_rule(spec: RuleSpec) -> Result<Rule, ScanError> {
         remediation: spec.remediation,
         keywords,
         case_sensitive,
+        skip_test_data: spec.skip_test_data,
     })
 }
 

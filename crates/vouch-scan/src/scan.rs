@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use regex::Regex;
 
-use crate::detect::{Candidate, TextKind};
+use crate::detect::{Candidate, FileClass};
 use crate::image::{self, Blobs, LayerScan};
 use crate::report::{Finding, Location, Report, ScanIssue};
 use crate::rules::RuleSet;
@@ -23,6 +23,8 @@ pub enum Input {
     Path(PathBuf),
     /// Standard input: text, or an image archive (spooled to a temporary file).
     Stdin,
+    /// The history of a git repository: every blob reachable from HEAD.
+    Git(PathBuf),
 }
 
 /// How to scan.
@@ -111,6 +113,7 @@ impl Scanner {
             match input {
                 Input::Stdin => self.scan_stdin(&mut report, progress),
                 Input::Path(p) => self.scan_path(p, &mut report, progress),
+                Input::Git(p) => self.scan_git(p, &mut report, progress),
             }
         }
         let before = report.findings.len();
@@ -118,6 +121,56 @@ impl Scanner {
         report.stats.suppressed_baseline = (before - report.findings.len()) as u64;
         report.sort();
         report
+    }
+
+    /// Every blob reachable from HEAD, once, at the first commit and path that brought it in. A secret
+    /// that stays in a file while other lines change is reported once, at its first commit.
+    fn scan_git(&self, repo: &Path, report: &mut Report, progress: &Progress) {
+        let shown = repo.display().to_string();
+        let blobs = match crate::git::history(repo) {
+            Ok(b) => b,
+            Err(message) => return report.errors.push(ScanIssue { source: shown, message }),
+        };
+        let mut reader = match crate::git::BlobReader::new(repo) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("cannot run git cat-file: {e}");
+                return report.errors.push(ScanIssue { source: shown, message });
+            }
+        };
+        let mut seen: HashSet<String> = HashSet::new();
+        for b in blobs.iter().filter(|b| !self.skip_path(&b.path)) {
+            let source = format!("{shown}@{}:{}", b.commit.get(..12).unwrap_or(&b.commit), b.path);
+            let outcome = reader
+                .with_blob(&b.blob, |r| scan_stream(&self.rules, FileClass::of_path(&b.path), r, progress));
+            match outcome.and_then(|o| o) {
+                Ok(TextOutcome::Text { found, suppressed, bytes }) => {
+                    report.stats.files += 1;
+                    report.stats.bytes += bytes;
+                    report.stats.suppressed_inline += suppressed.inline as u64;
+                    report.stats.suppressed_test_data += suppressed.test_data as u64;
+                    for c in found {
+                        let loc = Location::Commit {
+                            repo: shown.clone(),
+                            commit: b.commit.clone(),
+                            path: b.path.clone(),
+                            line: c.line,
+                            end_line: c.end_line,
+                            column: c.column,
+                        };
+                        let f = self.finding(&c, loc);
+                        if seen.insert(f.fingerprint.clone()) {
+                            report.findings.push(f);
+                        }
+                    }
+                }
+                Ok(TextOutcome::Binary) => report.stats.binary_files += 1,
+                Err(e) => {
+                    report.errors.push(ScanIssue { source, message: format!("cannot read blob: {e}") });
+                    return; // the cat-file stream is out of step now
+                }
+            }
+        }
     }
 
     fn skip_path(&self, path: &str) -> bool {
@@ -175,8 +228,10 @@ impl Scanner {
             }
             return;
         }
-        let outcome =
-            FileOutcome::of(scan_stream(&self.rules, TextKind::Config, stdin, progress), "cannot read stdin");
+        let outcome = FileOutcome::of(
+            scan_stream(&self.rules, FileClass::CONFIG, stdin, progress),
+            "cannot read stdin",
+        );
         self.record_file(&shown, outcome, report);
     }
 
@@ -223,7 +278,7 @@ impl Scanner {
             Ok(f) => f,
             Err(e) => return FileOutcome::Error(format!("cannot read: {e}")),
         };
-        FileOutcome::of(scan_stream(&self.rules, TextKind::of_path(shown), file, progress), "cannot read")
+        FileOutcome::of(scan_stream(&self.rules, FileClass::of_path(shown), file, progress), "cannot read")
     }
 
     fn record_file(&self, shown: &str, outcome: FileOutcome, report: &mut Report) {
@@ -231,7 +286,8 @@ impl Scanner {
             FileOutcome::Scanned(TextOutcome::Text { found, suppressed, bytes }) => {
                 report.stats.files += 1;
                 report.stats.bytes += bytes;
-                report.stats.suppressed_inline += suppressed as u64;
+                report.stats.suppressed_inline += suppressed.inline as u64;
+                report.stats.suppressed_test_data += suppressed.test_data as u64;
                 for c in found {
                     let loc = Location::File {
                         path: shown.to_owned(),
@@ -340,7 +396,7 @@ impl Scanner {
             if self.skip_path(&inner) {
                 continue;
             }
-            let scanned = scan_stream(&self.rules, TextKind::of_path(&inner), entry, progress);
+            let scanned = scan_stream(&self.rules, FileClass::of_path(&inner), entry, progress);
             let outcome = FileOutcome::of(scanned, "corrupt or truncated entry");
             self.record_file(&name, outcome, report);
         }
@@ -393,7 +449,8 @@ impl Scanner {
             report.stats.files += s.files;
             report.stats.bytes += s.bytes;
             report.stats.binary_files += s.binary;
-            report.stats.suppressed_inline += s.suppressed;
+            report.stats.suppressed_inline += s.suppressed_inline;
+            report.stats.suppressed_test_data += s.suppressed_test_data;
         }
         for img in &images {
             report.stats.images += 1;

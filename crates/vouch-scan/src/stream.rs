@@ -4,7 +4,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::detect::{Candidate, TextKind, TextScanner};
+use crate::detect::{Candidate, FileClass, Suppressed, TextScanner};
 use crate::rules::RuleSet;
 
 /// Bytes read per chunk; a line longer than this is scanned in windows of this size.
@@ -31,8 +31,8 @@ pub enum TextOutcome {
     Text {
         /// The findings.
         found: Vec<Candidate>,
-        /// Dropped by `vouch:allow`.
-        suppressed: usize,
+        /// Dropped by `vouch:allow` or as test data.
+        suppressed: Suppressed,
         /// Bytes read.
         bytes: u64,
     },
@@ -43,13 +43,13 @@ pub enum TextOutcome {
 /// Scans a text stream chunk by chunk; memory stays at one chunk whatever the size of the input.
 pub fn scan_stream<R: Read>(
     rules: &RuleSet,
-    kind: TextKind,
+    class: FileClass,
     mut reader: R,
     progress: &Progress,
 ) -> io::Result<TextOutcome> {
     let mut buf = vec![0u8; CHUNK];
     let mut filled = 0usize;
-    let mut scanner = TextScanner::new(rules, kind);
+    let mut scanner = TextScanner::for_file(rules, class);
     let mut first = true;
     let mut total = 0u64;
     loop {
@@ -246,7 +246,7 @@ mod tests {
             b" STRIPE=sk_live_abcdefghijklmnopqrstuvwx\nok\nk=ghp_abcdefghijklmnopqrstuvwxyzABCDEF012345\n",
         );
         let TextOutcome::Text { found, bytes, .. } =
-            scan_stream(&rules, TextKind::Config, &text[..], &Progress::default()).unwrap()
+            scan_stream(&rules, FileClass::CONFIG, &text[..], &Progress::default()).unwrap()
         else {
             panic!("binary?")
         };
@@ -268,7 +268,7 @@ mod tests {
             text.extend_from_slice(&vec![b'y'; CHUNK]);
             text.push(b'\n');
             let TextOutcome::Text { found, bytes, .. } =
-                scan_stream(&rules, TextKind::Config, &text[..], &Progress::default()).unwrap()
+                scan_stream(&rules, FileClass::CONFIG, &text[..], &Progress::default()).unwrap()
             else {
                 panic!("binary?")
             };
@@ -283,7 +283,7 @@ mod tests {
         let rules = RuleSet::default_rules().unwrap();
         let data = b"\x7fELF\0\0\0 ghp_abcdefghijklmnopqrstuvwxyzABCDEF012345";
         assert!(matches!(
-            scan_stream(&rules, TextKind::Config, &data[..], &Progress::default()).unwrap(),
+            scan_stream(&rules, FileClass::CONFIG, &data[..], &Progress::default()).unwrap(),
             TextOutcome::Binary
         ));
     }

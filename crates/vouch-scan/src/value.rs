@@ -56,6 +56,68 @@ fn secret_suffix() -> &'static Regex {
 /// (`bypass`, `compass`).
 const COMPONENT_ONLY: &[&str] = &["pass", "pwd"];
 
+/// Words that, right before `token`, name a token that grants nothing: pagination cursors
+/// (`NextToken`, `next_page_token`, `continuation_token`), lexer and language-model tokens
+/// (`output_token`, `max_tokens`, `eos_token`, `pad_token`).
+const NON_CREDENTIAL_TOKEN: &[&str] = &[
+    "next",
+    "prev",
+    "previous",
+    "page",
+    "pagination",
+    "continuation",
+    "cursor",
+    "resume",
+    "sync",
+    "marker",
+    "last",
+    "start",
+    "output",
+    "input",
+    "max",
+    "min",
+    "num",
+    "total",
+    "eos",
+    "bos",
+    "pad",
+    "unk",
+    "sep",
+    "cls",
+    "mask",
+    "special",
+    "end",
+    "stop",
+    "lexer",
+    "parser",
+    "parse",
+    "syntax",
+    "cancellation",
+    "cancel",
+];
+
+/// The word of a key that ends where `prefix` ends (`next_page` -> `page`, `NextPage` -> `page`,
+/// `MAX_` -> `max`), lowercase.
+fn last_word(prefix: &str) -> String {
+    let trimmed = prefix.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let bytes = trimmed.as_bytes();
+    let mut start = bytes.len();
+    if bytes.last().is_some_and(u8::is_ascii_uppercase) {
+        while start > 0 && bytes[start - 1].is_ascii_uppercase() {
+            start -= 1;
+        }
+    } else {
+        while start > 0 && bytes[start - 1].is_ascii_lowercase() {
+            start -= 1;
+        }
+        // camelCase: the capital that begins the word belongs to it.
+        if start > 0 && bytes[start - 1].is_ascii_uppercase() {
+            start -= 1;
+        }
+    }
+    trimmed[start..].to_ascii_lowercase()
+}
+
 /// Whether `key` names a secret for one of `keywords` (lowercase): some occurrence of a keyword is
 /// followed only by an allowed suffix, and short keywords stand as a component of their own.
 pub fn key_is_secretish(key: &str, keywords: &[String]) -> bool {
@@ -67,6 +129,9 @@ pub fn key_is_secretish(key: &str, keywords: &[String]) -> bool {
             let end = start + kw.len();
             from = start + 1;
             if COMPONENT_ONLY.contains(&kw.as_str()) && !is_component(key, start, end) {
+                continue;
+            }
+            if kw == "token" && NON_CREDENTIAL_TOKEN.contains(&last_word(&key[..start]).as_str()) {
                 continue;
             }
             let suffix: String = lower[end..].chars().filter(|c| c.is_ascii_alphanumeric()).collect();
@@ -122,6 +187,9 @@ pub fn is_reference(value: &str, quoted: bool) -> bool {
     {
         return true;
     }
+    if quoted && is_dotted_name(value) {
+        return true; // `"output.logits"`, `"Foo.Bar"`: a name, quoted
+    }
     if !quoted {
         static YAML_NODE: OnceLock<Regex> = OnceLock::new();
         let yaml_node = YAML_NODE.get_or_init(|| {
@@ -137,6 +205,79 @@ pub fn is_reference(value: &str, quoted: bool) -> bool {
         }
     }
     false
+}
+
+/// A dotted name whose parts are words with at most trailing digits (`torch.float16`, `Foo.Bar`); random
+/// tokens mix digits into their parts.
+fn is_dotted_name(value: &str) -> bool {
+    let mut parts = 0;
+    for part in value.split('.') {
+        let letters = part.trim_end_matches(|c: char| c.is_ascii_digit());
+        if letters.is_empty()
+            || !letters.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            || !letters.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+        {
+            return false;
+        }
+        parts += 1;
+    }
+    parts >= 2
+}
+
+/// Runs that people type and random generators practically never produce: six or more characters in
+/// alphabet, digit or keyboard order (`abcdef`, `123456`, `qwerty`), as in documentation's sample keys.
+fn has_typed_run(value: &str) -> bool {
+    const ROWS: [&str; 5] =
+        ["abcdefghijklmnopqrstuvwxyz", "0123456789", "qwertyuiop", "asdfghjkl", "zxcvbnm"];
+    let lower = value.to_ascii_lowercase();
+    let b = lower.as_bytes();
+    b.windows(6).any(|w| {
+        ROWS.iter().any(|row| {
+            let r = row.as_bytes();
+            r.windows(6).any(|rw| rw == w || rw.iter().rev().eq(w.iter()))
+        })
+    })
+}
+
+/// A base64 value whose decoded bytes are prose or a placeholder (`bm90IG15IHJlYWwgcGFzc3dvcmQ=` is
+/// "not my real password"): documentation of an encoded field, not an encoded secret.
+fn decodes_to_prose(value: &str, allow: &Allowlist) -> bool {
+    use base64::Engine as _;
+    if value.len() < 12
+        || !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    {
+        return false;
+    }
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(value) else { return false };
+    let Ok(text) = std::str::from_utf8(&bytes) else { return false };
+    if !text.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return false;
+    }
+    let lower = text.to_ascii_lowercase();
+    text.contains(' ')
+        || allow.allows_value(text)
+        || ["password", "secret", "example", "not real", "fake"].iter().any(|w| lower.contains(w))
+}
+
+/// Hex of a digest's length (MD5, SHA-1, SHA-224, SHA-256, SHA-384, SHA-512).
+pub fn is_digest_hex(value: &str) -> bool {
+    matches!(value.len(), 32 | 40 | 56 | 64 | 96 | 128) && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A line that holds digests rather than keys: it names a hash (`sha256`, `digest`, `checksum`,
+/// `integrity`) outside `value`, or it is a row of a lookup table with two or more digest-shaped values.
+pub fn hash_context(line: &str, value: &str) -> bool {
+    if !is_digest_hex(value) {
+        return false;
+    }
+    let lower = line.to_ascii_lowercase().replace(&value.to_ascii_lowercase(), " ");
+    if ["sha1", "sha224", "sha256", "sha384", "sha512", "md5", "digest", "checksum", "hash", "integrity"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        return true;
+    }
+    line.split(|c: char| !c.is_ascii_hexdigit()).filter(|w| is_digest_hex(w)).count() >= 2
 }
 
 /// Whether `value`, assigned to a key of `class` (or found by a rule with that class), holds a secret.
@@ -166,9 +307,22 @@ pub fn literal_is_secret(
     // (`_EllipticCurvePrivateKey` in a type annotation) do not.
     let has_digit = value.bytes().any(|b| b.is_ascii_digit());
     match class {
-        ValueClass::Password => entropy_ok && (len >= 10 || char_classes(value) >= 2),
+        ValueClass::Password => {
+            entropy_ok && (len >= 10 || char_classes(value) >= 2) && !decodes_to_prose(value, allow)
+        }
         ValueClass::Secret => {
-            entropy_ok && len >= 12 && alnum_classes(value) >= 2 && (has_digit || len >= 32)
+            // Generated tokens shorter than 20 characters use both cases (or are hex); lowercase and
+            // digits alone at that length is typed by hand (`ad180jjd733klru7` in RFC 5849's examples).
+            let hand_typed = len < 20
+                && !value.bytes().any(|b| b.is_ascii_uppercase())
+                && !value.bytes().all(|b| b.is_ascii_hexdigit());
+            entropy_ok
+                && len >= 12
+                && alnum_classes(value) >= 2
+                && (has_digit || len >= 32)
+                && !hand_typed
+                && !has_typed_run(value)
+                && !decodes_to_prose(value, allow)
         }
     }
 }
@@ -213,12 +367,58 @@ mod tests {
             "stripe_api_key",
             "API_TOKEN_V2",
             "client_secret",
+            "access_token",
+            "refresh_token",
+            "SessionToken",
+            "id_token",
+            "x-auth-token",
         ] {
             assert!(key_is_secretish(key, &secret), "{key}");
         }
-        for key in ["token_count", "TOKEN_COUNT_USER", "secretKeyRef", "tokenizer", "token_url"] {
+        for key in [
+            "token_count",
+            "TOKEN_COUNT_USER",
+            "secretKeyRef",
+            "tokenizer",
+            "token_url",
+            "NextToken",
+            "nextPageToken",
+            "next_page_token",
+            "ContinuationToken",
+            "output_token",
+            "MAX_TOKENS",
+            "eos_token",
+            "pad_token",
+        ] {
             assert!(!key_is_secretish(key, &secret), "{key}");
         }
+    }
+
+    #[test]
+    fn value_shapes_of_samples() {
+        assert_eq!(last_word("next_page_"), "page");
+        assert_eq!(last_word("NextPage"), "page");
+        assert_eq!(last_word("MAX_"), "max");
+        assert!(is_dotted_name("torch.float16") && is_dotted_name("Foo.Bar") && is_dotted_name("A.B"));
+        assert!(!is_dotted_name("ab3x9.Qz7k2") && !is_dotted_name("plain") && !is_dotted_name("a..b"));
+        for v in ["abcdef123", "x123456y", "QWERTYzz", "zyxwvu11", "987654ab"] {
+            assert!(has_typed_run(v), "{v}");
+        }
+        assert!(!has_typed_run("q8Zr3Lm7Vx2Kp9Wn4Tb6"));
+        let rules = RuleSet::default_rules().unwrap();
+        // "not my real password", "user:example", "this is a test"
+        for v in ["bm90IG15IHJlYWwgcGFzc3dvcmQ=", "dXNlcjpleGFtcGxl", "dGhpcyBpcyBhIHRlc3Q="] {
+            assert!(decodes_to_prose(v, &rules.allowlist), "{v}");
+        }
+        // "admin:hK8#mQ2!xP9z", and random bytes
+        for v in ["YWRtaW46aEs4I21RMiF4UDl6", "q8Zr3Lm7Vx2Kp9Wn4Tb6Hj"] {
+            assert!(!decodes_to_prose(v, &rules.allowlist), "{v}");
+        }
+        let h = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert!(hash_context(&format!("sha256 = \"{h}\""), h));
+        assert!(hash_context(&format!("\"{h}\": \"{h}\","), h));
+        assert!(!hash_context(&format!("secret_key = \"{h}\""), h));
+        assert!(!hash_context("digest = \"q8Zr3Lm7Vx2Kp9Wn4Tb6\"", "q8Zr3Lm7Vx2Kp9Wn4Tb6"));
     }
 
     #[test]

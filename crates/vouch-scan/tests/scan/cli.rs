@@ -165,3 +165,139 @@ fn stdin_text_and_images() {
         assert!(list.contains(id), "{list}");
     }
 }
+
+/// The SARIF 2.1.0 schema: VOUCH_SARIF_SCHEMA, else where scripts/test puts it.
+fn sarif_schema() -> std::path::PathBuf {
+    let path = std::env::var_os("VOUCH_SARIF_SCHEMA").map(Into::into).unwrap_or_else(|| {
+        Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/vouch-test/sarif-2.1.0-rtm.5.json")
+    });
+    assert!(
+        path.is_file(),
+        "the SARIF 2.1.0 schema is not at {} (scripts/test fetches it; or set VOUCH_SARIF_SCHEMA)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn sarif_is_valid_and_what_github_code_scanning_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("my dir")).unwrap();
+    std::fs::write(p.join("my dir/app #1.env"), format!("GITHUB_TOKEN={GITHUB}\n")).unwrap();
+    std::fs::write(p.join("ünï 100%.yaml"), format!("slack: {SLACK}\n")).unwrap();
+    std::fs::write(p.join("db.env"), "DB_PASSWORD=Xk9#mQ2vLp7\n").unwrap();
+    let out = run(&["-o", "sarif", "--report-path", "scan.sarif", "."], p, None);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(p.join("scan.sarif")).unwrap();
+    let s: Value = serde_json::from_str(&text).unwrap();
+
+    let mut uris: Vec<&str> = s["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().unwrap())
+        .collect();
+    uris.sort();
+    assert_eq!(uris, ["%C3%BCn%C3%AF%20100%25.yaml", "db.env", "my%20dir/app%20%231.env"]);
+    for rule in s["runs"][0]["tool"]["driver"]["rules"].as_array().unwrap() {
+        let sev: f64 = rule["properties"]["security-severity"].as_str().unwrap().parse().unwrap();
+        assert!((0.0..=10.0).contains(&sev), "{rule}");
+        let tags = rule["properties"]["tags"].as_array().unwrap();
+        assert!(tags.iter().any(|t| t == "security"), "{rule}");
+    }
+    let sev = |id: &str| {
+        s["runs"][0]["tool"]["driver"]["rules"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()
+            ["properties"]["security-severity"]
+            .clone()
+    };
+    assert_eq!(sev("github-token"), "9.0");
+    assert_eq!(sev("generic-password"), "7.5");
+
+    // The independent check: Python's jsonschema against OASIS' SARIF 2.1.0 schema (draft 4).
+    let check = "import json, sys, jsonschema\n\
+                 schema = json.load(open(sys.argv[1]))\n\
+                 errors = list(jsonschema.Draft4Validator(schema).iter_errors(json.load(open(sys.argv[2]))))\n\
+                 for e in errors: print(list(e.absolute_path), e.message)\n\
+                 sys.exit(1 if errors else 0)\n";
+    let out = Command::new("timeout")
+        .args(["120", "python3", "-c", check])
+        .arg(sarif_schema())
+        .arg(p.join("scan.sarif"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "SARIF does not validate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn git_history_finds_removed_secrets_once_with_their_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let git = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .args(["60", "git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(p)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    std::fs::write(p.join(".env"), format!("GITHUB_TOKEN={GITHUB}\n")).unwrap();
+    std::fs::write(p.join("app.py"), "print('hi')\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "add config"]);
+    let first = git(&["rev-parse", "HEAD"]);
+    // Another line changes: a new blob with the same secret, still one finding at the first commit.
+    std::fs::write(p.join(".env"), format!("DEBUG=1\nGITHUB_TOKEN={GITHUB}\n")).unwrap();
+    git(&["commit", "-qam", "debug"]);
+    std::fs::write(p.join(".env"), "DEBUG=1\n").unwrap();
+    git(&["commit", "-qam", "remove the token"]);
+
+    let out = run(&["-o", "json", "."], p, None);
+    assert_eq!(out.status.code(), Some(0), "the working tree is clean");
+    let out = run(&["--git", "-o", "json", "."], p, None);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = json(&out);
+    let findings = r["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{r}");
+    let loc = &findings[0]["location"];
+    assert_eq!(findings[0]["rule_id"], "github-token");
+    assert_eq!(loc["kind"], "commit");
+    assert_eq!(loc["commit"], first.as_str());
+    assert_eq!((loc["path"].as_str(), loc["line"].as_u64()), (Some(".env"), Some(1)));
+    assert_eq!(r["stats"]["files"], 4, "three versions of .env and app.py, each blob once");
+    let table = run(&["--git", "."], p, None);
+    let t = String::from_utf8_lossy(&table.stdout);
+    assert!(t.contains(&format!(".env:1:14 (commit {})", &first[..12])), "{t}");
+
+    // Not a repository: an error naming it, exit code 2.
+    let plain = tempfile::tempdir().unwrap();
+    let out = run(&["--git", "."], plain.path(), None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not a git repository"));
+}
+
+#[test]
+fn test_data_is_counted_not_reported_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("tests")).unwrap();
+    std::fs::write(p.join("tests/conftest.py"), "DB_PASSWORD = \"Xk9#mQ2vLp7\"\n").unwrap();
+    let out = run(&["-o", "json", "."], p, None);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json(&out)["stats"]["suppressed_test_data"], 1);
+    let table = run(&["."], p, None);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("1 in test data"));
+    let out = run(&["-o", "json", "--include-test-data", "."], p, None);
+    assert_eq!(out.status.code(), Some(1));
+    let r = json(&out);
+    assert_eq!(r["findings"][0]["rule_id"], "generic-password");
+    assert_eq!(r["stats"]["suppressed_test_data"], 0);
+}

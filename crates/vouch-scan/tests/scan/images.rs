@@ -266,7 +266,9 @@ pub fn summary(r: &Report) -> Vec<(String, String, Option<Presence>)> {
         .map(|f| match &f.location {
             Location::Layer { path, presence, .. } => (f.rule_id.clone(), path.clone(), Some(*presence)),
             Location::Config { field, .. } => (f.rule_id.clone(), field.clone(), None),
-            Location::File { path, .. } => (f.rule_id.clone(), path.clone(), None),
+            Location::File { path, .. } | Location::Commit { path, .. } => {
+                (f.rule_id.clone(), path.clone(), None)
+            }
         })
         .collect();
     v.sort();

@@ -203,3 +203,67 @@ fn multi_line_findings_span_their_lines() {
     assert_eq!(c.len(), 1);
     assert_eq!((c[0].line, c[0].end_line, c[0].column), (2, 5, 10));
 }
+
+/// Secret stores, registries, CI and cloud platforms: gitleaks' default set as it matters for containers,
+/// and the near misses beside each. All values are synthetic (random, of each provider's documented shape).
+#[test]
+fn container_platform_rules() {
+    let rules = RuleSet::default_rules().unwrap();
+    let cases: Vec<(&str, &str, &str)> = vec![
+        ("a.env", "VAULT_TOKEN=hvs.CAESIGTd7FguoV8FWnFbB0JxXujr4qqaaABvvLOzAxzXMcU1vsHiQMaRiNTN9Ox98whGcTZc1UWb5fxzpF7STG7nVLe3lAR", "vault-token"),
+        ("a.sh", "export BAO_TOKEN=hvb.AAAAAQUsRJlNONwktN9ugkZeESG61she-QAqq0nv3Vth1Ls6v6_O9JL8ZsoWw-Rxl_IUiTeNUJ_HLRwb8GPJ7KTSJS0Sw5UQsvzU9Kk1v1MIdzu4xCxf8CvgroOx9ye17SWjAEVaSZJ0oVeMmL", "vault-token"),
+        ("a.py", "client = hvac.Client(url=URL, token=\"hvs.CAESIGTd7FguoV8FWnFbB0JxXujr4qqaaABvvLOzAxzXMcU1vsHiQMaRiNTN9Ox98whGcTZc1UWb5fxzpF7STG7nVLe3lAR\")", "vault-token"),
+        ("a.env", "VAULT_TOKEN=s.IGv8Ls9w0iAA0KPIxDjkMyKE", "vault-token-legacy"),
+        ("a.yaml", "  vault_token: \"s.IGv8Ls9w0iAA0KPIxDjkMyKE\"", "vault-token-legacy"),
+        ("a.sh", "curl -H \"X-Vault-Token: s.IGv8Ls9w0iAA0KPIxDjkMyKE\" $VAULT_ADDR/v1/secret", "vault-token-legacy"),
+        ("config.json", "\t\t\t\"auth\": \"Y2ktYm90OlZxOHhSMm1ONXRLNw==\"", "docker-config-auth"),
+        ("config.json", "{\"auths\":{\"ghcr.io\":{\"auth\":\"Y2ktYm90OlZxOHhSMm1ONXRLNw==\"}}}", "docker-config-auth"),
+        ("config.json", "\t\t\t\"identitytoken\": \"ORXh7H4fWP36ROfcFG4EnCtjBrNCKeRHp4s1fLte\"", "docker-config-identity-token"),
+        ("pull-secret.yaml", "  .dockerconfigjson: eyJhdXRocyI6IHsicmVnaXN0cnkuZXhhbXBsZS5jb20iOiB7ImF1dGgiOiAiWTJrdFltOTBPbFp4T0hoU01tMU9OWFJMTnc9PSJ9fX0=", "kubernetes-dockerconfigjson"),
+        ("a.env", "DOCKERHUB_TOKEN=dckr_pat_zrlSaWnPsPW23C-L9WXuHM-G1cO", "docker-hub-token"),
+        (".npmrc", "//npm.example.com/:_authToken=ORXh7H4fWP36ROfcFG4EnCtjBrNCKeRHp4s1fLte", "npmrc-auth"),
+        ("a.env", "ARTIFACTORY_KEY=AKCp8tF7sjEbhQN9CpscYi0zaEIJrp7EYcpFr2jUssFMEHP3M4V5hbWitsITvNsUHbDwxRV0L", "jfrog-token"),
+        ("a.env", "AZURE_CLIENT_SECRET=ica8Q~G6nyb229X8YzL7iMa3K8Nsv9~Qt2giDIki", "azure-ad-client-secret"),
+        ("a.env", "ALIBABA_CLOUD_ACCESS_KEY_ID=LTAIQ8bvUBezSFdh1hoNP08h", "alibaba-access-key-id"),
+        ("a.env", "DIGITALOCEAN_TOKEN=dop_v1_49e455d52613c2813c40d2affbb1494978278947bec540a2123e7cefa30c14d7", "digitalocean-token"),
+        ("a.env", "HEROKU_API_KEY=HRKU-AAok_BrWTELQSXWrTL3UeBxYimeexzzf_9Sa28M2P77mytujVX8tGoJuKEe9", "heroku-api-key"),
+        (".terraformrc", "  token = \"5cw7Wxu8dSbRDE.atlasv1.tpPL6EuezdDkZUNx7UKi7uEwAf3Ia7h50vfeSmjE_l8gFg-YhgG05NgeywZyDkOnluj\"", "terraform-cloud-token"),
+        ("a.env", "PULUMI_ACCESS_TOKEN=pul-60ebfdc409e7349f28ca442f72d781f7169b32da", "pulumi-token"),
+        ("a.env", "DOPPLER_TOKEN=dp.pt.yWXJa5sP8WiKbCj0SPY9bUdSBrgZZyJiuetkiqFRusc", "doppler-token"),
+        ("a.env", "BUILDKITE_AGENT_TOKEN=bkua_200314bd807d4b6ab0553854edd3aae7ed5e15ff", "buildkite-token"),
+        ("a.env", "GRAFANA_TOKEN=glsa_Magi02ARdnac6KpET4wzDnmr0mtJHwWW_7bb71fcb", "grafana-token"),
+        ("a.env", "HF_TOKEN=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", "huggingface-token"),
+        ("a.env", "DATABRICKS_TOKEN=dapi5c0a09cfce14db0699202bd90872129b", "databricks-token"),
+        ("a.env", "SENTRY_AUTH_TOKEN=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", "sentry-token"),
+        ("a.env", "SHOPIFY_TOKEN=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", "shopify-token"),
+        ("keys.txt", "AGE-SECRET-KEY-1GQLC4YLJP87KV4CFJL98J64YMRW603YF3X7MTC09UKG9QFHPPSAC9RDVUQ", "age-secret-key"),
+        ("a.env", "POSTMAN_API_KEY=PMAK-f28f015cd160dddc05a496d2-b6cd684fb9035e22c1d460fae4e72b005d", "postman-api-key"),
+        ("a.env", "LINEAR_API_KEY=lin_api_friWPxvXnjsH55SJfshgPzxtx6EJLC93p9KiqbIa", "linear-api-key"),
+        ("a.env", "NEW_RELIC_API_KEY=NRAK-YIP4DAAN0O6PTD6PCYWB9T22GHX", "new-relic-key"),
+        ("a.env", "FLY_API_TOKEN=fo1_JXWMvj5hBXmMV0r6Si-aA6fhloRsVRHJ9spHGdGXvFH", "flyio-token"),
+        ("a.env", "JIRA_API_TOKEN=ATATT34wrgTpb6f-fd0p04Coilfi6MiIpZNH6MMaP-7WtBHOA6ltTk24Ywzr_v5Scs3I-BEv1GOLnzH2TH_looRmnKwgXwQHm0QmNiLR00iiMixfm0n71jC1dLnPUj7WnvFomkW3oIN62fArWxyPjrNg7N4GKvG68Zmrz6n4DrFvl5G7u9nMGTgpAdR9_KQh", "atlassian-api-token"),
+        ("a.env", "CF_ORIGIN_CA_KEY=v1.0-94d9db49610f59d9deaa05f0-feb170f36557c3cd780672bd973be1804d1e06635eeff920e60e62a63b257c01d196cc53c664ce4d08e6827dde66a8165b3db49504d30ea2f4b01bf8ead5cde07f932f72a32ad5ab19", "cloudflare-origin-ca-key"),
+    ];
+    for (file, text, want) in cases {
+        assert_eq!(found(&rules, file, text), vec![want.to_owned()], "{file}: {text}");
+    }
+    let near: Vec<(&str, &str)> = vec![
+        // Placeholders where the credential would be (`user:password`, `username:${PASSWORD}`, a pull
+        // secret whose auth is `user:password`).
+        ("config.json", "\t\t\t\"auth\": \"dXNlcjpwYXNzd29yZA==\""),
+        ("config.json", "\t\t\t\"auth\": \"dXNlcm5hbWU6JHtQQVNTV09SRH0=\""),
+        ("config.json", "\"auth\": \"Basic\","),
+        ("pull-secret.yaml", "  .dockerconfigjson: eyJhdXRocyI6IHsicmVnaXN0cnkuZXhhbXBsZS5jb20iOiB7ImF1dGgiOiAiZFhObGNqcHdZWE56ZDI5eVpBPT0ifX19"),
+        ("pull-secret.yaml", "  .dockerconfigjson: {{ .Values.pullSecret | b64enc }}"),
+        (".npmrc", "//registry.npmjs.org/:_authToken=${NPM_TOKEN}"),
+        ("a.env", "VAULT_TOKEN=s.xxxxxxxxxxxxxxxxxxxxxxxx"),
+        ("a.env", "VAULT_ADDR=https://vault.internal:8200"),
+        ("a.env", "VAULT_TOKEN=hvs.short"),
+        ("a.md", "vault.read(\"secret.data.app_config_settings_name\")"),
+        ("a.py", "def hf_load_model_from_the_hub_and_cache_it(): pass"),
+        ("a.txt", "dapi0123456789"),
+    ];
+    for (file, text) in near {
+        assert_eq!(found(&rules, file, text), Vec::<String>::new(), "{file}: {text}");
+    }
+}
