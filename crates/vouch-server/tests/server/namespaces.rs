@@ -158,7 +158,7 @@ async fn namespace_admins_touch_only_their_namespaces_and_cannot_escalate() {
     let p: Value = a.call("PUT", "/v1/policies/a-all", Some(&put(Some("team-a")))).await.unwrap();
     assert_eq!(p["namespace"], "team-a");
     let msg = refused(&a, "PUT", "/v1/policies/a-default", Some(&put(None)), 403).await;
-    assert!(msg.contains("decide for every namespace"), "{msg}");
+    assert!(msg.contains("namespace `default`") && msg.contains("`team-a`"), "{msg}");
     refused(&b, "GET", "/v1/policies/a-all", None, 403).await;
     refused(&b, "PUT", "/v1/policies/a-all", Some(&put(Some("team-b"))), 403).await;
     refused(&b, "DELETE", "/v1/policies/a-all", None, 403).await;
