@@ -1,7 +1,9 @@
 //! The admin API: entries, node groups, join tokens, SVID minting, the authority's keys, agents.
 
 use serde::{Deserialize, Serialize};
-use vouch_core::{CommonName, DnsName, Entry, EntrySpec, NodeGroup, Selector, SpiffeId, TrustDomain};
+use vouch_core::{
+    CommonName, DnsName, Entry, EntrySpec, Namespace, NodeGroup, Selector, SpiffeId, TrustDomain,
+};
 
 /// Most entries in one batch.
 pub const MAX_ENTRY_BATCH: usize = 1000;
@@ -15,6 +17,20 @@ pub struct EntryList {
     /// none). They are neither listed nor served to agents until repaired.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub damaged: Vec<DamagedEntry>,
+    /// Listed entries that break the server's governance rule (`server.require_owner_and_purpose`),
+    /// written before it was turned on (`GET` only; absent when none or the rule is off). They
+    /// keep working; an update must supply what is missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_violations: Vec<RuleViolation>,
+}
+
+/// A stored entry that breaks a governance rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleViolation {
+    /// The entry's id.
+    pub id: String,
+    /// What is missing (`owner`, `purpose` or both), as a sentence.
+    pub reason: String,
 }
 
 /// A stored entry row that cannot be read back (disk fault, hand edit).
@@ -44,6 +60,9 @@ pub struct EntryQuery {
     pub parent_id: Option<String>,
     /// Only entries that require this selector.
     pub selector: Option<String>,
+    /// Only entries of this namespace. An admin limited to namespaces sees only its own, with or
+    /// without this filter.
+    pub namespace: Option<String>,
 }
 
 /// `PATCH /v1/entries/{id}`: changes the given fields, leaves the others as they are, and only if the
@@ -93,6 +112,12 @@ pub struct EntryPatch {
     /// New purpose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// New namespace (moving an entry needs the right to both namespaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Namespace>,
+    /// New admin namespaces (empty: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_namespaces: Option<Vec<Namespace>>,
 }
 
 impl EntryPatch {
@@ -119,6 +144,8 @@ impl EntryPatch {
             expires_at: self.expires_at.unwrap_or(c.expires_at),
             owner: self.owner.unwrap_or(c.owner),
             purpose: self.purpose.unwrap_or(c.purpose),
+            namespace: Some(self.namespace.unwrap_or(c.namespace)),
+            admin_namespaces: self.admin_namespaces.unwrap_or(c.admin_namespaces),
         }
     }
 }

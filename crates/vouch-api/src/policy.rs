@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 pub use vouch_core::grant::{AccessRequest, Action, Resource};
+use vouch_core::Namespace;
 
 /// `PUT /v1/policies/{id}`: a new version of a policy; `POST /v1/policies/validate`: a check
 /// without storing.
@@ -11,6 +12,11 @@ pub use vouch_core::grant::{AccessRequest, Action, Resource};
 pub struct PolicyPut {
     /// One Cedar policy (see `docs/policy.md` for the schema).
     pub text: String,
+    /// The namespace the policy belongs to: when absent, the namespace of the policy's current
+    /// version, or `default` for a new one. A policy of a namespace other than `default` decides
+    /// only about that namespace's workloads and resources (`docs/namespaces.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Namespace>,
 }
 
 /// One version of a policy.
@@ -30,6 +36,9 @@ pub struct PolicyInfo {
     pub created_at: i64,
     /// Who made it.
     pub author: String,
+    /// The namespace it belongs to.
+    #[serde(default)]
+    pub namespace: Namespace,
 }
 
 /// `GET /v1/policies`.

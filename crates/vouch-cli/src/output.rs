@@ -59,14 +59,20 @@ pub fn print_entries(output: Output, list: &EntryList) -> Result<()> {
     if let Output::Json = output {
         return print_json(list);
     }
-    let rows: Vec<[String; 4]> = list
+    let rows: Vec<[String; 5]> = list
         .entries
         .iter()
         .map(|e| {
-            [e.id.to_string(), e.spiffe_id.to_string(), e.parent_id.to_string(), joined(e.selectors.iter())]
+            [
+                e.id.to_string(),
+                e.namespace.to_string(),
+                e.spiffe_id.to_string(),
+                e.parent_id.to_string(),
+                joined(e.selectors.iter()),
+            ]
         })
         .collect();
-    print_table(["ID", "SPIFFE ID", "PARENT", "SELECTORS"], &rows);
+    print_table(["ID", "NAMESPACE", "SPIFFE ID", "PARENT", "SELECTORS"], &rows);
     if rows.is_empty() {
         eprintln!("(no entries)");
     }
@@ -75,6 +81,12 @@ pub fn print_entries(output: Output, list: &EntryList) -> Result<()> {
         eprintln!(
             "warning: entry `{}` is damaged in the database and was skipped: {} (see docs/operations.md, \"Damaged entry rows\")",
             d.id, d.reason
+        );
+    }
+    for v in &list.rule_violations {
+        eprintln!(
+            "warning: entry `{}` breaks this server's rule that every entry has an owner and a purpose: {} (set them with `vouch entry update {} --owner ... --purpose ...`)",
+            v.id, v.reason, v.id
         );
     }
     Ok(())
@@ -92,8 +104,14 @@ pub fn print_entry(output: Output, e: &Entry) -> Result<()> {
             |s| vouch_core::duration::Compound(std::time::Duration::from_secs(s)).to_string(),
         )
     };
-    let rows: [(&str, String); 16] = [
+    let admin_namespaces = if e.admin && e.admin_namespaces.is_empty() {
+        "all".to_owned()
+    } else {
+        or_dash(joined(&e.admin_namespaces))
+    };
+    let rows: [(&str, String); 18] = [
         ("id", e.id.to_string()),
+        ("namespace", e.namespace.to_string()),
         ("spiffe_id", e.spiffe_id.to_string()),
         ("parent_id", e.parent_id.to_string()),
         ("selectors", joined(e.selectors.iter())),
@@ -103,6 +121,7 @@ pub fn print_entry(output: Output, e: &Entry) -> Result<()> {
         ("x509_common_name", e.x509_common_name.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)),
         ("hint", or_dash(e.hint.clone())),
         ("admin", e.admin.to_string()),
+        ("admin_namespaces", admin_namespaces),
         ("federates_with", or_dash(joined(&e.federates_with))),
         ("expires_at", e.expires_at.map_or_else(|| "-".to_owned(), rfc3339)),
         ("owner", or_dash(e.owner.clone())),

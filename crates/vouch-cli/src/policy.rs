@@ -28,12 +28,18 @@ pub enum PolicyCommand {
     /// policy that validates against the schema, or nothing is stored.
     ///
     ///   vouch policy put own-path --file own-path.cedar
+    ///   vouch policy put team-a-read --namespace team-a --file read.cedar
     Put {
         /// The policy's id (A-Z a-z 0-9 . _ -).
         id: String,
         /// The Cedar policy.
         #[arg(long)]
         file: PathBuf,
+        /// The policy's namespace (default: where the policy is, `default` for a new one). A
+        /// policy of a namespace other than `default` decides only about that namespace's
+        /// workloads and resources; `default`'s decide for all (docs/namespaces.md).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
     },
     /// List the current version of every policy.
     List,
@@ -131,9 +137,10 @@ fn print_info(output: Output, p: &PolicyInfo) -> Result<()> {
         Output::Table => {
             match &p.text {
                 Some(_) => println!(
-                    "policy {} version {} ({}) written by {} at {}",
+                    "policy {} version {} in namespace {} ({}) written by {} at {}",
                     p.id,
                     p.version,
+                    p.namespace,
                     p.effect.as_deref().unwrap_or("-"),
                     p.author,
                     time(p.created_at)
@@ -169,9 +176,13 @@ pub async fn run(command: PolicyCommand, connect: &Connect) -> Result<ExitCode> 
     let client = connect.client()?;
     let policies = client.policies();
     match command {
-        PolicyCommand::Put { id, file } => {
+        PolicyCommand::Put { id, file, namespace } => {
+            let namespace = namespace
+                .as_deref()
+                .map(|v| parse_flag("namespace", v, vouch_core::Namespace::new))
+                .transpose()?;
             let text = read_policy(&file)?;
-            print_info(connect.output, &policies.put(&id, &text).await?)?;
+            print_info(connect.output, &policies.put(&id, &text, namespace.as_ref()).await?)?;
         }
         PolicyCommand::List => {
             let list = policies.list().await?;
@@ -179,12 +190,13 @@ pub async fn run(command: PolicyCommand, connect: &Connect) -> Result<ExitCode> 
                 output::print_json(&list)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let rows: Vec<[String; 5]> = list
+            let rows: Vec<[String; 6]> = list
                 .policies
                 .iter()
                 .map(|p| {
                     [
                         p.id.clone(),
+                        p.namespace.to_string(),
                         p.version.to_string(),
                         p.effect.clone().unwrap_or_else(|| "-".into()),
                         p.author.clone(),
@@ -192,7 +204,7 @@ pub async fn run(command: PolicyCommand, connect: &Connect) -> Result<ExitCode> 
                     ]
                 })
                 .collect();
-            output::print_table(["ID", "VERSION", "EFFECT", "AUTHOR", "WRITTEN"], &rows);
+            output::print_table(["ID", "NAMESPACE", "VERSION", "EFFECT", "AUTHOR", "WRITTEN"], &rows);
             if rows.is_empty() {
                 eprintln!("(no policies: every request is denied)");
             }

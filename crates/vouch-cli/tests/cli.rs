@@ -157,6 +157,32 @@ fn entries_tokens_bundle_and_svids_through_the_cli() {
     assert_eq!(updated["owner"], "team-pay", "fields not given stay as they were");
     assert!(server.ok(&["entry", "show", &id]).contains("primary"));
 
+    // Namespaces: an entry created in one, listed by it (a column of the table), moved.
+    let in_ns = json(&server.ok(&[
+        "entry",
+        "create",
+        "--namespace",
+        "team-a",
+        "--spiffe-id",
+        "spiffe://example.org/team-a/web",
+        "--parent-id",
+        "spiffe://example.org/agent/n1",
+        "-s",
+        "unix:uid:77",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(in_ns["namespace"], "team-a");
+    let ns_id = in_ns["id"].as_str().unwrap().to_owned();
+    let listed = json(&server.ok(&["entry", "list", "-n", "team-a", "-o", "json"]));
+    assert_eq!(listed["entries"].as_array().unwrap().len(), 1);
+    let table = server.ok(&["entry", "list"]);
+    assert!(table.contains("NAMESPACE") && table.contains("team-a") && table.contains("default"), "{table}");
+    let moved = json(&server.ok(&["entry", "update", &ns_id, "--namespace", "team-b", "-o", "json"]));
+    assert_eq!(moved["namespace"], "team-b");
+    assert!(server.fails(&["entry", "list", "-n", "Team_B"]).contains("namespace `Team_B` must be"));
+    server.ok(&["entry", "delete", &ns_id]);
+
     // Errors: exit 1 and a message that names the rule.
     let err = server.fails(&[
         "entry",

@@ -457,9 +457,16 @@ pub struct Policies<'a> {
 }
 
 impl Policies<'_> {
-    /// Writes a new version of policy `id`.
-    pub async fn put(&self, id: &str, text: &str) -> Result<PolicyInfo, ClientError> {
-        self.client.send_json("PUT", &paths::policy(id), &PolicyPut { text: text.to_owned() }).await
+    /// Writes a new version of policy `id`, in `namespace` (when `None`: where the policy is, or
+    /// `default` for a new one).
+    pub async fn put(
+        &self,
+        id: &str,
+        text: &str,
+        namespace: Option<&vouch_core::Namespace>,
+    ) -> Result<PolicyInfo, ClientError> {
+        let body = PolicyPut { text: text.to_owned(), namespace: namespace.cloned() };
+        self.client.send_json("PUT", &paths::policy(id), &body).await
     }
 
     /// The current version of every policy.
@@ -480,7 +487,13 @@ impl Policies<'_> {
 
     /// Checks a policy against the schema without storing it.
     pub async fn validate(&self, text: &str) -> Result<ValidationReport, ClientError> {
-        self.client.send_json("POST", paths::POLICIES_VALIDATE, &PolicyPut { text: text.to_owned() }).await
+        self.client
+            .send_json(
+                "POST",
+                paths::POLICIES_VALIDATE,
+                &PolicyPut { text: text.to_owned(), namespace: None },
+            )
+            .await
     }
 
     /// Decides a what-if request without storing anything.

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::namespace::{Namespace, MAX_ADMIN_NAMESPACES};
 use crate::selector::{Selector, SelectorError, Selectors};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
@@ -81,6 +82,12 @@ pub enum EntryError {
     /// federates_with names the server's own trust domain.
     #[error("federates_with: `{0}` is this server's own trust domain")]
     FederatesWithSelf(String),
+    /// `admin_namespaces` on an entry that is not an admin.
+    #[error("admin_namespaces: only an entry with admin = true can be limited to namespaces; set admin = true or leave admin_namespaces out")]
+    AdminNamespacesWithoutAdmin,
+    /// Too many admin namespaces.
+    #[error("admin_namespaces: at most {MAX_ADMIN_NAMESPACES} are allowed")]
+    TooManyAdminNamespaces,
 }
 
 /// Why a subject common name was refused.
@@ -272,6 +279,14 @@ pub struct EntrySpec {
     /// Why this identity exists (governance).
     #[serde(default)]
     pub purpose: String,
+    /// The namespace the entry belongs to: `default` for a new entry when absent; an update
+    /// without it leaves the entry where it is (moving an entry needs both namespaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Namespace>,
+    /// For an entry with `admin = true`: the namespaces its SVID may manage. Empty: every
+    /// namespace and the whole admin API, as an admin entry always could.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_namespaces: Vec<Namespace>,
 }
 
 /// A registration entry as stored: always valid.
@@ -311,6 +326,15 @@ pub struct Entry {
     pub owner: String,
     /// Why this identity exists.
     pub purpose: String,
+    /// The namespace it belongs to (an admin-side partition: matching and agents ignore it). Left
+    /// out of the JSON when `default`, so entries stored before namespaces existed read as
+    /// `default` and sync lines of default entries are what they were.
+    #[serde(default, skip_serializing_if = "Namespace::is_default")]
+    pub namespace: Namespace,
+    /// For an admin entry: the namespaces its SVID may manage; empty means all (see
+    /// `docs/namespaces.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_namespaces: Vec<Namespace>,
 }
 
 fn check_ttl(field: &'static str, ttl: Option<u64>, min: Duration, max: Duration) -> Result<(), EntryError> {
@@ -344,13 +368,21 @@ impl Entry {
     /// Builds a new entry (revision 0) from a spec, checking every rule against the server's trust
     /// domain and the current time `now` (unix seconds).
     pub fn create(spec: EntrySpec, id: EntryId, td: &TrustDomain, now: i64) -> Result<Self, EntryError> {
-        Self::build(spec, id, td, now, 0, now)
+        Self::build(spec, id, td, now, 0, now, Namespace::default())
     }
 
     /// The entry after an update: the spec replaces every field except id and creation time, and the
     /// revision increases.
     pub fn updated(&self, spec: EntrySpec, td: &TrustDomain, now: i64) -> Result<Self, EntryError> {
-        Self::build(spec, self.id.clone(), td, now, self.revision + 1, self.created_at)
+        Self::build(
+            spec,
+            self.id.clone(),
+            td,
+            now,
+            self.revision + 1,
+            self.created_at,
+            self.namespace.clone(),
+        )
     }
 
     fn build(
@@ -360,6 +392,7 @@ impl Entry {
         now: i64,
         revision: u64,
         created_at: i64,
+        namespace: Namespace,
     ) -> Result<Self, EntryError> {
         check_in_domain("spiffe_id", &spec.spiffe_id, td)?;
         if spec.spiffe_id.is_trust_domain_id() {
@@ -391,6 +424,15 @@ impl Entry {
         if let Some(own) = spec.federates_with.iter().find(|f| *f == td) {
             return Err(EntryError::FederatesWithSelf(own.to_string()));
         }
+        if !spec.admin && !spec.admin_namespaces.is_empty() {
+            return Err(EntryError::AdminNamespacesWithoutAdmin);
+        }
+        let mut admin_namespaces = spec.admin_namespaces;
+        admin_namespaces.sort();
+        admin_namespaces.dedup();
+        if admin_namespaces.len() > MAX_ADMIN_NAMESPACES {
+            return Err(EntryError::TooManyAdminNamespaces);
+        }
         let mut dns_names = spec.dns_names;
         dns_names.sort();
         dns_names.dedup();
@@ -414,7 +456,32 @@ impl Entry {
             created_at,
             owner: spec.owner,
             purpose: spec.purpose,
+            namespace: spec.namespace.unwrap_or(namespace),
+            admin_namespaces,
         })
+    }
+
+    /// The spec that rebuilds this entry (what a `PUT` of it unchanged would send).
+    pub fn spec(&self) -> EntrySpec {
+        let c = self.clone();
+        EntrySpec {
+            id: Some(c.id),
+            spiffe_id: c.spiffe_id,
+            parent_id: c.parent_id,
+            selectors: c.selectors.iter().cloned().collect(),
+            x509_svid_ttl: c.x509_svid_ttl,
+            jwt_svid_ttl: c.jwt_svid_ttl,
+            dns_names: c.dns_names,
+            x509_common_name: c.x509_common_name,
+            hint: c.hint,
+            admin: c.admin,
+            federates_with: c.federates_with,
+            expires_at: c.expires_at,
+            owner: c.owner,
+            purpose: c.purpose,
+            namespace: Some(c.namespace),
+            admin_namespaces: c.admin_namespaces,
+        }
     }
 
     /// Whether the entry has expired at `now` (unix seconds).
@@ -661,6 +728,36 @@ mod tests {
         let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
         old.as_object_mut().unwrap().remove("x509_common_name");
         assert_eq!(serde_json::from_value::<Entry>(old).unwrap(), plain);
+    }
+
+    #[test]
+    fn namespaces_default_stay_on_update_and_admin_lists_need_admin() {
+        let e = Entry::create(base(), EntryId::new("e1").unwrap(), &td(), 100).unwrap();
+        assert!(e.namespace.is_default());
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(!text.contains("namespace"), "a default entry's JSON is what it was: {text}");
+        let mut s = base();
+        s.namespace = Some(Namespace::new("team-a").unwrap());
+        let moved = e.updated(s, &td(), 200).unwrap();
+        assert_eq!(moved.namespace.as_str(), "team-a");
+        let kept = moved.updated(base(), &td(), 300).unwrap();
+        assert_eq!(kept.namespace.as_str(), "team-a", "an update without a namespace leaves it");
+        assert_eq!(serde_json::from_str::<Entry>(&serde_json::to_string(&kept).unwrap()).unwrap(), kept);
+        assert_eq!(kept.updated(kept.spec(), &td(), 400).unwrap().revision, kept.revision + 1);
+
+        let mut s = base();
+        s.admin_namespaces =
+            vec![Namespace::new("b").unwrap(), Namespace::new("a").unwrap(), Namespace::new("b").unwrap()];
+        let err = Entry::create(s.clone(), EntryId::new("e2").unwrap(), &td(), 100).unwrap_err();
+        assert_eq!(err, EntryError::AdminNamespacesWithoutAdmin);
+        s.admin = true;
+        let admin = Entry::create(s, EntryId::new("e2").unwrap(), &td(), 100).unwrap();
+        let names: Vec<&str> = admin.admin_namespaces.iter().map(Namespace::as_str).collect();
+        assert_eq!(names, ["a", "b"], "sorted, without repeats");
+        let bad = spec(
+            r#"{"spiffe_id":"spiffe://example.org/w","parent_id":"spiffe://example.org/a","selectors":["unix:uid:1"],"namespace":"Team A"}"#,
+        );
+        assert!(bad.unwrap_err().to_string().contains("namespace `Team A` must be"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod grant;
 pub mod group;
 pub mod jwt;
 pub mod metrics;
+pub mod namespace;
 pub mod secret;
 pub mod selector;
 pub mod spiffe_id;
@@ -32,6 +33,7 @@ pub use entry::{
 };
 pub use group::{GroupError, GroupName, NodeGroup, NodeGroupSpec};
 pub use jwt::JwtSvidClaims;
+pub use namespace::{Namespace, NamespaceError, NamespaceScope};
 pub use secret::{SecretError, SecretPath};
 pub use selector::{Selector, SelectorError, Selectors};
 pub use spiffe_id::{IdError, SpiffeId, TrustDomain};

@@ -25,11 +25,14 @@ pub struct Facts {
     pub k8s_service_accounts: BTreeSet<String>,
     /// Node groups (SPIFFE IDs) the entries are parented to.
     pub node_groups: BTreeSet<String>,
+    /// The vouch namespaces of the entries.
+    pub namespaces: BTreeSet<String>,
 }
 
 impl Facts {
     fn add(&mut self, entry: &Entry) {
         self.registered = true;
+        self.namespaces.insert(entry.namespace.to_string());
         if !entry.owner.is_empty() {
             self.owners.insert(entry.owner.clone());
         }
@@ -104,6 +107,7 @@ pub(crate) fn spiffe_entity(
             ("k8s_namespaces", strings(facts.k8s_namespaces.iter().map(String::as_str))),
             ("k8s_service_accounts", strings(facts.k8s_service_accounts.iter().map(String::as_str))),
             ("node_groups", strings(facts.node_groups.iter().map(String::as_str))),
+            ("namespaces", strings(facts.namespaces.iter().map(String::as_str))),
         ],
     ))
 }
@@ -120,6 +124,11 @@ fn entity<const N: usize>(uid: &EntityUid, attrs: [(&'static str, Value); N]) ->
     ))
 }
 
+/// The `namespaces` of a secret path or role name: its first segment if it has more than one.
+fn namespace_of_name(name: &str) -> Option<&str> {
+    name.split_once('/').map(|(first, _)| first)
+}
+
 /// The Cedar entity of a resource.
 pub(crate) fn resource_entity(
     resource: &vouch_core::grant::Resource,
@@ -129,11 +138,15 @@ pub(crate) fn resource_entity(
     Ok(match resource {
         Resource::Secret(path) => entity(
             &uid(ResourceKind::Secret.entity_type(), path.as_str())?,
-            [("path", Value::from(path.as_str())), ("dirs", strings(path.dirs()))],
+            [
+                ("path", Value::from(path.as_str())),
+                ("dirs", strings(path.dirs())),
+                ("namespaces", strings(namespace_of_name(path.as_str()))),
+            ],
         ),
         Resource::DbRole(name) => entity(
             &uid(ResourceKind::DbRole.entity_type(), name.as_str())?,
-            [("name", Value::from(name.as_str()))],
+            [("name", Value::from(name.as_str())), ("namespaces", strings(namespace_of_name(name.as_str())))],
         ),
         Resource::Service(id) => match workloads.get(id) {
             Some(w) => spiffe_entity(ResourceKind::Service.entity_type(), id, &w.facts)?,

@@ -16,11 +16,13 @@
 //! [`Policies`] indexes them by the scope of each policy (its action, and an exact principal or
 //! resource where the scope names one) and evaluates only those that can apply to a request.
 
+mod confine;
 mod engine;
 mod facts;
 mod guard;
 mod schema;
 
+pub use confine::confine;
 pub use engine::{Decision, Engine, Policies, PolicyDoc, PolicyId, MAX_POLICY_BYTES};
 pub use facts::{Facts, Workload, Workloads};
 pub use schema::SCHEMA;

@@ -16,6 +16,7 @@ macro_rules! spiffe_attributes {
   k8s_namespaces: Set<String>,
   k8s_service_accounts: Set<String>,
   node_groups: Set<String>,
+  namespaces: Set<String>,
 "#
     };
 }
@@ -28,7 +29,11 @@ macro_rules! spiffe_attributes {
 ///   (`ns/prod/sa/web`); `segments`: the path's segments;
 /// - `registered`: whether any entry names the ID;
 /// - `owners`: the entries' owners; `k8s_namespaces`, `k8s_service_accounts`: from `k8s:ns:` and
-///   `k8s:sa:` selectors; `node_groups`: the node groups (SPIFFE IDs) entries are parented to.
+///   `k8s:sa:` selectors; `node_groups`: the node groups (SPIFFE IDs) entries are parented to;
+/// - `namespaces`: the vouch namespaces of the entries (what [`crate::confine`] checks).
+///
+/// Secrets and database roles have `namespaces` too: the first segment of a path or name with more
+/// than one (`team-a` for `team-a/db/password`), none for a one-segment name.
 ///
 /// Secrets have `path` (`web/db/password`) and `dirs`, every directory the secret is under
 /// (`web`, `web/db`), so `resource.dirs.contains(principal.path)` reads "under the workload's own
@@ -42,9 +47,11 @@ pub const SCHEMA: &str = concat!(
 entity Secret {
   path: String,
   dirs: Set<String>,
+  namespaces: Set<String>,
 };
 entity DbRole {
   name: String,
+  namespaces: Set<String>,
 };
 action "read", "write" appliesTo { principal: [Workload], resource: [Secret] };
 action "connect" appliesTo { principal: [Workload], resource: [Service, DbRole] };

@@ -498,15 +498,18 @@ async fn snapshot(
     })
 }
 
-/// A policies line: every current policy, as stored.
+/// A policies line: every current policy, as evaluated (a namespaced policy confined to its
+/// namespace, so agents decide as the server does without knowing namespaces).
 async fn policies_line(state: &AppState) -> Result<Bytes, ApiError> {
-    let policies = state
-        .store
-        .list_policies()
-        .await?
-        .into_iter()
-        .filter_map(|p| Some(vouch_api::policy::PolicyText { text: p.text?, id: p.id }))
-        .collect();
+    let mut policies = Vec::new();
+    for p in state.store.list_policies().await? {
+        let Some(text) = &p.text else { continue };
+        // A stored policy that no longer confines fails the line, as it fails the server's own
+        // decisions: dropping a `forbid` would allow what it forbids.
+        let text = crate::policy::effective_text(&p, text)
+            .map_err(|e| ApiError::unavailable(format!("stored policy `{}` no longer loads: {e}", p.id)))?;
+        policies.push(vouch_api::policy::PolicyText { text, id: p.id });
+    }
     line(&SyncLine::Policies { policies })
 }
 

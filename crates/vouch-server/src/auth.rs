@@ -5,6 +5,12 @@
 //! - TCP with mTLS: the client's X509-SVID must chain to the bundle, and its SPIFFE ID must belong to
 //!   an entry marked `admin = true`.
 //!
+//! An admin entry may limit its SVID to namespaces (`admin_namespaces`): such an admin passes
+//! [`require_namespace_admin`] (entries and policies, each handler checks the namespace of what it
+//! touches against the [`AdminScope`] set here) and is refused by [`require_admin`] (everything
+//! else: authority, agents, groups, federation, secrets, audit). The local socket is always an
+//! admin of every namespace.
+//!
 //! Which routes need which caller is decided where the routes are declared: the server's router puts
 //! [`require_admin`] on the admin routes and [`require_agent`] on the agent routes; probes, the
 //! bundle, the OpenAPI document and node attestation need no caller (nothing secret, or the evidence
@@ -17,7 +23,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use vouch_core::SpiffeId;
+use vouch_core::{Namespace, NamespaceScope, SpiffeId};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -52,12 +58,63 @@ impl fmt::Display for Caller {
     }
 }
 
-/// Middleware of the admin routes: lets a request through only if its caller is an admin.
+/// The namespaces the admin of a request may manage, put into the request by
+/// [`require_namespace_admin`] for the handlers of entries and policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminScope {
+    /// Who is calling (for messages).
+    pub caller: String,
+    /// What it may manage.
+    pub scope: NamespaceScope,
+}
+
+impl AdminScope {
+    /// Ok if `ns` is inside the scope; else 403 naming the namespaces the caller may use. `what`
+    /// says what was asked for (`entry \`x\``), without naming the namespace it is in.
+    pub fn check(&self, ns: &Namespace, what: &str) -> Result<(), ApiError> {
+        if self.scope.allows(ns) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "{what} is in namespace `{ns}`, which admin `{}` may not manage; it may manage entries and policies of namespace {}",
+            self.caller, self.scope
+        )))
+    }
+
+    /// [`AdminScope::check`] for a thing whose namespace the caller is not told (an existing
+    /// entry or policy of another namespace).
+    pub fn check_hidden(&self, ns: &Namespace, what: &str) -> Result<(), ApiError> {
+        if self.scope.allows(ns) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "{what} is not in a namespace admin `{}` may manage; it may manage entries and policies of namespace {}",
+            self.caller, self.scope
+        )))
+    }
+}
+
+/// Middleware of the admin routes outside namespaces: lets a request through only if its caller
+/// is an admin of every namespace.
 pub async fn require_admin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let caller = caller_of(&req);
     let decision = check(&state, &caller).await;
     // What an admin request records takes the admin lane of the audit queue, which no flood of
     // refusals or issuance can fill.
+    decide(&state, caller, decision, req, next, true).await
+}
+
+/// Middleware of the entry and policy routes: lets an admin through, limited or not, with its
+/// [`AdminScope`] in the request's extensions.
+pub async fn require_namespace_admin(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let caller = caller_of(&req);
+    let decision = scope(&state, &caller).await.map(|scope| {
+        req.extensions_mut().insert(AdminScope { caller: caller.to_string(), scope });
+    });
     decide(&state, caller, decision, req, next, true).await
 }
 
@@ -101,11 +158,22 @@ async fn decide(
     }
 }
 
+/// Whether `caller` is an admin of every namespace (403 naming its namespaces if it is limited).
 pub(crate) async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    match scope(state, caller).await? {
+        NamespaceScope::All => Ok(()),
+        limited => Err(ApiError::forbidden(format!(
+            "admin `{caller}` is limited to namespace {limited}: this route needs an admin of all namespaces; it may manage entries and policies of namespace {limited} only"
+        ))),
+    }
+}
+
+/// What `caller` may administer, or why it is no admin at all.
+pub(crate) async fn scope(state: &AppState, caller: &Caller) -> Result<NamespaceScope, ApiError> {
     match caller {
         Caller::Local { uid } => {
             if *uid == 0 || *uid == state.own_uid || state.config.admin_uids.contains(uid) {
-                Ok(())
+                Ok(NamespaceScope::All)
             } else {
                 Err(ApiError::forbidden(format!(
                     "uid {uid} may not use the admin socket: run as root or as the server's user (uid {}), or add {uid} to server.admin_uids",
@@ -116,8 +184,12 @@ pub(crate) async fn check(state: &AppState, caller: &Caller) -> Result<(), ApiEr
         Caller::Svid { id, .. } => {
             // Reserved IDs are never admins, even if an entry written before they were reserved
             // says so: an agent's or the server's certificate must not open the admin API.
-            if crate::reserved::namespace_of(id).is_none() && state.is_admin(id).await? {
-                Ok(())
+            let scope = match crate::reserved::namespace_of(id) {
+                None => state.admin_scope(id).await?,
+                Some(_) => None,
+            };
+            if let Some(scope) = scope {
+                Ok(scope)
             } else {
                 Err(ApiError::forbidden(format!(
                     "`{id}` is not an admin: no entry for this SPIFFE ID has admin = true"

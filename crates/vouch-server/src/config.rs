@@ -495,6 +495,7 @@ struct FileServer {
     listen: Option<String>,
     admin_uids: Option<Vec<u32>>,
     dns_names: Option<Vec<String>>,
+    require_owner_and_purpose: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -640,6 +641,10 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Uids besides root and the server's own that may use the admin socket.
     pub admin_uids: Vec<u32>,
+    /// Whether every entry must have an owner and a purpose (`server.require_owner_and_purpose`,
+    /// off by default): creations and updates without them are refused; entries written before
+    /// are reported by `GET /v1/entries`, never deleted.
+    pub require_owner_and_purpose: bool,
     /// DNS names in the server's own certificate.
     pub dns_names: Vec<String>,
     /// Algorithm of generated keys.
@@ -693,6 +698,7 @@ struct ServerSection {
     listen: Option<SocketAddr>,
     admin_uids: Vec<u32>,
     dns_names: Vec<String>,
+    require_owner_and_purpose: bool,
 }
 
 impl ServerSection {
@@ -712,7 +718,23 @@ impl ServerSection {
             vouch_core::DnsName::new(name)
                 .map_err(|e| ConfigError::Invalid(format!("server.dns_names: {e}")))?;
         }
-        Ok(Self { admin_socket, listen, admin_uids: file.admin_uids.unwrap_or_default(), dns_names })
+        let require_owner_and_purpose = match env("VOUCH_REQUIRE_OWNER_AND_PURPOSE").as_deref() {
+            None => file.require_owner_and_purpose.unwrap_or(false),
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "VOUCH_REQUIRE_OWNER_AND_PURPOSE `{other}`: use `true` or `false`"
+                )))
+            }
+        };
+        Ok(Self {
+            admin_socket,
+            listen,
+            admin_uids: file.admin_uids.unwrap_or_default(),
+            dns_names,
+            require_owner_and_purpose,
+        })
     }
 }
 
@@ -980,6 +1002,7 @@ impl Config {
             admin_socket: server.admin_socket,
             listen: server.listen,
             admin_uids: server.admin_uids,
+            require_owner_and_purpose: server.require_owner_and_purpose,
             dns_names: server.dns_names,
             key_alg,
             jwt_key_alg,

@@ -19,6 +19,7 @@ mod groups;
 mod issuer_keys;
 mod limits;
 mod metrics;
+mod namespaces;
 pub mod node_attest;
 mod oidc;
 mod policy;

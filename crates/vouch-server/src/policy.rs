@@ -32,7 +32,7 @@ use vouch_core::{Entry, SpiffeId};
 use vouch_policy::{Decision, Policies, PolicyDoc, PolicyError, Workloads};
 use vouch_store::{EntryFilter, PolicyVersion, StoreError};
 
-use crate::auth::Caller;
+use crate::auth::{AdminScope, Caller};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::{AppState, Event};
@@ -88,7 +88,7 @@ pub(crate) fn load(stored: &[PolicyVersion]) -> AppResult<Policies> {
     let mut docs = Vec::with_capacity(stored.len());
     for p in stored {
         let Some(text) = &p.text else { continue };
-        let doc = PolicyDoc::parse(&p.id, text).map_err(|e| {
+        let doc = effective_doc(p, text).map_err(|e| {
             ApiError::unavailable(format!(
                 "stored policy `{}` (version {}) no longer loads, so no decision is made without it: {e}; \
                  write a corrected version (`vouch policy put {}`) or delete it",
@@ -98,6 +98,17 @@ pub(crate) fn load(stored: &[PolicyVersion]) -> AppResult<Policies> {
         docs.push(doc);
     }
     Ok(Policies::new(docs)?)
+}
+
+/// The policy that is evaluated for a stored version: its text, confined to its namespace
+/// ([`vouch_policy::confine`]).
+fn effective_doc(p: &PolicyVersion, text: &str) -> Result<PolicyDoc, PolicyError> {
+    PolicyDoc::parse(&p.id, &effective_text(p, text)?)
+}
+
+/// The text that is evaluated for a stored version (what agents are sent, too).
+pub(crate) fn effective_text(p: &PolicyVersion, text: &str) -> Result<String, PolicyError> {
+    vouch_policy::confine(&p.id, text, &p.namespace)
 }
 
 /// Most principals [`PrincipalCache`] holds; when full it starts again empty (a bound on memory
@@ -160,13 +171,21 @@ impl PrincipalCache {
     }
 }
 
-/// The policy admin routes (the caller must be an admin; `crate::routes` attaches the check).
-pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
+/// The policy routes of namespaces (the caller must be an admin, perhaps limited to namespaces;
+/// `crate::routes` attaches the check, each handler checks the namespaces it touches).
+pub(crate) fn namespace_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route(paths::POLICIES, get(list_policies))
         .route(paths::POLICIES_VALIDATE, post(validate_policy))
-        .route(paths::POLICIES_TEST, post(test_policy))
         .route(paths::POLICY, put(put_policy).get(show_policy).delete(delete_policy))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_POLICY_BODY))
+}
+
+/// The policy admin routes of all namespaces: a what-if test decides against every stored policy,
+/// so it is for an admin of all namespaces (`crate::routes` attaches the check).
+pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(paths::POLICIES_TEST, post(test_policy))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_POLICY_BODY))
 }
 
@@ -227,6 +246,7 @@ fn info(p: &PolicyVersion) -> PolicyInfo {
         effect,
         created_at: p.created_at,
         author: p.author.clone(),
+        namespace: p.namespace.clone(),
     }
 }
 
@@ -239,27 +259,92 @@ fn decision_answer(d: &Decision) -> AuthorizeResponse {
     }
 }
 
-async fn list_policies(State(state): State<Arc<AppState>>) -> AppResult<Json<PolicyList>> {
-    let policies = state.store.list_policies().await?.iter().map(info).collect();
+async fn list_policies(
+    State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<AdminScope>,
+) -> AppResult<Json<PolicyList>> {
+    // An admin limited to namespaces sees the policies of its namespaces only.
+    let policies = state
+        .store
+        .list_policies()
+        .await?
+        .iter()
+        .filter(|p| scope.scope.allows(&p.namespace))
+        .map(info)
+        .collect();
     Ok(Json(PolicyList { policies }))
+}
+
+fn policy_label(id: &str) -> String {
+    format!("policy `{id}`")
 }
 
 async fn show_policy(
     State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<AdminScope>,
     Path(id): Path<String>,
 ) -> AppResult<Json<PolicyHistory>> {
-    let versions: Vec<PolicyInfo> = state.store.policy_history(&id).await?.iter().map(info).collect();
-    let Some(last) = versions.last() else { return Err(StoreError::PolicyNotFound(id).into()) };
-    let current = last.text.is_some().then(|| last.clone());
+    let history = state.store.policy_history(&id).await?;
+    let Some(last) = history.last() else { return Err(StoreError::PolicyNotFound(id).into()) };
+    scope.check_hidden(&last.namespace, &policy_label(&id))?;
+    let versions: Vec<PolicyInfo> = history.iter().map(info).collect();
+    let current = versions.last().filter(|v| v.text.is_some()).cloned();
     Ok(Json(PolicyHistory { id, current, versions }))
+}
+
+/// Whether `scope` may write a policy in `ns`: a policy of `default` decides for every namespace,
+/// so only an admin of all namespaces writes one.
+fn check_policy_namespace(scope: &AdminScope, ns: &vouch_core::Namespace, id: &str) -> AppResult<()> {
+    scope.check(ns, &policy_label(id))?;
+    if ns.is_default() && !scope.scope.is_all() {
+        return Err(ApiError::forbidden(format!(
+            "policy `{id}` is in namespace `default`, whose policies decide for every namespace: only an admin of all namespaces may change them; admin `{}` may write policies of namespace {} (`--namespace`)",
+            scope.caller,
+            NonDefault(&scope.scope)
+        )));
+    }
+    Ok(())
+}
+
+/// A scope's namespaces other than `default`, for messages.
+struct NonDefault<'a>(&'a vouch_core::NamespaceScope);
+
+impl std::fmt::Display for NonDefault<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            vouch_core::NamespaceScope::All => f.write_str("all namespaces"),
+            vouch_core::NamespaceScope::Only(set) => {
+                let names: Vec<String> =
+                    set.iter().filter(|n| !n.is_default()).map(|n| format!("`{n}`")).collect();
+                if names.is_empty() {
+                    f.write_str("none")
+                } else {
+                    f.write_str(&names.join(", "))
+                }
+            }
+        }
+    }
 }
 
 async fn put_policy(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    Extension(scope): Extension<AdminScope>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PolicyPut>,
 ) -> AppResult<Json<PolicyInfo>> {
+    let history = state.store.policy_history(&id).await?;
+    // The policy's namespace now (a deleted one's too: its history is its namespace's).
+    let previous = history.last().map(|p| p.namespace.clone());
+    if let Some(ns) = &previous {
+        scope.check_hidden(ns, &policy_label(&id))?;
+    }
+    let namespace = body.namespace.or(previous.clone()).unwrap_or_default();
+    // A move needs the right to write in both namespaces.
+    if let Some(ns) = previous.as_ref().filter(|ns| **ns != namespace) {
+        check_policy_namespace(&scope, ns, &id)?;
+    }
+    check_policy_namespace(&scope, &namespace, &id)?;
     let doc = PolicyDoc::parse(&id, &body.text)?;
     let current = state.store.list_policies().await?;
     if current.len() >= MAX_POLICIES && !current.iter().any(|p| p.id == id) {
@@ -267,20 +352,28 @@ async fn put_policy(
             "there are {MAX_POLICIES} policies already, the most one server keeps: delete some, or merge grants into fewer policies"
         )));
     }
-    let written = state.store.put_policy(&id, doc.text(), &caller.to_string(), state.now_secs()).await?;
+    // Checked as it will be evaluated: the confined text must load too.
+    vouch_policy::confine(&id, doc.text(), &namespace).and_then(|t| PolicyDoc::parse(&id, &t))?;
+    let written =
+        state.store.put_policy(&id, &namespace, doc.text(), &caller.to_string(), state.now_secs()).await?;
     changed(&state);
-    tracing::info!(target: "vouch::audit", event = "policy.put", %caller, policy = %id, version = written.version, effect = doc.effect());
+    tracing::info!(target: "vouch::audit", event = "policy.put", %caller, policy = %id, namespace = %namespace, version = written.version, effect = doc.effect());
     Ok(Json(info(&written)))
 }
 
 async fn delete_policy(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    Extension(scope): Extension<AdminScope>,
     Path(id): Path<String>,
 ) -> AppResult<Json<PolicyInfo>> {
+    if let Some(last) = state.store.policy_history(&id).await?.last() {
+        scope.check_hidden(&last.namespace, &policy_label(&id))?;
+        check_policy_namespace(&scope, &last.namespace, &id)?;
+    }
     let written = state.store.delete_policy(&id, &caller.to_string(), state.now_secs()).await?;
     changed(&state);
-    tracing::info!(target: "vouch::audit", event = "policy.delete", %caller, policy = %id, version = written.version);
+    tracing::info!(target: "vouch::audit", event = "policy.delete", %caller, policy = %id, namespace = %written.namespace, version = written.version);
     Ok(Json(info(&written)))
 }
 
@@ -321,6 +414,7 @@ async fn test_policy(
     let mut stored = state.store.list_policies().await?;
     stored.retain(|p| !body.without.contains(&p.id) && !body.with.iter().any(|w| w.id == p.id));
     let mut policies = load(&stored)?.docs().to_vec();
+    // A policy given here is tested as a policy of `default` (unconfined).
     for w in &body.with {
         policies.push(PolicyDoc::parse(&w.id, &w.text)?);
     }

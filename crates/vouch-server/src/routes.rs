@@ -13,7 +13,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The API router, each group of routes with its authorization attached: public routes (probes, the
 /// bundle, this API's description), node attestation (the evidence is the credential), agent routes
-/// (an attested agent's SVID) and admin routes (an admin).
+/// (an attested agent's SVID), entry and policy routes (an admin, perhaps limited to namespaces)
+/// and the other admin routes (an admin of all namespaces).
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = crate::api::admin_routes()
         .merge(crate::agent_api::admin_routes())
@@ -24,6 +25,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::policy::admin_routes())
         .merge(crate::audit::admin_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
+    // Entries and policies belong to namespaces: an admin limited to some manages them there.
+    let namespaced = crate::api::entry_routes()
+        .merge(crate::policy::namespace_routes())
+        .route_layer(from_fn_with_state(state.clone(), crate::auth::require_namespace_admin));
     let decisions = crate::policy::authorize_routes()
         .route_layer(from_fn_with_state(state.clone(), crate::policy::require_admin_or_agent));
     let agent = crate::agent_api::agent_routes()
@@ -34,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::agent_api::attestation_routes(state.clone()))
         .merge(agent)
         .merge(admin)
+        .merge(namespaced)
         .merge(decisions)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

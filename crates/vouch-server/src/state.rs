@@ -86,7 +86,9 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a cached admin set is trusted without a local entry write.
 pub const ADMIN_CACHE_TTL: Duration = Duration::from_secs(5);
 
-type AdminSet = std::collections::HashMap<SpiffeId, i64>;
+/// The admin entries by SPIFFE ID: each entry's expiry (unix seconds) and the namespaces it
+/// limits its SVID to.
+type AdminSet = std::collections::HashMap<SpiffeId, Vec<(i64, vouch_core::NamespaceScope)>>;
 
 /// Where the server reads the time. Time is a parameter so tests can control it.
 pub trait Clock: Send + Sync + 'static {
@@ -455,11 +457,15 @@ impl AppState {
         f(&guard)
     }
 
-    /// Whether `id` belongs to an unexpired entry with `admin = true`. The set is cached: entry
-    /// writes clear it at once ([`AppState::publish`] of an entry event, for writes through this
-    /// server and, by the store's change notices, through another replica); a change whose notice
-    /// was lost is seen within `ADMIN_CACHE_TTL`.
-    pub async fn is_admin(&self, id: &SpiffeId) -> Result<bool, vouch_store::StoreError> {
+    /// What `id` may administer: `None` if no unexpired entry with `admin = true` names it, else
+    /// the union of the namespaces of those entries (all, if any of them is unlimited). The set is
+    /// cached: entry writes clear it at once ([`AppState::publish`] of an entry event, for writes
+    /// through this server and, by the store's change notices, through another replica); a change
+    /// whose notice was lost is seen within `ADMIN_CACHE_TTL`.
+    pub async fn admin_scope(
+        &self,
+        id: &SpiffeId,
+    ) -> Result<Option<vouch_core::NamespaceScope>, vouch_store::StoreError> {
         let now = self.now();
         let cached = self.admins.read().unwrap_or_else(|p| p.into_inner()).clone();
         let set = match cached {
@@ -469,8 +475,8 @@ impl AppState {
                 for e in self.store.list_entries(&vouch_store::EntryFilter::default()).await? {
                     if e.admin {
                         let until = e.expires_at.unwrap_or(i64::MAX);
-                        let slot = set.entry(e.spiffe_id).or_insert(until);
-                        *slot = (*slot).max(until);
+                        let scope = vouch_core::NamespaceScope::from_list(&e.admin_namespaces);
+                        set.entry(e.spiffe_id).or_default().push((until, scope));
                     }
                 }
                 let set = Arc::new(set);
@@ -479,7 +485,13 @@ impl AppState {
             }
         };
         let now_secs = vouch_core::ttl::unix_seconds(now);
-        Ok(set.get(id).is_some_and(|until| *until > now_secs))
+        Ok(set.get(id).and_then(|grants| {
+            grants
+                .iter()
+                .filter(|(until, _)| *until > now_secs)
+                .map(|(_, scope)| scope.clone())
+                .reduce(vouch_core::NamespaceScope::union)
+        }))
     }
 
     /// Announces a change: drops cached facts derived from entries and pushes it to the agents it

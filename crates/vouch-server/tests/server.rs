@@ -2275,11 +2275,12 @@ impl Store for PausingStore {
     async fn put_policy(
         &self,
         id: &str,
+        namespace: &vouch_core::Namespace,
         text: &str,
         author: &str,
         now: i64,
     ) -> Result<vouch_store::PolicyVersion, vouch_store::StoreError> {
-        self.inner.put_policy(id, text, author, now).await
+        self.inner.put_policy(id, namespace, text, author, now).await
     }
     async fn delete_policy(
         &self,
@@ -3946,6 +3947,8 @@ async fn a_sync_stream_that_falls_behind_gets_a_fresh_snapshot_not_unbounded_mem
 // Federation tests live beside this file; one test binary still (link time).
 #[path = "server/federation.rs"]
 mod federation;
+#[path = "server/namespaces.rs"]
+mod namespaces;
 #[path = "server/policy.rs"]
 mod policy;
 #[path = "server/secrets.rs"]

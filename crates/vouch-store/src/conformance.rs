@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use vouch_core::{Entry, EntryId, EntrySpec, NodeGroup, NodeGroupSpec, Selector, SpiffeId, TrustDomain};
+use vouch_core::{
+    Entry, EntryId, EntrySpec, Namespace, NodeGroup, NodeGroupSpec, Selector, SpiffeId, TrustDomain,
+};
 
 use crate::{
     AgentRecord, AgentRenewal, AuthorityWrite, ChallengeIssue, ChallengeRecord, ChallengeUse, EntryFilter,
@@ -31,6 +33,8 @@ fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
         expires_at: None,
         owner: "team-a".into(),
         purpose: "tests".into(),
+        namespace: None,
+        admin_namespaces: vec![],
     };
     Entry::create(spec, EntryId::new(id).expect("valid id"), &td, 1000).expect("valid entry")
 }
@@ -38,6 +42,7 @@ fn entry(id: &str, path: &str, parent: &str, selectors: &[&str]) -> Entry {
 /// Runs every check against `store`, which must be empty.
 pub async fn run(store: Arc<dyn Store>) {
     entries_round_trip(&*store).await;
+    namespaces(&*store).await;
     batch_is_atomic(&*store).await;
     updates_use_revisions(&*store).await;
     join_tokens_are_single_use(store.clone()).await;
@@ -93,6 +98,39 @@ async fn entries_round_trip(store: &dyn Store) {
     assert!(matches!(store.delete_entry(&a.id).await, Err(StoreError::EntryNotFound(_))));
     store.delete_entry(&b.id).await.expect("delete");
     assert!(store.list_entries(&EntryFilter::default()).await.expect("list").is_empty());
+}
+
+fn ns(name: &str) -> Namespace {
+    Namespace::new(name).unwrap()
+}
+
+/// Entries keep their namespace and admin namespaces; listings filter by namespace, also after
+/// an entry moves.
+async fn namespaces(store: &dyn Store) {
+    let td = TrustDomain::new("example.org").unwrap();
+    let plain = entry("n1", "/n1", "/agent/1", &["unix:uid:1"]);
+    let mut team = entry("n2", "/n2", "/agent/1", &["unix:uid:2"]);
+    team.namespace = ns("team-a");
+    let mut admin = entry("n3", "/admin/a", "/agent/1", &["unix:uid:3"]);
+    admin.admin = true;
+    admin.admin_namespaces = vec![ns("team-a"), ns("team-b")];
+    store.create_entries(&[plain.clone(), team.clone(), admin.clone()]).await.expect("create");
+    assert_eq!(store.get_entry(&team.id).await.unwrap(), Some(team.clone()));
+    assert_eq!(store.get_entry(&admin.id).await.unwrap(), Some(admin.clone()), "admin namespaces kept");
+    let of = |n: &str| EntryFilter { namespace: Some(ns(n)), ..Default::default() };
+    assert_eq!(store.list_entries(&of("team-a")).await.unwrap(), vec![team.clone()]);
+    assert_eq!(store.list_entries(&of("default")).await.unwrap(), vec![plain.clone(), admin.clone()]);
+    let both = EntryFilter { parent_id: Some(team.parent_id.clone()), ..of("team-a") };
+    assert_eq!(store.list_entries(&both).await.unwrap(), vec![team.clone()], "with another filter");
+    let mut spec = team.spec();
+    spec.namespace = Some(ns("team-b"));
+    let moved = team.updated(spec, &td, 2000).unwrap();
+    store.update_entry(&moved).await.expect("update");
+    assert!(store.list_entries(&of("team-a")).await.unwrap().is_empty(), "the column follows a move");
+    assert_eq!(store.list_entries(&of("team-b")).await.unwrap(), vec![moved]);
+    for e in [&plain, &team, &admin] {
+        store.delete_entry(&e.id).await.expect("delete");
+    }
 }
 
 async fn batch_is_atomic(store: &dyn Store) {
@@ -714,54 +752,62 @@ async fn policies(store: Arc<dyn Store>) {
     assert!(store.list_policies().await.expect("list").is_empty());
     assert_eq!(store.policies_revision().await.expect("revision"), 0);
     assert!(store.policy_history("a").await.expect("history").is_empty());
-    let v1 =
-        store.put_policy("b", "permit(principal, action, resource);", "admin:1", 100).await.expect("put");
+    let v1 = store
+        .put_policy("b", &ns("default"), "permit(principal, action, resource);", "admin:1", 100)
+        .await
+        .expect("put");
     assert_eq!(
         (v1.version, v1.text.as_deref(), v1.created_at),
         (1, Some("permit(principal, action, resource);"), 100)
     );
     let r1 = store.policies_revision().await.expect("revision");
     assert!(r1 > 0, "a write raises the revision");
-    store.put_policy("a", "one", "admin:1", 101).await.expect("put");
-    let v2 = store.put_policy("b", "two", "admin:2", 102).await.expect("put");
+    let a1 = store.put_policy("a", &ns("team-a"), "one", "admin:1", 101).await.expect("put");
+    assert_eq!(a1.namespace, ns("team-a"));
+    let v2 = store.put_policy("b", &ns("team-b"), "two", "admin:2", 102).await.expect("put");
     assert_eq!(v2.version, 2, "each put is a new version");
     assert!(store.policies_revision().await.expect("revision") > r1);
     let listed = store.list_policies().await.expect("list");
-    let current: Vec<(&str, u64, Option<&str>)> =
-        listed.iter().map(|p| (p.id.as_str(), p.version, p.text.as_deref())).collect();
+    let current: Vec<(&str, u64, Option<&str>, &str)> =
+        listed.iter().map(|p| (p.id.as_str(), p.version, p.text.as_deref(), p.namespace.as_str())).collect();
     assert_eq!(
         current,
-        [("a", 1, Some("one")), ("b", 2, Some("two"))],
-        "the current versions, ordered by id"
+        [("a", 1, Some("one"), "team-a"), ("b", 2, Some("two"), "team-b")],
+        "the current versions with their namespaces, ordered by id"
     );
 
     // A deletion is a version without text; the history keeps every version, oldest first.
     let gone = store.delete_policy("b", "admin:3", 103).await.expect("delete");
     assert_eq!((gone.version, gone.text.as_deref(), gone.author.as_str()), (3, None, "admin:3"));
+    assert_eq!(gone.namespace, ns("team-b"), "a deletion stays in the namespace it deletes from");
     assert!(
         matches!(store.delete_policy("b", "admin:3", 104).await, Err(StoreError::PolicyNotFound(id)) if id == "b")
     );
     assert!(matches!(store.delete_policy("zz", "admin:3", 104).await, Err(StoreError::PolicyNotFound(_))));
     let history = store.policy_history("b").await.expect("history");
-    let versions: Vec<(u64, Option<&str>, &str)> =
-        history.iter().map(|p| (p.version, p.text.as_deref(), p.author.as_str())).collect();
+    let versions: Vec<(u64, Option<&str>, &str, &str)> = history
+        .iter()
+        .map(|p| (p.version, p.text.as_deref(), p.author.as_str(), p.namespace.as_str()))
+        .collect();
     assert_eq!(
         versions,
         [
-            (1, Some("permit(principal, action, resource);"), "admin:1"),
-            (2, Some("two"), "admin:2"),
-            (3, None, "admin:3")
+            (1, Some("permit(principal, action, resource);"), "admin:1", "default"),
+            (2, Some("two"), "admin:2", "team-b"),
+            (3, None, "admin:3", "team-b")
         ]
     );
     assert_eq!(store.list_policies().await.expect("list").len(), 1);
     // Written again after deletion: the numbering goes on.
-    assert_eq!(store.put_policy("b", "again", "admin:1", 105).await.expect("put").version, 4);
+    assert_eq!(store.put_policy("b", &ns("default"), "again", "admin:1", 105).await.expect("put").version, 4);
 
     // Concurrent writers of one id get distinct versions without gaps.
     let mut tasks = Vec::new();
     for i in 0..8 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.put_policy("c", &format!("t{i}"), "admin", 200).await }));
+        tasks.push(tokio::spawn(async move {
+            store.put_policy("c", &ns("default"), &format!("t{i}"), "admin", 200).await
+        }));
     }
     let mut got = Vec::new();
     for t in tasks {

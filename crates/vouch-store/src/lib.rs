@@ -23,7 +23,9 @@ pub mod test_postgres;
 
 use async_trait::async_trait;
 use vouch_core::audit::{AuditCheckpoint, AuditRecord};
-use vouch_core::{Entry, EntryId, NodeGroup, SecretPath, Selector, Selectors, SpiffeId, TrustDomain};
+use vouch_core::{
+    Entry, EntryId, Namespace, NodeGroup, SecretPath, Selector, Selectors, SpiffeId, TrustDomain,
+};
 
 pub use postgres::{
     redact_passwords, PgConn, PgPool, PgUrl, PgUrlError, PoolRole, PostgresStore, DEFAULT_POOL_SIZE,
@@ -162,6 +164,8 @@ pub struct EntryFilter {
     pub parent_id: Option<SpiffeId>,
     /// Only entries that require this selector.
     pub selector: Option<Selector>,
+    /// Only entries of this namespace.
+    pub namespace: Option<Namespace>,
 }
 
 impl EntryFilter {
@@ -170,6 +174,7 @@ impl EntryFilter {
         self.spiffe_id.as_ref().is_none_or(|id| &entry.spiffe_id == id)
             && self.parent_id.as_ref().is_none_or(|id| &entry.parent_id == id)
             && self.selector.as_ref().is_none_or(|s| entry.selectors.iter().any(|x| x == s))
+            && self.namespace.as_ref().is_none_or(|ns| &entry.namespace == ns)
     }
 }
 
@@ -486,6 +491,9 @@ pub struct PolicyVersion {
     pub created_at: i64,
     /// Who made it (the admin caller).
     pub author: String,
+    /// The namespace the policy belongs to (a deletion keeps the namespace of the version it
+    /// deletes).
+    pub namespace: Namespace,
 }
 
 /// The authority state as stored, with the version the store gave it. The version grows by one
@@ -925,12 +933,13 @@ pub trait Store: Send + Sync + 'static {
         change: VersionChange,
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// Writes a new version of policy `id` with `text` (version 1 if the id is new or was never
-    /// written, else one more than its last version, deleted or not) and returns it. Versions of
-    /// one id are numbered without gaps however many writers race.
+    /// Writes a new version of policy `id` with `text` in `namespace` (version 1 if the id is new
+    /// or was never written, else one more than its last version, deleted or not) and returns it.
+    /// Versions of one id are numbered without gaps however many writers race.
     async fn put_policy(
         &self,
         id: &str,
+        namespace: &Namespace,
         text: &str,
         author: &str,
         now: i64,

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc, watch, Semaphore, SemaphorePermit};
 use tokio_postgres::config::Host;
 use tokio_postgres::{AsyncMessage, Client, Connection, Row, Socket};
-use vouch_core::{Entry, EntryId, NodeGroup, SpiffeId, TrustDomain};
+use vouch_core::{Entry, EntryId, Namespace, NodeGroup, SpiffeId, TrustDomain};
 
 use crate::codec::{
     authority_version, consumed_token, decode_agent, decode_entry, decode_federation, decode_group,
@@ -211,6 +211,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             created_at BIGINT NOT NULL
         );"#,
     },
+    Migration {
+        version: 12,
+        name: "namespaces",
+        // As SQLite's step 12.
+        sql: "ALTER TABLE entries ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default';
+        CREATE INDEX entries_namespace ON entries (namespace);
+        ALTER TABLE policies ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default';",
+    },
 ];
 
 const LEASE_COLUMNS: &str =
@@ -237,6 +245,7 @@ fn pg_policy_row(r: &Row) -> Result<PolicyVersion, StoreError> {
         text: col(r, 2)?,
         created_at: col(r, 3)?,
         author: col(r, 4)?,
+        namespace: Namespace::new(col(r, 5)?).map_err(|e| StoreError::Corrupt(format!("policy: {e}")))?,
     })
 }
 
@@ -913,6 +922,7 @@ impl PostgresStore {
     async fn write_policy_version(
         &self,
         id: &str,
+        namespace: Option<&Namespace>,
         text: Option<&str>,
         author: &str,
         now: i64,
@@ -923,22 +933,30 @@ impl PostgresStore {
         tx.execute("LOCK TABLE policies IN SHARE ROW EXCLUSIVE MODE", &[]).await.map_err(backend)?;
         let last = tx
             .query_opt(
-                "SELECT version, text IS NOT NULL FROM policies WHERE id = $1 ORDER BY version DESC LIMIT 1",
+                "SELECT version, text IS NOT NULL, namespace FROM policies WHERE id = $1 ORDER BY version DESC LIMIT 1",
                 &[&id],
             )
             .await
             .map_err(backend)?;
-        let (last, live) = match &last {
-            Some(r) => (col::<i64>(r, 0)?, col::<bool>(r, 1)?),
-            None => (0, false),
+        let (last, live, last_ns) = match &last {
+            Some(r) => (col::<i64>(r, 0)?, col::<bool>(r, 1)?, Some(col::<String>(r, 2)?)),
+            None => (0, false, None),
+        };
+        // A deletion stays in the namespace of the version it deletes.
+        let namespace = match (namespace, last_ns) {
+            (Some(ns), _) => ns.clone(),
+            (None, Some(last)) => {
+                Namespace::new(&last).map_err(|e| StoreError::Corrupt(format!("policy `{id}`: {e}")))?
+            }
+            (None, None) => Namespace::default(),
         };
         if text.is_none() && !live {
             return Err(StoreError::PolicyNotFound(id.to_owned()));
         }
         let version = last + 1;
         tx.execute(
-            "INSERT INTO policies (id, version, text, created_at, author) VALUES ($1, $2, $3, $4, $5)",
-            &[&id, &version, &text, &now, &author],
+            "INSERT INTO policies (id, version, text, created_at, author, namespace) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&id, &version, &text, &now, &author, &namespace.as_str()],
         )
         .await
         .map_err(backend)?;
@@ -950,6 +968,7 @@ impl PostgresStore {
             text: text.map(str::to_owned),
             created_at: now,
             author: author.to_owned(),
+            namespace,
         })
     }
 
@@ -987,14 +1006,15 @@ impl Store for PostgresStore {
     async fn create_entries(&self, entries: &[Entry]) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let mut ids = Vec::with_capacity(entries.len());
-        let (mut spiffe_ids, mut parent_ids, mut revisions, mut data) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut spiffe_ids, mut parent_ids, mut revisions, mut data, mut namespaces) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for e in entries {
             revisions.push(to_i64(e.revision, e.id.as_str())?);
             ids.push(e.id.to_string());
             spiffe_ids.push(e.spiffe_id.to_string());
             parent_ids.push(e.parent_id.to_string());
             data.push(encode_entry(e)?);
+            namespaces.push(e.namespace.to_string());
         }
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await.map_err(backend)?;
@@ -1002,10 +1022,10 @@ impl Store for PostgresStore {
         // for it, which the returned ids show, and then the transaction is rolled back.
         let rows = tx
             .query(
-                "INSERT INTO entries (id, spiffe_id, parent_id, revision, data)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+                "INSERT INTO entries (id, spiffe_id, parent_id, revision, data, namespace)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
                  ON CONFLICT (id) DO NOTHING RETURNING id",
-                &[&ids, &spiffe_ids, &parent_ids, &revisions, &data],
+                &[&ids, &spiffe_ids, &parent_ids, &revisions, &data, &namespaces],
             )
             .await
             .map_err(backend)?;
@@ -1040,13 +1060,15 @@ impl Store for PostgresStore {
         // The indexed columns narrow the scan; the filter itself decides.
         let spiffe = filter.spiffe_id.as_ref().map(SpiffeId::to_string);
         let parent = filter.parent_id.as_ref().map(SpiffeId::to_string);
+        let namespace = filter.namespace.as_ref().map(ToString::to_string);
         let conn = self.pool.get().await?;
         let rows = conn
             .query(
                 "SELECT id, data FROM entries
                  WHERE ($1::text IS NULL OR spiffe_id = $1) AND ($2::text IS NULL OR parent_id = $2)
+                   AND ($3::text IS NULL OR namespace = $3)
                  ORDER BY id",
-                &[&spiffe, &parent],
+                &[&spiffe, &parent, &namespace],
             )
             .await
             .map_err(backend)?;
@@ -1080,10 +1102,18 @@ impl Store for PostgresStore {
         let changed = tx
             .query_opt(
                 "WITH old AS (SELECT parent_id FROM entries WHERE id = $1 AND revision = $6 FOR UPDATE)
-                 UPDATE entries SET spiffe_id = $2, parent_id = $3, revision = $4, data = $5
+                 UPDATE entries SET spiffe_id = $2, parent_id = $3, revision = $4, data = $5, namespace = $7
                  FROM old WHERE entries.id = $1 AND entries.revision = $6
                  RETURNING old.parent_id",
-                &[&id, &entry.spiffe_id.to_string(), &entry.parent_id.to_string(), &revision, &data, &prior],
+                &[
+                    &id,
+                    &entry.spiffe_id.to_string(),
+                    &entry.parent_id.to_string(),
+                    &revision,
+                    &data,
+                    &prior,
+                    &entry.namespace.as_str(),
+                ],
             )
             .await
             .map_err(backend)?;
@@ -1674,22 +1704,23 @@ impl Store for PostgresStore {
     async fn put_policy(
         &self,
         id: &str,
+        namespace: &Namespace,
         text: &str,
         author: &str,
         now: i64,
     ) -> Result<PolicyVersion, StoreError> {
-        self.write_policy_version(id, Some(text), author, now).await
+        self.write_policy_version(id, Some(namespace), Some(text), author, now).await
     }
 
     async fn delete_policy(&self, id: &str, author: &str, now: i64) -> Result<PolicyVersion, StoreError> {
-        self.write_policy_version(id, None, author, now).await
+        self.write_policy_version(id, None, None, author, now).await
     }
 
     async fn list_policies(&self) -> Result<Vec<PolicyVersion>, StoreError> {
         let conn = self.pool.get().await?;
         let rows = conn
             .query(
-                "SELECT DISTINCT ON (id) id, version, text, created_at, author FROM policies \
+                "SELECT DISTINCT ON (id) id, version, text, created_at, author, namespace FROM policies \
                  ORDER BY id, version DESC",
                 &[],
             )
@@ -1703,7 +1734,7 @@ impl Store for PostgresStore {
         let conn = self.pool.get().await?;
         let rows = conn
             .query(
-                "SELECT id, version, text, created_at, author FROM policies WHERE id = $1 ORDER BY version",
+                "SELECT id, version, text, created_at, author, namespace FROM policies WHERE id = $1 ORDER BY version",
                 &[&id],
             )
             .await

@@ -169,22 +169,28 @@ async fn databases_of_earlier_builds_are_recognised_and_upgraded_in_place() {
         (9, "policies".to_owned()),
         (10, "db_leases".to_owned()),
         (11, "audit_log".to_owned()),
+        (12, "namespaces".to_owned()),
     ];
     for steps in [2, 1] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vouch.db");
         create_legacy_database(&path, steps);
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(schema_versions(&path), (want.clone(), 11), "from {steps} step(s)");
+        assert_eq!(schema_versions(&path), (want.clone(), 12), "from {steps} step(s)");
         let old = vouch_core::EntryId::new("old").unwrap();
         assert_eq!(store.get_entry(&old).await.unwrap().unwrap().id, old, "data kept");
+        let in_default =
+            EntryFilter { namespace: Some(vouch_core::Namespace::default()), ..Default::default() };
+        let listed = store.list_entries(&in_default).await.unwrap();
+        assert_eq!(listed.len(), 1, "an entry from before namespaces is in `default`");
+        assert!(listed[0].namespace.is_default());
         assert_eq!(store.load_authority().await.unwrap().as_deref(), Some("{\"v\":0}"));
         assert!(store.list_agents().await.unwrap().is_empty(), "the agents table exists");
         store.delete_entry(&old).await.unwrap();
         drop(store);
         // Opening again changes nothing, and the upgraded database passes the whole contract.
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(schema_versions(&path), (want.clone(), 11));
+        assert_eq!(schema_versions(&path), (want.clone(), 12));
         store.save_authority("{}").await.unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute("DELETE FROM authority", []).unwrap();
@@ -204,7 +210,7 @@ async fn newer_schema_versions_are_refused_and_failed_steps_change_nothing() {
     conn.execute("INSERT INTO schema_version (version, name) VALUES (99, 'from the future')", []).unwrap();
     drop(conn);
     let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 99, supported: 11 }), "{err}");
+    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 99, supported: 12 }), "{err}");
     assert!(err.to_string().contains("newer than this vouch"), "{err}");
 
     // A step that fails (here: a table in the way of step 2) rolls back the whole upgrade.
@@ -242,7 +248,7 @@ async fn postgres_conforms_and_migrates() {
     let cluster = PgCluster::start();
     let url = PgUrl::parse(&cluster.create_database("conformance").await).unwrap();
     let store = PostgresStore::connect(&url).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 11);
+    assert_eq!(store.schema_version().await.unwrap(), 12);
     conformance::run(Arc::new(store)).await;
 
     // Reopening finds the schema in place; a second store on the same database (a replica) sees
@@ -250,14 +256,14 @@ async fn postgres_conforms_and_migrates() {
     let tcp = cluster.tcp_url("conformance");
     let replica = PostgresStore::connect(&PgUrl::parse(&tcp).unwrap()).await.unwrap();
     assert_eq!(replica.load_authority().await.unwrap().as_deref(), Some("{\"v\":2}"));
-    assert_eq!(replica.schema_version().await.unwrap(), 11);
+    assert_eq!(replica.schema_version().await.unwrap(), 12);
 
     // Replicas starting together on an empty database migrate once, one after the other.
     let url = PgUrl::parse(&cluster.create_database("together").await).unwrap();
     let (a, b) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
     assert_eq!(
         (a.unwrap().schema_version().await.unwrap(), b.unwrap().schema_version().await.unwrap()),
-        (11, 11)
+        (12, 12)
     );
 
     // A database from a newer vouch is refused.
@@ -269,7 +275,7 @@ async fn postgres_conforms_and_migrates() {
         .await
         .unwrap();
     let err = PostgresStore::connect(&url).await.unwrap_err();
-    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 99, supported: 11 }), "{err}");
+    assert!(matches!(err, vouch_store::StoreError::SchemaTooNew { found: 99, supported: 12 }), "{err}");
 }
 
 /// The password in a store URL never shows: not in its Display or Debug form, not in the error of

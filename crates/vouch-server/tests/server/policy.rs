@@ -249,7 +249,11 @@ async fn agents_ask_only_about_their_own_workloads() {
 async fn a_stored_policy_that_no_longer_loads_fails_decisions_closed() {
     let state = state_in_memory(ManualClock::new()).await;
     put(&state, "own-path", OWN_PATH).await;
-    state.store.put_policy("broken", "forbid(principal, action, resource", "hand", 1).await.unwrap();
+    state
+        .store
+        .put_policy("broken", &Default::default(), "forbid(principal, action, resource", "hand", 1)
+        .await
+        .unwrap();
     // Written around the server, and before its first decision read the policies.
     let (s, v) = authorize(&state, ROOT, &ask("web", "read", "secret", "web/key")).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
