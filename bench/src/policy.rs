@@ -239,7 +239,7 @@ async fn over_http(o: &Options, vouch: &PathBuf, bao_addr: &str) -> Result<()> {
             .await?;
     }
     for (id, text) in policy_texts() {
-        local.policies().put(&id, &text).await?;
+        local.policies().put(&id, &text, None).await?;
     }
     let bodies: Arc<Vec<Bytes>> = Arc::new(
         requests(4096)?.iter().map(|r| Ok(Bytes::from(serde_json::to_vec(r)?))).collect::<Result<_>>()?,

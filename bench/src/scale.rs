@@ -309,6 +309,8 @@ fn spec(id: &str, parent: SpiffeId, ns: usize, w: &str) -> EntrySpec {
         expires_at: None,
         owner: String::new(),
         purpose: String::new(),
+        namespace: None,
+        admin_namespaces: Vec::new(),
     }
 }
 

@@ -76,7 +76,7 @@ async fn agent_runs(o: &Options, value: &[u8]) -> Result<(Run, crate::procstat::
     let grant = format!(
         r#"permit(principal == Workload::"{me}", action == Action::"read", resource == Secret::"{PATH}");"#
     );
-    stack.admin.policies().put("bench-read", &grant).await?;
+    stack.admin.policies().put("bench-read", &grant, None).await?;
     // The secret socket is the Workload API socket's path with `.secrets` appended.
     let socket = {
         let mut name = stack.socket.clone().into_os_string();

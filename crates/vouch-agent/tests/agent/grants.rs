@@ -58,13 +58,13 @@ async fn the_agent_decides_locally_from_policies_synced_like_entries() {
 
     let policies = stack.admin.policies();
     policies
-        .put("own-path", r#"permit(principal, action == Action::"read", resource is Secret) when { resource.dirs.contains(principal.path) };"#)
+        .put("own-path", r#"permit(principal, action == Action::"read", resource is Secret) when { resource.dirs.contains(principal.path) };"#, None)
         .await
         .unwrap();
     let a = until(&socket, &web, "web/db", "permitted by `own-path`").await;
     assert!(a.allow);
     // Deny wins on the node as on the server.
-    policies.put("no-db", r#"forbid(principal, action, resource == Secret::"web/db");"#).await.unwrap();
+    policies.put("no-db", r#"forbid(principal, action, resource == Secret::"web/db");"#, None).await.unwrap();
     let a = until(&socket, &web, "web/db", "denied by `no-db`").await;
     assert_eq!((a.allow, a.reasons), (false, vec!["no-db".to_owned()]));
     let other = until(&socket, &web, "web/api", "permitted by `own-path`").await;

@@ -53,7 +53,7 @@ async fn a_workload_reads_a_secret_by_identity_through_the_agent() {
         "{e}"
     );
 
-    stack.admin.policies().put("reader-reads-app", READER_READS_APP).await.unwrap();
+    stack.admin.policies().put("reader-reads-app", READER_READS_APP, None).await.unwrap();
     let v = ask(&socket, r#"{"path": "app/db"}"#).await;
     assert_eq!(v["spiffe_id"], "spiffe://example.org/reader", "{v}");
     assert_eq!(v["version"], 1);
@@ -137,7 +137,7 @@ async fn reader_stack() -> (Stack, std::path::PathBuf) {
     stack.entry_for_me("reader", "/reader", json!({})).await;
     stack.wait_entries(1).await;
     stack.admin.secrets().put("app/db", &put(b"v1")).await.unwrap();
-    stack.admin.policies().put("reader-reads-app", READER_READS_APP).await.unwrap();
+    stack.admin.policies().put("reader-reads-app", READER_READS_APP, None).await.unwrap();
     let socket = vouch_agent::secret_api::socket_path(&stack.agent().socket);
     (stack, socket)
 }
