@@ -1567,7 +1567,7 @@ fn grants_through_the_cli() {
 
     assert!(server
         .ok(&["policy", "put", "own-path", "--file", &own])
-        .contains("policy own-path version 1 (permit)"));
+        .contains("policy own-path version 1 in namespace default (permit)"));
     assert_eq!(code(&ask), Some(0));
     assert!(server.ok(&ask).contains("ALLOW: permitted by `own-path`"));
     let other: Vec<&str> = ask.iter().map(|a| if *a == "web/db" { "payments/db" } else { a }).collect();

@@ -307,6 +307,7 @@ impl Entries<'_> {
                 ("spiffe_id", q.spiffe_id.as_deref()),
                 ("parent_id", q.parent_id.as_deref()),
                 ("selector", q.selector.as_deref()),
+                ("namespace", q.namespace.as_deref()),
             ],
         );
         self.client.get(&path).await
