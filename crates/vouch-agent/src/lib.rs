@@ -11,7 +11,8 @@
 //! Private: `identity` (the agent's own SVID: node attestation by join token, PSAT or x509pop,
 //! renewal, kept on disk 0600), `sync` (the push stream of entries from the server), `registry`,
 //! `svid_cache` and `server_link` (the three parts of [`state::AgentState`]), `workload_api` and
-//! `workload_error` (the SPIFFE Workload API and its one mapping to gRPC status), `explain`,
+//! `workload_error` (the SPIFFE Workload API and its one mapping to gRPC status), `deliveries` (what
+//! the Workload API handed to which workload, reported to the server for forensics), `explain`,
 //! `metrics`, and `clock` (the one reading of the system clock).
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod attest;
 mod clock;
 pub mod config;
 pub mod conn_limits;
+mod deliveries;
 mod explain;
 pub mod grants;
 pub mod h2_authority_filter;
@@ -224,6 +226,7 @@ impl Agent {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(sync::run(state.clone(), rx.clone()))];
         tasks.push(tokio::spawn(maintenance(state.clone(), rx.clone())));
+        tasks.push(tokio::spawn(deliveries::run(state.clone(), rx.clone())));
 
         // World-connectable on purpose: attestation, not file modes, decides who gets what.
         let listener = vouch_fs::bind_unix_socket(&config.socket, 0o777)

@@ -379,13 +379,33 @@ impl Drop for RpcTimer<'_> {
 /// The metrics of a running agent.
 pub fn render(state: &AgentState) -> String {
     let id = state.link.identity();
-    state.metrics.render(Gauges {
+    let mut out = state.metrics.render(Gauges {
         svids_held: u64::try_from(state.cache.x509_len()).unwrap_or(u64::MAX),
         entries: u64::try_from(state.registry.entries().len()).unwrap_or(u64::MAX),
         connected: state.link.connected(),
         agent_svid_expires_at: vouch_core::ttl::unix_seconds(id.not_after),
         server_failovers: state.link.failovers(),
-    })
+    });
+    let d = &state.deliveries;
+    counter(
+        &mut out,
+        "vouch_agent_deliveries_reported_total",
+        "Records of SVIDs delivered to workloads that the server accepted (forensics, `vouch audit who`).",
+        d.reported_total(),
+    );
+    counter(
+        &mut out,
+        "vouch_agent_deliveries_dropped_total",
+        "Delivery records dropped: the queue was full (the server unreachable for long) or the server refused a batch. The count is reported to the server with the next batch.",
+        d.dropped_total(),
+    );
+    gauge(
+        &mut out,
+        "vouch_agent_deliveries_queued",
+        "Delivery records waiting to be reported.",
+        u64::try_from(d.queued()).unwrap_or(u64::MAX),
+    );
+    out
 }
 
 /// Connections served at once; more wait in the kernel's backlog.

@@ -363,7 +363,7 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
             continue;
         };
         // Pinned at accept, as on the Workload API socket.
-        let peer = PeerInfo(Arc::new(PeerProcess::of_socket(&stream, state.unix.proc_root())));
+        let peer = PeerInfo::new(PeerProcess::of_socket(&stream, state.unix.proc_root()));
         let (state, watch_slots, watches) = (state.clone(), watch_slots.clone(), watches.clone());
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();

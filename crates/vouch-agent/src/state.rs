@@ -45,6 +45,8 @@ pub struct AgentState {
     pub metrics: crate::metrics::AgentMetrics,
     /// The policy set synced from the server, for local decisions.
     pub policies: crate::grants::LocalPolicies,
+    /// What the Workload API delivered to whom, waiting to be reported to the server.
+    pub deliveries: crate::deliveries::Deliveries,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -123,6 +125,7 @@ impl AgentState {
             jwt_backoff: Backoff::default(),
             metrics: Default::default(),
             policies: Default::default(),
+            deliveries: Default::default(),
         }))
     }
 
@@ -224,6 +227,7 @@ impl AgentState {
                 spiffe_id: e.spiffe_id.clone(),
                 hint: e.hint.clone(),
                 renew_at: ttl::renew_at(info.not_before, info.not_after, jitter()),
+                serial: info.serial,
                 chain_der,
                 key_der: key.pkcs8.clone(),
                 not_before: info.not_before,

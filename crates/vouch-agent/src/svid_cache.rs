@@ -24,6 +24,8 @@ pub struct CachedSvid {
     pub spiffe_id: SpiffeId,
     /// The entry's hint.
     pub hint: String,
+    /// The leaf's serial number (lowercase hex), as delivery records name it.
+    pub serial: String,
     /// DER chain, leaf first.
     pub chain_der: Vec<Vec<u8>>,
     /// PKCS#8 DER private key.

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use vouch_api::agent::SvidKind;
 use vouch_ca::Bundle;
 use vouch_core::{Entry, SpiffeId, TrustDomain};
 use vouch_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -29,16 +30,25 @@ use vouch_proto::workload::{
     X509svidResponse,
 };
 
-use crate::attest::{attest_full, AttestError, ExeHash, PeerProcess};
+use crate::attest::{attest_full, AttestError, Attestation, ExeHash, PeerProcess};
 use crate::conn_limits::ConnSlot;
+use crate::deliveries::{jwt_facts, Delivered, Handed, Workload};
 use crate::h2_authority_filter::Filter;
 use crate::metrics::{Refusal, Rpc, RpcTimer};
 use crate::state::AgentState;
 use crate::workload_error::WorkloadError;
 
-/// The pinned peer of a connection (or why it could not be pinned).
+/// The pinned peer of a connection (or why it could not be pinned), and the SVIDs the connection
+/// was given (so each is reported once: [`crate::deliveries`]).
 #[derive(Clone)]
-pub struct PeerInfo(pub Arc<Result<PeerProcess, AttestError>>);
+pub struct PeerInfo(pub Arc<Result<PeerProcess, AttestError>>, pub(crate) Arc<Delivered>);
+
+impl PeerInfo {
+    /// The peer of a new connection, which has been given nothing yet.
+    pub fn new(peer: Result<PeerProcess, AttestError>) -> Self {
+        Self(Arc::new(peer), Arc::default())
+    }
+}
 
 /// A connection on the Workload API socket with its peer pinned at accept time. The gRPC server
 /// reads it through a [`Filter`] (which lets gRPC C-core clients such as py-spiffe in) and writes
@@ -76,7 +86,7 @@ impl WorkloadConn {
         let peer = PeerProcess::of_socket(&stream, state.unix.proc_root());
         Self {
             stream,
-            peer: PeerInfo(Arc::new(peer)),
+            peer: PeerInfo::new(peer),
             filter: Filter::default(),
             input: Vec::new(),
             out: Vec::new(),
@@ -221,7 +231,7 @@ fn check_header<T>(state: &AgentState, req: &Request<T>) -> Result<(), WorkloadE
 
 fn peer_of<T>(req: &Request<T>) -> PeerInfo {
     req.extensions().get::<PeerInfo>().cloned().unwrap_or_else(|| {
-        PeerInfo(Arc::new(Err(AttestError::Peer("no peer information on the connection".into()))))
+        PeerInfo::new(Err(AttestError::Peer("no peer information on the connection".into())))
     })
 }
 
@@ -232,6 +242,15 @@ pub(crate) async fn entitled(
     peer: &PeerInfo,
     now: SystemTime,
 ) -> Result<Vec<Entry>, WorkloadError> {
+    entitled_with(state, peer, now).await.map(|(entries, _)| entries)
+}
+
+/// [`entitled`], with what attestation learned about the caller.
+async fn entitled_with(
+    state: &AgentState,
+    peer: &PeerInfo,
+    now: SystemTime,
+) -> Result<(Vec<Entry>, Attestation), WorkloadError> {
     let pinned = match &*peer.0 {
         Ok(p) => p,
         Err(e) => {
@@ -261,7 +280,7 @@ pub(crate) async fn entitled(
         tracing::info!(target: "vouch::audit", event = "workload.no_identity", pid = pinned.pid, selectors = attestation.selectors.len());
         return Err(WorkloadError::NoIdentity);
     }
-    Ok(entries)
+    Ok((entries, attestation))
 }
 
 fn concat(ders: &[Vec<u8>]) -> Vec<u8> {
@@ -292,11 +311,22 @@ fn jwt_jwks(bundle: &Bundle) -> Result<Vec<u8>, WorkloadError> {
 
 async fn x509_response(state: &AgentState, peer: &PeerInfo) -> Result<X509svidResponse, Status> {
     let now = crate::clock::now();
-    let entries = entitled(state, peer, now).await?;
+    let (entries, attestation) = entitled_with(state, peer, now).await?;
     let svids = state
         .x509_svids(&entries, now)
         .await
         .map_err(|error| WorkloadError::Server { what: "an X509-SVID", error })?;
+    let workload = Workload::of(&attestation);
+    for s in &svids {
+        let handed = Handed {
+            spiffe_id: &s.spiffe_id,
+            kind: SvidKind::X509,
+            svid_id: &s.serial,
+            not_before: s.not_before,
+            not_after: s.not_after,
+        };
+        state.deliveries.record(&peer.1, &workload, handed, now);
+    }
     let bundle = concat(&state.registry.bundle().x509_authorities);
     Ok(X509svidResponse {
         svids: svids
@@ -457,7 +487,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             })?),
         };
         let now = crate::clock::now();
-        let mut entries = entitled(&self.state, &peer, now).await?;
+        let (mut entries, attestation) = entitled_with(&self.state, &peer, now).await?;
         if let Some(wanted) = wanted {
             entries.retain(|e| e.spiffe_id == wanted);
             if entries.is_empty() {
@@ -466,12 +496,23 @@ impl SpiffeWorkloadApi for WorkloadApi {
             }
         }
         let mut svids = Vec::with_capacity(entries.len());
+        let workload = Workload::of(&attestation);
         for e in &entries {
             let token = self
                 .state
                 .jwt(e, &body.audience, now)
                 .await
                 .map_err(|error| WorkloadError::Server { what: "a JWT-SVID", error })?;
+            if let Some((jti, iat, exp)) = jwt_facts(&token) {
+                let handed = Handed {
+                    spiffe_id: &e.spiffe_id,
+                    kind: SvidKind::Jwt,
+                    svid_id: &jti,
+                    not_before: vouch_core::ttl::from_unix_seconds(iat),
+                    not_after: vouch_core::ttl::from_unix_seconds(exp),
+                };
+                self.state.deliveries.record(&peer.1, &workload, handed, now);
+            }
             svids.push(Jwtsvid { spiffe_id: e.spiffe_id.to_string(), svid: token, hint: e.hint.clone() });
         }
         Ok(Response::new(JwtsvidResponse { svids }))

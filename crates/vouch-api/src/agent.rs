@@ -253,6 +253,86 @@ pub struct AgentJwtResponse {
     pub expires_at: i64,
 }
 
+/// Most records in one delivery report (`POST /v1/agent/delivered`).
+pub const MAX_DELIVERY_BATCH: usize = 256;
+/// Largest body of a delivery report, in bytes: [`MAX_DELIVERY_BATCH`] records of about 700
+/// bytes each at their longest, with room to spare.
+pub const MAX_DELIVERY_BODY: usize = 256 * 1024;
+/// Longest text of one field of a delivered record (a container id, an image id, a serial, a
+/// `jti`).
+pub const MAX_DELIVERY_TEXT: usize = 256;
+
+/// The kind of SVID a workload received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SvidKind {
+    /// An X509-SVID (FetchX509SVID).
+    X509,
+    /// A JWT-SVID (FetchJWTSVID).
+    Jwt,
+}
+
+impl SvidKind {
+    /// Its name on the wire and in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X509 => "x509",
+            Self::Jwt => "jwt",
+        }
+    }
+}
+
+/// `POST /v1/agent/delivered`: what the agent's Workload API handed to which workload, batched.
+/// The server records each as an `agent.delivered` audit event under the calling agent's SPIFFE
+/// ID (from its mTLS SVID), never under a name from the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryReport {
+    /// The reporting agent: must be the caller's SPIFFE ID, else the whole batch is refused.
+    pub node: SpiffeId,
+    /// Records the agent dropped since its last accepted report (its queue was full).
+    #[serde(default)]
+    pub dropped: u64,
+    /// 1 to [`MAX_DELIVERY_BATCH`] records.
+    pub records: Vec<Delivery>,
+}
+
+/// One SVID handed to one workload connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// The SVID's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// X509-SVID or JWT-SVID.
+    pub kind: SvidKind,
+    /// The certificate's serial number (hex) of an X509-SVID, the `jti` of a JWT-SVID.
+    pub svid_id: String,
+    /// Validity start, unix seconds (a JWT-SVID's `iat`).
+    pub not_before: i64,
+    /// Validity end, unix seconds (a JWT-SVID's `exp`).
+    pub not_after: i64,
+    /// When the agent handed it over, unix milliseconds (the agent's clock).
+    pub delivered_at_ms: i64,
+    /// The workload's process id, as the agent's pid namespace sees it.
+    pub pid: i32,
+    /// The container id from the process's cgroup, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The container's image id (config digest), when the runtime named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The SHA-256 of the executable (hex), only when attestation computed it for an entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_sha256: Option<String>,
+}
+
+/// The answer to a delivery report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAccepted {
+    /// Records taken into the audit log's queue.
+    pub accepted: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

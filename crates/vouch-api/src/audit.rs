@@ -73,3 +73,76 @@ pub enum AuditExportLine {
     /// A signed checkpoint.
     Checkpoint(AuditCheckpoint),
 }
+
+/// `GET /v1/audit/who`: which workloads held `spiffe_id` at `at`, or at any time in
+/// `from..=to` (RFC 3339). Give `at`, or `from` and `to`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhoQuery {
+    /// The identity.
+    pub spiffe_id: String,
+    /// One instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// The start of a range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The end of a range (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// Most delivery records one `who` question reads; beyond, the answer says it was cut short.
+pub const MAX_WHO_SCAN: u64 = 100_000;
+/// Most holders in one answer.
+pub const MAX_WHO_HOLDERS: usize = 1000;
+
+/// The answer of `GET /v1/audit/who`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAnswer {
+    /// The identity asked about.
+    pub spiffe_id: String,
+    /// The start of the range asked about, unix milliseconds.
+    pub from_ms: i64,
+    /// Its end (inclusive), unix milliseconds.
+    pub to_ms: i64,
+    /// Each workload connection that held an SVID of the identity then, earliest first.
+    pub holders: Vec<Holder>,
+    /// Delivery records read to answer.
+    pub scanned: u64,
+    /// True when the answer is incomplete (more than [`MAX_WHO_SCAN`] records to read, or more
+    /// than [`MAX_WHO_HOLDERS`] holders): ask about a narrower range.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One workload that held an SVID: delivered at `delivered_at_ms` and valid until `not_after`, it
+/// was held over that span.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The node: the SPIFFE ID of the agent that delivered it (from its mTLS SVID).
+    pub node: String,
+    /// `x509` or `jwt`.
+    pub kind: String,
+    /// The X509-SVID's serial or the JWT-SVID's `jti`.
+    pub svid_id: String,
+    /// Validity start, unix seconds.
+    pub not_before: i64,
+    /// Validity end, unix seconds.
+    pub not_after: i64,
+    /// When the agent delivered it, unix milliseconds.
+    pub delivered_at_ms: i64,
+    /// The workload's process id.
+    pub pid: i64,
+    /// Its container id, if it runs in a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The container's image id (config digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The executable's SHA-256, when attestation computed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_sha256: Option<String>,
+    /// The audit record that says so (its sequence number).
+    pub seq: u64,
+}

@@ -67,6 +67,8 @@ pub const AUDIT_CHECKPOINTS: &str = "/v1/audit/checkpoints";
 pub const AUDIT_KEYS: &str = "/v1/audit/keys";
 /// Walk the audit chain and its checkpoints (GET).
 pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
+/// Forensics: which workloads held a SPIFFE ID at a time or over a range (GET).
+pub const AUDIT_WHO: &str = "/v1/audit/who";
 /// Join tokens.
 pub const JOIN_TOKENS: &str = "/v1/join-tokens";
 /// Mint an X509-SVID.
@@ -102,6 +104,8 @@ pub const AGENT_SIGN: &str = "/v1/agent/sign";
 pub const AGENT_JWT: &str = "/v1/agent/jwt";
 /// A secret read for a workload the agent attested.
 pub const AGENT_SECRET: &str = "/v1/agent/secret";
+/// What the agent's Workload API delivered to which workload (batched reports).
+pub const AGENT_DELIVERED: &str = "/v1/agent/delivered";
 /// Database credentials for a workload the agent attested.
 pub const AGENT_DB_CREDS: &str = "/v1/agent/db/creds";
 

@@ -1,6 +1,7 @@
 //! `vouch audit ...`: the tamper-evident audit log. Search it, export it as JSON lines, and verify
 //! it: on the server (`vouch audit verify`), or offline from an export with the checkpoint key
 //! kept apart from the server (`vouch audit verify --file export.jsonl --key audit-key.json`).
+//! `vouch audit who` answers which workloads held an identity, from the agents' delivery records.
 
 use std::io::{BufRead as _, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Subcommand;
 use vouch_api::audit::{
     AuditCheckpoint, AuditExportLine, AuditKeyList, AuditPublicKey, AuditRecord, AuditSearch,
-    AuditVerifyReport, MAX_AUDIT_PAGE,
+    AuditVerifyReport, WhoAnswer, WhoQuery, MAX_AUDIT_PAGE,
 };
 use vouch_ca::audit::ChainVerifier;
 
@@ -71,6 +72,26 @@ pub enum AuditCommand {
     },
     /// Show the public keys that sign checkpoints (save `-o json` for offline verification).
     Key,
+    /// Forensics: which workloads held an identity at a time, or at any time in a range (node,
+    /// pid, container id, image id, binary hash, serial, validity), from what the agents reported
+    /// delivering. An SVID delivered at t0 and valid until t1 was held over [t0, t1].
+    ///
+    ///   vouch audit who --spiffe-id spiffe://example.org/payments --at 2026-11-30T03:00:00Z
+    ///   vouch audit who --spiffe-id spiffe://example.org/payments --from 3h --to 1h -o json
+    Who {
+        /// The identity.
+        #[arg(long)]
+        spiffe_id: String,
+        /// At this time: RFC 3339 or a duration ago (`1h`).
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        at: Option<String>,
+        /// From this time (with --to): RFC 3339 or a duration ago.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// To this time, inclusive (with --from): RFC 3339 or a duration ago.
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+    },
 }
 
 /// A time flag as RFC 3339: given so, or a duration before `now`.
@@ -205,9 +226,63 @@ pub async fn run(command: AuditCommand, connect: &Connect) -> Result<ExitCode> {
                 }
             }
         }
+        AuditCommand::Who { spiffe_id, at, from, to } => {
+            #[allow(clippy::disallowed_methods)]
+            // "1h ago" is relative to the wall clock of the one running it
+            let now = std::time::SystemTime::now();
+            let q = WhoQuery {
+                spiffe_id,
+                at: at.map(|t| time_flag("at", &t, now)).transpose()?,
+                from: from.map(|t| time_flag("from", &t, now)).transpose()?,
+                to: to.map(|t| time_flag("to", &t, now)).transpose()?,
+            };
+            print_who(&audit.who(&q).await?, connect.output)?;
+        }
         AuditCommand::Verify { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// At most the first `n` characters of `s` (ids shortened as `docker ps` does), `-` for none.
+fn short(s: Option<&str>, n: usize) -> String {
+    s.map_or_else(|| "-".to_owned(), |s| s.chars().take(n).collect())
+}
+
+fn print_who(answer: &WhoAnswer, output: Output) -> Result<()> {
+    if let Output::Json = output {
+        return output::print_json(answer);
+    }
+    let time = |ms: i64| vouch_core::ttl::rfc3339(ms.div_euclid(1000));
+    let rows: Vec<[String; 8]> = answer
+        .holders
+        .iter()
+        .map(|h| {
+            let image = h.image_id.as_deref().map(|i| i.strip_prefix("sha256:").unwrap_or(i));
+            [
+                time(h.delivered_at_ms),
+                vouch_core::ttl::rfc3339(h.not_after),
+                h.node.clone(),
+                h.pid.to_string(),
+                short(h.container_id.as_deref(), 12),
+                short(image, 12),
+                short(h.binary_sha256.as_deref(), 12),
+                format!("{}:{}", h.kind, h.svid_id),
+            ]
+        })
+        .collect();
+    output::print_table(["HELD FROM", "UNTIL", "NODE", "PID", "CONTAINER", "IMAGE", "BINARY", "SVID"], &rows);
+    if rows.is_empty() {
+        eprintln!(
+            "(no workload held {} between {} and {})",
+            answer.spiffe_id,
+            time(answer.from_ms),
+            time(answer.to_ms)
+        );
+    }
+    if answer.truncated {
+        eprintln!("(incomplete: too many records; ask about a narrower range)");
+    }
+    Ok(())
 }
 
 fn print_report(report: &AuditVerifyReport, output: Output) -> Result<ExitCode> {

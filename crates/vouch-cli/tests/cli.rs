@@ -737,6 +737,37 @@ fn label_and_image_scenario(tmp: &Path, s: Scenario<'_>) -> String {
     let unlabelled = (s.run)("vouch-test:payments", None, &agent_dir);
     assert!(!unlabelled.status.success());
     assert!(String::from_utf8_lossy(&unlabelled.stderr).contains("no identity issued"));
+    // Forensics: the agent reported the delivery, and `vouch audit who` names the container, its
+    // image and the node; the rogue containers, refused, are not among the holders.
+    let now = vouch_core::ttl::rfc3339(vouch_core::ttl::unix_seconds(std::time::SystemTime::now()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let holders = loop {
+        let answer = json(&server.ok(&[
+            "audit",
+            "who",
+            "--spiffe-id",
+            "spiffe://example.org/payments",
+            "--at",
+            &now,
+            "-o",
+            "json",
+        ]));
+        let holders = answer["holders"].as_array().unwrap().clone();
+        if !holders.is_empty() {
+            break holders;
+        }
+        assert!(Instant::now() < deadline, "{}: no holder reported: {}", s.kind, agent_log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(holders.len(), 1, "{}: {holders:?}", s.kind);
+    assert_eq!(holders[0]["image_id"], good_image.as_str(), "{}", s.kind);
+    assert_eq!(holders[0]["node"], parent.as_str(), "{}", s.kind);
+    let container = holders[0]["container_id"].as_str().unwrap_or_default();
+    assert!(
+        container.len() >= 12 && container.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        "{}: {container:?}",
+        s.kind
+    );
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
     let _ = agent.wait();
     server.stop();

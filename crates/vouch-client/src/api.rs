@@ -192,6 +192,14 @@ impl AdminClient {
         Ok(resp)
     }
 
+    /// Reports what the calling agent's Workload API delivered to which workload (a batch).
+    pub async fn report_delivered(
+        &self,
+        req: &vouch_api::agent::DeliveryReport,
+    ) -> Result<vouch_api::agent::DeliveryAccepted, ClientError> {
+        self.send_json("POST", paths::AGENT_DELIVERED, req).await
+    }
+
     /// A JWT-SVID for an entry of the calling agent.
     pub async fn agent_jwt(&self, req: &AgentJwtRequest) -> Result<AgentJwtResponse, ClientError> {
         self.send_json("POST", paths::AGENT_JWT, req).await
@@ -543,6 +551,23 @@ impl Audit<'_> {
     /// The server's walk of its own log.
     pub async fn verify(&self) -> Result<vouch_api::audit::AuditVerifyReport, ClientError> {
         self.client.get(paths::AUDIT_VERIFY).await
+    }
+
+    /// Forensics: the workloads that held a SPIFFE ID at a time or over a range.
+    pub async fn who(
+        &self,
+        q: &vouch_api::audit::WhoQuery,
+    ) -> Result<vouch_api::audit::WhoAnswer, ClientError> {
+        let path = paths::with_query(
+            paths::AUDIT_WHO,
+            &[
+                ("spiffe_id", Some(q.spiffe_id.as_str())),
+                ("at", q.at.as_deref()),
+                ("from", q.from.as_deref()),
+                ("to", q.to.as_deref()),
+            ],
+        );
+        self.client.get(&path).await
     }
 }
 

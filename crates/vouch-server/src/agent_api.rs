@@ -73,6 +73,7 @@ enum Limit {
     Attest = 0,
     Sign = 1,
     Jwt = 2,
+    Report = 3,
 }
 
 /// Middleware of node attestation: a source over its rate gets 429 `rate_limited` with
@@ -112,6 +113,7 @@ fn rate_limited(
         Limit::Attest => "rate limit: attest",
         Limit::Sign => "rate limit: sign",
         Limit::Jwt => "rate limit: jwt",
+        Limit::Report => "rate limit: report",
     };
     log_refusal(state, kind, |count| {
         tracing::warn!(target: "vouch::audit", event = "rate_limited", limit = kind, reason = %message, count, "requests refused by a rate limit ({count} since the last line like this)");
@@ -418,7 +420,7 @@ async fn attest_x509pop(
 }
 
 /// The calling agent's SPIFFE ID (the auth layer has checked it is an active agent).
-fn agent_of(caller: &Caller) -> AppResult<SpiffeId> {
+pub(crate) fn agent_of(caller: &Caller) -> AppResult<SpiffeId> {
     svid_of(caller).map(|(id, _)| id.clone())
 }
 
@@ -930,6 +932,12 @@ async fn sign(
     Ok(Json(SignResponse { results }))
 }
 
+/// Charges `records` delivery records to the agent's report limit; over it, a 429 with
+/// `Retry-After`.
+pub(crate) fn check_report_limit(state: &AppState, agent: &SpiffeId, records: u32) -> AppResult<()> {
+    check_agent_limit(state, Limit::Report, agent, records)
+}
+
 /// Checks, after signing or minting and before answering, that the agent was not banned or evicted
 /// meanwhile (a plain read); if it was, what was signed is discarded and the request refused.
 ///
@@ -954,7 +962,8 @@ pub(crate) async fn still_admitted(state: &AppState, agent: &SpiffeId) -> AppRes
 fn check_agent_limit(state: &AppState, limit: Limit, agent: &SpiffeId, cost: u32) -> AppResult<()> {
     let (limiter, rate, what) = match limit {
         Limit::Sign => (&state.limits.sign, state.config.limits.sign, "CSRs signed"),
-        _ => (&state.limits.jwt, state.config.limits.jwt, "JWT-SVIDs minted"),
+        Limit::Report => (&state.limits.report, state.config.limits.sign, "delivery records reported"),
+        Limit::Jwt | Limit::Attest => (&state.limits.jwt, state.config.limits.jwt, "JWT-SVIDs minted"),
     };
     limiter.check(agent, cost, tokio::time::Instant::now()).map_err(|wait| {
         rate_limited(state, limit, wait, || {

@@ -15,6 +15,7 @@ pub mod db_creds;
 mod error;
 mod extract;
 mod federation;
+mod forensics;
 mod groups;
 mod issuer_keys;
 mod limits;

@@ -220,6 +220,9 @@ pub struct Limits {
     pub sign: KeyedLimiter<vouch_core::SpiffeId>,
     /// JWT-SVIDs minted per agent.
     pub jwt: KeyedLimiter<vouch_core::SpiffeId>,
+    /// Delivery records reported per agent (at the signing rate: each record follows a delivery,
+    /// and a workload connection is delivered an SVID about as often as one is signed).
+    pub report: KeyedLimiter<vouch_core::SpiffeId>,
     /// Refusal log lines.
     pub log: LogThrottle,
     /// Refused TLS handshakes' lines, per source address.
@@ -233,6 +236,7 @@ impl Limits {
             attest: KeyedLimiter::new(c.attest, c.attest_sources),
             sign: KeyedLimiter::new(c.sign, c.agents),
             jwt: KeyedLimiter::new(c.jwt, c.agents),
+            report: KeyedLimiter::new(c.sign, c.agents),
             log: LogThrottle::new(c.refusal_log_interval),
             // 1,024 sources of one line per interval each keep a flood from many addresses to
             // about 100 records a second at the default interval.

@@ -24,7 +24,7 @@ pub struct Metrics {
     /// Node attestations refused (bad evidence, banned, reserved ID), rate-limited ones not included.
     pub attest_refused: AtomicU64,
     /// Requests refused by a rate limit, by limit.
-    pub rate_limited: [AtomicU64; 3],
+    pub rate_limited: [AtomicU64; 4],
     /// Refusal warnings not written because one for the same reason was written within the
     /// interval (they are counted in the next line).
     pub log_lines_suppressed: AtomicU64,
@@ -84,7 +84,7 @@ impl Metrics {
             "counter",
             "Requests refused by a rate limit (429 rate_limited), by limit.",
         );
-        for (limit, v) in ["attest", "sign", "jwt"].iter().zip(&self.rate_limited) {
+        for (limit, v) in ["attest", "sign", "jwt", "report"].iter().zip(&self.rate_limited) {
             let _ =
                 writeln!(out, "vouch_rate_limited_total{{limit=\"{limit}\"}} {}", v.load(Ordering::Relaxed));
         }

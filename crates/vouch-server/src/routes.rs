@@ -24,6 +24,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::db_creds::admin_routes())
         .merge(crate::policy::admin_routes())
         .merge(crate::audit::admin_routes())
+        .merge(crate::forensics::admin_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_admin));
     // Entries and policies belong to namespaces: an admin limited to some manages them there.
     let namespaced = crate::api::entry_routes()
@@ -34,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let agent = crate::agent_api::agent_routes()
         .merge(crate::secrets::agent_routes())
         .merge(crate::db_creds::agent_routes())
+        .merge(crate::forensics::agent_routes())
         .route_layer(from_fn_with_state(state.clone(), crate::auth::require_agent));
     crate::api::public_routes()
         .merge(crate::agent_api::attestation_routes(state.clone()))

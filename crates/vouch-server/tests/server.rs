@@ -505,6 +505,8 @@ fn openapi_describes_every_route() {
         ("/v1/audit/checkpoints", &["get"]),
         ("/v1/audit/keys", &["get"]),
         ("/v1/audit/verify", &["get"]),
+        ("/v1/audit/who", &["get"]),
+        ("/v1/agent/delivered", &["post"]),
     ] {
         for m in methods {
             assert!(
@@ -513,7 +515,7 @@ fn openapi_describes_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 50, "a route in openapi.json that the test does not know");
+    assert_eq!(paths.len(), 52, "a route in openapi.json that the test does not know");
     let codes =
         doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["description"].as_str().unwrap();
     for code in vouch_api::ErrorCode::ALL {
@@ -527,6 +529,7 @@ fn openapi_describes_every_route() {
         "/v1/agent/sign",
         "/v1/agent/jwt",
         "/v1/agent/secret",
+        "/v1/agent/delivered",
     ] {
         assert_eq!(
             paths[path]["post"]["responses"]["429"]["$ref"], "#/components/responses/RateLimited",

@@ -705,3 +705,205 @@ fn a_flood_from_one_address_does_not_hide_another_addresss_refusal() {
     }
     server.stop();
 }
+
+/// Runs `vouch agent api fetch <args>` against the agent at `socket`, as a workload: its pid and
+/// output.
+fn workload(socket: &str, args: &[&str]) -> (u32, std::process::Output) {
+    let child = std::process::Command::new(super::VOUCH)
+        .args(["agent", "api", "fetch"])
+        .args(args)
+        .env("SPIFFE_ENDPOINT_SOCKET", socket)
+        .env_remove("VOUCH_OUTPUT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child.id(), child.wait_with_output().unwrap())
+}
+
+/// A delivery report as the test's agent client sends it, with `records` copies of one record.
+fn report(node: &str, records: usize, svid_id: &str) -> vouch_api::agent::DeliveryReport {
+    let record = vouch_api::agent::Delivery {
+        spiffe_id: vouch_api::SpiffeId::parse("spiffe://example.org/forensic-cli").unwrap(),
+        kind: vouch_api::agent::SvidKind::X509,
+        svid_id: svid_id.to_owned(),
+        not_before: 1,
+        not_after: 2,
+        delivered_at_ms: 1000,
+        pid: 4242,
+        container_id: Some("forged".into()),
+        image_id: None,
+        binary_sha256: None,
+    };
+    vouch_api::agent::DeliveryReport {
+        node: vouch_api::SpiffeId::parse(node).unwrap(),
+        dropped: 0,
+        records: vec![record; records],
+    }
+}
+
+/// Forensics end to end: a real agent serves a real workload process (this `vouch`, as a SPIFFE
+/// client) and reports the delivery; `vouch audit who` names that process and the agent's node at a
+/// time inside the SVID's validity, and nothing before it; the record is in the audit log and
+/// verifies. Reports from the agent's own mTLS identity that name another node, hold too many
+/// records or bytes, or a bad record are refused and record nothing.
+#[test]
+fn who_held_an_identity_is_answered_from_the_agents_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(tmp.path());
+    let agent_id = "spiffe://example.org/agent/forensics";
+    let spiffe = "spiffe://example.org/forensic-cli";
+    let (agent, agent_dir) = super::start_agent(tmp.path(), &server, agent_id, &[]);
+    let _agent = super::KillOnDrop(agent);
+    super::entry_for_vouch(&server, spiffe, agent_id, &[]);
+    let rfc3339 = |t: std::time::SystemTime| vouch_core::ttl::rfc3339(vouch_core::ttl::unix_seconds(t));
+    let before = rfc3339(std::time::SystemTime::now() - Duration::from_secs(2));
+
+    // The workload: `vouch agent api fetch x509` as this user; its pid is what the agent attests.
+    let socket = format!("unix://{}", agent_dir.join("api.sock").display());
+    let svid_dir = tmp.path().join("svid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (pid, fetched) = loop {
+        let (pid, out) =
+            workload(&socket, &["x509", "-o", "json", "--write", &svid_dir.display().to_string()]);
+        if out.status.success() {
+            break (pid, json(&String::from_utf8_lossy(&out.stdout)));
+        }
+        assert!(Instant::now() < deadline, "no SVID: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let expires_at = fetched["svids"][0]["expires_at"].as_i64().unwrap();
+    let leaf = vouch_ca::pem::decode_one(
+        &std::fs::read_to_string(svid_dir.join("svid.pem")).unwrap(),
+        &["CERTIFICATE"],
+    )
+    .unwrap();
+    let serial = vouch_ca::x509::cert_info(&leaf).unwrap().serial;
+    // A JWT-SVID for another process.
+    let (jwt_pid, out) = workload(&socket, &["jwt", "-a", "db", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = json(&String::from_utf8_lossy(&out.stdout))["svids"][0]["token"].as_str().unwrap().to_owned();
+    let claims = {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).unwrap();
+        json(
+            &String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap())
+                .unwrap(),
+        )
+    };
+
+    // The agent reports within a few seconds; `who` at a time inside the validity names both.
+    let now = rfc3339(std::time::SystemTime::now() + Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = json(&server.ok(&["audit", "who", "--spiffe-id", spiffe, "--at", &now, "-o", "json"]));
+        if answer["holders"].as_array().unwrap().len() >= 2 {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no holder reported: {answer}; agent log: {}",
+            std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let holders = answer["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 2, "one holder per connection and SVID: {answer}");
+    let h = &holders[0];
+    assert_eq!(h["pid"], pid, "{h}");
+    assert_eq!(h["node"], agent_id, "{h}");
+    assert_eq!(h["kind"], "x509", "{h}");
+    assert_eq!(h["svid_id"], serial.as_str(), "{h}");
+    assert_eq!(h["not_after"], expires_at, "{h}");
+    assert!(h.get("binary_sha256").is_none(), "no entry asked for a hash, so none was computed: {h}");
+    let j = &holders[1];
+    assert_eq!(
+        (&j["pid"], &j["node"], &j["kind"]),
+        (&serde_json::json!(jwt_pid), &serde_json::json!(agent_id), &serde_json::json!("jwt")),
+        "{j}"
+    );
+    assert_eq!((&j["svid_id"], &j["not_after"]), (&claims["jti"], &claims["exp"]), "{j}");
+    assert_eq!(answer["truncated"], false);
+
+    // Before the workload ran, nobody held it; the table says so.
+    let none = json(&server.ok(&["audit", "who", "--spiffe-id", spiffe, "--at", &before, "-o", "json"]));
+    assert_eq!(none["holders"], serde_json::json!([]), "{none}");
+    let out = server.vouch(&["audit", "who", "--spiffe-id", spiffe, "--at", &before]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no workload held"), "{out:?}");
+    // A range, and durations ago; the table names the process and the node.
+    let table = server.ok(&["audit", "who", "--spiffe-id", spiffe, "--from", "10m", "--to", "0s"]);
+    assert!(
+        table.starts_with("HELD FROM") && table.contains(agent_id) && table.contains(&pid.to_string()),
+        "{table}"
+    );
+    assert!(table.contains(&format!("x509:{serial}")), "{table}");
+    // Bad questions: a clear error, exit 1 (or 2 from the argument parser).
+    let err = server.fails(&["audit", "who", "--spiffe-id", spiffe, "--at", "3 a.m."]);
+    assert!(err.contains("--at") && err.contains("RFC 3339"), "{err}");
+    let err = server.fails(&["audit", "who", "--spiffe-id", "payments", "--at", "1h"]);
+    assert!(err.contains("spiffe_id"), "{err}");
+    assert_eq!(
+        server.vouch(&["audit", "who", "--spiffe-id", spiffe, "--at", "1h", "--from", "2h"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(server.vouch(&["audit", "who", "--spiffe-id", spiffe]).status.code(), Some(2));
+
+    // Reports through the agent's own mTLS identity (its saved SVID).
+    let addr = std::fs::read_to_string(tmp.path().join("data/server.addr")).unwrap().trim().to_owned();
+    let td = vouch_core::TrustDomain::new("example.org").unwrap();
+    let bundle = std::fs::read_to_string(tmp.path().join("bundle.pem")).unwrap();
+    let (chain, key) = (
+        std::fs::read_to_string(agent_dir.join("agent.pem")).unwrap(),
+        std::fs::read_to_string(agent_dir.join("agent.key")).unwrap(),
+    );
+    let client = vouch_client::AdminClient::tls(&addr, &td, &bundle, Some((&chain, &key))).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let refused = |r: vouch_api::agent::DeliveryReport, status: u16| -> String {
+        match rt.block_on(client.report_delivered(&r)) {
+            Err(vouch_client::ClientError::Api { status: s, message, .. }) if s == status => message,
+            other => panic!("expected {status}: {other:?}"),
+        }
+    };
+    let other_node = refused(report("spiffe://example.org/agent/someone-else", 1, "f1"), 403);
+    assert!(other_node.contains("is not the calling agent"), "{other_node}");
+    let too_many = refused(report(agent_id, vouch_api::agent::MAX_DELIVERY_BATCH + 1, "f2"), 400);
+    assert!(too_many.contains("1 to 256 records"), "{too_many}");
+    let oversized = refused(report(agent_id, 1, &"f".repeat(vouch_api::agent::MAX_DELIVERY_BODY)), 400);
+    assert!(oversized.contains("delivery report:") && oversized.contains("262144 bytes"), "{oversized}");
+    let mut bad = report(agent_id, 3, "f3");
+    bad.records[2].container_id = Some("two words".into());
+    let bad = refused(bad, 400);
+    assert!(bad.contains("records[2]: container_id"), "{bad}");
+    // A good one is taken, under the caller's node.
+    let taken = rt.block_on(client.report_delivered(&report(agent_id, 2, "f4"))).unwrap();
+    assert_eq!(taken.accepted, 2);
+
+    // The audit log holds the real delivery and the accepted report, none of the refused ones,
+    // and verifies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivered: Vec<serde_json::Value> = loop {
+        let lines = server.ok(&["audit", "search", "--event", "agent.delivered", "--all", "--json"]);
+        let records: Vec<serde_json::Value> = lines.lines().map(json).collect();
+        if records.len() >= 4 {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "records: {records:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ids: Vec<&str> = delivered
+        .iter()
+        .map(|r| r["fields"]["serial"].as_str().or(r["fields"]["jti"].as_str()).unwrap())
+        .collect();
+    assert_eq!(ids, [serial.as_str(), claims["jti"].as_str().unwrap(), "f4", "f4"], "{delivered:?}");
+    assert!(!delivered.iter().any(|r| r.to_string().contains(&token)), "the token itself is not recorded");
+    assert!(delivered.iter().all(|r| r["fields"]["agent"] == agent_id));
+    let by_node =
+        server.ok(&["audit", "search", "--node", agent_id, "--event", "agent.delivered.refused", "--json"]);
+    assert!(by_node.contains("is not the calling agent"), "the refusal is on the record: {by_node}");
+    let report = json(&server.ok(&["audit", "verify", "-o", "json"]));
+    assert!(report.get("problem").is_none(), "{report}");
+    let seq = h["seq"].as_u64().unwrap();
+    assert!(report["records"].as_u64().unwrap() >= seq, "{report}");
+    server.stop();
+}
