@@ -739,9 +739,11 @@ fn label_and_image_scenario(tmp: &Path, s: Scenario<'_>) -> String {
     assert!(String::from_utf8_lossy(&unlabelled.stderr).contains("no identity issued"));
     // Forensics: the agent reported the delivery, and `vouch audit who` names the container, its
     // image and the node; the rogue containers, refused, are not among the holders.
-    let now = vouch_core::ttl::rfc3339(vouch_core::ttl::unix_seconds(std::time::SystemTime::now()));
     let deadline = Instant::now() + Duration::from_secs(20);
     let holders = loop {
+        // Asked anew each time: "now" is whole seconds, and a delivery later in the same second
+        // as an earlier "now" was not held yet at that time.
+        let now = vouch_core::ttl::rfc3339(vouch_core::ttl::unix_seconds(std::time::SystemTime::now()));
         let answer = json(&server.ok(&[
             "audit",
             "who",
@@ -763,8 +765,9 @@ fn label_and_image_scenario(tmp: &Path, s: Scenario<'_>) -> String {
     assert_eq!(holders[0]["image_id"], good_image.as_str(), "{}", s.kind);
     assert_eq!(holders[0]["node"], parent.as_str(), "{}", s.kind);
     let container = holders[0]["container_id"].as_str().unwrap_or_default();
+    // Docker and podman name containers by 64 hex digits; `ctr run` by the id the test gives it.
     assert!(
-        container.len() >= 12 && container.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        !container.is_empty() && container.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
         "{}: {container:?}",
         s.kind
     );
