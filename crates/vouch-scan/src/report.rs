@@ -239,6 +239,16 @@ pub struct Stats {
     pub suppressed_test_data: u64,
 }
 
+impl Stats {
+    /// Counts one file scanned as text: its bytes and the findings it suppressed.
+    pub(crate) fn count_text(&mut self, bytes: u64, suppressed: &crate::detect::Suppressed) {
+        self.files += 1;
+        self.bytes += bytes;
+        self.suppressed_inline += suppressed.inline as u64;
+        self.suppressed_test_data += suppressed.test_data as u64;
+    }
+}
+
 /// Everything a scan produced.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {

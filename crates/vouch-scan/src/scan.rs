@@ -145,10 +145,7 @@ impl Scanner {
                 .with_blob(&b.blob, |r| scan_stream(&self.rules, FileClass::of_path(&b.path), r, progress));
             match outcome.and_then(|o| o) {
                 Ok(TextOutcome::Text { found, suppressed, bytes }) => {
-                    report.stats.files += 1;
-                    report.stats.bytes += bytes;
-                    report.stats.suppressed_inline += suppressed.inline as u64;
-                    report.stats.suppressed_test_data += suppressed.test_data as u64;
+                    report.stats.count_text(bytes, &suppressed);
                     for c in found {
                         let loc = Location::Commit {
                             repo: shown.clone(),
@@ -284,10 +281,7 @@ impl Scanner {
     fn record_file(&self, shown: &str, outcome: FileOutcome, report: &mut Report) {
         match outcome {
             FileOutcome::Scanned(TextOutcome::Text { found, suppressed, bytes }) => {
-                report.stats.files += 1;
-                report.stats.bytes += bytes;
-                report.stats.suppressed_inline += suppressed.inline as u64;
-                report.stats.suppressed_test_data += suppressed.test_data as u64;
+                report.stats.count_text(bytes, &suppressed);
                 for c in found {
                     let loc = Location::File {
                         path: shown.to_owned(),
